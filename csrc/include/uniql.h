@@ -183,7 +183,10 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
                       const char *const *meta_values, int64_t nmeta);
 
 /* ============================================================ transformer runtime (runtime/) ====== */
-/* Declared in the runtime section below once implemented (see csrc/runtime/). */
+/* (owned by the runtime implementation: csrc/runtime/, csrc/kernels/) */
+
+/* ================================================ structured sorting and allocation (compress/) ====== */
+/* (owned by the sorting implementation: csrc/compress/sort*.c) */
 
 #ifdef __cplusplus
 }

@@ -209,6 +209,7 @@ static PyObject *py_check_finite(PyObject *self, PyObject *args) {
 #include "bind_quant.inc"
 #include "bind_io.inc"
 #include "bind_runtime.inc"
+#include "bind_compress.inc"
 
 static PyMethodDef uq_methods[] = {
     UQ_CORE_METHODS
@@ -216,6 +217,7 @@ static PyMethodDef uq_methods[] = {
     UQ_QUANT_METHODS
     UQ_IO_METHODS
     UQ_RUNTIME_METHODS
+    UQ_COMPRESS_METHODS
     {NULL, NULL, 0, NULL}
 };
 
@@ -240,7 +242,8 @@ static int uq_exec(PyObject *m) {
     if (PyModule_AddObjectRef(m, "UniqlError", UqError) < 0) return -1;
     for (size_t i = 0; i < sizeof uq_exc_spec / sizeof uq_exc_spec[0]; i++)
         if (PyModule_AddObjectRef(m, uq_exc_spec[i].name, UqExc[uq_exc_spec[i].st]) < 0) return -1;
-    if (uq_stats_exec(m) < 0 || uq_quant_exec(m) < 0 || uq_io_exec(m) < 0 || uq_runtime_exec(m) < 0) return -1;
+    if (uq_stats_exec(m) < 0 || uq_quant_exec(m) < 0 || uq_io_exec(m) < 0 || uq_runtime_exec(m) < 0 ||
+        uq_compress_exec(m) < 0) return -1;
     return 0;
 }
 

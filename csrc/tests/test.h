@@ -43,5 +43,6 @@ void test_stats(void);
 void test_quant(void);
 void test_io(void);
 void test_runtime(void);
+void test_compress(void);
 
 #endif
