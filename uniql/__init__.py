@@ -9,4 +9,6 @@ from uniql.errors import __all__ as _errors_all
 
 __version__ = _C.version()
 
-__all__ = ["__version__", *_errors_all]
+from uniql.checkpoint import load  # noqa: E402  (HF directory / compressed artifact -> runtime Model)
+
+__all__ = ["__version__", "load", *_errors_all]

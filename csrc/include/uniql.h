@@ -78,28 +78,47 @@ uq_status uq_convert_f32_to_bf16(const float *src, int64_t n, uint16_t *dst);
 
 /* ====================================================================== statistics (compress/) ===== */
 /* Second-moment accumulation G += X^T X over a chunk of T tokens (rows of X, n features).
- * G: (n, n) float64, row-major, caller-allocated, full symmetric matrix is written.
- * X: (T, n) with leading dimension ldx >= n. T = 0 is allowed and does nothing.
- * Returns UQ_ERR_ARG (NULL, n <= 0, ldx < n), UQ_ERR_NUMERIC (NaN/Inf in X). */
+ * G: (n, n) float64, row-major, caller-allocated, full symmetric matrix is written. Only G's lower triangle
+ * is read (it is updated with dsyrk in float64 and then mirrored onto the upper triangle), so G must start
+ * symmetric (e.g. zeros) and be updated only through these functions.
+ * X: (T, n) with leading dimension ldx >= n. T = 0 is allowed and does nothing. float32 input is converted to
+ * float64 in row chunks (UQ_COV_CHUNK_ROWS rows, internal buffer of that many rows) before dsyrk.
+ * X is checked for NaN/Inf before G is touched: on any error G is unchanged.
+ * Returns UQ_ERR_ARG (NULL, n <= 0, T < 0, ldx < n), UQ_ERR_NUMERIC (NaN/Inf in X, naming row and column),
+ * UQ_ERR_NOMEM. */
+#define UQ_COV_CHUNK_ROWS 256
 uq_status uq_cov_accumulate_f32(double *G, int64_t n, const float *X, int64_t T, int64_t ldx);
 uq_status uq_cov_accumulate_f64(double *G, int64_t n, const double *X, int64_t T, int64_t ldx);
-/* dst += src, both (n, n) float64. */
+/* dst += src, both (n, n) float64 (elementwise over all n*n entries). UQ_ERR_ARG (NULL, n <= 0). */
 uq_status uq_cov_merge(double *dst, const double *src, int64_t n);
 
 /* ======================================================================= linear algebra (linalg/) == */
-/* All matrices float64 row-major. Inputs are not modified.
- * eigh: symmetric A (n,n) -> eigenvalues w (n) ascending, eigenvectors as columns of V (n,n). */
+/* All matrices float64 row-major, caller-allocated, n, m >= 1. Inputs are not modified. Symmetric inputs
+ * (eigh, cholesky, spd_inv_diag, sqrtm) must be symmetric: only their LOWER triangle (A[i][j], j <= i) is
+ * read. Every input is checked for NaN/Inf first (UQ_ERR_NUMERIC naming the argument and index).
+ * Common statuses: UQ_ERR_ARG (NULL pointer, size <= 0 or too large for LAPACK's 32-bit integers, bad
+ * scalar), UQ_ERR_NOMEM (workspace), UQ_ERR_NUMERIC (NaN/Inf, not SPD, LAPACK did not converge).
+ * These functions call OpenBLAS/LAPACKE (which may use threads); never call them inside an OpenMP region.
+ *
+ * eigh: symmetric A (n,n) -> eigenvalues w (n) ascending, eigenvectors as columns of V (n,n)
+ * (A V = V diag(w), V^T V = I). LAPACK dsyevd (divide and conquer), workspace 1+6n+2n^2 doubles, 3+5n ints. */
 uq_status uq_linalg_eigh(const double *A, int64_t n, double *w, double *V);
-/* Thin SVD: A (m,n) = U diag(S) Vt, k = min(m,n); U (m,k), S (k) descending, Vt (k,n). */
+/* Thin SVD: A (m,n) = U diag(S) Vt, k = min(m,n); U (m,k), S (k) descending, Vt (k,n). LAPACK dgesdd. */
 uq_status uq_linalg_svd(const double *A, int64_t m, int64_t n, double *U, double *S, double *Vt);
-/* Cholesky A = L L^T of SPD A (n,n); L (n,n) lower triangular with zeros above the diagonal.
- * UQ_ERR_NUMERIC if A is not positive definite. */
+/* Cholesky A = L L^T of SPD A (n,n); L (n,n) lower triangular with zeros above the diagonal (may alias A).
+ * UQ_ERR_NUMERIC if A is not positive definite (the message names the failing leading minor). */
 uq_status uq_linalg_cholesky(const double *A, int64_t n, double *L);
-/* d (n) = diag((A + shift*I)^{-1}) for SPD A + shift*I, via Cholesky (no explicit inverse). */
+/* d (n) = diag((A + shift*I)^{-1}) for SPD A + shift*I (shift finite, any sign), via Cholesky
+ * A + shift I = L L^T, L^{-1} by dtrtri, d_i = squared norm of column i of L^{-1} (no explicit inverse,
+ * no eigendecomposition). Workspace n*n doubles. UQ_ERR_NUMERIC if A + shift*I is not positive definite. */
 uq_status uq_linalg_spd_inv_diag(const double *A, int64_t n, double shift, double *d);
-/* S = A^{1/2}, Sinv = A^{-1/2} of symmetric PSD A via eigh with eigenvalues floored at `floor` (> 0).
- * Either output may be NULL. */
+/* S = A^{1/2}, Sinv = A^{-1/2} of symmetric PSD A via eigh with eigenvalues floored at `floor` (finite, > 0):
+ * S = V diag(max(w, floor)^{1/2}) V^T, Sinv = V diag(max(w, floor)^{-1/2}) V^T (both exactly symmetric).
+ * Either output may be NULL (not both). Workspace about 3 n^2 doubles. */
 uq_status uq_linalg_sqrtm(const double *A, int64_t n, double floor, double *S, double *Sinv);
+/* B (n,n) = the full symmetric matrix whose lower triangle is A's lower triangle (B may alias A: then the
+ * lower triangle is mirrored onto the upper one). Cache-blocked; no checks beyond NULL / n <= 0. */
+uq_status uq_linalg_sym_from_lower(const double *A, int64_t n, double *B);
 
 /* ================================================================== int4 quantization (compress/) == */
 /*
@@ -110,25 +129,44 @@ uq_status uq_linalg_sqrtm(const double *A, int64_t n, double floor, double *S, d
  *     byte (r, b) = q[r][2b] | (q[r][2b+1] << 4)   (low nibble = even column; a pad nibble is 8);
  *   scales: float32 (rows, ngroups), row-major.
  * Quantizer (both RTN and GPTQ): s = max|w over group| / 7.5 ; q = clamp(rint(w / s) + 8, 0, 15)
- * (round half to even); a group of zeros has s = 0 and codes 8.
+ * (round half to even); a group of zeros has s = 0 and codes 8. Exactly: s = (float)(amax / 7.5) is
+ * computed in double and rounded once to the stored float32 scale; q = clamp(rint((double)w / (double)s) + 8)
+ * with the current (float32 or float64) value of w; the dequantized value (q - 8) * s is exact in double
+ * and rounds once to float32. A last group shorter than g (cols % g != 0) is allowed.
+ * |w - dequant(q)| <= s/2 for every element (up to float32 roundings of s and of (q - 8) s, ~2^-20 s).
  */
 #define UQ_Q4_OFFSET 8
 #define UQ_Q4_DEFAULT_GROUP 128
 #define UQ_Q4_ROW_BYTES(cols) (((cols) + 1) / 2)
+#define UQ_Q4_NGROUPS(cols, group) (((cols) + (group) - 1) / (group))
+
+/* Common statuses of the int4 functions: UQ_ERR_ARG (NULL pointer, rows/cols <= 0, ldw < cols, group < 1,
+ * damp negative or not finite, block < 0), UQ_ERR_NUMERIC (NaN/Inf in W or H, damped H not positive
+ * definite, a scale overflowing float32), UQ_ERR_RANGE (a code > 15 given to uq_q4_pack), UQ_ERR_NOMEM.
+ * Outputs: packed (rows, UQ_Q4_ROW_BYTES(cols)) uint8 and scales (rows, UQ_Q4_NGROUPS(cols, group)) float32,
+ * both contiguous and caller-allocated. */
 
 /* Round-to-nearest quantization of W (rows, cols; leading dimension ldw >= cols). */
 uq_status uq_q4_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t ldw, int64_t group,
                              uint8_t *packed, float *scales);
-/* GPTQ (Frantar et al.) with Hessian H (cols, cols) float64 = mean X^T X of the layer input:
+/* GPTQ (Frantar et al.) with Hessian H (cols, cols) float64 = mean X^T X of the layer input (symmetric PSD;
+ * only its lower triangle is read; its scale does not matter):
  * dead columns (H_ii == 0) get H_ii = 1 and W[:, i] = 0; damping damp * mean(diag H) (damp = 0.01);
- * columns in natural order, processed in blocks of `block` (0 = group size) with error feedback in float64;
- * each group's scale is computed from the error-updated weights when the group starts. */
+ * U = chol_upper((H + damping I)^{-1}) (H^{-1} = U^T U) in float64;
+ * columns in natural order, processed in blocks of `block` (0 = group size) with error feedback in float64:
+ * err_i = (w_i - dequant(q_i)) / U_ii, the block's remaining columns -= err_i U[i, i+1:block end] as each
+ * column is quantized, and after the block all later columns -= Err_block U[block, later] (one dgemm).
+ * Each group's scale is computed from the error-updated weights when the group starts: a block is cut short
+ * at a group start that falls inside it, so that every column of a new group has received the error of all
+ * earlier columns (the result does not depend on `block` beyond rounding). Workspace: cols^2 + rows*cols +
+ * rows*block doubles. Never call inside an OpenMP region (it uses BLAS/LAPACK). */
 uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                               int64_t group, double damp, int64_t block, uint8_t *packed, float *scales);
-/* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2). */
+/* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2); pack writes pad nibbles 8,
+ * unpack ignores them. */
 uq_status uq_q4_pack(const uint8_t *codes, int64_t rows, int64_t cols, uint8_t *packed);
 uq_status uq_q4_unpack(const uint8_t *packed, int64_t rows, int64_t cols, uint8_t *codes);
-/* W (rows, cols) float32 = dequantized packed + scales. */
+/* W (rows, cols) float32 contiguous = dequantized packed + scales. */
 uq_status uq_q4_dequantize(const uint8_t *packed, const float *scales, int64_t rows, int64_t cols,
                            int64_t group, float *W);
 
@@ -151,6 +189,8 @@ typedef enum {
 /* Element size in bytes (0 for an invalid dtype) and safetensors name ("F32", ...; NULL if invalid). */
 size_t uq_dtype_size(uq_dtype dt);
 const char *uq_dtype_name(uq_dtype dt);
+/* Inverse of uq_dtype_name ("F32" -> UQ_DT_F32). UQ_ERR_DTYPE (naming it) for any other string. */
+uq_status uq_dtype_parse(const char *name, uq_dtype *out);
 
 typedef struct {
     const char *name;              /* NUL-terminated, owned by the file object (reader) or the caller (writer) */
@@ -165,9 +205,14 @@ typedef struct uq_st_file uq_st_file; /* opaque: an mmapped, validated safetenso
 
 /* Opens and validates path: header length bounded (<= 100 MiB) and inside the file, JSON well-formed,
  * dtypes known, shapes non-negative without overflow, offsets inside the data area, sizes consistent,
- * no overlaps. UQ_ERR_IO (cannot open/map), UQ_ERR_FORMAT (anything malformed, naming what). */
+ * no overlaps (the full rules are at the top of csrc/io/safetensors.c). *out = NULL on failure.
+ * UQ_ERR_IO (cannot open/stat/map, not a regular file), UQ_ERR_FORMAT (anything malformed, naming the file
+ * and what), UQ_ERR_UNSUPPORTED (a valid safetensors dtype uniql does not read: BOOL, I16, U16, U32, U64, F8_*,
+ * ...; or more than UQ_MAX_NDIM dims), UQ_ERR_NOMEM. Tensor data pointers stay valid until uq_st_close. */
 uq_status uq_st_open(const char *path, uq_st_file **out);
+/* Unmaps and frees everything (names included); NULL accepted. */
 void uq_st_close(uq_st_file *f);
+/* Number of tensors ("__metadata__" excluded); 0 for NULL. */
 int64_t uq_st_count(const uq_st_file *f);
 /* i-th tensor in file order of data offsets. UQ_ERR_RANGE if i out of range. */
 uq_status uq_st_get(const uq_st_file *f, int64_t i, uq_st_tensor *out);
@@ -175,18 +220,336 @@ uq_status uq_st_get(const uq_st_file *f, int64_t i, uq_st_tensor *out);
 uq_status uq_st_find(const uq_st_file *f, const char *name, uq_st_tensor *out);
 /* The "__metadata__" object re-serialized as compact JSON ("{}" when absent); owned by f. */
 const char *uq_st_metadata(const uq_st_file *f);
+/* Number of metadata entries and the i-th (file order) key/value, NUL-terminated, owned by f.
+ * UQ_ERR_RANGE if i is out of range. */
+int64_t uq_st_metadata_count(const uq_st_file *f);
+uq_status uq_st_metadata_item(const uq_st_file *f, int64_t i, const char **key, const char **value);
 
 /* Writes n tensors (names unique, data of nbytes each) and optional metadata (string key/value pairs,
  * nmeta of them) to path. The file is written to "<path>.tmp.<pid>" and renamed over path at the end,
- * so an interrupted write never leaves a truncated file under path. */
+ * so an interrupted write never leaves a truncated file under path. Header keys in the given order
+ * ("__metadata__" first when nmeta > 0), padded with spaces to a multiple of 8 bytes; data contiguous in the
+ * given order. Inputs are validated before any file is created: UQ_ERR_ARG (NULL/empty/duplicate/non-UTF-8
+ * names or metadata keys, "__metadata__" as a tensor name), UQ_ERR_DTYPE (invalid dtype), UQ_ERR_SHAPE
+ * (ndim out of range, negative dim, nbytes != product(shape) * dtype size). UQ_ERR_IO (errno text) on any
+ * file-system failure, after removing the temp file. Concurrent writers of one path in one process would
+ * share the temp name: serialize them. */
 uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, const char *const *meta_keys,
                       const char *const *meta_values, int64_t nmeta);
 
 /* ============================================================ transformer runtime (runtime/) ====== */
-/* (owned by the runtime implementation: csrc/runtime/, csrc/kernels/) */
+/*
+ * Decoder-only transformers (LlamaForCausalLM, Qwen2ForCausalLM) at any per-layer keep sizes, switchable
+ * between tokens. Weights are never copied: descriptors point into caller-owned arrays that must outlive
+ * the model object.
+ *
+ * Elastic layout (DESIGN.md section 6). Per layer l:
+ *   - MLP: stored intermediate size K_l (= rows of gate/up = cols of down); keep k <= K_l uses the first k
+ *     rows of gate/up and the first k columns of down.
+ *   - attention: stored head dim R_l (= rows of q / n_heads; even, <= head_dim d); keep r (even) <= R_l uses
+ *     the first r rows of every Q/K/V head and the first r columns of every head's R_l-wide column segment
+ *     of o_proj. Q/K heads are stored pair-interleaved: rows (2j, 2j+1) of a head are RoPE pair j, rotating
+ *     at the original frequency index freq[l][kv_head][j] (int32 (n_kv, R_l/2); identity when NULL).
+ *     Inverse frequencies are those of the original head dim d (with llama3 scaling when configured) and
+ *     the softmax scale stays 1/sqrt(d) at every r.
+ *   - KV cache: K and V are always computed and cached at width R_l ("loaded" size); attention reads the
+ *     first r dims, so keep changes never invalidate the cache.
+ *
+ * Linear layer y = x W^T + b with segmented selection (uq_linear_forward): the W rows are nseg_out
+ * segments of seg_out = rows/nseg_out rows, of which the first keep_out of each are computed; the columns are
+ * nseg_in segments of seg_in = cols/nseg_in, of which the first keep_in of each are used. x is packed
+ * (T, nseg_in*keep_in), y packed (T, nseg_out*keep_out).
+ * int4 weights (layout of the int4 section) with column segments: each segment has its own groups,
+ * gps = ceil(seg_in/group) scales per segment, scales (rows, scale_cols) with scale_cols = nseg_in*gps
+ * (for nseg_in == 1, or seg_in % group == 0, exactly the standard layout); seg_in must be even when
+ * nseg_in > 1. A keep_in that cuts a group keeps that group's scale (exact truncation).
+ * Determinism: every output element is computed by the same sequence of float operations whatever T, the
+ * other keep sizes, the number of rows, the thread count or the stored size beyond the kept prefix. So a
+ * model loaded truncated at rate rho and a full model switched to rho give bit-identical logits.
+ */
+typedef enum { UQ_W_F32 = 0, UQ_W_Q4 = 1 } uq_wkind;
+
+typedef struct {
+    int32_t kind;          /* uq_wkind */
+    int64_t rows, cols;    /* logical weight shape (out, in) */
+    const float *w;        /* UQ_W_F32: (rows, cols) row-major */
+    const uint8_t *packed; /* UQ_W_Q4: (rows, (cols+1)/2) */
+    const float *scales;   /* UQ_W_Q4: (rows, scale_cols) */
+    int64_t group;         /* UQ_W_Q4: group size >= 1 */
+    int64_t scale_cols;    /* UQ_W_Q4: columns of scales (see segments above) */
+    const float *bias;     /* (rows) or NULL */
+} uq_linear;
+
+/* y = x W_sel^T + b_sel with the segment selection described above. x (T, nseg_in*keep_in),
+ * y (T, nseg_out*keep_out), caller-allocated, must not overlap. OpenMP over output rows.
+ * UQ_ERR_ARG (NULL, T < 1, bad kind), UQ_ERR_SHAPE (segments do not divide rows/cols, keep outside
+ * [1, seg], int4 scale_cols inconsistent, odd int4 seg_in with nseg_in > 1). */
+uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
+                            int64_t nseg_in, int64_t keep_in, float *y);
+/* Plain reference twin (float64 accumulation, no threads, no blocking): the oracle of uq_linear_forward. */
+uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
+                                int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y);
+
+typedef enum { UQ_ARCH_LLAMA = 0, UQ_ARCH_QWEN2 = 1 } uq_tf_arch;
+typedef enum { UQ_ROPE_DEFAULT = 0, UQ_ROPE_LLAMA3 = 1 } uq_rope_type;
+
+typedef struct {
+    int32_t arch;                 /* uq_tf_arch (informational: biases are optional on every linear) */
+    int64_t vocab_size;
+    int64_t hidden_size;
+    int64_t intermediate_size;    /* original D_I (stored sizes may be smaller) */
+    int64_t num_layers;
+    int64_t num_heads;
+    int64_t num_kv_heads;         /* divides num_heads */
+    int64_t head_dim;             /* original d (even): RoPE frequencies and softmax scale */
+    double rms_norm_eps;
+    double rope_theta;
+    int32_t rope_type;            /* uq_rope_type */
+    double rope_factor;           /* llama3: factor, low/high freq factors, original max positions */
+    double rope_low_freq_factor;
+    double rope_high_freq_factor;
+    double rope_original_max_pos;
+} uq_tf_config;
+
+typedef struct {
+    const float *attn_norm;       /* (hidden) */
+    uq_linear q, k, v, o;         /* q (n_heads*R, hidden), k/v (n_kv*R, hidden), o (hidden, n_heads*R) */
+    const float *mlp_norm;        /* (hidden) */
+    uq_linear gate, up, down;     /* gate/up (K, hidden), down (hidden, K) */
+    const int32_t *freq_map;      /* (n_kv, R/2) values in [0, d/2), or NULL = identity; copied at init */
+} uq_tf_layer_weights;
+
+typedef struct {
+    uq_linear embed;              /* (vocab, hidden) fp32 or int4 (no bias) */
+    const uq_tf_layer_weights *layers; /* num_layers */
+    const float *final_norm;      /* (hidden) */
+    uq_linear lm_head;            /* (vocab, hidden); pass a copy of embed for tied embeddings */
+} uq_tf_weights;
+
+typedef struct uq_tf_model uq_tf_model; /* opaque: config + descriptors + keep sizes + RoPE frequencies */
+typedef struct uq_tf_state uq_tf_state; /* opaque: KV cache, position, scratch buffers */
+
+/* Validates config and every descriptor (shapes, kinds, freq maps) and builds the model at full keep
+ * (k = K_l, r = R_l). Stored sizes R_l, K_l are read from the q and gate shapes.
+ * UQ_ERR_ARG (NULL, non-positive sizes), UQ_ERR_SHAPE (inconsistent shapes, naming layer and tensor),
+ * UQ_ERR_RANGE (freq map entry outside [0, d/2)), UQ_ERR_UNSUPPORTED (arch or rope type), UQ_ERR_NOMEM. */
+uq_status uq_tf_model_init(const uq_tf_config *cfg, const uq_tf_weights *w, uq_tf_model **out);
+void uq_tf_model_free(uq_tf_model *m);
+/* Sets layer l's keep sizes; a negative value leaves that one unchanged. UQ_ERR_RANGE naming the layer
+ * and value (k outside [1, K_l], r odd or outside [2, R_l], l outside [0, L)). */
+uq_status uq_tf_set_keep(uq_tf_model *m, int64_t layer, int64_t mlp_keep, int64_t attn_keep);
+/* Copy of the model's configuration. */
+uq_status uq_tf_get_config(const uq_tf_model *m, uq_tf_config *out);
+/* Current keep sizes and stored sizes of layer l (any output pointer may be NULL). */
+uq_status uq_tf_get_keep(const uq_tf_model *m, int64_t layer, int64_t *mlp_keep, int64_t *attn_keep,
+                         int64_t *mlp_stored, int64_t *attn_stored);
+
+/* A state for model m: KV cache (n_kv, max_seq, R_l) per layer and scratch for chunks of max_chunk tokens.
+ * The state must only be used with the model it was built for (checked by identity). */
+uq_status uq_tf_state_init(const uq_tf_model *m, int64_t max_seq, int64_t max_chunk, uq_tf_state **out);
+void uq_tf_state_free(uq_tf_state *s);
+/* Forgets the sequence (position 0); the cache memory is kept. */
+uq_status uq_tf_state_reset(uq_tf_state *s);
+/* Current position (number of tokens in the cache) and bytes held by the state. */
+int64_t uq_tf_state_pos(const uq_tf_state *s);
+size_t uq_tf_state_bytes(const uq_tf_state *s);
+
+/* Runs T new tokens ids (T) at positions pos .. pos+T-1 (processed in chunks of max_chunk), appends their
+ * K/V to the cache and writes logits of the last n_logits tokens: logits (n_logits, vocab), caller-
+ * allocated (1 <= n_logits <= T). On error the state is unchanged (ids and positions are checked first).
+ * UQ_ERR_ARG (NULL, T < 1, n_logits outside [1, T]), UQ_ERR_RANGE (token id outside [0, vocab), naming
+ * index and value; pos + T > max_seq), UQ_ERR_STATE (state of another model). */
+uq_status uq_tf_forward(const uq_tf_model *m, uq_tf_state *s, const int32_t *ids, int64_t T, int64_t n_logits,
+                        float *logits);
+
+/* Pieces for the compression pipeline. */
+/* X (T, hidden) = embedding rows of ids (dequantized for int4). UQ_ERR_RANGE on a bad id. */
+uq_status uq_tf_embed(const uq_tf_model *m, const int32_t *ids, int64_t T, float *X);
+
+/* Optional per-layer captures of uq_tf_layer_forward; every pointer may be NULL (caller-allocated). */
+typedef struct {
+    float *attn_in;   /* (T, hidden)        RMSNorm output feeding q/k/v */
+    float *q;         /* (T, n_heads*r)     queries after RoPE at the current keep r */
+    float *k;         /* (T, n_kv*r)        keys after RoPE, first r dims of each head */
+    float *attn_out;  /* (T, n_heads*r)     attention output = o_proj input */
+    float *mlp_in;    /* (T, hidden)        RMSNorm output feeding gate/up */
+    float *mlp_z;     /* (T, k)             silu(gate) * up = down_proj input */
+} uq_tf_capture;
+
+/* One decoder layer over a whole causal sequence at positions 0..T-1 (T <= max_seq of s; chunks of
+ * max_chunk), at the layer's current keep sizes: Y (T, hidden) = layer(X); Y may equal X. Uses the state's
+ * cache of that layer as scratch: the state's sequence is reset (position 0) afterwards. */
+uq_status uq_tf_layer_forward(const uq_tf_model *m, uq_tf_state *s, int64_t layer, const float *X, int64_t T,
+                              float *Y, const uq_tf_capture *cap);
+/* logits (T, vocab) = lm_head(RMSNorm_final(X)), X (T, hidden); s provides scratch. */
+uq_status uq_tf_head(const uq_tf_model *m, uq_tf_state *s, const float *X, int64_t T, float *logits);
+
+/* out_nll (T) float64: -log softmax(logits[t])[targets[t]], log-sum-exp accumulated in float64.
+ * logits (T, vocab). UQ_ERR_RANGE on a target outside [0, vocab), UQ_ERR_NUMERIC on NaN logits. */
+uq_status uq_nll(const float *logits, int64_t T, int64_t vocab, const int32_t *targets, double *out_nll);
+
+/* Next-token sampling from logits (vocab). temperature <= 0: greedy (first maximal index; the RNG is not
+ * advanced). Otherwise softmax(logits / temperature) in float64, restricted to the smallest set of most
+ * probable tokens whose mass reaches top_p (0 < top_p <= 1; ties broken by lower id), drawn with one
+ * splitmix64 step of the caller-held *rng. UQ_ERR_ARG (top_p outside (0, 1], NULL), UQ_ERR_NUMERIC (NaN). */
+uq_status uq_sample(const float *logits, int64_t vocab, double temperature, double top_p, uint64_t *rng,
+                    int32_t *out_id);
+/* One splitmix64 step: returns a uniform double in [0, 1) and advances *rng (any seed is valid). */
+double uq_rng_uniform(uint64_t *rng);
 
 /* ================================================ structured sorting and allocation (compress/) ====== */
-/* (owned by the sorting implementation: csrc/compress/sort*.c) */
+/* (owned by the sorting implementation: csrc/compress/sort*.c)
+ * Float64 statistics in, permutations / re-parameterised weights out (DESIGN.md sections 3 and 4).
+ * Conventions: a permutation perm (int64) says "new position k <- original index perm[k]"; every sort is a
+ * STABLE DESCENDING argsort (equal scores keep ascending original index; -0.0 == 0.0); NaN/Inf inputs are
+ * UQ_ERR_NUMERIC naming the argument and index; NULL / non-positive sizes / bad scalars are UQ_ERR_ARG;
+ * inconsistent sizes (n_heads not a multiple of n_kv, odd d for RoPE pairs ...) are UQ_ERR_SHAPE.
+ * Symmetric statistics (n, n) are read through their LOWER triangle only (as in linalg/). Outputs are
+ * caller-allocated and written only on success unless stated otherwise. */
+
+/* Standard keep-size granularities (DESIGN.md section 3). */
+#define UQ_GRAN_MLP 128       /* MLP intermediate channels */
+#define UQ_GRAN_HEAD 16       /* attention head dims (Q/K and V/O ranks) */
+#define UQ_GRAN_SSM_STATE 16  /* Mamba2 state dim N */
+#define UQ_GRAN_SSM_HEAD 2    /* Mamba2 head channels P */
+
+/* *out = the keep size of an axis of `full` elements at keep ratio rho (= 1 - pruning rate) and granularity
+ * g (1 <= g <= full, 0 <= rho <= 1):
+ *     k = g * rint(rho * full / g)          (round half to even, computed in double as written)
+ *     k = min(max(k, g), full)               (at least one granule, never more than full)
+ *     rho == 1  ->  k = full exactly        (rate 0 is always the whole, lossless axis)
+ * When full is a multiple of g every k is a multiple of g. When it is not (e.g. full = 100, g = 16) the
+ * reachable sizes are g, 2g, ..., g*floor(full/g) and full itself (only at rho == 1 or when rounding up
+ * would pass full); k never exceeds full. UQ_ERR_ARG: full < 1, g outside [1, full], rho outside [0, 1]/NaN. */
+uq_status uq_keep_size(int64_t full, double keep_ratio, int64_t granularity, int64_t *out);
+
+/* *out = the granularity to use for an axis of `size` elements (the small-model rule of DESIGN.md 3):
+ *     g = min(granularity, size / 8)  (integer division), rounded DOWN to a power of two (0 stays 0),
+ *     g = max(g, min_granularity).
+ * For large models this returns `granularity` itself (14336 -> 128, d = 128 -> 16, N = 128 -> 16,
+ * P = 64 -> 2). min_granularity keeps structural units whole: 2 for head dims with full RoPE (whole pairs),
+ * 4 for partial RoPE (a keep size r splits into r/4 rotary pairs + r/2 pass dims), 1 without RoPE or for
+ * MLP channels, 2 for SSM head channels. Requires 1 <= granularity, 1 <= min_granularity <= size
+ * (UQ_ERR_ARG otherwise). */
+uq_status uq_keep_granularity(int64_t size, int64_t granularity, int64_t min_granularity, int64_t *out);
+
+/* perm (n) int64 = stable descending argsort of scores (n) float64: scores[perm[0]] >= scores[perm[1]] >= ...,
+ * ties in ascending index order (same as numpy.argsort(-s, kind="stable")). n >= 1; NaN/Inf: UQ_ERR_NUMERIC.
+ * Internal workspace n int64. */
+uq_status uq_argsort_desc(const double *scores, int64_t n, int64_t *perm);
+
+/* MLP ridge leverage (DESIGN.md 3, method-notes 2.1): scores (n) = diag(G (G + lambda I)^{-1})
+ *     s_i = 1 - lambda * [(G + lambda I)^{-1}]_ii     via uq_linalg_spd_inv_diag (Cholesky, no inverse)
+ * G (n, n) float64 = second moment of the down_proj input (PSD; lower triangle read), lambda > 0 finite
+ * (DESIGN: 1). s_i lies in [0, 1) up to rounding (~1e-16 absolute). UQ_ERR_NUMERIC when G + lambda I is not
+ * positive definite (G not PSD) or G holds NaN/Inf. The permutation is uq_argsort_desc(scores). */
+uq_status uq_sort_ridge_scores(const double *G, int64_t n, double lambda, double *scores);
+
+/* Q/K head-dim layouts (attention with RoPE):
+ *   UQ_ROPE_FULL     HF rotate-half over the whole head: dim i (< d/2) pairs with i + d/2 at frequency i.
+ *                    Runtime layout (pair-interleaved): row 2j <- dim p_j, row 2j+1 <- dim p_j + d/2, where
+ *                    p (d/2) = pairs sorted by t_j = s_j + s_{j+d/2} descending; freq[g][j] = p_j.
+ *                    Keep size r (even): the first r rows of each head = pairs p_0 .. p_{r/2-1}, whole.
+ *   UQ_ROPE_PARTIAL  Bamba (partial_rotary_factor 0.5): rotary block = dims [0, d/2), dim i (< d/4) pairs with
+ *                    i + d/4 at frequency i; pass dims [d/2, d) are not rotated. d % 4 == 0.
+ *                    Layout: rows [0, d/2) = rotary pairs interleaved (row 2j <- p_j, 2j+1 <- p_j + d/4, p
+ *                    sorted by s_j + s_{j+d/4}, freq[g][j] = p_j, j < d/4); rows [d/2, d) = pass dims sorted
+ *                    by their own scores s[d/2:d] (row d/2 + k <- d/2 + q_k).
+ *                    Keep size r (multiple of 4; method-notes 8.2): r/2 rotary rows (r/4 whole pairs) and
+ *                    r/2 pass rows, i.e. rows [0, r/2) U [d/2, d/2 + r/2) -- NOT a prefix: use
+ *                    uq_sort_qk_keep_rows.
+ *   UQ_ROPE_NONE     no RoPE (Nemotron-H): row k <- dim argsort_desc(s)[k]; no freq map; keep = first r rows. */
+typedef enum { UQ_ROPE_FULL = 0, UQ_ROPE_PARTIAL = 1, UQ_ROPE_NONE = 2 } uq_rope_mode;
+
+/* Number of RoPE pairs per head stored in the freq map: d/2 (FULL), d/4 (PARTIAL), 0 (NONE). */
+int64_t uq_sort_qk_npairs(uq_rope_mode mode, int64_t d);
+
+/* RoPE-aware Q/K sort of every KV group (DESIGN.md 3). Inputs are DIAGONALS of post-RoPE second moments:
+ *   cq_diag (n_heads, d): cq_diag[h][i] = C_{Q,h,ii};  ck_diag (n_kv, d): ck_diag[g][i] = C_{K,g,ii}
+ * (both >= 0, finite). Q head h belongs to KV group g = h / (n_heads / n_kv) (HF repeat_kv), n_heads % n_kv
+ * == 0. Per-dim score of group g:  s_i = sqrt(ck_diag[g][i] * sum_{h in g} cq_diag[h][i]).
+ * Outputs (caller-allocated):
+ *   scores  (n_kv, d) float64, may be NULL;
+ *   freq    (n_kv, uq_sort_qk_npairs(mode, d)) int32 = original frequency index of the pair at slot j
+ *           (ignored for UQ_ROPE_NONE, may be NULL there);
+ *   row_perm (n_kv, d) int64: new row k of every head of group g (all its Q heads and its K head, weights
+ *           and biases) <- original HF row row_perm[g][k] of that head. Layouts: see uq_rope_mode.
+ * UQ_ERR_SHAPE: d odd (FULL), d % 4 != 0 (PARTIAL), n_heads % n_kv != 0; UQ_ERR_ARG: bad mode, negative
+ * diagonal entry, NULL; UQ_ERR_NUMERIC: NaN/Inf. */
+uq_status uq_sort_qk(const double *cq_diag, const double *ck_diag, int64_t n_heads, int64_t n_kv, int64_t d,
+                     uq_rope_mode mode, double *scores, int32_t *freq, int64_t *row_perm);
+
+/* rows (r) int64 = the rows of a head (in the sorted runtime layout) kept at keep size r, ascending:
+ * FULL / NONE: 0 .. r-1; PARTIAL: [0, r/2) U [d/2, d/2 + r/2). The kept pairs are the first r/2 (FULL) or
+ * r/4 (PARTIAL) entries of freq. UQ_ERR_RANGE: r outside [1, d], r odd (FULL), r % 4 != 0 (PARTIAL). */
+uq_status uq_sort_qk_keep_rows(uq_rope_mode mode, int64_t d, int64_t r, int64_t *rows);
+
+/* Quantization-aware SVD of attention V/O (DESIGN.md 3, method-notes 2.3), GQA, per KV group g:
+ *   V_g (n, d) = (rows g*d .. g*d+d-1 of v_proj)^T,  O_h (d, n) = (columns h*d .. h*d+d-1 of o_proj)^T,
+ *   G^{1/2}, G^{-1/2} from uq_linalg_sqrtm(G, eig_floor) (eigenvalues floored; 1e-6 in DESIGN),
+ *   thin SVD  G^{1/2} V_g = U S W^T  (S descending),
+ *   default:                 V_g' = G^{-1/2} U S,         O_h' = W^T O_h        (S absorbed into V)
+ *   UQ_QASVD_SPLIT_SIGMA:    V_g' = G^{-1/2} U S^{1/2},   O_h' = S^{1/2} W^T O_h (ablation)
+ *   UQ_QASVD_JOINT_O:        a second SVD  S W^T [O_h for h in g] = U2 S2 [W2_h^T ...] (d x (heads*n)),
+ *                            V_g' = G^{-1/2} U U2 S2, O_h' = W2_h^T: the optimal whitened rank-r product
+ *                            for the whole group (for MHA, n_heads == n_kv, this is DESIGN's MHA variant);
+ *                            combines with SPLIT_SIGMA (S2^{1/2} on both sides).
+ * New value dim k of group g is ordered by singular value (sv[g][k] descending: S, or S2 with JOINT_O).
+ * At full rank V_g' O_h' = V_g O_h exactly (a change of basis); keeping the first r value dims of each
+ * group (rows of v_proj, columns of each head's o_proj slice) keeps the best whitened rank-r subspace.
+ * Biases: bv (n_kv*d) folds into o_proj:  bo' = bo + sum_h bv_{g(h)} O_h  (original O_h; exact because
+ * attention weights sum to one; independent of the kept rank), and bv' = 0.
+ * Shapes: G (n, n) float64; wv, wv_out (n_kv*d, n); wo, wo_out (n, n_heads*d); bv, bv_out (n_kv*d);
+ * bo, bo_out (n); sv (n_kv, d) float64. bv, bo, bv_out, sv may be NULL; bo_out may be NULL only when bv and
+ * bo are both NULL (otherwise UQ_ERR_ARG). Outputs may alias their inputs (in-place update is allowed).
+ * Requires 1 <= d <= n (UQ_ERR_UNSUPPORTED for d > n), n_heads % n_kv == 0 (UQ_ERR_SHAPE), eig_floor > 0.
+ * _f32: float32 weights in/out, float64 inside; _f64: float64 throughout. Workspace ~ 2 n^2 + (heads/kv+4)
+ * n d doubles (+ 3 n^2 inside sqrtm). Uses BLAS/LAPACK: never call inside an OpenMP region. */
+#define UQ_QASVD_SPLIT_SIGMA 1
+#define UQ_QASVD_JOINT_O 2
+uq_status uq_qasvd_vo_f32(const double *G, int64_t n, const float *wv, const float *bv, const float *wo,
+                          const float *bo, int64_t n_heads, int64_t n_kv, int64_t d, int32_t flags,
+                          double eig_floor, float *wv_out, float *bv_out, float *wo_out, float *bo_out,
+                          double *sv);
+uq_status uq_qasvd_vo_f64(const double *G, int64_t n, const double *wv, const double *bv, const double *wo,
+                          const double *bo, int64_t n_heads, int64_t n_kv, int64_t d, int32_t flags,
+                          double eig_floor, double *wv_out, double *bv_out, double *wo_out, double *bo_out,
+                          double *sv);
+
+/* Mamba2 state-dim sort, per group (DESIGN.md 3):  s[g][m] = sum_{h in g} sqrt(dB_diag[h][m]) *
+ * sqrt(c_diag[g][m]) with head h in group g = h / (H / G) (HF Mamba2 repeat_interleave of B/C over heads):
+ *   dB_diag (H, N): dB_diag[h][m] = E[(Delta_h B_m)^2], the diagonal of the Delta_h-weighted second moment of
+ *                   the group's B (after conv1d + SiLU; Delta = softplus(dt + dt_bias), method-notes 8.7);
+ *   c_diag  (G, N): c_diag[g][m] = E[C_m^2] of the group's C (after conv1d + SiLU).
+ * Outputs scores (G, N) float64 (may be NULL) and perm (G, N) int64 (per-group local state index, applied
+ * to B rows, C rows of in_proj and their conv1d channels). H % G == 0, entries >= 0. */
+uq_status uq_sort_ssm_state(const double *dB_diag, const double *c_diag, int64_t H, int64_t G, int64_t N,
+                            double *scores, int64_t *perm);
+
+/* Mamba2 head-channel sort (DESIGN.md 3): ridge leverage (as uq_sort_ridge_scores) over the H*P features of
+ * the second moment Gm (H*P, H*P) float64 (feature index h*P + p; e.g. of the chunk-local states, or of the
+ * out_proj input for the plain variant), then per head a stable descending argsort of its P scores:
+ * perm (H, P) int64 = head-local channel index (0..P-1), the same count P' is kept in every head; applied to
+ * rows of W_x, W_z, columns of W_out, the gated-norm weight and the x conv channels. scores (H*P) may be
+ * NULL. lambda > 0 (1, or 1e-4 for pure Mamba2). */
+uq_status uq_sort_ssm_head_channels(const double *Gm, int64_t H, int64_t P, double lambda, double *scores,
+                                    int64_t *perm);
+
+/* Block importance (DESIGN.md 4) of L layers from the last-token vectors of B calibration sequences:
+ *   x, y (L, B, n) float32: layer l's input and output; importance[l] = 1 - mean_b cos(x[l][b], y[l][b]),
+ *   cos(a, c) = a.c / sqrt(max(|a|^2 |c|^2, 1e-16))  (torch.nn.functional.cosine_similarity, eps 1e-8),
+ * accumulated in float64. importance (L) float64, in [0, 2]. UQ_ERR_NUMERIC on NaN/Inf. */
+uq_status uq_alloc_block_importance(const float *x, const float *y, int64_t L, int64_t B, int64_t n,
+                                    double *importance);
+
+/* Layer-wise keep ratios (DESIGN.md 4) for global keep ratio rho_bar in [0, 1]:
+ *   phi_l = L (1 - rho_bar) softmax(-importance / eps)_l,  phi_l = clamp(phi_l, 0, max_prune),
+ *   keep_ratios[l] = 1 - phi_l.
+ * Without clamping mean(phi) = 1 - rho_bar exactly; the clamp is a plain clip (no redistribution: the mean
+ * pruning then falls short of 1 - rho_bar, as in the reference). Lower importance -> more pruning.
+ * importance (L) finite; eps > 0 finite (DESIGN: 0.1); max_prune in [0, 1] (DESIGN: 0.85). */
+uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double global_keep, double eps,
+                               double max_prune, double *keep_ratios);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,163 @@
-/* test_quant.c -- C tests of the quant area (filled in by the area's implementation). */
+/* test_quant.c -- C tests of int4 quantization (compress/q4.c): hand-computed codes and bytes, ldw, odd
+ * column counts and short last groups, pack/unpack, the s/2 error bound, GPTQ == RTN for H = I, GPTQ beats
+ * RTN on a correlated Hessian, dead columns, and statuses/messages for bad arguments. */
 #include "test.h"
 
-void test_quant(void) {}
+#define TOL_SCALE_REL 1e-5 /* |w - w_hat| <= (s/2)(1 + TOL_SCALE_REL): float32 roundings of s and of 7s */
+
+static void test_rtn_hand(void) {
+    /* row 0: amax 3.75 -> s = 0.5; w/s = 2, -4, 7.5, 0 -> rint = 2, -4, 8 (half even), 0 -> codes 10, 4, 15, 8
+     * row 1: zeros -> s = 0, codes 8.  ldw = 6 with NaN padding that must never be read. */
+    const float W[12] = {1, -2, 3.75f, 0, NAN, NAN, 0, 0, 0, 0, NAN, NAN};
+    uint8_t packed[4];
+    float scales[2];
+    CHECK_STATUS(uq_q4_quantize_rtn(W, 2, 4, 6, 4, packed, scales), UQ_OK);
+    CHECK(scales[0] == 0.5f && scales[1] == 0.0f, "scales %g %g", scales[0], scales[1]);
+    CHECK(packed[0] == 0x4A && packed[1] == 0x8F && packed[2] == 0x88 && packed[3] == 0x88,
+          "packed %02x %02x %02x %02x", packed[0], packed[1], packed[2], packed[3]);
+    float D[8];
+    CHECK_STATUS(uq_q4_dequantize(packed, scales, 2, 4, 4, D), UQ_OK);
+    CHECK(D[0] == 1 && D[1] == -2 && D[2] == 3.5f && D[3] == 0 && D[4] == 0, "dequantized %g %g %g %g", D[0], D[1],
+          D[2], D[3]);
+
+    /* 3 columns (odd: pad nibble 8), group 2 (last group of 1): [-1, 0.5 | 2] -> s = 1/7.5, 2/7.5 */
+    const float V[3] = {-1, 0.5f, 2};
+    uint8_t p2[2];
+    float s2[2];
+    CHECK_STATUS(uq_q4_quantize_rtn(V, 1, 3, 3, 2, p2, s2), UQ_OK);
+    /* float32 s = 0.13333334 rounds 1/7.5 up, so -1/s = -7.4999996 -> -7 -> code 1 (not 0);
+     * 0.5/s = 3.7499998 -> 4 -> 12; 2/s2 = 7.4999996 -> 7 -> 15 */
+    CHECK(s2[0] == (float)(1 / 7.5) && s2[1] == (float)(2 / 7.5), "scales %g %g", s2[0], s2[1]);
+    CHECK(p2[0] == (1 | 12 << 4) && p2[1] == (15 | 8 << 4), "packed %02x %02x", p2[0], p2[1]);
+}
+
+static void test_pack(void) {
+    enum { R = 3, C = 7 };
+    uint8_t codes[R * C], packed[R * 4], back[R * C];
+    for (int i = 0; i < R * C; i++) codes[i] = (uint8_t)((i * 7 + 3) % 16);
+    CHECK_STATUS(uq_q4_pack(codes, R, C, packed), UQ_OK);
+    CHECK(packed[0] == (codes[0] | codes[1] << 4) && packed[3] == (codes[6] | 8 << 4), "pack layout");
+    CHECK(packed[4] == (codes[7] | codes[8] << 4), "row stride of packed is (cols+1)/2");
+    CHECK_STATUS(uq_q4_unpack(packed, R, C, back), UQ_OK);
+    CHECK(memcmp(codes, back, sizeof codes) == 0, "unpack(pack(codes)) != codes");
+    codes[5] = 16;
+    CHECK_STATUS(uq_q4_pack(codes, R, C, packed), UQ_ERR_RANGE);
+    CHECK(strstr(uq_last_error(), "row 0, column 5") != NULL, "message does not locate the code: %s", uq_last_error());
+    CHECK_STATUS(uq_q4_unpack(packed, 0, C, back), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_pack(NULL, R, C, packed), UQ_ERR_ARG);
+}
+
+/* Random W (rows, cols) with ldw; error bound s/2 for every element and group size edge cases. */
+static void test_rtn_bound(void) {
+    static const int64_t groups[] = {1, 4, 5, 6, 32};
+    enum { R = 5, C = 21, LDW = 24 };
+    float W[R * LDW], D[R * C], S[R * C];
+    uint8_t P[R * 11];
+    unsigned long long s = 99;
+    for (int i = 0; i < R * LDW; i++) W[i] = (float)(uq_test_rand(&s) * 3.0);
+    for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+        int64_t g = groups[gi], ng = (C + g - 1) / g;
+        CHECK_STATUS(uq_q4_quantize_rtn(W, R, C, LDW, g, P, S), UQ_OK);
+        CHECK_STATUS(uq_q4_dequantize(P, S, R, C, g, D), UQ_OK);
+        int bad = 0;
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < C; c++) {
+                double sc = S[r * ng + c / g];
+                if (fabs((double)W[r * LDW + c] - D[r * C + c]) > 0.5 * sc * (1 + TOL_SCALE_REL)) bad++;
+            }
+        CHECK(bad == 0, "group %lld: %d elements beyond s/2", (long long)g, bad);
+    }
+}
+
+static double output_error(const float *W, const float *D, const double *H, int R, int C) {
+    double e = 0; /* trace((W - D) H (W - D)^T) */
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < C; i++)
+            for (int j = 0; j < C; j++)
+                e += (W[r * C + i] - D[r * C + i]) * H[i * C + j] * (W[r * C + j] - D[r * C + j]);
+    return e;
+}
+
+static void test_gptq(void) {
+    enum { R = 6, C = 24, T = 200, G = 8 };
+    float W[R * C], D1[R * C], D2[R * C], S1[R * 3], S2[R * 3];
+    uint8_t P1[R * C / 2], P2[R * C / 2];
+    double H[C * C], I[C * C];
+    unsigned long long s = 17;
+    for (int i = 0; i < R * C; i++) W[i] = (float)uq_test_rand(&s);
+    /* correlated inputs: x_t = z_t + 0.9 * (shared factor) */
+    static double X[T * C];
+    for (int t = 0; t < T; t++) {
+        double f = uq_test_rand(&s);
+        for (int c = 0; c < C; c++) X[t * C + c] = 0.3 * uq_test_rand(&s) + f;
+    }
+    memset(H, 0, sizeof H);
+    CHECK_STATUS(uq_cov_accumulate_f64(H, C, X, T, C), UQ_OK);
+    for (int i = 0; i < C * C; i++) I[i] = (i % (C + 1) == 0);
+
+    /* H = I: U is diagonal, no error feedback -> exactly RTN (damping does not matter) */
+    CHECK_STATUS(uq_q4_quantize_rtn(W, R, C, C, G, P1, S1), UQ_OK);
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, I, G, 0.01, 0, P2, S2), UQ_OK);
+    CHECK(memcmp(P1, P2, sizeof P1) == 0 && memcmp(S1, S2, sizeof S1) == 0, "GPTQ with H = I differs from RTN");
+
+    /* correlated H: GPTQ output error below RTN's; block size does not change the result */
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, G, 0.01, 0, P2, S2), UQ_OK);
+    CHECK_STATUS(uq_q4_dequantize(P1, S1, R, C, G, D1), UQ_OK);
+    CHECK_STATUS(uq_q4_dequantize(P2, S2, R, C, G, D2), UQ_OK);
+    double e_rtn = output_error(W, D1, H, R, C), e_gptq = output_error(W, D2, H, R, C);
+    CHECK(e_gptq < 0.7 * e_rtn, "GPTQ output error %g not below RTN %g", e_gptq, e_rtn);
+    uint8_t P3[R * C / 2];
+    float S3[R * 3];
+    static const int64_t blocks[] = {1, 3, 5, 16, 100};
+    for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++) {
+        CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, G, 0.01, blocks[b], P3, S3), UQ_OK);
+        int diff = 0;
+        for (int i = 0; i < R * C / 2; i++) diff += P3[i] != P2[i];
+        CHECK(diff == 0, "block %lld changes %d packed bytes", (long long)blocks[b], diff);
+    }
+
+    /* dead column 3: H row/col zero -> code 8 in every row */
+    for (int i = 0; i < C; i++) H[3 * C + i] = H[i * C + 3] = 0.0;
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, G, 0.01, 0, P2, S2), UQ_OK);
+    CHECK_STATUS(uq_q4_dequantize(P2, S2, R, C, G, D2), UQ_OK);
+    int nonzero = 0;
+    for (int r = 0; r < R; r++) nonzero += D2[r * C + 3] != 0.0f;
+    CHECK(nonzero == 0, "dead column not zero in %d rows", nonzero);
+
+    /* ldw > cols with NaN padding */
+    enum { LDW = C + 3 };
+    float Wp[R * LDW];
+    for (int r = 0; r < R; r++) {
+        memcpy(Wp + r * LDW, W + r * C, C * sizeof(float));
+        Wp[r * LDW + C] = Wp[r * LDW + C + 1] = Wp[r * LDW + C + 2] = NAN;
+    }
+    CHECK_STATUS(uq_q4_quantize_gptq(Wp, R, C, LDW, H, G, 0.01, 0, P3, S3), UQ_OK);
+    CHECK(memcmp(P2, P3, sizeof P3) == 0, "ldw changes the GPTQ result");
+
+    /* bad arguments */
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, 0, 0.01, 0, P2, S2), UQ_ERR_ARG);
+    CHECK(strstr(uq_last_error(), "group") != NULL, "message does not name group: %s", uq_last_error());
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C - 1, H, G, 0.01, 0, P2, S2), UQ_ERR_ARG);
+    CHECK(strstr(uq_last_error(), "ldw") != NULL, "message does not name ldw: %s", uq_last_error());
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, G, -1.0, 0, P2, S2), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, G, 0.01, -2, P2, S2), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, NULL, G, 0.01, 0, P2, S2), UQ_ERR_ARG);
+    for (int i = 0; i < C * C; i++) I[i] = -(double)(i % (C + 1) == 0); /* -I: not SPD even after damping */
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, I, G, 0.01, 0, P2, S2), UQ_ERR_NUMERIC);
+    CHECK(strstr(uq_last_error(), "positive definite") != NULL, "message: %s", uq_last_error());
+    H[5] = NAN;
+    CHECK_STATUS(uq_q4_quantize_gptq(W, R, C, C, H, G, 0.01, 0, P2, S2), UQ_ERR_NUMERIC);
+    CHECK(strstr(uq_last_error(), "H contains NaN") != NULL, "message: %s", uq_last_error());
+    W[7] = INFINITY;
+    CHECK_STATUS(uq_q4_quantize_rtn(W, R, C, C, G, P1, S1), UQ_ERR_NUMERIC);
+    CHECK(strstr(uq_last_error(), "W contains Inf at row 0, column 7") != NULL, "message: %s", uq_last_error());
+    CHECK_STATUS(uq_q4_quantize_rtn(W, 0, C, C, G, P1, S1), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_dequantize(P1, S1, R, C, 0, D1), UQ_ERR_ARG);
+}
+
+void test_quant(void) {
+    test_rtn_hand();
+    test_pack();
+    test_rtn_bound();
+    test_gptq();
+}

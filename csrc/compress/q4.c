@@ -1,0 +1,245 @@
+/*
+ * q4.c -- int4 weight quantization (format version 1, see the int4 section of uniql.h): round-to-nearest and
+ * GPTQ, plus pack / unpack / dequantize.
+ *
+ *   per row r and group g (columns [g*G, min((g+1)*G, cols))):
+ *     s = (float)(max_c |w[r][c]| / 7.5),  q = clamp(rint(w / s) + 8, 0, 15),  w_hat = (q - 8) * s
+ *
+ * GPTQ (Frantar et al. 2022) minimises ||X W^T - X W_hat^T|| column by column with H = X^T X:
+ *   H <- H + damp * mean(diag H) I,  H^{-1} = U^T U (U upper, float64),
+ *   for each column i (natural order): quantize w_i, err_i = (w_i - w_hat_i) / U_ii, w_j -= err_i U_ij (j > i).
+ * The updates of columns after the current block are deferred and applied with one dgemm per block
+ * ("lazy batch" updates); a block ends early at a group start so that every group's scale is taken from
+ * weights that already hold the error of all earlier columns. All error feedback is in float64.
+ */
+#include "uniql.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <string.h>
+
+/* Scale of a group from its absolute maximum; UQ_ERR_NUMERIC if it does not fit float32. */
+static inline uq_status q4_scale(double amax, float *s) {
+    double v = amax / 7.5;
+    if (!(v <= (double)3.4028234663852886e38))
+        return uq_set_error(UQ_ERR_NUMERIC, "int4 quantizer: group maximum %g gives a scale beyond float32", amax);
+    *s = (float)v;
+    return UQ_OK;
+}
+
+static inline uint8_t q4_code(double w, float s) {
+    if (s == 0.0f) return UQ_Q4_OFFSET;
+    double q = rint(w / (double)s) + (double)UQ_Q4_OFFSET;
+    q = q < 0.0 ? 0.0 : q > 15.0 ? 15.0 : q;
+    return (uint8_t)q;
+}
+
+/* Sets nibble c of a packed row (even c: whole byte with a pad nibble 8 above, odd c: high nibble). Columns
+ * must be written in increasing order. */
+static inline void q4_put(uint8_t *prow, int64_t c, uint8_t q) {
+    if (c & 1)
+        prow[c >> 1] = (uint8_t)((prow[c >> 1] & 0x0f) | (q << 4));
+    else
+        prow[c >> 1] = (uint8_t)(q | (UQ_Q4_OFFSET << 4));
+}
+
+static uq_status q4_check(const char *fn, const void *W, int64_t rows, int64_t cols, int64_t ldw, int64_t group,
+                          const void *packed, const void *scales) {
+    if (!W || !packed || !scales)
+        return uq_set_error(UQ_ERR_ARG, "%s: %s is NULL", fn, !W ? "W" : !packed ? "packed" : "scales");
+    if (rows <= 0 || cols <= 0)
+        return uq_set_error(UQ_ERR_ARG, "%s: rows and cols must be positive, got (%lld, %lld)", fn, (long long)rows,
+                            (long long)cols);
+    if (ldw < cols)
+        return uq_set_error(UQ_ERR_ARG, "%s: ldw (%lld) must be >= cols (%lld)", fn, (long long)ldw, (long long)cols);
+    if (group < 1) return uq_set_error(UQ_ERR_ARG, "%s: group must be >= 1, got %lld", fn, (long long)group);
+    size_t bytes;
+    return uq_size_mul(rows, ldw, sizeof(double), &bytes);
+}
+
+static uq_status q4_check_finite_w(const char *fn, const float *W, int64_t rows, int64_t cols, int64_t ldw) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            if (!isfinite(W[r * ldw + c]))
+                return uq_set_error(UQ_ERR_NUMERIC, "%s: W contains %s at row %lld, column %lld", fn,
+                                    isnan(W[r * ldw + c]) ? "NaN" : "Inf", (long long)r, (long long)c);
+    return UQ_OK;
+}
+
+uq_status uq_q4_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t ldw, int64_t group,
+                             uint8_t *packed, float *scales) {
+    static const char fn[] = "uq_q4_quantize_rtn";
+    uq_status st = q4_check(fn, W, rows, cols, ldw, group, packed, scales);
+    if (st != UQ_OK) return st;
+    if ((st = q4_check_finite_w(fn, W, rows, cols, ldw)) != UQ_OK) return st;
+    int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *w = W + r * ldw;
+        uint8_t *prow = packed + r * rb;
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
+            float amax = 0.0f;
+            for (int64_t c = c0; c < c1; c++) amax = fabsf(w[c]) > amax ? fabsf(w[c]) : amax;
+            float s = 0.0f;
+            if ((st = q4_scale((double)amax, &s)) != UQ_OK) return st;
+            scales[r * ng + g] = s;
+            for (int64_t c = c0; c < c1; c++) q4_put(prow, c, q4_code((double)w[c], s));
+        }
+    }
+    return UQ_OK;
+}
+
+uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                              int64_t group, double damp, int64_t block, uint8_t *packed, float *scales) {
+    static const char fn[] = "uq_q4_quantize_gptq";
+    uq_status st = q4_check(fn, W, rows, cols, ldw, group, packed, scales);
+    if (st != UQ_OK) return st;
+    if (!H) return uq_set_error(UQ_ERR_ARG, "%s: H is NULL", fn);
+    if (!(damp >= 0.0) || !isfinite(damp))
+        return uq_set_error(UQ_ERR_ARG, "%s: damp must be finite and >= 0, got %g", fn, damp);
+    if (block < 0) return uq_set_error(UQ_ERR_ARG, "%s: block must be >= 0, got %lld", fn, (long long)block);
+    if (cols > INT32_MAX || rows > INT32_MAX)
+        return uq_set_error(UQ_ERR_ARG, "%s: (%lld, %lld) exceeds the BLAS integer range", fn, (long long)rows,
+                            (long long)cols);
+    if (block == 0) block = group;
+    if (block > cols) block = cols;
+    size_t hbytes, wbytes, ebytes;
+    if ((st = uq_size_mul(cols, cols, sizeof(double), &hbytes)) != UQ_OK) return st;
+    if ((st = uq_size_mul(rows, cols, sizeof(double), &wbytes)) != UQ_OK) return st;
+    if ((st = uq_size_mul(rows, block, sizeof(double), &ebytes)) != UQ_OK) return st;
+    if ((st = q4_check_finite_w(fn, W, rows, cols, ldw)) != UQ_OK) return st;
+    for (int64_t i = 0; i < cols * cols; i++)
+        if (!isfinite(H[i]))
+            return uq_set_error(UQ_ERR_NUMERIC, "%s: H contains %s at row %lld, column %lld", fn,
+                                isnan(H[i]) ? "NaN" : "Inf", (long long)(i / cols), (long long)(i % cols));
+
+    double *U = NULL, *Wd = NULL, *E = NULL;
+    if ((st = uq_alloc(hbytes, (void **)&U)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(wbytes, (void **)&Wd)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(ebytes, (void **)&E)) != UQ_OK) goto exit;
+
+    /* Hessian copy, dead columns, damping */
+    uq_linalg_sym_from_lower(H, cols, U);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) Wd[r * cols + c] = (double)W[r * ldw + c];
+    double mean = 0.0;
+    for (int64_t i = 0; i < cols; i++) {
+        if (U[i * cols + i] == 0.0) {
+            U[i * cols + i] = 1.0;
+            for (int64_t r = 0; r < rows; r++) Wd[r * cols + i] = 0.0;
+        }
+        mean += U[i * cols + i];
+    }
+    mean /= (double)cols;
+    for (int64_t i = 0; i < cols; i++) U[i * cols + i] += damp * mean;
+
+    /* U = chol_upper(H^{-1}): column-major 'L' throughout; the column-major lower triangle is the row-major
+     * upper triangle, so the last factor R (column-major lower, H^{-1} = R R^T) is row-major U = R^T. */
+    lapack_int n = (lapack_int)cols;
+    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    if (info > 0) {
+        st = uq_set_error(UQ_ERR_NUMERIC,
+                          "%s: damped Hessian is not positive definite (leading minor of order %d); increase damp "
+                          "or check H", fn, (int)info);
+        goto exit;
+    }
+    if (info == 0) info = LAPACKE_dpotri_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    if (info == 0) info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    if (info != 0) {
+        st = uq_set_error(info < 0 ? UQ_ERR_INTERNAL : UQ_ERR_NUMERIC,
+                          "%s: inverse Cholesky of the damped Hessian failed (info %d)", fn, (int)info);
+        goto exit;
+    }
+
+    int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
+    for (int64_t i0 = 0; i0 < cols;) {
+        int64_t i1 = i0 + block < cols ? i0 + block : cols;
+        int64_t next_group = (i0 / group + 1) * group; /* first group start after i0 */
+        if (next_group < i1) i1 = next_group;
+        int64_t bs = i1 - i0;
+        for (int64_t i = i0; i < i1; i++) {
+            int64_t g = i / group;
+            if (i % group == 0) { /* group start == block start: all earlier error is in Wd */
+                int64_t c1 = i + group < cols ? i + group : cols;
+                for (int64_t r = 0; r < rows; r++) {
+                    const double *w = Wd + r * cols;
+                    double amax = 0.0;
+                    for (int64_t c = i; c < c1; c++) amax = fabs(w[c]) > amax ? fabs(w[c]) : amax;
+                    if ((st = q4_scale(amax, &scales[r * ng + g])) != UQ_OK) goto exit;
+                }
+            }
+            const double *urow = U + i * cols;
+            double d = urow[i];
+            for (int64_t r = 0; r < rows; r++) {
+                double *w = Wd + r * cols;
+                float s = scales[r * ng + g];
+                uint8_t q = q4_code(w[i], s);
+                q4_put(packed + r * rb, i, q);
+                double e = (w[i] - (double)((int)q - UQ_Q4_OFFSET) * (double)s) / d;
+                E[r * bs + (i - i0)] = e;
+                for (int64_t j = i + 1; j < i1; j++) w[j] -= e * urow[j];
+            }
+        }
+        if (i1 < cols) /* Wd[:, i1:] -= E (rows, bs) @ U[i0:i1, i1:] */
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)(cols - i1), (int)bs, -1.0, E,
+                        (int)bs, U + i0 * cols + i1, (int)cols, 1.0, Wd + i1, (int)cols);
+        i0 = i1;
+    }
+exit:
+    uq_free(U);
+    uq_free(Wd);
+    uq_free(E);
+    return st;
+}
+
+uq_status uq_q4_pack(const uint8_t *codes, int64_t rows, int64_t cols, uint8_t *packed) {
+    if (!codes || !packed) return uq_set_error(UQ_ERR_ARG, "uq_q4_pack: %s is NULL", codes ? "packed" : "codes");
+    if (rows <= 0 || cols <= 0)
+        return uq_set_error(UQ_ERR_ARG, "uq_q4_pack: rows and cols must be positive, got (%lld, %lld)",
+                            (long long)rows, (long long)cols);
+    int64_t rb = UQ_Q4_ROW_BYTES(cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *c = codes + r * cols;
+        for (int64_t j = 0; j < cols; j++)
+            if (c[j] > 15)
+                return uq_set_error(UQ_ERR_RANGE, "uq_q4_pack: code %u at row %lld, column %lld is above 15",
+                                    (unsigned)c[j], (long long)r, (long long)j);
+        uint8_t *p = packed + r * rb;
+        for (int64_t b = 0; b < cols / 2; b++) p[b] = (uint8_t)(c[2 * b] | (c[2 * b + 1] << 4));
+        if (cols & 1) p[rb - 1] = (uint8_t)(c[cols - 1] | (UQ_Q4_OFFSET << 4));
+    }
+    return UQ_OK;
+}
+
+uq_status uq_q4_unpack(const uint8_t *packed, int64_t rows, int64_t cols, uint8_t *codes) {
+    if (!codes || !packed) return uq_set_error(UQ_ERR_ARG, "uq_q4_unpack: %s is NULL", codes ? "packed" : "codes");
+    if (rows <= 0 || cols <= 0)
+        return uq_set_error(UQ_ERR_ARG, "uq_q4_unpack: rows and cols must be positive, got (%lld, %lld)",
+                            (long long)rows, (long long)cols);
+    int64_t rb = UQ_Q4_ROW_BYTES(cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *p = packed + r * rb;
+        uint8_t *c = codes + r * cols;
+        for (int64_t j = 0; j < cols; j++) c[j] = (uint8_t)((p[j >> 1] >> ((j & 1) * 4)) & 0x0f);
+    }
+    return UQ_OK;
+}
+
+uq_status uq_q4_dequantize(const uint8_t *packed, const float *scales, int64_t rows, int64_t cols, int64_t group,
+                           float *W) {
+    static const char fn[] = "uq_q4_dequantize";
+    uq_status st = q4_check(fn, W, rows, cols, cols, group, packed, scales);
+    if (st != UQ_OK) return st;
+    int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *p = packed + r * rb;
+        const float *s = scales + r * ng;
+        float *w = W + r * cols;
+        for (int64_t j = 0; j < cols; j++) {
+            int q = (p[j >> 1] >> ((j & 1) * 4)) & 0x0f;
+            w[j] = (float)((double)(q - UQ_Q4_OFFSET) * (double)s[j / group]);
+        }
+    }
+    return UQ_OK;
+}

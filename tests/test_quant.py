@@ -1,0 +1,227 @@
+"""int4 quantization (uniql.quant -> csrc/compress/q4.c): RTN bit-exact against a NumPy implementation of
+the documented formula, GPTQ against a slow column-by-column float64 NumPy GPTQ, pack/unpack byte-exact,
+error bounds, and bad inputs."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import uniql
+from uniql import _C
+from uniql import quant as q4
+
+TOL_HALF_STEP = 1e-5     # |w - w_hat| <= (s/2)(1 + TOL_HALF_STEP): float32 roundings of s and of 7s (~2^-20 rel.)
+RTOL_SCALE_GPTQ = 1e-6   # GPTQ scales vs the float64 reference (float32 storage, different update order)
+GPTQ_GAIN = 0.85         # GPTQ output error must be below this fraction of RTN's on correlated inputs
+
+
+# ---------------------------------------------------------------------------------------- references
+
+
+def quantize_ref(W: np.ndarray, group: int):
+    """The format-v1 quantizer in NumPy: s = float32(amax / 7.5), q = clip(rint(w / s) + 8, 0, 15) (half-even)."""
+    rows, cols = W.shape
+    ng = -(-cols // group)
+    codes = np.empty((rows, cols), np.uint8)
+    scales = np.empty((rows, ng), np.float32)
+    for g in range(ng):
+        blk = W[:, g * group:(g + 1) * group].astype(np.float64)
+        s = (np.abs(blk).max(axis=1) / 7.5).astype(np.float32)
+        scales[:, g] = s
+        codes[:, g * group:(g + 1) * group] = codes_of(blk, s)
+    return codes, scales
+
+
+def codes_of(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    s64 = s.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint(w / s64) + 8, 0, 15)
+    return np.where(s64 == 0, 8, q).astype(np.uint8)
+
+
+def pack_ref(codes: np.ndarray) -> np.ndarray:
+    rows, cols = codes.shape
+    padded = np.full((rows, cols + (cols & 1)), 8, np.uint8)
+    padded[:, :cols] = codes
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
+
+
+def gptq_ref(W: np.ndarray, H: np.ndarray, group: int, damp: float = 0.01):
+    """Unblocked float64 GPTQ: dead columns, relative damping, U = chol_upper(H^-1), one column at a time,
+    the group's scale from the updated weights when the group starts."""
+    W = W.astype(np.float64)
+    H = np.tril(H) + np.tril(H, -1).T
+    rows, cols = W.shape
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H = H + damp * np.mean(np.diag(H)) * np.eye(cols)
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # H^-1 = U^T U
+    codes = np.empty((rows, cols), np.uint8)
+    scales = np.empty((rows, -(-cols // group)), np.float32)
+    for i in range(cols):
+        if i % group == 0:
+            scales[:, i // group] = (np.abs(W[:, i:i + group]).max(axis=1) / 7.5).astype(np.float32)
+        s = scales[:, i // group]
+        codes[:, i] = codes_of(W[:, i:i + 1], s)[:, 0]
+        err = (W[:, i] - (codes[:, i].astype(np.float64) - 8) * s.astype(np.float64)) / U[i, i]
+        W[:, i + 1:] -= np.outer(err, U[i, i + 1:])
+    return codes, scales
+
+
+def correlated_inputs(rng, T, n, mix=0.8):
+    """Tokens whose features share a few strong directions (like real activations)."""
+    basis = rng.standard_normal((4, n))
+    return (rng.standard_normal((T, n)) * (1 - mix) + rng.standard_normal((T, 4)) @ basis * mix).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- RTN
+
+
+@pytest.mark.parametrize("group", [1, 4, 32, 128])
+@pytest.mark.parametrize("rows", [1, 3, 7])
+def test_rtn_bit_exact_and_half_step_bound(rng, group, rows):
+    for cols in sorted({1, max(group - 1, 1), group, group + 1, 2 * group + 3}):
+        W = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 10, (rows, 1))).astype(np.float32)
+        W_before = W.copy()
+        q = q4.quantize_rtn(W, group=group)
+        codes, scales = quantize_ref(W, group)
+        np.testing.assert_array_equal(q.scales, scales)
+        np.testing.assert_array_equal(q4.unpack(q.packed, cols), codes)
+        np.testing.assert_array_equal(q.packed, pack_ref(codes))
+        D = q4.dequantize(q)
+        assert D.dtype == np.float32 and D.shape == W.shape
+        step = np.repeat(q.scales, group, axis=1)[:, :cols].astype(np.float64)
+        assert np.all(np.abs(W - D.astype(np.float64)) <= 0.5 * step * (1 + TOL_HALF_STEP))
+        np.testing.assert_array_equal(D, ((codes.astype(np.float64) - 8) * step).astype(np.float32))
+        np.testing.assert_array_equal(W, W_before)
+
+
+def test_rtn_rounds_half_to_even_and_zero_groups():
+    # amax 7.5 -> s = 1 exactly: w/s = k + 0.5 rounds to even; +7.5 -> 8 clamps to 15, -7.5 -> -8 -> 0
+    W = np.array([[0.5, 1.5, 2.5, -0.5, -1.5, 7.5, -7.5, 0.0],
+                  [0.0] * 8], np.float32)
+    q = q4.quantize_rtn(W, group=8)
+    assert q.scales.tolist() == [[1.0], [0.0]]
+    assert q4.unpack(q.packed, 8).tolist() == [[8, 10, 10, 8, 6, 15, 0, 8], [8] * 8]
+
+
+# ------------------------------------------------------------------------------------- pack / unpack
+
+
+@pytest.mark.parametrize("cols", [1, 2, 7, 128, 129])
+def test_pack_unpack_byte_exact(rng, cols):
+    codes = rng.integers(0, 16, (5, cols), dtype=np.uint8)
+    packed = q4.pack(codes)
+    np.testing.assert_array_equal(packed, pack_ref(codes))
+    np.testing.assert_array_equal(q4.unpack(packed, cols), codes)
+
+
+def test_pack_rejects_codes_above_15():
+    codes = np.zeros((2, 3), np.uint8)
+    codes[1, 2] = 16
+    with pytest.raises(uniql.RangeError, match="row 1, column 2 is above 15"):
+        q4.pack(codes)
+    with pytest.raises(uniql.ShapeError, match=r"packed must have shape \(rows >= 1, 2\) for cols = 4"):
+        q4.unpack(np.zeros((2, 3), np.uint8), 4)
+
+
+# ---------------------------------------------------------------------------------------------- GPTQ
+
+
+@pytest.mark.parametrize("rows,cols,group,block", [(5, 16, 8, None), (3, 13, 4, None), (4, 9, 128, None),
+                                                   (6, 24, 8, 3), (6, 24, 8, 20), (2, 10, 1, None)])
+def test_gptq_matches_float64_reference(rng, rows, cols, group, block):
+    X = correlated_inputs(rng, 256, cols)
+    H = X.astype(np.float64).T @ X.astype(np.float64) / 256
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    H_before, W_before = H.copy(), W.copy()
+    q = q4.quantize_gptq(W, H, group=group, block=block)
+    codes, scales = gptq_ref(W, H, group)
+    np.testing.assert_array_equal(q4.unpack(q.packed, cols), codes)
+    np.testing.assert_allclose(q.scales, scales, rtol=RTOL_SCALE_GPTQ)
+    np.testing.assert_array_equal(H, H_before)
+    np.testing.assert_array_equal(W, W_before)
+
+
+def test_gptq_identity_hessian_is_rtn(rng):
+    W = rng.standard_normal((4, 20)).astype(np.float32)
+    a, b = q4.quantize_rtn(W, group=8), q4.quantize_gptq(W, np.eye(20), group=8)
+    np.testing.assert_array_equal(a.packed, b.packed)
+    np.testing.assert_array_equal(a.scales, b.scales)
+
+
+def test_gptq_output_error_below_rtn(rng):
+    n, rows = 96, 48
+    X = correlated_inputs(rng, 1024, n)
+    cov = uniql.linalg.Covariance(n)
+    cov.update(X[:512])
+    W = rng.standard_normal((rows, n)).astype(np.float32)
+    Xt = X[512:].astype(np.float64)  # held-out tokens
+    errs = {}
+    for name, q in (("rtn", q4.quantize_rtn(W, group=32)), ("gptq", q4.quantize_gptq(W, cov.mean(), group=32))):
+        errs[name] = np.linalg.norm(Xt @ (W - q4.dequantize(q)).T.astype(np.float64))
+    assert errs["gptq"] < GPTQ_GAIN * errs["rtn"], errs
+
+
+def test_gptq_dead_columns_quantize_to_zero(rng):
+    X = correlated_inputs(rng, 128, 12)
+    X[:, [2, 7]] = 0.0
+    H = X.astype(np.float64).T @ X.astype(np.float64)
+    W = rng.standard_normal((3, 12)).astype(np.float32)
+    D = q4.dequantize(q4.quantize_gptq(W, H, group=4))
+    assert not D[:, [2, 7]].any()
+    codes, _ = gptq_ref(W, H, 4)
+    np.testing.assert_array_equal(q4.unpack(q4.quantize_gptq(W, H, group=4).packed, 12), codes)
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+
+def test_quantizers_reject_bad_inputs(rng):
+    W = rng.standard_normal((4, 8)).astype(np.float32)
+    H = np.eye(8)
+    with pytest.raises(uniql.DTypeError, match="W must have dtype float32, got float64"):
+        q4.quantize_rtn(W.astype(np.float64))
+    with pytest.raises(uniql.InvalidArgumentError, match="W must be C-contiguous"):
+        q4.quantize_rtn(np.zeros((4, 16), np.float32)[:, ::2])
+    with pytest.raises(uniql.InvalidArgumentError, match="W must be C-contiguous"):
+        q4.quantize_gptq(np.asfortranarray(W), H)
+    with pytest.raises(uniql.InvalidArgumentError, match="group must be >= 1, got 0"):
+        q4.quantize_rtn(W, group=0)
+    with pytest.raises(uniql.ShapeError, match="W must be non-empty"):
+        q4.quantize_rtn(np.zeros((0, 8), np.float32))
+    with pytest.raises(uniql.ShapeError, match="W must not have an empty dimension"):
+        q4.quantize_rtn(np.zeros((3, 0), np.float32))
+    with pytest.raises(uniql.DTypeError, match="H must have dtype float64, got float32"):
+        q4.quantize_gptq(W, H.astype(np.float32))
+    with pytest.raises(uniql.ShapeError, match=r"H must have shape \(8, 8\)"):
+        q4.quantize_gptq(W, np.eye(7))
+    with pytest.raises(uniql.InvalidArgumentError, match="damp must be >= 0"):
+        q4.quantize_gptq(W, H, damp=-0.1)
+    with pytest.raises(uniql.InvalidArgumentError, match="block must be >= 1"):
+        q4.quantize_gptq(W, H, block=0)
+    with pytest.raises(uniql.NumericError, match="not positive definite"):
+        q4.quantize_gptq(W, -np.eye(8))
+    Hn = H.copy()
+    Hn[3, 1] = np.nan
+    with pytest.raises(uniql.NumericError, match="H contains NaN at row 3, column 1"):
+        q4.quantize_gptq(W, Hn)
+    W[2, 5] = np.inf
+    with pytest.raises(uniql.NumericError, match="W contains Inf at row 2, column 5"):
+        q4.quantize_rtn(W)
+    # the binding checks output shapes when called directly
+    with pytest.raises(ValueError, match=r"packed must have shape \(4, 4\)"):
+        _C.q4_quantize_rtn(np.zeros((4, 8), np.float32), 8, np.empty((4, 5), np.uint8), np.empty((4, 1), np.float32))
+
+
+def test_quantized_tensor_is_frozen_and_validated(rng):
+    q = q4.quantize_rtn(rng.standard_normal((3, 10)).astype(np.float32), group=4)
+    assert (q.rows, q.cols, q.ngroups, q.group) == (3, 10, 3, 4)
+    assert q.nbytes == 3 * 5 + 3 * 3 * 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        q.group = 8
+    with pytest.raises(uniql.ShapeError, match=r"scales must have shape \(3, 3\)"):
+        q4.QuantizedTensor(q.packed, q.scales[:, :2].copy(), (3, 10), 4)
+    with pytest.raises(uniql.DTypeError, match="packed must have dtype uint8"):
+        q4.QuantizedTensor(q.packed.astype(np.int8), q.scales, (3, 10), 4)

@@ -1,0 +1,337 @@
+"""The uniql artifact: one directory that serves every pruning rate from 0 to its maximum (DESIGN.md section 6).
+
+Layout::
+
+    config.json                    the model's Hugging Face config + a "uniql" section (ArtifactMeta)
+    model-rest.safetensors         embedding, final norm, lm_head (when untied)
+    model-layer-NNNN.safetensors   one file per decoder layer
+    tokenizer.json ...             copied from the source model
+    uniql_report.json              what compress() did: times per stage, peak memory, sizes
+
+Tensors keep Hugging Face names. A float weight is ``<name>`` (F32 or F16); an int4 weight is
+``<name>.qweight`` (U8, the core's packed layout: two codes per byte, low nibble = even column) plus
+``<name>.scales`` (F16, one per row per group; for o_proj the groups restart at every head segment). Q/K rows are
+stored pair-interleaved in sorted order, with ``...self_attn.rope_freq`` (I32 (n_kv, d/2)) the original frequency
+index of each stored pair, so keeping r head dims is the first r rows of each head. Every prunable axis is a
+prefix per head / per group: loading at rate rho copies prefixes, ``set_rate`` only changes the sizes the kernels
+use. Nothing here computes: slicing and bookkeeping only; numerics are in the C core.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from uniql import _C
+from uniql.errors import FormatError, RangeError, UnsupportedError
+from uniql.sorting import alloc_keep_ratios, keep_size
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+REST_FILE = "model-rest.safetensors"
+
+
+def layer_file(i: int) -> str:
+    return f"model-layer-{i:04d}.safetensors"
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    """The ``uniql`` section of an artifact's config.json."""
+
+    format_version: int
+    architecture: str                 # "llama" | "qwen2"
+    max_rate: float                   # highest pruning rate the artifact serves
+    importance: tuple[float, ...]     # block importance s_l per decoder layer (DESIGN.md section 4)
+    mlp_granularity: int              # MLP keep sizes are multiples of this
+    attn_granularity: int             # attention head-dim keep sizes are multiples of this (even)
+    alloc_eps: float = 0.1
+    alloc_max_prune: float = 0.85
+    quantization: dict[str, Any] | None = None   # {"bits": 4, "group": g, "o_group": go, "embedding": "rtn-row"}
+    qk_layout: str = "interleaved"
+    sorting: dict[str, Any] = field(default_factory=dict)  # scorer options used
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.format_version, int) or self.format_version < 1:
+            raise FormatError(f"uniql.format_version must be a positive integer, got {self.format_version!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise UnsupportedError(f"artifact format version {self.format_version} is newer than this uniql "
+                                   f"supports ({FORMAT_VERSION}); upgrade uniql")
+        if self.architecture not in ("llama", "qwen2"):
+            raise UnsupportedError(f"artifact architecture {self.architecture!r} is not supported")
+        if not (0.0 <= self.max_rate <= self.alloc_max_prune):
+            raise FormatError(f"uniql.max_rate {self.max_rate} outside [0, {self.alloc_max_prune}]")
+        if not self.importance or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.importance):
+            raise FormatError("uniql.importance must be a non-empty list of finite numbers")
+        for name in ("mlp_granularity", "attn_granularity"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise FormatError(f"uniql.{name} must be a positive integer, got {v!r}")
+        if self.attn_granularity % 2:
+            raise FormatError(f"uniql.attn_granularity must be even (whole RoPE pairs), got {self.attn_granularity}")
+        if self.qk_layout != "interleaved":
+            raise FormatError(f"uniql.qk_layout must be 'interleaved', got {self.qk_layout!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], where: str = "config.json") -> "ArtifactMeta":
+        u = cfg.get("uniql")
+        if not isinstance(u, dict):
+            raise FormatError(f"{where}: no 'uniql' section; not a uniql artifact")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(u) - known)
+        if unknown:
+            if isinstance(u.get("format_version"), int) and u["format_version"] > FORMAT_VERSION:
+                raise UnsupportedError(f"{where}: artifact format version {u['format_version']} is newer than "
+                                       f"this uniql supports ({FORMAT_VERSION}); upgrade uniql")
+            raise FormatError(f"{where}: unknown keys in the uniql section: {', '.join(unknown)}")
+        try:
+            d = dict(u)
+            d["importance"] = tuple(float(v) for v in d.get("importance", ()))
+            return cls(**d)
+        except TypeError as e:
+            raise FormatError(f"{where}: invalid uniql section: {e}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["importance"] = list(self.importance)
+        return d
+
+    # ------------------------------------------------------------------ allocation ----
+    def keep_ratios(self, rate: float) -> np.ndarray:
+        """Per-layer keep ratios for a global pruning rate (C: softmax allocation, clamp)."""
+        check_rate(rate, self.max_rate)
+        if rate == 0.0:
+            return np.ones(len(self.importance))
+        return alloc_keep_ratios(np.asarray(self.importance, np.float64), 1.0 - rate, self.alloc_eps,
+                                 self.alloc_max_prune)
+
+    def keep_sizes(self, rate: float, intermediate: int, head_dim: int) -> list[tuple[int, int]]:
+        """Per-layer (MLP keep k, attention head-dim keep r) at a global pruning rate."""
+        return [(keep_size(intermediate, float(p), self.mlp_granularity),
+                 keep_size(head_dim, float(p), self.attn_granularity)) for p in self.keep_ratios(rate)]
+
+
+def check_rate(rate: float, max_rate: float) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+        raise RangeError(f"rate must be a finite number, got {rate!r}")
+    if rate < 0.0 or rate > max_rate + 1e-12:
+        raise RangeError(f"rate {rate} is outside [0, {max_rate}] (the artifact's max_rate)")
+    return float(rate)
+
+
+# ------------------------------------------------------------------------------- loading ----
+
+@dataclass(frozen=True)
+class Int4:
+    """int4 weight handed to the runtime (packed codes + float32 scales; group restarts per input segment)."""
+
+    packed: np.ndarray
+    scales: np.ndarray
+    group: int
+    shape: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales.nbytes
+
+
+def _own(a: np.ndarray) -> np.ndarray:
+    """An aligned, C-contiguous copy (file views may be unaligned and are read-only)."""
+    return np.array(a, order="C", copy=True)
+
+
+def _f32_scales(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.float32:
+        return _own(a)
+    out = np.empty(a.shape, np.float32)
+    _C.convert(_own(a), out)
+    return out
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return _f32_scales(a)
+
+
+class _Reader:
+    """Reads artifact tensors with prefix slicing (copies only what is kept)."""
+
+    def __init__(self, d: Path, meta: ArtifactMeta, info: Mapping[str, Any]) -> None:
+        self.d, self.meta, self.info = d, meta, info
+
+    def linear(self, f: Any, name: str, rows: np.ndarray | slice | None = None,
+               col_segments: int = 1, col_keep: int | None = None) -> Any:
+        """Weight `name` with a row selection and a per-segment column prefix (col_keep of each segment)."""
+        spec = self.info.get(name)
+        if spec is None:
+            raise FormatError(f"artifact is missing tensor info for {name!r}")
+        rows_sel = slice(None) if rows is None else rows
+        if spec["format"] == "q4":
+            packed = f.get(name + ".qweight")
+            scales = f.get(name + ".scales")
+            R, C = spec["shape"]
+            g = int(spec["group"])
+            if packed.shape != (R, (C + 1) // 2):
+                raise FormatError(f"{name}.qweight has shape {packed.shape}, expected {(R, (C + 1) // 2)}")
+            seg = C // col_segments
+            gps = -(-seg // g)
+            if scales.shape != (R, col_segments * gps):
+                raise FormatError(f"{name}.scales has shape {scales.shape}, expected {(R, col_segments * gps)}")
+            packed = packed[rows_sel]
+            scales = scales[rows_sel]
+            cols = C
+            if col_keep is not None and col_keep < seg:
+                if col_keep % 2 or seg % 2:
+                    raise FormatError(f"{name}: int4 column prefix {col_keep} of segment {seg} must be even")
+                kg = -(-col_keep // g)
+                packed = packed.reshape(packed.shape[0], col_segments, seg // 2)[:, :, :col_keep // 2]
+                packed = packed.reshape(packed.shape[0], -1)
+                scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
+                cols = col_segments * col_keep
+            packed = _own(packed)
+            return Int4(packed, _f32_scales(scales), g, (int(packed.shape[0]), int(cols)))
+        w = f.get(name + ".weight")
+        w = w[rows_sel]
+        if col_keep is not None:
+            seg = w.shape[1] // col_segments
+            w = w.reshape(w.shape[0], col_segments, seg)[:, :, :col_keep].reshape(w.shape[0], -1)
+        return _f32(w)
+
+
+def head_rows(n_heads: int, stored: int, keep: int) -> np.ndarray:
+    """Rows of a (n_heads * stored)-row projection kept at head-dim keep: the first `keep` of each head."""
+    return (np.arange(n_heads)[:, None] * stored + np.arange(keep)[None, :]).reshape(-1)
+
+
+def read_meta(d: Path, cfg: Mapping[str, Any]) -> tuple[ArtifactMeta, dict[str, Any]]:
+    meta = ArtifactMeta.from_config(cfg, str(d / "config.json"))
+    tinfo = cfg.get("uniql_tensors")
+    if not isinstance(tinfo, dict):
+        raise FormatError(f"{d / 'config.json'}: missing 'uniql_tensors' table")
+    return meta, tinfo
+
+
+def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq: int | None = None,
+                  tokenizer: Any = None) -> "ElasticModel":
+    """Loads an artifact at a pruning rate: only the prefixes that rate needs are read into memory."""
+    from uniql import safetensors as st
+    from uniql.runtime import TransformerConfig
+
+    meta, tinfo = read_meta(d, cfg)
+    rate = check_rate(rate, meta.max_rate)
+    tc = TransformerConfig.from_hf(cfg)
+    L, nh, nkv, d_head = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
+    if len(meta.importance) != L:
+        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")
+    keeps = meta.keep_sizes(rate, tc.intermediate_size, d_head)
+    reader = _Reader(d, meta, tinfo)
+    tensors: dict[str, Any] = {}
+    freq_maps: list[np.ndarray] = []
+    for i, (k, r) in enumerate(keeps):
+        path = d / layer_file(i)
+        if not path.is_file():
+            raise FormatError(f"artifact is missing {path.name}")
+        p = f"model.layers.{i}."
+        with st.safe_open(path) as f:
+            for n in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+                tensors[p + n] = _f32(f.get(p + n))
+            a = p + "self_attn."
+            tensors[a + "q_proj.weight"] = reader.linear(f, a + "q_proj", head_rows(nh, d_head, r))
+            tensors[a + "k_proj.weight"] = reader.linear(f, a + "k_proj", head_rows(nkv, d_head, r))
+            tensors[a + "v_proj.weight"] = reader.linear(f, a + "v_proj", head_rows(nkv, d_head, r))
+            tensors[a + "o_proj.weight"] = reader.linear(f, a + "o_proj", None, col_segments=nh, col_keep=r)
+            for b, heads in (("q_proj", nh), ("k_proj", nkv)):
+                if a + b + ".bias" in f.keys():
+                    tensors[a + b + ".bias"] = _f32(f.get(a + b + ".bias")[head_rows(heads, d_head, r)])
+            if a + "o_proj.bias" in f.keys():
+                tensors[a + "o_proj.bias"] = _f32(f.get(a + "o_proj.bias"))
+            m = p + "mlp."
+            tensors[m + "gate_proj.weight"] = reader.linear(f, m + "gate_proj", slice(0, k))
+            tensors[m + "up_proj.weight"] = reader.linear(f, m + "up_proj", slice(0, k))
+            tensors[m + "down_proj.weight"] = reader.linear(f, m + "down_proj", None, col_keep=k)
+            freq_maps.append(_own(f.get(a + "rope_freq")[:, : r // 2]).astype(np.int32, copy=False))
+    rest = d / REST_FILE
+    if not rest.is_file():
+        raise FormatError(f"artifact is missing {REST_FILE}")
+    with st.safe_open(rest) as f:
+        tensors["model.embed_tokens.weight"] = reader.linear(f, "model.embed_tokens")
+        tensors["model.norm.weight"] = _f32(f.get("model.norm.weight"))
+        if not tc.tie_word_embeddings:
+            tensors["lm_head.weight"] = reader.linear(f, "lm_head")
+    # v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
+    model = ElasticModel.from_hf_tensors(tc, tensors, tokenizer, freq_maps=freq_maps, qk_layout="interleaved",
+                                         max_seq=max_seq)
+    model._init_elastic(meta, rate, d)
+    return model
+
+
+def _elastic_base():
+    from uniql.runtime import Model
+    return Model
+
+
+class ElasticModel(_elastic_base()):  # type: ignore[misc]
+    """A runtime Model loaded from an artifact: its pruning rate can be lowered... no: raised or restored up to
+    the loaded prefix, live between tokens, without reloading (``set_rate``)."""
+
+    def _init_elastic(self, meta: ArtifactMeta, rate: float, path: Path) -> None:
+        self.meta = meta
+        self.loaded_rate = rate
+        self.path = path
+        self._rate = rate
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    def keep_sizes(self, rate: float) -> list[tuple[int, int]]:
+        c = self.config
+        return self.meta.keep_sizes(rate, c.intermediate_size, c.head_dim)
+
+    def set_rate(self, rate: float) -> None:
+        """Switches to another pruning rate >= the loaded one (instant: only the kernels' sizes change; the KV
+        cache stays valid). Lower rates need the weights the load skipped: reload with ``uniql.load``."""
+        rate = check_rate(rate, self.meta.max_rate)
+        if rate < self.loaded_rate - 1e-12:
+            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); "
+                             "reload the artifact with uniql.load(path, rate=...) to use it")
+        sizes = self.keep_sizes(rate)
+        for i, (k, r) in enumerate(sizes):
+            ks, rs = self.stored(i)
+            if k > ks or r > rs:  # cannot happen: allocation is monotone in the rate
+                raise RangeError(f"layer {i}: keep sizes ({k}, {r}) exceed the loaded ({ks}, {rs})")
+        for i, (k, r) in enumerate(sizes):
+            self.set_keep(i, mlp=k, attn=r)
+        self._rate = rate
+
+    def parameter_count(self, rate: float | None = None) -> int:
+        """Parameters used at `rate` (default: the current one): all linears at their keep sizes, embedding
+        (and lm_head when untied), norms and biases."""
+        c = self.config
+        sizes = self.keep_sizes(self._rate if rate is None else rate)
+        n, nh, nkv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
+        total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
+        for k, r in sizes:
+            total += 2 * n + n * r * (2 * nh + 2 * nkv) + 3 * n * k
+        return total
+
+
+def parameter_count_full(cfg: Mapping[str, Any]) -> int:
+    """Parameters of the uncompressed transformer (biases excluded)."""
+    n, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    d = cfg.get("head_dim") or n // nh
+    di, V = cfg["intermediate_size"], cfg["vocab_size"]
+    tied = cfg.get("tie_word_embeddings", False)
+    return V * n * (1 if tied else 2) + n + L * (2 * n + n * d * (2 * nh + 2 * nkv) + 3 * n * di)
+
+
+def artifact_bytes(d: Path, files: Sequence[str] | None = None) -> int:
+    names = files if files is not None else [p.name for p in d.glob("model-*.safetensors")]
+    return sum((d / n).stat().st_size for n in names)

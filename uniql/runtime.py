@@ -1,0 +1,542 @@
+"""Transformer runtime (Llama, Qwen2): run a model at any per-layer keep sizes, switchable between tokens.
+
+All numerics are in the C core (``uniql._C``); this module validates configs, arranges weights (by
+reference: arrays are kept alive here and the C model points into them), and orchestrates generation and
+perplexity.
+
+Weight layout inside the runtime (see ``csrc/include/uniql.h``, "transformer runtime"): Q/K heads are
+pair-interleaved (rows 2j, 2j+1 of a head form RoPE pair j). Hugging Face checkpoints use rotate-half
+(dim i pairs with i + d/2); :meth:`Model.from_hf_tensors` permutes their Q/K rows (and biases) per head by
+``[0, d/2, 1, d/2+1, ...]`` unless ``qk_layout="interleaved"`` says the tensors already use the runtime
+layout (uniql artifacts, possibly truncated to a stored head dim R < d and an MLP size K < D_I).
+
+int4 weights: any value of ``tensors`` with attributes ``packed`` (uint8 (rows, (cols+1)//2)), ``scales``
+(float32 (rows, ngroups)), ``group`` and ``shape`` (rows, cols) -- e.g. :class:`uniql.quant.QuantizedTensor`
+-- is used as int4 (w = (q - 8) * scale). For o_proj every head's column segment has its own groups:
+scales (rows, n_heads * ceil(R / group)), which is the standard layout whenever R % group == 0.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from uniql import _C
+from uniql.errors import DTypeError, RangeError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TransformerConfig", "Model", "SUPPORTED_MODEL_TYPES"]
+
+SUPPORTED_MODEL_TYPES = {"llama": 0, "qwen2": 1}
+_ROPE_TYPES = {"default": 0, "llama3": 1}
+_LINEARS = (("self_attn", "q_proj", "q"), ("self_attn", "k_proj", "k"), ("self_attn", "v_proj", "v"),
+            ("self_attn", "o_proj", "o"), ("mlp", "gate_proj", "gate"), ("mlp", "up_proj", "up"),
+            ("mlp", "down_proj", "down"))
+
+
+def _pos_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"config {name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture of a Llama/Qwen2 decoder. ``head_dim`` is the original d (RoPE, softmax scale)."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v (and o for Llama) biases required
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedError(f"unsupported model_type {self.model_type!r} "
+                                   f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            object.__setattr__(self, name, _pos_int(name, getattr(self, name)))
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even (RoPE pairs)")
+        if self.rope_type not in _ROPE_TYPES:
+            raise UnsupportedError(f"unsupported rope type {self.rope_type!r} (supported: default, llama3)")
+        if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
+            raise ValueError(f"rms_norm_eps and rope_theta must be > 0, got {self.rms_norm_eps}, {self.rope_theta}")
+        if self.rope_type == "llama3" and not (
+                self.rope_factor > 0 and self.rope_low_freq_factor > 0 and self.rope_high_freq_factor > 0
+                and self.rope_high_freq_factor != self.rope_low_freq_factor
+                and self.rope_original_max_position_embeddings > 0):
+            raise ValueError("llama3 rope scaling needs factor, low_freq_factor != high_freq_factor and "
+                             "original_max_position_embeddings, all > 0")
+        object.__setattr__(self, "eos_token_ids", tuple(int(e) for e in self.eos_token_ids))
+
+    @classmethod
+    def from_hf(cls, d: Mapping[str, Any]) -> "TransformerConfig":
+        """From a Hugging Face ``config.json`` dict (rope as ``rope_parameters`` or ``rope_theta``/``rope_scaling``)."""
+        mt = d.get("model_type")
+        if mt not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedError(f"unsupported model_type {mt!r} (supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})")
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise UnsupportedError(f"unsupported hidden_act {act!r} (only silu)")
+        if mt == "qwen2" and (d.get("use_sliding_window") or any(t != "full_attention" for t in d.get("layer_types") or [])):
+            raise UnsupportedError("qwen2 sliding-window attention is not supported")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if key not in d:
+                raise ValueError(f"config is missing {key!r}")
+        nh = d["num_attention_heads"]
+        nkv = d.get("num_key_value_heads") or nh
+        hd = d.get("head_dim")
+        if not hd:
+            if d["hidden_size"] % nh:
+                raise ValueError(f"hidden_size {d['hidden_size']} is not a multiple of num_attention_heads {nh} "
+                                 "and no head_dim is given")
+            hd = d["hidden_size"] // nh
+        rp = dict(d.get("rope_scaling") or {})
+        rp.update(d.get("rope_parameters") or {})
+        theta = rp.get("rope_theta", d.get("rope_theta", 10000.0))
+        rtype = rp.get("rope_type", rp.get("type", "default")) or "default"
+        if rp.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0)) != 1.0:
+            raise UnsupportedError("partial rotary embeddings are not supported")
+        eos = d.get("eos_token_id")
+        eos_ids = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+        qwen = mt == "qwen2"
+        kw: dict[str, Any] = {}
+        if rtype == "llama3":
+            kw = dict(rope_factor=float(rp["factor"]), rope_low_freq_factor=float(rp["low_freq_factor"]),
+                      rope_high_freq_factor=float(rp["high_freq_factor"]),
+                      rope_original_max_position_embeddings=int(rp["original_max_position_embeddings"]))
+        return cls(model_type=mt, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+                   intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+                   num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd,
+                   max_position_embeddings=d.get("max_position_embeddings", 2048),
+                   rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta), rope_type=rtype,
+                   tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                   attention_bias=True if qwen else bool(d.get("attention_bias", False)),
+                   mlp_bias=bool(d.get("mlp_bias", False)), bos_token_id=d.get("bos_token_id"),
+                   eos_token_ids=eos_ids, **kw)
+
+    def _c_dict(self) -> dict[str, Any]:
+        return dict(arch=SUPPORTED_MODEL_TYPES[self.model_type], vocab_size=self.vocab_size,
+                    hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+                    num_layers=self.num_hidden_layers, num_heads=self.num_attention_heads,
+                    num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, rms_norm_eps=self.rms_norm_eps,
+                    rope_theta=self.rope_theta, rope_type=_ROPE_TYPES[self.rope_type], rope_factor=self.rope_factor,
+                    rope_low_freq_factor=self.rope_low_freq_factor, rope_high_freq_factor=self.rope_high_freq_factor,
+                    rope_original_max_pos=float(self.rope_original_max_position_embeddings))
+
+
+@dataclass(frozen=True)
+class _Q4:
+    """int4 weight in the runtime (rows possibly permuted): see the module docstring."""
+
+    packed: np.ndarray
+    scales: np.ndarray
+    group: int
+    shape: tuple[int, int]
+
+
+def _is_q4(v: Any) -> bool:
+    return all(hasattr(v, a) for a in ("packed", "scales", "group", "shape"))
+
+
+def _f32(name: str, a: Any) -> np.ndarray:
+    """A float32 C-contiguous array (float16/bfloat16 converted by the C core; float64 refused)."""
+    if not isinstance(a, np.ndarray):
+        raise DTypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype == np.float32:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.float16 or a.dtype.name == "bfloat16":
+        src = np.ascontiguousarray(a)
+        out = np.empty(a.shape, np.float32)
+        if a.dtype == np.float16:
+            _C.convert(src, out)
+        else:
+            _C.convert(src.view(np.uint16), out, bf16=True)
+        return out
+    raise DTypeError(f"{name} has dtype {a.dtype}; expected float32, float16 or bfloat16 (float64 is not accepted)")
+
+
+def _as_q4(name: str, v: Any) -> _Q4:
+    rows, cols = (int(x) for x in v.shape)
+    packed, scales = v.packed, v.scales
+    if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
+        raise DTypeError(f"{name}.packed must be a uint8 numpy array")
+    return _Q4(np.ascontiguousarray(packed), _f32(f"{name}.scales", scales), int(v.group), (rows, cols))
+
+
+def _interleave_rows(n_heads: int, d: int) -> np.ndarray:
+    """Row index map rotate-half -> pair-interleaved, per head: [0, d/2, 1, d/2+1, ...]."""
+    per = np.stack([np.arange(d // 2), np.arange(d // 2) + d // 2], axis=1).reshape(-1)
+    return (np.arange(n_heads)[:, None] * d + per[None, :]).reshape(-1)
+
+
+def _permute_rows(w: np.ndarray | _Q4, idx: np.ndarray) -> np.ndarray | _Q4:
+    if isinstance(w, _Q4):
+        return _Q4(np.ascontiguousarray(w.packed[idx]), np.ascontiguousarray(w.scales[idx]), w.group, w.shape)
+    return np.ascontiguousarray(w[idx])
+
+
+def _ids_array(ids: Any, what: str = "ids") -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D sequence of token ids, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{what} is empty: at least one token is needed")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise DTypeError(f"{what} must be integer token ids, got dtype {a.dtype}")
+    if a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max:
+        bad = int(a[(a < np.iinfo(np.int32).min) | (a > np.iinfo(np.int32).max)][0])
+        raise RangeError(f"{what}: token id {bad} outside the int32 range")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+class Model:
+    """A Llama/Qwen2 model in the C runtime with a KV-cache state.
+
+    Not thread-safe: one sequence at a time (the GIL is released inside C calls).
+    """
+
+    def __init__(self, config: TransformerConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
+                 layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
+                 max_chunk: int = 256) -> None:
+        """Low-level constructor: prefer :meth:`from_hf_tensors`. ``embed``/``lm_head``/layer linears are
+        float32 arrays or :class:`_Q4`; layers are dicts with attn_norm, q, k, v, o, mlp_norm, gate, up,
+        down (each linear a (weight, bias-or-None) pair) and freq_map (int32 (n_kv, R/2) or None)."""
+        self.config = config
+        self.tokenizer = tokenizer
+        keep: list[np.ndarray] = []
+
+        def spec(w: Any, bias: np.ndarray | None) -> tuple:
+            if bias is not None:
+                keep.append(bias)
+            if isinstance(w, _Q4):
+                keep.extend([w.packed, w.scales])
+                return (w.packed, w.scales, w.group, w.shape[1], bias)
+            keep.append(w)
+            return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
+
+        c_layers = []
+        for lay in layers:
+            d = {"attn_norm": lay["attn_norm"], "mlp_norm": lay["mlp_norm"], "freq_map": lay.get("freq_map")}
+            keep.extend([lay["attn_norm"], lay["mlp_norm"]])
+            if d["freq_map"] is not None:
+                keep.append(d["freq_map"])
+            for _, _, short in _LINEARS:
+                d[short] = spec(*lay[short])
+            c_layers.append(d)
+        emb_spec = spec(embed, None)
+        head_spec = emb_spec if lm_head is embed else spec(lm_head, None)
+        keep.append(final_norm)
+        self._arrays = keep
+        self._cm = _C.tf_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
+        if max_seq is None:
+            max_seq = min(config.max_position_embeddings, 2048)
+        self.max_seq = int(max_seq)
+        self._max_chunk = int(max_chunk)
+        self._state = _C.tf_state_new(self._cm, self.max_seq, self._max_chunk)
+        self._scratch = None  # state for embed/layer_forward/head, created on demand
+        self._scratch_seq = 0
+
+    # ------------------------------------------------------------------------------ loading ----
+    @classmethod
+    def from_hf_tensors(cls, config: Mapping[str, Any] | TransformerConfig, tensors: Mapping[str, Any],
+                        tokenizer: Any = None, *, freq_maps: Sequence[np.ndarray | None] | None = None,
+                        qk_layout: str = "rotate_half", max_seq: int | None = None,
+                        max_chunk: int = 256) -> "Model":
+        """Builds a model from Hugging Face tensor names (``model.embed_tokens.weight``,
+        ``model.layers.{i}.self_attn.q_proj.weight``/``.bias``, ..., ``model.norm.weight``, ``lm_head.weight``
+        (optional when embeddings are tied)). Values: float32/float16/bfloat16 arrays (float16/bfloat16
+        converted once), or int4 objects (see module docstring). ``qk_layout``: "rotate_half" (HF; rows are
+        permuted to the runtime's pair-interleaved layout) or "interleaved" (already in runtime layout, stored
+        head dim R = q rows / n_heads may be < head_dim). ``freq_maps``: per layer int32 (n_kv, R/2) frequency
+        index of each stored pair, or None for identity. ``max_seq``: KV cache length (default
+        min(max_position_embeddings, 2048))."""
+        cfg = config if isinstance(config, TransformerConfig) else TransformerConfig.from_hf(config)
+        if qk_layout not in ("rotate_half", "interleaved"):
+            raise ValueError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
+        L, nh, nkv, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if freq_maps is not None and len(freq_maps) != L:
+            raise ValueError(f"freq_maps has {len(freq_maps)} entries, the model has {L} layers")
+        used: set[str] = set()
+
+        def get(name: str, required: bool = True) -> Any:
+            if name not in tensors:
+                if required:
+                    raise ValueError(f"missing tensor {name!r}")
+                return None
+            used.add(name)
+            v = tensors[name]
+            return _as_q4(name, v) if _is_q4(v) else _f32(name, v)
+
+        def vec(name: str) -> np.ndarray:
+            v = get(name)
+            if isinstance(v, _Q4):
+                raise DTypeError(f"{name} must be a float array, not int4")
+            return v
+
+        layers = []
+        for i in range(L):
+            p = f"model.layers.{i}."
+            lay: dict[str, Any] = {"attn_norm": vec(p + "input_layernorm.weight"),
+                                   "mlp_norm": vec(p + "post_attention_layernorm.weight")}
+            for mod, proj, short in _LINEARS:
+                w = get(f"{p}{mod}.{proj}.weight")
+                need_bias = (cfg.attention_bias and mod == "self_attn"
+                             and (proj != "o_proj" or cfg.model_type == "llama")) or (cfg.mlp_bias and mod == "mlp")
+                b = get(f"{p}{mod}.{proj}.bias", required=need_bias)
+                if isinstance(b, _Q4):
+                    raise DTypeError(f"{p}{mod}.{proj}.bias must be a float array, not int4")
+                lay[short] = [w, b]
+            q_rows = lay["q"][0].shape[0]
+            if qk_layout == "rotate_half":
+                if q_rows != nh * d:
+                    raise ValueError(f"layer {i} q_proj has {q_rows} rows, expected num_heads x head_dim = {nh * d} "
+                                     "(truncated heads need qk_layout='interleaved')")
+                for short, heads in (("q", nh), ("k", nkv)):
+                    idx = _interleave_rows(heads, d)
+                    w, b = lay[short]
+                    if w.shape[0] != heads * d:
+                        raise ValueError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads * d}")
+                    lay[short] = [_permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
+            fm = None if freq_maps is None else freq_maps[i]
+            if fm is not None:
+                fm = np.ascontiguousarray(fm)
+                if fm.dtype != np.int32:
+                    if not np.issubdtype(fm.dtype, np.integer):
+                        raise DTypeError(f"freq_maps[{i}] must be integer, got {fm.dtype}")
+                    fm = fm.astype(np.int32)
+            lay["freq_map"] = fm
+            layers.append(lay)
+        embed = get("model.embed_tokens.weight")
+        final_norm = vec("model.norm.weight")
+        if cfg.tie_word_embeddings:
+            head = embed
+            used.add("lm_head.weight")
+        else:
+            head = get("lm_head.weight")
+        extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
+        if extra:
+            raise ValueError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
+        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
+
+    # --------------------------------------------------------------------------- keep sizes ----
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    def keep(self, layer: int) -> tuple[int, int]:
+        """(MLP keep k, attention head-dim keep r) of a layer."""
+        k, r, _, _ = _C.tf_get_keep(self._cm, layer)
+        return k, r
+
+    def stored(self, layer: int) -> tuple[int, int]:
+        """(stored intermediate size K, stored head dim R) of a layer: the largest keep sizes."""
+        _, _, k, r = _C.tf_get_keep(self._cm, layer)
+        return k, r
+
+    def set_keep(self, layer: int, mlp: int | None = None, attn: int | None = None) -> None:
+        """Sets layer's MLP keep (1..K) and/or attention head-dim keep (even, 2..R); takes effect at the next
+        token. The KV cache stays valid."""
+        _C.tf_set_keep(self._cm, int(layer), -1 if mlp is None else int(mlp), -1 if attn is None else int(attn))
+
+    def set_keep_all(self, mlp: int | Sequence[int] | None = None, attn: int | Sequence[int] | None = None) -> None:
+        """Sets keep sizes of every layer: an int for all layers or one value per layer."""
+        def per_layer(v: Any, what: str) -> list:
+            if v is None or isinstance(v, (int, np.integer)):
+                return [v] * self.num_layers
+            v = list(v)
+            if len(v) != self.num_layers:
+                raise ValueError(f"{what} has {len(v)} values, the model has {self.num_layers} layers")
+            return v
+        ms, rs = per_layer(mlp, "mlp"), per_layer(attn, "attn")
+        for layer in range(self.num_layers):  # validate everything before changing anything
+            K, R = self.stored(layer)
+            if ms[layer] is not None and not 1 <= ms[layer] <= K:
+                raise RangeError(f"set_keep_all: layer {layer} MLP keep {ms[layer]} outside [1, {K}]")
+            if rs[layer] is not None and (not 2 <= rs[layer] <= R or rs[layer] % 2):
+                raise RangeError(f"set_keep_all: layer {layer} attention keep {rs[layer]} must be even and in [2, {R}]")
+        for layer in range(self.num_layers):
+            self.set_keep(layer, ms[layer], rs[layer])
+
+    # ------------------------------------------------------------------------------ running ----
+    @property
+    def position(self) -> int:
+        """Number of tokens in the KV cache."""
+        return _C.tf_state_info(self._state)[0]
+
+    def reset(self) -> None:
+        """Starts a new sequence (empties the KV cache)."""
+        _C.tf_state_reset(self._state)
+
+    def forward(self, ids: Any, last_only: bool = False) -> np.ndarray:
+        """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only."""
+        a = _ids_array(ids)
+        out = np.empty((1 if last_only else a.size, self.config.vocab_size), np.float32)
+        _C.tf_forward(self._cm, self._state, a, out)
+        return out
+
+    def logits(self, ids: Any) -> np.ndarray:
+        """float32 logits (T, vocab) of a fresh sequence."""
+        a = _ids_array(ids)
+        self.reset()
+        return self.forward(a)
+
+    def nll(self, ids: Any) -> np.ndarray:
+        """float64 (T-1,): -log p(ids[t] | ids[:t]) for t = 1..T-1 of a fresh sequence."""
+        a = _ids_array(ids)
+        if a.size < 2:
+            raise ValueError("nll needs at least 2 tokens")
+        lg = self.logits(a)
+        out = np.empty(a.size - 1, np.float64)
+        _C.nll(lg[:-1], a[1:], out)
+        return out
+
+    def _encode(self, text_or_ids: Any, what: str) -> tuple[np.ndarray, bool]:
+        if isinstance(text_or_ids, str):
+            if self.tokenizer is None:
+                raise ValueError(f"{what} is a str but the model has no tokenizer: pass token ids")
+            if not text_or_ids:
+                raise ValueError(f"{what} is empty")
+            enc = self.tokenizer.encode(text_or_ids)
+            return _ids_array(getattr(enc, "ids", enc), what), True
+        return _ids_array(text_or_ids, what), False
+
+    def perplexity(self, text_or_ids: Any, window: int = 512, stride: int | None = None) -> float:
+        """Sliding-window perplexity (as in Hugging Face's perplexity guide): windows of ``window`` tokens
+        start every ``stride`` (default: window) tokens and each scores only tokens not scored before;
+        the first token of the text is never scored. NLL computed in C (float64)."""
+        ids, _ = self._encode(text_or_ids, "text")
+        stride = window if stride is None else int(stride)
+        if window < 2 or window > self.max_seq:
+            raise ValueError(f"window {window} must be in [2, max_seq = {self.max_seq}]")
+        if not 1 <= stride <= window:
+            raise ValueError(f"stride {stride} must be in [1, window = {window}]")
+        n = ids.size
+        if n < 2:
+            raise ValueError("perplexity needs at least 2 tokens")
+        total, count, prev_end = 0.0, 0, 0
+        for begin in range(0, n, stride):
+            end = min(begin + window, n)
+            first = max(prev_end, begin + 1)  # first position scored in this window
+            if end > first:
+                self.reset()
+                lg = np.empty((end - first + 1, self.config.vocab_size), np.float32)
+                _C.tf_forward(self._cm, self._state, ids[begin:end], lg)
+                nll = np.empty(end - first, np.float64)
+                _C.nll(lg[:-1], ids[first:end], nll)
+                total += float(nll.sum())
+                count += end - first
+            prev_end = end
+            if end == n:
+                break
+        return math.exp(total / count)
+
+    def generate(self, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> str | list[int]:
+        """Generates up to ``max_new_tokens`` after ``prompt`` (a fresh sequence), stopping at an
+        eos_token_id of the config or when the KV cache is full. Greedy when temperature <= 0, else
+        temperature + top-p sampling with a splitmix64 RNG seeded by ``seed`` (deterministic). Returns the
+        generated continuation only: a str when the prompt is a str (decoded by the tokenizer), else a list
+        of ids."""
+        ids, is_text = self._encode(prompt, "prompt")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if ids.size > self.max_seq:
+            raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {self.max_seq}")
+        rng = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
+        eos = set(self.config.eos_token_ids)
+        out: list[int] = []
+        self.reset()
+        logits = self.forward(ids, last_only=True)
+        for _ in range(max_new_tokens):
+            tok = _C.sample(logits[0], float(temperature), float(top_p), rng)
+            out.append(tok)
+            if tok in eos or self.position >= self.max_seq:
+                break
+            logits = self.forward(np.array([tok], np.int32), last_only=True)
+        if is_text:
+            return self.tokenizer.decode(out)
+        return out
+
+    # ------------------------------------------------------------------ compression pipeline ----
+    def _scratch_state(self, T: int) -> Any:
+        if self._scratch is None or self._scratch_seq < T:
+            self._scratch_seq = max(T, 1)
+            self._scratch = _C.tf_state_new(self._cm, self._scratch_seq, self._max_chunk)
+        return self._scratch
+
+    def embed(self, ids: Any) -> np.ndarray:
+        """float32 (T, hidden) embedding rows (int4 dequantized)."""
+        a = _ids_array(ids)
+        X = np.empty((a.size, self.config.hidden_size), np.float32)
+        _C.tf_embed(self._cm, a, X)
+        return X
+
+    def layer_forward(self, layer: int, X: np.ndarray, capture: Iterable[str] = ()) -> tuple[np.ndarray, dict]:
+        """One decoder layer over a causal sequence X (T, hidden) at positions 0..T-1 and the layer's current
+        keep sizes. ``capture``: names among attn_in (T, hidden), q (T, n_heads*r), k (T, n_kv*r) (after RoPE),
+        attn_out (T, n_heads*r), mlp_in (T, hidden), mlp_z (T, k). Returns (Y, {name: array}). Does not touch
+        the generation KV cache."""
+        X = _f32("X", X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (T, hidden), got shape {X.shape}")
+        T = X.shape[0]
+        c = self.config
+        k, r = self.keep(layer)
+        widths = {"attn_in": c.hidden_size, "q": c.num_attention_heads * r, "k": c.num_key_value_heads * r,
+                  "attn_out": c.num_attention_heads * r, "mlp_in": c.hidden_size, "mlp_z": k}
+        caps = {}
+        for name in capture:
+            if name not in widths:
+                raise ValueError(f"unknown capture {name!r} (choose from {', '.join(widths)})")
+            caps[name] = np.empty((T, widths[name]), np.float32)
+        Y = np.empty_like(X)
+        _C.tf_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **caps)
+        return Y, caps
+
+    def head(self, X: np.ndarray) -> np.ndarray:
+        """float32 logits (T, vocab) = lm_head(final RMSNorm(X))."""
+        X = _f32("X", X)
+        out = np.empty((X.shape[0], self.config.vocab_size), np.float32)
+        _C.tf_head(self._cm, self._scratch_state(1), X, out)
+        return out
+
+    # ---------------------------------------------------------------------------- accounting ----
+    def memory_bytes(self) -> int:
+        """Bytes of the weights referenced by the model plus its KV cache/scratch state(s)."""
+        seen, total = set(), 0
+        for a in self._arrays:
+            if id(a) not in seen:
+                seen.add(id(a))
+                total += a.nbytes
+        total += _C.tf_state_info(self._state)[1]
+        if self._scratch is not None:
+            total += _C.tf_state_info(self._scratch)[1]
+        return total
