@@ -246,7 +246,7 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
             tensors[a + "k_proj.weight"] = reader.linear(f, a + "k_proj", head_rows(nkv, d_head, r))
             tensors[a + "v_proj.weight"] = reader.linear(f, a + "v_proj", head_rows(nkv, d_head, r))
             tensors[a + "o_proj.weight"] = reader.linear(f, a + "o_proj", None, col_segments=nh, col_keep=r)
-            for b, heads in (("q_proj", nh), ("k_proj", nkv)):
+            for b, heads in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
                 if a + b + ".bias" in f.keys():
                     tensors[a + b + ".bias"] = _f32(f.get(a + b + ".bias")[head_rows(heads, d_head, r)])
             if a + "o_proj.bias" in f.keys():
@@ -309,6 +309,15 @@ class ElasticModel(_elastic_base()):  # type: ignore[misc]
         for i, (k, r) in enumerate(sizes):
             self.set_keep(i, mlp=k, attn=r)
         self._rate = rate
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weight arrays this model holds (what the loaded rate needed); no KV cache."""
+        seen, total = set(), 0
+        for a in self._arrays:
+            if id(a) not in seen:
+                seen.add(id(a))
+                total += a.nbytes
+        return total
 
     def parameter_count(self, rate: float | None = None) -> int:
         """Parameters used at `rate` (default: the current one): all linears at their keep sizes, embedding

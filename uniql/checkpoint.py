@@ -303,7 +303,9 @@ def load(path: PathLike, rate: float = 0.0, *, max_seq: int | None = None) -> "M
 
 
 def _load_artifact(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> "Model":
-    raise UnsupportedError(f"{str(d)!r} is a uniql compressed artifact: artifact loading not implemented yet")
+    from uniql.artifact import load_artifact
+
+    return load_artifact(d, cfg, rate, max_seq=max_seq, tokenizer=load_tokenizer(d))
 
 
 def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> "Model":

@@ -226,6 +226,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     # ---- resume / fresh partial directory
     state_path = part / "progress.json"
     start, importance = 0, []
+    resumed_info: dict[str, Any] = {}
     X = None
     opts_json = asdict(opts)
     if resume and state_path.is_file():
@@ -233,6 +234,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         if state.get("options") != opts_json or state.get("source") != str(src.resolve()):
             raise InvalidArgumentError(f"cannot resume {part}: it was started with other options or model")
         start, importance = int(state["done"]), list(state["importance"])
+        resumed_info = dict(state["info"])
         X = np.load(part / "calib_x.npy")
         if X.shape != (B, T, n):
             raise InvalidArgumentError(f"cannot resume {part}: saved activations have shape {X.shape}")
@@ -249,7 +251,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         del emb
         timer.add("calibrate", time.perf_counter() - t)
 
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = resumed_info  # tensor table (layers finished before an interruption included)
     wdt = np.float16 if opts.dtype == "float16" else np.float32
     bar = range(start, L)
     if progress:
@@ -373,9 +375,6 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
                                    "source": str(src.resolve()), "info": info}))
         os.replace(tmp, state_path)
         timer.add("write", time.perf_counter() - t)
-
-    if resume and start > 0:  # tensor info of layers finished before the interruption
-        info = {**json.loads(state_path.read_text())["info"], **info}
 
     # ---- embedding / final norm / lm_head
     t = time.perf_counter()

@@ -15,6 +15,8 @@
 #include "kernels.h"
 
 #define UQ_Q4_CHUNK 256
+/* Below this many multiply-adds a call runs on one thread (fork/join would cost more than it saves). */
+#define UQ_PAR_MIN_WORK 65536
 
 float uq_k_dot(const float *a, const float *b, int64_t n) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -119,7 +121,7 @@ static void linear_f32(const uq_linear *L, const float *x, int64_t T, int64_t ns
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, nblk = (nout + 3) / 4;
     const float *W = L->w, *b = L->bias;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nout * nin * T >= UQ_PAR_MIN_WORK)
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t o0 = blk * 4, nr = nout - o0 < 4 ? nout - o0 : 4;
         const float *w[4];
@@ -149,7 +151,7 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
     const int64_t gps = (seg_in + g - 1) / g, rowbytes = UQ_Q4_ROW_BYTES(L->cols);
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in;
     const float *b = L->bias;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nout * nin * T >= UQ_PAR_MIN_WORK)
     for (int64_t o = 0; o < nout; o++) {
         float buf[UQ_Q4_CHUNK];
         int64_t row = (o / keep_out) * seg_out + o % keep_out;

@@ -47,8 +47,11 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
                     const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
                     float *scores, int nthreads) {
     const int64_t group = n_heads / n_kv, work = T * n_heads;
+    /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
+    int par = work * (pos0 + T) * r >= 65536;
     (void)nthreads;
-#pragma omp parallel num_threads(nthreads)
+    (void)par;
+#pragma omp parallel num_threads(nthreads) if (par)
     {
 #ifdef _OPENMP
         float *sc = scores + (int64_t)omp_get_thread_num() * max_seq;

@@ -1,0 +1,235 @@
+"""uniql.compress and the elastic artifact on small random-weight Llama/Qwen2 models (transformers as oracle)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uniql
+from uniql.artifact import REST_FILE, layer_file
+from uniql.compress import OutputExistsError, compress
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SORTED_REL_TOL = 1e-4      # sorting alone (no pruning, no quantization) preserves the function
+VOCAB, SEQ, NSAMP = 256, 32, 8
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _make(tmp: Path, kind: str, tied: bool = False) -> tuple[Path, object]:
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  tie_word_embeddings=tied)
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(head_dim=16, **common)
+        model = transformers.LlamaForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+        with torch.no_grad():  # random q/k/v biases (zero-initialised otherwise)
+            for layer in model.model.layers:
+                for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    p.bias.normal_(0, 0.5)
+    model.eval()
+    d = tmp / f"{kind}{'-tied' if tied else ''}"
+    model.save_pretrained(d)
+    return d, model
+
+
+def _calib(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, size=(NSAMP, SEQ))
+
+
+def _compress(src: Path, out: Path, **kw) -> Path:
+    kw.setdefault("quantize", False)
+    return compress(src, out, calibration=_calib(), num_samples=NSAMP, seq_len=SEQ, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("llama")
+    src, model = _make(tmp, "llama")
+    return src, model, _compress(src, tmp / "fp32"), _compress(src, tmp / "int4", quantize=True)
+
+
+@pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
+def test_sorting_preserves_function(tmp_path, kind, tied):
+    src, model = _make(tmp_path, kind, tied)
+    out = _compress(src, tmp_path / "art")
+    ids = np.random.default_rng(1).integers(0, VOCAB, size=24)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids[None])).logits[0].numpy()
+    m = uniql.load(out)
+    assert _rel(m.logits(ids), ref) <= SORTED_REL_TOL
+
+
+@pytest.mark.parametrize("which", ["fp32", "int4"])
+@pytest.mark.parametrize("rate", [0.15, 0.25, 0.35])
+def test_load_at_rate_equals_set_rate(llama, which, rate):
+    art = llama[2] if which == "fp32" else llama[3]
+    ids = np.random.default_rng(2).integers(0, VOCAB, size=20)
+    full = uniql.load(art, rate=0.0)
+    full.set_rate(rate)
+    assert full.rate == rate
+    a = uniql.load(art, rate=rate).logits(ids)
+    b = full.logits(ids)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_live_rate_switch_between_tokens(llama):
+    """The rate changes between tokens without touching the KV cache: switching to 0.35 and back before the
+    next tokens gives exactly the never-switched result, and decoding at 0.35 uses the smaller sizes."""
+    art = llama[3]
+    ids = np.random.default_rng(3).integers(0, VOCAB, size=12)
+    m = uniql.load(art, rate=0.0)
+    m.reset()
+    m.forward(ids[:8])
+    unswitched = m.forward(ids[8:])
+    m.reset()
+    m.forward(ids[:8])
+    m.set_rate(0.35)
+    m.set_rate(0.0)
+    np.testing.assert_array_equal(m.forward(ids[8:]), unswitched)
+    m.reset()
+    m.forward(ids[:8])
+    m.set_rate(0.35)
+    assert [m.keep(i) for i in range(3)] == m.keep_sizes(0.35)
+    switched = m.forward(ids[8:])
+    assert switched.shape == unswitched.shape and not np.array_equal(switched, unswitched)
+
+
+def test_higher_rate_never_more_parameters(llama):
+    art = llama[3]
+    counts, mems = [], []
+    for rate in (0.0, 0.05, 0.15, 0.25, 0.35):
+        m = uniql.load(art, rate=rate, max_seq=64)
+        counts.append(m.parameter_count())
+        mems.append(m.weight_bytes())
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+    assert mems == sorted(mems, reverse=True) and mems[0] > mems[-1]
+
+
+def test_reported_sizes_match_bytes(llama):
+    for art in llama[2:]:
+        report = json.loads((art / "uniql_report.json").read_text())
+        for name, size in report["bytes"].items():
+            assert (art / name).stat().st_size == size
+        assert set(report["bytes"]) == {layer_file(i) for i in range(3)} | {REST_FILE}
+    # int4 weights are about 4.5 bits (scales included): far smaller than fp32
+    fp = sum(p.stat().st_size for p in llama[2].glob("model-*.safetensors"))
+    q4 = sum(p.stat().st_size for p in llama[3].glob("model-*.safetensors"))
+    assert q4 < fp / 4
+
+
+def test_int4_close_to_fp32(llama):
+    """int4 artifact at rate 0 stays close to the sorted fp32 model (a loose sanity bound on random weights)."""
+    ids = np.random.default_rng(4).integers(0, VOCAB, size=16)
+    a = uniql.load(llama[2]).logits(ids)
+    b = uniql.load(llama[3]).logits(ids)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+
+
+def test_rate_out_of_range(llama):
+    with pytest.raises(uniql.RangeError, match="outside \\[0, 0.35\\]"):
+        uniql.load(llama[2], rate=0.5)
+    m = uniql.load(llama[2], rate=0.25)
+    with pytest.raises(uniql.RangeError, match="below the rate this model was loaded at"):
+        m.set_rate(0.15)
+    with pytest.raises(uniql.RangeError, match="outside"):
+        m.set_rate(0.9)
+
+
+def test_bad_inputs_write_nothing(tmp_path, llama):
+    src = llama[0]
+    # calibration shorter than one sequence
+    out = tmp_path / "short"
+    with pytest.raises(ValueError, match="fewer than one sequence"):
+        compress(src, out, calibration=np.arange(10), seq_len=SEQ, progress=False)
+    assert not out.exists() and not (tmp_path / "short.partial").exists()
+    # existing non-empty output directory
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="exists and is not empty"):
+        _compress(src, out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    # unsupported architecture
+    bad = tmp_path / "gpt2"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(uniql.UnsupportedError, match="gpt2"):
+        _compress(bad, tmp_path / "gpt2-out")
+    assert not (tmp_path / "gpt2-out").exists()
+    # max_rate out of range
+    with pytest.raises(uniql.RangeError, match="max_rate"):
+        _compress(src, tmp_path / "r", max_rate=0.9)
+    assert not (tmp_path / "r").exists()
+
+
+def test_future_artifact_version(tmp_path, llama):
+    import shutil
+
+    art = tmp_path / "future"
+    shutil.copytree(llama[2], art)
+    cfg = json.loads((art / "config.json").read_text())
+    cfg["uniql"]["format_version"] = 99
+    (art / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(uniql.UnsupportedError, match="format version 99 is newer"):
+        uniql.load(art)
+
+
+def test_ablations_run_and_differ(tmp_path, llama):
+    src = llama[0]
+    a = _compress(src, tmp_path / "mag", scorer="magnitude")
+    b = _compress(src, tmp_path / "split", split_sigma=True)
+    ids = np.random.default_rng(5).integers(0, VOCAB, size=16)
+    base = uniql.load(llama[2]).logits(ids)
+    # at rate 0 every variant is the same function ...
+    for art in (a, b):
+        assert _rel(uniql.load(art).logits(ids), base) <= SORTED_REL_TOL
+    # ... but pruned they keep different channels
+    assert not np.array_equal(uniql.load(a, rate=0.35).logits(ids), uniql.load(llama[2], rate=0.35).logits(ids))
+
+
+_KILL_SCRIPT = """
+import sys, numpy as np
+from uniql.compress import compress
+compress(sys.argv[1], sys.argv[2], calibration=np.random.default_rng(0).integers(0, {vocab}, size=({n}, {s})),
+         num_samples={n}, seq_len={s}, quantize=True, progress=False, resume=len(sys.argv) > 3)
+"""
+
+
+def test_sigkill_then_resume_is_identical(tmp_path, llama):
+    src, ref_art = llama[0], llama[3]
+    out = tmp_path / "killed"
+    script = _KILL_SCRIPT.format(vocab=VOCAB, n=NSAMP, s=SEQ)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(out)], env=env)
+    progress = out.with_name(out.name + ".partial") / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text() or "{}").get("done", 0) >= 1:
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("compression finished before it could be interrupted")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed run must not leave a loadable artifact"
+    with pytest.raises(Exception):
+        uniql.load(out)
+    subprocess.run([sys.executable, "-c", script, str(src), str(out), "resume"], env=env, check=True)
+    for name in [layer_file(i) for i in range(3)] + [REST_FILE, "config.json"]:
+        assert (out / name).read_bytes() == (ref_art / name).read_bytes(), name
