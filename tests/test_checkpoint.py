@@ -227,8 +227,10 @@ def test_load_rejects_rate_and_artifacts(saved, tmp_path):
         checkpoint.load(d, rate=0.25)
     with pytest.raises(uniql.InvalidArgumentError, match=r"rate must be in \[0, 1\)"):
         checkpoint.load(d, rate=1.5)
+    # config.json["uniql"] routes to the artifact reader (rate allowed), which rejects an incomplete section
     art = _write_config(tmp_path / "art", {"model_type": "llama", "uniql": {"format_version": 1}})
-    with pytest.raises(uniql.UnsupportedError, match="artifact loading not implemented yet"):
+    assert checkpoint.is_artifact(checkpoint.read_raw_config(art))
+    with pytest.raises(uniql.FormatError, match="uniql section"):
         checkpoint.load(art, rate=0.25)
     with pytest.raises(checkpoint.ModelNotFoundError, match="does not exist"):
         checkpoint.load(tmp_path / "nothing")

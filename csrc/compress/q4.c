@@ -158,27 +158,26 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
         int64_t next_group = (i0 / group + 1) * group; /* first group start after i0 */
         if (next_group < i1) i1 = next_group;
         int64_t bs = i1 - i0;
-        for (int64_t i = i0; i < i1; i++) {
-            int64_t g = i / group;
-            if (i % group == 0) { /* group start == block start: all earlier error is in Wd */
-                int64_t c1 = i + group < cols ? i + group : cols;
-                for (int64_t r = 0; r < rows; r++) {
-                    const double *w = Wd + r * cols;
+        /* rows are independent inside a block (a scale depends on its own row only): row-outer order keeps
+         * the row's block segment in L1 and the block of U in L2 */
+        for (int64_t r = 0; r < rows; r++) {
+            double *w = Wd + r * cols, *e = E + r * bs;
+            uint8_t *prow = packed + r * rb;
+            for (int64_t i = i0; i < i1; i++) {
+                int64_t g = i / group;
+                if (i % group == 0) { /* group start == block start: all earlier error is in Wd */
+                    int64_t c1 = i + group < cols ? i + group : cols;
                     double amax = 0.0;
                     for (int64_t c = i; c < c1; c++) amax = fabs(w[c]) > amax ? fabs(w[c]) : amax;
                     if ((st = q4_scale(amax, &scales[r * ng + g])) != UQ_OK) goto exit;
                 }
-            }
-            const double *urow = U + i * cols;
-            double d = urow[i];
-            for (int64_t r = 0; r < rows; r++) {
-                double *w = Wd + r * cols;
+                const double *urow = U + i * cols;
                 float s = scales[r * ng + g];
                 uint8_t q = q4_code(w[i], s);
-                q4_put(packed + r * rb, i, q);
-                double e = (w[i] - (double)((int)q - UQ_Q4_OFFSET) * (double)s) / d;
-                E[r * bs + (i - i0)] = e;
-                for (int64_t j = i + 1; j < i1; j++) w[j] -= e * urow[j];
+                q4_put(prow, i, q);
+                double ei = (w[i] - (double)((int)q - UQ_Q4_OFFSET) * (double)s) / urow[i];
+                e[i - i0] = ei;
+                for (int64_t j = i + 1; j < i1; j++) w[j] -= ei * urow[j];
             }
         }
         if (i1 < cols) /* Wd[:, i1:] -= E (rows, bs) @ U[i0:i1, i1:] */

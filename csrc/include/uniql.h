@@ -551,6 +551,155 @@ uq_status uq_alloc_block_importance(const float *x, const float *y, int64_t L, i
 uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double global_keep, double eps,
                                double max_prune, double *keep_ratios);
 
+/* ======================================================= Mamba2 and hybrid runtime (runtime/ssm.c) ====== */
+/*
+ * Mamba2ForCausalLM, NemotronHForCausalLM and BambaForCausalLM at any per-layer keep sizes, switchable
+ * between tokens. Weights are never copied (descriptors point into caller-owned arrays that must outlive
+ * the model). Kernels: csrc/kernels/ssm_kernels.c (+ uq_linear_forward, RMSNorm, embedding of the
+ * transformer runtime).
+ *
+ * A model is a stack of layers x = x + mixer(RMSNorm(x) * norm_l), then for layers with an ffn_norm a second
+ * sub-block x = x + MLP(RMSNorm(x) * ffn_norm_l) (Bamba); logits = RMSNorm(x) * final_norm  W_lm^T.
+ * Mixer kinds: UQ_HY_MAMBA (Mamba2 mixer), UQ_HY_ATTN (causal GQA attention, optional (partial) RoPE),
+ * UQ_HY_MLP (the MLP itself is the mixer: Nemotron-H '-' layers). MLP: silu(x Wg^T) * (x Wu^T) Wd^T
+ * (UQ_HY_ACT_SILU_GATED) or relu(x Wu^T)^2 Wd^T (UQ_HY_ACT_RELU2). All RMSNorms use cfg.norm_eps.
+ *
+ * Mamba2 mixer (H heads of P channels, G groups of state size N, conv width K), per token:
+ *   [z | x | B | C | dt] = h W_in^T (+ b)          rows z (H*P), x (H*P), B (G*N), C (G*N), dt (H)
+ *   [x | B | C] = silu(causal depthwise conv1d of width K over time (+ conv bias)), rolling state of K-1 inputs
+ *   Delta_h = clamp(softplus(dt_h + dt_bias_h), dt_min, dt_max)   (softplus(v) = v for v > 20, as torch)
+ *   A_h = -exp(A_log_h);  head h reads group g = h / (H/G)
+ *   S_h[p][n] <- exp(Delta_h A_h) S_h[p][n] + (Delta_h B_g[n]) x_h[p]
+ *   y_h[p] = sum_n C_g[n] S_h[p][n] + D_h x_h[p]
+ *   y = y * silu(z), RMS-normalised over G groups of H*P/G consecutive channels (norm after the gate, as HF's
+ *   MambaRMSNormGated) times gnorm;  out = y W_out^T (+ b).
+ * Prefill (T > 1 tokens in one call) uses the chunked SSD form over chunks of cfg.chunk_size tokens aligned to
+ * the first token of the call (intra-chunk C B^T "attention" + inter-chunk state passing); a single token
+ * uses the recurrence. Both compute the same function (float rounding aside); UQ_HY_OPT_SEQUENTIAL_SCAN
+ * makes prefill use the recurrence too (the _ref path). Unlike transformers' torch decode path, the
+ * dt clamp is applied in decode as well (it is in prefill), so prefill and decode agree when it binds.
+ *
+ * Elastic layout (DESIGN.md sections 3 and 6). Per Mamba layer: stored head channels Ps (= out_proj cols / H)
+ * and state size Ns (from the in_proj rows 2*H*Ps + 2*G*Ns + H); keeps P' <= Ps (first P' channels of every
+ * head: rows of z and x, x conv channels, gnorm entries, out_proj columns) and N' <= Ns (first N' of every
+ * group: B and C rows and conv channels). The gated norm normalises over the kept channels (group size
+ * H*P'/G). SSM state (H, Ps, Ns) and conv state (H*Ps + 2*G*Ns, K-1) are held at the stored sizes.
+ * By default x, B, C, their conv and the state are computed at the stored sizes whatever the keep (each
+ * state element depends only on its own channel, so the kept prefix is exactly what a truncated model
+ * computes and keep sizes can change between tokens without invalidating the state, as the KV cache);
+ * only z, the read-out, the gated norm and out_proj shrink. With UQ_HY_OPT_KEPT_STATE only the kept channels
+ * are computed (faster; state channels outside the keep then go stale, so raising a keep mid-sequence is
+ * approximate until the next reset).
+ *
+ * Attention layers: stored head dim R (= q rows / num_heads) of which R_rot rows are rotary (rot_rows;
+ * 0 without RoPE). Head layout (runtime convention): rows [0, R_rot) are RoPE pairs interleaved (rows 2j,
+ * 2j+1 = pair j, rotating at original frequency index freq_map[kv][j], identity when NULL, angle
+ * theta^(-2f/rope_dim) * pos), rows [R_rot, R) the pass (not rotated) dims. For Bamba (rope_dim = d/2) an HF
+ * head [rot (d/2, rotate-half) | pass (d/2)] becomes [pair-interleaved rot | pass]. A keep r uses
+ * r_rot = r * R_rot / R rotary rows (must be an even integer) and r - r_rot pass rows of every Q/K head
+ * (rows [0, r_rot) U [R_rot, R_rot + r - r_rot)), the first r rows of every V head and the first r columns of
+ * every head's R-wide o_proj segment. K and V are always computed and cached at width R. Softmax scale
+ * 1/sqrt(head_dim) at every keep. MLP layers / sub-blocks: stored size K (up rows), keep k <= K (prefix).
+ *
+ * Determinism: every output element's float operations depend only on that element's inputs and the keep
+ * sizes, so a model built from truncated arrays and a full model set to the same keeps give identical logits.
+ */
+typedef enum { UQ_HY_MAMBA = 0, UQ_HY_ATTN = 1, UQ_HY_MLP = 2 } uq_hy_kind;
+typedef enum { UQ_HY_ACT_SILU_GATED = 0, UQ_HY_ACT_RELU2 = 1 } uq_hy_act;
+
+#define UQ_HY_OPT_SEQUENTIAL_SCAN 1 /* prefill with the recurrence (reference path) */
+#define UQ_HY_OPT_KEPT_STATE 2      /* compute x/B/C/conv/state only for kept channels (see above) */
+#define UQ_HY_MAX_CONV 64           /* largest conv width K */
+
+typedef struct {
+    int64_t vocab_size;
+    int64_t hidden_size;
+    int64_t num_layers;
+    double norm_eps;              /* every RMSNorm, gated norm included */
+    /* Mamba2 mixers (validated when a layer has kind UQ_HY_MAMBA) */
+    int64_t ssm_heads;            /* H */
+    int64_t ssm_head_dim;         /* original P (stored Ps <= P) */
+    int64_t ssm_groups;           /* G, divides H */
+    int64_t ssm_state;            /* original N (stored Ns <= N) */
+    int64_t conv_kernel;          /* K in [1, UQ_HY_MAX_CONV] */
+    int64_t chunk_size;           /* SSD chunk length (>= 1) */
+    double dt_min, dt_max;        /* clamp of Delta (time_step_limit; 0 and INFINITY when none) */
+    /* attention (validated when a layer has kind UQ_HY_ATTN) */
+    int64_t num_heads, num_kv_heads;
+    int64_t head_dim;             /* original d: softmax scale */
+    int64_t rope_dim;             /* rotary dims of an original head: 0 (none), d (full) or d/2 (Bamba); even */
+    double rope_theta;
+    /* MLP (validated when a layer has an MLP) */
+    int64_t intermediate_size;    /* original D_I (stored K <= D_I) */
+    int32_t mlp_act;              /* uq_hy_act */
+} uq_hy_config;
+
+typedef struct {
+    int32_t kind;                 /* uq_hy_kind of the mixer */
+    const float *norm;            /* (hidden) RMSNorm weight before the mixer */
+    /* UQ_HY_MAMBA */
+    uq_linear in_proj;            /* (2*H*Ps + 2*G*Ns + H, hidden), bias optional */
+    const float *conv_w;          /* (H*Ps + 2*G*Ns, K) channels [x | B | C] */
+    const float *conv_b;          /* (H*Ps + 2*G*Ns) or NULL */
+    const float *dt_bias, *A_log, *D; /* (H) each */
+    const float *gnorm;           /* (H*Ps) gated RMSNorm weight */
+    uq_linear out_proj;           /* (hidden, H*Ps), bias optional */
+    /* UQ_HY_ATTN */
+    uq_linear q, k, v, o;         /* q (nh*R, hidden), k/v (nkv*R, hidden), o (hidden, nh*R); biases optional */
+    int64_t rot_rows;             /* stored rotary rows per head R_rot; 0 = R * rope_dim / head_dim */
+    const int32_t *freq_map;      /* (nkv, R_rot/2) in [0, rope_dim/2) or NULL (identity); copied at init */
+    /* MLP: the mixer of UQ_HY_MLP layers, or a second sub-block of any layer whose ffn_norm is not NULL */
+    const float *ffn_norm;        /* (hidden) or NULL (ignored for UQ_HY_MLP) */
+    uq_linear gate, up, down;     /* gate (K, hidden) (SILU_GATED only), up (K, hidden), down (hidden, K) */
+} uq_hy_layer_weights;
+
+typedef struct {
+    uq_linear embed;              /* (vocab, hidden), no bias */
+    const uq_hy_layer_weights *layers; /* num_layers */
+    const float *final_norm;      /* (hidden) */
+    uq_linear lm_head;            /* (vocab, hidden); a copy of embed for tied embeddings */
+} uq_hy_weights;
+
+typedef struct uq_hy_model uq_hy_model; /* opaque: config, descriptors, keeps, A = -exp(A_log), RoPE freqs */
+typedef struct uq_hy_state uq_hy_state; /* opaque: SSM/conv states, KV caches, position, scratch */
+
+/* Validates config and every descriptor; stored sizes come from the shapes. Full keeps, options 0.
+ * UQ_ERR_ARG (NULL, non-positive size, bad kind/act, eps/theta <= 0, dt_min > dt_max, conv width outside
+ * [1, UQ_HY_MAX_CONV]), UQ_ERR_SHAPE (inconsistent shapes or head counts, naming layer and tensor),
+ * UQ_ERR_RANGE (freq map entry), UQ_ERR_NOMEM. */
+uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_hy_model **out);
+void uq_hy_model_free(uq_hy_model *m);
+/* Keep sizes of layer l; a negative value leaves that one unchanged. UQ_ERR_RANGE naming layer and value:
+ * a keep outside [1, stored], an attention keep whose rotary share r*R_rot/R is not an even integer, or a
+ * non-negative keep for a component the layer does not have. */
+uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_t attn_keep,
+                         int64_t ssm_head_keep, int64_t ssm_state_keep);
+/* keep[4], stored[4] (either may be NULL) = {mlp, attn, ssm_head, ssm_state}; 0 for absent components. */
+uq_status uq_hy_get_keep(const uq_hy_model *m, int64_t layer, int64_t *keep, int64_t *stored);
+/* Layer kind and whether it has an ffn sub-block (either pointer may be NULL). */
+uq_status uq_hy_layer_info(const uq_hy_model *m, int64_t layer, int32_t *kind, int32_t *has_ffn);
+/* Execution options (UQ_HY_OPT_* bits; UQ_ERR_ARG for unknown bits). */
+uq_status uq_hy_set_options(uq_hy_model *m, int32_t options);
+uq_status uq_hy_get_config(const uq_hy_model *m, uq_hy_config *out);
+
+/* A state for model m: per Mamba layer conv state and SSM state at stored sizes, per attention layer a KV
+ * cache (n_kv, max_seq, R), scratch for token chunks of max_chunk (rounded up to a multiple of chunk_size).
+ * UQ_ERR_ARG (NULL, max_seq or max_chunk < 1), UQ_ERR_RANGE (size overflow), UQ_ERR_NOMEM. */
+uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_chunk, uq_hy_state **out);
+void uq_hy_state_free(uq_hy_state *s);
+/* Forgets the sequence: position 0, SSM and conv states zeroed. */
+uq_status uq_hy_state_reset(uq_hy_state *s);
+int64_t uq_hy_state_pos(const uq_hy_state *s);
+size_t uq_hy_state_bytes(const uq_hy_state *s);
+
+/* Runs T new tokens (positions pos .. pos+T-1) continuing the cached state; logits of the last n_logits
+ * tokens (n_logits, vocab), caller-allocated. T > 1: chunked scan (sequential with UQ_HY_OPT_SEQUENTIAL_SCAN),
+ * T == 1: recurrence. On an argument error the state is unchanged. UQ_ERR_ARG (NULL, T < 1, n_logits outside
+ * [1, T]), UQ_ERR_RANGE (token id, naming index and value; pos + T > max_seq), UQ_ERR_STATE (state of another
+ * model). */
+uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids, int64_t T, int64_t n_logits,
+                        float *logits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -210,6 +210,7 @@ static PyObject *py_check_finite(PyObject *self, PyObject *args) {
 #include "bind_io.inc"
 #include "bind_runtime.inc"
 #include "bind_compress.inc"
+#include "bind_ssm.inc"
 
 static PyMethodDef uq_methods[] = {
     UQ_CORE_METHODS
@@ -218,6 +219,7 @@ static PyMethodDef uq_methods[] = {
     UQ_IO_METHODS
     UQ_RUNTIME_METHODS
     UQ_COMPRESS_METHODS
+    UQ_SSM_METHODS
     {NULL, NULL, 0, NULL}
 };
 
@@ -243,7 +245,7 @@ static int uq_exec(PyObject *m) {
     for (size_t i = 0; i < sizeof uq_exc_spec / sizeof uq_exc_spec[0]; i++)
         if (PyModule_AddObjectRef(m, uq_exc_spec[i].name, UqExc[uq_exc_spec[i].st]) < 0) return -1;
     if (uq_stats_exec(m) < 0 || uq_quant_exec(m) < 0 || uq_io_exec(m) < 0 || uq_runtime_exec(m) < 0 ||
-        uq_compress_exec(m) < 0) return -1;
+        uq_compress_exec(m) < 0 || uq_ssm_exec(m) < 0) return -1;
     return 0;
 }
 

@@ -44,5 +44,6 @@ void test_quant(void);
 void test_io(void);
 void test_runtime(void);
 void test_compress(void);
+void test_ssm(void);
 
 #endif

@@ -3,6 +3,10 @@
  * switching), NLL, sampling, and the statuses of bad arguments. */
 #include "test.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* relative tolerance of float32 kernels vs float64 reference for reductions of a few hundred terms */
 #define LIN_REL_TOL 1e-5
 
@@ -76,6 +80,31 @@ static void test_linear(void) {
                 same &= memcmp(y1, y + t * nout, (size_t)nout * sizeof(float)) == 0;
             }
             CHECK(same, "case %zu kind %d: T=1 differs from T=%d", ci, kind, T);
+        }
+    }
+    /* large enough to run threaded: same bits on 1 thread and on several, at any T */
+    {
+        enum { BR = 256, BC = 300, BT = 3 };
+        static float bw[BR * BC], bx[BT * BC], by[BT * BR], b1[BT * BR];
+        static uint8_t bp[BR * BC / 2];
+        static float bs[BR * 3];
+        fill(bw, BR * BC, &s, 1.0);
+        fill(bx, BT * BC, &s, 1.0);
+        q4_quant_seg(bw, BR, BC, 1, 128, bp, bs);
+        uq_linear BL[2] = {{.kind = UQ_W_F32, .rows = BR, .cols = BC, .w = bw},
+                           {.kind = UQ_W_Q4, .rows = BR, .cols = BC, .packed = bp, .scales = bs, .group = 128,
+                            .scale_cols = 3}};
+        for (int kind = 0; kind < 2; kind++) {
+            uq_linear_forward(&BL[kind], bx, BT, 1, BR, 1, 250, by);
+#ifdef _OPENMP
+            int nt = omp_get_max_threads();
+            omp_set_num_threads(1);
+#endif
+            for (int t = 0; t < BT; t++) uq_linear_forward(&BL[kind], bx + t * 250, 1, 1, BR, 1, 250, b1 + t * BR);
+#ifdef _OPENMP
+            omp_set_num_threads(nt);
+#endif
+            CHECK(memcmp(by, b1, sizeof by) == 0, "kind %d: threaded T=%d differs from 1 thread T=1", kind, BT);
         }
     }
     uq_linear L = {.kind = UQ_W_F32, .rows = ROWS, .cols = COLS, .w = W};

@@ -1,0 +1,245 @@
+/*
+ * ssm_kernels.c -- kernels of the Mamba2 / hybrid runtime (semantics in ssm_kernels.h):
+ *   causal conv1d + SiLU   out_t = silu(b + sum_k w[k] u_{t+k-(K-1)}), rolling state of the last K-1 inputs
+ *   Delta                   clamp(softplus(dt + dt_bias), lo, hi)
+ *   selective scan          S <- exp(Delta A) S + (Delta B) x^T ; y = S C + D x  (recurrence, and the chunked
+ *                           SSD form: intra-chunk (C_t.B_s) exp(seg(t,s)) Delta_s x_s + inter-chunk state)
+ *   gated RMSNorm           y = rmsnorm_groups(y * silu(z)) * w     (norm after the gate, as HF)
+ *   partial RoPE            pair-interleaved rotation of the first nrot dims of each head (freq index map)
+ *   split-head attention    softmax((q_rot.k_rot + q_pass.k_pass) * scale) v, GQA, over the KV cache
+ *   relu^2
+ * Parallel loops run over independent heads / channels / (token, head) pairs only, so results do not depend
+ * on the thread count.
+ */
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels.h"
+#include "ssm_kernels.h"
+
+#define UQ_SSM_PAR_MIN 65536
+
+static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void uq_ks_conv1d_silu(const float *in, int64_t T, int64_t nc, const int64_t *chan, const float *w,
+                       const float *b, int64_t K, float *state, float *out) {
+    const int64_t K1 = K - 1;
+#pragma omp parallel for schedule(static) if (T * nc * K >= UQ_SSM_PAR_MIN)
+    for (int64_t c = 0; c < nc; c++) {
+        const int64_t ch = chan[c];
+        float *st = state + ch * K1;
+        const float *wc = w + ch * K;
+        const float bias = b ? b[ch] : 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            float acc = bias;
+            for (int64_t k = 0; k < K; k++) {
+                int64_t idx = t + k - K1;
+                float v = idx >= 0 ? in[idx * nc + c] : st[K1 + idx];
+                acc += wc[k] * v;
+            }
+            out[t * nc + c] = silu(acc);
+        }
+        float tmp[UQ_HY_MAX_CONV];
+        for (int64_t j = 0; j < K1; j++) {
+            int64_t i = T + j; /* index into [state (K1) | in (T)] */
+            tmp[j] = i < K1 ? st[i] : in[(i - K1) * nc + c];
+        }
+        for (int64_t j = 0; j < K1; j++) st[j] = tmp[j];
+    }
+}
+
+void uq_ks_dt_softplus(float *dt, int64_t T, int64_t H, const float *bias, float lo, float hi) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            float v = dt[t * H + h] + bias[h];
+            float sp = v > 20.0f ? v : log1pf(expf(v));
+            if (sp < lo) sp = lo;
+            if (sp > hi) sp = hi;
+            dt[t * H + h] = sp;
+        }
+}
+
+/* ------------------------------------------------------------------------------- scan ---- */
+
+static void scan_head_seq(const uq_ks_scan *a, int64_t h) {
+    const int64_t H = a->H, g = h / (H / a->G);
+    const int64_t ldx = H * a->Pc, ldbc = a->G * a->Nc, ldy = H * a->Pk;
+    const float A = a->A[h], Dh = a->D[h];
+    float *S = a->S + h * a->Ps * a->Ns;
+    for (int64_t t = 0; t < a->T; t++) {
+        const float dtv = a->dt[t * H + h], dA = expf(dtv * A);
+        const float *xt = a->x + t * ldx + h * a->Pc;
+        const float *Bt = a->B + t * ldbc + g * a->Nc, *Ct = a->C + t * ldbc + g * a->Nc;
+        float *yt = a->y + t * ldy + h * a->Pk;
+        for (int64_t p = 0; p < a->Pc; p++) {
+            float *Sp = S + p * a->Ns;
+            const float xp = xt[p];
+            for (int64_t n = 0; n < a->Nc; n++) Sp[n] = Sp[n] * dA + (dtv * Bt[n]) * xp;
+        }
+        for (int64_t p = 0; p < a->Pk; p++) yt[p] = uq_k_dot(Ct, S + p * a->Ns, a->Nk) + Dh * xt[p];
+    }
+}
+
+void uq_ks_ssm_scan_seq(const uq_ks_scan *a, int nthreads) {
+    (void)nthreads;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN)
+    for (int64_t h = 0; h < a->H; h++) scan_head_seq(a, h);
+}
+
+int64_t uq_ks_scan_work(int64_t chunk) { return 4 * chunk; }
+
+static void scan_head_chunked(const uq_ks_scan *a, int64_t h, float *work) {
+    const int64_t H = a->H, g = h / (H / a->G), L0 = a->chunk;
+    const int64_t ldx = H * a->Pc, ldbc = a->G * a->Nc, ldy = H * a->Pk;
+    const int64_t Pc = a->Pc, Nc = a->Nc, Pk = a->Pk, Nk = a->Nk, Ns = a->Ns;
+    const float A = a->A[h], Dh = a->D[h];
+    float *S = a->S + h * a->Ps * Ns;
+    float *av = work, *cum = work + L0, *coef = work + 2 * L0, *sdec = work + 3 * L0;
+    for (int64_t c0 = 0; c0 < a->T; c0 += L0) {
+        const int64_t L = a->T - c0 < L0 ? a->T - c0 : L0;
+        float run = 0.0f;
+        for (int64_t s = 0; s < L; s++) {
+            av[s] = a->dt[(c0 + s) * H + h] * A;
+            run += av[s];
+            cum[s] = run;
+        }
+        /* outputs of the chunk (read the state at chunk start) */
+        for (int64_t t = 0; t < L; t++) {
+            const float *Ct = a->C + (c0 + t) * ldbc + g * Nc;
+            const float *xt = a->x + (c0 + t) * ldx + h * Pc;
+            float *yt = a->y + (c0 + t) * ldy + h * Pk;
+            float acc = 0.0f;
+            for (int64_t s = t; s >= 0; s--) { /* coef_s = (C_t . B_s) exp(seg(t, s)) Delta_s */
+                const float *Bs = a->B + (c0 + s) * ldbc + g * Nc;
+                coef[s] = uq_k_dot(Ct, Bs, Nk) * expf(acc) * a->dt[(c0 + s) * H + h];
+                acc += av[s];
+            }
+            for (int64_t p = 0; p < Pk; p++) yt[p] = 0.0f;
+            for (int64_t s = 0; s <= t; s++) {
+                const float cs = coef[s], *xs = a->x + (c0 + s) * ldx + h * Pc;
+                for (int64_t p = 0; p < Pk; p++) yt[p] += cs * xs[p];
+            }
+            const float eo = expf(cum[t]);
+            for (int64_t p = 0; p < Pk; p++) yt[p] = (yt[p] + eo * uq_k_dot(Ct, S + p * Ns, Nk)) + Dh * xt[p];
+        }
+        /* state passing to the next chunk */
+        const float dec = expf(cum[L - 1]);
+        for (int64_t s = 0; s < L; s++) sdec[s] = expf(cum[L - 1] - cum[s]) * a->dt[(c0 + s) * H + h];
+        for (int64_t p = 0; p < Pc; p++) {
+            float *Sp = S + p * Ns;
+            for (int64_t n = 0; n < Nc; n++) Sp[n] *= dec;
+            for (int64_t s = 0; s < L; s++) {
+                const float cp = sdec[s] * a->x[(c0 + s) * ldx + h * Pc + p];
+                const float *Bs = a->B + (c0 + s) * ldbc + g * Nc;
+                for (int64_t n = 0; n < Nc; n++) Sp[n] += cp * Bs[n];
+            }
+        }
+    }
+}
+
+void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *work, int nthreads) {
+    const int64_t per = uq_ks_scan_work(a->chunk);
+    (void)nthreads;
+#pragma omp parallel num_threads(nthreads) if (a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN)
+    {
+        float *wk = work + (int64_t)thread_id() * per;
+#pragma omp for schedule(static)
+        for (int64_t h = 0; h < a->H; h++) scan_head_chunked(a, h, wk);
+    }
+}
+
+/* ------------------------------------------------------------------------ norm, rope ---- */
+
+void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
+                         int64_t Ps, double eps) {
+    const int64_t n = H * Pk, gsz = (H / G) * Pk;
+    for (int64_t t = 0; t < T; t++) {
+        float *yt = y + t * n;
+        const float *zt = z + t * n;
+        for (int64_t i = 0; i < n; i++) yt[i] = yt[i] * silu(zt[i]);
+        for (int64_t g = 0; g < G; g++) {
+            float *yg = yt + g * gsz;
+            double ss = 0.0;
+            for (int64_t i = 0; i < gsz; i++) ss += (double)yg[i] * yg[i];
+            const float inv = (float)(1.0 / sqrt(ss / (double)gsz + eps));
+            for (int64_t i = 0; i < gsz; i++) {
+                int64_t hh = g * (H / G) + i / Pk, p = i % Pk;
+                yg[i] = w[hh * Ps + p] * (yg[i] * inv);
+            }
+        }
+    }
+}
+
+void uq_ks_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64_t stride, int64_t nrot,
+                const int32_t *map, int64_t map_stride, const float *cos_tab, const float *sin_tab, int64_t half,
+                int64_t pos0) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *ct = cos_tab + (pos0 + t) * half, *st = sin_tab + (pos0 + t) * half;
+        for (int64_t h = 0; h < nheads; h++) {
+            float *xh = x + (t * nheads + h) * stride;
+            const int32_t *mp = map ? map + (h / heads_per_map) * map_stride : NULL;
+            for (int64_t j = 0; j < nrot / 2; j++) {
+                int64_t f = mp ? mp[j] : j;
+                float c = ct[f], s = st[f], x0 = xh[2 * j], x1 = xh[2 * j + 1];
+                xh[2 * j] = x0 * c - x1 * s;
+                xh[2 * j + 1] = x1 * c + x0 * s;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------- attention ---- */
+
+void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,
+                     const float *kc, const float *vc, int64_t max_seq, int64_t R, int64_t R_rot, int64_t pos0,
+                     float scale, float *out, float *scores, int nthreads) {
+    const int64_t group = nh / nkv, work = T * nh, r = r_rot + r_pass;
+    (void)nthreads;
+#pragma omp parallel num_threads(nthreads) if (work * (pos0 + T) * r >= UQ_SSM_PAR_MIN)
+    {
+        float *sc = scores + (int64_t)thread_id() * max_seq;
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < work; i++) {
+            const int64_t t = i / nh, h = i % nh, g = h / group, n = pos0 + t + 1;
+            const float *qh = q + i * r;
+            const float *Kc = kc + g * max_seq * R, *Vc = vc + g * max_seq * R;
+            float m = -INFINITY;
+            for (int64_t s = 0; s < n; s++) {
+                const float *ks = Kc + s * R;
+                sc[s] = (uq_k_dot(qh, ks, r_rot) + uq_k_dot(qh + r_rot, ks + R_rot, r_pass)) * scale;
+                if (sc[s] > m) m = sc[s];
+            }
+            double sum = 0.0;
+            for (int64_t s = 0; s < n; s++) {
+                sc[s] = expf(sc[s] - m);
+                sum += sc[s];
+            }
+            const float inv = (float)(1.0 / sum);
+            float *oh = out + i * r;
+            for (int64_t j = 0; j < r; j++) oh[j] = 0.0f;
+            for (int64_t s = 0; s < n; s++) {
+                const float p = sc[s] * inv, *vs = Vc + s * R;
+                for (int64_t j = 0; j < r; j++) oh[j] += p * vs[j];
+            }
+        }
+    }
+}
+
+void uq_ks_relu2(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i] > 0.0f ? x[i] : 0.0f;
+        x[i] = v * v;
+    }
+}

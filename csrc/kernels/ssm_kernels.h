@@ -1,0 +1,77 @@
+/*
+ * ssm_kernels.h -- internal kernels of the Mamba2 / hybrid runtime (not part of the public API).
+ *
+ * Arguments are validated by csrc/runtime/ssm.c; these functions cannot fail and return void. As in
+ * kernels.h, each output element is computed by a float operation sequence that depends only on that
+ * element's inputs and the keep sizes (not on T beyond chunk alignment, thread count or stored sizes).
+ */
+#ifndef UQ_SSM_KERNELS_H
+#define UQ_SSM_KERNELS_H
+
+#include <stdint.h>
+
+#include "uniql.h"
+
+/* Depthwise causal conv1d + SiLU over T tokens of nc channels.
+ *   in (T, nc) packed; chan[c] = stored channel of packed column c; w (Cs, K), b (Cs) or NULL;
+ *   state (Cs, K-1): the last K-1 inputs of every stored channel, oldest first (only chan[] rows touched);
+ *   out[t][c] = silu(b + sum_k w[ch][k] * u[t + k - (K-1)]) with u[<0] read from the state;
+ *   afterwards the state holds the last K-1 inputs. out must not overlap in. K <= UQ_HY_MAX_CONV. */
+void uq_ks_conv1d_silu(const float *in, int64_t T, int64_t nc, const int64_t *chan, const float *w,
+                       const float *b, int64_t K, float *state, float *out);
+
+/* dt (T, H) in place: Delta = clamp(softplus(dt + bias), lo, hi); softplus(v) = v for v > 20, else
+ * log1p(exp(v)) (torch's threshold). */
+void uq_ks_dt_softplus(float *dt, int64_t T, int64_t H, const float *bias, float lo, float hi);
+
+/* One Mamba2 selective scan call. Head h reads group g = h / (H/G). Computed state prefix (Pc, Nc), kept
+ * read-out prefix (Pk <= Pc, Nk <= Nc), stored state (H, Ps, Ns). */
+typedef struct {
+    int64_t T, H, G;
+    int64_t Pc, Nc;     /* channels / state dims whose state is updated */
+    int64_t Pk, Nk;     /* channels read out / state dims used in the read-out */
+    int64_t Ps, Ns;     /* stored state dims (strides of S) */
+    int64_t chunk;      /* SSD chunk length (chunked form only) */
+    const float *x;     /* (T, H*Pc) */
+    const float *B, *C; /* (T, G*Nc) */
+    const float *dt;    /* (T, H) Delta */
+    const float *A;     /* (H) = -exp(A_log) */
+    const float *D;     /* (H) */
+    float *S;           /* (H, Ps, Ns), updated in place */
+    float *y;           /* (T, H*Pk) = scan output + D x */
+} uq_ks_scan;
+
+/* Sequential recurrence (decode, and the _ref twin of the chunked form); OpenMP over heads. */
+void uq_ks_ssm_scan_seq(const uq_ks_scan *a, int nthreads);
+/* Chunked SSD form (prefill): per head and chunk of L tokens, with a_t = Delta_t A and
+ * seg(t, s) = sum_{s < tau <= t} a_tau (summed from tau = t down), cum_t = seg(t, -1):
+ *   y_t[p] = sum_{s <= t} (C_t . B_s)[:Nk] exp(seg(t, s)) Delta_s x_s[p] + exp(cum_t) (C_t . S[p])[:Nk] + D x_t[p]
+ *   S[p][n] <- exp(cum_{L-1}) S[p][n] + sum_s exp(cum_{L-1} - cum_s) Delta_s x_s[p] B_s[n]
+ * work: nthreads * uq_ks_scan_work(chunk) floats. OpenMP over heads. */
+int64_t uq_ks_scan_work(int64_t chunk);
+void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *work, int nthreads);
+
+/* y (T, H*Pk) in place: y = y * silu(z) (z (T, H*Pk)), then per group of (H/G)*Pk consecutive channels
+ * y = y / sqrt(mean(y^2) + eps) * w[h*Ps + p] (mean in float64). */
+void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
+                         int64_t Ps, double eps);
+
+/* In-place RoPE of the first nrot dims of each head of x (T, nheads, stride): pairs (2j, 2j+1), j < nrot/2,
+ * rotate at angle index f = map[(h / heads_per_map) * map_stride + j] (j when map is NULL):
+ *   x0' = x0 cos - x1 sin ; x1' = x1 cos + x0 sin ; cos/sin = tab[(pos0 + t) * half + f]. */
+void uq_ks_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64_t stride, int64_t nrot,
+                const int32_t *map, int64_t map_stride, const float *cos_tab, const float *sin_tab, int64_t half,
+                int64_t pos0);
+
+/* Causal GQA attention with split Q/K heads. q (T, nh, r_rot + r_pass) = [rot | pass]; kc, vc (nkv, max_seq,
+ * R) with K rows [rot R_rot | pass]; score(t, s) = (q_rot . k[0:r_rot] + q_pass . k[R_rot : R_rot + r_pass])
+ * * scale; out (T, nh, r) = softmax over s <= pos0 + t of scores times v[s][0:r], r = r_rot + r_pass.
+ * scores: (nthreads, max_seq) scratch. */
+void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,
+                     const float *kc, const float *vc, int64_t max_seq, int64_t R, int64_t R_rot, int64_t pos0,
+                     float scale, float *out, float *scores, int nthreads);
+
+/* x[i] = max(x[i], 0)^2, n elements. */
+void uq_ks_relu2(float *x, int64_t n);
+
+#endif
