@@ -40,6 +40,11 @@ bench: setup
 valgrind: system-deps
 	$(MAKE) -C csrc valgrind
 
+# libFuzzer harnesses of the C readers (clang): each runs FUZZ_SECONDS (10 s: cheap enough for CI)
+FUZZ_SECONDS ?= 10
+fuzz:
+	$(MAKE) -C csrc fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
+
 clean:
 	$(MAKE) -C csrc clean
 	rm -rf build *.egg-info uniql/*.so

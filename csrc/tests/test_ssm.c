@@ -1,4 +1,296 @@
-/* test_ssm.c -- C tests of the Mamba2 / hybrid runtime. */
+/* test_ssm.c -- C tests of the Mamba2 / hybrid runtime: the chunked scan against its sequential _ref twin,
+ * a tiny deterministic hybrid model (Mamba2 + partial-RoPE attention + MLP layers): prefill = decode =
+ * sequential scan, keep changes, truncated-equals-kept, and bad-argument statuses. */
 #include "test.h"
 
-void test_ssm(void) {}
+#include "../kernels/ssm_kernels.h"
+
+/* scan order tolerance (float32, chunk 4, a few dozen tokens) */
+#define SSM_ORDER_TOL 1e-5
+
+static double max_rel(const float *a, const float *b, int64_t n) {
+    double num = 0.0, den = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > num) num = d;
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+static void fill(float *x, int64_t n, double scale, double shift, unsigned long long *s) {
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(shift + scale * uq_test_rand(s));
+}
+
+static void test_scan_kernels(void) {
+    enum { T = 19, H = 4, G = 2, Ps = 6, Ns = 5 };
+    unsigned long long seed = 77;
+    float x[T * H * Ps], B[T * G * Ns], C[T * G * Ns], dt[T * H], A[H], D[H];
+    float S1[H * Ps * Ns], S2[H * Ps * Ns], y1[T * H * Ps], y2[T * H * Ps], work[4 * 4 * 8];
+    fill(x, T * H * Ps, 1.0, 0.0, &seed);
+    fill(B, T * G * Ns, 1.0, 0.0, &seed);
+    fill(C, T * G * Ns, 1.0, 0.0, &seed);
+    fill(dt, T * H, 0.3, 0.5, &seed);
+    fill(A, H, 0.5, -1.0, &seed);
+    fill(D, H, 0.5, 1.0, &seed);
+    /* kept read-out prefix (Pk, Nk) < computed (Pc, Nc) = stored: chunk lengths 4 (ragged last chunk) and 1 */
+    for (int64_t chunk = 1; chunk <= 4; chunk += 3) {
+        fill(S1, H * Ps * Ns, 0.5, 0.0, &seed);
+        memcpy(S2, S1, sizeof S1);
+        uq_ks_scan a = {.T = T, .H = H, .G = G, .Pc = Ps, .Nc = Ns, .Pk = 4, .Nk = 3, .Ps = Ps, .Ns = Ns,
+                        .chunk = chunk, .x = x, .B = B, .C = C, .dt = dt, .A = A, .D = D, .S = S1, .y = y1};
+        uq_ks_scan b = a;
+        b.S = S2;
+        b.y = y2;
+        uq_ks_ssm_scan_seq(&a, 2);
+        uq_ks_ssm_scan_chunked(&b, work, 2);
+        CHECK(max_rel(y2, y1, T * H * 4) < SSM_ORDER_TOL, "chunk %lld: chunked y vs sequential, rel %g", (long long)chunk,
+              max_rel(y2, y1, T * H * 4));
+        CHECK(max_rel(S2, S1, H * Ps * Ns) < SSM_ORDER_TOL, "chunk %lld: chunked state vs sequential, rel %g",
+              (long long)chunk, max_rel(S2, S1, H * Ps * Ns));
+    }
+}
+
+/* ---------------------------------------------------------------------------- tiny model ---- */
+
+enum { V = 11, HID = 16, L = 3, SH = 4, SP = 4, SG = 2, SN = 4, SK = 3, NH = 2, NKV = 1, HD = 8, DI = 6 };
+#define IN_ROWS (2 * SH * SP + 2 * SG * SN + SH)
+#define CONV_CH (SH * SP + 2 * SG * SN)
+
+typedef struct {
+    float emb[V * HID], fnorm[HID], norm[L][HID], ffn_norm[L][HID];
+    float in_proj[IN_ROWS * HID], conv_w[CONV_CH * SK], conv_b[CONV_CH], dt_bias[SH], A_log[SH], D[SH],
+        gnorm[SH * SP], out_proj[HID * SH * SP];
+    float q[NH * HD * HID], k[NKV * HD * HID], v[NKV * HD * HID], o[HID * NH * HD];
+    float gate[L][DI * HID], up[L][DI * HID], down[L][HID * DI];
+} tiny_w;
+
+static uq_linear lin(const float *w, int64_t rows, int64_t cols) {
+    uq_linear Lr = {.kind = UQ_W_F32, .rows = rows, .cols = cols, .w = w};
+    return Lr;
+}
+
+static void tiny_build(tiny_w *t, uq_hy_config *c, uq_hy_layer_weights *lw, uq_hy_weights *w) {
+    unsigned long long s = 12345;
+    fill(t->emb, V * HID, 1.0, 0.0, &s);
+    fill(t->fnorm, HID, 0.1, 1.0, &s);
+    fill(&t->norm[0][0], L * HID, 0.1, 1.0, &s);
+    fill(&t->ffn_norm[0][0], L * HID, 0.1, 1.0, &s);
+    fill(t->in_proj, IN_ROWS * HID, 0.3, 0.0, &s);
+    fill(t->conv_w, CONV_CH * SK, 0.5, 0.0, &s);
+    fill(t->conv_b, CONV_CH, 0.1, 0.0, &s);
+    fill(t->dt_bias, SH, 0.2, 0.0, &s);
+    fill(t->A_log, SH, 0.3, 0.0, &s);
+    fill(t->D, SH, 0.1, 1.0, &s);
+    fill(t->gnorm, SH * SP, 0.1, 1.0, &s);
+    fill(t->out_proj, HID * SH * SP, 0.3, 0.0, &s);
+    fill(t->q, NH * HD * HID, 0.3, 0.0, &s);
+    fill(t->k, NKV * HD * HID, 0.3, 0.0, &s);
+    fill(t->v, NKV * HD * HID, 0.3, 0.0, &s);
+    fill(t->o, HID * NH * HD, 0.3, 0.0, &s);
+    fill(&t->gate[0][0], L * DI * HID, 0.3, 0.0, &s);
+    fill(&t->up[0][0], L * DI * HID, 0.3, 0.0, &s);
+    fill(&t->down[0][0], L * HID * DI, 0.3, 0.0, &s);
+    memset(c, 0, sizeof *c);
+    *c = (uq_hy_config){.vocab_size = V, .hidden_size = HID, .num_layers = L, .norm_eps = 1e-5, .ssm_heads = SH,
+                        .ssm_head_dim = SP, .ssm_groups = SG, .ssm_state = SN, .conv_kernel = SK, .chunk_size = 4,
+                        .dt_min = 0.0, .dt_max = INFINITY, .num_heads = NH, .num_kv_heads = NKV, .head_dim = HD,
+                        .rope_dim = HD / 2, .rope_theta = 10000.0, .intermediate_size = DI,
+                        .mlp_act = UQ_HY_ACT_SILU_GATED};
+    memset(lw, 0, L * sizeof *lw);
+    /* layer 0: Mamba2 + MLP, layer 1: attention (partial RoPE) + MLP, layer 2: MLP only */
+    lw[0] = (uq_hy_layer_weights){.kind = UQ_HY_MAMBA, .norm = t->norm[0], .in_proj = lin(t->in_proj, IN_ROWS, HID),
+                                  .conv_w = t->conv_w, .conv_b = t->conv_b, .dt_bias = t->dt_bias, .A_log = t->A_log,
+                                  .D = t->D, .gnorm = t->gnorm, .out_proj = lin(t->out_proj, HID, SH * SP)};
+    lw[1] = (uq_hy_layer_weights){.kind = UQ_HY_ATTN, .norm = t->norm[1], .q = lin(t->q, NH * HD, HID),
+                                  .k = lin(t->k, NKV * HD, HID), .v = lin(t->v, NKV * HD, HID),
+                                  .o = lin(t->o, HID, NH * HD)};
+    lw[2] = (uq_hy_layer_weights){.kind = UQ_HY_MLP, .norm = t->norm[2]};
+    for (int l = 0; l < L; l++) {
+        if (l < 2) lw[l].ffn_norm = t->ffn_norm[l];
+        lw[l].gate = lin(t->gate[l], DI, HID);
+        lw[l].up = lin(t->up[l], DI, HID);
+        lw[l].down = lin(t->down[l], HID, DI);
+    }
+    *w = (uq_hy_weights){.embed = lin(t->emb, V, HID), .layers = lw, .final_norm = t->fnorm,
+                         .lm_head = lin(t->emb, V, HID)};
+}
+
+enum { TT = 13 };
+
+static void test_tiny_model(void) {
+    static tiny_w t;
+    uq_hy_config c;
+    uq_hy_layer_weights lw[L];
+    uq_hy_weights w;
+    tiny_build(&t, &c, lw, &w);
+    uq_hy_model *m = NULL, *m2 = NULL;
+    uq_hy_state *s = NULL, *s2 = NULL;
+    CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_OK);
+    if (!m) return;
+    CHECK_STATUS(uq_hy_state_init(m, 32, 8, &s), UQ_OK);
+    if (!s) {
+        uq_hy_model_free(m);
+        return;
+    }
+    int32_t ids[TT];
+    for (int i = 0; i < TT; i++) ids[i] = (i * 7 + 3) % V;
+    static float full[TT * V], dec[TT * V], seq[TT * V], kept[TT * V];
+    CHECK_STATUS(uq_hy_forward(m, s, ids, TT, TT, full), UQ_OK);
+    CHECK(uq_hy_state_pos(s) == TT, "pos %lld", (long long)uq_hy_state_pos(s));
+    CHECK(uq_check_finite_f32(full, TT * V, "logits") == UQ_OK, "non-finite logits");
+    /* prefill 5 then one token at a time */
+    CHECK_STATUS(uq_hy_state_reset(s), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, 5, 5, dec), UQ_OK);
+    for (int i = 5; i < TT; i++) CHECK_STATUS(uq_hy_forward(m, s, ids + i, 1, 1, dec + i * V), UQ_OK);
+    CHECK(max_rel(dec, full, TT * V) < SSM_ORDER_TOL, "decode vs prefill rel %g", max_rel(dec, full, TT * V));
+    /* sequential scan option */
+    CHECK_STATUS(uq_hy_set_options(m, UQ_HY_OPT_SEQUENTIAL_SCAN), UQ_OK);
+    CHECK_STATUS(uq_hy_state_reset(s), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, TT, TT, seq), UQ_OK);
+    CHECK(max_rel(seq, full, TT * V) < SSM_ORDER_TOL, "sequential vs chunked rel %g", max_rel(seq, full, TT * V));
+    CHECK_STATUS(uq_hy_set_options(m, 0), UQ_OK);
+    /* reduced keeps: differ from full, and equal a model built from truncated arrays */
+    CHECK_STATUS(uq_hy_set_keep(m, 0, 3, -1, 2, 2), UQ_OK);
+    CHECK_STATUS(uq_hy_set_keep(m, 1, 4, 4, -1, -1), UQ_OK);
+    CHECK_STATUS(uq_hy_set_keep(m, 2, 5, -1, -1, -1), UQ_OK);
+    CHECK_STATUS(uq_hy_state_reset(s), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, TT, TT, kept), UQ_OK);
+    CHECK(max_rel(kept, full, TT * V) > 1e-3, "reduced keeps changed nothing");
+    {
+        /* truncated Mamba layer (P' = 2, N' = 2) and attention (r = 4: 2 rotary + 2 pass rows) */
+        static float tin[(2 * SH * 2 + 2 * SG * 2 + SH) * HID], tconv[(SH * 2 + 2 * SG * 2) * SK], tcb[SH * 2 + 2 * SG * 2],
+            tg[SH * 2], tout[HID * SH * 2], tq[NH * 4 * HID], tk[NKV * 4 * HID], tv[NKV * 4 * HID], to[HID * NH * 4];
+        int64_t r = 0, ch = 0;
+        for (int part = 0; part < 2; part++) /* z, x */
+            for (int h = 0; h < SH; h++)
+                for (int p = 0; p < 2; p++, r++) memcpy(tin + r * HID, t.in_proj + (part * SH * SP + h * SP + p) * HID, HID * 4);
+        for (int part = 0; part < 2; part++) /* B, C */
+            for (int g = 0; g < SG; g++)
+                for (int n = 0; n < 2; n++, r++)
+                    memcpy(tin + r * HID, t.in_proj + (2 * SH * SP + part * SG * SN + g * SN + n) * HID, HID * 4);
+        for (int h = 0; h < SH; h++, r++) memcpy(tin + r * HID, t.in_proj + (2 * SH * SP + 2 * SG * SN + h) * HID, HID * 4);
+        for (int h = 0; h < SH; h++)
+            for (int p = 0; p < 2; p++, ch++) {
+                memcpy(tconv + ch * SK, t.conv_w + (h * SP + p) * SK, SK * 4);
+                tcb[ch] = t.conv_b[h * SP + p];
+                tg[ch] = t.gnorm[h * SP + p];
+            }
+        for (int part = 0; part < 2; part++)
+            for (int g = 0; g < SG; g++)
+                for (int n = 0; n < 2; n++, ch++) {
+                    int64_t src = SH * SP + part * SG * SN + g * SN + n;
+                    memcpy(tconv + ch * SK, t.conv_w + src * SK, SK * 4);
+                    tcb[ch] = t.conv_b[src];
+                }
+        for (int i = 0; i < HID; i++)
+            for (int h = 0; h < SH; h++)
+                for (int p = 0; p < 2; p++) tout[i * SH * 2 + h * 2 + p] = t.out_proj[i * SH * SP + h * SP + p];
+        static const int qrows[4] = {0, 1, 4, 5}; /* rotary rows 0,1 (pair 0); pass rows 4,5 */
+        for (int h = 0; h < NH; h++)
+            for (int j = 0; j < 4; j++) memcpy(tq + (h * 4 + j) * HID, t.q + (h * HD + qrows[j]) * HID, HID * 4);
+        for (int j = 0; j < 4; j++) {
+            memcpy(tk + j * HID, t.k + qrows[j] * HID, HID * 4);
+            memcpy(tv + j * HID, t.v + j * HID, HID * 4);
+        }
+        for (int i = 0; i < HID; i++)
+            for (int h = 0; h < NH; h++)
+                for (int j = 0; j < 4; j++) to[i * NH * 4 + h * 4 + j] = t.o[i * NH * HD + h * HD + j];
+        uq_hy_layer_weights tl[L];
+        memcpy(tl, lw, sizeof tl);
+        tl[0].in_proj = lin(tin, 2 * SH * 2 + 2 * SG * 2 + SH, HID);
+        tl[0].conv_w = tconv;
+        tl[0].conv_b = tcb;
+        tl[0].gnorm = tg;
+        tl[0].out_proj = lin(tout, HID, SH * 2);
+        tl[0].gate = lin(t.gate[0], 3, HID);
+        tl[0].up = lin(t.up[0], 3, HID);
+        static float d0[HID * 3], d1[HID * 4], d2[HID * 5];
+        for (int i = 0; i < HID; i++) {
+            memcpy(d0 + i * 3, t.down[0] + i * DI, 3 * 4);
+            memcpy(d1 + i * 4, t.down[1] + i * DI, 4 * 4);
+            memcpy(d2 + i * 5, t.down[2] + i * DI, 5 * 4);
+        }
+        tl[0].down = lin(d0, HID, 3);
+        tl[1].q = lin(tq, NH * 4, HID);
+        tl[1].k = lin(tk, NKV * 4, HID);
+        tl[1].v = lin(tv, NKV * 4, HID);
+        tl[1].o = lin(to, HID, NH * 4);
+        tl[1].rot_rows = 2;
+        tl[1].gate = lin(t.gate[1], 4, HID);
+        tl[1].up = lin(t.up[1], 4, HID);
+        tl[1].down = lin(d1, HID, 4);
+        tl[2].gate = lin(t.gate[2], 5, HID);
+        tl[2].up = lin(t.up[2], 5, HID);
+        tl[2].down = lin(d2, HID, 5);
+        uq_hy_weights tw = w;
+        tw.layers = tl;
+        static float small[TT * V];
+        CHECK_STATUS(uq_hy_model_init(&c, &tw, &m2), UQ_OK);
+        if (m2) {
+            CHECK_STATUS(uq_hy_state_init(m2, 32, 8, &s2), UQ_OK);
+            if (s2) {
+                CHECK_STATUS(uq_hy_forward(m2, s2, ids, TT, TT, small), UQ_OK);
+                CHECK(memcmp(small, kept, sizeof small) == 0, "truncated model differs from kept sizes (rel %g)",
+                      max_rel(small, kept, TT * V));
+            }
+        }
+    }
+    /* bad arguments */
+    float one[V];
+    CHECK_STATUS(uq_hy_forward(NULL, s, ids, 1, 1, one), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, 0, 1, one), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, 2, 3, one), UQ_ERR_ARG);
+    int32_t bad[2] = {1, V};
+    int64_t pos = uq_hy_state_pos(s);
+    CHECK_STATUS(uq_hy_forward(m, s, bad, 2, 1, one), UQ_ERR_RANGE);
+    CHECK(uq_hy_state_pos(s) == pos, "a failed call moved the position");
+    static int32_t many[32];
+    CHECK_STATUS(uq_hy_forward(m, s, many, 32 - TT + 1, 1, dec), UQ_ERR_RANGE); /* state full */
+    if (s2) CHECK_STATUS(uq_hy_forward(m, s2, ids, 1, 1, one), UQ_ERR_STATE);
+    CHECK_STATUS(uq_hy_set_keep(m, 1, -1, 6, -1, -1), UQ_ERR_RANGE); /* rotary share 3: not whole pairs */
+    CHECK_STATUS(uq_hy_set_keep(m, 0, -1, -1, -1, 5), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_set_keep(m, 0, -1, 4, -1, -1), UQ_ERR_RANGE); /* no attention in layer 0 */
+    CHECK_STATUS(uq_hy_set_keep(m, 2, -1, -1, 2, -1), UQ_ERR_RANGE); /* no SSM in layer 2 */
+    CHECK_STATUS(uq_hy_set_keep(m, 3, 1, -1, -1, -1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_set_options(m, 8), UQ_ERR_ARG);
+    uq_hy_state_free(s2);
+    uq_hy_model_free(m2);
+    s2 = (uq_hy_state *)&t; /* any non-NULL value: must be cleared on failure */
+    CHECK_STATUS(uq_hy_state_init(m, 0, 8, &s2), UQ_ERR_ARG);
+    CHECK(s2 == NULL, "state pointer not cleared on failure");
+    uq_hy_model *mb = NULL;
+    uq_hy_config cb = c;
+    cb.ssm_groups = 3;
+    CHECK_STATUS(uq_hy_model_init(&cb, &w, &mb), UQ_ERR_SHAPE);
+    cb = c;
+    cb.conv_kernel = 0;
+    CHECK_STATUS(uq_hy_model_init(&cb, &w, &mb), UQ_ERR_ARG);
+    cb = c;
+    cb.rope_dim = 3;
+    CHECK_STATUS(uq_hy_model_init(&cb, &w, &mb), UQ_ERR_ARG);
+    uq_hy_layer_weights lb[L];
+    memcpy(lb, lw, sizeof lb);
+    lb[0].in_proj.rows = IN_ROWS - 1;
+    uq_hy_weights wb = w;
+    wb.layers = lb;
+    CHECK_STATUS(uq_hy_model_init(&c, &wb, &mb), UQ_ERR_SHAPE);
+    CHECK(strstr(uq_last_error(), "layer 0 in_proj") != NULL, "message: %s", uq_last_error());
+    memcpy(lb, lw, sizeof lb);
+    lb[1].kind = 7;
+    CHECK_STATUS(uq_hy_model_init(&c, &wb, &mb), UQ_ERR_ARG);
+    memcpy(lb, lw, sizeof lb);
+    int32_t fm[2] = {0, 2}; /* rope_dim/2 = 2 frequencies: index 2 is out of range */
+    lb[1].freq_map = fm;
+    CHECK_STATUS(uq_hy_model_init(&c, &wb, &mb), UQ_ERR_RANGE);
+    CHECK(mb == NULL, "model pointer set on failure");
+    uq_hy_state_free(s);
+    uq_hy_model_free(m);
+    uq_hy_model_free(NULL);
+    uq_hy_state_free(NULL);
+}
+
+void test_ssm(void) {
+    test_scan_kernels();
+    test_tiny_model();
+}

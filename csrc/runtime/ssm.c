@@ -1,0 +1,710 @@
+/*
+ * ssm.c -- forward pass of Mamba2, Nemotron-H and Bamba (Mamba2 / attention / MLP layer stacks) at
+ * per-layer keep sizes (semantics and elastic layout: "Mamba2 and hybrid runtime" in uniql.h).
+ *
+ * Per layer:  x = x + mixer(RMSNorm(x) * norm)  [;  x = x + MLP(RMSNorm(x) * ffn_norm) ]
+ *   Mamba2:    [z | x | B | C | dt] = h W_in^T ; x, B, C = silu(conv1d) ; Delta = clamp(softplus(dt + dt_bias)) ;
+ *              selective scan (chunked SSD for prefill, recurrence for decode) ; y = gnorm(y * silu(z)) W_out^T
+ *   attention: q, k, v = h W^T ; RoPE on the rotary rows (pair-interleaved, freq index map) ; causal GQA
+ *              softmax(q k^T / sqrt(d)) v over the KV cache ; o_proj
+ *   MLP:       silu(h Wg^T) * (h Wu^T) Wd^T  or  relu(h Wu^T)^2 Wd^T
+ * logits = RMSNorm(x) * w_final  W_lm^T.
+ * Sub-matrices of a fused weight (the z/x/B/C/dt rows of in_proj, the pass rows of Q heads) are addressed as
+ * row-offset views of the same descriptor and computed with the segmented uq_linear_forward (no copies).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../kernels/kernels.h"
+#include "../kernels/ssm_kernels.h"
+#include "uniql.h"
+
+enum { KEEP_MLP = 0, KEEP_ATTN = 1, KEEP_SSM_HEAD = 2, KEEP_SSM_STATE = 3 };
+
+struct uq_hy_model {
+    uq_hy_config cfg;
+    uq_linear embed, lm_head;
+    const float *final_norm;
+    uq_hy_layer_weights *layers; /* (L) copied descriptors; freq_map points into maps or is NULL */
+    int32_t *maps;               /* concatenated copies of the freq maps */
+    float *Aneg;                 /* (L, H) = -exp(A_log) of Mamba layers (rows of other layers unused) */
+    int64_t (*stored)[4];        /* (L) stored sizes {K, R, Ps, Ns}, 0 when absent */
+    int64_t (*keep)[4];          /* (L) current keeps */
+    int64_t *Rrot;               /* (L) stored rotary rows per head */
+    int64_t *has_ffn;            /* (L) 1 when the layer has an MLP sub-block after its mixer */
+    int32_t options;
+    int64_t Kmax, Rmax, Pmax, Nmax; /* largest stored K, R, Ps, Ns */
+    int any_mamba, any_attn, any_mlp;
+    float *inv_freq;             /* (rope_dim/2) */
+};
+
+struct uq_hy_state {
+    const uq_hy_model *m;
+    int64_t max_seq, max_chunk, pos, half;
+    int nthreads;
+    size_t bytes;
+    float **conv, **ssm;         /* (L) Mamba layers: (H*Ps + 2*G*Ns, K-1) and (H, Ps, Ns); else NULL */
+    float **kc, **vc;            /* (L) attention layers: (n_kv, max_seq, R); else NULL */
+    float *cos_tab, *sin_tab;    /* (max_seq, rope_dim/2) */
+    float *x, *xn, *tmp;         /* (max_chunk, hidden) */
+    float *z, *xi, *xo, *y;      /* (max_chunk, H*Pmax) */
+    float *bi, *bo, *ci, *co;    /* (max_chunk, G*Nmax) */
+    float *dt;                   /* (max_chunk, H) */
+    float *q, *qa, *qb, *att;    /* (max_chunk, n_heads*Rmax) */
+    float *kb, *vb;              /* (max_chunk, n_kv*Rmax) */
+    float *g, *u;                /* (max_chunk, Kmax) */
+    float *scores;               /* (nthreads, max_seq) */
+    float *work;                 /* (nthreads, uq_ks_scan_work(chunk)) */
+    int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
+};
+
+/* ------------------------------------------------------------------------------- model ---- */
+
+static uq_status check_lin(const uq_linear *L, const char *name, int64_t layer, int64_t rows, int64_t cols,
+                           int64_t nseg_in) {
+    char where[80];
+    if (layer >= 0)
+        snprintf(where, sizeof where, "layer %lld %s", (long long)layer, name);
+    else
+        snprintf(where, sizeof where, "%s", name);
+    if (L->rows != rows || L->cols != cols)
+        return uq_set_error(UQ_ERR_SHAPE, "%s: weight shape (%lld, %lld), expected (%lld, %lld)", where,
+                            (long long)L->rows, (long long)L->cols, (long long)rows, (long long)cols);
+    if (L->kind == UQ_W_F32) {
+        if (!L->w) return uq_set_error(UQ_ERR_ARG, "%s: fp32 weight pointer is NULL", where);
+    } else if (L->kind == UQ_W_Q4) {
+        if (!L->packed || !L->scales) return uq_set_error(UQ_ERR_ARG, "%s: int4 packed/scales pointer is NULL", where);
+        if (L->group < 1) return uq_set_error(UQ_ERR_ARG, "%s: int4 group %lld must be >= 1", where, (long long)L->group);
+        int64_t seg = cols / nseg_in, gps = (seg + L->group - 1) / L->group;
+        if (nseg_in > 1 && (seg & 1))
+            return uq_set_error(UQ_ERR_SHAPE, "%s: int4 head segments must have even width, got %lld", where,
+                                (long long)seg);
+        if (L->scale_cols != nseg_in * gps)
+            return uq_set_error(UQ_ERR_SHAPE,
+                                "%s: int4 scales have %lld columns, expected %lld (%lld segment(s) of %lld columns, "
+                                "group %lld)",
+                                where, (long long)L->scale_cols, (long long)(nseg_in * gps), (long long)nseg_in,
+                                (long long)seg, (long long)L->group);
+    } else {
+        return uq_set_error(UQ_ERR_ARG, "%s: unknown weight kind %d", where, (int)L->kind);
+    }
+    return UQ_OK;
+}
+
+/* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that
+ * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). */
+static uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows) {
+    uq_linear v = *L;
+    v.rows = rows;
+    if (L->kind == UQ_W_F32) {
+        v.w = L->w + row0 * L->cols;
+    } else {
+        v.packed = L->packed + row0 * UQ_Q4_ROW_BYTES(L->cols);
+        v.scales = L->scales + row0 * L->scale_cols;
+    }
+    if (L->bias) v.bias = L->bias + row0;
+    return v;
+}
+
+#define POS(name, v)                                                                                             \
+    do {                                                                                                         \
+        if ((v) < 1) return uq_set_error(UQ_ERR_ARG, "config %s must be >= 1, got %lld", name, (long long)(v)); \
+    } while (0)
+
+static uq_status check_config(const uq_hy_config *c, const uq_hy_weights *w) {
+    POS("vocab_size", c->vocab_size);
+    POS("hidden_size", c->hidden_size);
+    POS("num_layers", c->num_layers);
+    if (c->vocab_size > INT32_MAX)
+        return uq_set_error(UQ_ERR_ARG, "config vocab_size %lld exceeds int32 token ids", (long long)c->vocab_size);
+    if (!(c->norm_eps > 0.0)) return uq_set_error(UQ_ERR_ARG, "config norm_eps must be > 0, got %g", c->norm_eps);
+    int mamba = 0, attn = 0, mlp = 0;
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        int32_t k = w->layers[l].kind;
+        if (k == UQ_HY_MAMBA) mamba = 1;
+        else if (k == UQ_HY_ATTN) attn = 1;
+        else if (k == UQ_HY_MLP) mlp = 1;
+        else return uq_set_error(UQ_ERR_ARG, "layer %lld: unknown layer kind %d", (long long)l, (int)k);
+        if (k == UQ_HY_MLP || w->layers[l].ffn_norm) mlp = 1;
+    }
+    if (mamba) {
+        POS("ssm_heads", c->ssm_heads);
+        POS("ssm_head_dim", c->ssm_head_dim);
+        POS("ssm_groups", c->ssm_groups);
+        POS("ssm_state", c->ssm_state);
+        POS("chunk_size", c->chunk_size);
+        if (c->ssm_heads % c->ssm_groups)
+            return uq_set_error(UQ_ERR_SHAPE, "config ssm_heads %lld is not a multiple of ssm_groups %lld",
+                                (long long)c->ssm_heads, (long long)c->ssm_groups);
+        if (c->conv_kernel < 1 || c->conv_kernel > UQ_HY_MAX_CONV)
+            return uq_set_error(UQ_ERR_ARG, "config conv_kernel %lld outside [1, %d]", (long long)c->conv_kernel,
+                                UQ_HY_MAX_CONV);
+        if (isnan(c->dt_min) || isnan(c->dt_max) || c->dt_min > c->dt_max)
+            return uq_set_error(UQ_ERR_ARG, "config time step limit [%g, %g] is not an interval", c->dt_min, c->dt_max);
+    }
+    if (attn) {
+        POS("num_heads", c->num_heads);
+        POS("num_kv_heads", c->num_kv_heads);
+        POS("head_dim", c->head_dim);
+        if (c->num_heads % c->num_kv_heads)
+            return uq_set_error(UQ_ERR_SHAPE, "config num_heads %lld is not a multiple of num_kv_heads %lld",
+                                (long long)c->num_heads, (long long)c->num_kv_heads);
+        if (c->rope_dim < 0 || c->rope_dim > c->head_dim || (c->rope_dim & 1))
+            return uq_set_error(UQ_ERR_ARG, "config rope_dim %lld must be even and in [0, head_dim %lld]",
+                                (long long)c->rope_dim, (long long)c->head_dim);
+        if (c->rope_dim > 0 && !(c->rope_theta > 0.0))
+            return uq_set_error(UQ_ERR_ARG, "config rope_theta must be > 0, got %g", c->rope_theta);
+    }
+    if (mlp) {
+        POS("intermediate_size", c->intermediate_size);
+        if (c->mlp_act != UQ_HY_ACT_SILU_GATED && c->mlp_act != UQ_HY_ACT_RELU2)
+            return uq_set_error(UQ_ERR_ARG, "config mlp_act %d unknown", (int)c->mlp_act);
+    }
+    return UQ_OK;
+}
+
+static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *lw, int64_t l, int64_t *Ps,
+                             int64_t *Ns) {
+    const int64_t H = c->ssm_heads, G = c->ssm_groups, hid = c->hidden_size;
+    if (!lw->conv_w || !lw->dt_bias || !lw->A_log || !lw->D || !lw->gnorm)
+        return uq_set_error(UQ_ERR_ARG, "layer %lld: Mamba conv1d weight, dt_bias, A_log, D or norm weight is NULL",
+                            (long long)l);
+    int64_t oc = lw->out_proj.cols;
+    if (oc < H || oc % H || oc / H > c->ssm_head_dim)
+        return uq_set_error(UQ_ERR_SHAPE,
+                            "layer %lld out_proj: %lld columns is not ssm_heads %lld x a head dim in [1, %lld]",
+                            (long long)l, (long long)oc, (long long)H, (long long)c->ssm_head_dim);
+    *Ps = oc / H;
+    int64_t rem = lw->in_proj.rows - 2 * H * *Ps - H;
+    if (rem < 2 * G || rem % (2 * G) || rem / (2 * G) > c->ssm_state)
+        return uq_set_error(UQ_ERR_SHAPE,
+                            "layer %lld in_proj: %lld rows is not 2*H*P + 2*G*N + H = [z, x, B, C, dt] with H %lld, "
+                            "P %lld, G %lld and N in [1, %lld]",
+                            (long long)l, (long long)lw->in_proj.rows, (long long)H, (long long)*Ps, (long long)G,
+                            (long long)c->ssm_state);
+    *Ns = rem / (2 * G);
+    uq_status st;
+    if ((st = check_lin(&lw->in_proj, "in_proj", l, lw->in_proj.rows, hid, 1)) != UQ_OK) return st;
+    if ((st = check_lin(&lw->out_proj, "out_proj", l, hid, H * *Ps, H)) != UQ_OK) return st;
+    return UQ_OK;
+}
+
+static uq_status check_attn(const uq_hy_config *c, const uq_hy_layer_weights *lw, int64_t l, int64_t *R,
+                            int64_t *Rrot) {
+    const int64_t nh = c->num_heads, nkv = c->num_kv_heads, d = c->head_dim, hid = c->hidden_size;
+    int64_t qr = lw->q.rows;
+    if (qr < nh || qr % nh || qr / nh > d)
+        return uq_set_error(UQ_ERR_SHAPE, "layer %lld q_proj: %lld rows is not num_heads %lld x a head dim in [1, %lld]",
+                            (long long)l, (long long)qr, (long long)nh, (long long)d);
+    *R = qr / nh;
+    if (c->rope_dim == 0) {
+        if (lw->rot_rows != 0)
+            return uq_set_error(UQ_ERR_SHAPE, "layer %lld: rot_rows %lld given but the model has no RoPE", (long long)l,
+                                (long long)lw->rot_rows);
+        *Rrot = 0;
+    } else if (lw->rot_rows == 0) {
+        if ((*R * c->rope_dim) % d)
+            return uq_set_error(UQ_ERR_SHAPE,
+                                "layer %lld: stored head dim %lld has no whole rotary share (rope_dim %lld of %lld): "
+                                "give rot_rows",
+                                (long long)l, (long long)*R, (long long)c->rope_dim, (long long)d);
+        *Rrot = *R * c->rope_dim / d;
+    } else {
+        *Rrot = lw->rot_rows;
+    }
+    if (*Rrot < 0 || (*Rrot & 1) || *Rrot > *R || *Rrot > c->rope_dim || *R - *Rrot > d - c->rope_dim)
+        return uq_set_error(UQ_ERR_SHAPE,
+                            "layer %lld: rotary rows %lld must be even, <= rope_dim %lld, and the pass rows %lld "
+                            "<= %lld",
+                            (long long)l, (long long)*Rrot, (long long)c->rope_dim, (long long)(*R - *Rrot),
+                            (long long)(d - c->rope_dim));
+    uq_status st;
+    if ((st = check_lin(&lw->q, "q_proj", l, nh * *R, hid, 1)) != UQ_OK) return st;
+    if ((st = check_lin(&lw->k, "k_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
+    if ((st = check_lin(&lw->v, "v_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
+    if ((st = check_lin(&lw->o, "o_proj", l, hid, nh * *R, nh)) != UQ_OK) return st;
+    if (lw->freq_map)
+        for (int64_t i = 0; i < nkv * (*Rrot / 2); i++)
+            if (lw->freq_map[i] < 0 || lw->freq_map[i] >= c->rope_dim / 2)
+                return uq_set_error(UQ_ERR_RANGE, "layer %lld freq_map[%lld][%lld] = %d outside [0, %lld)",
+                                    (long long)l, (long long)(i / (*Rrot / 2)), (long long)(i % (*Rrot / 2)),
+                                    (int)lw->freq_map[i], (long long)(c->rope_dim / 2));
+    return UQ_OK;
+}
+
+static uq_status check_mlp(const uq_hy_config *c, const uq_hy_layer_weights *lw, int64_t l, int64_t *K) {
+    const int64_t hid = c->hidden_size;
+    *K = lw->up.rows;
+    if (*K < 1 || *K > c->intermediate_size)
+        return uq_set_error(UQ_ERR_SHAPE, "layer %lld up_proj: %lld rows outside [1, intermediate_size %lld]",
+                            (long long)l, (long long)*K, (long long)c->intermediate_size);
+    uq_status st;
+    if (c->mlp_act == UQ_HY_ACT_SILU_GATED && (st = check_lin(&lw->gate, "gate_proj", l, *K, hid, 1)) != UQ_OK)
+        return st;
+    if ((st = check_lin(&lw->up, "up_proj", l, *K, hid, 1)) != UQ_OK) return st;
+    if ((st = check_lin(&lw->down, "down_proj", l, hid, *K, 1)) != UQ_OK) return st;
+    return UQ_OK;
+}
+
+void uq_hy_model_free(uq_hy_model *m) {
+    if (!m) return;
+    uq_free(m->layers);
+    uq_free(m->maps);
+    uq_free(m->Aneg);
+    uq_free(m->stored);
+    uq_free(m->keep);
+    uq_free(m->Rrot);
+    uq_free(m->has_ffn);
+    uq_free(m->inv_freq);
+    uq_free(m);
+}
+
+uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_hy_model **out) {
+    if (!cfg || !w || !out) return uq_set_error(UQ_ERR_ARG, "hy_model_init: NULL argument");
+    *out = NULL;
+    if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "hy_model_init: layers or final_norm is NULL");
+    uq_status st = check_config(cfg, w);
+    if (st != UQ_OK) return st;
+    const int64_t L = cfg->num_layers, hid = cfg->hidden_size, V = cfg->vocab_size;
+    if ((st = check_lin(&w->embed, "embeddings", -1, V, hid, 1)) != UQ_OK) return st;
+    if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embeddings: an embedding has no bias");
+    if ((st = check_lin(&w->lm_head, "lm_head", -1, V, hid, 1)) != UQ_OK) return st;
+    uq_hy_model *m;
+    if ((st = uq_calloc(sizeof *m, (void **)&m)) != UQ_OK) return st;
+    const int64_t H = cfg->ssm_heads > 0 ? cfg->ssm_heads : 0;
+    size_t lb = (size_t)L * sizeof(int64_t);
+    if ((st = uq_calloc((size_t)L * sizeof(uq_hy_layer_weights), (void **)&m->layers)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof m->stored[0], (void **)&m->stored)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof m->keep[0], (void **)&m->keep)) != UQ_OK ||
+        (st = uq_calloc(lb, (void **)&m->Rrot)) != UQ_OK || (st = uq_calloc(lb, (void **)&m->has_ffn)) != UQ_OK ||
+        (st = uq_calloc((size_t)(L * (H > 0 ? H : 1)) * sizeof(float), (void **)&m->Aneg)) != UQ_OK ||
+        (st = uq_calloc((size_t)(cfg->rope_dim > 0 ? cfg->rope_dim / 2 : 1) * sizeof(float), (void **)&m->inv_freq)) !=
+            UQ_OK)
+        goto fail;
+    int64_t nmap = 0;
+    for (int64_t l = 0; l < L; l++) {
+        const uq_hy_layer_weights *lw = &w->layers[l];
+        if (!lw->norm) {
+            st = uq_set_error(UQ_ERR_ARG, "layer %lld: norm weight is NULL", (long long)l);
+            goto fail;
+        }
+        int64_t *sz = m->stored[l];
+        if (lw->kind == UQ_HY_MAMBA) {
+            if ((st = check_mamba(cfg, lw, l, &sz[KEEP_SSM_HEAD], &sz[KEEP_SSM_STATE])) != UQ_OK) goto fail;
+            m->any_mamba = 1;
+            for (int64_t h = 0; h < H; h++) m->Aneg[l * H + h] = -expf(lw->A_log[h]);
+        } else if (lw->kind == UQ_HY_ATTN) {
+            if ((st = check_attn(cfg, lw, l, &sz[KEEP_ATTN], &m->Rrot[l])) != UQ_OK) goto fail;
+            m->any_attn = 1;
+            if (lw->freq_map) nmap += cfg->num_kv_heads * (m->Rrot[l] / 2);
+        }
+        m->has_ffn[l] = lw->kind != UQ_HY_MLP && lw->ffn_norm != NULL;
+        if (lw->kind == UQ_HY_MLP || m->has_ffn[l]) {
+            if ((st = check_mlp(cfg, lw, l, &sz[KEEP_MLP])) != UQ_OK) goto fail;
+            m->any_mlp = 1;
+        }
+        for (int i = 0; i < 4; i++) m->keep[l][i] = sz[i];
+        if (sz[KEEP_MLP] > m->Kmax) m->Kmax = sz[KEEP_MLP];
+        if (sz[KEEP_ATTN] > m->Rmax) m->Rmax = sz[KEEP_ATTN];
+        if (sz[KEEP_SSM_HEAD] > m->Pmax) m->Pmax = sz[KEEP_SSM_HEAD];
+        if (sz[KEEP_SSM_STATE] > m->Nmax) m->Nmax = sz[KEEP_SSM_STATE];
+    }
+    if ((st = uq_alloc((size_t)(nmap > 0 ? nmap : 1) * sizeof(int32_t), (void **)&m->maps)) != UQ_OK) goto fail;
+    m->cfg = *cfg;
+    m->embed = w->embed;
+    m->lm_head = w->lm_head;
+    m->final_norm = w->final_norm;
+    int64_t moff = 0;
+    for (int64_t l = 0; l < L; l++) {
+        m->layers[l] = w->layers[l];
+        m->layers[l].freq_map = NULL;
+        if (w->layers[l].kind == UQ_HY_ATTN && w->layers[l].freq_map) {
+            int64_t n = cfg->num_kv_heads * (m->Rrot[l] / 2);
+            memcpy(m->maps + moff, w->layers[l].freq_map, (size_t)n * sizeof(int32_t));
+            m->layers[l].freq_map = m->maps + moff;
+            moff += n;
+        }
+    }
+    for (int64_t f = 0; f < cfg->rope_dim / 2; f++)
+        m->inv_freq[f] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * f) / (double)cfg->rope_dim));
+    *out = m;
+    return UQ_OK;
+fail:
+    uq_hy_model_free(m);
+    return st;
+}
+
+static uq_status check_layer(const uq_hy_model *m, int64_t layer, const char *fn) {
+    if (!m) return uq_set_error(UQ_ERR_ARG, "%s: NULL model", fn);
+    if (layer < 0 || layer >= m->cfg.num_layers)
+        return uq_set_error(UQ_ERR_RANGE, "%s: layer %lld outside [0, %lld)", fn, (long long)layer,
+                            (long long)m->cfg.num_layers);
+    return UQ_OK;
+}
+
+uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_t attn_keep, int64_t ssm_head_keep,
+                         int64_t ssm_state_keep) {
+    uq_status st = check_layer(m, layer, "hy_set_keep");
+    if (st != UQ_OK) return st;
+    static const char *what[4] = {"MLP", "attention", "SSM head-channel", "SSM state"};
+    const int64_t v[4] = {mlp_keep, attn_keep, ssm_head_keep, ssm_state_keep};
+    const int64_t *sz = m->stored[layer];
+    for (int i = 0; i < 4; i++) {
+        if (v[i] < 0) continue;
+        if (sz[i] == 0)
+            return uq_set_error(UQ_ERR_RANGE, "hy_set_keep: layer %lld has no %s component (keep %lld given)",
+                                (long long)layer, what[i], (long long)v[i]);
+        if (v[i] < 1 || v[i] > sz[i])
+            return uq_set_error(UQ_ERR_RANGE, "hy_set_keep: layer %lld %s keep %lld outside [1, %lld]", (long long)layer,
+                                what[i], (long long)v[i], (long long)sz[i]);
+    }
+    if (attn_keep >= 0) {
+        int64_t R = sz[KEEP_ATTN], Rr = m->Rrot[layer];
+        if ((attn_keep * Rr) % R || ((attn_keep * Rr / R) & 1))
+            return uq_set_error(UQ_ERR_RANGE,
+                                "hy_set_keep: layer %lld attention keep %lld has rotary share %lld * %lld / %lld that "
+                                "is not an even integer (whole RoPE pairs)",
+                                (long long)layer, (long long)attn_keep, (long long)attn_keep, (long long)Rr,
+                                (long long)R);
+    }
+    for (int i = 0; i < 4; i++)
+        if (v[i] >= 0) m->keep[layer][i] = v[i];
+    return UQ_OK;
+}
+
+uq_status uq_hy_get_keep(const uq_hy_model *m, int64_t layer, int64_t *keep, int64_t *stored) {
+    uq_status st = check_layer(m, layer, "hy_get_keep");
+    if (st != UQ_OK) return st;
+    for (int i = 0; i < 4; i++) {
+        if (keep) keep[i] = m->keep[layer][i];
+        if (stored) stored[i] = m->stored[layer][i];
+    }
+    return UQ_OK;
+}
+
+uq_status uq_hy_layer_info(const uq_hy_model *m, int64_t layer, int32_t *kind, int32_t *has_ffn) {
+    uq_status st = check_layer(m, layer, "hy_layer_info");
+    if (st != UQ_OK) return st;
+    if (kind) *kind = m->layers[layer].kind;
+    if (has_ffn) *has_ffn = (int32_t)m->has_ffn[layer];
+    return UQ_OK;
+}
+
+uq_status uq_hy_set_options(uq_hy_model *m, int32_t options) {
+    if (!m) return uq_set_error(UQ_ERR_ARG, "hy_set_options: NULL model");
+    if (options & ~(UQ_HY_OPT_SEQUENTIAL_SCAN | UQ_HY_OPT_KEPT_STATE))
+        return uq_set_error(UQ_ERR_ARG, "hy_set_options: unknown option bits 0x%x", (unsigned)options);
+    m->options = options;
+    return UQ_OK;
+}
+
+uq_status uq_hy_get_config(const uq_hy_model *m, uq_hy_config *out) {
+    if (!m || !out) return uq_set_error(UQ_ERR_ARG, "hy_get_config: NULL argument");
+    *out = m->cfg;
+    return UQ_OK;
+}
+
+/* ------------------------------------------------------------------------------- state ---- */
+
+void uq_hy_state_free(uq_hy_state *s) {
+    if (!s) return;
+    if (s->m) {
+        for (int64_t l = 0; l < s->m->cfg.num_layers; l++) {
+            if (s->conv) uq_free(s->conv[l]);
+            if (s->ssm) uq_free(s->ssm[l]);
+            if (s->kc) uq_free(s->kc[l]);
+            if (s->vc) uq_free(s->vc[l]);
+        }
+    }
+    uq_free(s->conv);
+    uq_free(s->ssm);
+    uq_free(s->kc);
+    uq_free(s->vc);
+    float *bufs[] = {s->cos_tab, s->sin_tab, s->x, s->xn, s->tmp, s->z, s->xi, s->xo, s->y, s->bi, s->bo, s->ci,
+                     s->co, s->dt, s->q, s->qa, s->qb, s->att, s->kb, s->vb, s->g, s->u, s->scores, s->work};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) uq_free(bufs[i]);
+    uq_free(s->chan);
+    uq_free(s);
+}
+
+/* *p = zeroed float buffer of a * b elements (at least one); adds its size to *total. */
+static uq_status sbuf(float **p, int64_t a, int64_t b, size_t *total) {
+    size_t n;
+    uq_status st = uq_size_mul(a > 0 ? a : 1, b > 0 ? b : 1, sizeof(float), &n);
+    if (st != UQ_OK) return st;
+    *total += n;
+    return uq_calloc(n, (void **)p);
+}
+
+uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_chunk, uq_hy_state **out) {
+    if (!m || !out) return uq_set_error(UQ_ERR_ARG, "hy_state_init: NULL argument");
+    *out = NULL;
+    if (max_seq < 1 || max_chunk < 1)
+        return uq_set_error(UQ_ERR_ARG, "hy_state_init: max_seq and max_chunk must be >= 1, got %lld and %lld",
+                            (long long)max_seq, (long long)max_chunk);
+    const uq_hy_config *c = &m->cfg;
+    if (max_chunk > max_seq) max_chunk = max_seq;
+    if (m->any_mamba) max_chunk = (max_chunk + c->chunk_size - 1) / c->chunk_size * c->chunk_size;
+    const int64_t L = c->num_layers, hid = c->hidden_size;
+    const int64_t H = m->any_mamba ? c->ssm_heads : 0, G = m->any_mamba ? c->ssm_groups : 0;
+    const int64_t nh = m->any_attn ? c->num_heads : 0, nkv = m->any_attn ? c->num_kv_heads : 0;
+    uq_hy_state *s;
+    uq_status st = uq_calloc(sizeof *s, (void **)&s);
+    if (st != UQ_OK) return st;
+    s->m = m;
+    s->max_seq = max_seq;
+    s->max_chunk = max_chunk;
+    s->half = c->rope_dim / 2;
+#ifdef _OPENMP
+    s->nthreads = omp_get_max_threads();
+#else
+    s->nthreads = 1;
+#endif
+    size_t tot = 0;
+    if ((st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->conv)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->ssm)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->kc)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->vc)) != UQ_OK)
+        goto fail;
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t *sz = m->stored[l];
+        if (m->layers[l].kind == UQ_HY_MAMBA) {
+            int64_t Ps = sz[KEEP_SSM_HEAD], Ns = sz[KEEP_SSM_STATE];
+            if ((st = sbuf(&s->conv[l], H * Ps + 2 * G * Ns, c->conv_kernel - 1, &tot)) != UQ_OK ||
+                (st = sbuf(&s->ssm[l], H * Ps, Ns, &tot)) != UQ_OK)
+                goto fail;
+        } else if (m->layers[l].kind == UQ_HY_ATTN) {
+            int64_t per = nkv * sz[KEEP_ATTN];
+            if (per > INT64_MAX / max_seq) {
+                st = uq_set_error(UQ_ERR_RANGE, "hy_state_init: KV cache size overflows (max_seq %lld)",
+                                  (long long)max_seq);
+                goto fail;
+            }
+            if ((st = sbuf(&s->kc[l], per, max_seq, &tot)) != UQ_OK || (st = sbuf(&s->vc[l], per, max_seq, &tot)) != UQ_OK)
+                goto fail;
+        }
+    }
+    const int64_t mc = max_chunk, HP = H * m->Pmax, GN = G * m->Nmax;
+    if ((st = sbuf(&s->cos_tab, max_seq, s->half, &tot)) != UQ_OK || (st = sbuf(&s->sin_tab, max_seq, s->half, &tot)) != UQ_OK ||
+        (st = sbuf(&s->x, mc, hid, &tot)) != UQ_OK || (st = sbuf(&s->xn, mc, hid, &tot)) != UQ_OK ||
+        (st = sbuf(&s->tmp, mc, hid, &tot)) != UQ_OK || (st = sbuf(&s->z, mc, HP, &tot)) != UQ_OK ||
+        (st = sbuf(&s->xi, mc, HP, &tot)) != UQ_OK || (st = sbuf(&s->xo, mc, HP, &tot)) != UQ_OK ||
+        (st = sbuf(&s->y, mc, HP, &tot)) != UQ_OK || (st = sbuf(&s->bi, mc, GN, &tot)) != UQ_OK ||
+        (st = sbuf(&s->bo, mc, GN, &tot)) != UQ_OK || (st = sbuf(&s->ci, mc, GN, &tot)) != UQ_OK ||
+        (st = sbuf(&s->co, mc, GN, &tot)) != UQ_OK || (st = sbuf(&s->dt, mc, H, &tot)) != UQ_OK ||
+        (st = sbuf(&s->q, mc, nh * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->qa, mc, nh * m->Rmax, &tot)) != UQ_OK ||
+        (st = sbuf(&s->qb, mc, nh * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->att, mc, nh * m->Rmax, &tot)) != UQ_OK ||
+        (st = sbuf(&s->kb, mc, nkv * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->vb, mc, nkv * m->Rmax, &tot)) != UQ_OK ||
+        (st = sbuf(&s->g, mc, m->Kmax, &tot)) != UQ_OK || (st = sbuf(&s->u, mc, m->Kmax, &tot)) != UQ_OK ||
+        (st = sbuf(&s->scores, s->nthreads, max_seq, &tot)) != UQ_OK ||
+        (st = sbuf(&s->work, s->nthreads, m->any_mamba ? uq_ks_scan_work(c->chunk_size) : 1, &tot)) != UQ_OK)
+        goto fail;
+    {
+        int64_t nch = HP > GN ? HP : GN;
+        size_t nb = (size_t)(nch > 0 ? nch : 1) * sizeof(int64_t);
+        if ((st = uq_alloc(nb, (void **)&s->chan)) != UQ_OK) goto fail;
+        tot += nb;
+    }
+    s->bytes = tot + sizeof *s + 4 * (size_t)L * sizeof(float *);
+    for (int64_t p = 0; p < max_seq; p++)
+        for (int64_t f = 0; f < s->half; f++) {
+            float a = m->inv_freq[f] * (float)p; /* float32 product, as transformers */
+            s->cos_tab[p * s->half + f] = (float)cos((double)a);
+            s->sin_tab[p * s->half + f] = (float)sin((double)a);
+        }
+    *out = s;
+    return UQ_OK;
+fail:
+    uq_hy_state_free(s);
+    return st;
+}
+
+uq_status uq_hy_state_reset(uq_hy_state *s) {
+    if (!s) return uq_set_error(UQ_ERR_ARG, "hy_state_reset: NULL state");
+    const uq_hy_model *m = s->m;
+    const uq_hy_config *c = &m->cfg;
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        if (m->layers[l].kind != UQ_HY_MAMBA) continue;
+        int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
+        int64_t cd = c->ssm_heads * Ps + 2 * c->ssm_groups * Ns;
+        if (c->conv_kernel > 1) memset(s->conv[l], 0, (size_t)(cd * (c->conv_kernel - 1)) * sizeof(float));
+        memset(s->ssm[l], 0, (size_t)(c->ssm_heads * Ps * Ns) * sizeof(float));
+    }
+    s->pos = 0;
+    return UQ_OK;
+}
+
+int64_t uq_hy_state_pos(const uq_hy_state *s) { return s ? s->pos : 0; }
+
+size_t uq_hy_state_bytes(const uq_hy_state *s) { return s ? s->bytes : 0; }
+
+/* ----------------------------------------------------------------------------- forward ---- */
+
+/* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
+static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
+    const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
+    const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
+    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
+    const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
+    const int64_t rz = 0, rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
+    uq_status st;
+    uq_linear vz = view_rows(&lw->in_proj, rz, H * Ps), vx = view_rows(&lw->in_proj, rx, H * Ps);
+    uq_linear vb = view_rows(&lw->in_proj, rb, G * Ns), vc = view_rows(&lw->in_proj, rc, G * Ns);
+    uq_linear vdt = view_rows(&lw->in_proj, rdt, H);
+    if ((st = uq_linear_forward(&vz, s->xn, Tc, H, Pk, 1, hid, s->z)) != UQ_OK ||
+        (st = uq_linear_forward(&vx, s->xn, Tc, H, Pc, 1, hid, s->xi)) != UQ_OK ||
+        (st = uq_linear_forward(&vb, s->xn, Tc, G, Nc, 1, hid, s->bi)) != UQ_OK ||
+        (st = uq_linear_forward(&vc, s->xn, Tc, G, Nc, 1, hid, s->ci)) != UQ_OK ||
+        (st = uq_linear_forward(&vdt, s->xn, Tc, 1, H, 1, hid, s->dt)) != UQ_OK)
+        return st;
+    /* conv1d + SiLU on x, B, C (stored channel = segment start + head/group * stored size + index) */
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t p = 0; p < Pc; p++) s->chan[h * Pc + p] = h * Ps + p;
+    uq_ks_conv1d_silu(s->xi, Tc, H * Pc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->xo);
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + g * Ns + n;
+    uq_ks_conv1d_silu(s->bi, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->bo);
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + G * Ns + g * Ns + n;
+    uq_ks_conv1d_silu(s->ci, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->co);
+    uq_ks_dt_softplus(s->dt, Tc, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    uq_ks_scan a = {.T = Tc, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
+                    .chunk = c->chunk_size, .x = s->xo, .B = s->bo, .C = s->co, .dt = s->dt,
+                    .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l], .y = s->y};
+    if (chunked)
+        uq_ks_ssm_scan_chunked(&a, s->work, s->nthreads);
+    else
+        uq_ks_ssm_scan_seq(&a, s->nthreads);
+    uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
+    if ((st = uq_linear_forward(&lw->out_proj, s->y, Tc, 1, hid, H, Pk, s->tmp)) != UQ_OK) return st;
+    uq_k_add(x, s->tmp, Tc * hid);
+    return UQ_OK;
+}
+
+/* Attention over h = s->xn (Tc, hidden) at positions pos0..; adds its output to x. */
+static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
+    const int64_t rr = r * Rr / R, rp = r - rr;
+    uq_status st;
+    if (r == R || rp == 0 || rr == 0) {
+        /* one prefix segment per head: all rows, only rotary rows, or only pass rows (no RoPE) */
+        if ((st = uq_linear_forward(&lw->q, s->xn, Tc, nh, r, 1, hid, s->q)) != UQ_OK) return st;
+    } else {
+        /* rotary rows [0, rr) and pass rows [Rr, Rr + rp) of every head: the pass view starts at row Rr and keeps
+         * the head stride R; its last head's rows end at (nh-1)*R + Rr + rp <= nh*R (nominal rows beyond the
+         * array are never addressed). */
+        uq_linear vp = view_rows(&lw->q, Rr, nh * R);
+        if ((st = uq_linear_forward(&lw->q, s->xn, Tc, nh, rr, 1, hid, s->qa)) != UQ_OK ||
+            (st = uq_linear_forward(&vp, s->xn, Tc, nh, rp, 1, hid, s->qb)) != UQ_OK)
+            return st;
+        for (int64_t t = 0; t < Tc; t++)
+            for (int64_t h = 0; h < nh; h++) {
+                float *dst = s->q + (t * nh + h) * r;
+                memcpy(dst, s->qa + (t * nh + h) * rr, (size_t)rr * sizeof(float));
+                memcpy(dst + rr, s->qb + (t * nh + h) * rp, (size_t)rp * sizeof(float));
+            }
+    }
+    if ((st = uq_linear_forward(&lw->k, s->xn, Tc, nkv, R, 1, hid, s->kb)) != UQ_OK ||
+        (st = uq_linear_forward(&lw->v, s->xn, Tc, nkv, R, 1, hid, s->vb)) != UQ_OK)
+        return st;
+    if (Rr > 0) {
+        uq_ks_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+        uq_ks_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+    }
+    float *kc = s->kc[l], *vc = s->vc[l];
+    for (int64_t t = 0; t < Tc; t++)
+        for (int64_t g = 0; g < nkv; g++) {
+            size_t off = (size_t)((g * s->max_seq + pos0 + t) * R);
+            memcpy(kc + off, s->kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+            memcpy(vc + off, s->vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+        }
+    uq_ks_attention(s->q, Tc, nh, nkv, rr, rp, kc, vc, s->max_seq, R, Rr, pos0,
+                    (float)(1.0 / sqrt((double)c->head_dim)), s->att, s->scores, s->nthreads);
+    if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
+    uq_k_add(x, s->tmp, Tc * hid);
+    return UQ_OK;
+}
+
+/* MLP over h = s->xn (Tc, hidden); adds its output to x. */
+static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
+    uq_status st;
+    if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
+        if ((st = uq_linear_forward(&lw->gate, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK ||
+            (st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->u)) != UQ_OK)
+            return st;
+        uq_k_silu_mul(s->g, s->u, Tc * k);
+    } else {
+        if ((st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK) return st;
+        uq_ks_relu2(s->g, Tc * k);
+    }
+    if ((st = uq_linear_forward(&lw->down, s->g, Tc, 1, hid, 1, k, s->tmp)) != UQ_OK) return st;
+    uq_k_add(x, s->tmp, Tc * hid);
+    return UQ_OK;
+}
+
+static uq_status layer_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0,
+                             int chunked) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    uq_status st;
+    uq_k_rmsnorm(x, Tc, c->hidden_size, lw->norm, c->norm_eps, s->xn);
+    if (lw->kind == UQ_HY_MAMBA)
+        st = mamba_chunk(m, s, l, x, Tc, chunked);
+    else if (lw->kind == UQ_HY_ATTN)
+        st = attn_chunk(m, s, l, x, Tc, pos0);
+    else
+        st = mlp_chunk(m, s, l, x, Tc);
+    if (st != UQ_OK || !m->has_ffn[l]) return st;
+    uq_k_rmsnorm(x, Tc, c->hidden_size, lw->ffn_norm, c->norm_eps, s->xn);
+    return mlp_chunk(m, s, l, x, Tc);
+}
+
+uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids, int64_t T, int64_t n_logits,
+                        float *logits) {
+    if (!m || !s) return uq_set_error(UQ_ERR_ARG, "hy_forward: NULL model or state");
+    if (s->m != m) return uq_set_error(UQ_ERR_STATE, "hy_forward: the state was built for another model");
+    if (!ids || !logits) return uq_set_error(UQ_ERR_ARG, "hy_forward: ids or logits is NULL");
+    if (T < 1) return uq_set_error(UQ_ERR_ARG, "hy_forward: T must be >= 1 (no tokens), got %lld", (long long)T);
+    if (n_logits < 1 || n_logits > T)
+        return uq_set_error(UQ_ERR_ARG, "hy_forward: n_logits %lld outside [1, T = %lld]", (long long)n_logits,
+                            (long long)T);
+    const int64_t hid = m->cfg.hidden_size, V = m->cfg.vocab_size, first = T - n_logits;
+    for (int64_t t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= V)
+            return uq_set_error(UQ_ERR_RANGE, "hy_forward: token id %d at index %lld outside [0, %lld)", (int)ids[t],
+                                (long long)t, (long long)V);
+    if (T > s->max_seq - s->pos)
+        return uq_set_error(UQ_ERR_RANGE, "hy_forward: positions %lld..%lld beyond max_seq %lld (state full)",
+                            (long long)s->pos, (long long)(s->pos + T - 1), (long long)s->max_seq);
+    const int chunked = T > 1 && !(m->options & UQ_HY_OPT_SEQUENTIAL_SCAN);
+    uq_status st;
+    for (int64_t c0 = 0; c0 < T; c0 += s->max_chunk) {
+        int64_t Tc = T - c0 < s->max_chunk ? T - c0 : s->max_chunk;
+        uq_k_embed(&m->embed, ids + c0, Tc, s->x);
+        for (int64_t l = 0; l < m->cfg.num_layers; l++)
+            if ((st = layer_chunk(m, s, l, s->x, Tc, s->pos + c0, chunked)) != UQ_OK) return st;
+        int64_t a = first > c0 ? first : c0;
+        if (a < c0 + Tc) {
+            int64_t nr = c0 + Tc - a;
+            uq_k_rmsnorm(s->x + (a - c0) * hid, nr, hid, m->final_norm, m->cfg.norm_eps, s->xn);
+            if ((st = uq_linear_forward(&m->lm_head, s->xn, nr, 1, V, 1, hid, logits + (a - first) * V)) != UQ_OK)
+                return st;
+        }
+    }
+    s->pos += T;
+    return UQ_OK;
+}
