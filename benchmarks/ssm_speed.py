@@ -6,7 +6,7 @@ Each (framework, model) runs in its own subprocess that loads the same safetenso
 resident set (ru_maxrss) of the process is its own; the table also shows the growth over the process's RSS
 after its imports (the uniql child never imports torch). Run:
 
-    python benchmarks/ssm_speed.py [--threads 2] [--prefill 512] [--decode 64] [--quick]
+    python benchmarks/ssm_speed.py [--threads 1] [--prefill 512] [--decode 64] [--quick]
 
 Prefill: one forward over ``--prefill`` tokens (tokens / second). Decode: ``--decode`` single-token steps
 after a 64-token prompt, with the recurrent state / KV cache (tokens / second). Best of ``--repeat`` runs.
@@ -68,18 +68,22 @@ def make_weights(name: str, path: str) -> int:
     return sum(int(np.prod(s)) for k, s in shapes.items() if not (k == "lm_head.weight" and hc.tie_word_embeddings))
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
+    """VmRSS / VmHWM of this process in KiB (VmHWM is this address space's peak: unlike ru_maxrss it is not
+    inherited from the parent across fork + exec)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
 
+def _rss_kib() -> int:
+    return _status_kib("VmRSS")
+
+
 def child(framework: str, name: str, path: str, n_prefill: int, n_decode: int, repeat: int, threads: int,
           keep_half: bool) -> dict:
-    import resource
-
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -145,14 +149,16 @@ def child(framework: str, name: str, path: str, n_prefill: int, n_decode: int, r
         prefill()
         tp.append(time.perf_counter() - t0)
     td = [decode() for _ in range(repeat)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = _status_kib("VmHWM")
     return dict(prefill_tok_s=n_prefill / min(tp), decode_tok_s=n_decode / min(td), peak_mib=peak / 1024,
                 growth_mib=(peak - base) / 1024)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads of both runtimes (OpenMP / torch); OMP_WAIT_POLICY=PASSIVE is set because spinning "
+                         "OpenMP barriers collapse on a shared, oversubscribed machine")
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2)
@@ -165,7 +171,7 @@ def main() -> None:
         fw, name, path, kh = a.child
         print(json.dumps(child(fw, name, path, a.prefill, a.decode, a.repeat, a.threads, kh == "1")))
         return
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in MODELS:

@@ -233,3 +233,37 @@ def test_sigkill_then_resume_is_identical(tmp_path, llama):
     subprocess.run([sys.executable, "-c", script, str(src), str(out), "resume"], env=env, check=True)
     for name in [layer_file(i) for i in range(3)] + [REST_FILE, "config.json"]:
         assert (out / name).read_bytes() == (ref_art / name).read_bytes(), name
+
+
+def _word_tokenizer(d: Path) -> list[str]:
+    """A word-level tokenizer.json over VOCAB words w0..w{VOCAB-1} saved into d; returns the words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [f"w{i}" for i in range(VOCAB)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(d / "tokenizer.json"))
+    return words
+
+
+def test_cli_compress_text_calibration_then_generate(tmp_path, llama, capsys):
+    import shutil
+
+    from uniql.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(llama[0], src)
+    words = _word_tokenizer(src)
+    rng = np.random.default_rng(7)
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(rng.choice(words, size=NSAMP * SEQ + 5)))
+    out = tmp_path / "cli-art"
+    rc = main(["compress", str(src), "-o", str(out), "--file", str(text), "--samples", str(NSAMP),
+               "--seq-len", str(SEQ), "--no-quantize"])
+    assert rc == 0 and (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert main(["generate", str(out), "w1 w2 w3", "--max-new-tokens", "4", "--rate", "0.25"]) == 0
+    assert capsys.readouterr().out.strip().split()[-1].startswith("w")
+    # a second run into the same directory refuses, one line, exit 2
+    rc = main(["compress", str(src), "-o", str(out), "--file", str(text), "--samples", "2", "--seq-len", "8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "exists and is not empty" in err and len(err.strip().splitlines()) == 1

@@ -35,7 +35,7 @@ from uniql.compress import compress
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 128, 64, 128, 2, 4, 2, 16
 NSAMP, SEQ = 4, 16
 SUBPROCESS_TIMEOUT_S = 120
-MUTATION_ITERS = 150          # artifact config.json mutations (a few seconds)
+MUTATION_ITERS = 600          # artifact config.json mutations (about 4 s)
 MUTATION_SEED = 20240611
 
 
@@ -448,6 +448,59 @@ def test_artifact_wrong_float_dtype(models, tmp_path, name):
     expect_error(isolated_load(a), uniql.FormatError, name.replace(".", r"\."))
 
 
+# ------------------------------------------------------------------------------------------- GGUF ----
+
+def write_tiny_gguf(path: Path) -> Path:
+    """A complete 1-layer llama GGUF (float32 tensors) whose only possible defect is what a test does to it."""
+    import gguf
+
+    cfg = dict(tiny_config(), num_hidden_layers=1, tie_word_embeddings=True)
+    inv = {v: k for k, v in convert._LAYER_NAMES.items()}
+    ginv = {v: k for k, v in convert._GLOBAL_NAMES.items()}
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(INTER)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(VOCAB)
+    rng = np.random.default_rng(0)
+    for name, shape in convert._expected_shapes(cfg).items():
+        if name.startswith("model.layers."):
+            _, _, i, rest = name.split(".", 3)
+            mod, suffix = rest.rsplit(".", 1)
+            gname = f"blk.{i}.{inv[mod]}.{suffix}"
+        else:
+            base, suffix = name.rsplit(".", 1)
+            gname = f"{ginv[base]}.{suffix}"
+        w.add_tensor(gname, rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_truncated_or_foreign_gguf(tmp_path):
+    good = write_tiny_gguf(tmp_path / "tiny.gguf")
+    assert (convert.convert_gguf(good, tmp_path / "ok") / "model.safetensors").is_file()
+    blob = good.read_bytes()
+    st.save_file(tmp_path / "w.safetensors", {"w": np.zeros(4, np.float32)})
+    cases = {"empty": b"", "magic only": blob[:4], "in the header": blob[:20], "in the metadata": blob[:300],
+             "in the tensor data": blob[: len(blob) // 2], "last byte missing": blob[:-1],
+             "a safetensors file": (tmp_path / "w.safetensors").read_bytes()}
+    bad = tmp_path / "bad.gguf"
+    before = sorted(p.name for p in tmp_path.iterdir()) + ["bad.gguf"]
+    for label, data in cases.items():
+        bad.write_bytes(data)
+        with pytest.raises(uniql.FormatError, match=r"bad\.gguf' is not a readable GGUF file"):
+            convert.convert_gguf(bad, tmp_path / "out")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before), f"{label}: output left behind"
+
+
 # ------------------------------------------------------------------------ artifact config fuzzing ----
 
 _MUTATE = """
@@ -470,10 +523,10 @@ def paths(o, pre=()):
 
 def mutate(cfg):
     # weight the artifact-specific sections: they are what only uniql parses
-    ps = [p for p in paths(cfg) if p]
-    hot = [p for p in ps if p[0] in ("uniql", "uniql_tensors")]
     for _ in range(rng.choice((1, 1, 2, 3))):
-        p = rng.choice(hot if rng.random() < 0.7 else ps)
+        ps = [p for p in paths(cfg) if p]
+        hot = [p for p in ps if p[0] in ("uniql", "uniql_tensors")]
+        p = rng.choice(hot if hot and rng.random() < 0.7 else ps)
         parent = cfg
         for k in p[:-1]:
             parent = parent[k]

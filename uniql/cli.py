@@ -2,7 +2,9 @@
 
     uniql convert [MODEL.gguf] OUT_DIR [--overwrite] [--dtype float32|float16|bfloat16] [--no-tokenizer]
     uniql generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
-    uniql ppl MODEL_DIR [--text wiki|c4|... | --file F] [--window N] [--stride N] [--max-tokens N]
+    uniql ppl MODEL_DIR [--text wiki|c4|... | --file F] [--window N] [--stride N] [--max-tokens N] [--rate R]
+    uniql compress MODEL_DIR [-o OUT] [--samples N --seq-len N] [--no-quantize] [--max-rate R] [--resume] ...
+    uniql bench [ARGS...]            (python -m uniql.bench)
 
 Every subcommand is a pair (``_add_<name>(subparsers)`` building its parser, ``_cmd_<name>(args) -> int`` running
 it) registered in ``COMMANDS``; add ``compress``/``bench`` the same way. Errors print one line
@@ -154,6 +156,66 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
+
+# ------------------------------------------------------------------------------------------ compress ----
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="compress a Hugging Face checkpoint into one elastic uniql artifact",
+                       description="Calibrate, sort every prunable group, allocate layer ratios, GPTQ int4, and write "
+                                   "one artifact that serves every pruning rate from 0 to --max-rate.")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="artifact directory (MODEL_DIR-uniql)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", default=None, help="packaged calibration text (c4)")
+    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
+    p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
+    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    p.add_argument("--no-quantize", action="store_true", help="keep float weights (no int4)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="storage of unquantized weights (float32)")
+    p.add_argument("--group", type=_positive_int, default=128, metavar="G", help="int4 group size (128)")
+    p.add_argument("--max-rate", type=_nonneg_float, default=0.35, metavar="R", help="highest pruning rate (0.35)")
+    p.add_argument("--scorer", choices=("uniql", "magnitude"), default="uniql", help="sorting scores (ablation)")
+    p.add_argument("--split-sigma", action="store_true", help="ablation: split singular values between V and O")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last layer")
+    p.set_defaults(func=_cmd_compress)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from uniql import data
+    from uniql.compress import compress
+
+    calibration = None
+    if args.file is not None:
+        calibration = args.file
+    elif args.text is not None:
+        if args.text not in data.TEXTS:
+            raise _UsageError(f"--text must be one of {', '.join(data.TEXTS)}, got {args.text!r}")
+        calibration = data.read_text(args.text)
+    out = compress(args.model_dir, args.out, calibration=calibration, num_samples=args.samples,
+                   seq_len=args.seq_len, quantize=not args.no_quantize, max_rate=args.max_rate, group=args.group,
+                   scorer=args.scorer, split_sigma=args.split_sigma, dtype=args.dtype, overwrite=args.overwrite,
+                   resume=args.resume, progress=sys.stderr.isatty())
+    print(out)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- bench ----
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed and memory benchmark (same as python -m uniql.bench)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from uniql.bench.__main__ import main as bench_main
+
+    return int(bench_main(args.bench_args) or 0)
+
+
 # ------------------------------------------------------------------------------------------- driver ----
 
 class _UsageError(Exception):
@@ -165,6 +227,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "convert": _add_convert,
     "generate": _add_generate,
     "ppl": _add_ppl,
+    "compress": _add_compress,
+    "bench": _add_bench,
 }
 
 

@@ -1,16 +1,27 @@
 /*
- * linear.c -- y = x W_sel^T + b_sel for fp32 and int4 weights with row/column segment selection.
+ * linear.c -- y = x W_sel^T + b_sel for fp32, fp16 and int4 weights with row/column segment selection,
+ * and the drivers that run it on the kernel path chosen in dispatch.c.
  *
  * Output element o of a token: stored row R(o) = (o / keep_out) * seg_out + o % keep_out,
  *   y[t][o] = sum_{s < nseg_in} dot(W[R(o)][s*seg_in : s*seg_in + keep_in], x[t][s*keep_in : (s+1)*keep_in])
- *             (+ b[R(o)]),
- * the segment sums added in order starting from 0. fp32: dot = uq_k_dot. int4: per group of a segment,
- * the codes (q - 8) are unpacked into floats (chunks of at most 256) and dotted with uq_k_dot, chunk dots
- * are summed into a group dot which is multiplied once by the group's scale and added to the total.
- * Each element's operation sequence depends only on its own row and token: OpenMP over output rows keeps
- * results bit-identical at any thread count, T, keep of other rows, or stored size beyond the prefix.
+ *             (+ b[R(o)]).
+ * ref path (this file, the _ref twins): fp32/fp16 dot = uq_k_dot per segment, segment sums added in order
+ * from 0; int4: per group of a segment, the codes (q - 8) are unpacked into floats (chunks of at most 256)
+ * and dotted with uq_k_dot, chunk dots are summed into a group dot which is multiplied once by the group's
+ * scale and added to the total. Vector paths (linear_avx2.c, linear_avx512.c) and int8 activations: see
+ * uniql.h "kernels" for their exact operation sequences. Drivers: T <= 4 runs GEMV kernels that stream
+ * the weights once; larger T packs panels of rows (fp32 / converted fp16 / dequantized int4, or int4 codes
+ * widened to u8 for the int8 GEMM) and runs register-blocked GEMM kernels with the same per-element
+ * operation sequence. Each element's sequence depends only on its own row and token: OpenMP over output
+ * rows keeps results bit-identical at any thread count, T, keep of other rows, or stored size beyond the
+ * prefix.
  */
+#include <math.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "kernels.h"
 
@@ -98,6 +109,8 @@ static uq_status check_call(const uq_linear *L, const float *x, int64_t T, int64
                             (long long)seg_in);
     if (L->kind == UQ_W_F32) {
         if (!L->w) return uq_set_error(UQ_ERR_ARG, "linear: fp32 weight pointer is NULL");
+    } else if (L->kind == UQ_W_F16) {
+        if (!L->w16) return uq_set_error(UQ_ERR_ARG, "linear: fp16 weight pointer is NULL");
     } else if (L->kind == UQ_W_Q4) {
         if (!L->packed || !L->scales) return uq_set_error(UQ_ERR_ARG, "linear: int4 packed/scales pointer is NULL");
         if (L->group < 1) return uq_set_error(UQ_ERR_ARG, "linear: int4 group %lld must be >= 1", (long long)L->group);
@@ -116,12 +129,13 @@ static uq_status check_call(const uq_linear *L, const float *x, int64_t T, int64
     return UQ_OK;
 }
 
+/* ref path, fp32 and fp16 weights (fp16 rows are converted exactly into cvt, 4 * cols floats per thread). */
 static void linear_f32(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
-                       int64_t nseg_in, int64_t keep_in, float *y) {
+                       int64_t nseg_in, int64_t keep_in, float *y, float *cvt, int nth) {
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, nblk = (nout + 3) / 4;
     const float *W = L->w, *b = L->bias;
-#pragma omp parallel for schedule(static) if (nout * nin * T >= UQ_PAR_MIN_WORK)
+#pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t o0 = blk * 4, nr = nout - o0 < 4 ? nout - o0 : 4;
         const float *w[4];
@@ -129,7 +143,17 @@ static void linear_f32(const uq_linear *L, const float *x, int64_t T, int64_t ns
         for (int i = 0; i < 4; i++) {
             int64_t o = o0 + (i < nr ? i : nr - 1); /* a short block repeats its last row (result discarded) */
             row[i] = (o / keep_out) * seg_out + o % keep_out;
-            w[i] = W + row[i] * cols;
+            if (L->kind == UQ_W_F16) {
+#ifdef _OPENMP
+                float *c = cvt + ((int64_t)omp_get_thread_num() * 4 + i) * cols;
+#else
+                float *c = cvt + (int64_t)i * cols;
+#endif
+                (void)uq_convert_f16_to_f32(L->w16 + row[i] * cols, cols, c);
+                w[i] = c;
+            } else {
+                w[i] = W + row[i] * cols;
+            }
         }
         for (int64_t t = 0; t < T; t++) {
             const float *xt = x + t * nin;
@@ -146,12 +170,12 @@ static void linear_f32(const uq_linear *L, const float *x, int64_t T, int64_t ns
 }
 
 static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
-                      int64_t nseg_in, int64_t keep_in, float *y) {
+                      int64_t nseg_in, int64_t keep_in, float *y, int nth) {
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
     const int64_t gps = (seg_in + g - 1) / g, rowbytes = UQ_Q4_ROW_BYTES(L->cols);
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in;
     const float *b = L->bias;
-#pragma omp parallel for schedule(static) if (nout * nin * T >= UQ_PAR_MIN_WORK)
+#pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t o = 0; o < nout; o++) {
         float buf[UQ_Q4_CHUNK];
         int64_t row = (o / keep_out) * seg_out + o % keep_out;
@@ -187,14 +211,364 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
     }
 }
 
+/* ------------------------------------------------------------------------- shared helpers ---- */
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int par_threads(int64_t work) { return work >= UQ_PAR_MIN_WORK ? uq_k_threads() : 1; }
+
+static inline int q4_code(const uint8_t *row, int64_t col) {
+    uint8_t b = row[col >> 1];
+    return (col & 1) ? b >> 4 : b & 15;
+}
+
+/* Chunks of width cw over the selection (each segment's kept columns from its start). int4 (group > 0):
+ * scol = scale column when the chunk lies in one group (always when group % cw == 0), else -1. */
+static uq_status build_chunks(int64_t nseg_in, int64_t seg_in, int64_t keep_in, int64_t cw, int64_t group,
+                              uq_k_chunk **out, int64_t *nch) {
+    const int64_t per = (keep_in + cw - 1) / cw, gps = group > 0 ? (seg_in + group - 1) / group : 0;
+    uq_k_chunk *ch;
+    uq_status st = uq_alloc((size_t)(nseg_in * per) * sizeof *ch, (void **)&ch);
+    if (st != UQ_OK) return st;
+    int64_t k = 0;
+    for (int64_t s = 0; s < nseg_in; s++)
+        for (int64_t c0 = 0; c0 < keep_in; c0 += cw, k++) {
+            ch[k].wcol = s * seg_in + c0;
+            ch[k].xcol = s * keep_in + c0;
+            ch[k].n = keep_in - c0 < cw ? keep_in - c0 : cw;
+            ch[k].xq = 0;
+            ch[k].scol = -1;
+            if (group > 0 && c0 / group == (c0 + ch[k].n - 1) / group) ch[k].scol = s * gps + c0 / group;
+        }
+    *out = ch;
+    *nch = k;
+    return UQ_OK;
+}
+
+/* One chunk per group of every kept segment, with the byte offset of its quantized activations (blocks of
+ * cw columns, or 4 when cw == 0). *ldq = bytes per token (multiple of 64). */
+static uq_status build_groups(int64_t nseg_in, int64_t seg_in, int64_t keep_in, int64_t group, int cw,
+                              uq_k_chunk **out, int64_t *nch, int64_t *ldq) {
+    const int64_t per = (keep_in + group - 1) / group, gps = (seg_in + group - 1) / group, blk = cw ? cw : 4;
+    uq_k_chunk *ch;
+    uq_status st = uq_alloc((size_t)(nseg_in * per) * sizeof *ch, (void **)&ch);
+    if (st != UQ_OK) return st;
+    int64_t k = 0, off = 0;
+    for (int64_t s = 0; s < nseg_in; s++)
+        for (int64_t g0 = 0; g0 < keep_in; g0 += group, k++) {
+            ch[k].wcol = s * seg_in + g0;
+            ch[k].xcol = s * keep_in + g0;
+            ch[k].n = keep_in - g0 < group ? keep_in - g0 : group;
+            ch[k].scol = s * gps + g0 / group;
+            ch[k].xq = off;
+            off += (ch[k].n + blk - 1) / blk * blk;
+        }
+    *out = ch;
+    *nch = k;
+    *ldq = (off + 63) / 64 * 64;
+    return UQ_OK;
+}
+
+/* ------------------------------------------------------------- int8 activations (all paths) ---- */
+
+void uq_k_q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, int8_t *xqrow, float *xs,
+                   int32_t *xsum) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23: (v + magic) - magic = rint(v) for |v| < 2^22 */
+    for (int64_t k = 0; k < nch; k++) {
+        const float *xg = x + ch[k].xcol;
+        const int64_t n = ch[k].n, blk = cw ? cw : 4;
+        int8_t *dst = xqrow + ch[k].xq;
+        memset(dst, 0, (size_t)((n + blk - 1) / blk * blk));
+        float amax = 0.0f;
+        for (int64_t i = 0; i < n; i++) {
+            float a = fabsf(xg[i]);
+            amax = a > amax ? a : amax; /* NaN never wins */
+        }
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xs[k] = amax / 127.0f;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < n; i++) {
+            float v = xg[i] * inv;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v == v ? v : 0.0f;
+            int q = (int)((v + magic) - magic);
+            sum += q;
+            int64_t pos = i;
+            if (cw) {
+                int64_t b = i / cw, j = i % cw;
+                pos = b * cw + ((j & 1) ? cw / 2 + j / 2 : j / 2);
+            }
+            dst[pos] = (int8_t)q;
+        }
+        xsum[k] = sum;
+    }
+}
+
+/* Reference int8-activation kernel (natural xq order): tot (mr, T). */
+static void q8_gemv_ref(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
+                        const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
+                        int64_t nch, float *tot) {
+    (void)xsum;
+    for (int r = 0; r < mr; r++)
+        for (int64_t t = 0; t < T; t++) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < nch; k++) {
+                const int8_t *q = xq + t * ldq + ch[k].xq;
+                int32_t isum = 0;
+                for (int64_t i = 0; i < ch[k].n; i++) isum += (q4_code(w[r], ch[k].wcol + i) - UQ_Q4_OFFSET) * q[i];
+                acc = acc + (float)isum * (s[r][ch[k].scol] * xs[t * ldg + k]);
+            }
+            tot[r * T + t] = acc;
+        }
+}
+
+static float ref_dot(const float *a, const float *b, int64_t n) { return uq_k_dot(a, b, n); }
+
+static void ref_axpy(float a, const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+const uq_kpath uq_kpath_ref = {
+    .name = "ref", .V = 8, .cw = 0, .dot = ref_dot, .axpy = ref_axpy, .q8_gemv = q8_gemv_ref,
+};
+
+#define UQ_Q8_GEMM_MIN_T 16 /* below this many tokens the int8 GEMV beats repacking the weights */
+#define UQ_Q8_MB 32         /* rows per int8 GEMM block */
+
+static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
+                           int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
+    const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
+    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(L->cols);
+    const float *b = L->bias;
+    /* the vector kernels read whole bytes from each group's first column: every group must start even */
+    int vec = P != &uq_kpath_ref && (nseg_in == 1 || !(seg_in & 1)) && (g % 2 == 0 || g >= keep_in);
+    const uq_kpath *Q = vec ? P : &uq_kpath_ref;
+    uq_k_chunk *ch = NULL;
+    int64_t ng, ldq;
+    int8_t *xq = NULL;
+    float *xs = NULL, *tot = NULL;
+    int32_t *xsum = NULL;
+    void *work = NULL;
+    uq_status st = build_groups(nseg_in, seg_in, keep_in, g, Q->cw, &ch, &ng, &ldq);
+    if (st != UQ_OK) return st;
+    const int nth = par_threads(nout * nin * T);
+    const int gemm = Q->q8_gemm && T >= UQ_Q8_GEMM_MIN_T;
+    const int64_t MB = gemm ? UQ_Q8_MB : 4, nblk = (nout + MB - 1) / MB;
+    size_t wb = gemm ? (Q->q8_gemm_work(ch, ng) + 63) / 64 * 64 : 0;
+    if ((st = uq_alloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
+        (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
+        (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK ||
+        (st = uq_alloc((size_t)nth * (size_t)(MB * T) * sizeof(float), (void **)&tot)) != UQ_OK ||
+        (st = uq_alloc((size_t)nth * wb + 64, &work)) != UQ_OK)
+        goto done;
+#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
+    for (int64_t t = 0; t < T; t++) uq_k_q8_quant(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
+#pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
+        const uint8_t *wr[UQ_Q8_MB];
+        const float *sr[UQ_Q8_MB];
+        for (int64_t i = 0; i < MB; i++) {
+            int64_t o = o0 + (i < nr ? i : nr - 1), row = (o / keep_out) * seg_out + o % keep_out;
+            wr[i] = L->packed + row * rowbytes;
+            sr[i] = L->scales + row * L->scale_cols;
+        }
+        int id = thread_id();
+        float *tt = tot + (int64_t)id * MB * T;
+        if (gemm)
+            Q->q8_gemm(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt, T, (char *)work + (size_t)id * wb);
+        else
+            Q->q8_gemv(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt);
+        for (int64_t i = 0; i < nr; i++) {
+            int64_t o = o0 + i, row = (o / keep_out) * seg_out + o % keep_out;
+            for (int64_t t = 0; t < T; t++) y[t * nout + o] = b ? tt[i * T + t] + b[row] : tt[i * T + t];
+        }
+    }
+done:
+    uq_free(ch);
+    uq_free(xq);
+    uq_free(xs);
+    uq_free(xsum);
+    uq_free(tot);
+    uq_free(work);
+    return st;
+}
+
+/* ---------------------------------------------------------------- vector paths (fp32 act) ---- */
+
+#define UQ_GEMM_MB 16 /* rows per packed panel (4 row tiles) */
+#define UQ_GEMM_TB (8 * UQ_K_NR)
+#define UQ_GEMM_KC 64 /* vectors per K block */
+
+/* Generic int4 packing (chunks spanning groups): [V even | V odd] pieces of fl((q - 8) * scale). */
+static void pack_q4_generic(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, int V,
+                            int64_t keep_in, int64_t group, int64_t gps, float *dst) {
+    for (int64_t k = 0; k < nch; k++, dst += 2 * V) {
+        int64_t seg = ch[k].xcol / keep_in, c0 = ch[k].xcol % keep_in;
+        for (int i = 0; i < 2 * V; i++) {
+            int64_t j = i < V ? 2 * i : 2 * (i - V) + 1;
+            dst[i] = j < ch[k].n ? (float)(q4_code(w, ch[k].wcol + j) - UQ_Q4_OFFSET) *
+                                       s[seg * gps + (c0 + j) / group]
+                                 : 0.0f;
+        }
+    }
+}
+
+static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
+                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
+    const int V = P->V, q4 = L->kind == UQ_W_Q4;
+    const int64_t cw = q4 ? 2 * V : V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
+    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(cols);
+    const int64_t g = q4 ? L->group : 0, gps = q4 ? (seg_in + g - 1) / g : 0;
+    const float *b = L->bias;
+    uq_k_chunk *ch;
+    int64_t nch;
+    uq_status st = build_chunks(nseg_in, seg_in, keep_in, cw, g, &ch, &nch);
+    if (st != UQ_OK) return st;
+    int all_scol = 1;
+    for (int64_t k = 0; k < nch; k++) all_scol &= ch[k].scol >= 0;
+    const int64_t nvec = nch * (cw / V), ldp = nvec * V;
+    const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
+    float *xp = NULL, *work = NULL;
+    const float *xg = x;
+    int64_t ldx = nin;
+    if (q4 || !gemv) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
+        if ((st = uq_alloc((size_t)(T * ldp) * sizeof(float), (void **)&xp)) != UQ_OK) goto done;
+#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t k = 0; k < nch; k++) {
+                const float *src = x + t * nin + ch[k].xcol;
+                float *dst = xp + t * ldp + k * cw;
+                for (int64_t i = 0; i < cw; i++) {
+                    int64_t j = q4 ? (i < V ? 2 * i : 2 * (i - V) + 1) : i;
+                    dst[i] = j < ch[k].n ? src[j] : 0.0f;
+                }
+            }
+        xg = xp;
+        ldx = ldp;
+    }
+    if (gemv) {
+        const int MR = T <= 2 ? 8 : 4;
+        const int64_t nblk = (nout + MR - 1) / MR;
+#pragma omp parallel for num_threads(nth) schedule(static)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            float acc[8 * 4 * 16];
+            int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
+            const float *wf[8];
+            const uint16_t *wh[8];
+            const uint8_t *wq[8];
+            const float *sq[8];
+            for (int i = 0; i < nr; i++) {
+                int64_t o = o0 + i;
+                row[i] = (o / keep_out) * seg_out + o % keep_out;
+                if (L->kind == UQ_W_F32) wf[i] = L->w + row[i] * cols;
+                if (L->kind == UQ_W_F16) wh[i] = L->w16 + row[i] * cols;
+                if (q4) {
+                    wq[i] = L->packed + row[i] * rowbytes;
+                    sq[i] = L->scales + row[i] * L->scale_cols;
+                }
+            }
+            if (L->kind == UQ_W_F32)
+                P->gemv_f32(wf, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+            else if (L->kind == UQ_W_F16)
+                P->gemv_f16(wh, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+            else
+                P->gemv_q4(wq, sq, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+            for (int i = 0; i < nr; i++)
+                for (int64_t t = 0; t < T; t++) {
+                    const float *a = acc + (i * T + t) * V;
+                    float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
+                    y[t * nout + o0 + i] = b ? d + b[row[i]] : d;
+                }
+        }
+        goto done;
+    }
+    {
+        const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR, nblk = (nout + MB - 1) / MB;
+        const size_t per = (size_t)(MB * ldp + MB * TB * V); /* floats: panel + accumulators */
+        if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
+#pragma omp parallel for num_threads(nth) schedule(static)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            float *wp = work + (size_t)thread_id() * per, *accb = wp + MB * ldp;
+            int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];
+            for (int64_t i = 0; i < MB; i++) {
+                float *dst = wp + i * ldp;
+                if (i >= nr) {
+                    memset(dst, 0, (size_t)ldp * sizeof(float));
+                    continue;
+                }
+                int64_t o = o0 + i;
+                row[i] = (o / keep_out) * seg_out + o % keep_out;
+                if (L->kind == UQ_W_F32) {
+                    for (int64_t k = 0; k < nch; k++) {
+                        memcpy(dst + k * V, L->w + row[i] * cols + ch[k].wcol, (size_t)ch[k].n * sizeof(float));
+                        for (int64_t j = ch[k].n; j < V; j++) dst[k * V + j] = 0.0f;
+                    }
+                } else if (L->kind == UQ_W_F16) {
+                    P->pack_f16(L->w16 + row[i] * cols, ch, nch, dst);
+                } else if (all_scol) {
+                    P->pack_q4(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, dst);
+                } else {
+                    pack_q4_generic(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, V,
+                                    keep_in, g, gps, dst);
+                }
+            }
+            for (int64_t t0 = 0; t0 < T; t0 += TB) {
+                int64_t tb = T - t0 < TB ? T - t0 : TB;
+                memset(accb, 0, (size_t)(MB * TB * V) * sizeof(float));
+                for (int64_t kv = 0; kv < nvec; kv += UQ_GEMM_KC) {
+                    int64_t nv = nvec - kv < UQ_GEMM_KC ? nvec - kv : UQ_GEMM_KC;
+                    for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
+                        int nrr = (int)(tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR);
+                        for (int64_t rt = 0; rt * 4 < nr; rt++)
+                            P->gemm(wp + rt * 4 * ldp + kv * V, ldp, xg + (t0 + tt * UQ_K_NR) * ldx + kv * V, ldx,
+                                    nrr, nv, accb + ((rt * ntt + tt) * 4 * UQ_K_NR) * V);
+                    }
+                }
+                for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
+                    int64_t nrr = tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR;
+                    for (int64_t i = 0; i < nr; i++) {
+                        int64_t rt = i / 4, r = i % 4;
+                        for (int64_t t = 0; t < nrr; t++) {
+                            const float *a = accb + ((rt * ntt + tt) * 4 * UQ_K_NR + r * nrr + t) * V;
+                            float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
+                            y[(t0 + tt * UQ_K_NR + t) * nout + o0 + i] = b ? d + b[row[i]] : d;
+                        }
+                    }
+                }
+            }
+        }
+    }
+done:
+    uq_free(ch);
+    uq_free(xp);
+    uq_free(work);
+    return st;
+}
+
 uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
                             int64_t nseg_in, int64_t keep_in, float *y) {
     uq_status st = check_call(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
     if (st != UQ_OK) return st;
-    if (L->kind == UQ_W_F32)
-        linear_f32(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
-    else
-        linear_q4(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
+    if ((st = uq_kernels_init()) != UQ_OK) return st;
+    const uq_kpath *P = uq_k_path();
+    if (L->kind == UQ_W_Q4 && uq_k_q4_int8()) return linear_q8(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
+    if (P != &uq_kpath_ref) return linear_vec(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
+    const int nth = par_threads(nseg_out * keep_out * nseg_in * keep_in * T);
+    if (L->kind == UQ_W_Q4) {
+        linear_q4(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y, nth);
+        return UQ_OK;
+    }
+    float *cvt = NULL;
+    if (L->kind == UQ_W_F16 && (st = uq_alloc((size_t)(nth * 4 * L->cols) * sizeof(float), (void **)&cvt)) != UQ_OK)
+        return st;
+    linear_f32(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y, cvt, nth);
+    uq_free(cvt);
     return UQ_OK;
 }
 
@@ -215,6 +589,10 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                     double w;
                     if (L->kind == UQ_W_F32) {
                         w = L->w[row * L->cols + col];
+                    } else if (L->kind == UQ_W_F16) {
+                        float h;
+                        (void)uq_convert_f16_to_f32(L->w16 + row * L->cols + col, 1, &h);
+                        w = h;
                     } else {
                         uint8_t byte = L->packed[row * UQ_Q4_ROW_BYTES(L->cols) + col / 2];
                         int q = (col & 1) ? byte >> 4 : byte & 15;

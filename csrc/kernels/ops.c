@@ -4,7 +4,9 @@
  *   RoPE        pair-interleaved rotation by the angle of the pair's frequency index (fused index map)
  *   attention   softmax(q k^T * scale + causal mask) v, GQA, over the KV cache prefix of r dims
  *   SiLU * mul  z = g * sigmoid(g) * u
- *   embedding   row gather, fp32 or int4 dequantized as (q - 8) * scale
+ *   embedding   row gather, fp32, fp16 (exact conversion) or int4 dequantized as (q - 8) * scale
+ * Attention dot products and the probability-weighted sum of V use the current kernel path's dot/axpy
+ * (uq_k_path(): FMA lanes on the vector paths, uq_k_dot and mul+add on ref).
  */
 #include <math.h>
 #include <string.h>
@@ -47,6 +49,7 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
                     const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
                     float *scores, int nthreads) {
     const int64_t group = n_heads / n_kv, work = T * n_heads;
+    const uq_kpath *P = uq_k_path();
     /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
     int par = work * (pos0 + T) * r >= 65536;
     (void)nthreads;
@@ -65,7 +68,7 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
             const float *K = kc + g * max_seq * rc, *V = vc + g * max_seq * rc;
             float m = -INFINITY;
             for (int64_t s = 0; s < n; s++) {
-                sc[s] = uq_k_dot(qh, K + s * rc, r) * scale;
+                sc[s] = P->dot(qh, K + s * rc, r) * scale;
                 if (sc[s] > m) m = sc[s];
             }
             double sum = 0.0;
@@ -76,16 +79,13 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
             float inv = (float)(1.0 / sum);
             float *oh = out + i * r;
             for (int64_t j = 0; j < r; j++) oh[j] = 0.0f;
-            for (int64_t s = 0; s < n; s++) {
-                float p = sc[s] * inv;
-                const float *vs = V + s * rc;
-                for (int64_t j = 0; j < r; j++) oh[j] += p * vs[j];
-            }
+            for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, oh, r);
         }
     }
 }
 
 void uq_k_silu_mul(float *g, const float *u, int64_t n) {
+#pragma omp parallel for num_threads(uq_k_threads()) schedule(static) if (n >= 65536)
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
@@ -96,6 +96,8 @@ void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X) {
         float *xt = X + t * cols;
         if (E->kind == UQ_W_F32) {
             memcpy(xt, E->w + row * cols, (size_t)cols * sizeof(float));
+        } else if (E->kind == UQ_W_F16) {
+            (void)uq_convert_f16_to_f32(E->w16 + row * cols, cols, xt);
         } else {
             const uint8_t *p = E->packed + row * UQ_Q4_ROW_BYTES(cols);
             const float *s = E->scales + row * E->scale_cols;

@@ -64,6 +64,8 @@ static uq_status check_linear(const uq_linear *L, const char *name, int64_t laye
                             (long long)L->rows, (long long)L->cols, (long long)rows, (long long)cols);
     if (L->kind == UQ_W_F32) {
         if (!L->w) return uq_set_error(UQ_ERR_ARG, "%s: fp32 weight pointer is NULL", where);
+    } else if (L->kind == UQ_W_F16) {
+        if (!L->w16) return uq_set_error(UQ_ERR_ARG, "%s: fp16 weight pointer is NULL", where);
     } else if (L->kind == UQ_W_Q4) {
         if (!L->packed || !L->scales) return uq_set_error(UQ_ERR_ARG, "%s: int4 packed/scales pointer is NULL", where);
         if (L->group < 1) return uq_set_error(UQ_ERR_ARG, "%s: int4 group %lld must be >= 1", where, (long long)L->group);
@@ -152,6 +154,7 @@ uq_status uq_tf_model_init(const uq_tf_config *cfg, const uq_tf_weights *w, uq_t
     *out = NULL;
     uq_status st = check_config(cfg);
     if (st != UQ_OK) return st;
+    if ((st = uq_kernels_init()) != UQ_OK) return st; /* a bad UNIQL_KERNELS etc. fails here, clearly */
     const int64_t L = cfg->num_layers, H = cfg->hidden_size, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
     const int64_t d = cfg->head_dim, V = cfg->vocab_size;
     if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "tf_model_init: layers or final_norm is NULL");
@@ -298,11 +301,7 @@ uq_status uq_tf_state_init(const uq_tf_model *m, int64_t max_seq, int64_t max_ch
     s->max_seq = max_seq;
     s->max_chunk = max_chunk;
     s->half = c->head_dim / 2;
-#ifdef _OPENMP
-    s->nthreads = omp_get_max_threads();
-#else
-    s->nthreads = 1;
-#endif
+    s->nthreads = uq_k_threads();
     int64_t cache_elems = 0;
     for (int64_t l = 0; l < L; l++) {
         int64_t per = nkv * m->R[l];

@@ -1,0 +1,261 @@
+/*
+ * kernels_avx2.c -- the "avx2" kernel path (AVX2 + FMA + F16C, selected at run time; every function carries
+ * its own target attribute, the file is compiled without -march flags).
+ *
+ *   fp32 / fp16 dot:  acc[l] = fma(w[c], x[c], acc[l]) for the columns c = l (mod 8) of each 8-column chunk of
+ *                     each kept segment (tails zero), result = uq_k_reduce8(acc) (+ bias).
+ *   int4, fp32 act:   the same dot on fl((float)(q - 8) * scale) with 16-column pieces as [8 even | 8 odd].
+ *   int4, int8 act:   isum = sum over 64-column blocks of vpmaddubsw(u8 codes, s8 xq) widened by vpmaddwd,
+ *                     - 8 * sum(xq) (exact), then tot = tot + (float)isum * (ws * xs) (bit-identical to ref).
+ * The fp32 GEMM kernel (T > 4) takes 4 rows x 2 tokens of accumulators at a time over packed panels.
+ */
+#include <string.h>
+
+#include "kernels.h"
+
+#ifdef UQ_K_X86
+#include <immintrin.h>
+
+#define UQ_T2 __attribute__((target("avx2,fma,f16c")))
+#define UQ_T2I __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+static UQ_T2I __m256 load8f(const float *p, int64_t n) {
+    if (n >= 8) return _mm256_loadu_ps(p);
+    float t[8] = {0};
+    memcpy(t, p, (size_t)n * sizeof(float));
+    return _mm256_loadu_ps(t);
+}
+
+static UQ_T2I __m256 load8h(const uint16_t *p, int64_t n) {
+    if (n >= 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    uint16_t t[8] = {0};
+    memcpy(t, p, (size_t)n * sizeof(uint16_t));
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+}
+
+static UQ_T2I float hsum8(__m256 a) {
+    float t[8];
+    _mm256_storeu_ps(t, a);
+    return uq_k_reduce8(t);
+}
+
+UQ_T2 static float dot2(const float *a, const float *b, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(load8f(a + i, n - i), load8f(b + i, n - i), acc);
+    return hsum8(acc);
+}
+
+UQ_T2 static void axpy2(float a, const float *x, float *y, int64_t n) {
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = __builtin_fmaf(a, x[i], y[i]);
+}
+
+/* ---------------------------------------------------------------------------- fp32 / fp16 ---- */
+
+static UQ_T2I void gemv_f_t(const float *const *wf, const uint16_t *const *wh, int half, const float *x,
+                            int64_t ldx, const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
+    __m256 a[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) a[r][t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        __m256 xv[4];
+        for (int t = 0; t < TT; t++) xv[t] = load8f(x + t * ldx + ch[k].xcol, ch[k].n);
+        for (int r = 0; r < MR; r++) {
+            __m256 wv = half ? load8h(wh[r] + ch[k].wcol, ch[k].n) : load8f(wf[r] + ch[k].wcol, ch[k].n);
+            for (int t = 0; t < TT; t++) a[r][t] = _mm256_fmadd_ps(wv, xv[t], a[r][t]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) _mm256_storeu_ps(acc + (r * TT + t) * 8, a[r][t]);
+}
+
+/* rows in groups of 4 (register budget of 16 ymm): same per-element sequence whatever the grouping */
+UQ_T2 static void gemv_f(const float *const *wf, const uint16_t *const *wh, int mr, const float *x, int64_t ldx,
+                         int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
+    const int half = wh != NULL;
+    for (int r0 = 0; r0 < mr; r0 += 4) {
+        const float *pf[4] = {0};
+        const uint16_t *ph[4] = {0};
+        int n = mr - r0 < 4 ? mr - r0 : 4;
+        for (int i = 0; i < 4; i++) {
+            if (half)
+                ph[i] = wh[r0 + (i < n ? i : n - 1)];
+            else
+                pf[i] = wf[r0 + (i < n ? i : n - 1)];
+        }
+        float tmp[4 * 4 * 8];
+        switch (T) {
+        case 1: gemv_f_t(pf, ph, half, x, ldx, ch, nch, tmp, 4, 1); break;
+        case 2: gemv_f_t(pf, ph, half, x, ldx, ch, nch, tmp, 4, 2); break;
+        case 3:
+            gemv_f_t(pf, ph, half, x, ldx, ch, nch, tmp, 2, 3);
+            gemv_f_t(pf + 2, ph + 2, half, x, ldx, ch, nch, tmp + 2 * 3 * 8, 2, 3);
+            break;
+        default:
+            gemv_f_t(pf, ph, half, x, ldx, ch, nch, tmp, 2, 4);
+            gemv_f_t(pf + 2, ph + 2, half, x, ldx, ch, nch, tmp + 2 * 4 * 8, 2, 4);
+            break;
+        }
+        memcpy(acc + r0 * T * 8, tmp, (size_t)(n * T * 8) * sizeof(float));
+    }
+}
+
+UQ_T2 static void gemv_f32(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
+                           int64_t nch, float *acc) {
+    gemv_f(w, NULL, mr, x, ldx, T, ch, nch, acc);
+}
+
+UQ_T2 static void gemv_f16(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T,
+                           const uq_k_chunk *ch, int64_t nch, float *acc) {
+    gemv_f(NULL, w, mr, x, ldx, T, ch, nch, acc);
+}
+
+/* --------------------------------------------------------------------------- int4, fp32 act ---- */
+
+/* 16 int4 columns from byte p (n valid columns): lo = even, hi = odd columns, fl((q - 8) * scale). */
+static UQ_T2I void q4_piece(const uint8_t *p, int64_t n, __m256 sc, __m256 *lo, __m256 *hi) {
+    int64_t nb = (n + 1) / 2;
+    uint64_t b = 0;
+    memcpy(&b, p, (size_t)(nb < 8 ? nb : 8));
+    __m256i v = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)b));
+    const __m256i m4 = _mm256_set1_epi32(15), o8 = _mm256_set1_epi32(UQ_Q4_OFFSET);
+    *lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, m4), o8)), sc);
+    *hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v, 4), o8)), sc);
+}
+
+static UQ_T2I void gemv_q4_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
+                             const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
+    __m256 a[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) a[r][t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        for (int r = 0; r < MR; r++) {
+            __m256 lo, hi;
+            q4_piece(w[r] + ch[k].wcol / 2, ch[k].n, _mm256_set1_ps(s[r][ch[k].scol]), &lo, &hi);
+            for (int t = 0; t < TT; t++) {
+                a[r][t] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xp + t * ldxp + k * 16), a[r][t]);
+                a[r][t] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xp + t * ldxp + k * 16 + 8), a[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) _mm256_storeu_ps(acc + (r * TT + t) * 8, a[r][t]);
+}
+
+UQ_T2 static void gemv_q4(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
+                          int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
+    for (int r0 = 0; r0 < mr; r0 += 2) {
+        int n = mr - r0 < 2 ? mr - r0 : 2;
+        const uint8_t *pw[2] = {w[r0], w[r0 + n - 1]};
+        const float *ps[2] = {s[r0], s[r0 + n - 1]};
+        float tmp[2 * 4 * 8];
+        switch (T) {
+        case 1: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 1); break;
+        case 2: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 2); break;
+        case 3: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 3); break;
+        default: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 4); break;
+        }
+        memcpy(acc + r0 * T * 8, tmp, (size_t)(n * T * 8) * sizeof(float));
+    }
+}
+
+UQ_T2 static void pack_f16(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst) {
+    for (int64_t k = 0; k < nch; k++) _mm256_storeu_ps(dst + k * 8, load8h(w + ch[k].wcol, ch[k].n));
+}
+
+UQ_T2 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
+    for (int64_t k = 0; k < nch; k++) {
+        __m256 lo, hi;
+        q4_piece(w + ch[k].wcol / 2, ch[k].n, _mm256_set1_ps(s[ch[k].scol]), &lo, &hi);
+        _mm256_storeu_ps(dst + k * 16, lo);
+        _mm256_storeu_ps(dst + k * 16 + 8, hi);
+    }
+}
+
+static UQ_T2I void gemm_t(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int64_t nvec, float *acc,
+                          int nr, int t0, const int NT) {
+    __m256 c[4][2];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) c[r][t] = _mm256_loadu_ps(acc + (r * nr + t0 + t) * 8);
+    for (int64_t v = 0; v < nvec; v++) {
+        __m256 w0 = _mm256_loadu_ps(wp + v * 8), w1 = _mm256_loadu_ps(wp + ldw + v * 8);
+        __m256 w2 = _mm256_loadu_ps(wp + 2 * ldw + v * 8), w3 = _mm256_loadu_ps(wp + 3 * ldw + v * 8);
+        for (int t = 0; t < NT; t++) {
+            __m256 xv = _mm256_loadu_ps(xp + (t0 + t) * ldx + v * 8);
+            c[0][t] = _mm256_fmadd_ps(w0, xv, c[0][t]);
+            c[1][t] = _mm256_fmadd_ps(w1, xv, c[1][t]);
+            c[2][t] = _mm256_fmadd_ps(w2, xv, c[2][t]);
+            c[3][t] = _mm256_fmadd_ps(w3, xv, c[3][t]);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(acc + (r * nr + t0 + t) * 8, c[r][t]);
+}
+
+UQ_T2 static void gemm2(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int nr, int64_t nvec,
+                        float *acc) {
+    int t0 = 0;
+    for (; t0 + 2 <= nr; t0 += 2) gemm_t(wp, ldw, xp, ldx, nvec, acc, nr, t0, 2);
+    if (t0 < nr) gemm_t(wp, ldw, xp, ldx, nvec, acc, nr, t0, 1);
+}
+
+/* ---------------------------------------------------------------------------- int4 x int8 ---- */
+
+UQ_T2 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
+                          const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
+                          int64_t nch, float *tot) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < mr; r++)
+        for (int64_t t = 0; t < T; t++) {
+            float ft = 0.0f;
+            for (int64_t k = 0; k < nch; k++) {
+                __m256i a = _mm256_setzero_si256();
+                const int8_t *q = xq + t * ldq + ch[k].xq;
+                for (int64_t c0 = 0; c0 < ch[k].n; c0 += 64) {
+                    int64_t nb = (ch[k].n - c0 + 1) / 2;
+                    const uint8_t *p = w[r] + ch[k].wcol / 2 + c0 / 2;
+                    __m256i v;
+                    if (nb >= 32) {
+                        v = _mm256_loadu_si256((const __m256i *)p);
+                    } else {
+                        uint8_t tb[32] = {0};
+                        memcpy(tb, p, (size_t)nb);
+                        v = _mm256_loadu_si256((const __m256i *)tb);
+                    }
+                    __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    __m256i xe = _mm256_loadu_si256((const __m256i *)(q + c0));
+                    __m256i xo = _mm256_loadu_si256((const __m256i *)(q + c0 + 32));
+                    /* |u8 * s8 pair sums| <= 2 * 15 * 127: no int16 saturation */
+                    a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xe), ones));
+                    a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xo), ones));
+                }
+                int32_t l[8];
+                _mm256_storeu_si256((__m256i *)l, a);
+                int64_t gi = t * ldg + k;
+                int32_t isum = l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7] - UQ_Q4_OFFSET * xsum[gi];
+                ft = ft + (float)isum * (s[r][ch[k].scol] * xs[gi]);
+            }
+            tot[r * T + t] = ft;
+        }
+}
+
+const uq_kpath uq_kpath_avx2 = {
+    .name = "avx2",
+    .V = 8,
+    .cw = 64,
+    .dot = dot2,
+    .axpy = axpy2,
+    .gemv_f32 = gemv_f32,
+    .gemv_f16 = gemv_f16,
+    .gemv_q4 = gemv_q4,
+    .pack_f16 = pack_f16,
+    .pack_q4 = pack_q4,
+    .gemm = gemm2,
+    .q8_gemv = q8_gemv,
+    .q8_gemm = NULL,
+    .q8_gemm_work = NULL,
+};
+
+#endif

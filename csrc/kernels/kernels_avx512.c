@@ -1,0 +1,412 @@
+/*
+ * kernels_avx512.c -- the "avx512" kernel path (AVX-512 F/BW/VL + VNNI, selected at run time; every function
+ * carries its own target attribute, the file is compiled without -march flags).
+ *
+ *   fp32 / fp16 dot:  acc[l] = fma(w[c], x[c], acc[l]) for the columns c = l (mod 16) of each 16-column chunk
+ *                     of each kept segment (tail lanes masked), result = uq_k_reduce16(acc) (+ bias).
+ *   int4, fp32 act:   the same dot on fl((q - 8) * scale) with 32-column pieces taken as [16 even | 16 odd]
+ *                     (a 16-entry table (i - 8) * scale looked up with vpermps).
+ *   int4, int8 act:   isum = vpdpbusd(u8 codes, s8 xq) - 8 * sum(xq) per group (exact), then the scalar
+ *                     epilogue tot = tot + (float)isum * (ws * xs) (bit-identical to the ref path).
+ * GEMM kernels (T > 4) run the same per-element sequences on packed panels: 4 rows x 6 tokens of 16-lane
+ * FMA accumulators (fp32 act) and 32 rows x 8 tokens of int32 vpdpbusd accumulators on u8 panels laid out
+ * [k/4][16 rows][4] (int8 act).
+ */
+#include <string.h>
+
+#include "kernels.h"
+
+#ifdef UQ_K_X86
+#include <immintrin.h>
+
+#define UQ_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define UQ_T512I __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"), always_inline)) inline
+
+static UQ_T512I __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+
+static UQ_T512I __mmask64 tail64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
+
+UQ_T512 static float dot512(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    if (i < n) {
+        __mmask16 m = tail16(n - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    float t[16];
+    _mm512_storeu_ps(t, acc);
+    return uq_k_reduce16(t);
+}
+
+UQ_T512 static void axpy512(float a, const float *x, float *y, int64_t n) {
+    __m512 av = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 m = tail16(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+/* ------------------------------------------------------------------------------ fp32 GEMV ---- */
+
+static UQ_T512I void gemv_f32_t(const float *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
+                                int64_t nch, float *acc, const int MR, const int TT) {
+    __m512 a[8][4];
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        const __mmask16 m = tail16(ch[k].n);
+        __m512 xv[4];
+        for (int t = 0; t < TT; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + ch[k].xcol);
+        for (int r = 0; r < MR; r++) {
+            __m512 wv = _mm512_maskz_loadu_ps(m, w[r] + ch[k].wcol);
+            for (int t = 0; t < TT; t++) a[r][t] = _mm512_fmadd_ps(wv, xv[t], a[r][t]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
+}
+
+UQ_T512 static void gemv_f32(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
+                             int64_t nch, float *acc) {
+    const float *wp[8];
+    int MR = T <= 2 ? 8 : 4;
+    for (int i = 0; i < MR; i++) wp[i] = w[i < mr ? i : mr - 1];
+    float tmp[8 * 4 * 16];
+    switch (T * 10 + MR) {
+    case 18: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 4, 3); break;
+    default: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 4, 4); break;
+    }
+    memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------------ fp16 GEMV ---- */
+
+static UQ_T512I __m512 load_h16(const uint16_t *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+static UQ_T512I void gemv_f16_t(const uint16_t *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
+                                int64_t nch, float *acc, const int MR, const int TT) {
+    __m512 a[8][4];
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        const __mmask16 m = tail16(ch[k].n);
+        __m512 xv[4];
+        for (int t = 0; t < TT; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + ch[k].xcol);
+        for (int r = 0; r < MR; r++) {
+            __m512 wv = load_h16(w[r] + ch[k].wcol, m);
+            for (int t = 0; t < TT; t++) a[r][t] = _mm512_fmadd_ps(wv, xv[t], a[r][t]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
+}
+
+UQ_T512 static void gemv_f16(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T,
+                             const uq_k_chunk *ch, int64_t nch, float *acc) {
+    const uint16_t *wp[8];
+    int MR = T <= 2 ? 8 : 4;
+    for (int i = 0; i < MR; i++) wp[i] = w[i < mr ? i : mr - 1];
+    float tmp[8 * 4 * 16];
+    switch (T * 10 + MR) {
+    case 18: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 4, 3); break;
+    default: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 4, 4); break;
+    }
+    memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
+}
+
+/* --------------------------------------------------------------------- int4 GEMV, fp32 act ---- */
+
+/* 32 int4 columns from byte p (n valid columns) as dequantized floats: lo = even, hi = odd columns. */
+static UQ_T512I void q4_piece(const uint8_t *p, int64_t n, __m512 tab, __m512 *lo, __m512 *hi) {
+    __mmask16 m = tail16((n + 1) / 2);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p));
+    *lo = _mm512_permutexvar_ps(v, tab);
+    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab);
+}
+
+static UQ_T512I __m512 q4_base(void) {
+    return _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+static UQ_T512I void gemv_q4_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
+                               const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
+    const __m512 base = q4_base();
+    __m512 a[8][4];
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        __m512 xe[4], xo[4];
+        for (int t = 0; t < TT; t++) {
+            xe[t] = _mm512_loadu_ps(xp + t * ldxp + k * 32);
+            xo[t] = _mm512_loadu_ps(xp + t * ldxp + k * 32 + 16);
+        }
+        for (int r = 0; r < MR; r++) {
+            __m512 tab = _mm512_mul_ps(base, _mm512_set1_ps(s[r][ch[k].scol])), lo, hi;
+            q4_piece(w[r] + ch[k].wcol / 2, ch[k].n, tab, &lo, &hi);
+            for (int t = 0; t < TT; t++) {
+                a[r][t] = _mm512_fmadd_ps(lo, xe[t], a[r][t]);
+                a[r][t] = _mm512_fmadd_ps(hi, xo[t], a[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
+}
+
+UQ_T512 static void gemv_q4(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
+                            int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
+    const uint8_t *wp[8];
+    const float *sp[8];
+    int MR = T <= 2 ? 8 : 4;
+    for (int i = 0; i < MR; i++) {
+        wp[i] = w[i < mr ? i : mr - 1];
+        sp[i] = s[i < mr ? i : mr - 1];
+    }
+    float tmp[8 * 4 * 16];
+    switch (T * 10 + MR) {
+    case 18: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 3); break;
+    default: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
+    }
+    memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------------- packing ---- */
+
+UQ_T512 static void pack_f16(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst) {
+    for (int64_t k = 0; k < nch; k++) _mm512_storeu_ps(dst + k * 16, load_h16(w + ch[k].wcol, tail16(ch[k].n)));
+}
+
+UQ_T512 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
+    const __m512 base = q4_base();
+    for (int64_t k = 0; k < nch; k++) {
+        __m512 lo, hi, tab = _mm512_mul_ps(base, _mm512_set1_ps(s[ch[k].scol]));
+        q4_piece(w + ch[k].wcol / 2, ch[k].n, tab, &lo, &hi);
+        _mm512_storeu_ps(dst + k * 32, lo);
+        _mm512_storeu_ps(dst + k * 32 + 16, hi);
+    }
+}
+
+/* ------------------------------------------------------------------------------ fp32 GEMM ---- */
+
+static UQ_T512I void gemm_t(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int64_t nvec, float *acc,
+                            const int NR) {
+    __m512 c[4][UQ_K_NR];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NR; t++) c[r][t] = _mm512_loadu_ps(acc + (r * NR + t) * 16);
+    for (int64_t v = 0; v < nvec; v++) {
+        __m512 w0 = _mm512_loadu_ps(wp + v * 16), w1 = _mm512_loadu_ps(wp + ldw + v * 16);
+        __m512 w2 = _mm512_loadu_ps(wp + 2 * ldw + v * 16), w3 = _mm512_loadu_ps(wp + 3 * ldw + v * 16);
+        for (int t = 0; t < NR; t++) {
+            __m512 xv = _mm512_loadu_ps(xp + t * ldx + v * 16);
+            c[0][t] = _mm512_fmadd_ps(w0, xv, c[0][t]);
+            c[1][t] = _mm512_fmadd_ps(w1, xv, c[1][t]);
+            c[2][t] = _mm512_fmadd_ps(w2, xv, c[2][t]);
+            c[3][t] = _mm512_fmadd_ps(w3, xv, c[3][t]);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NR; t++) _mm512_storeu_ps(acc + (r * NR + t) * 16, c[r][t]);
+}
+
+UQ_T512 static void gemm512(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int nr, int64_t nvec,
+                            float *acc) {
+    switch (nr) {
+    case 1: gemm_t(wp, ldw, xp, ldx, nvec, acc, 1); break;
+    case 2: gemm_t(wp, ldw, xp, ldx, nvec, acc, 2); break;
+    case 3: gemm_t(wp, ldw, xp, ldx, nvec, acc, 3); break;
+    case 4: gemm_t(wp, ldw, xp, ldx, nvec, acc, 4); break;
+    case 5: gemm_t(wp, ldw, xp, ldx, nvec, acc, 5); break;
+    default: gemm_t(wp, ldw, xp, ldx, nvec, acc, 6); break;
+    }
+}
+
+/* ------------------------------------------------------------------ int4 x int8 (VNNI) ---- */
+
+/* Low / high nibbles of 64 bytes as u8 (even / odd columns of a 128-column block). */
+static UQ_T512I void nib64(const uint8_t *p, int64_t nbytes, __m512i *lo, __m512i *hi) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i v = _mm512_maskz_loadu_epi8(tail64(nbytes), p);
+    *lo = _mm512_and_si512(v, m4);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+}
+
+UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
+                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
+                            int64_t nch, float *tot) {
+    for (int64_t t0 = 0; t0 < T; t0 += 4) {
+        const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
+        float ft[4][4] = {{0}};
+        for (int64_t k = 0; k < nch; k++) {
+            __m512i a[4][4];
+            for (int r = 0; r < mr; r++)
+                for (int t = 0; t < nt; t++) a[r][t] = _mm512_setzero_si512();
+            const uint8_t *wb = NULL;
+            for (int64_t c0 = 0; c0 < ch[k].n; c0 += 128) {
+                int64_t nb = (ch[k].n - c0 + 1) / 2;
+                __m512i xe[4], xo[4];
+                for (int t = 0; t < nt; t++) {
+                    const int8_t *q = xq + (t0 + t) * ldq + ch[k].xq + c0;
+                    xe[t] = _mm512_loadu_si512(q);
+                    xo[t] = _mm512_loadu_si512(q + 64);
+                }
+                for (int r = 0; r < mr; r++) {
+                    __m512i lo, hi;
+                    wb = w[r] + ch[k].wcol / 2 + c0 / 2;
+                    nib64(wb, nb, &lo, &hi);
+                    for (int t = 0; t < nt; t++) {
+                        a[r][t] = _mm512_dpbusd_epi32(a[r][t], lo, xe[t]);
+                        a[r][t] = _mm512_dpbusd_epi32(a[r][t], hi, xo[t]);
+                    }
+                }
+            }
+            for (int r = 0; r < mr; r++)
+                for (int t = 0; t < nt; t++) {
+                    int64_t gi = (t0 + t) * ldg + k;
+                    int32_t isum = _mm512_reduce_add_epi32(a[r][t]) - UQ_Q4_OFFSET * xsum[gi];
+                    ft[r][t] = ft[r][t] + (float)isum * (s[r][ch[k].scol] * xs[gi]);
+                }
+        }
+        for (int r = 0; r < mr; r++)
+            for (int t = 0; t < nt; t++) tot[r * T + t0 + t] = ft[r][t];
+    }
+}
+
+/* Work of q8_gemm: two 16-row u8 panels (blocks of 128 columns, 2048 bytes per block) + scales. */
+static int64_t q8_blocks(const uq_k_chunk *ch, int64_t nch) {
+    return nch ? (ch[nch - 1].xq + (ch[nch - 1].n + 127) / 128 * 128) / 128 : 0;
+}
+
+static size_t q8_gemm_work(const uq_k_chunk *ch, int64_t nch) {
+    return (size_t)(2 * q8_blocks(ch, nch) * 2048) + (size_t)(2 * nch * 16) * sizeof(float) + 64;
+}
+
+static UQ_T512I void q8_tile(const uint8_t *p0, const uint8_t *p1, const float *sv0, const float *sv1,
+                             const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg,
+                             int64_t t0, const uq_k_chunk *ch, int64_t nch, float *ft, const int NT, const int NTILE) {
+    __m512 f[2][8];
+    for (int i = 0; i < NTILE; i++)
+        for (int t = 0; t < NT; t++) f[i][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        __m512i a[2][8];
+        for (int i = 0; i < NTILE; i++)
+            for (int t = 0; t < NT; t++) a[i][t] = _mm512_setzero_si512();
+        const int64_t nq = (ch[k].n + 127) / 128 * 32, boff = ch[k].xq / 128 * 2048;
+        const uint8_t *b0 = p0 + boff, *b1 = p1 + boff;
+        const int8_t *xb = xq + t0 * ldq + ch[k].xq;
+        for (int64_t q = 0; q < nq; q++) {
+            __m512i w0 = _mm512_loadu_si512(b0 + q * 64), w1 = w0;
+            if (NTILE == 2) w1 = _mm512_loadu_si512(b1 + q * 64);
+            for (int t = 0; t < NT; t++) {
+                int32_t xv;
+                memcpy(&xv, xb + t * ldq + q * 4, 4);
+                __m512i xb4 = _mm512_set1_epi32(xv);
+                a[0][t] = _mm512_dpbusd_epi32(a[0][t], w0, xb4);
+                if (NTILE == 2) a[1][t] = _mm512_dpbusd_epi32(a[1][t], w1, xb4);
+            }
+        }
+        for (int t = 0; t < NT; t++) {
+            const int64_t gi = (t0 + t) * ldg + k;
+            const __m512i off = _mm512_set1_epi32(UQ_Q4_OFFSET * xsum[gi]);
+            const __m512 xsv = _mm512_set1_ps(xs[gi]);
+            for (int i = 0; i < NTILE; i++) {
+                __m512 p = _mm512_mul_ps(_mm512_loadu_ps((i ? sv1 : sv0) + k * 16), xsv);
+                __m512 m = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a[i][t], off)), p);
+                f[i][t] = _mm512_add_ps(f[i][t], m);
+            }
+        }
+    }
+    for (int i = 0; i < NTILE; i++)
+        for (int t = 0; t < NT; t++) _mm512_storeu_ps(ft + (i * 8 + t) * 16, f[i][t]);
+}
+
+UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,
+                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
+                            int64_t nch, float *tot, int64_t ldt, void *work) {
+    const int64_t nbk = q8_blocks(ch, nch);
+    uint8_t *pan = (uint8_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *sv = (float *)(pan + 2 * nbk * 2048);
+    const int ntile = nrows > 16 ? 2 : 1;
+    /* repack: row r -> panel r / 16, lane r % 16; block of 128 columns = 32 k4 steps x 16 rows x 4 bytes */
+    for (int r = 0; r < 16 * ntile; r++) {
+        uint8_t *pb = pan + (r / 16) * nbk * 2048 + (r % 16) * 4;
+        float *sr = sv + (r / 16) * nch * 16 + (r % 16);
+        for (int64_t k = 0; k < nch; k++) {
+            sr[k * 16] = r < nrows ? s[r][ch[k].scol] : 0.0f;
+            for (int64_t c0 = 0; c0 < ch[k].n; c0 += 128) {
+                uint8_t tmp[128];
+                uint8_t *dst = pb + (ch[k].xq + c0) / 128 * 2048;
+                if (r < nrows) {
+                    __m512i lo, hi;
+                    nib64(w[r] + ch[k].wcol / 2 + c0 / 2, (ch[k].n - c0 + 1) / 2, &lo, &hi);
+                    _mm512_storeu_si512(tmp, lo);
+                    _mm512_storeu_si512(tmp + 64, hi);
+                } else {
+                    memset(tmp, 0, sizeof tmp);
+                }
+                for (int q = 0; q < 32; q++) memcpy(dst + q * 64, tmp + q * 4, 4);
+            }
+        }
+    }
+    const uint8_t *p0 = pan, *p1 = pan + nbk * 2048;
+    const float *s0 = sv, *s1 = sv + nch * 16;
+    for (int64_t t0 = 0; t0 < T; t0 += 8) {
+        const int nt = (int)(T - t0 < 8 ? T - t0 : 8);
+        float ft[2 * 8 * 16];
+        if (ntile == 2) {
+            switch (nt) {
+            case 8: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 8, 2); break;
+            case 7: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 7, 2); break;
+            case 6: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 6, 2); break;
+            case 5: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 5, 2); break;
+            case 4: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4, 2); break;
+            case 3: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3, 2); break;
+            case 2: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2, 2); break;
+            default: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 2); break;
+            }
+        } else {
+            switch (nt) {
+            case 8: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 8, 1); break;
+            case 7: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 7, 1); break;
+            case 6: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 6, 1); break;
+            case 5: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 5, 1); break;
+            case 4: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4, 1); break;
+            case 3: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3, 1); break;
+            case 2: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2, 1); break;
+            default: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 1); break;
+            }
+        }
+        for (int r = 0; r < nrows; r++)
+            for (int t = 0; t < nt; t++) tot[r * ldt + t0 + t] = ft[((r / 16) * 8 + t) * 16 + r % 16];
+    }
+}
+
+const uq_kpath uq_kpath_avx512 = {
+    .name = "avx512",
+    .V = 16,
+    .cw = 128,
+    .dot = dot512,
+    .axpy = axpy512,
+    .gemv_f32 = gemv_f32,
+    .gemv_f16 = gemv_f16,
+    .gemv_q4 = gemv_q4,
+    .pack_f16 = pack_f16,
+    .pack_q4 = pack_q4,
+    .gemm = gemm512,
+    .q8_gemv = q8_gemv,
+    .q8_gemm = q8_gemm,
+    .q8_gemm_work = q8_gemm_work,
+};
+
+#endif
