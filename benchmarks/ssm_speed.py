@@ -2,9 +2,11 @@
 Nemotron-H-style hybrid of about 100M parameters with RANDOM weights (speed and memory only; random weights say
 nothing about quality).
 
-Each (framework, model) runs in its own subprocess that loads the same safetensors file, so that the peak
-resident set (ru_maxrss) of the process is its own; the table also shows the growth over the process's RSS
-after its imports (the uniql child never imports torch). Run:
+Each (framework, model) runs in its own subprocess that maps the same safetensors file (uniql: its own
+mmapped reader, zero-copy views; transformers: safetensors.torch.load_file), so that the peak resident set
+(VmHWM) of the process is its own; the table also shows the growth over the process's RSS after its imports
+(the uniql child never imports torch). "keep 50%" halves every keep size (SSM head channels and state, MLP,
+attention head dims) with kept_state=True. Run:
 
     python benchmarks/ssm_speed.py [--threads 1] [--prefill 512] [--decode 64] [--quick]
 
@@ -85,18 +87,20 @@ def _rss_kib() -> int:
 def child(framework: str, name: str, path: str, n_prefill: int, n_decode: int, repeat: int, threads: int,
           keep_half: bool) -> dict:
     import numpy as np
-    from safetensors.numpy import load_file
 
     ids = np.random.default_rng(1).integers(0, MODELS[name]["vocab_size"], max(n_prefill, 64)).astype(np.int32)
     prompt = ids[:64]
     if framework == "uniql":
+        from uniql.safetensors import safe_open
         from uniql.ssm import HybridModel
         base = _rss_kib()
-        m = HybridModel.from_hf_tensors(dict(MODELS[name]), load_file(path), max_seq=max(n_prefill, 64 + n_decode) + 1)
+        f = safe_open(path)  # memory-mapped read-only views (as transformers' safetensors.torch.load_file); kept open
+        m = HybridModel.from_hf_tensors(dict(MODELS[name]), {k: f.get(k) for k in f.keys()},
+                                        max_seq=max(n_prefill, 64 + n_decode) + 1)
         if keep_half:
             st = [m.stored(i) for i in range(m.num_layers)]
             for i, s in enumerate(st):
-                m.set_keep(i, **{k: (v // 2 if k != "attn" else v // 2) for k, v in s.items()})
+                m.set_keep(i, **{k: v // 2 for k, v in s.items()})
             m.set_options(kept_state=True)
 
         def prefill():

@@ -4,7 +4,7 @@ compress() runs in fresh subprocesses on one tiny random Llama (transformers ``s
 OMP_NUM_THREADS in {1, 2} x OPENBLAS_NUM_THREADS in {1, 2}; the artifact's model-*.safetensors and config.json are
 compared byte for byte with the single-threaded run (uniql_report.json holds timings and is not compared).
 
-Findings (see the xfail reason): our own OpenMP kernels are thread-count invariant (each output element is
+Our own OpenMP kernels are thread-count invariant (each output element is
 reduced by one thread in a fixed order), and a run repeats itself exactly at fixed thread counts, but OpenBLAS
 (pthreads build, 0.3.21 here) gives LAPACK results whose last bits depend on OPENBLAS_NUM_THREADS: dsyevd
 (uq_linalg_eigh -> uq_linalg_sqrtm, the G^{1/2} / G^{-1/2} of the quantization-aware SVD) from n = 32 on, dpotrf
@@ -13,6 +13,8 @@ differing value is qasvd_vo's V weight of layer 0 (a few elements at ~1e-8 relat
 layer 0's file, but it reaches the attention output that o_proj's GPTQ Hessian is built from, hence o_proj's
 float32 scales, hence the activations propagated to layer 1, whose codes/scales, block importance (config.json)
 and the lm_head then differ. The model needs a hidden size of at least ~256 for this to survive rounding.
+Fixed in csrc/linalg/lapack_serial.h: every LAPACK call runs with OpenBLAS pinned to one thread (BLAS level 3,
+dgemm/dsyrk, keeps its threads and is thread-count invariant).
 """
 from __future__ import annotations
 
@@ -86,11 +88,6 @@ needs_two_cpus = pytest.mark.skipif((os.cpu_count() or 1) < 2,
 
 
 @needs_two_cpus
-@pytest.mark.xfail(strict=True, reason="OpenBLAS LAPACK (dsyevd in uq_linalg_eigh/sqrtm for the QA-SVD, also dpotrf "
-                   "and dgesdd) returns thread-count-dependent last bits; the QA-SVD V weight of layer 0 differs "
-                   "at ~1e-8, reaches o_proj's GPTQ Hessian and the activations propagated to layer 1 (see the "
-                   "module docstring). Fix: call LAPACK with OpenBLAS pinned to one thread "
-                   "(openblas_set_num_threads(1) around the call, or for the whole of compress)")
 @pytest.mark.parametrize("omp", [1, 2])
 def test_openblas_threads_do_not_change_the_artifact(artifacts, omp):
     assert _differing(artifacts(1, 1), artifacts(omp, 2)) == []

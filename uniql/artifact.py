@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
+from uniql.runtime import Model, _Q4
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.sorting import alloc_keep_ratios, keep_size
 
@@ -128,20 +129,6 @@ def check_rate(rate: float, max_rate: float) -> float:
 
 # ------------------------------------------------------------------------------- loading ----
 
-@dataclass(frozen=True)
-class Int4:
-    """int4 weight handed to the runtime (packed codes + float32 scales; group restarts per input segment)."""
-
-    packed: np.ndarray
-    scales: np.ndarray
-    group: int
-    shape: tuple[int, int]
-
-    @property
-    def nbytes(self) -> int:
-        return self.packed.nbytes + self.scales.nbytes
-
-
 def _own(a: np.ndarray) -> np.ndarray:
     """An aligned, C-contiguous copy (file views may be unaligned and are read-only)."""
     return np.array(a, order="C", copy=True)
@@ -195,7 +182,7 @@ class _Reader:
                 scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
                 cols = col_segments * col_keep
             packed = _own(packed)
-            return Int4(packed, _f32_scales(scales), g, (int(packed.shape[0]), int(cols)))
+            return _Q4(packed, _f32_scales(scales), g, (int(packed.shape[0]), int(cols)))
         w = f.get(name + ".weight")
         w = w[rows_sel]
         if col_keep is not None:
@@ -271,14 +258,9 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
     return model
 
 
-def _elastic_base():
-    from uniql.runtime import Model
-    return Model
-
-
-class ElasticModel(_elastic_base()):  # type: ignore[misc]
-    """A runtime Model loaded from an artifact: its pruning rate can be lowered... no: raised or restored up to
-    the loaded prefix, live between tokens, without reloading (``set_rate``)."""
+class ElasticModel(Model):
+    """A runtime Model loaded from an artifact: ``set_rate`` switches to any rate between the loaded one and the
+    artifact's maximum, live between tokens, without reloading (the KV cache stays valid)."""
 
     def _init_elastic(self, meta: ArtifactMeta, rate: float, path: Path) -> None:
         self.meta = meta
@@ -309,15 +291,6 @@ class ElasticModel(_elastic_base()):  # type: ignore[misc]
         for i, (k, r) in enumerate(sizes):
             self.set_keep(i, mlp=k, attn=r)
         self._rate = rate
-
-    def weight_bytes(self) -> int:
-        """Bytes of the weight arrays this model holds (what the loaded rate needed); no KV cache."""
-        seen, total = set(), 0
-        for a in self._arrays:
-            if id(a) not in seen:
-                seen.add(id(a))
-                total += a.nbytes
-        return total
 
     def parameter_count(self, rate: float | None = None) -> int:
         """Parameters used at `rate` (default: the current one): all linears at their keep sizes, embedding

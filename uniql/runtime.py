@@ -529,14 +529,18 @@ class Model:
         return out
 
     # ---------------------------------------------------------------------------- accounting ----
-    def memory_bytes(self) -> int:
-        """Bytes of the weights referenced by the model plus its KV cache/scratch state(s)."""
+    def weight_bytes(self) -> int:
+        """Bytes of the weight arrays the model references (each array counted once; no KV cache)."""
         seen, total = set(), 0
         for a in self._arrays:
             if id(a) not in seen:
                 seen.add(id(a))
                 total += a.nbytes
-        total += _C.tf_state_info(self._state)[1]
+        return total
+
+    def memory_bytes(self) -> int:
+        """Bytes of the weights referenced by the model plus its KV cache/scratch state(s)."""
+        total = self.weight_bytes() + _C.tf_state_info(self._state)[1]
         if self._scratch is not None:
             total += _C.tf_state_info(self._scratch)[1]
         return total

@@ -519,8 +519,9 @@ class HybridModel:
             layers.append(lay)
         embed = get(embed_name)
         final_norm = vec(first_present(names["final"]))
-        if cfg.tie_word_embeddings and "lm_head.weight" not in tensors:
+        if cfg.tie_word_embeddings:  # lm_head.weight, when present, is the same tensor
             head = embed
+            used.add("lm_head.weight")
         else:
             head = get("lm_head.weight")
         extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))

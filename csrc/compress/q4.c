@@ -17,6 +17,8 @@
 
 #include <cblas.h>
 #include <lapacke.h>
+
+#include "../linalg/lapack_serial.h"
 #include <math.h>
 #include <string.h>
 
@@ -147,7 +149,7 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
         U[b] = t;
     }
     lapack_int n = (lapack_int)cols;
-    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, U, n);
+    lapack_int info = uq_la_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, U, n);
     if (info > 0) {
         st = uq_set_error(UQ_ERR_NUMERIC,
                           "%s: damped Hessian is not positive definite (its trailing principal minor of order %d, "
@@ -155,7 +157,7 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
                           (long long)(cols - info));
         goto exit;
     }
-    if (info == 0) info = LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, U, n);
+    if (info == 0) info = uq_la_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, U, n);
     if (info != 0) {
         st = uq_set_error(info < 0 ? UQ_ERR_INTERNAL : UQ_ERR_NUMERIC,
                           "%s: inverse Cholesky of the damped Hessian failed (info %d)", fn, (int)info);

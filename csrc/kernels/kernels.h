@@ -72,10 +72,11 @@ void uq_k_q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, in
                    int32_t *xsum);
 
 /* One kernel path. GEMV kernels take mr <= 8 stored rows and T <= 4 tokens and write acc (mr * T, V)
- * lane accumulators (row-major over (row, token)); the caller reduces them. The GEMM kernel multiplies a
- * packed panel of 4 rows (4, ldw) by packed x of nr <= UQ_K_NR tokens (nr, ldx) over nvec vectors of V
- * floats, accumulating into acc (4 * nr, V). Packing: fp32-kinds rows become nvec V-float vectors per
- * chunk list (zero padded); int4 pieces of 2V columns become [V even | V odd] dequantized values. */
+ * lane accumulators (row-major over (row, token)); the caller reduces them. The GEMM kernel multiplies 4
+ * packed rows w4[0..3] by packed x of nr <= UQ_K_NR tokens (nr, ldx) over nvec vectors of V floats,
+ * accumulating into acc (4 * nr, V). Packing: fp32-kinds rows become nvec V-float vectors per
+ * chunk list (zero padded); int4 pieces of m*V columns (m = 2, or 8 for the wide kernels) become m vectors,
+ * vector j holding the dequantized columns m*i + j (i = lane). */
 #define UQ_K_NR 6
 typedef struct {
     const char *name;
@@ -92,8 +93,15 @@ typedef struct {
                     const uq_k_chunk *ch, int64_t nch, float *acc);
     void (*pack_f16)(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst);
     void (*pack_q4)(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst);
-    void (*gemm)(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int nr, int64_t nvec, float *acc);
-    /* int8 activations: tot (mr, T) = epilogue sums for mr <= 4 rows, any T (chunks = groups) */
+    /* optional wide int4 pieces of 8V columns (vector j = columns 8i + j), used when group % (8V) == 0 */
+    void (*gemv_q4w)(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp, int T,
+                     const uq_k_chunk *ch, int64_t nch, float *acc);
+    void (*pack_q4w)(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst);
+    void (*gemm)(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec, float *acc);
+    /* int8 activations: optional fast uq_k_q8_quant for this path's cw (same results); */
+    void (*q8_quant)(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, int8_t *xqrow, float *xs,
+                     int32_t *xsum);
+    /* tot (mr, T) = epilogue sums for mr <= 4 rows, any T (chunks = groups) */
     void (*q8_gemv)(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
                     const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                     int64_t nch, float *tot);

@@ -57,17 +57,24 @@ UQ_T2 static void axpy2(float a, const float *x, float *y, int64_t n) {
 static UQ_T2I void gemv_f_t(const float *const *wf, const uint16_t *const *wh, int half, const float *x,
                             int64_t ldx, const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
     __m256 a[4][4];
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) a[r][t] = _mm256_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
         __m256 xv[4];
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) xv[t] = load8f(x + t * ldx + ch[k].xcol, ch[k].n);
+        #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m256 wv = half ? load8h(wh[r] + ch[k].wcol, ch[k].n) : load8f(wf[r] + ch[k].wcol, ch[k].n);
+            #pragma GCC unroll 8
             for (int t = 0; t < TT; t++) a[r][t] = _mm256_fmadd_ps(wv, xv[t], a[r][t]);
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) _mm256_storeu_ps(acc + (r * TT + t) * 8, a[r][t]);
 }
 
@@ -79,6 +86,7 @@ UQ_T2 static void gemv_f(const float *const *wf, const uint16_t *const *wh, int 
         const float *pf[4] = {0};
         const uint16_t *ph[4] = {0};
         int n = mr - r0 < 4 ? mr - r0 : 4;
+        #pragma GCC unroll 8
         for (int i = 0; i < 4; i++) {
             if (half)
                 ph[i] = wh[r0 + (i < n ? i : n - 1)];
@@ -128,19 +136,25 @@ static UQ_T2I void q4_piece(const uint8_t *p, int64_t n, __m256 sc, __m256 *lo, 
 static UQ_T2I void gemv_q4_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
                              const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
     __m256 a[4][4];
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) a[r][t] = _mm256_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
+        #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m256 lo, hi;
             q4_piece(w[r] + ch[k].wcol / 2, ch[k].n, _mm256_set1_ps(s[r][ch[k].scol]), &lo, &hi);
+            #pragma GCC unroll 8
             for (int t = 0; t < TT; t++) {
                 a[r][t] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xp + t * ldxp + k * 16), a[r][t]);
                 a[r][t] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xp + t * ldxp + k * 16 + 8), a[r][t]);
             }
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) _mm256_storeu_ps(acc + (r * TT + t) * 8, a[r][t]);
 }
 
@@ -174,14 +188,17 @@ UQ_T2 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *ch
     }
 }
 
-static UQ_T2I void gemm_t(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int64_t nvec, float *acc,
+static UQ_T2I void gemm_t(const float *const *w4, const float *xp, int64_t ldx, int64_t nvec, float *acc,
                           int nr, int t0, const int NT) {
     __m256 c[4][2];
+    #pragma GCC unroll 8
     for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) c[r][t] = _mm256_loadu_ps(acc + (r * nr + t0 + t) * 8);
     for (int64_t v = 0; v < nvec; v++) {
-        __m256 w0 = _mm256_loadu_ps(wp + v * 8), w1 = _mm256_loadu_ps(wp + ldw + v * 8);
-        __m256 w2 = _mm256_loadu_ps(wp + 2 * ldw + v * 8), w3 = _mm256_loadu_ps(wp + 3 * ldw + v * 8);
+        __m256 w0 = _mm256_loadu_ps(w4[0] + v * 8), w1 = _mm256_loadu_ps(w4[1] + v * 8);
+        __m256 w2 = _mm256_loadu_ps(w4[2] + v * 8), w3 = _mm256_loadu_ps(w4[3] + v * 8);
+        #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) {
             __m256 xv = _mm256_loadu_ps(xp + (t0 + t) * ldx + v * 8);
             c[0][t] = _mm256_fmadd_ps(w0, xv, c[0][t]);
@@ -190,15 +207,17 @@ static UQ_T2I void gemm_t(const float *wp, int64_t ldw, const float *xp, int64_t
             c[3][t] = _mm256_fmadd_ps(w3, xv, c[3][t]);
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) _mm256_storeu_ps(acc + (r * nr + t0 + t) * 8, c[r][t]);
 }
 
-UQ_T2 static void gemm2(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int nr, int64_t nvec,
+UQ_T2 static void gemm2(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec,
                         float *acc) {
     int t0 = 0;
-    for (; t0 + 2 <= nr; t0 += 2) gemm_t(wp, ldw, xp, ldx, nvec, acc, nr, t0, 2);
-    if (t0 < nr) gemm_t(wp, ldw, xp, ldx, nvec, acc, nr, t0, 1);
+    for (; t0 + 2 <= nr; t0 += 2) gemm_t(w4, xp, ldx, nvec, acc, nr, t0, 2);
+    if (t0 < nr) gemm_t(w4, xp, ldx, nvec, acc, nr, t0, 1);
 }
 
 /* ---------------------------------------------------------------------------- int4 x int8 ---- */
@@ -207,6 +226,7 @@ UQ_T2 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr
                           const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                           int64_t nch, float *tot) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    #pragma GCC unroll 8
     for (int r = 0; r < mr; r++)
         for (int64_t t = 0; t < T; t++) {
             float ft = 0.0f;

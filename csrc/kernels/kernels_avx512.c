@@ -4,8 +4,9 @@
  *
  *   fp32 / fp16 dot:  acc[l] = fma(w[c], x[c], acc[l]) for the columns c = l (mod 16) of each 16-column chunk
  *                     of each kept segment (tail lanes masked), result = uq_k_reduce16(acc) (+ bias).
- *   int4, fp32 act:   the same dot on fl((q - 8) * scale) with 32-column pieces taken as [16 even | 16 odd]
- *                     (a 16-entry table (i - 8) * scale looked up with vpermps).
+ *   int4, fp32 act:   the same dot on fl((q - 8) * scale) (a 16-entry table (i - 8) * scale looked up with
+ *                     vpermps), columns taken in pieces: groups multiple of 128: 128-column pieces, vector j
+ *                     (j = 0..7) = columns 8i + j (i = lane); other groups: 32-column pieces [16 even | 16 odd].
  *   int4, int8 act:   isum = vpdpbusd(u8 codes, s8 xq) - 8 * sum(xq) per group (exact), then the scalar
  *                     epilogue tot = tot + (float)isum * (ws * xs) (bit-identical to the ref path).
  * GEMM kernels (T > 4) run the same per-element sequences on packed panels: 4 rows x 6 tokens of 16-lane
@@ -21,6 +22,12 @@
 
 #define UQ_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define UQ_T512I __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"), always_inline)) inline
+
+/* acc += u8(w) . s8(x) in place (inline asm: GCC 12 copies the accumulators of the builtin every iteration) */
+static UQ_T512I __m512i dpbusd(__m512i acc, __m512i w, __m512i x) {
+    __asm__("vpdpbusd %[x], %[w], %[a]" : [a] "+v"(acc) : [w] "v"(w), [x] "v"(x));
+    return acc;
+}
 
 static UQ_T512I __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
 
@@ -55,18 +62,25 @@ UQ_T512 static void axpy512(float a, const float *x, float *y, int64_t n) {
 static UQ_T512I void gemv_f32_t(const float *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
                                 int64_t nch, float *acc, const int MR, const int TT) {
     __m512 a[8][4];
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
         const __mmask16 m = tail16(ch[k].n);
         __m512 xv[4];
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + ch[k].xcol);
+        #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 wv = _mm512_maskz_loadu_ps(m, w[r] + ch[k].wcol);
+            #pragma GCC unroll 8
             for (int t = 0; t < TT; t++) a[r][t] = _mm512_fmadd_ps(wv, xv[t], a[r][t]);
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
@@ -74,7 +88,8 @@ UQ_T512 static void gemv_f32(const float *const *w, int mr, const float *x, int6
                              int64_t nch, float *acc) {
     const float *wp[8];
     int MR = T <= 2 ? 8 : 4;
-    for (int i = 0; i < MR; i++) wp[i] = w[i < mr ? i : mr - 1];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) wp[i] = w[i < mr ? i : mr - 1];
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
     case 18: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 8, 1); break;
@@ -94,18 +109,25 @@ static UQ_T512I __m512 load_h16(const uint16_t *p, __mmask16 m) {
 static UQ_T512I void gemv_f16_t(const uint16_t *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
                                 int64_t nch, float *acc, const int MR, const int TT) {
     __m512 a[8][4];
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
         const __mmask16 m = tail16(ch[k].n);
         __m512 xv[4];
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + ch[k].xcol);
+        #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 wv = load_h16(w[r] + ch[k].wcol, m);
+            #pragma GCC unroll 8
             for (int t = 0; t < TT; t++) a[r][t] = _mm512_fmadd_ps(wv, xv[t], a[r][t]);
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
@@ -113,7 +135,8 @@ UQ_T512 static void gemv_f16(const uint16_t *const *w, int mr, const float *x, i
                              const uq_k_chunk *ch, int64_t nch, float *acc) {
     const uint16_t *wp[8];
     int MR = T <= 2 ? 8 : 4;
-    for (int i = 0; i < MR; i++) wp[i] = w[i < mr ? i : mr - 1];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) wp[i] = w[i < mr ? i : mr - 1];
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
     case 18: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 8, 1); break;
@@ -142,24 +165,31 @@ static UQ_T512I void gemv_q4_t(const uint8_t *const *w, const float *const *s, c
                                const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
     const __m512 base = q4_base();
     __m512 a[8][4];
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
     for (int64_t k = 0; k < nch; k++) {
         __m512 xe[4], xo[4];
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) {
             xe[t] = _mm512_loadu_ps(xp + t * ldxp + k * 32);
             xo[t] = _mm512_loadu_ps(xp + t * ldxp + k * 32 + 16);
         }
+        #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             __m512 tab = _mm512_mul_ps(base, _mm512_set1_ps(s[r][ch[k].scol])), lo, hi;
             q4_piece(w[r] + ch[k].wcol / 2, ch[k].n, tab, &lo, &hi);
+            #pragma GCC unroll 8
             for (int t = 0; t < TT; t++) {
                 a[r][t] = _mm512_fmadd_ps(lo, xe[t], a[r][t]);
                 a[r][t] = _mm512_fmadd_ps(hi, xo[t], a[r][t]);
             }
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
@@ -168,7 +198,8 @@ UQ_T512 static void gemv_q4(const uint8_t *const *w, const float *const *s, int 
     const uint8_t *wp[8];
     const float *sp[8];
     int MR = T <= 2 ? 8 : 4;
-    for (int i = 0; i < MR; i++) {
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
         wp[i] = w[i < mr ? i : mr - 1];
         sp[i] = s[i < mr ? i : mr - 1];
     }
@@ -180,6 +211,69 @@ UQ_T512 static void gemv_q4(const uint8_t *const *w, const float *const *s, int 
     default: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
     }
     memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
+}
+
+/* Wide int4 pieces (groups that are multiples of 128): 64 bytes = 16 dwords of 8 nibbles; nibble j of dword i
+ * is column 8i + j. Vector j of a piece holds columns 8i + j (i = 0..15), looked up in the scale table by
+ * vpermps on the dword shifted right by 4j (vpermps reads index bits 0..3 only). */
+static UQ_T512I void gemv_q4w_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
+                                const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
+    const __m512 base = q4_base();
+    __m512 a[8][4];
+    #pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
+        for (int t = 0; t < TT; t++) a[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        const __mmask64 m = tail64((ch[k].n + 1) / 2);
+        const float *xk = xp + k * 128;
+        #pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            __m512 tab = _mm512_mul_ps(base, _mm512_set1_ps(s[r][ch[k].scol]));
+            __m512i v = _mm512_maskz_loadu_epi8(m, w[r] + ch[k].wcol / 2);
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                __m512 wj = _mm512_permutexvar_ps(j ? _mm512_srli_epi32(v, 4 * j) : v, tab);
+                #pragma GCC unroll 8
+                for (int t = 0; t < TT; t++) a[r][t] = _mm512_fmadd_ps(wj, _mm512_loadu_ps(xk + t * ldxp + j * 16), a[r][t]);
+            }
+        }
+    }
+    #pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+        #pragma GCC unroll 8
+        for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
+}
+
+UQ_T512 static void gemv_q4w(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
+                             int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
+    const uint8_t *wp[8];
+    const float *sp[8];
+    int MR = T <= 2 ? 8 : 4;
+    #pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        wp[i] = w[i < mr ? i : mr - 1];
+        sp[i] = s[i < mr ? i : mr - 1];
+    }
+    float tmp[8 * 4 * 16];
+    switch (T * 10 + MR) {
+    case 18: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 3); break;
+    default: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
+    }
+    memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
+}
+
+UQ_T512 static void pack_q4w(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
+    const __m512 base = q4_base();
+    for (int64_t k = 0; k < nch; k++) {
+        __m512 tab = _mm512_mul_ps(base, _mm512_set1_ps(s[ch[k].scol]));
+        __m512i v = _mm512_maskz_loadu_epi8(tail64((ch[k].n + 1) / 2), w + ch[k].wcol / 2);
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            _mm512_storeu_ps(dst + k * 128 + j * 16, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * j), tab));
+    }
 }
 
 /* ------------------------------------------------------------------------------- packing ---- */
@@ -200,14 +294,17 @@ UQ_T512 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *
 
 /* ------------------------------------------------------------------------------ fp32 GEMM ---- */
 
-static UQ_T512I void gemm_t(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int64_t nvec, float *acc,
+static UQ_T512I void gemm_t(const float *const *w4, const float *xp, int64_t ldx, int64_t nvec, float *acc,
                             const int NR) {
     __m512 c[4][UQ_K_NR];
+    #pragma GCC unroll 8
     for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < NR; t++) c[r][t] = _mm512_loadu_ps(acc + (r * NR + t) * 16);
     for (int64_t v = 0; v < nvec; v++) {
-        __m512 w0 = _mm512_loadu_ps(wp + v * 16), w1 = _mm512_loadu_ps(wp + ldw + v * 16);
-        __m512 w2 = _mm512_loadu_ps(wp + 2 * ldw + v * 16), w3 = _mm512_loadu_ps(wp + 3 * ldw + v * 16);
+        __m512 w0 = _mm512_loadu_ps(w4[0] + v * 16), w1 = _mm512_loadu_ps(w4[1] + v * 16);
+        __m512 w2 = _mm512_loadu_ps(w4[2] + v * 16), w3 = _mm512_loadu_ps(w4[3] + v * 16);
+        #pragma GCC unroll 8
         for (int t = 0; t < NR; t++) {
             __m512 xv = _mm512_loadu_ps(xp + t * ldx + v * 16);
             c[0][t] = _mm512_fmadd_ps(w0, xv, c[0][t]);
@@ -216,19 +313,21 @@ static UQ_T512I void gemm_t(const float *wp, int64_t ldw, const float *xp, int64
             c[3][t] = _mm512_fmadd_ps(w3, xv, c[3][t]);
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 8
         for (int t = 0; t < NR; t++) _mm512_storeu_ps(acc + (r * NR + t) * 16, c[r][t]);
 }
 
-UQ_T512 static void gemm512(const float *wp, int64_t ldw, const float *xp, int64_t ldx, int nr, int64_t nvec,
+UQ_T512 static void gemm512(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec,
                             float *acc) {
     switch (nr) {
-    case 1: gemm_t(wp, ldw, xp, ldx, nvec, acc, 1); break;
-    case 2: gemm_t(wp, ldw, xp, ldx, nvec, acc, 2); break;
-    case 3: gemm_t(wp, ldw, xp, ldx, nvec, acc, 3); break;
-    case 4: gemm_t(wp, ldw, xp, ldx, nvec, acc, 4); break;
-    case 5: gemm_t(wp, ldw, xp, ldx, nvec, acc, 5); break;
-    default: gemm_t(wp, ldw, xp, ldx, nvec, acc, 6); break;
+    case 1: gemm_t(w4, xp, ldx, nvec, acc, 1); break;
+    case 2: gemm_t(w4, xp, ldx, nvec, acc, 2); break;
+    case 3: gemm_t(w4, xp, ldx, nvec, acc, 3); break;
+    case 4: gemm_t(w4, xp, ldx, nvec, acc, 4); break;
+    case 5: gemm_t(w4, xp, ldx, nvec, acc, 5); break;
+    default: gemm_t(w4, xp, ldx, nvec, acc, 6); break;
     }
 }
 
@@ -250,36 +349,89 @@ UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int 
         float ft[4][4] = {{0}};
         for (int64_t k = 0; k < nch; k++) {
             __m512i a[4][4];
+            #pragma GCC unroll 8
             for (int r = 0; r < mr; r++)
+                #pragma GCC unroll 8
                 for (int t = 0; t < nt; t++) a[r][t] = _mm512_setzero_si512();
             const uint8_t *wb = NULL;
             for (int64_t c0 = 0; c0 < ch[k].n; c0 += 128) {
                 int64_t nb = (ch[k].n - c0 + 1) / 2;
-                __m512i xe[4], xo[4];
+                __m512i xe[4] = {_mm512_setzero_si512()}, xo[4] = {_mm512_setzero_si512()};
+                #pragma GCC unroll 8
                 for (int t = 0; t < nt; t++) {
                     const int8_t *q = xq + (t0 + t) * ldq + ch[k].xq + c0;
                     xe[t] = _mm512_loadu_si512(q);
                     xo[t] = _mm512_loadu_si512(q + 64);
                 }
+                #pragma GCC unroll 8
                 for (int r = 0; r < mr; r++) {
                     __m512i lo, hi;
                     wb = w[r] + ch[k].wcol / 2 + c0 / 2;
                     nib64(wb, nb, &lo, &hi);
+                    #pragma GCC unroll 8
                     for (int t = 0; t < nt; t++) {
                         a[r][t] = _mm512_dpbusd_epi32(a[r][t], lo, xe[t]);
                         a[r][t] = _mm512_dpbusd_epi32(a[r][t], hi, xo[t]);
                     }
                 }
             }
+            #pragma GCC unroll 8
             for (int r = 0; r < mr; r++)
+                #pragma GCC unroll 8
                 for (int t = 0; t < nt; t++) {
                     int64_t gi = (t0 + t) * ldg + k;
                     int32_t isum = _mm512_reduce_add_epi32(a[r][t]) - UQ_Q4_OFFSET * xsum[gi];
                     ft[r][t] = ft[r][t] + (float)isum * (s[r][ch[k].scol] * xs[gi]);
                 }
         }
+        #pragma GCC unroll 8
         for (int r = 0; r < mr; r++)
+            #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) tot[r * T + t0 + t] = ft[r][t];
+    }
+}
+
+/* uq_k_q8_quant for cw = 128 with the same arithmetic: amax by max (NaN ignored), v = x * (127 / amax), NaN -> 0,
+ * clamp to +-127, round half to even (vcvtps2dq), even / odd columns of each 128-block split. */
+UQ_T512 static void q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, int8_t *xqrow, float *xs,
+                             int32_t *xsum) {
+    (void)cw;
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t k = 0; k < nch; k++) {
+        const float *xg = x + ch[k].xcol;
+        const int64_t n = ch[k].n;
+        int8_t *dst = xqrow + ch[k].xq;
+        __m512 am = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_maskz_loadu_ps(tail16(n - i), xg + i);
+            am = _mm512_max_ps(_mm512_abs_ps(v), am); /* NaN in the first operand yields the second */
+        }
+        float amax = _mm512_reduce_max_ps(am);
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xs[k] = amax / 127.0f;
+        const __m512 iv = _mm512_set1_ps(inv);
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t b = 0; b < n; b += 128) {
+            for (int p = 0; p < 4; p++) {
+                int64_t c = b + 32 * p;
+                __m512i q2[2];
+                for (int h = 0; h < 2; h++) {
+                    int64_t cc = c + 16 * h;
+                    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(cc < n ? tail16(n - cc) : 0, xg + cc), iv);
+                    v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+                    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                    q2[h] = _mm512_cvtps_epi32(v);
+                    sum = _mm512_add_epi32(sum, q2[h]);
+                }
+                __m512i e = _mm512_permutex2var_epi32(q2[0], ie, q2[1]);
+                __m512i o = _mm512_permutex2var_epi32(q2[0], io, q2[1]);
+                _mm_storeu_si128((__m128i *)(dst + b + 16 * p), _mm512_cvtepi32_epi8(e));
+                _mm_storeu_si128((__m128i *)(dst + b + 64 + 16 * p), _mm512_cvtepi32_epi8(o));
+            }
+        }
+        xsum[k] = _mm512_reduce_add_epi32(sum);
     }
 }
 
@@ -295,40 +447,55 @@ static size_t q8_gemm_work(const uq_k_chunk *ch, int64_t nch) {
 static UQ_T512I void q8_tile(const uint8_t *p0, const uint8_t *p1, const float *sv0, const float *sv1,
                              const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg,
                              int64_t t0, const uq_k_chunk *ch, int64_t nch, float *ft, const int NT, const int NTILE) {
-    __m512 f[2][8];
+    /* ft (2, 8, 16): running float totals, kept in memory (the 16 int32 accumulators use the registers) */
+#pragma GCC unroll 8
     for (int i = 0; i < NTILE; i++)
-        for (int t = 0; t < NT; t++) f[i][t] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) _mm512_storeu_ps(ft + (i * 8 + t) * 16, _mm512_setzero_ps());
     for (int64_t k = 0; k < nch; k++) {
-        __m512i a[2][8];
-        for (int i = 0; i < NTILE; i++)
-            for (int t = 0; t < NT; t++) a[i][t] = _mm512_setzero_si512();
+        __m512i a0[8], a1[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) a0[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) a1[t] = _mm512_setzero_si512();
         const int64_t nq = (ch[k].n + 127) / 128 * 32, boff = ch[k].xq / 128 * 2048;
         const uint8_t *b0 = p0 + boff, *b1 = p1 + boff;
         const int8_t *xb = xq + t0 * ldq + ch[k].xq;
-        for (int64_t q = 0; q < nq; q++) {
-            __m512i w0 = _mm512_loadu_si512(b0 + q * 64), w1 = w0;
-            if (NTILE == 2) w1 = _mm512_loadu_si512(b1 + q * 64);
-            for (int t = 0; t < NT; t++) {
-                int32_t xv;
-                memcpy(&xv, xb + t * ldq + q * 4, 4);
-                __m512i xb4 = _mm512_set1_epi32(xv);
-                a[0][t] = _mm512_dpbusd_epi32(a[0][t], w0, xb4);
-                if (NTILE == 2) a[1][t] = _mm512_dpbusd_epi32(a[1][t], w1, xb4);
+        if (NTILE == 2) {
+            for (int64_t q = 0; q < nq; q++) {
+                const __m512i w0 = _mm512_loadu_si512(b0 + q * 64), w1 = _mm512_loadu_si512(b1 + q * 64);
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; t++) {
+                    const __m512i xb4 = _mm512_set1_epi32(*(const int32_t *)(const void *)(xb + t * ldq + q * 4));
+                    a0[t] = dpbusd(a0[t], w0, xb4);
+                    a1[t] = dpbusd(a1[t], w1, xb4);
+                }
+            }
+        } else {
+            for (int64_t q = 0; q < nq; q++) {
+                const __m512i w0 = _mm512_loadu_si512(b0 + q * 64);
+#pragma GCC unroll 8
+                for (int t = 0; t < NT; t++) {
+                    const __m512i xb4 = _mm512_set1_epi32(*(const int32_t *)(const void *)(xb + t * ldq + q * 4));
+                    a0[t] = dpbusd(a0[t], w0, xb4);
+                }
             }
         }
+        const __m512 s0 = _mm512_loadu_ps(sv0 + k * 16), s1 = _mm512_loadu_ps(sv1 + k * 16);
+#pragma GCC unroll 8
         for (int t = 0; t < NT; t++) {
             const int64_t gi = (t0 + t) * ldg + k;
             const __m512i off = _mm512_set1_epi32(UQ_Q4_OFFSET * xsum[gi]);
             const __m512 xsv = _mm512_set1_ps(xs[gi]);
-            for (int i = 0; i < NTILE; i++) {
-                __m512 p = _mm512_mul_ps(_mm512_loadu_ps((i ? sv1 : sv0) + k * 16), xsv);
-                __m512 m = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a[i][t], off)), p);
-                f[i][t] = _mm512_add_ps(f[i][t], m);
+            float *f0 = ft + t * 16, *f1 = ft + (8 + t) * 16;
+            __m512 m0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a0[t], off)), _mm512_mul_ps(s0, xsv));
+            _mm512_storeu_ps(f0, _mm512_add_ps(_mm512_loadu_ps(f0), m0));
+            if (NTILE == 2) {
+                __m512 m1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a1[t], off)), _mm512_mul_ps(s1, xsv));
+                _mm512_storeu_ps(f1, _mm512_add_ps(_mm512_loadu_ps(f1), m1));
             }
         }
     }
-    for (int i = 0; i < NTILE; i++)
-        for (int t = 0; t < NT; t++) _mm512_storeu_ps(ft + (i * 8 + t) * 16, f[i][t]);
 }
 
 UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,
@@ -388,6 +555,7 @@ UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int 
             }
         }
         for (int r = 0; r < nrows; r++)
+            #pragma GCC unroll 8
             for (int t = 0; t < nt; t++) tot[r * ldt + t0 + t] = ft[((r / 16) * 8 + t) * 16 + r % 16];
     }
 }
@@ -403,7 +571,10 @@ const uq_kpath uq_kpath_avx512 = {
     .gemv_q4 = gemv_q4,
     .pack_f16 = pack_f16,
     .pack_q4 = pack_q4,
+    .gemv_q4w = gemv_q4w,
+    .pack_q4w = pack_q4w,
     .gemm = gemm512,
+    .q8_quant = q8_quant,
     .q8_gemv = q8_gemv,
     .q8_gemm = q8_gemm,
     .q8_gemm_work = q8_gemm_work,

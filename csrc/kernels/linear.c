@@ -298,12 +298,8 @@ void uq_k_q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, in
             v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v == v ? v : 0.0f;
             int q = (int)((v + magic) - magic);
             sum += q;
-            int64_t pos = i;
-            if (cw) {
-                int64_t b = i / cw, j = i % cw;
-                pos = b * cw + ((j & 1) ? cw / 2 + j / 2 : j / 2);
-            }
-            dst[pos] = (int8_t)q;
+            int64_t j = cw ? i & (cw - 1) : 0; /* cw is a power of two */
+            dst[cw ? (i - j) + ((j & 1) ? cw / 2 + j / 2 : j / 2) : i] = (int8_t)q;
         }
         xsum[k] = sum;
     }
@@ -367,7 +363,8 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
         (st = uq_alloc((size_t)nth * wb + 64, &work)) != UQ_OK)
         goto done;
 #pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-    for (int64_t t = 0; t < T; t++) uq_k_q8_quant(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
+    for (int64_t t = 0; t < T; t++)
+        (Q->q8_quant ? Q->q8_quant : uq_k_q8_quant)(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
 #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
@@ -403,15 +400,18 @@ done:
 
 #define UQ_GEMM_MB 16 /* rows per packed panel (4 row tiles) */
 #define UQ_GEMM_TB (8 * UQ_K_NR)
-#define UQ_GEMM_KC 64 /* vectors per K block */
+#define UQ_GEMM_KC 32 /* vectors per K block (x tile of UQ_K_NR tokens + 4 rows stay in L1) */
 
-/* Generic int4 packing (chunks spanning groups): [V even | V odd] pieces of fl((q - 8) * scale). */
+/* Column of element e of an m*V-wide piece: vector e / V, lane e % V -> column m * lane + vector. */
+static inline int64_t piece_col(int64_t e, int V, int m) { return (e % V) * m + e / V; }
+
+/* Generic int4 packing (chunks spanning groups): pieces of 2V columns of fl((q - 8) * scale). */
 static void pack_q4_generic(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, int V,
                             int64_t keep_in, int64_t group, int64_t gps, float *dst) {
     for (int64_t k = 0; k < nch; k++, dst += 2 * V) {
         int64_t seg = ch[k].xcol / keep_in, c0 = ch[k].xcol % keep_in;
         for (int i = 0; i < 2 * V; i++) {
-            int64_t j = i < V ? 2 * i : 2 * (i - V) + 1;
+            int64_t j = piece_col(i, V, 2);
             dst[i] = j < ch[k].n ? (float)(q4_code(w, ch[k].wcol + j) - UQ_Q4_OFFSET) *
                                        s[seg * gps + (c0 + j) / group]
                                  : 0.0f;
@@ -422,7 +422,8 @@ static void pack_q4_generic(const uint8_t *w, const float *s, const uq_k_chunk *
 static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
                             int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
     const int V = P->V, q4 = L->kind == UQ_W_Q4;
-    const int64_t cw = q4 ? 2 * V : V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
+    const int wide = q4 && P->gemv_q4w && L->group % (8 * V) == 0, m = q4 ? (wide ? 8 : 2) : 1;
+    const int64_t cw = (int64_t)m * V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(cols);
     const int64_t g = q4 ? L->group : 0, gps = q4 ? (seg_in + g - 1) / g : 0;
     const float *b = L->bias;
@@ -434,19 +435,25 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
     for (int64_t k = 0; k < nch; k++) all_scol &= ch[k].scol >= 0;
     const int64_t nvec = nch * (cw / V), ldp = nvec * V;
     const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
+    /* fp32 rows read in place by the GEMM when the selection is contiguous and has no partial chunks */
+    const int direct = L->kind == UQ_W_F32 && keep_in % V == 0 && (nseg_in == 1 || keep_in == seg_in);
     float *xp = NULL, *work = NULL;
     const float *xg = x;
     int64_t ldx = nin;
-    if (q4 || !gemv) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
+    if (q4 || (!gemv && !direct)) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
         if ((st = uq_alloc((size_t)(T * ldp) * sizeof(float), (void **)&xp)) != UQ_OK) goto done;
 #pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
         for (int64_t t = 0; t < T; t++)
             for (int64_t k = 0; k < nch; k++) {
                 const float *src = x + t * nin + ch[k].xcol;
                 float *dst = xp + t * ldp + k * cw;
-                for (int64_t i = 0; i < cw; i++) {
-                    int64_t j = q4 ? (i < V ? 2 * i : 2 * (i - V) + 1) : i;
-                    dst[i] = j < ch[k].n ? src[j] : 0.0f;
+                const int64_t n = ch[k].n;
+                if (m == 1) {
+                    memcpy(dst, src, (size_t)n * sizeof(float));
+                    for (int64_t i = n; i < cw; i++) dst[i] = 0.0f;
+                } else {
+                    for (int j = 0; j < m; j++)
+                        for (int i = 0; i < V; i++) dst[j * V + i] = m * i + j < n ? src[m * i + j] : 0.0f;
                 }
             }
         xg = xp;
@@ -478,7 +485,7 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
             else if (L->kind == UQ_W_F16)
                 P->gemv_f16(wh, (int)nr, xg, ldx, (int)T, ch, nch, acc);
             else
-                P->gemv_q4(wq, sq, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+                (wide ? P->gemv_q4w : P->gemv_q4)(wq, sq, (int)nr, xg, ldx, (int)T, ch, nch, acc);
             for (int i = 0; i < nr; i++)
                 for (int64_t t = 0; t < T; t++) {
                     const float *a = acc + (i * T + t) * V;
@@ -490,14 +497,22 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
     }
     {
         const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR, nblk = (nout + MB - 1) / MB;
-        const size_t per = (size_t)(MB * ldp + MB * TB * V); /* floats: panel + accumulators */
+        const size_t per = (size_t)((direct ? 0 : MB * ldp) + MB * TB * V); /* floats: panel + accumulators */
         if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
 #pragma omp parallel for num_threads(nth) schedule(static)
         for (int64_t blk = 0; blk < nblk; blk++) {
-            float *wp = work + (size_t)thread_id() * per, *accb = wp + MB * ldp;
+            float *wp = work + (size_t)thread_id() * per, *accb = wp + (direct ? 0 : MB * ldp);
             int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];
+            const float *wrow[UQ_GEMM_MB];
             for (int64_t i = 0; i < MB; i++) {
+                if (direct) { /* rows past nr repeat the last row (results discarded) */
+                    int64_t o = o0 + (i < nr ? i : nr - 1);
+                    row[i] = (o / keep_out) * seg_out + o % keep_out;
+                    wrow[i] = L->w + row[i] * cols;
+                    continue;
+                }
                 float *dst = wp + i * ldp;
+                wrow[i] = dst;
                 if (i >= nr) {
                     memset(dst, 0, (size_t)ldp * sizeof(float));
                     continue;
@@ -512,7 +527,7 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                 } else if (L->kind == UQ_W_F16) {
                     P->pack_f16(L->w16 + row[i] * cols, ch, nch, dst);
                 } else if (all_scol) {
-                    P->pack_q4(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, dst);
+                    (wide ? P->pack_q4w : P->pack_q4)(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, dst);
                 } else {
                     pack_q4_generic(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, V,
                                     keep_in, g, gps, dst);
@@ -525,9 +540,12 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                     int64_t nv = nvec - kv < UQ_GEMM_KC ? nvec - kv : UQ_GEMM_KC;
                     for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
                         int nrr = (int)(tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR);
-                        for (int64_t rt = 0; rt * 4 < nr; rt++)
-                            P->gemm(wp + rt * 4 * ldp + kv * V, ldp, xg + (t0 + tt * UQ_K_NR) * ldx + kv * V, ldx,
-                                    nrr, nv, accb + ((rt * ntt + tt) * 4 * UQ_K_NR) * V);
+                        for (int64_t rt = 0; rt * 4 < nr; rt++) {
+                            const float *w4[4];
+                            for (int i = 0; i < 4; i++) w4[i] = wrow[rt * 4 + i] + kv * V;
+                            P->gemm(w4, xg + (t0 + tt * UQ_K_NR) * ldx + kv * V, ldx, nrr, nv,
+                                    accb + ((rt * ntt + tt) * 4 * UQ_K_NR) * V);
+                        }
                     }
                 }
                 for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {

@@ -99,64 +99,73 @@ void uq_ks_ssm_scan_seq(const uq_ks_scan *a, int nthreads) {
 }
 
 int64_t uq_ks_scan_work(int64_t chunk) { return 4 * chunk; }
+int64_t uq_ks_scan_shared(int64_t G, int64_t chunk) { return G * chunk * chunk; }
 
-static void scan_head_chunked(const uq_ks_scan *a, int64_t h, float *work) {
+/* CB[g][t][s] = (C_t . B_s)[:Nk] of group g for the chunk's tokens, s <= t (shared by the group's heads). */
+static void chunk_cb(const uq_ks_scan *a, int64_t c0, int64_t L, float *CB, int64_t i) {
+    const int64_t L0 = a->chunk, ldbc = a->G * a->Nc, g = i / L, t = i % L;
+    const float *Ct = a->C + (c0 + t) * ldbc + g * a->Nc;
+    float *row = CB + (g * L0 + t) * L0;
+    for (int64_t s = 0; s <= t; s++) row[s] = uq_k_dot(Ct, a->B + (c0 + s) * ldbc + g * a->Nc, a->Nk);
+}
+
+/* One head over the chunk [c0, c0 + L): outputs (reading the state at chunk start), then the state update. */
+static void chunk_head(const uq_ks_scan *a, int64_t c0, int64_t L, const float *CB, int64_t h, float *work) {
     const int64_t H = a->H, g = h / (H / a->G), L0 = a->chunk;
     const int64_t ldx = H * a->Pc, ldbc = a->G * a->Nc, ldy = H * a->Pk;
     const int64_t Pc = a->Pc, Nc = a->Nc, Pk = a->Pk, Nk = a->Nk, Ns = a->Ns;
     const float A = a->A[h], Dh = a->D[h];
     float *S = a->S + h * a->Ps * Ns;
     float *av = work, *cum = work + L0, *coef = work + 2 * L0, *sdec = work + 3 * L0;
-    for (int64_t c0 = 0; c0 < a->T; c0 += L0) {
-        const int64_t L = a->T - c0 < L0 ? a->T - c0 : L0;
-        float run = 0.0f;
+    float run = 0.0f;
+    for (int64_t s = 0; s < L; s++) {
+        av[s] = a->dt[(c0 + s) * H + h] * A;
+        run += av[s];
+        cum[s] = run;
+    }
+    for (int64_t t = 0; t < L; t++) {
+        const float *Ct = a->C + (c0 + t) * ldbc + g * Nc, *cbt = CB + (g * L0 + t) * L0;
+        const float *xt = a->x + (c0 + t) * ldx + h * Pc;
+        float *yt = a->y + (c0 + t) * ldy + h * Pk;
+        float acc = 0.0f;
+        for (int64_t s = t; s >= 0; s--) { /* coef_s = (C_t . B_s) exp(seg(t, s)) Delta_s */
+            coef[s] = cbt[s] * expf(acc) * a->dt[(c0 + s) * H + h];
+            acc += av[s];
+        }
+        for (int64_t p = 0; p < Pk; p++) yt[p] = 0.0f;
+        for (int64_t s = 0; s <= t; s++) {
+            const float cs = coef[s], *xs = a->x + (c0 + s) * ldx + h * Pc;
+            for (int64_t p = 0; p < Pk; p++) yt[p] += cs * xs[p];
+        }
+        const float eo = expf(cum[t]);
+        for (int64_t p = 0; p < Pk; p++) yt[p] = (yt[p] + eo * uq_k_dot(Ct, S + p * Ns, Nk)) + Dh * xt[p];
+    }
+    const float dec = expf(cum[L - 1]);
+    for (int64_t s = 0; s < L; s++) sdec[s] = expf(cum[L - 1] - cum[s]) * a->dt[(c0 + s) * H + h];
+    for (int64_t p = 0; p < Pc; p++) {
+        float *Sp = S + p * Ns;
+        for (int64_t n = 0; n < Nc; n++) Sp[n] *= dec;
         for (int64_t s = 0; s < L; s++) {
-            av[s] = a->dt[(c0 + s) * H + h] * A;
-            run += av[s];
-            cum[s] = run;
-        }
-        /* outputs of the chunk (read the state at chunk start) */
-        for (int64_t t = 0; t < L; t++) {
-            const float *Ct = a->C + (c0 + t) * ldbc + g * Nc;
-            const float *xt = a->x + (c0 + t) * ldx + h * Pc;
-            float *yt = a->y + (c0 + t) * ldy + h * Pk;
-            float acc = 0.0f;
-            for (int64_t s = t; s >= 0; s--) { /* coef_s = (C_t . B_s) exp(seg(t, s)) Delta_s */
-                const float *Bs = a->B + (c0 + s) * ldbc + g * Nc;
-                coef[s] = uq_k_dot(Ct, Bs, Nk) * expf(acc) * a->dt[(c0 + s) * H + h];
-                acc += av[s];
-            }
-            for (int64_t p = 0; p < Pk; p++) yt[p] = 0.0f;
-            for (int64_t s = 0; s <= t; s++) {
-                const float cs = coef[s], *xs = a->x + (c0 + s) * ldx + h * Pc;
-                for (int64_t p = 0; p < Pk; p++) yt[p] += cs * xs[p];
-            }
-            const float eo = expf(cum[t]);
-            for (int64_t p = 0; p < Pk; p++) yt[p] = (yt[p] + eo * uq_k_dot(Ct, S + p * Ns, Nk)) + Dh * xt[p];
-        }
-        /* state passing to the next chunk */
-        const float dec = expf(cum[L - 1]);
-        for (int64_t s = 0; s < L; s++) sdec[s] = expf(cum[L - 1] - cum[s]) * a->dt[(c0 + s) * H + h];
-        for (int64_t p = 0; p < Pc; p++) {
-            float *Sp = S + p * Ns;
-            for (int64_t n = 0; n < Nc; n++) Sp[n] *= dec;
-            for (int64_t s = 0; s < L; s++) {
-                const float cp = sdec[s] * a->x[(c0 + s) * ldx + h * Pc + p];
-                const float *Bs = a->B + (c0 + s) * ldbc + g * Nc;
-                for (int64_t n = 0; n < Nc; n++) Sp[n] += cp * Bs[n];
-            }
+            const float cp = sdec[s] * a->x[(c0 + s) * ldx + h * Pc + p];
+            const float *Bs = a->B + (c0 + s) * ldbc + g * Nc;
+            for (int64_t n = 0; n < Nc; n++) Sp[n] += cp * Bs[n];
         }
     }
 }
 
-void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *work, int nthreads) {
+void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int nthreads) {
     const int64_t per = uq_ks_scan_work(a->chunk);
     (void)nthreads;
 #pragma omp parallel num_threads(nthreads) if (a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN)
     {
         float *wk = work + (int64_t)thread_id() * per;
+        for (int64_t c0 = 0; c0 < a->T; c0 += a->chunk) {
+            const int64_t L = a->T - c0 < a->chunk ? a->T - c0 : a->chunk;
 #pragma omp for schedule(static)
-        for (int64_t h = 0; h < a->H; h++) scan_head_chunked(a, h, wk);
+            for (int64_t i = 0; i < a->G * L; i++) chunk_cb(a, c0, L, shared, i);
+#pragma omp for schedule(static)
+            for (int64_t h = 0; h < a->H; h++) chunk_head(a, c0, L, shared, h, wk);
+        }
     }
 }
 

@@ -47,9 +47,12 @@ void uq_ks_ssm_scan_seq(const uq_ks_scan *a, int nthreads);
  * seg(t, s) = sum_{s < tau <= t} a_tau (summed from tau = t down), cum_t = seg(t, -1):
  *   y_t[p] = sum_{s <= t} (C_t . B_s)[:Nk] exp(seg(t, s)) Delta_s x_s[p] + exp(cum_t) (C_t . S[p])[:Nk] + D x_t[p]
  *   S[p][n] <- exp(cum_{L-1}) S[p][n] + sum_s exp(cum_{L-1} - cum_s) Delta_s x_s[p] B_s[n]
- * work: nthreads * uq_ks_scan_work(chunk) floats. OpenMP over heads. */
+ * The C_t . B_s products are computed once per group and chunk (shared by the group's heads).
+ * shared: uq_ks_scan_shared(G, chunk) floats; work: nthreads * uq_ks_scan_work(chunk) floats.
+ * OpenMP over (group, token) pairs, then over heads, chunk by chunk. */
 int64_t uq_ks_scan_work(int64_t chunk);
-void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *work, int nthreads);
+int64_t uq_ks_scan_shared(int64_t G, int64_t chunk);
+void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int nthreads);
 
 /* y (T, H*Pk) in place: y = y * silu(z) (z (T, H*Pk)), then per group of (H/G)*Pk consecutive channels
  * y = y / sqrt(mean(y^2) + eps) * w[h*Ps + p] (mean in float64). */

@@ -17,6 +17,8 @@
 
 #include <cblas.h>
 #include <lapacke.h>
+
+#include "lapack_serial.h"
 #include <math.h>
 #include <string.h>
 
@@ -89,7 +91,7 @@ static uq_status la_eigh_inplace(const char *fn, double *V, int64_t n, double *w
     uq_status st = uq_alloc((size_t)lwork * sizeof(double), (void **)&work);
     if (st == UQ_OK) st = uq_alloc((size_t)liwork * sizeof(lapack_int), (void **)&iwork);
     if (st != UQ_OK) goto exit;
-    lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, V, (lapack_int)n, w, work,
+    lapack_int info = uq_la_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)n, V, (lapack_int)n, w, work,
                                           (lapack_int)lwork, iwork, (lapack_int)liwork);
     if (info < 0) {
         st = uq_set_error(UQ_ERR_INTERNAL, "%s: dsyevd rejected argument %d", fn, (int)-info);
@@ -136,7 +138,7 @@ uq_status uq_linalg_svd(const double *A, int64_t m, int64_t n, double *U, double
      * our U (m,k) row-major = column-major V'^T (k,m) (ldvt = k); our Vt (k,n) row-major = column-major U'
      * (n,k) (ldu = n). */
     double query = 0.0;
-    lapack_int info = LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)n, (lapack_int)m, a, (lapack_int)n, S,
+    lapack_int info = uq_la_dgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)n, (lapack_int)m, a, (lapack_int)n, S,
                                           Vt, (lapack_int)n, U, (lapack_int)k, &query, -1, iwork);
     if (info != 0) {
         st = uq_set_error(UQ_ERR_INTERNAL, "%s: dgesdd workspace query failed (info %d)", fn, (int)info);
@@ -149,7 +151,7 @@ uq_status uq_linalg_svd(const double *A, int64_t m, int64_t n, double *U, double
     }
     lapack_int lwork = (lapack_int)lw;
     if ((st = uq_alloc((size_t)lwork * sizeof(double), (void **)&work)) != UQ_OK) goto exit;
-    info = LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)n, (lapack_int)m, a, (lapack_int)n, S, Vt,
+    info = uq_la_dgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)n, (lapack_int)m, a, (lapack_int)n, S, Vt,
                                (lapack_int)n, U, (lapack_int)k, work, lwork, iwork);
     if (info < 0)
         st = uq_set_error(UQ_ERR_INTERNAL, "%s: dgesdd rejected argument %d", fn, (int)-info);
@@ -165,7 +167,7 @@ exit:
 /* In-place Cholesky of the full symmetric matrix in B: column-major uplo 'U' computes B = U'^T U' in the
  * column-major upper triangle, which is the row-major lower triangle: it holds L = U'^T with B = L L^T. */
 static uq_status la_potrf_lower(const char *fn, const char *what, double *B, int64_t n) {
-    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', (lapack_int)n, B, (lapack_int)n);
+    lapack_int info = uq_la_dpotrf_work(LAPACK_COL_MAJOR, 'U', (lapack_int)n, B, (lapack_int)n);
     if (info < 0) return uq_set_error(UQ_ERR_INTERNAL, "%s: dpotrf rejected argument %d", fn, (int)-info);
     if (info > 0)
         return uq_set_error(UQ_ERR_NUMERIC,
@@ -199,14 +201,14 @@ uq_status uq_linalg_spd_inv_diag(const double *A, int64_t n, double shift, doubl
     for (int64_t i = 0; i < n; i++) B[i * n + i] += shift;
     /* column-major 'L': B = L L^T with L in the column-major lower triangle; dtrtri gives L^{-1} there, and
      * column i of L^{-1} (entries k >= i) is contiguous: B[i*n + k]. diag(A^{-1}) = diag(L^{-T} L^{-1}). */
-    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L', (lapack_int)n, B, (lapack_int)n);
+    lapack_int info = uq_la_dpotrf_work(LAPACK_COL_MAJOR, 'L', (lapack_int)n, B, (lapack_int)n);
     if (info > 0) {
         st = uq_set_error(UQ_ERR_NUMERIC,
                           "%s: A + shift*I (shift %g) is not positive definite (leading minor of order %d is not "
                           "positive)", fn, shift, (int)info);
         goto exit;
     }
-    if (info == 0) info = LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'L', 'N', (lapack_int)n, B, (lapack_int)n);
+    if (info == 0) info = uq_la_dtrtri_work(LAPACK_COL_MAJOR, 'L', 'N', (lapack_int)n, B, (lapack_int)n);
     if (info != 0) {
         st = uq_set_error(info < 0 ? UQ_ERR_INTERNAL : UQ_ERR_NUMERIC, "%s: dtrtri failed (info %d)", fn, (int)info);
         goto exit;

@@ -60,6 +60,7 @@ struct uq_hy_state {
     float *g, *u;                /* (max_chunk, Kmax) */
     float *scores;               /* (nthreads, max_seq) */
     float *work;                 /* (nthreads, uq_ks_scan_work(chunk)) */
+    float *cb;                   /* uq_ks_scan_shared(G, chunk): per-group C B^T of a chunk */
     int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
 };
 
@@ -426,7 +427,7 @@ void uq_hy_state_free(uq_hy_state *s) {
     uq_free(s->kc);
     uq_free(s->vc);
     float *bufs[] = {s->cos_tab, s->sin_tab, s->x, s->xn, s->tmp, s->z, s->xi, s->xo, s->y, s->bi, s->bo, s->ci,
-                     s->co, s->dt, s->q, s->qa, s->qb, s->att, s->kb, s->vb, s->g, s->u, s->scores, s->work};
+                     s->co, s->dt, s->q, s->qa, s->qb, s->att, s->kb, s->vb, s->g, s->u, s->scores, s->work, s->cb};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) uq_free(bufs[i]);
     uq_free(s->chan);
     uq_free(s);
@@ -502,7 +503,8 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
         (st = sbuf(&s->kb, mc, nkv * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->vb, mc, nkv * m->Rmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->g, mc, m->Kmax, &tot)) != UQ_OK || (st = sbuf(&s->u, mc, m->Kmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->scores, s->nthreads, max_seq, &tot)) != UQ_OK ||
-        (st = sbuf(&s->work, s->nthreads, m->any_mamba ? uq_ks_scan_work(c->chunk_size) : 1, &tot)) != UQ_OK)
+        (st = sbuf(&s->work, s->nthreads, m->any_mamba ? uq_ks_scan_work(c->chunk_size) : 1, &tot)) != UQ_OK ||
+        (st = sbuf(&s->cb, m->any_mamba ? uq_ks_scan_shared(G, c->chunk_size) : 1, 1, &tot)) != UQ_OK)
         goto fail;
     {
         int64_t nch = HP > GN ? HP : GN;
@@ -580,7 +582,7 @@ static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, fl
                     .chunk = c->chunk_size, .x = s->xo, .B = s->bo, .C = s->co, .dt = s->dt,
                     .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l], .y = s->y};
     if (chunked)
-        uq_ks_ssm_scan_chunked(&a, s->work, s->nthreads);
+        uq_ks_ssm_scan_chunked(&a, s->cb, s->work, s->nthreads);
     else
         uq_ks_ssm_scan_seq(&a, s->nthreads);
     uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, lw->gnorm, Ps, c->norm_eps);

@@ -26,7 +26,7 @@ static void test_scan_kernels(void) {
     enum { T = 19, H = 4, G = 2, Ps = 6, Ns = 5 };
     unsigned long long seed = 77;
     float x[T * H * Ps], B[T * G * Ns], C[T * G * Ns], dt[T * H], A[H], D[H];
-    float S1[H * Ps * Ns], S2[H * Ps * Ns], y1[T * H * Ps], y2[T * H * Ps], work[4 * 4 * 8];
+    float S1[H * Ps * Ns], S2[H * Ps * Ns], y1[T * H * Ps], y2[T * H * Ps], work[4 * 4 * 8], shared[G * 4 * 4];
     fill(x, T * H * Ps, 1.0, 0.0, &seed);
     fill(B, T * G * Ns, 1.0, 0.0, &seed);
     fill(C, T * G * Ns, 1.0, 0.0, &seed);
@@ -43,7 +43,7 @@ static void test_scan_kernels(void) {
         b.S = S2;
         b.y = y2;
         uq_ks_ssm_scan_seq(&a, 2);
-        uq_ks_ssm_scan_chunked(&b, work, 2);
+        uq_ks_ssm_scan_chunked(&b, shared, work, 2);
         CHECK(max_rel(y2, y1, T * H * 4) < SSM_ORDER_TOL, "chunk %lld: chunked y vs sequential, rel %g", (long long)chunk,
               max_rel(y2, y1, T * H * 4));
         CHECK(max_rel(S2, S1, H * Ps * Ns) < SSM_ORDER_TOL, "chunk %lld: chunked state vs sequential, rel %g",
