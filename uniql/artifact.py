@@ -92,11 +92,22 @@ class ArtifactMeta:
                 raise UnsupportedError(f"{where}: artifact format version {u['format_version']} is newer than "
                                        f"this uniql supports ({FORMAT_VERSION}); upgrade uniql")
             raise FormatError(f"{where}: unknown keys in the uniql section: {', '.join(unknown)}")
+        imp = u.get("importance")
+        if not isinstance(imp, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in imp):
+            raise FormatError(f"{where}: uniql.importance must be a list of numbers")
+        for key, kinds in (("max_rate", (int, float)), ("alloc_eps", (int, float)), ("alloc_max_prune", (int, float)),
+                           ("quantization", (dict, type(None))), ("sorting", dict), ("architecture", str),
+                           ("qk_layout", str), ("source", str)):
+            if key in u and (not isinstance(u[key], kinds) or isinstance(u[key], bool)):
+                raise FormatError(f"{where}: uniql.{key} has the wrong type ({type(u[key]).__name__})")
+        for key in ("alloc_eps", "alloc_max_prune"):
+            if key in u and not (0.0 < float(u[key]) <= 1.0):
+                raise FormatError(f"{where}: uniql.{key} must be in (0, 1], got {u[key]!r}")
         try:
             d = dict(u)
-            d["importance"] = tuple(float(v) for v in d.get("importance", ()))
+            d["importance"] = tuple(float(v) for v in imp)
             return cls(**d)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise FormatError(f"{where}: invalid uniql section: {e}") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -134,42 +145,71 @@ def _own(a: np.ndarray) -> np.ndarray:
     return np.array(a, order="C", copy=True)
 
 
-def _f32_scales(a: np.ndarray) -> np.ndarray:
+def _float(f: Any, name: str) -> np.ndarray:
+    """Tensor `name` as float32 (float16 converted by the C core); any other dtype is a FormatError naming it."""
+    a = f.get(name)
     if a.dtype == np.float32:
         return _own(a)
+    if a.dtype != np.float16:
+        raise FormatError(f"artifact tensor {name!r} has dtype {a.dtype}; expected float32 or float16")
     out = np.empty(a.shape, np.float32)
     _C.convert(_own(a), out)
     return out
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
-    return _f32_scales(a)
+def _shape_of(f: Any, name: str) -> tuple[int, ...]:
+    if name not in f.keys():
+        raise FormatError(f"artifact is missing tensor {name!r}")
+    return tuple(int(v) for v in f.info(name)[1])
 
 
 class _Reader:
-    """Reads artifact tensors with prefix slicing (copies only what is kept)."""
+    """Reads artifact tensors with prefix slicing (copies only what is kept), checking them against the
+    uniql_tensors table of config.json."""
+
+    FORMATS = ("q4", "f32", "f16")
 
     def __init__(self, d: Path, meta: ArtifactMeta, info: Mapping[str, Any]) -> None:
         self.d, self.meta, self.info = d, meta, info
 
-    def linear(self, f: Any, name: str, rows: np.ndarray | slice | None = None,
-               col_segments: int = 1, col_keep: int | None = None) -> Any:
-        """Weight `name` with a row selection and a per-segment column prefix (col_keep of each segment)."""
+    def _spec(self, name: str, col_segments: int) -> tuple[str, tuple[int, int], int]:
         spec = self.info.get(name)
-        if spec is None:
-            raise FormatError(f"artifact is missing tensor info for {name!r}")
+        if not isinstance(spec, dict):
+            raise FormatError(f"uniql_tensors has no valid entry for {name!r}")
+        fmt, shape = spec.get("format"), spec.get("shape")
+        if fmt not in self.FORMATS:
+            raise FormatError(f"uniql_tensors[{name!r}]: unknown format {fmt!r} (expected one of {self.FORMATS})")
+        if (not isinstance(shape, list) or len(shape) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise FormatError(f"uniql_tensors[{name!r}]: shape must be two positive integers, got {shape!r}")
+        group = spec.get("group", 0)
+        if fmt == "q4":
+            if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+                raise FormatError(f"uniql_tensors[{name!r}]: group must be a positive integer, got {group!r}")
+            if spec.get("segments", 1) != col_segments or shape[1] % col_segments:
+                raise FormatError(f"uniql_tensors[{name!r}]: segments {spec.get('segments')!r} do not match "
+                                  f"the model ({col_segments} input segments of {shape[1]} columns)")
+        return fmt, (shape[0], shape[1]), group
+
+    def linear(self, f: Any, name: str, expect: tuple[int, int], rows: np.ndarray | slice | None = None,
+               col_segments: int = 1, col_keep: int | None = None) -> Any:
+        """Weight `name` (full shape `expect`, from the config) with a row selection and a per-segment column
+        prefix (col_keep of each segment)."""
+        fmt, (R, C), g = self._spec(name, col_segments)
+        if (R, C) != tuple(expect):
+            raise FormatError(f"uniql_tensors[{name!r}] has shape {(R, C)}, the config implies {tuple(expect)}")
         rows_sel = slice(None) if rows is None else rows
-        if spec["format"] == "q4":
-            packed = f.get(name + ".qweight")
-            scales = f.get(name + ".scales")
-            R, C = spec["shape"]
-            g = int(spec["group"])
-            if packed.shape != (R, (C + 1) // 2):
-                raise FormatError(f"{name}.qweight has shape {packed.shape}, expected {(R, (C + 1) // 2)}")
-            seg = C // col_segments
+        seg = C // col_segments
+        if fmt == "q4":
             gps = -(-seg // g)
-            if scales.shape != (R, col_segments * gps):
-                raise FormatError(f"{name}.scales has shape {scales.shape}, expected {(R, col_segments * gps)}")
+            for suffix, want in ((".qweight", (R, (C + 1) // 2)), (".scales", (R, col_segments * gps))):
+                got = _shape_of(f, name + suffix)
+                if got != want:
+                    raise FormatError(f"{name}{suffix} has shape {got}, the uniql_tensors table implies {want}")
+            packed = f.get(name + ".qweight")
+            if packed.dtype != np.uint8:
+                raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {packed.dtype}; expected uint8")
+            scales = _float(f, name + ".scales")
             packed = packed[rows_sel]
             scales = scales[rows_sel]
             cols = C
@@ -182,13 +222,14 @@ class _Reader:
                 scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
                 cols = col_segments * col_keep
             packed = _own(packed)
-            return _Q4(packed, _f32_scales(scales), g, (int(packed.shape[0]), int(cols)))
-        w = f.get(name + ".weight")
-        w = w[rows_sel]
+            return _Q4(packed, _own(scales), g, (int(packed.shape[0]), int(cols)))
+        got = _shape_of(f, name + ".weight")
+        if got != (R, C):
+            raise FormatError(f"{name}.weight has shape {got}, the uniql_tensors table says {(R, C)}")
+        w = _float(f, name + ".weight")[rows_sel]
         if col_keep is not None:
-            seg = w.shape[1] // col_segments
             w = w.reshape(w.shape[0], col_segments, seg)[:, :, :col_keep].reshape(w.shape[0], -1)
-        return _f32(w)
+        return _own(w)
 
 
 def head_rows(n_heads: int, stored: int, keep: int) -> np.ndarray:
@@ -214,6 +255,7 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
     rate = check_rate(rate, meta.max_rate)
     tc = TransformerConfig.from_hf(cfg)
     L, nh, nkv, d_head = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
+    n, DI = tc.hidden_size, tc.intermediate_size
     if len(meta.importance) != L:
         raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")
     keeps = meta.keep_sizes(rate, tc.intermediate_size, d_head)
@@ -226,31 +268,36 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
             raise FormatError(f"artifact is missing {path.name}")
         p = f"model.layers.{i}."
         with st.safe_open(path) as f:
-            for n in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-                tensors[p + n] = _f32(f.get(p + n))
+            for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+                tensors[p + norm] = _float(f, p + norm)
             a = p + "self_attn."
-            tensors[a + "q_proj.weight"] = reader.linear(f, a + "q_proj", head_rows(nh, d_head, r))
-            tensors[a + "k_proj.weight"] = reader.linear(f, a + "k_proj", head_rows(nkv, d_head, r))
-            tensors[a + "v_proj.weight"] = reader.linear(f, a + "v_proj", head_rows(nkv, d_head, r))
-            tensors[a + "o_proj.weight"] = reader.linear(f, a + "o_proj", None, col_segments=nh, col_keep=r)
+            tensors[a + "q_proj.weight"] = reader.linear(f, a + "q_proj", (nh * d_head, n), head_rows(nh, d_head, r))
+            tensors[a + "k_proj.weight"] = reader.linear(f, a + "k_proj", (nkv * d_head, n), head_rows(nkv, d_head, r))
+            tensors[a + "v_proj.weight"] = reader.linear(f, a + "v_proj", (nkv * d_head, n), head_rows(nkv, d_head, r))
+            tensors[a + "o_proj.weight"] = reader.linear(f, a + "o_proj", (n, nh * d_head), None, col_segments=nh,
+                                                            col_keep=r)
             for b, heads in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
                 if a + b + ".bias" in f.keys():
-                    tensors[a + b + ".bias"] = _f32(f.get(a + b + ".bias")[head_rows(heads, d_head, r)])
+                    tensors[a + b + ".bias"] = _own(_float(f, a + b + ".bias")[head_rows(heads, d_head, r)])
             if a + "o_proj.bias" in f.keys():
-                tensors[a + "o_proj.bias"] = _f32(f.get(a + "o_proj.bias"))
+                tensors[a + "o_proj.bias"] = _float(f, a + "o_proj.bias")
             m = p + "mlp."
-            tensors[m + "gate_proj.weight"] = reader.linear(f, m + "gate_proj", slice(0, k))
-            tensors[m + "up_proj.weight"] = reader.linear(f, m + "up_proj", slice(0, k))
-            tensors[m + "down_proj.weight"] = reader.linear(f, m + "down_proj", None, col_keep=k)
-            freq_maps.append(_own(f.get(a + "rope_freq")[:, : r // 2]).astype(np.int32, copy=False))
+            tensors[m + "gate_proj.weight"] = reader.linear(f, m + "gate_proj", (DI, n), slice(0, k))
+            tensors[m + "up_proj.weight"] = reader.linear(f, m + "up_proj", (DI, n), slice(0, k))
+            tensors[m + "down_proj.weight"] = reader.linear(f, m + "down_proj", (n, DI), None, col_keep=k)
+            fm = f.get(a + "rope_freq")
+            if fm.dtype != np.int32 or fm.shape != (nkv, d_head // 2):
+                raise FormatError(f"artifact tensor {a + 'rope_freq'!r} must be int32 {(nkv, d_head // 2)}, "
+                                  f"got {fm.dtype} {fm.shape}")
+            freq_maps.append(_own(fm[:, : r // 2]))
     rest = d / REST_FILE
     if not rest.is_file():
         raise FormatError(f"artifact is missing {REST_FILE}")
     with st.safe_open(rest) as f:
-        tensors["model.embed_tokens.weight"] = reader.linear(f, "model.embed_tokens")
-        tensors["model.norm.weight"] = _f32(f.get("model.norm.weight"))
+        tensors["model.embed_tokens.weight"] = reader.linear(f, "model.embed_tokens", (tc.vocab_size, n))
+        tensors["model.norm.weight"] = _float(f, "model.norm.weight")
         if not tc.tie_word_embeddings:
-            tensors["lm_head.weight"] = reader.linear(f, "lm_head")
+            tensors["lm_head.weight"] = reader.linear(f, "lm_head", (tc.vocab_size, n))
     # v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
     model = ElasticModel.from_hf_tensors(tc, tensors, tokenizer, freq_maps=freq_maps, qk_layout="interleaved",
                                          max_seq=max_seq)

@@ -179,6 +179,29 @@ class _Timer:
         self.t[stage] = self.t.get(stage, 0.0) + dt
 
 
+def validate_tensors(cfg: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+    """Checks the checkpoint before compression writes anything: every weight finite (C scan, naming the tensor)
+    and names/shapes consistent with the config (the runtime's own validation, at no copy for float32)."""
+    from uniql import _C
+
+    for name, a in tensors.items():
+        _C.check_finite(np.ascontiguousarray(a, dtype=np.float32), name)
+    Model.from_hf_tensors(cfg, tensors, max_seq=2, max_chunk=2)
+
+
+def _f16_scales(q: Any) -> Any:
+    """The quantized tensor with its scales rounded to float16, as the artifact stores and the runtime uses them
+    (so the next layer is calibrated on exactly what deployment computes)."""
+    from uniql import _C
+    from uniql.quant import QuantizedTensor
+
+    h = np.empty(q.scales.shape, np.float16)
+    _C.convert(q.scales, h)
+    s = np.empty(q.scales.shape, np.float32)
+    _C.convert(h, s)
+    return QuantizedTensor(q.packed, s, q.shape, q.group)
+
+
 # --------------------------------------------------------------------------------- compress ----
 
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
@@ -213,6 +236,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     t0 = time.perf_counter()
 
     tensors = checkpoint.read_tensors(src)
+    validate_tensors(cfg, tensors)            # names, shapes, NaN/Inf: before anything is written
     timer.add("read", time.perf_counter() - t0)
     from uniql.runtime import TransformerConfig
     tc = TransformerConfig.from_hf(cfg)
@@ -336,8 +360,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
                                (a + "v_proj", H_attn, opts.group), (a + "o_proj", c_o.mean(), go),
                                (m + "gate_proj", H_mlp, opts.group), (m + "up_proj", H_mlp, opts.group),
                                (m + "down_proj", H_z, opts.group)):
-                stored[name + ".weight"] = quantize_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, group=g,
-                                                         damp=opts.damp)
+                stored[name + ".weight"] = _f16_scales(quantize_gptq(np.ascontiguousarray(sl[name + ".weight"]), H,
+                                                                     group=g, damp=opts.damp))
             timer.add("quantize", time.perf_counter() - t)
             # 4. propagate through the compressed layer
             t = time.perf_counter()

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.errors import DTypeError, RangeError, UnsupportedError
+from uniql.errors import (DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UniqlError,
+                          UnsupportedError)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ _LINEARS = (("self_attn", "q_proj", "q"), ("self_attn", "k_proj", "k"), ("self_a
 
 def _pos_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"config {name} must be a positive int, got {v!r}")
+        raise FormatError(f"config {name} must be a positive int, got {v!r}")
     return int(v)
 
 
@@ -78,25 +79,35 @@ class TransformerConfig:
                      "num_key_value_heads", "head_dim", "max_position_embeddings"):
             object.__setattr__(self, name, _pos_int(name, getattr(self, name)))
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+            raise FormatError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                              f"num_key_value_heads {self.num_key_value_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim {self.head_dim} must be even (RoPE pairs)")
+            raise FormatError(f"head_dim {self.head_dim} must be even (RoPE pairs)")
         if self.rope_type not in _ROPE_TYPES:
             raise UnsupportedError(f"unsupported rope type {self.rope_type!r} (supported: default, llama3)")
         if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
-            raise ValueError(f"rms_norm_eps and rope_theta must be > 0, got {self.rms_norm_eps}, {self.rope_theta}")
+            raise FormatError(f"rms_norm_eps and rope_theta must be > 0, got {self.rms_norm_eps}, {self.rope_theta}")
         if self.rope_type == "llama3" and not (
                 self.rope_factor > 0 and self.rope_low_freq_factor > 0 and self.rope_high_freq_factor > 0
                 and self.rope_high_freq_factor != self.rope_low_freq_factor
                 and self.rope_original_max_position_embeddings > 0):
-            raise ValueError("llama3 rope scaling needs factor, low_freq_factor != high_freq_factor and "
+            raise FormatError("llama3 rope scaling needs factor, low_freq_factor != high_freq_factor and "
                              "original_max_position_embeddings, all > 0")
         object.__setattr__(self, "eos_token_ids", tuple(int(e) for e in self.eos_token_ids))
 
     @classmethod
     def from_hf(cls, d: Mapping[str, Any]) -> "TransformerConfig":
-        """From a Hugging Face ``config.json`` dict (rope as ``rope_parameters`` or ``rope_theta``/``rope_scaling``)."""
+        """From a Hugging Face ``config.json`` dict (rope as ``rope_parameters`` or ``rope_theta``/``rope_scaling``).
+        Values of the wrong type raise FormatError naming the problem."""
+        try:
+            return cls._from_hf(d)
+        except UniqlError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise FormatError(f"invalid transformer config: {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def _from_hf(cls, d: Mapping[str, Any]) -> "TransformerConfig":
         mt = d.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedError(f"unsupported model_type {mt!r} (supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})")
@@ -107,13 +118,13 @@ class TransformerConfig:
             raise UnsupportedError("qwen2 sliding-window attention is not supported")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if key not in d:
-                raise ValueError(f"config is missing {key!r}")
+                raise FormatError(f"config is missing {key!r}")
         nh = d["num_attention_heads"]
         nkv = d.get("num_key_value_heads") or nh
         hd = d.get("head_dim")
         if not hd:
             if d["hidden_size"] % nh:
-                raise ValueError(f"hidden_size {d['hidden_size']} is not a multiple of num_attention_heads {nh} "
+                raise FormatError(f"hidden_size {d['hidden_size']} is not a multiple of num_attention_heads {nh} "
                                  "and no head_dim is given")
             hd = d["hidden_size"] // nh
         rp = dict(d.get("rope_scaling") or {})
@@ -181,6 +192,16 @@ def _f32(name: str, a: Any) -> np.ndarray:
     raise DTypeError(f"{name} has dtype {a.dtype}; expected float32, float16 or bfloat16 (float64 is not accepted)")
 
 
+def _f16(name: str, a: Any) -> np.ndarray:
+    """A float16 C-contiguous array (float32/bfloat16 converted by the C core) for fp16 (UQ_W_F16) weights."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float16:
+        return np.ascontiguousarray(a)
+    src = _f32(name, a)
+    out = np.empty(src.shape, np.float16)
+    _C.convert(src, out)
+    return out
+
+
 def _as_q4(name: str, v: Any) -> _Q4:
     rows, cols = (int(x) for x in v.shape)
     packed, scales = v.packed, v.scales
@@ -204,9 +225,9 @@ def _permute_rows(w: np.ndarray | _Q4, idx: np.ndarray) -> np.ndarray | _Q4:
 def _ids_array(ids: Any, what: str = "ids") -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim != 1:
-        raise ValueError(f"{what} must be a 1-D sequence of token ids, got shape {a.shape}")
+        raise InvalidArgumentError(f"{what} must be a 1-D sequence of token ids, got shape {a.shape}")
     if a.size == 0:
-        raise ValueError(f"{what} is empty: at least one token is needed")
+        raise InvalidArgumentError(f"{what} is empty: at least one token is needed")
     if not np.issubdtype(a.dtype, np.integer):
         raise DTypeError(f"{what} must be integer token ids, got dtype {a.dtype}")
     if a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max:
@@ -267,7 +288,7 @@ class Model:
     def from_hf_tensors(cls, config: Mapping[str, Any] | TransformerConfig, tensors: Mapping[str, Any],
                         tokenizer: Any = None, *, freq_maps: Sequence[np.ndarray | None] | None = None,
                         qk_layout: str = "rotate_half", max_seq: int | None = None,
-                        max_chunk: int = 256) -> "Model":
+                        max_chunk: int = 256, weight_dtype: str = "float32") -> "Model":
         """Builds a model from Hugging Face tensor names (``model.embed_tokens.weight``,
         ``model.layers.{i}.self_attn.q_proj.weight``/``.bias``, ..., ``model.norm.weight``, ``lm_head.weight``
         (optional when embeddings are tied)). Values: float32/float16/bfloat16 arrays (float16/bfloat16
@@ -275,23 +296,29 @@ class Model:
         permuted to the runtime's pair-interleaved layout) or "interleaved" (already in runtime layout, stored
         head dim R = q rows / n_heads may be < head_dim). ``freq_maps``: per layer int32 (n_kv, R/2) frequency
         index of each stored pair, or None for identity. ``max_seq``: KV cache length (default
-        min(max_position_embeddings, 2048))."""
+        min(max_position_embeddings, 2048)). ``weight_dtype="float16"`` keeps the float weight matrices (linears,
+        embedding, lm_head) in float16 (float32/bfloat16 converted once; the kernels convert them exactly on the
+        fly: the honest FP16 baseline); norms and biases stay float32."""
+        if weight_dtype not in ("float32", "float16"):
+            raise InvalidArgumentError(f"weight_dtype must be 'float32' or 'float16', got {weight_dtype!r}")
         cfg = config if isinstance(config, TransformerConfig) else TransformerConfig.from_hf(config)
         if qk_layout not in ("rotate_half", "interleaved"):
-            raise ValueError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
+            raise InvalidArgumentError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
         L, nh, nkv, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         if freq_maps is not None and len(freq_maps) != L:
-            raise ValueError(f"freq_maps has {len(freq_maps)} entries, the model has {L} layers")
+            raise InvalidArgumentError(f"freq_maps has {len(freq_maps)} entries, the model has {L} layers")
         used: set[str] = set()
 
-        def get(name: str, required: bool = True) -> Any:
+        def get(name: str, required: bool = True, mat: bool = False) -> Any:
             if name not in tensors:
                 if required:
-                    raise ValueError(f"missing tensor {name!r}")
+                    raise FormatError(f"missing tensor {name!r}")
                 return None
             used.add(name)
             v = tensors[name]
-            return _as_q4(name, v) if _is_q4(v) else _f32(name, v)
+            if _is_q4(v):
+                return _as_q4(name, v)
+            return _f16(name, v) if mat and weight_dtype == "float16" else _f32(name, v)
 
         def vec(name: str) -> np.ndarray:
             v = get(name)
@@ -305,7 +332,7 @@ class Model:
             lay: dict[str, Any] = {"attn_norm": vec(p + "input_layernorm.weight"),
                                    "mlp_norm": vec(p + "post_attention_layernorm.weight")}
             for mod, proj, short in _LINEARS:
-                w = get(f"{p}{mod}.{proj}.weight")
+                w = get(f"{p}{mod}.{proj}.weight", mat=True)
                 need_bias = (cfg.attention_bias and mod == "self_attn"
                              and (proj != "o_proj" or cfg.model_type == "llama")) or (cfg.mlp_bias and mod == "mlp")
                 b = get(f"{p}{mod}.{proj}.bias", required=need_bias)
@@ -315,13 +342,13 @@ class Model:
             q_rows = lay["q"][0].shape[0]
             if qk_layout == "rotate_half":
                 if q_rows != nh * d:
-                    raise ValueError(f"layer {i} q_proj has {q_rows} rows, expected num_heads x head_dim = {nh * d} "
+                    raise ShapeError(f"layer {i} q_proj has {q_rows} rows, expected num_heads x head_dim = {nh * d} "
                                      "(truncated heads need qk_layout='interleaved')")
                 for short, heads in (("q", nh), ("k", nkv)):
                     idx = _interleave_rows(heads, d)
                     w, b = lay[short]
                     if w.shape[0] != heads * d:
-                        raise ValueError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads * d}")
+                        raise ShapeError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads * d}")
                     lay[short] = [_permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
             fm = None if freq_maps is None else freq_maps[i]
             if fm is not None:
@@ -332,16 +359,16 @@ class Model:
                     fm = fm.astype(np.int32)
             lay["freq_map"] = fm
             layers.append(lay)
-        embed = get("model.embed_tokens.weight")
+        embed = get("model.embed_tokens.weight", mat=True)
         final_norm = vec("model.norm.weight")
         if cfg.tie_word_embeddings:
             head = embed
             used.add("lm_head.weight")
         else:
-            head = get("lm_head.weight")
+            head = get("lm_head.weight", mat=True)
         extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
         if extra:
-            raise ValueError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
+            raise FormatError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
         return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
 
     # --------------------------------------------------------------------------- keep sizes ----
@@ -371,7 +398,7 @@ class Model:
                 return [v] * self.num_layers
             v = list(v)
             if len(v) != self.num_layers:
-                raise ValueError(f"{what} has {len(v)} values, the model has {self.num_layers} layers")
+                raise InvalidArgumentError(f"{what} has {len(v)} values, the model has {self.num_layers} layers")
             return v
         ms, rs = per_layer(mlp, "mlp"), per_layer(attn, "attn")
         for layer in range(self.num_layers):  # validate everything before changing anything
@@ -410,7 +437,7 @@ class Model:
         """float64 (T-1,): -log p(ids[t] | ids[:t]) for t = 1..T-1 of a fresh sequence."""
         a = _ids_array(ids)
         if a.size < 2:
-            raise ValueError("nll needs at least 2 tokens")
+            raise InvalidArgumentError("nll needs at least 2 tokens")
         lg = self.logits(a)
         out = np.empty(a.size - 1, np.float64)
         _C.nll(lg[:-1], a[1:], out)
@@ -419,9 +446,9 @@ class Model:
     def _encode(self, text_or_ids: Any, what: str) -> tuple[np.ndarray, bool]:
         if isinstance(text_or_ids, str):
             if self.tokenizer is None:
-                raise ValueError(f"{what} is a str but the model has no tokenizer: pass token ids")
+                raise InvalidArgumentError(f"{what} is a str but the model has no tokenizer: pass token ids")
             if not text_or_ids:
-                raise ValueError(f"{what} is empty")
+                raise InvalidArgumentError(f"{what} is empty")
             enc = self.tokenizer.encode(text_or_ids)
             return _ids_array(getattr(enc, "ids", enc), what), True
         return _ids_array(text_or_ids, what), False
@@ -433,12 +460,12 @@ class Model:
         ids, _ = self._encode(text_or_ids, "text")
         stride = window if stride is None else int(stride)
         if window < 2 or window > self.max_seq:
-            raise ValueError(f"window {window} must be in [2, max_seq = {self.max_seq}]")
+            raise InvalidArgumentError(f"window {window} must be in [2, max_seq = {self.max_seq}]")
         if not 1 <= stride <= window:
-            raise ValueError(f"stride {stride} must be in [1, window = {window}]")
+            raise InvalidArgumentError(f"stride {stride} must be in [1, window = {window}]")
         n = ids.size
         if n < 2:
-            raise ValueError("perplexity needs at least 2 tokens")
+            raise InvalidArgumentError("perplexity needs at least 2 tokens")
         total, count, prev_end = 0.0, 0, 0
         for begin in range(0, n, stride):
             end = min(begin + window, n)
@@ -465,9 +492,9 @@ class Model:
         of ids."""
         ids, is_text = self._encode(prompt, "prompt")
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            raise InvalidArgumentError(f"top_p must be in (0, 1], got {top_p}")
         if ids.size > self.max_seq:
             raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {self.max_seq}")
         rng = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
@@ -506,7 +533,7 @@ class Model:
         the generation KV cache."""
         X = _f32("X", X)
         if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (T, hidden), got shape {X.shape}")
+            raise InvalidArgumentError(f"X must be 2-D (T, hidden), got shape {X.shape}")
         T = X.shape[0]
         c = self.config
         k, r = self.keep(layer)
@@ -515,7 +542,7 @@ class Model:
         caps = {}
         for name in capture:
             if name not in widths:
-                raise ValueError(f"unknown capture {name!r} (choose from {', '.join(widths)})")
+                raise InvalidArgumentError(f"unknown capture {name!r} (choose from {', '.join(widths)})")
             caps[name] = np.empty((T, widths[name]), np.float32)
         Y = np.empty_like(X)
         _C.tf_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **caps)

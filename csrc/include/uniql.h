@@ -450,6 +450,10 @@ int uq_kernels_threads(void);
  * Read bandwidth: streams a buffer of `bytes` (>= 1 MiB; allocated and touched inside) with the widest
  * vector loads available, split over nthreads threads; *gbps = bytes / best time / 1e9. */
 uq_status uq_bench_read_bw(size_t bytes, int reps, int nthreads, double *gbps);
+/* Arithmetic peak of one register-only loop per thread (12 independent accumulators): which = 0 fp32 FMA
+ * (AVX-512 or AVX2), 1 int8 vpdpbusd (AVX-512 VNNI); *gmacs = multiply-adds per second / 1e9 over nthreads.
+ * UQ_ERR_UNSUPPORTED when the CPU lacks the instructions. */
+uq_status uq_bench_peak(int which, int nthreads, double *gmacs);
 /* Best time of uq_linear_forward(L, x, T, segments, keeps, y) over reps calls (y caller-allocated). */
 uq_status uq_bench_linear(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
                           int64_t nseg_in, int64_t keep_in, float *y, int reps, double *best_s);

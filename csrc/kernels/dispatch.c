@@ -231,18 +231,85 @@ __attribute__((target("avx2"))) static float stream_sum_avx2(const float *p, int
     _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     return uq_k_reduce8(t);
 }
+
+/* Register-only peak loops: 12 independent accumulators, iters steps; returns a value to keep them live. */
+__attribute__((target("avx512f,avx512vnni"))) static float peak_vnni512(int64_t iters) {
+    __m512i a[12], w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(-1);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512();
+    for (int64_t it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) __asm__("vpdpbusd %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
+    for (int i = 1; i < 12; i++) a[0] = _mm512_add_epi32(a[0], a[i]);
+    return (float)_mm512_reduce_add_epi32(a[0]);
+}
+__attribute__((target("avx512f"))) static float peak_fma512(int64_t iters) {
+    __m512 a[12], w = _mm512_set1_ps(1.0f), x = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
+    for (int64_t it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) __asm__("vfmadd231ps %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
+    for (int i = 1; i < 12; i++) a[0] = _mm512_add_ps(a[0], a[i]);
+    return _mm512_reduce_add_ps(a[0]);
+}
+__attribute__((target("avx2,fma"))) static float peak_fma256(int64_t iters) {
+    __m256 a[12], w = _mm256_set1_ps(1.0f), x = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_setzero_ps();
+    for (int64_t it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) __asm__("vfmadd231ps %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
+    for (int i = 1; i < 12; i++) a[0] = _mm256_add_ps(a[0], a[i]);
+    float t[8];
+    _mm256_storeu_ps(t, a[0]);
+    return uq_k_reduce8(t);
+}
 #endif
 
-static float stream_sum(const float *p, int64_t n) {
+uq_status uq_bench_peak(int which, int nthreads, double *gmacs) {
+    if (!gmacs) return uq_set_error(UQ_ERR_ARG, "bench_peak: NULL output");
+    if (nthreads < 1) return uq_set_error(UQ_ERR_ARG, "bench_peak: nthreads %d must be >= 1", nthreads);
+    if (which != 0 && which != 1) return uq_set_error(UQ_ERR_ARG, "bench_peak: which %d is not 0 (fp32) or 1 (int8)", which);
 #ifdef UQ_K_X86
+    const int v512 = cpu_has("avx512"), v2 = cpu_has("avx2");
+    if ((which == 1 && !v512) || (which == 0 && !v2))
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "bench_peak: %s needs %s", which ? "int8" : "fp32",
+                            which ? "avx512vnni" : "avx2+fma");
+    const int64_t iters = 20000000;
+    double best = 1e30;
+    volatile float sink = 0;
+    for (int r = 0; r < 3; r++) {
+        float part[256] = {0};
+        double t0 = now_s();
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (int th = 0; th < nthreads; th++)
+            part[th & 255] = which ? peak_vnni512(iters) : v512 ? peak_fma512(iters) : peak_fma256(iters);
+        double dt = now_s() - t0;
+        for (int th = 0; th < nthreads && th < 256; th++) sink += part[th];
+        if (dt < best) best = dt;
+    }
+    (void)sink;
+    /* MACs per instruction: vpdpbusd zmm 64, vfmadd zmm 16, ymm 8 */
+    double per = which ? 64.0 : v512 ? 16.0 : 8.0;
+    *gmacs = (double)iters * 12.0 * per * nthreads / best / 1e9;
+    return UQ_OK;
+#else
+    return uq_set_error(UQ_ERR_UNSUPPORTED, "bench_peak: x86 only");
+#endif
+}
+
+#ifdef UQ_K_X86
+static float stream_sum(const float *p, int64_t n) {
     if (cpu_has("avx512")) return stream_sum_avx512(p, n);
     if (cpu_has("avx2")) return stream_sum_avx2(p, n);
-#endif
     float a[8] = {0};
     for (int64_t i = 0; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) a[l] += p[i + l];
     return uq_k_reduce8(a);
 }
+#else
+static float stream_sum(const float *p, int64_t n) {
+    float a[8] = {0};
+    for (int64_t i = 0; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += p[i + l];
+    return uq_k_reduce8(a);
+}
+#endif
 
 uq_status uq_bench_read_bw(size_t bytes, int reps, int nthreads, double *gbps) {
     if (!gbps) return uq_set_error(UQ_ERR_ARG, "bench_read_bw: NULL output");

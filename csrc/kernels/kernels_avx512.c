@@ -341,53 +341,82 @@ static UQ_T512I void nib64(const uint8_t *p, int64_t nbytes, __m512i *lo, __m512
     *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
 }
 
+/* Sums of the 16 int32 lanes of a0..a3 as 4 int32 (exact: integer adds in any order). */
+static UQ_T512I __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(a0, a1, 0x44), _mm512_shuffle_i64x2(a0, a1, 0xEE));
+    __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i64x2(a2, a3, 0x44), _mm512_shuffle_i64x2(a2, a3, 0xEE));
+    __m512i u = _mm512_add_epi32(_mm512_shuffle_i64x2(s01, s23, 0x88), _mm512_shuffle_i64x2(s01, s23, 0xDD));
+    u = _mm512_add_epi32(u, _mm512_shuffle_epi32(u, (_MM_PERM_ENUM)0x4E));
+    u = _mm512_add_epi32(u, _mm512_shuffle_epi32(u, (_MM_PERM_ENUM)0xB1));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si128(_mm512_permutexvar_epi32(idx, u));
+}
+
+/* 4 rows (missing rows repeat the last one) x NT tokens; the epilogue runs on the 4 rows as float lanes with
+ * exactly the scalar operations. */
+static UQ_T512I void q8_gemv_t(const uint8_t *const *w, const float *const *s, const int8_t *xq, int64_t ldq,
+                               const float *xs, const int32_t *xsum, int64_t ldg, int64_t t0, const uq_k_chunk *ch,
+                               int64_t nch, __m128 *ft, const int NT) {
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) ft[t] = _mm_setzero_ps();
+    for (int64_t k = 0; k < nch; k++) {
+        __m512i a[4][4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) a[r][t] = _mm512_setzero_si512();
+        for (int64_t c0 = 0; c0 < ch[k].n; c0 += 128) {
+            const int64_t nb = (ch[k].n - c0 + 1) / 2;
+            __m512i xe[4], xo[4];
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int8_t *q = xq + (t0 + t) * ldq + ch[k].xq + c0;
+                xe[t] = _mm512_loadu_si512(q);
+                xo[t] = _mm512_loadu_si512(q + 64);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512i lo, hi;
+                nib64(w[r] + ch[k].wcol / 2 + c0 / 2, nb, &lo, &hi);
+#pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) a[r][t] = dpbusd(dpbusd(a[r][t], lo, xe[t]), hi, xo[t]);
+            }
+        }
+        const int64_t sc = ch[k].scol;
+        const __m128 ws = _mm_setr_ps(s[0][sc], s[1][sc], s[2][sc], s[3][sc]);
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            const int64_t gi = (t0 + t) * ldg + k;
+            __m128i isum = _mm_sub_epi32(hsum4(a[0][t], a[1][t], a[2][t], a[3][t]),
+                                         _mm_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
+            ft[t] = _mm_add_ps(ft[t], _mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(ws, _mm_set1_ps(xs[gi]))));
+        }
+    }
+}
+
 UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                             int64_t nch, float *tot) {
+    const uint8_t *wp[4];
+    const float *sp[4];
+    for (int i = 0; i < 4; i++) {
+        wp[i] = w[i < mr ? i : mr - 1];
+        sp[i] = s[i < mr ? i : mr - 1];
+    }
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
-        float ft[4][4] = {{0}};
-        for (int64_t k = 0; k < nch; k++) {
-            __m512i a[4][4];
-            #pragma GCC unroll 8
-            for (int r = 0; r < mr; r++)
-                #pragma GCC unroll 8
-                for (int t = 0; t < nt; t++) a[r][t] = _mm512_setzero_si512();
-            const uint8_t *wb = NULL;
-            for (int64_t c0 = 0; c0 < ch[k].n; c0 += 128) {
-                int64_t nb = (ch[k].n - c0 + 1) / 2;
-                __m512i xe[4] = {_mm512_setzero_si512()}, xo[4] = {_mm512_setzero_si512()};
-                #pragma GCC unroll 8
-                for (int t = 0; t < nt; t++) {
-                    const int8_t *q = xq + (t0 + t) * ldq + ch[k].xq + c0;
-                    xe[t] = _mm512_loadu_si512(q);
-                    xo[t] = _mm512_loadu_si512(q + 64);
-                }
-                #pragma GCC unroll 8
-                for (int r = 0; r < mr; r++) {
-                    __m512i lo, hi;
-                    wb = w[r] + ch[k].wcol / 2 + c0 / 2;
-                    nib64(wb, nb, &lo, &hi);
-                    #pragma GCC unroll 8
-                    for (int t = 0; t < nt; t++) {
-                        a[r][t] = _mm512_dpbusd_epi32(a[r][t], lo, xe[t]);
-                        a[r][t] = _mm512_dpbusd_epi32(a[r][t], hi, xo[t]);
-                    }
-                }
-            }
-            #pragma GCC unroll 8
-            for (int r = 0; r < mr; r++)
-                #pragma GCC unroll 8
-                for (int t = 0; t < nt; t++) {
-                    int64_t gi = (t0 + t) * ldg + k;
-                    int32_t isum = _mm512_reduce_add_epi32(a[r][t]) - UQ_Q4_OFFSET * xsum[gi];
-                    ft[r][t] = ft[r][t] + (float)isum * (s[r][ch[k].scol] * xs[gi]);
-                }
+        __m128 ft[4];
+        switch (nt) {
+        case 1: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1); break;
+        case 2: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2); break;
+        case 3: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3); break;
+        default: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4); break;
         }
-        #pragma GCC unroll 8
-        for (int r = 0; r < mr; r++)
-            #pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) tot[r * T + t0 + t] = ft[r][t];
+        for (int t = 0; t < nt; t++) {
+            float f[4];
+            _mm_storeu_ps(f, ft[t]);
+            for (int r = 0; r < mr; r++) tot[r * T + t0 + t] = f[r];
+        }
     }
 }
 

@@ -14,7 +14,8 @@
  * widened to u8 for the int8 GEMM) and runs register-blocked GEMM kernels with the same per-element
  * operation sequence. Each element's sequence depends only on its own row and token: OpenMP over output
  * rows keeps results bit-identical at any thread count, T, keep of other rows, or stored size beyond the
- * prefix.
+ * prefix. Row blocks are handed out dynamically (a descheduled thread on a shared machine does not stall
+ * the others); which thread computes a block never changes its operations.
  */
 #include <math.h>
 #include <string.h>
@@ -365,7 +366,7 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
 #pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
     for (int64_t t = 0; t < T; t++)
         (Q->q8_quant ? Q->q8_quant : uq_k_q8_quant)(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
-#pragma omp parallel for num_threads(nth) schedule(static)
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
         const uint8_t *wr[UQ_Q8_MB];
@@ -462,7 +463,7 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
     if (gemv) {
         const int MR = T <= 2 ? 8 : 4;
         const int64_t nblk = (nout + MR - 1) / MR;
-#pragma omp parallel for num_threads(nth) schedule(static)
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 8)
         for (int64_t blk = 0; blk < nblk; blk++) {
             float acc[8 * 4 * 16];
             int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
@@ -499,7 +500,7 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
         const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR, nblk = (nout + MB - 1) / MB;
         const size_t per = (size_t)((direct ? 0 : MB * ldp) + MB * TB * V); /* floats: panel + accumulators */
         if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
-#pragma omp parallel for num_threads(nth) schedule(static)
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
         for (int64_t blk = 0; blk < nblk; blk++) {
             float *wp = work + (size_t)thread_id() * per, *accb = wp + (direct ? 0 : MB * ldp);
             int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];

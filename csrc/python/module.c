@@ -53,6 +53,12 @@ static PyObject *uq_exc_builtin_base(uq_status st) {
     }
 }
 
+/* The exception class of a status (the uniql subclass; its built-in base before module init). */
+static PyObject *uq_exc(uq_status st) {
+    if (st > UQ_OK && st <= UQ_ERR_INTERNAL && UqExc[st]) return UqExc[st];
+    return uq_exc_builtin_base(st);
+}
+
 /* Raises the exception for st with this thread's error message; returns NULL for `return uq_raise(st);`. */
 static PyObject *uq_raise(uq_status st) {
     const char *msg = uq_last_error();
@@ -82,30 +88,30 @@ static const char *uq_npy_name(int typenum) {
  * naming `name`. Never copies or casts. */
 static PyArrayObject *uq_array(PyObject *obj, const char *name, int typenum, int ndim, int writeable) {
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of %s, got %s", name, uq_npy_name(typenum),
+        PyErr_Format(uq_exc(UQ_ERR_DTYPE), "%s must be a numpy.ndarray of %s, got %s", name, uq_npy_name(typenum),
                      Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_TYPE(a) != typenum) {
-        PyErr_Format(PyExc_TypeError, "%s must have dtype %s, got %s", name, uq_npy_name(typenum),
+        PyErr_Format(uq_exc(UQ_ERR_DTYPE), "%s must have dtype %s, got %s", name, uq_npy_name(typenum),
                      PyArray_DESCR(a)->typeobj->tp_name);
         return NULL;
     }
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        PyErr_Format(PyExc_ValueError, "%s must be %d-dimensional, got %d dimensions", name, ndim, PyArray_NDIM(a));
+        PyErr_Format(uq_exc(UQ_ERR_SHAPE), "%s must be %d-dimensional, got %d dimensions", name, ndim, PyArray_NDIM(a));
         return NULL;
     }
     if (!PyArray_IS_C_CONTIGUOUS(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous (use numpy.ascontiguousarray)", name);
+        PyErr_Format(uq_exc(UQ_ERR_ARG), "%s must be C-contiguous (use numpy.ascontiguousarray)", name);
         return NULL;
     }
     if (!PyArray_ISALIGNED(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be aligned", name);
+        PyErr_Format(uq_exc(UQ_ERR_ARG), "%s must be aligned", name);
         return NULL;
     }
     if (writeable && !PyArray_ISWRITEABLE(a)) {
-        PyErr_Format(PyExc_ValueError, "%s must be writeable", name);
+        PyErr_Format(uq_exc(UQ_ERR_ARG), "%s must be writeable", name);
         return NULL;
     }
     return a;
@@ -127,7 +133,7 @@ static int uq_expect_shape(PyArrayObject *a, const char *name, int ndim, const i
         size_t l = strlen(got);
         snprintf(got + l, sizeof got - l, i ? ", %lld" : "%lld", (long long)uq_dim(a, i));
     }
-    PyErr_Format(PyExc_ValueError, "%s must have shape %s), got %s)", name, want, got);
+    PyErr_Format(uq_exc(UQ_ERR_SHAPE), "%s must have shape %s), got %s)", name, want, got);
     return -1;
 }
 
