@@ -251,3 +251,23 @@ def test_load_runs_like_transformers(saved):
     got = np.asarray(model.logits(ids)).reshape(ref.shape)
     np.testing.assert_allclose(got, ref, atol=LOGIT_ATOL, rtol=0)
     assert uniql.load is checkpoint.load
+
+
+def test_load_routes_state_space_models_to_the_hybrid_runtime(tmp_path):
+    """uniql.load on a saved Mamba2 checkpoint runs it in the C hybrid runtime (logits as transformers)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from uniql.ssm import HybridModel
+
+    torch.manual_seed(0)
+    cfg = transformers.Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16,
+                                    state_size=16, n_groups=2, expand=2, chunk_size=8, conv_kernel=4,
+                                    tie_word_embeddings=False)
+    model = transformers.Mamba2ForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path / "m")
+    m = uniql.load(tmp_path / "m")
+    assert isinstance(m, HybridModel)
+    ids = np.arange(1, 14)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids[None])).logits[0].numpy()
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -94,7 +94,7 @@ class ArtifactMeta:
             raise FormatError(f"{where}: unknown keys in the uniql section: {', '.join(unknown)}")
         imp = u.get("importance")
         if not isinstance(imp, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in imp):
-            raise FormatError(f"{where}: uniql.importance must be a list of numbers")
+            raise FormatError(f"{where}: invalid uniql section: importance must be a list of numbers")
         for key, kinds in (("max_rate", (int, float)), ("alloc_eps", (int, float)), ("alloc_max_prune", (int, float)),
                            ("quantization", (dict, type(None))), ("sorting", dict), ("architecture", str),
                            ("qk_layout", str), ("source", str)):

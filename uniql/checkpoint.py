@@ -33,12 +33,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# model_type -> the architectures class names accepted for it. Extend both together when the runtime grows
-# (mamba2 / nemotron_h / bamba are planned).
+# model_type -> the architectures class names accepted for it (transformers: uniql.runtime.Model; state-space
+# and hybrid models: uniql.ssm.HybridModel). compress() supports the transformer types so far.
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "llama": ("LlamaForCausalLM",),
     "qwen2": ("Qwen2ForCausalLM",),
+    "mamba2": ("Mamba2ForCausalLM",),
+    "nemotron_h": ("NemotronHForCausalLM",),
+    "bamba": ("BambaForCausalLM",),
 }
+HYBRID_MODEL_TYPES: tuple[str, ...] = ("mamba2", "nemotron_h", "bamba")
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(SUPPORTED_ARCHITECTURES)
 
 CONFIG_FILE = "config.json"
@@ -319,4 +323,8 @@ def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> 
     tensors = read_tensors(d)
     tokenizer = load_tokenizer(d)
     log.info("loaded %d tensors from %s (tokenizer: %s)", len(tensors), d, "yes" if tokenizer else "none")
+    if cfg.get("model_type") in HYBRID_MODEL_TYPES:
+        from uniql.ssm import HybridModel
+
+        return HybridModel.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)
     return Model.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.errors import DTypeError, RangeError, ShapeError, UnsupportedError
+from uniql.errors import DTypeError, FormatError, RangeError, ShapeError, UnsupportedError
 from uniql.runtime import _Q4, _as_q4, _f32, _ids_array, _is_q4, _permute_rows
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,22 @@ def _eos(d: Mapping[str, Any]) -> tuple[int, ...]:
     return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
 
 
+def _json_float(x: Any) -> float:
+    """A config float; transformers 5 saves non-finite floats as {"__float__": "Infinity"}."""
+    if isinstance(x, dict) and set(x) == {"__float__"}:
+        x = x["__float__"]
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise FormatError(f"config value {x!r} is not a number") from None
+
+
 def _dt_limit(v: Any) -> tuple[float, float]:
     if v is None:
         return 0.0, math.inf
-    lo, hi = (float(x) for x in v)
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise FormatError(f"time_step_limit must be a pair [min, max], got {v!r}")
+    lo, hi = (_json_float(x) for x in v)
     return lo, hi
 
 

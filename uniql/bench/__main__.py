@@ -1,0 +1,6 @@
+"""``python -m uniql.bench``: speed and memory of the C runtime (see uniql.bench)."""
+import sys
+
+from uniql.bench import main
+
+sys.exit(main())
