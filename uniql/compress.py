@@ -404,39 +404,43 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     t = time.perf_counter()
     rest: dict[str, Any] = {"model.norm.weight": np.asarray(tensors["model.norm.weight"], np.float32)}
     E = np.ascontiguousarray(tensors["model.embed_tokens.weight"], dtype=np.float32)
-    if opts.quantize:
-        qe = quantize_rtn(E, group=n)
-        rest["model.embed_tokens.qweight"] = qe.packed
-        rest["model.embed_tokens.scales"] = qe.scales.astype(np.float16)
-        info["model.embed_tokens"] = {"format": "q4", "shape": list(E.shape), "group": n, "segments": 1}
-    else:
-        rest["model.embed_tokens.weight"] = E.astype(wdt)
-        info["model.embed_tokens"] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(E.shape)}
-    if not cfg.get("tie_word_embeddings", False):
-        W = np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        if opts.quantize:
-            # the final-norm output is the attention input of a one-layer model whose input norm is the final norm
-            fin = _layer_tensors(tensors, 0)
-            fin["model.layers.0.input_layernorm.weight"] = tensors["model.norm.weight"]
-            fm = _one_layer_model(cfg, tensors, fin, freq_map=None, interleaved=False, max_seq=T)
-            c_h = Covariance(n)
-            for b in range(B):
-                _, cap = fm.layer_forward(0, X[b], capture=("attn_in",))
-                c_h.update(cap["attn_in"])
-            del fm
-            qh = quantize_gptq(W, c_h.mean(), group=opts.group, damp=opts.damp)
-            rest["lm_head.qweight"] = qh.packed
-            rest["lm_head.scales"] = qh.scales.astype(np.float16)
-            info["lm_head"] = {"format": "q4", "shape": list(W.shape), "group": opts.group, "segments": 1}
+    tied = bool(cfg.get("tie_word_embeddings", False))
+
+    def put(name: str, W: np.ndarray, q: Any) -> None:
+        if q is not None:
+            rest[name + ".qweight"] = q.packed
+            rest[name + ".scales"] = q.scales.astype(np.float16)
+            info[name] = {"format": "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
         else:
-            rest["lm_head.weight"] = W.astype(wdt)
-            info["lm_head"] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(W.shape)}
+            rest[name + ".weight"] = W.astype(wdt)
+            info[name] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(W.shape)}
+
+    head_q = None
+    if opts.quantize:
+        # GPTQ of lm_head on the final-norm output: the attention input of a one-layer model whose input norm is
+        # the final norm. Tied embeddings stay tied: the GPTQ table also serves the embedding lookups.
+        fin = _layer_tensors(tensors, 0)
+        fin["model.layers.0.input_layernorm.weight"] = tensors["model.norm.weight"]
+        fm = _one_layer_model(cfg, tensors, fin, freq_map=None, interleaved=False, max_seq=T)
+        c_h = Covariance(n)
+        for b in range(B):
+            _, cap = fm.layer_forward(0, X[b], capture=("attn_in",))
+            c_h.update(cap["attn_in"])
+        del fm
+        W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
+        head_q = _f16_scales(quantize_gptq(W, c_h.mean(), group=opts.group, damp=opts.damp))
+    if tied:
+        put("model.embed_tokens", E, head_q)
+    else:
+        put("model.embed_tokens", E, _f16_scales(quantize_rtn(E, group=opts.group)) if opts.quantize else None)
+        put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q)
     st.save_file(part / REST_FILE, rest)
 
     meta = ArtifactMeta(
         format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate, importance=tuple(importance),
         mlp_granularity=mlp_gran, attn_granularity=attn_gran,
-        quantization={"bits": 4, "group": opts.group, "o_group": go, "embedding": "rtn-row", "scheme": "gptq"}
+        quantization={"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
+                      "embedding": "gptq-lm-head (tied)" if tied else "rtn"}
         if opts.quantize else None,
         sorting={"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
                  "num_samples": int(B), "seq_len": int(T)},

@@ -235,25 +235,34 @@ __attribute__((target("avx2"))) static float stream_sum_avx2(const float *p, int
 /* Register-only peak loops: 12 independent accumulators, iters steps; returns a value to keep them live. */
 __attribute__((target("avx512f,avx512vnni"))) static float peak_vnni512(int64_t iters) {
     __m512i a[12], w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(-1);
+#pragma GCC unroll 12
     for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512();
     for (int64_t it = 0; it < iters; it++)
+#pragma GCC unroll 12
         for (int i = 0; i < 12; i++) __asm__("vpdpbusd %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
+#pragma GCC unroll 12
     for (int i = 1; i < 12; i++) a[0] = _mm512_add_epi32(a[0], a[i]);
     return (float)_mm512_reduce_add_epi32(a[0]);
 }
 __attribute__((target("avx512f"))) static float peak_fma512(int64_t iters) {
     __m512 a[12], w = _mm512_set1_ps(1.0f), x = _mm512_set1_ps(1e-7f);
+#pragma GCC unroll 12
     for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
     for (int64_t it = 0; it < iters; it++)
+#pragma GCC unroll 12
         for (int i = 0; i < 12; i++) __asm__("vfmadd231ps %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
+#pragma GCC unroll 12
     for (int i = 1; i < 12; i++) a[0] = _mm512_add_ps(a[0], a[i]);
     return _mm512_reduce_add_ps(a[0]);
 }
 __attribute__((target("avx2,fma"))) static float peak_fma256(int64_t iters) {
     __m256 a[12], w = _mm256_set1_ps(1.0f), x = _mm256_set1_ps(1e-7f);
+#pragma GCC unroll 12
     for (int i = 0; i < 12; i++) a[i] = _mm256_setzero_ps();
     for (int64_t it = 0; it < iters; it++)
+#pragma GCC unroll 12
         for (int i = 0; i < 12; i++) __asm__("vfmadd231ps %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
+#pragma GCC unroll 12
     for (int i = 1; i < 12; i++) a[0] = _mm256_add_ps(a[0], a[i]);
     float t[8];
     _mm256_storeu_ps(t, a[0]);
