@@ -7,7 +7,7 @@ export OPENBLAS_CORETYPE ?= SkylakeX
 # pytest's default run; long real-model runs are behind -m slow
 PYTEST_ARGS ?= -q
 
-.PHONY: setup system-deps data test test-c test-py demo bench fuzz valgrind clean
+.PHONY: setup system-deps data test test-c test-py demo bench fuzz fuzz-deps valgrind clean
 
 system-deps:
 	@if ! pkg-config --exists openblas lapacke 2>/dev/null || ! [ -f /usr/include/lapacke.h ]; then \
@@ -42,7 +42,14 @@ valgrind: system-deps
 
 # libFuzzer harnesses of the C readers (clang): each runs FUZZ_SECONDS (10 s: cheap enough for CI)
 FUZZ_SECONDS ?= 10
-fuzz:
+fuzz-deps:
+	@if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then \
+		echo "installing clang libclang-rt-14-dev (libFuzzer) with apt-get"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq clang libclang-rt-14-dev; \
+	fi
+
+# libFuzzer harnesses of the C readers (safetensors, JSON), FUZZ_SECONDS each (CI: 10)
+fuzz: fuzz-deps
 	$(MAKE) -C csrc fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 
 clean:

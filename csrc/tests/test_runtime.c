@@ -346,8 +346,83 @@ static void test_nll_sample(void) {
     CHECK_STATUS(uq_sample(lg, 4, 1.0, 0.5, NULL, &id), UQ_ERR_ARG);
 }
 
+/* ---------------------------------------------------------------------------- kernel paths ---- */
+
+/* Every available kernel path against the float64 twin (fp32, fp16, int4 fp32-act), the int8-activation
+ * path bit-exact across paths, fp16 == fp32 on the rounded weights bit for bit, and bad requests. */
+static void test_kernel_paths(void) {
+    static const char *paths[] = {"ref", "avx2", "avx512"};
+    enum { R = 37, C = 300, TMAX = 17 };
+    static float W[R * C], Wr[R * C], b[R], x[TMAX * C], y[TMAX * R], yr[TMAX * R], y8[3][TMAX * R];
+    static uint16_t W16[R * C];
+    static uint8_t packed[R * (C / 2)];
+    static float scales[R * 64];
+    unsigned long long s = 7;
+    fill(W, R * C, &s, 1.0);
+    fill(b, R, &s, 0.5);
+    fill(x, TMAX * C, &s, 1.0);
+    CHECK_STATUS(uq_convert_f32_to_f16(W, R * C, W16), UQ_OK);
+    CHECK_STATUS(uq_convert_f16_to_f32(W16, R * C, Wr), UQ_OK);
+    const int64_t cases[][5] = {/* nseg_out, keep_out, nseg_in, keep_in, group */
+                                {1, 37, 1, 300, 128}, {1, 37, 1, 129, 128}, {1, 1, 1, 1, 32}, {1, 5, 1, 31, 32},
+                                {1, 36, 2, 150, 50}, {1, 20, 6, 45, 16}, {1, 11, 3, 99, 7}};
+    const int64_t Ts[] = {1, 2, 5, 17};
+    int have[3] = {1, 0, 0};
+    uq_kernels_available("avx2", &have[1]);
+    uq_kernels_available("avx512", &have[2]);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t nso = cases[ci][0], ko = cases[ci][1], nsi = cases[ci][2], ki = cases[ci][3], g = cases[ci][4];
+        const int64_t gps = (C / nsi + g - 1) / g;
+        q4_quant_seg(W, R, C, nsi, g, packed, scales);
+        uq_linear lf = {.kind = UQ_W_F32, .rows = R, .cols = C, .w = W, .bias = b};
+        uq_linear lr = {.kind = UQ_W_F32, .rows = R, .cols = C, .w = Wr, .bias = b};
+        uq_linear lh = {.kind = UQ_W_F16, .rows = R, .cols = C, .w16 = W16, .bias = b};
+        uq_linear lq = {.kind = UQ_W_Q4, .rows = R, .cols = C, .packed = packed, .scales = scales, .group = g,
+                        .scale_cols = nsi * gps, .bias = b};
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int64_t T = Ts[ti], n = T * nso * ko;
+            for (int p = 0; p < 3; p++) {
+                if (!have[p]) continue;
+                CHECK_STATUS(uq_kernels_set(paths[p]), UQ_OK);
+                CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_FP32), UQ_OK);
+                const uq_linear *ls[3] = {&lf, &lh, &lq};
+                for (int k = 0; k < 3; k++) {
+                    CHECK_STATUS(uq_linear_forward(ls[k], x, T, nso, ko, nsi, ki, y), UQ_OK);
+                    CHECK_STATUS(uq_linear_forward_ref(ls[k], x, T, nso, ko, nsi, ki, yr), UQ_OK);
+                    double e = max_rel(y, yr, n);
+                    CHECK(e < LIN_REL_TOL, "path %s kind %d case %zu T %lld: rel err %g", paths[p], k, ci,
+                          (long long)T, e);
+                }
+                CHECK_STATUS(uq_linear_forward(&lh, x, T, nso, ko, nsi, ki, y), UQ_OK);
+                CHECK_STATUS(uq_linear_forward(&lr, x, T, nso, ko, nsi, ki, yr), UQ_OK);
+                CHECK(memcmp(y, yr, (size_t)n * sizeof(float)) == 0, "path %s case %zu: fp16 != fp32 on rounded W",
+                      paths[p], ci);
+                CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_INT8), UQ_OK);
+                CHECK_STATUS(uq_linear_forward(&lq, x, T, nso, ko, nsi, ki, y8[p]), UQ_OK);
+                if (p > 0)
+                    CHECK(memcmp(y8[p], y8[0], (size_t)n * sizeof(float)) == 0,
+                          "int8 activations: path %s differs from ref (case %zu, T %lld)", paths[p], ci, (long long)T);
+                CHECK_STATUS(uq_linear_forward_ref(&lq, x, T, nso, ko, nsi, ki, yr), UQ_OK);
+                double e8 = max_rel(y8[p], yr, n);
+                CHECK(e8 < 3e-2, "int8 activations case %zu: rel err %g vs fp32", ci, e8);
+            }
+        }
+    }
+    CHECK_STATUS(uq_kernels_set("bogus"), UQ_ERR_ARG);
+    CHECK(strstr(uq_last_error(), "bogus") != NULL, "kernels_set message: %s", uq_last_error());
+    CHECK_STATUS(uq_kernels_set_q4_act(7), UQ_ERR_ARG);
+    CHECK_STATUS(uq_kernels_set_threads(0), UQ_ERR_ARG);
+    double gb = 0;
+    CHECK_STATUS(uq_bench_read_bw(100, 1, 1, &gb), UQ_ERR_ARG);
+    for (int p = 1; p < 3; p++)
+        if (!have[p]) CHECK_STATUS(uq_kernels_set(paths[p]), UQ_ERR_UNSUPPORTED);
+    CHECK_STATUS(uq_kernels_set("auto"), UQ_OK);
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_FP32), UQ_OK);
+}
+
 void test_runtime(void) {
     test_linear();
     test_tiny_model();
     test_nll_sample();
+    test_kernel_paths();
 }

@@ -78,6 +78,7 @@ class BenchConfig:
     torch: bool = True
     micro: bool = True
     micro_paths: tuple[str, ...] = ("ref", "avx2", "avx512")
+    bw_bytes: int = GIB  # buffer streamed by the read-bandwidth measurement
 
     def __post_init__(self) -> None:
         for r in self.rates:
@@ -125,14 +126,14 @@ def _load() -> float:
         return float("nan")
 
 
-def machine_info(threads: int, repeats: int) -> dict[str, Any]:
+def machine_info(threads: int, repeats: int, bw_bytes: int = GIB) -> dict[str, Any]:
     """CPU, kernel path, read bandwidth (1 thread and ``threads``) and arithmetic peaks, measured now."""
     info = _C.kernels_info()
     out: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "kernels": info["path"],
                            "threads": threads, "avx2": info["avx2"], "avx512": info["avx512"],
                            "load_before": _load()}
-    out["read_gbps_1t"] = _C.bench_read_bw(GIB, repeats + 2, 1)
-    out["read_gbps"] = _C.bench_read_bw(GIB, repeats + 2, threads)
+    out["read_gbps_1t"] = _C.bench_read_bw(bw_bytes, repeats + 2, 1)
+    out["read_gbps"] = _C.bench_read_bw(bw_bytes, repeats + 2, threads)
     try:
         out["fp32_peak_gmacs"] = _C.bench_peak(0, threads)
     except Exception as e:  # noqa: BLE001 - recorded, not fatal
@@ -561,7 +562,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     threads = _C.kernels_info()["threads"]
     notes: list[str] = []
     t_start = time.perf_counter()
-    mach = machine_info(threads, cfg.repeats)
+    mach = machine_info(threads, cfg.repeats, cfg.bw_bytes)
     results: list[RunResult] = []
     torch_res: dict[str, dict[str, Any]] = {}
     for name in cfg.models:

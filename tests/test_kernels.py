@@ -1,0 +1,322 @@
+"""Kernel paths (ref / avx2 / avx512) of the segmented linear and the runtime: every optimized kernel against its
+twin (float64 reference with a tolerance from the reduction length; bit-exact for the integer int8-activation
+path), determinism across T and thread counts, fp16 weights, forced paths in subprocesses, bad inputs, and a
+smoke run of ``uniql.bench``."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from uniql import _C
+from uniql.errors import InvalidArgumentError
+from uniql.quant import quantize_rtn
+
+PATHS = ("ref", "avx2", "avx512")
+AVAILABLE = [p for p in PATHS if p == "ref" or _C.kernels_info()[p]]
+# |y - y_ref| <= LIN_TOL_FACTOR * n * eps32 * sum_i |w_i x_i| (n = reduction length): float32 dot error bound
+LIN_TOL_FACTOR = 2.0
+EPS32 = float(np.finfo(np.float32).eps)
+# int8 activations vs fp32 activations on the same int4 weight, relative to max |y| (quantization noise)
+A8_REL_TOL = 3e-2
+# runtime logits across kernel paths (same model), relative to max |logit|
+PATH_REL_TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernels():
+    info = _C.kernels_info()
+    yield
+    _C.kernels_set(info["path"])
+    _C.kernels_set_q4_act(info["q4_act"])
+    _C.kernels_set_threads(info["threads"])
+
+
+def q4_weight(W, nseg, group):
+    """int4 with per-segment groups (the runtime's o_proj layout) via the C quantizer, segment by segment."""
+    rows, cols = W.shape
+    seg = cols // nseg
+    parts = [quantize_rtn(np.ascontiguousarray(W[:, s * seg:(s + 1) * seg]), group) for s in range(nseg)]
+    if nseg == 1:
+        q = parts[0]
+        return q.packed, q.scales
+    codes = np.concatenate([_unpack(p.packed, seg) for p in parts], axis=1)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    return np.ascontiguousarray(packed), np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1))
+
+
+def _unpack(packed, cols):
+    c = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint8)
+    c[:, 0::2] = packed & 15
+    c[:, 1::2] = packed >> 4
+    return c[:, :cols]
+
+
+def dequant(packed, scales, cols, nseg, group):
+    """float64 W of an int4 weight (test-only reference)."""
+    seg = cols // nseg
+    gps = -(-seg // group)
+    q = _unpack(packed, cols).astype(np.float64) - 8
+    col = np.arange(cols)
+    sidx = (col // seg) * gps + (col % seg) // group
+    return q * scales[:, sidx].astype(np.float64)
+
+
+def make_spec(kind, W, b, nseg, group):
+    rows, cols = W.shape
+    if kind == "f32":
+        return (W, None, 0, cols, b), W.astype(np.float64)
+    if kind == "f16":
+        w16 = W.astype(np.float16)
+        return (w16, None, 0, cols, b), w16.astype(np.float64)
+    p, s = q4_weight(W, nseg, group)
+    return (p, s, group, cols, b), dequant(p, s, cols, nseg, group)
+
+
+def selected(Wd, rows, cols, nso, ko, nsi, ki):
+    """float64 W restricted to the selection (nso*ko, nsi*ki)."""
+    so, si = rows // nso, cols // nsi
+    r = np.concatenate([np.arange(s * so, s * so + ko) for s in range(nso)])
+    c = np.concatenate([np.arange(s * si, s * si + ki) for s in range(nsi)])
+    return Wd[np.ix_(r, c)], r
+
+
+def forward(spec, x, nso, ko, nsi, ki, ref=False):
+    y = np.empty((x.shape[0], nso * ko), np.float32)
+    _C.linear_forward(spec, x, y, nso, ko, nsi, ki, ref)
+    return y
+
+
+# (rows, cols, nseg_out, keep_out, nseg_in, keep_in, group): rows 1 / odd, cols 1, g-1, g, g+1, segments,
+# keeps that cut groups, groups that are multiples of 128 (wide int4 pieces), odd groups (scalar fallbacks)
+CASES = [
+    (1, 1, 1, 1, 1, 1, 1), (7, 31, 1, 7, 1, 31, 32), (5, 32, 1, 5, 1, 32, 32), (3, 33, 1, 3, 1, 33, 32),
+    (9, 127, 1, 9, 1, 127, 128), (17, 128, 1, 17, 1, 128, 128), (9, 129, 1, 9, 1, 129, 128),
+    (30, 40, 3, 7, 2, 13, 4), (24, 256, 2, 9, 4, 48, 16), (16, 384, 1, 16, 1, 300, 128), (33, 512, 1, 33, 1, 511, 128),
+    (12, 96, 3, 3, 2, 40, 7), (6, 200, 1, 6, 1, 200, 200),
+]
+
+
+@pytest.mark.parametrize("path", AVAILABLE)
+@pytest.mark.parametrize("kind", ["f32", "f16", "q4"])
+def test_linear_matches_float64_twin(path, kind, rng):
+    _C.kernels_set(path)
+    _C.kernels_set_q4_act("fp32")
+    for rows, cols, nso, ko, nsi, ki, g in CASES:
+        if kind == "q4" and nsi > 1 and (cols // nsi) % 2:
+            continue
+        W = rng.standard_normal((rows, cols)).astype(np.float32)
+        b = rng.standard_normal(rows).astype(np.float32)
+        spec, Wd = make_spec(kind, W, b, nsi, g)
+        Ws, ridx = selected(Wd, rows, cols, nso, ko, nsi, ki)
+        for T in (1, 2, 5, 17):
+            x = rng.standard_normal((T, nsi * ki)).astype(np.float32)
+            y = forward(spec, x, nso, ko, nsi, ki)
+            want = x.astype(np.float64) @ Ws.T + b[ridx]
+            bound = LIN_TOL_FACTOR * (nsi * ki + 1) * EPS32 * (np.abs(x) @ np.abs(Ws).T + np.abs(b[ridx])) + 1e-30
+            assert np.all(np.abs(y - want) <= bound), (path, kind, rows, cols, nso, ko, nsi, ki, g, T)
+
+
+@pytest.mark.parametrize("path", AVAILABLE)
+@pytest.mark.parametrize("kind,act", [("f32", "fp32"), ("f16", "fp32"), ("q4", "fp32"), ("q4", "int8")])
+def test_linear_deterministic_across_T_and_threads(path, kind, act, rng):
+    _C.kernels_set(path)
+    _C.kernels_set_q4_act(act)
+    for rows, cols, nso, ko, nsi, ki, g in [(33, 512, 1, 33, 1, 511, 128), (24, 256, 2, 9, 4, 48, 16),
+                                           (40, 300, 1, 37, 1, 300, 32)]:
+        W = rng.standard_normal((rows, cols)).astype(np.float32)
+        spec, _ = make_spec(kind, W, None, nsi, g)
+        x = rng.standard_normal((20, nsi * ki)).astype(np.float32)
+        _C.kernels_set_threads(2)
+        y = forward(spec, x, nso, ko, nsi, ki)
+        _C.kernels_set_threads(1)
+        assert np.array_equal(forward(spec, x, nso, ko, nsi, ki), y)
+        for t in (0, 7, 19):
+            assert np.array_equal(forward(spec, x[t:t + 1].copy(), nso, ko, nsi, ki)[0], y[t])
+        assert np.array_equal(forward(spec, x[3:8].copy(), nso, ko, nsi, ki), y[3:8])
+
+
+@pytest.mark.parametrize("path", AVAILABLE)
+@pytest.mark.parametrize("act", ["fp32", "int8"])
+def test_int4_truncated_weight_is_bit_identical(path, act, rng):
+    """A weight stored truncated to the keep gives the same bits as the full weight at that keep."""
+    _C.kernels_set(path)
+    _C.kernels_set_q4_act(act)
+    rows, cols, g, ko, ki = 40, 512, 128, 23, 320
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    p, s = q4_weight(W, 1, g)
+    x = rng.standard_normal((9, ki)).astype(np.float32)
+    full = forward((p, s, g, cols, None), x, 1, ko, 1, ki)
+    pt = np.ascontiguousarray(p[:ko, :ki // 2])
+    st = np.ascontiguousarray(s[:ko, :-(-ki // g)])
+    trunc = forward((pt, st, g, ki, None), x, 1, ko, 1, ki)
+    assert np.array_equal(full, trunc)
+
+
+def test_int8_activations_bit_exact_across_paths(rng):
+    _C.kernels_set_q4_act("int8")
+    for rows, cols, nso, ko, nsi, ki, g in CASES + [(70, 4096, 1, 70, 1, 4096, 4096), (40, 1024, 1, 40, 1, 1000, 128)]:
+        if nsi > 1 and (cols // nsi) % 2:
+            continue
+        W = rng.standard_normal((rows, cols)).astype(np.float32)
+        b = rng.standard_normal(rows).astype(np.float32)
+        spec, Wd = make_spec("q4", W, b, nsi, g)
+        Ws, ridx = selected(Wd, rows, cols, nso, ko, nsi, ki)
+        for T in (1, 2, 5, 17, 33):
+            x = rng.standard_normal((T, nsi * ki)).astype(np.float32)
+            outs = {}
+            for path in AVAILABLE:
+                _C.kernels_set(path)
+                outs[path] = forward(spec, x, nso, ko, nsi, ki)
+            for path in AVAILABLE:
+                assert np.array_equal(outs[path], outs["ref"]), (path, rows, cols, g, T)
+            want = x.astype(np.float64) @ Ws.T + b[ridx]
+            assert np.abs(outs["ref"] - want).max() <= A8_REL_TOL * np.abs(want).max(), (rows, cols, g, T)
+
+
+@pytest.mark.parametrize("path", AVAILABLE)
+def test_fp16_weights_equal_fp32_on_rounded_weights(path, rng):
+    """F16C conversion is exact: fp16 weights give the same bits as fp32 weights holding the rounded values."""
+    _C.kernels_set(path)
+    for rows, cols, nso, ko, nsi, ki, g in CASES:
+        W = rng.standard_normal((rows, cols)).astype(np.float16)
+        x = rng.standard_normal((6, nsi * ki)).astype(np.float32)
+        for T in (1, 6):
+            a = forward((W, None, 0, cols, None), x[:T].copy(), nso, ko, nsi, ki)
+            b = forward((W.astype(np.float32), None, 0, cols, None), x[:T].copy(), nso, ko, nsi, ki)
+            assert np.array_equal(a, b), (path, rows, cols, T)
+
+
+def test_bad_kernel_requests_raise_named_errors():
+    with pytest.raises(InvalidArgumentError, match="'bogus' is not one of"):
+        _C.kernels_set("bogus")
+    with pytest.raises(ValueError, match="'int4'"):
+        _C.kernels_set_q4_act("int4")
+    with pytest.raises(InvalidArgumentError, match="n must be >= 1"):
+        _C.kernels_set_threads(0)
+    W = np.ones((4, 8), np.float32)
+    with pytest.raises(ValueError, match="nseg_in\\*keep_in"):
+        _C.linear_forward((W, None, 0, 8, None), np.ones((1, 7), np.float32), np.empty((1, 4), np.float32), 1, 4, 1, 8)
+    for name in PATHS:
+        if name not in AVAILABLE:
+            with pytest.raises(NotImplementedError, match="lacks"):
+                _C.kernels_set(name)
+
+
+# ------------------------------------------------------------------------ runtime, forced paths ----
+
+_SCRIPT = r"""
+import json, sys
+import numpy as np
+from uniql import _C
+from uniql.runtime import Model
+from uniql.quant import quantize_rtn
+cfg = dict(model_type="llama", vocab_size=96, hidden_size=256, intermediate_size=384, num_hidden_layers=2,
+           num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64)
+rng = np.random.default_rng(0)
+t = {"model.embed_tokens.weight": rng.standard_normal((96, 256)).astype(np.float32),
+     "model.norm.weight": np.ones(256, np.float32), "lm_head.weight": rng.standard_normal((96, 256)).astype(np.float32) * 0.05}
+for i in range(2):
+    p = f"model.layers.{i}."
+    t[p + "input_layernorm.weight"] = np.ones(256, np.float32)
+    t[p + "post_attention_layernorm.weight"] = np.ones(256, np.float32)
+    for n, s in (("self_attn.q_proj", (256, 256)), ("self_attn.k_proj", (128, 256)), ("self_attn.v_proj", (128, 256)),
+                 ("self_attn.o_proj", (256, 256)), ("mlp.gate_proj", (384, 256)), ("mlp.up_proj", (384, 256)),
+                 ("mlp.down_proj", (256, 384))):
+        t[p + n + ".weight"] = rng.standard_normal(s).astype(np.float32) * 0.06
+kind = sys.argv[1]
+if kind == "int4":
+    t = {k: (quantize_rtn(v, 64 if "o_proj" in k else 128) if v.ndim == 2 else v) for k, v in t.items()}
+m = Model.from_hf_tensors(cfg, t, max_seq=64, max_chunk=16, weight_dtype="float16" if kind == "fp16" else "float32")
+ids = rng.integers(0, 96, 40)
+full = m.logits(ids)
+m.reset()
+parts = np.concatenate([m.forward(ids[:23]), m.forward(ids[23:24]), m.forward(ids[24:])])
+print(json.dumps({"path": _C.kernels_info()["path"], "logits": full.tolist(), "pieces_equal": bool(np.array_equal(full, parts))}))
+"""
+
+
+def _run_path(path, kind, extra_env=None):
+    env = dict(os.environ, UNIQL_KERNELS=path, UNIQL_NUM_THREADS="2", **(extra_env or {}))
+    r = subprocess.run([sys.executable, "-c", _SCRIPT, kind], capture_output=True, text=True, env=env, timeout=120)
+    return r
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "int4"])
+def test_runtime_logits_agree_across_forced_paths(kind):
+    outs = {}
+    for path in AVAILABLE:
+        r = _run_path(path, kind)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        assert d["path"] == path
+        assert d["pieces_equal"], (path, kind)  # prefill == chunks == decode, bit for bit, on every path
+        outs[path] = np.asarray(d["logits"])
+    ref = outs["ref"]
+    for path, lg in outs.items():
+        assert np.abs(lg - ref).max() <= PATH_REL_TOL * np.abs(ref).max(), (path, kind)
+
+
+def test_runtime_int8_activations_close_to_fp32():
+    a = _run_path(AVAILABLE[-1], "int4")
+    b = _run_path(AVAILABLE[-1], "int4", {"UNIQL_Q4_ACT": "int8"})
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    la = np.asarray(json.loads(a.stdout.strip().splitlines()[-1])["logits"])
+    lb = json.loads(b.stdout.strip().splitlines()[-1])
+    assert lb["pieces_equal"]
+    assert np.abs(np.asarray(lb["logits"]) - la).max() <= A8_REL_TOL * np.abs(la).max()
+
+
+@pytest.mark.parametrize("var,value,match", [("UNIQL_KERNELS", "avx9000", "UNIQL_KERNELS='avx9000'"),
+                                             ("UNIQL_Q4_ACT", "int3", "UNIQL_Q4_ACT='int3'"),
+                                             ("UNIQL_NUM_THREADS", "zero", "UNIQL_NUM_THREADS='zero'")])
+def test_bad_environment_fails_at_model_creation(var, value, match):
+    env = dict(os.environ, **{var: value})
+    code = ("from uniql.runtime import Model\n"
+            "import numpy as np\n"
+            "cfg = dict(model_type='llama', vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,"
+            " num_attention_heads=2, num_key_value_heads=1, head_dim=4)\n"
+            "t = {'model.embed_tokens.weight': np.ones((8, 8), np.float32), 'model.norm.weight': np.ones(8, np.float32),"
+            " 'lm_head.weight': np.ones((8, 8), np.float32)}\n"
+            "p = 'model.layers.0.'\n"
+            "t.update({p + 'input_layernorm.weight': np.ones(8, np.float32), p + 'post_attention_layernorm.weight':"
+            " np.ones(8, np.float32)})\n"
+            "for n, s in (('self_attn.q_proj', (8, 8)), ('self_attn.k_proj', (4, 8)), ('self_attn.v_proj', (4, 8)),"
+            " ('self_attn.o_proj', (8, 8)), ('mlp.gate_proj', (8, 8)), ('mlp.up_proj', (8, 8)), ('mlp.down_proj', (8, 8))):\n"
+            "    t[p + n + '.weight'] = np.ones(s, np.float32)\n"
+            "from uniql.errors import InvalidArgumentError\n"
+            "try:\n"
+            "    Model.from_hf_tensors(cfg, t)\n"
+            "except InvalidArgumentError as e:\n"
+            "    print('ERR', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "ERR" in r.stdout and match in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------------------------------- bench ----
+
+def test_bench_read_bandwidth_and_peaks_are_positive():
+    assert _C.bench_read_bw(1 << 22, 1, 1) > 0
+    assert _C.bench_peak(0, 1) > 0
+    with pytest.raises(InvalidArgumentError, match="1 MiB"):
+        _C.bench_read_bw(1000, 1, 1)
+
+
+def test_bench_smoke_run():
+    from uniql import bench
+
+    cfg = bench.BenchConfig(models=("smollm2-135m",), rates=(0.0, 0.35), kinds=("fp16", "int4"), prompt=8, gen=2,
+                            repeats=1, torch=False, micro=False, bw_bytes=1 << 24)
+    if not (bench.SMOLLM2_DIR / "config.json").exists():
+        pytest.skip("converted SmolLM2 not present (the bench would convert it: too slow for a unit test)")
+    rep = bench.run(cfg)
+    runs = {(r["kind"], r["rate"]): r for r in rep["runs"]}
+    assert set(runs) == {("fp16", 0.0), ("fp16", 0.35), ("int4", 0.0), ("int4", 0.35)}
+    assert runs[("int4", 0.35)]["memory_mb"] < runs[("fp16", 0.0)]["memory_mb"]
+    assert all(r["decode_tok_s"] > 0 and r["ttft_s"] > 0 for r in rep["runs"])
+    assert "int4" in bench.format_report(rep)
+    with pytest.raises(InvalidArgumentError, match="rates must be in"):
+        bench.BenchConfig(rates=(1.5,))
