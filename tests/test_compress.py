@@ -211,26 +211,41 @@ compress(sys.argv[1], sys.argv[2], calibration=np.random.default_rng(0).integers
 """
 
 
-def test_sigkill_then_resume_is_identical(tmp_path, llama):
-    src, ref_art = llama[0], llama[3]
-    out = tmp_path / "killed"
-    script = _KILL_SCRIPT.format(vocab=VOCAB, n=NSAMP, s=SEQ)
+@pytest.mark.parametrize("kill_after", [0, 1, 3], ids=["first-layer", "mid", "final-write"])
+def test_sigkill_then_resume_is_identical(tmp_path, llama, kill_after):
+    """SIGKILL at several points (while layer 0 runs, after a finished layer, while the embedding / lm_head /
+    config are written) never leaves a loadable artifact, and resume=True reproduces the uninterrupted artifact
+    byte for byte."""
+    src = llama[0]
+    out, ref_art = tmp_path / "killed", tmp_path / "reference"
+    # more calibration than the other tests, so that each stage lasts long enough to be interrupted
+    script = _KILL_SCRIPT.format(vocab=VOCAB, n=4 * NSAMP, s=2 * SEQ)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    subprocess.run([sys.executable, "-c", script, str(src), str(ref_art)], env=env, check=True)
     proc = subprocess.Popen([sys.executable, "-c", script, str(src), str(out)], env=env)
-    progress = out.with_name(out.name + ".partial") / "progress.json"
+    part = out.with_name(out.name + ".partial")
+    progress = part / "progress.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if progress.is_file() and json.loads(progress.read_text() or "{}").get("done", 0) >= 1:
+        if kill_after == 0 and part.is_dir():
             break
-        time.sleep(0.02)
+        if kill_after > 0 and progress.is_file():
+            try:
+                done = json.loads(progress.read_text() or "{}").get("done", 0)
+            except json.JSONDecodeError:
+                done = 0
+            if done >= kill_after:
+                break
+        time.sleep(0.005)
     if proc.poll() is not None:
         pytest.skip("compression finished before it could be interrupted")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists(), "a killed run must not leave a loadable artifact"
-    with pytest.raises(Exception):
+    with pytest.raises(uniql.UniqlError):
         uniql.load(out)
     subprocess.run([sys.executable, "-c", script, str(src), str(out), "resume"], env=env, check=True)
+    assert not part.exists()
     for name in [layer_file(i) for i in range(3)] + [REST_FILE, "config.json"]:
         assert (out / name).read_bytes() == (ref_art / name).read_bytes(), name
 

@@ -222,6 +222,17 @@ def weight_files(model_dir: PathLike) -> list[Path]:
     raise ModelNotFoundError(f"no {WEIGHTS_FILE} or {INDEX_FILE} in {str(d)!r}")
 
 
+def tensor_names(model_dir: PathLike) -> list[str]:
+    """Names of every tensor of a checkpoint directory (from the safetensors headers; no data is read)."""
+    d = _model_dir(model_dir)
+    if (d / INDEX_FILE).is_file():
+        return [n for names in _shard_plan(d).values() for n in names]
+    if (d / WEIGHTS_FILE).is_file():
+        with _safetensors().safe_open(d / WEIGHTS_FILE) as f:
+            return list(f.keys())
+    raise ModelNotFoundError(f"no {WEIGHTS_FILE} or {INDEX_FILE} in {str(d)!r}")
+
+
 def read_tensors(model_dir: PathLike, *, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """All weights of a checkpoint directory (or only ``names``) as float32 arrays keyed by their HF names.
 

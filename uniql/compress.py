@@ -32,7 +32,8 @@ import numpy as np
 
 from uniql import checkpoint, safetensors as st
 from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file
-from uniql.errors import InvalidArgumentError, RangeError, UniqlIOError, UnsupportedError
+from uniql.errors import (FormatError, InvalidArgumentError, RangeError, UniqlError, UniqlIOError,
+                          UnsupportedError)
 from uniql.linalg import Covariance
 from uniql.quant import quantize_gptq, quantize_rtn
 from uniql.runtime import Model
@@ -142,6 +143,54 @@ def _layer_tensors(tensors: dict[str, Any], i: int) -> dict[str, Any]:
     return {"model.layers.0." + k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
 
 
+_LAYER_WEIGHTS = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
+                  "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                  "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+
+
+class _Checkpoint:
+    """Streams a checkpoint layer by layer: the embedding / final norm / lm_head stay in memory, a decoder layer
+    is read when it is needed and dropped after (peak memory: one layer, not the model)."""
+
+    def __init__(self, src: Path, num_layers: int) -> None:
+        self.src = src
+        names = checkpoint.tensor_names(src)
+        self.by_layer: list[list[str]] = [[] for _ in range(num_layers)]
+        other = []
+        for n in names:
+            if n.startswith("model.layers."):
+                idx = n.split(".")[2]
+                if not idx.isdigit() or int(idx) >= num_layers:
+                    raise FormatError(f"tensor {n!r} names a layer the config does not have ({num_layers} layers)")
+                self.by_layer[int(idx)].append(n)
+            elif not n.endswith("rotary_emb.inv_freq"):
+                other.append(n)
+        self.shared = checkpoint.read_tensors(src, names=other)
+
+    def layer(self, i: int) -> dict[str, np.ndarray]:
+        """Layer i's tensors under layer-0 names."""
+        return _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i)
+
+    def validate(self, cfg: dict[str, Any]) -> None:
+        """Before anything is written: every weight finite (C scan, naming the tensor) and names/shapes
+        consistent with the config (the runtime's validation of a one-layer model per layer)."""
+        from uniql import _C
+
+        for name, a in self.shared.items():
+            _C.check_finite(a, name)
+        for i in range(len(self.by_layer)):
+            lay = self.layer(i)
+            for w in _LAYER_WEIGHTS:
+                if "model.layers.0." + w not in lay:
+                    raise FormatError(f"missing tensor 'model.layers.{i}.{w}' in {str(self.src)!r}")
+            for name, a in lay.items():
+                _C.check_finite(a, f"model.layers.{i}." + name[len("model.layers.0."):])
+            try:
+                _one_layer_model(cfg, self.shared, lay, freq_map=None, interleaved=False, max_seq=2)
+            except UniqlError as e:
+                raise type(e)(f"layer {i}: {e}") from None
+
+
 def _o_group(head_dim: int, group: int) -> int:
     """o_proj group size: the largest even divisor of the head dim that is <= group (groups inside a head)."""
     for g in range(min(group, head_dim), 0, -1):
@@ -177,16 +226,6 @@ class _Timer:
 
     def add(self, stage: str, dt: float) -> None:
         self.t[stage] = self.t.get(stage, 0.0) + dt
-
-
-def validate_tensors(cfg: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
-    """Checks the checkpoint before compression writes anything: every weight finite (C scan, naming the tensor)
-    and names/shapes consistent with the config (the runtime's own validation, at no copy for float32)."""
-    from uniql import _C
-
-    for name, a in tensors.items():
-        _C.check_finite(np.ascontiguousarray(a, dtype=np.float32), name)
-    Model.from_hf_tensors(cfg, tensors, max_seq=2, max_chunk=2)
 
 
 def _f16_scales(q: Any) -> Any:
@@ -235,8 +274,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     timer = _Timer()
     t0 = time.perf_counter()
 
-    tensors = checkpoint.read_tensors(src)
-    validate_tensors(cfg, tensors)            # names, shapes, NaN/Inf: before anything is written
+    ckpt = _Checkpoint(src, int(cfg["num_hidden_layers"]))
+    ckpt.validate(cfg)                        # names, shapes, NaN/Inf: before anything is written
+    tensors = ckpt.shared                     # embedding, final norm, lm_head (decoder layers are streamed)
     timer.add("read", time.perf_counter() - t0)
     from uniql.runtime import TransformerConfig
     tc = TransformerConfig.from_hf(cfg)
@@ -269,7 +309,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         part.mkdir(parents=True)
     if X is None:
         t = time.perf_counter()
-        emb = _one_layer_model(cfg, tensors, _layer_tensors(tensors, 0), freq_map=None, interleaved=False,
+        emb = _one_layer_model(cfg, tensors, ckpt.layer(0), freq_map=None, interleaved=False,
                                max_seq=T)
         X = np.stack([emb.embed(ids[b]) for b in range(B)])
         del emb
@@ -283,7 +323,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         bar = tqdm(bar, desc="compress", unit="layer", initial=start, total=L)
 
     for i in bar:
-        lay = _layer_tensors(tensors, i)
+        lay = ckpt.layer(i)
         p0 = "model.layers.0."
         a, m = p0 + "self_attn.", p0 + "mlp."
         # 1. calibrate the original layer
@@ -419,7 +459,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if opts.quantize:
         # GPTQ of lm_head on the final-norm output: the attention input of a one-layer model whose input norm is
         # the final norm. Tied embeddings stay tied: the GPTQ table also serves the embedding lookups.
-        fin = _layer_tensors(tensors, 0)
+        fin = ckpt.layer(0)
         fin["model.layers.0.input_layernorm.weight"] = tensors["model.norm.weight"]
         fm = _one_layer_model(cfg, tensors, fin, freq_map=None, interleaved=False, max_seq=T)
         c_h = Covariance(n)
