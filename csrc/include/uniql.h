@@ -448,7 +448,8 @@ int uq_kernels_threads(void);
 
 /* Benchmarks (for uniql.bench; they time with omp_get_wtime and report the best of reps >= 1).
  * Read bandwidth: streams a buffer of `bytes` (>= 1 MiB; allocated and touched inside) with the widest
- * vector loads available, split over nthreads threads; *gbps = bytes / best time / 1e9. */
+ * vector loads available, split over nthreads threads (4 concurrent streams each); *gbps = bytes / best
+ * time / 1e9. */
 uq_status uq_bench_read_bw(size_t bytes, int reps, int nthreads, double *gbps);
 /* Arithmetic peak of one register-only loop per thread (12 independent accumulators): which = 0 fp32 FMA
  * (AVX-512 or AVX2), 1 int8 vpdpbusd (AVX-512 VNNI); *gmacs = multiply-adds per second / 1e9 over nthreads.

@@ -352,13 +352,12 @@ static UQ_T512I __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
     return _mm512_castsi512_si128(_mm512_permutexvar_epi32(idx, u));
 }
 
-/* 4 rows (missing rows repeat the last one) x NT tokens; the epilogue runs on the 4 rows as float lanes with
- * exactly the scalar operations. */
+/* 4 rows (missing rows repeat the last one) x NT tokens; per group the 4 row sums of a token come out of
+ * one hsum4 and the epilogue runs in scalar floats with exactly the reference operations. */
 static UQ_T512I void q8_gemv_t(const uint8_t *const *w, const float *const *s, const int8_t *xq, int64_t ldq,
                                const float *xs, const int32_t *xsum, int64_t ldg, int64_t t0, const uq_k_chunk *ch,
-                               int64_t nch, __m128 *ft, const int NT) {
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++) ft[t] = _mm_setzero_ps();
+                               int64_t nch, float *out, const int NT) {
+    float f0[4] = {0}, f1[4] = {0}, f2[4] = {0}, f3[4] = {0};
     for (int64_t k = 0; k < nch; k++) {
         __m512i a[4][4];
 #pragma GCC unroll 4
@@ -383,15 +382,85 @@ static UQ_T512I void q8_gemv_t(const uint8_t *const *w, const float *const *s, c
             }
         }
         const int64_t sc = ch[k].scol;
-        const __m128 ws = _mm_setr_ps(s[0][sc], s[1][sc], s[2][sc], s[3][sc]);
+        const float w0 = s[0][sc], w1 = s[1][sc], w2 = s[2][sc], w3 = s[3][sc];
 #pragma GCC unroll 4
         for (int t = 0; t < NT; t++) {
             const int64_t gi = (t0 + t) * ldg + k;
-            __m128i isum = _mm_sub_epi32(hsum4(a[0][t], a[1][t], a[2][t], a[3][t]),
-                                         _mm_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
-            ft[t] = _mm_add_ps(ft[t], _mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(ws, _mm_set1_ps(xs[gi]))));
+            int32_t is[4];
+            _mm_storeu_si128((__m128i *)is, hsum4(a[0][t], a[1][t], a[2][t], a[3][t]));
+            const int32_t off = UQ_Q4_OFFSET * xsum[gi];
+            const float x = xs[gi];
+            float *f = t == 0 ? f0 : t == 1 ? f1 : t == 2 ? f2 : f3;
+            f[0] = f[0] + (float)(is[0] - off) * (w0 * x);
+            f[1] = f[1] + (float)(is[1] - off) * (w1 * x);
+            f[2] = f[2] + (float)(is[2] - off) * (w2 * x);
+            f[3] = f[3] + (float)(is[3] - off) * (w3 * x);
         }
     }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+        const float *f = t == 0 ? f0 : t == 1 ? f1 : t == 2 ? f2 : f3;
+        for (int r = 0; r < 4; r++) out[r * 4 + t] = f[r];
+    }
+}
+
+/* Row sums of 16 vectors: out lane r = sum of the 16 int32 lanes of a[r] (exact). */
+static UQ_T512I __m512i hsum16(const __m512i *a) {
+    __m512i s[8], u[4];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm512_add_epi32(_mm512_shuffle_i64x2(a[2 * i], a[2 * i + 1], 0x44),
+                                _mm512_shuffle_i64x2(a[2 * i], a[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) /* u[i] 128-bit lane L = 4 partial sums of row 4i + L */
+        u[i] = _mm512_add_epi32(_mm512_shuffle_i64x2(s[2 * i], s[2 * i + 1], 0x88),
+                                _mm512_shuffle_i64x2(s[2 * i], s[2 * i + 1], 0xDD));
+    __m512i w01 = _mm512_add_epi32(_mm512_unpacklo_epi32(u[0], u[1]), _mm512_unpackhi_epi32(u[0], u[1]));
+    __m512i w23 = _mm512_add_epi32(_mm512_unpacklo_epi32(u[2], u[3]), _mm512_unpackhi_epi32(u[2], u[3]));
+    __m512i r = _mm512_add_epi32(_mm512_unpacklo_epi64(w01, w23), _mm512_unpackhi_epi64(w01, w23));
+    /* lane 4L + j of r = row 4j + L */
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_epi32(idx, r);
+}
+
+/* One token, 16 rows (missing rows repeat the last one): one hsum16 per group and the scalar epilogue run as
+ * 16 float lanes (the same operations per row). Scales are transposed 64 groups at a time. */
+UQ_T512 static void q8_gemv16(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq,
+                              const float *xs, const int32_t *xsum, const uq_k_chunk *ch, int64_t nch, float *tot) {
+    const uint8_t *wp[16];
+    const float *sp[16];
+    for (int i = 0; i < 16; i++) {
+        wp[i] = w[i < mr ? i : mr - 1];
+        sp[i] = s[i < mr ? i : mr - 1];
+    }
+    float sT[64 * 16];
+    __m512 f = _mm512_setzero_ps();
+    for (int64_t kb = 0; kb < nch; kb += 64) {
+        const int64_t nk = nch - kb < 64 ? nch - kb : 64;
+        for (int r = 0; r < 16; r++)
+            for (int64_t k = 0; k < nk; k++) sT[k * 16 + r] = sp[r][ch[kb + k].scol];
+        for (int64_t k = kb; k < kb + nk; k++) {
+            __m512i a[16];
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++) a[r] = _mm512_setzero_si512();
+            for (int64_t c0 = 0; c0 < ch[k].n; c0 += 128) {
+                const int64_t nb = (ch[k].n - c0 + 1) / 2;
+                const __m512i xe = _mm512_loadu_si512(xq + ch[k].xq + c0), xo = _mm512_loadu_si512(xq + ch[k].xq + c0 + 64);
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; r++) {
+                    __m512i lo, hi;
+                    nib64(wp[r] + ch[k].wcol / 2 + c0 / 2, nb, &lo, &hi);
+                    a[r] = dpbusd(dpbusd(a[r], lo, xe), hi, xo);
+                }
+            }
+            __m512i is = _mm512_sub_epi32(hsum16(a), _mm512_set1_epi32(UQ_Q4_OFFSET * xsum[k]));
+            __m512 p = _mm512_mul_ps(_mm512_loadu_ps(sT + (k - kb) * 16), _mm512_set1_ps(xs[k]));
+            f = _mm512_add_ps(f, _mm512_mul_ps(_mm512_cvtepi32_ps(is), p));
+        }
+    }
+    float o[16];
+    _mm512_storeu_ps(o, f);
+    for (int r = 0; r < mr; r++) tot[r] = o[r];
 }
 
 UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
@@ -405,18 +474,15 @@ UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int 
     }
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
-        __m128 ft[4];
+        float ft[16];
         switch (nt) {
         case 1: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1); break;
         case 2: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2); break;
         case 3: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3); break;
         default: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4); break;
         }
-        for (int t = 0; t < nt; t++) {
-            float f[4];
-            _mm_storeu_ps(f, ft[t]);
-            for (int r = 0; r < mr; r++) tot[r * T + t0 + t] = f[r];
-        }
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < mr; r++) tot[r * T + t0 + t] = ft[r * 4 + t];
     }
 }
 
@@ -529,7 +595,7 @@ static UQ_T512I void q8_tile(const uint8_t *p0, const uint8_t *p1, const float *
 
 UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
-                            int64_t nch, float *tot, int64_t ldt, void *work) {
+                            int64_t nch, float *y, int64_t ldy, void *work) {
     const int64_t nbk = q8_blocks(ch, nch);
     uint8_t *pan = (uint8_t *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
     float *sv = (float *)(pan + 2 * nbk * 2048);
@@ -583,9 +649,11 @@ UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int 
             default: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 1); break;
             }
         }
-        for (int r = 0; r < nrows; r++)
-            #pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) tot[r * ldt + t0 + t] = ft[((r / 16) * 8 + t) * 16 + r % 16];
+        for (int i = 0; i < ntile; i++) {
+            const int nr = nrows - 16 * i < 16 ? nrows - 16 * i : 16;
+            for (int t = 0; t < nt; t++)
+                _mm512_mask_storeu_ps(y + (t0 + t) * ldy + 16 * i, tail16(nr), _mm512_loadu_ps(ft + (i * 8 + t) * 16));
+        }
     }
 }
 
@@ -605,6 +673,7 @@ const uq_kpath uq_kpath_avx512 = {
     .gemm = gemm512,
     .q8_quant = q8_quant,
     .q8_gemv = q8_gemv,
+    .q8_gemv16 = q8_gemv16,
     .q8_gemm = q8_gemm,
     .q8_gemm_work = q8_gemm_work,
 };

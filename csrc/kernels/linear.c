@@ -354,8 +354,8 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
     uq_status st = build_groups(nseg_in, seg_in, keep_in, g, Q->cw, &ch, &ng, &ldq);
     if (st != UQ_OK) return st;
     const int nth = par_threads(nout * nin * T);
-    const int gemm = Q->q8_gemm && T >= UQ_Q8_GEMM_MIN_T;
-    const int64_t MB = gemm ? UQ_Q8_MB : 4, nblk = (nout + MB - 1) / MB;
+    const int gemm = Q->q8_gemm && T >= UQ_Q8_GEMM_MIN_T, g16 = !gemm && T == 1 && Q->q8_gemv16;
+    const int64_t MB = gemm ? UQ_Q8_MB : g16 ? 16 : 4, nblk = (nout + MB - 1) / MB;
     size_t wb = gemm ? (Q->q8_gemm_work(ch, ng) + 63) / 64 * 64 : 0;
     if ((st = uq_alloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
         (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
@@ -378,8 +378,18 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
         }
         int id = thread_id();
         float *tt = tot + (int64_t)id * MB * T;
-        if (gemm)
-            Q->q8_gemm(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt, T, (char *)work + (size_t)id * wb);
+        if (gemm) {
+            Q->q8_gemm(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, y + o0, nout, (char *)work + (size_t)id * wb);
+            if (b)
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t i = 0; i < nr; i++) {
+                        int64_t o = o0 + i;
+                        y[t * nout + o] = y[t * nout + o] + b[(o / keep_out) * seg_out + o % keep_out];
+                    }
+            continue;
+        }
+        if (g16)
+            Q->q8_gemv16(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt);
         else
             Q->q8_gemv(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt);
         for (int64_t i = 0; i < nr; i++) {
@@ -551,14 +561,12 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                 }
                 for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
                     int64_t nrr = tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR;
-                    for (int64_t i = 0; i < nr; i++) {
-                        int64_t rt = i / 4, r = i % 4;
-                        for (int64_t t = 0; t < nrr; t++) {
-                            const float *a = accb + ((rt * ntt + tt) * 4 * UQ_K_NR + r * nrr + t) * V;
+                    for (int64_t t = 0; t < nrr; t++) /* token-major: contiguous stores along the rows */
+                        for (int64_t i = 0; i < nr; i++) {
+                            const float *a = accb + (((i / 4) * ntt + tt) * 4 * UQ_K_NR + (i % 4) * nrr + t) * V;
                             float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
                             y[(t0 + tt * UQ_K_NR + t) * nout + o0 + i] = b ? d + b[row[i]] : d;
                         }
-                    }
                 }
             }
         }
