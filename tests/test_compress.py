@@ -282,3 +282,18 @@ def test_cli_compress_text_calibration_then_generate(tmp_path, llama, capsys):
     rc = main(["compress", str(src), "-o", str(out), "--file", str(text), "--samples", "2", "--seq-len", "8"])
     err = capsys.readouterr().err
     assert rc == 2 and "exists and is not empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_gptq_in_row_chunks_equals_one_call(monkeypatch):
+    """compress quantizes tall weights (lm_head) in row blocks to bound the float64 workspace: identical codes."""
+    from uniql import compress as cm
+    from uniql.quant import quantize_gptq
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((256, 48)).astype(np.float32)
+    H = (X.T.astype(np.float64) @ X.astype(np.float64)) / 256
+    W = rng.standard_normal((50, 48)).astype(np.float32)
+    monkeypatch.setattr(cm, "GPTQ_ROW_CHUNK", 16)
+    a, b = cm._gptq(W, H, 16, 0.01), quantize_gptq(W, H, group=16, damp=0.01)
+    np.testing.assert_array_equal(a.packed, b.packed)
+    np.testing.assert_array_equal(a.scales, b.scales)

@@ -228,6 +228,23 @@ class _Timer:
         self.t[stage] = self.t.get(stage, 0.0) + dt
 
 
+GPTQ_ROW_CHUNK = 8192
+
+
+def _gptq(W: np.ndarray, H: np.ndarray, group: int, damp: float) -> Any:
+    """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
+    so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
+    of 128k x 4096 would otherwise need 4 GB of it."""
+    from uniql.quant import QuantizedTensor
+
+    if W.shape[0] <= GPTQ_ROW_CHUNK:
+        return quantize_gptq(W, H, group=group, damp=damp)
+    parts = [quantize_gptq(np.ascontiguousarray(W[r:r + GPTQ_ROW_CHUNK]), H, group=group, damp=damp)
+             for r in range(0, W.shape[0], GPTQ_ROW_CHUNK)]
+    return QuantizedTensor(np.concatenate([q.packed for q in parts]), np.concatenate([q.scales for q in parts]),
+                           (int(W.shape[0]), int(W.shape[1])), group)
+
+
 def _f16_scales(q: Any) -> Any:
     """The quantized tensor with its scales rounded to float16, as the artifact stores and the runtime uses them
     (so the next layer is calibrated on exactly what deployment computes)."""
@@ -400,8 +417,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
                                (a + "v_proj", H_attn, opts.group), (a + "o_proj", c_o.mean(), go),
                                (m + "gate_proj", H_mlp, opts.group), (m + "up_proj", H_mlp, opts.group),
                                (m + "down_proj", H_z, opts.group)):
-                stored[name + ".weight"] = _f16_scales(quantize_gptq(np.ascontiguousarray(sl[name + ".weight"]), H,
-                                                                     group=g, damp=opts.damp))
+                stored[name + ".weight"] = _f16_scales(_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, g,
+                                                             opts.damp))
             timer.add("quantize", time.perf_counter() - t)
             # 4. propagate through the compressed layer
             t = time.perf_counter()
@@ -468,7 +485,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             c_h.update(cap["attn_in"])
         del fm
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(quantize_gptq(W, c_h.mean(), group=opts.group, damp=opts.damp))
+        head_q = _f16_scales(_gptq(W, c_h.mean(), opts.group, opts.damp))
     if tied:
         put("model.embed_tokens", E, head_q)
     else:

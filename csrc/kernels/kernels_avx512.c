@@ -426,12 +426,14 @@ static UQ_T512I __m512i hsum16(const __m512i *a) {
 /* One token, 16 rows (missing rows repeat the last one): one hsum16 per group and the scalar epilogue run as
  * 16 float lanes (the same operations per row). Scales are transposed 64 groups at a time. */
 UQ_T512 static void q8_gemv16(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq,
-                              const float *xs, const int32_t *xsum, const uq_k_chunk *ch, int64_t nch, float *tot) {
-    const uint8_t *wp[16];
+                              const float *xs, const int32_t *xsum, const uq_k_chunk *ch, int64_t nch, float *tot,
+                              const uint8_t *const *wn) {
+    const uint8_t *wp[16], *pf[16];
     const float *sp[16];
     for (int i = 0; i < 16; i++) {
         wp[i] = w[i < mr ? i : mr - 1];
         sp[i] = s[i < mr ? i : mr - 1];
+        pf[i] = wn ? wn[i] : wp[i]; /* rows of the next block: prefetched one group ahead of use */
     }
     float sT[64 * 16];
     __m512 f = _mm512_setzero_ps();
@@ -449,6 +451,7 @@ UQ_T512 static void q8_gemv16(const uint8_t *const *w, const float *const *s, in
 #pragma GCC unroll 16
                 for (int r = 0; r < 16; r++) {
                     __m512i lo, hi;
+                    _mm_prefetch((const char *)(pf[r] + ch[k].wcol / 2 + c0 / 2), _MM_HINT_T0);
                     nib64(wp[r] + ch[k].wcol / 2 + c0 / 2, nb, &lo, &hi);
                     a[r] = dpbusd(dpbusd(a[r], lo, xe), hi, xo);
                 }

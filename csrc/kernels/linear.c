@@ -366,7 +366,7 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
 #pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
     for (int64_t t = 0; t < T; t++)
         (Q->q8_quant ? Q->q8_quant : uq_k_q8_quant)(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 4)
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
         const uint8_t *wr[UQ_Q8_MB];
@@ -388,10 +388,17 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
                     }
             continue;
         }
-        if (g16)
-            Q->q8_gemv16(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt);
-        else
+        if (g16) {
+            const uint8_t *wn[16];
+            int64_t n1 = nout - (o0 + MB) < MB ? nout - (o0 + MB) : MB;
+            for (int64_t i = 0; i < 16 && n1 > 0; i++) {
+                int64_t o = o0 + MB + (i < n1 ? i : n1 - 1);
+                wn[i] = L->packed + ((o / keep_out) * seg_out + o % keep_out) * rowbytes;
+            }
+            Q->q8_gemv16(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt, n1 > 0 ? wn : NULL);
+        } else {
             Q->q8_gemv(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt);
+        }
         for (int64_t i = 0; i < nr; i++) {
             int64_t o = o0 + i, row = (o / keep_out) * seg_out + o % keep_out;
             for (int64_t t = 0; t < T; t++) y[t * nout + o] = b ? tt[i * T + t] + b[row] : tt[i * T + t];
