@@ -18,7 +18,6 @@ use. Nothing here computes: slicing and bookkeeping only; numerics are in the C 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field

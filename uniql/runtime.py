@@ -236,11 +236,143 @@ def _ids_array(ids: Any, what: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
-class Model:
+class SequenceModel:
+    """What every C-runtime model offers on top of its C forward (``uniql.runtime.Model`` for transformers,
+    ``uniql.ssm.HybridModel`` for Mamba2 / hybrids): sequences, scoring, generation, accounting. Subclasses set
+    ``_c_forward``, ``_c_state_info`` and ``_c_state_reset`` (the binding's functions for their C model) and the
+    attributes ``config`` (with vocab_size and eos_token_ids), ``tokenizer``, ``max_seq``, ``_cm``, ``_state``,
+    ``_arrays`` (the weight arrays the C model points into)."""
+
+    _c_forward: Any
+    _c_state_info: Any
+    _c_state_reset: Any
+
+    # ------------------------------------------------------------------------------ running ----
+    @property
+    def position(self) -> int:
+        """Number of tokens of the current sequence (in the KV cache / folded into the SSM state)."""
+        return self._c_state_info(self._state)[0]
+
+    def reset(self) -> None:
+        """Starts a new sequence (empties the KV caches, zeroes SSM/conv states)."""
+        self._c_state_reset(self._state)
+
+    def forward(self, ids: Any, last_only: bool = False) -> np.ndarray:
+        """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only."""
+        a = _ids_array(ids)
+        out = np.empty((1 if last_only else a.size, self.config.vocab_size), np.float32)
+        self._c_forward(self._cm, self._state, a, out)
+        return out
+
+    def logits(self, ids: Any) -> np.ndarray:
+        """float32 logits (T, vocab) of a fresh sequence."""
+        a = _ids_array(ids)
+        self.reset()
+        return self.forward(a)
+
+    def nll(self, ids: Any) -> np.ndarray:
+        """float64 (T-1,): -log p(ids[t] | ids[:t]) for t = 1..T-1 of a fresh sequence."""
+        a = _ids_array(ids)
+        if a.size < 2:
+            raise InvalidArgumentError("nll needs at least 2 tokens")
+        lg = self.logits(a)
+        out = np.empty(a.size - 1, np.float64)
+        _C.nll(lg[:-1], a[1:], out)
+        return out
+
+    def _encode(self, text_or_ids: Any, what: str) -> tuple[np.ndarray, bool]:
+        if isinstance(text_or_ids, str):
+            if self.tokenizer is None:
+                raise InvalidArgumentError(f"{what} is a str but the model has no tokenizer: pass token ids")
+            if not text_or_ids:
+                raise InvalidArgumentError(f"{what} is empty")
+            enc = self.tokenizer.encode(text_or_ids)
+            return _ids_array(getattr(enc, "ids", enc), what), True
+        return _ids_array(text_or_ids, what), False
+
+    def perplexity(self, text_or_ids: Any, window: int = 512, stride: int | None = None) -> float:
+        """Sliding-window perplexity (as in Hugging Face's perplexity guide): windows of ``window`` tokens
+        start every ``stride`` (default: window) tokens and each scores only tokens not scored before;
+        the first token of the text is never scored. NLL computed in C (float64)."""
+        ids, _ = self._encode(text_or_ids, "text")
+        stride = window if stride is None else int(stride)
+        if window < 2 or window > self.max_seq:
+            raise InvalidArgumentError(f"window {window} must be in [2, max_seq = {self.max_seq}]")
+        if not 1 <= stride <= window:
+            raise InvalidArgumentError(f"stride {stride} must be in [1, window = {window}]")
+        n = ids.size
+        if n < 2:
+            raise InvalidArgumentError("perplexity needs at least 2 tokens")
+        total, count, prev_end = 0.0, 0, 0
+        for begin in range(0, n, stride):
+            end = min(begin + window, n)
+            first = max(prev_end, begin + 1)  # first position scored in this window
+            if end > first:
+                self.reset()
+                lg = np.empty((end - first + 1, self.config.vocab_size), np.float32)
+                self._c_forward(self._cm, self._state, ids[begin:end], lg)
+                nll = np.empty(end - first, np.float64)
+                _C.nll(lg[:-1], ids[first:end], nll)
+                total += float(nll.sum())
+                count += end - first
+            prev_end = end
+            if end == n:
+                break
+        return math.exp(total / count)
+
+    def generate(self, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> str | list[int]:
+        """Generates up to ``max_new_tokens`` after ``prompt`` (a fresh sequence), stopping at an
+        eos_token_id of the config or when the KV cache is full. Greedy when temperature <= 0, else
+        temperature + top-p sampling with a splitmix64 RNG seeded by ``seed`` (deterministic). Returns the
+        generated continuation only: a str when the prompt is a str (decoded by the tokenizer), else a list
+        of ids."""
+        ids, is_text = self._encode(prompt, "prompt")
+        if max_new_tokens < 0:
+            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not 0.0 < top_p <= 1.0:
+            raise InvalidArgumentError(f"top_p must be in (0, 1], got {top_p}")
+        if ids.size > self.max_seq:
+            raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {self.max_seq}")
+        rng = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
+        eos = set(self.config.eos_token_ids)
+        out: list[int] = []
+        self.reset()
+        logits = self.forward(ids, last_only=True)
+        for _ in range(max_new_tokens):
+            tok = _C.sample(logits[0], float(temperature), float(top_p), rng)
+            out.append(tok)
+            if tok in eos or self.position >= self.max_seq:
+                break
+            logits = self.forward(np.array([tok], np.int32), last_only=True)
+        if is_text:
+            return self.tokenizer.decode(out)
+        return out
+
+    # ---------------------------------------------------------------------------- accounting ----
+    def weight_bytes(self) -> int:
+        """Bytes of the weight arrays the model references (each array counted once; no KV cache)."""
+        seen, total = set(), 0
+        for a in self._arrays:
+            if id(a) not in seen:
+                seen.add(id(a))
+                total += a.nbytes
+        return total
+
+    def memory_bytes(self) -> int:
+        """Bytes of the weights referenced by the model plus its state (KV caches, SSM/conv states, scratch)."""
+        return self.weight_bytes() + self._c_state_info(self._state)[1]
+
+
+class Model(SequenceModel):
     """A Llama/Qwen2 model in the C runtime with a KV-cache state.
 
     Not thread-safe: one sequence at a time (the GIL is released inside C calls).
     """
+
+    _c_forward = staticmethod(_C.tf_forward)
+    _c_state_info = staticmethod(_C.tf_state_info)
+    _c_state_reset = staticmethod(_C.tf_state_reset)
 
     def __init__(self, config: TransformerConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
@@ -410,108 +542,6 @@ class Model:
         for layer in range(self.num_layers):
             self.set_keep(layer, ms[layer], rs[layer])
 
-    # ------------------------------------------------------------------------------ running ----
-    @property
-    def position(self) -> int:
-        """Number of tokens in the KV cache."""
-        return _C.tf_state_info(self._state)[0]
-
-    def reset(self) -> None:
-        """Starts a new sequence (empties the KV cache)."""
-        _C.tf_state_reset(self._state)
-
-    def forward(self, ids: Any, last_only: bool = False) -> np.ndarray:
-        """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only."""
-        a = _ids_array(ids)
-        out = np.empty((1 if last_only else a.size, self.config.vocab_size), np.float32)
-        _C.tf_forward(self._cm, self._state, a, out)
-        return out
-
-    def logits(self, ids: Any) -> np.ndarray:
-        """float32 logits (T, vocab) of a fresh sequence."""
-        a = _ids_array(ids)
-        self.reset()
-        return self.forward(a)
-
-    def nll(self, ids: Any) -> np.ndarray:
-        """float64 (T-1,): -log p(ids[t] | ids[:t]) for t = 1..T-1 of a fresh sequence."""
-        a = _ids_array(ids)
-        if a.size < 2:
-            raise InvalidArgumentError("nll needs at least 2 tokens")
-        lg = self.logits(a)
-        out = np.empty(a.size - 1, np.float64)
-        _C.nll(lg[:-1], a[1:], out)
-        return out
-
-    def _encode(self, text_or_ids: Any, what: str) -> tuple[np.ndarray, bool]:
-        if isinstance(text_or_ids, str):
-            if self.tokenizer is None:
-                raise InvalidArgumentError(f"{what} is a str but the model has no tokenizer: pass token ids")
-            if not text_or_ids:
-                raise InvalidArgumentError(f"{what} is empty")
-            enc = self.tokenizer.encode(text_or_ids)
-            return _ids_array(getattr(enc, "ids", enc), what), True
-        return _ids_array(text_or_ids, what), False
-
-    def perplexity(self, text_or_ids: Any, window: int = 512, stride: int | None = None) -> float:
-        """Sliding-window perplexity (as in Hugging Face's perplexity guide): windows of ``window`` tokens
-        start every ``stride`` (default: window) tokens and each scores only tokens not scored before;
-        the first token of the text is never scored. NLL computed in C (float64)."""
-        ids, _ = self._encode(text_or_ids, "text")
-        stride = window if stride is None else int(stride)
-        if window < 2 or window > self.max_seq:
-            raise InvalidArgumentError(f"window {window} must be in [2, max_seq = {self.max_seq}]")
-        if not 1 <= stride <= window:
-            raise InvalidArgumentError(f"stride {stride} must be in [1, window = {window}]")
-        n = ids.size
-        if n < 2:
-            raise InvalidArgumentError("perplexity needs at least 2 tokens")
-        total, count, prev_end = 0.0, 0, 0
-        for begin in range(0, n, stride):
-            end = min(begin + window, n)
-            first = max(prev_end, begin + 1)  # first position scored in this window
-            if end > first:
-                self.reset()
-                lg = np.empty((end - first + 1, self.config.vocab_size), np.float32)
-                _C.tf_forward(self._cm, self._state, ids[begin:end], lg)
-                nll = np.empty(end - first, np.float64)
-                _C.nll(lg[:-1], ids[first:end], nll)
-                total += float(nll.sum())
-                count += end - first
-            prev_end = end
-            if end == n:
-                break
-        return math.exp(total / count)
-
-    def generate(self, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> str | list[int]:
-        """Generates up to ``max_new_tokens`` after ``prompt`` (a fresh sequence), stopping at an
-        eos_token_id of the config or when the KV cache is full. Greedy when temperature <= 0, else
-        temperature + top-p sampling with a splitmix64 RNG seeded by ``seed`` (deterministic). Returns the
-        generated continuation only: a str when the prompt is a str (decoded by the tokenizer), else a list
-        of ids."""
-        ids, is_text = self._encode(prompt, "prompt")
-        if max_new_tokens < 0:
-            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not 0.0 < top_p <= 1.0:
-            raise InvalidArgumentError(f"top_p must be in (0, 1], got {top_p}")
-        if ids.size > self.max_seq:
-            raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {self.max_seq}")
-        rng = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
-        eos = set(self.config.eos_token_ids)
-        out: list[int] = []
-        self.reset()
-        logits = self.forward(ids, last_only=True)
-        for _ in range(max_new_tokens):
-            tok = _C.sample(logits[0], float(temperature), float(top_p), rng)
-            out.append(tok)
-            if tok in eos or self.position >= self.max_seq:
-                break
-            logits = self.forward(np.array([tok], np.int32), last_only=True)
-        if is_text:
-            return self.tokenizer.decode(out)
-        return out
-
     # ------------------------------------------------------------------ compression pipeline ----
     def _scratch_state(self, T: int) -> Any:
         if self._scratch is None or self._scratch_seq < T:
@@ -556,18 +586,9 @@ class Model:
         return out
 
     # ---------------------------------------------------------------------------- accounting ----
-    def weight_bytes(self) -> int:
-        """Bytes of the weight arrays the model references (each array counted once; no KV cache)."""
-        seen, total = set(), 0
-        for a in self._arrays:
-            if id(a) not in seen:
-                seen.add(id(a))
-                total += a.nbytes
-        return total
-
     def memory_bytes(self) -> int:
         """Bytes of the weights referenced by the model plus its KV cache/scratch state(s)."""
-        total = self.weight_bytes() + _C.tf_state_info(self._state)[1]
+        total = super().memory_bytes()
         if self._scratch is not None:
             total += _C.tf_state_info(self._scratch)[1]
         return total

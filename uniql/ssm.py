@@ -37,7 +37,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import DTypeError, FormatError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import _Q4, _as_q4, _f32, _ids_array, _is_q4, _permute_rows
+from uniql.runtime import SequenceModel, _Q4, _as_q4, _f32, _is_q4, _permute_rows
 
 log = logging.getLogger(__name__)
 
@@ -374,11 +374,15 @@ _NAMES = {
 }
 
 
-class HybridModel:
+class HybridModel(SequenceModel):
     """A Mamba2 / Nemotron-H / Bamba model in the C runtime with its SSM, conv and KV-cache state.
 
     Not thread-safe: one sequence at a time (the GIL is released inside C calls).
     """
+
+    _c_forward = staticmethod(_C.hy_forward)
+    _c_state_info = staticmethod(_C.hy_state_info)
+    _c_state_reset = staticmethod(_C.hy_state_reset)
 
     def __init__(self, config: HybridConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
@@ -611,112 +615,3 @@ class HybridModel:
         _C.hy_set_options(self._cm, opts)
         self._options = opts
 
-    # ------------------------------------------------------------------------------ running ----
-    @property
-    def position(self) -> int:
-        """Number of tokens processed since the last reset."""
-        return _C.hy_state_info(self._state)[0]
-
-    def reset(self) -> None:
-        """Starts a new sequence (zero SSM/conv states, empty KV caches)."""
-        _C.hy_state_reset(self._state)
-
-    def forward(self, ids: Any, last_only: bool = False) -> np.ndarray:
-        """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only."""
-        a = _ids_array(ids)
-        out = np.empty((1 if last_only else a.size, self.config.vocab_size), np.float32)
-        _C.hy_forward(self._cm, self._state, a, out)
-        return out
-
-    def logits(self, ids: Any) -> np.ndarray:
-        """float32 logits (T, vocab) of a fresh sequence."""
-        a = _ids_array(ids)
-        self.reset()
-        return self.forward(a)
-
-    def nll(self, ids: Any) -> np.ndarray:
-        """float64 (T-1,): -log p(ids[t] | ids[:t]) for t = 1..T-1 of a fresh sequence."""
-        a = _ids_array(ids)
-        if a.size < 2:
-            raise ValueError("nll needs at least 2 tokens")
-        lg = self.logits(a)
-        out = np.empty(a.size - 1, np.float64)
-        _C.nll(lg[:-1], a[1:], out)
-        return out
-
-    def _encode(self, text_or_ids: Any, what: str) -> tuple[np.ndarray, bool]:
-        if isinstance(text_or_ids, str):
-            if self.tokenizer is None:
-                raise ValueError(f"{what} is a str but the model has no tokenizer: pass token ids")
-            if not text_or_ids:
-                raise ValueError(f"{what} is empty")
-            enc = self.tokenizer.encode(text_or_ids)
-            return _ids_array(getattr(enc, "ids", enc), what), True
-        return _ids_array(text_or_ids, what), False
-
-    def perplexity(self, text_or_ids: Any, window: int = 512, stride: int | None = None) -> float:
-        """Sliding-window perplexity with the same protocol as :meth:`uniql.runtime.Model.perplexity` (each
-        window is a fresh sequence; only tokens not scored before are scored; NLL in C, float64)."""
-        ids, _ = self._encode(text_or_ids, "text")
-        stride = window if stride is None else int(stride)
-        if window < 2 or window > self.max_seq:
-            raise ValueError(f"window {window} must be in [2, max_seq = {self.max_seq}]")
-        if not 1 <= stride <= window:
-            raise ValueError(f"stride {stride} must be in [1, window = {window}]")
-        n = ids.size
-        if n < 2:
-            raise ValueError("perplexity needs at least 2 tokens")
-        total, count, prev_end = 0.0, 0, 0
-        for begin in range(0, n, stride):
-            end = min(begin + window, n)
-            first = max(prev_end, begin + 1)
-            if end > first:
-                self.reset()
-                lg = np.empty((end - first + 1, self.config.vocab_size), np.float32)
-                _C.hy_forward(self._cm, self._state, ids[begin:end], lg)
-                nll = np.empty(end - first, np.float64)
-                _C.nll(lg[:-1], ids[first:end], nll)
-                total += float(nll.sum())
-                count += end - first
-            prev_end = end
-            if end == n:
-                break
-        return math.exp(total / count)
-
-    def generate(self, prompt: Any, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0) -> str | list[int]:
-        """Generates up to ``max_new_tokens`` after ``prompt`` (a fresh sequence; prefill with the chunked scan,
-        then one recurrence step per token), stopping at an eos id or when max_seq is reached. Greedy when
-        temperature <= 0, else temperature + top-p with a splitmix64 RNG seeded by ``seed``. Returns the
-        continuation: a str for a str prompt, else a list of ids."""
-        ids, is_text = self._encode(prompt, "prompt")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if ids.size > self.max_seq:
-            raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {self.max_seq}")
-        rng = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
-        eos = set(self.config.eos_token_ids)
-        out: list[int] = []
-        self.reset()
-        logits = self.forward(ids, last_only=True)
-        for _ in range(max_new_tokens):
-            tok = _C.sample(logits[0], float(temperature), float(top_p), rng)
-            out.append(tok)
-            if tok in eos or self.position >= self.max_seq:
-                break
-            logits = self.forward(np.array([tok], np.int32), last_only=True)
-        if is_text:
-            return self.tokenizer.decode(out)
-        return out
-
-    # ---------------------------------------------------------------------------- accounting ----
-    def memory_bytes(self) -> int:
-        """Bytes of the weights referenced by the model plus its state (SSM/conv states, KV caches, scratch)."""
-        seen, total = set(), 0
-        for a in self._arrays:
-            if id(a) not in seen:
-                seen.add(id(a))
-                total += a.nbytes
-        return total + _C.hy_state_info(self._state)[1]
