@@ -53,7 +53,7 @@ class ArtifactMeta:
     attn_granularity: int             # attention head-dim keep sizes are multiples of this (even)
     alloc_eps: float = 0.1
     alloc_max_prune: float = 0.85
-    quantization: dict[str, Any] | None = None   # {"bits": 4, "group": g, "o_group": go, "embedding": "rtn-row"}
+    quantization: dict[str, Any] | None = None   # {"bits": 4, "group": g, "o_group": go, "embedding": ...}
     qk_layout: str = "interleaved"
     sorting: dict[str, Any] = field(default_factory=dict)  # scorer options used
     source: str = ""

@@ -10,8 +10,9 @@ Pipeline, layer by layer (only one layer's calibration activations are held):
 3. quantize (optional): GPTQ int4 of every linear (groups of o_proj inside a head's segment, so no rate ever
    cuts a group in a way that needs re-quantization), Hessians from the sorted layer's inputs;
 4. propagate: the next layer's inputs come from the compressed layer;
-5. write: one safetensors file per layer, then the embedding (int4 per-row RTN) / lm_head (GPTQ when untied),
-   the config with the uniql metadata (block importances: any rate is allocated at load time), the tokenizer.
+5. write: one safetensors file per layer, then lm_head (GPTQ on the final-norm output; a tied embedding shares the
+   table, an untied one gets group-wise RTN), the config with the uniql metadata (block importances: any rate is
+   allocated at load time), the tokenizer.
 
 The output is written under ``<out>.partial`` and renamed at the end: an interrupted run never leaves a directory
 that loads as an artifact, and ``resume=True`` continues from the last finished layer.
@@ -369,8 +370,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             cq = _hf_from_interleaved(_diag(c_q), nh, d)
             ck = _hf_from_interleaved(_diag(c_k), nkv, d)
         else:  # ablation: plain weight magnitudes
-            s = np.sqrt(_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
-                np.sqrt(_row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T)))
+            # channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2 (same order as the product of the norms)
+            s = (_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
+                _row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T))
             perm = argsort_desc(s)
             cq = _row_norms_sq(Wq).reshape(nh, d)
             ck = _row_norms_sq(Wk).reshape(nkv, d)
