@@ -18,6 +18,7 @@
  * the others); which thread computes a block never changes its operations.
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -636,5 +637,40 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                 }
             y[t * nout + o] = (float)acc;
         }
+    return UQ_OK;
+}
+
+/* ------------------------------------------------------------------------ validation ---- */
+
+uq_status uq_linear_check(const uq_linear *L, const char *name, int64_t layer, int64_t rows, int64_t cols,
+                              int64_t nseg_in) {
+    char where[64];
+    if (layer >= 0)
+        snprintf(where, sizeof where, "layer %lld %s", (long long)layer, name);
+    else
+        snprintf(where, sizeof where, "%s", name);
+    if (L->rows != rows || L->cols != cols)
+        return uq_set_error(UQ_ERR_SHAPE, "%s: weight shape (%lld, %lld), expected (%lld, %lld)", where,
+                            (long long)L->rows, (long long)L->cols, (long long)rows, (long long)cols);
+    if (L->kind == UQ_W_F32) {
+        if (!L->w) return uq_set_error(UQ_ERR_ARG, "%s: fp32 weight pointer is NULL", where);
+    } else if (L->kind == UQ_W_F16) {
+        if (!L->w16) return uq_set_error(UQ_ERR_ARG, "%s: fp16 weight pointer is NULL", where);
+    } else if (L->kind == UQ_W_Q4) {
+        if (!L->packed || !L->scales) return uq_set_error(UQ_ERR_ARG, "%s: int4 packed/scales pointer is NULL", where);
+        if (L->group < 1) return uq_set_error(UQ_ERR_ARG, "%s: int4 group %lld must be >= 1", where, (long long)L->group);
+        int64_t seg = cols / nseg_in, gps = (seg + L->group - 1) / L->group;
+        if (nseg_in > 1 && (seg & 1))
+            return uq_set_error(UQ_ERR_SHAPE, "%s: int4 head segments must have even width, got %lld", where,
+                                (long long)seg);
+        if (L->scale_cols != nseg_in * gps)
+            return uq_set_error(UQ_ERR_SHAPE,
+                                "%s: int4 scales have %lld columns, expected %lld (%lld segment(s) of %lld columns, "
+                                "group %lld: groups must not straddle heads)",
+                                where, (long long)L->scale_cols, (long long)(nseg_in * gps), (long long)nseg_in,
+                                (long long)seg, (long long)L->group);
+    } else {
+        return uq_set_error(UQ_ERR_ARG, "%s: unknown weight kind %d", where, (int)L->kind);
+    }
     return UQ_OK;
 }

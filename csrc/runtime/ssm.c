@@ -66,37 +66,6 @@ struct uq_hy_state {
 
 /* ------------------------------------------------------------------------------- model ---- */
 
-static uq_status check_lin(const uq_linear *L, const char *name, int64_t layer, int64_t rows, int64_t cols,
-                           int64_t nseg_in) {
-    char where[80];
-    if (layer >= 0)
-        snprintf(where, sizeof where, "layer %lld %s", (long long)layer, name);
-    else
-        snprintf(where, sizeof where, "%s", name);
-    if (L->rows != rows || L->cols != cols)
-        return uq_set_error(UQ_ERR_SHAPE, "%s: weight shape (%lld, %lld), expected (%lld, %lld)", where,
-                            (long long)L->rows, (long long)L->cols, (long long)rows, (long long)cols);
-    if (L->kind == UQ_W_F32) {
-        if (!L->w) return uq_set_error(UQ_ERR_ARG, "%s: fp32 weight pointer is NULL", where);
-    } else if (L->kind == UQ_W_Q4) {
-        if (!L->packed || !L->scales) return uq_set_error(UQ_ERR_ARG, "%s: int4 packed/scales pointer is NULL", where);
-        if (L->group < 1) return uq_set_error(UQ_ERR_ARG, "%s: int4 group %lld must be >= 1", where, (long long)L->group);
-        int64_t seg = cols / nseg_in, gps = (seg + L->group - 1) / L->group;
-        if (nseg_in > 1 && (seg & 1))
-            return uq_set_error(UQ_ERR_SHAPE, "%s: int4 head segments must have even width, got %lld", where,
-                                (long long)seg);
-        if (L->scale_cols != nseg_in * gps)
-            return uq_set_error(UQ_ERR_SHAPE,
-                                "%s: int4 scales have %lld columns, expected %lld (%lld segment(s) of %lld columns, "
-                                "group %lld)",
-                                where, (long long)L->scale_cols, (long long)(nseg_in * gps), (long long)nseg_in,
-                                (long long)seg, (long long)L->group);
-    } else {
-        return uq_set_error(UQ_ERR_ARG, "%s: unknown weight kind %d", where, (int)L->kind);
-    }
-    return UQ_OK;
-}
-
 /* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that
  * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). */
 static uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows) {
@@ -104,6 +73,8 @@ static uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows) {
     v.rows = rows;
     if (L->kind == UQ_W_F32) {
         v.w = L->w + row0 * L->cols;
+    } else if (L->kind == UQ_W_F16) {
+        v.w16 = L->w16 + row0 * L->cols;
     } else {
         v.packed = L->packed + row0 * UQ_Q4_ROW_BYTES(L->cols);
         v.scales = L->scales + row0 * L->scale_cols;
@@ -190,8 +161,8 @@ static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *l
                             (long long)c->ssm_state);
     *Ns = rem / (2 * G);
     uq_status st;
-    if ((st = check_lin(&lw->in_proj, "in_proj", l, lw->in_proj.rows, hid, 1)) != UQ_OK) return st;
-    if ((st = check_lin(&lw->out_proj, "out_proj", l, hid, H * *Ps, H)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->in_proj, "in_proj", l, lw->in_proj.rows, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->out_proj, "out_proj", l, hid, H * *Ps, H)) != UQ_OK) return st;
     return UQ_OK;
 }
 
@@ -225,10 +196,10 @@ static uq_status check_attn(const uq_hy_config *c, const uq_hy_layer_weights *lw
                             (long long)l, (long long)*Rrot, (long long)c->rope_dim, (long long)(*R - *Rrot),
                             (long long)(d - c->rope_dim));
     uq_status st;
-    if ((st = check_lin(&lw->q, "q_proj", l, nh * *R, hid, 1)) != UQ_OK) return st;
-    if ((st = check_lin(&lw->k, "k_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
-    if ((st = check_lin(&lw->v, "v_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
-    if ((st = check_lin(&lw->o, "o_proj", l, hid, nh * *R, nh)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->q, "q_proj", l, nh * *R, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->k, "k_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->v, "v_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->o, "o_proj", l, hid, nh * *R, nh)) != UQ_OK) return st;
     if (lw->freq_map)
         for (int64_t i = 0; i < nkv * (*Rrot / 2); i++)
             if (lw->freq_map[i] < 0 || lw->freq_map[i] >= c->rope_dim / 2)
@@ -245,10 +216,10 @@ static uq_status check_mlp(const uq_hy_config *c, const uq_hy_layer_weights *lw,
         return uq_set_error(UQ_ERR_SHAPE, "layer %lld up_proj: %lld rows outside [1, intermediate_size %lld]",
                             (long long)l, (long long)*K, (long long)c->intermediate_size);
     uq_status st;
-    if (c->mlp_act == UQ_HY_ACT_SILU_GATED && (st = check_lin(&lw->gate, "gate_proj", l, *K, hid, 1)) != UQ_OK)
+    if (c->mlp_act == UQ_HY_ACT_SILU_GATED && (st = uq_linear_check(&lw->gate, "gate_proj", l, *K, hid, 1)) != UQ_OK)
         return st;
-    if ((st = check_lin(&lw->up, "up_proj", l, *K, hid, 1)) != UQ_OK) return st;
-    if ((st = check_lin(&lw->down, "down_proj", l, hid, *K, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->up, "up_proj", l, *K, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&lw->down, "down_proj", l, hid, *K, 1)) != UQ_OK) return st;
     return UQ_OK;
 }
 
@@ -272,9 +243,9 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
     uq_status st = check_config(cfg, w);
     if (st != UQ_OK) return st;
     const int64_t L = cfg->num_layers, hid = cfg->hidden_size, V = cfg->vocab_size;
-    if ((st = check_lin(&w->embed, "embeddings", -1, V, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&w->embed, "embeddings", -1, V, hid, 1)) != UQ_OK) return st;
     if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embeddings: an embedding has no bias");
-    if ((st = check_lin(&w->lm_head, "lm_head", -1, V, hid, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&w->lm_head, "lm_head", -1, V, hid, 1)) != UQ_OK) return st;
     uq_hy_model *m;
     if ((st = uq_calloc(sizeof *m, (void **)&m)) != UQ_OK) return st;
     const int64_t H = cfg->ssm_heads > 0 ? cfg->ssm_heads : 0;

@@ -52,39 +52,6 @@ struct uq_tf_state {
 
 /* ------------------------------------------------------------------------------- model ---- */
 
-static uq_status check_linear(const uq_linear *L, const char *name, int64_t layer, int64_t rows, int64_t cols,
-                              int64_t nseg_in) {
-    char where[64];
-    if (layer >= 0)
-        snprintf(where, sizeof where, "layer %lld %s", (long long)layer, name);
-    else
-        snprintf(where, sizeof where, "%s", name);
-    if (L->rows != rows || L->cols != cols)
-        return uq_set_error(UQ_ERR_SHAPE, "%s: weight shape (%lld, %lld), expected (%lld, %lld)", where,
-                            (long long)L->rows, (long long)L->cols, (long long)rows, (long long)cols);
-    if (L->kind == UQ_W_F32) {
-        if (!L->w) return uq_set_error(UQ_ERR_ARG, "%s: fp32 weight pointer is NULL", where);
-    } else if (L->kind == UQ_W_F16) {
-        if (!L->w16) return uq_set_error(UQ_ERR_ARG, "%s: fp16 weight pointer is NULL", where);
-    } else if (L->kind == UQ_W_Q4) {
-        if (!L->packed || !L->scales) return uq_set_error(UQ_ERR_ARG, "%s: int4 packed/scales pointer is NULL", where);
-        if (L->group < 1) return uq_set_error(UQ_ERR_ARG, "%s: int4 group %lld must be >= 1", where, (long long)L->group);
-        int64_t seg = cols / nseg_in, gps = (seg + L->group - 1) / L->group;
-        if (nseg_in > 1 && (seg & 1))
-            return uq_set_error(UQ_ERR_SHAPE, "%s: int4 head segments must have even width, got %lld", where,
-                                (long long)seg);
-        if (L->scale_cols != nseg_in * gps)
-            return uq_set_error(UQ_ERR_SHAPE,
-                                "%s: int4 scales have %lld columns, expected %lld (%lld segment(s) of %lld columns, "
-                                "group %lld: groups must not straddle heads)",
-                                where, (long long)L->scale_cols, (long long)(nseg_in * gps), (long long)nseg_in,
-                                (long long)seg, (long long)L->group);
-    } else {
-        return uq_set_error(UQ_ERR_ARG, "%s: unknown weight kind %d", where, (int)L->kind);
-    }
-    return UQ_OK;
-}
-
 static uq_status check_config(const uq_tf_config *c) {
     if (c->arch != UQ_ARCH_LLAMA && c->arch != UQ_ARCH_QWEN2)
         return uq_set_error(UQ_ERR_UNSUPPORTED, "unsupported architecture %d", (int)c->arch);
@@ -158,9 +125,9 @@ uq_status uq_tf_model_init(const uq_tf_config *cfg, const uq_tf_weights *w, uq_t
     const int64_t L = cfg->num_layers, H = cfg->hidden_size, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
     const int64_t d = cfg->head_dim, V = cfg->vocab_size;
     if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "tf_model_init: layers or final_norm is NULL");
-    if ((st = check_linear(&w->embed, "embed_tokens", -1, V, H, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&w->embed, "embed_tokens", -1, V, H, 1)) != UQ_OK) return st;
     if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embed_tokens: an embedding has no bias");
-    if ((st = check_linear(&w->lm_head, "lm_head", -1, V, H, 1)) != UQ_OK) return st;
+    if ((st = uq_linear_check(&w->lm_head, "lm_head", -1, V, H, 1)) != UQ_OK) return st;
     int64_t nmap = 0;
     for (int64_t l = 0; l < L; l++) {
         const uq_tf_layer_weights *lw = &w->layers[l];
@@ -175,13 +142,13 @@ uq_status uq_tf_model_init(const uq_tf_config *cfg, const uq_tf_weights *w, uq_t
         if (K < 1 || K > cfg->intermediate_size)
             return uq_set_error(UQ_ERR_SHAPE, "layer %lld gate_proj: %lld rows outside [1, intermediate_size %lld]",
                                 (long long)l, (long long)K, (long long)cfg->intermediate_size);
-        if ((st = check_linear(&lw->q, "q_proj", l, nh * R, H, 1)) != UQ_OK) return st;
-        if ((st = check_linear(&lw->k, "k_proj", l, nkv * R, H, 1)) != UQ_OK) return st;
-        if ((st = check_linear(&lw->v, "v_proj", l, nkv * R, H, 1)) != UQ_OK) return st;
-        if ((st = check_linear(&lw->o, "o_proj", l, H, nh * R, nh)) != UQ_OK) return st;
-        if ((st = check_linear(&lw->gate, "gate_proj", l, K, H, 1)) != UQ_OK) return st;
-        if ((st = check_linear(&lw->up, "up_proj", l, K, H, 1)) != UQ_OK) return st;
-        if ((st = check_linear(&lw->down, "down_proj", l, H, K, 1)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->q, "q_proj", l, nh * R, H, 1)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->k, "k_proj", l, nkv * R, H, 1)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->v, "v_proj", l, nkv * R, H, 1)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->o, "o_proj", l, H, nh * R, nh)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->gate, "gate_proj", l, K, H, 1)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->up, "up_proj", l, K, H, 1)) != UQ_OK) return st;
+        if ((st = uq_linear_check(&lw->down, "down_proj", l, H, K, 1)) != UQ_OK) return st;
         if (lw->freq_map) {
             for (int64_t i = 0; i < nkv * (R / 2); i++)
                 if (lw->freq_map[i] < 0 || lw->freq_map[i] >= d / 2)
