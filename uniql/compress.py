@@ -358,6 +358,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             c_mlp.update(cap["mlp_in"])
             c_z.update(cap["mlp_z"])
         del model, cap
+        # per-sequence means, each formed once; the float64 sums are freed (for 8B shapes G_z alone is 1.6 GB)
+        G_attn, G_mlp, G_z = c_attn.mean(), c_mlp.mean(), c_z.mean()
+        del c_attn, c_mlp, c_z
         importance.append(float(block_importance(np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(Y[:, -1]))))
         timer.add("calibrate", time.perf_counter() - t)
 
@@ -365,7 +368,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         t = time.perf_counter()
         Wq, Wk = lay[a + "q_proj.weight"], lay[a + "k_proj.weight"]
         if opts.scorer == "uniql":
-            mlp = sort_mlp(c_z.mean(), opts.mlp_lambda)
+            mlp = sort_mlp(G_z, opts.mlp_lambda)
             perm = mlp.perm
             cq = _hf_from_interleaved(_diag(c_q), nh, d)
             ck = _hf_from_interleaved(_diag(c_k), nkv, d)
@@ -378,7 +381,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             ck = _row_norms_sq(Wk).reshape(nkv, d)
         qk = sort_qk(cq, ck, "full")
         rq, rk = qk.proj_rows(nh), qk.proj_rows(nkv)
-        vo = qasvd_vo(c_attn.mean(), lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv,
+        vo = qasvd_vo(G_attn, lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv,
                       head_dim=d, bv=lay.get(a + "v_proj.bias"), bo=lay.get(a + "o_proj.bias"),
                       split_sigma=opts.split_sigma)
         sl: dict[str, Any] = {
@@ -412,12 +415,12 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
                 _, cap = srt.layer_forward(0, X[b], capture=("attn_out",))
                 c_o.update(cap["attn_out"])
             del srt
-            H_attn, H_mlp = c_attn.mean(), c_mlp.mean()
-            H_z = c_z.mean()[np.ix_(perm, perm)]
+            H_z = G_z[np.ix_(perm, perm)]  # down_proj's input in the sorted channel order
+            del G_z
             stored = dict(sl)
-            for name, H, g in ((a + "q_proj", H_attn, opts.group), (a + "k_proj", H_attn, opts.group),
-                               (a + "v_proj", H_attn, opts.group), (a + "o_proj", c_o.mean(), go),
-                               (m + "gate_proj", H_mlp, opts.group), (m + "up_proj", H_mlp, opts.group),
+            for name, H, g in ((a + "q_proj", G_attn, opts.group), (a + "k_proj", G_attn, opts.group),
+                               (a + "v_proj", G_attn, opts.group), (a + "o_proj", c_o.mean(), go),
+                               (m + "gate_proj", G_mlp, opts.group), (m + "up_proj", G_mlp, opts.group),
                                (m + "down_proj", H_z, opts.group)):
                 stored[name + ".weight"] = _f16_scales(_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, g,
                                                              opts.damp))
