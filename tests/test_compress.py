@@ -66,6 +66,7 @@ def llama(tmp_path_factory):
 
 @pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
 def test_sorting_preserves_function(tmp_path, kind, tied):
+    assert uniql.compress is compress  # the package exports the function (the API of the README)
     src, model = _make(tmp_path, kind, tied)
     out = _compress(src, tmp_path / "art")
     ids = np.random.default_rng(1).integers(0, VOCAB, size=24)
@@ -286,8 +287,11 @@ def test_cli_compress_text_calibration_then_generate(tmp_path, llama, capsys):
 
 def test_gptq_in_row_chunks_equals_one_call(monkeypatch):
     """compress quantizes tall weights (lm_head) in row blocks to bound the float64 workspace: identical codes."""
-    from uniql import compress as cm
+    import importlib
+
     from uniql.quant import quantize_gptq
+
+    cm = importlib.import_module("uniql.compress")
 
     rng = np.random.default_rng(8)
     X = rng.standard_normal((256, 48)).astype(np.float32)

@@ -10,5 +10,7 @@ from uniql.errors import __all__ as _errors_all
 __version__ = _C.version()
 
 from uniql.checkpoint import load  # noqa: E402  (HF directory / compressed artifact -> runtime Model)
+from uniql.compress import compress  # noqa: E402  (HF directory -> elastic artifact; the function shadows the
+#                                      submodule attribute: use importlib.import_module("uniql.compress") for it)
 
-__all__ = ["__version__", "load", *_errors_all]
+__all__ = ["__version__", "compress", "load", *_errors_all]
