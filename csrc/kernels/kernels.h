@@ -19,12 +19,15 @@ float uq_k_dot(const float *a, const float *b, int64_t n);
 /* y (T, n) = x / sqrt(mean(x^2) + eps) * w, mean accumulated in float64; y may equal x. */
 void uq_k_rmsnorm(const float *x, int64_t T, int64_t n, const float *w, double eps, float *y);
 
-/* In-place RoPE on x (T, nheads * r), pair-interleaved heads: rows (2j, 2j+1) of head h are pair j,
- * rotated by angle table index f = map[(h / heads_per_map) * map_stride + j] (j when map is NULL):
+/* In-place RoPE of the first nrot dims of each head of x (T, nheads, stride), pair-interleaved: rows (2j, 2j+1)
+ * of head h, j < nrot/2, are pair j, rotated by angle table index f = map[(h / heads_per_map) * map_stride + j]
+ * (j when map is NULL):
  *   x0' = x0 cos - x1 sin ;  x1' = x1 cos + x0 sin,  cos/sin = tab[(pos0 + t) * half + f].
- * r even, r/2 <= map_stride. */
-void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64_t r, const int32_t *map,
-               int64_t map_stride, const float *cos_tab, const float *sin_tab, int64_t half, int64_t pos0);
+ * nrot even, nrot <= stride, nrot/2 <= map_stride. Full RoPE: nrot = stride = r; partial RoPE (Bamba): the
+ * rotary rows lead each head. */
+void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64_t stride, int64_t nrot,
+               const int32_t *map, int64_t map_stride, const float *cos_tab, const float *sin_tab, int64_t half,
+               int64_t pos0);
 
 /* Causal GQA attention of T queries at positions pos0..pos0+T-1 over a cache that already holds
  * positions 0..pos0+T-1. q (T, n_heads * r); kc, vc (n_kv, max_seq, rc) with r <= rc (first r dims used);

@@ -191,24 +191,6 @@ void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t
     }
 }
 
-void uq_ks_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64_t stride, int64_t nrot,
-                const int32_t *map, int64_t map_stride, const float *cos_tab, const float *sin_tab, int64_t half,
-                int64_t pos0) {
-    for (int64_t t = 0; t < T; t++) {
-        const float *ct = cos_tab + (pos0 + t) * half, *st = sin_tab + (pos0 + t) * half;
-        for (int64_t h = 0; h < nheads; h++) {
-            float *xh = x + (t * nheads + h) * stride;
-            const int32_t *mp = map ? map + (h / heads_per_map) * map_stride : NULL;
-            for (int64_t j = 0; j < nrot / 2; j++) {
-                int64_t f = mp ? mp[j] : j;
-                float c = ct[f], s = st[f], x0 = xh[2 * j], x1 = xh[2 * j + 1];
-                xh[2 * j] = x0 * c - x1 * s;
-                xh[2 * j + 1] = x1 * c + x0 * s;
-            }
-        }
-    }
-}
-
 /* ------------------------------------------------------------------------- attention ---- */
 
 void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,

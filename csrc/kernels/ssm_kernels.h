@@ -59,13 +59,6 @@ void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int
 void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
                          int64_t Ps, double eps);
 
-/* In-place RoPE of the first nrot dims of each head of x (T, nheads, stride): pairs (2j, 2j+1), j < nrot/2,
- * rotate at angle index f = map[(h / heads_per_map) * map_stride + j] (j when map is NULL):
- *   x0' = x0 cos - x1 sin ; x1' = x1 cos + x0 sin ; cos/sin = tab[(pos0 + t) * half + f]. */
-void uq_ks_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64_t stride, int64_t nrot,
-                const int32_t *map, int64_t map_stride, const float *cos_tab, const float *sin_tab, int64_t half,
-                int64_t pos0);
-
 /* Causal GQA attention with split Q/K heads. q (T, nh, r_rot + r_pass) = [rot | pass]; kc, vc (nkv, max_seq,
  * R) with K rows [rot R_rot | pass]; score(t, s) = (q_rot . k[0:r_rot] + q_pass . k[R_rot : R_rot + r_pass])
  * * scale; out (T, nh, r) = softmax over s <= pos0 + t of scores times v[s][0:r], r = r_rot + r_pass.

@@ -592,8 +592,8 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
         (st = uq_linear_forward(&lw->v, s->xn, Tc, nkv, R, 1, hid, s->vb)) != UQ_OK)
         return st;
     if (Rr > 0) {
-        uq_ks_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
-        uq_ks_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+        uq_k_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+        uq_k_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
     }
     float *kc = s->kc[l], *vc = s->vc[l];
     for (int64_t t = 0; t < Tc; t++)

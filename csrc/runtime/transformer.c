@@ -345,8 +345,8 @@ static uq_status layer_chunk(const uq_tf_model *m, uq_tf_state *s, int64_t l, fl
     if ((st = uq_linear_forward(&lw->q, s->xn, Tc, nh, r, 1, H, s->q)) != UQ_OK) return st;
     if ((st = uq_linear_forward(&lw->k, s->xn, Tc, nkv, R, 1, H, s->kb)) != UQ_OK) return st;
     if ((st = uq_linear_forward(&lw->v, s->xn, Tc, nkv, R, 1, H, s->vb)) != UQ_OK) return st;
-    uq_k_rope(s->q, Tc, nh, nh / nkv, r, lw->freq_map, R / 2, s->cos_tab, s->sin_tab, s->half, pos0);
-    uq_k_rope(s->kb, Tc, nkv, 1, R, lw->freq_map, R / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+    uq_k_rope(s->q, Tc, nh, nh / nkv, r, r, lw->freq_map, R / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+    uq_k_rope(s->kb, Tc, nkv, 1, R, R, lw->freq_map, R / 2, s->cos_tab, s->sin_tab, s->half, pos0);
     if (cap && cap->q) copy_rows(cap->q + row0 * nh * r, s->q, Tc, nh * r);
     if (cap && cap->k)
         for (int64_t t = 0; t < Tc; t++)
