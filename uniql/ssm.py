@@ -194,7 +194,7 @@ def _check_mamba_heads(d: Mapping[str, Any], hidden: int, expand: Any, heads: in
 def _need(d: Mapping[str, Any], *keys: str) -> None:
     for k in keys:
         if k not in d or d[k] is None:
-            raise ValueError(f"config is missing {k!r}")
+            raise FormatError(f"config is missing {k!r}")
 
 
 @dataclass(frozen=True)
