@@ -77,6 +77,7 @@ class BenchConfig:
     threads: int = 0  # 0 = the runtime's default (UNIQL_NUM_THREADS or all cores)
     repeats: int = 3
     torch: bool = True
+    llama_cpp: bool = True
     micro: bool = True
     micro_paths: tuple[str, ...] = ("ref", "avx2", "avx512")
     bw_bytes: int = GIB  # buffer streamed by the read-bandwidth measurement
@@ -289,11 +290,22 @@ def _bytes_of(kind: str, n_params: int) -> float:
     return n_params * {"fp32": 4.0, "fp16": 2.0}.get(kind, 0.5 + 4.0 / GROUP)
 
 
-def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[str]) -> list[RunResult]:
-    """All kinds x rates of one model (a named shape or a checkpoint directory)."""
-    from uniql.runtime import Model
+@dataclass(frozen=True)
+class ModelSource:
+    """What the bench runs for a model name: the full-size HF config, the config as run (the 8B stack: ``layers``
+    layers and a 1024-token vocabulary), the checkpoint directory (None: random weights) and the time scale."""
 
-    results: list[RunResult] = []
+    name: str
+    full: dict[str, Any]
+    run_cfg: dict[str, Any]
+    src_dir: Path | None
+    scale: float
+    is_stack: bool
+
+
+def resolve_model(name: str, layers: int, notes: list[str]) -> ModelSource:
+    """The model behind a bench name; converts SmolLM2 once when it is not converted yet (random weights of its
+    shape, with a note, when that fails)."""
     if name in SHAPES:
         full = dict(SHAPES[name])
     else:
@@ -316,8 +328,18 @@ def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[s
     run_cfg = dict(full)
     scale = 1.0
     if is_stack:  # a few layers and a small vocabulary; times scaled to 32 layers
-        run_cfg.update(num_hidden_layers=cfg.layers, vocab_size=1024)
-        scale = full["num_hidden_layers"] / cfg.layers
+        run_cfg.update(num_hidden_layers=layers, vocab_size=1024)
+        scale = full["num_hidden_layers"] / layers
+    return ModelSource(name, full, run_cfg, src_dir, scale, is_stack)
+
+
+def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[str]) -> list[RunResult]:
+    """All kinds x rates of one model (a named shape or a checkpoint directory)."""
+    from uniql.runtime import Model
+
+    results: list[RunResult] = []
+    src = resolve_model(name, cfg.layers, notes)
+    full, run_cfg, src_dir, scale, is_stack = src.full, src.run_cfg, src.src_dir, src.scale, src.is_stack
     weights = "checkpoint" if src_dir is not None else "random"
     n_layer_params = sum(a * b for _, (a, b) in _linear_names(run_cfg, 0))
     for kind in cfg.kinds:
@@ -342,7 +364,7 @@ def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[s
             tp, td = time_model(model, cfg.prompt, cfg.gen, cfg.repeats)
             streamed = weight_bytes_per_token(run_cfg, kind, keeps, stored_r)
             res = RunResult(name, kind, rate, weights, model.num_layers, tp, td, model.memory_bytes(), streamed,
-                            scale, load)
+                            scale, load, extra={"weight_bytes": model.weight_bytes()})
             results.append(res)
             log.info("%s %s rate %.2f: prefill %.3f s, decode %.2f ms/token", name, kind, rate, tp, td * 1e3)
         del model
@@ -438,13 +460,72 @@ def bench_torch(name: str, cfg: BenchConfig, threads: int, notes: list[str]) -> 
             "threads": threads, "torch": torch.__version__, "dtype": "float32"}
 
 
-def bench_llama_cpp(notes: list[str]) -> dict[str, Any] | None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        notes.append("llama.cpp comparison skipped: the PyPI package llama-cpp-python is not installed")
+def bench_llama_cpp(cfg: BenchConfig, threads: int, notes: list[str],
+                    cache: Path | None = None) -> dict[str, Any] | None:
+    """llama.cpp (``llama-cpp-python``) at Q4_0 on each model of ``cfg``, built and timed as
+    ``uniql.bench.llamacpp`` describes; None, with a note, when ``llama_cpp`` does not import (or
+    ``cfg.llama_cpp`` is off). A model that fails is left out with a note; the rest of the report stands."""
+    from uniql.bench import llamacpp
+
+    if not cfg.llama_cpp:
+        notes.append("llama.cpp comparison skipped (--no-llama-cpp)")
         return None
-    notes.append("llama-cpp-python is importable but no GGUF of the benchmarked shapes is built by this "
-                 "benchmark: run it on the same GGUF by hand (llama-bench -p 512 -n 32)")
-    return None
+    L, why = llamacpp.import_llama_cpp()
+    if L is None:
+        notes.append(f"llama.cpp comparison skipped: {why}")
+        return None
+    out: dict[str, Any] = {"version": getattr(L, "__version__", "?"), "threads": threads,
+                           "quant": "Q4_0, pure (every 2-D weight incl. embedding/output), llama.cpp's quantizer",
+                           "cache": str(cache or llamacpp.cache_dir()), "models": {}}
+    for name in cfg.models:
+        try:
+            out["models"][name] = _llama_cpp_model(L, name, cfg, threads, cache)
+        except Exception as e:  # noqa: BLE001 - recorded, not fatal
+            log.exception("llama.cpp %s failed", name)
+            notes.append(f"llama.cpp {name}: failed ({type(e).__name__}: {e})")
+    return out
+
+
+def _llama_cpp_model(L: Any, name: str, cfg: BenchConfig, threads: int, cache: Path | None) -> dict[str, Any]:
+    from uniql.bench import llamacpp
+
+    src = resolve_model(name, cfg.layers, [])
+    tok = None
+    if name == "smollm2-135m":
+        try:
+            from uniql.data import smollm2_gguf
+
+            tok = smollm2_gguf()
+        except FileNotFoundError:
+            tok = None
+    t0 = time.perf_counter()
+    gg = llamacpp.build_q4_0(L, llamacpp.GGUFSource(name, src.run_cfg, src.src_dir, 0, tok), threads, cache)
+    log.info("llama.cpp %s: %s (%.1f s)", name, gg.name, time.perf_counter() - t0)
+    load = _load()
+    r = llamacpp.time_gguf(L, gg, cfg.prompt, cfg.gen, cfg.repeats, threads)
+    b = llamacpp.gguf_bytes(gg)
+    r.update(model=name, gguf=str(gg), weights="checkpoint" if src.src_dir is not None else "random",
+             layers_run=src.run_cfg["num_hidden_layers"], scale=src.scale, load=load, layer_weight_bytes=b["layers"],
+             lm_head_decode_s=0.0, lm_head_in_decode=False)
+    log.info("llama.cpp %s: prefill %.3f s, decode %.2f ms/token", name, r["prefill_s"], r["decode_s_per_token"] * 1e3)
+    if src.is_stack:  # the full-vocabulary lm_head: same stack with the full vocabulary, minus the small one
+        V, H = src.full["vocab_size"], src.full["hidden_size"]
+        if V * H * 2 * 2.5 > 0.6 * _mem_available():
+            r["lm_head_note"] = "skipped (memory)"
+        else:
+            head_cfg = dict(src.run_cfg, vocab_size=V)
+            gh = llamacpp.build_q4_0(L, llamacpp.GGUFSource(name, head_cfg, None, 0, None), threads, cache)
+            rh = llamacpp.time_gguf(L, gh, cfg.prompt, cfg.gen, cfg.repeats, threads)
+            bh = llamacpp.gguf_bytes(gh)
+            r.update(lm_head_decode_s=max(rh["decode_s_per_token"] - r["decode_s_per_token"], 0.0),
+                     lm_head_in_decode=True, lm_head_bytes=bh["output"], full_vocab_decode_s_per_token=
+                     rh["decode_s_per_token"], full_vocab_gguf=str(gh),
+                     full_weight_bytes=int(b["layers"] * src.scale + bh["token_embd"] + bh["output"]))
+    dec = r["decode_s_per_token"] * src.scale + r["lm_head_decode_s"]
+    pre = r["prefill_s"] * src.scale
+    r.update(decode_tok_s=1.0 / dec if dec > 0 else None, prefill_tok_s=cfg.prompt / pre if pre > 0 else None,
+             decode_ms=dec * 1e3, ttft_s=pre)
+    return r
 
 
 # -------------------------------------------------------------------------------------- micro ----
@@ -511,7 +592,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def summarize(results: list[RunResult], mach: dict[str, Any], torch_res: dict[str, dict[str, Any]]) -> list[dict]:
+def summarize(results: list[RunResult], mach: dict[str, Any], torch_res: dict[str, dict[str, Any]],
+              llama: dict[str, Any] | None = None) -> list[dict]:
     """One row per run with the derived figures and ratios measured in the same run."""
     by = {(r.model, r.kind, r.rate): r for r in results}
     rows = []
@@ -525,7 +607,8 @@ def summarize(results: list[RunResult], mach: dict[str, Any], torch_res: dict[st
                "decode_tok_s": tok_s, "decode_ms": dec * 1e3, "prefill_tok_s": None, "ttft_s": pre,
                "memory_mb": r.memory_bytes / 1e6, "weight_gbps": gbps,
                "bw_frac": _ratio(gbps, mach.get("read_gbps")), "load": r.load,
-               "lm_head_in_decode": bool(head)}
+               "lm_head_in_decode": bool(head), "weight_bytes": r.extra.get("weight_bytes"),
+               "layer_weight_bytes": r.streamed_bytes}
         prompt_tokens = r.extra.get("prompt_tokens")
         row["prefill_tok_s"] = prompt_tokens / pre if prompt_tokens and pre else None
         rows.append(row)
@@ -545,6 +628,12 @@ def summarize(results: list[RunResult], mach: dict[str, Any], torch_res: dict[st
             r["decode_vs_torch"] = _ratio(r["decode_tok_s"], 1.0 / t["decode_s_per_token"])
             r["prefill_vs_torch"] = _ratio(r["prefill_tok_s"], (by[key].extra.get("prompt_tokens") or 0) /
                                            t["prefill_s"])
+        lc = (llama or {}).get("models", {}).get(r["model"])
+        if lc:
+            r["decode_vs_llama_cpp"] = _ratio(r["decode_tok_s"], lc.get("decode_tok_s"))
+            r["prefill_vs_llama_cpp"] = _ratio(r["prefill_tok_s"], lc.get("prefill_tok_s"))
+            r["weight_bytes_vs_llama_cpp"] = _ratio(r["weight_bytes"], lc.get("weight_bytes"))
+            r["layer_bytes_vs_llama_cpp"] = _ratio(r["layer_weight_bytes"], lc.get("layer_weight_bytes"))
         # prefill multiply-adds of the layer linears at these keeps vs the arithmetic peak
         res = by[key]
         macs = res.extra.get("prefill_macs")
@@ -577,10 +666,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         t = bench_torch(name, cfg, threads, notes) if res else None
         if t:
             torch_res[name] = t
-    llama = bench_llama_cpp(notes)
+    llama = bench_llama_cpp(cfg, threads, notes) if results else None
     micro = bench_micro(cfg, threads, notes) if cfg.micro else []
     report = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
-              "machine": mach, "runs": summarize(results, mach, torch_res), "torch": torch_res,
+              "machine": mach, "runs": summarize(results, mach, torch_res, llama), "torch": torch_res,
               "llama_cpp": llama, "micro": micro, "notes": notes,
               "raw": [r.__dict__ for r in results], "wall_s": time.perf_counter() - t_start,
               "load_end": _load()}
@@ -601,22 +690,23 @@ def format_report(rep: dict[str, Any]) -> str:
              f"peaks: fp32 FMA {_f(m.get('fp32_peak_gmacs'), '{:.0f}')} G MAC/s, "
              f"int8 VNNI {_f(m.get('int8_peak_gmacs'), '{:.0f}')} G MAC/s", ""]
     hdr = (f"{'model':<14}{'kind':<8}{'rate':>5}{'dec tok/s':>10}{'pre tok/s':>10}{'TTFT s':>8}{'MB':>8}"
-           f"{'GB/s':>7}{'%bw':>6}{'x r0':>6}{'x fp32':>7}{'x fp16':>7}{'x torch':>8}{'%peak':>7}")
+           f"{'GB/s':>7}{'%bw':>6}{'x r0':>6}{'x fp32':>7}{'x fp16':>7}{'x torch':>8}{'x llama':>8}{'%peak':>7}")
     lines.append(hdr)
     for r in rep["runs"]:
         lines.append(f"{r['model']:<14}{r['kind']:<8}{r['rate']:>5.2f}{_f(r['decode_tok_s']):>10}"
                      f"{_f(r['prefill_tok_s'], '{:.1f}'):>10}{_f(r['ttft_s']):>8}{r['memory_mb']:>8.0f}"
                      f"{_f(r['weight_gbps'], '{:.1f}'):>7}{_f(r['bw_frac'] and 100 * r['bw_frac'], '{:.0f}'):>6}"
                      f"{_f(r['decode_vs_rate0']):>6}{_f(r['decode_vs_fp32']):>7}{_f(r['decode_vs_fp16']):>7}"
-                     f"{_f(r.get('decode_vs_torch')):>8}"
+                     f"{_f(r.get('decode_vs_torch')):>8}{_f(r.get('decode_vs_llama_cpp')):>8}"
                      f"{_f(r.get('prefill_vs_peak') and 100 * r['prefill_vs_peak'], '{:.0f}'):>7}")
     lines.append("  (8B stack: times scaled to 32 layers; decode includes the 128256-row lm_head GEMV when measured; "
                  "GB/s and %bw: layer weights streamed per decode token / time per token vs measured read "
-                 "bandwidth; x r0 / x fp32 / x fp16 / x torch: decode tok/s ratios; %peak: prefill layer "
-                 "multiply-adds per second vs the int8 (int4-a8) or fp32 peak)")
+                 "bandwidth; x r0 / x fp32 / x fp16 / x torch / x llama: decode tok/s ratios (x llama: vs llama.cpp "
+                 "Q4_0); %peak: prefill layer multiply-adds per second vs the int8 (int4-a8) or fp32 peak)")
     for name, t in rep["torch"].items():
         lines.append(f"PyTorch {t['torch']} fp32 {name}: decode {1 / t['decode_s_per_token']:.2f} tok/s, "
                      f"prefill {rep['config']['prompt'] / t['prefill_s']:.1f} tok/s ({t['threads']} threads)")
+    lines += _format_llama_cpp(rep)
     if rep["micro"]:
         lines += ["", f"{'kernel':<9}{'shape':>13}{'T':>5}{'path':>8}{'ms':>9}{'GB/s':>8}{'GMAC/s':>8}{'x ref':>7}"
                   f"{'x blas':>8}"]
@@ -634,6 +724,31 @@ def format_report(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_llama_cpp(rep: dict[str, Any]) -> list[str]:
+    """llama.cpp lines: its speed and weight bytes per model, then ours / llama.cpp at rate 0 per kind."""
+    lc = rep.get("llama_cpp")
+    if not lc:
+        return []
+    lines = []
+    for name, m in lc["models"].items():
+        lm = " + lm_head" if m.get("lm_head_in_decode") else ""
+        scaled = f", scaled x{m['scale']:g}{lm}" if m["scale"] != 1 else ""
+        lines.append(f"llama.cpp {lc['version']} Q4_0 {name} ({m['weights']} weights, {m['layers_run']} layers run"
+                     f"{scaled}; {m['threads']} threads, load {m['load']}): decode {_f(m['decode_tok_s'])} tok/s, "
+                     f"prefill {_f(m['prefill_tok_s'], '{:.1f}')} tok/s, weights {m['weight_bytes'] / 1e6:.1f} MB "
+                     f"(layers {m['layer_weight_bytes'] / 1e6:.1f} MB)")
+        parts = []
+        for r in rep["runs"]:
+            if r["model"] == name and r["rate"] == 0.0 and r.get("decode_vs_llama_cpp") is not None:
+                ge = "yes" if r["decode_vs_llama_cpp"] >= 1.0 else "no"
+                parts.append(f"{r['kind']} decode {_f(r['decode_vs_llama_cpp'])}x (>= llama.cpp: {ge}), prefill "
+                             f"{_f(r.get('prefill_vs_llama_cpp'))}x, weights {_f(r.get('weight_bytes_vs_llama_cpp'))}x,"
+                             f" layer weights {_f(r.get('layer_bytes_vs_llama_cpp'))}x")
+        if parts:
+            lines += [f"  ours / llama.cpp Q4_0, rate 0: {p}" for p in parts]
+    return ["", *lines] if lines else []
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
@@ -648,6 +763,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="threads (default: UNIQL_NUM_THREADS or all cores)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats; the best is kept (default 3)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison (it runs when "
+                    "llama-cpp-python is installed; Q4_0 GGUFs are cached in $UNIQL_BENCH_CACHE or "
+                    "~/.cache/uniql/bench)")
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel microbenchmarks")
     ap.add_argument("--json", help="write the full report as JSON to this path")
     a = ap.parse_args(None if argv is None else list(argv))
@@ -656,7 +774,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                       rates=tuple(float(r) for r in a.rates.split(",") if r.strip()),
                       kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), prompt=a.prompt, gen=a.gen,
                       layers=a.layers, threads=a.threads, repeats=a.repeats, torch=not a.no_torch,
-                      micro=not a.no_micro)
+                      llama_cpp=not a.no_llama_cpp, micro=not a.no_micro)
     rep = run(cfg)
     print(format_report(rep))
     if a.json:
