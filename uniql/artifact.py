@@ -57,6 +57,7 @@ class ArtifactMeta:
     qk_layout: str = "interleaved"
     sorting: dict[str, Any] = field(default_factory=dict)  # scorer options used
     source: str = ""
+    finetune: dict[str, Any] | None = None       # masked LoRA recovery record (uniql.finetune), None if not tuned
 
     def __post_init__(self) -> None:
         if not isinstance(self.format_version, int) or self.format_version < 1:
@@ -95,7 +96,8 @@ class ArtifactMeta:
         if not isinstance(imp, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in imp):
             raise FormatError(f"{where}: invalid uniql section: importance must be a list of numbers")
         for key, kinds in (("max_rate", (int, float)), ("alloc_eps", (int, float)), ("alloc_max_prune", (int, float)),
-                           ("quantization", (dict, type(None))), ("sorting", dict), ("architecture", str),
+                           ("quantization", (dict, type(None))), ("finetune", (dict, type(None))),
+                           ("sorting", dict), ("architecture", str),
                            ("qk_layout", str), ("source", str)):
             if key in u and (not isinstance(u[key], kinds) or isinstance(u[key], bool)):
                 raise FormatError(f"{where}: uniql.{key} has the wrong type ({type(u[key]).__name__})")
@@ -112,6 +114,8 @@ class ArtifactMeta:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["importance"] = list(self.importance)
+        if d["finetune"] is None:  # artifacts that were not fine-tuned keep the config they always had
+            del d["finetune"]
         return d
 
     # ------------------------------------------------------------------ allocation ----
