@@ -28,6 +28,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.runtime import Model, _Q4
+from uniql.ssm import HybridModel
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.sorting import alloc_keep_ratios, keep_size
 
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 REST_FILE = "model-rest.safetensors"
+ARCHITECTURES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
+#: keep-size granularity field of each elastic component
+GRANULARITY_FIELDS = {"mlp": "mlp_granularity", "attn": "attn_granularity", "ssm_head": "ssm_head_granularity",
+                      "ssm_state": "ssm_state_granularity"}
 
 
 def layer_file(i: int) -> str:
@@ -46,7 +51,7 @@ class ArtifactMeta:
     """The ``uniql`` section of an artifact's config.json."""
 
     format_version: int
-    architecture: str                 # "llama" | "qwen2"
+    architecture: str                 # one of ARCHITECTURES
     max_rate: float                   # highest pruning rate the artifact serves
     importance: tuple[float, ...]     # block importance s_l per decoder layer (DESIGN.md section 4)
     mlp_granularity: int              # MLP keep sizes are multiples of this
@@ -58,6 +63,8 @@ class ArtifactMeta:
     sorting: dict[str, Any] = field(default_factory=dict)  # scorer options used
     source: str = ""
     finetune: dict[str, Any] | None = None       # masked LoRA recovery record (uniql.finetune), None if not tuned
+    ssm_state_granularity: int = 1    # Mamba2 state-dim keep sizes are multiples of this (per group)
+    ssm_head_granularity: int = 1     # Mamba2 head-channel keep sizes are multiples of this (per head)
 
     def __post_init__(self) -> None:
         if not isinstance(self.format_version, int) or self.format_version < 1:
@@ -65,13 +72,13 @@ class ArtifactMeta:
         if self.format_version > FORMAT_VERSION:
             raise UnsupportedError(f"artifact format version {self.format_version} is newer than this uniql "
                                    f"supports ({FORMAT_VERSION}); upgrade uniql")
-        if self.architecture not in ("llama", "qwen2"):
+        if self.architecture not in ARCHITECTURES:
             raise UnsupportedError(f"artifact architecture {self.architecture!r} is not supported")
         if not (0.0 <= self.max_rate <= self.alloc_max_prune):
             raise FormatError(f"uniql.max_rate {self.max_rate} outside [0, {self.alloc_max_prune}]")
         if not self.importance or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.importance):
             raise FormatError("uniql.importance must be a non-empty list of finite numbers")
-        for name in ("mlp_granularity", "attn_granularity"):
+        for name in GRANULARITY_FIELDS.values():
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise FormatError(f"uniql.{name} must be a positive integer, got {v!r}")
@@ -116,6 +123,9 @@ class ArtifactMeta:
         d["importance"] = list(self.importance)
         if d["finetune"] is None:  # artifacts that were not fine-tuned keep the config they always had
             del d["finetune"]
+        if self.architecture in ("llama", "qwen2"):  # no SSM components: the config they always had
+            for key in ("ssm_state_granularity", "ssm_head_granularity"):
+                del d[key]
         return d
 
     # ------------------------------------------------------------------ allocation ----
@@ -127,10 +137,19 @@ class ArtifactMeta:
         return alloc_keep_ratios(np.asarray(self.importance, np.float64), 1.0 - rate, self.alloc_eps,
                                  self.alloc_max_prune)
 
+    def layer_keeps(self, rate: float, full: Sequence[Mapping[str, int]]) -> list[dict[str, int]]:
+        """Per-layer keep sizes at a global pruning rate: ``full[l]`` maps each elastic component of layer l
+        (mlp, attn, ssm_head, ssm_state) to its full size; every component of a layer gets the layer's ratio."""
+        ratios = self.keep_ratios(rate)
+        if len(full) != len(ratios):
+            raise FormatError(f"uniql.importance has {len(ratios)} entries, the model has {len(full)} layers")
+        return [{c: keep_size(size, float(p), getattr(self, GRANULARITY_FIELDS[c])) for c, size in f.items()}
+                for p, f in zip(ratios, full)]
+
     def keep_sizes(self, rate: float, intermediate: int, head_dim: int) -> list[tuple[int, int]]:
-        """Per-layer (MLP keep k, attention head-dim keep r) at a global pruning rate."""
-        return [(keep_size(intermediate, float(p), self.mlp_granularity),
-                 keep_size(head_dim, float(p), self.attn_granularity)) for p in self.keep_ratios(rate)]
+        """Per-layer (MLP keep k, attention head-dim keep r) of a transformer at a global pruning rate."""
+        full = [{"mlp": intermediate, "attn": head_dim}] * len(self.importance)
+        return [(k["mlp"], k["attn"]) for k in self.layer_keeps(rate, full)]
 
 
 def check_rate(rate: float, max_rate: float) -> float:
@@ -248,14 +267,28 @@ def read_meta(d: Path, cfg: Mapping[str, Any]) -> tuple[ArtifactMeta, dict[str, 
     return meta, tinfo
 
 
+def _hybrid_config(cfg: Mapping[str, Any]) -> Any:
+    from uniql.ssm import HybridConfig
+
+    return HybridConfig.from_hf(cfg)
+
+
 def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq: int | None = None,
-                  tokenizer: Any = None) -> "ElasticModel":
+                  tokenizer: Any = None) -> "ElasticModel | ElasticHybridModel":
     """Loads an artifact at a pruning rate: only the prefixes that rate needs are read into memory."""
     from uniql import safetensors as st
     from uniql.runtime import TransformerConfig
 
     meta, tinfo = read_meta(d, cfg)
     rate = check_rate(rate, meta.max_rate)
+    if meta.architecture != cfg.get("model_type"):
+        raise FormatError(f"uniql.architecture {meta.architecture!r} does not match model_type "
+                          f"{cfg.get('model_type')!r}")
+    if meta.architecture not in ("llama", "qwen2"):
+        if len(meta.importance) != len(hybrid_full_sizes(_hybrid_config(cfg))):
+            raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has "
+                              f"{len(hybrid_full_sizes(_hybrid_config(cfg)))} layers")
+        return _load_hybrid(d, cfg, meta, tinfo, rate, max_seq, tokenizer)
     tc = TransformerConfig.from_hf(cfg)
     L, nh, nkv, d_head = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
     n, DI = tc.hidden_size, tc.intermediate_size
@@ -293,14 +326,8 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
                 raise FormatError(f"artifact tensor {a + 'rope_freq'!r} must be int32 {(nkv, d_head // 2)}, "
                                   f"got {fm.dtype} {fm.shape}")
             freq_maps.append(_own(fm[:, : r // 2]))
-    rest = d / REST_FILE
-    if not rest.is_file():
-        raise FormatError(f"artifact is missing {REST_FILE}")
-    with st.safe_open(rest) as f:
-        tensors["model.embed_tokens.weight"] = reader.linear(f, "model.embed_tokens", (tc.vocab_size, n))
-        tensors["model.norm.weight"] = _float(f, "model.norm.weight")
-        if not tc.tie_word_embeddings:
-            tensors["lm_head.weight"] = reader.linear(f, "lm_head", (tc.vocab_size, n))
+    tensors.update(_read_rest(d, reader, cfg, tc.vocab_size, n, tc.tie_word_embeddings, "model.embed_tokens.weight",
+                              "model.norm.weight"))
     # v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
     model = ElasticModel.from_hf_tensors(tc, tensors, tokenizer, freq_maps=freq_maps, qk_layout="interleaved",
                                          max_seq=max_seq)
@@ -308,9 +335,12 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
     return model
 
 
-class ElasticModel(Model):
-    """A runtime Model loaded from an artifact: ``set_rate`` switches to any rate between the loaded one and the
-    artifact's maximum, live between tokens, without reloading (the KV cache stays valid)."""
+class _Elastic:
+    """Rate switching shared by the elastic transformer and hybrid models: the subclass gives the per-layer keeps
+    of a rate (``_layer_keeps``) and the stored sizes of a layer (``_stored_sizes``), both as {component: size},
+    and a ``set_keep(layer, **sizes)``."""
+
+    meta: ArtifactMeta
 
     def _init_elastic(self, meta: ArtifactMeta, rate: float, path: Path) -> None:
         self.meta = meta
@@ -322,25 +352,44 @@ class ElasticModel(Model):
     def rate(self) -> float:
         return self._rate
 
-    def keep_sizes(self, rate: float) -> list[tuple[int, int]]:
-        c = self.config
-        return self.meta.keep_sizes(rate, c.intermediate_size, c.head_dim)
+    def _layer_keeps(self, rate: float) -> list[dict[str, int]]:
+        raise NotImplementedError
+
+    def _stored_sizes(self, layer: int) -> dict[str, int]:
+        raise NotImplementedError
 
     def set_rate(self, rate: float) -> None:
         """Switches to another pruning rate >= the loaded one (instant: only the kernels' sizes change; the KV
-        cache stays valid). Lower rates need the weights the load skipped: reload with ``uniql.load``."""
+        cache / SSM state stays valid). Lower rates need the weights the load skipped: reload with
+        ``uniql.load``."""
         rate = check_rate(rate, self.meta.max_rate)
         if rate < self.loaded_rate - 1e-12:
             raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); "
                              "reload the artifact with uniql.load(path, rate=...) to use it")
-        sizes = self.keep_sizes(rate)
-        for i, (k, r) in enumerate(sizes):
-            ks, rs = self.stored(i)
-            if k > ks or r > rs:  # cannot happen: allocation is monotone in the rate
-                raise RangeError(f"layer {i}: keep sizes ({k}, {r}) exceed the loaded ({ks}, {rs})")
-        for i, (k, r) in enumerate(sizes):
-            self.set_keep(i, mlp=k, attn=r)
+        sizes = self._layer_keeps(rate)
+        for i, ks in enumerate(sizes):
+            st = self._stored_sizes(i)
+            if any(v > st[c] for c, v in ks.items()):  # cannot happen: allocation is monotone in the rate
+                raise RangeError(f"layer {i}: keep sizes {ks} exceed the loaded {st}")
+        for i, ks in enumerate(sizes):
+            self.set_keep(i, **ks)  # type: ignore[attr-defined]
         self._rate = rate
+
+
+class ElasticModel(_Elastic, Model):
+    """A runtime Model loaded from an artifact: ``set_rate`` switches to any rate between the loaded one and the
+    artifact's maximum, live between tokens, without reloading (the KV cache stays valid)."""
+
+    def keep_sizes(self, rate: float) -> list[tuple[int, int]]:
+        c = self.config
+        return self.meta.keep_sizes(rate, c.intermediate_size, c.head_dim)
+
+    def _layer_keeps(self, rate: float) -> list[dict[str, int]]:
+        return [{"mlp": k, "attn": r} for k, r in self.keep_sizes(rate)]
+
+    def _stored_sizes(self, layer: int) -> dict[str, int]:
+        k, r = self.stored(layer)
+        return {"mlp": k, "attn": r}
 
     def parameter_count(self, rate: float | None = None) -> int:
         """Parameters used at `rate` (default: the current one): all linears at their keep sizes, embedding
@@ -351,6 +400,178 @@ class ElasticModel(Model):
         total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
         for k, r in sizes:
             total += 2 * n + n * r * (2 * nh + 2 * nkv) + 3 * n * k
+        return total
+
+
+# --------------------------------------------------------------------------- hybrid (Mamba2) ----
+
+def hybrid_full_sizes(hc: Any) -> list[dict[str, int]]:
+    """Full size of every elastic component per layer of a Mamba2 / Nemotron-H / Bamba model."""
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP
+
+    out = []
+    for t in hc.layer_types:
+        f: dict[str, int] = {}
+        if t == LAYER_MAMBA:
+            f.update(ssm_head=hc.ssm_head_dim, ssm_state=hc.ssm_state)
+        elif t == LAYER_ATTENTION:
+            f["attn"] = hc.head_dim
+        if t == LAYER_MLP or hc.ffn_after_mixer:
+            f["mlp"] = hc.intermediate_size
+        out.append(f)
+    return out
+
+
+def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
+    """Rows of a sorted (n_heads * d)-row q/k projection kept at head-dim keep r (uq_sort_qk_keep_rows per head:
+    a prefix, or r/2 rotary + r/2 pass rows for partial RoPE)."""
+    from uniql.sorting import _ROPE_CODES
+
+    per = np.empty(r, np.int64)
+    _C.qk_keep_rows(_ROPE_CODES[rope], d, r, per)
+    return (np.arange(n_heads)[:, None] * d + per[None, :]).reshape(-1)
+
+
+def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Mapping[str, Any], rate: float,
+                 max_seq: int | None, tokenizer: Any) -> "ElasticHybridModel":
+    from uniql import safetensors as st
+    from uniql.compress_hybrid import rope_mode
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig
+
+    hc = HybridConfig.from_hf(cfg)
+    names = _NAMES[hc.model_type]
+    prefix = "backbone.layers." if any(k.startswith("backbone.layers.") for k in tinfo) else "model.layers."
+    keeps = meta.layer_keeps(rate, hybrid_full_sizes(hc))
+    reader = _Reader(d, meta, tinfo)
+    n, H, P, G, N = hc.hidden_size, hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
+    rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
+    tensors: dict[str, Any] = {}
+    freq_maps: list[np.ndarray | None] = []
+    rot_rows: list[int | None] = []
+
+    def vec(f: Any, name: str, idx: Any = None) -> None:
+        if name in f.keys():
+            v = _float(f, name)
+            tensors[name] = v if idx is None else _own(v[idx])
+
+    for i, (t, ks) in enumerate(zip(hc.layer_types, keeps)):
+        path = d / layer_file(i)
+        if not path.is_file():
+            raise FormatError(f"artifact is missing {path.name}")
+        p = f"{prefix}{i}."
+        fm, rr = None, None
+        with st.safe_open(path) as f:
+            tensors[p + names["norm"]] = _float(f, p + names["norm"])
+            if t == LAYER_MAMBA:
+                m, Pk, Nk = p + names["mamba"], ks["ssm_head"], ks["ssm_state"]
+                zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
+                HP, GN = H * P, G * N
+                rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
+                conv = np.concatenate([zi, HP + bi, HP + GN + bi])
+                tensors[m + "in_proj.weight"] = reader.linear(f, m + "in_proj", (2 * HP + 2 * GN + H, n), rows)
+                tensors[m + "out_proj.weight"] = reader.linear(f, m + "out_proj", (n, HP), None, col_segments=H,
+                                                               col_keep=Pk)
+                vec(f, m + "in_proj.bias", rows)
+                vec(f, m + "out_proj.bias")
+                vec(f, m + "conv1d.weight", conv)
+                vec(f, m + "conv1d.bias", conv)
+                vec(f, m + "norm.weight", zi)
+                for key in ("dt_bias", "A_log", "D"):
+                    tensors[m + key] = _float(f, m + key)
+            elif t == LAYER_ATTENTION:
+                a, r, nh, nkv, hd = p + names["attn"], ks["attn"], hc.num_heads, hc.num_kv_heads, hc.head_dim
+                qr, kr, vr = qk_head_rows(rope, nh, hd, r), qk_head_rows(rope, nkv, hd, r), head_rows(nkv, hd, r)
+                for short, rows_, heads in (("q", qr, nh), ("k", kr, nkv), ("v", vr, nkv)):
+                    tensors[f"{a}{short}_proj.weight"] = reader.linear(f, f"{a}{short}_proj", (heads * hd, n), rows_)
+                    vec(f, f"{a}{short}_proj.bias", rows_)
+                tensors[a + "o_proj.weight"] = reader.linear(f, a + "o_proj", (n, nh * hd), None, col_segments=nh,
+                                                             col_keep=r)
+                vec(f, a + "o_proj.bias")
+                if rope != "none":
+                    npairs = hd // 2 if rope == "full" else hd // 4
+                    fmap = f.get(a + "rope_freq")
+                    if fmap.dtype != np.int32 or fmap.shape != (nkv, npairs):
+                        raise FormatError(f"artifact tensor {a + 'rope_freq'!r} must be int32 {(nkv, npairs)}, "
+                                          f"got {fmap.dtype} {fmap.shape}")
+                    rr = r if rope == "full" else r // 2
+                    fm = _own(fmap[:, : rr // 2])
+            if t == LAYER_MLP or hc.ffn_after_mixer:
+                fp, k = p + names["mlp"], ks["mlp"]
+                DI = hc.intermediate_size
+                for proj in (("gate_proj", "up_proj") if hc.mlp_act == "silu_gated" else ("up_proj",)):
+                    tensors[fp + proj + ".weight"] = reader.linear(f, fp + proj, (DI, n), slice(0, k))
+                    vec(f, fp + proj + ".bias", slice(0, k))
+                tensors[fp + "down_proj.weight"] = reader.linear(f, fp + "down_proj", (n, DI), None, col_keep=k)
+                vec(f, fp + "down_proj.bias")
+                if t != LAYER_MLP:
+                    tensors[p + names["ffn_norm"]] = _float(f, p + names["ffn_norm"])
+        freq_maps.append(fm)
+        rot_rows.append(rr)
+    tensors.update(_read_rest(d, reader, cfg, hc.vocab_size, n, bool(hc.tie_word_embeddings),
+                              names["embed"], names["final"]))
+    model = ElasticHybridModel.from_hf_tensors(hc, tensors, tokenizer, freq_maps=freq_maps, rot_rows=rot_rows,
+                                               qk_layout="interleaved", max_seq=max_seq)
+    model._init_elastic(meta, rate, d)
+    model._full = hybrid_full_sizes(hc)
+    return model
+
+
+def _read_rest(d: Path, reader: _Reader, cfg: Mapping[str, Any], vocab: int, n: int, tied: bool,
+               embed: Any, final: Any) -> dict[str, Any]:
+    """Embedding, final norm and (untied) lm_head from model-rest.safetensors; `embed`/`final`: candidate names."""
+    from uniql import safetensors as st
+
+    rest = d / REST_FILE
+    if not rest.is_file():
+        raise FormatError(f"artifact is missing {REST_FILE}")
+    out: dict[str, Any] = {}
+    with st.safe_open(rest) as f:
+        keys = set(f.keys())
+        cands = (embed,) if isinstance(embed, str) else tuple(embed)
+        e = next((c for c in cands if c in keys or c[: -len(".weight")] + ".qweight" in keys), cands[0])
+        out[e] = reader.linear(f, e[: -len(".weight")], (vocab, n))
+        cands = (final,) if isinstance(final, str) else tuple(final)
+        fn = next((c for c in cands if c in keys), cands[0])
+        out[fn] = _float(f, fn)
+        if not tied:
+            out["lm_head.weight"] = reader.linear(f, "lm_head", (vocab, n))
+    return out
+
+
+class ElasticHybridModel(_Elastic, HybridModel):
+    """A Mamba2 / Nemotron-H / Bamba model loaded from an artifact (see :class:`ElasticModel`): ``set_rate``
+    changes every layer's keeps (MLP channels, attention head dims, SSM head channels and state dims) live."""
+
+    _full: list[dict[str, int]]
+
+    def keep_sizes(self, rate: float) -> list[dict[str, int]]:
+        """Per-layer keeps ({component: size}, as :meth:`keep`) at a global pruning rate."""
+        return self.meta.layer_keeps(rate, self._full)
+
+    def _layer_keeps(self, rate: float) -> list[dict[str, int]]:
+        return self.keep_sizes(rate)
+
+    def _stored_sizes(self, layer: int) -> dict[str, int]:
+        return self.stored(layer)
+
+    def parameter_count(self, rate: float | None = None) -> int:
+        """Parameters used at `rate` (default: the current one): every linear at its keep sizes, conv1d, the
+        gated norm, dt_bias / A_log / D, norms, embedding (and lm_head when untied); biases excluded."""
+        c = self.config
+        n, H, G = c.hidden_size, c.ssm_heads, c.ssm_groups
+        total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
+        for ks in self.keep_sizes(self._rate if rate is None else rate):
+            total += n
+            if "ssm_head" in ks:
+                Pk, Nk = ks["ssm_head"], ks["ssm_state"]
+                total += n * (2 * H * Pk + 2 * G * Nk + H) + (H * Pk + 2 * G * Nk) * c.conv_kernel + 3 * H \
+                    + H * Pk + n * H * Pk
+            if "attn" in ks:
+                total += n * ks["attn"] * (2 * c.num_heads + 2 * c.num_kv_heads)
+            if "mlp" in ks:
+                total += (3 if c.mlp_act == "silu_gated" else 2) * n * ks["mlp"]
+                if c.ffn_after_mixer:
+                    total += n
         return total
 
 

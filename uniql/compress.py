@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qas
 
 log = logging.getLogger(__name__)
 
+COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 SCORERS = ("uniql", "magnitude")
 
@@ -139,9 +140,9 @@ def _one_layer_model(cfg: dict[str, Any], tensors: dict[str, Any], layer: dict[s
                                  max_seq=max_seq, max_chunk=min(max_seq, 256))
 
 
-def _layer_tensors(tensors: dict[str, Any], i: int) -> dict[str, Any]:
-    p = f"model.layers.{i}."
-    return {"model.layers.0." + k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+def _layer_tensors(tensors: dict[str, Any], i: int, prefix: str = "model.layers.") -> dict[str, Any]:
+    p = f"{prefix}{i}."
+    return {prefix + "0." + k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
 
 
 _LAYER_WEIGHTS = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
@@ -151,16 +152,17 @@ _LAYER_WEIGHTS = ("input_layernorm.weight", "post_attention_layernorm.weight", "
 
 class _Checkpoint:
     """Streams a checkpoint layer by layer: the embedding / final norm / lm_head stay in memory, a decoder layer
-    is read when it is needed and dropped after (peak memory: one layer, not the model)."""
+    is read when it is needed and dropped after (peak memory: one layer, not the model). Layer tensors are named
+    ``<prefix><i>.`` (``model.layers.``, or ``backbone.layers.`` for Mamba2)."""
 
-    def __init__(self, src: Path, num_layers: int) -> None:
-        self.src = src
+    def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.") -> None:
+        self.src, self.prefix = src, prefix
         names = checkpoint.tensor_names(src)
         self.by_layer: list[list[str]] = [[] for _ in range(num_layers)]
         other = []
         for n in names:
-            if n.startswith("model.layers."):
-                idx = n.split(".")[2]
+            if n.startswith(prefix):
+                idx = n[len(prefix):].split(".")[0]
                 if not idx.isdigit() or int(idx) >= num_layers:
                     raise FormatError(f"tensor {n!r} names a layer the config does not have ({num_layers} layers)")
                 self.by_layer[int(idx)].append(n)
@@ -170,24 +172,22 @@ class _Checkpoint:
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's tensors under layer-0 names."""
-        return _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i)
+        return _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i, self.prefix)
 
-    def validate(self, cfg: dict[str, Any]) -> None:
+    def validate(self, check_layer: Callable[[int, dict[str, np.ndarray]], None]) -> None:
         """Before anything is written: every weight finite (C scan, naming the tensor) and names/shapes
-        consistent with the config (the runtime's validation of a one-layer model per layer)."""
+        consistent with the config (``check_layer(i, tensors)``: the runtime's validation of a one-layer model)."""
         from uniql import _C
 
         for name, a in self.shared.items():
             _C.check_finite(a, name)
+        p0 = self.prefix + "0."
         for i in range(len(self.by_layer)):
             lay = self.layer(i)
-            for w in _LAYER_WEIGHTS:
-                if "model.layers.0." + w not in lay:
-                    raise FormatError(f"missing tensor 'model.layers.{i}.{w}' in {str(self.src)!r}")
             for name, a in lay.items():
-                _C.check_finite(a, f"model.layers.{i}." + name[len("model.layers.0."):])
+                _C.check_finite(a, f"{self.prefix}{i}." + name[len(p0):])
             try:
-                _one_layer_model(cfg, self.shared, lay, freq_map=None, interleaved=False, max_seq=2)
+                check_layer(i, lay)
             except UniqlError as e:
                 raise type(e)(f"layer {i}: {e}") from None
 
@@ -259,20 +259,236 @@ def _f16_scales(q: Any) -> Any:
     return QuantizedTensor(q.packed, s, q.shape, q.group)
 
 
+# ------------------------------------------------------------------------- per-architecture jobs ----
+
+def _store(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, Any], wdt: Any,
+           segments: Callable[[str], int]) -> dict[str, Any]:
+    """A compressed layer's tensors (layer-0 names `p0...`) as the artifact stores them under `pfx...`: int4 weights
+    as ``.qweight`` + ``.scales`` (F16), float projections in `wdt`, everything else float32; the uniql_tensors
+    table `info` gets an entry per linear (`segments(base)`: input segments of an int4 weight)."""
+    out_t: dict[str, Any] = {}
+    for k0, v in stored.items():
+        name = pfx + k0[len(p0):]
+        if hasattr(v, "packed"):
+            base = name[: -len(".weight")]
+            out_t[base + ".qweight"] = v.packed
+            out_t[base + ".scales"] = v.scales.astype(np.float16)
+            info[base] = {"format": "q4", "shape": list(v.shape), "group": v.group, "segments": segments(base)}
+        elif name.endswith("_proj.weight"):
+            base = name[: -len(".weight")]
+            out_t[name] = np.asarray(v, wdt)
+            info[base] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(v.shape)}
+        elif v.dtype.kind == "i":
+            out_t[name] = v
+        else:
+            out_t[name] = np.asarray(v, np.float32)
+    return out_t
+
+
+class _TransformerJob:
+    """Llama / Qwen2: one decoder layer = attention + gated MLP."""
+
+    def __init__(self, src: Path, cfg: dict[str, Any], opts: CompressOptions, T: int) -> None:
+        from uniql.runtime import TransformerConfig
+
+        self.cfg, self.opts, self.T = cfg, opts, T
+        tc = TransformerConfig.from_hf(cfg)
+        self.L, self.nh, self.nkv, self.d = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, \
+            tc.head_dim
+        self.n, self.DI = tc.hidden_size, tc.intermediate_size
+        self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
+        self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
+        self.go = _o_group(self.d, opts.group)
+        self.ckpt = _Checkpoint(src, self.L)
+        self.tensors = self.ckpt.shared
+        self.ckpt.validate(self._check_layer)
+        self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
+
+    def _check_layer(self, i: int, lay: dict[str, np.ndarray]) -> None:
+        for w in _LAYER_WEIGHTS:
+            if "model.layers.0." + w not in lay:
+                raise FormatError(f"missing tensor 'model.layers.{i}.{w}' in {str(self.ckpt.src)!r}")
+        _one_layer_model(self.cfg, self.tensors, lay, freq_map=None, interleaved=False, max_seq=2)
+
+    def _model(self, lay: dict[str, Any], freq: np.ndarray | None = None) -> Model:
+        return _one_layer_model(self.cfg, self.tensors, lay, freq_map=freq, interleaved=freq is not None,
+                                max_seq=self.T)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        emb = self._model(self.ckpt.layer(0))
+        return np.stack([emb.embed(ids[b]) for b in range(ids.shape[0])])
+
+    def final_hessian(self, X: np.ndarray) -> np.ndarray:
+        """Second moment of the final-norm output: the attention input of a one-layer model whose input norm is the
+        final norm."""
+        fin = self.ckpt.layer(0)
+        fin["model.layers.0.input_layernorm.weight"] = self.tensors[self.norm_name]
+        return _capture_moment(self._model(fin), X, "attn_in")
+
+    def meta(self) -> dict[str, Any]:
+        return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran, o_group=self.go)
+
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, timer: "_Timer", info: dict[str, Any]
+              ) -> tuple[np.ndarray, dict[str, Any], float]:
+        """Calibrates, sorts and (optionally) quantizes decoder layer i; returns (next X, artifact tensors,
+        block importance)."""
+        opts, nh, nkv, d, n, DI = self.opts, self.nh, self.nkv, self.d, self.n, self.DI
+        B = X.shape[0]
+        p0 = "model.layers.0."
+        a, m = p0 + "self_attn.", p0 + "mlp."
+        # 1. calibrate the original layer
+        t = time.perf_counter()
+        model = self._model(lay)
+        c_attn, c_q, c_k, c_mlp, c_z = Covariance(n), Covariance(nh * d), Covariance(nkv * d), Covariance(n), \
+            Covariance(DI)
+        Y = np.empty_like(X)
+        for b in range(B):
+            Y[b], cap = model.layer_forward(0, X[b], capture=("attn_in", "q", "k", "mlp_in", "mlp_z"))
+            c_attn.update(cap["attn_in"])
+            c_q.update(cap["q"])
+            c_k.update(cap["k"])
+            c_mlp.update(cap["mlp_in"])
+            c_z.update(cap["mlp_z"])
+        del model, cap
+        # per-sequence means, each formed once; the float64 sums are freed (for 8B shapes G_z alone is 1.6 GB)
+        G_attn, G_mlp, G_z = c_attn.mean(), c_mlp.mean(), c_z.mean()
+        del c_attn, c_mlp, c_z
+        importance = _importance(X, Y)
+        timer.add("calibrate", time.perf_counter() - t)
+
+        # 2. sort
+        t = time.perf_counter()
+        Wq, Wk = lay[a + "q_proj.weight"], lay[a + "k_proj.weight"]
+        if opts.scorer == "uniql":
+            mlp = sort_mlp(G_z, opts.mlp_lambda)
+            perm = mlp.perm
+            cq = _hf_from_interleaved(_diag(c_q), nh, d)
+            ck = _hf_from_interleaved(_diag(c_k), nkv, d)
+        else:  # ablation: plain weight magnitudes
+            # channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2 (same order as the product of the norms)
+            s = (_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
+                _row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T))
+            perm = argsort_desc(s)
+            cq = _row_norms_sq(Wq).reshape(nh, d)
+            ck = _row_norms_sq(Wk).reshape(nkv, d)
+        qk = sort_qk(cq, ck, "full")
+        rq, rk = qk.proj_rows(nh), qk.proj_rows(nkv)
+        sl: dict[str, Any] = {
+            p0 + "input_layernorm.weight": lay[p0 + "input_layernorm.weight"],
+            p0 + "post_attention_layernorm.weight": lay[p0 + "post_attention_layernorm.weight"],
+        }
+        sl.update(_sorted_attention(lay, a, G_attn, qk, rq, rk, nh, nkv, d, opts.split_sigma))
+        sl.update(_sorted_mlp(lay, m, perm))
+        freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
+        timer.add("sort", time.perf_counter() - t)
+
+        # 3. quantize (Hessians of the sorted layer's inputs)
+        stored = sl
+        if opts.quantize:
+            t = time.perf_counter()
+            H_o = _capture_moment(self._model(sl, freq), X, "attn_out")
+            H_z = G_z[np.ix_(perm, perm)]  # down_proj's input in the sorted channel order
+            del G_z
+            stored = _quantize(sl, ((a + "q_proj", G_attn, opts.group), (a + "k_proj", G_attn, opts.group),
+                                    (a + "v_proj", G_attn, opts.group), (a + "o_proj", H_o, self.go),
+                                    (m + "gate_proj", G_mlp, opts.group), (m + "up_proj", G_mlp, opts.group),
+                                    (m + "down_proj", H_z, opts.group)), opts.damp)
+            timer.add("quantize", time.perf_counter() - t)
+            # 4. propagate through the compressed layer
+            t = time.perf_counter()
+            Y = _propagate(self._model(stored, freq), X)
+            timer.add("propagate", time.perf_counter() - t)
+        stored[a + "rope_freq"] = freq
+        out_t = _store(stored, p0, f"model.layers.{i}.", info, self._wdt(),
+                       lambda base: nh if base.endswith("o_proj") else 1)
+        return Y, out_t, importance
+
+    def _wdt(self) -> Any:
+        return np.float16 if self.opts.dtype == "float16" else np.float32
+
+
+# ------------------------------------------------------------------------- shared pipeline steps ----
+
+def _importance(X: np.ndarray, Y: np.ndarray) -> float:
+    """Block importance of one layer from its last-token input and output (DESIGN.md section 4)."""
+    return float(block_importance(np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(Y[:, -1])))
+
+
+def _capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
+    """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n)."""
+    cov = None
+    for b in range(X.shape[0]):
+        _, cap = model.layer_forward(0, X[b], capture=(name,))
+        if cov is None:
+            cov = Covariance(cap[name].shape[1])
+        cov.update(cap[name])
+    return cov.mean()
+
+
+def _propagate(model: Any, X: np.ndarray) -> np.ndarray:
+    """Outputs of a one-layer model's layer 0 on every sequence of X."""
+    Y = np.empty_like(X)
+    for b in range(X.shape[0]):
+        Y[b], _ = model.layer_forward(0, X[b])
+    return Y
+
+
+def _quantize(sl: dict[str, Any], plan: Any, damp: float) -> dict[str, Any]:
+    """`sl` with every (base, Hessian, group) of `plan` replaced by its GPTQ int4 form (fp16 scales)."""
+    stored = dict(sl)
+    for name, H, g in plan:
+        stored[name + ".weight"] = _f16_scales(_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, g, damp))
+    return stored
+
+
+def _sorted_mlp(lay: dict[str, Any], m: str, perm: np.ndarray) -> dict[str, Any]:
+    """MLP channels permuted: rows of gate (when present) and up, columns of down, bias entries likewise."""
+    out: dict[str, Any] = {}
+    for proj in ("gate_proj", "up_proj"):
+        for kind in ("weight", "bias"):
+            if f"{m}{proj}.{kind}" in lay:
+                out[f"{m}{proj}.{kind}"] = np.ascontiguousarray(lay[f"{m}{proj}.{kind}"][perm])
+    out[m + "down_proj.weight"] = np.ascontiguousarray(lay[m + "down_proj.weight"][:, perm])
+    if m + "down_proj.bias" in lay:
+        out[m + "down_proj.bias"] = lay[m + "down_proj.bias"]
+    return out
+
+
+def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, rq: np.ndarray, rk: np.ndarray,
+                      nh: int, nkv: int, d: int, split_sigma: bool) -> dict[str, Any]:
+    """Q/K rows in sorted (runtime) order and V/O by the quantization-aware SVD (V bias folded into o_proj)."""
+    vo = qasvd_vo(G_attn, lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv, head_dim=d,
+                  bv=lay.get(a + "v_proj.bias"), bo=lay.get(a + "o_proj.bias"), split_sigma=split_sigma)
+    out: dict[str, Any] = {
+        a + "q_proj.weight": np.ascontiguousarray(lay[a + "q_proj.weight"][rq]),
+        a + "k_proj.weight": np.ascontiguousarray(lay[a + "k_proj.weight"][rk]),
+        a + "v_proj.weight": vo.wv,
+        a + "o_proj.weight": vo.wo,
+    }
+    for bname, rows in (("q_proj.bias", rq), ("k_proj.bias", rk)):
+        if a + bname in lay:
+            out[a + bname] = np.ascontiguousarray(lay[a + bname][rows])
+    if a + "v_proj.bias" in lay:
+        out[a + "v_proj.bias"] = np.zeros_like(lay[a + "v_proj.bias"])  # folded into o_proj's bias
+    if vo.bo is not None:
+        out[a + "o_proj.bias"] = vo.bo
+    return out
+
+
 # --------------------------------------------------------------------------------- compress ----
 
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
              num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
              overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
-    """Compresses a Hugging Face Llama/Qwen2 checkpoint into one artifact serving every pruning rate in
-    [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
+    """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
+    every pruning rate in [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
 
     ``calibration``: a text, a path to a text file, a list of texts or an array of token ids (default: the C4
     sample shipped by exllamav2); ``num_samples`` sequences of ``seq_len`` tokens. ``quantize``: GPTQ int4
     (group ``group``) of every linear and int4 embedding; False keeps ``dtype`` weights. ``scorer`` and
-    ``split_sigma`` select ablations. Nothing is written when an argument is invalid; an existing non-empty
-    output directory needs ``overwrite=True``.
+    ``split_sigma`` select ablations (transformers only). Nothing is written when an argument is invalid; an
+    existing non-empty output directory needs ``overwrite=True``.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype)
@@ -281,8 +497,11 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if checkpoint.is_artifact(cfg):
         raise InvalidArgumentError(f"{src} is already a uniql artifact")
     arch = cfg.get("model_type")
-    if arch not in ("llama", "qwen2"):
-        raise UnsupportedError(f"compress supports llama and qwen2 models so far, not {arch!r}")
+    if arch not in COMPRESSIBLE:
+        raise UnsupportedError(f"compress supports {', '.join(COMPRESSIBLE)} models, not {arch!r}")
+    if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
+            arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
+        raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
@@ -291,19 +510,15 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     part = out.with_name(out.name + ".partial")
     timer = _Timer()
     t0 = time.perf_counter()
-
-    ckpt = _Checkpoint(src, int(cfg["num_hidden_layers"]))
-    ckpt.validate(cfg)                        # names, shapes, NaN/Inf: before anything is written
-    tensors = ckpt.shared                     # embedding, final norm, lm_head (decoder layers are streamed)
-    timer.add("read", time.perf_counter() - t0)
-    from uniql.runtime import TransformerConfig
-    tc = TransformerConfig.from_hf(cfg)
-    L, nh, nkv, d = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
-    n, DI = tc.hidden_size, tc.intermediate_size
-    mlp_gran = keep_granularity(DI, opts.mlp_granularity)
-    attn_gran = keep_granularity(d, opts.attn_granularity, 2)
-    go = _o_group(d, opts.group)
     B, T = ids.shape
+    if arch in checkpoint.HYBRID_MODEL_TYPES:
+        from uniql.compress_hybrid import HybridJob
+        job: Any = HybridJob(src, cfg, opts, T)
+    else:
+        job = _TransformerJob(src, cfg, opts, T)     # names, shapes, NaN/Inf: before anything is written
+    tensors = job.tensors                     # embedding, final norm, lm_head (decoder layers are streamed)
+    n, L = int(cfg["hidden_size"]), job.L
+    timer.add("read", time.perf_counter() - t0)
 
     # ---- resume / fresh partial directory
     state_path = part / "progress.json"
@@ -327,10 +542,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         part.mkdir(parents=True)
     if X is None:
         t = time.perf_counter()
-        emb = _one_layer_model(cfg, tensors, ckpt.layer(0), freq_map=None, interleaved=False,
-                               max_seq=T)
-        X = np.stack([emb.embed(ids[b]) for b in range(B)])
-        del emb
+        X = job.embed(ids)
         timer.add("calibrate", time.perf_counter() - t)
 
     info: dict[str, Any] = resumed_info  # tensor table (layers finished before an interruption included)
@@ -341,118 +553,10 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         bar = tqdm(bar, desc="compress", unit="layer", initial=start, total=L)
 
     for i in bar:
-        lay = ckpt.layer(i)
-        p0 = "model.layers.0."
-        a, m = p0 + "self_attn.", p0 + "mlp."
-        # 1. calibrate the original layer
+        X, out_t, imp = job.layer(i, job.ckpt.layer(i), X, timer, info)
+        importance.append(imp)
+        # write the layer, then the activations and the progress record (each replaced atomically)
         t = time.perf_counter()
-        model = _one_layer_model(cfg, tensors, lay, freq_map=None, interleaved=False, max_seq=T)
-        c_attn, c_q, c_k, c_mlp, c_z = Covariance(n), Covariance(nh * d), Covariance(nkv * d), Covariance(n), \
-            Covariance(DI)
-        Y = np.empty_like(X)
-        for b in range(B):
-            Y[b], cap = model.layer_forward(0, X[b], capture=("attn_in", "q", "k", "mlp_in", "mlp_z"))
-            c_attn.update(cap["attn_in"])
-            c_q.update(cap["q"])
-            c_k.update(cap["k"])
-            c_mlp.update(cap["mlp_in"])
-            c_z.update(cap["mlp_z"])
-        del model, cap
-        # per-sequence means, each formed once; the float64 sums are freed (for 8B shapes G_z alone is 1.6 GB)
-        G_attn, G_mlp, G_z = c_attn.mean(), c_mlp.mean(), c_z.mean()
-        del c_attn, c_mlp, c_z
-        importance.append(float(block_importance(np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(Y[:, -1]))))
-        timer.add("calibrate", time.perf_counter() - t)
-
-        # 2. sort
-        t = time.perf_counter()
-        Wq, Wk = lay[a + "q_proj.weight"], lay[a + "k_proj.weight"]
-        if opts.scorer == "uniql":
-            mlp = sort_mlp(G_z, opts.mlp_lambda)
-            perm = mlp.perm
-            cq = _hf_from_interleaved(_diag(c_q), nh, d)
-            ck = _hf_from_interleaved(_diag(c_k), nkv, d)
-        else:  # ablation: plain weight magnitudes
-            # channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2 (same order as the product of the norms)
-            s = (_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
-                _row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T))
-            perm = argsort_desc(s)
-            cq = _row_norms_sq(Wq).reshape(nh, d)
-            ck = _row_norms_sq(Wk).reshape(nkv, d)
-        qk = sort_qk(cq, ck, "full")
-        rq, rk = qk.proj_rows(nh), qk.proj_rows(nkv)
-        vo = qasvd_vo(G_attn, lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv,
-                      head_dim=d, bv=lay.get(a + "v_proj.bias"), bo=lay.get(a + "o_proj.bias"),
-                      split_sigma=opts.split_sigma)
-        sl: dict[str, Any] = {
-            p0 + "input_layernorm.weight": lay[p0 + "input_layernorm.weight"],
-            p0 + "post_attention_layernorm.weight": lay[p0 + "post_attention_layernorm.weight"],
-            a + "q_proj.weight": np.ascontiguousarray(Wq[rq]),
-            a + "k_proj.weight": np.ascontiguousarray(Wk[rk]),
-            a + "v_proj.weight": vo.wv,
-            a + "o_proj.weight": vo.wo,
-            m + "gate_proj.weight": np.ascontiguousarray(lay[m + "gate_proj.weight"][perm]),
-            m + "up_proj.weight": np.ascontiguousarray(lay[m + "up_proj.weight"][perm]),
-            m + "down_proj.weight": np.ascontiguousarray(lay[m + "down_proj.weight"][:, perm]),
-        }
-        for bname, rows in (("q_proj.bias", rq), ("k_proj.bias", rk)):
-            if a + bname in lay:
-                sl[a + bname] = np.ascontiguousarray(lay[a + bname][rows])
-        if a + "v_proj.bias" in lay:
-            sl[a + "v_proj.bias"] = np.zeros_like(lay[a + "v_proj.bias"])  # folded into o_proj's bias
-        if vo.bo is not None:
-            sl[a + "o_proj.bias"] = vo.bo
-        freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
-        timer.add("sort", time.perf_counter() - t)
-
-        # 3. quantize (Hessians of the sorted layer's inputs)
-        stored = sl
-        if opts.quantize:
-            t = time.perf_counter()
-            srt = _one_layer_model(cfg, tensors, sl, freq_map=freq, interleaved=True, max_seq=T)
-            c_o = Covariance(nh * d)
-            for b in range(B):
-                _, cap = srt.layer_forward(0, X[b], capture=("attn_out",))
-                c_o.update(cap["attn_out"])
-            del srt
-            H_z = G_z[np.ix_(perm, perm)]  # down_proj's input in the sorted channel order
-            del G_z
-            stored = dict(sl)
-            for name, H, g in ((a + "q_proj", G_attn, opts.group), (a + "k_proj", G_attn, opts.group),
-                               (a + "v_proj", G_attn, opts.group), (a + "o_proj", c_o.mean(), go),
-                               (m + "gate_proj", G_mlp, opts.group), (m + "up_proj", G_mlp, opts.group),
-                               (m + "down_proj", H_z, opts.group)):
-                stored[name + ".weight"] = _f16_scales(_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, g,
-                                                             opts.damp))
-            timer.add("quantize", time.perf_counter() - t)
-            # 4. propagate through the compressed layer
-            t = time.perf_counter()
-            qm = _one_layer_model(cfg, tensors, stored, freq_map=freq, interleaved=True, max_seq=T)
-            for b in range(B):
-                Y[b], _ = qm.layer_forward(0, X[b])
-            del qm
-            timer.add("propagate", time.perf_counter() - t)
-        X = Y
-
-        # 5. write the layer
-        t = time.perf_counter()
-        out_t: dict[str, Any] = {}
-        pfx = f"model.layers.{i}."
-        for k0, v in stored.items():
-            name = pfx + k0[len(p0):]
-            if hasattr(v, "packed"):
-                base = name[: -len(".weight")]
-                nseg = nh if base.endswith("o_proj") else 1
-                out_t[base + ".qweight"] = v.packed
-                out_t[base + ".scales"] = v.scales.astype(np.float16)
-                info[base] = {"format": "q4", "shape": list(v.shape), "group": v.group, "segments": nseg}
-            elif name.endswith("_proj.weight"):
-                base = name[: -len(".weight")]
-                out_t[name] = np.asarray(v, wdt)
-                info[base] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(v.shape)}
-            else:
-                out_t[name] = np.asarray(v, np.float32)
-        out_t[pfx + "self_attn.rope_freq"] = freq
         st.save_file(part / layer_file(i), out_t)
         np.save(part / "calib_x.tmp.npy", X)
         os.replace(part / "calib_x.tmp.npy", part / "calib_x.npy")
@@ -464,9 +568,10 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
 
     # ---- embedding / final norm / lm_head
     t = time.perf_counter()
-    rest: dict[str, Any] = {"model.norm.weight": np.asarray(tensors["model.norm.weight"], np.float32)}
-    E = np.ascontiguousarray(tensors["model.embed_tokens.weight"], dtype=np.float32)
+    rest: dict[str, Any] = {job.norm_name: np.asarray(tensors[job.norm_name], np.float32)}
+    E = np.ascontiguousarray(tensors[job.embed_name], dtype=np.float32)
     tied = bool(cfg.get("tie_word_embeddings", False))
+    embed_base = job.embed_name[: -len(".weight")]
 
     def put(name: str, W: np.ndarray, q: Any) -> None:
         if q is not None:
@@ -479,34 +584,27 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
 
     head_q = None
     if opts.quantize:
-        # GPTQ of lm_head on the final-norm output: the attention input of a one-layer model whose input norm is
-        # the final norm. Tied embeddings stay tied: the GPTQ table also serves the embedding lookups.
-        fin = ckpt.layer(0)
-        fin["model.layers.0.input_layernorm.weight"] = tensors["model.norm.weight"]
-        fm = _one_layer_model(cfg, tensors, fin, freq_map=None, interleaved=False, max_seq=T)
-        c_h = Covariance(n)
-        for b in range(B):
-            _, cap = fm.layer_forward(0, X[b], capture=("attn_in",))
-            c_h.update(cap["attn_in"])
-        del fm
+        # GPTQ of lm_head on the final-norm output. Tied embeddings stay tied: the GPTQ table also serves the
+        # embedding lookups.
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(_gptq(W, c_h.mean(), opts.group, opts.damp))
+        head_q = _f16_scales(_gptq(W, job.final_hessian(X), opts.group, opts.damp))
     if tied:
-        put("model.embed_tokens", E, head_q)
+        put(embed_base, E, head_q)
     else:
-        put("model.embed_tokens", E, _f16_scales(quantize_rtn(E, group=opts.group)) if opts.quantize else None)
+        put(embed_base, E, _f16_scales(quantize_rtn(E, group=opts.group)) if opts.quantize else None)
         put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q)
     st.save_file(part / REST_FILE, rest)
 
-    meta = ArtifactMeta(
-        format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate, importance=tuple(importance),
-        mlp_granularity=mlp_gran, attn_granularity=attn_gran,
-        quantization={"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
-                      "embedding": "gptq-lm-head (tied)" if tied else "rtn"}
-        if opts.quantize else None,
-        sorting={"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
-                 "num_samples": int(B), "seq_len": int(T)},
-        source=src.name)
+    jm = job.meta()
+    quant = {"bits": 4, "group": opts.group, "o_group": jm.pop("o_group"), "scheme": "gptq",
+             "embedding": "gptq-lm-head (tied)" if tied else "rtn"}
+    quant.update(jm.pop("quantization", {}))
+    sorting = {"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
+               "num_samples": int(B), "seq_len": int(T)}
+    sorting.update(jm.pop("sorting", {}))
+    meta = ArtifactMeta(format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate,
+                        importance=tuple(importance), quantization=quant if opts.quantize else None,
+                        sorting=sorting, source=src.name, **jm)
     out_cfg = dict(cfg)
     out_cfg["uniql"] = meta.to_json()
     out_cfg["uniql_tensors"] = info

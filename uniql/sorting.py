@@ -326,6 +326,53 @@ def sort_ssm_head_channels(Gm: npt.ArrayLike, n_heads: int, head_dim: int, lam: 
     return SSMHeadSort(scores=scores, perm=perm)
 
 
+def ssm_bc_moments(B: npt.ArrayLike, C: npt.ArrayLike, dt: npt.ArrayLike, n_groups: int, scale: float = 1.0,
+                   dB_acc: Optional[np.ndarray] = None, c_acc: Optional[np.ndarray] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """State-dim statistics of one sequence, accumulated into (dB_acc (H, N), c_acc (G, N)) float64 (new zero
+    arrays when None): ``dB_acc[h][n] += scale * sum_t (dt[t,h] B[t, g(h)*N + n])^2`` and
+    ``c_acc[g][n] += scale * sum_t C[t, g*N + n]^2``; B, C (T, G*N) after conv1d + SiLU, dt (T, H) = Delta
+    (float32, as :meth:`uniql.ssm.HybridModel.layer_forward` captures them). Returns the accumulators."""
+    b = _array("B", B, np.float32, 2)
+    c = _array("C", C, np.float32, 2)
+    d = _array("dt", dt, np.float32, 2)
+    G = _count("n_groups", n_groups)
+    T, H = d.shape
+    if b.shape != c.shape or b.shape[0] != T or b.shape[1] % G:
+        raise ShapeError(f"B {b.shape} and C {c.shape} must both be (T = {T}, n_groups*N) with n_groups = {G}")
+    N = b.shape[1] // G
+    if H % G:
+        raise ShapeError(f"H ({H} heads) must be a multiple of n_groups ({G})")
+    for name, acc, shape in (("dB_acc", dB_acc, (H, N)), ("c_acc", c_acc, (G, N))):
+        if acc is not None and (not isinstance(acc, np.ndarray) or acc.dtype != np.float64 or acc.shape != shape
+                                or not acc.flags.c_contiguous):
+            raise ShapeError(f"{name} must be a C-contiguous float64 array of shape {shape}")
+    dB_acc = np.zeros((H, N)) if dB_acc is None else dB_acc
+    c_acc = np.zeros((G, N)) if c_acc is None else c_acc
+    _C.ssm_bc_moments(b, c, d, float(scale), dB_acc, c_acc)
+    return dB_acc, c_acc
+
+
+def ssm_chunk_states(x: npt.ArrayLike, B: npt.ArrayLike, dt: npt.ArrayLike, A_log: npt.ArrayLike, n_groups: int,
+                     chunk: int) -> np.ndarray:
+    """Chunk-local SSM states of one sequence as samples (DESIGN.md 3): float64 (ceil(T/chunk)*N, H*P), row
+    c*N + n, column h*P + p = ``sum_{t in c} exp(A_h sum_{tau in c, tau > t} dt[tau,h]) dt[t,h] x[t,h*P+p]
+    B[t,g(h)*N+n]`` with ``A_h = -exp(A_log[h])``. x (T, H*P), B (T, G*N) after conv1d + SiLU, dt (T, H) = Delta.
+    Their second moment is the statistic of :func:`sort_ssm_head_channels`."""
+    xa = _array("x", x, np.float32, 2)
+    b = _array("B", B, np.float32, 2)
+    d = _array("dt", dt, np.float32, 2)
+    a = _array("A_log", A_log, np.float32, 1)
+    G, chunk = _count("n_groups", n_groups), _count("chunk", chunk)
+    T, H = d.shape
+    if xa.shape[0] != T or b.shape[0] != T or xa.shape[1] % H or b.shape[1] % G or a.shape != (H,) or H % G:
+        raise ShapeError(f"x {xa.shape}, B {b.shape}, dt {d.shape}, A_log {a.shape} do not fit T = {T}, "
+                         f"H = {H} heads and n_groups = {G}")
+    S = np.empty((-(-T // chunk) * (b.shape[1] // G), xa.shape[1]), np.float64)
+    _C.ssm_chunk_states(xa, b, d, a, G, chunk, S)
+    return S
+
+
 # -------------------------------------------------------------------------------------- allocation --
 
 

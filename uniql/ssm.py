@@ -36,8 +36,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.errors import DTypeError, FormatError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import SequenceModel, _Q4, _as_q4, _f32, _is_q4, _permute_rows
+from uniql.errors import DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
+from uniql.runtime import SequenceModel, _Q4, _as_q4, _f32, _ids_array, _is_q4, _permute_rows
 
 log = logging.getLogger(__name__)
 
@@ -605,6 +605,64 @@ class HybridModel(SequenceModel):
             for i, k in enumerate(saved):
                 self.set_keep(i, **k)
             raise
+
+    # ------------------------------------------------------------------ compression pipeline ----
+    def _scratch_state(self, T: int) -> Any:
+        if getattr(self, "_scratch", None) is None or self._scratch_seq < T:
+            self._scratch_seq = max(int(T), 1)
+            self._scratch = _C.hy_state_new(self._cm, self._scratch_seq, self._max_chunk)
+        return self._scratch
+
+    def embed(self, ids: Any) -> np.ndarray:
+        """float32 (T, hidden) embedding rows (int4 dequantized)."""
+        a = _ids_array(ids)
+        X = np.empty((a.size, self.config.hidden_size), np.float32)
+        _C.hy_embed(self._cm, a, X)
+        return X
+
+    def capture_widths(self, layer: int) -> dict[str, int]:
+        """Widths of the captures :meth:`layer_forward` offers for `layer` at its current keeps (see
+        ``uq_hy_capture`` in uniql.h); only the ones that exist for the layer's kind."""
+        c = self.config
+        keep, stored, kind, ffn = _C.hy_get_keep(self._cm, int(layer))
+        kept = bool(self._options & _C.HY_OPT_KEPT_STATE)
+        Pc, Nc = (keep[2], keep[3]) if kept else (stored[2], stored[3])
+        w = {"mixer_in": c.hidden_size}
+        if kind == _C.HY_MAMBA:
+            w.update(ssm_x=c.ssm_heads * Pc, ssm_B=c.ssm_groups * Nc, ssm_C=c.ssm_groups * Nc, ssm_dt=c.ssm_heads,
+                     ssm_out=c.ssm_heads * keep[2])
+        elif kind == _C.HY_ATTN:
+            w.update(q=c.num_heads * keep[1], k=c.num_kv_heads * stored[1], attn_out=c.num_heads * keep[1])
+        if kind == _C.HY_MLP or ffn:
+            w.update(mlp_in=c.hidden_size, mlp_z=keep[0])
+        return w
+
+    def layer_forward(self, layer: int, X: np.ndarray, capture: Sequence[str] = ()) -> tuple[np.ndarray, dict]:
+        """One layer over a causal sequence X (T, hidden) from a zero state (positions 0..T-1) at the layer's
+        current keeps. ``capture``: names among :meth:`capture_widths` (mixer_in; Mamba: ssm_x, ssm_B, ssm_C,
+        ssm_dt = Delta, ssm_out; attention: q, k (after RoPE), attn_out; MLP: mlp_in, mlp_z). Returns
+        (Y, {name: (T, width) float32}). Does not touch the generation state."""
+        X = _f32("X", X)
+        if X.ndim != 2:
+            raise ShapeError(f"X must be 2-D (T, hidden), got shape {X.shape}")
+        widths = self.capture_widths(layer)
+        caps = {}
+        for name in capture:
+            if name not in widths:
+                raise InvalidArgumentError(f"layer {layer} ({self.layer_types[layer]}) has no capture {name!r} "
+                                 f"(choose from {', '.join(widths)})")
+            caps[name] = np.empty((X.shape[0], widths[name]), np.float32)
+        Y = np.empty_like(X)
+        _C.hy_layer_forward(self._cm, self._scratch_state(X.shape[0]), int(layer), X, Y, **caps)
+        return Y, caps
+
+    def memory_bytes(self) -> int:
+        """Bytes of the weights referenced by the model plus its state(s) (the scratch state of layer_forward
+        included once it exists)."""
+        total = super().memory_bytes()
+        if getattr(self, "_scratch", None) is not None:
+            total += _C.hy_state_info(self._scratch)[1]
+        return total
 
     def set_options(self, sequential_scan: bool = False, kept_state: bool = False) -> None:
         """Execution options. ``sequential_scan``: prefill with the recurrence instead of the chunked scan

@@ -747,6 +747,8 @@ uq_status uq_hy_get_keep(const uq_hy_model *m, int64_t layer, int64_t *keep, int
 uq_status uq_hy_layer_info(const uq_hy_model *m, int64_t layer, int32_t *kind, int32_t *has_ffn);
 /* Execution options (UQ_HY_OPT_* bits; UQ_ERR_ARG for unknown bits). */
 uq_status uq_hy_set_options(uq_hy_model *m, int32_t options);
+/* Current option bits (0 for NULL). */
+int32_t uq_hy_get_options(const uq_hy_model *m);
 uq_status uq_hy_get_config(const uq_hy_model *m, uq_hy_config *out);
 
 /* A state for model m: per Mamba layer conv state and SSM state at stored sizes, per attention layer a KV
@@ -766,6 +768,52 @@ size_t uq_hy_state_bytes(const uq_hy_state *s);
  * model). */
 uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids, int64_t T, int64_t n_logits,
                         float *logits);
+
+/* Pieces for the compression pipeline. */
+/* X (T, hidden) = embedding rows of ids (dequantized for int4). UQ_ERR_ARG (NULL, T < 1), UQ_ERR_RANGE (id). */
+uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float *X);
+
+/* Optional captures of uq_hy_layer_forward (caller-allocated; any may be NULL). Pc/Nc = the computed head
+ * channels / state dims (stored sizes, or the keeps with UQ_HY_OPT_KEPT_STATE); P', r, k = current keeps. */
+typedef struct {
+    float *mixer_in;  /* (T, hidden)     RMSNorm output feeding the mixer (in_proj, q/k/v, or up/gate) */
+    float *ssm_x;     /* (T, H*Pc)       Mamba x after conv1d + SiLU (head h at columns h*Pc ..) */
+    float *ssm_B;     /* (T, G*Nc)       Mamba B after conv1d + SiLU */
+    float *ssm_C;     /* (T, G*Nc)       Mamba C after conv1d + SiLU */
+    float *ssm_dt;    /* (T, H)          Delta = clamp(softplus(dt + dt_bias)) */
+    float *ssm_out;   /* (T, H*P')       gated-norm output = out_proj input */
+    float *q;         /* (T, n_heads*r)  queries after RoPE (runtime layout: rotary rows interleaved, then pass) */
+    float *k;         /* (T, n_kv*R)     keys after RoPE, all R stored rows of each head */
+    float *attn_out;  /* (T, n_heads*r)  attention output = o_proj input */
+    float *mlp_in;    /* (T, hidden)     RMSNorm output feeding the MLP (mixer of an MLP layer, or the ffn) */
+    float *mlp_z;     /* (T, k)          down_proj input: silu(gate) * up, or relu(up)^2 */
+} uq_hy_capture;
+
+/* One layer over a whole causal sequence X (T, hidden) from a zero state at positions 0..T-1 (T <= max_seq;
+ * chunks of the state's max_chunk, so the SSD chunks start at multiples of chunk_size), at the layer's current
+ * keeps and options: Y (T, hidden) = layer(X); Y may equal X. The state is used as scratch and is reset
+ * (position 0, SSM/conv states zeroed) before and after. UQ_ERR_ARG (NULL, T < 1), UQ_ERR_RANGE (layer,
+ * T > max_seq), UQ_ERR_STATE (state of another model). */
+uq_status uq_hy_layer_forward(const uq_hy_model *m, uq_hy_state *s, int64_t layer, const float *X, int64_t T,
+                              float *Y, const uq_hy_capture *cap);
+
+/* Calibration statistics of a Mamba2 mixer (DESIGN.md 3), from one sequence's captures (float64 sums).
+ * B/C state-dim moments, accumulated (+=) with weight `scale` (1/num_sequences gives the mean over sequences):
+ *   dB_acc[h][n] += scale * sum_t (Delta_t[h] * B_t[g(h)][n])^2,   c_acc[g][n] += scale * sum_t C_t[g][n]^2,
+ *   g(h) = h / (H/G). B, C (T, G*N) float32 (after conv1d + SiLU), dt (T, H) float32 = Delta; dB_acc (H, N),
+ *   c_acc (G, N) float64. UQ_ERR_ARG (NULL, sizes < 1, H % G != 0), UQ_ERR_NUMERIC (NaN/Inf input). */
+uq_status uq_ssm_bc_moments(const float *B, const float *C, const float *dt, int64_t T, int64_t H, int64_t G,
+                            int64_t N, double scale, double *dB_acc, double *c_acc);
+
+/* Chunk-local SSM states as samples for the state-aware head-channel score (DESIGN.md 3):
+ *   S_c[h][p][n] = sum_{t in chunk c} exp(A_h sum_{tau in c, tau > t} Delta_tau[h]) Delta_t[h] x_t[h][p] B_t[g(h)][n]
+ * with A_h = -exp(A_log[h]), chunks [c*chunk, min((c+1)*chunk, T)) (the last one may be shorter), computed in
+ * float64. Output S (nc*N, H*P) float64, nc = ceil(T/chunk): row c*N + n, column h*P + p (samples (chunk, n) x
+ * features (h, p)); its second moment (uq_cov_accumulate_f64) is the statistic of uq_sort_ssm_head_channels.
+ * x (T, H*P), B (T, G*N), dt (T, H) float32 as captured by uq_hy_layer_forward; A_log (H) float32.
+ * UQ_ERR_ARG (NULL, sizes < 1, H % G != 0), UQ_ERR_NUMERIC (NaN/Inf input). */
+uq_status uq_ssm_chunk_states(const float *x, const float *B, const float *dt, const float *A_log, int64_t T,
+                              int64_t H, int64_t P, int64_t G, int64_t N, int64_t chunk, double *S);
 
 #ifdef __cplusplus
 }

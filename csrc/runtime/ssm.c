@@ -375,6 +375,8 @@ uq_status uq_hy_set_options(uq_hy_model *m, int32_t options) {
     return UQ_OK;
 }
 
+int32_t uq_hy_get_options(const uq_hy_model *m) { return m ? m->options : 0; }
+
 uq_status uq_hy_get_config(const uq_hy_model *m, uq_hy_config *out) {
     if (!m || !out) return uq_set_error(UQ_ERR_ARG, "hy_get_config: NULL argument");
     *out = m->cfg;
@@ -518,8 +520,11 @@ size_t uq_hy_state_bytes(const uq_hy_state *s) { return s ? s->bytes : 0; }
 
 /* ----------------------------------------------------------------------------- forward ---- */
 
+static void copy_rows(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
+
 /* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
-static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked) {
+static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked,
+                             const uq_hy_capture *cap, int64_t row0) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
@@ -549,6 +554,12 @@ static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, fl
         for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + G * Ns + g * Ns + n;
     uq_ks_conv1d_silu(s->ci, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->co);
     uq_ks_dt_softplus(s->dt, Tc, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    if (cap) {
+        if (cap->ssm_x) copy_rows(cap->ssm_x + row0 * H * Pc, s->xo, Tc * H * Pc);
+        if (cap->ssm_B) copy_rows(cap->ssm_B + row0 * G * Nc, s->bo, Tc * G * Nc);
+        if (cap->ssm_C) copy_rows(cap->ssm_C + row0 * G * Nc, s->co, Tc * G * Nc);
+        if (cap->ssm_dt) copy_rows(cap->ssm_dt + row0 * H, s->dt, Tc * H);
+    }
     uq_ks_scan a = {.T = Tc, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
                     .chunk = c->chunk_size, .x = s->xo, .B = s->bo, .C = s->co, .dt = s->dt,
                     .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l], .y = s->y};
@@ -557,13 +568,15 @@ static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, fl
     else
         uq_ks_ssm_scan_seq(&a, s->nthreads);
     uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
+    if (cap && cap->ssm_out) copy_rows(cap->ssm_out + row0 * H * Pk, s->y, Tc * H * Pk);
     if ((st = uq_linear_forward(&lw->out_proj, s->y, Tc, 1, hid, H, Pk, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);
     return UQ_OK;
 }
 
 /* Attention over h = s->xn (Tc, hidden) at positions pos0..; adds its output to x. */
-static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0) {
+static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0,
+                            const uq_hy_capture *cap, int64_t row0) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
@@ -595,6 +608,8 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
         uq_k_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
         uq_k_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
     }
+    if (cap && cap->q) copy_rows(cap->q + row0 * nh * r, s->q, Tc * nh * r);
+    if (cap && cap->k) copy_rows(cap->k + row0 * nkv * R, s->kb, Tc * nkv * R);
     float *kc = s->kc[l], *vc = s->vc[l];
     for (int64_t t = 0; t < Tc; t++)
         for (int64_t g = 0; g < nkv; g++) {
@@ -604,17 +619,20 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
         }
     uq_ks_attention(s->q, Tc, nh, nkv, rr, rp, kc, vc, s->max_seq, R, Rr, pos0,
                     (float)(1.0 / sqrt((double)c->head_dim)), s->att, s->scores, s->nthreads);
+    if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc * nh * r);
     if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);
     return UQ_OK;
 }
 
 /* MLP over h = s->xn (Tc, hidden); adds its output to x. */
-static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc) {
+static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc,
+                           const uq_hy_capture *cap, int64_t row0) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
     uq_status st;
+    if (cap && cap->mlp_in) copy_rows(cap->mlp_in + row0 * hid, s->xn, Tc * hid);
     if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
         if ((st = uq_linear_forward(&lw->gate, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK ||
             (st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->u)) != UQ_OK)
@@ -624,26 +642,29 @@ static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, floa
         if ((st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK) return st;
         uq_ks_relu2(s->g, Tc * k);
     }
+    if (cap && cap->mlp_z) copy_rows(cap->mlp_z + row0 * k, s->g, Tc * k);
     if ((st = uq_linear_forward(&lw->down, s->g, Tc, 1, hid, 1, k, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);
     return UQ_OK;
 }
 
+/* One layer over x (Tc, hidden) in place at positions pos0..; captures (cap may be NULL) at row offset row0. */
 static uq_status layer_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0,
-                             int chunked) {
+                             int chunked, const uq_hy_capture *cap, int64_t row0) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     uq_status st;
     uq_k_rmsnorm(x, Tc, c->hidden_size, lw->norm, c->norm_eps, s->xn);
+    if (cap && cap->mixer_in) copy_rows(cap->mixer_in + row0 * c->hidden_size, s->xn, Tc * c->hidden_size);
     if (lw->kind == UQ_HY_MAMBA)
-        st = mamba_chunk(m, s, l, x, Tc, chunked);
+        st = mamba_chunk(m, s, l, x, Tc, chunked, cap, row0);
     else if (lw->kind == UQ_HY_ATTN)
-        st = attn_chunk(m, s, l, x, Tc, pos0);
+        st = attn_chunk(m, s, l, x, Tc, pos0, cap, row0);
     else
-        st = mlp_chunk(m, s, l, x, Tc);
+        st = mlp_chunk(m, s, l, x, Tc, cap, row0);
     if (st != UQ_OK || !m->has_ffn[l]) return st;
     uq_k_rmsnorm(x, Tc, c->hidden_size, lw->ffn_norm, c->norm_eps, s->xn);
-    return mlp_chunk(m, s, l, x, Tc);
+    return mlp_chunk(m, s, l, x, Tc, cap, row0);
 }
 
 uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids, int64_t T, int64_t n_logits,
@@ -669,7 +690,7 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
         int64_t Tc = T - c0 < s->max_chunk ? T - c0 : s->max_chunk;
         uq_k_embed(&m->embed, ids + c0, Tc, s->x);
         for (int64_t l = 0; l < m->cfg.num_layers; l++)
-            if ((st = layer_chunk(m, s, l, s->x, Tc, s->pos + c0, chunked)) != UQ_OK) return st;
+            if ((st = layer_chunk(m, s, l, s->x, Tc, s->pos + c0, chunked, NULL, 0)) != UQ_OK) return st;
         int64_t a = first > c0 ? first : c0;
         if (a < c0 + Tc) {
             int64_t nr = c0 + Tc - a;
@@ -680,4 +701,42 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
     }
     s->pos += T;
     return UQ_OK;
+}
+
+/* ------------------------------------------------------------------ compression pipeline ---- */
+
+uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float *X) {
+    if (!m || !ids || !X) return uq_set_error(UQ_ERR_ARG, "hy_embed: NULL argument");
+    if (T < 1) return uq_set_error(UQ_ERR_ARG, "hy_embed: T must be >= 1, got %lld", (long long)T);
+    for (int64_t t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= m->cfg.vocab_size)
+            return uq_set_error(UQ_ERR_RANGE, "hy_embed: token id %d at index %lld outside [0, %lld)", (int)ids[t],
+                                (long long)t, (long long)m->cfg.vocab_size);
+    uq_k_embed(&m->embed, ids, T, X);
+    return UQ_OK;
+}
+
+uq_status uq_hy_layer_forward(const uq_hy_model *m, uq_hy_state *s, int64_t layer, const float *X, int64_t T,
+                              float *Y, const uq_hy_capture *cap) {
+    if (!m || !s) return uq_set_error(UQ_ERR_ARG, "hy_layer_forward: NULL model or state");
+    if (s->m != m) return uq_set_error(UQ_ERR_STATE, "hy_layer_forward: the state was built for another model");
+    if (!X || !Y) return uq_set_error(UQ_ERR_ARG, "hy_layer_forward: X or Y is NULL");
+    if (layer < 0 || layer >= m->cfg.num_layers)
+        return uq_set_error(UQ_ERR_RANGE, "hy_layer_forward: layer %lld outside [0, %lld)", (long long)layer,
+                            (long long)m->cfg.num_layers);
+    if (T < 1) return uq_set_error(UQ_ERR_ARG, "hy_layer_forward: T must be >= 1, got %lld", (long long)T);
+    if (T > s->max_seq)
+        return uq_set_error(UQ_ERR_RANGE, "hy_layer_forward: T %lld beyond max_seq %lld", (long long)T,
+                            (long long)s->max_seq);
+    const int64_t hid = m->cfg.hidden_size;
+    const int chunked = T > 1 && !(m->options & UQ_HY_OPT_SEQUENTIAL_SCAN);
+    uq_status st = uq_hy_state_reset(s);
+    if (st != UQ_OK) return st;
+    if (Y != X) memmove(Y, X, (size_t)(T * hid) * sizeof(float));
+    for (int64_t c0 = 0; c0 < T && st == UQ_OK; c0 += s->max_chunk) {
+        int64_t Tc = T - c0 < s->max_chunk ? T - c0 : s->max_chunk;
+        st = layer_chunk(m, s, layer, Y + c0 * hid, Tc, c0, chunked, cap, c0);
+    }
+    uq_hy_state_reset(s);
+    return st;
 }

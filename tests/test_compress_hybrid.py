@@ -1,0 +1,258 @@
+"""uniql.compress / uniql.load for Mamba2, Nemotron-H and Bamba on small random-weight models (transformers as the
+oracle of the unsorted model): sorting preserves the function, loading at a rate equals set_rate, accounting, the
+new calibration statistics against float64 NumPy references, int4 group boundaries and bad inputs."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uniql
+from uniql.sorting import ssm_bc_moments, ssm_chunk_states
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_ssm import ARCHS, hf_logits, make_hf  # noqa: E402  (small random HF models of each architecture)
+
+SORTED_REL_TOL = 1e-4   # sorting alone (no pruning, no quantization) preserves the function
+STAT_REL_TOL = 1e-12    # float64 statistics in C vs the float64 NumPy formula (same inputs)
+CAPTURE_REL_TOL = 1e-5  # float32 runtime captures vs a float64 NumPy evaluation of the same layer
+NSAMP, SEQ, VOCAB = 4, 24, 128
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def _ids(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.int32)
+
+
+def _compress(src: Path, out: Path, **kw) -> Path:
+    kw.setdefault("quantize", False)
+    calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
+    return uniql.compress(src, out, calibration=calib, num_samples=NSAMP, seq_len=SEQ, progress=False, **kw)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def hybrid(request, tmp_path_factory):
+    """(arch, hf model, source dir, fp32 artifact, int4 artifact)."""
+    arch = request.param
+    tmp = tmp_path_factory.mktemp(arch)
+    hf, _, _ = make_hf(arch)
+    src = tmp / "src"
+    hf.save_pretrained(src)
+    return arch, hf, src, _compress(src, tmp / "fp32"), _compress(src, tmp / "int4", quantize=True)
+
+
+# ---------------------------------------------------------------------------------- end to end ----
+def test_sorting_preserves_function(hybrid):
+    _, hf, _, art, _ = hybrid
+    ids = _ids(21, 1)
+    m = uniql.load(art)
+    assert type(m).__name__ == "ElasticHybridModel" and m.rate == 0.0
+    assert _rel(m.logits(ids), hf_logits(hf, ids)) <= SORTED_REL_TOL
+
+
+@pytest.mark.parametrize("which", ["fp32", "int4"])
+@pytest.mark.parametrize("rate", [0.15, 0.35])
+def test_load_at_rate_equals_set_rate(hybrid, which, rate):
+    art = hybrid[3] if which == "fp32" else hybrid[4]
+    ids = _ids(19, 2)
+    full = uniql.load(art, rate=0.0)
+    full.set_rate(rate)
+    assert full.rate == rate
+    part = uniql.load(art, rate=rate)
+    assert [part.keep(i) for i in range(part.num_layers)] == part.keep_sizes(rate)
+    assert [full.keep(i) for i in range(full.num_layers)] == part.keep_sizes(rate)
+    np.testing.assert_array_equal(part.logits(ids), full.logits(ids))
+
+
+def test_live_rate_switch_between_tokens(hybrid):
+    """Keeps change between tokens without invalidating the SSM / conv state or the KV cache."""
+    m = uniql.load(hybrid[4])
+    ids = _ids(14, 3)
+    m.reset()
+    m.forward(ids[:9])
+    unswitched = m.forward(ids[9:])
+    m.reset()
+    m.forward(ids[:9])
+    m.set_rate(0.35)
+    m.set_rate(0.0)
+    np.testing.assert_array_equal(m.forward(ids[9:]), unswitched)
+
+
+def test_higher_rate_never_more_parameters(hybrid):
+    for art in hybrid[3:]:
+        counts, mems = [], []
+        for rate in (0.0, 0.1, 0.2, 0.35):
+            m = uniql.load(art, rate=rate, max_seq=32)
+            counts.append(m.parameter_count())
+            mems.append(m.weight_bytes())
+            m.set_rate(0.35)
+            assert m.parameter_count() == m.parameter_count(0.35)
+        assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
+        assert mems == sorted(mems, reverse=True) and mems[0] > mems[-1]
+
+
+def test_weight_bytes_match_artifact(hybrid):
+    """At rate 0 the loaded model references exactly the artifact's tensors (int4 scales widened to float32)."""
+    from uniql import safetensors as st
+
+    for art in hybrid[3:]:
+        report = json.loads((art / "uniql_report.json").read_text())
+        expect = 0
+        for p in sorted(art.glob("model-*.safetensors")):
+            assert report["bytes"][p.name] == p.stat().st_size
+            with st.safe_open(p) as f:
+                for k in f.keys():
+                    a = f.get(k)
+                    expect += a.size * 4 if k.endswith(".scales") else a.nbytes
+        assert uniql.load(art).weight_bytes() == expect
+
+
+def test_int4_layout_and_quality(hybrid):
+    arch, _, _, fp, q4 = hybrid
+    cfg = json.loads((q4 / "config.json").read_text())
+    hc = uniql.ssm.HybridConfig.from_hf(cfg)
+    for name, spec in cfg["uniql_tensors"].items():
+        assert spec["format"] == "q4", name
+        if name.endswith("out_proj"):   # groups inside a head's P segment: no rate cuts across a group
+            assert spec["segments"] == hc.ssm_heads and hc.ssm_head_dim % spec["group"] == 0
+        elif name.endswith("o_proj"):
+            assert spec["segments"] == hc.num_heads and hc.head_dim % spec["group"] == 0
+    ids = _ids(16, 4)
+    a, b = uniql.load(fp).logits(ids), uniql.load(q4).logits(ids)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+    sizes = [sum(p.stat().st_size for p in d.glob("model-*.safetensors")) for d in (fp, q4)]
+    assert sizes[1] < sizes[0] / 3
+
+
+def test_metadata(hybrid):
+    arch, _, _, art, _ = hybrid
+    u = json.loads((art / "config.json").read_text())["uniql"]
+    assert u["architecture"] == arch and len(u["importance"]) == uniql.load(art).num_layers
+    assert all(math.isfinite(v) for v in u["importance"])
+    assert u["ssm_state_granularity"] >= 1 and u["ssm_head_granularity"] % 2 == 0
+
+
+# ------------------------------------------------------------------------------- bad inputs ----
+def test_bad_rates_and_options(hybrid, tmp_path):
+    _, _, src, art, _ = hybrid
+    with pytest.raises(uniql.RangeError, match="outside \\[0, 0.35\\]"):
+        uniql.load(art, rate=0.5)
+    m = uniql.load(art, rate=0.25)
+    with pytest.raises(uniql.RangeError, match="below the rate this model was loaded at"):
+        m.set_rate(0.1)
+    with pytest.raises(uniql.RangeError, match="outside"):
+        m.set_rate(0.9)
+    with pytest.raises(uniql.UnsupportedError, match="llama and qwen2 only"):
+        _compress(src, tmp_path / "mag", scorer="magnitude")
+    assert not (tmp_path / "mag").exists()
+
+
+def test_corrupt_artifact_is_format_error(hybrid, tmp_path):
+    import shutil
+
+    art = tmp_path / "bad"
+    shutil.copytree(hybrid[3], art)
+    cfg = json.loads((art / "config.json").read_text())
+    cfg["uniql"]["importance"] = cfg["uniql"]["importance"][:-1]
+    (art / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(uniql.FormatError, match="importance has"):
+        uniql.load(art)
+
+
+# ------------------------------------------------------------------------ statistics vs NumPy ----
+def _np_bc(B, C, dt, G):
+    T, H = dt.shape
+    N = B.shape[1] // G
+    Bg = B.astype(np.float64).reshape(T, G, N)[:, np.arange(H) // (H // G)]  # (T, H, N)
+    dB = ((dt.astype(np.float64)[:, :, None] * Bg) ** 2).sum(0)
+    c = (C.astype(np.float64) ** 2).sum(0).reshape(G, N)
+    return dB, c
+
+
+def _np_chunk_states(x, B, dt, A_log, G, chunk):
+    T, H = dt.shape
+    P, N = x.shape[1] // H, B.shape[1] // G
+    x64, B64, d64 = x.astype(np.float64).reshape(T, H, P), B.astype(np.float64).reshape(T, G, N), dt.astype(np.float64)
+    A = -np.exp(A_log.astype(np.float64))
+    out = []
+    for c0 in range(0, T, chunk):
+        t1 = min(c0 + chunk, T)
+        S = np.zeros((H, P, N))
+        for t in range(c0, t1):
+            decay = np.exp(A * d64[t + 1:t1].sum(0))  # (H,)
+            for h in range(H):
+                S[h] += decay[h] * d64[t, h] * np.outer(x64[t, h], B64[t, h // (H // G)])
+        out.append(S.reshape(H * P, N).T)
+    return np.concatenate(out)
+
+
+def test_ssm_statistics_match_numpy():
+    rng = np.random.default_rng(5)
+    T, H, P, G, N, chunk = 13, 6, 4, 3, 5, 4
+    x = rng.standard_normal((T, H * P)).astype(np.float32)
+    B = rng.standard_normal((T, G * N)).astype(np.float32)
+    C = rng.standard_normal((T, G * N)).astype(np.float32)
+    dt = rng.uniform(0.01, 0.5, (T, H)).astype(np.float32)
+    A_log = rng.standard_normal(H).astype(np.float32)
+    dB, c = ssm_bc_moments(B, C, dt, G, scale=0.5)
+    rdB, rc = _np_bc(B, C, dt, G)
+    assert _rel(dB, 0.5 * rdB) <= STAT_REL_TOL and _rel(c, 0.5 * rc) <= STAT_REL_TOL
+    ssm_bc_moments(B, C, dt, G, 0.5, dB, c)  # accumulates
+    assert _rel(dB, rdB) <= STAT_REL_TOL and _rel(c, rc) <= STAT_REL_TOL
+    S = ssm_chunk_states(x, B, dt, A_log, G, chunk)
+    assert S.shape == (math.ceil(T / chunk) * N, H * P)
+    assert _rel(S, _np_chunk_states(x, B, dt, A_log, G, chunk)) <= STAT_REL_TOL
+    with pytest.raises(uniql.ShapeError):
+        ssm_bc_moments(B, C, dt, 4)
+    with pytest.raises(uniql.InvalidArgumentError):
+        ssm_chunk_states(x, B, dt, A_log, G, 0)
+    bad = dt.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(uniql.NumericError, match="NaN"):
+        ssm_bc_moments(B, C, bad, G)
+
+
+def test_mamba_captures_match_numpy():
+    """layer_forward's captures (the inputs of the statistics) against a float64 NumPy Mamba2 front end:
+    RMSNorm, in_proj, causal conv1d + SiLU of x/B/C, Delta = softplus(dt + dt_bias); and chaining layer_forward
+    over every layer reproduces the full forward (final norm and lm_head applied in NumPy)."""
+    from uniql.ssm import HybridModel
+
+    _, cd, sd = make_hf("mamba2")
+    m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
+    ids = _ids(17, 6)
+    X = m.embed(ids)
+    np.testing.assert_array_equal(X, sd["backbone.embeddings.weight"][ids])
+    _, cap = m.layer_forward(0, X, capture=("mixer_in", "ssm_x", "ssm_B", "ssm_C", "ssm_dt"))
+    p = "backbone.layers.0."
+    x64 = X.astype(np.float64)
+    h = x64 / np.sqrt((x64 ** 2).mean(1, keepdims=True) + cd["layer_norm_epsilon"]) * sd[p + "norm.weight"]
+    assert _rel(cap["mixer_in"], h) <= CAPTURE_REL_TOL
+    H, P, G, N, K = cd["num_heads"], cd["head_dim"], cd["n_groups"], cd["state_size"], cd["conv_kernel"]
+    zxbcdt = h @ sd[p + "mixer.in_proj.weight"].astype(np.float64).T
+    xbc = zxbcdt[:, H * P:2 * H * P + 2 * G * N]
+    w = sd[p + "mixer.conv1d.weight"].astype(np.float64)[:, 0]  # (C, K)
+    pad = np.concatenate([np.zeros((K - 1, xbc.shape[1])), xbc])
+    conv = np.stack([(pad[t:t + K] * w.T).sum(0) for t in range(len(ids))]) + sd[p + "mixer.conv1d.bias"]
+    act = conv / (1 + np.exp(-conv))
+    assert _rel(cap["ssm_x"], act[:, :H * P]) <= CAPTURE_REL_TOL
+    assert _rel(cap["ssm_B"], act[:, H * P:H * P + G * N]) <= CAPTURE_REL_TOL
+    assert _rel(cap["ssm_C"], act[:, H * P + G * N:]) <= CAPTURE_REL_TOL
+    dt = zxbcdt[:, -H:] + sd[p + "mixer.dt_bias"]
+    assert _rel(cap["ssm_dt"], np.log1p(np.exp(dt))) <= CAPTURE_REL_TOL
+    Y = X
+    for i in range(m.num_layers):
+        Y, _ = m.layer_forward(i, Y)
+    y64 = Y.astype(np.float64)
+    hn = y64 / np.sqrt((y64 ** 2).mean(1, keepdims=True) + cd["layer_norm_epsilon"]) * sd["backbone.norm_f.weight"]
+    assert _rel(m.logits(ids), hn @ sd["lm_head.weight"].astype(np.float64).T) <= CAPTURE_REL_TOL
+    with pytest.raises(uniql.InvalidArgumentError, match="no capture 'q'"):
+        m.layer_forward(0, X, capture=("q",))

@@ -1,0 +1,256 @@
+"""compress() for Mamba2, Nemotron-H and Bamba: the per-layer job (DESIGN.md sections 3-6).
+
+The driver (:func:`uniql.compress.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
+config, report) is shared with the transformers; this module calibrates, sorts and quantizes one layer of a
+hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.ssm.HybridModel.layer_forward`):
+
+* Mamba2 mixer: B, C (after conv1d + SiLU) and Delta = softplus(dt + dt_bias) give the state-dim score per group
+  (``uq_ssm_bc_moments`` -> :func:`uniql.sorting.sort_ssm_state`); the chunk-local SSM states
+  (``uq_ssm_chunk_states``) give the head-channel ridge leverage (:func:`uniql.sorting.sort_ssm_head_channels`,
+  lambda 1e-4 for pure Mamba2, 1 for hybrids). The state permutation of group g moves the group's B and C rows of
+  in_proj and their conv1d channels; the channel permutation of head h moves its z and x rows, x conv channels,
+  gated-norm weights and out_proj columns. Heads, dt, A_log, D and dt_bias stay where they are.
+* attention: Q/K dims by post-RoPE scores (partial RoPE for Bamba: rotary pairs + pass dims; none for Nemotron-H:
+  a plain per-dim order), V/O by the quantization-aware SVD.
+* MLP (Nemotron-H '-' layers: relu(x Wu^T)^2; Bamba's gated SiLU MLP after each mixer): ridge leverage on
+  down_proj's input.
+
+int4: GPTQ per linear; the input groups of out_proj / o_proj live inside one head's segment. Every prunable
+axis is a prefix per head / per group, so loading at a rate copies prefixes (:mod:`uniql.artifact`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uniql.compress import (CompressOptions, _Checkpoint, _capture_moment, _diag, _importance, _o_group,
+                            _propagate, _quantize, _sorted_attention, _sorted_mlp, _store, _Timer)
+from uniql.errors import FormatError, UniqlError, UnsupportedError
+from uniql.linalg import Covariance
+from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
+                           sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
+from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig, HybridModel, _rope_rows)
+
+#: Ridge constant of the state-aware head-channel score (method-notes "Things to get right" 3).
+SSM_LAMBDA_MAMBA2 = 1e-4
+SSM_LAMBDA_HYBRID = 1.0
+
+
+def rope_mode(hc: HybridConfig) -> str:
+    """The Q/K sort layout of a hybrid's attention: "none" (Nemotron-H), "partial" (Bamba, rotary on the first
+    half of a head) or "full"."""
+    if hc.rope_dim == 0:
+        return "none"
+    if hc.rope_dim == hc.head_dim:
+        return "full"
+    if 2 * hc.rope_dim == hc.head_dim:
+        return "partial"
+    raise UnsupportedError(f"rotary dims {hc.rope_dim} of head dim {hc.head_dim}: only none, half or full RoPE "
+                           "can be sorted")
+
+
+def layer_prefix(model_type: str, names: Any) -> str:
+    """Prefix of the decoder layers' tensor names in a checkpoint (``backbone.layers.`` or ``model.layers.``)."""
+    if model_type == "mamba2" or any(n.startswith("backbone.layers.") for n in names):
+        return "backbone.layers."
+    return "model.layers."
+
+
+class HybridJob:
+    """Compression of one layer of a Mamba2 / Nemotron-H / Bamba stack (see the module docstring)."""
+
+    def __init__(self, src: Path, cfg: dict[str, Any], opts: CompressOptions, T: int) -> None:
+        from uniql import checkpoint
+
+        hc = HybridConfig.from_hf(cfg)
+        self.hc, self.cfg, self.opts, self.T = hc, cfg, opts, T
+        self.L, self.n = hc.num_hidden_layers, hc.hidden_size
+        self.names = _NAMES[hc.model_type]
+        self.ckpt = _Checkpoint(src, self.L, layer_prefix(hc.model_type, checkpoint.tensor_names(src)))
+        self.tensors = self.ckpt.shared
+        self.embed_name = self._present(self.names["embed"])
+        self.norm_name = self._present(self.names["final"])
+        self.p0 = self.ckpt.prefix + "0."
+        types = set(hc.layer_types)
+        self.rope = rope_mode(hc) if LAYER_ATTENTION in types else "none"
+        has_mlp = LAYER_MLP in types or hc.ffn_after_mixer
+        self.mlp_gran = keep_granularity(hc.intermediate_size, opts.mlp_granularity) if has_mlp else 1
+        self.attn_gran = keep_granularity(hc.head_dim, opts.attn_granularity, 4 if self.rope == "partial" else 2) \
+            if LAYER_ATTENTION in types else 2
+        self.state_gran = keep_granularity(hc.ssm_state, GRAN_SSM_STATE) if LAYER_MAMBA in types else 1
+        self.head_gran = keep_granularity(hc.ssm_head_dim, GRAN_SSM_HEAD, min(2, hc.ssm_head_dim)) \
+            if LAYER_MAMBA in types else 1
+        self.go = _o_group(hc.head_dim, opts.group) if LAYER_ATTENTION in types else opts.group
+        self.go_ssm = _o_group(hc.ssm_head_dim, opts.group) if LAYER_MAMBA in types else opts.group
+        self.ssm_lambda = SSM_LAMBDA_MAMBA2 if hc.model_type == "mamba2" else SSM_LAMBDA_HYBRID
+        self.ckpt.validate(self._check_layer)
+
+    def _present(self, cands: Any) -> str:
+        cands = (cands,) if isinstance(cands, str) else cands
+        for c in cands:
+            if c in self.tensors:
+                return c
+        raise FormatError(f"checkpoint {str(self.ckpt.src)!r} has no tensor {cands[0]!r}")
+
+    # ------------------------------------------------------------------------------ models ----
+    def _model(self, i: int, lay: dict[str, Any], freq: np.ndarray | None = None, max_seq: int | None = None
+               ) -> HybridModel:
+        """A one-layer runtime model of layer i's kind over `lay` (layer-0 names), sharing the embedding (no copy);
+        `freq` (sorted attention, runtime Q/K layout) or None (the checkpoint's own layout)."""
+        hc1 = dataclasses.replace(self.hc, layer_types=(self.hc.layer_types[i],))
+        t = {self.embed_name: self.tensors[self.embed_name], self.norm_name: self.tensors[self.norm_name]}
+        if not self.hc.tie_word_embeddings:
+            t["lm_head.weight"] = self.tensors["lm_head.weight"]
+        t.update(lay)
+        return HybridModel.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
+                                           "interleaved", max_seq=max_seq or self.T, max_chunk=min(max_seq or self.T,
+                                                                                                  256))
+
+    def _check_layer(self, i: int, lay: dict[str, np.ndarray]) -> None:
+        try:
+            self._model(i, lay, max_seq=2)
+        except UniqlError:
+            raise
+        except (ValueError, KeyError) as e:
+            raise FormatError(str(e)) from None
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        emb = self._model(0, self.ckpt.layer(0))
+        return np.stack([emb.embed(ids[b]) for b in range(ids.shape[0])])
+
+    def final_hessian(self, X: np.ndarray) -> np.ndarray:
+        """Second moment of the final-norm output: the mixer input of a one-layer model whose norm is the final
+        norm."""
+        fin = self.ckpt.layer(0)
+        fin[self.p0 + self.names["norm"]] = self.tensors[self.norm_name]
+        return _capture_moment(self._model(0, fin), X, "mixer_in")
+
+    def meta(self) -> dict[str, Any]:
+        return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran,
+                    ssm_state_granularity=self.state_gran, ssm_head_granularity=self.head_gran, o_group=self.go,
+                    quantization={"ssm_out_group": self.go_ssm},
+                    sorting={"ssm_lambda": self.ssm_lambda, "rope": self.rope, "importance": "per layer"})
+
+    # ------------------------------------------------------------------------------- layer ----
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, timer: _Timer, info: dict[str, Any]
+              ) -> tuple[np.ndarray, dict[str, Any], float]:
+        """Calibrates, sorts and (optionally) quantizes layer i; returns (next X, artifact tensors, importance)."""
+        hc, opts, p0, n = self.hc, self.opts, self.p0, self.n
+        kind = hc.layer_types[i]
+        ffn = hc.ffn_after_mixer and kind != LAYER_MLP
+        B = X.shape[0]
+        mix = p0 + self.names[{LAYER_MAMBA: "mamba", LAYER_ATTENTION: "attn", LAYER_MLP: "mlp"}[kind]]
+        f = p0 + self.names.get("mlp", "")
+
+        # 1. calibrate the original layer
+        t = time.perf_counter()
+        model = self._model(i, lay)
+        caps = ["mixer_in"]
+        c_in = Covariance(n)
+        H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
+        if kind == LAYER_MAMBA:
+            caps += ["ssm_x", "ssm_B", "ssm_C", "ssm_dt"] + (["ssm_out"] if opts.quantize else [])
+            dB, cc = np.zeros((H, N)), np.zeros((G, N))
+            c_state, c_out = Covariance(H * P), Covariance(H * P)
+            A_log = np.ascontiguousarray(lay[mix + "A_log"], dtype=np.float32)
+        elif kind == LAYER_ATTENTION:
+            caps += ["q", "k"]
+            c_q, c_k = Covariance(hc.num_heads * hc.head_dim), Covariance(hc.num_kv_heads * hc.head_dim)
+        if kind == LAYER_MLP or ffn:
+            caps += ["mlp_in", "mlp_z"]
+            c_mlp, c_z = Covariance(n), Covariance(hc.intermediate_size)
+        Y = np.empty_like(X)
+        for b in range(B):
+            Y[b], cap = model.layer_forward(0, X[b], capture=caps)
+            c_in.update(cap["mixer_in"])
+            if kind == LAYER_MAMBA:
+                ssm_bc_moments(cap["ssm_B"], cap["ssm_C"], cap["ssm_dt"], G, 1.0 / B, dB, cc)
+                c_state.update(ssm_chunk_states(cap["ssm_x"], cap["ssm_B"], cap["ssm_dt"], A_log, G, hc.chunk_size))
+                if opts.quantize:
+                    c_out.update(cap["ssm_out"])
+            elif kind == LAYER_ATTENTION:
+                c_q.update(cap["q"])
+                c_k.update(cap["k"])
+            if kind == LAYER_MLP or ffn:
+                c_mlp.update(cap["mlp_in"])
+                c_z.update(cap["mlp_z"])
+        del model, cap
+        G_in = c_in.mean()
+        importance = _importance(X, Y)
+        timer.add("calibrate", time.perf_counter() - t)
+
+        # 2. sort
+        t = time.perf_counter()
+        sl = dict(lay)
+        plan: list[tuple[str, np.ndarray, int]] = []
+        freq = None
+        if kind == LAYER_MAMBA:
+            sp = sort_ssm_state(dB, cc).perm
+            hp = sort_ssm_head_channels(c_state.mean(), H, P, self.ssm_lambda).perm
+            del c_state
+            zi = (np.arange(H)[:, None] * P + hp).reshape(-1)
+            bi = (np.arange(G)[:, None] * N + sp).reshape(-1)
+            HP, GN = H * P, G * N
+            rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
+            conv = np.concatenate([zi, HP + bi, HP + GN + bi])
+            for name, idx in (("in_proj.weight", rows), ("in_proj.bias", rows), ("conv1d.weight", conv),
+                              ("conv1d.bias", conv), ("norm.weight", zi)):
+                if mix + name in lay:
+                    sl[mix + name] = np.ascontiguousarray(lay[mix + name][idx])
+            sl[mix + "out_proj.weight"] = np.ascontiguousarray(lay[mix + "out_proj.weight"][:, zi])
+            if opts.quantize:
+                plan += [(mix + "in_proj", G_in, opts.group), (mix + "out_proj", c_out.mean()[np.ix_(zi, zi)],
+                                                               self.go_ssm)]
+        elif kind == LAYER_ATTENTION:
+            nh, nkv, d = hc.num_heads, hc.num_kv_heads, hc.head_dim
+            cq, ck = self._hf_diag(_diag(c_q), nh), self._hf_diag(_diag(c_k), nkv)
+            qk = sort_qk(cq, ck, self.rope)
+            sl.update(_sorted_attention(lay, mix, G_in, qk, qk.proj_rows(nh), qk.proj_rows(nkv), nh, nkv, d, False))
+            freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
+            if opts.quantize:
+                plan += [(mix + w, G_in, opts.group) for w in ("q_proj", "k_proj", "v_proj")]
+        if kind == LAYER_MLP or ffn:
+            G_mlp, G_z = c_mlp.mean(), c_z.mean()
+            perm = sort_mlp(G_z, opts.mlp_lambda).perm
+            sl.update(_sorted_mlp(lay, f, perm))
+            if opts.quantize:
+                H_z = G_z[np.ix_(perm, perm)]  # down_proj's input in the sorted channel order
+                plan += [(f + w, G_mlp, opts.group) for w in (("gate_proj", "up_proj") if
+                                                              hc.mlp_act == "silu_gated" else ("up_proj",))]
+                plan.append((f + "down_proj", H_z, opts.group))
+        timer.add("sort", time.perf_counter() - t)
+
+        # 3. quantize (Hessians of the sorted layer's inputs) and 4. propagate through the compressed layer
+        stored = sl
+        if opts.quantize:
+            t = time.perf_counter()
+            if kind == LAYER_ATTENTION:  # o_proj's input is in the new V basis: captured from the sorted layer
+                plan.append((mix + "o_proj", _capture_moment(self._model(i, sl, freq), X, "attn_out"), self.go))
+            stored = _quantize(sl, plan, opts.damp)
+            timer.add("quantize", time.perf_counter() - t)
+            t = time.perf_counter()
+            Y = _propagate(self._model(i, stored, freq), X)
+            timer.add("propagate", time.perf_counter() - t)
+        if kind == LAYER_ATTENTION and self.rope != "none":
+            stored[mix + "rope_freq"] = freq
+        wdt = np.float16 if opts.dtype == "float16" else np.float32
+        segs = {"o_proj": hc.num_heads, "out_proj": hc.ssm_heads}
+        out_t = _store(stored, p0, f"{self.ckpt.prefix}{i}.", info, wdt,
+                       lambda base: segs.get(base.rsplit(".", 1)[-1], 1))
+        return Y, out_t, importance
+
+    def _hf_diag(self, diag: np.ndarray, heads: int) -> np.ndarray:
+        """Per-dim q/k statistics captured in the runtime layout (rotary rows pair-interleaved), in the checkpoint's
+        [rotate-half rotary | pass] order."""
+        d = self.hc.head_dim
+        x = diag.reshape(heads, d)
+        if self.rope == "none":
+            return np.ascontiguousarray(x)
+        per = _rope_rows(1, d, self.hc.rope_dim)  # runtime row k <- checkpoint dim per[k]
+        out = np.empty_like(x)
+        out[:, per] = x
+        return out
