@@ -290,7 +290,117 @@ static void test_tiny_model(void) {
     uq_hy_state_free(NULL);
 }
 
+/* uq_ssm_bc_moments and uq_ssm_chunk_states against direct float64 loops: the chunk-local state is the
+ * recurrence S <- exp(Delta A) S + Delta x B^T run from zero over the chunk. */
+static void test_ssm_stats(void) {
+    enum { T = 11, H = 4, G = 2, P = 3, N = 5, CH = 4, NC = 3 };
+    unsigned long long seed = 91;
+    float x[T * H * P], B[T * G * N], C[T * G * N], dt[T * H], A_log[H];
+    fill(x, T * H * P, 1.0, 0.0, &seed);
+    fill(B, T * G * N, 1.0, 0.0, &seed);
+    fill(C, T * G * N, 1.0, 0.0, &seed);
+    fill(dt, T * H, 0.2, 0.4, &seed);
+    fill(A_log, H, 0.5, 0.0, &seed);
+    double dB[H * N], cc[G * N], rdB[H * N] = {0}, rc[G * N] = {0};
+    memset(dB, 0, sizeof dB);
+    memset(cc, 0, sizeof cc);
+    CHECK_STATUS(uq_ssm_bc_moments(B, C, dt, T, H, G, N, 0.25, dB, cc), UQ_OK);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++)
+            for (int n = 0; n < N; n++) {
+                double v = (double)dt[t * H + h] * B[(t * G + h / (H / G)) * N + n];
+                rdB[h * N + n] += 0.25 * v * v;
+            }
+        for (int j = 0; j < G * N; j++) rc[j] += 0.25 * (double)C[t * G * N + j] * C[t * G * N + j];
+    }
+    double err = 0.0;
+    for (int i = 0; i < H * N; i++) err = fmax(err, fabs(dB[i] - rdB[i]));
+    for (int i = 0; i < G * N; i++) err = fmax(err, fabs(cc[i] - rc[i]));
+    CHECK(err < 1e-12, "bc moments error %g", err);
+    static double S[NC * N * H * P], R[H * P * N];
+    CHECK_STATUS(uq_ssm_chunk_states(x, B, dt, A_log, T, H, P, G, N, CH, S), UQ_OK);
+    err = 0.0;
+    for (int c = 0; c < NC; c++) {
+        memset(R, 0, sizeof R);
+        for (int t = c * CH; t < T && t < (c + 1) * CH; t++)
+            for (int h = 0; h < H; h++) {
+                double d = dt[t * H + h], decay = exp(-exp((double)A_log[h]) * d);
+                for (int p = 0; p < P; p++)
+                    for (int n = 0; n < N; n++) {
+                        double *r = &R[(h * P + p) * N + n];
+                        *r = decay * *r + d * x[t * H * P + h * P + p] * B[(t * G + h / (H / G)) * N + n];
+                    }
+            }
+        for (int n = 0; n < N; n++)
+            for (int hp = 0; hp < H * P; hp++) err = fmax(err, fabs(S[(c * N + n) * H * P + hp] - R[hp * N + n]));
+    }
+    CHECK(err < 1e-12, "chunk states vs recurrence error %g", err);
+    CHECK_STATUS(uq_ssm_bc_moments(B, C, dt, T, 3, G, N, 1.0, dB, cc), UQ_ERR_ARG); /* H % G */
+    CHECK_STATUS(uq_ssm_chunk_states(x, B, dt, A_log, T, H, P, G, N, 0, S), UQ_ERR_ARG);
+    CHECK_STATUS(uq_ssm_chunk_states(NULL, B, dt, A_log, T, H, P, G, N, CH, S), UQ_ERR_ARG);
+    dt[5] = NAN;
+    CHECK_STATUS(uq_ssm_bc_moments(B, C, dt, T, H, G, N, 1.0, dB, cc), UQ_ERR_NUMERIC);
+    CHECK_STATUS(uq_ssm_chunk_states(x, B, dt, A_log, T, H, P, G, N, CH, S), UQ_ERR_NUMERIC);
+}
+
+/* uq_hy_layer_forward: deterministic from a zero state (two calls agree, the generation state is untouched),
+ * captures written, Y may alias X, bad arguments. */
+static void test_layer_forward(void) {
+    static tiny_w t;
+    uq_hy_config c;
+    uq_hy_layer_weights lw[L];
+    uq_hy_weights w;
+    tiny_build(&t, &c, lw, &w);
+    uq_hy_model *m = NULL;
+    uq_hy_state *s = NULL, *g = NULL;
+    CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_OK);
+    if (!m) return;
+    CHECK_STATUS(uq_hy_state_init(m, 32, 8, &s), UQ_OK);
+    CHECK_STATUS(uq_hy_state_init(m, 32, 8, &g), UQ_OK);
+    if (!s || !g) goto done;
+    int32_t ids[TT];
+    for (int i = 0; i < TT; i++) ids[i] = (i * 5 + 1) % V;
+    static float X[TT * HID], Y1[TT * HID], Y2[TT * HID], mix[TT * HID], bb[TT * SG * SN], dtc[TT * SH], q[TT * NH * HD];
+    static float logits[V];
+    CHECK_STATUS(uq_hy_embed(m, ids, TT, X), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, g, ids, 3, 1, logits), UQ_OK);
+    for (int l = 0; l < L; l++) {
+        uq_hy_capture cap;
+        memset(&cap, 0, sizeof cap);
+        cap.mixer_in = mix;
+        if (l == 0) cap.ssm_B = bb, cap.ssm_dt = dtc;
+        if (l == 1) cap.q = q;
+        CHECK_STATUS(uq_hy_layer_forward(m, s, l, X, TT, Y1, &cap), UQ_OK);
+        CHECK_STATUS(uq_hy_layer_forward(m, s, l, X, TT, Y2, NULL), UQ_OK);
+        CHECK(memcmp(Y1, Y2, sizeof Y1) == 0, "layer %d: two calls differ", l);
+        CHECK(uq_check_finite_f32(mix, TT * HID, "mixer_in") == UQ_OK, "layer %d: capture not written", l);
+        if (l == 0) {
+            int pos = 1;
+            for (int i = 0; i < TT * SH; i++) pos &= dtc[i] > 0.0f;
+            CHECK(pos, "Delta capture must be positive (softplus)");
+        }
+        memcpy(Y2, X, sizeof X);
+        CHECK_STATUS(uq_hy_layer_forward(m, s, l, Y2, TT, Y2, NULL), UQ_OK); /* in place */
+        CHECK(memcmp(Y1, Y2, sizeof Y1) == 0, "layer %d: in-place call differs", l);
+        memcpy(X, Y1, sizeof X);
+    }
+    CHECK(uq_hy_state_pos(g) == 3 && uq_hy_state_pos(s) == 0, "positions %lld, %lld", (long long)uq_hy_state_pos(g),
+          (long long)uq_hy_state_pos(s));
+    CHECK_STATUS(uq_hy_layer_forward(m, s, L, X, TT, Y1, NULL), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_layer_forward(m, s, 0, X, 33, Y1, NULL), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_layer_forward(m, s, 0, X, 0, Y1, NULL), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_layer_forward(m, s, 0, NULL, TT, Y1, NULL), UQ_ERR_ARG);
+    int32_t bad[1] = {V};
+    CHECK_STATUS(uq_hy_embed(m, bad, 1, X), UQ_ERR_RANGE);
+done:
+    uq_hy_state_free(s);
+    uq_hy_state_free(g);
+    uq_hy_model_free(m);
+}
+
 void test_ssm(void) {
     test_scan_kernels();
     test_tiny_model();
+    test_ssm_stats();
+    test_layer_forward();
 }
