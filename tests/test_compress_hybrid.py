@@ -140,6 +140,13 @@ def test_metadata(hybrid):
     assert u["ssm_state_granularity"] >= 1 and u["ssm_head_granularity"] % 2 == 0
 
 
+def test_parameter_count_at_rate_zero_is_the_models(hybrid):
+    """parameter_count at rate 0 = the parameters of the transformers model (biases excluded)."""
+    hf, art = hybrid[1], hybrid[3]
+    want = sum(p.numel() for name, p in hf.named_parameters() if not name.endswith(".bias"))
+    assert uniql.load(art).parameter_count() == want
+
+
 # ------------------------------------------------------------------------------- bad inputs ----
 def test_bad_rates_and_options(hybrid, tmp_path):
     _, _, src, art, _ = hybrid
@@ -153,6 +160,26 @@ def test_bad_rates_and_options(hybrid, tmp_path):
     with pytest.raises(uniql.UnsupportedError, match="llama and qwen2 only"):
         _compress(src, tmp_path / "mag", scorer="magnitude")
     assert not (tmp_path / "mag").exists()
+
+
+def test_bad_checkpoints_write_nothing(hybrid, tmp_path):
+    import shutil
+
+    from uniql import safetensors as st
+
+    for what, edit, exc, pattern in (
+            ("nan", lambda t, k: t[k].__setitem__((0, 0), np.nan), uniql.NumericError, "NaN"),
+            ("missing", lambda t, k: t.pop(k), uniql.FormatError, "out_proj.weight")):
+        src = tmp_path / what
+        shutil.copytree(hybrid[2], src)
+        f = next(src.glob("*.safetensors"))
+        t = st.load_file(f)
+        key = next(k for k in sorted(t) if k.endswith("out_proj.weight"))
+        edit(t, key)
+        st.save_file(f, t)
+        with pytest.raises(exc, match=pattern):
+            _compress(src, tmp_path / f"{what}-out")
+        assert not (tmp_path / f"{what}-out").exists() and not (tmp_path / f"{what}-out.partial").exists()
 
 
 def test_corrupt_artifact_is_format_error(hybrid, tmp_path):

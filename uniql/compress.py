@@ -16,6 +16,11 @@ Pipeline, layer by layer (only one layer's calibration activations are held):
 
 The output is written under ``<out>.partial`` and renamed at the end: an interrupted run never leaves a directory
 that loads as an artifact, and ``resume=True`` continues from the last finished layer.
+
+The steps above are those of a Llama / Qwen2 layer (``_TransformerJob``); Mamba2, Nemotron-H and Bamba layers are
+calibrated, sorted and quantized by :class:`uniql.compress_hybrid.HybridJob` (SSM state dims, SSM head channels,
+attention without or with partial RoPE, squared-ReLU or gated MLP). Everything else -- calibration tokens, the
+partial directory and resume, embedding / lm_head, metadata, report -- is this module's, for every architecture.
 """
 from __future__ import annotations
 
