@@ -12,5 +12,6 @@ __version__ = _C.version()
 from uniql.checkpoint import load  # noqa: E402  (HF directory / compressed artifact -> runtime Model)
 from uniql.compress import compress  # noqa: E402  (HF directory -> elastic artifact; the function shadows the
 #                                      submodule attribute: use importlib.import_module("uniql.compress") for it)
+from uniql.finetune import finetune  # noqa: E402  (masked LoRA recovery of an unquantized artifact; needs torch)
 
-__all__ = ["__version__", "compress", "load", *_errors_all]
+__all__ = ["__version__", "compress", "finetune", "load", *_errors_all]

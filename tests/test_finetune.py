@@ -1,0 +1,234 @@
+"""Masked LoRA recovery fine-tuning (uniql.finetune, uniql.torch_model) on small random Llama/Qwen2 artifacts.
+
+The PyTorch model must compute exactly what the C runtime deploys at every rate (that is the proof that the
+training masks are the deployment's), the masks must cut exactly the pruned channels, training must lower the
+loss, the merge must be exact, and the written artifact must load and switch rates like any other.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uniql
+from uniql.compress import compress
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from uniql.finetune import FinetuneOptions, OutputExistsError, finetune, rate_grid, train  # noqa: E402
+from uniql.torch_model import LINEARS, ElasticTorchModel  # noqa: E402
+
+RUNTIME_REL_TOL = 1e-5     # torch model vs C runtime, float32 (measured ~4e-7: different summation orders)
+MERGE_REL_TOL = 1e-5       # merged weights vs LoRA patches in the forward (one float32 add per weight)
+VOCAB, SEQ, NSAMP = 256, 32, 8
+RATES = (0.0, 0.15, 0.25, 0.35)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is far faster than two on a busy machine (and results do not depend on it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _make(tmp: Path, kind: str) -> Path:
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    if kind == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+        with torch.no_grad():  # random q/k/v biases (zero-initialised otherwise)
+            for layer in model.model.layers:
+                for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    p.bias.normal_(0, 0.5)
+    else:
+        extra = {}
+        if kind == "llama3":  # Llama-3 rope scaling: low frequencies are rescaled at this short original length
+            extra = dict(rope_theta=500000.0, tie_word_embeddings=True,
+                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(head_dim=16, **common, **extra))
+    d = tmp / kind
+    model.save_pretrained(d)
+    return d
+
+
+def _art(tmp: Path, kind: str, **kw) -> Path:
+    src = _make(tmp, kind)
+    calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
+    kw.setdefault("quantize", False)
+    return compress(src, tmp / f"{kind}-{kw.get('dtype', 'float32')}-{'q4' if kw['quantize'] else 'f'}",
+                    calibration=calib, num_samples=NSAMP, seq_len=SEQ, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def llama_art(tmp_path_factory):
+    return _art(tmp_path_factory.mktemp("ft"), "llama")
+
+
+def _pattern_tokens(n: int = 4096, seed: int = 0) -> np.ndarray:
+    """Learnable text: a fixed random sequence of 24 tokens repeated (the model can learn to continue it)."""
+    period = np.random.default_rng(seed).integers(0, VOCAB, size=24)
+    return np.tile(period, n // 24 + 1)[:n]
+
+
+def _logits(tm: ElasticTorchModel, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return tm(torch.from_numpy(ids.astype(np.int64)))[0].numpy()
+
+
+@pytest.mark.parametrize("kind,dtype", [("llama", "float32"), ("qwen2", "float32"), ("llama3", "float32"),
+                                        ("llama", "float16")])
+def test_torch_model_equals_runtime(tmp_path, kind, dtype):
+    """The training model computes what uniql.load deploys, at several rates (masks = deployment)."""
+    art = _art(tmp_path, kind, dtype=dtype)
+    tm = ElasticTorchModel.from_artifact(art, max_seq=64)
+    ids = np.random.default_rng(1).integers(0, VOCAB, size=40)
+    sizes = set()
+    for rate in RATES:
+        tm.set_rate(rate)
+        sizes.add(tuple(tm.keeps))
+        assert _rel(_logits(tm, ids), uniql.load(art, rate=rate).logits(ids)) <= RUNTIME_REL_TOL, rate
+    assert len(sizes) == len(RATES)  # every rate really prunes differently
+
+
+def _randomize_lora(tm: ElasticTorchModel, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lo in tm.lora.values():
+            lo.B.copy_(torch.randn(lo.B.shape, generator=g) * 0.05)
+
+
+def test_masks_cut_exactly_the_pruned_channels(llama_art):
+    """At a rate, the LoRA parameters that touch dropped channels (B rows of q/k/v/gate/up outputs, A columns of
+    o/down inputs) get exactly zero gradient, and the kept ones do not."""
+    tm = ElasticTorchModel.from_artifact(llama_art, rank=8, max_seq=64)
+    _randomize_lora(tm)
+    tm.set_rate(0.35)
+    d, DI, nh, nkv = tm.tc.head_dim, tm.tc.intermediate_size, tm.tc.num_attention_heads, tm.tc.num_key_value_heads
+    ids = torch.from_numpy(np.random.default_rng(2).integers(0, VOCAB, size=(2, 24)))
+    tm(ids).logsumexp(-1).mean().backward()
+    for i, (k, r) in enumerate(tm.keeps):
+        assert k < DI and r < d
+        for s in LINEARS:
+            lo = tm.lora[f"l{i}_{s}"]
+            if s in ("q", "k", "v"):
+                g = lo.B.grad.reshape(nh if s == "q" else nkv, d, -1)
+                kept, dropped = g[:, :r], g[:, r:]
+            elif s in ("gate", "up"):
+                kept, dropped = lo.B.grad[:k], lo.B.grad[k:]
+            elif s == "o":
+                g = lo.A.grad.reshape(-1, nh, d)
+                kept, dropped = g[:, :, :r], g[:, :, r:]
+            else:  # down
+                kept, dropped = lo.A.grad[:, :k], lo.A.grad[:, k:]
+            assert torch.count_nonzero(dropped) == 0, (i, s)
+            assert torch.count_nonzero(kept) > 0, (i, s)
+
+
+def test_training_lowers_loss_and_merge_is_exact(llama_art):
+    tm = ElasticTorchModel.from_artifact(llama_art, rank=8, max_seq=64, seed=0)
+    windows = _pattern_tokens().reshape(-1, 32)[:, :32].astype(np.int64)
+    held = _pattern_tokens(seed=0)[5:5 + 32]
+
+    def loss_at(rate: float) -> float:
+        tm.set_rate(rate)
+        lg = _logits(tm, held[:-1])
+        return float(torch.nn.functional.cross_entropy(torch.from_numpy(lg), torch.from_numpy(held[1:])))
+
+    before = [loss_at(r) for r in (0.0, 0.35)]
+    run = train(tm, windows, FinetuneOptions(steps=30, lr=5e-3, warmup=3, seq_len=32, batch=4))
+    after = [loss_at(r) for r in (0.0, 0.35)]
+    assert run["loss_last"] < run["loss_first"]
+    assert all(a < 0.8 * b for a, b in zip(after, before)), (before, after)
+    assert sum(run["rates_sampled"].values()) == 30
+    ids = np.random.default_rng(3).integers(0, VOCAB, size=30)
+    lora = {}
+    for rate in RATES:
+        tm.set_rate(rate)
+        lora[rate] = _logits(tm, ids)
+    tm.merge_()
+    assert len(tm.lora) == 0
+    for rate in RATES:
+        tm.set_rate(rate)
+        assert _rel(_logits(tm, ids), lora[rate]) <= MERGE_REL_TOL, rate
+
+
+def test_rate_grid():
+    rates, p = rate_grid(0.35)
+    np.testing.assert_allclose(rates, [0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35])
+    assert abs(p.sum() - 1) < 1e-12 and p[-1] == p.max() and np.all(np.diff(p) > 0)
+    np.testing.assert_allclose(p[:-1] / p[1:], np.exp(-0.1))
+    rates, _ = rate_grid(0.12)
+    np.testing.assert_allclose(rates, [0, 0.05, 0.1, 0.12])
+
+
+def test_finetune_writes_a_working_artifact(tmp_path, llama_art):
+    """finetune() end to end: the artifact loads at a rate, set_rate works, and the C runtime computes what the
+    (deterministic, re-run) LoRA model computed."""
+    kw = dict(steps=6, lr=5e-3, seq_len=32, batch=2, seed=3)
+    calib = _pattern_tokens()
+    out = finetune(llama_art, tmp_path / "ft", calibration=calib, progress=False, **kw)
+    assert not (tmp_path / "ft.partial").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    rec = cfg["uniql"]["finetune"]
+    assert rec["method"] == "masked-lora" and rec["steps"] == 6 and rec["rank"] == 8 and rec["alpha"] == 16
+    assert json.loads((out / "uniql_report.json").read_text())["finetune"] == rec
+    assert cfg["uniql_tensors"] == json.loads((llama_art / "config.json").read_text())["uniql_tensors"]
+
+    # the same run again, in memory (same seed -> same patches)
+    from uniql.finetune import training_windows
+    tm = ElasticTorchModel.from_artifact(llama_art, rank=8, alpha=16, seed=3, max_seq=32)
+    opts = FinetuneOptions(**kw, warmup=1)
+    torch.manual_seed(3)
+    train(tm, training_windows(None, calib, 32), opts)
+    ids = np.random.default_rng(4).integers(0, VOCAB, size=24)
+    m = uniql.load(out, rate=0.15)
+    for rate in (0.15, 0.25, 0.35):
+        m.set_rate(rate)
+        tm.set_rate(rate)
+        got = m.logits(ids)
+        assert _rel(got, _logits(tm, ids)) <= RUNTIME_REL_TOL, rate
+        np.testing.assert_array_equal(got, uniql.load(out, rate=rate).logits(ids))
+    assert _rel(uniql.load(out).logits(ids), uniql.load(llama_art).logits(ids)) > 1e-4  # the weights changed
+
+
+def test_bad_inputs_raise_and_write_nothing(tmp_path, llama_art, monkeypatch):
+    out = tmp_path / "o"
+    calib = _pattern_tokens()
+    for kw, err, msg in ((dict(steps=0), uniql.InvalidArgumentError, "steps"),
+                         (dict(lr=-1.0), uniql.InvalidArgumentError, "lr"),
+                         (dict(rank=0), uniql.InvalidArgumentError, "rank"),
+                         (dict(seq_len=1), uniql.InvalidArgumentError, "seq_len"),
+                         (dict(batch=2.5), uniql.InvalidArgumentError, "batch")):
+        with pytest.raises(err, match=msg):
+            finetune(llama_art, out, calibration=calib, progress=False, **kw)
+    with pytest.raises(uniql.InvalidArgumentError, match="fewer than one sequence"):
+        finetune(llama_art, out, calibration=np.arange(10), seq_len=32, progress=False)
+    with pytest.raises(uniql.InvalidArgumentError, match="not a uniql artifact"):
+        finetune(llama_art.parent / "llama", out, progress=False)
+    with pytest.raises(uniql.InvalidArgumentError, match="differ"):
+        finetune(llama_art, llama_art, overwrite=True, progress=False)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        finetune(llama_art, busy, progress=False)
+    q4 = _art(tmp_path, "llama", quantize=True)
+    with pytest.raises(uniql.UnsupportedError, match="int4 artifact"):
+        finetune(q4, out, calibration=calib, progress=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(uniql.UnsupportedError, match="needs PyTorch"):
+        finetune(llama_art, out, calibration=calib, progress=False)
+    assert not out.exists() and not (tmp_path / "o.partial").exists()
+    assert sorted(p.name for p in busy.iterdir()) == ["x"]

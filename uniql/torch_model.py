@@ -1,0 +1,297 @@
+"""PyTorch twin of the C runtime for a sorted, unquantized Llama/Qwen2 artifact, with masked LoRA (DESIGN.md
+sections 2.4 and 5). Used by :mod:`uniql.finetune`; needs the optional extra ``uniql[torch]``.
+
+Per layer at keep sizes (k = MLP keep, r = attention head-dim keep; stored sizes K = D_I, R = d):
+
+    h = RMSNorm(x) * w_attn
+    q = h Wq[sel_r]^T + bq[sel_r]        sel_r = the first r rows of every head (r/2 whole RoPE pairs: Q/K rows are
+    k = h Wk[sel_r]^T + bk[sel_r]        stored pair-interleaved in sorted order, rows 2j, 2j+1 = pair j)
+    v = h Wv[sel_r]^T                    (the QA-SVD basis: the first r value dims of every KV head)
+    q, k <- RoPE: pair j of KV group g rotates at the original frequency rope_freq[g][j] (Llama-3 scaling
+            included); angle = fl32(inv_freq_f32 * pos) as the runtime computes it
+    a = softmax(q k^T / sqrt(d) + causal) v        d = the ORIGINAL head dim at every rate; GQA
+    x = x + a Wo[:, sel_r]^T + bo        sel_r = the first r columns of every head's d-wide segment
+    h = RMSNorm(x) * w_mlp ;  x = x + (silu(h Wg[:k]^T) * (h Wu[:k]^T)) Wd[:, :k]^T
+    logits = RMSNorm(x) * w_final  W_lm^T   (W_lm = the embedding when tied)
+
+This is exactly what ``uniql.load(artifact, rate)`` computes (tested to float32 tolerance): the keep masks of
+training are the deployment's. A mask is applied by *selecting* the kept channels, which equals multiplying the
+dropped ones by zero -- they contribute nothing and receive no gradient -- without computing them.
+
+LoRA on every linear of the blocks: ``y = x W^T + (alpha/rank) (x A^T) B^T``, A (rank, in) uniform in
++-1/sqrt(in) (PEFT's kaiming_uniform(a=sqrt(5))), B (out, rank) zero, so the model starts as the artifact. The
+same selection applies to the patch: B's rows of dropped outputs (q/k/v/gate/up) and A's columns of dropped inputs
+(o/down) take no part at that rate. Base weights are frozen buffers.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uniql import safetensors as st
+from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
+from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
+from uniql.runtime import TransformerConfig
+
+__all__ = ["LINEARS", "LoRA", "ElasticTorchModel", "read_float_artifact"]
+
+# short name -> tensor name inside a layer; "rows" = the prunable axis is the output, "cols" = the input
+LINEARS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+           "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, TransformerConfig,
+                                                   list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """(config, meta, transformer config, per-layer tensors under their full names, rest tensors) of an
+    unquantized artifact, every float tensor as float32 (float16 converted exactly). An int4 artifact raises
+    UnsupportedError."""
+    from uniql import _C
+    from uniql.checkpoint import read_raw_config
+
+    d = Path(path)
+    cfg = read_raw_config(d)
+    meta, tinfo = read_meta(d, cfg)
+    q4 = sorted(n for n, s in tinfo.items() if isinstance(s, dict) and s.get("format") == "q4")
+    if meta.quantization is not None or q4:
+        raise UnsupportedError(f"{d} is an int4 artifact ({q4[0] if q4 else 'quantization'} ...); fine-tuning needs "
+                               "the unquantized one: compress with quantize=False, fine-tune, then quantize with "
+                               "uniql.quantize_artifact")
+    tc = TransformerConfig.from_hf(cfg)
+    if len(meta.importance) != tc.num_hidden_layers:
+        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has "
+                          f"{tc.num_hidden_layers} layers")
+
+    def f32(a: np.ndarray) -> np.ndarray:
+        if a.dtype == np.float16:
+            out = np.empty(a.shape, np.float32)
+            _C.convert(np.ascontiguousarray(a), out)
+            return out
+        return a
+
+    layers = []
+    for i in range(tc.num_hidden_layers):
+        p = d / layer_file(i)
+        if not p.is_file():
+            raise FormatError(f"artifact is missing {p.name}")
+        layers.append({k: f32(v) for k, v in st.load_file(p).items()})
+    if not (d / REST_FILE).is_file():
+        raise FormatError(f"artifact is missing {REST_FILE}")
+    rest = {k: f32(v) for k, v in st.load_file(d / REST_FILE).items()}
+    return cfg, meta, tc, layers, rest
+
+
+def _inv_freq(c: TransformerConfig) -> np.ndarray:
+    """inv_freq (d/2,) float32 exactly as the runtime computes it (float64, Llama-3 scaling, then rounded)."""
+    d = c.head_dim
+    out = np.empty(d // 2, np.float32)
+    for f in range(d // 2):
+        x = 1.0 / math.pow(c.rope_theta, (2.0 * f) / d)
+        if c.rope_type == "llama3":
+            old, lo, hi = float(c.rope_original_max_position_embeddings), c.rope_low_freq_factor, \
+                c.rope_high_freq_factor
+            wl = 2.0 * math.pi / x
+            if wl > old / lo:
+                x = x / c.rope_factor
+            elif not (wl < old / hi):
+                sm = (old / wl - lo) / (hi - lo)
+                x = (1.0 - sm) * x / c.rope_factor + sm * x
+        out[f] = x
+    return out
+
+
+class LoRA(nn.Module):
+    """A rank-r patch of one linear: delta W = scale * B A."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float,
+                 generator: torch.Generator) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.A = nn.Parameter(torch.empty(rank, in_features).uniform_(-bound, bound, generator=generator))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.scale = float(alpha) / float(rank)
+
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.B @ self.A)
+
+
+def _select(W: torch.Tensor, rows: torch.Tensor | slice | None, cols: torch.Tensor | slice | None) -> torch.Tensor:
+    if rows is not None:
+        W = W[rows] if isinstance(rows, slice) else W.index_select(0, rows)
+    if cols is not None:
+        W = W[:, cols] if isinstance(cols, slice) else W.index_select(1, cols)
+    return W
+
+
+class ElasticTorchModel(nn.Module):
+    """The artifact's function at per-layer keep sizes, in PyTorch (float32), optionally with LoRA patches.
+
+    ``set_rate(rate)`` uses the artifact's allocation (``ArtifactMeta.keep_sizes``, the C call the loader uses);
+    ``set_keep(sizes)`` sets (k, r) per layer directly. ``forward(ids)``: (B, T) int64 -> logits (B, T, vocab).
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], meta: ArtifactMeta, tc: TransformerConfig,
+                 layers: Sequence[Mapping[str, np.ndarray]], rest: Mapping[str, np.ndarray], *, rank: int = 0,
+                 alpha: float = 16.0, seed: int = 0, max_seq: int = 2048) -> None:
+        super().__init__()
+        self.hf_config = dict(cfg)
+        self.meta, self.tc = meta, tc
+        L, nh, nkv, d = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
+        self.rank, self.alpha = int(rank), float(alpha)
+        gen = torch.Generator().manual_seed(int(seed))
+        self.names: list[dict[str, str]] = []   # per layer: short -> full tensor name prefix
+        for i in range(L):
+            lay, p = layers[i], f"model.layers.{i}."
+            names = {s: p + n for s, n in LINEARS.items()}
+            self.names.append(names)
+            for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+                self._buf(f"l{i}_{norm.split('.')[0]}", lay, p + norm)
+            for s, n in names.items():
+                self._buf(f"l{i}_{s}_w", lay, n + ".weight")
+                if n + ".bias" in lay:
+                    self._buf(f"l{i}_{s}_b", lay, n + ".bias")
+            fm = lay.get(p + "self_attn.rope_freq")
+            if fm is None or fm.shape != (nkv, d // 2):
+                raise FormatError(f"layer {i}: rope_freq must have shape {(nkv, d // 2)}, got "
+                                  f"{None if fm is None else fm.shape}")
+            self.register_buffer(f"l{i}_freq", torch.from_numpy(np.asarray(fm, np.int64)), persistent=False)
+        self._buf("embed", rest, "model.embed_tokens.weight")
+        self._buf("final_norm", rest, "model.norm.weight")
+        if not tc.tie_word_embeddings:
+            self._buf("lm_head", rest, "lm_head.weight")
+        self.lora = nn.ModuleDict()
+        if self.rank > 0:
+            for i in range(L):
+                for s in LINEARS:
+                    out_f, in_f = getattr(self, f"l{i}_{s}_w").shape
+                    self.lora[f"l{i}_{s}"] = LoRA(out_f, in_f, self.rank, self.alpha, gen)
+        inv = torch.from_numpy(_inv_freq(tc))
+        pos = torch.arange(max_seq, dtype=torch.float32)
+        ang = pos[:, None] * inv[None, :]                        # float32 product, as the runtime
+        self.register_buffer("cos", torch.cos(ang.double()).float(), persistent=False)   # (max_seq, d/2)
+        self.register_buffer("sin", torch.sin(ang.double()).float(), persistent=False)
+        self.max_seq = int(max_seq)
+        self._idx: dict[tuple[int, int], torch.Tensor] = {}
+        self.keeps: list[tuple[int, int]] = [(tc.intermediate_size, d)] * L
+        self.rate: float | None = 0.0
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, *, rank: int = 0, alpha: float = 16.0, seed: int = 0,
+                      max_seq: int = 2048) -> "ElasticTorchModel":
+        cfg, meta, tc, layers, rest = read_float_artifact(path)
+        return cls(cfg, meta, tc, layers, rest, rank=rank, alpha=alpha, seed=seed, max_seq=max_seq)
+
+    def _buf(self, name: str, src: Mapping[str, np.ndarray], key: str) -> None:
+        if key not in src:
+            raise FormatError(f"artifact is missing tensor {key!r}")
+        self.register_buffer(name, torch.from_numpy(np.array(src[key], np.float32)), persistent=False)
+
+    # ------------------------------------------------------------------------------ keep sizes ----
+    def set_rate(self, rate: float) -> None:
+        """Per-layer keep sizes of a global pruning rate, from the artifact's allocation (as the loader)."""
+        self.keeps = [tuple(map(int, kr)) for kr in self.meta.keep_sizes(rate, self.tc.intermediate_size,
+                                                                          self.tc.head_dim)]
+        self.rate = float(rate)
+
+    def set_keep(self, sizes: Sequence[tuple[int, int]]) -> None:
+        tc = self.tc
+        if len(sizes) != tc.num_hidden_layers:
+            raise InvalidArgumentError(f"{len(sizes)} keep sizes for {tc.num_hidden_layers} layers")
+        for i, (k, r) in enumerate(sizes):
+            if not (1 <= k <= tc.intermediate_size) or not (2 <= r <= tc.head_dim) or r % 2:
+                raise InvalidArgumentError(f"layer {i}: keep sizes ({k}, {r}) out of range")
+        self.keeps = [(int(k), int(r)) for k, r in sizes]
+        self.rate = None
+
+    def _head_idx(self, heads: int, r: int) -> torch.Tensor:
+        """Indices of the first r of every head's d rows (columns of o_proj)."""
+        key = (heads, r)
+        if key not in self._idx:
+            d = self.tc.head_dim
+            self._idx[key] = (torch.arange(heads)[:, None] * d + torch.arange(r)[None, :]).reshape(-1)
+        return self._idx[key]
+
+    # --------------------------------------------------------------------------------- forward ----
+    def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
+        W = _select(getattr(self, f"l{i}_{s}_w"), rows, cols)
+        b = getattr(self, f"l{i}_{s}_b", None)
+        if b is not None and rows is not None:
+            b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
+        y = F.linear(x, W, b)
+        key = f"l{i}_{s}"
+        if key in self.lora:
+            lo = self.lora[key]
+            A = _select(lo.A, None, cols)
+            B = _select(lo.B, rows, None)
+            y = y + lo.scale * F.linear(F.linear(x, A), B)
+        return y
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.tc.rms_norm_eps))
+
+    def _rope(self, x: torch.Tensor, fm: torch.Tensor, T: int) -> torch.Tensor:
+        """x (B, T, H, r) pair-interleaved; fm (H, r/2) frequency index of each pair."""
+        c = self.cos[:T][:, fm]            # (T, H, r/2)
+        s = self.sin[:T][:, fm]
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.ndim == 1:
+            ids = ids[None]
+        B, T = ids.shape
+        if T > self.max_seq:
+            raise InvalidArgumentError(f"sequence of {T} tokens exceeds max_seq {self.max_seq}")
+        tc = self.tc
+        nh, nkv, d = tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
+        grp = nh // nkv
+        x = F.embedding(ids, self.embed)
+        for i, (k, r) in enumerate(self.keeps):
+            h = self._rms(x, getattr(self, f"l{i}_input_layernorm"))
+            rows_q, rows_kv = self._head_idx(nh, r), self._head_idx(nkv, r)
+            full = r == d
+            q = self._linear(i, "q", h, None if full else rows_q).view(B, T, nh, r)
+            kk = self._linear(i, "k", h, None if full else rows_kv).view(B, T, nkv, r)
+            v = self._linear(i, "v", h, None if full else rows_kv).view(B, T, nkv, r)
+            fm = getattr(self, f"l{i}_freq")[:, : r // 2]          # (nkv, r/2)
+            q = self._rope(q, fm.repeat_interleave(grp, 0), T)
+            kk = self._rope(kk, fm, T)
+            q, kk, v = q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2)
+            if grp > 1:
+                kk, v = kk.repeat_interleave(grp, 1), v.repeat_interleave(grp, 1)
+            a = F.scaled_dot_product_attention(q, kk, v, is_causal=True, scale=1.0 / math.sqrt(d))
+            a = a.transpose(1, 2).reshape(B, T, nh * r)
+            x = x + self._linear(i, "o", a, None, None if full else rows_q)
+            h = self._rms(x, getattr(self, f"l{i}_post_attention_layernorm"))
+            sk = None if k == tc.intermediate_size else slice(0, k)
+            z = F.silu(self._linear(i, "gate", h, sk)) * self._linear(i, "up", h, sk)
+            x = x + self._linear(i, "down", z, None, sk)
+        x = self._rms(x, self.final_norm)
+        head = self.embed if tc.tie_word_embeddings else self.lm_head
+        return F.linear(x, head)
+
+    # ----------------------------------------------------------------------------------- LoRA ----
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return list(self.lora.parameters())
+
+    @torch.no_grad()
+    def merge_(self) -> None:
+        """W += (alpha/rank) B A for every patch, then drops the patches (the model keeps its function)."""
+        for key, lo in self.lora.items():
+            W = getattr(self, key + "_w")
+            W += lo.delta()
+        self.lora = nn.ModuleDict()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The block linears' full (unpruned) weights as float32 arrays under their artifact names (merged ones
+        after :meth:`merge_`)."""
+        out = {}
+        for i, names in enumerate(self.names):
+            for s, n in names.items():
+                out[n + ".weight"] = getattr(self, f"l{i}_{s}_w").detach().cpu().numpy().copy()
+        return out
