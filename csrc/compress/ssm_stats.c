@@ -23,14 +23,6 @@ static uq_status chk_sizes(const char *fn, int64_t T, int64_t H, int64_t G, int6
     return UQ_OK;
 }
 
-static uq_status chk_finite_f32(const char *fn, const char *name, const float *x, int64_t count) {
-    for (int64_t i = 0; i < count; i++)
-        if (!isfinite(x[i]))
-            return uq_set_error(UQ_ERR_NUMERIC, "%s: %s contains %s at flat index %lld", fn, name,
-                                isnan(x[i]) ? "NaN" : "Inf", (long long)i);
-    return UQ_OK;
-}
-
 uq_status uq_ssm_bc_moments(const float *B, const float *C, const float *dt, int64_t T, int64_t H, int64_t G,
                             int64_t N, double scale, double *dB_acc, double *c_acc) {
     static const char fn[] = "uq_ssm_bc_moments";
@@ -38,8 +30,9 @@ uq_status uq_ssm_bc_moments(const float *B, const float *C, const float *dt, int
     uq_status st = chk_sizes(fn, T, H, G, N);
     if (st != UQ_OK) return st;
     if (!isfinite(scale)) return uq_set_error(UQ_ERR_ARG, "%s: scale must be finite, got %g", fn, scale);
-    if ((st = chk_finite_f32(fn, "B", B, T * G * N)) != UQ_OK || (st = chk_finite_f32(fn, "C", C, T * G * N)) != UQ_OK ||
-        (st = chk_finite_f32(fn, "dt", dt, T * H)) != UQ_OK)
+    if ((st = uq_check_finite_f32(B, T * G * N, "uq_ssm_bc_moments: B")) != UQ_OK ||
+        (st = uq_check_finite_f32(C, T * G * N, "uq_ssm_bc_moments: C")) != UQ_OK ||
+        (st = uq_check_finite_f32(dt, T * H, "uq_ssm_bc_moments: dt")) != UQ_OK)
         return st;
     const int64_t hpg = H / G;
     for (int64_t h = 0; h < H; h++) {
@@ -73,8 +66,10 @@ uq_status uq_ssm_chunk_states(const float *x, const float *B, const float *dt, c
     if (P < 1 || chunk < 1)
         return uq_set_error(UQ_ERR_ARG, "%s: P and chunk must be >= 1, got %lld and %lld", fn, (long long)P,
                             (long long)chunk);
-    if ((st = chk_finite_f32(fn, "x", x, T * H * P)) != UQ_OK || (st = chk_finite_f32(fn, "B", B, T * G * N)) != UQ_OK ||
-        (st = chk_finite_f32(fn, "dt", dt, T * H)) != UQ_OK || (st = chk_finite_f32(fn, "A_log", A_log, H)) != UQ_OK)
+    if ((st = uq_check_finite_f32(x, T * H * P, "uq_ssm_chunk_states: x")) != UQ_OK ||
+        (st = uq_check_finite_f32(B, T * G * N, "uq_ssm_chunk_states: B")) != UQ_OK ||
+        (st = uq_check_finite_f32(dt, T * H, "uq_ssm_chunk_states: dt")) != UQ_OK ||
+        (st = uq_check_finite_f32(A_log, H, "uq_ssm_chunk_states: A_log")) != UQ_OK)
         return st;
     const int64_t nc = (T + chunk - 1) / chunk, HP = H * P, hpg = H / G;
     size_t bytes;
