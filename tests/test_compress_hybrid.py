@@ -310,3 +310,46 @@ def test_interrupted_then_resume_is_identical(hybrid, tmp_path, monkeypatch):
     n = uniql.load(ref).num_layers
     for name in [layer_file(i) for i in range(n)] + [REST_FILE, "config.json"]:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("hybrid", ["mamba2"], indirect=True)
+def test_mamba2_layer0_sorted_by_the_design_formulas(hybrid):
+    """End to end on layer 0 of Mamba2 (its input, the embedding, is the same in the compressor and here): the
+    artifact's in_proj / conv1d / gated norm / out_proj are the original ones permuted by the state-dim scores
+    s_n = sum_h sqrt(E[(Delta_h B_n)^2]) sqrt(E[C_n^2]) per group and by the ridge leverage (lambda 1e-4) of the
+    chunk-local states per head, all recomputed here in float64 NumPy from the runtime's captures."""
+    from uniql import safetensors as st
+    from uniql.ssm import HybridModel
+
+    from uniql import checkpoint
+
+    _, _, src, art, _ = hybrid
+    cd, sd = checkpoint.read_config(src), checkpoint.read_tensors(src)
+    m = HybridModel.from_hf_tensors(cd, sd, max_seq=SEQ)
+    H, P, G, N, chunk = cd["num_heads"], cd["head_dim"], cd["n_groups"], cd["state_size"], cd["chunk_size"]
+    p = "backbone.layers.0.mixer."
+    calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
+    dB, cc, Gm = np.zeros((H, N)), np.zeros((G, N)), np.zeros((H * P, H * P))
+    for b in range(NSAMP):
+        _, cap = m.layer_forward(0, m.embed(calib[b]), capture=("ssm_x", "ssm_B", "ssm_C", "ssm_dt"))
+        a, c = _np_bc(cap["ssm_B"], cap["ssm_C"], cap["ssm_dt"], G)
+        dB, cc = dB + a / NSAMP, cc + c / NSAMP
+        S = _np_chunk_states(cap["ssm_x"], cap["ssm_B"], cap["ssm_dt"], sd[p + "A_log"], G, chunk)
+        Gm += S.T @ S / NSAMP
+    s_state = np.sqrt(dB).reshape(G, H // G, N).sum(1) * np.sqrt(cc)
+    sp = np.argsort(-s_state, axis=1, kind="stable")
+    lam = 1e-4
+    s_head = 1.0 - lam * np.diag(np.linalg.inv(Gm + lam * np.eye(H * P)))
+    hp = np.argsort(-s_head.reshape(H, P), axis=1, kind="stable")
+    zi = (np.arange(H)[:, None] * P + hp).reshape(-1)
+    bi = (np.arange(G)[:, None] * N + sp).reshape(-1)
+    HP, GN = H * P, G * N
+    rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
+    conv = np.concatenate([zi, HP + bi, HP + GN + bi])
+    got = st.load_file(art / "model-layer-0000.safetensors")
+    np.testing.assert_array_equal(got[p + "in_proj.weight"], sd[p + "in_proj.weight"][rows])
+    np.testing.assert_array_equal(got[p + "conv1d.weight"], sd[p + "conv1d.weight"][conv])
+    np.testing.assert_array_equal(got[p + "norm.weight"], sd[p + "norm.weight"][zi])
+    np.testing.assert_array_equal(got[p + "out_proj.weight"], sd[p + "out_proj.weight"][:, zi])
+    for key in ("A_log", "D", "dt_bias"):  # never pruned, never moved
+        np.testing.assert_array_equal(got[p + key], sd[p + key])
