@@ -265,7 +265,8 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
     try:
         write_gguf(tmp_src, cfg, plan, arch=arch, name=f"uniql-bench {source.label}", tokenizer_from=source.tokenizer_from, file_type=file_type)
         t1 = time.perf_counter()
-        quantize_q4_0(llama_cpp, tmp_src, tmp_dst, threads)
+        with _quiet():
+            quantize_q4_0(llama_cpp, tmp_src, tmp_dst, threads)
         os.replace(tmp_dst, dst)
         log.info("llama.cpp %s: wrote the %s GGUF in %.1f s, Q4_0 in %.1f s -> %s", source.label,
                  "F32" if file_type == 0 else "F16", t1 - t0, time.perf_counter() - t1, dst)
