@@ -353,3 +353,27 @@ def test_mamba2_layer0_sorted_by_the_design_formulas(hybrid):
     np.testing.assert_array_equal(got[p + "out_proj.weight"], sd[p + "out_proj.weight"][:, zi])
     for key in ("A_log", "D", "dt_bias"):  # never pruned, never moved
         np.testing.assert_array_equal(got[p + key], sd[p + key])
+
+
+def test_cli_compress_then_generate(hybrid, tmp_path, capsys):
+    """The CLI path: text calibration through the model's tokenizer, then generation from the artifact at a rate."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from uniql.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(hybrid[2], src)
+    words = [f"w{i}" for i in range(VOCAB)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(src / "tokenizer.json"))
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(np.random.default_rng(7).choice(words, size=NSAMP * SEQ + 3)))
+    out = tmp_path / "cli-art"
+    assert main(["compress", str(src), "-o", str(out), "--file", str(text), "--samples", str(NSAMP), "--seq-len",
+                 str(SEQ), "--no-quantize"]) == 0
+    assert (out / "tokenizer.json").is_file()
+    assert main(["generate", str(out), "w1 w2 w3", "--max-new-tokens", "4", "--rate", "0.25"]) == 0
+    assert capsys.readouterr().out.strip().split()[-1].startswith("w")
