@@ -149,7 +149,7 @@ class HybridJob:
         # 1. calibrate the original layer
         t = time.perf_counter()
         model = self._model(i, lay)
-        caps = ["mixer_in"]
+        caps = [] if kind == LAYER_MLP else ["mixer_in"]  # an MLP layer's mixer input is its mlp_in
         c_in = Covariance(n)
         H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
         if kind == LAYER_MAMBA:
@@ -166,7 +166,8 @@ class HybridJob:
         Y = np.empty_like(X)
         for b in range(B):
             Y[b], cap = model.layer_forward(0, X[b], capture=caps)
-            c_in.update(cap["mixer_in"])
+            if kind != LAYER_MLP:
+                c_in.update(cap["mixer_in"])
             if kind == LAYER_MAMBA:
                 ssm_bc_moments(cap["ssm_B"], cap["ssm_C"], cap["ssm_dt"], G, 1.0 / B, dB, cc)
                 c_state.update(ssm_chunk_states(cap["ssm_x"], cap["ssm_B"], cap["ssm_dt"], A_log, G, hc.chunk_size))
@@ -179,7 +180,7 @@ class HybridJob:
                 c_mlp.update(cap["mlp_in"])
                 c_z.update(cap["mlp_z"])
         del model, cap
-        G_in = c_in.mean()
+        G_in = c_in.mean() if kind != LAYER_MLP else None
         importance = _importance(X, Y)
         timer.add("calibrate", time.perf_counter() - t)
 
