@@ -326,7 +326,7 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
                 raise FormatError(f"artifact tensor {a + 'rope_freq'!r} must be int32 {(nkv, d_head // 2)}, "
                                   f"got {fm.dtype} {fm.shape}")
             freq_maps.append(_own(fm[:, : r // 2]))
-    tensors.update(_read_rest(d, reader, cfg, tc.vocab_size, n, tc.tie_word_embeddings, "model.embed_tokens.weight",
+    tensors.update(_read_rest(d, reader, tc.vocab_size, n, tc.tie_word_embeddings, "model.embed_tokens.weight",
                               "model.norm.weight"))
     # v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
     model = ElasticModel.from_hf_tensors(tc, tensors, tokenizer, freq_maps=freq_maps, qk_layout="interleaved",
@@ -507,7 +507,7 @@ def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Map
                     tensors[p + names["ffn_norm"]] = _float(f, p + names["ffn_norm"])
         freq_maps.append(fm)
         rot_rows.append(rr)
-    tensors.update(_read_rest(d, reader, cfg, hc.vocab_size, n, bool(hc.tie_word_embeddings),
+    tensors.update(_read_rest(d, reader, hc.vocab_size, n, bool(hc.tie_word_embeddings),
                               names["embed"], names["final"]))
     model = ElasticHybridModel.from_hf_tensors(hc, tensors, tokenizer, freq_maps=freq_maps, rot_rows=rot_rows,
                                                qk_layout="interleaved", max_seq=max_seq)
@@ -516,7 +516,7 @@ def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Map
     return model
 
 
-def _read_rest(d: Path, reader: _Reader, cfg: Mapping[str, Any], vocab: int, n: int, tied: bool,
+def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
                embed: Any, final: Any) -> dict[str, Any]:
     """Embedding, final norm and (untied) lm_head from model-rest.safetensors; `embed`/`final`: candidate names."""
     from uniql import safetensors as st
