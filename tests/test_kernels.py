@@ -1,5 +1,5 @@
-"""Kernel paths (ref / avx2 / avx512) of the segmented linear and the runtime: every optimized kernel against its
-twin (float64 reference with a tolerance from the reduction length; bit-exact for the integer int8-activation
+"""Kernel paths (ref / avx2 / avx512) of the segmented linear (row-major and R16 int4 layouts) and the runtime:
+every optimized kernel against its twin (float64 reference with a tolerance from the reduction length; bit-exact for the integer int8-activation
 path), determinism across T and thread counts, fp16 weights, forced paths in subprocesses, bad inputs, and a
 smoke run of ``uniql.bench``."""
 import json
@@ -174,6 +174,81 @@ def test_int8_activations_bit_exact_across_paths(rng):
                 assert np.array_equal(outs[path], outs["ref"]), (path, rows, cols, g, T)
             want = x.astype(np.float64) @ Ws.T + b[ridx]
             assert np.abs(outs["ref"] - want).max() <= A8_REL_TOL * np.abs(want).max(), (rows, cols, g, T)
+
+
+# R16 kernel layout (q4_repack): rows not multiples of 16, keeps cutting row blocks / 8-column chunks / groups,
+# head segments, groups 8..128 and one longer than the segment
+R16_CASES = [(16, 128, 1, 16, 1, 128, 128), (1, 8, 1, 1, 1, 8, 8), (7, 31, 1, 7, 1, 31, 8),
+             (33, 129, 1, 33, 1, 129, 128), (40, 512, 1, 23, 1, 320, 128), (48, 80, 2, 10, 2, 36, 16),
+             (64, 256, 4, 9, 4, 42, 24), (96, 96, 3, 32, 1, 96, 200), (24, 256, 2, 9, 4, 48, 16),
+             (130, 1024, 2, 50, 1, 1000, 128)]
+
+
+def r16_spec(p, s, g, cols, b, nso, nsi):
+    rows = p.shape[0]
+    pr, sr = _C.q4_repack((p, s, g, cols, None), nso, nsi)
+    return (pr, sr, g, cols, b, (rows, nso, nsi))
+
+
+@pytest.mark.parametrize("act", ["fp32", "int8"])
+def test_r16_kernels_bit_exact_across_paths(act, rng):
+    """Every path's R16 kernel equals the ref path's plain C twin bit for bit (fp32: the same FMA sequence; int8:
+    integer sums, also equal to the row-major W4A8 kernels); fp32 within the reduction-length bound of float64."""
+    _C.kernels_set_q4_act(act)
+    for rows, cols, nso, ko, nsi, ki, g in R16_CASES:
+        W = rng.standard_normal((rows, cols)).astype(np.float32)
+        b = rng.standard_normal(rows).astype(np.float32)
+        p, s = q4_weight(W, nsi, g)
+        spec = r16_spec(p, s, g, cols, b, nso, nsi)
+        Ws, ridx = selected(dequant(p, s, cols, nsi, g), rows, cols, nso, ko, nsi, ki)
+        for T in (1, 2, 3, 5, 9, 70):
+            x = rng.standard_normal((T, nsi * ki)).astype(np.float32)
+            outs = {}
+            for path in AVAILABLE:
+                _C.kernels_set(path)
+                outs[path] = forward(spec, x, nso, ko, nsi, ki)
+                assert np.array_equal(outs[path], outs["ref"]), (act, path, rows, cols, nso, ko, nsi, ki, g, T)
+                if act == "int8":
+                    assert np.array_equal(outs[path], forward((p, s, g, cols, b), x, nso, ko, nsi, ki))
+            assert np.array_equal(forward(spec, x, nso, ko, nsi, ki, ref=True),
+                                  forward((p, s, g, cols, b), x, nso, ko, nsi, ki, ref=True))
+            if act == "fp32":
+                want = x.astype(np.float64) @ Ws.T + b[ridx]
+                bound = LIN_TOL_FACTOR * (nsi * ki + 1) * EPS32 * (np.abs(x) @ np.abs(Ws).T + np.abs(b[ridx])) + 1e-30
+                assert np.all(np.abs(outs["ref"] - want) <= bound), (rows, cols, nso, ko, nsi, ki, g, T)
+
+
+@pytest.mark.parametrize("act", ["fp32", "int8"])
+def test_r16_deterministic_and_truncation_exact(act, rng):
+    """R16: T tokens = one at a time = 1 thread; a weight stored truncated to the keep = the full one at it."""
+    _C.kernels_set_q4_act(act)
+    rows, cols, g, ko, ki = 40, 512, 128, 23, 320
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    p, s = q4_weight(W, 1, g)
+    full = r16_spec(p, s, g, cols, None, 1, 1)
+    trunc = r16_spec(np.ascontiguousarray(p[:ko, :ki // 2]), np.ascontiguousarray(s[:ko, :-(-ki // g)]), g, ki,
+                     None, 1, 1)
+    x = rng.standard_normal((20, ki)).astype(np.float32)
+    for path in AVAILABLE:
+        _C.kernels_set(path)
+        _C.kernels_set_threads(2)
+        y = forward(full, x, 1, ko, 1, ki)
+        assert np.array_equal(forward(trunc, x, 1, ko, 1, ki), y), path
+        _C.kernels_set_threads(1)
+        for t in (0, 7, 19):
+            assert np.array_equal(forward(full, x[t:t + 1].copy(), 1, ko, 1, ki)[0], y[t]), (path, t)
+
+
+def test_r16_repack_rejects_bad_requests(rng):
+    p, s = q4_weight(rng.standard_normal((16, 48)).astype(np.float32), 1, 12)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _C.q4_repack((p, s, 12, 48, None), 1, 1)
+    p, s = q4_weight(rng.standard_normal((16, 48)).astype(np.float32), 1, 16)
+    spec = r16_spec(p, s, 16, 48, None, 1, 1)
+    with pytest.raises(ValueError, match="segments"):
+        _C.linear_forward(spec, np.ones((1, 48), np.float32), np.empty((1, 16), np.float32), 2, 8, 1, 48)
+    with pytest.raises(ValueError, match="row-major"):
+        _C.q4_repack(spec, 1, 1)
 
 
 @pytest.mark.parametrize("path", AVAILABLE)

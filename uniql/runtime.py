@@ -14,6 +14,9 @@ int4 weights: any value of ``tensors`` with attributes ``packed`` (uint8 (rows, 
 (float32 (rows, ngroups)), ``group`` and ``shape`` (rows, cols) -- e.g. :class:`uniql.quant.QuantizedTensor`
 -- is used as int4 (w = (q - 8) * scale). For o_proj every head's column segment has its own groups:
 scales (rows, n_heads * ceil(R / group)), which is the standard layout whenever R % group == 0.
+When the group is a multiple of 8, :class:`Model` repacks each layer linear (and an untied lm_head) once, in C,
+into the kernels' R16 layout (``_C.q4_repack``; 16-row blocks x 8-column chunks, uniql.h "UQ_Q4_R16") and
+keeps only that copy; the embedding stays row-major (its gather reads rows).
 """
 from __future__ import annotations
 
@@ -169,6 +172,9 @@ class _Q4:
     scales: np.ndarray
     group: int
     shape: tuple[int, int]
+
+
+_R16_COLS = 8  # int4 weights whose group is a multiple of this are repacked to the kernels' R16 layout
 
 
 def _is_q4(v: Any) -> bool:
@@ -384,10 +390,19 @@ class Model(SequenceModel):
         self.tokenizer = tokenizer
         keep: list[np.ndarray] = []
 
-        def spec(w: Any, bias: np.ndarray | None) -> tuple:
+        def spec(w: Any, bias: np.ndarray | None, segs: tuple[int, int] | None = None) -> tuple:
             if bias is not None:
                 keep.append(bias)
             if isinstance(w, _Q4):
+                if segs is not None and w.group % _R16_COLS == 0:
+                    # the kernels' R16 layout, built once here in C; the row-major arrays are not kept
+                    try:
+                        packed, scales = _C.q4_repack((w.packed, w.scales, w.group, w.shape[1], None), *segs)
+                    except UniqlError:  # an invalid weight: the model's own checks below name it
+                        packed = None
+                    if packed is not None:
+                        keep.extend([packed, scales])
+                        return (packed, scales, w.group, w.shape[1], bias, (w.shape[0], *segs))
                 keep.extend([w.packed, w.scales])
                 return (w.packed, w.scales, w.group, w.shape[1], bias)
             keep.append(w)
@@ -399,11 +414,13 @@ class Model(SequenceModel):
             keep.extend([lay["attn_norm"], lay["mlp_norm"]])
             if d["freq_map"] is not None:
                 keep.append(d["freq_map"])
+            nh, nkv = config.num_attention_heads, config.num_key_value_heads
+            segs = {"q": (nh, 1), "k": (nkv, 1), "v": (nkv, 1), "o": (1, nh)}
             for _, _, short in _LINEARS:
-                d[short] = spec(*lay[short])
+                d[short] = spec(*lay[short], segs.get(short, (1, 1)))
             c_layers.append(d)
-        emb_spec = spec(embed, None)
-        head_spec = emb_spec if lm_head is embed else spec(lm_head, None)
+        emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
+        head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
         keep.append(final_norm)
         self._arrays = keep
         self._cm = _C.tf_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)

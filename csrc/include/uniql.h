@@ -268,6 +268,7 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
  * model loaded truncated at rate rho and a full model switched to rho give bit-identical logits.
  */
 typedef enum { UQ_W_F32 = 0, UQ_W_Q4 = 1, UQ_W_F16 = 2 } uq_wkind;
+typedef enum { UQ_Q4_ROWMAJOR = 0, UQ_Q4_R16 = 1 } uq_q4_layout;
 
 typedef struct {
     int32_t kind;          /* uq_wkind */
@@ -279,7 +280,37 @@ typedef struct {
     int64_t scale_cols;    /* UQ_W_Q4: columns of scales (see segments above) */
     const float *bias;     /* (rows) or NULL */
     const uint16_t *w16;   /* UQ_W_F16: (rows, cols) row-major IEEE half, converted exactly to float on the fly */
+    int32_t layout;        /* UQ_W_Q4: uq_q4_layout (0 = the row-major format; UQ_Q4_R16: uq_q4_repack_r16) */
+    int64_t nseg_out, nseg_in; /* UQ_Q4_R16: the segments the layout was built for (calls must use them) */
 } uq_linear;
+
+/*
+ * Kernel layout of int4 weights (UQ_Q4_R16; built once at model load by uq_q4_repack_r16 from the row-major
+ * format, the same codes and scales in another order; like llama.cpp's "R4/R8" repacked formats).
+ * For nseg_out output segments of seg_out rows and nseg_in input segments of seg_in columns: rows are taken
+ * per output segment in blocks of 16 (rb = ceil(seg_out/16) blocks per segment; rows past seg_out are padding),
+ * columns per input segment in chunks of 8 (cc = ceil(seg_in/8) per segment; padding past seg_in).
+ * Block b = so*rb + i holds rows so*seg_out + 16i + l (l < 16) as nseg_in*cc chunks of 64 bytes, one
+ * contiguous stream; chunk k = si*cc + j (columns si*seg_in + 8j + m, m < 8) is
+ *   byte 4l + m = q[l][m] | q[l][m + 4] << 4   (m < 4; padding codes 8),
+ * i.e. 32-bit lane l holds row l's 8 codes: one vpdpbusd / vpmaddubsw per 4 columns gives 16 / 8 row sums
+ * with no horizontal reduction, and kept prefixes (keep_out rows, keep_in columns per segment) are prefixes
+ * of blocks and of chunk runs. Scales: block b, scale column c (< scale_cols, as in the row-major format):
+ * 16 floats (one per row, padding 0) at (b * scale_cols + c) * 16. Needs group % 8 == 0.
+ * Sizes: packed nseg_out*rb blocks of nseg_in*cc*64 bytes; scales nseg_out*rb*scale_cols*16 floats.
+ * Numerics with fp32 activations (every path, bit-identical, including the float64-free _ref twins): per row,
+ * per kept group in order, gs = 0; gs = fma((float)(q - 8), x[c], gs) over the group's kept columns in order;
+ * tot = fma(gs, scale, tot); y = tot (+ bias). int8 activations: exactly the W4A8 sums below.
+ */
+#define UQ_Q4_R16_ROWS 16
+#define UQ_Q4_R16_COLS 8
+/* Geometry of the R16 layout of a (rows, cols) int4 weight: *nblk blocks of *blk_bytes bytes, *nscales floats.
+ * UQ_ERR_ARG (sizes < 1, NULL), UQ_ERR_SHAPE (segments do not divide rows/cols, group % 8 != 0). */
+uq_status uq_q4_r16_size(int64_t rows, int64_t cols, int64_t group, int64_t scale_cols, int64_t nseg_out,
+                         int64_t nseg_in, int64_t *nblk, int64_t *blk_bytes, int64_t *nscales);
+/* Repacks a row-major int4 weight L (validated like uq_linear_forward) into caller-allocated packed
+ * (nblk * blk_bytes) and scales (nscales) of uq_q4_r16_size. Statuses as uq_q4_r16_size. */
+uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed, float *scales);
 
 /* y = x W_sel^T + b_sel with the segment selection described above. x (T, nseg_in*keep_in),
  * y (T, nseg_out*keep_out), caller-allocated, must not overlap. OpenMP over output rows.
@@ -422,6 +453,8 @@ double uq_rng_uniform(uint64_t *rng);
  *     segment), xs = max|x| / 127, xq = rint(x * (127 / max|x|)) (int8, 0 when max|x| = 0);
  *     isum = sum (q - 8) xq exactly in int32; y = sum over groups in order of (float)isum * (ws * xs), + bias.
  *     Integer sums make this bit-identical on every path (ref, avx2 maddubs, avx512 vpdpbusd).
+ *   int4 in the R16 kernel layout (the runtime's transformer linears): fp32 activations per group with FMA
+ *     (see UQ_Q4_R16 above), bit-identical on every path; int8 activations as W4A8 above.
  * W4A8 trades ~0.3-1% relative error on the linear outputs for 2-4x cheaper int4 arithmetic (llama.cpp's
  * Q4_0 x Q8_0 does the same); it is not the default because the paper's numbers are W4A16 and the
  * runtime's tests compare int4 against fp32 on the dequantized weights at 1e-5.

@@ -118,7 +118,29 @@ typedef struct {
                     const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                     int64_t nch, float *y, int64_t ldy, void *work);
     size_t (*q8_gemm_work)(const uq_k_chunk *ch, int64_t nch); /* bytes of work for q8_gemm */
+    /* int4 in the R16 layout (uniql.h), any T: nb <= UQ_K_R16_NB row blocks wb[i] (block data) with scales sb[i]
+     * (the block's scale_cols * 16 floats); groups g[0..ng): wcol = first chunk of the group inside a block,
+     * n = kept columns, scol = scale column, xcol = x column (fp32), xq = byte offset of the group's int8
+     * activations in a token's xq row (n values, zero padded to a multiple of 8). Writes
+     * out[t * ldo + 16 i + l] = row l of block i, token t, for all 16 rows. */
+    void (*r16_f32)(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+                    int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo);
+    void (*r16_q8)(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+                   const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
+                   float *out, int64_t ldo);
 } uq_kpath;
+
+#define UQ_K_R16_NB 8 /* row blocks per R16 kernel call (128 rows) */
+
+/* The plain C twins of the R16 kernels (same layout, same results bit for bit). */
+void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+                      int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo);
+void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+                     const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
+                     float *out, int64_t ldo);
+/* Code (0..15) and scale of stored row `row`, column `col` / scale column `sc` of an R16 weight. */
+int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col);
+float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);
 
 /* The current path (initialised from the environment on first use; the ref path if that failed). */
 const uq_kpath *uq_k_path(void);

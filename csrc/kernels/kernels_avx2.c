@@ -261,6 +261,193 @@ UQ_T2 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr
         }
 }
 
+
+/* ------------------------------------------------------------------- int4, R16 layout ---- */
+
+/* Column m (< 4) of 8 rows from the code bytes lo (low nibbles: columns 0..3, or high nibbles: 4..7) as the
+ * exact float q - 8: vpshufb moves byte m of each dword to byte 0 (zeros above), bits(0x4B000000 | q) =
+ * 2^23 + q, minus 2^23 + 8. */
+static UQ_T2I __m256 r16_col(__m256i lo, int m) {
+    const __m256i sel = _mm256_set1_epi32((int)(0x80808000u | (unsigned)m));
+    const __m256i off = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
+    const __m256i q = _mm256_shuffle_epi8(lo, _mm256_add_epi32(sel, off));
+    return _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(q, _mm256_set1_epi32(0x4B000000))),
+                         _mm256_set1_ps(8388616.0f));
+}
+
+/* NB blocks (two 8-row halves each) x NT tokens, fp32 activations. */
+static UQ_T2I void r16f_t(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
+                          const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo, const int NB, const int NT) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    float tot[2 * 2 * 4 * 8];
+    #pragma GCC unroll 16
+    for (int i = 0; i < NB * 2 * NT; i++) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
+    for (int64_t k = 0; k < ng; k++) {
+        __m256 gs[2][2][4];
+        #pragma GCC unroll 2
+        for (int i = 0; i < NB; i++)
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) gs[i][h][t] = _mm256_setzero_ps();
+        const int64_t n = g[k].n, w0 = g[k].wcol * 64;
+        const float *xk = x + g[k].xcol;
+        for (int64_t c = 0; c < n; c += 8) {
+            const int nm = n - c < 8 ? (int)(n - c) : 8;
+            #pragma GCC unroll 2
+            for (int i = 0; i < NB; i++)
+                #pragma GCC unroll 2
+                for (int h = 0; h < 2; h++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(wb[i] + w0 + c * 8 + 32 * h));
+                    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    if (nm == 8) {
+                        #pragma GCC unroll 8
+                        for (int m = 0; m < 8; m++) {
+                            const __m256 w = r16_col(m < 4 ? lo : hi, m & 3);
+                            #pragma GCC unroll 4
+                            for (int t = 0; t < NT; t++)
+                                gs[i][h][t] = _mm256_fmadd_ps(w, _mm256_set1_ps(xk[t * ldx + c + m]), gs[i][h][t]);
+                        }
+                    } else { /* a kept prefix that cuts a chunk */
+                        for (int m = 0; m < nm; m++) {
+                            const __m256 w = r16_col(m < 4 ? lo : hi, m & 3);
+                            #pragma GCC unroll 4
+                            for (int t = 0; t < NT; t++)
+                                gs[i][h][t] = _mm256_fmadd_ps(w, _mm256_set1_ps(xk[t * ldx + c + m]), gs[i][h][t]);
+                        }
+                    }
+                }
+        }
+        #pragma GCC unroll 2
+        for (int i = 0; i < NB; i++)
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m256 sv = _mm256_loadu_ps(sb[i] + g[k].scol * 16 + 8 * h);
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    float *p = tot + 8 * ((i * 2 + h) * NT + t);
+                    _mm256_storeu_ps(p, _mm256_fmadd_ps(gs[i][h][t], sv, _mm256_loadu_ps(p)));
+                }
+            }
+    }
+    #pragma GCC unroll 2
+    for (int i = 0; i < NB; i++)
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++)
+                _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
+}
+
+/* NB blocks x NT tokens, int8 activations: vpmaddubsw on the low / high nibbles (columns 0..3 / 4..7 of a chunk)
+ * against 4 broadcast activation bytes each, pairs added in int16 (|sum| <= 4 * 15 * 127), widened by vpmaddwd. */
+static UQ_T2I void r16q_t(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
+                          const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
+                          float *out, int64_t ldo, const int NB, const int NT) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    float tot[2 * 2 * 4 * 8];
+    #pragma GCC unroll 16
+    for (int i = 0; i < NB * 2 * NT; i++) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
+    for (int64_t k = 0; k < ng; k++) {
+        __m256i a[2][2][4];
+        #pragma GCC unroll 2
+        for (int i = 0; i < NB; i++)
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) a[i][h][t] = _mm256_setzero_si256();
+        const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
+        const int8_t *xk = xq + g[k].xq;
+        for (int64_t j = 0; j < nc; j++) {
+            __m256i xa[4], xb[4];
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                int32_t qa, qb;
+                memcpy(&qa, xk + t * ldq + 8 * j, 4);
+                memcpy(&qb, xk + t * ldq + 8 * j + 4, 4);
+                xa[t] = _mm256_set1_epi32(qa);
+                xb[t] = _mm256_set1_epi32(qb);
+            }
+            #pragma GCC unroll 2
+            for (int i = 0; i < NB; i++)
+                #pragma GCC unroll 2
+                for (int h = 0; h < 2; h++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(wb[i] + w0 + j * 64 + 32 * h));
+                    const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    #pragma GCC unroll 4
+                    for (int t = 0; t < NT; t++) {
+                        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa[t]), _mm256_maddubs_epi16(hi, xb[t]));
+                        a[i][h][t] = _mm256_add_epi32(a[i][h][t], _mm256_madd_epi16(p, ones));
+                    }
+                }
+        }
+        #pragma GCC unroll 2
+        for (int i = 0; i < NB; i++)
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m256 sv = _mm256_loadu_ps(sb[i] + g[k].scol * 16 + 8 * h);
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    const int64_t gi = t * ldg + k;
+                    const __m256i is = _mm256_sub_epi32(a[i][h][t], _mm256_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
+                    const __m256 pr = _mm256_mul_ps(sv, _mm256_set1_ps(xs[gi]));
+                    float *f = tot + 8 * ((i * 2 + h) * NT + t);
+                    _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), _mm256_mul_ps(_mm256_cvtepi32_ps(is), pr)));
+                }
+            }
+    }
+    #pragma GCC unroll 2
+    for (int i = 0; i < NB; i++)
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++)
+                _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
+}
+
+UQ_T2 static void r16_f32(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+                          int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    for (int64_t t0 = 0; t0 < T; t0 += 4) {
+        const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
+        const float *xt = x + t0 * ldx;
+        float *o = out + t0 * ldo;
+        int i0 = 0;
+        if (nt == 1)
+            for (; i0 + 2 <= nb; i0 += 2) r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 2, 1);
+        for (; i0 < nb; i0++) {
+            switch (nt) {
+            case 1: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 1); break;
+            case 2: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 2); break;
+            case 3: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 3); break;
+            default: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 4); break;
+            }
+        }
+    }
+}
+
+UQ_T2 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+                         const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
+                         int64_t ng, float *out, int64_t ldo) {
+    for (int64_t t0 = 0; t0 < T; t0 += 4) {
+        const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
+        const int8_t *xt = xq + t0 * ldq;
+        const float *st = xs + t0 * ldg;
+        const int32_t *sm = xsum + t0 * ldg;
+        float *o = out + t0 * ldo;
+        int i0 = 0;
+        if (nt == 1)
+            for (; i0 + 2 <= nb; i0 += 2) r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2, 1);
+        for (; i0 < nb; i0++) {
+            switch (nt) {
+            case 1: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 1); break;
+            case 2: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 2); break;
+            case 3: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 3); break;
+            default: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 4); break;
+            }
+        }
+    }
+}
+
 const uq_kpath uq_kpath_avx2 = {
     .name = "avx2",
     .V = 8,
@@ -276,6 +463,8 @@ const uq_kpath uq_kpath_avx2 = {
     .q8_gemv = q8_gemv,
     .q8_gemm = NULL,
     .q8_gemm_work = NULL,
+    .r16_f32 = r16_f32,
+    .r16_q8 = r16_q8,
 };
 
 #endif

@@ -668,6 +668,204 @@ UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int 
     }
 }
 
+
+/* ------------------------------------------------------------------- int4, R16 layout ---- */
+
+/* Right shift that brings column m of a chunk into bits 0..3 of each row's dword: byte m % 4, high nibble
+ * for m >= 4 (vpermps reads index bits 0..3 only, so no mask is needed). */
+#define R16_SH(m) (8 * ((m) & 3) + 4 * ((m) >> 2))
+
+/* NB blocks x NT tokens, fp32 activations: gs per (block, token) in 16 row lanes, column by column with a
+ * broadcast x; the group total goes through memory (tot) once per group. */
+static UQ_T512I void r16f_t(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
+                            const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo, const int NB, const int NT) {
+    const __m512 tab = q4_base();
+    float tot[8 * 4 * 16];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB * NT; i++) _mm512_storeu_ps(tot + 16 * i, _mm512_setzero_ps());
+    for (int64_t k = 0; k < ng; k++) {
+        __m512 gs[8][4];
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++)
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) gs[i][t] = _mm512_setzero_ps();
+        const int64_t n = g[k].n, w0 = g[k].wcol * 64;
+        const float *xk = x + g[k].xcol;
+        int64_t c = 0;
+        for (; c + 8 <= n; c += 8) {
+            __m512i v[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < NB; i++) v[i] = _mm512_loadu_si512(wb[i] + w0 + c * 8);
+#pragma GCC unroll 8
+            for (int m = 0; m < 8; m++) {
+                __m512 xb[4];
+#pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) xb[t] = _mm512_set1_ps(xk[t * ldx + c + m]);
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++) {
+                    const __m512 w = _mm512_permutexvar_ps(m ? _mm512_srli_epi32(v[i], R16_SH(m)) : v[i], tab);
+#pragma GCC unroll 4
+                    for (int t = 0; t < NT; t++) gs[i][t] = _mm512_fmadd_ps(w, xb[t], gs[i][t]);
+                }
+            }
+        }
+        if (c < n) { /* a kept prefix that cuts a chunk */
+            __m512i v[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < NB; i++) v[i] = _mm512_loadu_si512(wb[i] + w0 + c * 8);
+            for (int m = 0; m < n - c; m++) {
+                const __m128i sh = _mm_cvtsi32_si128(R16_SH(m));
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++) {
+                    const __m512 w = _mm512_permutexvar_ps(_mm512_srl_epi32(v[i], sh), tab);
+#pragma GCC unroll 4
+                    for (int t = 0; t < NT; t++) gs[i][t] = _mm512_fmadd_ps(w, _mm512_set1_ps(xk[t * ldx + c + m]), gs[i][t]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++) {
+            const __m512 sv = _mm512_loadu_ps(sb[i] + g[k].scol * 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                float *p = tot + 16 * (i * NT + t);
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(gs[i][t], sv, _mm512_loadu_ps(p)));
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; i++)
+#pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * ldo + 16 * i, _mm512_loadu_ps(tot + 16 * (i * NT + t)));
+}
+
+/* NB blocks x NT tokens, int8 activations: one int32 accumulator per (block, token) and group (vpdpbusd on the
+ * low / high nibbles = columns 0..3 / 4..7 of a chunk against 4 broadcast activation bytes each). */
+static UQ_T512I void r16q_t(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
+                            const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
+                            float *out, int64_t ldo, const int NB, const int NT) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    float tot[8 * 8 * 16];
+#pragma GCC unroll 16
+    for (int i = 0; i < NB * NT; i++) _mm512_storeu_ps(tot + 16 * i, _mm512_setzero_ps());
+    for (int64_t k = 0; k < ng; k++) {
+        __m512i a[8][8];
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++)
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) a[i][t] = _mm512_setzero_si512();
+        const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
+        const int8_t *xk = xq + g[k].xq;
+        for (int64_t j = 0; j < nc; j++) {
+            __m512i lo[8], hi[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < NB; i++) {
+                const __m512i v = _mm512_loadu_si512(wb[i] + w0 + j * 64);
+                lo[i] = _mm512_and_si512(v, m4);
+                hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                int32_t qa, qb;
+                memcpy(&qa, xk + t * ldq + 8 * j, 4);
+                memcpy(&qb, xk + t * ldq + 8 * j + 4, 4);
+                const __m512i xa = _mm512_set1_epi32(qa), xb = _mm512_set1_epi32(qb);
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++) a[i][t] = dpbusd(dpbusd(a[i][t], lo[i], xa), hi[i], xb);
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++) {
+            const __m512 sv = _mm512_loadu_ps(sb[i] + g[k].scol * 16);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                const int64_t gi = t * ldg + k;
+                const __m512i is = _mm512_sub_epi32(a[i][t], _mm512_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
+                const __m512 p = _mm512_mul_ps(sv, _mm512_set1_ps(xs[gi]));
+                float *f = tot + 16 * (i * NT + t);
+                _mm512_storeu_ps(f, _mm512_add_ps(_mm512_loadu_ps(f), _mm512_mul_ps(_mm512_cvtepi32_ps(is), p)));
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; i++)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * ldo + 16 * i, _mm512_loadu_ps(tot + 16 * (i * NT + t)));
+}
+
+/* Blocks in groups of NB (a short group repeats its last block into the unused output lanes of out). */
+static int r16_nb(int left, int most) { return left > most / 2 ? most : left > most / 4 ? most / 2 : left > most / 8 ? most / 4 : most / 8 > 0 ? most / 8 : 1; }
+
+UQ_T512 static void r16_f32(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+                            int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    for (int64_t t0 = 0; t0 < T; t0 += 4) {
+        const int nt = (int)(T - t0 < 4 ? T - t0 : 4), most = nt == 1 ? 8 : 4;
+        for (int i0 = 0; i0 < nb;) {
+            const int NB = r16_nb(nb - i0, most);
+            const uint8_t *w[8];
+            const float *s[8];
+            for (int i = 0; i < NB; i++) {
+                w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
+                s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
+            }
+            const float *xt = x + t0 * ldx;
+            float *o = out + t0 * ldo + 16 * i0;
+            switch (nt * 10 + NB) {
+            case 18: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 8, 1); break;
+            case 14: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 1); break;
+            case 12: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 1); break;
+            case 11: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 1); break;
+            case 24: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 2); break;
+            case 22: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 2); break;
+            case 21: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 2); break;
+            case 34: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 3); break;
+            case 32: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 3); break;
+            case 31: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 3); break;
+            case 44: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 4); break;
+            case 42: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 4); break;
+            default: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 4); break;
+            }
+            i0 += NB;
+        }
+    }
+}
+
+UQ_T512 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+                           const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
+                           int64_t ng, float *out, int64_t ldo) {
+    for (int64_t t0 = 0; t0 < T;) {
+        const int64_t left = T - t0;
+        const int nt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1, most = nt == 1 ? 8 : 2;
+        for (int i0 = 0; i0 < nb;) {
+            const int NB = r16_nb(nb - i0, most);
+            const uint8_t *w[8];
+            const float *s[8];
+            for (int i = 0; i < NB; i++) {
+                w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
+                s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
+            }
+            const int8_t *xt = xq + t0 * ldq;
+            const float *st = xs + t0 * ldg;
+            const int32_t *sm = xsum + t0 * ldg;
+            float *o = out + t0 * ldo + 16 * i0;
+            switch (nt * 10 + NB) {
+            case 18: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 8, 1); break;
+            case 14: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 4, 1); break;
+            case 12: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 1); break;
+            case 11: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 1); break;
+            case 22: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 2); break;
+            case 21: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 2); break;
+            case 42: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 4); break;
+            case 41: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 4); break;
+            case 82: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 8); break;
+            default: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 8); break;
+            }
+            i0 += NB;
+        }
+        t0 += nt;
+    }
+}
+
 const uq_kpath uq_kpath_avx512 = {
     .name = "avx512",
     .V = 16,
@@ -687,6 +885,8 @@ const uq_kpath uq_kpath_avx512 = {
     .q8_gemv16 = q8_gemv16,
     .q8_gemm = q8_gemm,
     .q8_gemm_work = q8_gemm_work,
+    .r16_f32 = r16_f32,
+    .r16_q8 = r16_q8,
 };
 
 #endif

@@ -125,6 +125,15 @@ static uq_status check_call(const uq_linear *L, const float *x, int64_t T, int64
                                 "linear: int4 scales have %lld columns, expected %lld (%lld segments x %lld groups)",
                                 (long long)L->scale_cols, (long long)(nseg_in * gps), (long long)nseg_in,
                                 (long long)gps);
+        if (L->layout == UQ_Q4_R16) {
+            if (L->nseg_out != nseg_out || L->nseg_in != nseg_in || L->group % UQ_Q4_R16_COLS)
+                return uq_set_error(UQ_ERR_SHAPE,
+                                    "linear: R16 int4 weight built for segments (%lld, %lld) (group %lld), called with "
+                                    "(%lld, %lld)", (long long)L->nseg_out, (long long)L->nseg_in, (long long)L->group,
+                                    (long long)nseg_out, (long long)nseg_in);
+        } else if (L->layout != UQ_Q4_ROWMAJOR) {
+            return uq_set_error(UQ_ERR_ARG, "linear: unknown int4 layout %d", (int)L->layout);
+        }
     } else {
         return uq_set_error(UQ_ERR_ARG, "linear: unknown weight kind %d", (int)L->kind);
     }
@@ -333,7 +342,98 @@ static void ref_axpy(float a, const float *x, float *y, int64_t n) {
 
 const uq_kpath uq_kpath_ref = {
     .name = "ref", .V = 8, .cw = 0, .dot = ref_dot, .axpy = ref_axpy, .q8_gemv = q8_gemv_ref,
+    .r16_f32 = uq_k_r16_f32_ref, .r16_q8 = uq_k_r16_q8_ref,
 };
+
+/* ------------------------------------------------------------------- int4, R16 layout ---- */
+
+#define UQ_R16_TB 64 /* tokens per kernel call (bounds the per-thread output scratch) */
+
+/* y = x W_sel^T (+ b) on an R16 weight: one task per UQ_K_R16_NB kept row blocks (a block of a segment whose
+ * keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming its blocks'
+ * kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
+ * per token and group in natural column order (groups padded to 8 with zeros). */
+static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
+                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y, int q8) {
+    const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
+    const int64_t gps = (seg_in + g - 1) / g, rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
+    const int64_t bbytes = nseg_in * cc * 64, sstride = L->scale_cols * 16;
+    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, kb = (keep_out + 15) / 16;
+    const int64_t nbt = nseg_out * kb, ntask = (nbt + UQ_K_R16_NB - 1) / UQ_K_R16_NB;
+    const int64_t per = (keep_in + g - 1) / g, ng = nseg_in * per;
+    const float *b = L->bias;
+    uq_k_chunk *gr = NULL;
+    int8_t *xq = NULL;
+    float *xs = NULL, *scratch = NULL;
+    int32_t *xsum = NULL;
+    int64_t ldq = 0;
+    uq_status st = uq_alloc((size_t)ng * sizeof *gr, (void **)&gr);
+    if (st != UQ_OK) return st;
+    {
+        int64_t k = 0, off = 0;
+        for (int64_t si = 0; si < nseg_in; si++)
+            for (int64_t g0 = 0; g0 < keep_in; g0 += g, k++) {
+                gr[k].wcol = si * cc + g0 / 8;
+                gr[k].xcol = si * keep_in + g0;
+                gr[k].n = keep_in - g0 < g ? keep_in - g0 : g;
+                gr[k].scol = si * gps + g0 / g;
+                gr[k].xq = off;
+                off += (gr[k].n + 7) / 8 * 8;
+            }
+        ldq = (off + 63) / 64 * 64;
+    }
+    const int nth = par_threads(nout * nin * T);
+    const int64_t TB = T < UQ_R16_TB ? T : UQ_R16_TB, ldo = 16 * UQ_K_R16_NB;
+    if ((st = uq_alloc((size_t)nth * (size_t)(TB * ldo) * sizeof(float), (void **)&scratch)) != UQ_OK) goto done;
+    if (q8) {
+        if ((st = uq_calloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
+            (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
+            (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK)
+            goto done;
+#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
+        for (int64_t t = 0; t < T; t++) uq_k_q8_quant(x + t * nin, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
+    }
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; task++) {
+        const int64_t j0 = task * UQ_K_R16_NB, nb = nbt - j0 < UQ_K_R16_NB ? nbt - j0 : UQ_K_R16_NB;
+        const uint8_t *wb[UQ_K_R16_NB];
+        const float *sb[UQ_K_R16_NB];
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t blk = ((j0 + i) / kb) * rb + (j0 + i) % kb;
+            wb[i] = L->packed + blk * bbytes;
+            sb[i] = L->scales + blk * sstride;
+        }
+        float *out = scratch + (size_t)thread_id() * (size_t)(TB * ldo);
+        for (int64_t t0 = 0; t0 < T; t0 += TB) {
+            const int64_t tn = T - t0 < TB ? T - t0 : TB;
+            if (q8)
+                P->r16_q8(wb, sb, (int)nb, xq + t0 * ldq, ldq, xs + t0 * ng, xsum + t0 * ng, ng, tn, gr, ng, out, ldo);
+            else
+                P->r16_f32(wb, sb, (int)nb, x + t0 * nin, nin, tn, gr, ng, out, ldo);
+            for (int64_t i = 0; i < nb; i++) {
+                const int64_t so = (j0 + i) / kb, r0 = 16 * ((j0 + i) % kb);
+                const int64_t nr = keep_out - r0 < 16 ? keep_out - r0 : 16;
+                for (int64_t t = 0; t < tn; t++) {
+                    const float *src = out + t * ldo + 16 * i;
+                    float *dst = y + (t0 + t) * nout + so * keep_out + r0;
+                    if (b) {
+                        const float *bb = b + so * seg_out + r0;
+                        for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
+                    } else {
+                        memcpy(dst, src, (size_t)nr * sizeof(float));
+                    }
+                }
+            }
+        }
+    }
+done:
+    uq_free(gr);
+    uq_free(xq);
+    uq_free(xs);
+    uq_free(xsum);
+    uq_free(scratch);
+    return st;
+}
 
 #define UQ_Q8_GEMM_MIN_T 16 /* below this many tokens the int8 GEMV beats repacking the weights */
 #define UQ_Q8_MB 32         /* rows per int8 GEMM block */
@@ -592,6 +692,9 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
     if (st != UQ_OK) return st;
     if ((st = uq_kernels_init()) != UQ_OK) return st;
     const uq_kpath *P = uq_k_path();
+    if (L->kind == UQ_W_Q4 && L->layout == UQ_Q4_R16)
+        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
+                          uq_k_q4_int8());
     if (L->kind == UQ_W_Q4 && uq_k_q4_int8()) return linear_q8(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
     if (P != &uq_kpath_ref) return linear_vec(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
     const int nth = par_threads(nseg_out * keep_out * nseg_in * keep_in * T);
@@ -628,6 +731,9 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                         float h;
                         (void)uq_convert_f16_to_f32(L->w16 + row * L->cols + col, 1, &h);
                         w = h;
+                    } else if (L->layout == UQ_Q4_R16) {
+                        w = (double)(uq_k_r16_code(L, row, col) - UQ_Q4_OFFSET) *
+                            uq_k_r16_scale(L, row, s * gps + c / L->group);
                     } else {
                         uint8_t byte = L->packed[row * UQ_Q4_ROW_BYTES(L->cols) + col / 2];
                         int q = (col & 1) ? byte >> 4 : byte & 15;
@@ -669,6 +775,13 @@ uq_status uq_linear_check(const uq_linear *L, const char *name, int64_t layer, i
                                 "group %lld: groups must not straddle heads)",
                                 where, (long long)L->scale_cols, (long long)(nseg_in * gps), (long long)nseg_in,
                                 (long long)seg, (long long)L->group);
+        if (L->layout == UQ_Q4_R16 && (L->nseg_in != nseg_in || L->nseg_out < 1 || rows % L->nseg_out ||
+                                       L->group % UQ_Q4_R16_COLS))
+            return uq_set_error(UQ_ERR_SHAPE, "%s: R16 int4 layout built for segments (%lld, %lld), group %lld; the "
+                                "model needs %lld input segment(s)", where, (long long)L->nseg_out,
+                                (long long)L->nseg_in, (long long)L->group, (long long)nseg_in);
+        if (L->layout != UQ_Q4_ROWMAJOR && L->layout != UQ_Q4_R16)
+            return uq_set_error(UQ_ERR_ARG, "%s: unknown int4 layout %d", where, (int)L->layout);
     } else {
         return uq_set_error(UQ_ERR_ARG, "%s: unknown weight kind %d", where, (int)L->kind);
     }

@@ -127,6 +127,8 @@ uq_status uq_tf_model_init(const uq_tf_config *cfg, const uq_tf_weights *w, uq_t
     if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "tf_model_init: layers or final_norm is NULL");
     if ((st = uq_linear_check(&w->embed, "embed_tokens", -1, V, H, 1)) != UQ_OK) return st;
     if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embed_tokens: an embedding has no bias");
+    if (w->embed.kind == UQ_W_Q4 && w->embed.layout != UQ_Q4_ROWMAJOR)
+        return uq_set_error(UQ_ERR_ARG, "embed_tokens: the embedding gather needs the row-major int4 layout");
     if ((st = uq_linear_check(&w->lm_head, "lm_head", -1, V, H, 1)) != UQ_OK) return st;
     int64_t nmap = 0;
     for (int64_t l = 0; l < L; l++) {

@@ -45,5 +45,6 @@ void test_io(void);
 void test_runtime(void);
 void test_compress(void);
 void test_ssm(void);
+void test_r16(void);
 
 #endif

@@ -1,0 +1,134 @@
+/*
+ * q4r16.c -- the R16 kernel layout of int4 weights (uniql.h, UQ_Q4_R16): geometry, repacking from the
+ * row-major format (once, at model load), element access, and the plain C twins of the R16 kernels.
+ *
+ * R16 block b, chunk k: byte 4l + m = q[l][m] | q[l][m + 4] << 4 (row l of the block, column m of the chunk).
+ * fp32 activations (the one sequence of every path): per row and token,
+ *   tot = 0; for each kept group: gs = 0; gs = fma((float)(q - 8), x[c], gs) over its kept columns in order;
+ *   tot = fma(gs, scale, tot).
+ * int8 activations: isum = sum (q - 8) xq (exact int32), tot = tot + (float)isum * (scale * xs) per group.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+uq_status uq_q4_r16_size(int64_t rows, int64_t cols, int64_t group, int64_t scale_cols, int64_t nseg_out,
+                         int64_t nseg_in, int64_t *nblk, int64_t *blk_bytes, int64_t *nscales) {
+    if (!nblk || !blk_bytes || !nscales) return uq_set_error(UQ_ERR_ARG, "q4_r16_size: NULL output");
+    if (rows < 1 || cols < 1 || group < 1 || scale_cols < 1 || nseg_out < 1 || nseg_in < 1)
+        return uq_set_error(UQ_ERR_ARG, "q4_r16_size: rows %lld, cols %lld, group %lld, scale_cols %lld and segments "
+                            "(%lld, %lld) must be >= 1", (long long)rows, (long long)cols, (long long)group,
+                            (long long)scale_cols, (long long)nseg_out, (long long)nseg_in);
+    if (rows % nseg_out || cols % nseg_in)
+        return uq_set_error(UQ_ERR_SHAPE, "q4_r16_size: segments (%lld, %lld) do not divide shape (%lld, %lld)",
+                            (long long)nseg_out, (long long)nseg_in, (long long)rows, (long long)cols);
+    if (group % UQ_Q4_R16_COLS)
+        return uq_set_error(UQ_ERR_SHAPE, "q4_r16_size: group %lld is not a multiple of %d", (long long)group,
+                            UQ_Q4_R16_COLS);
+    const int64_t rb = (rows / nseg_out + 15) / 16, cc = (cols / nseg_in + 7) / 8;
+    *nblk = nseg_out * rb;
+    *blk_bytes = nseg_in * cc * 64;
+    *nscales = *nblk * scale_cols * 16;
+    return UQ_OK;
+}
+
+static inline int rm_code(const uq_linear *L, int64_t row, int64_t col) {
+    uint8_t b = L->packed[row * UQ_Q4_ROW_BYTES(L->cols) + (col >> 1)];
+    return (col & 1) ? b >> 4 : b & 15;
+}
+
+uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed, float *scales) {
+    if (!L || !packed || !scales) return uq_set_error(UQ_ERR_ARG, "q4_repack_r16: NULL argument");
+    if (L->kind != UQ_W_Q4 || L->layout != UQ_Q4_ROWMAJOR || !L->packed || !L->scales)
+        return uq_set_error(UQ_ERR_ARG, "q4_repack_r16: needs a row-major int4 weight");
+    int64_t nblk, bb, ns;
+    uq_status st = uq_q4_r16_size(L->rows, L->cols, L->group, L->scale_cols, nseg_out, nseg_in, &nblk, &bb, &ns);
+    if (st != UQ_OK) return st;
+    const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
+    const int64_t gps = (seg_in + g - 1) / g, rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
+    if (nseg_in > 1 && (seg_in & 1))
+        return uq_set_error(UQ_ERR_SHAPE, "q4_repack_r16: int4 head segments must have even width, got %lld",
+                            (long long)seg_in);
+    if (L->scale_cols != nseg_in * gps)
+        return uq_set_error(UQ_ERR_SHAPE, "q4_repack_r16: %lld scale columns, expected %lld", (long long)L->scale_cols,
+                            (long long)(nseg_in * gps));
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t so = b / rb, i = b % rb;
+        uint8_t *dst = packed + b * bb;
+        float *sd = scales + b * L->scale_cols * 16;
+        for (int l = 0; l < 16; l++) {
+            const int64_t r = 16 * i + l, row = so * seg_out + r;
+            const int valid = r < seg_out;
+            for (int64_t c = 0; c < L->scale_cols; c++) sd[c * 16 + l] = valid ? L->scales[row * L->scale_cols + c] : 0.0f;
+            for (int64_t si = 0; si < nseg_in; si++)
+                for (int64_t j = 0; j < cc; j++) {
+                    uint8_t *ch = dst + (si * cc + j) * 64 + 4 * l;
+                    int q[8];
+                    for (int m = 0; m < 8; m++) {
+                        const int64_t c = 8 * j + m;
+                        q[m] = valid && c < seg_in ? rm_code(L, row, si * seg_in + c) : UQ_Q4_OFFSET;
+                    }
+                    for (int m = 0; m < 4; m++) ch[m] = (uint8_t)(q[m] | q[m + 4] << 4);
+                }
+        }
+    }
+    return UQ_OK;
+}
+
+int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col) {
+    const int64_t seg_out = L->rows / L->nseg_out, seg_in = L->cols / L->nseg_in;
+    const int64_t rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
+    const int64_t so = row / seg_out, r = row % seg_out, si = col / seg_in, c = col % seg_in;
+    const uint8_t *blk = L->packed + (so * rb + r / 16) * (L->nseg_in * cc * 64);
+    const uint8_t byte = blk[(si * cc + c / 8) * 64 + 4 * (r % 16) + (c % 8) % 4];
+    return (c % 8) < 4 ? byte & 15 : byte >> 4;
+}
+
+float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc) {
+    const int64_t seg_out = L->rows / L->nseg_out, rb = (seg_out + 15) / 16;
+    const int64_t so = row / seg_out, r = row % seg_out;
+    return L->scales[((so * rb + r / 16) * L->scale_cols + sc) * 16 + r % 16];
+}
+
+static inline int blk_code(const uint8_t *blk, int64_t chunk, int l, int m) {
+    const uint8_t byte = blk[chunk * 64 + 4 * l + (m & 3)];
+    return m < 4 ? byte & 15 : byte >> 4;
+}
+
+void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+                      int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    for (int i = 0; i < nb; i++)
+        for (int64_t t = 0; t < T; t++)
+            for (int l = 0; l < 16; l++) {
+                float tot = 0.0f;
+                for (int64_t k = 0; k < ng; k++) {
+                    const float *xk = x + t * ldx + g[k].xcol;
+                    float gs = 0.0f;
+                    for (int64_t c = 0; c < g[k].n; c++)
+                        gs = fmaf((float)(blk_code(wb[i], g[k].wcol + c / 8, l, (int)(c % 8)) - UQ_Q4_OFFSET), xk[c], gs);
+                    tot = fmaf(gs, sb[i][g[k].scol * 16 + l], tot);
+                }
+                out[t * ldo + 16 * i + l] = tot;
+            }
+}
+
+void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+                     const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
+                     float *out, int64_t ldo) {
+    (void)xsum;
+    for (int i = 0; i < nb; i++)
+        for (int64_t t = 0; t < T; t++)
+            for (int l = 0; l < 16; l++) {
+                float tot = 0.0f;
+                for (int64_t k = 0; k < ng; k++) {
+                    const int8_t *q = xq + t * ldq + g[k].xq;
+                    int32_t isum = 0;
+                    for (int64_t c = 0; c < g[k].n; c++)
+                        isum += (blk_code(wb[i], g[k].wcol + c / 8, l, (int)(c % 8)) - UQ_Q4_OFFSET) * q[c];
+                    tot = tot + (float)isum * (sb[i][g[k].scol * 16 + l] * xs[t * ldg + k]);
+                }
+                out[t * ldo + 16 * i + l] = tot;
+            }
+}

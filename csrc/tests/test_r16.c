@@ -1,0 +1,236 @@
+/* test_r16.c -- the R16 kernel layout of int4 weights: repacking (the float64 twin sees the same weight), every
+ * kernel path against the ref path bit for bit (fp32 activations: the same FMA sequence; int8 activations: integer
+ * sums, also equal to the row-major W4A8 kernels), the float64 twin within a reduction-length tolerance, one
+ * token at a time = T tokens = 1 thread, a truncated stored weight = the full weight at that keep, and statuses. */
+#include "test.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* |y - y64| <= R16_TOL_FACTOR * n * eps32 * (sum |w x| + |b|): float32 FMA chains of n terms */
+#define R16_TOL_FACTOR 2.0
+
+static void fillr(float *a, int64_t n, unsigned long long *s, double scale) {
+    for (int64_t i = 0; i < n; i++) a[i] = (float)(uq_test_rand(s) * scale);
+}
+
+/* Row-major int4 of W (rows, cols) with per-input-segment groups (the documented quantizer formula). */
+static void quant_rm(const float *W, int64_t rows, int64_t cols, int64_t nseg, int64_t group, uint8_t *packed,
+                     float *scales) {
+    int64_t seg = cols / nseg, gps = (seg + group - 1) / group, rb = UQ_Q4_ROW_BYTES(cols);
+    memset(packed, 0x88, (size_t)(rows * rb));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t s = 0; s < nseg; s++)
+            for (int64_t g = 0; g < gps; g++) {
+                int64_t c0 = s * seg + g * group, c1 = c0 + group < (s + 1) * seg ? c0 + group : (s + 1) * seg;
+                float mx = 0;
+                for (int64_t c = c0; c < c1; c++) mx = fabsf(W[r * cols + c]) > mx ? fabsf(W[r * cols + c]) : mx;
+                float sc = mx / 7.5f;
+                scales[r * nseg * gps + s * gps + g] = sc;
+                for (int64_t c = c0; c < c1; c++) {
+                    int q = sc == 0 ? 8 : (int)rintf(W[r * cols + c] / sc) + 8;
+                    q = q < 0 ? 0 : q > 15 ? 15 : q;
+                    uint8_t *b = packed + r * rb + c / 2;
+                    *b = (c & 1) ? (uint8_t)((*b & 0x0F) | (q << 4)) : (uint8_t)((*b & 0xF0) | q);
+                }
+            }
+}
+
+typedef struct {
+    uq_linear rm, r16;
+    uint8_t *p, *pr;
+    float *s, *sr;
+} q4pair;
+
+static int make_pair(const float *W, int64_t rows, int64_t cols, int64_t nso, int64_t nsi, int64_t g,
+                     const float *bias, q4pair *q) {
+    int64_t gps = (cols / nsi + g - 1) / g, nblk, bb, ns;
+    memset(q, 0, sizeof *q);
+    if (uq_q4_r16_size(rows, cols, g, nsi * gps, nso, nsi, &nblk, &bb, &ns) != UQ_OK) return -1;
+    q->p = malloc((size_t)(rows * UQ_Q4_ROW_BYTES(cols)));
+    q->s = malloc((size_t)(rows * nsi * gps) * sizeof(float));
+    q->pr = malloc((size_t)(nblk * bb));
+    q->sr = malloc((size_t)ns * sizeof(float));
+    if (!q->p || !q->s || !q->pr || !q->sr) return -1;
+    quant_rm(W, rows, cols, nsi, g, q->p, q->s);
+    q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
+                        .scale_cols = nsi * gps, .bias = bias};
+    if (uq_q4_repack_r16(&q->rm, nso, nsi, q->pr, q->sr) != UQ_OK) return -1;
+    q->r16 = q->rm;
+    q->r16.layout = UQ_Q4_R16;
+    q->r16.packed = q->pr;
+    q->r16.scales = q->sr;
+    q->r16.nseg_out = nso;
+    q->r16.nseg_in = nsi;
+    return 0;
+}
+
+static void free_pair(q4pair *q) {
+    free(q->p);
+    free(q->s);
+    free(q->pr);
+    free(q->sr);
+}
+
+static void test_r16_paths(void) {
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    /* rows, cols, nseg_out, keep_out, nseg_in, keep_in, group: rows not multiples of 16, keeps that cut row
+     * blocks, chunks (keep_in % 8) and groups, head segments, groups 8 / 16 / 24 / 128, one group longer than
+     * the segment */
+    const int64_t cases[][7] = {
+        {16, 128, 1, 16, 1, 128, 128}, {1, 8, 1, 1, 1, 8, 8},        {7, 31, 1, 7, 1, 31, 8},
+        {33, 129, 1, 33, 1, 129, 128}, {40, 512, 1, 23, 1, 320, 128}, {48, 80, 2, 10, 2, 36, 16},
+        {64, 256, 4, 9, 4, 42, 24},   {96, 96, 3, 32, 1, 96, 200},   {130, 256, 2, 50, 2, 120, 128},
+        {24, 64, 3, 5, 2, 13, 8},
+    };
+    const int64_t Ts[] = {1, 2, 3, 5, 9, 70};
+    unsigned long long seed = 7;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t rows = cases[ci][0], cols = cases[ci][1], nso = cases[ci][2], ko = cases[ci][3];
+        const int64_t nsi = cases[ci][4], ki = cases[ci][5], g = cases[ci][6], nout = nso * ko, nin = nsi * ki;
+        float *W = malloc((size_t)(rows * cols) * sizeof(float)), *b = malloc((size_t)rows * sizeof(float));
+        float *x = malloc((size_t)(70 * nin) * sizeof(float));
+        float *yref = malloc((size_t)(70 * nout) * sizeof(float)), *y = malloc((size_t)(70 * nout) * sizeof(float));
+        float *y64 = malloc((size_t)(70 * nout) * sizeof(float)), *yrm = malloc((size_t)(70 * nout) * sizeof(float));
+        q4pair q;
+        if (!W || !b || !x || !yref || !y || !y64 || !yrm) {
+            CHECK(0, "case %zu: out of memory", ci);
+            return;
+        }
+        fillr(W, rows * cols, &seed, 1.0);
+        fillr(b, rows, &seed, 0.5);
+        fillr(x, 70 * nin, &seed, 1.0);
+        CHECK(make_pair(W, rows, cols, nso, nsi, g, b, &q) == 0, "case %zu: setup", ci);
+        for (int act = 0; act < 2; act++) {
+            CHECK_STATUS(uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32), UQ_OK);
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                const int64_t T = Ts[ti];
+                CHECK_STATUS(uq_kernels_set("ref"), UQ_OK);
+                CHECK_STATUS(uq_linear_forward(&q.r16, x, T, nso, ko, nsi, ki, yref), UQ_OK);
+                if (act == 0) {
+                    CHECK_STATUS(uq_linear_forward_ref(&q.r16, x, T, nso, ko, nsi, ki, y64), UQ_OK);
+                    CHECK_STATUS(uq_linear_forward_ref(&q.rm, x, T, nso, ko, nsi, ki, yrm), UQ_OK);
+                    CHECK(memcmp(y64, yrm, (size_t)(T * nout) * sizeof(float)) == 0,
+                          "case %zu: float64 twin of the R16 weight differs from the row-major one", ci);
+                    int ok = 1;
+                    for (int64_t t = 0; t < T && ok; t++)
+                        for (int64_t o = 0; o < nout && ok; o++) {
+                            const int64_t row = (o / ko) * (rows / nso) + o % ko;
+                            double mag = fabs(b[row]);
+                            for (int64_t s = 0; s < nsi; s++)
+                                for (int64_t c = 0; c < ki; c++) {
+                                    const int64_t col = s * (cols / nsi) + c;
+                                    mag += fabs((double)W[row * cols + col] * 1.1 * x[t * nin + s * ki + c]);
+                                }
+                            ok = fabs((double)yref[t * nout + o] - y64[t * nout + o]) <=
+                                 R16_TOL_FACTOR * (double)(nin + 1) * 1.1920929e-7 * mag + 1e-30;
+                        }
+                    CHECK(ok, "case %zu T %lld: R16 fp32 outside the float64 tolerance", ci, (long long)T);
+                }
+                for (size_t pi = 0; pi < 3; pi++) {
+                    int av = 0;
+                    uq_kernels_available(paths[pi], &av);
+                    if (!av) continue;
+                    CHECK_STATUS(uq_kernels_set(paths[pi]), UQ_OK);
+                    CHECK_STATUS(uq_linear_forward(&q.r16, x, T, nso, ko, nsi, ki, y), UQ_OK);
+                    CHECK(memcmp(y, yref, (size_t)(T * nout) * sizeof(float)) == 0,
+                          "case %zu act %d T %lld path %s: differs from ref", ci, act, (long long)T, paths[pi]);
+                    if (act) { /* W4A8 on R16 = W4A8 on the row-major weight, bit for bit */
+                        CHECK_STATUS(uq_linear_forward(&q.rm, x, T, nso, ko, nsi, ki, yrm), UQ_OK);
+                        CHECK(memcmp(y, yrm, (size_t)(T * nout) * sizeof(float)) == 0,
+                              "case %zu T %lld path %s: R16 W4A8 differs from row-major W4A8", ci, (long long)T,
+                              paths[pi]);
+                    }
+                    if (T == 9) { /* one token at a time, one thread */
+                        int same = 1;
+#ifdef _OPENMP
+                        int nt = omp_get_max_threads();
+                        omp_set_num_threads(1);
+#endif
+                        for (int64_t t = 0; t < T; t++) {
+                            uq_linear_forward(&q.r16, x + t * nin, 1, nso, ko, nsi, ki, yrm);
+                            same &= memcmp(yrm, y + t * nout, (size_t)nout * sizeof(float)) == 0;
+                        }
+#ifdef _OPENMP
+                        omp_set_num_threads(nt);
+#endif
+                        CHECK(same, "case %zu act %d path %s: T=1 differs from T=9", ci, act, paths[pi]);
+                    }
+                }
+            }
+        }
+        CHECK_STATUS(uq_kernels_set("auto"), UQ_OK);
+        free_pair(&q);
+        free(W);
+        free(b);
+        free(x);
+        free(yref);
+        free(y);
+        free(y64);
+        free(yrm);
+    }
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_FP32), UQ_OK);
+}
+
+/* A weight stored truncated to (ko, ki) (what loading an artifact at a rate reads) gives the bits of the full
+ * weight at that keep, on every path and activation mode. */
+static void test_r16_truncated(void) {
+    enum { R = 48, C = 256, G = 128, KO = 23, KI = 88, T = 6 };
+    static float W[R * C], x[T * KI], yf[T * KO], yt[T * KO];
+    unsigned long long seed = 11;
+    fillr(W, R * C, &seed, 1.0);
+    fillr(x, T * KI, &seed, 1.0);
+    q4pair full, tr;
+    CHECK(make_pair(W, R, C, 1, 1, G, NULL, &full) == 0, "setup full");
+    /* the truncated weight: the same codes and scales, as the artifact reader would slice them */
+    uint8_t *pt = malloc((size_t)(KO * UQ_Q4_ROW_BYTES(KI)));
+    float *st = malloc((size_t)KO * sizeof(float));
+    for (int64_t r = 0; r < KO; r++) {
+        memcpy(pt + r * UQ_Q4_ROW_BYTES(KI), full.p + r * UQ_Q4_ROW_BYTES(C), (size_t)UQ_Q4_ROW_BYTES(KI));
+        st[r] = full.s[r * 2];
+    }
+    uq_linear rmt = {.kind = UQ_W_Q4, .rows = KO, .cols = KI, .packed = pt, .scales = st, .group = G, .scale_cols = 1};
+    int64_t nblk, bb, ns;
+    CHECK_STATUS(uq_q4_r16_size(KO, KI, G, 1, 1, 1, &nblk, &bb, &ns), UQ_OK);
+    uint8_t *prt = malloc((size_t)(nblk * bb));
+    float *srt = malloc((size_t)ns * sizeof(float));
+    CHECK_STATUS(uq_q4_repack_r16(&rmt, 1, 1, prt, srt), UQ_OK);
+    tr.r16 = rmt;
+    tr.r16.layout = UQ_Q4_R16;
+    tr.r16.packed = prt;
+    tr.r16.scales = srt;
+    tr.r16.nseg_out = tr.r16.nseg_in = 1;
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    for (int act = 0; act < 2; act++) {
+        uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32);
+        for (size_t pi = 0; pi < 3; pi++) {
+            int av = 0;
+            uq_kernels_available(paths[pi], &av);
+            if (!av) continue;
+            uq_kernels_set(paths[pi]);
+            CHECK_STATUS(uq_linear_forward(&full.r16, x, T, 1, KO, 1, KI, yf), UQ_OK);
+            CHECK_STATUS(uq_linear_forward(&tr.r16, x, T, 1, KO, 1, KI, yt), UQ_OK);
+            CHECK(memcmp(yf, yt, sizeof yf) == 0, "act %d path %s: truncated R16 weight differs", act, paths[pi]);
+        }
+    }
+    uq_kernels_set("auto");
+    uq_kernels_set_q4_act(UQ_Q4_ACT_FP32);
+    /* statuses */
+    CHECK_STATUS(uq_q4_r16_size(16, 64, 12, 6, 1, 1, &nblk, &bb, &ns), UQ_ERR_SHAPE);  /* group % 8 */
+    CHECK_STATUS(uq_q4_r16_size(16, 64, 8, 8, 3, 1, &nblk, &bb, &ns), UQ_ERR_SHAPE);   /* 3 does not divide 16 */
+    CHECK_STATUS(uq_q4_r16_size(0, 64, 8, 8, 1, 1, &nblk, &bb, &ns), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_repack_r16(&full.r16, 1, 1, prt, srt), UQ_ERR_ARG);              /* already R16 */
+    CHECK_STATUS(uq_q4_repack_r16(NULL, 1, 1, prt, srt), UQ_ERR_ARG);
+    CHECK_STATUS(uq_linear_forward(&full.r16, x, 1, 2, 8, 1, KI, yf), UQ_ERR_SHAPE);   /* other segments */
+    free(pt);
+    free(st);
+    free(prt);
+    free(srt);
+    free_pair(&full);
+}
+
+void test_r16(void) {
+    test_r16_paths();
+    test_r16_truncated();
+}
