@@ -232,3 +232,37 @@ def test_bad_inputs_raise_and_write_nothing(tmp_path, llama_art, monkeypatch):
         finetune(llama_art, out, calibration=calib, progress=False)
     assert not out.exists() and not (tmp_path / "o.partial").exists()
     assert sorted(p.name for p in busy.iterdir()) == ["x"]
+
+
+def test_quantize_artifact_is_compress_gptq(tmp_path, llama_art):
+    """int4 after fine-tuning: quantize_artifact runs compress's GPTQ per layer. On the untuned artifact its
+    first layer (same inputs, same Hessians) is byte-identical to compress(quantize=True); later layers differ
+    because compress sorts them on int4-propagated inputs. The result loads at any rate and keeps the record."""
+    from uniql.requantize import quantize_artifact
+    from uniql.safetensors import load_file
+
+    calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
+    q_ref = _art(tmp_path, "llama", quantize=True)
+    q = quantize_artifact(llama_art, tmp_path / "rq", calibration=calib, num_samples=NSAMP, seq_len=SEQ,
+                          progress=False)
+    a, b = load_file(q_ref / "model-layer-0000.safetensors"), load_file(q / "model-layer-0000.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    cfg = json.loads((q / "config.json").read_text())
+    assert cfg["uniql"]["quantization"]["bits"] == 4
+    assert cfg["uniql_tensors"] == json.loads((q_ref / "config.json").read_text())["uniql_tensors"]
+    ids = np.random.default_rng(6).integers(0, VOCAB, size=20)
+    m = uniql.load(q, rate=0.15)
+    for rate in (0.15, 0.35):
+        m.set_rate(rate)
+        np.testing.assert_array_equal(m.logits(ids), uniql.load(q, rate=rate).logits(ids))
+        f = uniql.load(llama_art, rate=rate).logits(ids)
+        assert np.corrcoef(m.logits(ids).ravel(), f.ravel())[0, 1] > 0.9
+    with pytest.raises(uniql.InvalidArgumentError, match="already quantized"):
+        quantize_artifact(q, tmp_path / "again", calibration=calib, seq_len=SEQ, progress=False)
+    assert not (tmp_path / "again").exists()
+    # a fine-tuned artifact keeps its record through quantization
+    ft = finetune(llama_art, tmp_path / "ft", calibration=_pattern_tokens(), steps=2, seq_len=32, batch=2,
+                  progress=False)
+    q2 = quantize_artifact(ft, calibration=calib, num_samples=NSAMP, seq_len=SEQ, progress=False)
+    assert q2 == tmp_path / "ft-int4"
+    assert json.loads((q2 / "config.json").read_text())["uniql"]["finetune"]["steps"] == 2

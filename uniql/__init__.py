@@ -13,5 +13,6 @@ from uniql.checkpoint import load  # noqa: E402  (HF directory / compressed arti
 from uniql.compress import compress  # noqa: E402  (HF directory -> elastic artifact; the function shadows the
 #                                      submodule attribute: use importlib.import_module("uniql.compress") for it)
 from uniql.finetune import finetune  # noqa: E402  (masked LoRA recovery of an unquantized artifact; needs torch)
+from uniql.requantize import quantize_artifact  # noqa: E402  (GPTQ int4 of an unquantized artifact)
 
-__all__ = ["__version__", "compress", "finetune", "load", *_errors_all]
+__all__ = ["__version__", "compress", "finetune", "load", "quantize_artifact", *_errors_all]

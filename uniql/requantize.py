@@ -1,0 +1,180 @@
+"""uniql.requantize: GPTQ int4 of an unquantized (e.g. fine-tuned) artifact -- the last step of
+``compress(quantize=False) -> finetune -> quantize_artifact`` (DESIGN.md sections 2.5 and 5).
+
+The artifact is already sorted (and possibly fine-tuned), so nothing is re-sorted or re-allocated: the keep-size
+granularities, RoPE frequency maps and block importances are kept. Layer by layer, exactly as compress does it
+(its functions, not copies): calibrate the float layer on inputs that come from the *quantized* previous layers
+(second moments of the attention input, of the attention output (o_proj's input), of the MLP input and of
+down_proj's input, float64 in C), GPTQ every linear (o_proj groups inside a head's segment), then propagate
+through the quantized layer; finally lm_head by GPTQ on the final-norm output (a tied embedding shares the table,
+an untied one gets group-wise RTN). All numerics are in the C core.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uniql import safetensors as st
+from uniql.artifact import REST_FILE, layer_file, read_meta
+from uniql.compress import (TOKENIZER_FILES, CompressOptions, OutputExistsError, _f16_scales, _gptq, _o_group,
+                            _one_layer_model, _peak_rss_mb, _propagate, _quantize, _store, _Timer, calibration_tokens)
+from uniql.errors import InvalidArgumentError, UnsupportedError
+from uniql.linalg import Covariance
+from uniql.quant import quantize_rtn
+
+log = logging.getLogger(__name__)
+
+
+def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                      calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
+                      overwrite: bool = False, progress: bool = True) -> Path:
+    """GPTQ int4 (group ``group``, compress's damping) of every linear of an unquantized Llama/Qwen2 artifact and
+    int4 embedding / lm_head; returns the new artifact directory (default: ``<artifact_dir>-int4``). Calibration
+    as for :func:`uniql.compress` (default: the C4 sample, 32 x 256 tokens). The ``finetune`` record is kept."""
+    from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
+    from uniql.runtime import TransformerConfig
+
+    src = Path(artifact_dir)
+    cfg = read_raw_config(src)
+    if not is_artifact(cfg):
+        raise InvalidArgumentError(f"{src} is not a uniql artifact")
+    meta, tinfo = read_meta(src, cfg)
+    if meta.architecture not in ("llama", "qwen2"):
+        raise UnsupportedError(f"quantize_artifact supports llama and qwen2 artifacts, not {meta.architecture!r}")
+    if meta.quantization is not None or any(isinstance(s, dict) and s.get("format") == "q4" for s in tinfo.values()):
+        raise InvalidArgumentError(f"{src} is already quantized")
+    opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
+                           max_rate=meta.max_rate)
+    out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-int4")
+    if out.resolve() == src.resolve():
+        raise InvalidArgumentError("out_dir must differ from artifact_dir")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
+    ids = calibration_tokens(load_tokenizer(src), calibration, opts.num_samples, opts.seq_len)
+    tc = TransformerConfig.from_hf(cfg)
+    L, nh, nkv, d, n, DI = (tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim,
+                            tc.hidden_size, tc.intermediate_size)
+    go = _o_group(d, opts.group)
+    B, T = ids.shape
+    timer = _Timer()
+    t0 = time.perf_counter()
+    shared = st.load_file(src / REST_FILE)
+    p0 = "model.layers.0."
+    a, m = p0 + "self_attn.", p0 + "mlp."
+
+    def layer(i: int) -> tuple[dict[str, Any], np.ndarray]:
+        pfx = f"model.layers.{i}."
+        lay = {p0 + k[len(pfx):]: v for k, v in st.load_file(src / layer_file(i)).items()}
+        return lay, lay.pop(a + "rope_freq")
+
+    def model(lay: dict[str, Any], fm: np.ndarray) -> Any:
+        return _one_layer_model(cfg, shared, lay, freq_map=fm, interleaved=True, max_seq=T)
+
+    part = out.with_name(out.name + ".partial")
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    try:
+        t = time.perf_counter()
+        lay, fm = layer(0)
+        emb = model(lay, fm)
+        X = np.stack([emb.embed(ids[b]) for b in range(B)])
+        del emb
+        timer.add("calibrate", time.perf_counter() - t)
+        info: dict[str, Any] = {}
+        bar: Any = range(L)
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(bar, desc="quantize", unit="layer")
+        for i in bar:
+            t = time.perf_counter()
+            lay, fm = layer(i)
+            fl = model(lay, fm)
+            covs = {"attn_in": Covariance(n), "attn_out": Covariance(nh * d), "mlp_in": Covariance(n),
+                    "mlp_z": Covariance(DI)}
+            for b in range(B):
+                _, cap = fl.layer_forward(0, X[b], capture=tuple(covs))
+                for k, c in covs.items():
+                    c.update(cap[k])
+            del fl, cap
+            G = {k: c.mean() for k, c in covs.items()}
+            del covs
+            timer.add("calibrate", time.perf_counter() - t)
+            t = time.perf_counter()
+            stored = _quantize(lay, ((a + "q_proj", G["attn_in"], opts.group), (a + "k_proj", G["attn_in"], opts.group),
+                                     (a + "v_proj", G["attn_in"], opts.group), (a + "o_proj", G["attn_out"], go),
+                                     (m + "gate_proj", G["mlp_in"], opts.group),
+                                     (m + "up_proj", G["mlp_in"], opts.group),
+                                     (m + "down_proj", G["mlp_z"], opts.group)), opts.damp)
+            timer.add("quantize", time.perf_counter() - t)
+            t = time.perf_counter()
+            X = _propagate(model(stored, fm), X)
+            timer.add("propagate", time.perf_counter() - t)
+            t = time.perf_counter()
+            stored[a + "rope_freq"] = fm
+            out_t = _store(stored, p0, f"model.layers.{i}.", info, np.float32,
+                           lambda base: nh if base.endswith("o_proj") else 1)
+            st.save_file(part / layer_file(i), out_t)
+            timer.add("write", time.perf_counter() - t)
+
+        # lm_head: GPTQ on the final-norm output (the attention input of a layer whose input norm is the final norm)
+        t = time.perf_counter()
+        lay, fm = layer(0)
+        lay[p0 + "input_layernorm.weight"] = shared["model.norm.weight"]
+        fin = model(lay, fm)
+        c_h = Covariance(n)
+        for b in range(B):
+            _, cap = fin.layer_forward(0, X[b], capture=("attn_in",))
+            c_h.update(cap["attn_in"])
+        del fin
+        tied = tc.tie_word_embeddings
+        E = np.ascontiguousarray(shared["model.embed_tokens.weight"], dtype=np.float32)
+        W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
+        head_q = _f16_scales(_gptq(W, c_h.mean(), opts.group, opts.damp))
+        rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
+
+        def put(name: str, shape: tuple[int, ...], q: Any) -> None:
+            rest[name + ".qweight"] = q.packed
+            rest[name + ".scales"] = q.scales.astype(np.float16)
+            info[name] = {"format": "q4", "shape": list(shape), "group": q.group, "segments": 1}
+
+        if tied:
+            put("model.embed_tokens", E.shape, head_q)
+        else:
+            put("model.embed_tokens", E.shape, _f16_scales(quantize_rtn(E, group=opts.group)))
+            put("lm_head", W.shape, head_q)
+        st.save_file(part / REST_FILE, rest)
+        quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
+                 "embedding": "gptq-lm-head (tied)" if tied else "rtn",
+                 "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
+        out_cfg = dict(cfg)
+        out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
+        out_cfg["uniql_tensors"] = info
+        (part / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
+        for fname in TOKENIZER_FILES:
+            if (src / fname).is_file():
+                shutil.copyfile(src / fname, part / fname)
+        timer.add("write", time.perf_counter() - t)
+        total = time.perf_counter() - t0
+        report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
+                  "calibration_tokens": int(B * T), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
+                  "total_seconds": round(total, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                  "finetune": meta.finetune,
+                  "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
+        (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(part, out)
+    log.info("wrote %s in %.1f s", out, total)
+    return out
