@@ -266,3 +266,19 @@ def test_quantize_artifact_is_compress_gptq(tmp_path, llama_art):
     q2 = quantize_artifact(ft, calibration=calib, num_samples=NSAMP, seq_len=SEQ, progress=False)
     assert q2 == tmp_path / "ft-int4"
     assert json.loads((q2 / "config.json").read_text())["uniql"]["finetune"]["steps"] == 2
+
+
+def test_cli_finetune_and_quantize(tmp_path, llama_art, capsys):
+    from uniql.cli import main
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("x")
+    assert main(["finetune", str(_art(tmp_path, "llama", quantize=True)), "-o", str(tmp_path / "o"),
+                 "--steps", "2"]) == 2
+    assert "int4 artifact" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse rejects it
+        main(["finetune", str(llama_art), "-o", str(tmp_path / "o"), "--steps", "0"])
+    assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert main(["quantize", str(llama_art), "-o", str(tmp_path / "o"), "--file", str(calib)]) == 2
+    assert "tokenizer" in capsys.readouterr().err  # the tiny test artifact has no tokenizer for a text
+    assert not (tmp_path / "o").exists()

@@ -4,6 +4,8 @@
     uniql generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
     uniql ppl MODEL_DIR [--text wiki|c4|... | --file F] [--window N] [--stride N] [--max-tokens N] [--rate R]
     uniql compress MODEL_DIR [-o OUT] [--samples N --seq-len N] [--no-quantize] [--max-rate R] [--resume] ...
+    uniql finetune ART [-o OUT] [--steps N --lr LR --seq-len N --batch N --seed S]   (needs torch)
+    uniql quantize ART [-o OUT] [--samples N --seq-len N --group G]
     uniql bench [ARGS...]            (python -m uniql.bench)
 
 Every subcommand is a pair (``_add_<name>(subparsers)`` building its parser, ``_cmd_<name>(args) -> int`` running
@@ -201,6 +203,79 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ finetune ----
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="masked LoRA recovery fine-tuning of an unquantized artifact (needs torch)",
+                       description="Masked LoRA recovery fine-tuning (rank 8, alpha 16 on every block linear; one "
+                                   "pruning rate sampled per step, masks = what deployment drops) of an artifact "
+                                   "written with --no-quantize; writes a new artifact with merged weights. "
+                                   "Follow with `uniql quantize` for int4.")
+    p.add_argument("artifact", metavar="ART")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="output artifact (ART-ft)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", default=None, help="packaged training text (c4)")
+    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 training text file")
+    p.add_argument("--steps", type=_positive_int, default=200, metavar="N", help="optimizer steps (200)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (2e-4)")
+    p.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up steps (10%% of --steps)")
+    p.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank (8)")
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (16)")
+    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="sequences per step (4)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _calibration_arg(args: argparse.Namespace) -> object:
+    from uniql import data
+
+    if args.file is not None:
+        return args.file
+    if args.text is not None:
+        if args.text not in data.TEXTS:
+            raise _UsageError(f"--text must be one of {', '.join(data.TEXTS)}, got {args.text!r}")
+        return data.read_text(args.text)
+    return None
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from uniql.finetune import finetune
+
+    out = finetune(args.artifact, args.out, steps=args.steps, lr=args.lr, warmup=args.warmup, rank=args.rank,
+                   alpha=args.alpha, seq_len=args.seq_len, batch=args.batch, calibration=_calibration_arg(args),
+                   seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty())
+    print(out)
+    return 0
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="GPTQ int4 of an unquantized (e.g. fine-tuned) artifact",
+                       description="GPTQ int4 of every linear and the embedding/lm_head of an artifact written with "
+                                   "--no-quantize (or by `uniql finetune`), layer by layer as compress does it.")
+    p.add_argument("artifact", metavar="ART")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="output artifact (ART-int4)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", default=None, help="packaged calibration text (c4)")
+    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
+    p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
+    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    p.add_argument("--group", type=_positive_int, default=128, metavar="G", help="int4 group size (128)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from uniql.requantize import quantize_artifact
+
+    out = quantize_artifact(args.artifact, args.out, calibration=_calibration_arg(args), num_samples=args.samples,
+                            seq_len=args.seq_len, group=args.group, overwrite=args.overwrite,
+                            progress=sys.stderr.isatty())
+    print(out)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- bench ----
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -228,6 +303,8 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "generate": _add_generate,
     "ppl": _add_ppl,
     "compress": _add_compress,
+    "finetune": _add_finetune,
+    "quantize": _add_quantize,
     "bench": _add_bench,
 }
 

@@ -59,9 +59,8 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
     meta, tinfo = read_meta(d, cfg)
     q4 = sorted(n for n, s in tinfo.items() if isinstance(s, dict) and s.get("format") == "q4")
     if meta.quantization is not None or q4:
-        raise UnsupportedError(f"{d} is an int4 artifact ({q4[0] if q4 else 'quantization'} ...); fine-tuning needs "
-                               "the unquantized one: compress with quantize=False, fine-tune, then quantize with "
-                               "uniql.quantize_artifact")
+        raise UnsupportedError(f"{d} is an int4 artifact; fine-tuning needs an unquantized one: compress with "
+                               "quantize=False, fine-tune, then quantize with uniql.quantize_artifact")
     tc = TransformerConfig.from_hf(cfg)
     if len(meta.importance) != tc.num_hidden_layers:
         raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has "
