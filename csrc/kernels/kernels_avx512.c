@@ -830,9 +830,94 @@ UQ_T512 static void r16_f32(const uint8_t *const *wb, const float *const *sb, in
     }
 }
 
+
+/* Prefill (T >= 8) of int8 activations on two blocks: each group's chunks are unpacked once into a u8 panel
+ * (lo / hi nibbles of both blocks, 256 bytes per chunk) reused by every 8-token tile, so the inner loop is loads
+ * and vpdpbusd only (as the row-major GEMM's repacked panels); the same integer sums and epilogue per element. */
+static UQ_T512I void r16q_tile2(const uint8_t *pan, int64_t nc, const float *s0, const float *s1, const int8_t *xk,
+                                int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg, int64_t k,
+                                float *tot, const int NT) {
+    __m512i a0[8], a1[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) a0[t] = a1[t] = _mm512_setzero_si512();
+    for (int64_t j = 0; j < nc; j++) {
+        const uint8_t *pj = pan + j * 256;
+        const __m512i l0 = _mm512_load_si512(pj), h0 = _mm512_load_si512(pj + 64);
+        const __m512i l1 = _mm512_load_si512(pj + 128), h1 = _mm512_load_si512(pj + 192);
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            int32_t qa, qb;
+            memcpy(&qa, xk + t * ldq + 8 * j, 4);
+            memcpy(&qb, xk + t * ldq + 8 * j + 4, 4);
+            const __m512i xa = _mm512_set1_epi32(qa), xb = _mm512_set1_epi32(qb);
+            a0[t] = dpbusd(dpbusd(a0[t], l0, xa), h0, xb);
+            a1[t] = dpbusd(dpbusd(a1[t], l1, xa), h1, xb);
+        }
+    }
+    const __m512 sv0 = _mm512_loadu_ps(s0), sv1 = _mm512_loadu_ps(s1);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        const int64_t gi = t * ldg + k;
+        const __m512i off = _mm512_set1_epi32(UQ_Q4_OFFSET * xsum[gi]);
+        const __m512 xv = _mm512_set1_ps(xs[gi]);
+        float *f0 = tot + t * 32, *f1 = f0 + 16;
+        _mm512_storeu_ps(f0, _mm512_add_ps(_mm512_loadu_ps(f0), _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a0[t], off)),
+                                                                               _mm512_mul_ps(sv0, xv))));
+        _mm512_storeu_ps(f1, _mm512_add_ps(_mm512_loadu_ps(f1), _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a1[t], off)),
+                                                                               _mm512_mul_ps(sv1, xv))));
+    }
+}
+
+/* T tokens (<= 64) on blocks w0, w1; out[t * ldo + 0..31]. */
+UQ_T512 static void r16q_gemm2(const uint8_t *w0, const uint8_t *w1, const float *s0, const float *s1,
+                               const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg,
+                               int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    _Alignas(64) uint8_t pan[64 * 256]; /* the chunks of one group (<= 512 columns) */
+    float tot[64 * 32];
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t i = 0; i < T * 32; i++) tot[i] = 0.0f;
+    for (int64_t k = 0; k < ng; k++) {
+        const int64_t nc = (g[k].n + 7) / 8; /* <= 64: the caller checks */
+        for (int64_t j = 0; j < nc; j++) {
+            const int64_t off = (g[k].wcol + j) * 64;
+            const __m512i v0 = _mm512_loadu_si512(w0 + off), v1 = _mm512_loadu_si512(w1 + off);
+            _mm512_store_si512(pan + j * 256, _mm512_and_si512(v0, m4));
+            _mm512_store_si512(pan + j * 256 + 64, _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4));
+            _mm512_store_si512(pan + j * 256 + 128, _mm512_and_si512(v1, m4));
+            _mm512_store_si512(pan + j * 256 + 192, _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4));
+        }
+        const int8_t *xk = xq + g[k].xq;
+        for (int64_t t0 = 0; t0 < T;) {
+            const int64_t left = T - t0;
+            const int nt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            const int8_t *xt = xk + t0 * ldq;
+            const float *st = xs + t0 * ldg;
+            const int32_t *sm = xsum + t0 * ldg;
+            float *ft = tot + t0 * 32;
+            switch (nt) {
+            case 8: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 8); break;
+            case 4: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 4); break;
+            case 2: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 2); break;
+            default: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 1); break;
+            }
+            t0 += nt;
+        }
+    }
+    for (int64_t t = 0; t < T; t++) memcpy(out + t * ldo, tot + t * 32, 32 * sizeof(float));
+}
+
 UQ_T512 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                            int64_t ng, float *out, int64_t ldo) {
+    int panel = T >= 8 && T <= 64;
+    for (int64_t k = 0; k < ng; k++) panel &= g[k].n <= 512;
+    if (panel) {
+        for (int i0 = 0; i0 < nb; i0 += 2) {
+            const int i1 = i0 + 1 < nb ? i0 + 1 : i0; /* an odd last block is paired with itself */
+            r16q_gemm2(wb[i0], wb[i1], sb[i0], sb[i1], xq, ldq, xs, xsum, ldg, T, g, ng, out + 16 * i0, ldo);
+        }
+        return;
+    }
     for (int64_t t0 = 0; t0 < T;) {
         const int64_t left = T - t0;
         const int nt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1, most = nt == 1 ? 8 : 2;

@@ -398,9 +398,8 @@ def _bench_lm_head(full: dict[str, Any], cfg: BenchConfig, notes: list[str]) -> 
             w16 = np.empty(W.shape, np.float16)
             _C.convert(W, w16)
             spec, nb = (w16, None, 0, H, None), w16.nbytes
-        else:
-            q = _q4(W, GROUP)
-            spec, nb = (q.packed, q.scales, q.group, H, None), q.packed.nbytes + q.scales.nbytes
+        else:  # the runtime's R16 kernel layout (Model repacks an untied lm_head at load)
+            spec, nb = _q4_r16_spec(_q4(W, GROUP), V, H)
         out[kind] = (_C.bench_linear(spec, x, y, 1, V, 1, H, cfg.repeats + 2), nb)
         del spec
     _C.kernels_set_q4_act("fp32")
@@ -533,14 +532,19 @@ def _llama_cpp_model(L: Any, name: str, cfg: BenchConfig, threads: int, cache: P
 MICRO_SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336))
 
 
+def _q4_r16_spec(q: Any, rows: int, cols: int) -> tuple[tuple, int]:
+    """int4 spec in the kernels' R16 layout (as the runtime's Model holds its linears), bytes of the int4 weight."""
+    packed, scales = _C.q4_repack((q.packed, q.scales, q.group, cols, None), 1, 1)
+    return (packed, scales, q.group, cols, None, (rows, 1, 1)), q.packed.nbytes + q.scales.nbytes
+
+
 def _micro_specs(rows: int, cols: int, rng: np.random.Generator) -> dict[str, tuple[tuple, int]]:
     W = _rand(rng, (rows, cols), 0.02)
     w16 = np.empty(W.shape, np.float16)
     _C.convert(W, w16)
-    q = _q4(W, GROUP)
+    q4 = _q4_r16_spec(_q4(W, GROUP), rows, cols)
     return {"fp32": ((W, None, 0, cols, None), W.nbytes), "fp16": ((w16, None, 0, cols, None), w16.nbytes),
-            "int4": ((q.packed, q.scales, q.group, cols, None), q.packed.nbytes + q.scales.nbytes),
-            "int4-a8": ((q.packed, q.scales, q.group, cols, None), q.packed.nbytes + q.scales.nbytes)}
+            "int4": q4, "int4-a8": q4}
 
 
 def bench_micro(cfg: BenchConfig, threads: int, notes: list[str]) -> list[dict[str, Any]]:
