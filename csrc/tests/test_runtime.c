@@ -210,6 +210,18 @@ static void test_tiny_model(void) {
     uq_tf_forward(m, s, ids, 2, 2, part);
     uq_tf_forward(m, s, ids + 2, 7, 3, part + 6 * V); /* only the last 3 rows */
     CHECK(memcmp(full + 6 * V, part + 6 * V, 3 * V * sizeof(float)) == 0, "pieces differ from whole");
+    /* truncate: rewind, continue with other ids, rewind further and continue with the original ids */
+    const int32_t alt[3] = {7, 8, 10};
+    CHECK_STATUS(uq_tf_state_truncate(s, 4), UQ_OK);
+    CHECK_STATUS(uq_tf_forward(m, s, alt, 3, 3, part), UQ_OK);
+    CHECK_STATUS(uq_tf_state_truncate(s, 2), UQ_OK);
+    CHECK(uq_tf_state_pos(s) == 2, "pos after truncate %lld", (long long)uq_tf_state_pos(s));
+    CHECK_STATUS(uq_tf_forward(m, s, ids + 2, 7, 7, part), UQ_OK);
+    CHECK(memcmp(full + 2 * V, part, 7 * V * sizeof(float)) == 0, "truncate then continue differs from whole");
+    CHECK_STATUS(uq_tf_state_truncate(s, T + 1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_tf_state_truncate(s, -1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_tf_state_truncate(NULL, 0), UQ_ERR_ARG);
+    CHECK(uq_tf_state_pos(s) == T, "failed truncate moved the position");
 
     /* embed + layers + head == forward */
     static float X[T * H], lg[T * V], z[T * I];
