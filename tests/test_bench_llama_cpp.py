@@ -128,7 +128,8 @@ def test_tiny_model_through_llama_cpp(tiny_dir, tmp_path):
     assert notes == []
     assert out is not None and out["version"] == L.__version__ and out["threads"] == 1
     m = out["models"][str(tiny_dir)]
-    for k in ("prefill_s", "decode_s_per_token", "decode_tok_s", "prefill_tok_s", "weight_bytes",
+    for k in ("prefill_s", "decode_s_per_token", "decode_tok_s", "prefill_tok_s", "prefill_cpu_s",
+              "decode_cpu_s_per_token", "decode_tok_s_cpu", "prefill_tok_s_cpu", "weight_bytes",
               "layer_weight_bytes", "n_params"):
         assert _finite_pos(m[k]), (k, m[k])
     assert m["n_vocab"] == VOCAB and m["n_layer"] == LAYERS and m["weights"] == "checkpoint"
@@ -164,6 +165,7 @@ def test_whole_report_with_llama_cpp(tiny_dir, tmp_path, monkeypatch):
     for r in rep["runs"]:
         assert _finite_pos(r["decode_vs_llama_cpp"]) and _finite_pos(r["prefill_vs_llama_cpp"])
         assert _finite_pos(r["weight_bytes_vs_llama_cpp"]) and _finite_pos(r["layer_bytes_vs_llama_cpp"])
+        assert _finite_pos(r["decode_vs_llama_cpp_cpu"]) and _finite_pos(r["prefill_vs_llama_cpp_cpu"])
     text = bench.format_report(rep)
     assert "llama.cpp" in text and "ours / llama.cpp Q4_0, rate 0: int4 decode" in text
     json.dumps(rep, default=float)

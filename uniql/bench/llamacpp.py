@@ -19,8 +19,9 @@ How it is timed (``time_gguf``): same thread count for prompt and decode (``n_th
 one micro-batch for the whole prompt (``n_batch`` = ``n_ubatch`` = prompt) like our single prefill chunk, the
 same random token ids as our run; prefill = one ``llama_decode`` of the prompt (logits of the last token only),
 decode = ``gen`` single-token ``llama_decode`` calls after it; no sampling; best of ``repeats``, the KV cache
-cleared before each repeat, one warm-up token after loading. Other context settings are llama.cpp's defaults
-(F16 KV cache, flash attention "auto").
+cleared before each repeat, one warm-up token after loading; process CPU seconds are kept too (at one thread
+they leave out the time spent waiting for a core on a loaded machine), as ``uniql.bench.time_model`` does.
+Other context settings are llama.cpp's defaults (F16 KV cache, flash attention "auto").
 
 The 8B-shaped stack is scaled as ours: the per-token time of the ``layers``-layer model with a 1024-token
 vocabulary, times 32 / layers, plus the time of the 128256 x 4096 lm_head, which for llama.cpp is measured as
@@ -263,7 +264,8 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
     tmp_src = dst.with_name(dst.name + f".{os.getpid()}.f.gguf")
     tmp_dst = dst.with_name(dst.name + f".{os.getpid()}.tmp")
     try:
-        write_gguf(tmp_src, cfg, plan, arch=arch, name=f"uniql-bench {source.label}", tokenizer_from=source.tokenizer_from, file_type=file_type)
+        write_gguf(tmp_src, cfg, plan, arch=arch, name=f"uniql-bench {source.label}",
+                   tokenizer_from=source.tokenizer_from, file_type=file_type)
         t1 = time.perf_counter()
         with _quiet():
             quantize_q4_0(llama_cpp, tmp_src, tmp_dst, threads)
@@ -359,17 +361,19 @@ def time_gguf(llama_cpp: ModuleType, path: Path, prompt: int, gen: int, repeats:
                 L.llama_synchronize(ctx)
 
             decode(d_arr[0], 1)  # warm-up: first-touch of the weights and buffers
-            best_p = best_d = float("inf")
+            best_p = best_d = cpu_p = cpu_d = float("inf")
             for _ in range(repeats):
                 L.llama_memory_clear(mem, True)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 decode(p_arr, prompt)
-                best_p = min(best_p, time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                best_p, cpu_p = min(best_p, time.perf_counter() - t0), min(cpu_p, time.process_time() - c0)
+                c0, t0 = time.process_time(), time.perf_counter()
                 for a in d_arr:
                     decode(a, 1)
                 best_d = min(best_d, (time.perf_counter() - t0) / gen)
-            return {"prefill_s": best_p, "decode_s_per_token": best_d, "weight_bytes": int(L.llama_model_size(model)),
+                cpu_d = min(cpu_d, (time.process_time() - c0) / gen)
+            return {"prefill_s": best_p, "decode_s_per_token": best_d, "prefill_cpu_s": cpu_p,
+                    "decode_cpu_s_per_token": cpu_d, "weight_bytes": int(L.llama_model_size(model)),
                     "n_params": int(L.llama_model_n_params(model)), "n_vocab": int(vocab),
                     "n_layer": int(L.llama_model_n_layer(model)), "threads": threads,
                     "flash_attn_type": int(cp.flash_attn_type), "n_ubatch": int(cp.n_ubatch)}
