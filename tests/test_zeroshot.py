@@ -150,6 +150,22 @@ def test_prefix_reuse_equals_full_recompute(tiny):
         assert np.array_equal(a, zeroshot.choice_loglikelihoods(model, pairs))  # deterministic
 
 
+def test_hybrid_model_recomputes_each_choice():
+    """An SSM model cannot rewind its state: every choice is a fresh sequence; same NumPy reference."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_ssm import make_hf
+
+    from uniql.ssm import HybridModel
+
+    _, cd, sd = make_hf("mamba2")
+    m = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
+    assert not hasattr(m, "truncate")
+    pairs = [([5, 6, 7], [8, 9]), ([5, 6, 7], [10]), ([5, 6, 11, 12], [13, 14, 15])]
+    got = zeroshot.choice_loglikelihoods(m, pairs)
+    np.testing.assert_allclose(got, [_ref_ll(m, c, k) for c, k in pairs], rtol=0, atol=LL_ATOL)
+
+
 def test_truncate_rewinds_the_kv_cache(tiny):
     model = tiny[1]
     ids = np.array([3, 4, 5, 6, 7], np.int32)
