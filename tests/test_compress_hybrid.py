@@ -132,6 +132,36 @@ def test_int4_layout_and_quality(hybrid):
     assert sizes[1] < sizes[0] / 3
 
 
+INT4_REL_TOL = 0.25  # ||dequant(W_q) - W||_F / ||W||_F of a GPTQ int4 weight (a wrong channel order gives ~1.4)
+
+
+def test_int4_is_sorted_on_the_float_model(hybrid):
+    """compress(quantize=True) sorts on the float stream: every unquantized tensor (norms, conv1d, A_log, D, dt_bias,
+    rope maps) equals the float artifact's byte for byte, the block importances are the float artifact's, and each
+    int4 weight dequantizes close to the float artifact's weight in the same channel order."""
+    from uniql import safetensors as st
+    from uniql.artifact import layer_file
+    from uniql.quant import QuantizedTensor, dequantize
+
+    _, _, _, fp, q4 = hybrid
+    cf, cq = (json.loads((d / "config.json").read_text()) for d in (fp, q4))
+    assert cq["uniql"]["importance"] == cf["uniql"]["importance"]
+    for i in range(len(cf["uniql"]["importance"])):
+        tf, tq = st.load_file(fp / layer_file(i)), st.load_file(q4 / layer_file(i))
+        for name, v in tq.items():
+            if name.endswith(".scales"):
+                continue
+            if name.endswith(".qweight"):
+                base = name[: -len(".qweight")]
+                spec = cq["uniql_tensors"][base]
+                W = dequantize(QuantizedTensor(v, tq[base + ".scales"].astype(np.float32), tuple(spec["shape"]),
+                                               spec["group"]))
+                ref = tf[base + ".weight"].astype(np.float64)
+                assert np.linalg.norm(W - ref) / np.linalg.norm(ref) < INT4_REL_TOL, name
+            else:
+                assert v.dtype == tf[name].dtype and v.tobytes() == tf[name].tobytes(), name
+
+
 def test_metadata(hybrid):
     arch, _, _, art, _ = hybrid
     u = json.loads((art / "config.json").read_text())["uniql"]

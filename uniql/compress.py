@@ -1,18 +1,25 @@
 """uniql.compress: a Hugging Face checkpoint in, one elastic artifact out (DESIGN.md sections 2-6).
 
-Pipeline, layer by layer (only one layer's calibration activations are held):
+Pipeline, layer by layer, over two activation streams (each (B, T, n) float32, updated in place; only one layer's
+statistics are held): X_fp runs through the original float layers, X_q through the already quantized ones.
 
-1. calibrate: run the layer (C runtime, fp32) on every calibration sequence, accumulating in float64 (C) the
-   second moments of the attention input, of q and k after RoPE, of the MLP input and of the down_proj input,
-   and the last-token input/output vectors for block importance;
+1. calibrate: run the original layer (C runtime, fp32) on X_fp, accumulating in float64 (C) the second moments of
+   the attention input, of q and k after RoPE and of the down_proj input, and the last-token input/output vectors
+   for block importance; X_fp <- the layer's outputs;
 2. sort: MLP channels by ridge leverage, Q/K RoPE pairs by post-RoPE scores (frequency index map), V/O by the
    quantization-aware SVD (singular values absorbed into V, V bias folded into an o_proj bias) -- all in C;
-3. quantize (optional): GPTQ int4 of every linear (groups of o_proj inside a head's segment, so no rate ever
-   cuts a group in a way that needs re-quantization), Hessians from the sorted layer's inputs;
-4. propagate: the next layer's inputs come from the compressed layer;
-5. write: one safetensors file per layer, then lm_head (GPTQ on the final-norm output; a tied embedding shares the
-   table, an untied one gets group-wise RTN), the config with the uniql metadata (block importances: any rate is
-   allocated at load time), the tokenizer.
+3. quantize (optional, :func:`quantize_layer`): run the *sorted* float layer on X_q for the GPTQ Hessians of its
+   inputs (attention input, attention output, MLP input, down_proj input), GPTQ int4 of every linear (groups of
+   o_proj inside a head's segment, so no rate ever cuts a group in a way that needs re-quantization);
+4. propagate: X_q <- outputs of the quantized layer;
+5. write: one safetensors file per layer, then lm_head (GPTQ on the final-norm output of X_q; a tied embedding
+   shares the table, an untied one gets group-wise RTN), the config with the uniql metadata (block importances:
+   any rate is allocated at load time), the tokenizer.
+
+Sorting statistics and importances thus come from the float model (DESIGN.md section 2: sort, then quantize) and
+GPTQ sees the inputs deployment produces (section 5), so ``compress(quantize=True)`` writes the same layer and
+embedding / lm_head files, byte for byte, as ``quantize_artifact(compress(quantize=False))`` with the same
+calibration (:mod:`uniql.requantize` calls the same :func:`quantize_layer`).
 
 The output is written under ``<out>.partial`` and renamed at the end: an interrupted run never leaves a directory
 that loads as an artifact, and ``resume=True`` continues from the last finished layer.
@@ -32,7 +39,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -266,6 +273,14 @@ def _f16_scales(q: Any) -> Any:
 
 # ------------------------------------------------------------------------- per-architecture jobs ----
 
+def transformer_plan(p0: str, group: int, o_group: int) -> tuple[tuple[str, str, int], ...]:
+    """GPTQ plan of a Llama / Qwen2 layer (layer-0 prefix `p0`): (linear base, capture of its input, group)."""
+    a, m = p0 + "self_attn.", p0 + "mlp."
+    return ((a + "q_proj", "attn_in", group), (a + "k_proj", "attn_in", group), (a + "v_proj", "attn_in", group),
+            (a + "o_proj", "attn_out", o_group), (m + "gate_proj", "mlp_in", group), (m + "up_proj", "mlp_in", group),
+            (m + "down_proj", "mlp_z", group))
+
+
 def _store(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, Any], wdt: Any,
            segments: Callable[[str], int]) -> dict[str, Any]:
     """A compressed layer's tensors (layer-0 names `p0...`) as the artifact stores them under `pfx...`: int4 weights
@@ -333,9 +348,10 @@ class _TransformerJob:
     def meta(self) -> dict[str, Any]:
         return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran, o_group=self.go)
 
-    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, timer: "_Timer", info: dict[str, Any]
-              ) -> tuple[np.ndarray, dict[str, Any], float]:
-        """Calibrates, sorts and (optionally) quantizes decoder layer i; returns (next X, artifact tensors,
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: "_Timer",
+              info: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """Calibrates and sorts decoder layer i on the float stream X and (when Xq is given) quantizes it on the
+        quantized stream Xq; both streams advance in place to the next layer's inputs. Returns (artifact tensors,
         block importance)."""
         opts, nh, nkv, d, n, DI = self.opts, self.nh, self.nkv, self.d, self.n, self.DI
         B = X.shape[0]
@@ -344,21 +360,19 @@ class _TransformerJob:
         # 1. calibrate the original layer
         t = time.perf_counter()
         model = self._model(lay)
-        c_attn, c_q, c_k, c_mlp, c_z = Covariance(n), Covariance(nh * d), Covariance(nkv * d), Covariance(n), \
-            Covariance(DI)
-        Y = np.empty_like(X)
-        for b in range(B):
-            Y[b], cap = model.layer_forward(0, X[b], capture=("attn_in", "q", "k", "mlp_in", "mlp_z"))
+        c_attn, c_q, c_k, c_z = Covariance(n), Covariance(nh * d), Covariance(nkv * d), Covariance(DI)
+        x_last = np.ascontiguousarray(X[:, -1])
+        for b in range(B):  # X <- the original layer's outputs, sequence by sequence
+            X[b], cap = model.layer_forward(0, X[b], capture=("attn_in", "q", "k", "mlp_z"))
             c_attn.update(cap["attn_in"])
             c_q.update(cap["q"])
             c_k.update(cap["k"])
-            c_mlp.update(cap["mlp_in"])
             c_z.update(cap["mlp_z"])
         del model, cap
         # per-sequence means, each formed once; the float64 sums are freed (for 8B shapes G_z alone is 1.6 GB)
-        G_attn, G_mlp, G_z = c_attn.mean(), c_mlp.mean(), c_z.mean()
-        del c_attn, c_mlp, c_z
-        importance = _importance(X, Y)
+        G_attn, G_z = c_attn.mean(), c_z.mean()
+        del c_attn, c_z
+        importance = _importance(x_last, X[:, -1])
         timer.add("calibrate", time.perf_counter() - t)
 
         # 2. sort
@@ -387,26 +401,16 @@ class _TransformerJob:
         freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
         timer.add("sort", time.perf_counter() - t)
 
-        # 3. quantize (Hessians of the sorted layer's inputs)
+        del G_attn, G_z
+        # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
         stored = sl
-        if opts.quantize:
-            t = time.perf_counter()
-            H_o = _capture_moment(self._model(sl, freq), X, "attn_out")
-            H_z = G_z[np.ix_(perm, perm)]  # down_proj's input in the sorted channel order
-            del G_z
-            stored = _quantize(sl, ((a + "q_proj", G_attn, opts.group), (a + "k_proj", G_attn, opts.group),
-                                    (a + "v_proj", G_attn, opts.group), (a + "o_proj", H_o, self.go),
-                                    (m + "gate_proj", G_mlp, opts.group), (m + "up_proj", G_mlp, opts.group),
-                                    (m + "down_proj", H_z, opts.group)), opts.damp)
-            timer.add("quantize", time.perf_counter() - t)
-            # 4. propagate through the compressed layer
-            t = time.perf_counter()
-            Y = _propagate(self._model(stored, freq), X)
-            timer.add("propagate", time.perf_counter() - t)
+        if Xq is not None:
+            stored = quantize_layer(lambda t: self._model(t, freq), sl, Xq, transformer_plan(p0, opts.group, self.go),
+                                    opts.damp, timer)
         stored[a + "rope_freq"] = freq
         out_t = _store(stored, p0, f"model.layers.{i}.", info, self._wdt(),
                        lambda base: nh if base.endswith("o_proj") else 1)
-        return Y, out_t, importance
+        return out_t, importance
 
     def _wdt(self) -> Any:
         return np.float16 if self.opts.dtype == "float16" else np.float32
@@ -414,9 +418,9 @@ class _TransformerJob:
 
 # ------------------------------------------------------------------------- shared pipeline steps ----
 
-def _importance(X: np.ndarray, Y: np.ndarray) -> float:
-    """Block importance of one layer from its last-token input and output (DESIGN.md section 4)."""
-    return float(block_importance(np.ascontiguousarray(X[:, -1]), np.ascontiguousarray(Y[:, -1])))
+def _importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
+    """Block importance of one layer from its last-token inputs and outputs (B, n) (DESIGN.md section 4)."""
+    return float(block_importance(np.ascontiguousarray(x_last), np.ascontiguousarray(y_last)))
 
 
 def _capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
@@ -430,12 +434,45 @@ def _capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
     return cov.mean()
 
 
-def _propagate(model: Any, X: np.ndarray) -> np.ndarray:
-    """Outputs of a one-layer model's layer 0 on every sequence of X."""
-    Y = np.empty_like(X)
+def _propagate(model: Any, X: np.ndarray) -> None:
+    """X (B, T, n) <- the outputs of a one-layer model's layer 0, sequence by sequence, in place."""
     for b in range(X.shape[0]):
-        Y[b], _ = model.layer_forward(0, X[b])
-    return Y
+        X[b], _ = model.layer_forward(0, X[b])
+
+
+def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any], Xq: np.ndarray,
+                   plan: Sequence[tuple[str, str, int]], damp: float, timer: _Timer) -> dict[str, Any]:
+    """GPTQ int4 of one sorted float layer `sl` (layer-0 names) on the quantized stream Xq (B, T, n), shared by
+    compress (both architecture families) and quantize_artifact:
+
+    1. the float layer (``model_of(sl)``: a one-layer runtime model) runs on Xq; the second moment of every
+       capture named in `plan` ((linear base, capture of its input, group) triples) is accumulated in float64 (C),
+       so each Hessian is that of the sorted linear's own input ("calibrate" stage);
+    2. every planned linear is GPTQ-quantized with its Hessian, scales rounded to float16 ("quantize");
+    3. Xq <- the quantized layer's outputs, in place ("propagate").
+
+    Returns `sl` with the planned weights replaced by their int4 form."""
+    t = time.perf_counter()
+    model = model_of(sl)
+    caps = tuple(dict.fromkeys(c for _, c, _ in plan))
+    covs: dict[str, Covariance] = {}
+    for b in range(Xq.shape[0]):
+        _, cap = model.layer_forward(0, Xq[b], capture=caps)
+        for k in caps:
+            if k not in covs:
+                covs[k] = Covariance(cap[k].shape[1])
+            covs[k].update(cap[k])
+    del model, cap
+    H = {k: covs.pop(k).mean() for k in caps}  # each float64 sum freed once its mean is formed
+    timer.add("calibrate", time.perf_counter() - t)
+    t = time.perf_counter()
+    stored = _quantize(sl, [(name, H[c], g) for name, c, g in plan], damp)
+    del H
+    timer.add("quantize", time.perf_counter() - t)
+    t = time.perf_counter()
+    _propagate(model_of(stored), Xq)
+    timer.add("propagate", time.perf_counter() - t)
+    return stored
 
 
 def _quantize(sl: dict[str, Any], plan: Any, damp: float) -> dict[str, Any]:
@@ -525,30 +562,42 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     n, L = int(cfg["hidden_size"]), job.L
     timer.add("read", time.perf_counter() - t0)
 
-    # ---- resume / fresh partial directory
+    # ---- resume / fresh partial directory. The activation streams after `done` layers are saved as
+    # calib_x.<done>.npy (float stream) and calib_xq.<done>.npy (quantized stream) before progress.json names `done`,
+    # and the previous pair is removed only after that: a kill at any point leaves a consistent pair to resume from.
     state_path = part / "progress.json"
+    streams = ("calib_x", "calib_xq") if opts.quantize else ("calib_x",)
     start, importance = 0, []
     resumed_info: dict[str, Any] = {}
-    X = None
+    acts: list[np.ndarray] = []
     opts_json = asdict(opts)
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text())
         if state.get("options") != opts_json or state.get("source") != str(src.resolve()):
             raise InvalidArgumentError(f"cannot resume {part}: it was started with other options or model")
+        if state.get("streams") != list(streams):
+            raise InvalidArgumentError(f"cannot resume {part}: it was written by an older uniql (one activation "
+                                       "stream); start again without resume")
         start, importance = int(state["done"]), list(state["importance"])
         resumed_info = dict(state["info"])
-        X = np.load(part / "calib_x.npy")
-        if X.shape != (B, T, n):
-            raise InvalidArgumentError(f"cannot resume {part}: saved activations have shape {X.shape}")
+        acts = [np.load(part / f"{s}.{start}.npy") for s in streams]
+        for a in acts:
+            if a.shape != (B, T, n) or a.dtype != np.float32:
+                raise InvalidArgumentError(f"cannot resume {part}: saved activations have shape {a.shape}")
         log.info("resuming %s after layer %d", part, start - 1)
     else:
         if part.exists():
             shutil.rmtree(part)
         part.mkdir(parents=True)
-    if X is None:
+    if not acts:
         t = time.perf_counter()
-        X = job.embed(ids)
+        acts = [job.embed(ids)]
+        if opts.quantize:
+            acts.append(acts[0].copy())  # both streams start at the (float) embedding
         timer.add("calibrate", time.perf_counter() - t)
+    X = acts[0]                                      # float stream: sorting statistics, block importance
+    Xq = acts[1] if opts.quantize else None          # quantized stream: GPTQ Hessians, lm_head
+    del acts
 
     info: dict[str, Any] = resumed_info  # tensor table (layers finished before an interruption included)
     wdt = np.float16 if opts.dtype == "float16" else np.float32
@@ -558,17 +607,20 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         bar = tqdm(bar, desc="compress", unit="layer", initial=start, total=L)
 
     for i in bar:
-        X, out_t, imp = job.layer(i, job.ckpt.layer(i), X, timer, info)
+        out_t, imp = job.layer(i, job.ckpt.layer(i), X, Xq, timer, info)  # X and Xq advance in place
         importance.append(imp)
         # write the layer, then the activations and the progress record (each replaced atomically)
         t = time.perf_counter()
         st.save_file(part / layer_file(i), out_t)
-        np.save(part / "calib_x.tmp.npy", X)
-        os.replace(part / "calib_x.tmp.npy", part / "calib_x.npy")
+        for s, a in zip(streams, (X, Xq)):
+            np.save(part / f"{s}.tmp.npy", a)
+            os.replace(part / f"{s}.tmp.npy", part / f"{s}.{i + 1}.npy")
         tmp = part / "progress.tmp.json"
         tmp.write_text(json.dumps({"done": i + 1, "importance": importance, "options": opts_json,
-                                   "source": str(src.resolve()), "info": info}))
+                                   "source": str(src.resolve()), "info": info, "streams": list(streams)}))
         os.replace(tmp, state_path)
+        for s in streams:
+            (part / f"{s}.{i}.npy").unlink(missing_ok=True)
         timer.add("write", time.perf_counter() - t)
 
     # ---- embedding / final norm / lm_head
@@ -592,7 +644,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         # GPTQ of lm_head on the final-norm output. Tied embeddings stay tied: the GPTQ table also serves the
         # embedding lookups.
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(_gptq(W, job.final_hessian(X), opts.group, opts.damp))
+        head_q = _f16_scales(_gptq(W, job.final_hessian(Xq), opts.group, opts.damp))
     if tied:
         put(embed_base, E, head_q)
     else:
@@ -618,8 +670,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         if (src / fname).is_file():
             shutil.copyfile(src / fname, part / fname)
     timer.add("write", time.perf_counter() - t)
-    for tmpf in ("progress.json", "calib_x.npy"):
-        (part / tmpf).unlink(missing_ok=True)
+    (part / "progress.json").unlink(missing_ok=True)
+    for tmpf in part.glob("calib_x*.npy"):
+        tmpf.unlink()
     total = time.perf_counter() - t0
     report = {"source": str(src), "options": opts_json, "layers": L, "calibration_tokens": int(B * T),
               "seconds": {k: round(v, 3) for k, v in timer.t.items()}, "total_seconds": round(total, 3),

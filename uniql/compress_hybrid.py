@@ -15,6 +15,10 @@ hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.ssm.HybridM
 * MLP (Nemotron-H '-' layers: relu(x Wu^T)^2; Bamba's gated SiLU MLP after each mixer): ridge leverage on
   down_proj's input.
 
+Like the transformers, a layer is calibrated and sorted on the float stream (outputs of the original layers) and
+GPTQ-quantized on the quantized stream by :func:`uniql.compress.quantize_layer` (Hessians of the sorted layer's own
+inputs: mixer input, SSM output, attention output, MLP input, down_proj input).
+
 int4: GPTQ per linear; the input groups of out_proj / o_proj live inside one head's segment. Every prunable
 axis is a prefix per head / per group, so loading at a rate copies prefixes (:mod:`uniql.artifact`).
 """
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from uniql.compress import (CompressOptions, _Checkpoint, _capture_moment, _diag, _importance, _o_group,
-                            _propagate, _quantize, _sorted_attention, _sorted_mlp, _store, _Timer)
+                            _sorted_attention, _sorted_mlp, _store, _Timer, quantize_layer)
 from uniql.errors import FormatError, UniqlError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
@@ -136,9 +140,10 @@ class HybridJob:
                     sorting={"ssm_lambda": self.ssm_lambda, "rope": self.rope, "importance": "per layer"})
 
     # ------------------------------------------------------------------------------- layer ----
-    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, timer: _Timer, info: dict[str, Any]
-              ) -> tuple[np.ndarray, dict[str, Any], float]:
-        """Calibrates, sorts and (optionally) quantizes layer i; returns (next X, artifact tensors, importance)."""
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: _Timer,
+              info: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """Calibrates and sorts layer i on the float stream X and (when Xq is given) quantizes it on the quantized
+        stream Xq; both advance in place to the next layer's inputs. Returns (artifact tensors, importance)."""
         hc, opts, p0, n = self.hc, self.opts, self.p0, self.n
         kind = hc.layer_types[i]
         ffn = hc.ffn_after_mixer and kind != LAYER_MLP
@@ -149,45 +154,41 @@ class HybridJob:
         # 1. calibrate the original layer
         t = time.perf_counter()
         model = self._model(i, lay)
-        caps = [] if kind == LAYER_MLP else ["mixer_in"]  # an MLP layer's mixer input is its mlp_in
-        c_in = Covariance(n)
+        caps: list[str] = []
         H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
         if kind == LAYER_MAMBA:
-            caps += ["ssm_x", "ssm_B", "ssm_C", "ssm_dt"] + (["ssm_out"] if opts.quantize else [])
+            caps += ["ssm_x", "ssm_B", "ssm_C", "ssm_dt"]
             dB, cc = np.zeros((H, N)), np.zeros((G, N))
-            c_state, c_out = Covariance(H * P), Covariance(H * P)
+            c_state = Covariance(H * P)
             A_log = np.ascontiguousarray(lay[mix + "A_log"], dtype=np.float32)
         elif kind == LAYER_ATTENTION:
-            caps += ["q", "k"]
+            caps += ["mixer_in", "q", "k"]  # the mixer input's moment: the QA-SVD's
+            c_in = Covariance(n)
             c_q, c_k = Covariance(hc.num_heads * hc.head_dim), Covariance(hc.num_kv_heads * hc.head_dim)
         if kind == LAYER_MLP or ffn:
-            caps += ["mlp_in", "mlp_z"]
-            c_mlp, c_z = Covariance(n), Covariance(hc.intermediate_size)
-        Y = np.empty_like(X)
-        for b in range(B):
-            Y[b], cap = model.layer_forward(0, X[b], capture=caps)
-            if kind != LAYER_MLP:
-                c_in.update(cap["mixer_in"])
+            caps += ["mlp_z"]
+            c_z = Covariance(hc.intermediate_size)
+        x_last = np.ascontiguousarray(X[:, -1])
+        for b in range(B):  # X <- the original layer's outputs, sequence by sequence
+            X[b], cap = model.layer_forward(0, X[b], capture=caps)
             if kind == LAYER_MAMBA:
                 ssm_bc_moments(cap["ssm_B"], cap["ssm_C"], cap["ssm_dt"], G, 1.0 / B, dB, cc)
                 c_state.update(ssm_chunk_states(cap["ssm_x"], cap["ssm_B"], cap["ssm_dt"], A_log, G, hc.chunk_size))
-                if opts.quantize:
-                    c_out.update(cap["ssm_out"])
             elif kind == LAYER_ATTENTION:
+                c_in.update(cap["mixer_in"])
                 c_q.update(cap["q"])
                 c_k.update(cap["k"])
             if kind == LAYER_MLP or ffn:
-                c_mlp.update(cap["mlp_in"])
                 c_z.update(cap["mlp_z"])
         del model, cap
-        G_in = c_in.mean() if kind != LAYER_MLP else None
-        importance = _importance(X, Y)
+        G_in = c_in.mean() if kind == LAYER_ATTENTION else None
+        importance = _importance(x_last, X[:, -1])
         timer.add("calibrate", time.perf_counter() - t)
 
         # 2. sort
         t = time.perf_counter()
         sl = dict(lay)
-        plan: list[tuple[str, np.ndarray, int]] = []
+        plan: list[tuple[str, str, int]] = []  # (linear, capture of its input in the sorted layer, group)
         freq = None
         if kind == LAYER_MAMBA:
             sp = sort_ssm_state(dB, cc).perm
@@ -203,46 +204,35 @@ class HybridJob:
                 if mix + name in lay:
                     sl[mix + name] = np.ascontiguousarray(lay[mix + name][idx])
             sl[mix + "out_proj.weight"] = np.ascontiguousarray(lay[mix + "out_proj.weight"][:, zi])
-            if opts.quantize:
-                plan += [(mix + "in_proj", G_in, opts.group), (mix + "out_proj", c_out.mean()[np.ix_(zi, zi)],
-                                                               self.go_ssm)]
+            plan += [(mix + "in_proj", "mixer_in", opts.group), (mix + "out_proj", "ssm_out", self.go_ssm)]
         elif kind == LAYER_ATTENTION:
             nh, nkv, d = hc.num_heads, hc.num_kv_heads, hc.head_dim
             cq, ck = self._hf_diag(_diag(c_q), nh), self._hf_diag(_diag(c_k), nkv)
             qk = sort_qk(cq, ck, self.rope)
             sl.update(_sorted_attention(lay, mix, G_in, qk, qk.proj_rows(nh), qk.proj_rows(nkv), nh, nkv, d, False))
             freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
-            if opts.quantize:
-                plan += [(mix + w, G_in, opts.group) for w in ("q_proj", "k_proj", "v_proj")]
+            plan += [(mix + w, "mixer_in", opts.group) for w in ("q_proj", "k_proj", "v_proj")]
+            plan.append((mix + "o_proj", "attn_out", self.go))
         if kind == LAYER_MLP or ffn:
-            G_mlp, G_z = c_mlp.mean(), c_z.mean()
-            perm = sort_mlp(G_z, opts.mlp_lambda).perm
+            perm = sort_mlp(c_z.mean(), opts.mlp_lambda).perm
+            del c_z
             sl.update(_sorted_mlp(lay, f, perm))
-            if opts.quantize:
-                H_z = G_z[np.ix_(perm, perm)]  # down_proj's input in the sorted channel order
-                plan += [(f + w, G_mlp, opts.group) for w in (("gate_proj", "up_proj") if
-                                                              hc.mlp_act == "silu_gated" else ("up_proj",))]
-                plan.append((f + "down_proj", H_z, opts.group))
+            plan += [(f + w, "mlp_in", opts.group) for w in (("gate_proj", "up_proj") if
+                                                             hc.mlp_act == "silu_gated" else ("up_proj",))]
+            plan.append((f + "down_proj", "mlp_z", opts.group))
         timer.add("sort", time.perf_counter() - t)
 
-        # 3. quantize (Hessians of the sorted layer's inputs) and 4. propagate through the compressed layer
+        # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
         stored = sl
-        if opts.quantize:
-            t = time.perf_counter()
-            if kind == LAYER_ATTENTION:  # o_proj's input is in the new V basis: captured from the sorted layer
-                plan.append((mix + "o_proj", _capture_moment(self._model(i, sl, freq), X, "attn_out"), self.go))
-            stored = _quantize(sl, plan, opts.damp)
-            timer.add("quantize", time.perf_counter() - t)
-            t = time.perf_counter()
-            Y = _propagate(self._model(i, stored, freq), X)
-            timer.add("propagate", time.perf_counter() - t)
+        if Xq is not None:
+            stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, plan, opts.damp, timer)
         if kind == LAYER_ATTENTION and self.rope != "none":
             stored[mix + "rope_freq"] = freq
         wdt = np.float16 if opts.dtype == "float16" else np.float32
         segs = {"o_proj": hc.num_heads, "out_proj": hc.ssm_heads}
         out_t = _store(stored, p0, f"{self.ckpt.prefix}{i}.", info, wdt,
                        lambda base: segs.get(base.rsplit(".", 1)[-1], 1))
-        return Y, out_t, importance
+        return out_t, importance
 
     def _hf_diag(self, diag: np.ndarray, heads: int) -> np.ndarray:
         """Per-dim q/k statistics captured in the runtime layout (rotary rows pair-interleaved), in the checkpoint's

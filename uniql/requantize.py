@@ -3,10 +3,10 @@
 
 The artifact is already sorted (and possibly fine-tuned), so nothing is re-sorted or re-allocated: the keep-size
 granularities, RoPE frequency maps and block importances are kept. Layer by layer, exactly as compress does it
-(its functions, not copies): calibrate the float layer on inputs that come from the *quantized* previous layers
-(second moments of the attention input, of the attention output (o_proj's input), of the MLP input and of
-down_proj's input, float64 in C), GPTQ every linear (o_proj groups inside a head's segment), then propagate
-through the quantized layer; finally lm_head by GPTQ on the final-norm output (a tied embedding shares the table,
+(:func:`uniql.compress.quantize_layer`, the very step compress(quantize=True) takes): calibrate the float layer on
+inputs that come from the *quantized* previous layers (second moments of the attention input, of the attention
+output (o_proj's input), of the MLP input and of down_proj's input, float64 in C), GPTQ every linear (o_proj
+groups inside a head's segment), then propagate through the quantized layer; finally lm_head by GPTQ on the final-norm output (a tied embedding shares the table,
 an untied one gets group-wise RTN). All numerics are in the C core.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 from uniql import safetensors as st
 from uniql.artifact import REST_FILE, layer_file, read_meta
 from uniql.compress import (TOKENIZER_FILES, CompressOptions, OutputExistsError, _f16_scales, _gptq, _o_group,
-                            _one_layer_model, _peak_rss_mb, _propagate, _quantize, _store, _Timer, calibration_tokens)
+                            _one_layer_model, _peak_rss_mb, _store, _Timer, calibration_tokens, quantize_layer,
+                            transformer_plan)
 from uniql.errors import InvalidArgumentError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_rtn
@@ -60,15 +61,15 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
     ids = calibration_tokens(load_tokenizer(src), calibration, opts.num_samples, opts.seq_len)
     tc = TransformerConfig.from_hf(cfg)
-    L, nh, nkv, d, n, DI = (tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim,
-                            tc.hidden_size, tc.intermediate_size)
+    L, nh, d, n = tc.num_hidden_layers, tc.num_attention_heads, tc.head_dim, tc.hidden_size
     go = _o_group(d, opts.group)
     B, T = ids.shape
     timer = _Timer()
     t0 = time.perf_counter()
     shared = st.load_file(src / REST_FILE)
     p0 = "model.layers.0."
-    a, m = p0 + "self_attn.", p0 + "mlp."
+    a = p0 + "self_attn."
+    plan = transformer_plan(p0, opts.group, go)
 
     def layer(i: int) -> tuple[dict[str, Any], np.ndarray]:
         pfx = f"model.layers.{i}."
@@ -97,27 +98,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         for i in bar:
             t = time.perf_counter()
             lay, fm = layer(i)
-            fl = model(lay, fm)
-            covs = {"attn_in": Covariance(n), "attn_out": Covariance(nh * d), "mlp_in": Covariance(n),
-                    "mlp_z": Covariance(DI)}
-            for b in range(B):
-                _, cap = fl.layer_forward(0, X[b], capture=tuple(covs))
-                for k, c in covs.items():
-                    c.update(cap[k])
-            del fl, cap
-            G = {k: c.mean() for k, c in covs.items()}
-            del covs
             timer.add("calibrate", time.perf_counter() - t)
-            t = time.perf_counter()
-            stored = _quantize(lay, ((a + "q_proj", G["attn_in"], opts.group), (a + "k_proj", G["attn_in"], opts.group),
-                                     (a + "v_proj", G["attn_in"], opts.group), (a + "o_proj", G["attn_out"], go),
-                                     (m + "gate_proj", G["mlp_in"], opts.group),
-                                     (m + "up_proj", G["mlp_in"], opts.group),
-                                     (m + "down_proj", G["mlp_z"], opts.group)), opts.damp)
-            timer.add("quantize", time.perf_counter() - t)
-            t = time.perf_counter()
-            X = _propagate(model(stored, fm), X)
-            timer.add("propagate", time.perf_counter() - t)
+            stored = quantize_layer(lambda tl: model(tl, fm), lay, X, plan, opts.damp, timer)  # X advances in place
             t = time.perf_counter()
             stored[a + "rope_freq"] = fm
             out_t = _store(stored, p0, f"model.layers.{i}.", info, np.float32,
