@@ -204,7 +204,7 @@ def test_ablations_run_and_differ(tmp_path, llama):
     assert not np.array_equal(uniql.load(a, rate=0.35).logits(ids), uniql.load(llama[2], rate=0.35).logits(ids))
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "llama-tied", "qwen2"])
 def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
     """compress(quantize=True) = quantize_artifact(compress(quantize=False)) with the same calibration, byte for
     byte: sorting and block importance come from the float model, GPTQ Hessians from the quantized stream (one
@@ -214,7 +214,7 @@ def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
     if kind == "llama":
         src, _, fp, q = llama
     else:
-        src, _ = _make(tmp_path, kind)
+        src, _ = _make(tmp_path, kind.split("-")[0], tied=kind.endswith("-tied"))
         fp, q = _compress(src, tmp_path / "fp32"), _compress(src, tmp_path / "int4", quantize=True)
     two = quantize_artifact(fp, tmp_path / "two-step", calibration=_calib(), num_samples=NSAMP, seq_len=SEQ,
                             progress=False)
