@@ -3,7 +3,13 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-export OPENBLAS_CORETYPE ?= SkylakeX
+# Debian's OpenBLAS takes Zen 4/5 for Haswell; SkylakeX kernels double sgemm there. Only where the CPU has
+# AVX-512 (elsewhere they would die with SIGILL), and never over a value the caller set.
+ifeq ($(origin OPENBLAS_CORETYPE),undefined)
+ifneq ($(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo y),)
+export OPENBLAS_CORETYPE := SkylakeX
+endif
+endif
 # pytest's default run; long real-model runs are behind -m slow
 PYTEST_ARGS ?= -q
 

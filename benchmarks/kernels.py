@@ -18,7 +18,11 @@ import argparse
 import json
 import os
 
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+try:  # SkylakeX kernels only where the CPU has AVX-512 (else SIGILL)
+    if " avx512f" in open("/proc/cpuinfo").read():
+        os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+except OSError:
+    pass
 
 from uniql import _C  # noqa: E402
 from uniql import bench  # noqa: E402

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import os as _os
 
-_os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+try:  # SkylakeX kernels only where the CPU has AVX-512 (else SIGILL)
+    if " avx512f" in open("/proc/cpuinfo").read():
+        _os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+except OSError:
+    pass
 
 import logging
 import os
