@@ -18,8 +18,11 @@ use. Nothing here computes: slicing and bookkeeping only; numerics are in the C 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,6 +43,24 @@ ARCHITECTURES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 #: keep-size granularity field of each elastic component
 GRANULARITY_FIELDS = {"mlp": "mlp_granularity", "attn": "attn_granularity", "ssm_head": "ssm_head_granularity",
                       "ssm_state": "ssm_state_granularity"}
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def write_config(part: Path, out_cfg: Mapping[str, Any], tokenizer_src: Path) -> None:
+    """config.json of an artifact being written in `part`, and the tokenizer files copied from `tokenizer_src`."""
+    (part / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
+    for fname in TOKENIZER_FILES:
+        if (tokenizer_src / fname).is_file():
+            shutil.copyfile(tokenizer_src / fname, part / fname)
+
+
+def publish(part: Path, out: Path) -> None:
+    """Makes the finished `part` directory the artifact `out` (replacing an existing one, checked by the caller)."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(part, out)
 
 
 def layer_file(i: int) -> str:

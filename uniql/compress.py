@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from uniql import checkpoint, safetensors as st
-from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file
+from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, publish, write_config
 from uniql.errors import (FormatError, InvalidArgumentError, RangeError, UniqlError, UniqlIOError,
                           UnsupportedError)
 from uniql.linalg import Covariance
@@ -55,7 +55,6 @@ from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qas
 log = logging.getLogger(__name__)
 
 COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 SCORERS = ("uniql", "magnitude")
 
 
@@ -665,10 +664,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     out_cfg = dict(cfg)
     out_cfg["uniql"] = meta.to_json()
     out_cfg["uniql_tensors"] = info
-    (part / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
-    for fname in TOKENIZER_FILES:
-        if (src / fname).is_file():
-            shutil.copyfile(src / fname, part / fname)
+    write_config(part, out_cfg, src)
     timer.add("write", time.perf_counter() - t)
     (part / "progress.json").unlink(missing_ok=True)
     for tmpf in part.glob("calib_x*.npy"):
@@ -679,8 +675,6 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
               "peak_rss_mb": round(_peak_rss_mb(), 1), "importance": importance,
               "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
     (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(part, out)
+    publish(part, out)
     log.info("wrote %s in %.1f s (peak RSS %.0f MB)", out, total, report["peak_rss_mb"])
     return out

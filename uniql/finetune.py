@@ -39,7 +39,6 @@ from uniql.errors import InvalidArgumentError, RangeError, UniqlIOError, Unsuppo
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 RATE_DECAY = 0.1          # p(rate_j) ~ exp(-RATE_DECAY * j), j = 0 at the highest rate (the reference's 0.1)
 MAX_GRAD_NORM = 1.0
 
@@ -191,7 +190,7 @@ def _write_artifact(src: Path, part: Path, cfg: dict[str, Any], weights: dict[st
                     record: dict[str, Any], report: dict[str, Any]) -> None:
     """A copy of artifact `src` in `part` with the block linears replaced by `weights` (float32, cast to the
     stored dtype) and the finetune record in config.json."""
-    from uniql.artifact import REST_FILE, layer_file
+    from uniql.artifact import REST_FILE, layer_file, write_config
 
     L = int(cfg["num_hidden_layers"])
     for i in range(L):
@@ -203,12 +202,9 @@ def _write_artifact(src: Path, part: Path, cfg: dict[str, Any], weights: dict[st
                 t[name] = weights[name].astype(a.dtype)
         st.save_file(part / layer_file(i), t)
     shutil.copyfile(src / REST_FILE, part / REST_FILE)
-    for fname in TOKENIZER_FILES:
-        if (src / fname).is_file():
-            shutil.copyfile(src / fname, part / fname)
     out_cfg = json.loads(json.dumps(cfg))
     out_cfg["uniql"]["finetune"] = record
-    (part / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
+    write_config(part, out_cfg, src)
     report["bytes"] = {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}
     (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -274,9 +270,9 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(part, out)
+    from uniql.artifact import publish
+
+    publish(part, out)
     log.info("wrote %s: %d steps, loss %.3f -> %.3f, %.1f s", out, opts.steps, run["loss_first"], run["loss_last"],
              time.perf_counter() - t0)
     return out

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from uniql import safetensors as st
-from uniql.artifact import REST_FILE, layer_file, read_meta
-from uniql.compress import (TOKENIZER_FILES, CompressOptions, OutputExistsError, _f16_scales, _gptq, _o_group,
+from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_config
+from uniql.compress import (CompressOptions, OutputExistsError, _f16_scales, _gptq, _o_group,
                             _one_layer_model, _peak_rss_mb, _store, _Timer, calibration_tokens, quantize_layer,
                             transformer_plan)
 from uniql.errors import InvalidArgumentError, UnsupportedError
@@ -140,10 +140,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         out_cfg = dict(cfg)
         out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
         out_cfg["uniql_tensors"] = info
-        (part / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
-        for fname in TOKENIZER_FILES:
-            if (src / fname).is_file():
-                shutil.copyfile(src / fname, part / fname)
+        write_config(part, out_cfg, src)
         timer.add("write", time.perf_counter() - t)
         total = time.perf_counter() - t0
         report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
@@ -155,8 +152,6 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(part, out)
+    publish(part, out)
     log.info("wrote %s in %.1f s", out, total)
     return out
