@@ -38,6 +38,33 @@ static inline double uq_test_rand(unsigned long long *s) {
     return (double)((*s * 2685821657736338717ULL) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
+/* a[0..n) = uniform(-scale, scale) from uq_test_rand. */
+static inline void uq_test_fill(float *a, int64_t n, unsigned long long *s, double scale) {
+    for (int64_t i = 0; i < n; i++) a[i] = (float)(uq_test_rand(s) * scale);
+}
+
+/* W (rows, cols) quantized with the documented formula into packed + per-segment scales. */
+static inline void uq_test_q4_quant_seg(const float *W, int64_t rows, int64_t cols, int64_t nseg, int64_t group, uint8_t *packed,
+                                        float *scales) {
+    int64_t seg = cols / nseg, gps = (seg + group - 1) / group, rb = UQ_Q4_ROW_BYTES(cols);
+    memset(packed, 0x88, (size_t)(rows * rb));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t s = 0; s < nseg; s++)
+            for (int64_t g = 0; g < gps; g++) {
+                int64_t c0 = s * seg + g * group, c1 = c0 + group < (s + 1) * seg ? c0 + group : (s + 1) * seg;
+                float mx = 0;
+                for (int64_t c = c0; c < c1; c++) mx = fabsf(W[r * cols + c]) > mx ? fabsf(W[r * cols + c]) : mx;
+                float sc = mx / 7.5f;
+                scales[r * nseg * gps + s * gps + g] = sc;
+                for (int64_t c = c0; c < c1; c++) {
+                    int q = sc == 0 ? 8 : (int)rintf(W[r * cols + c] / sc) + 8;
+                    q = q < 0 ? 0 : q > 15 ? 15 : q;
+                    uint8_t *b = packed + r * rb + c / 2;
+                    *b = (c & 1) ? (uint8_t)((*b & 0x0F) | (q << 4)) : (uint8_t)((*b & 0xF0) | q);
+                }
+            }
+}
+
 void test_core(void);
 void test_stats(void);
 void test_quant(void);

@@ -11,32 +11,6 @@
 /* |y - y64| <= R16_TOL_FACTOR * n * eps32 * (sum |w x| + |b|): float32 FMA chains of n terms */
 #define R16_TOL_FACTOR 2.0
 
-static void fillr(float *a, int64_t n, unsigned long long *s, double scale) {
-    for (int64_t i = 0; i < n; i++) a[i] = (float)(uq_test_rand(s) * scale);
-}
-
-/* Row-major int4 of W (rows, cols) with per-input-segment groups (the documented quantizer formula). */
-static void quant_rm(const float *W, int64_t rows, int64_t cols, int64_t nseg, int64_t group, uint8_t *packed,
-                     float *scales) {
-    int64_t seg = cols / nseg, gps = (seg + group - 1) / group, rb = UQ_Q4_ROW_BYTES(cols);
-    memset(packed, 0x88, (size_t)(rows * rb));
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t s = 0; s < nseg; s++)
-            for (int64_t g = 0; g < gps; g++) {
-                int64_t c0 = s * seg + g * group, c1 = c0 + group < (s + 1) * seg ? c0 + group : (s + 1) * seg;
-                float mx = 0;
-                for (int64_t c = c0; c < c1; c++) mx = fabsf(W[r * cols + c]) > mx ? fabsf(W[r * cols + c]) : mx;
-                float sc = mx / 7.5f;
-                scales[r * nseg * gps + s * gps + g] = sc;
-                for (int64_t c = c0; c < c1; c++) {
-                    int q = sc == 0 ? 8 : (int)rintf(W[r * cols + c] / sc) + 8;
-                    q = q < 0 ? 0 : q > 15 ? 15 : q;
-                    uint8_t *b = packed + r * rb + c / 2;
-                    *b = (c & 1) ? (uint8_t)((*b & 0x0F) | (q << 4)) : (uint8_t)((*b & 0xF0) | q);
-                }
-            }
-}
-
 typedef struct {
     uq_linear rm, r16;
     uint8_t *p, *pr;
@@ -53,7 +27,7 @@ static int make_pair(const float *W, int64_t rows, int64_t cols, int64_t nso, in
     q->pr = malloc((size_t)(nblk * bb));
     q->sr = malloc((size_t)ns * sizeof(float));
     if (!q->p || !q->s || !q->pr || !q->sr) return -1;
-    quant_rm(W, rows, cols, nsi, g, q->p, q->s);
+    uq_test_q4_quant_seg(W, rows, cols, nsi, g, q->p, q->s);
     q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
                         .scale_cols = nsi * gps, .bias = bias};
     if (uq_q4_repack_r16(&q->rm, nso, nsi, q->pr, q->sr) != UQ_OK) return -1;
@@ -98,9 +72,9 @@ static void test_r16_paths(void) {
             CHECK(0, "case %zu: out of memory", ci);
             return;
         }
-        fillr(W, rows * cols, &seed, 1.0);
-        fillr(b, rows, &seed, 0.5);
-        fillr(x, 70 * nin, &seed, 1.0);
+        uq_test_fill(W, rows * cols, &seed, 1.0);
+        uq_test_fill(b, rows, &seed, 0.5);
+        uq_test_fill(x, 70 * nin, &seed, 1.0);
         CHECK(make_pair(W, rows, cols, nso, nsi, g, b, &q) == 0, "case %zu: setup", ci);
         for (int act = 0; act < 2; act++) {
             CHECK_STATUS(uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32), UQ_OK);
@@ -179,8 +153,8 @@ static void test_r16_truncated(void) {
     enum { R = 48, C = 256, G = 128, KO = 23, KI = 88, T = 6 };
     static float W[R * C], x[T * KI], yf[T * KO], yt[T * KO];
     unsigned long long seed = 11;
-    fillr(W, R * C, &seed, 1.0);
-    fillr(x, T * KI, &seed, 1.0);
+    uq_test_fill(W, R * C, &seed, 1.0);
+    uq_test_fill(x, T * KI, &seed, 1.0);
     q4pair full, tr;
     CHECK(make_pair(W, R, C, 1, 1, G, NULL, &full) == 0, "setup full");
     /* the truncated weight: the same codes and scales, as the artifact reader would slice them */

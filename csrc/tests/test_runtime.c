@@ -10,31 +10,6 @@
 /* relative tolerance of float32 kernels vs float64 reference for reductions of a few hundred terms */
 #define LIN_REL_TOL 1e-5
 
-static void fill(float *a, int64_t n, unsigned long long *s, double scale) {
-    for (int64_t i = 0; i < n; i++) a[i] = (float)(uq_test_rand(s) * scale);
-}
-
-/* W (rows, cols) quantized with the documented formula into packed + per-segment scales. */
-static void q4_quant_seg(const float *W, int64_t rows, int64_t cols, int64_t nseg, int64_t group, uint8_t *packed,
-                         float *scales) {
-    int64_t seg = cols / nseg, gps = (seg + group - 1) / group, rb = UQ_Q4_ROW_BYTES(cols);
-    memset(packed, 0x88, (size_t)(rows * rb));
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t s = 0; s < nseg; s++)
-            for (int64_t g = 0; g < gps; g++) {
-                int64_t c0 = s * seg + g * group, c1 = c0 + group < (s + 1) * seg ? c0 + group : (s + 1) * seg;
-                float mx = 0;
-                for (int64_t c = c0; c < c1; c++) mx = fabsf(W[r * cols + c]) > mx ? fabsf(W[r * cols + c]) : mx;
-                float sc = mx / 7.5f;
-                scales[r * nseg * gps + s * gps + g] = sc;
-                for (int64_t c = c0; c < c1; c++) {
-                    int q = sc == 0 ? 8 : (int)rintf(W[r * cols + c] / sc) + 8;
-                    q = q < 0 ? 0 : q > 15 ? 15 : q;
-                    uint8_t *b = packed + r * rb + c / 2;
-                    *b = (c & 1) ? (uint8_t)((*b & 0x0F) | (q << 4)) : (uint8_t)((*b & 0xF0) | q);
-                }
-            }
-}
 
 static double max_rel(const float *a, const float *b, int64_t n) {
     double e = 0, m = 0;
@@ -52,9 +27,9 @@ static void test_linear(void) {
     float W[ROWS * COLS], bias[ROWS], x[T * COLS], y[T * ROWS], yr[T * ROWS], y1[ROWS];
     uint8_t packed[ROWS * (COLS / 2)];
     float scales[ROWS * 16];
-    fill(W, ROWS * COLS, &s, 1.0);
-    fill(bias, ROWS, &s, 0.5);
-    fill(x, T * COLS, &s, 1.0);
+    uq_test_fill(W, ROWS * COLS, &s, 1.0);
+    uq_test_fill(bias, ROWS, &s, 0.5);
+    uq_test_fill(x, T * COLS, &s, 1.0);
     const int64_t cases[][5] = {/* nseg_out, keep_out, nseg_in, keep_in, group */
                                 {1, 30, 1, 40, 8}, {3, 7, 2, 13, 3}, {5, 1, 4, 10, 10}, {1, 17, 1, 1, 7}, {2, 15, 2, 20, 20}};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -63,7 +38,7 @@ static void test_linear(void) {
         for (int kind = 0; kind < 2; kind++) {
             uq_linear L = {.kind = kind ? UQ_W_Q4 : UQ_W_F32, .rows = ROWS, .cols = COLS, .w = W, .bias = bias};
             if (kind) {
-                q4_quant_seg(W, ROWS, COLS, nsi, g, packed, scales);
+                uq_test_q4_quant_seg(W, ROWS, COLS, nsi, g, packed, scales);
                 L.packed = packed;
                 L.scales = scales;
                 L.group = g;
@@ -88,9 +63,9 @@ static void test_linear(void) {
         static float bw[BR * BC], bx[BT * BC], by[BT * BR], b1[BT * BR];
         static uint8_t bp[BR * BC / 2];
         static float bs[BR * 3];
-        fill(bw, BR * BC, &s, 1.0);
-        fill(bx, BT * BC, &s, 1.0);
-        q4_quant_seg(bw, BR, BC, 1, 128, bp, bs);
+        uq_test_fill(bw, BR * BC, &s, 1.0);
+        uq_test_fill(bx, BT * BC, &s, 1.0);
+        uq_test_q4_quant_seg(bw, BR, BC, 1, 128, bp, bs);
         uq_linear BL[2] = {{.kind = UQ_W_F32, .rows = BR, .cols = BC, .w = bw},
                            {.kind = UQ_W_Q4, .rows = BR, .cols = BC, .packed = bp, .scales = bs, .group = 128,
                             .scale_cols = 3}};
@@ -141,22 +116,22 @@ static uq_linear lin(const float *w, int64_t rows, int64_t cols, const float *b)
 
 static void tiny_build(tiny *m) {
     unsigned long long s = 7;
-    fill(m->emb, V * H, &s, 1.0);
-    fill(m->head, V * H, &s, 0.5);
+    uq_test_fill(m->emb, V * H, &s, 1.0);
+    uq_test_fill(m->head, V * H, &s, 0.5);
     for (int i = 0; i < H; i++) m->fnorm[i] = 1.0f + 0.1f * (float)uq_test_rand(&s);
     for (int l = 0; l < NL; l++) {
         for (int i = 0; i < H; i++) {
             m->an[l][i] = 1.0f + 0.1f * (float)uq_test_rand(&s);
             m->mn[l][i] = 1.0f + 0.1f * (float)uq_test_rand(&s);
         }
-        fill(m->q[l], NH * D * H, &s, 0.4);
-        fill(m->k[l], NKV * D * H, &s, 0.4);
-        fill(m->v[l], NKV * D * H, &s, 0.4);
-        fill(m->o[l], H * NH * D, &s, 0.3);
-        fill(m->qb[l], NH * D, &s, 0.1);
-        fill(m->g[l], I * H, &s, 0.4);
-        fill(m->u[l], I * H, &s, 0.4);
-        fill(m->dn[l], H * I, &s, 0.3);
+        uq_test_fill(m->q[l], NH * D * H, &s, 0.4);
+        uq_test_fill(m->k[l], NKV * D * H, &s, 0.4);
+        uq_test_fill(m->v[l], NKV * D * H, &s, 0.4);
+        uq_test_fill(m->o[l], H * NH * D, &s, 0.3);
+        uq_test_fill(m->qb[l], NH * D, &s, 0.1);
+        uq_test_fill(m->g[l], I * H, &s, 0.4);
+        uq_test_fill(m->u[l], I * H, &s, 0.4);
+        uq_test_fill(m->dn[l], H * I, &s, 0.3);
         for (int gh = 0; gh < NKV; gh++)
             for (int j = 0; j < D / 2; j++) m->fmap[l][gh * D / 2 + j] = (j * 3 + gh + l) % (D / 2);
         uq_tf_layer_weights *w = &m->lw[l];
@@ -370,9 +345,9 @@ static void test_kernel_paths(void) {
     static uint8_t packed[R * (C / 2)];
     static float scales[R * 64];
     unsigned long long s = 7;
-    fill(W, R * C, &s, 1.0);
-    fill(b, R, &s, 0.5);
-    fill(x, TMAX * C, &s, 1.0);
+    uq_test_fill(W, R * C, &s, 1.0);
+    uq_test_fill(b, R, &s, 0.5);
+    uq_test_fill(x, TMAX * C, &s, 1.0);
     CHECK_STATUS(uq_convert_f32_to_f16(W, R * C, W16), UQ_OK);
     CHECK_STATUS(uq_convert_f16_to_f32(W16, R * C, Wr), UQ_OK);
     const int64_t cases[][5] = {/* nseg_out, keep_out, nseg_in, keep_in, group */
@@ -385,7 +360,7 @@ static void test_kernel_paths(void) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const int64_t nso = cases[ci][0], ko = cases[ci][1], nsi = cases[ci][2], ki = cases[ci][3], g = cases[ci][4];
         const int64_t gps = (C / nsi + g - 1) / g;
-        q4_quant_seg(W, R, C, nsi, g, packed, scales);
+        uq_test_q4_quant_seg(W, R, C, nsi, g, packed, scales);
         uq_linear lf = {.kind = UQ_W_F32, .rows = R, .cols = C, .w = W, .bias = b};
         uq_linear lr = {.kind = UQ_W_F32, .rows = R, .cols = C, .w = Wr, .bias = b};
         uq_linear lh = {.kind = UQ_W_F16, .rows = R, .cols = C, .w16 = W16, .bias = b};
