@@ -489,7 +489,8 @@ int uq_kernels_threads(void);
  * time / 1e9. */
 uq_status uq_bench_read_bw(size_t bytes, int reps, int nthreads, double *gbps);
 /* Arithmetic peak of one register-only loop per thread (12 independent accumulators): which = 0 fp32 FMA
- * (AVX-512 or AVX2), 1 int8 vpdpbusd (AVX-512 VNNI); *gmacs = multiply-adds per second / 1e9 over nthreads.
+ * (AVX-512 or AVX2), 1 int8 dot products (vpdpbusd with AVX-512 VNNI, else AVX2 vpmaddubsw: 32 u8 x s8
+ * products summed in int16 pairs, its widening not counted); *gmacs = multiply-adds per second / 1e9 over nthreads.
  * UQ_ERR_UNSUPPORTED when the CPU lacks the instructions. */
 uq_status uq_bench_peak(int which, int nthreads, double *gmacs);
 /* Best time of uq_linear_forward(L, x, T, segments, keeps, y) over reps calls (y caller-allocated). */

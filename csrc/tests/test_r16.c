@@ -204,7 +204,45 @@ static void test_r16_truncated(void) {
     free_pair(&full);
 }
 
+/* The largest int8 partial sums the kernels can meet: every code 15 (w = +1) against |xq| = 127 of one sign
+ * (the AVX2 kernel adds 4 chunks of vpmaddubsw pair sums in int16: 4 * 4 * 15 * 127 = 30480 must not wrap).
+ * Every path equals ref bit for bit, and ref equals the float64 twin (W4A8 is exact here: xq = +-127 = x / xs). */
+static void test_r16_extremes(void) {
+    enum { R = 32, C = 512, G = 128, T = 5 };
+    static float W[R * C], x[T * C], yref[T * R], y[T * R], y64[T * R];
+    for (int64_t i = 0; i < R * C; i++) W[i] = 1.0f;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t c = 0; c < C; c++) x[t * C + c] = (t & 1) ? -1.0f : 1.0f;
+    q4pair q;
+    CHECK(make_pair(W, R, C, 1, 1, G, NULL, &q) == 0, "extremes: setup");
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    for (int act = 0; act < 2; act++) {
+        uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32);
+        uq_kernels_set("ref");
+        CHECK_STATUS(uq_linear_forward(&q.r16, x, T, 1, R, 1, C, yref), UQ_OK);
+        CHECK_STATUS(uq_linear_forward_ref(&q.r16, x, T, 1, R, 1, C, y64), UQ_OK);
+        int ok = 1;
+        for (int64_t i = 0; i < T * R; i++) ok &= fabs(yref[i] - y64[i]) <= 1e-5 * fabs(y64[i]) && fabs(y64[i]) > C / 2;
+        CHECK(ok, "extremes act %d: ref y %g, float64 twin %g", act, (double)yref[0], (double)y64[0]);
+        for (size_t pi = 1; pi < 3; pi++) {
+            int av = 0;
+            uq_kernels_available(paths[pi], &av);
+            if (!av) continue;
+            uq_kernels_set(paths[pi]);
+            for (int64_t T1 = 1; T1 <= T; T1 += T - 1) {
+                CHECK_STATUS(uq_linear_forward(&q.r16, x, T1, 1, R, 1, C, y), UQ_OK);
+                CHECK(memcmp(y, yref, (size_t)(T1 * R) * sizeof(float)) == 0, "extremes act %d T %d path %s: differs",
+                      act, (int)T1, paths[pi]);
+            }
+        }
+    }
+    uq_kernels_set("auto");
+    uq_kernels_set_q4_act(UQ_Q4_ACT_FP32);
+    free_pair(&q);
+}
+
 void test_r16(void) {
     test_r16_paths();
+    test_r16_extremes();
     test_r16_truncated();
 }

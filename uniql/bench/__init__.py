@@ -3,7 +3,7 @@
 What is measured (every number is the best of ``repeats`` runs on a machine that may be shared: the load
 average is recorded next to it):
 
-* the machine: read bandwidth (a streaming vector sum over 1 GiB, C), fp32 FMA and int8 VNNI arithmetic
+* the machine: read bandwidth (a streaming vector sum over 1 GiB, C), fp32 FMA and int8 (VNNI or AVX2) arithmetic
   peaks (register-only loops, C), the kernel path and thread count;
 * model runs: a Llama-3.1-8B-shaped decoder-layer stack (``--layers`` layers of hidden 4096 / intermediate
   14336 / 32 heads / 8 KV heads / head dim 128, random weights, small vocabulary) with per-token times scaled
@@ -709,7 +709,7 @@ def format_report(rep: dict[str, Any]) -> str:
              f"load avg: {m['load_before']} -> {rep.get('load_end')}",
              f"read bandwidth {m['read_gbps']:.1f} GB/s ({m['read_gbps_1t']:.1f} on 1 thread)   "
              f"peaks: fp32 FMA {_f(m.get('fp32_peak_gmacs'), '{:.0f}')} G MAC/s, "
-             f"int8 VNNI {_f(m.get('int8_peak_gmacs'), '{:.0f}')} G MAC/s", ""]
+             f"int8 {'VNNI' if m.get('avx512') else 'vpmaddubsw'} {_f(m.get('int8_peak_gmacs'), '{:.0f}')} G MAC/s", ""]
     hdr = (f"{'model':<14}{'kind':<8}{'rate':>5}{'dec tok/s':>10}{'pre tok/s':>10}{'TTFT s':>8}{'MB':>8}"
            f"{'GB/s':>7}{'%bw':>6}{'x r0':>6}{'x fp32':>7}{'x fp16':>7}{'x torch':>8}{'x llama':>8}{'%peak':>7}")
     lines.append(hdr)
