@@ -8,6 +8,9 @@
  *   int4, int8 act:   isum = sum over 64-column blocks of vpmaddubsw(u8 codes, s8 xq) widened by vpmaddwd,
  *                     - 8 * sum(xq) (exact), then tot = tot + (float)isum * (ws * xs) (bit-identical to ref).
  * The fp32 GEMM kernel (T > 4) takes 4 rows x 2 tokens of accumulators at a time over packed panels.
+ *   int4 R16, fp32 act: per (row, token, group) gs = fma chain of (float)(q - 8) * x[c] in column order,
+ *                     tot = fma(gs, scale, tot) (bit-identical to ref); T >= 3 converts each block's group once
+ *                     into an fp32 panel and runs 16 rows x 3..6 tokens of accumulators over it.
  */
 #include <string.h>
 
@@ -425,8 +428,114 @@ static UQ_T2I void r16q_t(const uint8_t *const *wb, const float *const *sb, cons
                 _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
 }
 
+/* Prefill (T >= R16_PANEL_T): per group and block, the codes of up to R16_PC columns are converted once into an
+ * fp32 panel p[c * 16 + l] = q[l][c] - 8 (exact), and a 16-row x NT-token micro-kernel (2 x NT accumulators,
+ * broadcast x[t][c], columns in order) reuses it from L1 for every token of the call: the same FMA chain per
+ * (row, token, group) as r16f_t. A group longer than R16_PC columns continues its chains across pieces through
+ * gsb (exact: the partial sums are stored, not rounded again). */
+#define R16_PANEL_T 3   /* fewest tokens that take the panel path (measured: T = 2 is faster without) */
+#define R16_PC 128      /* panel columns (8 KiB) */
+#define R16_TS 64       /* tokens per pass (rows of gsb) */
+
+/* Columns [0, n) of one block's group from its chunks at w (n <= R16_PC; a cut chunk converts its nm columns). */
+static UQ_T2I void r16_panel(const uint8_t *w, int64_t n, float *p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t c = 0; c < n; c += 8) {
+        const int nm = n - c < 8 ? (int)(n - c) : 8;
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + c * 8 + 32 * h));
+            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (nm == 8) {
+                #pragma GCC unroll 8
+                for (int m = 0; m < 8; m++) _mm256_storeu_ps(p + (c + m) * 16 + 8 * h, r16_col(m < 4 ? lo : hi, m & 3));
+            } else {
+                for (int m = 0; m < nm; m++) _mm256_storeu_ps(p + (c + m) * 16 + 8 * h, r16_col(m < 4 ? lo : hi, m & 3));
+            }
+        }
+    }
+}
+
+/* NT tokens x 16 rows over panel columns [0, n): gs continues from gsb (first: from 0); last: tot = fma(gs, s,
+ * tot) into out, else gs back to gsb (gsb[t * 16 + l]). */
+static UQ_T2I void r16_mk(const float *p, int64_t n, const float *x, int64_t ldx, float *gsb, int first, int last,
+                          const float *s, float *out, int64_t ldo, const int NT) {
+    __m256 a0[6], a1[6];
+    #pragma GCC unroll 6
+    for (int t = 0; t < NT; t++) {
+        a0[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(gsb + 16 * t);
+        a1[t] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(gsb + 16 * t + 8);
+    }
+    #pragma GCC unroll 2
+    for (int64_t c = 0; c < n; c++) {
+        const __m256 w0 = _mm256_loadu_ps(p + 16 * c), w1 = _mm256_loadu_ps(p + 16 * c + 8);
+        #pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            const __m256 xb = _mm256_broadcast_ss(x + t * ldx + c);
+            a0[t] = _mm256_fmadd_ps(w0, xb, a0[t]);
+            a1[t] = _mm256_fmadd_ps(w1, xb, a1[t]);
+        }
+    }
+    if (last) {
+        const __m256 s0 = _mm256_loadu_ps(s), s1 = _mm256_loadu_ps(s + 8);
+        #pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            _mm256_storeu_ps(out + t * ldo, _mm256_fmadd_ps(a0[t], s0, _mm256_loadu_ps(out + t * ldo)));
+            _mm256_storeu_ps(out + t * ldo + 8, _mm256_fmadd_ps(a1[t], s1, _mm256_loadu_ps(out + t * ldo + 8)));
+        }
+    } else {
+        #pragma GCC unroll 6
+        for (int t = 0; t < NT; t++) {
+            _mm256_storeu_ps(gsb + 16 * t, a0[t]);
+            _mm256_storeu_ps(gsb + 16 * t + 8, a1[t]);
+        }
+    }
+}
+
+/* R16_PANEL_T <= T <= R16_TS tokens: groups outer (a group's activations stay in cache across the nb blocks),
+ * token tiles of 3..6 (T split evenly into ceil(T / 6) tiles). */
+UQ_T2 static void r16_f32_panel(const uint8_t *const *wb, const float *const *sb, int nb, const float *x,
+                                int64_t ldx, int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    float p[R16_PC * 16], gsb[R16_TS * 16];
+    const int64_t ntile = (T + 5) / 6;
+    for (int64_t t = 0; t < T; t++) memset(out + t * ldo, 0, (size_t)(16 * nb) * sizeof(float));
+    for (int64_t k = 0; k < ng; k++) {
+        const int64_t n = g[k].n, w0 = g[k].wcol * 64;
+        for (int i = 0; i < nb; i++) {
+            const float *s = sb[i] + g[k].scol * 16;
+            for (int64_t c0 = 0; c0 < n; c0 += R16_PC) {
+                const int64_t pn = n - c0 < R16_PC ? n - c0 : R16_PC;
+                const int first = c0 == 0, last = c0 + pn == n;
+                r16_panel(wb[i] + w0 + c0 * 8, pn, p);
+                const float *xk = x + g[k].xcol + c0;
+                for (int64_t j = 0, t0 = 0; j < ntile; j++) {
+                    const int nt = (int)(T / ntile + (j < T % ntile));
+                    const float *xt = xk + t0 * ldx;
+                    float *o = out + t0 * ldo + 16 * i, *gt = gsb + 16 * t0;
+                    switch (nt) {
+                    case 6: r16_mk(p, pn, xt, ldx, gt, first, last, s, o, ldo, 6); break;
+                    case 5: r16_mk(p, pn, xt, ldx, gt, first, last, s, o, ldo, 5); break;
+                    case 4: r16_mk(p, pn, xt, ldx, gt, first, last, s, o, ldo, 4); break;
+                    default: r16_mk(p, pn, xt, ldx, gt, first, last, s, o, ldo, 3); break; /* T >= 3: nt >= 3 */
+                    }
+                    t0 += nt;
+                }
+            }
+        }
+    }
+}
+
 UQ_T2 static void r16_f32(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
                           int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    if (T >= R16_PANEL_T) { /* passes of <= R16_TS tokens, split evenly (each >= R16_TS / 2) */
+        const int64_t npass = (T + R16_TS - 1) / R16_TS;
+        for (int64_t j = 0, t0 = 0; j < npass; j++) {
+            const int64_t tn = T / npass + (j < T % npass);
+            r16_f32_panel(wb, sb, nb, x + t0 * ldx, ldx, tn, g, ng, out + t0 * ldo, ldo);
+            t0 += tn;
+        }
+        return;
+    }
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
         const float *xt = x + t0 * ldx;

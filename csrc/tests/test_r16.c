@@ -4,6 +4,8 @@
  * token at a time = T tokens = 1 thread, a truncated stored weight = the full weight at that keep, and statuses. */
 #include "test.h"
 
+#include "../kernels/kernels.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -241,8 +243,63 @@ static void test_r16_extremes(void) {
     free_pair(&q);
 }
 
+/* The R16 fp32 kernels called directly (linear_r16 passes at most 64 tokens, groups of the runtime's shapes):
+ * every path's r16_f32 equals the ref kernel bit for bit for T = 1..14 (every token tiling of the prefill
+ * kernels), T > 64 (several passes), 1 / 3 / 8 row blocks, groups longer than a 128-column panel (pieces of
+ * 128, 128, 8 and 128, 68 with a cut chunk) and a short last group, over two input segments. */
+static void test_r16_kernel_direct(void) {
+    enum { R = 128, NSI = 2, SEG = 600, C = NSI * SEG, G = 264, KI = 460, TMAX = 130 };
+    const int64_t gps = (SEG + G - 1) / G, per = (KI + G - 1) / G, ng = NSI * per, cc = (SEG + 7) / 8;
+    const int64_t bbytes = NSI * cc * 64, ldx = NSI * KI, ldo = 16 * UQ_K_R16_NB;
+    static float W[R * C], x[TMAX * NSI * KI], yref[TMAX * 16 * UQ_K_R16_NB], y[TMAX * 16 * UQ_K_R16_NB];
+    unsigned long long seed = 11;
+    uq_test_fill(W, R * C, &seed, 1.0);
+    uq_test_fill(x, TMAX * ldx, &seed, 1.0);
+    q4pair q;
+    CHECK(make_pair(W, R, C, 1, NSI, G, NULL, &q) == 0, "direct: setup");
+    uq_k_chunk gr[NSI * 3];
+    for (int64_t si = 0, k = 0; si < NSI; si++)
+        for (int64_t g0 = 0; g0 < KI; g0 += G, k++)
+            gr[k] = (uq_k_chunk){.wcol = si * cc + g0 / 8, .xcol = si * KI + g0, .n = KI - g0 < G ? KI - g0 : G,
+                                 .scol = si * gps + g0 / G, .xq = 0};
+    const uint8_t *wb[UQ_K_R16_NB];
+    const float *sb[UQ_K_R16_NB];
+    for (int i = 0; i < UQ_K_R16_NB; i++) {
+        wb[i] = q.pr + i * bbytes;
+        sb[i] = q.sr + i * gps * NSI * 16;
+    }
+    const uq_kpath *paths[] = {
+        &uq_kpath_ref,
+#ifdef UQ_K_X86
+        &uq_kpath_avx2, &uq_kpath_avx512,
+#endif
+    };
+    const int64_t Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 64, 65, 130};
+    const int nbs[] = {1, 3, UQ_K_R16_NB};
+    for (size_t pi = 0; pi < sizeof paths / sizeof paths[0]; pi++) {
+        int av = 0;
+        uq_kernels_available(paths[pi]->name, &av);
+        if (!av || !paths[pi]->r16_f32) continue;
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
+            for (size_t bi = 0; bi < sizeof nbs / sizeof nbs[0]; bi++) {
+                const int64_t T = Ts[ti];
+                const int nb = nbs[bi];
+                memset(yref, 0, sizeof yref);
+                memset(y, 0, sizeof y);
+                uq_k_r16_f32_ref(wb, sb, nb, x, ldx, T, gr, ng, yref, ldo);
+                paths[pi]->r16_f32(wb, sb, nb, x, ldx, T, gr, ng, y, ldo);
+                int same = 1;
+                for (int64_t t = 0; t < T; t++)
+                    same &= memcmp(y + t * ldo, yref + t * ldo, (size_t)(16 * nb) * sizeof(float)) == 0;
+                CHECK(same, "direct path %s T %lld nb %d: differs from ref", paths[pi]->name, (long long)T, nb);
+            }
+    }
+    free_pair(&q);
+}
+
 void test_r16(void) {
     test_r16_paths();
     test_r16_extremes();
     test_r16_truncated();
+    test_r16_kernel_direct();
 }
