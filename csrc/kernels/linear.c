@@ -349,8 +349,8 @@ const uq_kpath uq_kpath_ref = {
 
 #define UQ_R16_TB 64 /* tokens per kernel call (bounds the per-thread output scratch) */
 
-/* y = x W_sel^T (+ b) on an R16 weight: one task per UQ_K_R16_NB kept row blocks (a block of a segment whose
- * keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming its blocks'
+/* y = x W_sel^T (+ b) on an R16 weight: one task per range of <= UQ_K_R16_NB kept row blocks (a block of a
+ * segment whose keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming its blocks'
  * kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
  * per token and group in natural column order (groups padded to 8 with zeros). */
 static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
@@ -359,7 +359,7 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
     const int64_t gps = (seg_in + g - 1) / g, rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
     const int64_t bbytes = nseg_in * cc * 64, sstride = L->scale_cols * 16;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, kb = (keep_out + 15) / 16;
-    const int64_t nbt = nseg_out * kb, ntask = (nbt + UQ_K_R16_NB - 1) / UQ_K_R16_NB;
+    const int64_t nbt = nseg_out * kb;
     const int64_t per = (keep_in + g - 1) / g, ng = nseg_in * per;
     const float *b = L->bias;
     uq_k_chunk *gr = NULL;
@@ -383,6 +383,12 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
         ldq = (off + 63) / 64 * 64;
     }
     const int nth = par_threads(nout * nin * T);
+    /* tasks: a multiple of the thread count, block ranges of equal size (+-1), at most 4 blocks each for
+     * decode (T < 8: small linears of a pruned model still split evenly, e.g. 40 blocks = 10 x 4 on 2
+     * threads, not 5 x 8) and UQ_K_R16_NB for prefill (each task re-reads the activations) */
+    const int64_t per_task = T < 8 ? 4 : UQ_K_R16_NB;
+    int64_t ntask = (int64_t)nth * ((nbt + (int64_t)nth * per_task - 1) / ((int64_t)nth * per_task));
+    if (ntask > nbt) ntask = nbt;
     const int64_t TB = T < UQ_R16_TB ? T : UQ_R16_TB, ldo = 16 * UQ_K_R16_NB;
     if ((st = uq_alloc((size_t)nth * (size_t)(TB * ldo) * sizeof(float), (void **)&scratch)) != UQ_OK) goto done;
     if (q8) {
@@ -395,7 +401,7 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
     }
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
     for (int64_t task = 0; task < ntask; task++) {
-        const int64_t j0 = task * UQ_K_R16_NB, nb = nbt - j0 < UQ_K_R16_NB ? nbt - j0 : UQ_K_R16_NB;
+        const int64_t j0 = task * nbt / ntask, nb = (task + 1) * nbt / ntask - j0; /* <= UQ_K_R16_NB */
         const uint8_t *wb[UQ_K_R16_NB];
         const float *sb[UQ_K_R16_NB];
         for (int64_t i = 0; i < nb; i++) {
