@@ -323,3 +323,71 @@ def test_gptq_in_row_chunks_equals_one_call(monkeypatch):
     a, b = cm._gptq(W, H, 16, 0.01), quantize_gptq(W, H, group=16, damp=0.01)
     np.testing.assert_array_equal(a.packed, b.packed)
     np.testing.assert_array_equal(a.scales, b.scales)
+
+
+def test_int4_artifact_does_not_depend_on_activation_mode(tmp_path, llama):
+    """GPTQ's quantized stream runs through int4 linears: compress pins fp32 activations, so an artifact made
+    while the process default is W4A8 (int8 activations) equals the fixture's byte for byte, and the caller's
+    mode is restored afterwards."""
+    import uniql
+    from uniql import _C
+
+    src, _, _, q = llama
+    with uniql.int4_activations("int8"):
+        again = _compress(src, tmp_path / "int4-a8-default", quantize=True)
+        assert _C.kernels_info()["q4_act"] == "int8"
+    for name in [layer_file(i) for i in range(3)] + [REST_FILE]:
+        assert (again / name).read_bytes() == (q / name).read_bytes(), name
+
+
+def test_int4_activation_modes_at_runtime(llama):
+    """W4A8 (int8 activations) stays within a few percent of W4A32 on the int4 artifact's logits; the mode API
+    validates its argument and restores the previous mode on an exception."""
+    import uniql
+    from uniql import _C
+    from uniql.errors import InvalidArgumentError
+
+    _, _, _, q = llama
+    ids = np.random.default_rng(3).integers(0, VOCAB, 24).astype(np.int32)
+    out = {}
+    for mode in ("fp32", "int8"):
+        with uniql.int4_activations(mode) as now:
+            assert now == mode
+            m = uniql.load(q, rate=0.15)
+            out[mode] = m.forward(ids).copy()
+    assert 0 < _rel(out["int8"], out["fp32"]) < 0.05
+    before = _C.kernels_info()["q4_act"]
+    with pytest.raises(InvalidArgumentError, match="int4 activations"):
+        uniql.set_int4_activations("int4")
+    with pytest.raises(RuntimeError):
+        with uniql.int4_activations("fp32" if before == "int8" else "int8"):
+            raise RuntimeError("boom")
+    assert _C.kernels_info()["q4_act"] == before
+    info = _C.kernels_info()
+    with uniql.int4_activations("auto") as now:
+        assert now == ("int8" if info["avx2"] or info["avx512"] else "fp32")
+
+
+def test_cli_ppl_int4_activations(tmp_path, llama, capsys):
+    """``uniql ppl --int4-activations fp32|int8`` on the int4 artifact: both finite, not equal (W4A8 quantizes the
+    activations), within a few percent of each other."""
+    import shutil
+
+    from uniql import _C
+    from uniql.cli import main
+
+    art = tmp_path / "art"
+    shutil.copytree(llama[3], art)
+    words = _word_tokenizer(art)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(np.random.default_rng(9).choice(words, size=200)))
+    before = _C.kernels_info()["q4_act"]
+    ppl = {}
+    try:
+        for mode in ("fp32", "int8"):
+            assert main(["ppl", str(art), "--file", str(text), "--window", "64", "--int4-activations", mode]) == 0
+            ppl[mode] = float(capsys.readouterr().out.split()[1])
+    finally:
+        _C.kernels_set_q4_act(before)
+    assert all(np.isfinite(v) for v in ppl.values()) and ppl["fp32"] != ppl["int8"]
+    assert abs(ppl["int8"] / ppl["fp32"] - 1) < 0.05

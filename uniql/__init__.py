@@ -14,5 +14,7 @@ from uniql.compress import compress  # noqa: E402  (HF directory -> elastic arti
 #                                      submodule attribute: use importlib.import_module("uniql.compress") for it)
 from uniql.finetune import finetune  # noqa: E402  (masked LoRA recovery of an unquantized artifact; needs torch)
 from uniql.requantize import quantize_artifact  # noqa: E402  (GPTQ int4 of an unquantized artifact)
+from uniql.runtime import int4_activations, set_int4_activations  # noqa: E402  (W4A8 / W4A32, process-wide)
 
-__all__ = ["__version__", "compress", "finetune", "load", "quantize_artifact", *_errors_all]
+__all__ = ["__version__", "compress", "finetune", "int4_activations", "load", "quantize_artifact",
+           "set_int4_activations", *_errors_all]

@@ -81,6 +81,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_int4_activations(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--int4-activations", choices=("auto", "fp32", "int8"), default=None, metavar="MODE",
+                   help="activations of int4 linears: int8 (W4A8, fast), fp32 (W4A32, exact) or auto (int8 where "
+                        "the CPU has int8 dot products; the default, also UNIQL_Q4_ACT)")
+
+
 # ------------------------------------------------------------------------------------------ generate ----
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -93,6 +99,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass in (0, 1] (1)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (0)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
+    _add_int4_activations(p)
     p.set_defaults(func=_cmd_generate)
 
 
@@ -124,6 +131,7 @@ def _add_ppl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
                    help="score the first N tokens of the text (4096)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
+    _add_int4_activations(p)
     p.set_defaults(func=_cmd_ppl)
 
 
@@ -301,6 +309,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="first N documents per task")
     p.add_argument("--max-seq", type=_positive_int, default=1024, metavar="N", help="KV cache length (1024)")
     p.add_argument("--json", type=Path, default=None, metavar="F", help="write the results as JSON")
+    _add_int4_activations(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -398,6 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(2 if args.debug else args.verbose)
     try:
+        if getattr(args, "int4_activations", None):
+            from uniql.runtime import set_int4_activations
+
+            set_int4_activations(args.int4_activations)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.debug:

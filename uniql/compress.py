@@ -49,7 +49,7 @@ from uniql.errors import (FormatError, InvalidArgumentError, RangeError, UniqlEr
                           UnsupportedError)
 from uniql.linalg import Covariance
 from uniql.quant import quantize_gptq, quantize_rtn
-from uniql.runtime import Model
+from uniql.runtime import Model, exact_int4
 from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
 log = logging.getLogger(__name__)
@@ -518,6 +518,7 @@ def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, 
 
 # --------------------------------------------------------------------------------- compress ----
 
+@exact_int4
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
              num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",

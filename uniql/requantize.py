@@ -30,10 +30,12 @@ from uniql.compress import (CompressOptions, OutputExistsError, _f16_scales, _gp
 from uniql.errors import InvalidArgumentError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_rtn
+from uniql.runtime import exact_int4
 
 log = logging.getLogger(__name__)
 
 
+@exact_int4
 def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                       calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
                       overwrite: bool = False, progress: bool = True) -> Path:

@@ -20,10 +20,12 @@ keeps only that copy; the embedding stays row-major (its gather reads rows).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -33,7 +35,49 @@ from uniql.errors import (DTypeError, FormatError, InvalidArgumentError, RangeEr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransformerConfig", "Model", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["TransformerConfig", "Model", "SUPPORTED_MODEL_TYPES", "int4_activations", "set_int4_activations"]
+
+INT4_ACTIVATIONS = ("auto", "fp32", "int8")
+
+
+def set_int4_activations(mode: str) -> str:
+    """Sets how int4 linears treat their activations, process-wide (every model, every thread); returns the
+    mode now in force ("fp32" or "int8").
+
+    "int8" (W4A8): each token's activations are quantized to int8 per weight group and multiplied with integer
+    dot products -- 2-4x faster on CPUs with AVX2 or AVX-512 VNNI, at ~0.3-1% relative error on each linear's
+    output (SmolLM2-135M perplexity +1.3% at rate 0). "fp32" (W4A32): exact fp32 activations, the paper's
+    setting. "auto" (the default, also ``UNIQL_Q4_ACT``): int8 where the CPU has int8 dot products, else fp32.
+    Change it only while no forward pass runs. Compression always runs fp32 (:func:`exact_int4`)."""
+    if mode not in INT4_ACTIVATIONS:
+        raise InvalidArgumentError(f"int4 activations must be one of {', '.join(INT4_ACTIVATIONS)}, got {mode!r}")
+    _C.kernels_set_q4_act(mode)
+    return str(_C.kernels_info()["q4_act"])
+
+
+@contextlib.contextmanager
+def int4_activations(mode: str) -> Iterator[str]:
+    """``with int4_activations("fp32"): ...`` -- :func:`set_int4_activations` inside the block, the previous mode
+    restored after it (also on an exception)."""
+    prev = str(_C.kernels_info()["q4_act"])
+    try:
+        yield set_int4_activations(mode)
+    finally:
+        _C.kernels_set_q4_act(prev)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def exact_int4(fn: _F) -> _F:
+    """Runs ``fn`` with fp32 activations in int4 linears: what compression computes through quantized layers
+    (GPTQ's quantized stream) must not depend on the CPU it runs on."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with int4_activations("fp32"):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
 
 SUPPORTED_MODEL_TYPES = {"llama": 0, "qwen2": 1}
 _ROPE_TYPES = {"default": 0, "llama3": 1}

@@ -442,7 +442,8 @@ double uq_rng_uniform(uint64_t *rng);
  * "auto" takes the best the CPU has. Environment, read at the first kernel use (uq_kernels_init):
  *   UNIQL_KERNELS=auto|ref|avx2|avx512   (a path the CPU lacks or an unknown name is an error returned by
  *                                        uq_kernels_init, hence by uq_tf_model_init / uq_linear_forward)
- *   UNIQL_Q4_ACT=fp32|int8               activations of int4 linears (default fp32, see below)
+ *   UNIQL_Q4_ACT=auto|fp32|int8          activations of int4 linears (auto, the default: int8 where the CPU has
+ *                                        int8 dot products, AVX2 or AVX-512 VNNI, else fp32; see below)
  *   UNIQL_NUM_THREADS=n                  OpenMP threads of the kernels (default omp_get_max_threads());
  *                                        when given, OpenBLAS is set to the same count.
  * Numerics per path (each output element's operations depend only on its own row and token, so the
@@ -450,21 +451,22 @@ double uq_rng_uniform(uint64_t *rng);
  *   fp32 / fp16 weights: dot over the selected columns with V lanes (ref 8 mul+add, avx2 8 FMA, avx512 16
  *     FMA; lane l takes columns = l mod V of each segment, in order), lanes reduced by a fixed tree, + bias.
  *     fp16 weights are converted exactly (F16C) before the multiply.
- *   int4, fp32 activations (W4A32, default): ref = per group dot of (q - 8) with x, times the scale;
+ *   int4, fp32 activations (W4A32, the default on CPUs without AVX2): ref = per group dot of (q - 8) with x, times the scale;
  *     avx2/avx512 = the fp32 dot above on fl((q - 8) * scale) with columns taken in pieces of 2V
  *     (lane l: column 2l then 2l + 1 of the piece).
- *   int4, int8 activations (W4A8, UQ_Q4_ACT_INT8): per token and group (the weight's groups inside each kept
+ *   int4, int8 activations (W4A8, UQ_Q4_ACT_INT8, the default on AVX2 / AVX-512 CPUs): per token and group (the weight's groups inside each kept
  *     segment), xs = max|x| / 127, xq = rint(x * (127 / max|x|)) (int8, 0 when max|x| = 0);
  *     isum = sum (q - 8) xq exactly in int32; y = sum over groups in order of (float)isum * (ws * xs), + bias.
  *     Integer sums make this bit-identical on every path (ref, avx2 maddubs, avx512 vpdpbusd).
  *   int4 in the R16 kernel layout (the runtime's transformer linears): fp32 activations per group with FMA
  *     (see UQ_Q4_R16 above), bit-identical on every path; int8 activations as W4A8 above.
- * W4A8 trades ~0.3-1% relative error on the linear outputs for 2-4x cheaper int4 arithmetic (llama.cpp's
- * Q4_0 x Q8_0 does the same); it is not the default because the paper's numbers are W4A16 and the
- * runtime's tests compare int4 against fp32 on the dequantized weights at 1e-5.
+ * W4A8 trades ~0.3-1% relative error on the linear outputs (SmolLM2-135M int4 perplexity +1.3% at rate 0,
+ * +3-4% at 15-35%) for 2-4x cheaper int4 arithmetic (llama.cpp's Q4_0 x Q8_0 does the same). W4A32 is the exact
+ * mode (the paper's numbers are W4A16): uniql.compress / quantize_artifact / finetune always run it, so
+ * artifacts do not depend on the CPU; pick it for inference with UNIQL_Q4_ACT=fp32 or uq_kernels_set_q4_act.
  * These settings are process-wide: change them only while no forward pass runs.
  */
-typedef enum { UQ_Q4_ACT_FP32 = 0, UQ_Q4_ACT_INT8 = 1 } uq_q4_act;
+typedef enum { UQ_Q4_ACT_FP32 = 0, UQ_Q4_ACT_INT8 = 1, UQ_Q4_ACT_AUTO = 2 /* setter only */ } uq_q4_act;
 
 /* Reads the environment once (later calls return the first result). UQ_ERR_ARG: unknown UNIQL_KERNELS /
  * UNIQL_Q4_ACT value or bad UNIQL_NUM_THREADS (naming the variable and value); UQ_ERR_UNSUPPORTED: the
@@ -476,7 +478,8 @@ uq_status uq_kernels_set(const char *name);
 const char *uq_kernels_name(void);
 /* *out = 1 when the CPU (and OS) support the path, else 0. UQ_ERR_ARG on an unknown name. */
 uq_status uq_kernels_available(const char *name, int *out);
-/* Activation mode of int4 linears (uq_q4_act). UQ_ERR_ARG on another value. */
+/* Activation mode of int4 linears (uq_q4_act; AUTO picks the CPU's default, the getter returns FP32 or INT8).
+ * UQ_ERR_ARG on another value. */
 uq_status uq_kernels_set_q4_act(int mode);
 int uq_kernels_q4_act(void);
 /* Threads used by the kernels (n >= 1; also sets OpenBLAS' count). UQ_ERR_ARG when n < 1. */

@@ -75,6 +75,11 @@ static int default_threads(void) {
 }
 
 /* Reads the environment; the first failure is remembered and returned by every later uq_kernels_init. */
+/* The default activation mode of int4 linears: int8 where the CPU has int8 dot products (AVX2 vpmaddubsw,
+ * AVX-512 VNNI), fp32 otherwise. It depends on the CPU, not on the forced path, so UNIQL_KERNELS=ref on an AVX2
+ * machine computes the same W4A8 logits as the avx2 path. */
+static int auto_q4_act(void) { return cpu_has("avx2") || cpu_has("avx512") ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32; }
+
 static uq_status init_from_env(void) {
     g_path = best_path();
     g_threads = default_threads();
@@ -89,14 +94,15 @@ static uq_status init_from_env(void) {
             g_path = path_by_name(k);
         }
     }
+    g_q4_act = auto_q4_act();
     const char *a = getenv("UNIQL_Q4_ACT");
     if (a && *a) {
         if (!strcmp(a, "fp32"))
             g_q4_act = UQ_Q4_ACT_FP32;
         else if (!strcmp(a, "int8"))
             g_q4_act = UQ_Q4_ACT_INT8;
-        else
-            return uq_set_error(UQ_ERR_ARG, "UNIQL_Q4_ACT='%s' is not one of fp32, int8", a);
+        else if (strcmp(a, "auto"))
+            return uq_set_error(UQ_ERR_ARG, "UNIQL_Q4_ACT='%s' is not one of auto, fp32, int8", a);
     }
     const char *n = getenv("UNIQL_NUM_THREADS");
     if (n && *n) {
@@ -174,11 +180,12 @@ uq_status uq_kernels_available(const char *name, int *out) {
 }
 
 uq_status uq_kernels_set_q4_act(int mode) {
-    if (mode != UQ_Q4_ACT_FP32 && mode != UQ_Q4_ACT_INT8)
-        return uq_set_error(UQ_ERR_ARG, "kernels_set_q4_act: mode %d is not UQ_Q4_ACT_FP32 (0) or UQ_Q4_ACT_INT8 (1)",
-                            mode);
+    if (mode != UQ_Q4_ACT_FP32 && mode != UQ_Q4_ACT_INT8 && mode != UQ_Q4_ACT_AUTO)
+        return uq_set_error(UQ_ERR_ARG,
+                            "kernels_set_q4_act: mode %d is not UQ_Q4_ACT_FP32 (0), UQ_Q4_ACT_INT8 (1) or "
+                            "UQ_Q4_ACT_AUTO (2)", mode);
     (void)uq_kernels_init();
-    g_q4_act = mode;
+    g_q4_act = mode == UQ_Q4_ACT_AUTO ? auto_q4_act() : mode;
     return UQ_OK;
 }
 

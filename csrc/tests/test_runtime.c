@@ -21,7 +21,9 @@ static double max_rel(const float *a, const float *b, int64_t n) {
     return m > 0 ? e / m : e;
 }
 
+/* fp32 activations (W4A32) against the float64 reference; W4A8 is tested in test_r16.c and below */
 static void test_linear(void) {
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_FP32), UQ_OK);
     unsigned long long s = 42;
     enum { ROWS = 30, COLS = 40, T = 5 };
     float W[ROWS * COLS], bias[ROWS], x[T * COLS], y[T * ROWS], yr[T * ROWS], y1[ROWS];
@@ -398,6 +400,10 @@ static void test_kernel_paths(void) {
     CHECK_STATUS(uq_kernels_set("bogus"), UQ_ERR_ARG);
     CHECK(strstr(uq_last_error(), "bogus") != NULL, "kernels_set message: %s", uq_last_error());
     CHECK_STATUS(uq_kernels_set_q4_act(7), UQ_ERR_ARG);
+    /* the default (auto): int8 activations where the CPU has int8 dot products (AVX2 or AVX-512 VNNI) */
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_AUTO), UQ_OK);
+    CHECK(uq_kernels_q4_act() == ((have[1] || have[2]) ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32), "auto q4 act %d",
+          uq_kernels_q4_act());
     CHECK_STATUS(uq_kernels_set_threads(0), UQ_ERR_ARG);
     double gb = 0;
     CHECK_STATUS(uq_bench_read_bw(100, 1, 1, &gb), UQ_ERR_ARG);
