@@ -128,7 +128,12 @@ typedef struct {
     void (*r16_q8)(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                    float *out, int64_t ldo);
+    /* optional: uq_k_q8_quant with cw = 0 (natural column order, what the R16 kernels read), same results */
+    void (*q8_quant0)(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 } uq_kpath;
+
+/* The AVX2 q8_quant0 (x86 builds; also used by the avx512 path: AVX-512 CPUs have AVX2). */
+void uq_k_q8_quant0_avx2(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 
 #define UQ_K_R16_NB 8 /* row blocks per R16 kernel call (128 rows) */
 

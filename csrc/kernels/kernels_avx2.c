@@ -581,6 +581,41 @@ UQ_T2 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int n
     }
 }
 
+/* uq_k_q8_quant, cw = 0, with the same arithmetic: amax by vmaxps (NaN in the first operand yields the second,
+ * so NaN is ignored as in the scalar loop), v = x * (127 / amax), NaN -> 0, clamp to +-127, round half to even
+ * (vcvtps2dq under the default rounding mode = the scalar magic-number rint for |v| <= 127). */
+UQ_T2 void uq_k_q8_quant0_avx2(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs,
+                               int32_t *xsum) {
+    const __m256 sgn = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    for (int64_t k = 0; k < nch; k++) {
+        const float *xg = x + ch[k].xcol;
+        const int64_t n = ch[k].n;
+        int8_t *dst = xqrow + ch[k].xq;
+        __m256 am = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) am = _mm256_max_ps(_mm256_andnot_ps(sgn, load8f(xg + i, n - i)), am);
+        float t[8];
+        _mm256_storeu_ps(t, am);
+        float amax = 0.0f;
+        for (int l = 0; l < 8; l++) amax = t[l] > amax ? t[l] : amax;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xs[k] = amax / 127.0f;
+        const __m256 iv = _mm256_set1_ps(inv);
+        __m256i sum = _mm256_setzero_si256();
+        for (int64_t i = 0; i < n; i += 8) { /* zero padding: 0 * inv = 0 */
+            __m256 v = _mm256_mul_ps(load8f(xg + i, n - i), iv);
+            v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+            v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            const __m256i q = _mm256_cvtps_epi32(v);
+            sum = _mm256_add_epi32(sum, q);
+            const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64((__m128i *)(dst + i), _mm_packs_epi16(q16, q16));
+        }
+        int32_t ls[8];
+        _mm256_storeu_si256((__m256i *)ls, sum);
+        xsum[k] = ls[0] + ls[1] + ls[2] + ls[3] + ls[4] + ls[5] + ls[6] + ls[7];
+    }
+}
+
 const uq_kpath uq_kpath_avx2 = {
     .name = "avx2",
     .V = 8,
@@ -598,6 +633,7 @@ const uq_kpath uq_kpath_avx2 = {
     .q8_gemm_work = NULL,
     .r16_f32 = r16_f32,
     .r16_q8 = r16_q8,
+    .q8_quant0 = uq_k_q8_quant0_avx2,
 };
 
 #endif

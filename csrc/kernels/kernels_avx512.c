@@ -972,6 +972,7 @@ const uq_kpath uq_kpath_avx512 = {
     .q8_gemm_work = q8_gemm_work,
     .r16_f32 = r16_f32,
     .r16_q8 = r16_q8,
+    .q8_quant0 = uq_k_q8_quant0_avx2,
 };
 
 #endif

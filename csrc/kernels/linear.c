@@ -397,7 +397,12 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
             (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK)
             goto done;
 #pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-        for (int64_t t = 0; t < T; t++) uq_k_q8_quant(x + t * nin, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
+        for (int64_t t = 0; t < T; t++) {
+            if (P->q8_quant0)
+                P->q8_quant0(x + t * nin, gr, ng, xq + t * ldq, xs + t * ng, xsum + t * ng);
+            else
+                uq_k_q8_quant(x + t * nin, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
+        }
     }
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
     for (int64_t task = 0; task < ntask; task++) {

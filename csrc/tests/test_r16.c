@@ -6,6 +6,8 @@
 
 #include "../kernels/kernels.h"
 
+#include "../kernels/kernels.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -297,7 +299,42 @@ static void test_r16_kernel_direct(void) {
     free_pair(&q);
 }
 
+/* The vector int8 activation quantizer (natural order) equals the scalar uq_k_q8_quant bit for bit: halfway
+ * values (round half to even), NaN (ignored by amax, quantized to 0), infinities, an all-zero group, lengths
+ * that are not multiples of 8. */
+static void test_q8_quant0(void) {
+#ifdef UQ_K_X86
+    int av = 0;
+    uq_kernels_available("avx2", &av);
+    if (!av) return;
+    enum { N = 64 };
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = (float)(i % 17) - 8.5f; /* amax 8.5 -> inv 127/8.5: many ties */
+    x[5] = 127.0f; /* group 0: amax 127, inv 1: x = -8.5 .. 7.5 are exact ties */
+    x[20] = NAN;
+    x[33] = INFINITY;
+    for (int i = 48; i < 56; i++) x[i] = 0.0f;
+    const int64_t lens[][2] = {{0, 19}, {19, 1}, {20, 9}, {29, 8}, {37, 11}, {48, 8}, {56, 8}};
+    uq_k_chunk ch[7];
+    int64_t off = 0;
+    for (int k = 0; k < 7; k++) {
+        ch[k] = (uq_k_chunk){.wcol = 0, .xcol = lens[k][0], .scol = 0, .xq = off, .n = lens[k][1]};
+        off += (lens[k][1] + 7) / 8 * 8;
+    }
+    int8_t qa[128] = {0}, qb[128] = {0};
+    float sa[7], sb[7];
+    int32_t ma[7], mb[7];
+    uq_k_q8_quant(x, ch, 7, 0, qa, sa, ma);
+    uq_k_q8_quant0_avx2(x, ch, 7, qb, sb, mb);
+    CHECK(memcmp(qa, qb, sizeof qa) == 0, "q8_quant0: codes differ from the scalar quantizer");
+    CHECK(memcmp(sa, sb, sizeof sa) == 0 && memcmp(ma, mb, sizeof ma) == 0, "q8_quant0: scales / sums differ");
+    CHECK(qa[1] == -8 && qa[2] == -6 && qa[3] == -6, "q8_quant0: ties -7.5 -6.5 -5.5 not rounded half to even "
+          "(%d %d %d)", qa[1], qa[2], qa[3]);
+#endif
+}
+
 void test_r16(void) {
+    test_q8_quant0();
     test_r16_paths();
     test_r16_extremes();
     test_r16_truncated();
