@@ -329,7 +329,7 @@ def test_live_switching_matches_reference():
 
 # ---------------------------------------------------------------------------------- int4 ----
 
-def test_int4_matches_fp32_on_dequantized_weights():
+def test_int4_matches_fp32_on_dequantized_weights(w4a32):
     hf, d, sd = make_hf("qwen2", intermediate_size=100)  # down_proj: 100 columns, group 32 -> partial group
     t = runtime_tensors(sd, d)
     q, deq = quantize_all(t, d, group=32, o_group=8)

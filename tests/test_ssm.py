@@ -265,7 +265,7 @@ def test_rope_frequency_map():
     assert rel_err(m.logits(ids), hf_logits(hf, ids)) <= HF_REL_TOL
 
 
-def test_int4_in_proj_out_proj_equal_dequantized():
+def test_int4_in_proj_out_proj_equal_dequantized(w4a32):
     _, cd, sd = make_hf("nemotron_h", seed=2)
     q4 = dict(sd)
     deq = dict(sd)
