@@ -31,8 +31,8 @@ void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64
 
 /* Causal GQA attention of T queries at positions pos0..pos0+T-1 over a cache that already holds
  * positions 0..pos0+T-1. q (T, n_heads * r); kc, vc (n_kv, max_seq, rc) with r <= rc (first r dims used);
- * out (T, n_heads * r). Query head h reads kv head h / (n_heads / n_kv). scores: (nthreads, max_seq)
- * scratch; at most nthreads OpenMP threads are used. Softmax in float with float64 normaliser. */
+ * out (T, n_heads * r). Query head h reads kv head h / (n_heads / n_kv). scores: (nthreads * (n_heads / n_kv),
+ * max_seq) scratch; at most nthreads OpenMP threads are used. Softmax in float with float64 normaliser. */
 void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, const float *kc,
                     const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
                     float *scores, int nthreads);
@@ -128,6 +128,11 @@ typedef struct {
     void (*r16_q8)(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                    float *out, int64_t ldo);
+    /* optional attention helpers, same results as the loops over dot / axpy they replace:
+     * sc[s] = dot(q, K + s * rc, r) * scale for s < n; out[0..r) = sum over s < n in order of axpy(sc[s] * inv,
+     * V + s * rc) starting from 0 */
+    void (*attn_scores)(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale, float *sc);
+    void (*attn_accum)(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
     /* optional: uq_k_q8_quant with cw = 0 (natural column order, what the R16 kernels read), same results */
     void (*q8_quant0)(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 } uq_kpath;

@@ -55,6 +55,72 @@ UQ_T2 static void axpy2(float a, const float *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] = __builtin_fmaf(a, x[i], y[i]);
 }
 
+/* ------------------------------------------------------------------------------ attention ---- */
+
+/* sc[s] = dot2(q, K + s * rc, r) * scale, 8 keys at a time: the 8 lane accumulators are transposed so that one
+ * vector tree ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)) reduces all 8 (uq_k_reduce8's order, bit-identical to dot2). */
+UQ_T2 static void attn_scores2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
+                               float *sc) {
+    for (int64_t s0 = 0; s0 < n; s0 += 8) {
+        const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
+        __m256 a[8];
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < r; i += 8) {
+            const __m256 qv = load8f(q + i, r - i);
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                if (j < ns) a[j] = _mm256_fmadd_ps(qv, load8f(K + (s0 + j) * rc + i, r - i), a[j]);
+        }
+        const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
+        const __m256 t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+        const __m256 t4 = _mm256_unpacklo_ps(a[4], a[5]), t5 = _mm256_unpackhi_ps(a[4], a[5]);
+        const __m256 t6 = _mm256_unpacklo_ps(a[6], a[7]), t7 = _mm256_unpackhi_ps(a[6], a[7]);
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        /* b[l][j] = lane l of key j */
+        const __m256 b0 = _mm256_permute2f128_ps(u0, u4, 0x20), b4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+        const __m256 b1 = _mm256_permute2f128_ps(u1, u5, 0x20), b5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+        const __m256 b2 = _mm256_permute2f128_ps(u2, u6, 0x20), b6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+        const __m256 b3 = _mm256_permute2f128_ps(u3, u7, 0x20), b7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+        const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b0, b4), _mm256_add_ps(b2, b6)),
+                                       _mm256_add_ps(_mm256_add_ps(b1, b5), _mm256_add_ps(b3, b7)));
+        float o[8];
+        _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_set1_ps(scale)));
+        memcpy(sc + s0, o, (size_t)ns * sizeof(float));
+    }
+}
+
+/* out = sum over s in order of axpy2(sc[s] * inv, V + s * rc): the output kept in registers 64 floats at a time
+ * (the same fma chain per element as repeated axpy2 calls, tail elements with fmaf as axpy2 does). */
+UQ_T2 static void attn_accum2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
+                              float *out) {
+    const int64_t r8 = r / 8 * 8;
+    for (int64_t c0 = 0; c0 < r8; c0 += 64) {
+        const int nv = r8 - c0 < 64 ? (int)((r8 - c0) / 8) : 8;
+        __m256 y[8];
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) y[k] = _mm256_setzero_ps();
+        for (int64_t s = 0; s < n; s++) {
+            const __m256 av = _mm256_set1_ps(sc[s] * inv);
+            const float *v = V + s * rc + c0;
+            #pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                if (k < nv) y[k] = _mm256_fmadd_ps(av, _mm256_loadu_ps(v + 8 * k), y[k]);
+        }
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            if (k < nv) _mm256_storeu_ps(out + c0 + 8 * k, y[k]);
+    }
+    for (int64_t i = r8; i < r; i++) {
+        float y = 0.0f;
+        for (int64_t s = 0; s < n; s++) y = __builtin_fmaf(sc[s] * inv, V[s * rc + i], y);
+        out[i] = y;
+    }
+}
+
 /* ---------------------------------------------------------------------------- fp32 / fp16 ---- */
 
 static UQ_T2I void gemv_f_t(const float *const *wf, const uint16_t *const *wh, int half, const float *x,
@@ -634,6 +700,8 @@ const uq_kpath uq_kpath_avx2 = {
     .r16_f32 = r16_f32,
     .r16_q8 = r16_q8,
     .q8_quant0 = uq_k_q8_quant0_avx2,
+    .attn_scores = attn_scores2,
+    .attn_accum = attn_accum2,
 };
 
 #endif

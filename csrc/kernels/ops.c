@@ -46,41 +46,61 @@ void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64
     }
 }
 
+/* Softmax of sc[0..n) in place (max subtracted, float exp, float64 normaliser); returns 1 / sum. */
+static float softmax_inplace(float *sc, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t s = 0; s < n; s++)
+        if (sc[s] > m) m = sc[s];
+    double sum = 0.0;
+    for (int64_t s = 0; s < n; s++) {
+        sc[s] = expf(sc[s] - m);
+        sum += sc[s];
+    }
+    return (float)(1.0 / sum);
+}
+
 void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, const float *kc,
                     const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
                     float *scores, int nthreads) {
-    const int64_t group = n_heads / n_kv, work = T * n_heads;
+    const int64_t group = n_heads / n_kv;
     const uq_kpath *P = uq_k_path();
     /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
-    int par = work * (pos0 + T) * r >= 65536;
-    (void)nthreads;
-    (void)par;
+    const int par = T * n_heads * (pos0 + T) * r >= 65536;
+    /* Work items: (token, kv head) when that still splits evenly over the threads -- the group's query heads then
+     * share each K / V row while it is in L1 (decode reads the cache once instead of `group` times) -- else
+     * (token, query head). Each head's operations are the same either way: scores s = 0.. in order, softmax,
+     * out += p_s v_s for s = 0.. in order. */
+    const int64_t wk = T * n_kv, nth = par ? nthreads : 1;
+    const int64_t g = group > 1 && group <= 64 && (wk % nth == 0 || wk >= 4 * nth) ? group : 1;
+    const int64_t work = T * n_heads / g;
 #pragma omp parallel num_threads(nthreads) if (par)
     {
 #ifdef _OPENMP
-        float *sc = scores + (int64_t)omp_get_thread_num() * max_seq;
+        float *sc = scores + (int64_t)omp_get_thread_num() * group * max_seq;
 #else
         float *sc = scores;
 #endif
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < work; i++) {
-            int64_t t = i / n_heads, h = i % n_heads, g = h / group, n = pos0 + t + 1;
-            const float *qh = q + i * r;
-            const float *K = kc + g * max_seq * rc, *V = vc + g * max_seq * rc;
-            float m = -INFINITY;
-            for (int64_t s = 0; s < n; s++) {
-                sc[s] = P->dot(qh, K + s * rc, r) * scale;
-                if (sc[s] > m) m = sc[s];
+            const int64_t t = i * g / n_heads, h0 = (i * g) % n_heads, kv = h0 / group, n = pos0 + t + 1;
+            const float *K = kc + kv * max_seq * rc, *V = vc + kv * max_seq * rc;
+            const float *qh = q + (t * n_heads + h0) * r;
+            float inv[64];
+            float *oh = out + (t * n_heads + h0) * r;
+            if (P->attn_scores) {
+                for (int64_t j = 0; j < g; j++) {
+                    P->attn_scores(qh + j * r, K, rc, n, r, scale, sc + j * max_seq);
+                    inv[j] = softmax_inplace(sc + j * max_seq, n);
+                    P->attn_accum(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
+                }
+                continue;
             }
-            double sum = 0.0;
-            for (int64_t s = 0; s < n; s++) {
-                sc[s] = expf(sc[s] - m);
-                sum += sc[s];
-            }
-            float inv = (float)(1.0 / sum);
-            float *oh = out + i * r;
-            for (int64_t j = 0; j < r; j++) oh[j] = 0.0f;
-            for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, oh, r);
+            for (int64_t s = 0; s < n; s++)
+                for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
+            for (int64_t j = 0; j < g; j++) inv[j] = softmax_inplace(sc + j * max_seq, n);
+            memset(oh, 0, (size_t)(g * r) * sizeof(float));
+            for (int64_t s = 0; s < n; s++)
+                for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], V + s * rc, oh + j * r, r);
         }
     }
 }

@@ -58,7 +58,7 @@ struct uq_hy_state {
     float *q, *qa, *qb, *att;    /* (max_chunk, n_heads*Rmax) */
     float *kb, *vb;              /* (max_chunk, n_kv*Rmax) */
     float *g, *u;                /* (max_chunk, Kmax) */
-    float *scores;               /* (nthreads, max_seq) */
+    float *scores;               /* (nthreads * n_heads / n_kv, max_seq) */
     float *work;                 /* (nthreads, uq_ks_scan_work(chunk)) */
     float *cb;                   /* uq_ks_scan_shared(G, chunk): per-group C B^T of a chunk */
     int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
@@ -475,7 +475,7 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
         (st = sbuf(&s->qb, mc, nh * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->att, mc, nh * m->Rmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->kb, mc, nkv * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->vb, mc, nkv * m->Rmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->g, mc, m->Kmax, &tot)) != UQ_OK || (st = sbuf(&s->u, mc, m->Kmax, &tot)) != UQ_OK ||
-        (st = sbuf(&s->scores, s->nthreads, max_seq, &tot)) != UQ_OK ||
+        (st = sbuf(&s->scores, s->nthreads * (nkv > 0 ? nh / nkv : 1), max_seq, &tot)) != UQ_OK ||
         (st = sbuf(&s->work, s->nthreads, m->any_mamba ? uq_ks_scan_work(c->chunk_size) : 1, &tot)) != UQ_OK ||
         (st = sbuf(&s->cb, m->any_mamba ? uq_ks_scan_shared(G, c->chunk_size) : 1, 1, &tot)) != UQ_OK)
         goto fail;

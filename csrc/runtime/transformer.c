@@ -47,7 +47,7 @@ struct uq_tf_state {
     float *q, *att;              /* (max_chunk, n_heads * Rmax) */
     float *kb, *vb;              /* (max_chunk, n_kv * Rmax) */
     float *g, *u;                /* (max_chunk, Kmax) */
-    float *scores;               /* (nthreads, max_seq) */
+    float *scores;               /* (nthreads * n_heads / n_kv, max_seq) */
 };
 
 /* ------------------------------------------------------------------------------- model ---- */
@@ -295,7 +295,7 @@ uq_status uq_tf_state_init(const uq_tf_model *m, int64_t max_seq, int64_t max_ch
         (st = state_buf(&s->vb, max_chunk, nkv * m->Rmax, &tot)) != UQ_OK ||
         (st = state_buf(&s->g, max_chunk, m->Kmax, &tot)) != UQ_OK ||
         (st = state_buf(&s->u, max_chunk, m->Kmax, &tot)) != UQ_OK ||
-        (st = state_buf(&s->scores, s->nthreads, max_seq, &tot)) != UQ_OK) {
+        (st = state_buf(&s->scores, s->nthreads * (nh / nkv), max_seq, &tot)) != UQ_OK) {
         uq_tf_state_free(s);
         return st;
     }

@@ -333,7 +333,74 @@ static void test_q8_quant0(void) {
 #endif
 }
 
+/* Attention on every path equals the plain loops over that path's own dot / axpy bit for bit (the vector
+ * paths' multi-key score and register-blocked accumulation helpers, the GQA grouping of query heads), for head
+ * dims with and without a tail of 8, at T = 1 (decode) and T = 3. */
+static void test_attention_paths(void) {
+    enum { NH = 8, NKV = 2, MAXS = 64, POS0 = 37 };
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    const int64_t rs[] = {80, 13, 128};
+    unsigned long long seed = 5;
+    for (size_t ri = 0; ri < 3; ri++) {
+        const int64_t r = rs[ri], rc = r + 3;
+        float *q = malloc((size_t)(3 * NH * r) * sizeof(float)), *kc = malloc((size_t)(NKV * MAXS * rc) * sizeof(float));
+        float *vc = malloc((size_t)(NKV * MAXS * rc) * sizeof(float)), *o = malloc((size_t)(3 * NH * r) * sizeof(float));
+        float *e = malloc((size_t)(3 * NH * r) * sizeof(float)), *scr = malloc((size_t)(4 * NH * MAXS) * sizeof(float));
+        float *sc = malloc(MAXS * sizeof(float));
+        if (!q || !kc || !vc || !o || !e || !scr || !sc) {
+            CHECK(0, "attention: out of memory");
+            return;
+        }
+        uq_test_fill(q, 3 * NH * r, &seed, 1.0);
+        uq_test_fill(kc, NKV * MAXS * rc, &seed, 1.0);
+        uq_test_fill(vc, NKV * MAXS * rc, &seed, 1.0);
+        for (size_t pi = 0; pi < 3; pi++) {
+            int av = 0;
+            uq_kernels_available(paths[pi], &av);
+            if (!av) continue;
+            uq_kernels_set(paths[pi]);
+            const uq_kpath *P = uq_k_path();
+            for (int64_t T = 1; T <= 3; T += 2) {
+                const float scale = 0.125f;
+                uq_k_attention(q, T, NH, NKV, r, kc, vc, MAXS, rc, POS0, scale, o, scr, 4);
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t h = 0; h < NH; h++) {
+                        const float *qh = q + (t * NH + h) * r, *K = kc + (h / (NH / NKV)) * MAXS * rc;
+                        const float *V = vc + (h / (NH / NKV)) * MAXS * rc;
+                        const int64_t n = POS0 + t + 1;
+                        float m = -INFINITY;
+                        for (int64_t s = 0; s < n; s++) {
+                            sc[s] = P->dot(qh, K + s * rc, r) * scale;
+                            if (sc[s] > m) m = sc[s];
+                        }
+                        double sum = 0.0;
+                        for (int64_t s = 0; s < n; s++) {
+                            sc[s] = expf(sc[s] - m);
+                            sum += sc[s];
+                        }
+                        const float inv = (float)(1.0 / sum);
+                        float *eh = e + (t * NH + h) * r;
+                        for (int64_t j = 0; j < r; j++) eh[j] = 0.0f;
+                        for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, eh, r);
+                    }
+                CHECK(memcmp(o, e, (size_t)(T * NH * r) * sizeof(float)) == 0,
+                      "attention path %s r %lld T %lld: differs from the path's dot/axpy loops", paths[pi],
+                      (long long)r, (long long)T);
+            }
+        }
+        uq_kernels_set("auto");
+        free(q);
+        free(kc);
+        free(vc);
+        free(o);
+        free(e);
+        free(scr);
+        free(sc);
+    }
+}
+
 void test_r16(void) {
+    test_attention_paths();
     test_q8_quant0();
     test_r16_paths();
     test_r16_extremes();
