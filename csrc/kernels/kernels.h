@@ -37,6 +37,10 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
                     const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
                     float *scores, int nthreads);
 
+/* Attention softmax of sc[0..n) in place: sc[s] = expf(sc[s] - max) (max over s in order), the sum in float64;
+ * returns (float)(1 / sum). */
+float uq_k_softmax_inplace(float *sc, int64_t n);
+
 /* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u, n elements. */
 void uq_k_silu_mul(float *g, const float *u, int64_t n);
 

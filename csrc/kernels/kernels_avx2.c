@@ -410,6 +410,15 @@ static UQ_T2I void r16f_t(const uint8_t *const *wb, const float *const *sb, cons
 
 #define UQ_R16_PF 1024 /* decode prefetch distance in bytes (Zen 1: +10-20% on 4096 x 14336 at 2 threads) */
 
+static UQ_T2I void r16q_zero(__m256i a[2][2][4], const int NB, const int NH, const int NT) {
+    #pragma GCC unroll 2
+    for (int i = 0; i < NB; i++)
+        #pragma GCC unroll 2
+        for (int h = 0; h < NH; h++)
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) a[i][h][t] = _mm256_setzero_si256();
+}
+
 /* NB blocks x NT tokens, int8 activations: vpmaddubsw on the low / high nibbles (columns 0..3 / 4..7 of a chunk)
  * against 4 broadcast activation bytes each. A chunk's pair sums, added in int16, are bounded by
  * 4 * 15 * 127 = 7620, so up to 4 chunks (30480) accumulate in int16 before one vpmaddwd widens them: 2.25
@@ -428,21 +437,11 @@ static UQ_T2I void r16q_t(const uint8_t *const *wb, const float *const *sb, cons
         for (int hh = 0; hh < (NT > 1 ? 2 : 1); hh++) {
             const int H0 = NT > 1 ? hh : 0, NH = NT > 1 ? 1 : 2;
             __m256i a[2][2][4];
-            #pragma GCC unroll 2
-            for (int i = 0; i < NB; i++)
-                #pragma GCC unroll 2
-                for (int h = 0; h < NH; h++)
-                    #pragma GCC unroll 4
-                    for (int t = 0; t < NT; t++) a[i][h][t] = _mm256_setzero_si256();
+            r16q_zero(a, NB, NH, NT);
             for (int64_t j0 = 0; j0 < nc; j0 += 4) {
                 const int64_t j1 = nc - j0 < 4 ? nc : j0 + 4;
                 __m256i p16[2][2][4];
-                #pragma GCC unroll 2
-                for (int i = 0; i < NB; i++)
-                    #pragma GCC unroll 2
-                    for (int h = 0; h < NH; h++)
-                        #pragma GCC unroll 4
-                        for (int t = 0; t < NT; t++) p16[i][h][t] = _mm256_setzero_si256();
+                r16q_zero(p16, NB, NH, NT);
                 for (int64_t j = j0; j < j1; j++) {
                     #pragma GCC unroll 2
                     for (int i = 0; i < NB; i++)

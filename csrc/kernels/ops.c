@@ -46,8 +46,7 @@ void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64
     }
 }
 
-/* Softmax of sc[0..n) in place (max subtracted, float exp, float64 normaliser); returns 1 / sum. */
-static float softmax_inplace(float *sc, int64_t n) {
+float uq_k_softmax_inplace(float *sc, int64_t n) {
     float m = -INFINITY;
     for (int64_t s = 0; s < n; s++)
         if (sc[s] > m) m = sc[s];
@@ -90,14 +89,14 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
             if (P->attn_scores) {
                 for (int64_t j = 0; j < g; j++) {
                     P->attn_scores(qh + j * r, K, rc, n, r, scale, sc + j * max_seq);
-                    inv[j] = softmax_inplace(sc + j * max_seq, n);
+                    inv[j] = uq_k_softmax_inplace(sc + j * max_seq, n);
                     P->attn_accum(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
                 }
                 continue;
             }
             for (int64_t s = 0; s < n; s++)
                 for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
-            for (int64_t j = 0; j < g; j++) inv[j] = softmax_inplace(sc + j * max_seq, n);
+            for (int64_t j = 0; j < g; j++) inv[j] = uq_k_softmax_inplace(sc + j * max_seq, n);
             memset(oh, 0, (size_t)(g * r) * sizeof(float));
             for (int64_t s = 0; s < n; s++)
                 for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], V + s * rc, oh + j * r, r);

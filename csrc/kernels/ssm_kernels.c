@@ -206,18 +206,11 @@ void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t
             const int64_t t = i / nh, h = i % nh, g = h / group, n = pos0 + t + 1;
             const float *qh = q + i * r;
             const float *Kc = kc + g * max_seq * R, *Vc = vc + g * max_seq * R;
-            float m = -INFINITY;
             for (int64_t s = 0; s < n; s++) {
                 const float *ks = Kc + s * R;
                 sc[s] = (uq_k_dot(qh, ks, r_rot) + uq_k_dot(qh + r_rot, ks + R_rot, r_pass)) * scale;
-                if (sc[s] > m) m = sc[s];
             }
-            double sum = 0.0;
-            for (int64_t s = 0; s < n; s++) {
-                sc[s] = expf(sc[s] - m);
-                sum += sc[s];
-            }
-            const float inv = (float)(1.0 / sum);
+            const float inv = uq_k_softmax_inplace(sc, n);
             float *oh = out + i * r;
             for (int64_t j = 0; j < r; j++) oh[j] = 0.0f;
             for (int64_t s = 0; s < n; s++) {
