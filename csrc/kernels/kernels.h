@@ -141,7 +141,12 @@ typedef struct {
     void (*q8_quant0)(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 } uq_kpath;
 
-/* The AVX2 q8_quant0 (x86 builds; also used by the avx512 path: AVX-512 CPUs have AVX2). */
+/* AVX2 helpers shared with the avx512 path (x86 builds; AVX-512 CPUs have AVX2): uq_k_reduce8x8_avx2 writes
+ * out[j] = uq_k_reduce8(lanes + 8 j) * scale for j < ns (8 accumulators of 8 lanes, row-major); attn_accum as in
+ * uq_kpath (per element the fma chain of repeated FMA axpys, whatever their vector width). */
+void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int ns);
+void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
+/* The AVX2 q8_quant0 (x86 builds; also used by the avx512 path). */
 void uq_k_q8_quant0_avx2(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 
 #define UQ_K_R16_NB 8 /* row blocks per R16 kernel call (128 rows) */

@@ -57,8 +57,35 @@ UQ_T2 static void axpy2(float a, const float *x, float *y, int64_t n) {
 
 /* ------------------------------------------------------------------------------ attention ---- */
 
-/* sc[s] = dot2(q, K + s * rc, r) * scale, 8 keys at a time: the 8 lane accumulators are transposed so that one
- * vector tree ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)) reduces all 8 (uq_k_reduce8's order, bit-identical to dot2). */
+/* Lane sums of 8 accumulators at once: out[j] = uq_k_reduce8(lanes of a[j]) = ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)),
+ * computed by transposing the 8 x 8 lanes and adding whole vectors in that order (bit-identical). */
+static UQ_T2I __m256 reduce8x8(const __m256 *a) {
+    const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(a[4], a[5]), t5 = _mm256_unpackhi_ps(a[4], a[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(a[6], a[7]), t7 = _mm256_unpackhi_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    /* b[l][j] = lane l of accumulator j */
+    const __m256 b0 = _mm256_permute2f128_ps(u0, u4, 0x20), b4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+    const __m256 b1 = _mm256_permute2f128_ps(u1, u5, 0x20), b5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+    const __m256 b2 = _mm256_permute2f128_ps(u2, u6, 0x20), b6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+    const __m256 b3 = _mm256_permute2f128_ps(u3, u7, 0x20), b7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b0, b4), _mm256_add_ps(b2, b6)),
+                         _mm256_add_ps(_mm256_add_ps(b1, b5), _mm256_add_ps(b3, b7)));
+}
+
+UQ_T2 void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int ns) {
+    __m256 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm256_loadu_ps(lanes + 8 * j);
+    float o[8];
+    _mm256_storeu_ps(o, _mm256_mul_ps(reduce8x8(a), _mm256_set1_ps(scale)));
+    memcpy(out, o, (size_t)ns * sizeof(float));
+}
+
+/* sc[s] = dot2(q, K + s * rc, r) * scale, 8 keys at a time (one reduce8x8 per 8 keys). */
 UQ_T2 static void attn_scores2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
                                float *sc) {
     for (int64_t s0 = 0; s0 < n; s0 += 8) {
@@ -72,30 +99,15 @@ UQ_T2 static void attn_scores2(const float *q, const float *K, int64_t rc, int64
             for (int j = 0; j < 8; j++)
                 if (j < ns) a[j] = _mm256_fmadd_ps(qv, load8f(K + (s0 + j) * rc + i, r - i), a[j]);
         }
-        const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
-        const __m256 t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
-        const __m256 t4 = _mm256_unpacklo_ps(a[4], a[5]), t5 = _mm256_unpackhi_ps(a[4], a[5]);
-        const __m256 t6 = _mm256_unpacklo_ps(a[6], a[7]), t7 = _mm256_unpackhi_ps(a[6], a[7]);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-        /* b[l][j] = lane l of key j */
-        const __m256 b0 = _mm256_permute2f128_ps(u0, u4, 0x20), b4 = _mm256_permute2f128_ps(u0, u4, 0x31);
-        const __m256 b1 = _mm256_permute2f128_ps(u1, u5, 0x20), b5 = _mm256_permute2f128_ps(u1, u5, 0x31);
-        const __m256 b2 = _mm256_permute2f128_ps(u2, u6, 0x20), b6 = _mm256_permute2f128_ps(u2, u6, 0x31);
-        const __m256 b3 = _mm256_permute2f128_ps(u3, u7, 0x20), b7 = _mm256_permute2f128_ps(u3, u7, 0x31);
-        const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(b0, b4), _mm256_add_ps(b2, b6)),
-                                       _mm256_add_ps(_mm256_add_ps(b1, b5), _mm256_add_ps(b3, b7)));
         float o[8];
-        _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_set1_ps(scale)));
+        _mm256_storeu_ps(o, _mm256_mul_ps(reduce8x8(a), _mm256_set1_ps(scale)));
         memcpy(sc + s0, o, (size_t)ns * sizeof(float));
     }
 }
 
 /* out = sum over s in order of axpy2(sc[s] * inv, V + s * rc): the output kept in registers 64 floats at a time
  * (the same fma chain per element as repeated axpy2 calls, tail elements with fmaf as axpy2 does). */
-UQ_T2 static void attn_accum2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
+UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
                               float *out) {
     const int64_t r8 = r / 8 * 8;
     for (int64_t c0 = 0; c0 < r8; c0 += 64) {
@@ -700,7 +712,7 @@ const uq_kpath uq_kpath_avx2 = {
     .r16_q8 = r16_q8,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores2,
-    .attn_accum = attn_accum2,
+    .attn_accum = uq_k_attn_accum_avx2,
 };
 
 #endif

@@ -46,6 +46,35 @@ UQ_T512 static float dot512(const float *a, const float *b, int64_t n) {
     return uq_k_reduce16(t);
 }
 
+/* sc[s] = dot512(q, K + s * rc, r) * scale, 8 keys at a time: each key's 16 lanes folded to 8 (a[i] + a[i + 8],
+ * uq_k_reduce16's first step), then one transposed reduce8 for the 8 keys (bit-identical to dot512). */
+UQ_T512 static void attn_scores512(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
+                                   float *sc) {
+    for (int64_t s0 = 0; s0 < n; s0 += 8) {
+        const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
+        __m512 a[8];
+        for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= r; i += 16) {
+            const __m512 qv = _mm512_loadu_ps(q + i);
+            for (int j = 0; j < ns; j++) a[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(K + (s0 + j) * rc + i), a[j]);
+        }
+        if (i < r) {
+            const __mmask16 m = tail16(r - i);
+            const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+            for (int j = 0; j < ns; j++)
+                a[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, K + (s0 + j) * rc + i), a[j]);
+        }
+        float f[64];
+        for (int j = 0; j < 8; j++) {
+            const __m256 lo = _mm512_castps512_ps256(a[j]);
+            const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[j]), 1));
+            _mm256_storeu_ps(f + 8 * j, _mm256_add_ps(lo, hi));
+        }
+        uq_k_reduce8x8_avx2(f, scale, sc + s0, ns);
+    }
+}
+
 UQ_T512 static void axpy512(float a, const float *x, float *y, int64_t n) {
     __m512 av = _mm512_set1_ps(a);
     int64_t i = 0;
@@ -973,6 +1002,8 @@ const uq_kpath uq_kpath_avx512 = {
     .r16_f32 = r16_f32,
     .r16_q8 = r16_q8,
     .q8_quant0 = uq_k_q8_quant0_avx2,
+    .attn_scores = attn_scores512,
+    .attn_accum = uq_k_attn_accum_avx2,
 };
 
 #endif
