@@ -15,36 +15,26 @@ import numpy as np
 import pytest
 
 from uniql import bench
-from uniql import safetensors as st
 from uniql.bench import llamacpp
 from uniql.convert import unpermute_qk
+
+from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
 
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 256, 128, 256, 2, 4, 2, 32
 PROMPT, GEN = 8, 3
 
 
 def tiny_config() -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB,
-            "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS, "num_key_value_heads": KV, "head_dim": HEAD_DIM,
-            "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-            "tie_word_embeddings": False}
+    return tiny_llama_config(VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM)
 
 
 def tiny_tensors(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    shapes = llamacpp._random_shapes(tiny_config())
-    return {n: ((1.0 + 0.1 * rng.standard_normal(s)) if len(s) == 1 else 0.05 * rng.standard_normal(s))
-            .astype(np.float32) for n, s in shapes.items()}
+    return tiny_llama_tensors(tiny_config(), seed, shapes=llamacpp._random_shapes(tiny_config()))
 
 
 @pytest.fixture
 def tiny_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "tiny-llama"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(tiny_config()))
-    st.save_file(d / "model.safetensors", tiny_tensors())
-    return d
+    return write_tiny_llama(tmp_path / "tiny-llama", tiny_config(), tiny_tensors())
 
 
 def tiny_bench_config(model: Path, **over) -> bench.BenchConfig:

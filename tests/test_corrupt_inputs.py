@@ -32,6 +32,8 @@ from uniql import convert
 from uniql import safetensors as st
 from uniql.compress import compress
 
+from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
+
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM = 128, 64, 128, 2, 4, 2, 16
 NSAMP, SEQ = 4, 16
 SUBPROCESS_TIMEOUT_S = 120
@@ -42,31 +44,16 @@ MUTATION_SEED = 20240611
 # ------------------------------------------------------------------------------------------ fixtures ----
 
 def tiny_config() -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB,
-            "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS, "num_key_value_heads": KV, "head_dim": HEAD_DIM,
-            "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
-            "tie_word_embeddings": False}
+    return tiny_llama_config(VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV, HEAD_DIM)
 
 
 def tiny_tensors(seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights of the tiny Llama under Hugging Face names (std 0.05, norms around 1)."""
-    rng = np.random.default_rng(seed)
-    shapes = convert._expected_shapes(dict(tiny_config()))
-
-    def w(name, shape):
-        if name.endswith("norm.weight"):
-            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        return (0.05 * rng.standard_normal(shape)).astype(np.float32)
-
-    return {n: w(n, s) for n, s in shapes.items()}
+    return tiny_llama_tensors(tiny_config(), seed)
 
 
 def write_checkpoint(d: Path, tensors: dict[str, np.ndarray] | None = None, cfg: dict | None = None) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps(cfg or tiny_config()))
-    st.save_file(d / "model.safetensors", tensors if tensors is not None else tiny_tensors())
-    return d
+    return write_tiny_llama(d, cfg or tiny_config(), tensors if tensors is not None else tiny_tensors())
 
 
 def calib() -> np.ndarray:
