@@ -13,6 +13,8 @@ import pytest
 import uniql
 from uniql.sorting import ssm_bc_moments, ssm_chunk_states
 
+from _helpers import assert_rate_round_trip_keeps_state
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -75,15 +77,7 @@ def test_load_at_rate_equals_set_rate(hybrid, which, rate):
 def test_live_rate_switch_between_tokens(hybrid):
     """Keeps change between tokens without invalidating the SSM / conv state or the KV cache."""
     m = uniql.load(hybrid[4])
-    ids = _ids(14, 3)
-    m.reset()
-    m.forward(ids[:9])
-    unswitched = m.forward(ids[9:])
-    m.reset()
-    m.forward(ids[:9])
-    m.set_rate(0.35)
-    m.set_rate(0.0)
-    np.testing.assert_array_equal(m.forward(ids[9:]), unswitched)
+    assert_rate_round_trip_keeps_state(m, _ids(14, 3), 9)
 
 
 def test_higher_rate_never_more_parameters(hybrid):
