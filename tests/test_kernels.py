@@ -387,7 +387,9 @@ def test_bench_smoke_run():
                             repeats=1, torch=False, micro=False, bw_bytes=1 << 24)
     if not (bench.SMOLLM2_DIR / "config.json").exists():
         pytest.skip("converted SmolLM2 not present (the bench would convert it: too slow for a unit test)")
+    before = _C.kernels_info()["q4_act"]
     rep = bench.run(cfg)
+    assert _C.kernels_info()["q4_act"] == before  # each kind sets its own mode; the caller's comes back
     runs = {(r["kind"], r["rate"]): r for r in rep["runs"]}
     assert set(runs) == {("fp16", 0.0), ("fp16", 0.35), ("int4", 0.0), ("int4", 0.35)}
     assert runs[("int4", 0.35)]["memory_mb"] < runs[("fp16", 0.0)]["memory_mb"]

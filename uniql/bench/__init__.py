@@ -384,7 +384,6 @@ def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[s
             if h is not None:
                 r.extra["lm_head_decode_s"] = h[0]
                 r.extra["lm_head_bytes"] = h[1]
-    _C.kernels_set_q4_act("fp32")
     return results
 
 
@@ -410,7 +409,6 @@ def _bench_lm_head(full: dict[str, Any], cfg: BenchConfig, notes: list[str]) -> 
             spec, nb = _q4_r16_spec(_q4(W, GROUP), V, H)
         out[kind] = (_C.bench_linear(spec, x, y, 1, V, 1, H, cfg.repeats + 2), nb)
         del spec
-    _C.kernels_set_q4_act("fp32")
     return out
 
 
@@ -595,7 +593,6 @@ def bench_micro(cfg: BenchConfig, threads: int, notes: list[str]) -> list[dict[s
             gc.collect()
     finally:
         _C.kernels_set(start)
-        _C.kernels_set_q4_act("fp32")
     return rows_out
 
 
@@ -667,7 +664,16 @@ def summarize(results: list[RunResult], mach: dict[str, Any], torch_res: dict[st
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
-    """Runs the benchmark; returns a JSON-serialisable report."""
+    """Runs the benchmark; returns a JSON-serialisable report. The process's int4 activation mode (each kind sets
+    its own while it runs) is restored afterwards."""
+    prev_act = _C.kernels_info()["q4_act"]
+    try:
+        return _run(cfg)
+    finally:
+        _C.kernels_set_q4_act(prev_act)
+
+
+def _run(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.threads:
         _C.kernels_set_threads(cfg.threads)
     threads = _C.kernels_info()["threads"]
