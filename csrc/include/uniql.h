@@ -451,11 +451,11 @@ double uq_rng_uniform(uint64_t *rng);
  *   fp32 / fp16 weights: dot over the selected columns with V lanes (ref 8 mul+add, avx2 8 FMA, avx512 16
  *     FMA; lane l takes columns = l mod V of each segment, in order), lanes reduced by a fixed tree, + bias.
  *     fp16 weights are converted exactly (F16C) before the multiply.
- *   int4, fp32 activations (W4A32, the default on CPUs without AVX2): ref = per group dot of (q - 8) with x, times the scale;
- *     avx2/avx512 = the fp32 dot above on fl((q - 8) * scale) with columns taken in pieces of 2V
+ *   int4, fp32 activations (W4A32, the default on CPUs without AVX2): ref = per group dot of (q - 8) with x,
+ *     times the scale; avx2/avx512 = the fp32 dot above on fl((q - 8) * scale) with columns taken in pieces of 2V
  *     (lane l: column 2l then 2l + 1 of the piece).
- *   int4, int8 activations (W4A8, UQ_Q4_ACT_INT8, the default on AVX2 / AVX-512 CPUs): per token and group (the weight's groups inside each kept
- *     segment), xs = max|x| / 127, xq = rint(x * (127 / max|x|)) (int8, 0 when max|x| = 0);
+ *   int4, int8 activations (W4A8, UQ_Q4_ACT_INT8, the default on AVX2 / AVX-512 CPUs): per token and group
+ *     (the weight's groups inside each kept segment), xs = max|x| / 127, xq = rint(x * (127 / max|x|)) (int8, 0 when max|x| = 0);
  *     isum = sum (q - 8) xq exactly in int32; y = sum over groups in order of (float)isum * (ws * xs), + bias.
  *     Integer sums make this bit-identical on every path (ref, avx2 maddubs, avx512 vpdpbusd).
  *   int4 in the R16 kernel layout (the runtime's transformer linears): fp32 activations per group with FMA
