@@ -350,8 +350,8 @@ const uq_kpath uq_kpath_ref = {
 #define UQ_R16_TB 64 /* tokens per kernel call (bounds the per-thread output scratch) */
 
 /* y = x W_sel^T (+ b) on an R16 weight: one task per range of <= UQ_K_R16_NB kept row blocks (a block of a
- * segment whose keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming its blocks'
- * kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
+ * segment whose keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming
+ * its blocks' kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
  * per token and group in natural column order (groups padded to 8 with zeros). */
 static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
                             int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y, int q8) {

@@ -66,9 +66,9 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
     /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
     const int par = T * n_heads * (pos0 + T) * r >= 65536;
     /* Work items: (token, kv head) when that still splits evenly over the threads -- the group's query heads then
-     * share each K / V row while it is in L1 (decode reads the cache once instead of `group` times) -- else
-     * (token, query head). Each head's operations are the same either way: scores s = 0.. in order, softmax,
-     * out += p_s v_s for s = 0.. in order. */
+     * run on one thread back to back over the same K / V rows (the path's attention helpers: one head at a time,
+     * the rows still in L2; the dot / axpy loops: all heads per row, in L1) -- else (token, query head). Each
+     * head's operations are the same either way: scores s = 0.. in order, softmax, out += p_s v_s in order. */
     const int64_t wk = T * n_kv, nth = par ? nthreads : 1;
     const int64_t g = group > 1 && group <= 64 && (wk % nth == 0 || wk >= 4 * nth) ? group : 1;
     const int64_t work = T * n_heads / g;
@@ -84,16 +84,15 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
             const int64_t t = i * g / n_heads, h0 = (i * g) % n_heads, kv = h0 / group, n = pos0 + t + 1;
             const float *K = kc + kv * max_seq * rc, *V = vc + kv * max_seq * rc;
             const float *qh = q + (t * n_heads + h0) * r;
-            float inv[64];
             float *oh = out + (t * n_heads + h0) * r;
             if (P->attn_scores) {
                 for (int64_t j = 0; j < g; j++) {
-                    P->attn_scores(qh + j * r, K, rc, n, r, scale, sc + j * max_seq);
-                    inv[j] = uq_k_softmax_inplace(sc + j * max_seq, n);
-                    P->attn_accum(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
+                    P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
+                    P->attn_accum(sc, uq_k_softmax_inplace(sc, n), V, rc, n, r, oh + j * r);
                 }
                 continue;
             }
+            float inv[64];
             for (int64_t s = 0; s < n; s++)
                 for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
             for (int64_t j = 0; j < g; j++) inv[j] = uq_k_softmax_inplace(sc + j * max_seq, n);
