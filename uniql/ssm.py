@@ -224,7 +224,13 @@ class Mamba2Config(HybridConfig):
 
 @dataclass(frozen=True)
 class NemotronHConfig(HybridConfig):
-    """NemotronHForCausalLM (pattern of M / * / -; the Mamba dt clamp is (time_step_min, inf) as HF's mixer)."""
+    """NemotronHForCausalLM (pattern of M / * / -).
+
+    The Mamba dt clamp follows transformers 5.25 (``modeling_nemotron_h.py``), which matches the fused
+    ``mamba_chunk_scan_combined`` kernel path that deployments run: dt is clamped to ``time_step_limit``
+    (``mamba_dt_limit`` in older configs; default ``(0, inf)``) and ``time_step_min`` only initialises
+    ``dt_bias``. transformers <= 5.24's eager path also clamped dt below at ``time_step_min``; we do not.
+    """
 
     @classmethod
     def from_hf(cls, d: Mapping[str, Any]) -> "NemotronHConfig":
@@ -261,13 +267,14 @@ class NemotronHConfig(HybridConfig):
         kw: dict[str, Any] = {}
         if LAYER_MAMBA in types:
             _need(d, "mamba_num_heads", "mamba_head_dim", "ssm_state_size")
+            lo, hi = _dt_limit(d.get("time_step_limit", d.get("mamba_dt_limit")))
             if d.get("mamba_hidden_act", "silu") != "silu":
                 raise UnsupportedError(f"unsupported mamba_hidden_act {d.get('mamba_hidden_act')!r} (only silu)")
             kw.update(ssm_heads=d["mamba_num_heads"], ssm_head_dim=d["mamba_head_dim"],
                       ssm_groups=d.get("n_groups", d.get("mamba_n_groups", 8)), ssm_state=d["ssm_state_size"],
                       conv_kernel=d.get("conv_kernel", d.get("mamba_d_conv", 4)),
                       chunk_size=d.get("chunk_size", d.get("mamba_chunk_size", 128)),
-                      dt_min=float(d.get("time_step_min", d.get("mamba_dt_min", 0.001))), dt_max=math.inf,
+                      dt_min=lo, dt_max=hi,
                       mamba_bias=bool(d.get("use_bias", False)),
                       conv_bias=bool(d.get("use_conv_bias", d.get("mamba_conv_bias", True))))
         if LAYER_ATTENTION in types:

@@ -58,6 +58,19 @@ SHAPES: dict[str, dict[str, Any]] = {
                          head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
                          tie_word_embeddings=True, hidden_act="silu"),
 }
+#: other spellings accepted for the named shapes (``--model smollm2`` is what the README shows)
+ALIASES: dict[str, str] = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+                           "llama-3.1-8b": "llama3.1-8b", "llama3-8b": "llama3.1-8b", "8b": "llama3.1-8b"}
+
+
+def canonical_model(name: str) -> str:
+    """A named shape's canonical name (aliases resolved, case-insensitive); checkpoint directories unchanged."""
+    key = name.strip().lower()
+    if key in SHAPES:
+        return key
+    return ALIASES.get(key, name)
+
+
 SMOLLM2_DIR = data_dir() / "models" / "smollm2-135m-instruct"  # where `make setup` / the demo convert it
 KINDS = ("fp32", "fp16", "int4", "int4-a8")
 GROUP = 128
@@ -83,6 +96,7 @@ class BenchConfig:
     bw_bytes: int = GIB  # buffer streamed by the read-bandwidth measurement
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(canonical_model(m) for m in self.models))
         for r in self.rates:
             if not 0.0 <= r < 1.0:
                 raise InvalidArgumentError(f"rates must be in [0, 1), got {r}")
@@ -785,7 +799,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m uniql.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", help=f"a named shape ({', '.join(SHAPES)}) or a checkpoint "
+    ap.add_argument("--model", action="append", help=f"a named shape ({', '.join(SHAPES)}; also smollm2) or a checkpoint "
                     "directory; repeatable (default: both named shapes)")
     ap.add_argument("--rates", default="0,0.15,0.25,0.35", help="pruning rates (default 0,0.15,0.25,0.35)")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"weight kinds (default {','.join(KINDS)})")
