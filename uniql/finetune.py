@@ -1,4 +1,4 @@
-"""uniql.finetune: masked LoRA recovery fine-tuning of an unquantized artifact (DESIGN.md sections 2.4 and 5).
+"""uniql.finetune: masked LoRA recovery fine-tuning of an unquantized artifact (docs/design.md §3.7).
 
 The one stage that computes in Python, on PyTorch (optional extra ``uniql[torch]``). Pipeline::
 
