@@ -45,7 +45,7 @@ import numpy as np
 
 from uniql import checkpoint, safetensors as st
 from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, publish, write_config
-from uniql.errors import (FormatError, InvalidArgumentError, RangeError, UniqlError, UniqlIOError,
+from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlError,
                           UnsupportedError)
 from uniql.linalg import Covariance
 from uniql.quant import quantize_gptq, quantize_rtn
@@ -56,10 +56,6 @@ log = logging.getLogger(__name__)
 
 COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
-
-
-class OutputExistsError(UniqlIOError, FileExistsError):
-    """The output directory exists and is not empty (pass overwrite=True)."""
 
 
 @dataclass(frozen=True)

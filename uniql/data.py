@@ -40,7 +40,9 @@ def smollm2_gguf() -> pathlib.Path:
 def text_path(name: str) -> pathlib.Path:
     """Path of a calibration/perplexity text ("wiki", "c4", "tiny", "code", "technical", "multilingual")."""
     if name not in TEXTS:
-        raise ValueError(f"unknown text {name!r}; choose one of {', '.join(TEXTS)}")
+        from uniql.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"unknown text {name!r}; choose one of {', '.join(TEXTS)}")
     p = data_dir() / "cal_data" / f"{name}.utf8"
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: run `python -m uniql.data fetch` (needs PyPI access once)")
