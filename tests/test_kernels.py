@@ -371,6 +371,32 @@ def test_bad_environment_fails_at_model_creation(var, value, match):
     assert "ERR" in r.stdout and match in r.stdout, r.stdout
 
 
+@pytest.mark.parametrize("bad", [{"UNIQL_KERNELS": "avx9000"}, {"UNIQL_Q4_ACT": "int3"}])
+def test_valid_environment_variables_apply_after_an_invalid_one(bad):
+    """An invalid UNIQL_KERNELS (or UNIQL_Q4_ACT) is reported, and the valid variables read after it still apply."""
+    act = "int8"  # valid on every path; the static fallback of a half-read environment would be fp32
+    env = dict(os.environ, UNIQL_KERNELS="ref", UNIQL_Q4_ACT=act, UNIQL_NUM_THREADS="1")
+    env.update(bad)
+    code = ("import json\n"
+            "from uniql import _C\n"
+            "from uniql.errors import InvalidArgumentError\n"
+            "try:\n"
+            "    _C.kernels_info()\n"
+            "except InvalidArgumentError as e:\n"
+            "    print('ERR', e)\n"
+            "_C.kernels_set('ref')  # an explicit choice overrides the bad environment\n"
+            "print(json.dumps(_C.kernels_info()))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    name, value = next(iter(bad.items()))
+    assert lines[0].startswith("ERR") and f"{name}='{value}'" in lines[0], r.stdout
+    info = json.loads(lines[-1])
+    if name != "UNIQL_Q4_ACT":
+        assert info["q4_act"] == act, info
+    assert info["threads"] == 1, info
+
+
 # ---------------------------------------------------------------------------------------- bench ----
 
 def test_bench_read_bandwidth_and_peaks_are_positive():

@@ -468,9 +468,10 @@ double uq_rng_uniform(uint64_t *rng);
  */
 typedef enum { UQ_Q4_ACT_FP32 = 0, UQ_Q4_ACT_INT8 = 1, UQ_Q4_ACT_AUTO = 2 /* setter only */ } uq_q4_act;
 
-/* Reads the environment once (later calls return the first result). UQ_ERR_ARG: unknown UNIQL_KERNELS /
- * UNIQL_Q4_ACT value or bad UNIQL_NUM_THREADS (naming the variable and value); UQ_ERR_UNSUPPORTED: the
- * forced path needs CPU features this machine lacks (named). */
+/* Reads the environment once (later calls return the first result). All three variables are read and each valid
+ * one takes effect; the status names the first invalid one: UQ_ERR_ARG (unknown UNIQL_KERNELS / UNIQL_Q4_ACT
+ * value or bad UNIQL_NUM_THREADS, naming the variable and value) or UQ_ERR_UNSUPPORTED (the forced path needs CPU
+ * features this machine lacks, named). After a failure the kernels run the ref path until uq_kernels_set. */
 uq_status uq_kernels_init(void);
 /* Forces a path ("auto", "ref", "avx2", "avx512"). UQ_ERR_ARG unknown name, UQ_ERR_UNSUPPORTED CPU lacks it. */
 uq_status uq_kernels_set(const char *name);
@@ -774,7 +775,9 @@ typedef struct uq_hy_state uq_hy_state; /* opaque: SSM/conv states, KV caches, p
 /* Validates config and every descriptor; stored sizes come from the shapes. Full keeps, options 0.
  * UQ_ERR_ARG (NULL, non-positive size, bad kind/act, eps/theta <= 0, dt_min > dt_max, conv width outside
  * [1, UQ_HY_MAX_CONV]), UQ_ERR_SHAPE (inconsistent shapes or head counts, naming layer and tensor),
- * UQ_ERR_RANGE (freq map entry), UQ_ERR_NOMEM. */
+ * UQ_ERR_RANGE (freq map entry), UQ_ERR_UNSUPPORTED (R16 int4 for the embedding, a Mamba in_proj or a q_proj
+ * under partial RoPE: these are read as row-major rows or row views; every other linear may be R16 when built
+ * for the segments the runtime uses), UQ_ERR_NOMEM, or the status of uq_kernels_init. */
 uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_hy_model **out);
 void uq_hy_model_free(uq_hy_model *m);
 /* Keep sizes of layer l; a negative value leaves that one unchanged. UQ_ERR_RANGE naming layer and value:
