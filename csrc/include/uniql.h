@@ -664,7 +664,7 @@ uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double globa
 /*
  * Mamba2ForCausalLM, NemotronHForCausalLM and BambaForCausalLM at any per-layer keep sizes, switchable
  * between tokens. Weights are never copied (descriptors point into caller-owned arrays that must outlive
- * the model). Kernels: csrc/kernels/ssm_kernels.c (+ uq_linear_forward, RMSNorm, embedding of the
+ * the model). Kernels: csrc/kernels/ssm_kernels.c (+ uq_linear_forward, RMSNorm, RoPE, embedding of the
  * transformer runtime).
  *
  * A model is a stack of layers x = x + mixer(RMSNorm(x) * norm_l), then for layers with an ffn_norm a second
