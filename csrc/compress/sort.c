@@ -19,6 +19,12 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Keep-size granularities and the layouts that rely on them (docs/design.md §3.1, §3.5). */
+_Static_assert(UQ_GRAN_HEAD % 4 == 0, "head-dim keeps hold whole RoPE pairs (r/4 pairs + r/2 pass dims if partial)");
+_Static_assert(UQ_GRAN_MLP % UQ_Q4_DEFAULT_GROUP == 0, "an MLP keep never cuts a default int4 group of down_proj");
+_Static_assert(UQ_GRAN_SSM_HEAD % 2 == 0, "SSM head-channel keeps are even: out_proj int4 column prefixes are bytes");
+_Static_assert(UQ_GRAN_SSM_STATE >= 1 && UQ_GRAN_MLP >= 1, "granularities are positive");
+
 /* ------------------------------------------------------------------------------ helpers ---- */
 
 static uq_status chk_finite(const char *fn, const char *name, const double *x, int64_t count) {
