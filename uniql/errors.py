@@ -3,9 +3,11 @@
 Every failure of the C core arrives as a subclass of :class:`UniqlError` that also derives from the matching
 built-in (``ValueError`` for bad values/shapes/files, ``TypeError`` for dtypes, ``OSError`` for I/O,
 ``ArithmeticError`` for NaN/Inf or non-SPD matrices, ``NotImplementedError`` for unsupported requests), so
-callers can catch either. Two classes are raised by Python only: :class:`ModelNotFoundError` (a model directory or
-one of its files is missing; also importable from :mod:`uniql.checkpoint`) and :class:`OutputExistsError` (an output
-directory exists; also importable from the modules that write artifacts and converted checkpoints).
+callers can catch either. Three classes are raised by Python only: :class:`ModelNotFoundError` (a model directory,
+one of its files or a data file uniql reads is missing; also importable from :mod:`uniql.checkpoint`),
+:class:`TensorNotFoundError` (a tensor name a safetensors file lacks; also importable from :mod:`uniql.safetensors`)
+and :class:`OutputExistsError` (an output directory exists; also importable from the modules that write artifacts
+and converted checkpoints).
 """
 from uniql._C import (  # noqa: F401  (re-exported)
     DTypeError,
@@ -24,7 +26,14 @@ from uniql._C import (  # noqa: F401  (re-exported)
 
 
 class ModelNotFoundError(UniqlIOError, FileNotFoundError):
-    """A model directory or one of its required files does not exist (also a ``FileNotFoundError``)."""
+    """A model directory, one of its required files or a data file uniql reads does not exist (also a
+    ``FileNotFoundError``)."""
+
+
+class TensorNotFoundError(RangeError, KeyError):
+    """A requested tensor name is not in a safetensors file (a :class:`RangeError` and a ``KeyError``)."""
+
+    __str__ = Exception.__str__  # plain message, not KeyError's repr()
 
 
 class OutputExistsError(UniqlIOError, FileExistsError):
@@ -34,5 +43,5 @@ class OutputExistsError(UniqlIOError, FileExistsError):
 __all__ = [
     "UniqlError", "InvalidArgumentError", "ShapeError", "DTypeError", "OutOfMemoryError", "UniqlIOError",
     "FormatError", "NumericError", "UnsupportedError", "RangeError", "StateError", "InternalError",
-    "ModelNotFoundError", "OutputExistsError",
+    "ModelNotFoundError", "OutputExistsError", "TensorNotFoundError",
 ]
