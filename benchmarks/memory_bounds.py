@@ -7,8 +7,8 @@ Every measurement runs in a fresh subprocess (random weights saved as safetensor
 caller's settings). Reported per run: ``base`` = RSS after ``import uniql`` (numpy, the extension, OpenBLAS),
 ``peak`` = VmHWM of the process at the end, and ``peak - base``.
 
-The bound for compress (what a layer-streaming compressor needs; DESIGN.md section 2 "only one layer's calibration
-activations are held"):
+The bound for compress (what a layer-streaming compressor needs: only one layer's statistics and the calibration
+activations are held, docs/design.md §2.1):
 
     peak - base <= E + 2 W + S + A + C
       E  embedding and lm_head, float32 (held throughout: the embedding feeds calibration, lm_head is compressed last)

@@ -17,6 +17,7 @@ import pytest
 from uniql import bench
 from uniql.bench import llamacpp
 from uniql.convert import unpermute_qk
+from uniql.errors import ShapeError
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
 
@@ -50,7 +51,7 @@ def test_permute_qk_is_the_inverse_of_the_converters_unpermute(rng):
         p = llamacpp.permute_qk(w, heads)
         assert not np.array_equal(p, w) or d == 2
         np.testing.assert_array_equal(unpermute_qk(p, heads), w)
-    with pytest.raises(ValueError, match="even size"):
+    with pytest.raises(ShapeError, match="even size"):
         llamacpp.permute_qk(np.zeros((6, 2), np.float32), 4)
 
 

@@ -19,6 +19,23 @@ def test_exception_hierarchy():
     assert issubclass(uniql.UnsupportedError, NotImplementedError)
 
 
+def test_output_exists_error_is_one_class():
+    """compress, finetune, convert and quantize_artifact raise the same class, importable from each of them; the
+    same for the missing-model error of checkpoint reading."""
+    import importlib
+
+    mods = [importlib.import_module(f"uniql.{n}") for n in ("errors", "compress", "finetune", "convert", "requantize")]
+    assert {m.OutputExistsError for m in mods} == {uniql.OutputExistsError}
+    assert issubclass(uniql.OutputExistsError, uniql.UniqlIOError)
+    assert issubclass(uniql.OutputExistsError, FileExistsError)
+    assert importlib.import_module("uniql.checkpoint").ModelNotFoundError is uniql.ModelNotFoundError
+    assert issubclass(uniql.ModelNotFoundError, uniql.UniqlIOError)
+    assert issubclass(uniql.ModelNotFoundError, FileNotFoundError)
+    assert importlib.import_module("uniql.safetensors").TensorNotFoundError is uniql.TensorNotFoundError
+    assert issubclass(uniql.TensorNotFoundError, uniql.RangeError) and issubclass(uniql.TensorNotFoundError, KeyError)
+    assert str(uniql.TensorNotFoundError("no tensor named 'x'")) == "no tensor named 'x'"  # not KeyError's repr
+
+
 def test_f16_roundtrip_matches_numpy(rng):
     x = (rng.standard_normal(10001) * 100).astype(np.float32)
     h = np.empty(x.shape, np.float16)

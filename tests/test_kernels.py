@@ -344,6 +344,16 @@ def test_runtime_int8_activations_close_to_fp32():
     assert np.abs(np.asarray(lb["logits"]) - la).max() <= A8_REL_TOL * np.abs(la).max()
 
 
+def _run_reporting(env, setup, call, after=""):
+    """stdout of a fresh interpreter (env) that runs `setup`, then `call` printing "ERR <message>" if it raises
+    InvalidArgumentError, then `after`."""
+    code = (setup + "from uniql.errors import InvalidArgumentError\n"
+            f"try:\n    {call}\nexcept InvalidArgumentError as e:\n    print('ERR', e)\n" + after)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 @pytest.mark.parametrize("var,value,match", [("UNIQL_KERNELS", "avx9000", "UNIQL_KERNELS='avx9000'"),
                                              ("UNIQL_Q4_ACT", "int3", "UNIQL_Q4_ACT='int3'"),
                                              ("UNIQL_NUM_THREADS", "zero", "UNIQL_NUM_THREADS='zero'")])
@@ -360,15 +370,27 @@ def test_bad_environment_fails_at_model_creation(var, value, match):
             " np.ones(8, np.float32)})\n"
             "for n, s in (('self_attn.q_proj', (8, 8)), ('self_attn.k_proj', (4, 8)), ('self_attn.v_proj', (4, 8)),"
             " ('self_attn.o_proj', (8, 8)), ('mlp.gate_proj', (8, 8)), ('mlp.up_proj', (8, 8)), ('mlp.down_proj', (8, 8))):\n"
-            "    t[p + n + '.weight'] = np.ones(s, np.float32)\n"
-            "from uniql.errors import InvalidArgumentError\n"
-            "try:\n"
-            "    Model.from_hf_tensors(cfg, t)\n"
-            "except InvalidArgumentError as e:\n"
-            "    print('ERR', e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert "ERR" in r.stdout and match in r.stdout, r.stdout
+            "    t[p + n + '.weight'] = np.ones(s, np.float32)\n")
+    out = _run_reporting(env, code, "Model.from_hf_tensors(cfg, t)")
+    assert "ERR" in out and match in out, out
+
+
+@pytest.mark.parametrize("bad", [{"UNIQL_KERNELS": "avx9000"}, {"UNIQL_Q4_ACT": "int3"}])
+def test_valid_environment_variables_apply_after_an_invalid_one(bad):
+    """An invalid UNIQL_KERNELS (or UNIQL_Q4_ACT) is reported, and the valid variables read after it still apply."""
+    act = "int8"  # valid on every path; the static fallback of a half-read environment would be fp32
+    env = dict(os.environ, UNIQL_KERNELS="ref", UNIQL_Q4_ACT=act, UNIQL_NUM_THREADS="1")
+    env.update(bad)
+    out = _run_reporting(env, "import json\nfrom uniql import _C\n", "_C.kernels_info()",
+                         "_C.kernels_set('ref')  # an explicit choice overrides the bad environment\n"
+                         "print(json.dumps(_C.kernels_info()))\n")
+    lines = out.strip().splitlines()
+    name, value = next(iter(bad.items()))
+    assert lines[0].startswith("ERR") and f"{name}='{value}'" in lines[0], out
+    info = json.loads(lines[-1])
+    if name != "UNIQL_Q4_ACT":
+        assert info["q4_act"] == act, info
+    assert info["threads"] == 1, info
 
 
 # ---------------------------------------------------------------------------------------- bench ----

@@ -1,5 +1,5 @@
 """Structured sorting and allocation (uniql.sorting -> C compress/sort*.c) against float64 NumPy references of
-the formulas in DESIGN.md sections 3 and 4."""
+the formulas in docs/design.md §3.1-§3.6."""
 import numpy as np
 import pytest
 

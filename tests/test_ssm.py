@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from uniql import RangeError, ShapeError, UnsupportedError
+from uniql import FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
 from uniql.quant import dequantize, quantize_rtn
 from uniql.ssm import BambaConfig, HybridConfig, HybridModel, Mamba2Config, NemotronHConfig, _rope_rows
 
@@ -315,8 +315,17 @@ def test_bad_configs():
     _, bd, _ = make_hf("bamba")
     with pytest.raises(ShapeError, match="inconsistent head counts.*num_attention_heads 4.*num_key_value_heads 3"):
         BambaConfig.from_hf({**bd, "num_key_value_heads": 3})
-    with pytest.raises(ValueError, match=r"attn_layer_indices \[5\]"):
+    with pytest.raises(FormatError, match=r"attn_layer_indices \[5\]"):
         BambaConfig.from_hf({**bd, "attn_layer_indices": [5]})
+    with pytest.raises(FormatError, match="config vocab_size must be a positive int"):
+        BambaConfig.from_hf({**bd, "vocab_size": 0})
+    with pytest.raises(FormatError, match="norm_eps must be > 0"):
+        BambaConfig.from_hf({**bd, "rms_norm_eps": 0.0})
+    with pytest.raises(FormatError, match="rope_theta must be > 0"):
+        BambaConfig.from_hf({**bd, "rope_theta": 0.0, "rope_parameters": {**(bd.get("rope_parameters") or {}),
+                                                                            "rope_theta": 0.0}})
+    with pytest.raises(UnsupportedError, match="conv_kernel 65 is larger than 64"):
+        Mamba2Config.from_hf({**md, "conv_kernel": 65})
     with pytest.raises(UnsupportedError, match="unsupported model_type 'llama'"):
         HybridConfig.from_hf({**bd, "model_type": "llama"})
 
@@ -328,8 +337,12 @@ def test_bad_tensors_and_keeps(arch_model):
     bad[key] = np.ascontiguousarray(sd[key][:, :-3])
     with pytest.raises(ShapeError, match="layer 0 out_proj"):
         HybridModel.from_hf_tensors(cd, bad)
-    with pytest.raises(ValueError, match="unexpected tensors: extra.weight"):
+    with pytest.raises(FormatError, match="unexpected tensors: extra.weight"):
         HybridModel.from_hf_tensors(cd, {**sd, "extra.weight": np.zeros(3, np.float32)})
+    with pytest.raises(FormatError, match="missing tensor"):
+        HybridModel.from_hf_tensors(cd, {k: v for k, v in sd.items() if k != key})
+    with pytest.raises(InvalidArgumentError, match="qk_layout must be"):
+        HybridModel.from_hf_tensors(cd, sd, qk_layout="sideways")
     with pytest.raises(RangeError, match="layer 0 SSM state keep 17 outside \\[1, 16\\]"):
         m.set_keep(0, ssm_state=17)
     with pytest.raises(RangeError, match="layer 0 has no attention component"):

@@ -1,4 +1,4 @@
-"""The uniql artifact: one directory that serves every pruning rate from 0 to its maximum (DESIGN.md section 6).
+"""The uniql artifact: one directory that serves every pruning rate from 0 to its maximum (docs/design.md §4).
 
 Layout::
 
@@ -74,7 +74,7 @@ class ArtifactMeta:
     format_version: int
     architecture: str                 # one of ARCHITECTURES
     max_rate: float                   # highest pruning rate the artifact serves
-    importance: tuple[float, ...]     # block importance s_l per decoder layer (DESIGN.md section 4)
+    importance: tuple[float, ...]     # block importance s_l per decoder layer (docs/design.md §3.4)
     mlp_granularity: int              # MLP keep sizes are multiples of this
     attn_granularity: int             # attention head-dim keep sizes are multiples of this (even)
     alloc_eps: float = 0.1

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from uniql import _C
-from uniql.errors import FormatError, InvalidArgumentError, UniqlIOError, UnsupportedError
+from uniql.errors import FormatError, InvalidArgumentError, ModelNotFoundError, UniqlIOError, UnsupportedError
 
 if TYPE_CHECKING:  # pragma: no cover
     import tokenizers
@@ -52,10 +52,6 @@ TOKENIZER_FILE = "tokenizer.json"
 ARTIFACT_KEY = "uniql"  # config.json[ARTIFACT_KEY] marks a uniql compressed artifact
 
 PathLike = str | os.PathLike
-
-
-class ModelNotFoundError(UniqlIOError, FileNotFoundError):
-    """A model directory or one of its required files does not exist (also a ``FileNotFoundError``)."""
 
 
 def _model_dir(model_dir: PathLike) -> Path:

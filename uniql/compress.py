@@ -1,4 +1,4 @@
-"""uniql.compress: a Hugging Face checkpoint in, one elastic artifact out (DESIGN.md sections 2-6).
+"""uniql.compress: a Hugging Face checkpoint in, one elastic artifact out (docs/design.md §2-§4).
 
 Pipeline, layer by layer, over two activation streams (each (B, T, n) float32, updated in place; only one layer's
 statistics are held): X_fp runs through the original float layers, X_q through the already quantized ones.
@@ -16,8 +16,8 @@ statistics are held): X_fp runs through the original float layers, X_q through t
    shares the table, an untied one gets group-wise RTN), the config with the uniql metadata (block importances:
    any rate is allocated at load time), the tokenizer.
 
-Sorting statistics and importances thus come from the float model (DESIGN.md section 2: sort, then quantize) and
-GPTQ sees the inputs deployment produces (section 5), so ``compress(quantize=True)`` writes the same layer and
+Sorting statistics and importances thus come from the float model (docs/design.md §2.1: sort, then quantize) and
+GPTQ sees the inputs deployment produces (§3.5), so ``compress(quantize=True)`` writes the same layer and
 embedding / lm_head files, byte for byte, as ``quantize_artifact(compress(quantize=False))`` with the same
 calibration (:mod:`uniql.requantize` calls the same :func:`quantize_layer`).
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from uniql import checkpoint, safetensors as st
 from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, publish, write_config
-from uniql.errors import (FormatError, InvalidArgumentError, RangeError, UniqlError, UniqlIOError,
+from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlError,
                           UnsupportedError)
 from uniql.linalg import Covariance
 from uniql.quant import quantize_gptq, quantize_rtn
@@ -56,10 +56,6 @@ log = logging.getLogger(__name__)
 
 COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
-
-
-class OutputExistsError(UniqlIOError, FileExistsError):
-    """The output directory exists and is not empty (pass overwrite=True)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ class CompressOptions:
     damp: float = 0.01             # GPTQ damping (fraction of mean diag H)
     max_rate: float = 0.35         # highest pruning rate the artifact serves
     mlp_lambda: float = 1.0        # ridge constant of the MLP scores
-    mlp_granularity: int = 128     # keep-size granularity (shrunk for small models, DESIGN.md section 3)
+    mlp_granularity: int = 128     # keep-size granularity (shrunk for small models, docs/design.md §3.1)
     attn_granularity: int = 16
     scorer: str = "uniql"          # "uniql" (ridge / RoPE-pair scores) or "magnitude" (ablation)
     split_sigma: bool = False      # ablation: singular values split evenly between V and O
@@ -418,7 +414,7 @@ class _TransformerJob:
 # ------------------------------------------------------------------------- shared pipeline steps ----
 
 def _importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
-    """Block importance of one layer from its last-token inputs and outputs (B, n) (DESIGN.md section 4)."""
+    """Block importance of one layer from its last-token inputs and outputs (B, n) (docs/design.md §3.4)."""
     return float(block_importance(np.ascontiguousarray(x_last), np.ascontiguousarray(y_last)))
 
 

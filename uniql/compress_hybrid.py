@@ -1,4 +1,4 @@
-"""compress() for Mamba2, Nemotron-H and Bamba: the per-layer job (DESIGN.md sections 3-6).
+"""compress() for Mamba2, Nemotron-H and Bamba: the per-layer job (docs/design.md §3, §4).
 
 The driver (:func:`uniql.compress.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
 config, report) is shared with the transformers; this module calibrates, sorts and quantizes one layer of a
@@ -39,7 +39,8 @@ from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort
                            sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
 from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig, HybridModel, _rope_rows)
 
-#: Ridge constant of the state-aware head-channel score (method-notes "Things to get right" 3).
+#: Ridge constant of the state-aware head-channel score: ridge scores are scale-sensitive (lambda is absolute
+#: against a second moment averaged over sequences); these are the values the method was tuned with.
 SSM_LAMBDA_MAMBA2 = 1e-4
 SSM_LAMBDA_HYBRID = 1.0
 

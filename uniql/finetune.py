@@ -1,4 +1,4 @@
-"""uniql.finetune: masked LoRA recovery fine-tuning of an unquantized artifact (DESIGN.md sections 2.4 and 5).
+"""uniql.finetune: masked LoRA recovery fine-tuning of an unquantized artifact (docs/design.md §3.7).
 
 The one stage that computes in Python, on PyTorch (optional extra ``uniql[torch]``). Pipeline::
 
@@ -35,16 +35,12 @@ from typing import Any
 import numpy as np
 
 from uniql import safetensors as st
-from uniql.errors import InvalidArgumentError, RangeError, UniqlIOError, UnsupportedError
+from uniql.errors import InvalidArgumentError, OutputExistsError, RangeError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
 RATE_DECAY = 0.1          # p(rate_j) ~ exp(-RATE_DECAY * j), j = 0 at the highest rate (the reference's 0.1)
 MAX_GRAD_NORM = 1.0
-
-
-class OutputExistsError(UniqlIOError, FileExistsError):
-    """The output directory exists and is not empty (pass overwrite=True)."""
 
 
 def require_torch() -> Any:

@@ -7,7 +7,7 @@ sequence counts).
 
 Conventions: matrices are row-major float64; symmetric inputs must be symmetric and only their lower
 triangle is read; ``G = sum_t x_t^T x_t`` is accumulated over tokens, and :meth:`Covariance.mean` divides by the
-number of sequences (DESIGN.md: ``G = (1/B) sum_b X_b^T X_b``).
+number of sequences (docs/design.md §2.1: ``G = (1/B) sum_b X_b^T X_b``).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """uniql.requantize: GPTQ int4 of an unquantized (e.g. fine-tuned) artifact -- the last step of
-``compress(quantize=False) -> finetune -> quantize_artifact`` (DESIGN.md sections 2.5 and 5).
+``compress(quantize=False) -> finetune -> quantize_artifact`` (docs/design.md §2.1, §3.5).
 
 The artifact is already sorted (and possibly fine-tuned), so nothing is re-sorted or re-allocated: the keep-size
 granularities, RoPE frequency maps and block importances are kept. Layer by layer, exactly as compress does it

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from uniql import _C
-from uniql.errors import DTypeError, InvalidArgumentError, RangeError
+from uniql.errors import DTypeError, InvalidArgumentError, TensorNotFoundError
 
 __all__ = [
     "BF16Array",
@@ -48,12 +48,6 @@ _ST_TO_NUMPY: dict[str, np.dtype] = {
 }
 # NumPy dtype -> safetensors dtype for save_file (uint16 is only written as BF16, on request)
 _NUMPY_TO_ST: dict[np.dtype, str] = {v: k for k, v in _ST_TO_NUMPY.items() if k != "BF16"}
-
-
-class TensorNotFoundError(RangeError, KeyError):
-    """A requested tensor name is not in the file (a :class:`uniql.RangeError` and a ``KeyError``)."""
-
-    __str__ = Exception.__str__  # plain message, not KeyError's repr()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Structured weight sorting and layer-wise allocation (DESIGN.md sections 3 and 4): typed wrappers of the C core.
+"""Structured weight sorting and layer-wise allocation (docs/design.md §3): typed wrappers of the C core.
 
 Every function here validates its arguments (shapes, dtypes, value ranges: a bad one raises a
 :mod:`uniql.errors` class naming the argument), allocates the outputs with ``numpy.empty`` and calls
@@ -26,14 +26,14 @@ logger = logging.getLogger(__name__)
 RopeMode = Literal["full", "partial", "none"]
 _ROPE_CODES = {"full": _C.ROPE_FULL, "partial": _C.ROPE_PARTIAL, "none": _C.ROPE_NONE}
 
-#: Standard keep-size granularities (DESIGN.md 3).
+#: Standard keep-size granularities (docs/design.md §3.1).
 GRAN_MLP: int = _C.GRAN_MLP
 GRAN_HEAD: int = _C.GRAN_HEAD
 GRAN_SSM_STATE: int = _C.GRAN_SSM_STATE
 GRAN_SSM_HEAD: int = _C.GRAN_SSM_HEAD
-#: Eigenvalue floor of G^{±1/2} in the QA-SVD (DESIGN.md 3).
+#: Eigenvalue floor of G^{±1/2} in the QA-SVD (docs/design.md §3.2).
 QASVD_EIG_FLOOR: float = 1e-6
-#: Softmax temperature and pruning clamp of the layer-wise allocation (DESIGN.md 4).
+#: Softmax temperature and pruning clamp of the layer-wise allocation (docs/design.md §3.6).
 ALLOC_EPS: float = 0.1
 ALLOC_MAX_PRUNE: float = 0.85
 
@@ -246,7 +246,7 @@ def qasvd_vo(
 ) -> QASVDResult:
     """Quantization-aware SVD of V/O (GQA): ``G^{1/2} V_g = U S W^T``, ``V_g' = G^{-1/2} U S``,
     ``O_h' = W^T O_h``; exact at full rank. ``split_sigma``: S^{1/2} on both sides (ablation); ``joint_o``:
-    a second SVD over the group's O heads (optimal whitened rank-r V.O product; DESIGN's MHA variant when
+    a second SVD over the group's O heads (optimal whitened rank-r V.O product; per head when
     n_heads == n_kv). Weights float32 or float64 (all weight/bias arrays the same dtype); G float64 (n, n)
     = second moment of the attention input."""
     g = _square("G", G)
@@ -355,7 +355,7 @@ def ssm_bc_moments(B: npt.ArrayLike, C: npt.ArrayLike, dt: npt.ArrayLike, n_grou
 
 def ssm_chunk_states(x: npt.ArrayLike, B: npt.ArrayLike, dt: npt.ArrayLike, A_log: npt.ArrayLike, n_groups: int,
                      chunk: int) -> np.ndarray:
-    """Chunk-local SSM states of one sequence as samples (DESIGN.md 3): float64 (ceil(T/chunk)*N, H*P), row
+    """Chunk-local SSM states of one sequence as samples (docs/design.md §3.2): float64 (ceil(T/chunk)*N, H*P), row
     c*N + n, column h*P + p = ``sum_{t in c} exp(A_h sum_{tau in c, tau > t} dt[tau,h]) dt[t,h] x[t,h*P+p]
     B[t,g(h)*N+n]`` with ``A_h = -exp(A_log[h])``. x (T, H*P), B (T, G*N) after conv1d + SiLU, dt (T, H) = Delta.
     Their second moment is the statistic of :func:`sort_ssm_head_channels`."""

@@ -55,7 +55,7 @@ _KEEP_NAMES = ("mlp", "attn", "ssm_head", "ssm_state")
 
 def _pos(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"config {name} must be a positive int, got {v!r}")
+        raise FormatError(f"config {name} must be a positive int, got {v!r}")
     return int(v)
 
 
@@ -128,12 +128,12 @@ class HybridConfig:
         for name in ("vocab_size", "hidden_size", "max_position_embeddings"):
             object.__setattr__(self, name, _pos(name, getattr(self, name)))
         if not self.layer_types:
-            raise ValueError("config has no layers")
+            raise FormatError("config has no layers")
         for i, t in enumerate(self.layer_types):
             if t not in _KIND:
                 raise UnsupportedError(f"layer {i}: unsupported layer type {t!r} (supported: mamba, attention, mlp)")
         if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps}")
+            raise FormatError(f"norm_eps must be > 0, got {self.norm_eps}")
         if LAYER_MAMBA in self.layer_types:
             for name in ("ssm_heads", "ssm_head_dim", "ssm_groups", "ssm_state", "conv_kernel", "chunk_size"):
                 object.__setattr__(self, name, _pos(name, getattr(self, name)))
@@ -141,9 +141,9 @@ class HybridConfig:
                 raise ShapeError(f"inconsistent head counts: Mamba heads {self.ssm_heads} is not a multiple of "
                                  f"n_groups {self.ssm_groups}")
             if self.conv_kernel > 64:
-                raise ValueError(f"conv_kernel {self.conv_kernel} is larger than 64")
+                raise UnsupportedError(f"conv_kernel {self.conv_kernel} is larger than 64")
             if not self.dt_min <= self.dt_max:
-                raise ValueError(f"time_step_limit ({self.dt_min}, {self.dt_max}) is not an interval")
+                raise FormatError(f"time_step_limit ({self.dt_min}, {self.dt_max}) is not an interval")
         if LAYER_ATTENTION in self.layer_types:
             for name in ("num_heads", "num_kv_heads", "head_dim"):
                 object.__setattr__(self, name, _pos(name, getattr(self, name)))
@@ -151,9 +151,9 @@ class HybridConfig:
                 raise ShapeError(f"inconsistent head counts: num_attention_heads {self.num_heads} is not a multiple "
                                  f"of num_key_value_heads {self.num_kv_heads}")
             if self.rope_dim < 0 or self.rope_dim > self.head_dim or self.rope_dim % 2:
-                raise ValueError(f"rotary dims {self.rope_dim} must be even and in [0, head_dim {self.head_dim}]")
+                raise FormatError(f"rotary dims {self.rope_dim} must be even and in [0, head_dim {self.head_dim}]")
             if self.rope_dim and not self.rope_theta > 0:
-                raise ValueError(f"rope_theta must be > 0, got {self.rope_theta}")
+                raise FormatError(f"rope_theta must be > 0, got {self.rope_theta}")
         if LAYER_MLP in self.layer_types or self.ffn_after_mixer:
             object.__setattr__(self, "intermediate_size", _pos("intermediate_size", self.intermediate_size))
             if self.mlp_act not in _ACT:
@@ -251,7 +251,7 @@ class NemotronHConfig(HybridConfig):
         else:
             lst = d.get("layers_block_type") or d.get("layer_types")
             if not lst:
-                raise ValueError("config has neither hybrid_override_pattern nor layers_block_type")
+                raise FormatError("config has neither hybrid_override_pattern nor layers_block_type")
             for i, t in enumerate(lst):
                 if t == "moe":
                     raise UnsupportedError(f"layers_block_type layer {i}: 'moe' (mixture-of-experts) layers are not "
@@ -262,7 +262,7 @@ class NemotronHConfig(HybridConfig):
                 types.append(_NEMOTRON_TYPES[t])
         nl = d.get("num_hidden_layers")
         if pattern and nl is not None and int(nl) != len(types):
-            raise ValueError(f"num_hidden_layers {nl} does not match the {len(types)} layers of "
+            raise FormatError(f"num_hidden_layers {nl} does not match the {len(types)} layers of "
                              f"hybrid_override_pattern {pattern!r}")
         kw: dict[str, Any] = {}
         if LAYER_MAMBA in types:
@@ -314,7 +314,7 @@ class BambaConfig(HybridConfig):
         attn_idx = set(d.get("attn_layer_indices") or [])
         bad = sorted(i for i in attn_idx if not 0 <= i < L)
         if bad:
-            raise ValueError(f"attn_layer_indices {bad} outside [0, num_hidden_layers = {L})")
+            raise FormatError(f"attn_layer_indices {bad} outside [0, num_hidden_layers = {L})")
         types = tuple(LAYER_ATTENTION if i in attn_idx else LAYER_MAMBA for i in range(L))
         H, expand = d["mamba_n_heads"], d.get("mamba_expand", 2)
         P = d.get("mamba_d_head", "auto")
@@ -412,7 +412,7 @@ class HybridModel(SequenceModel):
             return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
 
         if len(layers) != config.num_hidden_layers:
-            raise ValueError(f"{len(layers)} layers given, the config has {config.num_hidden_layers}")
+            raise InvalidArgumentError(f"{len(layers)} layers given, the config has {config.num_hidden_layers}")
         c_layers = []
         for t, lay in zip(config.layer_types, layers):
             d: dict[str, Any] = {"kind": _KIND[t]}
@@ -454,11 +454,11 @@ class HybridModel(SequenceModel):
         per head. ``max_seq``: KV cache / sequence capacity."""
         cfg = config if isinstance(config, HybridConfig) else HybridConfig.from_hf(config)
         if qk_layout not in ("rotate_half", "interleaved"):
-            raise ValueError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
+            raise InvalidArgumentError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
         L = cfg.num_hidden_layers
         for what, seq in (("freq_maps", freq_maps), ("rot_rows", rot_rows)):
             if seq is not None and len(seq) != L:
-                raise ValueError(f"{what} has {len(seq)} entries, the model has {L} layers")
+                raise InvalidArgumentError(f"{what} has {len(seq)} entries, the model has {L} layers")
         names = _NAMES[cfg.model_type]
         used: set[str] = set()
 
@@ -467,12 +467,12 @@ class HybridModel(SequenceModel):
             for n in cands:
                 if n in tensors:
                     return n
-            raise ValueError(f"missing tensor {cands[0]!r}")
+            raise FormatError(f"missing tensor {cands[0]!r}")
 
         def get(name: str, required: bool = True) -> Any:
             if name not in tensors:
                 if required:
-                    raise ValueError(f"missing tensor {name!r}")
+                    raise FormatError(f"missing tensor {name!r}")
                 return None
             used.add(name)
             v = tensors[name]
@@ -549,7 +549,7 @@ class HybridModel(SequenceModel):
             head = get("lm_head.weight")
         extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
         if extra:
-            raise ValueError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
+            raise FormatError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
         return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
 
     # --------------------------------------------------------------------------- keep sizes ----
@@ -592,7 +592,7 @@ class HybridModel(SequenceModel):
             else:
                 v = list(v)
                 if len(v) != self.num_layers:
-                    raise ValueError(f"{name} has {len(v)} values, the model has {self.num_layers} layers")
+                    raise InvalidArgumentError(f"{name} has {len(v)} values, the model has {self.num_layers} layers")
                 per[name] = v
         for i in range(self.num_layers):
             st = self.stored(i)

@@ -1,5 +1,5 @@
-"""PyTorch twin of the C runtime for a sorted, unquantized Llama/Qwen2 artifact, with masked LoRA (DESIGN.md
-sections 2.4 and 5). Used by :mod:`uniql.finetune`; needs the optional extra ``uniql[torch]``.
+"""PyTorch twin of the C runtime for a sorted, unquantized Llama/Qwen2 artifact, with masked LoRA (docs/design.md
+§3.7). Used by :mod:`uniql.finetune`; needs the optional extra ``uniql[torch]``.
 
 Per layer at keep sizes (k = MLP keep, r = attention head-dim keep; stored sizes K = D_I, R = d):
 

@@ -22,6 +22,10 @@
 #include <math.h>
 #include <string.h>
 
+_Static_assert(UQ_Q4_OFFSET == 8, "int4 codes 0..15 hold q - 8 (7.5 steps either side); the pad nibble is 8");
+_Static_assert(UQ_Q4_ROW_BYTES(1) == 1 && UQ_Q4_ROW_BYTES(2) == 1 && UQ_Q4_ROW_BYTES(3) == 2, "two codes per byte");
+_Static_assert(UQ_Q4_NGROUPS(129, 128) == 2 && UQ_Q4_NGROUPS(128, 128) == 1, "a short last group has its own scale");
+
 /* Scale of a group from its absolute maximum; UQ_ERR_NUMERIC if it does not fit float32. */
 static inline uq_status q4_scale(double amax, float *s) {
     double v = amax / 7.5;

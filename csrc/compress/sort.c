@@ -1,5 +1,5 @@
 /*
- * sort.c -- structured weight sorting scores, permutations and layer-wise allocation (DESIGN.md 3 and 4).
+ * sort.c -- structured weight sorting scores, permutations and layer-wise allocation (docs/design.md §3).
  *
  *   keep size       k = g * rint(rho * full / g), clamped to [g, full]; rho == 1 -> full
  *   argsort         stable descending (ties by ascending index): a bottom-up merge sort
@@ -18,6 +18,12 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+
+/* Keep-size granularities and the layouts that rely on them (docs/design.md §3.1, §3.5). */
+_Static_assert(UQ_GRAN_HEAD % 4 == 0, "head-dim keeps hold whole RoPE pairs (r/4 pairs + r/2 pass dims if partial)");
+_Static_assert(UQ_GRAN_MLP % UQ_Q4_DEFAULT_GROUP == 0, "an MLP keep never cuts a default int4 group of down_proj");
+_Static_assert(UQ_GRAN_SSM_HEAD % 2 == 0, "SSM head-channel keeps are even: out_proj int4 column prefixes are bytes");
+_Static_assert(UQ_GRAN_SSM_STATE >= 1 && UQ_GRAN_MLP >= 1, "granularities are positive");
 
 /* ------------------------------------------------------------------------------ helpers ---- */
 
@@ -200,7 +206,7 @@ uq_status uq_sort_qk(const double *cq_diag, const double *ck_diag, int64_t n_hea
             rp[2 * j] = p[j];
             rp[2 * j + 1] = p[j] + np;
         }
-        if (mode == UQ_ROPE_PARTIAL) { /* pass dims [d/2, d) by their own scores s[d/2:d] (method-notes 8.3) */
+        if (mode == UQ_ROPE_PARTIAL) { /* pass dims [d/2, d) by their own scores s[d/2:d], not the rotary half's */
             int64_t half = d / 2;
             argsort_desc_ws(s + half, half, p, tmp);
             for (int64_t k = 0; k < half; k++) rp[half + k] = half + p[k];

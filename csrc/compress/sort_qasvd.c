@@ -1,5 +1,5 @@
 /*
- * sort_qasvd.c -- quantization-aware (whitened) SVD of attention V/O, GQA (DESIGN.md 3, method-notes 2.3).
+ * sort_qasvd.c -- quantization-aware (whitened) SVD of attention V/O, GQA (docs/design.md §3.2).
  *
  *   G^{1/2}, G^{-1/2}   eigenvalues of G floored at eig_floor            (uq_linalg_sqrtm)
  *   per KV group g:     G^{1/2} V_g = U S W^T                              (uq_linalg_svd, thin, S descending)

@@ -1,5 +1,5 @@
 /*
- * ssm_stats.c -- calibration statistics of a Mamba2 mixer for sorting (DESIGN.md 3), from the captures of
+ * ssm_stats.c -- calibration statistics of a Mamba2 mixer for sorting (docs/design.md §3.2), from the captures of
  * uq_hy_layer_forward (B, C after conv1d + SiLU; Delta = clamp(softplus(dt + dt_bias)); x after conv1d + SiLU).
  *
  *   state dims      dB[h][n] += scale * sum_t (Delta_t[h] B_t[g(h)][n])^2,  c[g][n] += scale * sum_t C_t[g][n]^2

@@ -1,7 +1,7 @@
 /*
  * uniql.h -- the one public header of libuniql, the C11 core of uniql.
  *
- * Conventions (see ../shared/STYLE.md):
+ * Conventions (docs/design.md §1.1):
  *   - every public function returns uq_status; details go to a thread-local message (uq_last_error());
  *   - the library never calls exit, abort or printf;
  *   - caller allocates outputs; long-lived objects have _init/_free pairs (free accepts NULL);
@@ -243,7 +243,7 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
  * between tokens. Weights are never copied: descriptors point into caller-owned arrays that must outlive
  * the model object.
  *
- * Elastic layout (DESIGN.md section 6). Per layer l:
+ * Elastic layout (docs/design.md §3.3 and §5). Per layer l:
  *   - MLP: stored intermediate size K_l (= rows of gate/up = cols of down); keep k <= K_l uses the first k
  *     rows of gate/up and the first k columns of down.
  *   - attention: stored head dim R_l (= rows of q / n_heads; even, <= head_dim d); keep r (even) <= R_l uses
@@ -468,9 +468,10 @@ double uq_rng_uniform(uint64_t *rng);
  */
 typedef enum { UQ_Q4_ACT_FP32 = 0, UQ_Q4_ACT_INT8 = 1, UQ_Q4_ACT_AUTO = 2 /* setter only */ } uq_q4_act;
 
-/* Reads the environment once (later calls return the first result). UQ_ERR_ARG: unknown UNIQL_KERNELS /
- * UNIQL_Q4_ACT value or bad UNIQL_NUM_THREADS (naming the variable and value); UQ_ERR_UNSUPPORTED: the
- * forced path needs CPU features this machine lacks (named). */
+/* Reads the environment once (later calls return the first result). All three variables are read and each valid
+ * one takes effect; the status names the first invalid one: UQ_ERR_ARG (unknown UNIQL_KERNELS / UNIQL_Q4_ACT
+ * value or bad UNIQL_NUM_THREADS, naming the variable and value) or UQ_ERR_UNSUPPORTED (the forced path needs CPU
+ * features this machine lacks, named). After a failure the kernels run the ref path until uq_kernels_set. */
 uq_status uq_kernels_init(void);
 /* Forces a path ("auto", "ref", "avx2", "avx512"). UQ_ERR_ARG unknown name, UQ_ERR_UNSUPPORTED CPU lacks it. */
 uq_status uq_kernels_set(const char *name);
@@ -507,7 +508,7 @@ uq_status uq_bench_blas(const uq_linear *L, const float *x, int64_t T, float *y,
 
 /* ================================================ structured sorting and allocation (compress/) ====== */
 /* (owned by the sorting implementation: csrc/compress/sort*.c)
- * Float64 statistics in, permutations / re-parameterised weights out (DESIGN.md sections 3 and 4).
+ * Float64 statistics in, permutations / re-parameterised weights out (docs/design.md §3).
  * Conventions: a permutation perm (int64) says "new position k <- original index perm[k]"; every sort is a
  * STABLE DESCENDING argsort (equal scores keep ascending original index; -0.0 == 0.0); NaN/Inf inputs are
  * UQ_ERR_NUMERIC naming the argument and index; NULL / non-positive sizes / bad scalars are UQ_ERR_ARG;
@@ -515,7 +516,7 @@ uq_status uq_bench_blas(const uq_linear *L, const float *x, int64_t T, float *y,
  * Symmetric statistics (n, n) are read through their LOWER triangle only (as in linalg/). Outputs are
  * caller-allocated and written only on success unless stated otherwise. */
 
-/* Standard keep-size granularities (DESIGN.md section 3). */
+/* Standard keep-size granularities (docs/design.md §3.1). */
 #define UQ_GRAN_MLP 128       /* MLP intermediate channels */
 #define UQ_GRAN_HEAD 16       /* attention head dims (Q/K and V/O ranks) */
 #define UQ_GRAN_SSM_STATE 16  /* Mamba2 state dim N */
@@ -531,7 +532,7 @@ uq_status uq_bench_blas(const uq_linear *L, const float *x, int64_t T, float *y,
  * would pass full); k never exceeds full. UQ_ERR_ARG: full < 1, g outside [1, full], rho outside [0, 1]/NaN. */
 uq_status uq_keep_size(int64_t full, double keep_ratio, int64_t granularity, int64_t *out);
 
-/* *out = the granularity to use for an axis of `size` elements (the small-model rule of DESIGN.md 3):
+/* *out = the granularity to use for an axis of `size` elements (the small-model rule, docs/design.md §3.1):
  *     g = min(granularity, size / 8)  (integer division), rounded DOWN to a power of two (0 stays 0),
  *     g = max(g, min_granularity).
  * For large models this returns `granularity` itself (14336 -> 128, d = 128 -> 16, N = 128 -> 16,
@@ -546,10 +547,10 @@ uq_status uq_keep_granularity(int64_t size, int64_t granularity, int64_t min_gra
  * Internal workspace n int64. */
 uq_status uq_argsort_desc(const double *scores, int64_t n, int64_t *perm);
 
-/* MLP ridge leverage (DESIGN.md 3, method-notes 2.1): scores (n) = diag(G (G + lambda I)^{-1})
+/* MLP ridge leverage (docs/design.md §3.2): scores (n) = diag(G (G + lambda I)^{-1})
  *     s_i = 1 - lambda * [(G + lambda I)^{-1}]_ii     via uq_linalg_spd_inv_diag (Cholesky, no inverse)
  * G (n, n) float64 = second moment of the down_proj input (PSD; lower triangle read), lambda > 0 finite
- * (DESIGN: 1). s_i lies in [0, 1) up to rounding (~1e-16 absolute). UQ_ERR_NUMERIC when G + lambda I is not
+ * (compress uses 1). s_i lies in [0, 1) up to rounding (~1e-16 absolute). UQ_ERR_NUMERIC when G + lambda I is not
  * positive definite (G not PSD) or G holds NaN/Inf. The permutation is uq_argsort_desc(scores). */
 uq_status uq_sort_ridge_scores(const double *G, int64_t n, double lambda, double *scores);
 
@@ -563,7 +564,7 @@ uq_status uq_sort_ridge_scores(const double *G, int64_t n, double lambda, double
  *                    Layout: rows [0, d/2) = rotary pairs interleaved (row 2j <- p_j, 2j+1 <- p_j + d/4, p
  *                    sorted by s_j + s_{j+d/4}, freq[g][j] = p_j, j < d/4); rows [d/2, d) = pass dims sorted
  *                    by their own scores s[d/2:d] (row d/2 + k <- d/2 + q_k).
- *                    Keep size r (multiple of 4; method-notes 8.2): r/2 rotary rows (r/4 whole pairs) and
+ *                    Keep size r (multiple of 4, whole pairs): r/2 rotary rows (r/4 whole pairs) and
  *                    r/2 pass rows, i.e. rows [0, r/2) U [d/2, d/2 + r/2) -- NOT a prefix: use
  *                    uq_sort_qk_keep_rows.
  *   UQ_ROPE_NONE     no RoPE (Nemotron-H): row k <- dim argsort_desc(s)[k]; no freq map; keep = first r rows. */
@@ -572,7 +573,7 @@ typedef enum { UQ_ROPE_FULL = 0, UQ_ROPE_PARTIAL = 1, UQ_ROPE_NONE = 2 } uq_rope
 /* Number of RoPE pairs per head stored in the freq map: d/2 (FULL), d/4 (PARTIAL), 0 (NONE). */
 int64_t uq_sort_qk_npairs(uq_rope_mode mode, int64_t d);
 
-/* RoPE-aware Q/K sort of every KV group (DESIGN.md 3). Inputs are DIAGONALS of post-RoPE second moments:
+/* RoPE-aware Q/K sort of every KV group (docs/design.md §3.2). Inputs are DIAGONALS of post-RoPE second moments:
  *   cq_diag (n_heads, d): cq_diag[h][i] = C_{Q,h,ii};  ck_diag (n_kv, d): ck_diag[g][i] = C_{K,g,ii}
  * (both >= 0, finite). Q head h belongs to KV group g = h / (n_heads / n_kv) (HF repeat_kv), n_heads % n_kv
  * == 0. Per-dim score of group g:  s_i = sqrt(ck_diag[g][i] * sum_{h in g} cq_diag[h][i]).
@@ -592,15 +593,15 @@ uq_status uq_sort_qk(const double *cq_diag, const double *ck_diag, int64_t n_hea
  * r/4 (PARTIAL) entries of freq. UQ_ERR_RANGE: r outside [1, d], r odd (FULL), r % 4 != 0 (PARTIAL). */
 uq_status uq_sort_qk_keep_rows(uq_rope_mode mode, int64_t d, int64_t r, int64_t *rows);
 
-/* Quantization-aware SVD of attention V/O (DESIGN.md 3, method-notes 2.3), GQA, per KV group g:
+/* Quantization-aware SVD of attention V/O (docs/design.md §3.2), GQA, per KV group g:
  *   V_g (n, d) = (rows g*d .. g*d+d-1 of v_proj)^T,  O_h (d, n) = (columns h*d .. h*d+d-1 of o_proj)^T,
- *   G^{1/2}, G^{-1/2} from uq_linalg_sqrtm(G, eig_floor) (eigenvalues floored; 1e-6 in DESIGN),
+ *   G^{1/2}, G^{-1/2} from uq_linalg_sqrtm(G, eig_floor) (eigenvalues floored; compress uses 1e-6),
  *   thin SVD  G^{1/2} V_g = U S W^T  (S descending),
  *   default:                 V_g' = G^{-1/2} U S,         O_h' = W^T O_h        (S absorbed into V)
  *   UQ_QASVD_SPLIT_SIGMA:    V_g' = G^{-1/2} U S^{1/2},   O_h' = S^{1/2} W^T O_h (ablation)
  *   UQ_QASVD_JOINT_O:        a second SVD  S W^T [O_h for h in g] = U2 S2 [W2_h^T ...] (d x (heads*n)),
  *                            V_g' = G^{-1/2} U U2 S2, O_h' = W2_h^T: the optimal whitened rank-r product
- *                            for the whole group (for MHA, n_heads == n_kv, this is DESIGN's MHA variant);
+ *                            for the whole group (for MHA, n_heads == n_kv: the optimal rank-r V.O per head);
  *                            combines with SPLIT_SIGMA (S2^{1/2} on both sides).
  * New value dim k of group g is ordered by singular value (sv[g][k] descending: S, or S2 with JOINT_O).
  * At full rank V_g' O_h' = V_g O_h exactly (a change of basis); keeping the first r value dims of each
@@ -624,17 +625,17 @@ uq_status uq_qasvd_vo_f64(const double *G, int64_t n, const double *wv, const do
                           double eig_floor, double *wv_out, double *bv_out, double *wo_out, double *bo_out,
                           double *sv);
 
-/* Mamba2 state-dim sort, per group (DESIGN.md 3):  s[g][m] = sum_{h in g} sqrt(dB_diag[h][m]) *
+/* Mamba2 state-dim sort, per group (docs/design.md §3.2):  s[g][m] = sum_{h in g} sqrt(dB_diag[h][m]) *
  * sqrt(c_diag[g][m]) with head h in group g = h / (H / G) (HF Mamba2 repeat_interleave of B/C over heads):
  *   dB_diag (H, N): dB_diag[h][m] = E[(Delta_h B_m)^2], the diagonal of the Delta_h-weighted second moment of
- *                   the group's B (after conv1d + SiLU; Delta = softplus(dt + dt_bias), method-notes 8.7);
+ *                   the group's B (after conv1d + SiLU; Delta = softplus(dt + dt_bias), not raw dt);
  *   c_diag  (G, N): c_diag[g][m] = E[C_m^2] of the group's C (after conv1d + SiLU).
  * Outputs scores (G, N) float64 (may be NULL) and perm (G, N) int64 (per-group local state index, applied
  * to B rows, C rows of in_proj and their conv1d channels). H % G == 0, entries >= 0. */
 uq_status uq_sort_ssm_state(const double *dB_diag, const double *c_diag, int64_t H, int64_t G, int64_t N,
                             double *scores, int64_t *perm);
 
-/* Mamba2 head-channel sort (DESIGN.md 3): ridge leverage (as uq_sort_ridge_scores) over the H*P features of
+/* Mamba2 head-channel sort (docs/design.md §3.2): ridge leverage (as uq_sort_ridge_scores) over the H*P features of
  * the second moment Gm (H*P, H*P) float64 (feature index h*P + p; e.g. of the chunk-local states, or of the
  * out_proj input for the plain variant), then per head a stable descending argsort of its P scores:
  * perm (H, P) int64 = head-local channel index (0..P-1), the same count P' is kept in every head; applied to
@@ -643,19 +644,19 @@ uq_status uq_sort_ssm_state(const double *dB_diag, const double *c_diag, int64_t
 uq_status uq_sort_ssm_head_channels(const double *Gm, int64_t H, int64_t P, double lambda, double *scores,
                                     int64_t *perm);
 
-/* Block importance (DESIGN.md 4) of L layers from the last-token vectors of B calibration sequences:
+/* Block importance (docs/design.md §3.4) of L layers from the last-token vectors of B calibration sequences:
  *   x, y (L, B, n) float32: layer l's input and output; importance[l] = 1 - mean_b cos(x[l][b], y[l][b]),
  *   cos(a, c) = a.c / sqrt(max(|a|^2 |c|^2, 1e-16))  (torch.nn.functional.cosine_similarity, eps 1e-8),
  * accumulated in float64. importance (L) float64, in [0, 2]. UQ_ERR_NUMERIC on NaN/Inf. */
 uq_status uq_alloc_block_importance(const float *x, const float *y, int64_t L, int64_t B, int64_t n,
                                     double *importance);
 
-/* Layer-wise keep ratios (DESIGN.md 4) for global keep ratio rho_bar in [0, 1]:
+/* Layer-wise keep ratios (docs/design.md §3.6) for global keep ratio rho_bar in [0, 1]:
  *   phi_l = L (1 - rho_bar) softmax(-importance / eps)_l,  phi_l = clamp(phi_l, 0, max_prune),
  *   keep_ratios[l] = 1 - phi_l.
  * Without clamping mean(phi) = 1 - rho_bar exactly; the clamp is a plain clip (no redistribution: the mean
  * pruning then falls short of 1 - rho_bar, as in the reference). Lower importance -> more pruning.
- * importance (L) finite; eps > 0 finite (DESIGN: 0.1); max_prune in [0, 1] (DESIGN: 0.85). */
+ * importance (L) finite; eps > 0 finite (uniql: 0.1); max_prune in [0, 1] (uniql: 0.85). */
 uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double global_keep, double eps,
                                double max_prune, double *keep_ratios);
 
@@ -663,7 +664,7 @@ uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double globa
 /*
  * Mamba2ForCausalLM, NemotronHForCausalLM and BambaForCausalLM at any per-layer keep sizes, switchable
  * between tokens. Weights are never copied (descriptors point into caller-owned arrays that must outlive
- * the model). Kernels: csrc/kernels/ssm_kernels.c (+ uq_linear_forward, RMSNorm, embedding of the
+ * the model). Kernels: csrc/kernels/ssm_kernels.c (+ uq_linear_forward, RMSNorm, RoPE, embedding of the
  * transformer runtime).
  *
  * A model is a stack of layers x = x + mixer(RMSNorm(x) * norm_l), then for layers with an ffn_norm a second
@@ -687,7 +688,7 @@ uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double globa
  * makes prefill use the recurrence too (the _ref path). Unlike transformers' torch decode path, the
  * dt clamp is applied in decode as well (it is in prefill), so prefill and decode agree when it binds.
  *
- * Elastic layout (DESIGN.md sections 3 and 6). Per Mamba layer: stored head channels Ps (= out_proj cols / H)
+ * Elastic layout (docs/design.md §3.3 and §5). Per Mamba layer: stored head channels Ps (= out_proj cols / H)
  * and state size Ns (from the in_proj rows 2*H*Ps + 2*G*Ns + H); keeps P' <= Ps (first P' channels of every
  * head: rows of z and x, x conv channels, gnorm entries, out_proj columns) and N' <= Ns (first N' of every
  * group: B and C rows and conv channels). The gated norm normalises over the kept channels (group size
@@ -774,7 +775,9 @@ typedef struct uq_hy_state uq_hy_state; /* opaque: SSM/conv states, KV caches, p
 /* Validates config and every descriptor; stored sizes come from the shapes. Full keeps, options 0.
  * UQ_ERR_ARG (NULL, non-positive size, bad kind/act, eps/theta <= 0, dt_min > dt_max, conv width outside
  * [1, UQ_HY_MAX_CONV]), UQ_ERR_SHAPE (inconsistent shapes or head counts, naming layer and tensor),
- * UQ_ERR_RANGE (freq map entry), UQ_ERR_NOMEM. */
+ * UQ_ERR_RANGE (freq map entry), UQ_ERR_UNSUPPORTED (R16 int4 for the embedding, a Mamba in_proj or a q_proj
+ * under partial RoPE: these are read as row-major rows or row views; every other linear may be R16 when built
+ * for the segments the runtime uses), UQ_ERR_NOMEM, or the status of uq_kernels_init. */
 uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_hy_model **out);
 void uq_hy_model_free(uq_hy_model *m);
 /* Keep sizes of layer l; a negative value leaves that one unchanged. UQ_ERR_RANGE naming layer and value:
@@ -838,7 +841,7 @@ typedef struct {
 uq_status uq_hy_layer_forward(const uq_hy_model *m, uq_hy_state *s, int64_t layer, const float *X, int64_t T,
                               float *Y, const uq_hy_capture *cap);
 
-/* Calibration statistics of a Mamba2 mixer (DESIGN.md 3), from one sequence's captures (float64 sums).
+/* Calibration statistics of a Mamba2 mixer (docs/design.md §3.2), from one sequence's captures (float64 sums).
  * B/C state-dim moments, accumulated (+=) with weight `scale` (1/num_sequences gives the mean over sequences):
  *   dB_acc[h][n] += scale * sum_t (Delta_t[h] * B_t[g(h)][n])^2,   c_acc[g][n] += scale * sum_t C_t[g][n]^2,
  *   g(h) = h / (H/G). B, C (T, G*N) float32 (after conv1d + SiLU), dt (T, H) float32 = Delta; dB_acc (H, N),
@@ -846,7 +849,7 @@ uq_status uq_hy_layer_forward(const uq_hy_model *m, uq_hy_state *s, int64_t laye
 uq_status uq_ssm_bc_moments(const float *B, const float *C, const float *dt, int64_t T, int64_t H, int64_t G,
                             int64_t N, double scale, double *dB_acc, double *c_acc);
 
-/* Chunk-local SSM states as samples for the state-aware head-channel score (DESIGN.md 3):
+/* Chunk-local SSM states as samples for the state-aware head-channel score (docs/design.md §3.2):
  *   S_c[h][p][n] = sum_{t in chunk c} exp(A_h sum_{tau in c, tau > t} Delta_tau[h]) Delta_t[h] x_t[h][p] B_t[g(h)][n]
  * with A_h = -exp(A_log[h]), chunks [c*chunk, min((c+1)*chunk, T)) (the last one may be shorter), computed in
  * float64. Output S (nc*N, H*P) float64, nc = ceil(T/chunk): row c*N + n, column h*P + p (samples (chunk, n) x

@@ -74,25 +74,27 @@ static int default_threads(void) {
 #endif
 }
 
-/* Reads the environment; the first failure is remembered and returned by every later uq_kernels_init. */
 /* The default activation mode of int4 linears: int8 where the CPU has int8 dot products (AVX2 vpmaddubsw,
  * AVX-512 VNNI), fp32 otherwise. It depends on the CPU, not on the forced path, so UNIQL_KERNELS=ref on an AVX2
  * machine computes the same W4A8 logits as the avx2 path. */
 static int auto_q4_act(void) { return cpu_has("avx2") || cpu_has("avx512") ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32; }
 
+/* Reads the environment; the first failure is remembered and returned by every later uq_kernels_init. */
 static uq_status init_from_env(void) {
+    /* Every variable is read even when an earlier one is invalid (a bad UNIQL_KERNELS must not make the valid
+     * UNIQL_Q4_ACT / UNIQL_NUM_THREADS be ignored); the first invalid one is the status and message returned. */
+    uq_status st = UQ_OK;
     g_path = best_path();
     g_threads = default_threads();
     const char *k = getenv("UNIQL_KERNELS");
     if (k && *k) {
         if (!known_name(k))
-            return uq_set_error(UQ_ERR_ARG, "UNIQL_KERNELS='%s' is not one of auto, ref, avx2, avx512", k);
-        if (strcmp(k, "auto")) {
-            if (!cpu_has(k))
-                return uq_set_error(UQ_ERR_UNSUPPORTED, "UNIQL_KERNELS=%s needs %s, which this CPU lacks", k,
-                                    missing_features(k));
+            st = uq_set_error(UQ_ERR_ARG, "UNIQL_KERNELS='%s' is not one of auto, ref, avx2, avx512", k);
+        else if (strcmp(k, "auto") && !cpu_has(k))
+            st = uq_set_error(UQ_ERR_UNSUPPORTED, "UNIQL_KERNELS=%s needs %s, which this CPU lacks", k,
+                              missing_features(k));
+        else if (strcmp(k, "auto"))
             g_path = path_by_name(k);
-        }
     }
     g_q4_act = auto_q4_act();
     const char *a = getenv("UNIQL_Q4_ACT");
@@ -101,20 +103,23 @@ static uq_status init_from_env(void) {
             g_q4_act = UQ_Q4_ACT_FP32;
         else if (!strcmp(a, "int8"))
             g_q4_act = UQ_Q4_ACT_INT8;
-        else if (strcmp(a, "auto"))
-            return uq_set_error(UQ_ERR_ARG, "UNIQL_Q4_ACT='%s' is not one of auto, fp32, int8", a);
+        else if (strcmp(a, "auto") && st == UQ_OK)
+            st = uq_set_error(UQ_ERR_ARG, "UNIQL_Q4_ACT='%s' is not one of auto, fp32, int8", a);
     }
     const char *n = getenv("UNIQL_NUM_THREADS");
     if (n && *n) {
         char *end;
         errno = 0;
         long v = strtol(n, &end, 10);
-        if (errno || *end || v < 1 || v > 4096)
-            return uq_set_error(UQ_ERR_ARG, "UNIQL_NUM_THREADS='%s' is not an integer in [1, 4096]", n);
-        g_threads = (int)v;
-        openblas_set_num_threads(g_threads);
+        if (errno || *end || v < 1 || v > 4096) {
+            if (st == UQ_OK)
+                st = uq_set_error(UQ_ERR_ARG, "UNIQL_NUM_THREADS='%s' is not an integer in [1, 4096]", n);
+        } else {
+            g_threads = (int)v;
+            openblas_set_num_threads(g_threads);
+        }
     }
-    return UQ_OK;
+    return st;
 }
 
 uq_status uq_kernels_init(void) {

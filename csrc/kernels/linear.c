@@ -8,7 +8,7 @@
  * ref path (this file, the _ref twins): fp32/fp16 dot = uq_k_dot per segment, segment sums added in order
  * from 0; int4: per group of a segment, the codes (q - 8) are unpacked into floats (chunks of at most 256)
  * and dotted with uq_k_dot, chunk dots are summed into a group dot which is multiplied once by the group's
- * scale and added to the total. Vector paths (linear_avx2.c, linear_avx512.c) and int8 activations: see
+ * scale and added to the total. Vector paths (kernels_avx2.c, kernels_avx512.c) and int8 activations: see
  * uniql.h "kernels" for their exact operation sequences. Drivers: T <= 4 runs GEMV kernels that stream
  * the weights once; larger T packs panels of rows (fp32 / converted fp16 / dequantized int4, or int4 codes
  * widened to u8 for the int8 GEMM) and runs register-blocked GEMM kernels with the same per-element

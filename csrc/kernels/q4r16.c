@@ -13,6 +13,11 @@
 
 #include "kernels.h"
 
+/* The geometry is written out as 16 rows, 8 columns and 64-byte chunks here and in every R16 kernel. */
+_Static_assert(UQ_Q4_R16_ROWS == 16 && UQ_Q4_R16_COLS == 8, "R16: blocks of 16 rows x chunks of 8 columns");
+_Static_assert(UQ_Q4_R16_ROWS * UQ_Q4_R16_COLS / 2 == 64, "R16: a chunk is 16 rows x 8 int4 codes = 64 bytes");
+_Static_assert(UQ_Q4_DEFAULT_GROUP % UQ_Q4_R16_COLS == 0, "R16: the default int4 group can be repacked");
+
 uq_status uq_q4_r16_size(int64_t rows, int64_t cols, int64_t group, int64_t scale_cols, int64_t nseg_out,
                          int64_t nseg_in, int64_t *nblk, int64_t *blk_bytes, int64_t *nscales) {
     if (!nblk || !blk_bytes || !nscales) return uq_set_error(UQ_ERR_ARG, "q4_r16_size: NULL output");

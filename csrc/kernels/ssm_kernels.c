@@ -5,9 +5,9 @@
  *   selective scan          S <- exp(Delta A) S + (Delta B) x^T ; y = S C + D x  (recurrence, and the chunked
  *                           SSD form: intra-chunk (C_t.B_s) exp(seg(t,s)) Delta_s x_s + inter-chunk state)
  *   gated RMSNorm           y = rmsnorm_groups(y * silu(z)) * w     (norm after the gate, as HF)
- *   partial RoPE            pair-interleaved rotation of the first nrot dims of each head (freq index map)
  *   split-head attention    softmax((q_rot.k_rot + q_pass.k_pass) * scale) v, GQA, over the KV cache
  *   relu^2
+ * RoPE (full or partial, pair-interleaved, freq index map) is uq_k_rope of ops.c, shared with the transformer.
  * Parallel loops run over independent heads / channels / (token, head) pairs only, so results do not depend
  * on the thread count.
  */
@@ -169,7 +169,7 @@ void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int
     }
 }
 
-/* ------------------------------------------------------------------------ norm, rope ---- */
+/* ------------------------------------------------------------------------------ norm ---- */
 
 void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
                          int64_t Ps, double eps) {

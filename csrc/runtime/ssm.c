@@ -67,7 +67,8 @@ struct uq_hy_state {
 /* ------------------------------------------------------------------------------- model ---- */
 
 /* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that
- * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). */
+ * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). Row-major
+ * layouts only: uq_hy_model_init rejects R16 int4 for the descriptors viewed here (in_proj, partial-RoPE q). */
 static uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows) {
     uq_linear v = *L;
     v.rows = rows;
@@ -160,6 +161,10 @@ static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *l
                             (long long)l, (long long)lw->in_proj.rows, (long long)H, (long long)*Ps, (long long)G,
                             (long long)c->ssm_state);
     *Ns = rem / (2 * G);
+    if (lw->in_proj.kind == UQ_W_Q4 && lw->in_proj.layout != UQ_Q4_ROWMAJOR)
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld in_proj: int4 layout %d is not supported here; the hybrid "
+                            "runtime reads its z/x/B/C/dt rows as views of the row-major layout", (long long)l,
+                            (int)lw->in_proj.layout);
     uq_status st;
     if ((st = uq_linear_check(&lw->in_proj, "in_proj", l, lw->in_proj.rows, hid, 1)) != UQ_OK) return st;
     if ((st = uq_linear_check(&lw->out_proj, "out_proj", l, hid, H * *Ps, H)) != UQ_OK) return st;
@@ -195,6 +200,10 @@ static uq_status check_attn(const uq_hy_config *c, const uq_hy_layer_weights *lw
                             "<= %lld",
                             (long long)l, (long long)*Rrot, (long long)c->rope_dim, (long long)(*R - *Rrot),
                             (long long)(d - c->rope_dim));
+    if (*Rrot > 0 && *Rrot < *R && lw->q.kind == UQ_W_Q4 && lw->q.layout != UQ_Q4_ROWMAJOR)
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld q_proj: int4 layout %d is not supported with partial RoPE; "
+                            "the hybrid runtime reads the pass rows as a view of the row-major layout", (long long)l,
+                            (int)lw->q.layout);
     uq_status st;
     if ((st = uq_linear_check(&lw->q, "q_proj", l, nh * *R, hid, 1)) != UQ_OK) return st;
     if ((st = uq_linear_check(&lw->k, "k_proj", l, nkv * *R, hid, 1)) != UQ_OK) return st;
@@ -242,9 +251,13 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
     if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "hy_model_init: layers or final_norm is NULL");
     uq_status st = check_config(cfg, w);
     if (st != UQ_OK) return st;
+    if ((st = uq_kernels_init()) != UQ_OK) return st; /* a bad UNIQL_KERNELS etc. fails here, as in uq_tf_model_init */
     const int64_t L = cfg->num_layers, hid = cfg->hidden_size, V = cfg->vocab_size;
     if ((st = uq_linear_check(&w->embed, "embeddings", -1, V, hid, 1)) != UQ_OK) return st;
     if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embeddings: an embedding has no bias");
+    if (w->embed.kind == UQ_W_Q4 && w->embed.layout != UQ_Q4_ROWMAJOR)
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "embeddings: int4 layout %d is not supported; the embedding gather "
+                            "reads rows of the row-major layout", (int)w->embed.layout);
     if ((st = uq_linear_check(&w->lm_head, "lm_head", -1, V, hid, 1)) != UQ_OK) return st;
     uq_hy_model *m;
     if ((st = uq_calloc(sizeof *m, (void **)&m)) != UQ_OK) return st;

@@ -65,6 +65,21 @@ static inline void uq_test_q4_quant_seg(const float *W, int64_t rows, int64_t co
             }
 }
 
+/* *r16 = the R16 descriptor of the row-major int4 weight rm repacked into caller buffers pr / sr (sizes from
+ * uq_q4_r16_size) for segments (nso, nsi): same shape, group, scale columns and bias. Status of the repack. */
+static inline uq_status uq_test_r16_of(const uq_linear *rm, int64_t nso, int64_t nsi, uint8_t *pr, float *sr,
+                                       uq_linear *r16) {
+    uq_status st = uq_q4_repack_r16(rm, nso, nsi, pr, sr);
+    if (st != UQ_OK) return st;
+    *r16 = *rm;
+    r16->layout = UQ_Q4_R16;
+    r16->packed = pr;
+    r16->scales = sr;
+    r16->nseg_out = nso;
+    r16->nseg_in = nsi;
+    return UQ_OK;
+}
+
 void test_core(void);
 void test_stats(void);
 void test_quant(void);

@@ -34,14 +34,7 @@ static int make_pair(const float *W, int64_t rows, int64_t cols, int64_t nso, in
     uq_test_q4_quant_seg(W, rows, cols, nsi, g, q->p, q->s);
     q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
                         .scale_cols = nsi * gps, .bias = bias};
-    if (uq_q4_repack_r16(&q->rm, nso, nsi, q->pr, q->sr) != UQ_OK) return -1;
-    q->r16 = q->rm;
-    q->r16.layout = UQ_Q4_R16;
-    q->r16.packed = q->pr;
-    q->r16.scales = q->sr;
-    q->r16.nseg_out = nso;
-    q->r16.nseg_in = nsi;
-    return 0;
+    return uq_test_r16_of(&q->rm, nso, nsi, q->pr, q->sr, &q->r16) == UQ_OK ? 0 : -1;
 }
 
 static void free_pair(q4pair *q) {

@@ -398,9 +398,97 @@ done:
     uq_hy_model_free(m);
 }
 
+/* -------------------------------------------------------------------- int4 layouts in the hybrid ---- */
+
+/* An int4 copy of a (rows, cols) fp32 weight in both layouts: row-major (rm) and R16 built for (nso, nsi). */
+typedef struct {
+    uq_linear rm, r16;
+    uint8_t p[HID * HID], pr[4096];
+    float s[HID * HID], sr[4096];
+} hy_q4;
+
+static int hy_q4_make(const float *W, int64_t rows, int64_t cols, int64_t nso, int64_t nsi, hy_q4 *q) {
+    const int64_t g = 8, gps = (cols / nsi + g - 1) / g;
+    int64_t nblk, bb, ns;
+    if (uq_q4_r16_size(rows, cols, g, nsi * gps, nso, nsi, &nblk, &bb, &ns) != UQ_OK ||
+        nblk * bb > (int64_t)sizeof q->pr || ns > (int64_t)(sizeof q->sr / sizeof(float)))
+        return -1;
+    uq_test_q4_quant_seg(W, rows, cols, nsi, g, q->p, q->s);
+    q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
+                        .scale_cols = nsi * gps};
+    return uq_test_r16_of(&q->rm, nso, nsi, q->pr, q->sr, &q->r16) == UQ_OK ? 0 : -1;
+}
+
+static void hy_logits(const uq_hy_config *c, const uq_hy_weights *w, const int32_t *ids, float *out) {
+    uq_hy_model *m = NULL;
+    uq_hy_state *s = NULL;
+    CHECK_STATUS(uq_hy_model_init(c, w, &m), UQ_OK);
+    if (m) CHECK_STATUS(uq_hy_state_init(m, 32, 8, &s), UQ_OK);
+    if (s) CHECK_STATUS(uq_hy_forward(m, s, ids, TT, TT, out), UQ_OK);
+    uq_hy_state_free(s);
+    uq_hy_model_free(m);
+}
+
+/* The hybrid runtime reads in_proj, the q_proj of a partial-RoPE head and the embedding as row-major int4 (row
+ * views, row gathers): an R16 descriptor there is UQ_ERR_UNSUPPORTED naming the tensor, never read as row-major.
+ * Every other linear computes the same function in R16 as in row-major int4: bit for bit with int8 activations
+ * (integer sums), to float rounding with fp32 activations (another FMA order). */
+static void test_hybrid_int4_layouts(void) {
+    static tiny_w t;
+    static hy_q4 qo, qd, qg, qu, qk, qv, bad;
+    uq_hy_config c;
+    uq_hy_layer_weights lw[L];
+    uq_hy_weights w;
+    tiny_build(&t, &c, lw, &w);
+    uq_hy_model *m = NULL;
+    CHECK(hy_q4_make(t.out_proj, HID, SH * SP, 1, SH, &qo) == 0 && hy_q4_make(t.down[2], HID, DI, 1, 1, &qd) == 0 &&
+              hy_q4_make(t.gate[2], DI, HID, 1, 1, &qg) == 0 && hy_q4_make(t.up[2], DI, HID, 1, 1, &qu) == 0 &&
+              hy_q4_make(t.k, NKV * HD, HID, NKV, 1, &qk) == 0 && hy_q4_make(t.v, NKV * HD, HID, NKV, 1, &qv) == 0 &&
+              hy_q4_make(t.q, NH * HD, HID, NH, 1, &bad) == 0,
+          "int4 test weights");
+    /* rejected: R16 q_proj under partial RoPE, R16 embedding, R16 in_proj (only its descriptor is inspected) */
+    uq_linear q_keep = lw[1].q, e_keep = w.embed, in_keep = lw[0].in_proj;
+    lw[1].q = bad.r16;
+    uq_clear_error();
+    CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_ERR_UNSUPPORTED);
+    CHECK(strstr(uq_last_error(), "layer 1 q_proj") != NULL, "message: %s", uq_last_error());
+    lw[1].q = q_keep;
+    w.embed = (uq_linear){.kind = UQ_W_Q4, .rows = V, .cols = HID, .packed = bad.pr, .scales = bad.sr, .group = 8,
+                          .scale_cols = 2, .layout = UQ_Q4_R16, .nseg_out = 1, .nseg_in = 1};
+    CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_ERR_UNSUPPORTED);
+    CHECK(strstr(uq_last_error(), "embeddings") != NULL, "message: %s", uq_last_error());
+    w.embed = e_keep;
+    lw[0].in_proj = (uq_linear){.kind = UQ_W_Q4, .rows = IN_ROWS, .cols = HID, .packed = bad.pr, .scales = bad.sr,
+                                .group = 8, .scale_cols = 2, .layout = UQ_Q4_R16, .nseg_out = 1, .nseg_in = 1};
+    CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_ERR_UNSUPPORTED);
+    CHECK(strstr(uq_last_error(), "layer 0 in_proj") != NULL, "message: %s", uq_last_error());
+    lw[0].in_proj = in_keep;
+    CHECK(m == NULL, "a rejected model was returned");
+    /* accepted: out_proj, k, v and layer 2's MLP in R16 equal their row-major int4 twins */
+    int32_t ids[TT];
+    for (int i = 0; i < TT; i++) ids[i] = (i * 5 + 1) % V;
+    static float a[TT * V], b[TT * V];
+    const int act0 = uq_kernels_q4_act();
+    for (int act = UQ_Q4_ACT_FP32; act <= UQ_Q4_ACT_INT8; act++) {
+        CHECK_STATUS(uq_kernels_set_q4_act(act), UQ_OK);
+        lw[0].out_proj = qo.rm, lw[1].k = qk.rm, lw[1].v = qv.rm, lw[2].gate = qg.rm, lw[2].up = qu.rm,
+        lw[2].down = qd.rm;
+        hy_logits(&c, &w, ids, a);
+        lw[0].out_proj = qo.r16, lw[1].k = qk.r16, lw[1].v = qv.r16, lw[2].gate = qg.r16, lw[2].up = qu.r16,
+        lw[2].down = qd.r16;
+        hy_logits(&c, &w, ids, b);
+        if (act == UQ_Q4_ACT_INT8)
+            CHECK(memcmp(a, b, sizeof a) == 0, "W4A8: R16 and row-major logits differ (rel %g)", max_rel(b, a, TT * V));
+        else
+            CHECK(max_rel(b, a, TT * V) < SSM_ORDER_TOL, "W4A32: R16 vs row-major rel %g", max_rel(b, a, TT * V));
+    }
+    CHECK_STATUS(uq_kernels_set_q4_act(act0), UQ_OK);
+}
+
 void test_ssm(void) {
     test_scan_kernels();
     test_tiny_model();
     test_ssm_stats();
     test_layer_forward();
+    test_hybrid_int4_layouts();
 }

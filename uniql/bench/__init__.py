@@ -290,7 +290,7 @@ def time_model(model: Any, prompt: int, gen: int, repeats: int, seed: int = 1,
 
 def apply_rate(model: Any, rate: float) -> list[tuple[int, int]]:
     """Keep sizes of ``uniql.sorting.keep_size`` at rho = 1 - rate on every layer (MLP granularity 128,
-    head-dim granularity 16, both reduced for small models as DESIGN.md section 3 says). Returns the keeps."""
+    head-dim granularity 16, both reduced for small models as docs/design.md §3.1 says). Returns the keeps."""
     from uniql.sorting import keep_granularity, keep_size
 
     keeps = []

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from uniql.errors import UniqlError
+from uniql.errors import FormatError, InternalError, ShapeError, UniqlError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     ``uniql.convert.unpermute_qk``: per head, rows (2, d/2) -> (d/2, 2)."""
     rows = w.shape[0]
     if n_head <= 0 or rows % (2 * n_head):
-        raise ValueError(f"cannot permute {rows} rows into {n_head} heads of even size")
+        raise ShapeError(f"cannot permute {rows} rows into {n_head} heads of even size")
     half = rows // n_head // 2
     return np.ascontiguousarray(w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
@@ -98,7 +98,7 @@ def _gguf_name(hf: str) -> str:
     parts = base.split(".")
     if len(parts) >= 4 and parts[:2] == ["model", "layers"] and ".".join(parts[3:]) in _LAYER:
         return f"blk.{int(parts[2])}.{_LAYER['.'.join(parts[3:])]}.{suffix}"
-    raise ValueError(f"tensor {hf!r} has no llama.cpp name here")
+    raise UnsupportedError(f"tensor {hf!r} has no llama.cpp name here")
 
 
 # ------------------------------------------------------------------------------------- writing ----
@@ -128,7 +128,7 @@ def _tensor_plan(cfg: dict[str, Any], arch: str, get: Callable[[str], np.ndarray
         if shape is None:
             if hf.endswith(".bias"):
                 continue
-            raise ValueError(f"tensor {hf!r} is missing")
+            raise FormatError(f"tensor {hf!r} is missing")
         heads = nh if ".q_proj." in hf else nkv if ".k_proj." in hf else 0
         dt = np.dtype(dtype2d) if len(shape) == 2 else np.dtype(np.float32)
 
@@ -141,7 +141,7 @@ def _tensor_plan(cfg: dict[str, Any], arch: str, get: Callable[[str], np.ndarray
 
         plan.append((_gguf_name(hf), tuple(shape), dt, produce))
     if H % 32:
-        raise ValueError(f"hidden size {H} is not a multiple of Q4_0's block of 32")
+        raise UnsupportedError(f"hidden size {H} is not a multiple of Q4_0's block of 32")
     return plan
 
 
@@ -194,7 +194,7 @@ def write_gguf(path: Path, cfg: dict[str, Any], plan: list[TensorSpec], *, arch:
     for name, shape, dt, produce in plan:
         a = produce()
         if a.shape != shape or a.dtype != dt:
-            raise ValueError(f"{name}: produced {a.shape} {a.dtype}, planned {shape} {dt}")
+            raise InternalError(f"{name}: produced {a.shape} {a.dtype}, planned {shape} {dt}")
         w.write_tensor_data(a)
         del a
     w.close()
@@ -242,7 +242,7 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
     cfg = source.cfg
     arch = _ARCHES.get(cfg.get("model_type", "llama"))
     if arch is None:
-        raise ValueError(f"model_type {cfg.get('model_type')!r} has no llama.cpp architecture here")
+        raise UnsupportedError(f"model_type {cfg.get('model_type')!r} has no llama.cpp architecture here")
     t0 = time.perf_counter()
     if source.src_dir is not None:
         from uniql.checkpoint import read_tensors
