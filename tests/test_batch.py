@@ -1,0 +1,142 @@
+"""Batched decoding (uniql.batch / uq_tf_decode_batch): sequences that join and leave between steps, each with its
+own state, give exactly (bit for bit) the logits of decoding each alone, for fp32 checkpoints and int4 artifacts
+with int8 (W4A8) and fp32 (W4A32) activations, at reduced rates; bad batches are rejected before any state moves."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import uniql
+from uniql import _C
+from uniql.batch import BatchDecoder
+
+from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
+
+VOCAB = 96
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(fp32 checkpoint dir, int4 elastic artifact dir) of one tiny random Llama (GQA 4/2 heads, 2 layers)."""
+    root = tmp_path_factory.mktemp("batch")
+    cfg = tiny_llama_config(VOCAB, 64, 128, 2, 4, 2, 16)
+    cfg["max_position_embeddings"] = 128
+    src = write_tiny_llama(root / "src", cfg, tiny_llama_tensors(cfg, seed=5))
+    calib = np.random.default_rng(0).integers(0, VOCAB, size=(8, 32))
+    art = uniql.compress(src, root / "art", calibration=calib, num_samples=8, seq_len=32, progress=False,
+                         quantize=True)
+    return src, art
+
+
+def _alone(model, prompt, tokens):
+    """Logits of prompt's last token, then of each of `tokens` fed one at a time (a lone T = 1 decode)."""
+    model.reset()
+    out = [model.forward(prompt, last_only=True)[0]]
+    for t in tokens:
+        out.append(model.forward([t], last_only=True)[0])
+    return np.stack(out)
+
+
+def _run_ragged(model, dec, prompts, steps, joins):
+    """Sequence i joins before step joins[i] and leaves after steps[i] decode steps; every step feeds each live
+    sequence a token drawn from a fixed stream. Returns per sequence (fed tokens, logits)."""
+    rng = np.random.default_rng(7)
+    feeds = [rng.integers(0, VOCAB, steps[i]).tolist() for i in range(len(prompts))]
+    seqs, logits, done = {}, {i: [] for i in range(len(prompts))}, {i: 0 for i in range(len(prompts))}
+    step = 0
+    while any(done[i] < steps[i] for i in range(len(prompts))):
+        for i, p in enumerate(prompts):
+            if joins[i] == step:
+                seqs[i] = dec.new_sequence()
+                logits[i].append(dec.prefill(seqs[i], p))
+        live = [i for i in seqs if done[i] < steps[i]]
+        if live:
+            out = dec.step([seqs[i] for i in live], [feeds[i][done[i]] for i in live])
+            for k, i in enumerate(live):
+                logits[i].append(out[k])
+                done[i] += 1
+        step += 1
+    return [(feeds[i], np.stack(logits[i])) for i in range(len(prompts))]
+
+
+@pytest.mark.parametrize("kind,act,rate", [("fp32", None, 0.0), ("int4", "int8", 0.0), ("int4", "int8", 0.3),
+                                           ("int4", "fp32", 0.2)])
+def test_batched_equals_alone(tiny, kind, act, rate):
+    src, art = tiny
+    model = uniql.load(src if kind == "fp32" else art)
+    if rate:
+        model.set_rate(rate)
+    prompts = [np.random.default_rng(s).integers(0, VOCAB, n) for s, n in enumerate((3, 9, 1, 17, 5, 30))]
+    steps, joins = [12, 4, 9, 1, 15, 6], [0, 0, 2, 3, 3, 8]
+    ctx = uniql.int4_activations(act) if act else _nullctx()
+    with ctx:
+        dec = BatchDecoder(model, max_batch=6, max_seq=64)
+        got = _run_ragged(model, dec, prompts, steps, joins)
+        for p, (feed, lg) in zip(prompts, got):
+            np.testing.assert_array_equal(lg, _alone(model, p, feed))
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_rate_switch_between_steps_keeps_every_cache(tiny):
+    """A rate change between two batched steps = the same change between lone decodes (caches stay valid)."""
+    _, art = tiny
+    model = uniql.load(art)
+    dec = BatchDecoder(model, max_batch=2, max_seq=64)
+    p = [np.arange(3, 10), np.arange(20, 24)]
+    seqs = [dec.new_sequence() for _ in p]
+    for s, q in zip(seqs, p):
+        dec.prefill(s, q)
+    dec.step(seqs, [5, 6])
+    model.set_rate(0.35)
+    got = dec.step(seqs, [7, 8])
+    model.set_rate(0.0)
+    for i, (q, a, b) in enumerate(zip(p, [5, 6], [7, 8])):
+        model.reset()
+        model.forward(q)
+        model.forward([a])
+        model.set_rate(0.35)
+        np.testing.assert_array_equal(got[i], model.forward([b])[0])
+        model.set_rate(0.0)
+
+
+def test_bad_batches_leave_states_unchanged(tiny):
+    src, _ = tiny
+    model = uniql.load(src)
+    dec = BatchDecoder(model, max_batch=2, max_seq=8)
+    a, b = dec.new_sequence(), dec.new_sequence()
+    dec.prefill(a, [1, 2, 3])
+    dec.prefill(b, [4])
+    with pytest.raises(uniql.InvalidArgumentError, match="share one state"):
+        dec.step([a, a], [1, 2])
+    with pytest.raises(uniql.RangeError, match="token id 96 of sequence 1"):
+        dec.step([a, b], [1, VOCAB])
+    with pytest.raises(uniql.InvalidArgumentError, match="exceed max_batch"):
+        dec.step([a, b, dec.new_sequence()], [1, 2, 3])
+    with pytest.raises(uniql.InvalidArgumentError, match="2 ids for 1 sequences"):
+        dec.step([a], [1, 2])
+    other = BatchDecoder(uniql.load(src), max_batch=2, max_seq=8)
+    with pytest.raises(uniql.StateError, match="state 1 was built for another model"):
+        dec.step([a, other.new_sequence()], [1, 2])
+    with pytest.raises(TypeError, match="states\\[0\\] is not a uniql.tf_state capsule"):
+        _C.tf_decode_batch(model._cm, dec._batch, [object()], np.zeros(1, np.int32), np.zeros((1, VOCAB), np.float32))
+    assert (a.position, b.position) == (3, 1)
+    for _ in range(4):
+        dec.step([a, b], [1, 2])
+    assert (a.position, b.position) == (7, 5)
+    dec.step([a, b], [1, 2])
+    with pytest.raises(uniql.RangeError, match="sequence 0 at position 8: KV cache full"):
+        dec.step([a, b], [1, 2])
+    assert (a.position, b.position) == (8, 6)
+    with pytest.raises(uniql.RangeError, match="do not fit the context of 8"):
+        dec.prefill(b, [1, 2, 3])
+    with pytest.raises(uniql.InvalidArgumentError, match="max_batch must be an int >= 1"):
+        BatchDecoder(model, max_batch=0)
+    a.reset()
+    assert a.position == 0
