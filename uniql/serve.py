@@ -130,7 +130,7 @@ class ChatTemplate:
 
 # -------------------------------------------------------------------------------------- engine ----
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (the engine's lists)
 class Request:
     """A generation request handed to the engine; events go to ``queue`` on ``loop``."""
 
@@ -269,11 +269,21 @@ class Engine:
                     admit = []
                     while self._waiting and len(self._active) + len(admit) < self.max_batch:
                         admit.append(self._waiting.popleft())
-                if rate is not None:
-                    self._apply_rate(rate)
-                for req in admit:
-                    self._admit(req)
-                self._step()
+                try:
+                    if rate is not None:
+                        self._apply_rate(rate)
+                    for req in admit:
+                        self._admit(req)
+                    self._step()
+                except Exception as e:  # a bug: fail the requests in flight, keep serving the others
+                    log.exception("engine step failed")
+                    with self._cv:
+                        reqs = list(self._active) + [r for r in admit if r.seq is not None and r not in self._active]
+                        self._active.clear()
+                    for r in reqs:
+                        self._release(r)
+                        self.requests_total["error"] += 1
+                        r.emit(("error", APIError(500, f"engine failure: {e}", type="server_error")))
         except BaseException as e:  # pragma: no cover - a bug: fail every request rather than hang them
             log.exception("engine thread died")
             self.alive = False
