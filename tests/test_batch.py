@@ -37,11 +37,11 @@ def _alone(model, prompt, tokens):
     return np.stack(out)
 
 
-def _run_ragged(model, dec, prompts, steps, joins):
+def _run_ragged(model, dec, prompts, steps, joins, vocab=VOCAB):
     """Sequence i joins before step joins[i] and leaves after steps[i] decode steps; every step feeds each live
     sequence a token drawn from a fixed stream. Returns per sequence (fed tokens, logits)."""
     rng = np.random.default_rng(7)
-    feeds = [rng.integers(0, VOCAB, steps[i]).tolist() for i in range(len(prompts))]
+    feeds = [rng.integers(0, vocab, steps[i]).tolist() for i in range(len(prompts))]
     seqs, logits, done = {}, {i: [] for i in range(len(prompts))}, {i: 0 for i in range(len(prompts))}
     step = 0
     while any(done[i] < steps[i] for i in range(len(prompts))):
@@ -140,3 +140,29 @@ def test_bad_batches_leave_states_unchanged(tiny):
         BatchDecoder(model, max_batch=0)
     a.reset()
     assert a.position == 0
+
+
+# ----------------------------------------------------------------------------------------------- hybrids ----
+
+@pytest.mark.parametrize("arch", ["mamba2", "nemotron_h", "bamba"])
+def test_hybrid_batched_equals_alone(arch):
+    """Mamba2 / Nemotron-H / Bamba: conv and SSM states, KV caches per sequence; joins and leaves between steps;
+    at full and reduced keeps (head channels, state dims, attention and MLP)."""
+    pytest.importorskip("torch")
+    from test_ssm import make_hf
+
+    from uniql.ssm import HybridModel
+
+    _, cd, sd = make_hf(arch, seed=2)
+    model = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
+    dec = BatchDecoder(model, max_batch=4, max_seq=64)
+    assert dec.kind == "hybrid" and dec.batched
+    prompts = [np.random.default_rng(s).integers(0, 128, n) for s, n in enumerate((5, 1, 11, 8))]
+    steps, joins = [6, 9, 3, 5], [0, 1, 1, 4]
+    for half in (False, True):
+        if half:
+            for layer in range(model.num_layers):
+                model.set_keep(layer, **{k: v // 2 for k, v in model.stored(layer).items()})
+        got = _run_ragged(model, dec, prompts, steps, joins, vocab=128)
+        for p, (feed, lg) in zip(prompts, got):
+            np.testing.assert_array_equal(lg, _alone(model, p, feed))
