@@ -41,8 +41,9 @@ def artifact(tmp_path_factory):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(src / "tokenizer.json"))
-    (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE, "bos_token": "<s>",
-                                                           "eos_token": "</s>"}))
+    # the template in its own file, as transformers >= 4.5x saves it (the artifact must carry it along)
+    (src / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    (src / "chat_template.jinja").write_text(TEMPLATE)
     calib = np.random.default_rng(0).integers(3, VOCAB, size=(8, 32))
     return uniql.compress(src, root / "tiny", calibration=calib, num_samples=8, seq_len=32, progress=False,
                           quantize=True)
@@ -205,6 +206,28 @@ def test_metrics_exposition(srv):
                  "uniql_generated_tokens_total", "uniql_active_sequences"):
         assert f"# TYPE {name} " in text
     assert _metric(srv.url, "uniql_resident_memory_bytes") > 1e6
+
+
+def test_chat_template_sources(tmp_path):
+    """tokenizer_config.json's chat_template (a string or a list of named templates) wins over chat_template.jinja;
+    special tokens come from the config; a template error is a 400, not a crash."""
+    from uniql.serve import ChatTemplate, load_chat_template
+
+    assert load_chat_template(tmp_path) == (None, {})
+    (tmp_path / "chat_template.jinja").write_text("J{{ messages[0]['content'] }}")
+    assert load_chat_template(tmp_path)[0] == "J{{ messages[0]['content'] }}"
+    cfg = {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}D"}],
+           "bos_token": {"content": "<s>"}, "eos_token": "</s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    src, sp = load_chat_template(tmp_path)
+    assert sp == {"bos_token": "<s>", "eos_token": "</s>"}
+    assert ChatTemplate(src, sp).render([{"role": "user", "content": "x"}]) == "<s>D"
+    bad = ChatTemplate("{{ raise_exception('no system role') }}", {})
+    with pytest.raises(APIError, match="no system role") as e:
+        bad.render([{"role": "system", "content": "x"}])
+    assert e.value.status == 400
+    with pytest.raises(APIError, match="could not render"):
+        ChatTemplate("{{ messages.__class__.__mro__ }}{{ 1 / 0 }}", {}).render([])
 
 
 # ---------------------------------------------------------------------------------------------- bad requests ----
