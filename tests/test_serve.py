@@ -356,3 +356,38 @@ def test_shutdown_ends_in_flight_streams(artifact):
         t.join(timeout=30)
         assert not t.is_alive()
     assert len(ends) == 3
+
+
+def test_hybrid_model_served_batched():
+    """A Mamba2-hybrid (Nemotron-H) model behind the same engine: concurrent token-id prompts, streamed and not,
+    decode in batched steps and give the tokens of lone greedy decoding."""
+    pytest.importorskip("torch")
+    from starlette.testclient import TestClient
+    from test_ssm import make_hf
+
+    from uniql.ssm import HybridModel
+
+    _, cd, sd = make_hf("nemotron_h", seed=4)
+    model = HybridModel.from_hf_tensors(cd, sd, max_seq=48)
+    prompts = [np.random.default_rng(i).integers(0, 128, 3 + 2 * i).tolist() for i in range(4)]
+    want = [model.generate(np.array(p), max_new_tokens=10) for p in prompts]
+    server = Server(model, "nemo", max_batch=4)
+    assert server.engine.decoder.batched
+    seen: dict[tuple, list[int]] = {}
+    after = server.engine._after_token
+
+    def spy(req, tok):  # the token ids the engine hands to each request
+        seen.setdefault(tuple(req.ids.tolist()), []).append(tok)
+        return after(req, tok)
+
+    server.engine._after_token = spy
+    with TestClient(server.app) as client, ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda ip: client.post("/v1/completions", json={
+            "model": "nemo", "prompt": ip[1], "max_tokens": 10, "temperature": 0, "stream": ip[0] % 2 == 0}),
+            enumerate(prompts)))
+        assert all(o.status_code == 200 for o in outs)
+        assert outs[0].text.rstrip().endswith("data: [DONE]") and outs[1].json()["usage"]["completion_tokens"] == 10
+        r = client.post("/v1/chat/completions", json={"model": "nemo", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "no_chat_template"
+    assert [seen[tuple(p)] for p in prompts] == want
+    assert server.engine.tokens_total == 40
