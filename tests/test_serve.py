@@ -230,6 +230,28 @@ def test_chat_template_sources(tmp_path):
         ChatTemplate("{{ messages.__class__.__mro__ }}{{ 1 / 0 }}", {}).render([])
 
 
+@pytest.mark.realmodel
+def test_smollm2_chat_template_equals_transformers():
+    """SmolLM2's own template (chat_template.jinja of the converted checkpoint) renders as transformers'
+    apply_chat_template, with and without a system message."""
+    from uniql.demo import ensure_smollm2
+    from uniql.serve import ChatTemplate, load_chat_template
+
+    transformers = pytest.importorskip("transformers")
+    try:
+        d = ensure_smollm2()
+    except Exception as e:  # noqa: BLE001 - no GGUF / tokenizer here
+        pytest.skip(f"SmolLM2 not available: {e}")
+    src, sp = load_chat_template(d)
+    assert src is not None
+    tok = transformers.AutoTokenizer.from_pretrained(str(d))
+    for msgs in ([{"role": "user", "content": "Hi there"}],
+                 [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}]):
+        assert ChatTemplate(src, sp).render(msgs) == tok.apply_chat_template(msgs, tokenize=False,
+                                                                             add_generation_prompt=True)
+
+
 # ---------------------------------------------------------------------------------------------- bad requests ----
 
 def test_bad_requests_get_openai_errors_while_others_continue(srv, ref):

@@ -142,6 +142,7 @@ class Request:
     loop: asyncio.AbstractEventLoop
     queue: "asyncio.Queue[tuple]"
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stopped: bool = False  # ended by a stop string (counted as a finished request, not a cancelled one)
     created: float = field(default_factory=time.monotonic)
     # engine-side
     seq: Sequence | None = None
@@ -240,7 +241,8 @@ class Engine:
         with self._cv:
             self._stop = True
             self._cv.notify()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     # ------------------------------------------------------------------------------ queries ----
     def queue_length(self) -> int:
@@ -368,7 +370,7 @@ class Engine:
             live = []
             for r in self._active:
                 if r.cancelled.is_set():
-                    self.requests_total["cancelled"] += 1
+                    self.requests_total["ok" if r.stopped else "cancelled"] += 1
                     self._release(r)
                 else:
                     live.append(r)
@@ -831,6 +833,7 @@ class Server:
                         rate = ev[2]
                         piece = detok.push(ev[1])
                         if detok.stopped:
+                            req.stopped = True
                             req.cancelled.set()
                             if piece:
                                 yield chunk(piece, None, rate)
@@ -880,6 +883,7 @@ class Server:
                     rates.append(ev[2])
                 parts.append(detok.push(ev[1]))
                 if detok.stopped:
+                    req.stopped = True
                     req.cancelled.set()
                     return "".join(parts), "stop", rates, n
             elif ev[0] == "done":
