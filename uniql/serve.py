@@ -38,7 +38,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.batch import BatchDecoder, Sequence
-from uniql.errors import InvalidArgumentError, RangeError, UniqlError, UnsupportedError
+from uniql.errors import InvalidArgumentError, RangeError, UnsupportedError
 
 log = logging.getLogger("uniql.serve")
 
