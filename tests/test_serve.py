@@ -413,3 +413,15 @@ def test_hybrid_model_served_batched():
         assert r.status_code == 400 and r.json()["error"]["code"] == "no_chat_template"
     assert [seen[tuple(p)] for p in prompts] == want
     assert server.engine.tokens_total == 40
+
+
+def test_cli_serve_errors(artifact, tmp_path, capsys):
+    from uniql import cli
+
+    assert cli.main(["serve", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["serve", str(artifact), "--rate", "0.1", "--min-rate", "0.2"]) == 2
+    assert "--min-rate 0.2 is above --rate 0.1" in capsys.readouterr().err
+    assert cli.main(["serve", str(artifact), "--rate", "0.9"]) == 2
+    assert "outside [0, 0.35]" in capsys.readouterr().err
+    assert cli.main(["serve", str(artifact), "--port", "70000"]) == 2
