@@ -17,7 +17,8 @@ VOCAB = 96
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(fp32 checkpoint dir, int4 elastic artifact dir) of one tiny random Llama (GQA 4/2 heads, 2 layers)."""
+    """fp32 checkpoint, int4 elastic artifact and a tied-embedding int4 artifact of tiny random Llamas (GQA 4/2
+    heads, 2 layers)."""
     root = tmp_path_factory.mktemp("batch")
     cfg = tiny_llama_config(VOCAB, 64, 128, 2, 4, 2, 16)
     cfg["max_position_embeddings"] = 128
@@ -25,7 +26,11 @@ def tiny(tmp_path_factory):
     calib = np.random.default_rng(0).integers(0, VOCAB, size=(8, 32))
     art = uniql.compress(src, root / "art", calibration=calib, num_samples=8, seq_len=32, progress=False,
                          quantize=True)
-    return src, art
+    tcfg = dict(cfg, tie_word_embeddings=True)  # int4 lm_head = the row-major embedding (its own batch path)
+    tsrc = write_tiny_llama(root / "tsrc", tcfg, tiny_llama_tensors(tcfg, seed=6))
+    tied = uniql.compress(tsrc, root / "tied", calibration=calib, num_samples=8, seq_len=32, progress=False,
+                          quantize=True)
+    return {"fp32": src, "int4": art, "int4-tied": tied}
 
 
 def _alone(model, prompt, tokens):
@@ -60,10 +65,10 @@ def _run_ragged(model, dec, prompts, steps, joins, vocab=VOCAB):
 
 
 @pytest.mark.parametrize("kind,act,rate", [("fp32", None, 0.0), ("int4", "int8", 0.0), ("int4", "int8", 0.3),
-                                           ("int4", "fp32", 0.2)])
+                                           ("int4", "fp32", 0.2), ("int4-tied", "int8", 0.1),
+                                           ("int4-tied", "fp32", 0.0)])
 def test_batched_equals_alone(tiny, kind, act, rate):
-    src, art = tiny
-    model = uniql.load(src if kind == "fp32" else art)
+    model = uniql.load(tiny[kind])
     if rate:
         model.set_rate(rate)
     prompts = [np.random.default_rng(s).integers(0, VOCAB, n) for s, n in enumerate((3, 9, 1, 17, 5, 30))]
@@ -86,8 +91,7 @@ class _nullctx:
 
 def test_rate_switch_between_steps_keeps_every_cache(tiny):
     """A rate change between two batched steps = the same change between lone decodes (caches stay valid)."""
-    _, art = tiny
-    model = uniql.load(art)
+    model = uniql.load(tiny["int4"])
     dec = BatchDecoder(model, max_batch=2, max_seq=64)
     p = [np.arange(3, 10), np.arange(20, 24)]
     seqs = [dec.new_sequence() for _ in p]
@@ -107,7 +111,7 @@ def test_rate_switch_between_steps_keeps_every_cache(tiny):
 
 
 def test_bad_batches_leave_states_unchanged(tiny):
-    src, _ = tiny
+    src = tiny["fp32"]
     model = uniql.load(src)
     dec = BatchDecoder(model, max_batch=2, max_seq=8)
     a, b = dec.new_sequence(), dec.new_sequence()

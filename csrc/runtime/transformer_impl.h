@@ -34,4 +34,7 @@ struct uq_tf_state {
     float *scores;               /* (nthreads * n_heads / n_kv, max_seq) */
 };
 
+/* lm_head logits (n, V) of n normalised rows xn (n, H) of a batched decode step (batch.c; ssm_batch.c uses it too). */
+uq_status uq_batch_head(const uq_linear *head, const float *xn, int64_t n, int64_t H, int64_t V, float *logits);
+
 #endif /* UQ_TRANSFORMER_IMPL_H */
