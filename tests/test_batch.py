@@ -76,6 +76,7 @@ def test_batched_equals_alone(tiny, kind, act, rate):
     ctx = uniql.int4_activations(act) if act else _nullctx()
     with ctx:
         dec = BatchDecoder(model, max_batch=6, max_seq=64)
+        assert (dec.head_bytes > 0) == (kind == "int4-tied")  # the R16 copy of the tied head (used with int8)
         got = _run_ragged(model, dec, prompts, steps, joins)
         for p, (feed, lg) in zip(prompts, got):
             np.testing.assert_array_equal(lg, _alone(model, p, feed))
@@ -144,6 +145,17 @@ def test_bad_batches_leave_states_unchanged(tiny):
         BatchDecoder(model, max_batch=0)
     a.reset()
     assert a.position == 0
+    with pytest.raises(uniql.UnsupportedError, match="not a row-major int4 weight"):
+        _C.tf_batch_set_head(dec._batch, (np.zeros((1, 1), np.float32), None, 0, 1, None))
+
+
+def test_tied_head_copy_is_checked(tiny):
+    model = uniql.load(tiny["int4-tied"])
+    dec = BatchDecoder(model, max_batch=2)
+    q = model._tied_q4
+    packed, scales = _C.q4_repack((q.packed[:-16], q.scales[:-16], q.group, q.shape[1], None), 1, 1)
+    with pytest.raises(uniql.ShapeError, match="want the \\(96, 64\\) int4 lm_head"):
+        _C.tf_batch_set_head(dec._batch, (packed, scales, q.group, q.shape[1], None, (q.shape[0] - 16, 1, 1)))
 
 
 # ----------------------------------------------------------------------------------------------- hybrids ----

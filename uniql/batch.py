@@ -60,6 +60,7 @@ class BatchDecoder:
             raise InvalidArgumentError(f"max_seq must be >= 1, got {self.max_seq}")
         self.max_chunk = int(max_chunk)
         self.vocab_size = int(model.config.vocab_size)
+        self.head_bytes = 0  # an R16 copy of a tied int4 lm_head, when one is made
         cm = model._cm
         if model._c_forward is _C.tf_forward:
             self.kind = "transformer"
@@ -67,6 +68,11 @@ class BatchDecoder:
             self._state_info, self._state_reset, self._forward = _C.tf_state_info, _C.tf_state_reset, _C.tf_forward
             self._batch = _C.tf_batch_new(cm, max_batch)
             self._decode = _C.tf_decode_batch
+            q = getattr(model, "_tied_q4", None)
+            if q is not None and q.group % 8 == 0:  # batched lm_head of a tied int4 embedding (C docs)
+                packed, scales = _C.q4_repack((q.packed, q.scales, q.group, q.shape[1], None), 1, 1)
+                _C.tf_batch_set_head(self._batch, (packed, scales, q.group, q.shape[1], None, (q.shape[0], 1, 1)))
+                self.head_bytes = packed.nbytes + scales.nbytes
         elif model._c_forward is _C.hy_forward:
             self.kind = "hybrid"
             self._state_new = _C.hy_state_new
@@ -116,4 +122,4 @@ class BatchDecoder:
         """Step scratch plus the states of ``seqs``."""
         info = _C.tf_batch_info if self.kind == "transformer" else getattr(_C, "hy_batch_info", None)
         b = int(info(self._batch)[1]) if self._batch is not None and info is not None else 0
-        return b + sum(s.state_bytes for s in seqs)
+        return b + self.head_bytes + sum(s.state_bytes for s in seqs)

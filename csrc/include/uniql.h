@@ -880,6 +880,12 @@ int64_t uq_tf_batch_max(const uq_tf_batch *b);
  * naming the sequence). */
 uq_status uq_tf_decode_batch(const uq_tf_model *m, uq_tf_batch *b, uq_tf_state *const *states, const int32_t *ids,
                              int64_t n, float *logits);
+/* A tied int4 embedding is the lm_head in the row-major layout (the gather needs it), whose multi-token kernels are
+ * slow at decode batch sizes: a step then runs the head row by row, or, given a one-segment R16 copy of the same
+ * weight (uq_q4_repack_r16) here, over all rows at once when activations are int8 (the same integer sums, so the
+ * same logits). The copy must outlive the batch. UQ_ERR_UNSUPPORTED (the model's head is not row-major int4),
+ * UQ_ERR_SHAPE (not its R16 copy). */
+uq_status uq_tf_batch_set_head(uq_tf_batch *b, const uq_linear *head);
 
 /* The same for the Mamba2 / hybrid runtime. One token per sequence takes the
  * selective-scan recurrence, as uq_hy_forward with T = 1 does; statuses as uq_tf_decode_batch. */

@@ -29,6 +29,7 @@ struct uq_tf_batch {
     float *q, *att;      /* (max_batch, n_heads * Rmax) */
     float *kb, *vb;      /* (max_batch, n_kv * Rmax) */
     float *g, *u;        /* (max_batch, Kmax) */
+    uq_linear head;      /* optional R16 copy of a row-major int4 lm_head (kind 0 = none) */
 };
 
 void uq_tf_batch_free(uq_tf_batch *b) {
@@ -82,6 +83,21 @@ uq_status uq_tf_batch_init(const uq_tf_model *m, int64_t max_batch, uq_tf_batch 
 }
 
 size_t uq_tf_batch_bytes(const uq_tf_batch *b) { return b ? b->bytes : 0; }
+
+uq_status uq_tf_batch_set_head(uq_tf_batch *b, const uq_linear *head) {
+    if (!b || !head) return uq_set_error(UQ_ERR_ARG, "tf_batch_set_head: NULL argument");
+    const uq_linear *L = &b->m->lm_head;
+    if (L->kind != UQ_W_Q4 || L->layout == UQ_Q4_R16)
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "tf_batch_set_head: the model's lm_head is not a row-major int4 weight");
+    if (head->kind != UQ_W_Q4 || head->layout != UQ_Q4_R16 || head->nseg_out != 1 || head->nseg_in != 1 ||
+        head->rows != L->rows || head->cols != L->cols || head->group != L->group || head->bias)
+        return uq_set_error(UQ_ERR_SHAPE, "tf_batch_set_head: want the (%lld, %lld) int4 lm_head in one-segment R16 "
+                            "layout, group %lld, no bias", (long long)L->rows, (long long)L->cols, (long long)L->group);
+    uq_status st = uq_linear_check(head, "lm_head (R16 copy)", -1, L->rows, L->cols, 1);
+    if (st != UQ_OK) return st;
+    b->head = *head;
+    return UQ_OK;
+}
 
 int64_t uq_tf_batch_max(const uq_tf_batch *b) { return b ? b->max_batch : 0; }
 
@@ -140,8 +156,14 @@ static uq_status batch_layer(const uq_tf_model *m, uq_tf_batch *b, uq_tf_state *
 /* The lm_head over n rows. A row-major int4 lm_head (a tied int4 embedding: the gather needs that layout) runs one
  * row at a time below 24 rows: there its multi-token kernels are slower than separate single-token calls (SmolLM2's
  * 49152 x 576 head, W4A8, one thread, AVX-512: 0.71 ms at T = 1, 12.4 ms at T = 2, 12.6 ms at T = 16, 16.6 ms at
- * T = 32), and each row's result is the same either way. Every other layout runs once over all rows. */
-uq_status uq_batch_head(const uq_linear *head, const float *xn, int64_t n, int64_t H, int64_t V, float *logits) {
+ * T = 32), and each row's result is the same either way, unless an R16 copy of it was given (uq_tf_batch_set_head)
+ * and activations are int8. Every other layout runs once over all rows. */
+uq_status uq_batch_head(const uq_linear *head, const uq_linear *r16, const float *xn, int64_t n, int64_t H, int64_t V,
+                        float *logits) {
+    /* with int8 activations both layouts compute the same exact integer group sums, scaled and added in group order
+     * (uniql.h "kernels"), so the R16 copy changes nothing but the speed */
+    if (r16 && r16->kind == UQ_W_Q4 && n > 1 && uq_kernels_q4_act() == UQ_Q4_ACT_INT8)
+        return uq_linear_forward(r16, xn, n, 1, V, 1, H, logits);
     if (head->kind != UQ_W_Q4 || head->layout == UQ_Q4_R16 || n >= 24)
         return uq_linear_forward(head, xn, n, 1, V, 1, H, logits);
     for (int64_t i = 0; i < n; i++) {
@@ -180,7 +202,7 @@ uq_status uq_tf_decode_batch(const uq_tf_model *m, uq_tf_batch *b, uq_tf_state *
     for (int64_t l = 0; l < m->cfg.num_layers; l++)
         if ((st = batch_layer(m, b, states, n, l)) != UQ_OK) return st;
     uq_k_rmsnorm(b->x, n, H, m->final_norm, m->cfg.rms_norm_eps, b->xn);
-    if ((st = uq_batch_head(&m->lm_head, b->xn, n, H, V, logits)) != UQ_OK) return st;
+    if ((st = uq_batch_head(&m->lm_head, &b->head, b->xn, n, H, V, logits)) != UQ_OK) return st;
     for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
     return UQ_OK;
 }

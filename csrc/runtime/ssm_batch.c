@@ -254,7 +254,7 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         }
     }
     uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);
-    if ((st = uq_batch_head(&m->lm_head, b->xn, n, hid, V, logits)) != UQ_OK) return st;
+    if ((st = uq_batch_head(&m->lm_head, NULL, b->xn, n, hid, V, logits)) != UQ_OK) return st;
     for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
     return UQ_OK;
 }

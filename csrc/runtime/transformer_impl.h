@@ -34,7 +34,9 @@ struct uq_tf_state {
     float *scores;               /* (nthreads * n_heads / n_kv, max_seq) */
 };
 
-/* lm_head logits (n, V) of n normalised rows xn (n, H) of a batched decode step (batch.c; ssm_batch.c uses it too). */
-uq_status uq_batch_head(const uq_linear *head, const float *xn, int64_t n, int64_t H, int64_t V, float *logits);
+/* lm_head logits (n, V) of n normalised rows xn (n, H) of a batched decode step (batch.c; ssm_batch.c uses it too);
+ * r16: an R16 copy of a row-major int4 head or NULL. */
+uq_status uq_batch_head(const uq_linear *head, const uq_linear *r16, const float *xn, int64_t n, int64_t H, int64_t V,
+                        float *logits);
 
 #endif /* UQ_TRANSFORMER_IMPL_H */
