@@ -88,7 +88,8 @@ uq_status uq_tf_batch_set_head(uq_tf_batch *b, const uq_linear *head) {
     if (!b || !head) return uq_set_error(UQ_ERR_ARG, "tf_batch_set_head: NULL argument");
     const uq_linear *L = &b->m->lm_head;
     if (L->kind != UQ_W_Q4 || L->layout == UQ_Q4_R16)
-        return uq_set_error(UQ_ERR_UNSUPPORTED, "tf_batch_set_head: the model's lm_head is not a row-major int4 weight");
+        return uq_set_error(UQ_ERR_UNSUPPORTED,
+                            "tf_batch_set_head: the model's lm_head is not a row-major int4 weight");
     if (head->kind != UQ_W_Q4 || head->layout != UQ_Q4_R16 || head->nseg_out != 1 || head->nseg_in != 1 ||
         head->rows != L->rows || head->cols != L->cols || head->group != L->group || head->bias)
         return uq_set_error(UQ_ERR_SHAPE, "tf_batch_set_head: want the (%lld, %lld) int4 lm_head in one-segment R16 "
