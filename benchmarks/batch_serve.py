@@ -162,7 +162,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--stack-layers", type=int, default=2, help="8B-stack layers (0: skip)")
-    ap.add_argument("--load-seconds", type=float, default=60.0)
+    ap.add_argument("--load-seconds", type=float, default=60.0, help="load run length (0: skip it)")
+    ap.add_argument("--skip-throughput", action="store_true", help="only the load run")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--max-batch", type=int, default=8)
@@ -181,7 +182,7 @@ def main(argv=None):
         runs.append((f"smollm2-135m int4 rate {a.rate}", lambda: _smol(a.smollm2, a.rate)))
     if a.stack_layers > 0:
         runs.append((f"llama3.1-8b stack int4 ({a.stack_layers} layers)", lambda: stack_model(a.stack_layers)))
-    for name, build in runs:
+    for name, build in ([] if a.skip_throughput else runs):
         model = build()
         rows = decode_throughput(model, batches, a.prompt, a.steps, a.repeats)
         rep["throughput"][name] = rows
