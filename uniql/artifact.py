@@ -45,7 +45,8 @@ GRANULARITY_FIELDS = {"mlp": "mlp_granularity", "attn": "attn_granularity", "ssm
                       "ssm_state": "ssm_state_granularity"}
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")  # transformers >= 4.5x writes the chat template to its own file
 
 
 def write_config(part: Path, out_cfg: Mapping[str, Any], tokenizer_src: Path) -> None:

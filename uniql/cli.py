@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -381,6 +382,48 @@ class _UsageError(Exception):
     """A bad combination of arguments found after parsing (reported like an argparse error)."""
 
 
+# --------------------------------------------------------------------------------------------- serve ----
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching (needs uniql[serve])",
+                       description="Serve MODEL_DIR (an elastic artifact or a checkpoint) over an OpenAI-compatible "
+                                   "HTTP API: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models, "
+                                   "/health, /metrics, /admin/rate (the pruning rate, changed live).")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--rate", type=_nonneg_float, default=0.0, help="pruning rate to decode at (0)")
+    p.add_argument("--min-rate", type=_nonneg_float, default=None, metavar="R",
+                   help="load the artifact at this rate (<= --rate; lower rates are then out of reach of "
+                        "/admin/rate, memory is saved); default 0")
+    p.add_argument("--host", default="127.0.0.1", help="(127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="(8000)")
+    p.add_argument("--model-name", default=None, metavar="NAME", help="model id of the API (the directory name)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, metavar="N", help="sequences per decode step (8)")
+    p.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
+                   help="requests waiting for a slot before 429 (64)")
+    p.add_argument("--ctx", type=_positive_int, default=None, metavar="N",
+                   help="context length per sequence (default: the model's, at most 2048)")
+    p.add_argument("--drain-timeout", type=_nonneg_float, default=10.0, metavar="S",
+                   help="seconds in-flight requests may finish at shutdown before they are cancelled (10)")
+    p.add_argument("--admin-token", default=os.environ.get("UNIQL_ADMIN_TOKEN"), metavar="TOKEN",
+                   help="bearer token required by /admin/rate (also UNIQL_ADMIN_TOKEN; default: none)")
+    p.add_argument("--api-key", default=os.environ.get("UNIQL_API_KEY"), metavar="KEY",
+                   help="bearer token required by /v1/* (also UNIQL_API_KEY; default: none)")
+    _add_int4_activations(p)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from uniql.serve import build_server, run
+
+    if not 0 <= args.port <= 65535:
+        raise _UsageError(f"--port must be in [0, 65535], got {args.port}")
+    server = build_server(args.model_dir, rate=args.rate, min_rate=args.min_rate, model_name=args.model_name,
+                          max_batch=args.max_batch, max_queue=args.max_queue, ctx=args.ctx,
+                          drain_timeout=args.drain_timeout, admin_token=args.admin_token, api_key=args.api_key)
+    run(server, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 # name -> parser builder; subcommands appear in --help in this order. compress/bench plug in here.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "convert": _add_convert,
@@ -391,6 +434,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "quantize": _add_quantize,
     "eval": _add_eval,
     "bench": _add_bench,
+    "serve": _add_serve,
 }
 
 

@@ -469,6 +469,8 @@ class Model(SequenceModel):
             c_layers.append(d)
         emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
+        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
+        self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
         keep.append(final_norm)
         self._arrays = keep
         self._cm = _C.tf_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)

@@ -859,6 +859,47 @@ uq_status uq_ssm_bc_moments(const float *B, const float *C, const float *dt, int
 uq_status uq_ssm_chunk_states(const float *x, const float *B, const float *dt, const float *A_log, int64_t T,
                               int64_t H, int64_t P, int64_t G, int64_t N, int64_t chunk, double *S);
 
+/* ================================================= batched decoding (runtime/batch.c, runtime/ssm_batch.c) == */
+/*
+ * Continuous batching: one decode step runs one new token for each of n sequences, each with its own state
+ * (uq_tf_state / uq_hy_state: KV cache, SSM and conv states, position), so sequences join (after a prefill with
+ * uq_tf_forward / uq_hy_forward on their own state) and leave between steps. The linears run once over the n
+ * rows of the step (int4 R16 kernels with int8 or fp32 activations, fp32/fp16 GEMM); RoPE, KV cache writes,
+ * attention, the conv1d and the selective-scan recurrence run per sequence. The result is bit-identical to
+ * decoding each sequence alone (T = 1 forward): every kernel's operations per output element depend only on its
+ * own token row (the runtimes' "Determinism" notes). A batch object holds the step's scratch for up to max_batch
+ * rows and is tied to its model; states must be distinct and built for that model.
+ */
+typedef struct uq_tf_batch uq_tf_batch; /* opaque: scratch of a batched decode step */
+
+/* UQ_ERR_ARG (NULL, max_batch < 1), UQ_ERR_RANGE (size overflow), UQ_ERR_NOMEM. */
+uq_status uq_tf_batch_init(const uq_tf_model *m, int64_t max_batch, uq_tf_batch **out);
+void uq_tf_batch_free(uq_tf_batch *b);
+size_t uq_tf_batch_bytes(const uq_tf_batch *b);
+int64_t uq_tf_batch_max(const uq_tf_batch *b);
+/* Token ids[i] continues sequence states[i] (at its position, which then advances by one), i < n; logits (n, vocab)
+ * caller-allocated. Everything is checked before any state changes: UQ_ERR_ARG (NULL, n outside [1, max_batch],
+ * a state given twice), UQ_ERR_STATE (batch or state of another model), UQ_ERR_RANGE (token id, a full KV cache;
+ * naming the sequence). */
+uq_status uq_tf_decode_batch(const uq_tf_model *m, uq_tf_batch *b, uq_tf_state *const *states, const int32_t *ids,
+                             int64_t n, float *logits);
+/* A tied int4 embedding is the lm_head in the row-major layout (the gather needs it), whose multi-token kernels are
+ * slow at decode batch sizes: a step then runs the head row by row, or, given a one-segment R16 copy of the same
+ * weight (uq_q4_repack_r16) here, over all rows at once when activations are int8 (the same integer sums, so the
+ * same logits). The copy must outlive the batch. UQ_ERR_UNSUPPORTED (the model's head is not row-major int4),
+ * UQ_ERR_SHAPE (not its R16 copy). */
+uq_status uq_tf_batch_set_head(uq_tf_batch *b, const uq_linear *head);
+
+/* The same for the Mamba2 / hybrid runtime. One token per sequence takes the
+ * selective-scan recurrence, as uq_hy_forward with T = 1 does; statuses as uq_tf_decode_batch. */
+typedef struct uq_hy_batch uq_hy_batch;
+uq_status uq_hy_batch_init(const uq_hy_model *m, int64_t max_batch, uq_hy_batch **out);
+void uq_hy_batch_free(uq_hy_batch *b);
+size_t uq_hy_batch_bytes(const uq_hy_batch *b);
+int64_t uq_hy_batch_max(const uq_hy_batch *b);
+uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *states, const int32_t *ids,
+                             int64_t n, float *logits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -217,6 +217,7 @@ static PyObject *py_check_finite(PyObject *self, PyObject *args) {
 #include "bind_runtime.inc"
 #include "bind_compress.inc"
 #include "bind_ssm.inc"
+#include "bind_batch.inc"
 
 static PyMethodDef uq_methods[] = {
     UQ_CORE_METHODS
@@ -226,6 +227,7 @@ static PyMethodDef uq_methods[] = {
     UQ_RUNTIME_METHODS
     UQ_COMPRESS_METHODS
     UQ_SSM_METHODS
+    UQ_BATCH_METHODS
     {NULL, NULL, 0, NULL}
 };
 
@@ -251,7 +253,8 @@ static int uq_exec(PyObject *m) {
     for (size_t i = 0; i < sizeof uq_exc_spec / sizeof uq_exc_spec[0]; i++)
         if (PyModule_AddObjectRef(m, uq_exc_spec[i].name, UqExc[uq_exc_spec[i].st]) < 0) return -1;
     if (uq_stats_exec(m) < 0 || uq_quant_exec(m) < 0 || uq_io_exec(m) < 0 || uq_runtime_exec(m) < 0 ||
-        uq_compress_exec(m) < 0 || uq_ssm_exec(m) < 0) return -1;
+        uq_compress_exec(m) < 0 || uq_ssm_exec(m) < 0 ||
+        uq_batch_exec(m) < 0) return -1;
     return 0;
 }
 

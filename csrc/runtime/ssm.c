@@ -24,65 +24,9 @@
 #include "../kernels/ssm_kernels.h"
 #include "uniql.h"
 
-enum { KEEP_MLP = 0, KEEP_ATTN = 1, KEEP_SSM_HEAD = 2, KEEP_SSM_STATE = 3 };
-
-struct uq_hy_model {
-    uq_hy_config cfg;
-    uq_linear embed, lm_head;
-    const float *final_norm;
-    uq_hy_layer_weights *layers; /* (L) copied descriptors; freq_map points into maps or is NULL */
-    int32_t *maps;               /* concatenated copies of the freq maps */
-    float *Aneg;                 /* (L, H) = -exp(A_log) of Mamba layers (rows of other layers unused) */
-    int64_t (*stored)[4];        /* (L) stored sizes {K, R, Ps, Ns}, 0 when absent */
-    int64_t (*keep)[4];          /* (L) current keeps */
-    int64_t *Rrot;               /* (L) stored rotary rows per head */
-    int64_t *has_ffn;            /* (L) 1 when the layer has an MLP sub-block after its mixer */
-    int32_t options;
-    int64_t Kmax, Rmax, Pmax, Nmax; /* largest stored K, R, Ps, Ns */
-    int any_mamba, any_attn, any_mlp;
-    float *inv_freq;             /* (rope_dim/2) */
-};
-
-struct uq_hy_state {
-    const uq_hy_model *m;
-    int64_t max_seq, max_chunk, pos, half;
-    int nthreads;
-    size_t bytes;
-    float **conv, **ssm;         /* (L) Mamba layers: (H*Ps + 2*G*Ns, K-1) and (H, Ps, Ns); else NULL */
-    float **kc, **vc;            /* (L) attention layers: (n_kv, max_seq, R); else NULL */
-    float *cos_tab, *sin_tab;    /* (max_seq, rope_dim/2) */
-    float *x, *xn, *tmp;         /* (max_chunk, hidden) */
-    float *z, *xi, *xo, *y;      /* (max_chunk, H*Pmax) */
-    float *bi, *bo, *ci, *co;    /* (max_chunk, G*Nmax) */
-    float *dt;                   /* (max_chunk, H) */
-    float *q, *qa, *qb, *att;    /* (max_chunk, n_heads*Rmax) */
-    float *kb, *vb;              /* (max_chunk, n_kv*Rmax) */
-    float *g, *u;                /* (max_chunk, Kmax) */
-    float *scores;               /* (nthreads * n_heads / n_kv, max_seq) */
-    float *work;                 /* (nthreads, uq_ks_scan_work(chunk)) */
-    float *cb;                   /* uq_ks_scan_shared(G, chunk): per-group C B^T of a chunk */
-    int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
-};
+#include "ssm_impl.h"
 
 /* ------------------------------------------------------------------------------- model ---- */
-
-/* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that
- * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). Row-major
- * layouts only: uq_hy_model_init rejects R16 int4 for the descriptors viewed here (in_proj, partial-RoPE q). */
-static uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows) {
-    uq_linear v = *L;
-    v.rows = rows;
-    if (L->kind == UQ_W_F32) {
-        v.w = L->w + row0 * L->cols;
-    } else if (L->kind == UQ_W_F16) {
-        v.w16 = L->w16 + row0 * L->cols;
-    } else {
-        v.packed = L->packed + row0 * UQ_Q4_ROW_BYTES(L->cols);
-        v.scales = L->scales + row0 * L->scale_cols;
-    }
-    if (L->bias) v.bias = L->bias + row0;
-    return v;
-}
 
 #define POS(name, v)                                                                                             \
     do {                                                                                                         \

@@ -88,5 +88,6 @@ void test_runtime(void);
 void test_compress(void);
 void test_ssm(void);
 void test_r16(void);
+void test_batch(void);
 
 #endif

@@ -1,0 +1,260 @@
+/*
+ * ssm_batch.c -- batched decoding of the Mamba2 / hybrid runtime: one new token for each of n sequences per call,
+ * each with its own uq_hy_state (conv and SSM states, KV caches, position). Every linear (in_proj views, q/k/v/o,
+ * MLP, lm_head) runs once over the n rows; the causal conv1d, the selective-scan recurrence, RoPE, the KV cache
+ * writes and attention run per sequence on that sequence's state. Row-wise kernels (RMSNorm, softplus, the gated
+ * norm, SiLU products) run over all rows at once: each row's operations are those of the row alone.
+ *
+ * Bit-identical to decoding each sequence alone with uq_hy_forward (T = 1, which takes the recurrence): the same
+ * argument as batch.c (every kernel's operations per output element depend only on its token row; the scan,
+ * conv and attention of a sequence are the same calls with T = 1, only spread differently over threads).
+ */
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../kernels/kernels.h"
+#include "../kernels/ssm_kernels.h"
+#include "ssm_impl.h"
+#include "transformer_impl.h"
+#include "uniql.h"
+
+struct uq_hy_batch {
+    const uq_hy_model *m;
+    int64_t max_batch;
+    size_t bytes;
+    float *x, *xn, *tmp;      /* (max_batch, hidden) */
+    float *z, *xi, *xo, *y;   /* (max_batch, H*Pmax) */
+    float *bi, *bo, *ci, *co; /* (max_batch, G*Nmax) */
+    float *dt;                /* (max_batch, H) */
+    float *q, *qa, *qb, *att; /* (max_batch, n_heads*Rmax) */
+    float *kb, *vb;           /* (max_batch, n_kv*Rmax) */
+    float *g, *u;             /* (max_batch, Kmax) */
+    int64_t *chan;            /* conv channel maps of x, B and C: (H*Pmax + 2*G*Nmax) */
+};
+
+void uq_hy_batch_free(uq_hy_batch *b) {
+    if (!b) return;
+    float *bufs[] = {b->x, b->xn, b->tmp, b->z, b->xi, b->xo, b->y, b->bi, b->bo, b->ci, b->co, b->dt,
+                     b->q, b->qa, b->qb, b->att, b->kb, b->vb, b->g, b->u};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) uq_free(bufs[i]);
+    uq_free(b->chan);
+    uq_free(b);
+}
+
+static uq_status hbuf(float **p, int64_t a, int64_t b, size_t *total) {
+    size_t n;
+    uq_status st = uq_size_mul(a, b > 0 ? b : 1, sizeof(float), &n);
+    if (st != UQ_OK) return st;
+    *total += n;
+    return uq_alloc(n, (void **)p);
+}
+
+uq_status uq_hy_batch_init(const uq_hy_model *m, int64_t max_batch, uq_hy_batch **out) {
+    if (!m || !out) return uq_set_error(UQ_ERR_ARG, "hy_batch_init: NULL argument");
+    *out = NULL;
+    if (max_batch < 1)
+        return uq_set_error(UQ_ERR_ARG, "hy_batch_init: max_batch must be >= 1, got %lld", (long long)max_batch);
+    const uq_hy_config *c = &m->cfg;
+    const int64_t hid = c->hidden_size, mb = max_batch;
+    const int64_t H = m->any_mamba ? c->ssm_heads : 0, G = m->any_mamba ? c->ssm_groups : 0;
+    const int64_t nh = m->any_attn ? c->num_heads : 0, nkv = m->any_attn ? c->num_kv_heads : 0;
+    const int64_t HP = H * m->Pmax, GN = G * m->Nmax;
+    uq_hy_batch *b;
+    uq_status st = uq_calloc(sizeof *b, (void **)&b);
+    if (st != UQ_OK) return st;
+    b->m = m;
+    b->max_batch = mb;
+    size_t tot = sizeof *b;
+    if ((st = hbuf(&b->x, mb, hid, &tot)) != UQ_OK || (st = hbuf(&b->xn, mb, hid, &tot)) != UQ_OK ||
+        (st = hbuf(&b->tmp, mb, hid, &tot)) != UQ_OK || (st = hbuf(&b->z, mb, HP, &tot)) != UQ_OK ||
+        (st = hbuf(&b->xi, mb, HP, &tot)) != UQ_OK || (st = hbuf(&b->xo, mb, HP, &tot)) != UQ_OK ||
+        (st = hbuf(&b->y, mb, HP, &tot)) != UQ_OK || (st = hbuf(&b->bi, mb, GN, &tot)) != UQ_OK ||
+        (st = hbuf(&b->bo, mb, GN, &tot)) != UQ_OK || (st = hbuf(&b->ci, mb, GN, &tot)) != UQ_OK ||
+        (st = hbuf(&b->co, mb, GN, &tot)) != UQ_OK || (st = hbuf(&b->dt, mb, H, &tot)) != UQ_OK ||
+        (st = hbuf(&b->q, mb, nh * m->Rmax, &tot)) != UQ_OK || (st = hbuf(&b->qa, mb, nh * m->Rmax, &tot)) != UQ_OK ||
+        (st = hbuf(&b->qb, mb, nh * m->Rmax, &tot)) != UQ_OK || (st = hbuf(&b->att, mb, nh * m->Rmax, &tot)) != UQ_OK ||
+        (st = hbuf(&b->kb, mb, nkv * m->Rmax, &tot)) != UQ_OK ||
+        (st = hbuf(&b->vb, mb, nkv * m->Rmax, &tot)) != UQ_OK ||
+        (st = hbuf(&b->g, mb, m->Kmax, &tot)) != UQ_OK || (st = hbuf(&b->u, mb, m->Kmax, &tot)) != UQ_OK ||
+        (st = uq_alloc((size_t)(HP + 2 * GN + 1) * sizeof(int64_t), (void **)&b->chan)) != UQ_OK) {
+        uq_hy_batch_free(b);
+        return st;
+    }
+    b->bytes = tot + (size_t)(HP + 2 * GN + 1) * sizeof(int64_t);
+    *out = b;
+    return UQ_OK;
+}
+
+size_t uq_hy_batch_bytes(const uq_hy_batch *b) { return b ? b->bytes : 0; }
+
+int64_t uq_hy_batch_max(const uq_hy_batch *b) { return b ? b->max_batch : 0; }
+
+/* Spread per-sequence work over the threads when there are at least as many sequences as threads (each call then
+ * runs single-threaded: nested regions are inactive), else let each call use its own threads. */
+static int across(int64_t n, int nthreads) { return nthreads > 1 && n >= nthreads; }
+
+static uq_status mamba_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
+    const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
+    const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
+    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
+    const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
+    const int64_t rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
+    uq_status st;
+    uq_linear vz = view_rows(&lw->in_proj, 0, H * Ps), vx = view_rows(&lw->in_proj, rx, H * Ps);
+    uq_linear vb = view_rows(&lw->in_proj, rb, G * Ns), vc = view_rows(&lw->in_proj, rc, G * Ns);
+    uq_linear vdt = view_rows(&lw->in_proj, rdt, H);
+    if ((st = uq_linear_forward(&vz, b->xn, n, H, Pk, 1, hid, b->z)) != UQ_OK ||
+        (st = uq_linear_forward(&vx, b->xn, n, H, Pc, 1, hid, b->xi)) != UQ_OK ||
+        (st = uq_linear_forward(&vb, b->xn, n, G, Nc, 1, hid, b->bi)) != UQ_OK ||
+        (st = uq_linear_forward(&vc, b->xn, n, G, Nc, 1, hid, b->ci)) != UQ_OK ||
+        (st = uq_linear_forward(&vdt, b->xn, n, 1, H, 1, hid, b->dt)) != UQ_OK)
+        return st;
+    int64_t *cx = b->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t p = 0; p < Pc; p++) cx[h * Pc + p] = h * Ps + p;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t k = 0; k < Nc; k++) {
+            cb[g * Nc + k] = H * Ps + g * Ns + k;
+            cc[g * Nc + k] = H * Ps + G * Ns + g * Ns + k;
+        }
+    uq_ks_dt_softplus(b->dt, n, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    const int nth = uq_k_threads(), ac = across(n, nth);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
+    for (int64_t i = 0; i < n; i++) {
+        uq_hy_state *s = S[i];
+        const int64_t ox = i * H * Pc, obc = i * G * Nc;
+        uq_ks_conv1d_silu(b->xi + ox, 1, H * Pc, cx, lw->conv_w, lw->conv_b, K, s->conv[l], b->xo + ox);
+        uq_ks_conv1d_silu(b->bi + obc, 1, G * Nc, cb, lw->conv_w, lw->conv_b, K, s->conv[l], b->bo + obc);
+        uq_ks_conv1d_silu(b->ci + obc, 1, G * Nc, cc, lw->conv_w, lw->conv_b, K, s->conv[l], b->co + obc);
+        uq_ks_scan a = {.T = 1, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
+                        .chunk = c->chunk_size, .x = b->xo + ox, .B = b->bo + obc, .C = b->co + obc,
+                        .dt = b->dt + i * H, .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l],
+                        .y = b->y + i * H * Pk};
+        uq_ks_ssm_scan_seq(&a, ac ? 1 : s->nthreads);
+    }
+    uq_ks_gated_rmsnorm(b->y, b->z, n, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
+    if ((st = uq_linear_forward(&lw->out_proj, b->y, n, 1, hid, H, Pk, b->tmp)) != UQ_OK) return st;
+    uq_k_add(b->x, b->tmp, n * hid);
+    return UQ_OK;
+}
+
+static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
+    const int64_t rr = r * Rr / R, rp = r - rr;
+    uq_status st;
+    if (r == R || rp == 0 || rr == 0) {
+        if ((st = uq_linear_forward(&lw->q, b->xn, n, nh, r, 1, hid, b->q)) != UQ_OK) return st;
+    } else { /* rotary rows [0, rr) and pass rows [Rr, Rr + rp) of every head (as attn_chunk in ssm.c) */
+        uq_linear vp = view_rows(&lw->q, Rr, nh * R);
+        if ((st = uq_linear_forward(&lw->q, b->xn, n, nh, rr, 1, hid, b->qa)) != UQ_OK ||
+            (st = uq_linear_forward(&vp, b->xn, n, nh, rp, 1, hid, b->qb)) != UQ_OK)
+            return st;
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t h = 0; h < nh; h++) {
+                float *dst = b->q + (t * nh + h) * r;
+                memcpy(dst, b->qa + (t * nh + h) * rr, (size_t)rr * sizeof(float));
+                memcpy(dst + rr, b->qb + (t * nh + h) * rp, (size_t)rp * sizeof(float));
+            }
+    }
+    if ((st = uq_linear_forward(&lw->k, b->xn, n, nkv, R, 1, hid, b->kb)) != UQ_OK ||
+        (st = uq_linear_forward(&lw->v, b->xn, n, nkv, R, 1, hid, b->vb)) != UQ_OK)
+        return st;
+    const float scale = (float)(1.0 / sqrt((double)c->head_dim));
+    const int nth = uq_k_threads(), ac = across(n, nth);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
+    for (int64_t i = 0; i < n; i++) {
+        uq_hy_state *s = S[i];
+        float *qi = b->q + i * nh * r, *ki = b->kb + i * nkv * R, *vi = b->vb + i * nkv * R;
+        if (Rr > 0) {
+            uq_k_rope(qi, 1, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, s->pos);
+            uq_k_rope(ki, 1, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, s->pos);
+        }
+        for (int64_t g = 0; g < nkv; g++) {
+            size_t off = (size_t)((g * s->max_seq + s->pos) * R);
+            memcpy(s->kc[l] + off, ki + g * R, (size_t)R * sizeof(float));
+            memcpy(s->vc[l] + off, vi + g * R, (size_t)R * sizeof(float));
+        }
+        uq_ks_attention(qi, 1, nh, nkv, rr, rp, s->kc[l], s->vc[l], s->max_seq, R, Rr, s->pos, scale,
+                        b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
+    }
+    if ((st = uq_linear_forward(&lw->o, b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
+    uq_k_add(b->x, b->tmp, n * hid);
+    return UQ_OK;
+}
+
+static uq_status mlp_rows(const uq_hy_model *m, uq_hy_batch *b, int64_t n, int64_t l) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
+    uq_status st;
+    if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
+        if ((st = uq_linear_forward(&lw->gate, b->xn, n, 1, k, 1, hid, b->g)) != UQ_OK ||
+            (st = uq_linear_forward(&lw->up, b->xn, n, 1, k, 1, hid, b->u)) != UQ_OK)
+            return st;
+        uq_k_silu_mul(b->g, b->u, n * k);
+    } else {
+        if ((st = uq_linear_forward(&lw->up, b->xn, n, 1, k, 1, hid, b->g)) != UQ_OK) return st;
+        uq_ks_relu2(b->g, n * k);
+    }
+    if ((st = uq_linear_forward(&lw->down, b->g, n, 1, hid, 1, k, b->tmp)) != UQ_OK) return st;
+    uq_k_add(b->x, b->tmp, n * hid);
+    return UQ_OK;
+}
+
+uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *states, const int32_t *ids,
+                             int64_t n, float *logits) {
+    if (!m || !b || !states || !ids || !logits) return uq_set_error(UQ_ERR_ARG, "hy_decode_batch: NULL argument");
+    if (b->m != m) return uq_set_error(UQ_ERR_STATE, "hy_decode_batch: the batch was built for another model");
+    if (n < 1 || n > b->max_batch)
+        return uq_set_error(UQ_ERR_ARG, "hy_decode_batch: %lld sequences outside [1, max_batch = %lld]",
+                            (long long)n, (long long)b->max_batch);
+    for (int64_t i = 0; i < n; i++) {
+        const uq_hy_state *s = states[i];
+        if (!s) return uq_set_error(UQ_ERR_ARG, "hy_decode_batch: state %lld is NULL", (long long)i);
+        if (s->m != m)
+            return uq_set_error(UQ_ERR_STATE, "hy_decode_batch: state %lld was built for another model", (long long)i);
+        if (s->pos >= s->max_seq)
+            return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: sequence %lld at position %lld: state full "
+                                "(max_seq %lld)", (long long)i, (long long)s->pos, (long long)s->max_seq);
+        if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
+            return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: token id %d of sequence %lld outside [0, %lld)",
+                                (int)ids[i], (long long)i, (long long)m->cfg.vocab_size);
+        for (int64_t j = 0; j < i; j++)
+            if (states[j] == s)
+                return uq_set_error(UQ_ERR_ARG, "hy_decode_batch: sequences %lld and %lld share one state",
+                                    (long long)j, (long long)i);
+    }
+    const uq_hy_config *c = &m->cfg;
+    const int64_t hid = c->hidden_size, V = c->vocab_size;
+    uq_status st;
+    uq_k_embed(&m->embed, ids, n, b->x);
+    for (int64_t l = 0; l < c->num_layers; l++) {
+        const uq_hy_layer_weights *lw = &m->layers[l];
+        uq_k_rmsnorm(b->x, n, hid, lw->norm, c->norm_eps, b->xn);
+        if (lw->kind == UQ_HY_MAMBA)
+            st = mamba_rows(m, b, states, n, l);
+        else if (lw->kind == UQ_HY_ATTN)
+            st = attn_rows(m, b, states, n, l);
+        else
+            st = mlp_rows(m, b, n, l);
+        if (st != UQ_OK) return st;
+        if (m->has_ffn[l]) {
+            uq_k_rmsnorm(b->x, n, hid, lw->ffn_norm, c->norm_eps, b->xn);
+            if ((st = mlp_rows(m, b, n, l)) != UQ_OK) return st;
+        }
+    }
+    uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);
+    if ((st = uq_batch_head(&m->lm_head, NULL, b->xn, n, hid, V, logits)) != UQ_OK) return st;
+    for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
+    return UQ_OK;
+}
