@@ -244,3 +244,66 @@ def test_rss_follows_the_rate(tmp_path):
     for r, rss in seq:
         want = full if r == 0.0 else small
         assert abs(rss - want) <= 0.05 * want + 2 * 2**20, (r, rss, want, loaded, seq)
+
+
+class _Budget:
+    """A memory signal for adaptive generation: a budget that changes at given generated-token counts."""
+
+    name = "memory"
+
+    def __init__(self, model, plan):
+        self.model, self.plan, self.n = model, plan, 0
+
+    def read(self, now):
+        self.n += 1
+        budget = next(b for upto, b in self.plan if self.n <= upto)
+        return {"available_bytes": budget - self.model.weight_bytes(), "source": "test"}
+
+
+def test_adaptive_generate_memory_follows(artifacts):
+    from uniql.adaptive import AdaptiveController, MemoryPolicy, generate
+
+    art = artifacts[("llama", True)]
+    m = uniql.load(art, rate=0.0)
+    prompt = [1, 5, 9, 2]
+    # no pressure: the same tokens as plain generation, at rate 0 throughout
+    ref = m.generate(prompt, max_new_tokens=12)
+    out, trace = generate(m, prompt, max_new_tokens=12, signals=[], policies=[])
+    assert out == ref and {r["rate"] for r in trace} == {0.0}
+    # memory pressure from token 4 to 12: the weights shrink to the max rate, then grow back to rate 0
+    full, small = m.weight_bytes(), uniql.load(art, rate=0.35).weight_bytes()
+    sig = _Budget(m, [(4, 10 * full), (12, small + 1000), (10**9, 10 * full)])
+    ctl = AdaptiveController(m, signals=[sig], policies=[MemoryPolicy(reserve_bytes=1000, margin_bytes=0)],
+                             dwell_up_s=0, dwell_down_s=0, max_down_steps=100, sample_interval_s=0)
+    out, trace = generate(m, prompt, max_new_tokens=24, controller=ctl)
+    rates = [r["rate"] for r in trace]
+    assert rates[0] == 0.0 and 0.35 in rates and rates[-1] == 0.0
+    assert m.rate == 0.0 and m.weight_bytes() == full
+    moves = [d for d in ctl.decisions if d["event"] == "rate"]
+    dirs = [d["direction"] for d in moves]
+    assert dirs == sorted(dirs, reverse=True) and dirs[0] == "up" and dirs[-1] == "down"  # ups, then downs
+    assert all("memory" in d["reason"] for d in moves)
+    # after the grow the cache was re-prefilled: the continuation is the rate-0 model's on that sequence
+    seq = prompt + out
+    m2 = uniql.load(art, rate=0.0)
+    np.testing.assert_array_equal(m2.logits(seq[:-1])[-1], m.logits(seq[:-1])[-1])
+
+
+def test_cli_generate_adaptive(artifacts, tmp_path, capsys):
+    from uniql import cli
+
+    import tokenizers
+
+    log = tmp_path / "d.jsonl"
+    art = tmp_path / "art"
+    shutil.copytree(artifacts[("qwen2", True)], art)
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(art / "tokenizer.json"))
+    assert cli.main(["generate", str(art), "w1 w2 w3", "--adaptive", "--tpot-ms", "1000", "--max-new-tokens", "6",
+                     "--max-rate", "0.25", "--adaptive-log", str(log)]) == 0
+    err = capsys.readouterr().err
+    assert "adaptive: " in err and "within 1000 ms" in err
+    assert all(json.loads(x)["event"] in ("rate", "apply_failed") for x in log.read_text().splitlines())
+    assert cli.main(["generate", str(art), "hello", "--adaptive", "--min-rate", "0.3", "--max-rate",
+                     "0.2"]) == cli.EXIT_ERROR

@@ -574,7 +574,6 @@ def generate(model: Any, prompt: Any, max_new_tokens: int = 32, temperature: flo
     ``model.generate`` returns it, a trace: one dict per generated token {"i", "t", "rate", "forward_ms",
     "switch_ms", "token_ms"}). ``reprefill``: after a switch that grew the head dims, recompute the KV cache from
     the sequence's ids (exact; else the new dims of past tokens are zero)."""
-    from uniql import _C
     from uniql.runtime import _ids_array
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -592,6 +591,21 @@ def generate(model: Any, prompt: Any, max_new_tokens: int = 32, temperature: flo
         raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {model.max_seq}")
     if abs(model.rate - ctl.rate) > 1e-12:
         ctl.apply(model, ctl.rate)
+    try:
+        out = _generate_loop(model, ctl, ids, max_new_tokens, temperature, top_p, seed, on_token, reprefill)
+    finally:
+        if controller is None:
+            ctl.close()
+    if is_text:
+        return model.tokenizer.decode(out[0]), out[1]
+    return out
+
+
+def _generate_loop(model: Any, ctl: AdaptiveController, ids: np.ndarray, max_new_tokens: int, temperature: float,
+                   top_p: float, seed: int, on_token: Callable | None,
+                   reprefill: bool) -> tuple[list[int], list[dict[str, Any]]]:
+    from uniql import _C
+
     rng = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
     eos = set(model.config.eos_token_ids)
     seq = [int(v) for v in ids]
@@ -621,8 +635,4 @@ def generate(model: Any, prompt: Any, max_new_tokens: int = 32, temperature: flo
         trace.append(rec)
         if on_token is not None:
             on_token(rec)
-    if controller is None:
-        ctl.close()
-    if is_text:
-        return model.tokenizer.decode(out), trace
     return out, trace
