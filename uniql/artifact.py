@@ -398,8 +398,9 @@ class _Elastic:
         ``uniql.load``."""
         rate = check_rate(rate, self.meta.max_rate)
         if rate < self.loaded_rate - 1e-12:
-            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); "
-                             "model.resize(rate) re-reads the missing weights (or reload with uniql.load)")
+            how = ("model.resize(rate) re-reads the missing weights" if hasattr(self, "resize")
+                   else "reload the artifact with uniql.load(path, rate=...) to use it")
+            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); {how}")
         sizes = self._layer_keeps(rate)
         for i, ks in enumerate(sizes):
             st = self._stored_sizes(i)
