@@ -9,12 +9,12 @@ policies, memory following the rate with ElasticModel.resize):
     [0, 0.2 T) quiet | [0.2 T, 0.45 T) CPU hog | [0.45 T, 0.55 T) quiet | [0.55 T, 0.8 T) memory hog | rest quiet
 
 The CPU hog is ``--hog-procs`` busy-looping processes (default: one per core); the memory hog allocates and touches
-``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 64-token sequences back
-to back from a fixed prompt set; per token: time, rate, time per token (the wall time between tokens, switches
+``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 32-token sequences back
+to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token (the wall time between tokens, switches
 included) and the process RSS. The latency target is ``--target-x`` times the quiet median time per token at rate 0
 measured first; the memory reserve is set so that the memory hog (and not the other jobs of a shared machine)
 crosses it (MemAvailable at start - hog/2); the CPU policy's thresholds are the machine's background contention
-measured before the runs + 0.5 / + 1.5 runnable threads per core.
+measured before the runs + 1 / + 2 runnable threads per core (the hog adds one per core).
 
 ``--rss-only``: in fresh subprocesses, RSS above the process baseline after loading the artifact's weights at each
 rate (no tokenizer), against one process that loads at 0 and resizes through the rates (up, down, up).
@@ -97,13 +97,10 @@ def _start_cpu_hog(n: int) -> list[subprocess.Popen]:
 
 
 def _start_mem_hog(mb: int) -> subprocess.Popen:
-    code = ("import numpy as np, time, sys\n"
-            f"a = np.ones({mb} * 2**20, np.uint8)\n"  # np.ones writes every page: resident at once
-            "print('ready', flush=True)\n"
+    code = ("import numpy as np, time\n"
+            f"a = np.ones({mb} * 2**20, np.uint8)\n"  # np.ones writes every page: resident as it goes
             "time.sleep(3600)\n")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    p.stdout.readline()
-    return p
+    return subprocess.Popen([sys.executable, "-c", code])  # not waited for: decoding goes on meanwhile
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -125,42 +122,46 @@ def _background_contention(seconds: float = 3.0) -> float:
     return float(np.median(xs))
 
 
-def run_timeline(model, tok, seconds: float, ctl, cpu_hogs: int, hog_mb: int, label: str) -> list[dict]:
+def run_timeline(model, tok, seconds: float, ctl, cpu_hogs: int, hog_mb: int, label: str,
+                 seq_tokens: int = 32) -> list[dict]:
     from uniql.adaptive import generate
     from uniql.elastic_memory import rss_bytes
 
-    phases = [(0.2, "quiet"), (0.45, "cpu hog"), (0.55, "quiet"), (0.8, "memory hog"), (1.01, "quiet")]
+    phases = [(0.2, "quiet"), (0.45, "cpu hog"), (0.55, "quiet"), (0.8, "memory hog"), (9.0, "quiet")]
     t0 = time.monotonic()
     rows: list[dict] = []
-    hogs: list[subprocess.Popen] = []
-    phase = None
-    k = 0
+    st = {"phase": None, "hogs": []}
+
+    def set_phase() -> None:  # hogs start and stop between tokens, on the timeline
+        el = (time.monotonic() - t0) / seconds
+        want = next(name for end, name in phases if el < end)
+        if want != st["phase"]:
+            _stop(st["hogs"])
+            st["hogs"] = []
+            if want == "cpu hog":
+                st["hogs"] = _start_cpu_hog(cpu_hogs)
+            elif want == "memory hog":
+                st["hogs"] = [_start_mem_hog(hog_mb)]
+            st["phase"] = want
+            print(f"[{label}] {time.monotonic() - t0:6.1f} s: {want}", flush=True)
 
     def on_token(rec: dict) -> None:
         rec["rss"] = rss_bytes()
+        rec["phase"] = st["phase"]
+        set_phase()
 
+    k = 0
     try:
+        set_phase()
         while time.monotonic() - t0 < seconds:
-            el = (time.monotonic() - t0) / seconds
-            want = next(name for end, name in phases if el < end)
-            if want != phase:
-                _stop(hogs)
-                hogs = []
-                if want == "cpu hog":
-                    hogs = _start_cpu_hog(cpu_hogs)
-                elif want == "memory hog":
-                    hogs = [_start_mem_hog(hog_mb)]
-                phase = want
-                print(f"[{label}] {time.monotonic() - t0:6.1f} s: {phase}", flush=True)
             ids = tok.encode(PROMPTS[k % len(PROMPTS)]).ids
             k += 1
-            _, trace = generate(model, ids, max_new_tokens=64, controller=ctl, on_token=on_token)
+            _, trace = generate(model, ids, max_new_tokens=seq_tokens, controller=ctl, on_token=on_token)
             for r in trace:
                 r["t"] -= t0
-                r["phase"] = phase
             rows.extend(trace)
     finally:
-        _stop(hogs)
+        _stop(st["hogs"])
     return rows
 
 
@@ -251,7 +252,7 @@ def main() -> None:
         runs["controller off (rate 0)"] = run_timeline(model, tok, args.seconds, off, args.hog_procs, args.hog_mb,
                                                        "off")
         ctl = AdaptiveController(model, signals=[MemorySignal(), CpuSignal()],
-                                 policies=[MemoryPolicy(reserve), CpuPolicy(low=bg + 0.5, high=bg + 1.5),
+                                 policies=[MemoryPolicy(reserve), CpuPolicy(low=bg + 1.0, high=bg + 2.0),
                                            LatencyPolicy(target)],
                                  dwell_up_s=0.5, dwell_down_s=3.0)
         runs["controller on"] = run_timeline(model, tok, args.seconds, ctl, args.hog_procs, args.hog_mb, "on")

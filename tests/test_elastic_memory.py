@@ -307,3 +307,56 @@ def test_cli_generate_adaptive(artifacts, tmp_path, capsys):
     assert all(json.loads(x)["event"] in ("rate", "apply_failed") for x in log.read_text().splitlines())
     assert cli.main(["generate", str(art), "hello", "--adaptive", "--min-rate", "0.3", "--max-rate",
                      "0.2"]) == cli.EXIT_ERROR
+
+
+@pytest.fixture(scope="module", params=["mamba2", "nemotron_h", "bamba"])
+def hybrid_art(request, tmp_path_factory):
+    from test_ssm import make_hf
+
+    arch = request.param
+    tmp = tmp_path_factory.mktemp(f"em-{arch}")
+    hf, _, _ = make_hf(arch)
+    hf.save_pretrained(tmp / "src")
+    calib = np.random.default_rng(0).integers(0, 128, size=(4, 24))
+    return {q: compress(tmp / "src", tmp / ("int4" if q else "fp32"), calibration=calib, num_samples=4, seq_len=24,
+                        progress=False, quantize=q) for q in (False, True)}
+
+
+def _hy_weights(m) -> list[bytes]:
+    out = []
+    for lay in m._specs[3]:
+        for key in sorted(lay):
+            v = lay[key]
+            if isinstance(v, tuple):
+                out.extend(a.tobytes() for a in (v[0], v[1], v[4]) if a is not None)
+            elif isinstance(v, np.ndarray):
+                out.append(key.encode() + v.tobytes())
+            elif v is not None:
+                out.append(f"{key}={v}".encode())
+    return out
+
+
+@pytest.mark.parametrize("q", [False, True])
+def test_hybrid_shrink_grow_equals_load(hybrid_art, q):
+    art = hybrid_art[q]
+    ids = np.random.default_rng(4).integers(0, 128, 17)
+    m = uniql.load(art, rate=0.0)
+    for rate in (0.35, 0.15, 0.0, 0.25):
+        m.reset()  # an empty state: nothing to re-prefill
+        rep = m.resize(rate)
+        ref = uniql.load(art, rate=rate)
+        assert [m.stored(i) for i in range(m.num_layers)] == [ref.stored(i) for i in range(ref.num_layers)]
+        assert _hy_weights(m) == _hy_weights(ref) and m.weight_bytes() == ref.weight_bytes()
+        np.testing.assert_array_equal(m.logits(ids), ref.logits(ids))
+        if rep["from_rate"] < rate:
+            assert rep["read_bytes"] == 0
+    # mid-sequence: the state is rebuilt from the tokens (exact), and refused without them
+    m.reset()
+    m.forward(ids[:9])
+    with pytest.raises(uniql.InvalidArgumentError, match="tokens"):
+        m.resize(0.0)
+    assert m.rate == 0.25 and m.position == 9
+    m.resize(0.0, tokens=ids[:9])
+    ref = uniql.load(art, rate=0.0)
+    ref.forward(ids[:9])  # prefill in the same two calls (SSD chunks are aligned to a call's first token)
+    np.testing.assert_array_equal(m.forward(ids[9:]), ref.forward(ids[9:]))

@@ -598,6 +598,13 @@ class ElasticHybridModel(_Elastic, HybridModel):
     def _stored_sizes(self, layer: int) -> dict[str, int]:
         return self.stored(layer)
 
+    def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
+        """As :meth:`ElasticModel.resize`; the SSM / conv states and KV caches are rebuilt, so a model in the
+        middle of a sequence needs ``tokens`` (its ids, re-prefilled at the new rate)."""
+        from uniql.elastic_memory import resize_hybrid
+
+        return resize_hybrid(self, rate, tokens)
+
     def parameter_count(self, rate: float | None = None) -> int:
         """Parameters used at `rate` (default: the current one): every linear at its keep sizes, conv1d, the
         gated norm, dt_bias / A_log / D, norms, embedding (and lm_head when untied); biases excluded."""

@@ -28,8 +28,11 @@ the new rate, so the resident weights are exactly those a model loaded at that r
   is its own mapping and goes back to the system when freed; ``malloc_trim(0)`` returns free heap pages after a
   resize. The process RSS then follows the weights (tests/test_elastic_memory.py checks 5%).
 
-Transformers (Llama, Qwen2) with fp32, fp16 (held as float32, as loading does) and int4 artifacts. Mamba2 /
-hybrid artifacts keep the older behaviour (``set_rate`` only; ``resize`` is not offered there).
+Every architecture: transformers (Llama, Qwen2; :func:`resize_transformer`) and Mamba2 / Nemotron-H / Bamba
+(:func:`resize_hybrid`: Mamba in_proj row groups z / x / B / C, conv channels, gated-norm weights and out_proj
+columns, attention rows (partial RoPE included), MLP), with fp32, fp16 (held as float32, as loading does) and int4
+artifacts. A hybrid model's SSM / conv state depends on its stored sizes and cannot be cut or extended, so its state
+is rebuilt and the sequence re-prefilled from ``tokens`` (required when the state is not empty).
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ import numpy as np
 from uniql import _C
 from uniql.errors import FormatError, UniqlError, UniqlIOError
 
-__all__ = ["resize_transformer", "release_free_memory", "keep_large_allocations_mapped", "rss_bytes"]
+__all__ = ["resize_hybrid", "resize_transformer", "release_free_memory", "keep_large_allocations_mapped", "rss_bytes"]
 
 _LIBC: Any = None
 
@@ -195,8 +198,10 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
     return out
 
 
-def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list) -> tuple:
-    """A C linear spec over new planes, int4 repacked to R16 (as Model.__init__ does) when the group allows."""
+def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list,
+                 r16: bool = True) -> tuple:
+    """A C linear spec over new planes, int4 repacked to R16 (as Model.__init__ does) when ``r16`` and the group
+    allow (the hybrid runtime keeps the row-major int4 format)."""
     bias = planes["bias"].reshape(-1) if "bias" in planes else None
     if bias is not None:
         keep.append(bias)
@@ -206,7 +211,7 @@ def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tup
         return (w, None, 0, int(w.shape[1]), bias)
     packed, scales = planes["packed"], planes["scales"]
     rows = int(packed.shape[0])
-    if group % 8 == 0:
+    if r16 and group % 8 == 0:
         p16, s16 = _C.q4_repack((packed, scales, group, cols, None), *segs)
         keep.extend([p16, s16])
         return (p16, s16, group, cols, bias, (rows, *segs))
@@ -350,6 +355,220 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
     reprefilled = False
     if tokens is not None and r_grew and tokens.size:
         model.reset()
+        model.forward(tokens, last_only=True)
+        reprefilled = True
+    return {"rate": rate, "from_rate": from_rate, "seconds": time.perf_counter() - t0,
+            "read_bytes": stats["read_bytes"], "weight_bytes_before": before,
+            "weight_bytes_after": model.weight_bytes(), "reprefilled": reprefilled}
+
+
+# ------------------------------------------------------------------------------- hybrids ----
+
+def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, rows_cur: np.ndarray,
+                rows_new: np.ndarray, cols_cur: np.ndarray, cols_new: np.ndarray, stats: dict) -> np.ndarray:
+    """As :func:`_regrid` with explicit (ascending) row and column index sets into the artifact's full plane: the
+    entries both sets share come from `cur`, the others are read from the file."""
+    out_dtype = np.uint8 if cur.dtype == np.uint8 else np.float32
+    new = np.empty((rows_new.size, cols_new.size), out_dtype)
+    rin, cin = np.isin(rows_new, rows_cur), np.isin(cols_new, cols_cur)
+    rpos, cpos = np.searchsorted(rows_cur, rows_new[rin]), np.searchsorted(cols_cur, cols_new[cin])
+    new[np.ix_(rin, cin)] = cur[np.ix_(rpos, cpos)]
+    if not (rin.all() and cin.all()):
+        fv = file_view()
+        if fv.ndim != 2 or (rows_new.size and rows_new.max() >= fv.shape[0]) or cols_new.max() >= fv.shape[1]:
+            raise FormatError(f"artifact tensor {name!r} has shape {fv.shape}, too small for the kept rows/columns")
+        for rsel, csel in ((~rin, np.ones_like(cin)), (rin, ~cin)):
+            if rsel.any() and csel.any():
+                blk = fv[np.ix_(rows_new[rsel], cols_new[csel])]
+                if out_dtype == np.uint8:
+                    if fv.dtype != np.uint8:
+                        raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected uint8")
+                    new[np.ix_(rsel, csel)] = blk
+                else:
+                    new[np.ix_(rsel, csel)] = _as_f32(blk, name)
+                stats["read_bytes"] += int(blk.nbytes)
+    return new
+
+
+def _seg_cols(kind: str, nseg: int, full: int, keep: int, group: int) -> np.ndarray:
+    """Column (unit) indices kept of a plane whose columns are nseg segments of `full` columns, `keep` per segment."""
+    from uniql.artifact import head_rows
+
+    if kind == "bias":
+        return np.arange(1)
+    return head_rows(nseg, _units(kind, full, group), _units(kind, keep, group))
+
+
+def _collect(layer: dict[str, Any], keep: list) -> None:
+    for v in layer.values():
+        if isinstance(v, tuple):
+            keep.extend(a for a in (v[0], v[1], v[4]) if a is not None)
+        elif isinstance(v, np.ndarray):
+            keep.append(v)
+
+
+def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
+    """:func:`resize_transformer` for Mamba2 / Nemotron-H / Bamba artifacts (``ElasticHybridModel.resize``). The
+    SSM / conv states and KV caches are rebuilt at the new sizes: a model with tokens in its state needs
+    ``tokens`` (re-prefilled, exact); without them it raises before changing anything."""
+    from uniql import safetensors as st
+    from uniql.artifact import check_rate, head_rows, layer_file, qk_head_rows
+    from uniql.compress_hybrid import rope_mode
+    from uniql.errors import InvalidArgumentError
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES
+
+    t0 = time.perf_counter()
+    rate = check_rate(rate, model.meta.max_rate)
+    if tokens is not None:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.size != model.position:
+            raise InvalidArgumentError(f"resize: tokens must be the {model.position} ids of the current sequence, "
+                                       f"got shape {tokens.shape}")
+    elif model.position > 0:
+        raise InvalidArgumentError(f"resize: a hybrid model with {model.position} tokens in its state needs them "
+                                   "(tokens=...) to rebuild its SSM state at the new sizes")
+    hc = model.config
+    names = _NAMES[hc.model_type]
+    n, H, P, G, N = hc.hidden_size, hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
+    rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
+    new_keeps = model.keep_sizes(rate)
+    cur = [model.stored(i) for i in range(model.num_layers)]
+    grows = any(v > cur[i][c] for i, ks in enumerate(new_keeps) for c, v in ks.items())
+    if grows:
+        _check_files(model)
+    stats = {"read_bytes": 0}
+    before = model.weight_bytes()
+    emb_spec, head_spec, final_norm, c_layers = model._specs
+    keep: list[np.ndarray] = []
+    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
+        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
+    keep.append(final_norm)
+
+    def mamba_sets(Pk: int, Nk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
+        HP, GN = H * P, G * N
+        rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
+        return rows, np.concatenate([zi, HP + bi, HP + GN + bi]), zi
+
+    new_layers = []
+    try:
+        for i, (t, ks, cs) in enumerate(zip(hc.layer_types, new_keeps, cur)):
+            lay = c_layers[i]
+            if all(ks[c] == cs[c] for c in ks):
+                new_layers.append(lay)
+                _collect(lay, keep)
+                continue
+            f = None
+            if any(ks[c] > cs[c] for c in ks):
+                try:
+                    f = st.safe_open(Path(model.path) / layer_file(i))
+                except UniqlError as e:
+                    raise type(e)(f"{e}; the model stays at rate {model.rate}") from None
+            try:
+                p = None
+                if f is not None:
+                    p = ("backbone.layers." if any(k.startswith("backbone.layers.") for k in f.keys())
+                         else "model.layers.") + f"{i}."
+
+                def view_of(fname_suffix: str) -> Callable[[], np.ndarray]:
+                    def view() -> np.ndarray:
+                        if f is None:
+                            raise FormatError(f"resize: {fname_suffix} needed but the layer file is not open")
+                        fname = p + fname_suffix
+                        if fname not in f.keys():
+                            raise FormatError(f"artifact is missing tensor {fname!r}")
+                        v = f.get(fname)
+                        return v.reshape(v.shape[0], -1)
+                    return view
+
+                nd = dict(lay)
+                # (c key, file base, rows cur, rows new, (col segments, full, keep cur, keep new)) per elastic linear
+                lins: list[tuple] = []
+                vecs: list[tuple] = []  # (c key, file name, rows cur, rows new): arrays cut by rows
+                if t == LAYER_MAMBA:
+                    m = names["mamba"]
+                    rc, cc, zc = mamba_sets(cs["ssm_head"], cs["ssm_state"])
+                    rn, cn, zn = mamba_sets(ks["ssm_head"], ks["ssm_state"])
+                    lins += [("in_proj", m + "in_proj", rc, rn, (1, n, n, n)),
+                             ("out_proj", m + "out_proj", np.arange(n), np.arange(n),
+                              (H, P, cs["ssm_head"], ks["ssm_head"]))]
+                    vecs += [("conv_w", m + "conv1d.weight", cc, cn), ("conv_b", m + "conv1d.bias", cc, cn),
+                             ("gnorm", m + "norm.weight", zc, zn)]
+                elif t == LAYER_ATTENTION:
+                    a, nh, nkv, hd = names["attn"], hc.num_heads, hc.num_kv_heads, hc.head_dim
+                    r_c, r_n = cs["attn"], ks["attn"]
+                    for short, heads, fn in (("q", nh, qk_head_rows), ("k", nkv, qk_head_rows),
+                                             ("v", nkv, None)):
+                        rows_c = head_rows(heads, hd, r_c) if fn is None else fn(rope, heads, hd, r_c)
+                        rows_n = head_rows(heads, hd, r_n) if fn is None else fn(rope, heads, hd, r_n)
+                        lins.append((short, f"{a}{short}_proj", rows_c, rows_n, (1, n, n, n)))
+                    lins.append(("o", a + "o_proj", np.arange(n), np.arange(n), (nh, hd, r_c, r_n)))
+                    if rope != "none":
+                        rr = r_n if rope == "full" else r_n // 2
+                        fm = lay.get("freq_map")
+                        if fm is not None and fm.shape[1] >= rr // 2:
+                            nfm = np.ascontiguousarray(fm[:, : rr // 2])
+                        else:
+                            npairs = hd // 2 if rope == "full" else hd // 4
+                            full = f.get(p + a + "rope_freq") if f is not None else None
+                            if full is None or full.dtype != np.int32 or full.shape != (nkv, npairs):
+                                raise FormatError(f"artifact tensor {a}rope_freq of layer {i} must be int32 "
+                                                  f"{(nkv, npairs)}")
+                            nfm = np.array(full[:, : rr // 2], np.int32, order="C")
+                        nd["freq_map"], nd["rot_rows"] = nfm, rr
+                if "mlp" in ks and ks["mlp"] != cs["mlp"]:
+                    fp, DI, k_c, k_n = names["mlp"], hc.intermediate_size, cs["mlp"], ks["mlp"]
+                    for proj in (("gate", "up") if hc.mlp_act == "silu_gated" else ("up",)):
+                        lins.append((proj, f"{fp}{proj}_proj", np.arange(k_c), np.arange(k_n), (1, n, n, n)))
+                    lins.append(("down", fp + "down_proj", np.arange(n), np.arange(n), (1, DI, k_c, k_n)))
+                for key, base, rows_c, rows_n, (nsc, S, kc_, kn_) in lins:
+                    sp = lay[key]
+                    group = int(sp[2])
+                    planes = _linear_rm(sp)
+                    out = {}
+                    for kind, arr in planes.items():
+                        if kind == "bias" and nsc > 1:  # o_proj / out_proj bias: full hidden rows
+                            out[kind] = arr
+                            continue
+                        fname = {"weight": ".weight", "packed": ".qweight", "scales": ".scales",
+                                 "bias": ".bias"}[kind]
+                        out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
+                                                _seg_cols(kind, nsc, S, kc_, group),
+                                                _seg_cols(kind, nsc, S, kn_, group), stats)
+                    nd[key] = _linear_spec(out, group, nsc * kn_, (1, 1), [], r16=False)
+                for key, fname, rows_c, rows_n in vecs:
+                    arr = lay.get(key)
+                    if arr is None:
+                        continue
+                    a2 = arr.reshape(arr.shape[0], -1)
+                    cols = np.arange(a2.shape[1])
+                    res = _regrid_idx(a2, view_of(fname), fname, rows_c, rows_n, cols, cols, stats)
+                    nd[key] = np.ascontiguousarray(res.reshape((res.shape[0],) + arr.shape[1:]))
+                _collect(nd, keep)
+                new_layers.append(nd)
+            finally:
+                if f is not None:
+                    f.close()
+        cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
+        if model._options:
+            _C.hy_set_options(cm, model._options)
+        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
+    except UniqlError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
+                          f"{model.rate}") from None
+    model._cm, model._state, model._arrays = cm, state, keep
+    model._specs = (emb_spec, head_spec, final_norm, new_layers)
+    model._scratch, model._scratch_seq = None, 0
+    from_rate = model.rate
+    model._rate = rate
+    model.loaded_rate = rate
+    del cm, state, c_layers, new_layers
+    gc.collect()
+    release_free_memory()
+    reprefilled = False
+    if tokens is not None and tokens.size:
         model.forward(tokens, last_only=True)
         reprefilled = True
     return {"rate": rate, "from_rate": from_rate, "seconds": time.perf_counter() - t0,
