@@ -3,8 +3,8 @@
     python benchmarks/adaptive_run.py [--artifact ART] [--seconds 100] [--json out.json] [--png out.png]
     python benchmarks/adaptive_run.py --rss-only --artifact ART   # RSS at each rate: resize vs load
 
-Two runs on the same timeline, controller off (rate 0 throughout) and on (uniql.adaptive: memory, CPU and latency
-policies, memory following the rate with ElasticModel.resize):
+Two runs on the same timeline, controller off (rate 0 throughout) and on (uniql.adaptive: memory and latency
+policies, plus the CPU policy with ``--cpu-policy``; memory following the rate with ElasticModel.resize):
 
     [0, 0.2 T) quiet | [0.2 T, 0.45 T) CPU hog | [0.45 T, 0.55 T) quiet | [0.55 T, 0.8 T) memory hog | rest quiet
 
@@ -13,8 +13,8 @@ The CPU hog is ``--hog-procs`` busy-looping processes (default: one per core); t
 to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token (the wall time between tokens, switches
 included) and the process RSS. The latency target is ``--target-x`` times the quiet median time per token at rate 0
 measured first; the memory reserve is set so that the memory hog (and not the other jobs of a shared machine)
-crosses it (MemAvailable at start - hog/2); the CPU policy's thresholds are the machine's background contention
-measured before the runs + 1 / + 2 runnable threads per core (the hog adds one per core).
+crosses it (MemAvailable at start - hog/2); with ``--cpu-policy`` its thresholds are the machine's background
+contention measured before the runs + 1 / + 2 runnable threads per core (the hog adds one per core).
 
 ``--rss-only``: in fresh subprocesses, RSS above the process baseline after loading the artifact's weights at each
 rate (no tokenizer), against one process that loads at 0 and resizes through the rates (up, down, up).
@@ -212,6 +212,9 @@ def main() -> None:
     ap.add_argument("--hog-mb", type=int, default=3072, help="memory hog size in MB (3072)")
     ap.add_argument("--target-x", type=float, default=1.5, help="latency target / quiet rate-0 median (1.5)")
     ap.add_argument("--rss-only", action="store_true", help="only the RSS-per-rate table")
+    ap.add_argument("--cpu-policy", action="store_true",
+                    help="add the CPU-contention policy (off by default: on a machine shared with other jobs their "
+                         "runnable threads swamp the hog's; the latency policy sees the hog through time per token)")
     ap.add_argument("--rates", default="0,0.1,0.2,0.35", help="rates of the RSS table")
     ap.add_argument("--json", type=Path, default=Path("adaptive_run.json"))
     ap.add_argument("--png", type=Path, default=Path("adaptive_run.png"))
@@ -232,8 +235,13 @@ def main() -> None:
               f"(x{d['ratio']:.3f}), weights equal {d['weights_equal']}, resize {d['seconds'] * 1e3:.0f} ms, "
               f"read {d['read_bytes'] / 2**20:.1f} MB")
     if not args.rss_only:
+        import gc
+        from uniql.elastic_memory import release_free_memory
+
         model = uniql.load(art, rate=0.0, max_seq=256)
         tok = model.tokenizer
+        gc.collect()
+        release_free_memory()  # what resize does after a switch: the off run must not carry load-time garbage
         # quiet baseline at rate 0 (after a warm-up sequence)
         from uniql.adaptive import generate
         generate(model, tok.encode(PROMPTS[0]).ids, max_new_tokens=16, signals=[], policies=[])
@@ -251,10 +259,11 @@ def main() -> None:
         off = AdaptiveController(model, signals=[], policies=[])
         runs["controller off (rate 0)"] = run_timeline(model, tok, args.seconds, off, args.hog_procs, args.hog_mb,
                                                        "off")
-        ctl = AdaptiveController(model, signals=[MemorySignal(), CpuSignal()],
-                                 policies=[MemoryPolicy(reserve), CpuPolicy(low=bg + 1.0, high=bg + 2.0),
-                                           LatencyPolicy(target)],
-                                 dwell_up_s=0.5, dwell_down_s=3.0)
+        pols = [MemoryPolicy(reserve), LatencyPolicy(target)]
+        if args.cpu_policy:
+            pols.append(CpuPolicy(low=bg + 1.0, high=bg + 2.0))
+        ctl = AdaptiveController(model, signals=[MemorySignal(), CpuSignal()], policies=pols, dwell_up_s=0.5,
+                                 dwell_down_s=3.0)
         runs["controller on"] = run_timeline(model, tok, args.seconds, ctl, args.hog_procs, args.hog_mb, "on")
         decisions = [d for d in ctl.decisions if d["event"] != "hold"]
         res["summary"] = {k: summarize(v, target) for k, v in runs.items()}

@@ -42,30 +42,46 @@ def _make(tmp: Path, kind: str) -> Path:
     return d
 
 
+class _Artifacts:
+    """Tiny artifacts compressed on first use (so a -k selection compresses only what it needs)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.cache = tmp, {}
+        self.calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
+
+    def __getitem__(self, key):
+        if key not in self.cache:
+            kind, q = key
+            if q == "f16":
+                self.cache[key] = self._f16(self[(kind, False)])
+            else:
+                src = self.tmp / kind
+                if not src.exists():
+                    _make(self.tmp, kind)
+                self.cache[key] = compress(src, self.tmp / f"{kind}-{'int4' if q else 'fp32'}",
+                                           calibration=self.calib, num_samples=NSAMP, seq_len=SEQ, progress=False,
+                                           quantize=q)
+        return self.cache[key]
+
+    def _f16(self, fp32: Path) -> Path:
+        """The fp32 artifact with every float tensor of the layer files stored as F16."""
+        from uniql import safetensors as st
+        f16 = fp32.parent / (fp32.name + "-f16")
+        shutil.copytree(fp32, f16)
+        cfg = json.loads((f16 / "config.json").read_text())
+        for p in sorted(f16.glob("model-*.safetensors")):
+            t = st.load_file(p)
+            st.save_file(p, {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in t.items()})
+        for spec in cfg["uniql_tensors"].values():
+            if spec.get("format") == "f32":
+                spec["format"] = "f16"
+        (f16 / "config.json").write_text(json.dumps(cfg))
+        return f16
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("elastic_mem")
-    calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
-    out = {}
-    for kind in ("llama", "qwen2"):
-        src = _make(tmp, kind)
-        for q in (False, True):
-            out[(kind, q)] = compress(src, tmp / f"{kind}-{'int4' if q else 'fp32'}", calibration=calib,
-                                      num_samples=NSAMP, seq_len=SEQ, progress=False, quantize=q)
-    # an fp16 artifact: the fp32 one with every float tensor of the layer files stored as F16
-    from uniql import safetensors as st
-    f16 = tmp / "llama-fp16"
-    shutil.copytree(out[("llama", False)], f16)
-    cfg = json.loads((f16 / "config.json").read_text())
-    for p in sorted(f16.glob("model-*.safetensors")):
-        t = st.load_file(p)
-        st.save_file(p, {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in t.items()})
-    for name, spec in cfg["uniql_tensors"].items():
-        if spec.get("format") == "f32":
-            spec["format"] = "f16"
-    (f16 / "config.json").write_text(json.dumps(cfg))
-    out[("llama", "f16")] = f16
-    return out
+    return _Artifacts(tmp_path_factory.mktemp("elastic_mem"))
 
 
 def _weights(m) -> list[bytes]:
@@ -85,8 +101,10 @@ def _weights(m) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("key", [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True),
-                                 ("llama", "f16")])
+@pytest.mark.parametrize("key", [("llama", True), ("qwen2", False),
+                                 pytest.param(("llama", False), marks=pytest.mark.slow),
+                                 pytest.param(("qwen2", True), marks=pytest.mark.slow),
+                                 pytest.param(("llama", "f16"), marks=pytest.mark.slow)])
 def test_shrink_grow_equals_load(artifacts, key):
     art = artifacts[key]
     ids = np.random.default_rng(1).integers(0, VOCAB, 20)
@@ -296,7 +314,7 @@ def test_cli_generate_adaptive(artifacts, tmp_path, capsys):
 
     log = tmp_path / "d.jsonl"
     art = tmp_path / "art"
-    shutil.copytree(artifacts[("qwen2", True)], art)
+    shutil.copytree(artifacts[("qwen2", False)], art)
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tok.save(str(art / "tokenizer.json"))
@@ -309,7 +327,8 @@ def test_cli_generate_adaptive(artifacts, tmp_path, capsys):
                      "0.2"]) == cli.EXIT_ERROR
 
 
-@pytest.fixture(scope="module", params=["mamba2", "nemotron_h", "bamba"])
+@pytest.fixture(scope="module", params=["bamba", pytest.param("mamba2", marks=pytest.mark.slow),
+                                        pytest.param("nemotron_h", marks=pytest.mark.slow)])
 def hybrid_art(request, tmp_path_factory):
     from test_ssm import make_hf
 
@@ -318,8 +337,12 @@ def hybrid_art(request, tmp_path_factory):
     hf, _, _ = make_hf(arch)
     hf.save_pretrained(tmp / "src")
     calib = np.random.default_rng(0).integers(0, 128, size=(4, 24))
-    return {q: compress(tmp / "src", tmp / ("int4" if q else "fp32"), calibration=calib, num_samples=4, seq_len=24,
-                        progress=False, quantize=q) for q in (False, True)}
+    class Lazy(dict):
+        def __missing__(self, q):
+            self[q] = compress(tmp / "src", tmp / ("int4" if q else "fp32"), calibration=calib, num_samples=4,
+                               seq_len=24, progress=False, quantize=q)
+            return self[q]
+    return Lazy()
 
 
 def _hy_weights(m) -> list[bytes]:
@@ -336,7 +359,7 @@ def _hy_weights(m) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("q", [False, True])
+@pytest.mark.parametrize("q", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_hybrid_shrink_grow_equals_load(hybrid_art, q):
     art = hybrid_art[q]
     ids = np.random.default_rng(4).integers(0, 128, 17)
