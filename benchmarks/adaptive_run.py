@@ -11,9 +11,9 @@ policies, plus the CPU policy with ``--cpu-policy``; memory following the rate w
 The CPU hog is ``--hog-procs`` busy-looping processes (default: one per core); the memory hog allocates and touches
 ``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 32-token sequences back
 to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token (the wall time between tokens, switches
-included) and the process RSS. The latency target is ``--target-x`` times the quiet median time per token at rate 0
-measured first; the memory reserve is set so that the memory hog (and not the other jobs of a shared machine)
-crosses it (MemAvailable at start - hog/2); with ``--cpu-policy`` its thresholds are the machine's background
+included) and the process RSS. The latency target is ``--target-x`` (2) times the quiet median time per token at rate
+0 measured first; the memory reserve is MemAvailable at start minus ``--reserve-below-mb`` (1.5 GB: the hog crosses it,
+the other jobs of a shared machine moved it by up to ~1 GB in our runs); with ``--cpu-policy`` its thresholds are the machine's background
 contention measured before the runs + 1 / + 2 runnable threads per core (the hog adds one per core).
 
 ``--rss-only``: in fresh subprocesses, RSS above the process baseline after loading the artifact's weights at each
@@ -147,6 +147,7 @@ def run_timeline(model, tok, seconds: float, ctl, cpu_hogs: int, hog_mb: int, la
 
     def on_token(rec: dict) -> None:
         rec["rss"] = rss_bytes()
+        rec["mem_available"] = _mem_available()
         rec["phase"] = st["phase"]
         set_phase()
 
@@ -178,17 +179,20 @@ def summarize(rows: list[dict], target: float) -> dict:
     return out
 
 
-def plot(runs: dict, target: float, seconds: float, png: Path) -> None:
+def plot(runs: dict, target: float, seconds: float, png: Path, reserve: float | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    fig, ax = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
     for label, rows in runs.items():
         t = [r["t"] for r in rows]
         ax[0].step(t, [r["rate"] for r in rows], where="post", label=label)
         ax[1].plot(t, [r["token_ms"] for r in rows], ".", ms=2, label=label)
         ax[2].plot(t, [r["rss"] / 2**20 for r in rows], label=label)
+        ax[3].plot(t, [r["mem_available"] / 2**30 for r in rows], label=label)
+    if reserve is not None:
+        ax[3].axhline(reserve / 2**30, color="k", ls="--", lw=1, label="reserve")
     ax[1].axhline(target, color="k", ls="--", lw=1, label=f"target {target:.1f} ms")
     ax[1].set_yscale("log")
     for a in ax:
@@ -197,7 +201,9 @@ def plot(runs: dict, target: float, seconds: float, png: Path) -> None:
     ax[0].set_ylabel("rate")
     ax[1].set_ylabel("ms / token")
     ax[2].set_ylabel("RSS (MB)")
-    ax[2].set_xlabel("seconds (red: CPU hog, blue: memory hog)")
+    ax[3].set_ylabel("MemAvailable (GiB)")
+    ax[3].legend(fontsize=7)
+    ax[3].set_xlabel("seconds (red: CPU hog, blue: memory hog)")
     ax[0].legend()
     ax[1].legend(fontsize=7)
     fig.tight_layout()
@@ -209,8 +215,10 @@ def main() -> None:
     ap.add_argument("--artifact", type=Path, help="an int4 artifact (default: the demo's SmolLM2 int4)")
     ap.add_argument("--seconds", type=float, default=100.0, help="length of each run (100)")
     ap.add_argument("--hog-procs", type=int, default=os.cpu_count() or 2, help="CPU hog processes (one per core)")
-    ap.add_argument("--hog-mb", type=int, default=3072, help="memory hog size in MB (3072)")
-    ap.add_argument("--target-x", type=float, default=1.5, help="latency target / quiet rate-0 median (1.5)")
+    ap.add_argument("--hog-mb", type=int, default=5120, help="memory hog size in MB (5120)")
+    ap.add_argument("--target-x", type=float, default=2.0, help="latency target / quiet rate-0 median (2)")
+    ap.add_argument("--reserve-below-mb", type=int, default=1536,
+                    help="memory reserve = MemAvailable at start - this (1536: crossed once the hog holds 1.5 GB)")
     ap.add_argument("--rss-only", action="store_true", help="only the RSS-per-rate table")
     ap.add_argument("--cpu-policy", action="store_true",
                     help="add the CPU-contention policy (off by default: on a machine shared with other jobs their "
@@ -250,7 +258,7 @@ def main() -> None:
         target = args.target_x * base_ms
         bg = _background_contention()
         avail0 = _mem_available()
-        reserve = avail0 - args.hog_mb * 2**20 // 2
+        reserve = avail0 - args.reserve_below_mb * 2**20
         res.update(base_ms=base_ms, target_ms=target, background_contention=bg, mem_available0=avail0,
                    mem_reserve=reserve)
         print(f"quiet rate-0 median {base_ms:.1f} ms/token, target {target:.1f} ms, background contention {bg:.2f}, "
@@ -276,7 +284,7 @@ def main() -> None:
                       f"{v[ph]['mean_rate']:.2f}" for ph in ("quiet", "cpu hog", "memory hog") if ph in v))
         print(f"{len(decisions)} rate decisions; first: " + "; ".join(
             f"{d['t']:.1f}: {d['from']}->{d['to']} ({d['reason'][:60]})" for d in decisions[:6]))
-        plot(runs, target, args.seconds, args.png)
+        plot(runs, target, args.seconds, args.png, reserve)
         print(f"plot: {args.png}")
     args.json.write_text(json.dumps(res, indent=1, default=float))
     print(f"json: {args.json}")

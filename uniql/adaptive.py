@@ -27,9 +27,9 @@ Policies (each a small class with ``propose(ctx) -> Proposal | None``: the lowes
 
 The controller takes the highest floor (the most pressed policy wins), clamps it to [min_rate, max_rate] and
 rounds it up onto the rate grid (the artifact's 0..max_rate in steps of ``grid_step``). It changes the rate up
-(shedding) at most every ``dwell_up_s`` seconds and down (growing back) only after the lower target has held for
-``dwell_down_s`` seconds since the last change, by at most ``max_down_steps`` grid steps at a time: no
-oscillation. Every decision (a change, or a change held back by dwell) is a record ``{"t", "step", "event",
+(shedding) at most every ``dwell_up_s`` seconds and down (growing back) only when no step has asked for a higher
+rate for ``dwell_down_s`` seconds (and as long since the last change), by at most ``max_down_steps`` grid steps at
+a time: no oscillation. Every decision (a change, or a change held back by dwell) is a record ``{"t", "step", "event",
 "from", "to", "reason", "floors", "signals"}`` kept in :attr:`AdaptiveController.decisions`, logged on the
 ``uniql.adaptive`` logger and written as one JSON line to ``log_path`` when given.
 
@@ -527,7 +527,8 @@ class AdaptiveController:
             i = self.grid.index(self.rate) if self.rate in self.grid else len(self.grid) - 1
             target = max(target, self.grid[max(0, i - self.max_down_steps)])
             return self._change({**rec, "to": target}, target, "down")
-        self._lower_since = None
+        # at target: the timer of a lower target keeps running (a brief in-band reading does not restart it; a
+        # move down still needs a step whose target is lower)
         if self.log_holds:
             self._record({**rec, "event": "hold", "why": "at target"}, logging.DEBUG)
         return None
