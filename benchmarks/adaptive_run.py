@@ -267,7 +267,7 @@ def main() -> None:
         off = AdaptiveController(model, signals=[], policies=[])
         runs["controller off (rate 0)"] = run_timeline(model, tok, args.seconds, off, args.hog_procs, args.hog_mb,
                                                        "off")
-        pols = [MemoryPolicy(reserve), LatencyPolicy(target)]
+        pols = [MemoryPolicy(reserve, margin_bytes=256 * 2**20), LatencyPolicy(target)]
         if args.cpu_policy:
             pols.append(CpuPolicy(low=bg + 1.0, high=bg + 2.0))
         ctl = AdaptiveController(model, signals=[MemorySignal(), CpuSignal()], policies=pols, dwell_up_s=0.5,

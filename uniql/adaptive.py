@@ -279,13 +279,12 @@ def _lowest(grid: Sequence[float], ok: Callable[[float], bool]) -> float | None:
 
 class MemoryPolicy:
     """Keep ``reserve_bytes`` of memory free: the lowest rate r with bytes(r) - bytes(now) <= available - reserve;
-    a rate below the current one needs ``margin_bytes`` more to spare."""
+    a rate below the current one needs ``margin_bytes`` (64 MiB) more to spare."""
 
     name = "memory"
 
-    def __init__(self, reserve_bytes: float = 256 * 2**20, margin_bytes: float | None = None):
-        self.reserve = float(reserve_bytes)
-        self.margin = self.reserve * 0.25 if margin_bytes is None else float(margin_bytes)
+    def __init__(self, reserve_bytes: float = 256 * 2**20, margin_bytes: float = 64 * 2**20):
+        self.reserve, self.margin = float(reserve_bytes), float(margin_bytes)
 
     def propose(self, ctx: Context) -> Proposal | None:
         s = ctx.signals.get("memory")
