@@ -174,6 +174,15 @@ class ArtifactMeta:
         return [(k["mlp"], k["attn"]) for k in self.layer_keeps(rate, full)]
 
 
+def file_stamps(d: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of the artifact's weight files: what a later partial re-read checks it still reads."""
+    out = {}
+    for p in sorted(Path(d).glob("model-*.safetensors")):
+        st_ = p.stat()
+        out[p.name] = (st_.st_size, st_.st_mtime_ns)
+    return out
+
+
 def check_rate(rate: float, max_rate: float) -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
         raise RangeError(f"rate must be a finite number, got {rate!r}")
@@ -301,6 +310,9 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
     from uniql import safetensors as st
     from uniql.runtime import TransformerConfig
 
+    from uniql.elastic_memory import keep_large_allocations_mapped
+
+    keep_large_allocations_mapped()  # freed weights (ElasticModel.resize) then leave the process at once
     meta, tinfo = read_meta(d, cfg)
     rate = check_rate(rate, meta.max_rate)
     if meta.architecture != cfg.get("model_type"):
@@ -369,6 +381,7 @@ class _Elastic:
         self.loaded_rate = rate
         self.path = path
         self._rate = rate
+        self._file_stamps = file_stamps(path)  # a grow (resize to a lower rate) refuses files changed since
 
     @property
     def rate(self) -> float:
@@ -386,8 +399,9 @@ class _Elastic:
         ``uniql.load``."""
         rate = check_rate(rate, self.meta.max_rate)
         if rate < self.loaded_rate - 1e-12:
-            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); "
-                             "reload the artifact with uniql.load(path, rate=...) to use it")
+            how = ("model.resize(rate) re-reads the missing weights" if hasattr(self, "resize")
+                   else "reload the artifact with uniql.load(path, rate=...) to use it")
+            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); {how}")
         sizes = self._layer_keeps(rate)
         for i, ks in enumerate(sizes):
             st = self._stored_sizes(i)
@@ -412,6 +426,15 @@ class ElasticModel(_Elastic, Model):
     def _stored_sizes(self, layer: int) -> dict[str, int]:
         k, r = self.stored(layer)
         return {"mlp": k, "attn": r}
+
+    def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
+        """Switches to `rate` and makes the resident weights those of `rate`: a higher rate releases the rows and
+        columns beyond the new keeps (no file read), a lower one re-reads only the missing parts from the
+        artifact (see :mod:`uniql.elastic_memory`; ``tokens``: the ids of the current sequence, re-prefilled when
+        the head dims grew so that the KV cache is exact). Returns a report dict."""
+        from uniql.elastic_memory import resize_transformer
+
+        return resize_transformer(self, rate, tokens)
 
     def parameter_count(self, rate: float | None = None) -> int:
         """Parameters used at `rate` (default: the current one): all linears at their keep sizes, embedding
@@ -575,6 +598,13 @@ class ElasticHybridModel(_Elastic, HybridModel):
 
     def _stored_sizes(self, layer: int) -> dict[str, int]:
         return self.stored(layer)
+
+    def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
+        """As :meth:`ElasticModel.resize`; the SSM / conv states and KV caches are rebuilt, so a model in the
+        middle of a sequence needs ``tokens`` (its ids, re-prefilled at the new rate)."""
+        from uniql.elastic_memory import resize_hybrid
+
+        return resize_hybrid(self, rate, tokens)
 
     def parameter_count(self, rate: float | None = None) -> int:
         """Parameters used at `rate` (default: the current one): every linear at its keep sizes, conv1d, the

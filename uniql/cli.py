@@ -2,6 +2,7 @@
 
     uniql convert [MODEL.gguf] OUT_DIR [--overwrite] [--dtype float32|float16|bfloat16] [--no-tokenizer]
     uniql generate MODEL_DIR "prompt" [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+                   [--adaptive --tpot-ms MS --min-rate R --max-rate R --mem-reserve-mb MB --adaptive-log F]
     uniql ppl MODEL_DIR [--text wiki|c4|... | --file F] [--window N] [--stride N] [--max-tokens N] [--rate R]
     uniql compress MODEL_DIR [-o OUT] [--samples N --seq-len N] [--no-quantize] [--max-rate R] [--resume] ...
     uniql finetune ART [-o OUT] [--steps N --lr LR --seq-len N --batch N --seed S]   (needs torch)
@@ -111,6 +112,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (0)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
     _add_int4_activations(p)
+    a = p.add_argument_group("adaptive rate (artifacts; uniql.adaptive)")
+    a.add_argument("--adaptive", action="store_true", help="let the device choose the rate between tokens")
+    a.add_argument("--tpot-ms", type=float, default=None, metavar="MS", help="time-per-token target (none)")
+    a.add_argument("--min-rate", type=float, default=0.0, metavar="R", help="lowest rate (0)")
+    a.add_argument("--max-rate", type=float, default=None, metavar="R", help="highest rate (the artifact's)")
+    a.add_argument("--mem-reserve-mb", type=float, default=256.0, metavar="MB", help="memory kept free (256)")
+    a.add_argument("--no-follow-memory", action="store_true", help="set_rate only: weights stay resident")
+    a.add_argument("--adaptive-log", default=None, metavar="FILE", help="decisions as JSON lines")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -119,10 +128,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise _UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
     from uniql.checkpoint import load
 
+    if args.adaptive:
+        return _generate_adaptive(args)
     model = load(args.model_dir, rate=args.rate)
     out = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, seed=args.seed)
     print(out if isinstance(out, str) else getattr(out, "text", out))
+    return 0
+
+
+def _generate_adaptive(args: argparse.Namespace) -> int:
+    from uniql.adaptive import generate
+    from uniql.checkpoint import load
+
+    model = load(args.model_dir, rate=args.rate if args.no_follow_memory else args.min_rate)
+    if not hasattr(model, "set_rate"):
+        raise _UsageError("--adaptive needs a compressed artifact (a Hugging Face directory has one rate)")
+    out, trace = generate(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, seed=args.seed, tpot_ms=args.tpot_ms, min_rate=args.min_rate,
+                          max_rate=args.max_rate, mem_reserve_bytes=args.mem_reserve_mb * 2**20,
+                          follow_memory=not args.no_follow_memory, log_path=args.adaptive_log)
+    print(out if isinstance(out, str) else getattr(out, "text", out))
+    if trace:
+        ms = sorted(r["token_ms"] for r in trace)
+        rates = sorted({r["rate"] for r in trace})
+        within = "" if args.tpot_ms is None else \
+            f", {sum(m <= args.tpot_ms for m in ms) / len(ms):.0%} within {args.tpot_ms:g} ms"
+        print(f"uniql: adaptive: {len(trace)} tokens, rates {rates}, median {ms[len(ms) // 2]:.1f} ms/token{within}",
+              file=sys.stderr)
     return 0
 
 

@@ -473,6 +473,7 @@ class Model(SequenceModel):
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
         keep.append(final_norm)
         self._arrays = keep
+        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
         self._cm = _C.tf_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
         if max_seq is None:
             max_seq = min(config.max_position_embeddings, 2048)

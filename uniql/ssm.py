@@ -430,6 +430,7 @@ class HybridModel(SequenceModel):
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None)
         keep.append(final_norm)
         self._arrays = keep
+        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
         self._cm = _C.hy_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
         if max_seq is None:
             max_seq = min(config.max_position_embeddings, 2048)

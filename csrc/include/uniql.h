@@ -900,6 +900,23 @@ int64_t uq_hy_batch_max(const uq_hy_batch *b);
 uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *states, const int32_t *ids,
                              int64_t n, float *logits);
 
+/* ============================================================ memory that follows the rate ======== */
+/*
+ * A model whose rate rises releases the rows/columns beyond its new keeps and one whose rate falls re-reads
+ * only the missing parts from the artifact (uniql/elastic_memory.py orchestrates). Two layout helpers:
+ *   uq_q4_unpack_r16: the exact inverse of uq_q4_repack_r16 (same codes and scales, row-major order), so an
+ *   R16 weight can be cut to a smaller prefix or extended and repacked without the artifact.
+ *     L: an int4 weight in the R16 layout; packed (rows, UQ_Q4_ROW_BYTES(cols)) uint8 (a trailing high nibble of
+ *     odd cols is 0) and scales (rows, scale_cols) float32, caller-allocated. UQ_ERR_ARG (NULL, not R16).
+ *   uq_tf_state_transfer: copies the position and KV cache of src into dst, a state of another model of the
+ *     same architecture whose stored head dims may differ: per layer the first min(R_src, R_dst) dims of every
+ *     cached K/V row are copied, dims beyond R_src are zero (such dims of past tokens were never computed:
+ *     exact again once the sequence is re-prefilled). UQ_ERR_ARG (NULL), UQ_ERR_SHAPE (layers or KV heads
+ *     differ), UQ_ERR_RANGE (src position > dst max_seq).
+ */
+uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, float *scales);
+uq_status uq_tf_state_transfer(const uq_tf_state *src, uq_tf_state *dst);
+
 #ifdef __cplusplus
 }
 #endif

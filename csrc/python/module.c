@@ -218,6 +218,7 @@ static PyObject *py_check_finite(PyObject *self, PyObject *args) {
 #include "bind_compress.inc"
 #include "bind_ssm.inc"
 #include "bind_batch.inc"
+#include "bind_elastic.inc"
 
 static PyMethodDef uq_methods[] = {
     UQ_CORE_METHODS
@@ -228,6 +229,7 @@ static PyMethodDef uq_methods[] = {
     UQ_COMPRESS_METHODS
     UQ_SSM_METHODS
     UQ_BATCH_METHODS
+    UQ_ELASTIC_METHODS
     {NULL, NULL, 0, NULL}
 };
 

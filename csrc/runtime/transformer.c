@@ -456,3 +456,34 @@ uq_status uq_tf_get_config(const uq_tf_model *m, uq_tf_config *out) {
     *out = m->cfg;
     return UQ_OK;
 }
+
+/* ------------------------------------------------------------------- rate-following memory ---- */
+
+uq_status uq_tf_state_transfer(const uq_tf_state *src, uq_tf_state *dst) {
+    if (!src || !dst) return uq_set_error(UQ_ERR_ARG, "tf_state_transfer: NULL state");
+    const uq_tf_model *ms = src->m, *md = dst->m;
+    const int64_t L = ms->cfg.num_layers, nkv = ms->cfg.num_kv_heads;
+    if (md->cfg.num_layers != L || md->cfg.num_kv_heads != nkv)
+        return uq_set_error(UQ_ERR_SHAPE, "tf_state_transfer: models differ (%lld vs %lld layers, %lld vs %lld KV heads)",
+                            (long long)L, (long long)md->cfg.num_layers, (long long)nkv,
+                            (long long)md->cfg.num_kv_heads);
+    if (src->pos > dst->max_seq)
+        return uq_set_error(UQ_ERR_RANGE, "tf_state_transfer: %lld cached tokens exceed the new state's max_seq %lld",
+                            (long long)src->pos, (long long)dst->max_seq);
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t Rs = ms->R[l], Rd = md->R[l], n = Rs < Rd ? Rs : Rd;
+        for (int64_t h = 0; h < nkv; h++)
+            for (int64_t t = 0; t < src->pos; t++) {
+                const float *ks = src->kc[l] + (h * src->max_seq + t) * Rs, *vs = src->vc[l] + (h * src->max_seq + t) * Rs;
+                float *kd = dst->kc[l] + (h * dst->max_seq + t) * Rd, *vd = dst->vc[l] + (h * dst->max_seq + t) * Rd;
+                memcpy(kd, ks, (size_t)n * sizeof(float));
+                memcpy(vd, vs, (size_t)n * sizeof(float));
+                if (Rd > n) {
+                    memset(kd + n, 0, (size_t)(Rd - n) * sizeof(float));
+                    memset(vd + n, 0, (size_t)(Rd - n) * sizeof(float));
+                }
+            }
+    }
+    dst->pos = src->pos;
+    return UQ_OK;
+}

@@ -1,0 +1,576 @@
+"""Memory that follows the pruning rate: an elastic transformer whose rate rises gives back the weights it no longer
+uses, and one whose rate falls re-reads only the missing parts from its artifact, without reloading.
+
+``ElasticModel.set_rate`` only changes the keep sizes the kernels use: a model loaded at rate 0 keeps every byte at
+rate 0.35. :func:`resize_transformer` (``ElasticModel.resize(rate)``) instead rebuilds the weights at the keeps of
+the new rate, so the resident weights are exactly those a model loaded at that rate holds:
+
+- Every prunable axis is a prefix per head or per group (see uniql.artifact), so for each linear the weights of
+  rate rho are a sub-block of those of any lower rate: q/k/v rows (a prefix of every head), o_proj columns (a
+  prefix of every head's segment), gate/up rows and down columns (a prefix).
+- Shrinking (rate up) copies the kept sub-block into a new, smaller array and drops the old one; nothing is read.
+  int4 weights live in the kernels' R16 layout (16-row blocks, 8-column chunks): they are turned back into the
+  row-major int4 format by ``_C.q4_unpack_r16`` (the exact inverse of the load-time repack, same codes and
+  scales), cut, and repacked by ``_C.q4_repack`` -- the layout work is in C.
+- Growing (rate down) keeps the resident sub-block and reads from the memory-mapped artifact only the rows and
+  columns it lacks (the missing row range of every head / segment, and the missing columns of the rows it has),
+  converting float16 parts exactly as loading does; the new arrays are identical to those of a load at that rate,
+  so logits are bit for bit those of ``uniql.load(path, rate)``. Before anything is read the artifact files are
+  checked against the sizes and modification times recorded at load; a missing, changed or malformed file raises
+  a :class:`uniql.UniqlError` and leaves the model untouched at its current rate (everything is built aside and
+  swapped in only when complete).
+- The C model is rebuilt over the new arrays (embedding, lm_head and norms are shared, not copied) and the KV
+  cache moves to a state of the new widths (``_C.tf_state_transfer``: K/V rows are cut to, or zero-extended to,
+  the new stored head dims). After a shrink the cache is what ``set_rate`` would have used; after a grow the
+  extra dims of past tokens were never computed, so pass ``tokens`` (the current sequence's ids) to re-prefill
+  them exactly, or accept the approximation until the next sequence.
+- Loading an artifact fixes glibc's mmap threshold (:func:`keep_large_allocations_mapped`), so each weight array
+  is its own mapping and goes back to the system when freed; ``malloc_trim(0)`` returns free heap pages after a
+  resize. The process RSS then follows the weights (tests/test_elastic_memory.py checks 5%).
+
+Every architecture: transformers (Llama, Qwen2; :func:`resize_transformer`) and Mamba2 / Nemotron-H / Bamba
+(:func:`resize_hybrid`: Mamba in_proj row groups z / x / B / C, conv channels, gated-norm weights and out_proj
+columns, attention rows (partial RoPE included), MLP), with fp32, fp16 (held as float32, as loading does) and int4
+artifacts. A hybrid model's SSM / conv state depends on its stored sizes and cannot be cut or extended, so its state
+is rebuilt and the sequence re-prefilled from ``tokens`` (required when the state is not empty).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from uniql import _C
+from uniql.errors import FormatError, UniqlError, UniqlIOError
+
+__all__ = ["resize_hybrid", "resize_transformer", "release_free_memory", "keep_large_allocations_mapped", "rss_bytes"]
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC
+
+
+_M_MMAP_THRESHOLD = -3
+_MAPPED = False
+
+
+def keep_large_allocations_mapped(threshold: int = 128 * 1024) -> bool:
+    """Fixes glibc's mmap threshold (its default value, 128 KiB, but no longer raised each time a large block is
+    freed), so every weight array is its own mapping and freeing it returns its pages at once; without this,
+    arrays freed during loading raise the threshold and later weights land in the heap, where freed holes stay
+    resident. Called when an artifact is loaded; False where there is no glibc."""
+    global _MAPPED
+    lib = _libc()
+    if not lib:
+        return False
+    if not _MAPPED:
+        _MAPPED = bool(lib.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    return _MAPPED
+
+
+def release_free_memory() -> bool:
+    """Returns free heap pages to the system (glibc ``malloc_trim(0)``); False where there is no glibc."""
+    lib = _libc()
+    if not lib:
+        return False
+    lib.malloc_trim(0)
+    return True
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (VmRSS of /proc/self/status), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------------- planes ----
+# A linear's arrays are "planes" of shape (nseg_r * rows_per_seg, nseg_c * units_per_seg): the float weight
+# (unit = a column), int4 codes (unit = a byte = 2 columns), int4 scales (unit = a group), a bias (one column).
+
+def _units(kind: str, keep: int, group: int) -> int:
+    if kind == "packed":
+        return (keep + 1) // 2
+    if kind == "scales":
+        return -(-keep // group)
+    if kind == "bias":
+        return 1
+    return keep
+
+
+def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
+    if a.dtype == np.float32:
+        return np.array(a, np.float32, order="C")
+    if a.dtype == np.float16:
+        src = np.ascontiguousarray(a)
+        out = np.empty(src.shape, np.float32)
+        _C.convert(src, out)  # exact, elementwise: a part converts to the same values as the whole
+        return out
+    raise FormatError(f"artifact tensor {name!r} has dtype {a.dtype}; expected float32 or float16")
+
+
+def _regrid(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, nseg_r: int, r_cur: int, r_new: int,
+            r_full: int, nseg_c: int, c_cur: int, c_new: int, c_full: int, stats: dict) -> np.ndarray:
+    """The plane at new per-segment sizes (rows r_new, column units c_new) from the resident plane `cur` (r_cur,
+    c_cur) and, for what it lacks, the artifact's full plane (r_full, c_full) read lazily through `file_view`."""
+    cur4 = cur.reshape(nseg_r, r_cur, nseg_c, c_cur)
+    out_dtype = np.uint8 if cur.dtype == np.uint8 else np.float32
+    new = np.empty((nseg_r, r_new, nseg_c, c_new), out_dtype)
+    mr, mc = min(r_cur, r_new), min(c_cur, c_new)
+    new[:, :mr, :, :mc] = cur4[:, :mr, :, :mc]
+    if r_new > r_cur or c_new > c_cur:
+        fv = file_view()
+        if fv.shape != (nseg_r * r_full, nseg_c * c_full):
+            raise FormatError(f"artifact tensor {name!r} has shape {fv.shape}, expected "
+                              f"{(nseg_r * r_full, nseg_c * c_full)}")
+        fv4 = fv.reshape(nseg_r, r_full, nseg_c, c_full)
+        parts = []
+        if r_new > r_cur:
+            parts.append(((slice(None), slice(r_cur, r_new), slice(None), slice(0, c_new))))
+        if c_new > c_cur:
+            parts.append(((slice(None), slice(0, mr), slice(None), slice(c_cur, c_new))))
+        for sl in parts:
+            blk = fv4[sl]
+            if out_dtype == np.uint8:
+                if fv.dtype != np.uint8:
+                    raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected uint8")
+                new[sl] = blk
+            else:
+                new[sl] = _as_f32(blk, name)
+            stats["read_bytes"] += int(blk.nbytes)
+    return new.reshape(nseg_r * r_new, nseg_c * c_new)
+
+
+# ------------------------------------------------------------------------------- resizing ----
+
+def _check_files(model: Any) -> None:
+    from uniql.artifact import file_stamps
+
+    d = Path(model.path)
+    try:
+        now = file_stamps(d)
+    except OSError as e:
+        raise UniqlIOError(f"artifact {d} cannot be read ({e}); the model stays at rate {model.rate}") from None
+    for name, stamp in model._file_stamps.items():
+        if name not in now:
+            raise UniqlIOError(f"artifact file {d / name} is missing; the model stays at rate {model.rate}")
+        if now[name] != stamp:
+            raise FormatError(f"artifact file {d / name} changed since the model was loaded (size or modification "
+                              f"time differs); the model stays at rate {model.rate}: reload it with uniql.load")
+
+
+def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
+    """Row-major planes of a layer linear spec: {"weight"} or {"packed", "scales"} (+ "bias")."""
+    w, scales, group, cols, bias = spec[:5]
+    out: dict[str, np.ndarray] = {}
+    if scales is None:
+        if w.dtype != np.float32:
+            raise FormatError("resize: only float32 and int4 resident weights can be resized (this model holds "
+                              f"{w.dtype})")
+        out["weight"] = w
+    elif len(spec) > 5 and spec[5] is not None:
+        packed, sc = _C.q4_unpack_r16(spec)
+        out["packed"], out["scales"] = packed, sc
+    else:
+        out["packed"], out["scales"] = w, scales
+    if bias is not None:
+        out["bias"] = bias.reshape(-1, 1)
+    return out
+
+
+def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list,
+                 r16: bool = True) -> tuple:
+    """A C linear spec over new planes, int4 repacked to R16 (as Model.__init__ does) when ``r16`` and the group
+    allow (the hybrid runtime keeps the row-major int4 format)."""
+    bias = planes["bias"].reshape(-1) if "bias" in planes else None
+    if bias is not None:
+        keep.append(bias)
+    if "weight" in planes:
+        w = planes["weight"]
+        keep.append(w)
+        return (w, None, 0, int(w.shape[1]), bias)
+    packed, scales = planes["packed"], planes["scales"]
+    rows = int(packed.shape[0])
+    if r16 and group % 8 == 0:
+        p16, s16 = _C.q4_repack((packed, scales, group, cols, None), *segs)
+        keep.extend([p16, s16])
+        return (p16, s16, group, cols, bias, (rows, *segs))
+    keep.extend([packed, scales])
+    return (packed, scales, group, cols, bias)
+
+
+def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
+    """Makes a Llama/Qwen2 ``ElasticModel``'s resident weights those of `rate` (see the module docstring) and sets
+    the rate. ``tokens``: ids of the current sequence (length = ``model.position``); when given and a head dim
+    grew, the sequence is re-prefilled so the KV cache is exact. Returns {"rate", "from_rate", "seconds",
+    "read_bytes", "weight_bytes_before", "weight_bytes_after", "reprefilled"}. On any error the model is left as
+    it was."""
+    from uniql import safetensors as st
+    from uniql.artifact import check_rate, layer_file
+
+    t0 = time.perf_counter()
+    rate = check_rate(rate, model.meta.max_rate)
+    c = model.config
+    L, nh, nkv, d, n, DI = (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                            c.hidden_size, c.intermediate_size)
+    new_keeps = model.keep_sizes(rate)
+    cur = [model.stored(i) for i in range(L)]
+    grows = any(k > kc or r > rc for (k, r), (kc, rc) in zip(new_keeps, cur))
+    if tokens is not None:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.size != model.position:
+            from uniql.errors import InvalidArgumentError
+            raise InvalidArgumentError(f"resize: tokens must be the {model.position} ids of the current sequence, "
+                                       f"got shape {tokens.shape}")
+    if grows:
+        _check_files(model)
+    stats = {"read_bytes": 0}
+    before = model.weight_bytes()
+    emb_spec, head_spec, final_norm, c_layers = model._specs
+    keep: list[np.ndarray] = []
+    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
+        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
+    keep.append(final_norm)
+    new_layers = []
+    try:
+        for i in range(L):
+            (k_new, r_new), (k_cur, r_cur) = new_keeps[i], cur[i]
+            lay = c_layers[i]
+            changed = (k_new, r_new) != (k_cur, r_cur)
+            if not changed:
+                new_layers.append(lay)
+                keep.extend([lay["attn_norm"], lay["mlp_norm"]])
+                if lay.get("freq_map") is not None:
+                    keep.append(lay["freq_map"])
+                for short in ("q", "k", "v", "o", "gate", "up", "down"):
+                    sp = lay[short]
+                    keep.extend(a for a in (sp[0], sp[1], sp[4]) if a is not None)
+                continue
+            f = None
+            p = f"model.layers.{i}."
+            if k_new > k_cur or r_new > r_cur:
+                path = Path(model.path) / layer_file(i)
+                try:
+                    f = st.safe_open(path)
+                except UniqlError as e:
+                    raise type(e)(f"{e}; the model stays at rate {model.rate}") from None
+            try:
+                nd = {"attn_norm": lay["attn_norm"], "mlp_norm": lay["mlp_norm"]}
+                keep.extend([nd["attn_norm"], nd["mlp_norm"]])
+                # per linear: (module, proj, row segments, rows per seg (cur, new, full),
+                #              col segments, cols per seg (cur, new, full), R16 segments)
+                geo = {
+                    "q": ("self_attn", "q_proj", nh, (r_cur, r_new, d), 1, (n, n, n), (nh, 1)),
+                    "k": ("self_attn", "k_proj", nkv, (r_cur, r_new, d), 1, (n, n, n), (nkv, 1)),
+                    "v": ("self_attn", "v_proj", nkv, (r_cur, r_new, d), 1, (n, n, n), (nkv, 1)),
+                    "o": ("self_attn", "o_proj", 1, (n, n, n), nh, (r_cur, r_new, d), (1, nh)),
+                    "gate": ("mlp", "gate_proj", 1, (k_cur, k_new, DI), 1, (n, n, n), (1, 1)),
+                    "up": ("mlp", "up_proj", 1, (k_cur, k_new, DI), 1, (n, n, n), (1, 1)),
+                    "down": ("mlp", "down_proj", 1, (n, n, n), 1, (k_cur, k_new, DI), (1, 1)),
+                }
+                for short, (mod, proj, nsr, (rc, rn, rf), nsc, (cc, cn, cf), segs) in geo.items():
+                    sp = lay[short]
+                    group, base = int(sp[2]), f"{p}{mod}.{proj}"
+                    planes = _linear_rm(sp)
+                    out = {}
+                    for kind, a in planes.items():
+                        if kind == "bias":
+                            fname, nc_, units = base + ".bias", 1, (1, 1, 1)
+                        else:
+                            fname = {"weight": base + ".weight", "packed": base + ".qweight",
+                                     "scales": base + ".scales"}[kind]
+                            nc_ = nsc
+                            units = tuple(_units(kind, v, group) for v in (cc, cn, cf))
+                        if kind == "bias" and nsc > 1:  # o_proj bias: full hidden rows, never pruned
+                            out[kind] = a
+                            continue
+
+                        def view(fname: str = fname) -> np.ndarray:
+                            if f is None:  # cannot happen: a grow opened the file
+                                raise FormatError(f"resize: {fname} needed but the layer file is not open")
+                            if fname not in f.keys():
+                                raise FormatError(f"artifact is missing tensor {fname!r}")
+                            v = f.get(fname)
+                            return v.reshape(-1, 1) if v.ndim == 1 else v
+
+                        out[kind] = _regrid(a, view, fname, nsr, rc, rn, rf, nc_, *units, stats)
+                    nd[short] = _linear_spec(out, group, nsc * cn, segs, keep)
+                fm = lay.get("freq_map")
+                if fm is not None or r_new > r_cur:
+                    if r_new <= r_cur:
+                        nfm = np.ascontiguousarray(fm[:, : r_new // 2])
+                    else:
+                        full = f.get(p + "self_attn.rope_freq")
+                        if full.dtype != np.int32 or full.shape != (nkv, d // 2):
+                            raise FormatError(f"artifact tensor {p + 'self_attn.rope_freq'!r} must be int32 "
+                                              f"{(nkv, d // 2)}, got {full.dtype} {full.shape}")
+                        nfm = np.array(full[:, : r_new // 2], np.int32, order="C")
+                    nd["freq_map"] = nfm
+                    keep.append(nfm)
+                else:
+                    nd["freq_map"] = None
+                new_layers.append(nd)
+            finally:
+                if f is not None:
+                    f.close()
+        cm = _C.tf_model_new(c._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
+        state = _C.tf_state_new(cm, model.max_seq, model._max_chunk)
+        _C.tf_state_transfer(model._state, state)
+    except UniqlError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
+                          f"{model.rate}") from None
+    # swap in: from here on nothing can fail
+    model._cm, model._state, model._arrays = cm, state, keep
+    model._specs = (emb_spec, head_spec, final_norm, new_layers)
+    model._scratch, model._scratch_seq = None, 0
+    from_rate = model.rate
+    model._rate = rate
+    model.loaded_rate = rate
+    del cm, state, c_layers, new_layers
+    gc.collect()
+    release_free_memory()
+    r_grew = any(r > rc for (_, r), (_, rc) in zip(new_keeps, cur))
+    reprefilled = False
+    if tokens is not None and r_grew and tokens.size:
+        model.reset()
+        model.forward(tokens, last_only=True)
+        reprefilled = True
+    return {"rate": rate, "from_rate": from_rate, "seconds": time.perf_counter() - t0,
+            "read_bytes": stats["read_bytes"], "weight_bytes_before": before,
+            "weight_bytes_after": model.weight_bytes(), "reprefilled": reprefilled}
+
+
+# ------------------------------------------------------------------------------- hybrids ----
+
+def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, rows_cur: np.ndarray,
+                rows_new: np.ndarray, cols_cur: np.ndarray, cols_new: np.ndarray, stats: dict) -> np.ndarray:
+    """As :func:`_regrid` with explicit (ascending) row and column index sets into the artifact's full plane: the
+    entries both sets share come from `cur`, the others are read from the file."""
+    out_dtype = np.uint8 if cur.dtype == np.uint8 else np.float32
+    new = np.empty((rows_new.size, cols_new.size), out_dtype)
+    rin, cin = np.isin(rows_new, rows_cur), np.isin(cols_new, cols_cur)
+    rpos, cpos = np.searchsorted(rows_cur, rows_new[rin]), np.searchsorted(cols_cur, cols_new[cin])
+    new[np.ix_(rin, cin)] = cur[np.ix_(rpos, cpos)]
+    if not (rin.all() and cin.all()):
+        fv = file_view()
+        if fv.ndim != 2 or (rows_new.size and rows_new.max() >= fv.shape[0]) or cols_new.max() >= fv.shape[1]:
+            raise FormatError(f"artifact tensor {name!r} has shape {fv.shape}, too small for the kept rows/columns")
+        for rsel, csel in ((~rin, np.ones_like(cin)), (rin, ~cin)):
+            if rsel.any() and csel.any():
+                blk = fv[np.ix_(rows_new[rsel], cols_new[csel])]
+                if out_dtype == np.uint8:
+                    if fv.dtype != np.uint8:
+                        raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected uint8")
+                    new[np.ix_(rsel, csel)] = blk
+                else:
+                    new[np.ix_(rsel, csel)] = _as_f32(blk, name)
+                stats["read_bytes"] += int(blk.nbytes)
+    return new
+
+
+def _seg_cols(kind: str, nseg: int, full: int, keep: int, group: int) -> np.ndarray:
+    """Column (unit) indices kept of a plane whose columns are nseg segments of `full` columns, `keep` per segment."""
+    from uniql.artifact import head_rows
+
+    if kind == "bias":
+        return np.arange(1)
+    return head_rows(nseg, _units(kind, full, group), _units(kind, keep, group))
+
+
+def _collect(layer: dict[str, Any], keep: list) -> None:
+    for v in layer.values():
+        if isinstance(v, tuple):
+            keep.extend(a for a in (v[0], v[1], v[4]) if a is not None)
+        elif isinstance(v, np.ndarray):
+            keep.append(v)
+
+
+def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
+    """:func:`resize_transformer` for Mamba2 / Nemotron-H / Bamba artifacts (``ElasticHybridModel.resize``). The
+    SSM / conv states and KV caches are rebuilt at the new sizes: a model with tokens in its state needs
+    ``tokens`` (re-prefilled, exact); without them it raises before changing anything."""
+    from uniql import safetensors as st
+    from uniql.artifact import check_rate, head_rows, layer_file, qk_head_rows
+    from uniql.compress_hybrid import rope_mode
+    from uniql.errors import InvalidArgumentError
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES
+
+    t0 = time.perf_counter()
+    rate = check_rate(rate, model.meta.max_rate)
+    if tokens is not None:
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.size != model.position:
+            raise InvalidArgumentError(f"resize: tokens must be the {model.position} ids of the current sequence, "
+                                       f"got shape {tokens.shape}")
+    elif model.position > 0:
+        raise InvalidArgumentError(f"resize: a hybrid model with {model.position} tokens in its state needs them "
+                                   "(tokens=...) to rebuild its SSM state at the new sizes")
+    hc = model.config
+    names = _NAMES[hc.model_type]
+    n, H, P, G, N = hc.hidden_size, hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
+    rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
+    new_keeps = model.keep_sizes(rate)
+    cur = [model.stored(i) for i in range(model.num_layers)]
+    grows = any(v > cur[i][c] for i, ks in enumerate(new_keeps) for c, v in ks.items())
+    if grows:
+        _check_files(model)
+    stats = {"read_bytes": 0}
+    before = model.weight_bytes()
+    emb_spec, head_spec, final_norm, c_layers = model._specs
+    keep: list[np.ndarray] = []
+    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
+        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
+    keep.append(final_norm)
+
+    def mamba_sets(Pk: int, Nk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
+        HP, GN = H * P, G * N
+        rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
+        return rows, np.concatenate([zi, HP + bi, HP + GN + bi]), zi
+
+    new_layers = []
+    try:
+        for i, (t, ks, cs) in enumerate(zip(hc.layer_types, new_keeps, cur)):
+            lay = c_layers[i]
+            if all(ks[c] == cs[c] for c in ks):
+                new_layers.append(lay)
+                _collect(lay, keep)
+                continue
+            f = None
+            if any(ks[c] > cs[c] for c in ks):
+                try:
+                    f = st.safe_open(Path(model.path) / layer_file(i))
+                except UniqlError as e:
+                    raise type(e)(f"{e}; the model stays at rate {model.rate}") from None
+            try:
+                p = None
+                if f is not None:
+                    p = ("backbone.layers." if any(k.startswith("backbone.layers.") for k in f.keys())
+                         else "model.layers.") + f"{i}."
+
+                def view_of(fname_suffix: str) -> Callable[[], np.ndarray]:
+                    def view() -> np.ndarray:
+                        if f is None:
+                            raise FormatError(f"resize: {fname_suffix} needed but the layer file is not open")
+                        fname = p + fname_suffix
+                        if fname not in f.keys():
+                            raise FormatError(f"artifact is missing tensor {fname!r}")
+                        v = f.get(fname)
+                        return v.reshape(v.shape[0], -1)
+                    return view
+
+                nd = dict(lay)
+                # (c key, file base, rows cur, rows new, (col segments, full, keep cur, keep new)) per elastic linear
+                lins: list[tuple] = []
+                vecs: list[tuple] = []  # (c key, file name, rows cur, rows new): arrays cut by rows
+                if t == LAYER_MAMBA:
+                    m = names["mamba"]
+                    rc, cc, zc = mamba_sets(cs["ssm_head"], cs["ssm_state"])
+                    rn, cn, zn = mamba_sets(ks["ssm_head"], ks["ssm_state"])
+                    lins += [("in_proj", m + "in_proj", rc, rn, (1, n, n, n)),
+                             ("out_proj", m + "out_proj", np.arange(n), np.arange(n),
+                              (H, P, cs["ssm_head"], ks["ssm_head"]))]
+                    vecs += [("conv_w", m + "conv1d.weight", cc, cn), ("conv_b", m + "conv1d.bias", cc, cn),
+                             ("gnorm", m + "norm.weight", zc, zn)]
+                elif t == LAYER_ATTENTION:
+                    a, nh, nkv, hd = names["attn"], hc.num_heads, hc.num_kv_heads, hc.head_dim
+                    r_c, r_n = cs["attn"], ks["attn"]
+                    for short, heads, fn in (("q", nh, qk_head_rows), ("k", nkv, qk_head_rows),
+                                             ("v", nkv, None)):
+                        rows_c = head_rows(heads, hd, r_c) if fn is None else fn(rope, heads, hd, r_c)
+                        rows_n = head_rows(heads, hd, r_n) if fn is None else fn(rope, heads, hd, r_n)
+                        lins.append((short, f"{a}{short}_proj", rows_c, rows_n, (1, n, n, n)))
+                    lins.append(("o", a + "o_proj", np.arange(n), np.arange(n), (nh, hd, r_c, r_n)))
+                    if rope != "none":
+                        rr = r_n if rope == "full" else r_n // 2
+                        fm = lay.get("freq_map")
+                        if fm is not None and fm.shape[1] >= rr // 2:
+                            nfm = np.ascontiguousarray(fm[:, : rr // 2])
+                        else:
+                            npairs = hd // 2 if rope == "full" else hd // 4
+                            full = f.get(p + a + "rope_freq") if f is not None else None
+                            if full is None or full.dtype != np.int32 or full.shape != (nkv, npairs):
+                                raise FormatError(f"artifact tensor {a}rope_freq of layer {i} must be int32 "
+                                                  f"{(nkv, npairs)}")
+                            nfm = np.array(full[:, : rr // 2], np.int32, order="C")
+                        nd["freq_map"], nd["rot_rows"] = nfm, rr
+                if "mlp" in ks and ks["mlp"] != cs["mlp"]:
+                    fp, DI, k_c, k_n = names["mlp"], hc.intermediate_size, cs["mlp"], ks["mlp"]
+                    for proj in (("gate", "up") if hc.mlp_act == "silu_gated" else ("up",)):
+                        lins.append((proj, f"{fp}{proj}_proj", np.arange(k_c), np.arange(k_n), (1, n, n, n)))
+                    lins.append(("down", fp + "down_proj", np.arange(n), np.arange(n), (1, DI, k_c, k_n)))
+                for key, base, rows_c, rows_n, (nsc, S, kc_, kn_) in lins:
+                    sp = lay[key]
+                    group = int(sp[2])
+                    planes = _linear_rm(sp)
+                    out = {}
+                    for kind, arr in planes.items():
+                        if kind == "bias" and nsc > 1:  # o_proj / out_proj bias: full hidden rows
+                            out[kind] = arr
+                            continue
+                        fname = {"weight": ".weight", "packed": ".qweight", "scales": ".scales",
+                                 "bias": ".bias"}[kind]
+                        out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
+                                                _seg_cols(kind, nsc, S, kc_, group),
+                                                _seg_cols(kind, nsc, S, kn_, group), stats)
+                    nd[key] = _linear_spec(out, group, nsc * kn_, (1, 1), [], r16=False)
+                for key, fname, rows_c, rows_n in vecs:
+                    arr = lay.get(key)
+                    if arr is None:
+                        continue
+                    a2 = arr.reshape(arr.shape[0], -1)
+                    cols = np.arange(a2.shape[1])
+                    res = _regrid_idx(a2, view_of(fname), fname, rows_c, rows_n, cols, cols, stats)
+                    nd[key] = np.ascontiguousarray(res.reshape((res.shape[0],) + arr.shape[1:]))
+                _collect(nd, keep)
+                new_layers.append(nd)
+            finally:
+                if f is not None:
+                    f.close()
+        cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
+        if model._options:
+            _C.hy_set_options(cm, model._options)
+        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
+    except UniqlError:
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
+                          f"{model.rate}") from None
+    model._cm, model._state, model._arrays = cm, state, keep
+    model._specs = (emb_spec, head_spec, final_norm, new_layers)
+    model._scratch, model._scratch_seq = None, 0
+    from_rate = model.rate
+    model._rate = rate
+    model.loaded_rate = rate
+    del cm, state, c_layers, new_layers
+    gc.collect()
+    release_free_memory()
+    reprefilled = False
+    if tokens is not None and tokens.size:
+        model.forward(tokens, last_only=True)
+        reprefilled = True
+    return {"rate": rate, "from_rate": from_rate, "seconds": time.perf_counter() - t0,
+            "read_bytes": stats["read_bytes"], "weight_bytes_before": before,
+            "weight_bytes_after": model.weight_bytes(), "reprefilled": reprefilled}
