@@ -14,7 +14,8 @@ Orchestration only: forward passes, log-softmax (float64) and argmax run in the 
 stay where they were: :mod:`uniql.zeroshot` (multiple-choice scoring used here) and :mod:`uniql.evaluate`
 (perplexity / decode speed per rate for the demo), re-exported below.
 """
-from uniql.eval.results import Metric, TaskResult, format_paired, format_table, from_json, paired, to_json
+from uniql.eval.results import (Metric, TaskResult, average, format_paired, format_table, from_json, paired,
+                                paired_average, to_json)
 from uniql.eval.runner import evaluate, evaluate_task
 from uniql.eval.scoring import Scorer, encode
 from uniql.eval.tasks import PAPER_TASKS, EvalTask, Target, load, mmlu_subjects
@@ -24,6 +25,7 @@ from uniql.zeroshot import available_tasks, choice_loglikelihoods, encode_pair
 load_task = load
 
 __all__ = ["evaluate", "evaluate_task", "load", "load_task", "EvalTask", "Target", "TaskResult", "Metric", "paired",
+           "average", "paired_average",
            "format_table", "format_paired", "to_json", "from_json", "Scorer", "encode", "mmlu_subjects",
            "PAPER_TASKS", "available_tasks", "choice_loglikelihoods", "encode_pair", "RateResult", "decode_speed",
            "eval_tokens", "evaluate_artifact"]

@@ -124,10 +124,11 @@ def run_grid(configs: Sequence[Config], tasks: Sequence[str | _tasks.EvalTask], 
 
 # ------------------------------------------------------------------------------------- QUICK inputs ----
 
-def tiny_inputs(work: str | Path, seed: int = 0) -> dict[str, Path]:
+def tiny_inputs(work: str | Path, seed: int = 0, ablations: bool = True) -> dict[str, Path]:
     """A random 2-layer Llama (word-level tokenizer over w3..w127), its fp32 and int4 artifacts (random calibration
-    ids), a 40-document multiple-choice requests file (olmo-eval format) and a text file: the notebooks' QUICK
-    setting. Returns {"base", "fp32", "int4", "task", "text"}."""
+    ids), with ``ablations`` also an fp32 artifact ranked by weight magnitude ("fp32-magnitude"), a 40-document
+    multiple-choice requests file (olmo-eval format) and a text file: the notebooks' QUICK setting. Returns
+    {"base", "fp32", "int4", ["fp32-magnitude",] "task", "text"}."""
     import gzip
 
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -164,9 +165,10 @@ def tiny_inputs(work: str | Path, seed: int = 0) -> dict[str, Path]:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(base / "tokenizer.json"))
     calib = rng.integers(3, V, size=(8, 32))
+    kinds = [("fp32", False, "uniql"), ("int4", True, "uniql")] + ([("fp32-magnitude", False, "magnitude")]
+                                                                    if ablations else [])
     arts = {label: uniql.compress(base, work / label, calibration=calib, num_samples=8, seq_len=32, quantize=q,
-                                  overwrite=True, progress=False)
-            for label, q in (("fp32", False), ("int4", True))}
+                                  scorer=sc, overwrite=True, progress=False) for label, q, sc in kinds}
     lines = []
     for doc in range(40):
         n = 2 + doc % 3
@@ -180,4 +182,4 @@ def tiny_inputs(work: str | Path, seed: int = 0) -> dict[str, Path]:
         f.write("".join(json.dumps(x) + "\n" for x in lines))
     text = work / "toy.txt"
     text.write_text(" ".join(f"w{x}" for x in rng.integers(3, V, size=1024)))
-    return {"base": base, "fp32": Path(arts["fp32"]), "int4": Path(arts["int4"]), "task": task, "text": text}
+    return {"base": base, **{k: Path(v) for k, v in arts.items()}, "task": task, "text": text}

@@ -27,7 +27,8 @@ import numpy as np
 
 from uniql.errors import InvalidArgumentError
 
-__all__ = ["TaskResult", "Metric", "paired", "format_table", "format_paired", "to_json", "from_json"]
+__all__ = ["TaskResult", "Metric", "paired", "average", "paired_average", "format_table", "format_paired", "to_json",
+           "from_json"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,20 @@ def paired(base: TaskResult, other: TaskResult) -> dict[str, Metric]:
             raise InvalidArgumentError("paired perplexity needs the same windows (same tokenizer and window)")
         out["log_ppl"] = _ratio(o["nll"] - b["nll"], b["tokens"])
     return out
+
+
+def average(per: Mapping[str, TaskResult], tasks: Sequence[str], metric: str = "acc") -> Metric:
+    """Unweighted mean of ``metric`` over ``tasks`` (the paper's average), standard error sqrt(sum se^2) / k
+    (tasks are independent samples)."""
+    ms = [per[t].metrics()[metric] for t in tasks]
+    return Metric(sum(m.value for m in ms) / len(ms), math.sqrt(sum(m.stderr ** 2 for m in ms)) / len(ms))
+
+
+def paired_average(base: Mapping[str, TaskResult], other: Mapping[str, TaskResult], tasks: Sequence[str],
+                   metric: str = "acc") -> Metric:
+    """other - base of :func:`average`, from the per-task paired differences."""
+    ds = [paired(base[t], other[t])[metric] for t in tasks]
+    return Metric(sum(d.value for d in ds) / len(ds), math.sqrt(sum(d.stderr ** 2 for d in ds)) / len(ds))
 
 
 Results = Mapping[Any, Mapping[str, TaskResult]]  # column (rate or label) -> task -> result
