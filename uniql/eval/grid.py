@@ -124,11 +124,11 @@ def run_grid(configs: Sequence[Config], tasks: Sequence[str | _tasks.EvalTask], 
 
 # ------------------------------------------------------------------------------------- QUICK inputs ----
 
-def tiny_inputs(work: str | Path, seed: int = 0, ablations: bool = True) -> dict[str, Path]:
+def tiny_inputs(work: str | Path, seed: int = 0, ablations: bool = True, artifacts: bool = True) -> dict[str, Path]:
     """A random 2-layer Llama (word-level tokenizer over w3..w127), its fp32 and int4 artifacts (random calibration
     ids), with ``ablations`` also an fp32 artifact ranked by weight magnitude ("fp32-magnitude"), a 40-document
     multiple-choice requests file (olmo-eval format) and a text file: the notebooks' QUICK setting. Returns
-    {"base", "fp32", "int4", ["fp32-magnitude",] "task", "text"}."""
+    {"base", "fp32", "int4", ["fp32-magnitude",] "task", "text"} (without ``artifacts``: no artifacts at all)."""
     import gzip
 
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -165,8 +165,8 @@ def tiny_inputs(work: str | Path, seed: int = 0, ablations: bool = True) -> dict
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(base / "tokenizer.json"))
     calib = rng.integers(3, V, size=(8, 32))
-    kinds = [("fp32", False, "uniql"), ("int4", True, "uniql")] + ([("fp32-magnitude", False, "magnitude")]
-                                                                    if ablations else [])
+    kinds = ([("fp32", False, "uniql"), ("int4", True, "uniql")] if artifacts else []) + (
+        [("fp32-magnitude", False, "magnitude")] if ablations and artifacts else [])
     arts = {label: uniql.compress(base, work / label, calibration=calib, num_samples=8, seq_len=32, quantize=q,
                                   scorer=sc, overwrite=True, progress=False) for label, q, sc in kinds}
     lines = []
