@@ -13,7 +13,8 @@ order. The same requests through :func:`uniql.eval.evaluate` give the same numbe
 
 model_args: ``artifact`` (or ``pretrained``): a uniql artifact or Hugging Face checkpoint directory; ``rate``
 (0): pruning rate (artifacts only); ``max_length``: KV-cache length (default the runtime's, min(max positions,
-2048)); ``int4_activations``: auto | fp32 | int8 (process-wide). lm-eval's ``batch_size``/``device`` are accepted
+2048)); ``int4_activations``: auto | fp32 | int8 and ``threads``: kernel threads (both process-wide; on a
+busy machine threads=1 avoids threads waiting for each other). lm-eval's ``batch_size``/``device`` are accepted
 and ignored (one CPU sequence at a time).
 
 Registration: importing this module registers the name ``uniql`` in lm-eval's model registry
@@ -50,18 +51,23 @@ class UniqlLM(TemplateLM):
     backend = "causal"
 
     def __init__(self, artifact: str | None = None, pretrained: str | None = None, rate: float = 0.0,
-                 max_length: int | None = None, int4_activations: str | None = None, **kwargs: Any) -> None:
+                 max_length: int | None = None, int4_activations: str | None = None, threads: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__()
         unknown = sorted(k for k in kwargs if k not in _IGNORED)
         if unknown:
             raise InvalidArgumentError(f"unknown model_args for uniql: {', '.join(unknown)} (known: artifact, "
-                                       f"rate, max_length, int4_activations)")
+                                       f"rate, max_length, int4_activations, threads)")
         path = artifact or pretrained
         if not path:
             raise InvalidArgumentError("uniql needs model_args artifact=PATH (a uniql artifact or a Hugging Face "
                                        "checkpoint directory)")
         if int4_activations:
             uniql.set_int4_activations(str(int4_activations))
+        if threads is not None:
+            if int(threads) < 1:
+                raise InvalidArgumentError(f"threads must be >= 1, got {threads}")
+            uniql._C.kernels_set_threads(int(threads))
         self.path = str(path)
         self.rate = float(rate)
         self.model = uniql.load(self.path, rate=self.rate,
