@@ -6,7 +6,7 @@ the task (``rc_0shot``, the same ones ``uniql.eval`` reads) are written as a JSO
 (``output_type: multiple_choice``; the choices without their leading space, which lm-eval puts back as its target
 delimiter), so both harnesses see the same strings.
 
-    python benchmarks/lmeval_vs_uniql_eval.py ART --task piqa --rates 0,0.15 --limit 300 [--json F]
+    python benchmarks/lmeval_vs_uniql_eval.py ART --task piqa --rates 0,0.15 --limit 300 [--threads 1] [--json F]
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task", default="piqa")
     ap.add_argument("--rates", default="0,0.15")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: the runtime's)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from uniql.eval import lmeval
 
     rates = [float(r) for r in args.rates.split(",")]
+    extra = {} if args.threads is None else {"threads": args.threads}
     out = {"artifact": str(args.artifact), "task": args.task, "rows": []}
     with tempfile.TemporaryDirectory() as d:
         name, task = write_local_task(args.task, args.limit, Path(d))
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|---|")
         for rate in rates:
             t = time.perf_counter()
-            r = lmeval.run(args.artifact, [name], rate, include_path=d)["results"][name]
+            r = lmeval.run(args.artifact, [name], rate, include_path=d, **extra)["results"][name]
             t_lm = time.perf_counter() - t
             t = time.perf_counter()
             ours = ue.evaluate(uniql.load(args.artifact, rate=rate, max_seq=1024), [task], progress=False)[None][task.name]
