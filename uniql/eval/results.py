@@ -70,7 +70,7 @@ class TaskResult:
                 subj = sorted(set(self.groups))
                 g = np.asarray(self.groups)
                 per = [_mean(v["acc"][g == s]) for s in subj]
-                se = math.sqrt(sum((m.stderr if m.stderr == m.stderr else 0.0) ** 2 for m in per)) / len(per)
+                se = math.sqrt(sum(m.stderr ** 2 for m in per)) / len(per)  # nan when a subject has one doc
                 out["acc_macro"] = Metric(float(np.mean([m.value for m in per])), se)
         if self.kind == "lastword":
             m = _mean(-v["ll"])
