@@ -12,6 +12,7 @@ import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 MISSING = (
     "uniql: OpenBLAS/LAPACKE not found. Install them first: "
@@ -93,4 +94,13 @@ ext = Extension(
     depends=glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.inc", recursive=True),
 )
 
-setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})
+class BuildPy(build_py):
+    """Also puts uniql_lmeval.pth at the top of the wheel (site-packages): one line importing _uniql_lmeval_hook,
+    which registers `lm_eval --model uniql` when lm-eval is used (lm-eval 0.4 has no plugin discovery)."""
+
+    def run(self):
+        super().run()
+        self.copy_file("uniql_lmeval.pth", os.path.join(self.build_lib, "uniql_lmeval.pth"))
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

