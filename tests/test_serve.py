@@ -324,6 +324,14 @@ def test_mid_stream_disconnect_frees_the_sequence(srv, ref, monkeypatch):
         assert time.monotonic() < deadline, "the disconnected stream was not cancelled"
         time.sleep(0.05)
     assert _metric(srv.url, "uniql_active_sequences") == 0
+    # a non-streamed request whose client gives up (read timeout: the connection closes) is cancelled too
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while _metric(srv.url, 'uniql_requests_total{outcome="cancelled"}') <= cancelled0 + 1:
+        assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+        time.sleep(0.05)
+    assert _metric(srv.url, "uniql_active_sequences") == 0
 
 
 def test_overload_and_draining_answer_with_retry_after(artifact):

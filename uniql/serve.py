@@ -866,17 +866,31 @@ class Server:
 
     async def _collect(self, request: Any, req: Request, detok: _Detok) -> tuple[str, str, list[float], int]:
         """Waits for a non-streamed request; cancels it when the client goes away."""
+
+        async def watch() -> None:  # the body is read: the next ASGI message is the client going away
+            while True:
+                msg = await request.receive()
+                if msg.get("type") == "http.disconnect":
+                    req.cancelled.set()
+                    req.queue.put_nowait(("disconnected",))
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await self._events(req, detok)
+        finally:
+            watcher.cancel()
+
+    @staticmethod
+    async def _events(req: Request, detok: _Detok) -> tuple[str, str, list[float], int]:
+        """(text, finish reason, rates used, tokens) of a request's events."""
         rates: list[float] = []
         parts: list[str] = []
         n = 0
         while True:
-            try:
-                ev = await asyncio.wait_for(req.queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    req.cancelled.set()
-                    raise APIError(499, "client disconnected", code="client_closed")
-                continue
+            ev = await req.queue.get()
+            if ev[0] == "disconnected":
+                raise APIError(499, "client disconnected", code="client_closed")
             if ev[0] == "token":
                 n += 1
                 if not rates or rates[-1] != ev[2]:
