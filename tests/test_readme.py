@@ -23,6 +23,7 @@ README = ROOT / "README.md"
 
 # Lines of the CLI block that are not `uniql` commands, and where they are exercised instead.
 NOT_RUN_HERE = {
+    "uniql serve": "a server that runs until stopped: tests/test_serve.py drives it with the openai client",
     "python -m uniql.demo": "the main job (`make demo`, minutes on SmolLM2); tests/test_demo-like runs are manual",
     "UNIQL_DEMO_JSON=": "the notebook: tests/test_notebooks.py executes it both ways",
 }
@@ -30,7 +31,8 @@ NOT_RUN_HERE = {
 # Values for placeholders that follow an option (the option decides; e.g. R is a rate after --rate).
 OPTION_VALUES = {"--max-new-tokens": "4", "--temperature": "0.7", "--top-p": "0.9", "--seed": "0", "--rate": "0.15",
                  "--limit": "2", "--threads": "1", "--repeats": "1", "--steps": "3", "--batch": "2",
-                 "--samples": "4", "--seq-len": "32", "--gen": "4", "--prompt": "16", "--window": "64"}
+                 "--samples": "4", "--seq-len": "32", "--gen": "4", "--prompt": "16", "--window": "64",
+                 "--tpot-ms": "50", "--min-rate": "0", "--max-rate": "0.35", "--shots": "1"}
 SCALARS = {"N": "2", "T": "0.7", "P": "0.9", "S": "0", "R": "0.15"}
 
 
@@ -157,7 +159,7 @@ def test_cli_block_is_parsed():
     subs = {c.split()[1] for c in cmds if c.startswith("uniql ")}
     assert {"convert", "compress", "generate", "finetune", "quantize", "eval", "ppl", "bench"} <= subs
     for c in cmds:
-        assert c.startswith("uniql ") or any(c.startswith(k) for k in NOT_RUN_HERE), \
+        assert any(c.startswith(k) for k in ("uniql ", *NOT_RUN_HERE)), \
             f"README CLI line not run by any test: {c!r}"
 
 
@@ -170,7 +172,7 @@ def test_every_readme_cli_command_runs(tiny, capsys, monkeypatch):
     fill.tmp.mkdir()
     ran = []
     for cmd in cli_block():
-        if not cmd.startswith("uniql "):
+        if not cmd.startswith("uniql ") or any(cmd.startswith(k) for k in NOT_RUN_HERE):
             continue
         argv = fill.expand(cmd)
         if argv[0] == "bench":
