@@ -3,24 +3,26 @@
     python benchmarks/adaptive_run.py [--artifact ART] [--seconds 100] [--json out.json] [--png out.png]
     python benchmarks/adaptive_run.py --rss-only --artifact ART   # RSS at each rate: resize vs load
 
-Two runs on the same timeline, controller off (rate 0 throughout) and on (uniql.adaptive: memory and latency
-policies, plus the CPU policy with ``--cpu-policy``; memory following the rate with ElasticModel.resize):
+Runs on the same timeline: controller off (rate 0 throughout), on (uniql.adaptive: memory and latency policies,
+plus the CPU policy with ``--cpu-policy``; memory following every switch with ElasticModel.resize) and, with
+``--lazy``, on with ``follow_memory="lazy"`` (weights released only when the memory policy asks):
 
     [0, 0.2 T) quiet | [0.2 T, 0.45 T) CPU hog | [0.45 T, 0.55 T) quiet | [0.55 T, 0.8 T) memory hog | rest quiet
 
 The CPU hog is ``--hog-procs`` busy-looping processes (default: one per core); the memory hog allocates and touches
-``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 32-token sequences back
-to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token (the wall time between tokens, switches
-included) and the process RSS. The latency target is ``--target-x`` (2) times the quiet median time per token at rate
-0 measured first; the memory reserve is MemAvailable at start minus ``--reserve-below-mb`` (1.5 GB: the hog crosses it,
-the other jobs of a shared machine moved it by up to ~1 GB in our runs); with ``--cpu-policy`` its thresholds are the machine's background
-contention measured before the runs + 1 / + 2 runnable threads per core (the hog adds one per core).
+``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 32-token sequences
+back to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token
+(the wall time between tokens, switches included) and the process RSS. The latency target is ``--target-x`` (2)
+times the quiet median time per token at rate 0 measured first; the memory reserve is MemAvailable at start minus
+``--reserve-below-mb`` (1.5 GB: the hog crosses it, the other jobs of a shared machine moved it by up to ~1 GB in
+our runs); with ``--cpu-policy`` its thresholds are the machine's background contention measured before the runs + 1
+/ + 2 runnable threads per core (the hog adds one per core).
 
 ``--rss-only``: in fresh subprocesses, RSS above the process baseline after loading the artifact's weights at each
 rate (no tokenizer), against one process that loads at 0 and resizes through the rates (up, down, up).
 
 The machine is shared (2 cores, other jobs running): its background load is part of every number; runs are
-sequential, so both see it.
+sequential, so all see it (but not necessarily the same amount of it).
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ Server hook (``uniql serve`` or any decoding loop): build one controller per mod
 
 ``apply`` uses ``model.resize`` (the resident weights follow the rate, uniql.elastic_memory) when the model has it
 and ``follow_memory`` is on, else ``model.set_rate``; ``follow_memory="lazy"`` resizes only when the memory policy
-asks for the higher rate or the rate falls below what is resident (latency/CPU moves are then instant); a failed switch (e.g. the artifact vanished while growing)
+asks for the higher rate or the rate falls below what is resident (latency/CPU moves are then instant); a failed
+switch (e.g. the artifact vanished while growing)
 is logged and the model keeps running at its current rate. ``step`` does no I/O beyond reading /proc and /sys.
 """
 from __future__ import annotations
@@ -222,7 +223,8 @@ class CpuSignal:
                  cores: int | None = None, own_running: Callable[[], int] | None = _own_running_threads,
                  alpha: float = 0.5):
         self.stat, self.loadavg = Path(stat), Path(loadavg)
-        self.cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.cores = cores or ncpu or 1
         self.own_running = own_running
         self.alpha = alpha
         self._prev_cpu: list[int] | None = None
@@ -429,7 +431,8 @@ class AdaptiveController:
         elif tpot_ms is not None and not any(isinstance(p, LatencyPolicy) for p in policies):
             policies = [*policies, LatencyPolicy(tpot_ms)]
         self.policies: list[Policy] = list(policies)
-        self.dwell_up_s, self.dwell_down_s, self.max_down_steps = float(dwell_up_s), float(dwell_down_s), int(max_down_steps)
+        self.dwell_up_s, self.dwell_down_s = float(dwell_up_s), float(dwell_down_s)
+        self.max_down_steps = int(max_down_steps)
         if tpot_window < 1:
             raise InvalidArgumentError(f"tpot_window must be >= 1, got {tpot_window}")
         self._tpots: deque[float] = deque(maxlen=int(tpot_window))
@@ -553,7 +556,8 @@ class AdaptiveController:
     def apply(self, model: Any, rate: float, tokens: Any = None) -> bool:
         """Switches ``model`` to ``rate``: ``model.resize(rate, tokens)`` when memory follows the rate, else
         ``model.set_rate(rate)``; with ``follow_memory="lazy"`` only a move up asked by the memory policy or a move
-        below the resident rate resizes (other switches keep the weights and are instant). On a UniqlError (e.g. the artifact is gone while growing) the failure is logged,
+        below the resident rate resizes (other switches keep the weights and are instant). On a UniqlError (e.g.
+        the artifact is gone while growing) the failure is logged,
         the controller goes back to the model's actual rate and False is returned; the model keeps running."""
         prev = self.rate
         try:
