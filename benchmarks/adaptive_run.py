@@ -3,24 +3,26 @@
     python benchmarks/adaptive_run.py [--artifact ART] [--seconds 100] [--json out.json] [--png out.png]
     python benchmarks/adaptive_run.py --rss-only --artifact ART   # RSS at each rate: resize vs load
 
-Two runs on the same timeline, controller off (rate 0 throughout) and on (uniql.adaptive: memory and latency
-policies, plus the CPU policy with ``--cpu-policy``; memory following the rate with ElasticModel.resize):
+Runs on the same timeline: controller off (rate 0 throughout), on (uniql.adaptive: memory and latency policies,
+plus the CPU policy with ``--cpu-policy``; memory following every switch with ElasticModel.resize) and, with
+``--lazy``, on with ``follow_memory="lazy"`` (weights released only when the memory policy asks):
 
     [0, 0.2 T) quiet | [0.2 T, 0.45 T) CPU hog | [0.45 T, 0.55 T) quiet | [0.55 T, 0.8 T) memory hog | rest quiet
 
 The CPU hog is ``--hog-procs`` busy-looping processes (default: one per core); the memory hog allocates and touches
-``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 32-token sequences back
-to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token (the wall time between tokens, switches
-included) and the process RSS. The latency target is ``--target-x`` (2) times the quiet median time per token at rate
-0 measured first; the memory reserve is MemAvailable at start minus ``--reserve-below-mb`` (1.5 GB: the hog crosses it,
-the other jobs of a shared machine moved it by up to ~1 GB in our runs); with ``--cpu-policy`` its thresholds are the machine's background
-contention measured before the runs + 1 / + 2 runnable threads per core (the hog adds one per core).
+``--hog-mb`` MB. Both are started with subprocess and killed by their pid. Greedy decoding of 32-token sequences
+back to back from a fixed prompt set (the hogs start and stop between tokens); per token: time, rate, time per token
+(the wall time between tokens, switches included) and the process RSS. The latency target is ``--target-x`` (2)
+times the quiet median time per token at rate 0 measured first; the memory reserve is MemAvailable at start minus
+``--reserve-below-mb`` (1.5 GB: the hog crosses it, the other jobs of a shared machine moved it by up to ~1 GB in
+our runs); with ``--cpu-policy`` its thresholds are the machine's background contention measured before the runs + 1
+/ + 2 runnable threads per core (the hog adds one per core).
 
 ``--rss-only``: in fresh subprocesses, RSS above the process baseline after loading the artifact's weights at each
 rate (no tokenizer), against one process that loads at 0 and resizes through the rates (up, down, up).
 
 The machine is shared (2 cores, other jobs running): its background load is part of every number; runs are
-sequential, so both see it.
+sequential, so all see it (but not necessarily the same amount of it).
 """
 from __future__ import annotations
 
@@ -169,7 +171,9 @@ def run_timeline(model, tok, seconds: float, ctl, cpu_hogs: int, hog_mb: int, la
 def summarize(rows: list[dict], target: float) -> dict:
     ms = np.array([r["token_ms"] for r in rows])
     out = {"tokens": len(rows), "within_target": float(np.mean(ms <= target)), "median_ms": float(np.median(ms)),
-           "p90_ms": float(np.percentile(ms, 90))}
+           "p90_ms": float(np.percentile(ms, 90)),
+           "switches": int(sum(1 for a, b in zip(rows, rows[1:]) if a["rate"] != b["rate"])),
+           "switch_s": float(sum(r["switch_ms"] for r in rows) / 1e3)}
     for ph in ("quiet", "cpu hog", "memory hog"):
         sel = np.array([r["phase"] == ph for r in rows])
         if sel.any():
@@ -220,6 +224,7 @@ def main() -> None:
     ap.add_argument("--reserve-below-mb", type=int, default=1536,
                     help="memory reserve = MemAvailable at start - this (1536: crossed once the hog holds 1.5 GB)")
     ap.add_argument("--rss-only", action="store_true", help="only the RSS-per-rate table")
+    ap.add_argument("--lazy", action="store_true", help="a third run with follow_memory='lazy'")
     ap.add_argument("--cpu-policy", action="store_true",
                     help="add the CPU-contention policy (off by default: on a machine shared with other jobs their "
                          "runnable threads swamp the hog's; the latency policy sees the hog through time per token)")
@@ -267,23 +272,30 @@ def main() -> None:
         off = AdaptiveController(model, signals=[], policies=[])
         runs["controller off (rate 0)"] = run_timeline(model, tok, args.seconds, off, args.hog_procs, args.hog_mb,
                                                        "off")
-        pols = [MemoryPolicy(reserve, margin_bytes=256 * 2**20), LatencyPolicy(target)]
-        if args.cpu_policy:
-            pols.append(CpuPolicy(low=bg + 1.0, high=bg + 2.0))
-        ctl = AdaptiveController(model, signals=[MemorySignal(), CpuSignal()], policies=pols, dwell_up_s=0.5,
-                                 dwell_down_s=3.0)
-        runs["controller on"] = run_timeline(model, tok, args.seconds, ctl, args.hog_procs, args.hog_mb, "on")
-        decisions = [d for d in ctl.decisions if d["event"] != "hold"]
+        decisions = {}
+        for label, follow in (("controller on", True), ("controller on, lazy memory", "lazy")):
+            if follow == "lazy" and not args.lazy:
+                continue
+            model.resize(0.0)
+            pols = [MemoryPolicy(reserve, margin_bytes=256 * 2**20), LatencyPolicy(target)]
+            if args.cpu_policy:
+                pols.append(CpuPolicy(low=bg + 1.0, high=bg + 2.0))
+            ctl = AdaptiveController(model, signals=[MemorySignal(), CpuSignal()], policies=pols, dwell_up_s=0.5,
+                                     dwell_down_s=3.0, follow_memory=follow)
+            runs[label] = run_timeline(model, tok, args.seconds, ctl, args.hog_procs, args.hog_mb, label)
+            decisions[label] = [d for d in ctl.decisions if d["event"] != "hold"]
         res["summary"] = {k: summarize(v, target) for k, v in runs.items()}
         res["decisions"] = decisions
         res["runs"] = runs
         for k, v in res["summary"].items():
-            print(f"{k}: {v['tokens']} tokens, {v['within_target']:.1%} within {target:.1f} ms, median "
+            print(f"{k}: {v['tokens']} tokens, {v['switches']} switches ({v['switch_s']:.1f} s), "
+                  f"{v['within_target']:.1%} within {target:.1f} ms, median "
                   f"{v['median_ms']:.1f} ms; " + "; ".join(
                       f"{ph}: {v[ph]['within_target']:.1%} within, median {v[ph]['median_ms']:.1f} ms, mean rate "
                       f"{v[ph]['mean_rate']:.2f}" for ph in ("quiet", "cpu hog", "memory hog") if ph in v))
-        print(f"{len(decisions)} rate decisions; first: " + "; ".join(
-            f"{d['t']:.1f}: {d['from']}->{d['to']} ({d['reason'][:60]})" for d in decisions[:6]))
+        for label, ds in decisions.items():
+            print(f"{label}: {len(ds)} rate decisions; first: " + "; ".join(
+                f"{d['from']}->{d['to']} ({d['reason'][:50]})" for d in ds[:6]))
         plot(runs, target, args.seconds, args.png, reserve)
         print(f"plot: {args.png}")
     args.json.write_text(json.dumps(res, indent=1, default=float))

@@ -256,3 +256,50 @@ def test_log_path_jsonl(tmp_path):
     ctl.close()
     lines = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert lines and lines[0]["event"] == "rate" and lines[0]["to"] == 0.35 and "memory" in lines[0]["signals"]
+
+
+class _FakeModel:
+    def __init__(self):
+        self.rate = self.loaded_rate = 0.0
+        self.calls = []
+
+    def set_rate(self, r):
+        if r < self.loaded_rate:
+            raise RangeError("below the loaded rate")
+        self.calls.append(("set_rate", r))
+        self.rate = r
+
+    def resize(self, r, tokens=None):
+        self.calls.append(("resize", r))
+        self.rate = self.loaded_rate = r
+
+
+def test_lazy_memory_resizes_only_for_memory_or_below_resident():
+    mem, ctl = make_mem(5000)
+    lat = LatencyPolicy(50.0)
+    ctl.policies.append(lat)
+    ctl.follow_memory = "lazy"
+    m = _FakeModel()
+    t = 0.0
+
+    def go(n, tpot):
+        nonlocal t
+        for _ in range(n):
+            new = ctl.step(t, tpot(ctl.rate))
+            if new is not None:
+                ctl.apply(m, new)
+            t += 0.1
+
+    go(20, lambda r: 70.0 * bytes_at(r) / bytes_at(0))  # latency pressure: set_rate up, weights stay
+    assert m.rate > 0 and m.calls and all(c[0] == "set_rate" for c in m.calls) and m.loaded_rate == 0.0
+    m.calls.clear()
+    go(250, lambda r: 10.0)  # back down above the resident rate: set_rate again
+    assert m.rate == 0.0 and all(c[0] == "set_rate" for c in m.calls)
+    m.calls.clear()
+    mem.budget = 1100 * MB  # memory pressure: the weights are released (resize)
+    go(20, lambda r: 10.0)
+    assert ("resize", 0.35) in m.calls and m.loaded_rate == 0.35
+    m.calls.clear()
+    mem.budget = 5000 * MB  # below the resident rate: resize re-reads
+    go(250, lambda r: 10.0)
+    assert m.rate == 0.0 and m.calls and all(c[0] == "resize" for c in m.calls)

@@ -48,7 +48,9 @@ Server hook (``uniql serve`` or any decoding loop): build one controller per mod
         ctl.apply(model, new_rate, tokens=ids_of_the_sequence)   # resize (memory follows) or set_rate
 
 ``apply`` uses ``model.resize`` (the resident weights follow the rate, uniql.elastic_memory) when the model has it
-and ``follow_memory`` is on, else ``model.set_rate``; a failed switch (e.g. the artifact vanished while growing)
+and ``follow_memory`` is on, else ``model.set_rate``; ``follow_memory="lazy"`` resizes only when the memory policy
+asks for the higher rate or the rate falls below what is resident (latency/CPU moves are then instant); a failed
+switch (e.g. the artifact vanished while growing)
 is logged and the model keeps running at its current rate. ``step`` does no I/O beyond reading /proc and /sys.
 """
 from __future__ import annotations
@@ -221,7 +223,8 @@ class CpuSignal:
                  cores: int | None = None, own_running: Callable[[], int] | None = _own_running_threads,
                  alpha: float = 0.5):
         self.stat, self.loadavg = Path(stat), Path(loadavg)
-        self.cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        self.cores = cores or ncpu or 1
         self.own_running = own_running
         self.alpha = alpha
         self._prev_cpu: list[int] | None = None
@@ -397,7 +400,7 @@ class AdaptiveController:
                  signals: Iterable[Signal] | None = None, policies: Iterable[Policy] | None = None,
                  mem_reserve_bytes: float = 256 * 2**20, dwell_up_s: float = 0.5, dwell_down_s: float = 3.0,
                  max_down_steps: int = 2, tpot_window: int = 5,
-                 sample_interval_s: float = 0.05, follow_memory: bool = True, rate: float | None = None,
+                 sample_interval_s: float = 0.05, follow_memory: bool | str = True, rate: float | None = None,
                  bytes_at: Callable[[float], float] | None = None, log_path: str | os.PathLike | None = None,
                  log_holds: bool = False) -> None:
         art_max = float(model.meta.max_rate) if model is not None else (1.0 if max_rate is None else float(max_rate))
@@ -413,7 +416,10 @@ class AdaptiveController:
         grid = sorted({round(float(r), 10) for r in rates if lo - 1e-12 <= r <= hi + 1e-12} | {lo, hi})
         self.grid: tuple[float, ...] = tuple(grid)
         self.min_rate, self.max_rate = lo, hi
+        if follow_memory not in (True, False, "lazy"):
+            raise InvalidArgumentError(f"follow_memory must be True, False or 'lazy', got {follow_memory!r}")
         self.follow_memory = follow_memory
+        self._last_cause: str | None = None
         cur = float(model.rate) if model is not None else (lo if rate is None else float(rate))
         self.rate = self._snap(min(max(cur, lo), hi))
         self.bytes_at = bytes_at or (rate_bytes(model) if model is not None else (lambda r: 1.0 - r))
@@ -425,7 +431,8 @@ class AdaptiveController:
         elif tpot_ms is not None and not any(isinstance(p, LatencyPolicy) for p in policies):
             policies = [*policies, LatencyPolicy(tpot_ms)]
         self.policies: list[Policy] = list(policies)
-        self.dwell_up_s, self.dwell_down_s, self.max_down_steps = float(dwell_up_s), float(dwell_down_s), int(max_down_steps)
+        self.dwell_up_s, self.dwell_down_s = float(dwell_up_s), float(dwell_down_s)
+        self.max_down_steps = int(max_down_steps)
         if tpot_window < 1:
             raise InvalidArgumentError(f"tpot_window must be >= 1, got {tpot_window}")
         self._tpots: deque[float] = deque(maxlen=int(tpot_window))
@@ -533,6 +540,8 @@ class AdaptiveController:
         return None
 
     def _change(self, rec: dict[str, Any], target: float, direction: str) -> float:
+        floors = rec.get("floors") or {}
+        self._last_cause = max(floors, key=lambda k: floors[k]) if floors else None
         self._record({**rec, "event": "rate", "direction": direction})
         self.applied(target, rec["t"])
         return target
@@ -546,11 +555,18 @@ class AdaptiveController:
 
     def apply(self, model: Any, rate: float, tokens: Any = None) -> bool:
         """Switches ``model`` to ``rate``: ``model.resize(rate, tokens)`` when memory follows the rate, else
-        ``model.set_rate(rate)``. On a UniqlError (e.g. the artifact is gone while growing) the failure is logged,
+        ``model.set_rate(rate)``; with ``follow_memory="lazy"`` only a move up asked by the memory policy or a move
+        below the resident rate resizes (other switches keep the weights and are instant). On a UniqlError (e.g.
+        the artifact is gone while growing) the failure is logged,
         the controller goes back to the model's actual rate and False is returned; the model keeps running."""
         prev = self.rate
         try:
-            if self.follow_memory and hasattr(model, "resize"):
+            resize = bool(self.follow_memory) and hasattr(model, "resize")
+            if resize and self.follow_memory == "lazy":
+                # weights follow only when memory asks (shedding for the memory policy) or must (below the
+                # resident rate); other switches are set_rate, instant, keeping the weights resident
+                resize = rate < model.loaded_rate - 1e-12 or (rate > model.rate and self._last_cause == "memory")
+            if resize:
                 model.resize(rate, tokens)
             else:
                 model.set_rate(rate)

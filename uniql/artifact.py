@@ -395,8 +395,8 @@ class _Elastic:
 
     def set_rate(self, rate: float) -> None:
         """Switches to another pruning rate >= the loaded one (instant: only the kernels' sizes change; the KV
-        cache / SSM state stays valid). Lower rates need the weights the load skipped: reload with
-        ``uniql.load``."""
+        cache / SSM state stays valid). Lower rates need the weights the load skipped: ``resize(rate)`` re-reads
+        them (and ``resize`` to a higher rate also releases memory)."""
         rate = check_rate(rate, self.meta.max_rate)
         if rate < self.loaded_rate - 1e-12:
             how = ("model.resize(rate) re-reads the missing weights" if hasattr(self, "resize")

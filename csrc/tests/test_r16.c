@@ -392,7 +392,50 @@ static void test_attention_paths(void) {
     }
 }
 
+/* uq_q4_unpack_r16 is the exact inverse of uq_q4_repack_r16 (segments, padding rows and columns, odd widths). */
+static void test_r16_unpack(void) {
+    const int64_t cases[][5] = {{37, 24, 8, 1, 1}, {48, 96, 16, 3, 1}, {30, 96, 16, 1, 3}, {16, 21, 8, 1, 1}};
+    unsigned long long seed = 5;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t rows = cases[ci][0], cols = cases[ci][1], g = cases[ci][2], nso = cases[ci][3];
+        const int64_t nsi = cases[ci][4], rb = UQ_Q4_ROW_BYTES(cols), sc = nsi * ((cols / nsi + g - 1) / g);
+        uint8_t *p = malloc((size_t)(rows * rb)), *back = malloc((size_t)(rows * rb));
+        float *s = malloc((size_t)(rows * sc) * sizeof(float)), *sback = malloc((size_t)(rows * sc) * sizeof(float));
+        for (int64_t i = 0; i < rows * rb; i++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            p[i] = (uint8_t)(seed >> 56);
+            if ((cols & 1) && i % rb == rb - 1) p[i] &= 15; /* the unused high nibble of an odd row is 0 */
+        }
+        uq_test_fill(s, rows * sc, &seed, 1.0);
+        uq_linear L = {.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = p, .scales = s, .group = g,
+                       .scale_cols = sc};
+        int64_t nblk, bb, ns;
+        CHECK_STATUS(uq_q4_r16_size(rows, cols, g, sc, nso, nsi, &nblk, &bb, &ns), UQ_OK);
+        uint8_t *pr = malloc((size_t)(nblk * bb));
+        float *sr = malloc((size_t)ns * sizeof(float));
+        CHECK_STATUS(uq_q4_repack_r16(&L, nso, nsi, pr, sr), UQ_OK);
+        uq_linear R = L;
+        R.packed = pr;
+        R.scales = sr;
+        R.layout = UQ_Q4_R16;
+        R.nseg_out = nso;
+        R.nseg_in = nsi;
+        CHECK_STATUS(uq_q4_unpack_r16(&R, back, sback), UQ_OK);
+        CHECK(memcmp(back, p, (size_t)(rows * rb)) == 0, "unpack codes, case %zu", ci);
+        CHECK(memcmp(sback, s, (size_t)(rows * sc) * sizeof(float)) == 0, "unpack scales, case %zu", ci);
+        CHECK_STATUS(uq_q4_unpack_r16(&L, back, sback), UQ_ERR_ARG); /* a row-major weight is refused */
+        CHECK_STATUS(uq_q4_unpack_r16(&R, NULL, sback), UQ_ERR_ARG);
+        free(p);
+        free(back);
+        free(s);
+        free(sback);
+        free(pr);
+        free(sr);
+    }
+}
+
 void test_r16(void) {
+    test_r16_unpack();
     test_attention_paths();
     test_q8_quant0();
     test_r16_paths();
