@@ -433,3 +433,34 @@ def test_cli_serve_errors(artifact, tmp_path, capsys):
     assert cli.main(["serve", str(artifact), "--rate", "0.9"]) == 2
     assert "outside [0, 0.35]" in capsys.readouterr().err
     assert cli.main(["serve", str(artifact), "--port", "70000"]) == 2
+
+
+def test_adaptive_server_sheds_under_an_unmeetable_latency_target(artifact, tmp_path):
+    """`uniql serve --adaptive`: the controller runs between decode steps; with a time-per-token target no rate
+    can meet, it climbs to --max-rate (logged with its reason), responses report the rates they were decoded at,
+    and every token still equals lone decoding at the rate it was decoded at (switches only between steps)."""
+    log = tmp_path / "decisions.jsonl"
+    server = build_server(artifact, rate=0.0, max_batch=4, drain_timeout=2,
+                          adaptive={"tpot_ms": 1e-6, "max_rate": 0.3, "dwell_up_s": 0.0, "tpot_window": 1,
+                                    "log_path": log})
+    r = Running(server)
+    try:
+        c = r.client()
+        out = c.completions.create(model="tiny", prompt=_prompt(4), max_tokens=24, temperature=0)
+        rates = out.model_extra["rates"]
+        assert rates[0] == 0.0 and rates[-1] == 0.3 and rates == sorted(rates)
+        assert out.model_extra["rate"] == 0.3 and _metric(r.url, "uniql_rate") == 0.3
+        assert _metric(r.url, "uniql_adaptive") == 1 and _metric(r.url, "uniql_adaptive_switches_total") >= 1
+        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        assert any(x.get("event") == "rate" and x["to"] > x["from"] and "latency" in json.dumps(x) for x in recs)
+        # an operator's choice still wins for the moment (the controller restarts from it)
+        assert httpx.post(r.url + "/admin/rate", json={"rate": 0.1}).json()["rate"] == 0.1
+    finally:
+        r.stop()
+
+
+def test_cli_serve_adaptive_options_need_adaptive(artifact, capsys):
+    from uniql import cli
+
+    assert cli.main(["serve", str(artifact), "--tpot-ms", "50"]) == 2
+    assert "need --adaptive" in capsys.readouterr().err

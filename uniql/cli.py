@@ -460,6 +460,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="bearer token required by /admin/rate (also UNIQL_ADMIN_TOKEN; default: none)")
     p.add_argument("--api-key", default=os.environ.get("UNIQL_API_KEY"), metavar="KEY",
                    help="bearer token required by /v1/* (also UNIQL_API_KEY; default: none)")
+    a = p.add_argument_group("adaptive rate (uniql.adaptive): the device chooses the rate between decode steps")
+    a.add_argument("--adaptive", action="store_true", help="let the controller choose the rate in [--min-rate, "
+                   "--max-rate] from available memory, CPU contention and --tpot-ms")
+    a.add_argument("--tpot-ms", type=_nonneg_float, default=None, metavar="MS",
+                   help="target time per output token (one decode step of the batch); default: no latency target")
+    a.add_argument("--max-rate", type=_nonneg_float, default=None, metavar="R",
+                   help="highest rate the controller may choose (the artifact's maximum)")
+    a.add_argument("--mem-reserve-mb", type=_nonneg_float, default=256.0, metavar="MB",
+                   help="memory to leave free for other work (256)")
+    a.add_argument("--adaptive-log", type=Path, default=None, metavar="F", help="controller decisions as JSON lines")
     _add_int4_activations(p)
     p.set_defaults(func=_cmd_serve)
 
@@ -469,9 +479,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise _UsageError(f"--port must be in [0, 65535], got {args.port}")
+    adaptive = None
+    if args.adaptive:
+        adaptive = {"tpot_ms": args.tpot_ms, "mem_reserve_bytes": args.mem_reserve_mb * 2**20,
+                    "log_path": args.adaptive_log}
+        if args.max_rate is not None:
+            adaptive["max_rate"] = args.max_rate
+    elif args.tpot_ms is not None or args.max_rate is not None or args.adaptive_log is not None:
+        raise _UsageError("--tpot-ms, --max-rate and --adaptive-log need --adaptive")
     server = build_server(args.model_dir, rate=args.rate, min_rate=args.min_rate, model_name=args.model_name,
                           max_batch=args.max_batch, max_queue=args.max_queue, ctx=args.ctx,
-                          drain_timeout=args.drain_timeout, admin_token=args.admin_token, api_key=args.api_key)
+                          drain_timeout=args.drain_timeout, admin_token=args.admin_token, api_key=args.api_key,
+                          adaptive=adaptive)
     run(server, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
 

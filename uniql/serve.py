@@ -161,8 +161,12 @@ class Engine:
     """The engine thread: continuous batching of every request over one model."""
 
     def __init__(self, model: Any, *, max_batch: int = 8, max_queue: int = 64, ctx: int | None = None,
-                 max_chunk: int = 128) -> None:
+                 max_chunk: int = 128, controller: Any = None) -> None:
         self.model = model
+        # uniql.adaptive.AdaptiveController or None: between decode steps it reads the device's signals and the
+        # measured time per step (= time per output token of every sequence in the batch) and may move the rate
+        self.controller = controller
+        self.adaptive_switches = 0
         self.ctx = int(min(ctx, model.max_seq) if ctx else model.max_seq)
         self.decoder = BatchDecoder(model, max_batch=max_batch, max_seq=self.ctx, max_chunk=max_chunk)
         self.max_batch = max_batch
@@ -243,6 +247,8 @@ class Engine:
             self._cv.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if self.controller is not None:
+            self.controller.close()  # its JSON-lines decision log
 
     # ------------------------------------------------------------------------------ queries ----
     def queue_length(self) -> int:
@@ -306,10 +312,30 @@ class Engine:
         try:
             self.model.set_rate(rate)
             self.rate = float(self.model.rate)
+            if self.controller is not None:  # an operator's choice: the controller starts from it (dwell restarts)
+                self.controller.applied(self.rate)
         except Exception:
             log.exception("set_rate(%s) failed", rate)
         finally:
             self._rate_done.set()
+
+    def _adapt(self, now: float, step_ms: float) -> None:
+        """One controller step after a decode step; a new rate is applied before the next step (set_rate: the
+        weights stay resident, so sequences in flight keep their KV caches and SSM states)."""
+        try:
+            new = self.controller.step(now, step_ms)
+        except Exception:
+            log.exception("adaptive controller step failed")
+            return
+        if new is None or abs(new - self.rate) <= 1e-12:
+            return
+        try:
+            self.model.set_rate(new)
+            self.adaptive_switches += 1
+        except Exception:
+            log.exception("adaptive set_rate(%s) failed", new)
+        self.rate = float(self.model.rate)
+        self.controller.applied(self.rate, now)
 
     def _seq(self) -> Sequence:
         if self._free:
@@ -377,6 +403,7 @@ class Engine:
             self._active[:] = live
         if not live:
             return
+        t0 = time.perf_counter()
         try:
             logits = self.decoder.step([r.seq for r in live], np.array([r.last for r in live], np.int32))
         except Exception as e:
@@ -389,6 +416,7 @@ class Engine:
                 r.emit(("error", APIError(500, f"decode step failed: {e}", type="server_error")))
             return
         self.steps_total += 1
+        step_ms = (time.perf_counter() - t0) * 1e3
         now = time.monotonic()
         self._window.append((now, len(live)))
         while self._window and now - self._window[0][0] > 30.0:
@@ -406,6 +434,8 @@ class Engine:
         if done:
             with self._cv:
                 self._active[:] = [r for r in self._active if r not in done]
+        if self.controller is not None:
+            self._adapt(now, step_ms)
 
 
 # ----------------------------------------------------------------------------- request parsing ----
@@ -507,12 +537,14 @@ class Server:
 
     def __init__(self, model: Any, model_name: str, *, model_dir: Path | None = None, max_batch: int = 8,
                  max_queue: int = 64, ctx: int | None = None, drain_timeout: float = 10.0,
-                 admin_token: str | None = None, api_key: str | None = None, max_chunk: int = 128) -> None:
+                 admin_token: str | None = None, api_key: str | None = None, max_chunk: int = 128,
+                 controller: Any = None) -> None:
         _require_stack()
         self.model = model
         self.model_name = model_name
         self.tokenizer = getattr(model, "tokenizer", None)
-        self.engine = Engine(model, max_batch=max_batch, max_queue=max_queue, ctx=ctx, max_chunk=max_chunk)
+        self.engine = Engine(model, max_batch=max_batch, max_queue=max_queue, ctx=ctx, max_chunk=max_chunk,
+                             controller=controller)
         self.drain_timeout = drain_timeout
         self.admin_token, self.api_key = admin_token, api_key
         self.created = int(time.time())
@@ -661,6 +693,9 @@ class Server:
         metric("uniql_generated_tokens_total", "counter", "Tokens generated.", e.tokens_total)
         metric("uniql_prompt_tokens_total", "counter", "Prompt tokens prefilled.", e.prompt_tokens_total)
         metric("uniql_decode_steps_total", "counter", "Batched decode steps.", e.steps_total)
+        metric("uniql_adaptive", "gauge", "1 when the adaptive controller chooses the rate.", int(e.controller is not None))
+        metric("uniql_adaptive_switches_total", "counter", "Rate changes made by the adaptive controller.",
+               e.adaptive_switches)
         lines.append("# HELP uniql_requests_total Requests by outcome.")
         lines.append("# TYPE uniql_requests_total counter")
         for k in ("ok", "cancelled", "error", "rejected"):
@@ -921,10 +956,14 @@ def _rss_bytes() -> int:
 
 def build_server(path: str | Path, *, rate: float = 0.0, min_rate: float | None = None, model_name: str | None = None,
                  max_batch: int = 8, max_queue: int = 64, ctx: int | None = None, drain_timeout: float = 10.0,
-                 admin_token: str | None = None, api_key: str | None = None) -> Server:
+                 admin_token: str | None = None, api_key: str | None = None,
+                 adaptive: dict[str, Any] | None = None) -> Server:
     """Loads the model at ``path`` (an elastic artifact or a checkpoint) and builds the server. The artifact is
     loaded at ``min_rate`` (default 0: every rate stays reachable through ``/admin/rate``; a higher one skips the
-    weights below it and saves memory) and then set to ``rate``."""
+    weights below it and saves memory) and then set to ``rate``. ``adaptive``: keyword arguments of
+    :class:`uniql.adaptive.AdaptiveController` (e.g. ``{"tpot_ms": 50, "max_rate": 0.35}``) to let the device
+    choose the rate between decode steps, within [``min_rate``, ``max_rate``]; the weights stay resident (the
+    server switches with ``set_rate``, so sequences in flight keep their state)."""
     _require_stack()
     from uniql.checkpoint import load
 
@@ -938,8 +977,18 @@ def build_server(path: str | Path, *, rate: float = 0.0, min_rate: float | None 
         if not hasattr(model, "set_rate"):
             raise InvalidArgumentError(f"{str(path)!r} is not an elastic artifact: it only runs at rate 0")
         model.set_rate(rate)
+    controller = None
+    if adaptive is not None:
+        if not hasattr(model, "set_rate"):
+            raise InvalidArgumentError(f"--adaptive needs an elastic artifact; {str(path)!r} only runs at rate 0")
+        from uniql.adaptive import AdaptiveController
+
+        kw = dict(adaptive)
+        kw["min_rate"] = max(lo, float(kw.get("min_rate", lo)))
+        kw["follow_memory"] = False
+        controller = AdaptiveController(model, **kw)
     return Server(model, model_name or path.name, model_dir=path, max_batch=max_batch, max_queue=max_queue, ctx=ctx,
-                  drain_timeout=drain_timeout, admin_token=admin_token, api_key=api_key)
+                  drain_timeout=drain_timeout, admin_token=admin_token, api_key=api_key, controller=controller)
 
 
 def run(server: Server, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
