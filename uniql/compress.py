@@ -78,12 +78,16 @@ class CompressOptions:
     scorer: str = "uniql"          # "uniql" (ridge / RoPE-pair scores) or "magnitude" (ablation)
     split_sigma: bool = False      # ablation: singular values split evenly between V and O
     dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
+    rotate: bool = False           # rotate the residual stream (uniql.rotate) before sorting and GPTQ
+    rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "seq_len", "group", "mlp_granularity", "attn_granularity"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.rotate_seed, bool) or not isinstance(self.rotate_seed, int) or self.rotate_seed < 0:
+            raise InvalidArgumentError(f"rotate_seed must be a non-negative integer, got {self.rotate_seed!r}")
         if self.seq_len < 2:
             raise InvalidArgumentError(f"seq_len must be at least 2, got {self.seq_len}")
         if not (0.0 <= self.max_rate <= 0.85):
@@ -166,8 +170,9 @@ class _Checkpoint:
     is read when it is needed and dropped after (peak memory: one layer, not the model). Layer tensors are named
     ``<prefix><i>.`` (``model.layers.``, or ``backbone.layers.`` for Mamba2)."""
 
-    def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.") -> None:
-        self.src, self.prefix = src, prefix
+    def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.", rotation: Any = None,
+                 tied: bool = False) -> None:
+        self.src, self.prefix, self.rotation = src, prefix, rotation
         names = checkpoint.tensor_names(src)
         self.by_layer: list[list[str]] = [[] for _ in range(num_layers)]
         other = []
@@ -180,10 +185,17 @@ class _Checkpoint:
             elif not n.endswith("rotary_emb.inv_freq"):
                 other.append(n)
         self.shared = checkpoint.read_tensors(src, names=other)
+        if rotation is not None:  # residual stream rotated (uniql.rotate): the compressor sees a rotated model
+            from uniql.rotate import rotate_shared
+            self.shared = rotate_shared(self.shared, rotation, tied)
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
-        """Layer i's tensors under layer-0 names."""
-        return _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i, self.prefix)
+        """Layer i's tensors under layer-0 names (rotated when the checkpoint is read with a rotation)."""
+        lay = _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i, self.prefix)
+        if self.rotation is not None:
+            from uniql.rotate import rotate_layer
+            lay = rotate_layer(lay, self.prefix + "0.", self.rotation)
+        return lay
 
     def validate(self, check_layer: Callable[[int, dict[str, np.ndarray]], None]) -> None:
         """Before anything is written: every weight finite (C scan, naming the tensor) and names/shapes
@@ -270,6 +282,21 @@ def _f16_scales(q: Any) -> Any:
     return QuantizedTensor(q.packed, s, q.shape, q.group)
 
 
+def rotation_of(cfg: dict[str, Any], opts: CompressOptions) -> Any:
+    """The residual-stream rotation of a compress run (None when ``opts.rotate`` is off)."""
+    if not opts.rotate:
+        return None
+    from uniql.rotate import Rotation
+
+    return Rotation(int(cfg["hidden_size"]), opts.rotate_seed)
+
+
+def _source_tied(cfg: dict[str, Any], opts: CompressOptions) -> bool:
+    """Whether the source checkpoint ties its embeddings (a rotated run unties them in the config it passes on,
+    keeping the source's value under ``uniql_source_tied``, which is not written out)."""
+    return bool(cfg.get("uniql_source_tied", cfg.get("tie_word_embeddings", False)))
+
+
 # ------------------------------------------------------------------------- per-architecture jobs ----
 
 def transformer_plan(p0: str, group: int, o_group: int) -> tuple[tuple[str, str, int], ...]:
@@ -318,7 +345,7 @@ class _TransformerJob:
         self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
         self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
         self.go = _o_group(self.d, opts.group)
-        self.ckpt = _Checkpoint(src, self.L)
+        self.ckpt = _Checkpoint(src, self.L, rotation=rotation_of(cfg, opts), tied=_source_tied(cfg, opts))
         self.tensors = self.ckpt.shared
         self.ckpt.validate(self._check_layer)
         self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
@@ -522,7 +549,8 @@ def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, 
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
              num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
-             overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+             rotate: bool = False, rotate_seed: int = 0, overwrite: bool = False, resume: bool = False,
+             progress: bool = True) -> Path:
     """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
     every pruning rate in [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
 
@@ -530,10 +558,13 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     sample shipped by exllamav2); ``num_samples`` sequences of ``seq_len`` tokens. ``quantize``: GPTQ int4
     (group ``group``) of every linear and int4 embedding; False keeps ``dtype`` weights. ``scorer`` and
     ``split_sigma`` select ablations (transformers only). Nothing is written when an argument is invalid; an
-    existing non-empty output directory needs ``overwrite=True``.
+    existing non-empty output directory needs ``overwrite=True``. ``rotate``: rotate the residual stream by a
+    randomized Hadamard transform (:mod:`uniql.rotate`, seed ``rotate_seed``) before sorting and quantization --
+    the same function at every rate, int4 with far smaller error; a tied embedding is untied.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
-                           max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype)
+                           max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
+                           rotate_seed=rotate_seed)
     src = Path(model_dir)
     cfg = checkpoint.read_config(src)             # unsupported architectures fail here, before any write
     if checkpoint.is_artifact(cfg):
@@ -544,6 +575,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
+    if opts.rotate:  # the rotated model has its own head (E diag(g) Q differs from the embedding E Q)
+        cfg = dict(cfg, tie_word_embeddings=False, uniql_source_tied=bool(cfg.get("tie_word_embeddings", False)))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
@@ -659,10 +692,14 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     sorting = {"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
                "num_samples": int(B), "seq_len": int(T)}
     sorting.update(jm.pop("sorting", {}))
+    if opts.rotate:
+        sorting["rotation"] = {"kind": "randomized-hadamard", "seed": opts.rotate_seed,
+                               "untied": bool(cfg["uniql_source_tied"])}
     meta = ArtifactMeta(format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate,
                         importance=tuple(importance), quantization=quant if opts.quantize else None,
                         sorting=sorting, source=src.name, **jm)
     out_cfg = dict(cfg)
+    out_cfg.pop("uniql_source_tied", None)
     out_cfg["uniql"] = meta.to_json()
     out_cfg["uniql_tensors"] = info
     write_config(part, out_cfg, src)

@@ -659,6 +659,17 @@ uq_status uq_alloc_block_importance(const float *x, const float *y, int64_t L, i
 uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double global_keep, double eps,
                                double max_prune, double *keep_ratios);
 
+/* ----- residual-stream rotation (compress/rotate.c): Q = diag(s) (H_p (x) R_m) / sqrt(p), n = p m, p the largest
+ * power of two dividing n, H_p Sylvester Hadamard, R_m random orthogonal; Q Q^T = I. */
+/* *m = n / (largest power of two dividing n): the size of R. */
+uq_status uq_rotation_size(int64_t n, int64_t *m);
+/* Random signs (n) and R (m x m, row-major) of the rotation of size n from a seed (deterministic). */
+uq_status uq_rotation_init(int64_t n, uint64_t seed, double *signs, double *R);
+/* In place on W (rows, cols) float32: axis 0 -> every row v <- (v .* scale) Q (cols == n; scale (n) or NULL),
+ * axis 1 -> every column c <- Q^T c (rows == n; scale must be NULL). float64 inside; NaN/Inf rejected. */
+uq_status uq_rotate(float *W, int64_t rows, int64_t cols, int axis, const float *scale, const double *signs,
+                    const double *R, int64_t n);
+
 /* ======================================================= Mamba2 and hybrid runtime (runtime/ssm.c) ====== */
 /*
  * Mamba2ForCausalLM, NemotronHForCausalLM and BambaForCausalLM at any per-layer keep sizes, switchable
