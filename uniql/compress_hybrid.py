@@ -227,7 +227,8 @@ class HybridJob:
         # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
         stored = sl
         if Xq is not None:
-            stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, plan, opts.damp, timer)
+            stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, plan, opts.gptq_kw(), timer,
+                                    opts.storage)
         if kind == LAYER_ATTENTION and self.rope != "none":
             stored[mix + "rope_freq"] = freq
         wdt = np.float16 if opts.dtype == "float16" else np.float32
