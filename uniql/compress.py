@@ -91,10 +91,10 @@ class CompressOptions:
     scorer: str = "uniql"          # "uniql" (ridge / RoPE-pair scores) or "magnitude" (ablation)
     split_sigma: bool = False      # ablation: singular values split evenly between V and O
     dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
-    rotate: bool = False           # rotate the residual stream (uniql.rotate) before sorting and GPTQ
+    rotate: bool = True            # rotate the residual stream (uniql.rotate) before sorting and GPTQ
     rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
-    mse_scale: bool = False        # GPTQ group scales searched for the least squared rounding error
-    act_order: bool = False        # GPTQ columns in descending Hessian-diagonal order, static groups
+    mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
+    act_order: bool = True         # GPTQ columns in descending Hessian-diagonal order, static groups
     precision: dict[str, str] = field(default_factory=dict)  # tensor class -> "int4", "int4-g<N>" or "f16"
 
     def gptq_kw(self) -> dict[str, Any]:
@@ -610,7 +610,7 @@ def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, 
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
              num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
-             rotate: bool = False, rotate_seed: int = 0, mse_scale: bool = False, act_order: bool = False,
+             rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
              precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
              progress: bool = True) -> Path:
     """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
