@@ -81,7 +81,7 @@ def _same_at_every_rate(plain, rotated, ids):
 @pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
 def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, tied):
     src, _ = _make(tmp_path, kind, tied)
-    plain = _compress_tf(src, tmp_path / "plain")
+    plain = _compress_tf(src, tmp_path / "plain", rotate=False)
     rotated = _compress_tf(src, tmp_path / "rot", rotate=True, rotate_seed=3)
     cfg = json.loads((rotated / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is False and "uniql_source_tied" not in cfg
@@ -94,6 +94,6 @@ def test_rotated_hybrid_is_the_same_function_at_every_rate(tmp_path, arch):
     hf, _, _ = make_hf(arch)
     src = tmp_path / "src"
     hf.save_pretrained(src)
-    plain = _compress_hy(src, tmp_path / "plain")
+    plain = _compress_hy(src, tmp_path / "plain", rotate=False)
     rotated = _compress_hy(src, tmp_path / "rot", rotate=True)
     _same_at_every_rate(plain, rotated, np.random.default_rng(5).integers(0, HY_VOCAB, size=19).astype(np.int32))
