@@ -73,44 +73,51 @@ def base() -> None:
     (res / "base.json").write_text(json.dumps({"rows": [r.as_dict() for r in rows]}, indent=1))
 
 
-def heads(art: Path, variants: list[str]) -> None:
+def make_variant(art: Path, variant: str) -> Path:
+    """A copy of artifact `art` (layer files linked) whose lm_head ("head16" in `variant`) and / or embedding
+    ("emb16") are float16 copies of the same rotated float tensors."""
     from uniql import checkpoint
     from uniql import safetensors as st
     from uniql.artifact import REST_FILE
-    from uniql.bench.quality import uniql_rows
     from uniql.rotate import Rotation, rotate_shared
 
-    src, _, res = _dirs()
+    src, _, _ = _dirs()
     cfg0 = checkpoint.read_config(src)
-    acfg = json.loads((art / "config.json").read_text())
-    rot_info = acfg["uniql"]["sorting"].get("rotation")
-    shared = checkpoint.read_tensors(src, names=["model.embed_tokens.weight", "model.norm.weight"])
-    if rot_info:
-        R = rotate_shared(shared, Rotation(cfg0["hidden_size"], rot_info["seed"]), rot_info["untied"])
-    else:
+    cfg = json.loads((art / "config.json").read_text())
+    rot_info = cfg["uniql"]["sorting"].get("rotation")
+    if not rot_info:
         raise SystemExit("head variants need a rotated artifact (an untied head)")
+    shared = checkpoint.read_tensors(src, names=["model.embed_tokens.weight", "model.norm.weight"])
+    R = rotate_shared(shared, Rotation(cfg0["hidden_size"], rot_info["seed"]), rot_info["untied"])
+    d = art.with_name(art.name + "-" + variant)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir()
+    for p in art.iterdir():
+        if p.name not in (REST_FILE, "config.json"):
+            os.symlink(p.resolve(), d / p.name)
+    rest = dict(st.load_file(art / REST_FILE))
+    info = cfg["uniql_tensors"]
+    for name, key, flag in (("lm_head", "lm_head.weight", "head16"),
+                            ("model.embed_tokens", "model.embed_tokens.weight", "emb16")):
+        if flag in variant:
+            rest.pop(name + ".qweight", None)
+            rest.pop(name + ".scales", None)
+            rest[name + ".weight"] = R[key].astype(np.float16)
+            info[name] = {"format": "f16", "shape": list(R[key].shape)}
+    st.save_file(d / REST_FILE, rest)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def heads(art: Path, variants: list[str]) -> None:
+    from uniql.bench.quality import uniql_rows
+
+    src, _, res = _dirs()
     texts = _texts(src)
     out = {}
     for variant in variants:
-        d = art.with_name(art.name + "-" + variant)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir()
-        for p in art.iterdir():
-            if p.name not in (REST_FILE, "config.json"):
-                os.symlink(p.resolve(), d / p.name)
-        cfg = json.loads((art / "config.json").read_text())
-        rest = dict(st.load_file(art / REST_FILE))
-        info = cfg["uniql_tensors"]
-        for name, key, flag in (("lm_head", "lm_head.weight", "head16"),
-                                ("model.embed_tokens", "model.embed_tokens.weight", "emb16")):
-            if flag in variant:
-                rest.pop(name + ".qweight", None)
-                rest.pop(name + ".scales", None)
-                rest[name + ".weight"] = R[key].astype(np.float16)
-                info[name] = {"format": "f16", "shape": list(R[key].shape)}
-        st.save_file(d / REST_FILE, rest)
-        (d / "config.json").write_text(json.dumps(cfg))
+        d = make_variant(art, variant)
         out[variant] = [r.as_dict() for r in uniql_rows(d, f"{art.name}-{variant}", (0.0,), texts, 512)]
     (res / f"heads-{art.name}.json").write_text(json.dumps(out, indent=1))
 
