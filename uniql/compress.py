@@ -233,15 +233,24 @@ class _Checkpoint:
         self.shared = checkpoint.read_tensors(src, names=other)
         if rotation is not None:  # residual stream rotated (uniql.rotate): the compressor sees a rotated model
             from uniql.rotate import rotate_shared
+            self._check_finite(self.shared)  # named before the rotation smears a NaN over a row
             self.shared = rotate_shared(self.shared, rotation, tied)
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's tensors under layer-0 names (rotated when the checkpoint is read with a rotation)."""
-        lay = _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i, self.prefix)
+        raw = checkpoint.read_tensors(self.src, names=self.by_layer[i])
         if self.rotation is not None:
             from uniql.rotate import rotate_layer
-            lay = rotate_layer(lay, self.prefix + "0.", self.rotation)
-        return lay
+            self._check_finite(raw)
+            return rotate_layer(_layer_tensors(raw, i, self.prefix), self.prefix + "0.", self.rotation)
+        return _layer_tensors(raw, i, self.prefix)
+
+    @staticmethod
+    def _check_finite(tensors: dict[str, np.ndarray]) -> None:
+        from uniql import _C
+
+        for name, a in tensors.items():
+            _C.check_finite(a, name)
 
     def validate(self, check_layer: Callable[[int, dict[str, np.ndarray]], None]) -> None:
         """Before anything is written: every weight finite (C scan, naming the tensor) and names/shapes
