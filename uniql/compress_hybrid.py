@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from uniql.compress import (CompressOptions, _Checkpoint, _capture_moment, _diag, _importance, _o_group,
-                            _sorted_attention, _sorted_mlp, _store, _Timer, quantize_layer)
+                            _sorted_attention, _sorted_mlp, _source_tied, _store, _Timer, quantize_layer,
+                            rotation_of)
 from uniql.errors import FormatError, UniqlError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
@@ -75,7 +76,8 @@ class HybridJob:
         self.hc, self.cfg, self.opts, self.T = hc, cfg, opts, T
         self.L, self.n = hc.num_hidden_layers, hc.hidden_size
         self.names = _NAMES[hc.model_type]
-        self.ckpt = _Checkpoint(src, self.L, layer_prefix(hc.model_type, checkpoint.tensor_names(src)))
+        self.ckpt = _Checkpoint(src, self.L, layer_prefix(hc.model_type, checkpoint.tensor_names(src)),
+                                rotation=rotation_of(cfg, opts), tied=_source_tied(cfg, opts))
         self.tensors = self.ckpt.shared
         self.embed_name = self._present(self.names["embed"])
         self.norm_name = self._present(self.names["final"])
@@ -226,7 +228,8 @@ class HybridJob:
         # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
         stored = sl
         if Xq is not None:
-            stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, plan, opts.damp, timer)
+            stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, plan, opts.gptq_kw(), timer,
+                                    opts.storage)
         if kind == LAYER_ATTENTION and self.rope != "none":
             stored[mix + "rope_freq"] = freq
         wdt = np.float16 if opts.dtype == "float16" else np.float32

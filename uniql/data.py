@@ -114,6 +114,17 @@ def read_text(name: str) -> str:
     return text_path(name).read_text(encoding="utf-8")
 
 
+#: the default calibration of compress: web prose, source code, technical prose (licences, manuals) and other
+#: languages, an equal number of windows from each -- never Wikipedia, the evaluation text
+CALIBRATION_MIX = ("c4", "code", "technical", "multilingual")
+
+
+def calibration_mix(names: tuple[str, ...] | list[str] = CALIBRATION_MIX) -> list[str]:
+    """The texts of a calibration mix, for ``compress(calibration=...)`` (a list of texts: each text gives an
+    equal share of the calibration windows)."""
+    return [read_text(n) for n in names]
+
+
 def fetch_texts() -> pathlib.Path:
     """Extract the exllamav2 calibration texts into data_dir()/cal_data (one download, then cached)."""
     out = data_dir() / "cal_data"

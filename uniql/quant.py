@@ -93,10 +93,13 @@ def quantize_rtn(W: np.ndarray, group: int = DEFAULT_GROUP) -> QuantizedTensor:
 
 
 def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp: float = 0.01,
-                  block: int | None = None) -> QuantizedTensor:
+                  block: int | None = None, *, mse_scale: bool = False, act_order: bool = False) -> QuantizedTensor:
     """GPTQ int4 of W (rows, cols) float32 with the input Hessian H (cols, cols) float64 (e.g.
     ``Covariance.mean()``; its scale does not matter). ``damp``: fraction of mean(diag H) added to the diagonal;
-    ``block``: columns per lazy-update block (None = group). Columns in natural order, error feedback in float64."""
+    ``block``: columns per lazy-update block (None = group). Error feedback in float64. ``mse_scale``: each group's
+    scale searched (amax / (7.5 + k/8), k = 0..20) for the least squared rounding error instead of amax / 7.5;
+    ``act_order``: columns in descending diag(H) order with static groups (scales from the weights before error
+    feedback; groups stay contiguous in the stored format). Default: natural order, absmax scales."""
     W = _check_weight(W)
     H = _check_array(H, "H", (np.float64,), 2)
     cols = W.shape[1]
@@ -108,7 +111,8 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
         raise InvalidArgumentError(f"damp must be >= 0, got {damp}")
     block = 0 if block is None else _check_positive_int(block, "block")
     packed, scales = _outputs(*W.shape, group)
-    _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales)
+    flags = (_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
+    _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales, flags)
     return QuantizedTensor(packed, scales, W.shape, group)
 
 

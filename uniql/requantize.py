@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 @exact_int4
 def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                       calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
+                      mse_scale: bool = CompressOptions.mse_scale, act_order: bool = CompressOptions.act_order,
                       overwrite: bool = False, progress: bool = True) -> Path:
     """GPTQ int4 (group ``group``, compress's damping) of every linear of an unquantized Llama/Qwen2 artifact and
     int4 embedding / lm_head; returns the new artifact directory (default: ``<artifact_dir>-int4``). Calibration
-    as for :func:`uniql.compress` (default: the C4 sample, 32 x 256 tokens). The ``finetune`` record is kept."""
+    as for :func:`uniql.compress` (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
     from uniql.runtime import TransformerConfig
 
@@ -55,7 +56,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     if meta.quantization is not None or any(isinstance(s, dict) and s.get("format") == "q4" for s in tinfo.values()):
         raise InvalidArgumentError(f"{src} is already quantized")
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
-                           max_rate=meta.max_rate)
+                           max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order)
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-int4")
     if out.resolve() == src.resolve():
         raise InvalidArgumentError("out_dir must differ from artifact_dir")
@@ -101,7 +102,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
             t = time.perf_counter()
             lay, fm = layer(i)
             timer.add("calibrate", time.perf_counter() - t)
-            stored = quantize_layer(lambda tl: model(tl, fm), lay, X, plan, opts.damp, timer)  # X advances in place
+            stored = quantize_layer(lambda tl: model(tl, fm), lay, X, plan, opts.gptq_kw(), timer)  # X advances in place
             t = time.perf_counter()
             stored[a + "rope_freq"] = fm
             out_t = _store(stored, p0, f"model.layers.{i}.", info, np.float32,
@@ -122,7 +123,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         tied = tc.tie_word_embeddings
         E = np.ascontiguousarray(shared["model.embed_tokens.weight"], dtype=np.float32)
         W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(_gptq(W, c_h.mean(), opts.group, opts.damp))
+        head_q = _f16_scales(_gptq(W, c_h.mean(), opts.group, **opts.gptq_kw()))
         rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
 
         def put(name: str, shape: tuple[int, ...], q: Any) -> None:
@@ -137,7 +138,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
             put("lm_head", W.shape, head_q)
         st.save_file(part / REST_FILE, rest)
         quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
-                 "embedding": "gptq-lm-head (tied)" if tied else "rtn",
+                 "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
+                 "act_order": opts.act_order, "precision": {},
                  "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
         out_cfg = dict(cfg)
         out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()

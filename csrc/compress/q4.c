@@ -97,8 +97,42 @@ uq_status uq_q4_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t
     return UQ_OK;
 }
 
+/* Scale of a group of values w[0..len) (error-updated weights): absmax / 7.5, or with UQ_Q4_MSE_SCALE the scale
+ * of the grid amax / (7.5 + k / 8), k = 0..Q4_MSE_STEPS, with the smallest squared rounding error (ties: the
+ * larger scale). k = 4 is amax / 8, which puts a negative extreme exactly on code 0 (the value -8 s). */
+#define Q4_MSE_STEPS 20
+static uq_status q4_group_scale(const double *w, int64_t len, int64_t stride, int mse, float *out) {
+    double amax = 0.0;
+    for (int64_t c = 0; c < len; c++) amax = fabs(w[c * stride]) > amax ? fabs(w[c * stride]) : amax;
+    uq_status st = q4_scale(amax, out);
+    if (st != UQ_OK || !mse || amax == 0.0) return st;
+    double best = INFINITY;
+    float best_s = *out;
+    for (int k = 0; k <= Q4_MSE_STEPS; k++) {
+        float s = (float)(amax / (7.5 + 0.125 * k));
+        if (!(s > 0.0f)) continue;
+        double err = 0.0;
+        for (int64_t c = 0; c < len && err < best; c++) {
+            double v = w[c * stride], d = v - (double)((int)q4_code(v, s) - UQ_Q4_OFFSET) * (double)s;
+            err += d * d;
+        }
+        if (err < best) {
+            best = err;
+            best_s = s;
+        }
+    }
+    *out = best_s;
+    return UQ_OK;
+}
+
 uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                               int64_t group, double damp, int64_t block, uint8_t *packed, float *scales) {
+    return uq_q4_quantize_gptq_ex(W, rows, cols, ldw, H, group, damp, block, 0, packed, scales);
+}
+
+uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                 int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
+                                 float *scales) {
     static const char fn[] = "uq_q4_quantize_gptq";
     uq_status st = q4_check(fn, W, rows, cols, ldw, group, packed, scales);
     if (st != UQ_OK) return st;
@@ -106,27 +140,36 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
     if (!(damp >= 0.0) || !isfinite(damp))
         return uq_set_error(UQ_ERR_ARG, "%s: damp must be finite and >= 0, got %g", fn, damp);
     if (block < 0) return uq_set_error(UQ_ERR_ARG, "%s: block must be >= 0, got %lld", fn, (long long)block);
+    if (flags & ~(UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER))
+        return uq_set_error(UQ_ERR_ARG, "%s: unknown flags 0x%x", fn, (unsigned)flags);
     if (cols > INT32_MAX || rows > INT32_MAX)
         return uq_set_error(UQ_ERR_ARG, "%s: (%lld, %lld) exceeds the BLAS integer range", fn, (long long)rows,
                             (long long)cols);
+    const int mse = (flags & UQ_Q4_MSE_SCALE) != 0, act = (flags & UQ_Q4_ACT_ORDER) != 0;
     if (block == 0) block = group;
     if (block > cols) block = cols;
-    size_t hbytes, wbytes, ebytes;
+    size_t hbytes, wbytes, ebytes, cbytes;
     if ((st = uq_size_mul(cols, cols, sizeof(double), &hbytes)) != UQ_OK) return st;
     if ((st = uq_size_mul(rows, cols, sizeof(double), &wbytes)) != UQ_OK) return st;
     if ((st = uq_size_mul(rows, block, sizeof(double), &ebytes)) != UQ_OK) return st;
+    if ((st = uq_size_mul(act ? rows : 1, act ? cols : 1, 1, &cbytes)) != UQ_OK) return st;
     if ((st = q4_check_finite_w(fn, W, rows, cols, ldw)) != UQ_OK) return st;
     for (int64_t i = 0; i < cols * cols; i++)
         if (!isfinite(H[i]))
             return uq_set_error(UQ_ERR_NUMERIC, "%s: H contains %s at row %lld, column %lld", fn,
                                 isnan(H[i]) ? "NaN" : "Inf", (long long)(i / cols), (long long)(i % cols));
 
-    double *U = NULL, *Wd = NULL, *E = NULL;
+    double *U = NULL, *Wd = NULL, *E = NULL, *Hs = NULL;
+    int64_t *perm = NULL;
+    uint8_t *codes = NULL;
+    int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
     if ((st = uq_alloc(hbytes, (void **)&U)) != UQ_OK) goto exit;
     if ((st = uq_alloc(wbytes, (void **)&Wd)) != UQ_OK) goto exit;
     if ((st = uq_alloc(ebytes, (void **)&E)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)cols * sizeof(int64_t), (void **)&perm)) != UQ_OK) goto exit;
+    if (act && (st = uq_alloc(cbytes, (void **)&codes)) != UQ_OK) goto exit;
 
-    /* Hessian copy, dead columns, damping */
+    /* Hessian copy, dead columns, damping (natural order) */
     uq_linalg_sym_from_lower(H, cols, U);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) Wd[r * cols + c] = (double)W[r * ldw + c];
@@ -140,6 +183,38 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
     }
     mean /= (double)cols;
     for (int64_t i = 0; i < cols; i++) U[i * cols + i] += damp * mean;
+    for (int64_t i = 0; i < cols; i++) perm[i] = i;
+    if (act) {
+        /* activation order with static groups: every group's scale from the (dead-column-zeroed) weights before
+         * any error feedback, in natural groups (so the stored groups stay contiguous and any column prefix stays
+         * exact); then the columns are quantized in descending diag(H) order (stable). */
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t g = 0; g < ng; g++) {
+                int64_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
+                if ((st = q4_group_scale(Wd + r * cols + c0, c1 - c0, 1, mse, &scales[r * ng + g])) != UQ_OK)
+                    goto exit;
+            }
+        double *diag = NULL; /* descending diag(H), ties by column (stable) */
+        if ((st = uq_alloc((size_t)cols * sizeof(double), (void **)&diag)) != UQ_OK) goto exit;
+        for (int64_t i = 0; i < cols; i++) diag[i] = U[i * cols + i];
+        st = uq_argsort_desc(diag, cols, perm);
+        uq_free(diag);
+        if (st != UQ_OK) goto exit;
+        if ((st = uq_alloc(hbytes, (void **)&Hs)) != UQ_OK) goto exit;
+        for (int64_t a = 0; a < cols; a++)
+            for (int64_t b = 0; b < cols; b++) Hs[a * cols + b] = U[perm[a] * cols + perm[b]];
+        memcpy(U, Hs, hbytes);
+        uq_free(Hs);
+        Hs = NULL;
+        if ((st = uq_alloc((size_t)cols * sizeof(double), (void **)&Hs)) != UQ_OK) goto exit; /* row scratch */
+        for (int64_t r = 0; r < rows; r++) {
+            double *w = Wd + r * cols;
+            for (int64_t c = 0; c < cols; c++) Hs[c] = w[perm[c]];
+            memcpy(w, Hs, (size_t)cols * sizeof(double));
+        }
+        uq_free(Hs);
+        Hs = NULL;
+    }
 
     /* U = chol_upper(H^{-1}) (H^{-1} = U^T U) without forming H^{-1}: with J the order-reversing permutation,
      * J H J = L L^T gives H^{-1} = (J L^{-1} J)^T (J L^{-1} J) and J L^{-1} J is upper triangular with a
@@ -173,11 +248,12 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
         U[b] = t;
     }
 
-    int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
     for (int64_t i0 = 0; i0 < cols;) {
         int64_t i1 = i0 + block < cols ? i0 + block : cols;
-        int64_t next_group = (i0 / group + 1) * group; /* first group start after i0 */
-        if (next_group < i1) i1 = next_group;
+        if (!act) {
+            int64_t next_group = (i0 / group + 1) * group; /* first group start after i0 */
+            if (next_group < i1) i1 = next_group;
+        }
         int64_t bs = i1 - i0;
         /* rows are independent inside a block (a scale depends on its own row only): row-outer order keeps
          * the row's block segment in L1 and the block of U in L2 */
@@ -185,17 +261,18 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
             double *w = Wd + r * cols, *e = E + r * bs;
             uint8_t *prow = packed + r * rb;
             for (int64_t i = i0; i < i1; i++) {
-                int64_t g = i / group;
-                if (i % group == 0) { /* group start == block start: all earlier error is in Wd */
+                int64_t col = perm[i], g = col / group;
+                if (!act && i % group == 0) { /* group start == block start: all earlier error is in Wd */
                     int64_t c1 = i + group < cols ? i + group : cols;
-                    double amax = 0.0;
-                    for (int64_t c = i; c < c1; c++) amax = fabs(w[c]) > amax ? fabs(w[c]) : amax;
-                    if ((st = q4_scale(amax, &scales[r * ng + g])) != UQ_OK) goto exit;
+                    if ((st = q4_group_scale(w + i, c1 - i, 1, mse, &scales[r * ng + g])) != UQ_OK) goto exit;
                 }
                 const double *urow = U + i * cols;
                 float s = scales[r * ng + g];
                 uint8_t q = q4_code(w[i], s);
-                q4_put(prow, i, q);
+                if (act)
+                    codes[r * cols + col] = q;
+                else
+                    q4_put(prow, i, q);
                 double ei = (w[i] - (double)((int)q - UQ_Q4_OFFSET) * (double)s) / urow[i];
                 e[i - i0] = ei;
                 for (int64_t j = i + 1; j < i1; j++) w[j] -= ei * urow[j];
@@ -206,10 +283,14 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
                         (int)bs, U + i0 * cols + i1, (int)cols, 1.0, Wd + i1, (int)cols);
         i0 = i1;
     }
+    if (act) st = uq_q4_pack(codes, rows, cols, packed);
 exit:
     uq_free(U);
     uq_free(Wd);
     uq_free(E);
+    uq_free(Hs);
+    uq_free(perm);
+    uq_free(codes);
     return st;
 }
 

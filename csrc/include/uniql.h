@@ -162,6 +162,17 @@ uq_status uq_q4_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t
  * rows*block doubles. Never call inside an OpenMP region (it uses BLAS/LAPACK). */
 uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                               int64_t group, double damp, int64_t block, uint8_t *packed, float *scales);
+/* GPTQ options (flags of uq_q4_quantize_gptq_ex; 0 is uq_q4_quantize_gptq):
+ *   UQ_Q4_MSE_SCALE: each group's scale is the one of amax / (7.5 + k/8), k = 0..20, with the smallest squared
+ *                    rounding error of the group's (error-updated) weights, instead of amax / 7.5;
+ *   UQ_Q4_ACT_ORDER: activation order with static groups: every group's scale is taken from the weights before
+ *                    any error feedback, then the columns are quantized in descending diag(H) order (stable),
+ *                    blocks of `block` columns in that order. Groups stay contiguous in the natural column order
+ *                    (the format, and the exactness of column prefixes, are unchanged). */
+enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2 };
+uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                 int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
+                                 float *scales);
 /* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2); pack writes pad nibbles 8,
  * unpack ignores them. */
 uq_status uq_q4_pack(const uint8_t *codes, int64_t rows, int64_t cols, uint8_t *packed);
@@ -659,6 +670,17 @@ uq_status uq_alloc_block_importance(const float *x, const float *y, int64_t L, i
  * importance (L) finite; eps > 0 finite (uniql: 0.1); max_prune in [0, 1] (uniql: 0.85). */
 uq_status uq_alloc_keep_ratios(const double *importance, int64_t L, double global_keep, double eps,
                                double max_prune, double *keep_ratios);
+
+/* ----- residual-stream rotation (compress/rotate.c): Q = diag(s) (H_p (x) R_m) / sqrt(p), n = p m, p the largest
+ * power of two dividing n, H_p Sylvester Hadamard, R_m random orthogonal; Q Q^T = I. */
+/* *m = n / (largest power of two dividing n): the size of R. */
+uq_status uq_rotation_size(int64_t n, int64_t *m);
+/* Random signs (n) and R (m x m, row-major) of the rotation of size n from a seed (deterministic). */
+uq_status uq_rotation_init(int64_t n, uint64_t seed, double *signs, double *R);
+/* In place on W (rows, cols) float32: axis 0 -> every row v <- (v .* scale) Q (cols == n; scale (n) or NULL),
+ * axis 1 -> every column c <- Q^T c (rows == n; scale must be NULL). float64 inside; NaN/Inf rejected. */
+uq_status uq_rotate(float *W, int64_t rows, int64_t cols, int axis, const float *scale, const double *signs,
+                    const double *R, int64_t n);
 
 /* ======================================================= Mamba2 and hybrid runtime (runtime/ssm.c) ====== */
 /*

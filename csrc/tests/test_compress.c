@@ -281,7 +281,45 @@ static void test_qasvd(void) {
     CHECK(strstr(uq_last_error(), "wv") != NULL, "message: %s", uq_last_error());
 }
 
+/* Residual rotation: Q Q^T = I (float64 rows of Q from the identity), axis 1 == transpose of axis 0, bad input. */
+static void test_rotation(void) {
+    enum { N = 48 }; /* 16 x 3: Hadamard 16 (x) a random 3 x 3 block */
+    int64_t m = 0;
+    CHECK_STATUS(uq_rotation_size(N, &m), UQ_OK);
+    CHECK(m == 3, "m of 48 = %lld", (long long)m);
+    double signs[N], R[9];
+    CHECK_STATUS(uq_rotation_init(N, 11, signs, R), UQ_OK);
+    static float Q[N * N], A[5 * N], B[N * 5];
+    for (int i = 0; i < N * N; i++) Q[i] = (i / N == i % N) ? 1.0f : 0.0f;
+    CHECK_STATUS(uq_rotate(Q, N, N, 0, NULL, signs, R, N), UQ_OK);
+    double worst = 0.0;
+    for (int a = 0; a < N; a++)
+        for (int b = 0; b < N; b++) {
+            double d = 0.0;
+            for (int k = 0; k < N; k++) d += (double)Q[a * N + k] * Q[b * N + k];
+            d -= a == b ? 1.0 : 0.0;
+            worst = fabs(d) > worst ? fabs(d) : worst;
+        }
+    CHECK(worst < 1e-6, "Q Q^T - I max %g", worst);
+    for (int i = 0; i < 5 * N; i++) A[i] = (float)sin(0.37 * i);
+    for (int r = 0; r < 5; r++)
+        for (int c = 0; c < N; c++) B[c * 5 + r] = A[r * N + c];
+    CHECK_STATUS(uq_rotate(A, 5, N, 0, NULL, signs, R, N), UQ_OK);
+    CHECK_STATUS(uq_rotate(B, N, 5, 1, NULL, signs, R, N), UQ_OK);
+    double diff = 0.0;
+    for (int r = 0; r < 5; r++)
+        for (int c = 0; c < N; c++) diff = fmax(diff, fabs((double)A[r * N + c] - B[c * 5 + r]));
+    CHECK(diff == 0.0, "axis 1 differs from axis 0 of the transpose by %g", diff);
+    CHECK_STATUS(uq_rotate(A, 5, N - 1, 0, NULL, signs, R, N), UQ_ERR_SHAPE);
+    CHECK_STATUS(uq_rotate(B, N, 5, 1, signs == NULL ? NULL : (const float *)A, signs, R, N), UQ_ERR_ARG);
+    CHECK_STATUS(uq_rotate(A, 5, N, 2, NULL, signs, R, N), UQ_ERR_ARG);
+    CHECK_STATUS(uq_rotation_size(0, &m), UQ_ERR_ARG);
+    A[7] = NAN;
+    CHECK_STATUS(uq_rotate(A, 5, N, 0, NULL, signs, R, N), UQ_ERR_NUMERIC);
+}
+
 void test_compress(void) {
+    test_rotation();
     test_keep_size();
     test_argsort();
     test_ridge();

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -796,7 +797,15 @@ def _format_llama_cpp(rep: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m uniql.bench [options]`` (speed and memory) or ``python -m uniql.bench quality [options]``
+    (perplexity side by side with llama.cpp, uniql.bench.quality); ``uniql bench ...`` is the same."""
     import argparse
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["quality"]:
+        from uniql.bench.quality import main as quality_main
+
+        return int(quality_main(argv[1:]) or 0)
 
     ap = argparse.ArgumentParser(prog="python -m uniql.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", help=f"a named shape ({', '.join(SHAPES)}; also smollm2) or a checkpoint "
@@ -814,7 +823,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                     "~/.cache/uniql/bench)")
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel microbenchmarks")
     ap.add_argument("--json", help="write the full report as JSON to this path")
-    a = ap.parse_args(None if argv is None else list(argv))
+    a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = BenchConfig(models=tuple(a.model or ("llama3.1-8b", "smollm2-135m")),
                       rates=tuple(float(r) for r in a.rates.split(",") if r.strip()),

@@ -1,4 +1,5 @@
-"""``python -m uniql.bench``: speed and memory of the C runtime (see uniql.bench)."""
+"""``python -m uniql.bench``: speed and memory of the C runtime (see uniql.bench);
+``python -m uniql.bench quality ...``: perplexity side by side with llama.cpp (uniql.bench.quality)."""
 import sys
 
 from uniql.bench import main

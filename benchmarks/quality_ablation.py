@@ -1,0 +1,135 @@
+"""The issue-19 ablation on SmolLM2-135M: one compress run per option set, each artifact scored at rates
+0/15/25/35% (int4: W4A32 and W4A8) on Wikipedia and code (uniql.bench.quality), and head / embedding precision
+variants of an int4 artifact.
+
+    python benchmarks/quality_ablation.py run NAME '{"rotate": true, "calibration": "c4"}'   # -> NAME.json
+    python benchmarks/quality_ablation.py base                                             # uncompressed
+    python benchmarks/quality_ablation.py heads ART head16,head16-emb16                      # precision variants
+
+Artifacts go to ~/.cache/uniql/models/q19/NAME (reused when present), results to $UNIQL_ABLATION_DIR (default
+./ablation). ``calibration`` may name a packaged text ("c4") or a comma-separated mix ("c4,code"); absent: the
+default mix. Head variants swap the int4 lm_head (``head16``) and/or embedding (``emb16``) of an artifact for
+float16 copies of the same (rotated, final-norm folded) float tensors -- equivalent to compress(precision=...)
+for these two tensors: the head is quantized last and feeds nothing, and both calibration streams of compress
+start at the float embedding.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RATES = (0.0, 0.15, 0.25, 0.35)
+TEXTS = ("wiki", "code")
+
+
+def _dirs() -> tuple[Path, Path, Path]:
+    from uniql.demo import ensure_smollm2
+
+    src = ensure_smollm2()
+    root = Path.home() / ".cache" / "uniql" / "models" / "q19"
+    res = Path(os.environ.get("UNIQL_ABLATION_DIR", "ablation"))
+    res.mkdir(parents=True, exist_ok=True)
+    return src, root, res
+
+
+def _texts(src: Path) -> dict[str, np.ndarray]:
+    from uniql import checkpoint
+    from uniql.bench.quality import eval_ids
+
+    tok = checkpoint.load_tokenizer(src)
+    return {t: eval_ids(tok, t, 2048) for t in TEXTS}
+
+
+def run(name: str, kw: dict) -> None:
+    from uniql import data
+    from uniql.bench.quality import uniql_rows
+    from uniql.compress import compress
+
+    src, root, res = _dirs()
+    cal = kw.get("calibration")
+    if isinstance(cal, str):
+        names = cal.split(",")
+        kw["calibration"] = data.read_text(names[0]) if len(names) == 1 else data.calibration_mix(names)
+    out = root / name
+    if not (out / "uniql_report.json").is_file():
+        compress(src, out, overwrite=True, progress=False, **kw)
+    rows = uniql_rows(out, name, RATES, _texts(src), 512)
+    rep = json.loads((out / "uniql_report.json").read_text())
+    (res / f"{name}.json").write_text(json.dumps({"rows": [r.as_dict() for r in rows], "report": {
+        k: rep.get(k) for k in ("total_seconds", "peak_rss_mb", "seconds", "bytes")}}, indent=1))
+
+
+def base() -> None:
+    from uniql.bench.quality import uniql_rows
+
+    src, _, res = _dirs()
+    rows = uniql_rows(src, "base", (0.0,), _texts(src), 512)
+    (res / "base.json").write_text(json.dumps({"rows": [r.as_dict() for r in rows]}, indent=1))
+
+
+def make_variant(art: Path, variant: str) -> Path:
+    """A copy of artifact `art` (layer files linked) whose lm_head ("head16" in `variant`) and / or embedding
+    ("emb16") are float16 copies of the same rotated float tensors."""
+    from uniql import checkpoint
+    from uniql import safetensors as st
+    from uniql.artifact import REST_FILE
+    from uniql.rotate import Rotation, rotate_shared
+
+    src, _, _ = _dirs()
+    cfg0 = checkpoint.read_config(src)
+    cfg = json.loads((art / "config.json").read_text())
+    rot_info = cfg["uniql"]["sorting"].get("rotation")
+    if not rot_info:
+        raise SystemExit("head variants need a rotated artifact (an untied head)")
+    shared = checkpoint.read_tensors(src, names=["model.embed_tokens.weight", "model.norm.weight"])
+    R = rotate_shared(shared, Rotation(cfg0["hidden_size"], rot_info["seed"]), rot_info["untied"])
+    d = art.with_name(art.name + "-" + variant)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir()
+    for p in art.iterdir():
+        if p.name not in (REST_FILE, "config.json"):
+            os.symlink(p.resolve(), d / p.name)
+    rest = dict(st.load_file(art / REST_FILE))
+    info = cfg["uniql_tensors"]
+    for name, key, flag in (("lm_head", "lm_head.weight", "head16"),
+                            ("model.embed_tokens", "model.embed_tokens.weight", "emb16")):
+        if flag in variant:
+            rest.pop(name + ".qweight", None)
+            rest.pop(name + ".scales", None)
+            rest[name + ".weight"] = R[key].astype(np.float16)
+            info[name] = {"format": "f16", "shape": list(R[key].shape)}
+    st.save_file(d / REST_FILE, rest)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def heads(art: Path, variants: list[str]) -> None:
+    from uniql.bench.quality import uniql_rows
+
+    src, _, res = _dirs()
+    texts = _texts(src)
+    out = {}
+    for variant in variants:
+        d = make_variant(art, variant)
+        out[variant] = [r.as_dict() for r in uniql_rows(d, f"{art.name}-{variant}", (0.0,), texts, 512)]
+    (res / f"heads-{art.name}.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cmd = sys.argv[1]
+    if cmd == "run":
+        run(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+    elif cmd == "base":
+        base()
+    elif cmd == "heads":
+        heads(Path(sys.argv[2]).expanduser(), sys.argv[3].split(","))
+    else:
+        raise SystemExit(__doc__)

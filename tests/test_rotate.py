@@ -1,0 +1,99 @@
+"""uniql.rotate: the residual-stream rotation is orthogonal (against a float64 reference) and, fused into the
+weights by compress(rotate=True), leaves every architecture's fp32 artifact the same function at every rate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import uniql
+from uniql import _C
+from uniql.rotate import Rotation
+
+from test_compress import _compress as _compress_tf, _make, VOCAB as TF_VOCAB
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_ssm import make_hf  # noqa: E402
+from test_compress_hybrid import _compress as _compress_hy, VOCAB as HY_VOCAB  # noqa: E402
+
+ROTATED_REL_TOL = 1e-4   # the rotated fp32 artifact against the unrotated one, same rate
+RATES = (0.0, 0.15, 0.25, 0.35)
+
+
+def _hadamard(p: int) -> np.ndarray:
+    H = np.ones((1, 1))
+    while H.shape[0] < p:
+        H = np.block([[H, H], [H, -H]])
+    return H
+
+
+@pytest.mark.parametrize("n", [1, 6, 48, 64, 576])
+def test_rotation_is_the_documented_orthogonal_matrix(n):
+    rot = Rotation(n, seed=5)
+    Q = rot.matrix().astype(np.float64)
+    m = rot.R.shape[0]
+    p = n // m
+    assert p & (p - 1) == 0 and (m % 2 == 1)
+    ref = np.diag(rot.signs) @ np.kron(_hadamard(p), rot.R) / np.sqrt(p)  # float64 definition
+    assert np.abs(Q - ref).max() <= 1e-6
+    assert np.abs(ref @ ref.T - np.eye(n)).max() <= 1e-12
+    assert set(np.unique(rot.signs)) <= {-1.0, 1.0}
+    W = np.random.default_rng(0).standard_normal((7, n)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    np.testing.assert_allclose(rot.rows(W, g), (W * g) @ ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(rot.cols(W.T), ref.T @ W.T, rtol=0, atol=1e-5)
+    # deterministic in the seed, different across seeds
+    np.testing.assert_array_equal(Rotation(n, seed=5).matrix(), rot.matrix())
+    if n > 2:
+        assert np.abs(Rotation(n, seed=6).matrix() - rot.matrix()).max() > 0.01
+
+
+def test_rotate_rejects_bad_inputs():
+    rot = Rotation(8)
+    with pytest.raises(uniql.ShapeError):
+        _C.rotate(np.zeros((3, 6), np.float32), 0, None, rot.signs, rot.R)
+    with pytest.raises(uniql.ShapeError):
+        _C.rotate(np.zeros((6, 3), np.float32), 1, None, rot.signs, rot.R)
+    with pytest.raises(uniql.InvalidArgumentError):
+        _C.rotate(np.zeros((3, 8), np.float32), 2, None, rot.signs, rot.R)
+    with pytest.raises(uniql.DTypeError):
+        _C.rotate(np.zeros((3, 8), np.float64), 0, None, rot.signs, rot.R)
+    bad = np.zeros((3, 8), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(uniql.NumericError, match="row 1, column 2"):
+        _C.rotate(bad, 0, None, rot.signs, rot.R)
+    with pytest.raises(uniql.InvalidArgumentError):
+        _C.rotation_size(0)
+    with pytest.raises(uniql.InvalidArgumentError):
+        uniql.compress("nowhere", rotate=True, rotate_seed=-1)
+
+
+def _same_at_every_rate(plain, rotated, ids):
+    for rate in RATES:
+        a = uniql.load(plain, rate=rate).logits(ids)
+        b = uniql.load(rotated, rate=rate).logits(ids)
+        assert float(np.abs(b.astype(np.float64) - a).max() / np.abs(a).max()) <= ROTATED_REL_TOL, rate
+
+
+@pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
+def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, tied):
+    src, _ = _make(tmp_path, kind, tied)
+    plain = _compress_tf(src, tmp_path / "plain", rotate=False)
+    rotated = _compress_tf(src, tmp_path / "rot", rotate=True, rotate_seed=3)
+    cfg = json.loads((rotated / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and "uniql_source_tied" not in cfg
+    assert cfg["uniql"]["sorting"]["rotation"] == {"kind": "randomized-hadamard", "seed": 3, "untied": tied}
+    _same_at_every_rate(plain, rotated, np.random.default_rng(4).integers(0, TF_VOCAB, size=23).astype(np.int32))
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "nemotron_h", "bamba"])
+def test_rotated_hybrid_is_the_same_function_at_every_rate(tmp_path, arch):
+    hf, _, _ = make_hf(arch)
+    src = tmp_path / "src"
+    hf.save_pretrained(src)
+    plain = _compress_hy(src, tmp_path / "plain", rotate=False)
+    rotated = _compress_hy(src, tmp_path / "rot", rotate=True)
+    _same_at_every_rate(plain, rotated, np.random.default_rng(5).integers(0, HY_VOCAB, size=19).astype(np.int32))
