@@ -123,6 +123,8 @@ class Filler:
         out: list[str] = []
         for i, t in enumerate(toks[1:]):
             prev = toks[i] if i > 0 else None
+            if t == "...":  # "--opt a=b ...": more of the same, shown once
+                continue
             out.append(self.value(t, prev, toks[1]))
         return out
 
