@@ -841,6 +841,3 @@ def main(argv: list[str] | None = None) -> int:
         print(out)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
