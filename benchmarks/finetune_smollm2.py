@@ -7,6 +7,10 @@
 2. ``uniql.finetune`` on the C4 sample (training text = calibration text; never the evaluation text);
 3. perplexity on the first 2048 Wikipedia tokens, window 512 (as the demo), with the C runtime, before and after;
 4. ``--int4``: ``uniql.quantize_artifact`` (GPTQ, 32 x 256 C4 tokens) of both, and the same perplexities.
+
+``--lora F`` skips step 2 and merges a LoRA file trained elsewhere (``benchmarks/finetune_gpu.py`` on a GPU
+machine, or ``uniql finetune --save-lora``) with ``uniql.finetune.merge_lora`` instead; ``--reuse-int4`` keeps an existing
+int4 copy of the untuned artifact.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--int4", action="store_true", help="also GPTQ int4 both and compare")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--lora", type=Path, default=None, help="merge this LoRA file instead of training")
+    ap.add_argument("--reuse-int4", action="store_true", help="keep an existing int4 copy of the untuned artifact")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -65,20 +71,25 @@ def main() -> None:
                  "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     res["fp32_before"] = ppl(art)
     t = time.perf_counter()
-    ft = uniql.finetune(art, args.work / f"smollm2-fp32-ft{args.steps}", steps=args.steps, lr=args.lr,
-                        seq_len=args.seq_len, batch=args.batch, seed=args.seed, overwrite=True, progress=True)
+    if args.lora is not None:
+        from uniql.finetune import merge_lora
+        ft = merge_lora(art, args.lora, args.work / f"smollm2-fp32-{args.lora.stem}", overwrite=True)
+    else:
+        ft = uniql.finetune(art, args.work / f"smollm2-fp32-ft{args.steps}", steps=args.steps, lr=args.lr,
+                            seq_len=args.seq_len, batch=args.batch, seed=args.seed, overwrite=True, progress=True)
     res["finetune_seconds"] = round(time.perf_counter() - t, 1)
     rec = json.loads((ft / "config.json").read_text())["uniql"]["finetune"]
     res["finetune"] = rec
-    print(f"finetune: {res['finetune_seconds']} s, loss {rec['loss_first']:.3f} -> {rec['loss_last']:.3f}, "
-          f"rates {rec['rates_sampled']}", flush=True)
+    print("finetune record:", {k: v for k, v in rec.items() if k not in ("rate_grid", "rate_probs")}, flush=True)
     res["fp32_after"] = ppl(ft)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     if args.int4:
         for key, src in (("int4_before", art), ("int4_after", ft)):
             t = time.perf_counter()
-            q = uniql.quantize_artifact(src, src.with_name(src.name + "-int4"), overwrite=True, progress=False)
+            q = src.with_name(src.name + "-int4")
+            if not (key == "int4_before" and args.reuse_int4 and (q / "config.json").is_file()):
+                q = uniql.quantize_artifact(src, q, overwrite=True, progress=False)
             res[key + "_seconds"] = round(time.perf_counter() - t, 1)
             res[key] = ppl(q)
             if args.json:

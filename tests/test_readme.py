@@ -24,6 +24,7 @@ README = ROOT / "README.md"
 # Lines of the CLI block that are not `uniql` commands, and where they are exercised instead.
 NOT_RUN_HERE = {
     "python -m uniql.bench quality": "perplexity against llama.cpp on SmolLM2 (minutes): tests/test_quality.py",
+    "torchrun ": "several processes: tests/test_finetune.py runs torchrun with two gloo processes",
     "uniql serve": "a server that runs until stopped: tests/test_serve.py drives it with the openai client",
     "python -m uniql.demo": "the main job (`make demo`, minutes on SmolLM2); tests/test_demo-like runs are manual",
     "UNIQL_DEMO_JSON=": "the notebook: tests/test_notebooks.py executes it both ways",
@@ -33,7 +34,7 @@ NOT_RUN_HERE = {
 OPTION_VALUES = {"--max-new-tokens": "4", "--temperature": "0.7", "--top-p": "0.9", "--seed": "0", "--rate": "0.15",
                  "--limit": "2", "--threads": "1", "--repeats": "1", "--steps": "3", "--batch": "2",
                  "--samples": "4", "--seq-len": "32", "--gen": "4", "--prompt": "16", "--window": "64",
-                 "--tpot-ms": "50", "--min-rate": "0", "--max-rate": "0.35", "--shots": "1"}
+                 "--tpot-ms": "50", "--time-limit": "600", "--text": "c4", "--eval-every": "2", "--min-rate": "0", "--max-rate": "0.35", "--shots": "1"}
 SCALARS = {"N": "2", "T": "0.7", "P": "0.9", "S": "0", "R": "0.15"}
 
 
@@ -75,6 +76,7 @@ class Filler:
     def __init__(self, tmp: Path, model_dir: Path, gguf: Path, text_file: Path):
         self.tmp, self.model_dir, self.gguf, self.text_file = tmp, model_dir, gguf, text_file
         self.art: Path | None = None  # the artifact the compress line writes
+        self.lora: Path | None = None  # the LoRA file a finetune line saves
         self.n = 0
         self.names: list[str] = []  # literal alternatives of --model, checked separately
 
@@ -104,6 +106,14 @@ class Filler:
         if tok == "ART":
             assert self.art is not None, f"`uniql {sub}` reads ART before a README line writes one"
             return str(self.art)
+        if tok == "F" and prev == "--save-lora":
+            self.lora = self.fresh("lora").with_suffix(".safetensors")
+            return str(self.lora)
+        if tok == "LORA":
+            assert self.lora is not None, "README merges a LORA before a line saves one (--save-lora F)"
+            return str(self.lora)
+        if tok in ("D",):
+            return str(self.fresh("dir"))
         if tok in ("OUT", "OUT_DIR"):
             return str(self.fresh("out"))
         if tok == "F":

@@ -5,7 +5,8 @@
                    [--adaptive --tpot-ms MS --min-rate R --max-rate R --mem-reserve-mb MB --adaptive-log F]
     uniql ppl MODEL_DIR [--text wiki|c4|... | --file F] [--window N] [--stride N] [--max-tokens N] [--rate R]
     uniql compress MODEL_DIR [-o OUT] [--samples N --seq-len N] [--no-quantize] [--max-rate R] [--resume] ...
-    uniql finetune ART [-o OUT] [--steps N --lr LR --seq-len N --batch N --seed S]   (needs torch)
+    uniql finetune ART [-o OUT] [--steps N --lr LR --seq-len N --batch N --seed S --device auto|cpu|cuda
+                   --loss ce|kd|mix --checkpoint-dir D --resume --log-jsonl F]   (needs torch)
     uniql quantize ART [-o OUT] [--samples N --seq-len N --group G]
     uniql eval MODEL_DIR|ART [--tasks piqa,lambada,mmlu,ppl:wiki] [--rates 0,0.15] [--limit N] [--base DIR] [--json F]
     uniql bench [ARGS...]            (python -m uniql.bench)
@@ -288,20 +289,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                                    "pruning rate sampled per step, masks = what deployment drops) of an artifact "
                                    "written with --no-quantize; writes a new artifact with merged weights. "
                                    "Follow with `uniql quantize` for int4.")
-    p.add_argument("artifact", metavar="ART")
-    _add_output(p, "ART-ft")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", default=None, help="packaged training text (c4)")
-    src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 training text file")
-    p.add_argument("--steps", type=_positive_int, default=200, metavar="N", help="optimizer steps (200)")
-    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (2e-4)")
-    p.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up steps (10%% of --steps)")
-    p.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank (8)")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (16)")
-    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
-    p.add_argument("--batch", type=_positive_int, default=4, metavar="N", help="sequences per step (4)")
-    p.add_argument("--seed", type=int, default=0, help="seed (0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    from uniql.finetune import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=_cmd_finetune)
 
 
@@ -332,12 +322,10 @@ def _precision_arg(items: list[str] | None) -> dict[str, str] | None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from uniql.finetune import finetune
+    from uniql.finetune import run_from_args
 
-    out = finetune(args.artifact, _output(args), steps=args.steps, lr=args.lr, warmup=args.warmup, rank=args.rank,
-                   alpha=args.alpha, seq_len=args.seq_len, batch=args.batch, calibration=_calibration_arg(args),
-                   seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty())
-    print(out)
+    out = run_from_args(args)
+    print(out if out is not None else f"stopped early; resume with --resume --checkpoint-dir {args.checkpoint_dir}")
     return 0
 
 

@@ -21,7 +21,13 @@ dropped ones by zero -- they contribute nothing and receive no gradient -- witho
 LoRA on every linear of the blocks: ``y = x W^T + (alpha/rank) (x A^T) B^T``, A (rank, in) uniform in
 +-1/sqrt(in) (PEFT's kaiming_uniform(a=sqrt(5))), B (out, rank) zero, so the model starts as the artifact. The
 same selection applies to the patch: B's rows of dropped outputs (q/k/v/gate/up) and A's columns of dropped inputs
-(o/down) take no part at that rate. Base weights are frozen buffers.
+(o/down) take no part at that rate. Base weights are frozen buffers. ``lora_dropout`` (the reference's 0.05) drops
+the patch's input in training mode only; ``lora_enabled = False`` computes the artifact alone (the distillation
+teacher: the same weights at rate 0 without the patches, one extra forward).
+
+Device: the module moves with ``.to(device)`` like any other (index tensors are made on the weights' device), and
+computes in float32 or under ``torch.autocast`` (bf16 on a GPU; the LoRA weights stay float32 masters).
+``forward(ids, cache=..., start=...)`` keeps per-layer K/V for incremental decoding (teacher-generated text).
 """
 from __future__ import annotations
 
@@ -136,8 +142,12 @@ class ElasticTorchModel(nn.Module):
 
     def __init__(self, cfg: Mapping[str, Any], meta: ArtifactMeta, tc: TransformerConfig,
                  layers: Sequence[Mapping[str, np.ndarray]], rest: Mapping[str, np.ndarray], *, rank: int = 0,
-                 alpha: float = 16.0, seed: int = 0, max_seq: int = 2048) -> None:
+                 alpha: float = 16.0, seed: int = 0, max_seq: int = 2048, lora_dropout: float = 0.0) -> None:
         super().__init__()
+        if not (0.0 <= float(lora_dropout) < 1.0):
+            raise InvalidArgumentError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
+        self.lora_dropout = float(lora_dropout)
+        self.lora_enabled = True
         self.hf_config = dict(cfg)
         self.meta, self.tc = meta, tc
         L, nh, nkv, d = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
@@ -175,15 +185,20 @@ class ElasticTorchModel(nn.Module):
         self.register_buffer("cos", torch.cos(ang.double()).float(), persistent=False)   # (max_seq, d/2)
         self.register_buffer("sin", torch.sin(ang.double()).float(), persistent=False)
         self.max_seq = int(max_seq)
-        self._idx: dict[tuple[int, int], torch.Tensor] = {}
+        self._idx: dict[tuple[int, int, str], torch.Tensor] = {}
         self.keeps: list[tuple[int, int]] = [(tc.intermediate_size, d)] * L
         self.rate: float | None = 0.0
 
     @classmethod
     def from_artifact(cls, path: str | Path, *, rank: int = 0, alpha: float = 16.0, seed: int = 0,
-                      max_seq: int = 2048) -> "ElasticTorchModel":
+                      max_seq: int = 2048, lora_dropout: float = 0.0) -> "ElasticTorchModel":
         cfg, meta, tc, layers, rest = read_float_artifact(path)
-        return cls(cfg, meta, tc, layers, rest, rank=rank, alpha=alpha, seed=seed, max_seq=max_seq)
+        return cls(cfg, meta, tc, layers, rest, rank=rank, alpha=alpha, seed=seed, max_seq=max_seq,
+                   lora_dropout=lora_dropout)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
 
     def _buf(self, name: str, src: Mapping[str, np.ndarray], key: str) -> None:
         if key not in src:
@@ -209,10 +224,12 @@ class ElasticTorchModel(nn.Module):
 
     def _head_idx(self, heads: int, r: int) -> torch.Tensor:
         """Indices of the first r of every head's d rows (columns of o_proj)."""
-        key = (heads, r)
+        dev = self.device
+        key = (heads, r, str(dev))
         if key not in self._idx:
             d = self.tc.head_dim
-            self._idx[key] = (torch.arange(heads)[:, None] * d + torch.arange(r)[None, :]).reshape(-1)
+            ar = torch.arange(heads, device=dev)[:, None] * d + torch.arange(r, device=dev)[None, :]
+            self._idx[key] = ar.reshape(-1)
         return self._idx[key]
 
     # --------------------------------------------------------------------------------- forward ----
@@ -223,29 +240,36 @@ class ElasticTorchModel(nn.Module):
             b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
         y = F.linear(x, W, b)
         key = f"l{i}_{s}"
-        if key in self.lora:
+        if self.lora_enabled and key in self.lora:
             lo = self.lora[key]
             A = _select(lo.A, None, cols)
             B = _select(lo.B, rows, None)
-            y = y + lo.scale * F.linear(F.linear(x, A), B)
+            xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
+            y = y + lo.scale * F.linear(F.linear(xl, A), B)
         return y
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.tc.rms_norm_eps))
 
-    def _rope(self, x: torch.Tensor, fm: torch.Tensor, T: int) -> torch.Tensor:
-        """x (B, T, H, r) pair-interleaved; fm (H, r/2) frequency index of each pair."""
-        c = self.cos[:T][:, fm]            # (T, H, r/2)
-        s = self.sin[:T][:, fm]
+    def _rope(self, x: torch.Tensor, fm: torch.Tensor, T: int, start: int = 0) -> torch.Tensor:
+        """x (B, T, H, r) pair-interleaved at positions start..start+T-1; fm (H, r/2) frequency index of each
+        pair."""
+        c = self.cos[start:start + T][:, fm]            # (T, H, r/2)
+        s = self.sin[start:start + T][:, fm]
         x0, x1 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: list[Any] | None = None, start: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab) of ids (B, T) at positions start..start+T-1. ``cache``: a list (empty at first,
+        then one (K, V) per layer) that receives each layer's K/V; with ``start > 0`` it must hold the K/V of the
+        first ``start`` positions and T must be 1 (incremental decoding)."""
         if ids.ndim == 1:
             ids = ids[None]
         B, T = ids.shape
-        if T > self.max_seq:
-            raise InvalidArgumentError(f"sequence of {T} tokens exceeds max_seq {self.max_seq}")
+        if start + T > self.max_seq:
+            raise InvalidArgumentError(f"sequence of {start + T} tokens exceeds max_seq {self.max_seq}")
+        if start and (cache is None or T != 1):
+            raise InvalidArgumentError("start > 0 needs the cache of the earlier positions and one new token")
         tc = self.tc
         nh, nkv, d = tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
         grp = nh // nkv
@@ -258,12 +282,21 @@ class ElasticTorchModel(nn.Module):
             kk = self._linear(i, "k", h, None if full else rows_kv).view(B, T, nkv, r)
             v = self._linear(i, "v", h, None if full else rows_kv).view(B, T, nkv, r)
             fm = getattr(self, f"l{i}_freq")[:, : r // 2]          # (nkv, r/2)
-            q = self._rope(q, fm.repeat_interleave(grp, 0), T)
-            kk = self._rope(kk, fm, T)
+            q = self._rope(q, fm.repeat_interleave(grp, 0), T, start)
+            kk = self._rope(kk, fm, T, start)
             q, kk, v = q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2)
+            if cache is not None:
+                if start:
+                    pk, pv = cache[i]
+                    kk, v = torch.cat((pk, kk.to(pk.dtype)), 2), torch.cat((pv, v.to(pv.dtype)), 2)
+                    cache[i] = (kk, v)
+                elif len(cache) > i:
+                    cache[i] = (kk, v)
+                else:
+                    cache.append((kk, v))
             if grp > 1:
                 kk, v = kk.repeat_interleave(grp, 1), v.repeat_interleave(grp, 1)
-            a = F.scaled_dot_product_attention(q, kk, v, is_causal=True, scale=1.0 / math.sqrt(d))
+            a = F.scaled_dot_product_attention(q, kk, v, is_causal=not start, scale=1.0 / math.sqrt(d))
             a = a.transpose(1, 2).reshape(B, T, nh * r)
             x = x + self._linear(i, "o", a, None, None if full else rows_q)
             h = self._rms(x, getattr(self, f"l{i}_post_attention_layernorm"))
@@ -277,6 +310,29 @@ class ElasticTorchModel(nn.Module):
     # ----------------------------------------------------------------------------------- LoRA ----
     def lora_parameters(self) -> list[nn.Parameter]:
         return list(self.lora.parameters())
+
+    def lora_state(self) -> dict[str, np.ndarray]:
+        """The patches as float32 arrays: ``<layer key>.A`` (rank, in) and ``<layer key>.B`` (out, rank)."""
+        out = {}
+        for key, lo in self.lora.items():
+            out[key + ".A"] = lo.A.detach().float().cpu().numpy().copy()
+            out[key + ".B"] = lo.B.detach().float().cpu().numpy().copy()
+        return out
+
+    @torch.no_grad()
+    def load_lora_state(self, state: Mapping[str, Any]) -> None:
+        """Sets the patches from :meth:`lora_state` arrays (same keys and shapes, else FormatError)."""
+        want = {k + s for k in self.lora for s in (".A", ".B")}
+        if set(state) != want:
+            missing, extra = sorted(want - set(state))[:3], sorted(set(state) - want)[:3]
+            raise FormatError(f"LoRA state does not match the model (missing {missing}, unexpected {extra})")
+        for key, lo in self.lora.items():
+            for name in ("A", "B"):
+                p = getattr(lo, name)
+                v = torch.as_tensor(np.asarray(state[f"{key}.{name}"]))
+                if tuple(v.shape) != tuple(p.shape):
+                    raise FormatError(f"LoRA {key}.{name}: shape {tuple(v.shape)} != {tuple(p.shape)}")
+                p.copy_(v.to(p.dtype))
 
     @torch.no_grad()
     def merge_(self) -> None:

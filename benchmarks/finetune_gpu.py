@@ -1,0 +1,351 @@
+"""Recovery fine-tuning of the SmolLM2 artifact on a GPU machine that receives at most ~60 MB per call.
+
+The fp32 artifact is 517 MB; what it is made of is small: the SmolLM2 GGUF (98 MB, Q4_1 blocks) and, per layer,
+the permutations compress applied (Q/K rows, MLP channels) and the QA-SVD V/O transforms (n_kv + n_heads small
+d x d matrices, fitted in float64). ``pack`` (here, next to the artifact) writes those pieces plus the training
+tokens (the packaged C4/tiny/code/technical/multilingual texts, never the Wikipedia evaluation text) and per-tensor
+checksums; ``unpack`` (there) converts the GGUF with uniql.convert, applies the transforms, checks every tensor
+against the checksums and writes the artifact; ``train`` then runs uniql.finetune on it and keeps the LoRA file
+(10 MB) for ``uniql finetune ART --merge LORA`` here.
+
+    python benchmarks/finetune_gpu.py pack --artifact ART --hf HF_DIR --out .gpu/data --parts 2
+    python benchmarks/finetune_gpu.py unpack --data .gpu/data --gguf-parts /tmp/g/part0 ... --out /tmp/g/art
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+LIN = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+       "o": "self_attn.o_proj.weight", "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
+       "down": "mlp.down_proj.weight"}
+TRAIN_TEXTS = ("c4", "tiny", "code", "technical", "multilingual")
+
+
+def _row_perm(art: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """p with art[i] == src[p[i]] (rows matched by their bytes); raises when a row has no exact match."""
+    index = {hashlib.sha1(r.tobytes()).digest(): j for j, r in enumerate(src)}
+    p = np.array([index.get(hashlib.sha1(r.tobytes()).digest(), -1) for r in art], np.int64)
+    if (p < 0).any() or len(set(p.tolist())) != len(p):
+        raise ValueError("rows do not match exactly")
+    return p
+
+
+def _stats(a: np.ndarray) -> list[float]:
+    a = a.astype(np.float64)
+    return [float(a.sum()), float(np.abs(a).sum()), float((a * a).sum())]
+
+
+def pack(args: argparse.Namespace) -> None:
+    from uniql import data
+    from uniql import safetensors as st
+    from uniql.artifact import REST_FILE, layer_file
+    from uniql.checkpoint import load_tokenizer
+
+    art, out = args.artifact, args.out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((art / "config.json").read_text())
+    L, nh, nkv = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    hf = st.load_file(args.hf / "model.safetensors")
+    tf: dict[str, np.ndarray] = {}
+    sums: dict[str, list[float]] = {}
+    worst = 0.0
+    for i in range(L):
+        lay = st.load_file(art / layer_file(i))
+        p = f"model.layers.{i}."
+        for k, v in lay.items():
+            sums[k] = _stats(v)
+        for n in ("input_layernorm.weight", "post_attention_layernorm.weight"):
+            assert np.array_equal(lay[p + n], hf[p + n]), n
+        tf[f"{i}.q"] = _row_perm(lay[p + LIN["q"]], hf[p + LIN["q"]])
+        tf[f"{i}.k"] = _row_perm(lay[p + LIN["k"]], hf[p + LIN["k"]])
+        pm = _row_perm(lay[p + LIN["up"]], hf[p + LIN["up"]])
+        assert np.array_equal(lay[p + LIN["gate"]], hf[p + LIN["gate"]][pm])
+        assert np.array_equal(lay[p + LIN["down"]], hf[p + LIN["down"]][:, pm])
+        tf[f"{i}.mlp"] = pm
+        V, Va = hf[p + LIN["v"]].astype(np.float64), lay[p + LIN["v"]].astype(np.float64)
+        O, Oa = hf[p + LIN["o"]].astype(np.float64), lay[p + LIN["o"]].astype(np.float64)
+        M = np.stack([Va[g * d:(g + 1) * d] @ np.linalg.pinv(V[g * d:(g + 1) * d]) for g in range(nkv)])
+        N = np.stack([np.linalg.pinv(O[:, h * d:(h + 1) * d]) @ Oa[:, h * d:(h + 1) * d] for h in range(nh)])
+        M, N = M.astype(np.float32), N.astype(np.float32)    # 6 MB instead of 12; error ~1e-7
+        tf[f"{i}.vM"], tf[f"{i}.oN"] = M, N
+        Vr = np.concatenate([M[g].astype(np.float64) @ V[g * d:(g + 1) * d] for g in range(nkv)])
+        Or = np.concatenate([O[:, h * d:(h + 1) * d] @ N[h].astype(np.float64) for h in range(nh)], 1)
+        worst = max(worst, float(np.abs(Vr - Va).max() / np.abs(Va).max()),
+                    float(np.abs(Or - Oa).max() / np.abs(Oa).max()))
+        tf[f"{i}.rope_freq"] = lay[p + "self_attn.rope_freq"]
+        extra = set(lay) - {p + x for x in LIN.values()} - {p + "input_layernorm.weight",
+                                                           p + "post_attention_layernorm.weight",
+                                                           p + "self_attn.rope_freq"}
+        assert not extra, extra
+    rest = st.load_file(art / REST_FILE)
+    for k, v in rest.items():
+        assert np.array_equal(v, hf[k]), k
+        sums[k] = _stats(v)
+    print(f"V/O transforms: worst relative reconstruction error {worst:.2e}")
+    st.save_file(out / "transforms.safetensors", tf)
+    for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (art / f).is_file():
+            shutil.copyfile(art / f, out / f)
+    from uniql.evaluate import eval_tokens
+    np.save(out / "wiki_2048.npy", eval_tokens(load_tokenizer(art), data.read_text("wiki"), 2048))
+    (out / "checksums.json").write_text(json.dumps(sums))
+    tok = load_tokenizer(art)
+    ids = np.concatenate([np.asarray(tok.encode(data.read_text(t)).ids, np.int32) for t in TRAIN_TEXTS])
+    np.save(out / "train_tokens.npy", ids)
+    print(f"training tokens: {ids.size} from {', '.join(TRAIN_TEXTS)}")
+    g = Path(args.gguf).read_bytes()
+    k = args.parts
+    step = -(-len(g) // k)
+    for j in range(k):
+        (out.parent / f"gguf.part{j}").write_bytes(g[j * step:(j + 1) * step])
+    (out / "gguf.sha1").write_text(hashlib.sha1(g).hexdigest())
+    print(f"gguf: {len(g)} bytes in {k} parts")
+
+
+def unpack(args: argparse.Namespace) -> None:
+    from uniql import safetensors as st
+    from uniql.artifact import REST_FILE, layer_file
+    from uniql.convert import convert_gguf
+
+    t0 = time.perf_counter()
+    dd, out = args.data, args.out
+    g = b"".join(Path(p).read_bytes() for p in args.gguf_parts)
+    if hashlib.sha1(g).hexdigest() != (dd / "gguf.sha1").read_text().strip():
+        sys.exit("gguf parts do not add up to the packed file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gp = out.parent / "model.gguf"
+    gp.write_bytes(g)
+    hf_dir = convert_gguf(gp, out.parent / "hf", overwrite=True, tokenizer=False)
+    hf = st.load_file(hf_dir / "model.safetensors")
+    tf = st.load_file(dd / "transforms.safetensors")
+    sums = json.loads((dd / "checksums.json").read_text())
+    cfg = json.loads((dd / "config.json").read_text())
+    L, nh, nkv = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = cfg.get("head_dim") or cfg["hidden_size"] // nh
+    out.mkdir(parents=True, exist_ok=True)
+    worst = 0.0
+
+    def check(name: str, a: np.ndarray) -> None:
+        nonlocal worst
+        s = _stats(a)
+        for x, y in zip(s[1:], sums[name][1:]):
+            worst = max(worst, abs(x - y) / max(abs(y), 1e-30))
+
+    for i in range(L):
+        p = f"model.layers.{i}."
+        lay = {p + n: hf[p + n] for n in ("input_layernorm.weight", "post_attention_layernorm.weight")}
+        lay[p + LIN["q"]] = hf[p + LIN["q"]][tf[f"{i}.q"]]
+        lay[p + LIN["k"]] = hf[p + LIN["k"]][tf[f"{i}.k"]]
+        pm = tf[f"{i}.mlp"]
+        for s in ("gate", "up"):
+            lay[p + LIN[s]] = hf[p + LIN[s]][pm]
+        lay[p + LIN["down"]] = hf[p + LIN["down"]][:, pm]
+        V, O = hf[p + LIN["v"]].astype(np.float64), hf[p + LIN["o"]].astype(np.float64)
+        M, N = tf[f"{i}.vM"].astype(np.float64), tf[f"{i}.oN"].astype(np.float64)
+        lay[p + LIN["v"]] = np.concatenate([M[g] @ V[g * d:(g + 1) * d] for g in range(nkv)]).astype(np.float32)
+        lay[p + LIN["o"]] = np.concatenate([O[:, h * d:(h + 1) * d] @ N[h] for h in range(nh)], 1).astype(np.float32)
+        lay[p + "self_attn.rope_freq"] = tf[f"{i}.rope_freq"]
+        for k, v in lay.items():
+            check(k, v)
+        st.save_file(out / layer_file(i), {k: np.ascontiguousarray(v) for k, v in lay.items()})
+    rest = {k: hf[k] for k in sums if not k.startswith("model.layers.")}
+    for k, v in rest.items():
+        check(k, v)
+    st.save_file(out / REST_FILE, rest)
+    for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (dd / f).is_file():
+            shutil.copyfile(dd / f, out / f)
+    print(f"unpacked {out} in {time.perf_counter() - t0:.1f} s; worst relative checksum deviation {worst:.2e}")
+    if worst > 1e-5:
+        sys.exit("the rebuilt artifact does not match the packed checksums")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Fine-tunes the unpacked artifact on this machine's GPU within a wall-clock deadline; a second call with
+    --resume continues the same schedule. The number of steps is planned from a short speed probe so that the
+    run ends inside this call's and the next call's budgets (at most --max-steps)."""
+    import torch
+
+    from uniql.finetune import (FinetuneOptions, generate_windows, save_lora, split_windows, train,
+                                training_windows)
+    from uniql.torch_model import ElasticTorchModel
+
+    t_start = time.perf_counter()
+    work, out = args.work, args.out
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(args.device)
+
+    def model_():
+        torch.manual_seed(args.seed)
+        return ElasticTorchModel.from_artifact(args.art, rank=8, alpha=16.0, seed=args.seed, max_seq=args.seq_len,
+                                               lora_dropout=0.05).to(dev)
+
+    model = model_()
+    summary: dict = {"gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                     "torch": torch.__version__}
+    if not args.resume:
+        windows = training_windows(None, np.load(args.tokens).astype(np.int64), args.seq_len)
+        train_w, eval_w = split_windows(windows, args.eval_windows, args.seed)
+        t = time.perf_counter()
+        if args.generate:
+            prng = np.random.default_rng([args.seed, 2])
+            prompts = train_w[prng.integers(0, train_w.shape[0], args.generate), :16]
+            gen = generate_windows(model, prompts, args.seq_len, seed=args.seed, batch=args.gen_batch,
+                                   precision=args.precision, progress=False)
+            train_w = np.concatenate([train_w, gen])
+        summary["generate_seconds"] = round(time.perf_counter() - t, 1)
+        summary["generated_windows"] = int(args.generate)
+        np.save(work / "train_w.npy", train_w)
+        np.save(work / "eval_w.npy", eval_w)
+        # speed probe: a few steps of the real configuration, then the patches are reset
+        init = model.lora_state()
+        probe = FinetuneOptions(steps=args.probe + 3, lr=1e-4, warmup=1, batch=args.batch, seq_len=args.seq_len,
+                                loss=args.loss, dropout=0.05, eval_every=10 ** 6)
+        train(model, train_w, replace(probe, steps=3), precision=args.precision)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        train(model, train_w, replace(probe, steps=args.probe), precision=args.precision)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        sps = (time.perf_counter() - t) / args.probe
+        model.load_lora_state(init)
+        left = args.deadline - (time.perf_counter() - t_start) - args.margin
+        steps = max(1, int(min(args.max_steps, (left + args.next_seconds) / sps)))
+        plan = {"steps": steps, "seconds_per_step_probe": round(sps, 4), "train_windows": int(train_w.shape[0]),
+                "eval_windows": int(eval_w.shape[0])}
+        (work / "plan.json").write_text(json.dumps(plan))
+        summary.update(plan)
+        print("plan", plan, flush=True)
+    else:
+        plan = json.loads((work / "plan.json").read_text())
+        train_w, eval_w = np.load(work / "train_w.npy"), np.load(work / "eval_w.npy")
+    opts = FinetuneOptions(steps=plan["steps"], lr=1e-4, warmup=min(args.warmup, plan["steps"]), rank=8, alpha=16.0, dropout=0.05,
+                           seq_len=args.seq_len, batch=args.batch, seed=args.seed, loss=args.loss,
+                           eval_every=args.eval_every)
+    torch.manual_seed(args.seed)
+    left = args.deadline - (time.perf_counter() - t_start) - args.margin
+    rec = train(model, train_w, opts, eval_windows=eval_w, precision=args.precision, checkpoint_dir=work / "ck",
+                resume=args.resume, time_limit=max(1.0, left), log_jsonl=work / "log.jsonl",
+                progress=False)
+    summary.update({k: v for k, v in rec.items() if k not in ("losses",)})
+    summary["options"] = {k: getattr(opts, k) for k in opts.__dataclass_fields__}
+    if not rec["finished"] and (work / "ck" / "best.pt").is_file():   # the best patches so far (no next call?)
+        ck = torch.load(work / "ck" / "best.pt", map_location="cpu", weights_only=True)
+        model.load_lora_state({k: v.numpy() for k, v in ck["lora"].items()})
+    save_lora(out / ("lora.safetensors" if rec["finished"] else "lora_partial.safetensors"), model,
+              {"method": "masked-lora", **summary["options"], "generated_windows": int(args.generate),
+               "steps_done": rec["steps_done"], "best_step": rec["best_step"],
+               "best_eval_loss": rec["best_eval_loss"], "tokens": rec["tokens"], "device": rec["device"],
+               "precision": args.precision, "tokens_per_s": rec["tokens_per_s"], "gpu_peak_mib": rec.get("gpu_peak_mib"),
+               "train_seconds": rec["train_seconds"], "calibration": "c4+tiny+code+technical+multilingual"})
+    shutil.copyfile(work / "log.jsonl", out / "log.jsonl")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("evals", "rates_sampled", "rate_grid",
+                                                                     "rate_probs")}), flush=True)
+    print("evals", [(e["step"], e["loss"]) for e in rec["evals"]][-12:], flush=True)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    """Perplexity on the first 2048 Wikipedia tokens (window 512, as the demo) at each rate, fp32 and int4
+    (quantize_artifact, W4A32 activations); --lora: of the artifact with that LoRA file merged, else of the
+    untuned artifact and the uncompressed model (--hf)."""
+    import uniql
+    from uniql.finetune import merge_lora
+    from uniql.requantize import quantize_artifact
+
+    uniql.set_int4_activations("fp32")
+    ids = np.load(args.wiki)
+    rates = [float(r) for r in args.rates.split(",")]
+    res: dict = {"tokens": int(ids.size)}
+
+    def ppl(path: Path) -> dict:
+        return {f"{r:.2f}": float(uniql.load(path, rate=r, max_seq=512).perplexity(ids, window=512)) for r in rates}
+
+    t = time.perf_counter()
+    if args.lora is None:
+        res["base_ppl"] = float(uniql.load(args.hf, max_seq=512).perplexity(ids, window=512))
+        src, tag = args.art, "before"
+    else:
+        src = merge_lora(args.art, args.lora, args.art.with_name(args.art.name + "-ft"), overwrite=True)
+        tag = "after"
+    res[f"fp32_{tag}"] = ppl(src)
+    print(tag, "fp32", res[f"fp32_{tag}"], flush=True)
+    t1 = time.perf_counter()
+    q = quantize_artifact(src, src.with_name(src.name + "-int4"), overwrite=True, progress=False)
+    res[f"int4_{tag}_quantize_seconds"] = round(time.perf_counter() - t1, 1)
+    res[f"int4_{tag}"] = ppl(q)
+    print(tag, "int4", res[f"int4_{tag}"], flush=True)
+    res["seconds"] = round(time.perf_counter() - t, 1)
+    args.json.write_text(json.dumps(res, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("--artifact", type=Path, required=True)
+    p.add_argument("--hf", type=Path, required=True, help="the converted SmolLM2 checkpoint")
+    p.add_argument("--gguf", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--parts", type=int, default=2)
+    u = sub.add_parser("unpack")
+    u.add_argument("--data", type=Path, required=True)
+    u.add_argument("--gguf-parts", type=Path, nargs="+", required=True)
+    u.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--art", type=Path, required=True)
+    t.add_argument("--tokens", type=Path, required=True)
+    t.add_argument("--work", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--deadline", type=float, default=540, help="seconds this call may take")
+    t.add_argument("--next-seconds", type=float, default=500, help="training seconds planned for the next call")
+    t.add_argument("--margin", type=float, default=30)
+    t.add_argument("--max-steps", type=int, default=7800)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--seq-len", type=int, default=256)
+    t.add_argument("--loss", default="kd")
+    t.add_argument("--eval-windows", type=int, default=64)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--generate", type=int, default=0)
+    t.add_argument("--gen-batch", type=int, default=1024)
+    t.add_argument("--probe", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cuda")
+    t.add_argument("--precision", default="bf16")
+    t.add_argument("--warmup", type=int, default=100)
+    e = sub.add_parser("evaluate")
+    e.add_argument("--art", type=Path, required=True)
+    e.add_argument("--hf", type=Path, default=None)
+    e.add_argument("--lora", type=Path, default=None)
+    e.add_argument("--wiki", type=Path, required=True)
+    e.add_argument("--rates", default="0,0.15,0.25,0.35")
+    e.add_argument("--json", type=Path, required=True)
+    args = ap.parse_args()
+    if args.cmd == "evaluate":
+        run_evaluate(args)
+    elif args.cmd == "train":
+        run_train(args)
+    elif args.cmd == "pack":
+        if args.gguf is None:
+            from uniql.data import smollm2_gguf
+            args.gguf = smollm2_gguf()
+        pack(args)
+    else:
+        unpack(args)
+
+
+if __name__ == "__main__":
+    main()
