@@ -28,8 +28,9 @@ def tiny(tmp_path_factory):
                          quantize=True)
     tcfg = dict(cfg, tie_word_embeddings=True)  # int4 lm_head = the row-major embedding (its own batch path)
     tsrc = write_tiny_llama(root / "tsrc", tcfg, tiny_llama_tensors(tcfg, seed=6))
+    # rotate=False: the residual rotation (on by default) unties the embedding, and this artifact must stay tied
     tied = uniql.compress(tsrc, root / "tied", calibration=calib, num_samples=8, seq_len=32, progress=False,
-                          quantize=True)
+                          quantize=True, rotate=False)
     return {"fp32": src, "int4": art, "int4-tied": tied}
 
 
