@@ -531,6 +531,39 @@ static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, fl
     return UQ_OK;
 }
 
+/* The Q, K and V projections of attention layer l over xn (T, hidden), shared by attn_chunk (one sequence) and
+ * ssm_batch.c (one token of each sequence): q (T, nh, r) at the current keep r, kb / vb (T, nkv, R) at the stored
+ * width R (the KV cache stays valid across rate changes). With partial RoPE and 0 < r < R, the rotary rows [0, rr)
+ * and the pass rows [Rr, Rr + rp) of every head are two segmented calls into qa / qb, interleaved into q: the pass
+ * view starts at row Rr and keeps the head stride R; its last head's rows end at (nh-1)*R + Rr + rp <= nh*R
+ * (nominal rows beyond the array are never addressed). */
+uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *q, float *qa,
+                         float *qb, float *kb, float *vb) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
+    const int64_t rr = r * Rr / R, rp = r - rr;
+    uq_status st;
+    if (r == R || rp == 0 || rr == 0) {
+        /* one prefix segment per head: all rows, only rotary rows, or only pass rows (no RoPE) */
+        if ((st = uq_linear_forward(&lw->q, xn, T, nh, r, 1, hid, q)) != UQ_OK) return st;
+    } else {
+        uq_linear vp = view_rows(&lw->q, Rr, nh * R);
+        if ((st = uq_linear_forward(&lw->q, xn, T, nh, rr, 1, hid, qa)) != UQ_OK ||
+            (st = uq_linear_forward(&vp, xn, T, nh, rp, 1, hid, qb)) != UQ_OK)
+            return st;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < nh; h++) {
+                float *dst = q + (t * nh + h) * r;
+                memcpy(dst, qa + (t * nh + h) * rr, (size_t)rr * sizeof(float));
+                memcpy(dst + rr, qb + (t * nh + h) * rp, (size_t)rp * sizeof(float));
+            }
+    }
+    if ((st = uq_linear_forward(&lw->k, xn, T, nkv, R, 1, hid, kb)) != UQ_OK) return st;
+    return uq_linear_forward(&lw->v, xn, T, nkv, R, 1, hid, vb);
+}
+
 /* Attention over h = s->xn (Tc, hidden) at positions pos0..; adds its output to x. */
 static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0,
                             const uq_hy_capture *cap, int64_t row0) {
@@ -540,27 +573,7 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
     const int64_t rr = r * Rr / R, rp = r - rr;
     uq_status st;
-    if (r == R || rp == 0 || rr == 0) {
-        /* one prefix segment per head: all rows, only rotary rows, or only pass rows (no RoPE) */
-        if ((st = uq_linear_forward(&lw->q, s->xn, Tc, nh, r, 1, hid, s->q)) != UQ_OK) return st;
-    } else {
-        /* rotary rows [0, rr) and pass rows [Rr, Rr + rp) of every head: the pass view starts at row Rr and keeps
-         * the head stride R; its last head's rows end at (nh-1)*R + Rr + rp <= nh*R (nominal rows beyond the
-         * array are never addressed). */
-        uq_linear vp = view_rows(&lw->q, Rr, nh * R);
-        if ((st = uq_linear_forward(&lw->q, s->xn, Tc, nh, rr, 1, hid, s->qa)) != UQ_OK ||
-            (st = uq_linear_forward(&vp, s->xn, Tc, nh, rp, 1, hid, s->qb)) != UQ_OK)
-            return st;
-        for (int64_t t = 0; t < Tc; t++)
-            for (int64_t h = 0; h < nh; h++) {
-                float *dst = s->q + (t * nh + h) * r;
-                memcpy(dst, s->qa + (t * nh + h) * rr, (size_t)rr * sizeof(float));
-                memcpy(dst + rr, s->qb + (t * nh + h) * rp, (size_t)rp * sizeof(float));
-            }
-    }
-    if ((st = uq_linear_forward(&lw->k, s->xn, Tc, nkv, R, 1, hid, s->kb)) != UQ_OK ||
-        (st = uq_linear_forward(&lw->v, s->xn, Tc, nkv, R, 1, hid, s->vb)) != UQ_OK)
-        return st;
+    if ((st = uq_hy_attn_qkv(m, l, s->xn, Tc, s->q, s->qa, s->qb, s->kb, s->vb)) != UQ_OK) return st;
     if (Rr > 0) {
         uq_k_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
         uq_k_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);

@@ -152,23 +152,7 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
     const int64_t rr = r * Rr / R, rp = r - rr;
     uq_status st;
-    if (r == R || rp == 0 || rr == 0) {
-        if ((st = uq_linear_forward(&lw->q, b->xn, n, nh, r, 1, hid, b->q)) != UQ_OK) return st;
-    } else { /* rotary rows [0, rr) and pass rows [Rr, Rr + rp) of every head (as attn_chunk in ssm.c) */
-        uq_linear vp = view_rows(&lw->q, Rr, nh * R);
-        if ((st = uq_linear_forward(&lw->q, b->xn, n, nh, rr, 1, hid, b->qa)) != UQ_OK ||
-            (st = uq_linear_forward(&vp, b->xn, n, nh, rp, 1, hid, b->qb)) != UQ_OK)
-            return st;
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t h = 0; h < nh; h++) {
-                float *dst = b->q + (t * nh + h) * r;
-                memcpy(dst, b->qa + (t * nh + h) * rr, (size_t)rr * sizeof(float));
-                memcpy(dst + rr, b->qb + (t * nh + h) * rp, (size_t)rp * sizeof(float));
-            }
-    }
-    if ((st = uq_linear_forward(&lw->k, b->xn, n, nkv, R, 1, hid, b->kb)) != UQ_OK ||
-        (st = uq_linear_forward(&lw->v, b->xn, n, nkv, R, 1, hid, b->vb)) != UQ_OK)
-        return st;
+    if ((st = uq_hy_attn_qkv(m, l, b->xn, n, b->q, b->qa, b->qb, b->kb, b->vb)) != UQ_OK) return st;
     const float scale = (float)(1.0 / sqrt((double)c->head_dim));
     const int nth = uq_k_threads(), ac = across(n, nth);
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)

@@ -65,4 +65,8 @@ static inline uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows
     return v;
 }
 
+/* Q, K, V projections of attention layer l (ssm.c; used by ssm.c and ssm_batch.c). */
+uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *q, float *qa,
+                         float *qb, float *kb, float *vb);
+
 #endif /* UQ_SSM_IMPL_H */
