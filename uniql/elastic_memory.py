@@ -83,6 +83,18 @@ def keep_large_allocations_mapped(threshold: int = 128 * 1024) -> bool:
     return _MAPPED
 
 
+def _install(model: Any, cm: Any, state: Any, arrays: Any, specs: tuple, rate: float) -> float:
+    """Swaps a rebuilt C model, its state and weight arrays into ``model`` at ``rate`` (nothing here can fail);
+    returns the rate it ran at before. The caller then drops its own references and releases memory."""
+    model._cm, model._state, model._arrays = cm, state, arrays
+    model._specs = specs
+    model._scratch, model._scratch_seq = None, 0
+    from_rate = model.rate
+    model._rate = rate
+    model.loaded_rate = rate
+    return from_rate
+
+
 def release_free_memory() -> bool:
     """Returns free heap pages to the system (glibc ``malloc_trim(0)``); False where there is no glibc."""
     lib = _libc()
@@ -342,12 +354,7 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
     # swap in: from here on nothing can fail
-    model._cm, model._state, model._arrays = cm, state, keep
-    model._specs = (emb_spec, head_spec, final_norm, new_layers)
-    model._scratch, model._scratch_seq = None, 0
-    from_rate = model.rate
-    model._rate = rate
-    model.loaded_rate = rate
+    from_rate = _install(model, cm, state, keep, (emb_spec, head_spec, final_norm, new_layers), rate)
     del cm, state, c_layers, new_layers
     gc.collect()
     release_free_memory()
@@ -558,12 +565,7 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
     except (OSError, ValueError, KeyError) as e:
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
-    model._cm, model._state, model._arrays = cm, state, keep
-    model._specs = (emb_spec, head_spec, final_norm, new_layers)
-    model._scratch, model._scratch_seq = None, 0
-    from_rate = model.rate
-    model._rate = rate
-    model.loaded_rate = rate
+    from_rate = _install(model, cm, state, keep, (emb_spec, head_spec, final_norm, new_layers), rate)
     del cm, state, c_layers, new_layers
     gc.collect()
     release_free_memory()

@@ -341,11 +341,10 @@ def evaluate_tasks(model: Any, tokenizer: Any = None, tasks: Sequence[str | Path
     return res[None]
 
 
-def evaluate_rates(model: Any, tokenizer: Any, rates: Sequence[float] | None,
-                   tasks: Sequence[str | Path | Task] = TASKS, limit: int | None = None, *,
-                   progress: bool = True) -> dict[float | None, dict[str, TaskResult]]:
-    """:func:`evaluate_tasks` at each rate (``model.set_rate`` between them, no reload; None: the current one),
-    tasks read and tokenized once: {rate: {task: TaskResult}}."""
+def tokenizer_and_rates(model: Any, tokenizer: Any, rates: Sequence[float] | None) -> tuple[Any, list[float | None]]:
+    """The tokenizer to use (the given one, else the model's) and the rates to evaluate at ([None]: the current
+    rate), checked: InvalidArgumentError without a tokenizer, with no rates, or with rates other than 0 for a model
+    that cannot change its rate. Shared by :func:`evaluate_rates` and :func:`uniql.eval.evaluate`."""
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise InvalidArgumentError("the model has no tokenizer: pass one")
@@ -354,6 +353,15 @@ def evaluate_rates(model: Any, tokenizer: Any, rates: Sequence[float] | None,
         raise InvalidArgumentError("no rates given")
     if rates is not None and not hasattr(model, "set_rate") and any(r != 0.0 for r in rate_list):
         raise InvalidArgumentError("rates other than 0 need a compressed artifact (this model has no set_rate)")
+    return tokenizer, rate_list
+
+
+def evaluate_rates(model: Any, tokenizer: Any, rates: Sequence[float] | None,
+                   tasks: Sequence[str | Path | Task] = TASKS, limit: int | None = None, *,
+                   progress: bool = True) -> dict[float | None, dict[str, TaskResult]]:
+    """:func:`evaluate_tasks` at each rate (``model.set_rate`` between them, no reload; None: the current one),
+    tasks read and tokenized once: {rate: {task: TaskResult}}."""
+    tokenizer, rate_list = tokenizer_and_rates(model, tokenizer, rates)
     loaded = _prepare(tasks, limit)
     bos = _bos(model)
     toks = [_tokenize(t, tokenizer, bos) for t in loaded]

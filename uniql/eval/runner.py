@@ -100,14 +100,7 @@ def evaluate(model: Any, tasks: Sequence[str | _tasks.EvalTask] = zeroshot.TASKS
     :class:`~uniql.eval.tasks.EvalTask`; see :func:`uniql.eval.tasks.load`) at each rate (``set_rate`` between
     them, no reload; None: the current rate only). ``limit``: the first N documents of each task (MMLU: per
     subject); ``window``: perplexity window in tokens; ``shots``: MMLU few-shot examples."""
-    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise InvalidArgumentError("the model has no tokenizer: pass one")
-    rate_list: list[float | None] = [None] if rates is None else [float(r) for r in rates]
-    if not rate_list:
-        raise InvalidArgumentError("no rates given")
-    if rates is not None and not hasattr(model, "set_rate") and any(r != 0.0 for r in rate_list):
-        raise InvalidArgumentError("rates other than 0 need a compressed artifact (this model has no set_rate)")
+    tokenizer, rate_list = zeroshot.tokenizer_and_rates(model, tokenizer, rates)
     loaded = [_tasks.load(t, limit=limit, shots=shots) for t in tasks]
     if not loaded:
         raise InvalidArgumentError("no tasks given")
