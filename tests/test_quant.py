@@ -46,16 +46,23 @@ def pack_ref(codes: np.ndarray) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
-def gptq_ref(W: np.ndarray, H: np.ndarray, group: int, damp: float = 0.01):
-    """Unblocked float64 GPTQ: dead columns, relative damping, U = chol_upper(H^-1), one column at a time,
-    the group's scale from the updated weights when the group starts."""
+def _gptq_prepare(W: np.ndarray, H: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's float64 preamble: H symmetrised from its lower triangle, dead columns (H_ii = 0) get H_ii = 1 and
+    zero weights, relative damping of the diagonal."""
     W = W.astype(np.float64)
     H = np.tril(H) + np.tril(H, -1).T
-    rows, cols = W.shape
+    cols = W.shape[1]
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H = H + damp * np.mean(np.diag(H)) * np.eye(cols)
+    return W, H + damp * np.mean(np.diag(H)) * np.eye(cols)
+
+
+def gptq_ref(W: np.ndarray, H: np.ndarray, group: int, damp: float = 0.01):
+    """Unblocked float64 GPTQ: dead columns, relative damping, U = chol_upper(H^-1), one column at a time,
+    the group's scale from the updated weights when the group starts."""
+    W, H = _gptq_prepare(W, H, damp)
+    rows, cols = W.shape
     U = np.linalg.cholesky(np.linalg.inv(H)).T  # H^-1 = U^T U
     codes = np.empty((rows, cols), np.uint8)
     scales = np.empty((rows, -(-cols // group)), np.float32)
@@ -248,13 +255,8 @@ def mse_scale_ref(w: np.ndarray) -> np.ndarray:
 def gptq_options_ref(W: np.ndarray, H: np.ndarray, group: int, mse: bool, act: bool, damp: float = 0.01):
     """Unblocked float64 GPTQ with the options: static groups in natural order and columns in descending
     diag(H) order (act), MSE-searched scales (mse)."""
-    W = W.astype(np.float64)
-    H = np.tril(H) + np.tril(H, -1).T
+    W, H = _gptq_prepare(W, H, damp)
     rows, cols = W.shape
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H = H + damp * np.mean(np.diag(H)) * np.eye(cols)
     ng = -(-cols // group)
     scales = np.empty((rows, ng), np.float32)
 
