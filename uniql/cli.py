@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{PROG}: error: {message}{hint}\n")
 
 
-def _positive_int(s: str) -> int:
+def positive_int(s: str) -> int:
     try:
         v = int(s)
     except ValueError:
@@ -107,7 +107,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                        description="Generate a continuation of PROMPT with the C runtime (greedy at temperature 0).")
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N", help="(64)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N", help="(64)")
     p.add_argument("--temperature", type=_nonneg_float, default=0.0, metavar="T", help="0 = greedy (0)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass in (0, 1] (1)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (0)")
@@ -171,9 +171,9 @@ def _add_ppl(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", choices=TEXTS, default=None, help="packaged text (wiki)")
     src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 text file")
-    p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="context window (512)")
-    p.add_argument("--stride", type=_positive_int, default=None, metavar="N", help="window stride (window/2)")
-    p.add_argument("--max-tokens", type=_positive_int, default=4096, metavar="N",
+    p.add_argument("--window", type=positive_int, default=512, metavar="N", help="context window (512)")
+    p.add_argument("--stride", type=positive_int, default=None, metavar="N", help="window stride (window/2)")
+    p.add_argument("--max-tokens", type=positive_int, default=4096, metavar="N",
                    help="score the first N tokens of the text (4096)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
     _add_int4_activations(p)
@@ -219,8 +219,8 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--text", default=None, help="packaged calibration text, or a comma-separated mix of them "
                      "(equal shares; default: c4,code,technical,multilingual)")
     src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
-    p.add_argument("--samples", type=_positive_int, default=32, metavar="N", help="calibration sequences (32)")
-    p.add_argument("--seq-len", type=_positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    p.add_argument("--samples", type=positive_int, default=32, metavar="N", help="calibration sequences (32)")
+    p.add_argument("--seq-len", type=positive_int, default=256, metavar="N", help="tokens per sequence (256)")
 
 
 def _add_output(p: argparse.ArgumentParser, default: str) -> None:
@@ -248,7 +248,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-quantize", action="store_true", help="keep float weights (no int4)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="storage of unquantized weights (float32)")
-    p.add_argument("--group", type=_positive_int, default=128, metavar="G", help="int4 group size (128)")
+    p.add_argument("--group", type=positive_int, default=128, metavar="G", help="int4 group size (128)")
     p.add_argument("--max-rate", type=_nonneg_float, default=0.35, metavar="R", help="highest pruning rate (0.35)")
     p.add_argument("--scorer", choices=("uniql", "magnitude"), default="uniql", help="sorting scores (ablation)")
     p.add_argument("--split-sigma", action="store_true", help="ablation: split singular values between V and O")
@@ -336,7 +336,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("artifact", metavar="ART")
     _add_output(p, "ART-int4")
     _add_calibration_args(p)
-    p.add_argument("--group", type=_positive_int, default=128, metavar="G", help="int4 group size (128)")
+    p.add_argument("--group", type=positive_int, default=128, metavar="G", help="int4 group size (128)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_cmd_quantize)
 
@@ -375,10 +375,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated task names (piqa, lambada, mmlu, mmlu:SUBJECT, ppl:wiki, ...) or "
                         "requests.jsonl[.gz] paths (the five of the paper)")
     p.add_argument("--rates", type=_rate_list, default=[0.0], metavar="R,R,...", help="pruning rates (0)")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="first N documents per task (MMLU: per subject; perplexity: windows)")
-    p.add_argument("--max-seq", type=_positive_int, default=1024, metavar="N", help="KV cache length (1024)")
-    p.add_argument("--window", type=_positive_int, default=512, metavar="N", help="perplexity window (512)")
+    p.add_argument("--max-seq", type=positive_int, default=1024, metavar="N", help="KV cache length (1024)")
+    p.add_argument("--window", type=positive_int, default=512, metavar="N", help="perplexity window (512)")
     p.add_argument("--shots", type=int, default=5, metavar="K", help="MMLU few-shot examples (5)")
     p.add_argument("--base", type=Path, default=None, metavar="DIR",
                    help="also evaluate this model (e.g. the uncompressed checkpoint) and print paired differences")
@@ -457,10 +457,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="(127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="(8000)")
     p.add_argument("--model-name", default=None, metavar="NAME", help="model id of the API (the directory name)")
-    p.add_argument("--max-batch", type=_positive_int, default=8, metavar="N", help="sequences per decode step (8)")
-    p.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
+    p.add_argument("--max-batch", type=positive_int, default=8, metavar="N", help="sequences per decode step (8)")
+    p.add_argument("--max-queue", type=positive_int, default=64, metavar="N",
                    help="requests waiting for a slot before 429 (64)")
-    p.add_argument("--ctx", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--ctx", type=positive_int, default=None, metavar="N",
                    help="context length per sequence (default: the model's, at most 2048)")
     p.add_argument("--drain-timeout", type=_nonneg_float, default=10.0, metavar="S",
                    help="seconds in-flight requests may finish at shutdown before they are cancelled (10)")

@@ -737,18 +737,9 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
 
 # ------------------------------------------------------------------------------------------------ CLI ----
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``uniql finetune`` and ``python -m uniql.finetune`` (one definition)."""
+    from uniql.cli import positive_int as _positive_int  # the CLI's validator (cli imports only the stdlib)
     p.add_argument("artifact", metavar="ART")
     p.add_argument("out_pos", nargs="?", type=Path, default=None, metavar="OUT", help="output artifact (ART-ft)")
     p.add_argument("-o", "--output", "--out", dest="out", type=Path, default=None, metavar="OUT",
