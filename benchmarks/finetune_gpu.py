@@ -450,6 +450,35 @@ def run_zeroshot(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(res))
 
 
+def zs_report(args: argparse.Namespace) -> None:
+    """Here: the zero-shot JSON of ``zeroshot`` as a table (acc / acc_norm per task, the 5-task average) with paired
+    differences against ``--base`` (NAME@RATE, default before_fp32@0.00: the artifact at rate 0 without fine-tuning
+    = the uncompressed model up to float rounding) and standard errors."""
+    from uniql.eval.results import TaskResult, average, paired_average
+
+    cells: dict = {}
+    for f in args.json:
+        for name, per_rate in json.loads(Path(f).read_text()).items():
+            for r, per_task in per_rate.items():
+                cells[f"{name}@{r}"] = {t: TaskResult(t, "choice", float(r), v["doc_ids"],
+                                                      {"acc": v["acc"], "acc_norm": v["acc_norm"]}, 0.0, 0)
+                                        for t, v in per_task.items()}
+    base = cells[args.base]
+    tasks = list(base)
+    lines = [f"| cell | {' | '.join(tasks)} | average | vs {args.base} (paired) | ratio |",
+             "|---" * (len(tasks) + 4) + "|"]
+    b = average(base, tasks, args.metric)
+    for c, per in cells.items():
+        avg = average(per, tasks, args.metric)
+        d = paired_average(base, per, tasks, args.metric)
+        lines.append(f"| {c} | " + " | ".join(f"{per[t].metrics()[args.metric].value:.4f}" for t in tasks)
+                     + f" | {avg.value:.4f} ± {avg.stderr:.4f} | {d.value:+.4f} ± {d.stderr:.4f} | "
+                     f"{avg.value / b.value:.3f} |")
+    docs = ", ".join(f"{t} {base[t].docs}" for t in tasks)
+    print(f"{args.metric}; documents: {docs}")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -506,8 +535,14 @@ def main() -> None:
     y.add_argument("--json", type=Path, required=True)
     y.add_argument("--device", default="cuda")
     y.add_argument("--batch-tokens", type=int, default=16384)
+    zr = sub.add_parser("zs-report")
+    zr.add_argument("json", nargs="+", type=Path)
+    zr.add_argument("--base", default="before_fp32@0.00")
+    zr.add_argument("--metric", default="acc_norm")
     args = ap.parse_args()
-    if args.cmd == "prep-tasks":
+    if args.cmd == "zs-report":
+        zs_report(args)
+    elif args.cmd == "prep-tasks":
         prep_tasks(args)
     elif args.cmd == "zeroshot":
         run_zeroshot(args)
