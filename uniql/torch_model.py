@@ -45,18 +45,18 @@ from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
 from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
 from uniql.runtime import TransformerConfig
 
-__all__ = ["LINEARS", "LoRA", "ElasticTorchModel", "read_float_artifact"]
+__all__ = ["LINEARS", "LoRA", "ElasticTorchModel", "read_float_artifact", "read_float_tensors", "twin_model",
+           "load_twin"]
 
 # short name -> tensor name inside a layer; "rows" = the prunable axis is the output, "cols" = the input
 LINEARS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
 
-def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, TransformerConfig,
-                                                   list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """(config, meta, transformer config, per-layer tensors under their full names, rest tensors) of an
-    unquantized artifact, every float tensor as float32 (float16 converted exactly). An int4 artifact raises
-    UnsupportedError."""
+def read_float_tensors(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, list[dict[str, np.ndarray]],
+                                                 dict[str, np.ndarray]]:
+    """(config, meta, per-layer tensors under their full names, rest tensors) of an unquantized artifact of any
+    family, every float tensor as float32 (float16 converted exactly). An int4 artifact raises UnsupportedError."""
     from uniql import _C
     from uniql.checkpoint import read_raw_config
 
@@ -67,10 +67,13 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
     if meta.quantization is not None or q4:
         raise UnsupportedError(f"{d} is an int4 artifact; fine-tuning needs an unquantized one: compress with "
                                "quantize=False, fine-tune, then quantize with uniql.quantize_artifact")
-    tc = TransformerConfig.from_hf(cfg)
-    if len(meta.importance) != tc.num_hidden_layers:
-        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has "
-                          f"{tc.num_hidden_layers} layers")
+    if meta.architecture in ("llama", "qwen2"):
+        L = TransformerConfig.from_hf(cfg).num_hidden_layers
+    else:
+        from uniql.ssm import HybridConfig
+        L = HybridConfig.from_hf(cfg).num_hidden_layers
+    if len(meta.importance) != L:
+        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")
 
     def f32(a: np.ndarray) -> np.ndarray:
         if a.dtype == np.float16:
@@ -80,7 +83,7 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
         return a
 
     layers = []
-    for i in range(tc.num_hidden_layers):
+    for i in range(L):
         p = d / layer_file(i)
         if not p.is_file():
             raise FormatError(f"artifact is missing {p.name}")
@@ -88,7 +91,36 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
     if not (d / REST_FILE).is_file():
         raise FormatError(f"artifact is missing {REST_FILE}")
     rest = {k: f32(v) for k, v in st.load_file(d / REST_FILE).items()}
-    return cfg, meta, tc, layers, rest
+    return cfg, meta, layers, rest
+
+
+def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, TransformerConfig,
+                                                   list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """(config, meta, transformer config, per-layer tensors under their full names, rest tensors) of an
+    unquantized Llama/Qwen2 artifact (see :func:`read_float_tensors`)."""
+    cfg, meta, layers, rest = read_float_tensors(path)
+    if meta.architecture not in ("llama", "qwen2"):
+        raise UnsupportedError(f"read_float_artifact reads llama and qwen2 artifacts, not {meta.architecture!r} "
+                               "(use read_float_tensors)")
+    return cfg, meta, TransformerConfig.from_hf(cfg), layers, rest
+
+
+def twin_model(cfg: Mapping[str, Any], meta: ArtifactMeta, layers: Sequence[Mapping[str, np.ndarray]],
+               rest: Mapping[str, np.ndarray], **kw: Any) -> Any:
+    """The PyTorch twin of an artifact's family: :class:`ElasticTorchModel` (Llama, Qwen2) or
+    :class:`uniql.finetune.torch_hybrid.HybridTorchModel` (Mamba2, Nemotron-H, Bamba); ``kw``: rank, alpha,
+    seed, max_seq, lora_dropout."""
+    if meta.architecture in ("llama", "qwen2"):
+        return ElasticTorchModel(cfg, meta, TransformerConfig.from_hf(cfg), layers, rest, **kw)
+    from uniql.finetune.torch_hybrid import HybridTorchModel
+
+    return HybridTorchModel(cfg, meta, layers, rest, **kw)
+
+
+def load_twin(path: str | Path, **kw: Any) -> Any:
+    """:func:`twin_model` of an unquantized artifact directory."""
+    cfg, meta, layers, rest = read_float_tensors(path)
+    return twin_model(cfg, meta, layers, rest, **kw)
 
 
 def _inv_freq(c: TransformerConfig) -> np.ndarray:
