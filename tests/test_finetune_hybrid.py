@@ -362,12 +362,11 @@ def test_quantize_artifact_of_a_tied_unrotated_hybrid_is_compress(tmp_path):
     assert _rel(_logits(tm, ids), uniql.load(f, rate=0.35).logits(ids)) <= RUNTIME_REL_TOL
 
 
+@pytest.mark.parametrize("hy", ["bamba"], indirect=True)   # one family is enough for the command line
 def test_cli_finetune_and_merge_hybrid(tmp_path, hy, capsys):
     from uniql.cli import main
 
-    arch, _, art = hy
-    if arch != "bamba":
-        pytest.skip("one family is enough for the command line")
+    _, _, art = hy
     tok = tmp_path / "tokens.npy"
     np.save(tok, _pattern_tokens())
     common = ["--tokens", str(tok), "--steps", "2", "--seq-len", "32", "--batch", "2", "--eval-windows", "2"]
