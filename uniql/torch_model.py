@@ -28,6 +28,9 @@ teacher: the same weights at rate 0 without the patches, one extra forward).
 Device: the module moves with ``.to(device)`` like any other (index tensors are made on the weights' device), and
 computes in float32 or under ``torch.autocast`` (bf16 on a GPU; the LoRA weights stay float32 masters).
 ``forward(ids, cache=..., start=...)`` keeps per-layer K/V for incremental decoding (teacher-generated text).
+
+Mamba2 / Nemotron-H / Bamba artifacts have their own twin with the same interface,
+:class:`uniql.finetune.torch_hybrid.HybridTorchModel`; :func:`twin_model` / :func:`load_twin` pick the family's.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
 from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
 from uniql.runtime import TransformerConfig
 
-__all__ = ["LINEARS", "LoRA", "ElasticTorchModel", "read_float_artifact", "read_float_tensors", "twin_model",
+__all__ = ["LINEARS", "LoRA", "LoRAHost", "ElasticTorchModel", "read_float_artifact", "read_float_tensors", "twin_model",
            "load_twin"]
 
 # short name -> tensor name inside a layer; "rows" = the prunable axis is the output, "cols" = the input
@@ -165,7 +168,48 @@ def _select(W: torch.Tensor, rows: torch.Tensor | slice | None, cols: torch.Tens
     return W
 
 
-class ElasticTorchModel(nn.Module):
+class LoRAHost:
+    """The LoRA bookkeeping of the twins (:class:`ElasticTorchModel`, the hybrid twin): patches in ``self.lora``
+    under ``l<layer>_<linear>`` keys, each patching the buffer ``l<layer>_<linear>_w``."""
+
+    lora: nn.ModuleDict
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return list(self.lora.parameters())
+
+    def lora_state(self) -> dict[str, np.ndarray]:
+        """The patches as float32 arrays: ``<layer key>.A`` (rank, in) and ``<layer key>.B`` (out, rank)."""
+        out = {}
+        for key, lo in self.lora.items():
+            out[key + ".A"] = lo.A.detach().float().cpu().numpy().copy()
+            out[key + ".B"] = lo.B.detach().float().cpu().numpy().copy()
+        return out
+
+    @torch.no_grad()
+    def load_lora_state(self, state: Mapping[str, Any]) -> None:
+        """Sets the patches from :meth:`lora_state` arrays (same keys and shapes, else FormatError)."""
+        want = {k + s for k in self.lora for s in (".A", ".B")}
+        if set(state) != want:
+            missing, extra = sorted(want - set(state))[:3], sorted(set(state) - want)[:3]
+            raise FormatError(f"LoRA state does not match the model (missing {missing}, unexpected {extra})")
+        for key, lo in self.lora.items():
+            for name in ("A", "B"):
+                p = getattr(lo, name)
+                v = torch.as_tensor(np.asarray(state[f"{key}.{name}"]))
+                if tuple(v.shape) != tuple(p.shape):
+                    raise FormatError(f"LoRA {key}.{name}: shape {tuple(v.shape)} != {tuple(p.shape)}")
+                p.copy_(v.to(p.dtype))
+
+    @torch.no_grad()
+    def merge_(self) -> None:
+        """W += (alpha/rank) B A for every patch, then drops the patches (the model keeps its function)."""
+        for key, lo in self.lora.items():
+            W = getattr(self, key + "_w")
+            W += lo.delta()
+        self.lora = nn.ModuleDict()
+
+
+class ElasticTorchModel(LoRAHost, nn.Module):
     """The artifact's function at per-layer keep sizes, in PyTorch (float32), optionally with LoRA patches.
 
     ``set_rate(rate)`` uses the artifact's allocation (``ArtifactMeta.keep_sizes``, the C call the loader uses);
@@ -338,41 +382,6 @@ class ElasticTorchModel(nn.Module):
         x = self._rms(x, self.final_norm)
         head = self.embed if tc.tie_word_embeddings else self.lm_head
         return F.linear(x, head)
-
-    # ----------------------------------------------------------------------------------- LoRA ----
-    def lora_parameters(self) -> list[nn.Parameter]:
-        return list(self.lora.parameters())
-
-    def lora_state(self) -> dict[str, np.ndarray]:
-        """The patches as float32 arrays: ``<layer key>.A`` (rank, in) and ``<layer key>.B`` (out, rank)."""
-        out = {}
-        for key, lo in self.lora.items():
-            out[key + ".A"] = lo.A.detach().float().cpu().numpy().copy()
-            out[key + ".B"] = lo.B.detach().float().cpu().numpy().copy()
-        return out
-
-    @torch.no_grad()
-    def load_lora_state(self, state: Mapping[str, Any]) -> None:
-        """Sets the patches from :meth:`lora_state` arrays (same keys and shapes, else FormatError)."""
-        want = {k + s for k in self.lora for s in (".A", ".B")}
-        if set(state) != want:
-            missing, extra = sorted(want - set(state))[:3], sorted(set(state) - want)[:3]
-            raise FormatError(f"LoRA state does not match the model (missing {missing}, unexpected {extra})")
-        for key, lo in self.lora.items():
-            for name in ("A", "B"):
-                p = getattr(lo, name)
-                v = torch.as_tensor(np.asarray(state[f"{key}.{name}"]))
-                if tuple(v.shape) != tuple(p.shape):
-                    raise FormatError(f"LoRA {key}.{name}: shape {tuple(v.shape)} != {tuple(p.shape)}")
-                p.copy_(v.to(p.dtype))
-
-    @torch.no_grad()
-    def merge_(self) -> None:
-        """W += (alpha/rank) B A for every patch, then drops the patches (the model keeps its function)."""
-        for key, lo in self.lora.items():
-            W = getattr(self, key + "_w")
-            W += lo.delta()
-        self.lora = nn.ModuleDict()
 
     def weights(self) -> dict[str, np.ndarray]:
         """The block linears' full (unpruned) weights as float32 arrays under their artifact names (merged ones

@@ -54,7 +54,7 @@ from torch import nn
 from uniql.artifact import ArtifactMeta, head_rows, hybrid_full_sizes, qk_head_rows
 from uniql.errors import FormatError, InvalidArgumentError
 from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig
-from uniql.torch_model import LoRA, _select
+from uniql.torch_model import LoRA, LoRAHost, _select
 
 __all__ = ["HybridTorchModel", "ssd_scan", "MAMBA_LINEARS", "ATTN_LINEARS", "MLP_LINEARS"]
 
@@ -110,7 +110,7 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     return y, S
 
 
-class HybridTorchModel(nn.Module):
+class HybridTorchModel(LoRAHost, nn.Module):
     """A hybrid artifact's function at per-layer keep sizes, in PyTorch, optionally with LoRA patches (the
     interface of :class:`uniql.torch_model.ElasticTorchModel`: ``set_rate``, ``set_keep``, ``forward``,
     ``lora_state``, ``merge_``, ``weights``). ``keeps``: per layer {component: keep} (mlp, attn, ssm_head,
@@ -387,32 +387,6 @@ class HybridTorchModel(nn.Module):
                 x = x + self._mlp(i, self._rms(x, getattr(self, f"l{i}_ffn_norm")), ks["mlp"])
         x = self._rms(x, self.final_norm)
         return F.linear(x, self.embed if self.hc.tie_word_embeddings else self.lm_head)
-
-    # ----------------------------------------------------------------------------------- LoRA ----
-    def lora_parameters(self) -> list[nn.Parameter]:
-        return list(self.lora.parameters())
-
-    def lora_state(self) -> dict[str, np.ndarray]:
-        """The patches as float32 arrays: ``<layer key>.A`` (rank, in) and ``<layer key>.B`` (out, rank)."""
-        out = {}
-        for key, lo in self.lora.items():
-            out[key + ".A"] = lo.A.detach().float().cpu().numpy().copy()
-            out[key + ".B"] = lo.B.detach().float().cpu().numpy().copy()
-        return out
-
-    @torch.no_grad()
-    def load_lora_state(self, state: Mapping[str, Any]) -> None:
-        """Sets the patches from :meth:`lora_state` arrays (same keys and shapes, else FormatError)."""
-        from uniql.torch_model import ElasticTorchModel
-
-        ElasticTorchModel.load_lora_state(self, state)  # type: ignore[arg-type]
-
-    @torch.no_grad()
-    def merge_(self) -> None:
-        """W += (alpha/rank) B A for every patch, then drops the patches (the model keeps its function)."""
-        for key, lo in self.lora.items():
-            getattr(self, key + "_w").add_(lo.delta())
-        self.lora = nn.ModuleDict()
 
     def weights(self) -> dict[str, np.ndarray]:
         """The block linears' full (unpruned) weights as float32 arrays under their artifact names (merged ones
