@@ -13,8 +13,8 @@ P', state dims N', attention head dims r, MLP channels k -- out of the stored H,
              A = -exp(A_log);  per head h (group g = h / (H/G)), channel p, state dim n:
                  S_t[p, n] = exp(Delta_t A) S_{t-1}[p, n] + Delta_t x_t[p] B_t[n]
                  y_t[p] = C_t . S_t[p] + D x_t[p]
-             (computed chunk by chunk in the SSD form; the kept channels and state dims do not depend on the
-             dropped ones, so computing only the kept ones is exactly the runtime's read-out at those keeps)
+             (in the chunked SSD form, chunks of at most 64 tokens; the kept channels and state dims do not depend
+             on the dropped ones, so computing only the kept ones is exactly the runtime's read-out at those keeps)
              y = y * silu(z);  y <- y / sqrt(mean over the group's (H/G) P' kept channels of y^2 + eps) * w_gnorm
              x = x + y W_out[:, first P' columns of every head's P-wide segment]^T (+ b_out)
     attention: q, k = h W[rows]^T, rows = the first r of every head (no RoPE, full RoPE) or, with partial RoPE
@@ -198,6 +198,9 @@ class HybridTorchModel(LoRAHost, nn.Module):
             self.register_buffer("cos", torch.cos(ang.double()).float(), persistent=False)
             self.register_buffer("sin", torch.sin(ang.double()).float(), persistent=False)
         self.max_seq = int(max_seq)
+        # SSD chunk length: the function does not depend on it (up to float rounding); the (chunk x chunk) decay
+        # and C.B tensors kept for the backward pass grow with it, so training uses at most 64
+        self.scan_chunk = min(hc.chunk_size, 64) if LAYER_MAMBA in hc.layer_types else 1
         self.full = hybrid_full_sizes(hc)
         self.keeps: list[dict[str, int]] = [dict(f) for f in self.full]
         self.rate: float | None = 0.0
@@ -305,7 +308,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
             dt = F.softplus(dt + getattr(self, f"l{i}_dt_bias")).clamp(hc.dt_min, hc.dt_max)
             A = -torch.exp(getattr(self, f"l{i}_A_log"))
             S0 = cache.get("ssm") if cache is not None else None
-            y, S = ssd_scan(xs, dt, A, Bm, Cm, getattr(self, f"l{i}_D"), hc.chunk_size, S0)
+            y, S = ssd_scan(xs, dt, A, Bm, Cm, getattr(self, f"l{i}_D"), self.scan_chunk, S0)
             if cache is not None:
                 cache["ssm"] = S.detach()
             y = y.reshape(b, T, nx) * F.silu(z.float())
