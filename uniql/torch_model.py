@@ -48,8 +48,8 @@ from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
 from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
 from uniql.runtime import TransformerConfig
 
-__all__ = ["LINEARS", "LoRA", "LoRAHost", "ElasticTorchModel", "read_float_artifact", "read_float_tensors", "twin_model",
-           "load_twin"]
+__all__ = ["LINEARS", "LoRA", "LoRAHost", "ElasticTorchModel", "read_float_artifact", "read_float_tensors",
+           "twin_model", "load_twin"]
 
 # short name -> tensor name inside a layer; "rows" = the prunable axis is the output, "cols" = the input
 LINEARS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
