@@ -49,8 +49,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
                       overwrite: bool = False, progress: bool = True) -> Path:
     """GPTQ int4 (group ``group``, compress's damping) of every linear of an unquantized artifact (all five
     families) and int4 embedding / lm_head; returns the new artifact directory (default:
-    ``<artifact_dir>-int4``). Calibration
-    as for :func:`uniql.compress` (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
+    ``<artifact_dir>-int4``). Calibration as for :func:`uniql.compress` (default: the calibration mix, 32 x 256
+    tokens). The ``finetune`` record is kept."""
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
     from uniql.runtime import TransformerConfig
 
