@@ -195,6 +195,10 @@ def test_gradients_vanish_on_dropped_channels(hy, how):
             assert torch.count_nonzero(grad[torch.from_numpy(dropped)]) == 0, (arch, i, s)
             assert torch.count_nonzero(grad[torch.from_numpy(kept)]) > 0, (arch, i, s)
     assert cut > 0
+    bad = [dict(k) for k in tm.full]
+    bad[0] = {c: v + 1 for c, v in bad[0].items()}
+    with pytest.raises(uniql.InvalidArgumentError, match="layer 0"):
+        tm.set_keep(bad)
 
 
 # ------------------------------------------------------------------------------------- training ----
@@ -332,6 +336,9 @@ def test_quantize_artifact_is_compress_byte_for_byte(tmp_path, hy):
                                                  "calibration": {"num_samples": NSAMP, "seq_len": SEQ}}
     with pytest.raises(uniql.InvalidArgumentError, match="already quantized"):
         quantize_artifact(q, tmp_path / "again", calibration=_calib(), seq_len=SEQ, progress=False)
+    with pytest.raises(uniql.UnsupportedError, match="int4 artifact"):
+        finetune(q, tmp_path / "no", calibration=_pattern_tokens(), progress=False)
+    assert not (tmp_path / "again").exists() and not (tmp_path / "no").exists()
     ft = finetune(art, tmp_path / "ft", calibration=_pattern_tokens(), steps=2, seq_len=32, batch=2, progress=False)
     q2 = quantize_artifact(ft, calibration=_calib(), num_samples=NSAMP, seq_len=SEQ, progress=False)
     assert json.loads((q2 / "config.json").read_text())["uniql"]["finetune"]["steps"] == 2
