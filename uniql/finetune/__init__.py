@@ -356,8 +356,8 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
           device: Any = None, precision: str = "auto", progress: bool = False, log_jsonl: Any = None,
           checkpoint_dir: Any = None, resume: bool = False, time_limit: float | None = None,
           stop_at: int | None = None) -> dict[str, Any]:
-    """Masked LoRA training of a twin model (ElasticTorchModel, HybridTorchModel) with patches (in place; moved to `device`, default the
-    model's); at the end the model holds the best evaluation's patches (the last ones without an evaluation
+    """Masked LoRA training of a twin model (ElasticTorchModel, HybridTorchModel) with patches (in place; moved
+    to `device`, default the model's); at the end the model holds the best evaluation's patches (the last ones without an evaluation
     split). Returns a record of the run (rates sampled, losses, evaluations, tokens, seconds, tokens/s, GPU
     memory; ``finished`` False when `time_limit` seconds or the step `stop_at` stopped it early, with a
     checkpoint in `checkpoint_dir` to resume from). Under torch.distributed (torchrun) the
