@@ -110,12 +110,15 @@ def test_twin_equals_runtime_at_every_rate(hy):
     assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, arch
 
 
-def test_twin_reads_float16_artifacts(tmp_path):
+def test_twin_full_rope_float16_artifact(tmp_path):
+    """Attention with full RoPE (a Bamba variant: partial_rotary_factor 1) from a float16 artifact."""
     src = tmp_path / "src"
-    hf, _, _ = make_hf("bamba", seed=2)
+    hf, _, _ = make_hf("bamba", seed=2, rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+                                                          "rope_type": "default"})
     hf.save_pretrained(src)
     art = _compress(src, tmp_path / "f16", quantize=False, dtype="float16")
     tm = load_twin(art, max_seq=32)
+    assert tm.rope == "full"
     ids = np.random.default_rng(2).integers(0, VOCAB, size=20)
     for rate in (0.0, 0.35):
         tm.set_rate(rate)
