@@ -99,7 +99,7 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     y = torch.einsum("bchls,bcshp->bclhp", w, xc)
     cum = a.cumsum(-1)                                       # (b, nc, H, L)
     to_end = torch.exp(cum[..., -1:] - cum) * dtc.permute(0, 1, 3, 2)   # exp(cum_last - cum_s) Delta_s
-    states = torch.einsum("bchs,bcshp,bcshn->bchpn", to_end, xc, Bc)
+    states = torch.einsum("bcshp,bcshn->bchpn", xc * to_end.permute(0, 1, 3, 2)[..., None], Bc)
     S = x.new_zeros(b, H, P, N) if S0 is None else S0
     ys = []
     for c in range(nc):
@@ -264,7 +264,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
         return y
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        x = x.to(w.dtype)   # float32 (float64 after .double()), also under autocast
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.hc.norm_eps))
 
     def _mamba(self, i: int, h: torch.Tensor, ks: Mapping[str, int], cache: dict[str, Any] | None) -> torch.Tensor:
@@ -289,8 +289,9 @@ class HybridTorchModel(LoRAHost, nn.Module):
         b, T = h.shape[:2]
         nx, nb = H * Pk, G * Nk
         z = zxbcdt[..., :nx]
-        xbc = zxbcdt[..., nx:2 * nx + 2 * nb].float()
-        dt = zxbcdt[..., 2 * nx + 2 * nb:].float()
+        wdt = self.embed.dtype  # the scan, conv and norms run at the weights' precision, not autocast's
+        xbc = zxbcdt[..., nx:2 * nx + 2 * nb].to(wdt)
+        dt = zxbcdt[..., 2 * nx + 2 * nb:].to(wdt)
         with torch.autocast(device_type=h.device.type, enabled=False):
             w = _select(getattr(self, f"l{i}_conv_w"), ci, None)          # (channels, K)
             cb = getattr(self, f"l{i}_conv_b", None)
@@ -311,7 +312,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
             y, S = ssd_scan(xs, dt, A, Bm, Cm, getattr(self, f"l{i}_D"), self.scan_chunk, S0)
             if cache is not None:
                 cache["ssm"] = S.detach()
-            y = y.reshape(b, T, nx) * F.silu(z.float())
+            y = y.reshape(b, T, nx) * F.silu(z.to(wdt))
             yg = y.reshape(b, T, G, nx // G)
             yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + hc.norm_eps)
             gw = getattr(self, f"l{i}_gnorm")
