@@ -392,3 +392,62 @@ def test_cli_finetune_and_merge_hybrid(tmp_path, hy, capsys):
     assert rec["loss"] == "kd" and rec["steps"] == 2
     m = uniql.load(tmp_path / "ft", rate=0.35)
     assert np.isfinite(m.logits(np.arange(10) % VOCAB)).all()
+
+
+@pytest.mark.slow
+def test_twin_at_mamba2_130m_shapes(tmp_path):
+    """Mamba2-130m shapes (d 768, 24 layers, 24 heads x 64, state 128, runtime chunk 256; random weights, none
+    ship): 300 tokens cross the runtime's chunk and the twin's 64. Both float32 evaluations are compared with the
+    twin in float64 (measured: twin 4.3e-5, runtime 8.1e-5 at rate 0; twin vs runtime 5.5e-5), so the gap is float32
+    rounding over 24 layers, not a different function."""
+    torch.manual_seed(0)
+    cfg = transformers.Mamba2Config(vocab_size=4096, hidden_size=768, num_heads=24, head_dim=64, state_size=128,
+                                    n_groups=1, num_hidden_layers=24, chunk_size=256, expand=2)
+    hf = transformers.Mamba2ForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name or name.endswith(".D") or name.endswith("A_log"):
+                p.copy_(torch.randn_like(p) * 0.1 + (0.5 if name.endswith("A_log") else 1.0 if "norm" in name
+                                                     or name.endswith(".D") else 0.0))
+    hf.save_pretrained(tmp_path / "src")
+    art = uniql.compress(tmp_path / "src", tmp_path / "art", calibration=np.random.default_rng(0).integers(
+        0, 4096, (4, 128)), num_samples=4, seq_len=128, quantize=False, progress=False)
+    tm, td = load_twin(art, max_seq=512), load_twin(art, max_seq=512).double()
+    ids = np.random.default_rng(1).integers(0, 4096, 300)
+    for rate in (0.0, 0.35):
+        tm.set_rate(rate)
+        td.set_rate(rate)
+        with torch.no_grad():
+            f64 = td(torch.from_numpy(ids))[0].numpy()
+        got, rt = _logits(tm, ids), uniql.load(art, rate=rate).logits(ids)
+        assert _rel(got, f64) <= 1e-4 and _rel(rt, f64) <= 2e-4 and _rel(got, rt) <= 1e-4, rate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hy", ["bamba"], indirect=True)
+def test_two_processes_give_the_merged_weights_of_one_hybrid(tmp_path, hy):
+    """torchrun --nproc-per-node 2 (gloo, global batch 4 = 2 x 2) on a hybrid artifact writes the merged weights of
+    one process with batch 4 (measured max abs difference 9e-8)."""
+    import os
+    import subprocess
+    import sys
+
+    from uniql.safetensors import load_file
+
+    _, _, art = hy
+    tok = tmp_path / "tokens.npy"
+    np.save(tok, _pattern_tokens())
+    args = [str(art), "--tokens", str(tok), "--steps", "4", "--lr", "5e-3", "--seq-len", "32", "--batch", "4",
+            "--dropout", "0", "--eval-windows", "2", "--eval-every", "2", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    one = subprocess.run([sys.executable, "-m", "uniql.finetune", *args, "-o", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(29500 + (os.getpid() + 7) % 1000), "-m", "uniql.finetune", *args,
+                          "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    for f in sorted((tmp_path / "one").glob("model-layer-*.safetensors")):
+        a, b = load_file(f), load_file(tmp_path / "two" / f.name)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, float(np.abs(a[k]).max())))
