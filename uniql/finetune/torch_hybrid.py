@@ -66,7 +66,7 @@ MLP_LINEARS = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 
 def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              D: torch.Tensor, chunk: int, S0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Mamba2 selective scan in the chunked SSD form (float32).
+    """The Mamba2 selective scan in the chunked SSD form, at the inputs' precision.
 
     x (b, T, H, P), dt (b, T, H) = Delta, A (H) negative, B and C (b, T, G, N), D (H), S0 (b, H, P, N) or None
     (zero state). Returns (y (b, T, H, P), final state (b, H, P, N)). Within a chunk of `chunk` tokens
