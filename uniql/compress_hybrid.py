@@ -66,6 +66,42 @@ def layer_prefix(model_type: str, names: Any) -> str:
     return "model.layers."
 
 
+def o_groups(hc: HybridConfig, group: int) -> tuple[int, int]:
+    """int4 groups of o_proj's and out_proj's inputs: divisors of `group` inside one head's segment."""
+    types = set(hc.layer_types)
+    return (_o_group(hc.head_dim, group) if LAYER_ATTENTION in types else group,
+            _o_group(hc.ssm_head_dim, group) if LAYER_MAMBA in types else group)
+
+
+def layer_plan(hc: HybridConfig, kind: str, mix: str, mlp: str, group: int, go: int, go_ssm: int
+               ) -> list[tuple[str, str, int]]:
+    """GPTQ plan of one sorted hybrid layer (layer-0 names; `mix` / `mlp`: the mixer's and the MLP's prefixes):
+    (linear base, capture of its input in the sorted layer, group), shared by compress and quantize_artifact."""
+    plan: list[tuple[str, str, int]] = []
+    if kind == LAYER_MAMBA:
+        plan += [(mix + "in_proj", "mixer_in", group), (mix + "out_proj", "ssm_out", go_ssm)]
+    elif kind == LAYER_ATTENTION:
+        plan += [(mix + w, "mixer_in", group) for w in ("q_proj", "k_proj", "v_proj")]
+        plan.append((mix + "o_proj", "attn_out", go))
+    if kind == LAYER_MLP or (hc.ffn_after_mixer and kind != LAYER_MLP):
+        plan += [(mlp + w, "mlp_in", group) for w in (("gate_proj", "up_proj") if hc.mlp_act == "silu_gated"
+                                                      else ("up_proj",))]
+        plan.append((mlp + "down_proj", "mlp_z", group))
+    return plan
+
+
+def one_layer_model(hc: HybridConfig, kind: str, shared: dict[str, Any], lay: dict[str, Any],
+                    freq: np.ndarray | None, max_seq: int) -> HybridModel:
+    """A one-layer runtime model of a layer of `kind` over `lay` (layer-0 names) and the `shared` embedding, final
+    norm and (untied) lm_head, not copied; `freq`: the sorted attention's frequency map (runtime Q/K layout) or
+    None (the checkpoint's own layout)."""
+    hc1 = dataclasses.replace(hc, layer_types=(kind,))
+    t = dict(shared)
+    t.update(lay)
+    return HybridModel.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
+                                       "interleaved", max_seq=max_seq, max_chunk=min(max_seq, 256))
+
+
 class HybridJob:
     """Compression of one layer of a Mamba2 / Nemotron-H / Bamba stack (see the module docstring)."""
 
@@ -91,8 +127,7 @@ class HybridJob:
         self.state_gran = keep_granularity(hc.ssm_state, GRAN_SSM_STATE) if LAYER_MAMBA in types else 1
         self.head_gran = keep_granularity(hc.ssm_head_dim, GRAN_SSM_HEAD, min(2, hc.ssm_head_dim)) \
             if LAYER_MAMBA in types else 1
-        self.go = _o_group(hc.head_dim, opts.group) if LAYER_ATTENTION in types else opts.group
-        self.go_ssm = _o_group(hc.ssm_head_dim, opts.group) if LAYER_MAMBA in types else opts.group
+        self.go, self.go_ssm = o_groups(hc, opts.group)
         self.ssm_lambda = SSM_LAMBDA_MAMBA2 if hc.model_type == "mamba2" else SSM_LAMBDA_HYBRID
         self.ckpt.validate(self._check_layer)
 
@@ -108,14 +143,10 @@ class HybridJob:
                ) -> HybridModel:
         """A one-layer runtime model of layer i's kind over `lay` (layer-0 names), sharing the embedding (no copy);
         `freq` (sorted attention, runtime Q/K layout) or None (the checkpoint's own layout)."""
-        hc1 = dataclasses.replace(self.hc, layer_types=(self.hc.layer_types[i],))
-        t = {self.embed_name: self.tensors[self.embed_name], self.norm_name: self.tensors[self.norm_name]}
+        shared = {self.embed_name: self.tensors[self.embed_name], self.norm_name: self.tensors[self.norm_name]}
         if not self.hc.tie_word_embeddings:
-            t["lm_head.weight"] = self.tensors["lm_head.weight"]
-        t.update(lay)
-        return HybridModel.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
-                                           "interleaved", max_seq=max_seq or self.T, max_chunk=min(max_seq or self.T,
-                                                                                                  256))
+            shared["lm_head.weight"] = self.tensors["lm_head.weight"]
+        return one_layer_model(self.hc, self.hc.layer_types[i], shared, lay, freq, max_seq or self.T)
 
     def _check_layer(self, i: int, lay: dict[str, np.ndarray]) -> None:
         try:
@@ -191,7 +222,6 @@ class HybridJob:
         # 2. sort
         t = time.perf_counter()
         sl = dict(lay)
-        plan: list[tuple[str, str, int]] = []  # (linear, capture of its input in the sorted layer, group)
         freq = None
         if kind == LAYER_MAMBA:
             sp = sort_ssm_state(dB, cc).perm
@@ -207,23 +237,18 @@ class HybridJob:
                 if mix + name in lay:
                     sl[mix + name] = np.ascontiguousarray(lay[mix + name][idx])
             sl[mix + "out_proj.weight"] = np.ascontiguousarray(lay[mix + "out_proj.weight"][:, zi])
-            plan += [(mix + "in_proj", "mixer_in", opts.group), (mix + "out_proj", "ssm_out", self.go_ssm)]
         elif kind == LAYER_ATTENTION:
             nh, nkv, d = hc.num_heads, hc.num_kv_heads, hc.head_dim
             cq, ck = self._hf_diag(_diag(c_q), nh), self._hf_diag(_diag(c_k), nkv)
             qk = sort_qk(cq, ck, self.rope)
             sl.update(_sorted_attention(lay, mix, G_in, qk, qk.proj_rows(nh), qk.proj_rows(nkv), nh, nkv, d, False))
             freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
-            plan += [(mix + w, "mixer_in", opts.group) for w in ("q_proj", "k_proj", "v_proj")]
-            plan.append((mix + "o_proj", "attn_out", self.go))
         if kind == LAYER_MLP or ffn:
             perm = sort_mlp(c_z.mean(), opts.mlp_lambda).perm
             del c_z
             sl.update(_sorted_mlp(lay, f, perm))
-            plan += [(f + w, "mlp_in", opts.group) for w in (("gate_proj", "up_proj") if
-                                                             hc.mlp_act == "silu_gated" else ("up_proj",))]
-            plan.append((f + "down_proj", "mlp_z", opts.group))
         timer.add("sort", time.perf_counter() - t)
+        plan = layer_plan(hc, kind, mix, f, opts.group, self.go, self.go_ssm)
 
         # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
         stored = sl

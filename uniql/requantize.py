@@ -8,6 +8,13 @@ inputs that come from the *quantized* previous layers (second moments of the att
 output (o_proj's input), of the MLP input and of down_proj's input, float64 in C), GPTQ every linear (o_proj
 groups inside a head's segment), then propagate through the quantized layer; finally lm_head by GPTQ on the final-norm output (a tied embedding shares the table,
 an untied one gets group-wise RTN). All numerics are in the C core.
+
+Mamba2 / Nemotron-H / Bamba artifacts take the same path with the hybrid layer plan
+(:func:`uniql.compress_hybrid.layer_plan`: in_proj / out_proj Hessians from the mixer input and the gated SSM
+output, q/k/v/o, MLP): compress sorts a hybrid layer on the *float* stream and GPTQ-quantizes it on the quantized
+stream, so on an untuned float32 artifact quantize_artifact reproduces ``compress(quantize=True)`` byte for byte
+(every layer file and the rest file), and after fine-tuning it is what compress would have done with the tuned
+weights.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_conf
 from uniql.compress import (CompressOptions, OutputExistsError, _f16_scales, _gptq, _o_group,
                             _one_layer_model, _peak_rss_mb, _store, _Timer, calibration_tokens, quantize_layer,
                             transformer_plan)
-from uniql.errors import InvalidArgumentError, UnsupportedError
+from uniql.errors import InvalidArgumentError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_rtn
 from uniql.runtime import exact_int4
@@ -40,9 +47,10 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
                       calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
                       mse_scale: bool = CompressOptions.mse_scale, act_order: bool = CompressOptions.act_order,
                       overwrite: bool = False, progress: bool = True) -> Path:
-    """GPTQ int4 (group ``group``, compress's damping) of every linear of an unquantized Llama/Qwen2 artifact and
-    int4 embedding / lm_head; returns the new artifact directory (default: ``<artifact_dir>-int4``). Calibration
-    as for :func:`uniql.compress` (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
+    """GPTQ int4 (group ``group``, compress's damping) of every linear of an unquantized artifact (all five
+    families) and int4 embedding / lm_head; returns the new artifact directory (default:
+    ``<artifact_dir>-int4``). Calibration as for :func:`uniql.compress` (default: the calibration mix, 32 x 256
+    tokens). The ``finetune`` record is kept."""
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
     from uniql.runtime import TransformerConfig
 
@@ -51,8 +59,6 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     if not is_artifact(cfg):
         raise InvalidArgumentError(f"{src} is not a uniql artifact")
     meta, tinfo = read_meta(src, cfg)
-    if meta.architecture not in ("llama", "qwen2"):
-        raise UnsupportedError(f"quantize_artifact supports llama and qwen2 artifacts, not {meta.architecture!r}")
     if meta.quantization is not None or any(isinstance(s, dict) and s.get("format") == "q4" for s in tinfo.values()):
         raise InvalidArgumentError(f"{src} is already quantized")
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
@@ -63,6 +69,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
     ids = calibration_tokens(load_tokenizer(src), calibration, opts.num_samples, opts.seq_len)
+    if meta.architecture not in ("llama", "qwen2"):
+        return _quantize_hybrid(src, out, cfg, meta, opts, ids, progress)
     tc = TransformerConfig.from_hf(cfg)
     L, nh, d, n = tc.num_hidden_layers, tc.num_attention_heads, tc.head_dim, tc.hidden_size
     go = _o_group(d, opts.group)
@@ -140,6 +148,142 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
                  "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
                  "act_order": opts.act_order, "precision": {},
+                 "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
+        out_cfg = dict(cfg)
+        out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
+        out_cfg["uniql_tensors"] = info
+        write_config(part, out_cfg, src)
+        timer.add("write", time.perf_counter() - t)
+        total = time.perf_counter() - t0
+        report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
+                  "calibration_tokens": int(B * T), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
+                  "total_seconds": round(total, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                  "finetune": meta.finetune,
+                  "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
+        (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    publish(part, out)
+    log.info("wrote %s in %.1f s", out, total)
+    return out
+
+
+def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts: CompressOptions, ids: np.ndarray,
+                     progress: bool) -> Path:
+    """quantize_artifact of a Mamba2 / Nemotron-H / Bamba artifact: compress's hybrid quantization step
+    (:meth:`uniql.compress_hybrid.HybridJob.layer` step 3, its lm_head / embedding step) on the stored sorted
+    layers."""
+    from uniql.compress_hybrid import layer_plan, layer_prefix, o_groups, one_layer_model, rope_mode
+    from uniql.ssm import LAYER_ATTENTION, _NAMES, HybridConfig
+
+    hc = HybridConfig.from_hf(cfg)
+    names = _NAMES[hc.model_type]
+    L, n = hc.num_hidden_layers, hc.hidden_size
+    go, go_ssm = o_groups(hc, opts.group)
+    rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
+    B, T = ids.shape
+    timer = _Timer()
+    t0 = time.perf_counter()
+    shared_all = st.load_file(src / REST_FILE)
+    with st.safe_open(src / layer_file(0)) as f:  # the rest file's names do not say backbone.* vs model.* layers
+        lp = layer_prefix(hc.model_type, f.keys())
+    p0 = lp + "0."
+
+    def present(cands: Any) -> str:
+        cands = (cands,) if isinstance(cands, str) else cands
+        return next((c for c in cands if c in shared_all), cands[0])
+
+    embed_name, norm_name = present(names["embed"]), present(names["final"])
+    shared = {embed_name: shared_all[embed_name], norm_name: shared_all[norm_name]}
+    tied = bool(hc.tie_word_embeddings)
+    if not tied:
+        shared["lm_head.weight"] = shared_all["lm_head.weight"]
+
+    def layer(i: int) -> tuple[dict[str, Any], np.ndarray | None, str, str]:
+        """(layer-0 named tensors, rope_freq or None, mixer prefix, MLP prefix)."""
+        pfx = f"{lp}{i}."
+        lay = {p0 + k[len(pfx):]: v for k, v in st.load_file(src / layer_file(i)).items()}
+        kind = hc.layer_types[i]
+        mix = p0 + names[{"mamba": "mamba", "attention": "attn", "mlp": "mlp"}[kind]]
+        fm = lay.pop(mix + "rope_freq", None)  # None: no RoPE (the stored Q/K order is the runtime's)
+        return lay, fm, mix, p0 + names.get("mlp", "")
+
+    def model(i: int, lay: dict[str, Any], fm: np.ndarray | None) -> Any:
+        return one_layer_model(hc, hc.layer_types[i], shared, lay, fm, T)
+
+    part = out.with_name(out.name + ".partial")
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    try:
+        t = time.perf_counter()
+        lay, fm, _, _ = layer(0)
+        emb = model(0, lay, fm)
+        X = np.stack([emb.embed(ids[b]) for b in range(B)])
+        del emb
+        timer.add("calibrate", time.perf_counter() - t)
+        info: dict[str, Any] = {}
+        segs = {"o_proj": hc.num_heads, "out_proj": hc.ssm_heads}
+        bar: Any = range(L)
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(bar, desc="quantize", unit="layer")
+        for i in bar:
+            t = time.perf_counter()
+            lay, fm, mix, mlp = layer(i)
+            timer.add("calibrate", time.perf_counter() - t)
+            plan = layer_plan(hc, hc.layer_types[i], mix, mlp, opts.group, go, go_ssm)
+            stored = quantize_layer(lambda tl: model(i, tl, fm), lay, X, plan, opts.gptq_kw(), timer,
+                                    opts.storage)     # X advances in place
+            t = time.perf_counter()
+            if hc.layer_types[i] == LAYER_ATTENTION and rope != "none":
+                stored[mix + "rope_freq"] = fm
+            out_t = _store(stored, p0, f"{lp}{i}.", info, np.float32,
+                           lambda base: segs.get(base.rsplit(".", 1)[-1], 1))
+            st.save_file(part / layer_file(i), out_t)
+            timer.add("write", time.perf_counter() - t)
+
+        # lm_head: GPTQ on the final-norm output (the mixer input of a layer whose norm is the final norm)
+        t = time.perf_counter()
+        lay, fm, _, _ = layer(0)
+        lay[p0 + names["norm"]] = shared[norm_name]
+        fin = model(0, lay, fm)
+        c_h = Covariance(n)
+        for b in range(B):
+            _, cap = fin.layer_forward(0, X[b], capture=("mixer_in",))
+            c_h.update(cap["mixer_in"])
+        del fin
+        rest: dict[str, Any] = {norm_name: np.asarray(shared[norm_name], np.float32)}
+        E = np.ascontiguousarray(shared[embed_name], dtype=np.float32)
+        embed_base = embed_name[: -len(".weight")]
+
+        def put(name: str, W: np.ndarray, q: Any, dt: Any = np.float32) -> None:
+            if q is not None:
+                rest[name + ".qweight"] = q.packed
+                rest[name + ".scales"] = q.scales.astype(np.float16)
+                info[name] = {"format": "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
+            else:
+                rest[name + ".weight"] = W.astype(dt)
+                info[name] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(W.shape)}
+
+        head_kind, head_g = opts.storage("lm_head")
+        emb_kind, emb_g = opts.storage("embedding")
+        head_q = None
+        W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
+        if head_kind == "int4":
+            head_q = _f16_scales(_gptq(W, c_h.mean(), head_g, **opts.gptq_kw()))
+        head_dt = np.float16 if head_kind == "f16" else np.float32
+        if tied:
+            put(embed_base, E, head_q, head_dt)
+        else:
+            emb_q = _f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else None
+            put(embed_base, E, emb_q, np.float16 if emb_kind == "f16" else np.float32)
+            put("lm_head", W, head_q, head_dt)
+        st.save_file(part / REST_FILE, rest)
+        quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
+                 "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
+                 "act_order": opts.act_order, "precision": dict(opts.precision), "ssm_out_group": go_ssm,
                  "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
         out_cfg = dict(cfg)
         out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()

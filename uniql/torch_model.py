@@ -28,6 +28,9 @@ teacher: the same weights at rate 0 without the patches, one extra forward).
 Device: the module moves with ``.to(device)`` like any other (index tensors are made on the weights' device), and
 computes in float32 or under ``torch.autocast`` (bf16 on a GPU; the LoRA weights stay float32 masters).
 ``forward(ids, cache=..., start=...)`` keeps per-layer K/V for incremental decoding (teacher-generated text).
+
+Mamba2 / Nemotron-H / Bamba artifacts have their own twin with the same interface,
+:class:`uniql.finetune.torch_hybrid.HybridTorchModel`; :func:`twin_model` / :func:`load_twin` pick the family's.
 """
 from __future__ import annotations
 
@@ -45,18 +48,18 @@ from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
 from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
 from uniql.runtime import TransformerConfig
 
-__all__ = ["LINEARS", "LoRA", "ElasticTorchModel", "read_float_artifact"]
+__all__ = ["LINEARS", "LoRA", "LoRAHost", "ElasticTorchModel", "read_float_artifact", "read_float_tensors",
+           "twin_model", "load_twin"]
 
 # short name -> tensor name inside a layer; "rows" = the prunable axis is the output, "cols" = the input
 LINEARS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
 
-def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, TransformerConfig,
-                                                   list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """(config, meta, transformer config, per-layer tensors under their full names, rest tensors) of an
-    unquantized artifact, every float tensor as float32 (float16 converted exactly). An int4 artifact raises
-    UnsupportedError."""
+def read_float_tensors(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, list[dict[str, np.ndarray]],
+                                                 dict[str, np.ndarray]]:
+    """(config, meta, per-layer tensors under their full names, rest tensors) of an unquantized artifact of any
+    family, every float tensor as float32 (float16 converted exactly). An int4 artifact raises UnsupportedError."""
     from uniql import _C
     from uniql.checkpoint import read_raw_config
 
@@ -67,10 +70,13 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
     if meta.quantization is not None or q4:
         raise UnsupportedError(f"{d} is an int4 artifact; fine-tuning needs an unquantized one: compress with "
                                "quantize=False, fine-tune, then quantize with uniql.quantize_artifact")
-    tc = TransformerConfig.from_hf(cfg)
-    if len(meta.importance) != tc.num_hidden_layers:
-        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has "
-                          f"{tc.num_hidden_layers} layers")
+    if meta.architecture in ("llama", "qwen2"):
+        L = TransformerConfig.from_hf(cfg).num_hidden_layers
+    else:
+        from uniql.ssm import HybridConfig
+        L = HybridConfig.from_hf(cfg).num_hidden_layers
+    if len(meta.importance) != L:
+        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")
 
     def f32(a: np.ndarray) -> np.ndarray:
         if a.dtype == np.float16:
@@ -80,7 +86,7 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
         return a
 
     layers = []
-    for i in range(tc.num_hidden_layers):
+    for i in range(L):
         p = d / layer_file(i)
         if not p.is_file():
             raise FormatError(f"artifact is missing {p.name}")
@@ -88,7 +94,36 @@ def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta,
     if not (d / REST_FILE).is_file():
         raise FormatError(f"artifact is missing {REST_FILE}")
     rest = {k: f32(v) for k, v in st.load_file(d / REST_FILE).items()}
-    return cfg, meta, tc, layers, rest
+    return cfg, meta, layers, rest
+
+
+def read_float_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, TransformerConfig,
+                                                   list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """(config, meta, transformer config, per-layer tensors under their full names, rest tensors) of an
+    unquantized Llama/Qwen2 artifact (see :func:`read_float_tensors`)."""
+    cfg, meta, layers, rest = read_float_tensors(path)
+    if meta.architecture not in ("llama", "qwen2"):
+        raise UnsupportedError(f"read_float_artifact reads llama and qwen2 artifacts, not {meta.architecture!r} "
+                               "(use read_float_tensors)")
+    return cfg, meta, TransformerConfig.from_hf(cfg), layers, rest
+
+
+def twin_model(cfg: Mapping[str, Any], meta: ArtifactMeta, layers: Sequence[Mapping[str, np.ndarray]],
+               rest: Mapping[str, np.ndarray], **kw: Any) -> Any:
+    """The PyTorch twin of an artifact's family: :class:`ElasticTorchModel` (Llama, Qwen2) or
+    :class:`uniql.finetune.torch_hybrid.HybridTorchModel` (Mamba2, Nemotron-H, Bamba); ``kw``: rank, alpha,
+    seed, max_seq, lora_dropout."""
+    if meta.architecture in ("llama", "qwen2"):
+        return ElasticTorchModel(cfg, meta, TransformerConfig.from_hf(cfg), layers, rest, **kw)
+    from uniql.finetune.torch_hybrid import HybridTorchModel
+
+    return HybridTorchModel(cfg, meta, layers, rest, **kw)
+
+
+def load_twin(path: str | Path, **kw: Any) -> Any:
+    """:func:`twin_model` of an unquantized artifact directory."""
+    cfg, meta, layers, rest = read_float_tensors(path)
+    return twin_model(cfg, meta, layers, rest, **kw)
 
 
 def _inv_freq(c: TransformerConfig) -> np.ndarray:
@@ -133,7 +168,48 @@ def _select(W: torch.Tensor, rows: torch.Tensor | slice | None, cols: torch.Tens
     return W
 
 
-class ElasticTorchModel(nn.Module):
+class LoRAHost:
+    """The LoRA bookkeeping of the twins (:class:`ElasticTorchModel`, the hybrid twin): patches in ``self.lora``
+    under ``l<layer>_<linear>`` keys, each patching the buffer ``l<layer>_<linear>_w``."""
+
+    lora: nn.ModuleDict
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return list(self.lora.parameters())
+
+    def lora_state(self) -> dict[str, np.ndarray]:
+        """The patches as float32 arrays: ``<layer key>.A`` (rank, in) and ``<layer key>.B`` (out, rank)."""
+        out = {}
+        for key, lo in self.lora.items():
+            out[key + ".A"] = lo.A.detach().float().cpu().numpy().copy()
+            out[key + ".B"] = lo.B.detach().float().cpu().numpy().copy()
+        return out
+
+    @torch.no_grad()
+    def load_lora_state(self, state: Mapping[str, Any]) -> None:
+        """Sets the patches from :meth:`lora_state` arrays (same keys and shapes, else FormatError)."""
+        want = {k + s for k in self.lora for s in (".A", ".B")}
+        if set(state) != want:
+            missing, extra = sorted(want - set(state))[:3], sorted(set(state) - want)[:3]
+            raise FormatError(f"LoRA state does not match the model (missing {missing}, unexpected {extra})")
+        for key, lo in self.lora.items():
+            for name in ("A", "B"):
+                p = getattr(lo, name)
+                v = torch.as_tensor(np.asarray(state[f"{key}.{name}"]))
+                if tuple(v.shape) != tuple(p.shape):
+                    raise FormatError(f"LoRA {key}.{name}: shape {tuple(v.shape)} != {tuple(p.shape)}")
+                p.copy_(v.to(p.dtype))
+
+    @torch.no_grad()
+    def merge_(self) -> None:
+        """W += (alpha/rank) B A for every patch, then drops the patches (the model keeps its function)."""
+        for key, lo in self.lora.items():
+            W = getattr(self, key + "_w")
+            W += lo.delta()
+        self.lora = nn.ModuleDict()
+
+
+class ElasticTorchModel(LoRAHost, nn.Module):
     """The artifact's function at per-layer keep sizes, in PyTorch (float32), optionally with LoRA patches.
 
     ``set_rate(rate)`` uses the artifact's allocation (``ArtifactMeta.keep_sizes``, the C call the loader uses);
@@ -306,41 +382,6 @@ class ElasticTorchModel(nn.Module):
         x = self._rms(x, self.final_norm)
         head = self.embed if tc.tie_word_embeddings else self.lm_head
         return F.linear(x, head)
-
-    # ----------------------------------------------------------------------------------- LoRA ----
-    def lora_parameters(self) -> list[nn.Parameter]:
-        return list(self.lora.parameters())
-
-    def lora_state(self) -> dict[str, np.ndarray]:
-        """The patches as float32 arrays: ``<layer key>.A`` (rank, in) and ``<layer key>.B`` (out, rank)."""
-        out = {}
-        for key, lo in self.lora.items():
-            out[key + ".A"] = lo.A.detach().float().cpu().numpy().copy()
-            out[key + ".B"] = lo.B.detach().float().cpu().numpy().copy()
-        return out
-
-    @torch.no_grad()
-    def load_lora_state(self, state: Mapping[str, Any]) -> None:
-        """Sets the patches from :meth:`lora_state` arrays (same keys and shapes, else FormatError)."""
-        want = {k + s for k in self.lora for s in (".A", ".B")}
-        if set(state) != want:
-            missing, extra = sorted(want - set(state))[:3], sorted(set(state) - want)[:3]
-            raise FormatError(f"LoRA state does not match the model (missing {missing}, unexpected {extra})")
-        for key, lo in self.lora.items():
-            for name in ("A", "B"):
-                p = getattr(lo, name)
-                v = torch.as_tensor(np.asarray(state[f"{key}.{name}"]))
-                if tuple(v.shape) != tuple(p.shape):
-                    raise FormatError(f"LoRA {key}.{name}: shape {tuple(v.shape)} != {tuple(p.shape)}")
-                p.copy_(v.to(p.dtype))
-
-    @torch.no_grad()
-    def merge_(self) -> None:
-        """W += (alpha/rank) B A for every patch, then drops the patches (the model keeps its function)."""
-        for key, lo in self.lora.items():
-            W = getattr(self, key + "_w")
-            W += lo.delta()
-        self.lora = nn.ModuleDict()
 
     def weights(self) -> dict[str, np.ndarray]:
         """The block linears' full (unpruned) weights as float32 arrays under their artifact names (merged ones

@@ -4,10 +4,12 @@ The one stage that computes in Python, on PyTorch (optional extra ``uniql[torch]
 
     compress(src, quantize=False)  ->  finetune(art)  ->  quantize_artifact(tuned)   (GPTQ int4, in C)
 
-- The model is :class:`uniql.torch_model.ElasticTorchModel`: the C runtime's function for the artifact, at the
-  keep sizes deployment uses (tested equal to ``uniql.load(art, rate)``).
-- LoRA rank 8, alpha 16, dropout 0.05 on q, k, v, o, gate, up, down of every block; everything else frozen (the
-  reference's recipe).
+- The model is the artifact family's PyTorch twin of the C runtime, at the keep sizes deployment uses (tested equal
+  to ``uniql.load(art, rate)``): :class:`uniql.torch_model.ElasticTorchModel` for Llama / Qwen2,
+  :class:`uniql.finetune.torch_hybrid.HybridTorchModel` for Mamba2 / Nemotron-H / Bamba
+  (:func:`uniql.torch_model.twin_model` picks it).
+- LoRA rank 8, alpha 16, dropout 0.05 on q, k, v, o, gate, up, down of every block (and a Mamba mixer's in_proj
+  and out_proj); everything else frozen (the reference's recipe).
 - Every optimizer step samples one global pruning rate from a grid on [0, max_rate] (default step 0.05: 0, 0.05,
   ..., 0.35), p proportional to exp(-0.1 j) with j = 0 at the *highest* rate (the reference's keep ratios
   {0.60..0.95} with p ~ exp(-0.1 k) from 0.60 up, shifted to the rates this artifact serves; rate 0 is included
@@ -354,8 +356,8 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
           device: Any = None, precision: str = "auto", progress: bool = False, log_jsonl: Any = None,
           checkpoint_dir: Any = None, resume: bool = False, time_limit: float | None = None,
           stop_at: int | None = None) -> dict[str, Any]:
-    """Masked LoRA training of an ElasticTorchModel with patches (in place; moved to `device`, default the
-    model's); at the end the model holds the best evaluation's patches (the last ones without an evaluation
+    """Masked LoRA training of a twin model (ElasticTorchModel, HybridTorchModel) with patches (in place; moved
+    to `device`, default the model's); at the end the model holds the best evaluation's patches (the last ones without an evaluation
     split). Returns a record of the run (rates sampled, losses, evaluations, tokens, seconds, tokens/s, GPU
     memory; ``finished`` False when `time_limit` seconds or the step `stop_at` stopped it early, with a
     checkpoint in `checkpoint_dir` to resume from). Under torch.distributed (torchrun) the
@@ -572,8 +574,7 @@ def _write_artifact(src: Path, part: Path, cfg: dict[str, Any], weights: dict[st
     stored dtype) and the finetune record in config.json."""
     from uniql.artifact import REST_FILE, layer_file, write_config
 
-    L = int(cfg["num_hidden_layers"])
-    for i in range(L):
+    for i in range(len(cfg["uniql"]["importance"])):  # one file per decoder layer (hybrid configs may not say)
         t = st.load_file(src / layer_file(i))
         for name, a in t.items():
             if name in weights:
@@ -628,15 +629,15 @@ def merge_lora(artifact_dir: str | os.PathLike, lora_path: str | os.PathLike,
     trained on and writes the fine-tuned artifact (as :func:`finetune` would have); returns its directory."""
     require_torch()
     from uniql.checkpoint import is_artifact, read_raw_config
-    from uniql.torch_model import ElasticTorchModel, read_float_artifact
+    from uniql.torch_model import read_float_tensors, twin_model
 
     src = Path(artifact_dir)
     if not is_artifact(read_raw_config(src)):
         raise InvalidArgumentError(f"{src} is not a uniql artifact")
     out = _out_dir(src, out_dir, overwrite)
     state, record, rank, alpha = load_lora(lora_path)
-    cfg, meta, tc, layers, rest = read_float_artifact(src)
-    model = ElasticTorchModel(cfg, meta, tc, layers, rest, rank=rank, alpha=alpha, max_seq=2)
+    cfg, meta, layers, rest = read_float_tensors(src)
+    model = twin_model(cfg, meta, layers, rest, rank=rank, alpha=alpha, max_seq=2)
     del layers, rest
     model.load_lora_state(state)
     record = {**record, "merged_from": Path(lora_path).name}
@@ -674,7 +675,7 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     dev = resolve_device(device)
     prec = _precision(precision, dev)
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
-    from uniql.torch_model import ElasticTorchModel, read_float_artifact
+    from uniql.torch_model import read_float_tensors, twin_model
 
     src = Path(artifact_dir)
     cfg0 = read_raw_config(src)
@@ -683,14 +684,14 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     out = _out_dir(src, out_dir, overwrite)
     rank_, world = _dist()
     t0 = time.perf_counter()
-    cfg, meta, tc, layers, rest = read_float_artifact(src)       # int4 artifacts are refused here
+    cfg, meta, layers, rest = read_float_tensors(src)            # int4 artifacts are refused here
     windows = training_windows(load_tokenizer(src), calibration, opts.seq_len)
     n_eval = default_eval_windows(windows.shape[0]) if eval_windows is None else eval_windows
     _pos_int("eval_windows", n_eval, 0)
     train_w, eval_w = split_windows(windows, n_eval, opts.seed)
     torch.manual_seed(opts.seed)
-    model = ElasticTorchModel(cfg, meta, tc, layers, rest, rank=opts.rank, alpha=opts.alpha, seed=opts.seed,
-                              max_seq=opts.seq_len, lora_dropout=opts.dropout)
+    model = twin_model(cfg, meta, layers, rest, rank=opts.rank, alpha=opts.alpha, seed=opts.seed,
+                       max_seq=opts.seq_len, lora_dropout=opts.dropout)
     del layers, rest
     model.to(dev)
     t_read = time.perf_counter() - t0
