@@ -20,7 +20,7 @@ the new rate, so the resident weights are exactly those a model loaded at that r
   a :class:`uniql.UniqlError` and leaves the model untouched at its current rate (everything is built aside and
   swapped in only when complete).
 - The C model is rebuilt over the new arrays (embedding, lm_head and norms are shared, not copied) and the KV
-  cache moves to a state of the new widths (``_C.tf_state_transfer``: K/V rows are cut to, or zero-extended to,
+  cache moves to a state of the new widths (``_C.hy_state_transfer``: K/V rows are cut to, or zero-extended to,
   the new stored head dims). After a shrink the cache is what ``set_rate`` would have used; after a grow the
   extra dims of past tokens were never computed, so pass ``tokens`` (the current sequence's ids) to re-prefill
   them exactly, or accept the approximation until the next sequence.
@@ -271,7 +271,7 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
             changed = (k_new, r_new) != (k_cur, r_cur)
             if not changed:
                 new_layers.append(lay)
-                keep.extend([lay["attn_norm"], lay["mlp_norm"]])
+                keep.extend([lay["norm"], lay["ffn_norm"]])
                 if lay.get("freq_map") is not None:
                     keep.append(lay["freq_map"])
                 for short in ("q", "k", "v", "o", "gate", "up", "down"):
@@ -287,8 +287,8 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
                 except UniqlError as e:
                     raise type(e)(f"{e}; the model stays at rate {model.rate}") from None
             try:
-                nd = {"attn_norm": lay["attn_norm"], "mlp_norm": lay["mlp_norm"]}
-                keep.extend([nd["attn_norm"], nd["mlp_norm"]])
+                nd = {"kind": lay["kind"], "norm": lay["norm"], "ffn_norm": lay["ffn_norm"]}
+                keep.extend([nd["norm"], nd["ffn_norm"]])
                 # per linear: (module, proj, row segments, rows per seg (cur, new, full),
                 #              col segments, cols per seg (cur, new, full), R16 segments)
                 geo = {
@@ -345,9 +345,9 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
             finally:
                 if f is not None:
                     f.close()
-        cm = _C.tf_model_new(c._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
-        state = _C.tf_state_new(cm, model.max_seq, model._max_chunk)
-        _C.tf_state_transfer(model._state, state)
+        cm = _C.hy_model_new(c._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
+        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
+        _C.hy_state_transfer(model._state, state)
     except UniqlError:
         raise
     except (OSError, ValueError, KeyError) as e:

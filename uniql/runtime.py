@@ -199,12 +199,16 @@ class TransformerConfig:
                    eos_token_ids=eos_ids, **kw)
 
     def _c_dict(self) -> dict[str, Any]:
-        return dict(arch=SUPPORTED_MODEL_TYPES[self.model_type], vocab_size=self.vocab_size,
-                    hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-                    num_layers=self.num_hidden_layers, num_heads=self.num_attention_heads,
-                    num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, rms_norm_eps=self.rms_norm_eps,
-                    rope_theta=self.rope_theta, rope_type=_ROPE_TYPES[self.rope_type], rope_factor=self.rope_factor,
-                    rope_low_freq_factor=self.rope_low_freq_factor, rope_high_freq_factor=self.rope_high_freq_factor,
+        """The C model's config: the one runtime's (uq_hy_config), every layer attention + gated-SiLU MLP with
+        RoPE over the whole head."""
+        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_hidden_layers,
+                    norm_eps=float(self.rms_norm_eps), ssm_heads=0, ssm_head_dim=0, ssm_groups=0, ssm_state=0,
+                    conv_kernel=0, chunk_size=0, dt_min=0.0, dt_max=0.0, num_heads=self.num_attention_heads,
+                    num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, rope_dim=self.head_dim,
+                    rope_theta=float(self.rope_theta), intermediate_size=self.intermediate_size,
+                    mlp_act=_C.HY_ACT_SILU_GATED, rope_type=_ROPE_TYPES[self.rope_type],
+                    rope_factor=float(self.rope_factor), rope_low_freq_factor=float(self.rope_low_freq_factor),
+                    rope_high_freq_factor=float(self.rope_high_freq_factor),
                     rope_original_max_pos=float(self.rope_original_max_position_embeddings))
 
 
@@ -424,9 +428,9 @@ class Model(SequenceModel):
     Not thread-safe: one sequence at a time (the GIL is released inside C calls).
     """
 
-    _c_forward = staticmethod(_C.tf_forward)
-    _c_state_info = staticmethod(_C.tf_state_info)
-    _c_state_reset = staticmethod(_C.tf_state_reset)
+    _c_forward = staticmethod(_C.hy_forward)
+    _c_state_info = staticmethod(_C.hy_state_info)
+    _c_state_reset = staticmethod(_C.hy_state_reset)
 
     def __init__(self, config: TransformerConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
@@ -458,7 +462,9 @@ class Model(SequenceModel):
 
         c_layers = []
         for lay in layers:
-            d = {"attn_norm": lay["attn_norm"], "mlp_norm": lay["mlp_norm"], "freq_map": lay.get("freq_map")}
+            # one layer of the C runtime: attention mixer (norm) then a gated-SiLU MLP sub-block (ffn_norm)
+            d = {"kind": _C.HY_ATTN, "norm": lay["attn_norm"], "ffn_norm": lay["mlp_norm"],
+                 "freq_map": lay.get("freq_map")}
             keep.extend([lay["attn_norm"], lay["mlp_norm"]])
             if d["freq_map"] is not None:
                 keep.append(d["freq_map"])
@@ -474,19 +480,19 @@ class Model(SequenceModel):
         keep.append(final_norm)
         self._arrays = keep
         self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
-        self._cm = _C.tf_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
+        self._cm = _C.hy_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
         if max_seq is None:
             max_seq = min(config.max_position_embeddings, 2048)
         self.max_seq = int(max_seq)
         self._max_chunk = int(max_chunk)
-        self._state = _C.tf_state_new(self._cm, self.max_seq, self._max_chunk)
+        self._state = _C.hy_state_new(self._cm, self.max_seq, self._max_chunk)
         self._scratch = None  # state for embed/layer_forward/head, created on demand
         self._scratch_seq = 0
 
     def truncate(self, position: int) -> None:
         """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
         next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix."""
-        _C.tf_state_truncate(self._state, int(position))
+        _C.hy_state_truncate(self._state, int(position))
 
     # ------------------------------------------------------------------------------ loading ----
     @classmethod
@@ -583,18 +589,18 @@ class Model(SequenceModel):
 
     def keep(self, layer: int) -> tuple[int, int]:
         """(MLP keep k, attention head-dim keep r) of a layer."""
-        k, r, _, _ = _C.tf_get_keep(self._cm, layer)
-        return k, r
+        keep, _, _, _ = _C.hy_get_keep(self._cm, int(layer))
+        return keep[0], keep[1]
 
     def stored(self, layer: int) -> tuple[int, int]:
         """(stored intermediate size K, stored head dim R) of a layer: the largest keep sizes."""
-        _, _, k, r = _C.tf_get_keep(self._cm, layer)
-        return k, r
+        _, stored, _, _ = _C.hy_get_keep(self._cm, int(layer))
+        return stored[0], stored[1]
 
     def set_keep(self, layer: int, mlp: int | None = None, attn: int | None = None) -> None:
         """Sets layer's MLP keep (1..K) and/or attention head-dim keep (even, 2..R); takes effect at the next
         token. The KV cache stays valid."""
-        _C.tf_set_keep(self._cm, int(layer), -1 if mlp is None else int(mlp), -1 if attn is None else int(attn))
+        _C.hy_set_keep(self._cm, int(layer), -1 if mlp is None else int(mlp), -1 if attn is None else int(attn), -1, -1)
 
     def set_keep_all(self, mlp: int | Sequence[int] | None = None, attn: int | Sequence[int] | None = None) -> None:
         """Sets keep sizes of every layer: an int for all layers or one value per layer."""
@@ -619,14 +625,14 @@ class Model(SequenceModel):
     def _scratch_state(self, T: int) -> Any:
         if self._scratch is None or self._scratch_seq < T:
             self._scratch_seq = max(T, 1)
-            self._scratch = _C.tf_state_new(self._cm, self._scratch_seq, self._max_chunk)
+            self._scratch = _C.hy_state_new(self._cm, self._scratch_seq, self._max_chunk)
         return self._scratch
 
     def embed(self, ids: Any) -> np.ndarray:
         """float32 (T, hidden) embedding rows (int4 dequantized)."""
         a = _ids_array(ids)
         X = np.empty((a.size, self.config.hidden_size), np.float32)
-        _C.tf_embed(self._cm, a, X)
+        _C.hy_embed(self._cm, a, X)
         return X
 
     def layer_forward(self, layer: int, X: np.ndarray, capture: Iterable[str] = ()) -> tuple[np.ndarray, dict]:
@@ -648,14 +654,21 @@ class Model(SequenceModel):
                 raise InvalidArgumentError(f"unknown capture {name!r} (choose from {', '.join(widths)})")
             caps[name] = np.empty((T, widths[name]), np.float32)
         Y = np.empty_like(X)
-        _C.tf_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **caps)
+        c_caps = {("mixer_in" if n == "attn_in" else n): a for n, a in caps.items()}
+        k_full = caps.get("k")
+        if k_full is not None and r != self.stored(layer)[1]:  # the C capture holds all R stored rows of a head
+            c_caps["k"] = np.empty((T, c.num_key_value_heads * self.stored(layer)[1]), np.float32)
+        _C.hy_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **c_caps)
+        if k_full is not None and c_caps["k"] is not k_full:
+            R = self.stored(layer)[1]
+            k_full[:] = c_caps["k"].reshape(T, c.num_key_value_heads, R)[:, :, :r].reshape(T, -1)
         return Y, caps
 
     def head(self, X: np.ndarray) -> np.ndarray:
         """float32 logits (T, vocab) = lm_head(final RMSNorm(X))."""
         X = _f32("X", X)
         out = np.empty((X.shape[0], self.config.vocab_size), np.float32)
-        _C.tf_head(self._cm, self._scratch_state(1), X, out)
+        _C.hy_head(self._cm, self._scratch_state(1), X, out)
         return out
 
     # ---------------------------------------------------------------------------- accounting ----
@@ -663,5 +676,5 @@ class Model(SequenceModel):
         """Bytes of the weights referenced by the model plus its KV cache/scratch state(s)."""
         total = super().memory_bytes()
         if self._scratch is not None:
-            total += _C.tf_state_info(self._scratch)[1]
+            total += _C.hy_state_info(self._scratch)[1]
         return total

@@ -760,6 +760,8 @@ typedef struct {
     int64_t head_dim;             /* original d: softmax scale */
     int64_t rope_dim;             /* rotary dims of an original head: 0 (none), d (full) or d/2 (Bamba); even */
     double rope_theta;
+    int32_t rope_type;            /* uq_rope_type; llama3: factor, low/high freq factors, original max positions */
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor, rope_original_max_pos;
     /* MLP (validated when a layer has an MLP) */
     int64_t intermediate_size;    /* original D_I (stored K <= D_I) */
     int32_t mlp_act;              /* uq_hy_act */
@@ -824,6 +826,17 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
 void uq_hy_state_free(uq_hy_state *s);
 /* Forgets the sequence: position 0, SSM and conv states zeroed. */
 uq_status uq_hy_state_reset(uq_hy_state *s);
+/* Keeps the first pos tokens (0 <= pos <= current position) of a model without Mamba layers (their state cannot
+ * go back): the next forward continues at pos and overwrites the K/V rows after it. UQ_ERR_ARG (NULL),
+ * UQ_ERR_RANGE (pos), UQ_ERR_UNSUPPORTED (pos < position with a Mamba layer). */
+uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos);
+/* Copies position, KV caches and SSM/conv states of src into dst, a state of another model of the same layer
+ * kinds whose stored attention head dims may differ: per attention layer the first min(R_src, R_dst) dims of
+ * every cached K/V row are copied, dims beyond R_src are zero (never computed for past tokens: exact again once
+ * the sequence is re-prefilled); Mamba layers must have the same stored sizes. UQ_ERR_ARG (NULL), UQ_ERR_SHAPE
+ * (layers, kinds or KV heads differ), UQ_ERR_UNSUPPORTED (Mamba stored sizes differ), UQ_ERR_RANGE (src position
+ * > dst max_seq). */
+uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst);
 int64_t uq_hy_state_pos(const uq_hy_state *s);
 size_t uq_hy_state_bytes(const uq_hy_state *s);
 
@@ -838,6 +851,9 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
 /* Pieces for the compression pipeline. */
 /* X (T, hidden) = embedding rows of ids (dequantized for int4). UQ_ERR_ARG (NULL, T < 1), UQ_ERR_RANGE (id). */
 uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float *X);
+/* logits (T, vocab) = lm_head(final RMSNorm(X)) of X (T, hidden), in chunks of the state's max_chunk (the state is
+ * scratch). UQ_ERR_ARG (NULL, T < 1), UQ_ERR_STATE (state of another model). */
+uq_status uq_hy_head(const uq_hy_model *m, uq_hy_state *s, const float *X, int64_t T, float *logits);
 
 /* Optional captures of uq_hy_layer_forward (caller-allocated; any may be NULL). Pc/Nc = the computed head
  * channels / state dims (stored sizes, or the keeps with UQ_HY_OPT_KEPT_STATE); P', r, k = current keeps. */
@@ -921,6 +937,7 @@ size_t uq_hy_batch_bytes(const uq_hy_batch *b);
 int64_t uq_hy_batch_max(const uq_hy_batch *b);
 uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *states, const int32_t *ids,
                              int64_t n, float *logits);
+uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head);
 
 /* ============================================================ memory that follows the rate ======== */
 /*

@@ -30,12 +30,16 @@ void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64
                int64_t pos0);
 
 /* Causal GQA attention of T queries at positions pos0..pos0+T-1 over a cache that already holds
- * positions 0..pos0+T-1. q (T, n_heads * r); kc, vc (n_kv, max_seq, rc) with r <= rc (first r dims used);
- * out (T, n_heads * r). Query head h reads kv head h / (n_heads / n_kv). scores: (nthreads * (n_heads / n_kv),
- * max_seq) scratch; at most nthreads OpenMP threads are used. Softmax in float with float64 normaliser. */
-void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, const float *kc,
-                    const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
-                    float *scores, int nthreads);
+ * positions 0..pos0+T-1. q (T, n_heads * r); kc, vc (n_kv, max_seq, rc) with r <= rc; out (T, n_heads * r).
+ * Query rows [0, r_rot) meet key rows [0, r_rot) and query rows [r_rot, r) key rows [k_off, k_off + r - r_rot)
+ * (r_rot <= k_off, k_off + r - r_rot <= rc): r_rot = k_off = r is the plain prefix of r dims; a pruned head under
+ * partial RoPE keeps r_rot rotary and r - r_rot pass rows of a cache row [R_rot rotary | pass], k_off = R_rot.
+ * Values: the first r dims of every V row. Query head h reads kv head h / (n_heads / n_kv). scores:
+ * (nthreads * (n_heads / n_kv), max_seq) scratch; at most nthreads OpenMP threads are used. Softmax in float
+ * with float64 normaliser. With 0 < r_rot < r a score is (dot(rot rows) + dot(pass rows)) * scale, whatever k_off. */
+void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                    int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
+                    int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads);
 
 /* Attention softmax of sc[0..n) in place: sc[s] = expf(sc[s] - max) (max over s in order), the sum in float64;
  * returns (float)(1 / sum). */

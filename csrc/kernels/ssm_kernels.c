@@ -191,36 +191,6 @@ void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t
     }
 }
 
-/* ------------------------------------------------------------------------- attention ---- */
-
-void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,
-                     const float *kc, const float *vc, int64_t max_seq, int64_t R, int64_t R_rot, int64_t pos0,
-                     float scale, float *out, float *scores, int nthreads) {
-    const int64_t group = nh / nkv, work = T * nh, r = r_rot + r_pass;
-    (void)nthreads;
-#pragma omp parallel num_threads(nthreads) if (work * (pos0 + T) * r >= UQ_SSM_PAR_MIN)
-    {
-        float *sc = scores + (int64_t)thread_id() * max_seq;
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < work; i++) {
-            const int64_t t = i / nh, h = i % nh, g = h / group, n = pos0 + t + 1;
-            const float *qh = q + i * r;
-            const float *Kc = kc + g * max_seq * R, *Vc = vc + g * max_seq * R;
-            for (int64_t s = 0; s < n; s++) {
-                const float *ks = Kc + s * R;
-                sc[s] = (uq_k_dot(qh, ks, r_rot) + uq_k_dot(qh + r_rot, ks + R_rot, r_pass)) * scale;
-            }
-            const float inv = uq_k_softmax_inplace(sc, n);
-            float *oh = out + i * r;
-            for (int64_t j = 0; j < r; j++) oh[j] = 0.0f;
-            for (int64_t s = 0; s < n; s++) {
-                const float p = sc[s] * inv, *vs = Vc + s * R;
-                for (int64_t j = 0; j < r; j++) oh[j] += p * vs[j];
-            }
-        }
-    }
-}
-
 void uq_ks_relu2(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float v = x[i] > 0.0f ? x[i] : 0.0f;

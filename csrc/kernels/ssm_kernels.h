@@ -59,14 +59,6 @@ void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int
 void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
                          int64_t Ps, double eps);
 
-/* Causal GQA attention with split Q/K heads. q (T, nh, r_rot + r_pass) = [rot | pass]; kc, vc (nkv, max_seq,
- * R) with K rows [rot R_rot | pass]; score(t, s) = (q_rot . k[0:r_rot] + q_pass . k[R_rot : R_rot + r_pass])
- * * scale; out (T, nh, r) = softmax over s <= pos0 + t of scores times v[s][0:r], r = r_rot + r_pass.
- * scores: (nthreads, max_seq) scratch. */
-void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,
-                     const float *kc, const float *vc, int64_t max_seq, int64_t R, int64_t R_rot, int64_t pos0,
-                     float scale, float *out, float *scores, int nthreads);
-
 /* x[i] = max(x[i], 0)^2, n elements. */
 void uq_ks_relu2(float *x, int64_t n);
 

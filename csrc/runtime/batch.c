@@ -115,7 +115,7 @@ static void batch_attention(const uq_tf_model *m, uq_tf_state *const *states, in
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (across)
     for (int64_t i = 0; i < n; i++) {
         uq_tf_state *s = states[i];
-        uq_k_attention(q + i * nh * r, 1, nh, nkv, r, s->kc[l], s->vc[l], s->max_seq, R, s->pos, scale,
+        uq_k_attention(q + i * nh * r, 1, nh, nkv, r, r, r, s->kc[l], s->vc[l], s->max_seq, R, s->pos, scale,
                        att + i * nh * r, s->scores, across ? 1 : s->nthreads);
     }
 }

@@ -76,6 +76,17 @@ static uq_status check_config(const uq_hy_config *c, const uq_hy_weights *w) {
                                 (long long)c->rope_dim, (long long)c->head_dim);
         if (c->rope_dim > 0 && !(c->rope_theta > 0.0))
             return uq_set_error(UQ_ERR_ARG, "config rope_theta must be > 0, got %g", c->rope_theta);
+        if (c->rope_type == UQ_ROPE_LLAMA3) {
+            if (!(c->rope_factor > 0.0) || !(c->rope_low_freq_factor > 0.0) || !(c->rope_high_freq_factor > 0.0) ||
+                c->rope_high_freq_factor == c->rope_low_freq_factor || !(c->rope_original_max_pos > 0.0))
+                return uq_set_error(UQ_ERR_ARG,
+                                    "config llama3 rope scaling needs factor, low/high freq factors (distinct) and "
+                                    "original_max_position_embeddings > 0, got %g, %g, %g, %g",
+                                    c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                                    c->rope_original_max_pos);
+        } else if (c->rope_type != UQ_ROPE_DEFAULT) {
+            return uq_set_error(UQ_ERR_UNSUPPORTED, "unsupported rope type %d", (int)c->rope_type);
+        }
     }
     if (mlp) {
         POS("intermediate_size", c->intermediate_size);
@@ -83,6 +94,27 @@ static uq_status check_config(const uq_hy_config *c, const uq_hy_weights *w) {
             return uq_set_error(UQ_ERR_ARG, "config mlp_act %d unknown", (int)c->mlp_act);
     }
     return UQ_OK;
+}
+
+/* inv_freq[f] = theta^(-2f/rope_dim) as transformers computes it (default, or llama3 scaling exactly as its
+ * _compute_llama3_parameters), rounded to float32. */
+static void compute_inv_freq(const uq_hy_config *c, float *inv) {
+    const int64_t d = c->rope_dim;
+    for (int64_t f = 0; f < d / 2; f++) {
+        double x = 1.0 / pow(c->rope_theta, (double)(2 * f) / (double)d);
+        if (c->rope_type == UQ_ROPE_LLAMA3) {
+            const double pi = 3.14159265358979323846;
+            double old = c->rope_original_max_pos, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+            double low_wl = old / lo, high_wl = old / hi, wl = 2.0 * pi / x;
+            if (wl > low_wl) {
+                x = x / c->rope_factor;
+            } else if (!(wl < high_wl)) {
+                double sm = (old / wl - lo) / (hi - lo);
+                x = (1.0 - sm) * x / c->rope_factor + sm * x;
+            }
+        }
+        inv[f] = (float)x;
+    }
 }
 
 static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *lw, int64_t l, int64_t *Ps,
@@ -259,8 +291,7 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
             moff += n;
         }
     }
-    for (int64_t f = 0; f < cfg->rope_dim / 2; f++)
-        m->inv_freq[f] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * f) / (double)cfg->rope_dim));
+    compute_inv_freq(cfg, m->inv_freq);
     *out = m;
     return UQ_OK;
 fail:
@@ -391,11 +422,7 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
     s->max_seq = max_seq;
     s->max_chunk = max_chunk;
     s->half = c->rope_dim / 2;
-#ifdef _OPENMP
-    s->nthreads = omp_get_max_threads();
-#else
-    s->nthreads = 1;
-#endif
+    s->nthreads = uq_k_threads();
     size_t tot = 0;
     if ((st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->conv)) != UQ_OK ||
         (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->ssm)) != UQ_OK ||
@@ -468,6 +495,65 @@ uq_status uq_hy_state_reset(uq_hy_state *s) {
         memset(s->ssm[l], 0, (size_t)(c->ssm_heads * Ps * Ns) * sizeof(float));
     }
     s->pos = 0;
+    return UQ_OK;
+}
+
+uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos) {
+    if (!s) return uq_set_error(UQ_ERR_ARG, "hy_state_truncate: NULL state");
+    if (pos < 0 || pos > s->pos)
+        return uq_set_error(UQ_ERR_RANGE, "hy_state_truncate: position %lld outside [0, %lld]", (long long)pos,
+                            (long long)s->pos);
+    if (pos < s->pos && s->m->any_mamba)
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "hy_state_truncate: a Mamba layer's state cannot go back to an "
+                            "earlier position (reset and re-run the prefix)");
+    s->pos = pos; /* K/V rows >= pos are never read before forward overwrites them (causal attention) */
+    return UQ_OK;
+}
+
+uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst) {
+    if (!src || !dst) return uq_set_error(UQ_ERR_ARG, "hy_state_transfer: NULL state");
+    const uq_hy_model *ms = src->m, *md = dst->m;
+    const int64_t L = ms->cfg.num_layers, nkv = ms->any_attn ? ms->cfg.num_kv_heads : 0;
+    if (md->cfg.num_layers != L || (nkv && md->cfg.num_kv_heads != nkv))
+        return uq_set_error(UQ_ERR_SHAPE, "hy_state_transfer: models differ (%lld vs %lld layers, %lld vs %lld KV heads)",
+                            (long long)L, (long long)md->cfg.num_layers, (long long)nkv,
+                            (long long)md->cfg.num_kv_heads);
+    if (src->pos > dst->max_seq)
+        return uq_set_error(UQ_ERR_RANGE, "hy_state_transfer: %lld cached tokens exceed the new state's max_seq %lld",
+                            (long long)src->pos, (long long)dst->max_seq);
+    for (int64_t l = 0; l < L; l++) {
+        const int32_t kind = ms->layers[l].kind;
+        if (md->layers[l].kind != kind)
+            return uq_set_error(UQ_ERR_SHAPE, "hy_state_transfer: layer %lld kinds differ", (long long)l);
+        if (kind == UQ_HY_MAMBA && (ms->stored[l][KEEP_SSM_HEAD] != md->stored[l][KEEP_SSM_HEAD] ||
+                                    ms->stored[l][KEEP_SSM_STATE] != md->stored[l][KEEP_SSM_STATE]))
+            return uq_set_error(UQ_ERR_UNSUPPORTED, "hy_state_transfer: layer %lld Mamba stored sizes differ",
+                                (long long)l);
+    }
+    for (int64_t l = 0; l < L; l++) {
+        if (ms->layers[l].kind == UQ_HY_MAMBA) {
+            const uq_hy_config *c = &ms->cfg;
+            int64_t Ps = ms->stored[l][KEEP_SSM_HEAD], Ns = ms->stored[l][KEEP_SSM_STATE];
+            int64_t cd = c->ssm_heads * Ps + 2 * c->ssm_groups * Ns;
+            if (c->conv_kernel > 1) memcpy(dst->conv[l], src->conv[l], (size_t)(cd * (c->conv_kernel - 1)) * sizeof(float));
+            memcpy(dst->ssm[l], src->ssm[l], (size_t)(c->ssm_heads * Ps * Ns) * sizeof(float));
+            continue;
+        }
+        if (ms->layers[l].kind != UQ_HY_ATTN) continue;
+        const int64_t Rs = ms->stored[l][KEEP_ATTN], Rd = md->stored[l][KEEP_ATTN], n = Rs < Rd ? Rs : Rd;
+        for (int64_t h = 0; h < nkv; h++)
+            for (int64_t t = 0; t < src->pos; t++) {
+                const float *ks = src->kc[l] + (h * src->max_seq + t) * Rs, *vs = src->vc[l] + (h * src->max_seq + t) * Rs;
+                float *kd = dst->kc[l] + (h * dst->max_seq + t) * Rd, *vd = dst->vc[l] + (h * dst->max_seq + t) * Rd;
+                memcpy(kd, ks, (size_t)n * sizeof(float));
+                memcpy(vd, vs, (size_t)n * sizeof(float));
+                if (Rd > n) {
+                    memset(kd + n, 0, (size_t)(Rd - n) * sizeof(float));
+                    memset(vd + n, 0, (size_t)(Rd - n) * sizeof(float));
+                }
+            }
+    }
+    dst->pos = src->pos;
     return UQ_OK;
 }
 
@@ -571,7 +657,7 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
     const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
-    const int64_t rr = r * Rr / R, rp = r - rr;
+    const int64_t rr = r * Rr / R;
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, s->xn, Tc, s->q, s->qa, s->qb, s->kb, s->vb)) != UQ_OK) return st;
     if (Rr > 0) {
@@ -587,8 +673,8 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
             memcpy(kc + off, s->kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
             memcpy(vc + off, s->vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
         }
-    uq_ks_attention(s->q, Tc, nh, nkv, rr, rp, kc, vc, s->max_seq, R, Rr, pos0,
-                    (float)(1.0 / sqrt((double)c->head_dim)), s->att, s->scores, s->nthreads);
+    uq_k_attention(s->q, Tc, nh, nkv, r, rr, Rr, kc, vc, s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
+                   s->att, s->scores, s->nthreads);
     if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc * nh * r);
     if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);
@@ -683,6 +769,21 @@ uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float
             return uq_set_error(UQ_ERR_RANGE, "hy_embed: token id %d at index %lld outside [0, %lld)", (int)ids[t],
                                 (long long)t, (long long)m->cfg.vocab_size);
     uq_k_embed(&m->embed, ids, T, X);
+    return UQ_OK;
+}
+
+uq_status uq_hy_head(const uq_hy_model *m, uq_hy_state *s, const float *X, int64_t T, float *logits) {
+    if (!m || !s) return uq_set_error(UQ_ERR_ARG, "hy_head: NULL model or state");
+    if (s->m != m) return uq_set_error(UQ_ERR_STATE, "hy_head: the state was built for another model");
+    if (!X || !logits) return uq_set_error(UQ_ERR_ARG, "hy_head: X or logits is NULL");
+    if (T < 1) return uq_set_error(UQ_ERR_ARG, "hy_head: T must be >= 1, got %lld", (long long)T);
+    const int64_t hid = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    for (int64_t c0 = 0; c0 < T; c0 += s->max_chunk) {
+        int64_t Tc = T - c0 < s->max_chunk ? T - c0 : s->max_chunk;
+        uq_k_rmsnorm(X + c0 * hid, Tc, hid, m->final_norm, m->cfg.norm_eps, s->xn);
+        uq_status st = uq_linear_forward(&m->lm_head, s->xn, Tc, 1, V, 1, hid, logits + c0 * V);
+        if (st != UQ_OK) return st;
+    }
     return UQ_OK;
 }
 

@@ -34,6 +34,7 @@ struct uq_hy_batch {
     float *kb, *vb;           /* (max_batch, n_kv*Rmax) */
     float *g, *u;             /* (max_batch, Kmax) */
     int64_t *chan;            /* conv channel maps of x, B and C: (H*Pmax + 2*G*Nmax) */
+    uq_linear head;           /* optional R16 copy of a row-major int4 lm_head (kind 0 = none) */
 };
 
 void uq_hy_batch_free(uq_hy_batch *b) {
@@ -93,6 +94,22 @@ size_t uq_hy_batch_bytes(const uq_hy_batch *b) { return b ? b->bytes : 0; }
 
 int64_t uq_hy_batch_max(const uq_hy_batch *b) { return b ? b->max_batch : 0; }
 
+uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head) {
+    if (!b || !head) return uq_set_error(UQ_ERR_ARG, "hy_batch_set_head: NULL argument");
+    const uq_linear *L = &b->m->lm_head;
+    if (L->kind != UQ_W_Q4 || L->layout == UQ_Q4_R16)
+        return uq_set_error(UQ_ERR_UNSUPPORTED,
+                            "hy_batch_set_head: the model's lm_head is not a row-major int4 weight");
+    if (head->kind != UQ_W_Q4 || head->layout != UQ_Q4_R16 || head->nseg_out != 1 || head->nseg_in != 1 ||
+        head->rows != L->rows || head->cols != L->cols || head->group != L->group || head->bias)
+        return uq_set_error(UQ_ERR_SHAPE, "hy_batch_set_head: want the (%lld, %lld) int4 lm_head in one-segment R16 "
+                            "layout, group %lld, no bias", (long long)L->rows, (long long)L->cols, (long long)L->group);
+    uq_status st = uq_linear_check(head, "lm_head (R16 copy)", -1, L->rows, L->cols, 1);
+    if (st != UQ_OK) return st;
+    b->head = *head;
+    return UQ_OK;
+}
+
 /* Spread per-sequence work over the threads when there are at least as many sequences as threads (each call then
  * runs single-threaded: nested regions are inactive), else let each call use its own threads. */
 static int across(int64_t n, int nthreads) { return nthreads > 1 && n >= nthreads; }
@@ -150,7 +167,7 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
     const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
-    const int64_t rr = r * Rr / R, rp = r - rr;
+    const int64_t rr = r * Rr / R;
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, b->xn, n, b->q, b->qa, b->qb, b->kb, b->vb)) != UQ_OK) return st;
     const float scale = (float)(1.0 / sqrt((double)c->head_dim));
@@ -168,8 +185,8 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
             memcpy(s->kc[l] + off, ki + g * R, (size_t)R * sizeof(float));
             memcpy(s->vc[l] + off, vi + g * R, (size_t)R * sizeof(float));
         }
-        uq_ks_attention(qi, 1, nh, nkv, rr, rp, s->kc[l], s->vc[l], s->max_seq, R, Rr, s->pos, scale,
-                        b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
+        uq_k_attention(qi, 1, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, s->pos, scale,
+                       b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
     }
     if ((st = uq_linear_forward(&lw->o, b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
     uq_k_add(b->x, b->tmp, n * hid);
@@ -238,7 +255,7 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         }
     }
     uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);
-    if ((st = uq_batch_head(&m->lm_head, NULL, b->xn, n, hid, V, logits)) != UQ_OK) return st;
+    if ((st = uq_batch_head(&m->lm_head, &b->head, b->xn, n, hid, V, logits)) != UQ_OK) return st;
     for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
     return UQ_OK;
 }

@@ -345,7 +345,7 @@ static uq_status layer_chunk(const uq_tf_model *m, uq_tf_state *s, int64_t l, fl
             memcpy(kc + off, s->kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
             memcpy(vc + off, s->vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
         }
-    uq_k_attention(s->q, Tc, nh, nkv, r, kc, vc, s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
+    uq_k_attention(s->q, Tc, nh, nkv, r, r, r, kc, vc, s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
                    s->att, s->scores, s->nthreads);
     if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc, nh * r);
     if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, H, nh, r, s->tmp)) != UQ_OK) return st;
