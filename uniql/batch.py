@@ -4,7 +4,7 @@ A :class:`BatchDecoder` wraps one loaded model (``uniql.load`` of a checkpoint o
 out :class:`Sequence` objects, each with its own C state (KV cache, SSM/conv states, position). A sequence joins
 with :meth:`BatchDecoder.prefill` (its prompt, on its own state) and then advances one token per
 :meth:`BatchDecoder.step`, which runs every sequence given to it in one batched decode step: the linears run once
-over all rows (``uq_tf_decode_batch`` / ``uq_hy_decode_batch`` in C), attention, RoPE and the SSM recurrence per
+over all rows (``uq_hy_decode_batch`` in C), attention, RoPE and the SSM recurrence per
 sequence. Sequences join and leave between steps; the result of each is bit-identical to decoding it alone.
 
 The rate (keep sizes) is the model's, shared by every sequence of a step; switching it between steps keeps every

@@ -212,8 +212,8 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
 
 def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list,
                  r16: bool = True) -> tuple:
-    """A C linear spec over new planes, int4 repacked to R16 (as Model.__init__ does) when ``r16`` and the group
-    allow (the hybrid runtime keeps the row-major int4 format)."""
+    """A C linear spec over new planes, int4 repacked to R16 (as ``uniql.runtime.linear_spec`` does at load) when
+    ``r16`` and the group allow, else row-major int4 (the linears the runtime reads as row views)."""
     bias = planes["bias"].reshape(-1) if "bias" in planes else None
     if bias is not None:
         keep.append(bias)
@@ -542,7 +542,9 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
                                                 _seg_cols(kind, nsc, S, kc_, group),
                                                 _seg_cols(kind, nsc, S, kn_, group), stats)
-                    nd[key] = _linear_spec(out, group, nsc * kn_, (1, 1), [], r16=False)
+                    r16 = len(sp) > 5 and sp[5] is not None  # keep the layout the model was loaded with
+                    segs = (int(sp[5][1]), int(sp[5][2])) if r16 else (1, 1)
+                    nd[key] = _linear_spec(out, group, nsc * kn_, segs, [], r16=r16)
                 for key, fname, rows_c, rows_n in vecs:
                     arr = lay.get(key)
                     if arr is None:

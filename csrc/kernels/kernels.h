@@ -1,5 +1,5 @@
 /*
- * kernels.h -- internal kernels of the transformer runtime (not part of the public API).
+ * kernels.h -- internal kernels of the runtime (not part of the public API).
  *
  * Arguments are validated by the callers in csrc/runtime/; these functions cannot fail and return void.
  * Every kernel computes each output element with a fixed sequence of float operations that depends only

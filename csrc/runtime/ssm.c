@@ -227,7 +227,7 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
     if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "hy_model_init: layers or final_norm is NULL");
     uq_status st = check_config(cfg, w);
     if (st != UQ_OK) return st;
-    if ((st = uq_kernels_init()) != UQ_OK) return st; /* a bad UNIQL_KERNELS etc. fails here, as in uq_tf_model_init */
+    if ((st = uq_kernels_init()) != UQ_OK) return st; /* a bad UNIQL_KERNELS etc. fails here, clearly */
     const int64_t L = cfg->num_layers, hid = cfg->hidden_size, V = cfg->vocab_size;
     if ((st = uq_linear_check(&w->embed, "embeddings", -1, V, hid, 1)) != UQ_OK) return st;
     if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embeddings: an embedding has no bias");
@@ -325,6 +325,9 @@ uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_
     }
     if (attn_keep >= 0) {
         int64_t R = sz[KEEP_ATTN], Rr = m->Rrot[layer];
+        if (Rr == R && (attn_keep & 1))
+            return uq_set_error(UQ_ERR_RANGE, "hy_set_keep: layer %lld attention keep %lld must be even (whole RoPE "
+                                "pairs)", (long long)layer, (long long)attn_keep);
         if ((attn_keep * Rr) % R || ((attn_keep * Rr / R) & 1))
             return uq_set_error(UQ_ERR_RANGE,
                                 "hy_set_keep: layer %lld attention keep %lld has rotary share %lld * %lld / %lld that "
@@ -738,8 +741,9 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
             return uq_set_error(UQ_ERR_RANGE, "hy_forward: token id %d at index %lld outside [0, %lld)", (int)ids[t],
                                 (long long)t, (long long)V);
     if (T > s->max_seq - s->pos)
-        return uq_set_error(UQ_ERR_RANGE, "hy_forward: positions %lld..%lld beyond max_seq %lld (state full)",
-                            (long long)s->pos, (long long)(s->pos + T - 1), (long long)s->max_seq);
+        return uq_set_error(UQ_ERR_RANGE, "hy_forward: positions %lld..%lld beyond max_seq %lld (%s full)",
+                            (long long)s->pos, (long long)(s->pos + T - 1), (long long)s->max_seq,
+                            m->any_attn ? "KV cache" : "state");
     const int chunked = T > 1 && !(m->options & UQ_HY_OPT_SEQUENTIAL_SCAN);
     uq_status st;
     for (int64_t c0 = 0; c0 < T; c0 += s->max_chunk) {

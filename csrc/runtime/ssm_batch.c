@@ -19,7 +19,6 @@
 #include "../kernels/kernels.h"
 #include "../kernels/ssm_kernels.h"
 #include "ssm_impl.h"
-#include "transformer_impl.h"
 #include "uniql.h"
 
 struct uq_hy_batch {
@@ -212,6 +211,26 @@ static uq_status mlp_rows(const uq_hy_model *m, uq_hy_batch *b, int64_t n, int64
     return UQ_OK;
 }
 
+/* The lm_head over n rows. A row-major int4 lm_head (a tied int4 embedding: the gather needs that layout) runs one
+ * row at a time below 24 rows: there its multi-token kernels are slower than separate single-token calls (SmolLM2's
+ * 49152 x 576 head, W4A8, one thread, AVX-512: 0.71 ms at T = 1, 12.4 ms at T = 2, 12.6 ms at T = 16, 16.6 ms at
+ * T = 32), and each row's result is the same either way, unless an R16 copy of it was given (uq_hy_batch_set_head)
+ * and activations are int8. Every other layout runs once over all rows. */
+static uq_status batch_head(const uq_linear *head, const uq_linear *r16, const float *xn, int64_t n, int64_t H, int64_t V,
+                        float *logits) {
+    /* with int8 activations both layouts compute the same exact integer group sums, scaled and added in group order
+     * (uniql.h "kernels"), so the R16 copy changes nothing but the speed */
+    if (r16 && r16->kind == UQ_W_Q4 && n > 1 && uq_kernels_q4_act() == UQ_Q4_ACT_INT8)
+        return uq_linear_forward(r16, xn, n, 1, V, 1, H, logits);
+    if (head->kind != UQ_W_Q4 || head->layout == UQ_Q4_R16 || n >= 24)
+        return uq_linear_forward(head, xn, n, 1, V, 1, H, logits);
+    for (int64_t i = 0; i < n; i++) {
+        uq_status st = uq_linear_forward(head, xn + i * H, 1, 1, V, 1, H, logits + i * V);
+        if (st != UQ_OK) return st;
+    }
+    return UQ_OK;
+}
+
 uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *states, const int32_t *ids,
                              int64_t n, float *logits) {
     if (!m || !b || !states || !ids || !logits) return uq_set_error(UQ_ERR_ARG, "hy_decode_batch: NULL argument");
@@ -225,8 +244,9 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         if (s->m != m)
             return uq_set_error(UQ_ERR_STATE, "hy_decode_batch: state %lld was built for another model", (long long)i);
         if (s->pos >= s->max_seq)
-            return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: sequence %lld at position %lld: state full "
-                                "(max_seq %lld)", (long long)i, (long long)s->pos, (long long)s->max_seq);
+            return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: sequence %lld at position %lld: %s full "
+                                "(max_seq %lld)", (long long)i, (long long)s->pos, m->any_attn ? "KV cache" : "state",
+                                (long long)s->max_seq);
         if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
             return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: token id %d of sequence %lld outside [0, %lld)",
                                 (int)ids[i], (long long)i, (long long)m->cfg.vocab_size);
@@ -255,7 +275,7 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         }
     }
     uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);
-    if ((st = uq_batch_head(&m->lm_head, &b->head, b->xn, n, hid, V, logits)) != UQ_OK) return st;
+    if ((st = batch_head(&m->lm_head, &b->head, b->xn, n, hid, V, logits)) != UQ_OK) return st;
     for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
     return UQ_OK;
 }
