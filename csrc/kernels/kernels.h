@@ -167,6 +167,8 @@ float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);
 
 /* The current path (initialised from the environment on first use; the ref path if that failed). */
 const uq_kpath *uq_k_path(void);
+/* Whether the CPU has a kernel path's features ("avx2": AVX2 + FMA; "avx512": AVX-512 F/BW/VL + VNNI; dispatch.c). */
+int uq_k_cpu_has(const char *name);
 /* Threads for parallel kernels (uq_kernels_threads). */
 int uq_k_threads(void);
 /* Whether int4 linears quantize activations to int8 (uq_kernels_q4_act() == UQ_Q4_ACT_INT8). */
