@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+
+# this folder's kernels.py would shadow the `kernels` package transformers imports
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 MODELS = {
     # Mamba2-130m-like width, 8 layers: d 768, 24 heads x 64, state 128, 1 group, tied embeddings

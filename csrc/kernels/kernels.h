@@ -17,7 +17,8 @@
 float uq_k_dot(const float *a, const float *b, int64_t n);
 
 /* y (T, n) = x / sqrt(mean(x^2) + eps) * w, mean accumulated in float64; y may equal x. */
-void uq_k_rmsnorm(const float *x, int64_t T, int64_t n, const float *w, double eps, float *y);
+void uq_k_rmsnorm(const float *restrict x, int64_t T, int64_t n, const float *restrict w, double eps,
+                  float *restrict y);
 
 /* In-place RoPE of the first nrot dims of each head of x (T, nheads, stride), pair-interleaved: rows (2j, 2j+1)
  * of head h, j < nrot/2, are pair j, rotated by angle table index f = map[(h / heads_per_map) * map_stride + j]
@@ -46,13 +47,13 @@ void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t
 float uq_k_softmax_inplace(float *sc, int64_t n);
 
 /* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u, n elements. */
-void uq_k_silu_mul(float *g, const float *u, int64_t n);
+void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n);
 
 /* X (T, cols) = rows ids of the embedding E (fp32 copy or int4 dequantized (q - 8) * scale). */
 void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X);
 
 /* y[i] += x[i], n elements. */
-void uq_k_add(float *y, const float *x, int64_t n);
+void uq_k_add(float *restrict y, const float *restrict x, int64_t n);
 
 /* ------------------------------------------------------------------ dispatch (dispatch.c) ---- */
 /* A chunk of a segmented column selection: stored-row columns [wcol, wcol + n) <-> x columns
@@ -154,6 +155,9 @@ void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc
 void uq_k_q8_quant0_avx2(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 
 #define UQ_K_R16_NB 8 /* row blocks per R16 kernel call (128 rows) */
+_Static_assert(UQ_K_R16_NB * UQ_Q4_R16_ROWS == 128, "an R16 kernel call covers 8 blocks of 16 rows");
+_Static_assert(UQ_Q4_R16_ROWS * UQ_Q4_R16_COLS / 2 == 64, "an R16 chunk (16 rows x 8 int4 codes) is 64 bytes");
+_Static_assert(UQ_Q4_OFFSET == 8, "int4 code q means (q - 8) * scale: the W4A8 kernels subtract 8 * sum(x)");
 
 /* The plain C twins of the R16 kernels (same layout, same results bit for bit). */
 void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,

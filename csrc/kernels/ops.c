@@ -17,7 +17,8 @@
 
 #include "kernels.h"
 
-void uq_k_rmsnorm(const float *x, int64_t T, int64_t n, const float *w, double eps, float *y) {
+void uq_k_rmsnorm(const float *restrict x, int64_t T, int64_t n, const float *restrict w, double eps,
+                  float *restrict y) {
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * n;
         float *yt = y + t * n;
@@ -123,7 +124,7 @@ void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t
     }
 }
 
-void uq_k_silu_mul(float *g, const float *u, int64_t n) {
+void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n) {
 #pragma omp parallel for num_threads(uq_k_threads()) schedule(static) if (n >= 65536)
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
@@ -148,6 +149,6 @@ void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X) {
     }
 }
 
-void uq_k_add(float *y, const float *x, int64_t n) {
+void uq_k_add(float *restrict y, const float *restrict x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }

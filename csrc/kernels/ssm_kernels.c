@@ -33,8 +33,9 @@ static inline int thread_id(void) {
 #endif
 }
 
-void uq_ks_conv1d_silu(const float *in, int64_t T, int64_t nc, const int64_t *chan, const float *w,
-                       const float *b, int64_t K, float *state, float *out) {
+void uq_ks_conv1d_silu(const float *restrict in, int64_t T, int64_t nc, const int64_t *restrict chan,
+                       const float *restrict w, const float *restrict b, int64_t K, float *restrict state,
+                       float *restrict out) {
     const int64_t K1 = K - 1;
 #pragma omp parallel for schedule(static) if (T * nc * K >= UQ_SSM_PAR_MIN)
     for (int64_t c = 0; c < nc; c++) {
@@ -171,7 +172,7 @@ void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int
 
 /* ------------------------------------------------------------------------------ norm ---- */
 
-void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
+void uq_ks_gated_rmsnorm(float *restrict y, const float *restrict z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
                          int64_t Ps, double eps) {
     const int64_t n = H * Pk, gsz = (H / G) * Pk;
     for (int64_t t = 0; t < T; t++) {

@@ -8,6 +8,8 @@
 #include "uniql.h"
 
 enum { KEEP_MLP = 0, KEEP_ATTN = 1, KEEP_SSM_HEAD = 2, KEEP_SSM_STATE = 3 };
+_Static_assert(KEEP_MLP == 0 && KEEP_ATTN == 1 && KEEP_SSM_HEAD == 2 && KEEP_SSM_STATE == 3,
+               "keep order {mlp, attn, ssm_head, ssm_state} of uq_hy_get_keep / uq_hy_set_keep and the bindings");
 
 struct uq_hy_model {
     uq_hy_config cfg;
