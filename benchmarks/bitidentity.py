@@ -10,6 +10,15 @@ and int8 (W4A8): logits of a fixed 13-token prompt (prefill), then 3 single-sequ
 decode of 3 sequences (different prompts, 2 steps). Plus the SmolLM2-135M artifacts in ~/.cache/uniql/models/q19
 (mix-fp32, mix-rot-mse-ao-int4) on a 9-token prompt, when present. The random models are rebuilt in a temporary
 folder on every run (same seeds, so the same artifacts); ``check`` exits 1 when any case differs.
+
+Recorded before the runtimes were unified (main at 69286f8) in /work/notes/bitid_before; against it the unified
+runtime gives: Llama, Qwen2, SmolLM2 (fp32, int4 W4A32 and W4A8) and Mamba2 fp32 bit-identical (their layers run
+the same kernels in the same order as in the old transformer runtime); Nemotron-H and Bamba differ by ~1e-7 relative
+wherever attention runs (the one attention kernel, SIMD dot / axpy helpers, replaced the hybrids' scalar one; under
+partial RoPE a score is dot(rotary rows) + dot(pass rows)); hybrid int4 W4A32 differs by ~5e-7 (their linears now
+run on the R16 kernels, which add a group's products in another order than the row-major GEMV), while hybrid
+int4 W4A8 is bit-identical but for that attention difference (both layouts compute the same integer group sums).
+tests/test_ssm.py holds the references these are checked against (transformers, the dequantized fp32 model).
 """
 from __future__ import annotations
 

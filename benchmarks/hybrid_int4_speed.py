@@ -5,8 +5,9 @@ before/after comparisons of runtime changes (speed only: random weights say noth
 
 ``--root`` puts another checkout's ``uniql`` first on the path (e.g. a worktree of an older commit, built in
 place), so two versions can be timed alternately on the same machine in one session; report ratios only. Every
-linear (Mamba in_proj / out_proj, attention, MLP, untied lm_head) is int4 RTN (group 128); the embedding stays
-float32. Activations: the CPU default (W4A8 where the CPU has int8 dot products). Prints one JSON line per model.
+linear (Mamba in_proj / out_proj, attention, MLP, untied lm_head) and the embedding (tied: also the lm_head) is
+int4 RTN, group 64 (an out_proj group must not straddle a 64-channel head). Activations: the CPU default (W4A8
+where the CPU has int8 dot products). Prints one JSON line per model.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ MODELS = {
                        mamba_head_dim=64, n_groups=1, chunk_size=128, tie_word_embeddings=False),
 }
 LINEARS = ("in_proj.weight", "out_proj.weight", "q_proj.weight", "k_proj.weight", "v_proj.weight",
-           "o_proj.weight", "up_proj.weight", "down_proj.weight", "gate_proj.weight", "lm_head.weight")
+           "o_proj.weight", "up_proj.weight", "down_proj.weight", "gate_proj.weight", "lm_head.weight",
+           "embeddings.weight", "embed_tokens.weight")
 
 
 def tensors(name: str) -> dict:
@@ -64,7 +66,7 @@ def tensors(name: str) -> dict:
         else:
             a = (rng.standard_normal(shp, dtype=np.float32) * 0.02).astype(np.float32)
         a = np.ascontiguousarray(a)
-        out[k] = quantize_rtn(a, 128) if k.endswith(LINEARS) and a.ndim == 2 else a
+        out[k] = quantize_rtn(a, 64) if k.endswith(LINEARS) and a.ndim == 2 else a
     return out
 
 

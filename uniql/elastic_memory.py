@@ -231,6 +231,27 @@ def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tup
     return (packed, scales, group, cols, bias)
 
 
+def _in_proj_rm(parts: list[tuple]) -> dict[str, np.ndarray]:
+    """Row-major planes of a Mamba in_proj given as its five part specs (z, x, B, C, dt), rows concatenated."""
+    planes = [_linear_rm(p) for p in parts]
+    return {k: np.concatenate([pl[k] for pl in planes]) for k in planes[0]}
+
+
+def _in_proj_parts(planes: dict[str, np.ndarray], group: int, cols: int, old: list[tuple], H: int, G: int, Ps: int,
+                   Ns: int) -> list[tuple]:
+    """The five part specs of in_proj planes with Ps head channels and Ns state dims, each part R16 (for its
+    segments H, H, G, G, 1) where the old part was."""
+    bounds = np.cumsum([0, H * Ps, H * Ps, G * Ns, G * Ns, H])
+    segs = ((H, 1), (H, 1), (G, 1), (G, 1), (1, 1))
+    out = []
+    for i in range(5):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        r16 = len(old[i]) > 5 and old[i][5] is not None
+        out.append(_linear_spec({k: np.ascontiguousarray(v[a:b]) for k, v in planes.items()}, group, cols, segs[i], [],
+                                r16=r16))
+    return out
+
+
 def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
     """Makes a Llama/Qwen2 ``ElasticModel``'s resident weights those of `rate` (see the module docstring) and sets
     the rate. ``tokens``: ids of the current sequence (length = ``model.position``); when given and a head dim
@@ -408,7 +429,10 @@ def _seg_cols(kind: str, nseg: int, full: int, keep: int, group: int) -> np.ndar
 
 def _collect(layer: dict[str, Any], keep: list) -> None:
     for v in layer.values():
-        if isinstance(v, tuple):
+        if isinstance(v, list):  # in_parts: the five specs of a Mamba in_proj
+            for sp in v:
+                keep.extend(a for a in (sp[0], sp[1], sp[4]) if a is not None)
+        elif isinstance(v, tuple):
             keep.extend(a for a in (v[0], v[1], v[4]) if a is not None)
         elif isinstance(v, np.ndarray):
             keep.append(v)
@@ -529,9 +553,10 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         lins.append((proj, f"{fp}{proj}_proj", np.arange(k_c), np.arange(k_n), (1, n, n, n)))
                     lins.append(("down", fp + "down_proj", np.arange(n), np.arange(n), (1, DI, k_c, k_n)))
                 for key, base, rows_c, rows_n, (nsc, S, kc_, kn_) in lins:
-                    sp = lay[key]
+                    parts = lay.get("in_parts") if key == "in_proj" else None
+                    sp = parts[0] if parts else lay[key]
                     group = int(sp[2])
-                    planes = _linear_rm(sp)
+                    planes = _in_proj_rm(parts) if parts else _linear_rm(sp)
                     out = {}
                     for kind, arr in planes.items():
                         if kind == "bias" and nsc > 1:  # o_proj / out_proj bias: full hidden rows
@@ -542,6 +567,10 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
                                                 _seg_cols(kind, nsc, S, kc_, group),
                                                 _seg_cols(kind, nsc, S, kn_, group), stats)
+                    if parts:  # split again at the new sizes, each part in the layout it was loaded with
+                        nd.pop("in_proj", None)
+                        nd["in_parts"] = _in_proj_parts(out, group, n, parts, H, G, ks["ssm_head"], ks["ssm_state"])
+                        continue
                     r16 = len(sp) > 5 and sp[5] is not None  # keep the layout the model was loaded with
                     segs = (int(sp[5][1]), int(sp[5][2])) if r16 else (1, 1)
                     nd[key] = _linear_spec(out, group, nsc * kn_, segs, [], r16=r16)

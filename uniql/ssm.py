@@ -381,6 +381,34 @@ _NAMES = {
 }
 
 
+def mamba_in_parts(config: "HybridConfig", w: Any, bias: np.ndarray | None,
+                   lay: Mapping[str, Any]) -> list[tuple[Any, np.ndarray | None, tuple[int, int] | None]] | None:
+    """An int4 Mamba in_proj (rows [z (H*Ps) | x (H*Ps) | B (G*Ns) | C (G*Ns) | dt (H)], Ps from out_proj) as five
+    row slices with the call segments of each (H, H, G, G heads / groups; dt row-major), so that the runtime runs
+    them with the R16 kernels; None (the fused row-major weight) for float weights, a group that R16 cannot take,
+    or shapes that do not split (the runtime's checks then name the problem)."""
+    if not isinstance(w, _Q4) or w.group % 8:
+        return None
+    H, G = config.ssm_heads, config.ssm_groups
+    out = lay.get("out_proj")
+    cols = out[0].shape[1] if isinstance(out, (list, tuple)) and len(out) == 2 else 0
+    if H < 1 or G < 1 or cols % H or not cols:
+        return None
+    Ps = cols // H
+    rem = w.shape[0] - 2 * H * Ps - H
+    if rem < 2 * G or rem % (2 * G):
+        return None
+    Ns = rem // (2 * G)
+    bounds = np.cumsum([0, H * Ps, H * Ps, G * Ns, G * Ns, H])
+    segs = ((H, 1), (H, 1), (G, 1), (G, 1), None)
+    parts = []
+    for i in range(5):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        part = _Q4(np.array(w.packed[a:b]), np.array(w.scales[a:b]), w.group, (b - a, w.shape[1]))  # own copies
+        parts.append((part, None if bias is None else np.array(bias[a:b]), segs[i]))
+    return parts
+
+
 class HybridModel(SequenceModel):
     """A Mamba2 / Nemotron-H / Bamba model in the C runtime with its SSM, conv and KV-cache state.
 
@@ -399,8 +427,9 @@ class HybridModel(SequenceModel):
         keep: list[np.ndarray] = []
 
         # int4 linears in the kernels' R16 layout (so W4A8 where the CPU has int8 dot products), built for the
-        # segments the runtime calls them with; row-major where the runtime reads row views (the z/x/B/C/dt rows
-        # of a Mamba in_proj; q under partial RoPE, its rotary and pass rows) and for the embedding gather
+        # segments the runtime calls them with: a Mamba in_proj as its z / x / B / C rows (R16) and dt rows
+        # (row-major: H rows, no padding to 16), see mamba_in_parts; row-major where the runtime reads row views
+        # (q under partial RoPE: its rotary and pass rows) and for the embedding gather
         partial = 0 < config.rope_dim < config.head_dim
         segs = {"q": None if partial else (config.num_heads, 1), "k": (config.num_kv_heads, 1),
                 "v": (config.num_kv_heads, 1), "o": (1, config.num_heads), "out_proj": (1, config.ssm_heads),
@@ -415,7 +444,10 @@ class HybridModel(SequenceModel):
         for t, lay in zip(config.layer_types, layers):
             d: dict[str, Any] = {"kind": _KIND[t]}
             for key, v in lay.items():
-                if isinstance(v, (list, tuple)) and len(v) == 2 and key in (
+                parts = mamba_in_parts(config, v[0], v[1], lay) if key == "in_proj" else None
+                if parts is not None:
+                    d["in_parts"] = [linear_spec(w, b, keep, sg) for w, b, sg in parts]
+                elif isinstance(v, (list, tuple)) and len(v) == 2 and key in (
                         "in_proj", "out_proj", "q", "k", "v", "o", "gate", "up", "down"):
                     d[key] = spec(*v, key)
                 elif isinstance(v, np.ndarray):

@@ -677,7 +677,10 @@ typedef struct {
     int32_t kind;                 /* uq_hy_kind of the mixer */
     const float *norm;            /* (hidden) RMSNorm weight before the mixer */
     /* UQ_HY_MAMBA */
-    uq_linear in_proj;            /* (2*H*Ps + 2*G*Ns + H, hidden), bias optional */
+    uq_linear in_proj;            /* (2*H*Ps + 2*G*Ns + H, hidden), bias optional; ignored when in_part is given */
+    uq_linear in_part[5];         /* or its z (H*Ps), x (H*Ps), B (G*Ns), C (G*Ns), dt (H) rows as five descriptors
+                                   * (in_part[0].rows > 0), each any layout (R16 built for the segments H, H, G, G, 1):
+                                   * the fused weight's rows are read as row-major views, these are not */
     const float *conv_w;          /* (H*Ps + 2*G*Ns, K) channels [x | B | C] */
     const float *conv_b;          /* (H*Ps + 2*G*Ns) or NULL */
     const float *dt_bias, *A_log, *D; /* (H) each */
@@ -705,7 +708,7 @@ typedef struct uq_hy_state uq_hy_state; /* opaque: SSM/conv states, KV caches, p
 /* Validates config and every descriptor; stored sizes come from the shapes. Full keeps, options 0.
  * UQ_ERR_ARG (NULL, non-positive size, bad kind/act, eps/theta <= 0, dt_min > dt_max, conv width outside
  * [1, UQ_HY_MAX_CONV]), UQ_ERR_SHAPE (inconsistent shapes or head counts, naming layer and tensor),
- * UQ_ERR_RANGE (freq map entry), UQ_ERR_UNSUPPORTED (R16 int4 for the embedding, a Mamba in_proj or a q_proj
+ * UQ_ERR_RANGE (freq map entry), UQ_ERR_UNSUPPORTED (R16 int4 for the embedding, a fused Mamba in_proj or a q_proj
  * under partial RoPE: these are read as row-major rows or row views; every other linear may be R16 when built
  * for the segments the runtime uses), UQ_ERR_NOMEM, or the status of uq_kernels_init. */
 uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_hy_model **out);

@@ -129,6 +129,20 @@ static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *l
                             "layer %lld out_proj: %lld columns is not ssm_heads %lld x a head dim in [1, %lld]",
                             (long long)l, (long long)oc, (long long)H, (long long)c->ssm_head_dim);
     *Ps = oc / H;
+    uq_status st;
+    if (lw->in_part[0].rows > 0) { /* z, x, B, C, dt as five descriptors (any layout built for these segments) */
+        int64_t br = lw->in_part[2].rows;
+        if (br < G || br % G || br / G > c->ssm_state)
+            return uq_set_error(UQ_ERR_SHAPE, "layer %lld in_proj B part: %lld rows is not ssm_groups %lld x N in "
+                                "[1, %lld]", (long long)l, (long long)br, (long long)G, (long long)c->ssm_state);
+        *Ns = br / G;
+        static const char *nm[5] = {"in_proj z part", "in_proj x part", "in_proj B part", "in_proj C part",
+                                    "in_proj dt part"};
+        const int64_t rows[5] = {H * *Ps, H * *Ps, G * *Ns, G * *Ns, H};
+        for (int i = 0; i < 5; i++)
+            if ((st = uq_linear_check(&lw->in_part[i], nm[i], l, rows[i], hid, 1)) != UQ_OK) return st;
+        return uq_linear_check(&lw->out_proj, "out_proj", l, hid, H * *Ps, H);
+    }
     int64_t rem = lw->in_proj.rows - 2 * H * *Ps - H;
     if (rem < 2 * G || rem % (2 * G) || rem / (2 * G) > c->ssm_state)
         return uq_set_error(UQ_ERR_SHAPE,
@@ -138,10 +152,9 @@ static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *l
                             (long long)c->ssm_state);
     *Ns = rem / (2 * G);
     if (lw->in_proj.kind == UQ_W_Q4 && lw->in_proj.layout != UQ_Q4_ROWMAJOR)
-        return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld in_proj: int4 layout %d is not supported here; the hybrid "
-                            "runtime reads its z/x/B/C/dt rows as views of the row-major layout", (long long)l,
-                            (int)lw->in_proj.layout);
-    uq_status st;
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld in_proj: int4 layout %d is not supported for the fused "
+                            "weight, whose z/x/B/C/dt rows are read as row views (give R16 weights as in_part)",
+                            (long long)l, (int)lw->in_proj.layout);
     if ((st = uq_linear_check(&lw->in_proj, "in_proj", l, lw->in_proj.rows, hid, 1)) != UQ_OK) return st;
     if ((st = uq_linear_check(&lw->out_proj, "out_proj", l, hid, H * *Ps, H)) != UQ_OK) return st;
     return UQ_OK;
@@ -467,8 +480,7 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
         (st = sbuf(&s->cb, m->any_mamba ? uq_ks_scan_shared(G, c->chunk_size) : 1, 1, &tot)) != UQ_OK)
         goto fail;
     {
-        int64_t nch = HP > GN ? HP : GN;
-        size_t nb = (size_t)(nch > 0 ? nch : 1) * sizeof(int64_t);
+        size_t nb = (size_t)(HP + 2 * GN + 1) * sizeof(int64_t); /* the conv channel maps of x, B and C */
         if ((st = uq_alloc(nb, (void **)&s->chan)) != UQ_OK) goto fail;
         tot += nb;
     }
@@ -568,6 +580,66 @@ size_t uq_hy_state_bytes(const uq_hy_state *s) { return s ? s->bytes : 0; }
 
 static void copy_rows(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
 
+/* The in-projections of Mamba layer l over xn (T, hidden), shared by mamba_chunk (one sequence) and ssm_batch.c (one
+ * token of each sequence): z (T, H*Pk) at the kept head channels, x (T, H*Pc), B and C (T, G*Nc) at the computed
+ * ones (uq_hy_capture), Delta (T, H) = clamp(softplus(dt + dt_bias)); the z / x / B / C / dt rows are the five
+ * in_part descriptors when given (R16: W4A8 kernels), else row views of the fused in_proj. chan (H*Pc + 2*G*Nc) gets the conv channel maps of x, B and C, one after the
+ * other (stored channel = segment start + head / group * stored size + index). */
+uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *z, float *xi, float *bi,
+                         float *ci, float *dt, int64_t *chan) {
+    const uq_hy_config *c = &m->cfg;
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups;
+    const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
+    const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
+    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
+    const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
+    const int64_t rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
+    uq_status st;
+    const int parts = lw->in_part[0].rows > 0;
+    uq_linear vz = parts ? lw->in_part[0] : view_rows(&lw->in_proj, 0, H * Ps);
+    uq_linear vx = parts ? lw->in_part[1] : view_rows(&lw->in_proj, rx, H * Ps);
+    uq_linear vb = parts ? lw->in_part[2] : view_rows(&lw->in_proj, rb, G * Ns);
+    uq_linear vc = parts ? lw->in_part[3] : view_rows(&lw->in_proj, rc, G * Ns);
+    uq_linear vdt = parts ? lw->in_part[4] : view_rows(&lw->in_proj, rdt, H);
+    if ((st = uq_linear_forward(&vz, xn, T, H, Pk, 1, hid, z)) != UQ_OK ||
+        (st = uq_linear_forward(&vx, xn, T, H, Pc, 1, hid, xi)) != UQ_OK ||
+        (st = uq_linear_forward(&vb, xn, T, G, Nc, 1, hid, bi)) != UQ_OK ||
+        (st = uq_linear_forward(&vc, xn, T, G, Nc, 1, hid, ci)) != UQ_OK ||
+        (st = uq_linear_forward(&vdt, xn, T, 1, H, 1, hid, dt)) != UQ_OK)
+        return st;
+    int64_t *cx = chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t p = 0; p < Pc; p++) cx[h * Pc + p] = h * Ps + p;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t n = 0; n < Nc; n++) {
+            cb[g * Nc + n] = H * Ps + g * Ns + n;
+            cc[g * Nc + n] = H * Ps + G * Ns + g * Ns + n;
+        }
+    uq_ks_dt_softplus(dt, T, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    return UQ_OK;
+}
+
+/* RoPE of attention layer l on q (T, nh, r) and kb (T, nkv, R) at positions pos0.., and the K / V rows into s's
+ * cache: the one KV-cache writer of prefill, decode and batched decode. */
+void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
+                           int64_t T, int64_t pos0) {
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t nh = m->cfg.num_heads, nkv = m->cfg.num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN], rr = r * Rr / R;
+    if (Rr > 0) {
+        uq_k_rope(q, T, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+        uq_k_rope(kb, T, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+    }
+    float *kc = s->kc[l], *vc = s->vc[l];
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < nkv; g++) {
+            size_t off = (size_t)((g * s->max_seq + pos0 + t) * R);
+            memcpy(kc + off, kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+            memcpy(vc + off, vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+        }
+}
+
 /* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
 static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked,
                              const uq_hy_capture *cap, int64_t row0) {
@@ -578,28 +650,12 @@ static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, fl
     const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
     const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
     const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
-    const int64_t rz = 0, rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
-    uq_status st;
-    uq_linear vz = view_rows(&lw->in_proj, rz, H * Ps), vx = view_rows(&lw->in_proj, rx, H * Ps);
-    uq_linear vb = view_rows(&lw->in_proj, rb, G * Ns), vc = view_rows(&lw->in_proj, rc, G * Ns);
-    uq_linear vdt = view_rows(&lw->in_proj, rdt, H);
-    if ((st = uq_linear_forward(&vz, s->xn, Tc, H, Pk, 1, hid, s->z)) != UQ_OK ||
-        (st = uq_linear_forward(&vx, s->xn, Tc, H, Pc, 1, hid, s->xi)) != UQ_OK ||
-        (st = uq_linear_forward(&vb, s->xn, Tc, G, Nc, 1, hid, s->bi)) != UQ_OK ||
-        (st = uq_linear_forward(&vc, s->xn, Tc, G, Nc, 1, hid, s->ci)) != UQ_OK ||
-        (st = uq_linear_forward(&vdt, s->xn, Tc, 1, H, 1, hid, s->dt)) != UQ_OK)
-        return st;
-    /* conv1d + SiLU on x, B, C (stored channel = segment start + head/group * stored size + index) */
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t p = 0; p < Pc; p++) s->chan[h * Pc + p] = h * Ps + p;
-    uq_ks_conv1d_silu(s->xi, Tc, H * Pc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->xo);
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + g * Ns + n;
-    uq_ks_conv1d_silu(s->bi, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->bo);
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + G * Ns + g * Ns + n;
-    uq_ks_conv1d_silu(s->ci, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->co);
-    uq_ks_dt_softplus(s->dt, Tc, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    uq_status st = uq_hy_mamba_in(m, l, s->xn, Tc, s->z, s->xi, s->bi, s->ci, s->dt, s->chan);
+    if (st != UQ_OK) return st;
+    const int64_t *cx = s->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
+    uq_ks_conv1d_silu(s->xi, Tc, H * Pc, cx, lw->conv_w, lw->conv_b, K, s->conv[l], s->xo);
+    uq_ks_conv1d_silu(s->bi, Tc, G * Nc, cb, lw->conv_w, lw->conv_b, K, s->conv[l], s->bo);
+    uq_ks_conv1d_silu(s->ci, Tc, G * Nc, cc, lw->conv_w, lw->conv_b, K, s->conv[l], s->co);
     if (cap) {
         if (cap->ssm_x) copy_rows(cap->ssm_x + row0 * H * Pc, s->xo, Tc * H * Pc);
         if (cap->ssm_B) copy_rows(cap->ssm_B + row0 * G * Nc, s->bo, Tc * G * Nc);
@@ -663,20 +719,10 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     const int64_t rr = r * Rr / R;
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, s->xn, Tc, s->q, s->qa, s->qb, s->kb, s->vb)) != UQ_OK) return st;
-    if (Rr > 0) {
-        uq_k_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
-        uq_k_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
-    }
+    uq_hy_attn_rope_store(m, s, l, s->q, s->kb, s->vb, Tc, pos0);
     if (cap && cap->q) copy_rows(cap->q + row0 * nh * r, s->q, Tc * nh * r);
     if (cap && cap->k) copy_rows(cap->k + row0 * nkv * R, s->kb, Tc * nkv * R);
-    float *kc = s->kc[l], *vc = s->vc[l];
-    for (int64_t t = 0; t < Tc; t++)
-        for (int64_t g = 0; g < nkv; g++) {
-            size_t off = (size_t)((g * s->max_seq + pos0 + t) * R);
-            memcpy(kc + off, s->kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
-            memcpy(vc + off, s->vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
-        }
-    uq_k_attention(s->q, Tc, nh, nkv, r, rr, Rr, kc, vc, s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
+    uq_k_attention(s->q, Tc, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
                    s->att, s->scores, s->nthreads);
     if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc * nh * r);
     if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;

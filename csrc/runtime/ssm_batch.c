@@ -121,26 +121,9 @@ static uq_status mamba_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *c
     const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
     const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
     const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
-    const int64_t rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
-    uq_status st;
-    uq_linear vz = view_rows(&lw->in_proj, 0, H * Ps), vx = view_rows(&lw->in_proj, rx, H * Ps);
-    uq_linear vb = view_rows(&lw->in_proj, rb, G * Ns), vc = view_rows(&lw->in_proj, rc, G * Ns);
-    uq_linear vdt = view_rows(&lw->in_proj, rdt, H);
-    if ((st = uq_linear_forward(&vz, b->xn, n, H, Pk, 1, hid, b->z)) != UQ_OK ||
-        (st = uq_linear_forward(&vx, b->xn, n, H, Pc, 1, hid, b->xi)) != UQ_OK ||
-        (st = uq_linear_forward(&vb, b->xn, n, G, Nc, 1, hid, b->bi)) != UQ_OK ||
-        (st = uq_linear_forward(&vc, b->xn, n, G, Nc, 1, hid, b->ci)) != UQ_OK ||
-        (st = uq_linear_forward(&vdt, b->xn, n, 1, H, 1, hid, b->dt)) != UQ_OK)
-        return st;
-    int64_t *cx = b->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t p = 0; p < Pc; p++) cx[h * Pc + p] = h * Ps + p;
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t k = 0; k < Nc; k++) {
-            cb[g * Nc + k] = H * Ps + g * Ns + k;
-            cc[g * Nc + k] = H * Ps + G * Ns + g * Ns + k;
-        }
-    uq_ks_dt_softplus(b->dt, n, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    uq_status st = uq_hy_mamba_in(m, l, b->xn, n, b->z, b->xi, b->bi, b->ci, b->dt, b->chan);
+    if (st != UQ_OK) return st;
+    const int64_t *cx = b->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
     const int nth = uq_k_threads(), ac = across(n, nth);
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
     for (int64_t i = 0; i < n; i++) {
@@ -175,15 +158,7 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     for (int64_t i = 0; i < n; i++) {
         uq_hy_state *s = S[i];
         float *qi = b->q + i * nh * r, *ki = b->kb + i * nkv * R, *vi = b->vb + i * nkv * R;
-        if (Rr > 0) {
-            uq_k_rope(qi, 1, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, s->pos);
-            uq_k_rope(ki, 1, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, s->pos);
-        }
-        for (int64_t g = 0; g < nkv; g++) {
-            size_t off = (size_t)((g * s->max_seq + s->pos) * R);
-            memcpy(s->kc[l] + off, ki + g * R, (size_t)R * sizeof(float));
-            memcpy(s->vc[l] + off, vi + g * R, (size_t)R * sizeof(float));
-        }
+        uq_hy_attn_rope_store(m, s, l, qi, ki, vi, 1, s->pos);
         uq_k_attention(qi, 1, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, s->pos, scale,
                        b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
     }

@@ -67,7 +67,13 @@ static inline uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows
     return v;
 }
 
-/* Q, K, V projections of attention layer l (ssm.c; used by ssm.c and ssm_batch.c). */
+/* Shared by ssm.c (one sequence) and ssm_batch.c (one token of each sequence), defined in ssm.c: the Mamba
+ * in-projections (+ Delta and the conv channel maps), the attention Q / K / V projections and the RoPE + KV-cache
+ * writer. */
+uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *z, float *xi, float *bi,
+                         float *ci, float *dt, int64_t *chan);
+void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
+                           int64_t T, int64_t pos0);
 uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *q, float *qa,
                          float *qb, float *kb, float *vb);
 
