@@ -375,13 +375,22 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
     # swap in: from here on nothing can fail
-    from_rate = _install(model, cm, state, keep, (emb_spec, head_spec, final_norm, new_layers), rate)
-    del cm, state, c_layers, new_layers
+    r_grew = any(r > rc for (_, r), (_, rc) in zip(new_keeps, cur))
+    specs = (emb_spec, head_spec, final_norm, new_layers)
+    del c_layers, new_layers
+    return _swap_in(model, cm, state, keep, specs, rate, tokens if r_grew else None, t0, stats, before)
+
+
+def _swap_in(model: Any, cm: Any, state: Any, keep: list, specs: tuple, rate: float, tokens: Any, t0: float,
+             stats: dict, before: int) -> dict[str, Any]:
+    """The end of a resize: installs the rebuilt C model and state, releases the old weights' memory, re-prefills
+    ``tokens`` (None: not needed) and reports."""
+    from_rate = _install(model, cm, state, keep, specs, rate)
+    del cm, state, specs
     gc.collect()
     release_free_memory()
-    r_grew = any(r > rc for (_, r), (_, rc) in zip(new_keeps, cur))
     reprefilled = False
-    if tokens is not None and r_grew and tokens.size:
+    if tokens is not None and tokens.size:
         model.reset()
         model.forward(tokens, last_only=True)
         reprefilled = True
@@ -596,14 +605,6 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
     except (OSError, ValueError, KeyError) as e:
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
-    from_rate = _install(model, cm, state, keep, (emb_spec, head_spec, final_norm, new_layers), rate)
-    del cm, state, c_layers, new_layers
-    gc.collect()
-    release_free_memory()
-    reprefilled = False
-    if tokens is not None and tokens.size:
-        model.forward(tokens, last_only=True)
-        reprefilled = True
-    return {"rate": rate, "from_rate": from_rate, "seconds": time.perf_counter() - t0,
-            "read_bytes": stats["read_bytes"], "weight_bytes_before": before,
-            "weight_bytes_after": model.weight_bytes(), "reprefilled": reprefilled}
+    specs = (emb_spec, head_spec, final_norm, new_layers)
+    del c_layers, new_layers
+    return _swap_in(model, cm, state, keep, specs, rate, tokens, t0, stats, before)

@@ -620,6 +620,26 @@ uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64
     return UQ_OK;
 }
 
+void uq_hy_mamba_conv(const uq_hy_model *m, int64_t l, float *conv, const float *xi, const float *bi, const float *ci,
+                      int64_t T, const int64_t *chan, float *xo, float *bo, float *co) {
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const uq_ks_scan a = uq_hy_scan_args(m, l, T);
+    const int64_t K = m->cfg.conv_kernel, *cx = chan, *cb = cx + a.H * a.Pc, *cc = cb + a.G * a.Nc;
+    uq_ks_conv1d_silu(xi, T, a.H * a.Pc, cx, lw->conv_w, lw->conv_b, K, conv, xo);
+    uq_ks_conv1d_silu(bi, T, a.G * a.Nc, cb, lw->conv_w, lw->conv_b, K, conv, bo);
+    uq_ks_conv1d_silu(ci, T, a.G * a.Nc, cc, lw->conv_w, lw->conv_b, K, conv, co);
+}
+
+uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float *z, int64_t T, float *tmp, float *x) {
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = m->cfg.hidden_size, H = m->cfg.ssm_heads, Pk = m->keep[l][KEEP_SSM_HEAD];
+    uq_ks_gated_rmsnorm(y, z, T, H, m->cfg.ssm_groups, Pk, lw->gnorm, m->stored[l][KEEP_SSM_HEAD], m->cfg.norm_eps);
+    uq_status st = uq_linear_forward(&lw->out_proj, y, T, 1, hid, H, Pk, tmp);
+    if (st != UQ_OK) return st;
+    uq_k_add(x, tmp, T * hid);
+    return UQ_OK;
+}
+
 /* RoPE of attention layer l on q (T, nh, r) and kb (T, nkv, R) at positions pos0.., and the K / V rows into s's
  * cache: the one KV-cache writer of prefill, decode and batched decode. */
 void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
@@ -643,36 +663,28 @@ void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, floa
 /* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
 static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked,
                              const uq_hy_capture *cap, int64_t row0) {
-    const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
-    const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
-    const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
-    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
-    const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
+    uq_ks_scan a = uq_hy_scan_args(m, l, Tc);
+    const int64_t H = a.H, G = a.G, Pc = a.Pc, Nc = a.Nc, Pk = a.Pk;
     uq_status st = uq_hy_mamba_in(m, l, s->xn, Tc, s->z, s->xi, s->bi, s->ci, s->dt, s->chan);
     if (st != UQ_OK) return st;
-    const int64_t *cx = s->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
-    uq_ks_conv1d_silu(s->xi, Tc, H * Pc, cx, lw->conv_w, lw->conv_b, K, s->conv[l], s->xo);
-    uq_ks_conv1d_silu(s->bi, Tc, G * Nc, cb, lw->conv_w, lw->conv_b, K, s->conv[l], s->bo);
-    uq_ks_conv1d_silu(s->ci, Tc, G * Nc, cc, lw->conv_w, lw->conv_b, K, s->conv[l], s->co);
+    uq_hy_mamba_conv(m, l, s->conv[l], s->xi, s->bi, s->ci, Tc, s->chan, s->xo, s->bo, s->co);
     if (cap) {
         if (cap->ssm_x) copy_rows(cap->ssm_x + row0 * H * Pc, s->xo, Tc * H * Pc);
         if (cap->ssm_B) copy_rows(cap->ssm_B + row0 * G * Nc, s->bo, Tc * G * Nc);
         if (cap->ssm_C) copy_rows(cap->ssm_C + row0 * G * Nc, s->co, Tc * G * Nc);
         if (cap->ssm_dt) copy_rows(cap->ssm_dt + row0 * H, s->dt, Tc * H);
     }
-    uq_ks_scan a = {.T = Tc, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
-                    .chunk = c->chunk_size, .x = s->xo, .B = s->bo, .C = s->co, .dt = s->dt,
-                    .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l], .y = s->y};
+    a.x = s->xo, a.B = s->bo, a.C = s->co, a.dt = s->dt, a.S = s->ssm[l], a.y = s->y;
     if (chunked)
         uq_ks_ssm_scan_chunked(&a, s->cb, s->work, s->nthreads);
     else
         uq_ks_ssm_scan_seq(&a, s->nthreads);
-    uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
-    if (cap && cap->ssm_out) copy_rows(cap->ssm_out + row0 * H * Pk, s->y, Tc * H * Pk);
-    if ((st = uq_linear_forward(&lw->out_proj, s->y, Tc, 1, hid, H, Pk, s->tmp)) != UQ_OK) return st;
-    uq_k_add(x, s->tmp, Tc * hid);
+    if (!(cap && cap->ssm_out)) return uq_hy_mamba_out(m, l, s->y, s->z, Tc, s->tmp, x);
+    uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, m->layers[l].gnorm, a.Ps, m->cfg.norm_eps);
+    copy_rows(cap->ssm_out + row0 * H * Pk, s->y, Tc * H * Pk);
+    if ((st = uq_linear_forward(&m->layers[l].out_proj, s->y, Tc, 1, m->cfg.hidden_size, H, Pk, s->tmp)) != UQ_OK)
+        return st;
+    uq_k_add(x, s->tmp, Tc * m->cfg.hidden_size);
     return UQ_OK;
 }
 

@@ -114,34 +114,23 @@ uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head) {
 static int across(int64_t n, int nthreads) { return nthreads > 1 && n >= nthreads; }
 
 static uq_status mamba_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
-    const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
-    const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
-    const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
-    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
-    const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
+    const uq_ks_scan a0 = uq_hy_scan_args(m, l, 1);
+    const int64_t H = a0.H, G = a0.G, Pc = a0.Pc, Nc = a0.Nc, Pk = a0.Pk;
     uq_status st = uq_hy_mamba_in(m, l, b->xn, n, b->z, b->xi, b->bi, b->ci, b->dt, b->chan);
     if (st != UQ_OK) return st;
-    const int64_t *cx = b->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
     const int nth = uq_k_threads(), ac = across(n, nth);
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
     for (int64_t i = 0; i < n; i++) {
         uq_hy_state *s = S[i];
         const int64_t ox = i * H * Pc, obc = i * G * Nc;
-        uq_ks_conv1d_silu(b->xi + ox, 1, H * Pc, cx, lw->conv_w, lw->conv_b, K, s->conv[l], b->xo + ox);
-        uq_ks_conv1d_silu(b->bi + obc, 1, G * Nc, cb, lw->conv_w, lw->conv_b, K, s->conv[l], b->bo + obc);
-        uq_ks_conv1d_silu(b->ci + obc, 1, G * Nc, cc, lw->conv_w, lw->conv_b, K, s->conv[l], b->co + obc);
-        uq_ks_scan a = {.T = 1, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
-                        .chunk = c->chunk_size, .x = b->xo + ox, .B = b->bo + obc, .C = b->co + obc,
-                        .dt = b->dt + i * H, .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l],
-                        .y = b->y + i * H * Pk};
+        uq_hy_mamba_conv(m, l, s->conv[l], b->xi + ox, b->bi + obc, b->ci + obc, 1, b->chan, b->xo + ox, b->bo + obc,
+                         b->co + obc);
+        uq_ks_scan a = a0;
+        a.x = b->xo + ox, a.B = b->bo + obc, a.C = b->co + obc, a.dt = b->dt + i * H, a.S = s->ssm[l];
+        a.y = b->y + i * H * Pk;
         uq_ks_ssm_scan_seq(&a, ac ? 1 : s->nthreads);
     }
-    uq_ks_gated_rmsnorm(b->y, b->z, n, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
-    if ((st = uq_linear_forward(&lw->out_proj, b->y, n, 1, hid, H, Pk, b->tmp)) != UQ_OK) return st;
-    uq_k_add(b->x, b->tmp, n * hid);
-    return UQ_OK;
+    return uq_hy_mamba_out(m, l, b->y, b->z, n, b->tmp, b->x);
 }
 
 static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {

@@ -5,6 +5,7 @@
 #ifndef UQ_SSM_IMPL_H
 #define UQ_SSM_IMPL_H
 
+#include "../kernels/ssm_kernels.h"
 #include "uniql.h"
 
 enum { KEEP_MLP = 0, KEEP_ATTN = 1, KEEP_SSM_HEAD = 2, KEEP_SSM_STATE = 3 };
@@ -49,6 +50,20 @@ struct uq_hy_state {
     int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
 };
 
+/* Scan arguments of Mamba layer l for T tokens: sizes from the stored sizes, keeps and options (computed Pc, Nc:
+ * stored, or the keeps with UQ_HY_OPT_KEPT_STATE); the caller sets x, B, C, dt, S and y. */
+static inline uq_ks_scan uq_hy_scan_args(const uq_hy_model *m, int64_t l, int64_t T) {
+    const uq_hy_config *c = &m->cfg;
+    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
+    uq_ks_scan a = {.T = T, .H = c->ssm_heads, .G = c->ssm_groups, .chunk = c->chunk_size,
+                    .Ps = m->stored[l][KEEP_SSM_HEAD], .Ns = m->stored[l][KEEP_SSM_STATE],
+                    .Pk = m->keep[l][KEEP_SSM_HEAD], .Nk = m->keep[l][KEEP_SSM_STATE],
+                    .A = m->Aneg + l * c->ssm_heads, .D = m->layers[l].D};
+    a.Pc = kept ? a.Pk : a.Ps;
+    a.Nc = kept ? a.Nk : a.Ns;
+    return a;
+}
+
 /* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that
  * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). Row-major
  * layouts only: uq_hy_model_init rejects R16 int4 for the descriptors viewed here (in_proj, partial-RoPE q). */
@@ -72,6 +87,11 @@ static inline uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows
  * writer. */
 uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *z, float *xi, float *bi,
                          float *ci, float *dt, int64_t *chan);
+/* conv1d + SiLU of x, B and C (T tokens of one sequence, its conv state conv) with chan from uq_hy_mamba_in. */
+void uq_hy_mamba_conv(const uq_hy_model *m, int64_t l, float *conv, const float *xi, const float *bi, const float *ci,
+                      int64_t T, const int64_t *chan, float *xo, float *bo, float *co);
+/* Gated RMSNorm of y (T, H*Pk) by z in place, out_proj into tmp (T, hidden), x += tmp. */
+uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float *z, int64_t T, float *tmp, float *x);
 void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
                            int64_t T, int64_t pos0);
 uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *q, float *qa,
