@@ -1,5 +1,6 @@
-/* test_batch.c -- batched decoding (uq_hy_decode_batch) of an all-attention (Llama-shaped) model: sequences joining and leaving between steps give the
- * logits of decoding each alone, bit for bit; bad batches are rejected before any state moves. */
+/* test_batch.c -- batched decoding (uq_hy_decode_batch) of an all-attention (Llama-shaped) model: sequences joining
+ * and leaving between steps give the logits of decoding each alone, bit for bit; bad batches are rejected before any
+ * state moves. */
 #include "test.h"
 
 enum { BV = 40, BH = 16, BNH = 4, BNKV = 2, BD = 8, BI = 24, BNL = 2, BSEQ = 12 };
