@@ -37,7 +37,7 @@ void uq_ks_conv1d_silu(const float *restrict in, int64_t T, int64_t nc, const in
                        const float *restrict w, const float *restrict b, int64_t K, float *restrict state,
                        float *restrict out) {
     const int64_t K1 = K - 1;
-#pragma omp parallel for schedule(static) if (T * nc * K >= UQ_SSM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(uq_k_threads()) if (T * nc * K >= UQ_SSM_PAR_MIN)
     for (int64_t c = 0; c < nc; c++) {
         const int64_t ch = chan[c];
         float *st = state + ch * K1;
