@@ -315,13 +315,16 @@ def test_int4_mamba_in_proj_runs_as_r16_parts_same_w4a8_logits(monkeypatch):
 
 
 def test_truncate_needs_attention_only(arch_model):
-    """truncate (rewind to a shared prefix) works where every layer is attention / MLP; a Mamba state folds every
-    token and cannot go back."""
+    """Rewinding to a shared prefix (the runtime's hy_state_truncate, ``Model.truncate``) is refused for a model with
+    Mamba layers, whose state folds every token; hybrid models do not offer ``truncate``."""
+    from uniql import _C
+
     arch, _, _, _, m = arch_model
+    assert not hasattr(m, "truncate")
     m.logits(ids_for(6, seed=2))
-    m.truncate(6)  # the current position: nothing to undo
+    _C.hy_state_truncate(m._state, 6)  # the current position: nothing to undo
     with pytest.raises(UnsupportedError, match="cannot go back"):
-        m.truncate(3)
+        _C.hy_state_truncate(m._state, 3)
     assert m.position == 6
 
 

@@ -443,12 +443,6 @@ class SequenceModel:
             return self.tokenizer.decode(out)
         return out
 
-    def truncate(self, position: int) -> None:
-        """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
-        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix. A model
-        with Mamba layers cannot go back (their state folds every token): UnsupportedError."""
-        _C.hy_state_truncate(self._state, int(position))
-
     # ------------------------------------------------------------------ compression pipeline ----
     def _scratch_state(self, T: int) -> Any:
         if self._scratch is None or self._scratch_seq < T:
@@ -526,6 +520,13 @@ class Model(SequenceModel):
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
         self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
+
+    def truncate(self, position: int) -> None:
+        """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
+        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix. Only
+        attention-only models have it (``hasattr(model, "truncate")`` is the capability uniql.zeroshot and
+        uniql.eval test): a Mamba state folds every token and cannot go back."""
+        _C.hy_state_truncate(self._state, int(position))
 
     # ------------------------------------------------------------------------------ loading ----
     @classmethod
