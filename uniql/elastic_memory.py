@@ -279,11 +279,7 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
         _check_files(model)
     stats = {"read_bytes": 0}
     before = model.weight_bytes()
-    emb_spec, head_spec, final_norm, c_layers = model._specs
-    keep: list[np.ndarray] = []
-    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
-        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
-    keep.append(final_norm)
+    emb_spec, head_spec, final_norm, c_layers, keep = _kept_rest(model)
     new_layers = []
     try:
         for i in range(L):
@@ -379,6 +375,17 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
     specs = (emb_spec, head_spec, final_norm, new_layers)
     del c_layers, new_layers
     return _swap_in(model, cm, state, keep, specs, rate, tokens if r_grew else None, t0, stats, before)
+
+
+def _kept_rest(model: Any) -> tuple[Any, Any, np.ndarray, list, list]:
+    """The model's specs (embedding, lm_head, final norm, layers) and a keep list holding the first three's arrays,
+    which a resize carries over unchanged."""
+    emb_spec, head_spec, final_norm, c_layers = model._specs
+    keep: list[np.ndarray] = []
+    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
+        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
+    keep.append(final_norm)
+    return emb_spec, head_spec, final_norm, c_layers, keep
 
 
 def _swap_in(model: Any, cm: Any, state: Any, keep: list, specs: tuple, rate: float, tokens: Any, t0: float,
@@ -478,11 +485,7 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
         _check_files(model)
     stats = {"read_bytes": 0}
     before = model.weight_bytes()
-    emb_spec, head_spec, final_norm, c_layers = model._specs
-    keep: list[np.ndarray] = []
-    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
-        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
-    keep.append(final_norm)
+    emb_spec, head_spec, final_norm, c_layers, keep = _kept_rest(model)
 
     def mamba_sets(Pk: int, Nk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)

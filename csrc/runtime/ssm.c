@@ -742,27 +742,34 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     return UQ_OK;
 }
 
-/* MLP over h = s->xn (Tc, hidden); adds its output to x. */
-static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc,
-                           const uq_hy_capture *cap, int64_t row0) {
+uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *g, float *u, float *tmp,
+                    float *x, float *z_cap) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
     uq_status st;
-    if (cap && cap->mlp_in) copy_rows(cap->mlp_in + row0 * hid, s->xn, Tc * hid);
     if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
-        if ((st = uq_linear_forward(&lw->gate, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK ||
-            (st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->u)) != UQ_OK)
+        if ((st = uq_linear_forward(&lw->gate, xn, T, 1, k, 1, hid, g)) != UQ_OK ||
+            (st = uq_linear_forward(&lw->up, xn, T, 1, k, 1, hid, u)) != UQ_OK)
             return st;
-        uq_k_silu_mul(s->g, s->u, Tc * k);
+        uq_k_silu_mul(g, u, T * k);
     } else {
-        if ((st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK) return st;
-        uq_ks_relu2(s->g, Tc * k);
+        if ((st = uq_linear_forward(&lw->up, xn, T, 1, k, 1, hid, g)) != UQ_OK) return st;
+        uq_ks_relu2(g, T * k);
     }
-    if (cap && cap->mlp_z) copy_rows(cap->mlp_z + row0 * k, s->g, Tc * k);
-    if ((st = uq_linear_forward(&lw->down, s->g, Tc, 1, hid, 1, k, s->tmp)) != UQ_OK) return st;
-    uq_k_add(x, s->tmp, Tc * hid);
+    if (z_cap) copy_rows(z_cap, g, T * k);
+    if ((st = uq_linear_forward(&lw->down, g, T, 1, hid, 1, k, tmp)) != UQ_OK) return st;
+    uq_k_add(x, tmp, T * hid);
     return UQ_OK;
+}
+
+/* MLP over h = s->xn (Tc, hidden); adds its output to x. */
+static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc,
+                           const uq_hy_capture *cap, int64_t row0) {
+    const int64_t hid = m->cfg.hidden_size;
+    if (cap && cap->mlp_in) copy_rows(cap->mlp_in + row0 * hid, s->xn, Tc * hid);
+    float *z_cap = cap && cap->mlp_z ? cap->mlp_z + row0 * m->keep[l][KEEP_MLP] : NULL;
+    return uq_hy_mlp(m, l, s->xn, Tc, s->g, s->u, s->tmp, x, z_cap);
 }
 
 /* One layer over x (Tc, hidden) in place at positions pos0..; captures (cap may be NULL) at row offset row0. */

@@ -156,24 +156,6 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     return UQ_OK;
 }
 
-static uq_status mlp_rows(const uq_hy_model *m, uq_hy_batch *b, int64_t n, int64_t l) {
-    const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
-    uq_status st;
-    if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
-        if ((st = uq_linear_forward(&lw->gate, b->xn, n, 1, k, 1, hid, b->g)) != UQ_OK ||
-            (st = uq_linear_forward(&lw->up, b->xn, n, 1, k, 1, hid, b->u)) != UQ_OK)
-            return st;
-        uq_k_silu_mul(b->g, b->u, n * k);
-    } else {
-        if ((st = uq_linear_forward(&lw->up, b->xn, n, 1, k, 1, hid, b->g)) != UQ_OK) return st;
-        uq_ks_relu2(b->g, n * k);
-    }
-    if ((st = uq_linear_forward(&lw->down, b->g, n, 1, hid, 1, k, b->tmp)) != UQ_OK) return st;
-    uq_k_add(b->x, b->tmp, n * hid);
-    return UQ_OK;
-}
 
 /* The lm_head over n rows. A row-major int4 lm_head (a tied int4 embedding: the gather needs that layout) runs one
  * row at a time below 24 rows: there its multi-token kernels are slower than separate single-token calls (SmolLM2's
@@ -231,11 +213,11 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         else if (lw->kind == UQ_HY_ATTN)
             st = attn_rows(m, b, states, n, l);
         else
-            st = mlp_rows(m, b, n, l);
+            st = uq_hy_mlp(m, l, b->xn, n, b->g, b->u, b->tmp, b->x, NULL);
         if (st != UQ_OK) return st;
         if (m->has_ffn[l]) {
             uq_k_rmsnorm(b->x, n, hid, lw->ffn_norm, c->norm_eps, b->xn);
-            if ((st = mlp_rows(m, b, n, l)) != UQ_OK) return st;
+            if ((st = uq_hy_mlp(m, l, b->xn, n, b->g, b->u, b->tmp, b->x, NULL)) != UQ_OK) return st;
         }
     }
     uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);

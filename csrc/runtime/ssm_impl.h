@@ -90,6 +90,10 @@ uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64
 /* conv1d + SiLU of x, B and C (T tokens of one sequence, its conv state conv) with chan from uq_hy_mamba_in. */
 void uq_hy_mamba_conv(const uq_hy_model *m, int64_t l, float *conv, const float *xi, const float *bi, const float *ci,
                       int64_t T, const int64_t *chan, float *xo, float *bo, float *co);
+/* The MLP of layer l over xn (T, hidden) at its keep k: g, u (T, k) scratch (g = the down_proj input, copied to
+ * z_cap unless NULL), tmp (T, hidden), x += MLP. */
+uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *g, float *u, float *tmp,
+                    float *x, float *z_cap);
 /* Gated RMSNorm of y (T, H*Pk) by z in place, out_proj into tmp (T, hidden), x += tmp. */
 uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float *z, int64_t T, float *tmp, float *x);
 void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
