@@ -4,7 +4,7 @@ All numerics are in the C core (``uniql._C``); this module validates configs, ar
 reference: arrays are kept alive here and the C model points into them), and orchestrates generation and
 perplexity.
 
-Weight layout inside the runtime (see ``csrc/include/uniql.h``, "transformer runtime"): Q/K heads are
+Weight layout inside the runtime (see ``csrc/include/uniql.h``, "linears and the elastic layout"): Q/K heads are
 pair-interleaved (rows 2j, 2j+1 of a head form RoPE pair j). Hugging Face checkpoints use rotate-half
 (dim i pairs with i + d/2); :meth:`Model.from_hf_tensors` permutes their Q/K rows (and biases) per head by
 ``[0, d/2, 1, d/2+1, ...]`` unless ``qk_layout="interleaved"`` says the tensors already use the runtime

@@ -12,7 +12,7 @@ Architectures (``model_type``):
 * ``bamba`` (BambaForCausalLM): Mamba2 layers and attention layers (``attn_layer_indices``) with partial RoPE
   (rotary on the first ``partial_rotary_factor * head_dim`` dims), each followed by a gated SiLU MLP.
 
-Runtime layout of attention heads (see ``uniql.h``, "Mamba2 and hybrid runtime"): the rotary rows of a Q/K
+Runtime layout of attention heads (see ``uniql.h``, "the runtime: every layer kind"): the rotary rows of a Q/K
 head come first, pair-interleaved (rows 2j, 2j+1 = RoPE pair j), then the pass rows. A Hugging Face head
 ``[rot (rotate-half) | pass]`` is converted at load by permuting its rotary rows ``[0, rd/2, 1, rd/2+1, ...]``
 (``qk_layout="rotate_half"``, the default); uniql artifacts already use the runtime layout

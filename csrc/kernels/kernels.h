@@ -187,7 +187,7 @@ extern const uq_kpath uq_kpath_avx512;
 
 /* Validates a weight descriptor before a model uses it: shape (rows, cols), kind, non-NULL data, and for int4 the
  * group and the per-segment scale layout (nseg_in input segments). `name` and `layer` (-1: none) make the message,
- * e.g. "layer 3 o_proj: ...". UQ_ERR_SHAPE / UQ_ERR_ARG. Shared by the transformer and the hybrid runtimes. */
+ * e.g. "layer 3 o_proj: ...". UQ_ERR_SHAPE / UQ_ERR_ARG. Used by the runtime for every linear. */
 uq_status uq_linear_check(const uq_linear *L, const char *name, int64_t layer, int64_t rows, int64_t cols,
                           int64_t nseg_in);
 

@@ -1,6 +1,7 @@
 /*
- * ssm.c -- forward pass of Mamba2, Nemotron-H and Bamba (Mamba2 / attention / MLP layer stacks) at
- * per-layer keep sizes (semantics and elastic layout: "Mamba2 and hybrid runtime" in uniql.h).
+ * ssm.c -- the runtime: the forward pass of every architecture (Llama, Qwen2: attention + MLP stacks; Mamba2,
+ * Nemotron-H, Bamba: Mamba2 / attention / MLP stacks) at per-layer keep sizes (semantics and elastic layout: "the
+ * runtime: every layer kind" in uniql.h).
  *
  * Per layer:  x = x + mixer(RMSNorm(x) * norm)  [;  x = x + MLP(RMSNorm(x) * ffn_norm) ]
  *   Mamba2:    [z | x | B | C | dt] = h W_in^T ; x, B, C = silu(conv1d) ; Delta = clamp(softplus(dt + dt_bias)) ;
@@ -191,7 +192,7 @@ static uq_status check_attn(const uq_hy_config *c, const uq_hy_layer_weights *lw
                             (long long)(d - c->rope_dim));
     if (*Rrot > 0 && *Rrot < *R && lw->q.kind == UQ_W_Q4 && lw->q.layout != UQ_Q4_ROWMAJOR)
         return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld q_proj: int4 layout %d is not supported with partial RoPE; "
-                            "the hybrid runtime reads the pass rows as a view of the row-major layout", (long long)l,
+                            "the runtime reads the pass rows as a view of the row-major layout", (long long)l,
                             (int)lw->q.layout);
     uq_status st;
     if ((st = uq_linear_check(&lw->q, "q_proj", l, nh * *R, hid, 1)) != UQ_OK) return st;

@@ -1,5 +1,5 @@
 /*
- * ssm_batch.c -- batched decoding of the Mamba2 / hybrid runtime: one new token for each of n sequences per call,
+ * ssm_batch.c -- batched decoding of the runtime (every architecture): one new token for each of n sequences per call,
  * each with its own uq_hy_state (conv and SSM states, KV caches, position). Every linear (in_proj views, q/k/v/o,
  * MLP, lm_head) runs once over the n rows; the causal conv1d, the selective-scan recurrence, RoPE, the KV cache
  * writes and attention run per sequence on that sequence's state. Row-wise kernels (RMSNorm, softplus, the gated

@@ -1,5 +1,5 @@
 /*
- * ssm_impl.h -- the hybrid runtime's model and state structs and its row-view helper, shared by ssm.c (one
+ * ssm_impl.h -- the runtime's model and state structs and its row-view helper, shared by ssm.c (one
  * sequence) and ssm_batch.c (several sequences per decode step). Internal: not part of the public API.
  */
 #ifndef UQ_SSM_IMPL_H
