@@ -1,4 +1,4 @@
-"""Batched decoding (uniql.batch / uq_tf_decode_batch): sequences that join and leave between steps, each with its
+"""Batched decoding (uniql.batch / uq_hy_decode_batch): sequences that join and leave between steps, each with its
 own state, give exactly (bit for bit) the logits of decoding each alone, for fp32 checkpoints and int4 artifacts
 with int8 (W4A8) and fp32 (W4A32) activations, at reduced rates; bad batches are rejected before any state moves."""
 from __future__ import annotations
@@ -130,8 +130,8 @@ def test_bad_batches_leave_states_unchanged(tiny):
     other = BatchDecoder(uniql.load(src), max_batch=2, max_seq=8)
     with pytest.raises(uniql.StateError, match="state 1 was built for another model"):
         dec.step([a, other.new_sequence()], [1, 2])
-    with pytest.raises(TypeError, match="states\\[0\\] is not a uniql.tf_state capsule"):
-        _C.tf_decode_batch(model._cm, dec._batch, [object()], np.zeros(1, np.int32), np.zeros((1, VOCAB), np.float32))
+    with pytest.raises(TypeError, match="states\\[0\\] is not a uniql.hy_state capsule"):
+        _C.hy_decode_batch(model._cm, dec._batch, [object()], np.zeros(1, np.int32), np.zeros((1, VOCAB), np.float32))
     assert (a.position, b.position) == (3, 1)
     for _ in range(4):
         dec.step([a, b], [1, 2])
@@ -147,7 +147,7 @@ def test_bad_batches_leave_states_unchanged(tiny):
     a.reset()
     assert a.position == 0
     with pytest.raises(uniql.UnsupportedError, match="not a row-major int4 weight"):
-        _C.tf_batch_set_head(dec._batch, (np.zeros((1, 1), np.float32), None, 0, 1, None))
+        _C.hy_batch_set_head(dec._batch, (np.zeros((1, 1), np.float32), None, 0, 1, None))
 
 
 def test_tied_head_copy_is_checked(tiny):
@@ -156,7 +156,7 @@ def test_tied_head_copy_is_checked(tiny):
     q = model._tied_q4
     packed, scales = _C.q4_repack((q.packed[:-16], q.scales[:-16], q.group, q.shape[1], None), 1, 1)
     with pytest.raises(uniql.ShapeError, match="want the \\(96, 64\\) int4 lm_head"):
-        _C.tf_batch_set_head(dec._batch, (packed, scales, q.group, q.shape[1], None, (q.shape[0] - 16, 1, 1)))
+        _C.hy_batch_set_head(dec._batch, (packed, scales, q.group, q.shape[1], None, (q.shape[0] - 16, 1, 1)))
 
 
 # ----------------------------------------------------------------------------------------------- hybrids ----
@@ -173,7 +173,7 @@ def test_hybrid_batched_equals_alone(arch):
     _, cd, sd = make_hf(arch, seed=2)
     model = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
     dec = BatchDecoder(model, max_batch=4, max_seq=64)
-    assert dec.kind == "hybrid" and dec.batched
+    assert dec.batched
     prompts = [np.random.default_rng(s).integers(0, 128, n) for s, n in enumerate((5, 1, 11, 8))]
     steps, joins = [6, 9, 3, 5], [0, 1, 1, 4]
     for half in (False, True):

@@ -284,6 +284,50 @@ def test_int4_in_proj_out_proj_equal_dequantized(w4a32):
     assert rel_err(a.logits(ids), b.logits(ids)) <= Q4_REL_TOL
 
 
+def test_int4_mamba_in_proj_runs_as_r16_parts_same_w4a8_logits(monkeypatch):
+    """An int4 Mamba in_proj is loaded as five row parts (z, x, B, C in the kernels' R16 layout, dt row-major) so that
+    it runs on the R16 W4A8 kernels, like every other linear; the fused row-major weight (read as row views) was the
+    only path before. With int8 activations both layouts compute the same exact integer group sums, scaled and added
+    in group order, so the logits are bit-identical to the fused path at full and reduced keeps; with fp32
+    activations the R16 kernels add in another order (within Q4_REL_TOL of the dequantized fp32 model, above)."""
+    import uniql
+    import uniql.ssm as ssm
+
+    _, cd, sd = make_hf("mamba2", seed=4)
+    q4 = dict(sd)
+    for i in range(cd["num_hidden_layers"]):
+        for key in (f"backbone.layers.{i}.mixer.in_proj.weight", f"backbone.layers.{i}.mixer.out_proj.weight"):
+            q4[key] = quantize_rtn(np.ascontiguousarray(sd[key]), group=16)
+    parts = HybridModel.from_hf_tensors(cd, q4, max_seq=32)
+    lay = parts._specs[3][0]
+    assert "in_proj" not in lay and [len(sp) > 5 and sp[5] is not None for sp in lay["in_parts"]] == [True] * 4 + [False]
+    monkeypatch.setattr(ssm, "mamba_in_parts", lambda *a: None)  # the fused row-major in_proj
+    fused = HybridModel.from_hf_tensors(cd, q4, max_seq=32)
+    assert "in_parts" not in fused._specs[3][0]
+    ids = ids_for(19, seed=8)
+    with uniql.int4_activations("int8"):
+        np.testing.assert_array_equal(parts.logits(ids), fused.logits(ids))
+        for m in (parts, fused):
+            m.set_keep_all(ssm_head=8, ssm_state=8)
+        np.testing.assert_array_equal(parts.logits(ids), fused.logits(ids))
+    with uniql.int4_activations("fp32"):
+        assert rel_err(parts.logits(ids), fused.logits(ids)) <= Q4_REL_TOL
+
+
+def test_truncate_needs_attention_only(arch_model):
+    """Rewinding to a shared prefix (the runtime's hy_state_truncate, ``Model.truncate``) is refused for a model with
+    Mamba layers, whose state folds every token; hybrid models do not offer ``truncate``."""
+    from uniql import _C
+
+    arch, _, _, _, m = arch_model
+    assert not hasattr(m, "truncate")
+    m.logits(ids_for(6, seed=2))
+    _C.hy_state_truncate(m._state, 6)  # the current position: nothing to undo
+    with pytest.raises(UnsupportedError, match="cannot go back"):
+        _C.hy_state_truncate(m._state, 3)
+    assert m.position == 6
+
+
 # ---------------------------------------------------------------------------- generation, accounting ----
 def test_generate_and_perplexity(arch_model):
     _, _, _, _, m = arch_model

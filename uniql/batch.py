@@ -4,7 +4,7 @@ A :class:`BatchDecoder` wraps one loaded model (``uniql.load`` of a checkpoint o
 out :class:`Sequence` objects, each with its own C state (KV cache, SSM/conv states, position). A sequence joins
 with :meth:`BatchDecoder.prefill` (its prompt, on its own state) and then advances one token per
 :meth:`BatchDecoder.step`, which runs every sequence given to it in one batched decode step: the linears run once
-over all rows (``uq_tf_decode_batch`` / ``uq_hy_decode_batch`` in C), attention, RoPE and the SSM recurrence per
+over all rows (``uq_hy_decode_batch`` in C), attention, RoPE and the SSM recurrence per
 sequence. Sequences join and leave between steps; the result of each is bit-identical to decoding it alone.
 
 The rate (keep sizes) is the model's, shared by every sequence of a step; switching it between steps keeps every
@@ -62,25 +62,17 @@ class BatchDecoder:
         self.vocab_size = int(model.config.vocab_size)
         self.head_bytes = 0  # an R16 copy of a tied int4 lm_head, when one is made
         cm = model._cm
-        if model._c_forward is _C.tf_forward:
-            self.kind = "transformer"
-            self._state_new = _C.tf_state_new
-            self._state_info, self._state_reset, self._forward = _C.tf_state_info, _C.tf_state_reset, _C.tf_forward
-            self._batch = _C.tf_batch_new(cm, max_batch)
-            self._decode = _C.tf_decode_batch
-            q = getattr(model, "_tied_q4", None)
-            if q is not None and q.group % 8 == 0:  # batched lm_head of a tied int4 embedding (C docs)
-                packed, scales = _C.q4_repack((q.packed, q.scales, q.group, q.shape[1], None), 1, 1)
-                _C.tf_batch_set_head(self._batch, (packed, scales, q.group, q.shape[1], None, (q.shape[0], 1, 1)))
-                self.head_bytes = packed.nbytes + scales.nbytes
-        elif model._c_forward is _C.hy_forward:
-            self.kind = "hybrid"
-            self._state_new = _C.hy_state_new
-            self._state_info, self._state_reset, self._forward = _C.hy_state_info, _C.hy_state_reset, _C.hy_forward
-            self._batch = _C.hy_batch_new(cm, max_batch) if hasattr(_C, "hy_batch_new") else None
-            self._decode = getattr(_C, "hy_decode_batch", None)
-        else:
+        if model._c_forward is not _C.hy_forward:
             raise UnsupportedError(f"batched decoding needs a C-runtime model, got {type(model).__name__}")
+        self._state_new = _C.hy_state_new
+        self._state_info, self._state_reset, self._forward = _C.hy_state_info, _C.hy_state_reset, _C.hy_forward
+        self._batch = _C.hy_batch_new(cm, max_batch)
+        self._decode = _C.hy_decode_batch
+        q = getattr(model, "_tied_q4", None)
+        if q is not None and q.group % 8 == 0:  # batched lm_head of a tied int4 embedding (C docs)
+            packed, scales = _C.q4_repack((q.packed, q.scales, q.group, q.shape[1], None), 1, 1)
+            _C.hy_batch_set_head(self._batch, (packed, scales, q.group, q.shape[1], None, (q.shape[0], 1, 1)))
+            self.head_bytes = packed.nbytes + scales.nbytes
 
     @property
     def batched(self) -> bool:
@@ -120,6 +112,5 @@ class BatchDecoder:
 
     def memory_bytes(self, seqs: Seq[Sequence] = ()) -> int:
         """Step scratch plus the states of ``seqs``."""
-        info = _C.tf_batch_info if self.kind == "transformer" else getattr(_C, "hy_batch_info", None)
-        b = int(info(self._batch)[1]) if self._batch is not None and info is not None else 0
+        b = int(_C.hy_batch_info(self._batch)[1])
         return b + self.head_bytes + sum(s.state_bytes for s in seqs)

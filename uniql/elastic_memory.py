@@ -20,7 +20,7 @@ the new rate, so the resident weights are exactly those a model loaded at that r
   a :class:`uniql.UniqlError` and leaves the model untouched at its current rate (everything is built aside and
   swapped in only when complete).
 - The C model is rebuilt over the new arrays (embedding, lm_head and norms are shared, not copied) and the KV
-  cache moves to a state of the new widths (``_C.tf_state_transfer``: K/V rows are cut to, or zero-extended to,
+  cache moves to a state of the new widths (``_C.hy_state_transfer``: K/V rows are cut to, or zero-extended to,
   the new stored head dims). After a shrink the cache is what ``set_rate`` would have used; after a grow the
   extra dims of past tokens were never computed, so pass ``tokens`` (the current sequence's ids) to re-prefill
   them exactly, or accept the approximation until the next sequence.
@@ -212,8 +212,8 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
 
 def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list,
                  r16: bool = True) -> tuple:
-    """A C linear spec over new planes, int4 repacked to R16 (as Model.__init__ does) when ``r16`` and the group
-    allow (the hybrid runtime keeps the row-major int4 format)."""
+    """A C linear spec over new planes, int4 repacked to R16 (as ``uniql.runtime.linear_spec`` does at load) when
+    ``r16`` and the group allow, else row-major int4 (the linears the runtime reads as row views)."""
     bias = planes["bias"].reshape(-1) if "bias" in planes else None
     if bias is not None:
         keep.append(bias)
@@ -229,6 +229,27 @@ def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tup
         return (p16, s16, group, cols, bias, (rows, *segs))
     keep.extend([packed, scales])
     return (packed, scales, group, cols, bias)
+
+
+def _in_proj_rm(parts: list[tuple]) -> dict[str, np.ndarray]:
+    """Row-major planes of a Mamba in_proj given as its five part specs (z, x, B, C, dt), rows concatenated."""
+    planes = [_linear_rm(p) for p in parts]
+    return {k: np.concatenate([pl[k] for pl in planes]) for k in planes[0]}
+
+
+def _in_proj_parts(planes: dict[str, np.ndarray], group: int, cols: int, old: list[tuple], H: int, G: int, Ps: int,
+                   Ns: int) -> list[tuple]:
+    """The five part specs of in_proj planes with Ps head channels and Ns state dims, each part R16 (for its
+    segments H, H, G, G, 1) where the old part was."""
+    bounds = np.cumsum([0, H * Ps, H * Ps, G * Ns, G * Ns, H])
+    segs = ((H, 1), (H, 1), (G, 1), (G, 1), (1, 1))
+    out = []
+    for i in range(5):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        r16 = len(old[i]) > 5 and old[i][5] is not None
+        out.append(_linear_spec({k: np.ascontiguousarray(v[a:b]) for k, v in planes.items()}, group, cols, segs[i], [],
+                                r16=r16))
+    return out
 
 
 def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
@@ -258,11 +279,7 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
         _check_files(model)
     stats = {"read_bytes": 0}
     before = model.weight_bytes()
-    emb_spec, head_spec, final_norm, c_layers = model._specs
-    keep: list[np.ndarray] = []
-    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
-        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
-    keep.append(final_norm)
+    emb_spec, head_spec, final_norm, c_layers, keep = _kept_rest(model)
     new_layers = []
     try:
         for i in range(L):
@@ -271,7 +288,7 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
             changed = (k_new, r_new) != (k_cur, r_cur)
             if not changed:
                 new_layers.append(lay)
-                keep.extend([lay["attn_norm"], lay["mlp_norm"]])
+                keep.extend([lay["norm"], lay["ffn_norm"]])
                 if lay.get("freq_map") is not None:
                     keep.append(lay["freq_map"])
                 for short in ("q", "k", "v", "o", "gate", "up", "down"):
@@ -287,8 +304,8 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
                 except UniqlError as e:
                     raise type(e)(f"{e}; the model stays at rate {model.rate}") from None
             try:
-                nd = {"attn_norm": lay["attn_norm"], "mlp_norm": lay["mlp_norm"]}
-                keep.extend([nd["attn_norm"], nd["mlp_norm"]])
+                nd = {"kind": lay["kind"], "norm": lay["norm"], "ffn_norm": lay["ffn_norm"]}
+                keep.extend([nd["norm"], nd["ffn_norm"]])
                 # per linear: (module, proj, row segments, rows per seg (cur, new, full),
                 #              col segments, cols per seg (cur, new, full), R16 segments)
                 geo = {
@@ -345,22 +362,42 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
             finally:
                 if f is not None:
                     f.close()
-        cm = _C.tf_model_new(c._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
-        state = _C.tf_state_new(cm, model.max_seq, model._max_chunk)
-        _C.tf_state_transfer(model._state, state)
+        cm = _C.hy_model_new(c._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
+        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
+        _C.hy_state_transfer(model._state, state)
     except UniqlError:
         raise
     except (OSError, ValueError, KeyError) as e:
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
     # swap in: from here on nothing can fail
-    from_rate = _install(model, cm, state, keep, (emb_spec, head_spec, final_norm, new_layers), rate)
-    del cm, state, c_layers, new_layers
+    r_grew = any(r > rc for (_, r), (_, rc) in zip(new_keeps, cur))
+    specs = (emb_spec, head_spec, final_norm, new_layers)
+    del c_layers, new_layers
+    return _swap_in(model, cm, state, keep, specs, rate, tokens if r_grew else None, t0, stats, before)
+
+
+def _kept_rest(model: Any) -> tuple[Any, Any, np.ndarray, list, list]:
+    """The model's specs (embedding, lm_head, final norm, layers) and a keep list holding the first three's arrays,
+    which a resize carries over unchanged."""
+    emb_spec, head_spec, final_norm, c_layers = model._specs
+    keep: list[np.ndarray] = []
+    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
+        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
+    keep.append(final_norm)
+    return emb_spec, head_spec, final_norm, c_layers, keep
+
+
+def _swap_in(model: Any, cm: Any, state: Any, keep: list, specs: tuple, rate: float, tokens: Any, t0: float,
+             stats: dict, before: int) -> dict[str, Any]:
+    """The end of a resize: installs the rebuilt C model and state, releases the old weights' memory, re-prefills
+    ``tokens`` (None: not needed) and reports."""
+    from_rate = _install(model, cm, state, keep, specs, rate)
+    del cm, state, specs
     gc.collect()
     release_free_memory()
-    r_grew = any(r > rc for (_, r), (_, rc) in zip(new_keeps, cur))
     reprefilled = False
-    if tokens is not None and r_grew and tokens.size:
+    if tokens is not None and tokens.size:
         model.reset()
         model.forward(tokens, last_only=True)
         reprefilled = True
@@ -408,7 +445,10 @@ def _seg_cols(kind: str, nseg: int, full: int, keep: int, group: int) -> np.ndar
 
 def _collect(layer: dict[str, Any], keep: list) -> None:
     for v in layer.values():
-        if isinstance(v, tuple):
+        if isinstance(v, list):  # in_parts: the five specs of a Mamba in_proj
+            for sp in v:
+                keep.extend(a for a in (sp[0], sp[1], sp[4]) if a is not None)
+        elif isinstance(v, tuple):
             keep.extend(a for a in (v[0], v[1], v[4]) if a is not None)
         elif isinstance(v, np.ndarray):
             keep.append(v)
@@ -445,11 +485,7 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
         _check_files(model)
     stats = {"read_bytes": 0}
     before = model.weight_bytes()
-    emb_spec, head_spec, final_norm, c_layers = model._specs
-    keep: list[np.ndarray] = []
-    for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
-        keep.extend(a for a in (s_[0], s_[1]) if a is not None)
-    keep.append(final_norm)
+    emb_spec, head_spec, final_norm, c_layers, keep = _kept_rest(model)
 
     def mamba_sets(Pk: int, Nk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
@@ -529,9 +565,10 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         lins.append((proj, f"{fp}{proj}_proj", np.arange(k_c), np.arange(k_n), (1, n, n, n)))
                     lins.append(("down", fp + "down_proj", np.arange(n), np.arange(n), (1, DI, k_c, k_n)))
                 for key, base, rows_c, rows_n, (nsc, S, kc_, kn_) in lins:
-                    sp = lay[key]
+                    parts = lay.get("in_parts") if key == "in_proj" else None
+                    sp = parts[0] if parts else lay[key]
                     group = int(sp[2])
-                    planes = _linear_rm(sp)
+                    planes = _in_proj_rm(parts) if parts else _linear_rm(sp)
                     out = {}
                     for kind, arr in planes.items():
                         if kind == "bias" and nsc > 1:  # o_proj / out_proj bias: full hidden rows
@@ -542,7 +579,13 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
                                                 _seg_cols(kind, nsc, S, kc_, group),
                                                 _seg_cols(kind, nsc, S, kn_, group), stats)
-                    nd[key] = _linear_spec(out, group, nsc * kn_, (1, 1), [], r16=False)
+                    if parts:  # split again at the new sizes, each part in the layout it was loaded with
+                        nd.pop("in_proj", None)
+                        nd["in_parts"] = _in_proj_parts(out, group, n, parts, H, G, ks["ssm_head"], ks["ssm_state"])
+                        continue
+                    r16 = len(sp) > 5 and sp[5] is not None  # keep the layout the model was loaded with
+                    segs = (int(sp[5][1]), int(sp[5][2])) if r16 else (1, 1)
+                    nd[key] = _linear_spec(out, group, nsc * kn_, segs, [], r16=r16)
                 for key, fname, rows_c, rows_n in vecs:
                     arr = lay.get(key)
                     if arr is None:
@@ -565,14 +608,6 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
     except (OSError, ValueError, KeyError) as e:
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
-    from_rate = _install(model, cm, state, keep, (emb_spec, head_spec, final_norm, new_layers), rate)
-    del cm, state, c_layers, new_layers
-    gc.collect()
-    release_free_memory()
-    reprefilled = False
-    if tokens is not None and tokens.size:
-        model.forward(tokens, last_only=True)
-        reprefilled = True
-    return {"rate": rate, "from_rate": from_rate, "seconds": time.perf_counter() - t0,
-            "read_bytes": stats["read_bytes"], "weight_bytes_before": before,
-            "weight_bytes_after": model.weight_bytes(), "reprefilled": reprefilled}
+    specs = (emb_spec, head_spec, final_norm, new_layers)
+    del c_layers, new_layers
+    return _swap_in(model, cm, state, keep, specs, rate, tokens, t0, stats, before)

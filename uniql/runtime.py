@@ -4,7 +4,7 @@ All numerics are in the C core (``uniql._C``); this module validates configs, ar
 reference: arrays are kept alive here and the C model points into them), and orchestrates generation and
 perplexity.
 
-Weight layout inside the runtime (see ``csrc/include/uniql.h``, "transformer runtime"): Q/K heads are
+Weight layout inside the runtime (see ``csrc/include/uniql.h``, "linears and the elastic layout"): Q/K heads are
 pair-interleaved (rows 2j, 2j+1 of a head form RoPE pair j). Hugging Face checkpoints use rotate-half
 (dim i pairs with i + d/2); :meth:`Model.from_hf_tensors` permutes their Q/K rows (and biases) per head by
 ``[0, d/2, 1, d/2+1, ...]`` unless ``qk_layout="interleaved"`` says the tensors already use the runtime
@@ -199,12 +199,16 @@ class TransformerConfig:
                    eos_token_ids=eos_ids, **kw)
 
     def _c_dict(self) -> dict[str, Any]:
-        return dict(arch=SUPPORTED_MODEL_TYPES[self.model_type], vocab_size=self.vocab_size,
-                    hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-                    num_layers=self.num_hidden_layers, num_heads=self.num_attention_heads,
-                    num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, rms_norm_eps=self.rms_norm_eps,
-                    rope_theta=self.rope_theta, rope_type=_ROPE_TYPES[self.rope_type], rope_factor=self.rope_factor,
-                    rope_low_freq_factor=self.rope_low_freq_factor, rope_high_freq_factor=self.rope_high_freq_factor,
+        """The C model's config: the one runtime's (uq_hy_config), every layer attention + gated-SiLU MLP with
+        RoPE over the whole head."""
+        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_hidden_layers,
+                    norm_eps=float(self.rms_norm_eps), ssm_heads=0, ssm_head_dim=0, ssm_groups=0, ssm_state=0,
+                    conv_kernel=0, chunk_size=0, dt_min=0.0, dt_max=0.0, num_heads=self.num_attention_heads,
+                    num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, rope_dim=self.head_dim,
+                    rope_theta=float(self.rope_theta), intermediate_size=self.intermediate_size,
+                    mlp_act=_C.HY_ACT_SILU_GATED, rope_type=_ROPE_TYPES[self.rope_type],
+                    rope_factor=float(self.rope_factor), rope_low_freq_factor=float(self.rope_low_freq_factor),
+                    rope_high_freq_factor=float(self.rope_high_freq_factor),
                     rope_original_max_pos=float(self.rope_original_max_position_embeddings))
 
 
@@ -286,16 +290,52 @@ def _ids_array(ids: Any, what: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
-class SequenceModel:
-    """What every C-runtime model offers on top of its C forward (``uniql.runtime.Model`` for transformers,
-    ``uniql.ssm.HybridModel`` for Mamba2 / hybrids): sequences, scoring, generation, accounting. Subclasses set
-    ``_c_forward``, ``_c_state_info`` and ``_c_state_reset`` (the binding's functions for their C model) and the
-    attributes ``config`` (with vocab_size and eos_token_ids), ``tokenizer``, ``max_seq``, ``_cm``, ``_state``,
-    ``_arrays`` (the weight arrays the C model points into)."""
+def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, int] | None = None) -> tuple:
+    """The C runtime's spec of a linear (weight: float32/float16 array or :class:`_Q4`; bias or None); the arrays
+    it points into are appended to ``keep``. An int4 weight whose group is a multiple of 8 and whose call segments
+    ``segs`` = (nseg_out, nseg_in) are given is repacked once, in C, into the kernels' R16 layout (only that copy
+    is kept); ``segs=None`` keeps the row-major int4 format (the embedding gather and row views need it)."""
+    if bias is not None:
+        keep.append(bias)
+    if isinstance(w, _Q4):
+        if segs is not None and w.group % _R16_COLS == 0:
+            try:
+                packed, scales = _C.q4_repack((w.packed, w.scales, w.group, w.shape[1], None), *segs)
+            except UniqlError:  # an invalid weight: the model's own checks name it
+                packed = None
+            if packed is not None:
+                keep.extend([packed, scales])
+                return (packed, scales, w.group, w.shape[1], bias, (w.shape[0], *segs))
+        keep.extend([w.packed, w.scales])
+        return (w.packed, w.scales, w.group, w.shape[1], bias)
+    keep.append(w)
+    return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
 
-    _c_forward: Any
-    _c_state_info: Any
-    _c_state_reset: Any
+
+class SequenceModel:
+    """A model of the C runtime (one runtime for every architecture: ``uq_hy_*``), whatever its layers: the C model
+    and state, sequences, scoring, generation, the compression pipeline's pieces and accounting. Subclasses
+    (``uniql.runtime.Model`` for Llama / Qwen2, ``uniql.ssm.HybridModel`` for Mamba2 / Nemotron-H / Bamba) read
+    their configs and checkpoints into the runtime's layer dicts and call :meth:`_init_c`; they set ``config``
+    (with vocab_size, hidden_size and eos_token_ids) and ``tokenizer``."""
+
+    _c_forward = staticmethod(_C.hy_forward)
+    _c_state_info = staticmethod(_C.hy_state_info)
+    _c_state_reset = staticmethod(_C.hy_state_reset)
+
+    def _init_c(self, c_config: dict[str, Any], emb_spec: tuple, head_spec: tuple, final_norm: np.ndarray,
+                c_layers: list[dict[str, Any]], keep: list, max_seq: int | None, max_chunk: int) -> None:
+        keep.append(final_norm)
+        self._arrays = keep
+        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
+        self._cm = _C.hy_model_new(c_config, emb_spec, head_spec, final_norm, c_layers, keep)
+        if max_seq is None:
+            max_seq = min(self.config.max_position_embeddings, 2048)
+        self.max_seq = int(max_seq)
+        self._max_chunk = int(max_chunk)
+        self._state = _C.hy_state_new(self._cm, self.max_seq, self._max_chunk)
+        self._scratch = None  # state for embed/layer_forward/head, created on demand
+        self._scratch_seq = 0
 
     # ------------------------------------------------------------------------------ running ----
     @property
@@ -403,6 +443,27 @@ class SequenceModel:
             return self.tokenizer.decode(out)
         return out
 
+    # ------------------------------------------------------------------ compression pipeline ----
+    def _scratch_state(self, T: int) -> Any:
+        if self._scratch is None or self._scratch_seq < T:
+            self._scratch_seq = max(int(T), 1)
+            self._scratch = _C.hy_state_new(self._cm, self._scratch_seq, self._max_chunk)
+        return self._scratch
+
+    def embed(self, ids: Any) -> np.ndarray:
+        """float32 (T, hidden) embedding rows (int4 dequantized)."""
+        a = _ids_array(ids)
+        X = np.empty((a.size, self.config.hidden_size), np.float32)
+        _C.hy_embed(self._cm, a, X)
+        return X
+
+    def head(self, X: np.ndarray) -> np.ndarray:
+        """float32 logits (T, vocab) = lm_head(final RMSNorm(X))."""
+        X = _f32("X", X)
+        out = np.empty((X.shape[0], self.config.vocab_size), np.float32)
+        _C.hy_head(self._cm, self._scratch_state(1), X, out)
+        return out
+
     # ---------------------------------------------------------------------------- accounting ----
     def weight_bytes(self) -> int:
         """Bytes of the weight arrays the model references (each array counted once; no KV cache)."""
@@ -414,8 +475,12 @@ class SequenceModel:
         return total
 
     def memory_bytes(self) -> int:
-        """Bytes of the weights referenced by the model plus its state (KV caches, SSM/conv states, scratch)."""
-        return self.weight_bytes() + self._c_state_info(self._state)[1]
+        """Bytes of the weights referenced by the model plus its state (KV caches, SSM/conv states, scratch; the
+        scratch state of layer_forward included once it exists)."""
+        total = self.weight_bytes() + self._c_state_info(self._state)[1]
+        if self._scratch is not None:
+            total += _C.hy_state_info(self._scratch)[1]
+        return total
 
 
 class Model(SequenceModel):
@@ -423,10 +488,6 @@ class Model(SequenceModel):
 
     Not thread-safe: one sequence at a time (the GIL is released inside C calls).
     """
-
-    _c_forward = staticmethod(_C.tf_forward)
-    _c_state_info = staticmethod(_C.tf_state_info)
-    _c_state_reset = staticmethod(_C.tf_state_reset)
 
     def __init__(self, config: TransformerConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
@@ -439,26 +500,13 @@ class Model(SequenceModel):
         keep: list[np.ndarray] = []
 
         def spec(w: Any, bias: np.ndarray | None, segs: tuple[int, int] | None = None) -> tuple:
-            if bias is not None:
-                keep.append(bias)
-            if isinstance(w, _Q4):
-                if segs is not None and w.group % _R16_COLS == 0:
-                    # the kernels' R16 layout, built once here in C; the row-major arrays are not kept
-                    try:
-                        packed, scales = _C.q4_repack((w.packed, w.scales, w.group, w.shape[1], None), *segs)
-                    except UniqlError:  # an invalid weight: the model's own checks below name it
-                        packed = None
-                    if packed is not None:
-                        keep.extend([packed, scales])
-                        return (packed, scales, w.group, w.shape[1], bias, (w.shape[0], *segs))
-                keep.extend([w.packed, w.scales])
-                return (w.packed, w.scales, w.group, w.shape[1], bias)
-            keep.append(w)
-            return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
+            return linear_spec(w, bias, keep, segs)
 
         c_layers = []
         for lay in layers:
-            d = {"attn_norm": lay["attn_norm"], "mlp_norm": lay["mlp_norm"], "freq_map": lay.get("freq_map")}
+            # one layer of the C runtime: attention mixer (norm) then a gated-SiLU MLP sub-block (ffn_norm)
+            d = {"kind": _C.HY_ATTN, "norm": lay["attn_norm"], "ffn_norm": lay["mlp_norm"],
+                 "freq_map": lay.get("freq_map")}
             keep.extend([lay["attn_norm"], lay["mlp_norm"]])
             if d["freq_map"] is not None:
                 keep.append(d["freq_map"])
@@ -471,22 +519,14 @@ class Model(SequenceModel):
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
-        keep.append(final_norm)
-        self._arrays = keep
-        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
-        self._cm = _C.tf_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
-        if max_seq is None:
-            max_seq = min(config.max_position_embeddings, 2048)
-        self.max_seq = int(max_seq)
-        self._max_chunk = int(max_chunk)
-        self._state = _C.tf_state_new(self._cm, self.max_seq, self._max_chunk)
-        self._scratch = None  # state for embed/layer_forward/head, created on demand
-        self._scratch_seq = 0
+        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
 
     def truncate(self, position: int) -> None:
         """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
-        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix."""
-        _C.tf_state_truncate(self._state, int(position))
+        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix. Only
+        attention-only models have it (``hasattr(model, "truncate")`` is the capability uniql.zeroshot and
+        uniql.eval test): a Mamba state folds every token and cannot go back."""
+        _C.hy_state_truncate(self._state, int(position))
 
     # ------------------------------------------------------------------------------ loading ----
     @classmethod
@@ -583,18 +623,18 @@ class Model(SequenceModel):
 
     def keep(self, layer: int) -> tuple[int, int]:
         """(MLP keep k, attention head-dim keep r) of a layer."""
-        k, r, _, _ = _C.tf_get_keep(self._cm, layer)
-        return k, r
+        keep, _, _, _ = _C.hy_get_keep(self._cm, int(layer))
+        return keep[0], keep[1]
 
     def stored(self, layer: int) -> tuple[int, int]:
         """(stored intermediate size K, stored head dim R) of a layer: the largest keep sizes."""
-        _, _, k, r = _C.tf_get_keep(self._cm, layer)
-        return k, r
+        _, stored, _, _ = _C.hy_get_keep(self._cm, int(layer))
+        return stored[0], stored[1]
 
     def set_keep(self, layer: int, mlp: int | None = None, attn: int | None = None) -> None:
         """Sets layer's MLP keep (1..K) and/or attention head-dim keep (even, 2..R); takes effect at the next
         token. The KV cache stays valid."""
-        _C.tf_set_keep(self._cm, int(layer), -1 if mlp is None else int(mlp), -1 if attn is None else int(attn))
+        _C.hy_set_keep(self._cm, int(layer), -1 if mlp is None else int(mlp), -1 if attn is None else int(attn), -1, -1)
 
     def set_keep_all(self, mlp: int | Sequence[int] | None = None, attn: int | Sequence[int] | None = None) -> None:
         """Sets keep sizes of every layer: an int for all layers or one value per layer."""
@@ -616,19 +656,6 @@ class Model(SequenceModel):
             self.set_keep(layer, ms[layer], rs[layer])
 
     # ------------------------------------------------------------------ compression pipeline ----
-    def _scratch_state(self, T: int) -> Any:
-        if self._scratch is None or self._scratch_seq < T:
-            self._scratch_seq = max(T, 1)
-            self._scratch = _C.tf_state_new(self._cm, self._scratch_seq, self._max_chunk)
-        return self._scratch
-
-    def embed(self, ids: Any) -> np.ndarray:
-        """float32 (T, hidden) embedding rows (int4 dequantized)."""
-        a = _ids_array(ids)
-        X = np.empty((a.size, self.config.hidden_size), np.float32)
-        _C.tf_embed(self._cm, a, X)
-        return X
-
     def layer_forward(self, layer: int, X: np.ndarray, capture: Iterable[str] = ()) -> tuple[np.ndarray, dict]:
         """One decoder layer over a causal sequence X (T, hidden) at positions 0..T-1 and the layer's current
         keep sizes. ``capture``: names among attn_in (T, hidden), q (T, n_heads*r), k (T, n_kv*r) (after RoPE),
@@ -648,20 +675,12 @@ class Model(SequenceModel):
                 raise InvalidArgumentError(f"unknown capture {name!r} (choose from {', '.join(widths)})")
             caps[name] = np.empty((T, widths[name]), np.float32)
         Y = np.empty_like(X)
-        _C.tf_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **caps)
+        c_caps = {("mixer_in" if n == "attn_in" else n): a for n, a in caps.items()}
+        k_full = caps.get("k")
+        if k_full is not None and r != self.stored(layer)[1]:  # the C capture holds all R stored rows of a head
+            c_caps["k"] = np.empty((T, c.num_key_value_heads * self.stored(layer)[1]), np.float32)
+        _C.hy_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **c_caps)
+        if k_full is not None and c_caps["k"] is not k_full:
+            R = self.stored(layer)[1]
+            k_full[:] = c_caps["k"].reshape(T, c.num_key_value_heads, R)[:, :, :r].reshape(T, -1)
         return Y, caps
-
-    def head(self, X: np.ndarray) -> np.ndarray:
-        """float32 logits (T, vocab) = lm_head(final RMSNorm(X))."""
-        X = _f32("X", X)
-        out = np.empty((X.shape[0], self.config.vocab_size), np.float32)
-        _C.tf_head(self._cm, self._scratch_state(1), X, out)
-        return out
-
-    # ---------------------------------------------------------------------------- accounting ----
-    def memory_bytes(self) -> int:
-        """Bytes of the weights referenced by the model plus its KV cache/scratch state(s)."""
-        total = super().memory_bytes()
-        if self._scratch is not None:
-            total += _C.tf_state_info(self._scratch)[1]
-        return total

@@ -12,7 +12,7 @@ Architectures (``model_type``):
 * ``bamba`` (BambaForCausalLM): Mamba2 layers and attention layers (``attn_layer_indices``) with partial RoPE
   (rotary on the first ``partial_rotary_factor * head_dim`` dims), each followed by a gated SiLU MLP.
 
-Runtime layout of attention heads (see ``uniql.h``, "Mamba2 and hybrid runtime"): the rotary rows of a Q/K
+Runtime layout of attention heads (see ``uniql.h``, "the runtime: every layer kind"): the rotary rows of a Q/K
 head come first, pair-interleaved (rows 2j, 2j+1 = RoPE pair j), then the pass rows. A Hugging Face head
 ``[rot (rotate-half) | pass]`` is converted at load by permuting its rotary rows ``[0, rd/2, 1, rd/2+1, ...]``
 (``qk_layout="rotate_half"``, the default); uniql artifacts already use the runtime layout
@@ -37,7 +37,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import SequenceModel, _Q4, _as_q4, _f32, _ids_array, _is_q4, _permute_rows
+from uniql.runtime import SequenceModel, _Q4, _as_q4, _f32, _ids_array, _is_q4, _permute_rows, linear_spec
 
 log = logging.getLogger(__name__)
 
@@ -381,15 +381,39 @@ _NAMES = {
 }
 
 
+def mamba_in_parts(config: "HybridConfig", w: Any, bias: np.ndarray | None,
+                   lay: Mapping[str, Any]) -> list[tuple[Any, np.ndarray | None, tuple[int, int] | None]] | None:
+    """An int4 Mamba in_proj (rows [z (H*Ps) | x (H*Ps) | B (G*Ns) | C (G*Ns) | dt (H)], Ps from out_proj) as five
+    row slices with the call segments of each (H, H, G, G heads / groups; dt row-major), so that the runtime runs
+    them with the R16 kernels; None (the fused row-major weight) for float weights, a group that R16 cannot take,
+    or shapes that do not split (the runtime's checks then name the problem)."""
+    if not isinstance(w, _Q4) or w.group % 8:
+        return None
+    H, G = config.ssm_heads, config.ssm_groups
+    out = lay.get("out_proj")
+    cols = out[0].shape[1] if isinstance(out, (list, tuple)) and len(out) == 2 else 0
+    if H < 1 or G < 1 or cols % H or not cols:
+        return None
+    Ps = cols // H
+    rem = w.shape[0] - 2 * H * Ps - H
+    if rem < 2 * G or rem % (2 * G):
+        return None
+    Ns = rem // (2 * G)
+    bounds = np.cumsum([0, H * Ps, H * Ps, G * Ns, G * Ns, H])
+    segs = ((H, 1), (H, 1), (G, 1), (G, 1), None)
+    parts = []
+    for i in range(5):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        part = _Q4(np.array(w.packed[a:b]), np.array(w.scales[a:b]), w.group, (b - a, w.shape[1]))  # own copies
+        parts.append((part, None if bias is None else np.array(bias[a:b]), segs[i]))
+    return parts
+
+
 class HybridModel(SequenceModel):
     """A Mamba2 / Nemotron-H / Bamba model in the C runtime with its SSM, conv and KV-cache state.
 
     Not thread-safe: one sequence at a time (the GIL is released inside C calls).
     """
-
-    _c_forward = staticmethod(_C.hy_forward)
-    _c_state_info = staticmethod(_C.hy_state_info)
-    _c_state_reset = staticmethod(_C.hy_state_reset)
 
     def __init__(self, config: HybridConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
@@ -402,14 +426,17 @@ class HybridModel(SequenceModel):
         self.tokenizer = tokenizer
         keep: list[np.ndarray] = []
 
-        def spec(w: Any, bias: np.ndarray | None) -> tuple:
-            if bias is not None:
-                keep.append(bias)
-            if isinstance(w, _Q4):
-                keep.extend([w.packed, w.scales])
-                return (w.packed, w.scales, w.group, w.shape[1], bias)
-            keep.append(w)
-            return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
+        # int4 linears in the kernels' R16 layout (so W4A8 where the CPU has int8 dot products), built for the
+        # segments the runtime calls them with: a Mamba in_proj as its z / x / B / C rows (R16) and dt rows
+        # (row-major: H rows, no padding to 16), see mamba_in_parts; row-major where the runtime reads row views
+        # (q under partial RoPE: its rotary and pass rows) and for the embedding gather
+        partial = 0 < config.rope_dim < config.head_dim
+        segs = {"q": None if partial else (config.num_heads, 1), "k": (config.num_kv_heads, 1),
+                "v": (config.num_kv_heads, 1), "o": (1, config.num_heads), "out_proj": (1, config.ssm_heads),
+                "gate": (1, 1), "up": (1, 1), "down": (1, 1), "in_proj": None}
+
+        def spec(w: Any, bias: np.ndarray | None, key: str | None = None) -> tuple:
+            return linear_spec(w, bias, keep, segs.get(key) if key else None)
 
         if len(layers) != config.num_hidden_layers:
             raise InvalidArgumentError(f"{len(layers)} layers given, the config has {config.num_hidden_layers}")
@@ -417,26 +444,23 @@ class HybridModel(SequenceModel):
         for t, lay in zip(config.layer_types, layers):
             d: dict[str, Any] = {"kind": _KIND[t]}
             for key, v in lay.items():
-                if isinstance(v, (list, tuple)) and len(v) == 2 and key in (
+                parts = mamba_in_parts(config, v[0], v[1], lay) if key == "in_proj" else None
+                if parts is not None:
+                    d["in_parts"] = [linear_spec(w, b, keep, sg) for w, b, sg in parts]
+                elif isinstance(v, (list, tuple)) and len(v) == 2 and key in (
                         "in_proj", "out_proj", "q", "k", "v", "o", "gate", "up", "down"):
-                    d[key] = spec(*v)
+                    d[key] = spec(*v, key)
                 elif isinstance(v, np.ndarray):
                     keep.append(v)
                     d[key] = v
                 else:
                     d[key] = v
             c_layers.append(d)
-        emb_spec = spec(embed, None)
-        head_spec = emb_spec if lm_head is embed else spec(lm_head, None)
-        keep.append(final_norm)
-        self._arrays = keep
-        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
-        self._cm = _C.hy_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
-        if max_seq is None:
-            max_seq = min(config.max_position_embeddings, 2048)
-        self.max_seq = int(max_seq)
-        self._max_chunk = int(max_chunk)
-        self._state = _C.hy_state_new(self._cm, self.max_seq, self._max_chunk)
+        emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
+        head_spec = emb_spec if lm_head is embed else spec(lm_head, None, "up")
+        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
+        self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
+        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
         self._options = 0
 
     # ------------------------------------------------------------------------------ loading ----
@@ -615,19 +639,6 @@ class HybridModel(SequenceModel):
             raise
 
     # ------------------------------------------------------------------ compression pipeline ----
-    def _scratch_state(self, T: int) -> Any:
-        if getattr(self, "_scratch", None) is None or self._scratch_seq < T:
-            self._scratch_seq = max(int(T), 1)
-            self._scratch = _C.hy_state_new(self._cm, self._scratch_seq, self._max_chunk)
-        return self._scratch
-
-    def embed(self, ids: Any) -> np.ndarray:
-        """float32 (T, hidden) embedding rows (int4 dequantized)."""
-        a = _ids_array(ids)
-        X = np.empty((a.size, self.config.hidden_size), np.float32)
-        _C.hy_embed(self._cm, a, X)
-        return X
-
     def capture_widths(self, layer: int) -> dict[str, int]:
         """Widths of the captures :meth:`layer_forward` offers for `layer` at its current keeps (see
         ``uq_hy_capture`` in uniql.h); only the ones that exist for the layer's kind."""
@@ -663,14 +674,6 @@ class HybridModel(SequenceModel):
         Y = np.empty_like(X)
         _C.hy_layer_forward(self._cm, self._scratch_state(X.shape[0]), int(layer), X, Y, **caps)
         return Y, caps
-
-    def memory_bytes(self) -> int:
-        """Bytes of the weights referenced by the model plus its state(s) (the scratch state of layer_forward
-        included once it exists)."""
-        total = super().memory_bytes()
-        if getattr(self, "_scratch", None) is not None:
-            total += _C.hy_state_info(self._scratch)[1]
-        return total
 
     def set_options(self, sequential_scan: bool = False, kept_state: bool = False) -> None:
         """Execution options. ``sequential_scan``: prefill with the recurrence instead of the chunked scan

@@ -3,14 +3,14 @@
  *
  *   G[i][j] += sum_t X[t][i] * X[t][j]      X: (T, n) tokens x features, G: (n, n) symmetric
  *
- * The update of the lower triangle is one cblas_dsyrk per chunk (float64 throughout: a float32 X is widened
+ * The update of the lower triangle is one dsyrk (uq_blas_dsyrk_lower_xtx) per chunk (float64 throughout: a float32 X is widened
  * UQ_COV_CHUNK_ROWS rows at a time into an internal buffer of bounded size), after which the lower triangle
  * is mirrored onto the upper one, so that the caller always holds the full symmetric matrix. Normalisation
  * (per token, per sequence) is the caller's bookkeeping. X is checked for NaN/Inf before G is touched.
  */
+#include "../linalg/blas.h"
 #include "uniql.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -42,7 +42,7 @@ uq_status uq_cov_accumulate_f64(double *G, int64_t n, const double *X, int64_t T
     uq_status st = cov_check_args(G, n, X, T, ldx);
     if (st != UQ_OK || T == 0) return st;
     COV_CHECK_ROWS(double)
-    cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, (int)n, (int)T, 1.0, X, (int)ldx, 1.0, G, (int)n);
+    uq_blas_dsyrk_lower_xtx(n, T, X, ldx, G);
     return uq_linalg_sym_from_lower(G, n, G);
 }
 
@@ -62,7 +62,7 @@ uq_status uq_cov_accumulate_f32(double *G, int64_t n, const float *X, int64_t T,
             double *dst = buf + t * n;
             for (int64_t j = 0; j < n; j++) dst[j] = (double)src[j];
         }
-        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, (int)n, (int)rows, 1.0, buf, (int)n, 1.0, G, (int)n);
+        uq_blas_dsyrk_lower_xtx(n, rows, buf, n, G);
     }
     uq_free(buf);
     return uq_linalg_sym_from_lower(G, n, G);

@@ -15,10 +15,8 @@
  */
 #include "uniql.h"
 
-#include <cblas.h>
-#include <lapacke.h>
 
-#include "../linalg/lapack_serial.h"
+#include "../linalg/blas.h"
 #include <math.h>
 #include <string.h>
 
@@ -227,8 +225,7 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
         U[a] = U[b];
         U[b] = t;
     }
-    lapack_int n = (lapack_int)cols;
-    lapack_int info = uq_la_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, U, n);
+    int64_t info = uq_la_potrf_upper_cm(cols, U);
     if (info > 0) {
         st = uq_set_error(UQ_ERR_NUMERIC,
                           "%s: damped Hessian is not positive definite (its trailing principal minor of order %d, "
@@ -236,7 +233,7 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
                           (long long)(cols - info));
         goto exit;
     }
-    if (info == 0) info = uq_la_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, U, n);
+    if (info == 0) info = uq_la_trtri_upper_cm(cols, U);
     if (info != 0) {
         st = uq_set_error(info < 0 ? UQ_ERR_INTERNAL : UQ_ERR_NUMERIC,
                           "%s: inverse Cholesky of the damped Hessian failed (info %d)", fn, (int)info);
@@ -279,8 +276,7 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
             }
         }
         if (i1 < cols) /* Wd[:, i1:] -= E (rows, bs) @ U[i0:i1, i1:] */
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)(cols - i1), (int)bs, -1.0, E,
-                        (int)bs, U + i0 * cols + i1, (int)cols, 1.0, Wd + i1, (int)cols);
+            uq_blas_dgemm(0, 0, rows, cols - i1, bs, -1.0, E, bs, U + i0 * cols + i1, cols, 1.0, Wd + i1, cols);
         i0 = i1;
     }
     if (act) st = uq_q4_pack(codes, rows, cols, packed);

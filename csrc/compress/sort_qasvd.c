@@ -13,9 +13,9 @@
  * Weights are widened to float64 one group at a time (workspace O(n^2 + heads_per_group * n * d)); the
  * matrix products are CBLAS dgemm (as compress/cov.c does); all LAPACK work goes through linalg/.
  */
+#include "../linalg/blas.h"
 #include "uniql.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -136,19 +136,16 @@ static uq_status qasvd(const char *fn, const double *G, int64_t n, const qa_io *
                 }
             }
         /* A = G^{1/2} V_g (n x d) = Gh Vt^T ; A = U S Wt */
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)d, (int)n, 1.0, Gh, (int)n, Vt, (int)n, 0.0,
-                    A, (int)d);
+        uq_blas_dgemm(0, 1, n, d, n, 1.0, Gh, n, Vt, n, 0.0, A, d);
         if ((st = uq_linalg_svd(A, n, d, U, S, Wt)) != UQ_OK) goto exit;
         /* T = Wt [O_h ...] (d x wide) */
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d, (int)wide, (int)d, 1.0, Wt, (int)d, Ocat,
-                    (int)wide, 0.0, T, (int)wide);
+        uq_blas_dgemm(0, 0, d, wide, d, 1.0, Wt, d, Ocat, wide, 0.0, T, wide);
         const double *sig = S, *Ue = U;
         double *On = T;
         if (joint) { /* S T = U2 S2 W2t ; U_eff = U U2 */
             qa_scale_rows(T, d, wide, S);
             if ((st = uq_linalg_svd(T, d, wide, U2, S2, W2t)) != UQ_OK) goto exit;
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)d, (int)d, 1.0, U, (int)d, U2, (int)d,
-                        0.0, Ueff, (int)d);
+            uq_blas_dgemm(0, 0, n, d, d, 1.0, U, d, U2, d, 0.0, Ueff, d);
             sig = S2;
             Ue = Ueff;
             On = W2t;
@@ -156,8 +153,7 @@ static uq_status qasvd(const char *fn, const double *G, int64_t n, const qa_io *
         for (int64_t k = 0; k < d; k++) f[k] = split ? sqrt(sig[k]) : sig[k];
         if (split) qa_scale_rows(On, d, wide, f);
         /* P = f Ue^T G^{-1/2} (d x n) = (V_g')^T : the new v_proj rows of group g */
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)n, (int)n, 1.0, Ue, (int)d, Gih, (int)n, 0.0,
-                    P, (int)n);
+        uq_blas_dgemm(1, 0, d, n, n, 1.0, Ue, d, Gih, n, 0.0, P, n);
         qa_scale_rows(P, d, n, f);
         if (sv) memcpy(sv + g * d, sig, (size_t)d * sizeof(double));
         for (int64_t i = 0; i < d * n; i++) qa_st(io->wv_out, f64, g * d * n + i, P[i]);

@@ -248,13 +248,13 @@ uq_status uq_st_metadata_item(const uq_st_file *f, int64_t i, const char **key, 
 uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, const char *const *meta_keys,
                       const char *const *meta_values, int64_t nmeta);
 
-/* ============================================================ transformer runtime (runtime/) ====== */
+/* ======================================================== linears and the elastic layout (kernels/) ====== */
 /*
- * Decoder-only transformers (LlamaForCausalLM, Qwen2ForCausalLM) at any per-layer keep sizes, switchable
- * between tokens. Weights are never copied: descriptors point into caller-owned arrays that must outlive
- * the model object.
+ * The runtime (runtime/ssm.c: every architecture, see "the runtime" below) runs any per-layer keep sizes,
+ * switchable between tokens. Weights are never copied: descriptors point into caller-owned arrays that must
+ * outlive the model object.
  *
- * Elastic layout (docs/design.md §3.3 and §5). Per layer l:
+ * Elastic layout of an attention + MLP layer (docs/design.md §3.3 and §5; Llama / Qwen2). Per layer l:
  *   - MLP: stored intermediate size K_l (= rows of gate/up = cols of down); keep k <= K_l uses the first k
  *     rows of gate/up and the first k columns of down.
  *   - attention: stored head dim R_l (= rows of q / n_heads; even, <= head_dim d); keep r (even) <= R_l uses
@@ -333,103 +333,7 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
 uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
                                 int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y);
 
-typedef enum { UQ_ARCH_LLAMA = 0, UQ_ARCH_QWEN2 = 1 } uq_tf_arch;
 typedef enum { UQ_ROPE_DEFAULT = 0, UQ_ROPE_LLAMA3 = 1 } uq_rope_type;
-
-typedef struct {
-    int32_t arch;                 /* uq_tf_arch (informational: biases are optional on every linear) */
-    int64_t vocab_size;
-    int64_t hidden_size;
-    int64_t intermediate_size;    /* original D_I (stored sizes may be smaller) */
-    int64_t num_layers;
-    int64_t num_heads;
-    int64_t num_kv_heads;         /* divides num_heads */
-    int64_t head_dim;             /* original d (even): RoPE frequencies and softmax scale */
-    double rms_norm_eps;
-    double rope_theta;
-    int32_t rope_type;            /* uq_rope_type */
-    double rope_factor;           /* llama3: factor, low/high freq factors, original max positions */
-    double rope_low_freq_factor;
-    double rope_high_freq_factor;
-    double rope_original_max_pos;
-} uq_tf_config;
-
-typedef struct {
-    const float *attn_norm;       /* (hidden) */
-    uq_linear q, k, v, o;         /* q (n_heads*R, hidden), k/v (n_kv*R, hidden), o (hidden, n_heads*R) */
-    const float *mlp_norm;        /* (hidden) */
-    uq_linear gate, up, down;     /* gate/up (K, hidden), down (hidden, K) */
-    const int32_t *freq_map;      /* (n_kv, R/2) values in [0, d/2), or NULL = identity; copied at init */
-} uq_tf_layer_weights;
-
-typedef struct {
-    uq_linear embed;              /* (vocab, hidden) fp32 or int4 (no bias) */
-    const uq_tf_layer_weights *layers; /* num_layers */
-    const float *final_norm;      /* (hidden) */
-    uq_linear lm_head;            /* (vocab, hidden); pass a copy of embed for tied embeddings */
-} uq_tf_weights;
-
-typedef struct uq_tf_model uq_tf_model; /* opaque: config + descriptors + keep sizes + RoPE frequencies */
-typedef struct uq_tf_state uq_tf_state; /* opaque: KV cache, position, scratch buffers */
-
-/* Validates config and every descriptor (shapes, kinds, freq maps) and builds the model at full keep
- * (k = K_l, r = R_l). Stored sizes R_l, K_l are read from the q and gate shapes.
- * UQ_ERR_ARG (NULL, non-positive sizes), UQ_ERR_SHAPE (inconsistent shapes, naming layer and tensor),
- * UQ_ERR_RANGE (freq map entry outside [0, d/2)), UQ_ERR_UNSUPPORTED (arch or rope type), UQ_ERR_NOMEM. */
-uq_status uq_tf_model_init(const uq_tf_config *cfg, const uq_tf_weights *w, uq_tf_model **out);
-void uq_tf_model_free(uq_tf_model *m);
-/* Sets layer l's keep sizes; a negative value leaves that one unchanged. UQ_ERR_RANGE naming the layer
- * and value (k outside [1, K_l], r odd or outside [2, R_l], l outside [0, L)). */
-uq_status uq_tf_set_keep(uq_tf_model *m, int64_t layer, int64_t mlp_keep, int64_t attn_keep);
-/* Copy of the model's configuration. */
-uq_status uq_tf_get_config(const uq_tf_model *m, uq_tf_config *out);
-/* Current keep sizes and stored sizes of layer l (any output pointer may be NULL). */
-uq_status uq_tf_get_keep(const uq_tf_model *m, int64_t layer, int64_t *mlp_keep, int64_t *attn_keep,
-                         int64_t *mlp_stored, int64_t *attn_stored);
-
-/* A state for model m: KV cache (n_kv, max_seq, R_l) per layer and scratch for chunks of max_chunk tokens.
- * The state must only be used with the model it was built for (checked by identity). */
-uq_status uq_tf_state_init(const uq_tf_model *m, int64_t max_seq, int64_t max_chunk, uq_tf_state **out);
-void uq_tf_state_free(uq_tf_state *s);
-/* Forgets the sequence (position 0); the cache memory is kept. */
-uq_status uq_tf_state_reset(uq_tf_state *s);
-/* Keeps the first pos tokens of the sequence (0 <= pos <= current position): the next forward continues at
- * position pos and overwrites the K/V rows after it, so a shared prefix is computed once and scored under several
- * continuations. UQ_ERR_ARG (NULL), UQ_ERR_RANGE (pos outside [0, current position]). */
-uq_status uq_tf_state_truncate(uq_tf_state *s, int64_t pos);
-/* Current position (number of tokens in the cache) and bytes held by the state. */
-int64_t uq_tf_state_pos(const uq_tf_state *s);
-size_t uq_tf_state_bytes(const uq_tf_state *s);
-
-/* Runs T new tokens ids (T) at positions pos .. pos+T-1 (processed in chunks of max_chunk), appends their
- * K/V to the cache and writes logits of the last n_logits tokens: logits (n_logits, vocab), caller-
- * allocated (1 <= n_logits <= T). On error the state is unchanged (ids and positions are checked first).
- * UQ_ERR_ARG (NULL, T < 1, n_logits outside [1, T]), UQ_ERR_RANGE (token id outside [0, vocab), naming
- * index and value; pos + T > max_seq), UQ_ERR_STATE (state of another model). */
-uq_status uq_tf_forward(const uq_tf_model *m, uq_tf_state *s, const int32_t *ids, int64_t T, int64_t n_logits,
-                        float *logits);
-
-/* Pieces for the compression pipeline. */
-/* X (T, hidden) = embedding rows of ids (dequantized for int4). UQ_ERR_RANGE on a bad id. */
-uq_status uq_tf_embed(const uq_tf_model *m, const int32_t *ids, int64_t T, float *X);
-
-/* Optional per-layer captures of uq_tf_layer_forward; every pointer may be NULL (caller-allocated). */
-typedef struct {
-    float *attn_in;   /* (T, hidden)        RMSNorm output feeding q/k/v */
-    float *q;         /* (T, n_heads*r)     queries after RoPE at the current keep r */
-    float *k;         /* (T, n_kv*r)        keys after RoPE, first r dims of each head */
-    float *attn_out;  /* (T, n_heads*r)     attention output = o_proj input */
-    float *mlp_in;    /* (T, hidden)        RMSNorm output feeding gate/up */
-    float *mlp_z;     /* (T, k)             silu(gate) * up = down_proj input */
-} uq_tf_capture;
-
-/* One decoder layer over a whole causal sequence at positions 0..T-1 (T <= max_seq of s; chunks of
- * max_chunk), at the layer's current keep sizes: Y (T, hidden) = layer(X); Y may equal X. Uses the state's
- * cache of that layer as scratch: the state's sequence is reset (position 0) afterwards. */
-uq_status uq_tf_layer_forward(const uq_tf_model *m, uq_tf_state *s, int64_t layer, const float *X, int64_t T,
-                              float *Y, const uq_tf_capture *cap);
-/* logits (T, vocab) = lm_head(RMSNorm_final(X)), X (T, hidden); s provides scratch. */
-uq_status uq_tf_head(const uq_tf_model *m, uq_tf_state *s, const float *X, int64_t T, float *logits);
 
 /* out_nll (T) float64: -log softmax(logits[t])[targets[t]], log-sum-exp accumulated in float64.
  * logits (T, vocab). UQ_ERR_RANGE on a target outside [0, vocab), UQ_ERR_NUMERIC on NaN logits. */
@@ -452,7 +356,7 @@ double uq_rng_uniform(uint64_t *rng);
  *   "avx512" AVX-512 F/BW/VL + VNNI (16-lane FMA dots, vpdpbusd int8 GEMM)
  * "auto" takes the best the CPU has. Environment, read at the first kernel use (uq_kernels_init):
  *   UNIQL_KERNELS=auto|ref|avx2|avx512   (a path the CPU lacks or an unknown name is an error returned by
- *                                        uq_kernels_init, hence by uq_tf_model_init / uq_linear_forward)
+ *                                        uq_kernels_init, hence by uq_hy_model_init / uq_linear_forward)
  *   UNIQL_Q4_ACT=auto|fp32|int8          activations of int4 linears (auto, the default: int8 where the CPU has
  *                                        int8 dot products, AVX2 or AVX-512 VNNI, else fp32; see below)
  *   UNIQL_NUM_THREADS=n                  OpenMP threads of the kernels (default omp_get_max_threads());
@@ -682,12 +586,14 @@ uq_status uq_rotation_init(int64_t n, uint64_t seed, double *signs, double *R);
 uq_status uq_rotate(float *W, int64_t rows, int64_t cols, int axis, const float *scale, const double *signs,
                     const double *R, int64_t n);
 
-/* ======================================================= Mamba2 and hybrid runtime (runtime/ssm.c) ====== */
+/* ============================================== the runtime: every layer kind (runtime/ssm.c) ====== */
 /*
+ * LlamaForCausalLM, Qwen2ForCausalLM (every layer attention + gated-SiLU MLP, RoPE over the whole head),
  * Mamba2ForCausalLM, NemotronHForCausalLM and BambaForCausalLM at any per-layer keep sizes, switchable
- * between tokens. Weights are never copied (descriptors point into caller-owned arrays that must outlive
- * the model). Kernels: csrc/kernels/ssm_kernels.c (+ uq_linear_forward, RMSNorm, RoPE, embedding of the
- * transformer runtime).
+ * between tokens: one model / state, one forward loop (prefill, decode, batched decode in ssm_batch.c), one
+ * attention kernel. Weights are never copied (descriptors point into caller-owned arrays that must outlive
+ * the model). Kernels: csrc/kernels/ssm_kernels.c (conv1d, scan, gated norm), ops.c (RMSNorm, RoPE, attention,
+ * embedding), linear.c (uq_linear_forward).
  *
  * A model is a stack of layers x = x + mixer(RMSNorm(x) * norm_l), then for layers with an ffn_norm a second
  * sub-block x = x + MLP(RMSNorm(x) * ffn_norm_l) (Bamba); logits = RMSNorm(x) * final_norm  W_lm^T.
@@ -760,6 +666,8 @@ typedef struct {
     int64_t head_dim;             /* original d: softmax scale */
     int64_t rope_dim;             /* rotary dims of an original head: 0 (none), d (full) or d/2 (Bamba); even */
     double rope_theta;
+    int32_t rope_type;            /* uq_rope_type; llama3: factor, low/high freq factors, original max positions */
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor, rope_original_max_pos;
     /* MLP (validated when a layer has an MLP) */
     int64_t intermediate_size;    /* original D_I (stored K <= D_I) */
     int32_t mlp_act;              /* uq_hy_act */
@@ -769,7 +677,10 @@ typedef struct {
     int32_t kind;                 /* uq_hy_kind of the mixer */
     const float *norm;            /* (hidden) RMSNorm weight before the mixer */
     /* UQ_HY_MAMBA */
-    uq_linear in_proj;            /* (2*H*Ps + 2*G*Ns + H, hidden), bias optional */
+    uq_linear in_proj;            /* (2*H*Ps + 2*G*Ns + H, hidden), bias optional; ignored when in_part is given */
+    uq_linear in_part[5];         /* or its z (H*Ps), x (H*Ps), B (G*Ns), C (G*Ns), dt (H) rows as five descriptors
+                                   * (in_part[0].rows > 0), each any layout (R16 built for the segments H, H, G, G, 1):
+                                   * the fused weight's rows are read as row-major views, these are not */
     const float *conv_w;          /* (H*Ps + 2*G*Ns, K) channels [x | B | C] */
     const float *conv_b;          /* (H*Ps + 2*G*Ns) or NULL */
     const float *dt_bias, *A_log, *D; /* (H) each */
@@ -797,7 +708,7 @@ typedef struct uq_hy_state uq_hy_state; /* opaque: SSM/conv states, KV caches, p
 /* Validates config and every descriptor; stored sizes come from the shapes. Full keeps, options 0.
  * UQ_ERR_ARG (NULL, non-positive size, bad kind/act, eps/theta <= 0, dt_min > dt_max, conv width outside
  * [1, UQ_HY_MAX_CONV]), UQ_ERR_SHAPE (inconsistent shapes or head counts, naming layer and tensor),
- * UQ_ERR_RANGE (freq map entry), UQ_ERR_UNSUPPORTED (R16 int4 for the embedding, a Mamba in_proj or a q_proj
+ * UQ_ERR_RANGE (freq map entry), UQ_ERR_UNSUPPORTED (R16 int4 for the embedding, a fused Mamba in_proj or a q_proj
  * under partial RoPE: these are read as row-major rows or row views; every other linear may be R16 when built
  * for the segments the runtime uses), UQ_ERR_NOMEM, or the status of uq_kernels_init. */
 uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_hy_model **out);
@@ -824,6 +735,17 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
 void uq_hy_state_free(uq_hy_state *s);
 /* Forgets the sequence: position 0, SSM and conv states zeroed. */
 uq_status uq_hy_state_reset(uq_hy_state *s);
+/* Keeps the first pos tokens (0 <= pos <= current position) of a model without Mamba layers (their state cannot
+ * go back): the next forward continues at pos and overwrites the K/V rows after it. UQ_ERR_ARG (NULL),
+ * UQ_ERR_RANGE (pos), UQ_ERR_UNSUPPORTED (pos < position with a Mamba layer). */
+uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos);
+/* Copies position, KV caches and SSM/conv states of src into dst, a state of another model of the same layer
+ * kinds whose stored attention head dims may differ: per attention layer the first min(R_src, R_dst) dims of
+ * every cached K/V row are copied, dims beyond R_src are zero (never computed for past tokens: exact again once
+ * the sequence is re-prefilled); Mamba layers must have the same stored sizes. UQ_ERR_ARG (NULL), UQ_ERR_SHAPE
+ * (layers, kinds or KV heads differ), UQ_ERR_UNSUPPORTED (Mamba stored sizes differ), UQ_ERR_RANGE (src position
+ * > dst max_seq). */
+uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst);
 int64_t uq_hy_state_pos(const uq_hy_state *s);
 size_t uq_hy_state_bytes(const uq_hy_state *s);
 
@@ -838,6 +760,9 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
 /* Pieces for the compression pipeline. */
 /* X (T, hidden) = embedding rows of ids (dequantized for int4). UQ_ERR_ARG (NULL, T < 1), UQ_ERR_RANGE (id). */
 uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float *X);
+/* logits (T, vocab) = lm_head(final RMSNorm(X)) of X (T, hidden), in chunks of the state's max_chunk (the state is
+ * scratch). UQ_ERR_ARG (NULL, T < 1), UQ_ERR_STATE (state of another model). */
+uq_status uq_hy_head(const uq_hy_model *m, uq_hy_state *s, const float *X, int64_t T, float *logits);
 
 /* Optional captures of uq_hy_layer_forward (caller-allocated; any may be NULL). Pc/Nc = the computed head
  * channels / state dims (stored sizes, or the keeps with UQ_HY_OPT_KEPT_STATE); P', r, k = current keeps. */
@@ -881,39 +806,28 @@ uq_status uq_ssm_bc_moments(const float *B, const float *C, const float *dt, int
 uq_status uq_ssm_chunk_states(const float *x, const float *B, const float *dt, const float *A_log, int64_t T,
                               int64_t H, int64_t P, int64_t G, int64_t N, int64_t chunk, double *S);
 
-/* ================================================= batched decoding (runtime/batch.c, runtime/ssm_batch.c) == */
+/* ============================================================= batched decoding (runtime/ssm_batch.c) == */
 /*
  * Continuous batching: one decode step runs one new token for each of n sequences, each with its own state
- * (uq_tf_state / uq_hy_state: KV cache, SSM and conv states, position), so sequences join (after a prefill with
- * uq_tf_forward / uq_hy_forward on their own state) and leave between steps. The linears run once over the n
+ * (uq_hy_state: KV cache, SSM and conv states, position), so sequences join (after a prefill with
+ * uq_hy_forward on their own state) and leave between steps. The linears run once over the n
  * rows of the step (int4 R16 kernels with int8 or fp32 activations, fp32/fp16 GEMM); RoPE, KV cache writes,
  * attention, the conv1d and the selective-scan recurrence run per sequence. The result is bit-identical to
  * decoding each sequence alone (T = 1 forward): every kernel's operations per output element depend only on its
  * own token row (the runtimes' "Determinism" notes). A batch object holds the step's scratch for up to max_batch
  * rows and is tied to its model; states must be distinct and built for that model.
  */
-typedef struct uq_tf_batch uq_tf_batch; /* opaque: scratch of a batched decode step */
-
-/* UQ_ERR_ARG (NULL, max_batch < 1), UQ_ERR_RANGE (size overflow), UQ_ERR_NOMEM. */
-uq_status uq_tf_batch_init(const uq_tf_model *m, int64_t max_batch, uq_tf_batch **out);
-void uq_tf_batch_free(uq_tf_batch *b);
-size_t uq_tf_batch_bytes(const uq_tf_batch *b);
-int64_t uq_tf_batch_max(const uq_tf_batch *b);
-/* Token ids[i] continues sequence states[i] (at its position, which then advances by one), i < n; logits (n, vocab)
- * caller-allocated. Everything is checked before any state changes: UQ_ERR_ARG (NULL, n outside [1, max_batch],
- * a state given twice), UQ_ERR_STATE (batch or state of another model), UQ_ERR_RANGE (token id, a full KV cache;
- * naming the sequence). */
-uq_status uq_tf_decode_batch(const uq_tf_model *m, uq_tf_batch *b, uq_tf_state *const *states, const int32_t *ids,
-                             int64_t n, float *logits);
-/* A tied int4 embedding is the lm_head in the row-major layout (the gather needs it), whose multi-token kernels are
- * slow at decode batch sizes: a step then runs the head row by row, or, given a one-segment R16 copy of the same
- * weight (uq_q4_repack_r16) here, over all rows at once when activations are int8 (the same integer sums, so the
- * same logits). The copy must outlive the batch. UQ_ERR_UNSUPPORTED (the model's head is not row-major int4),
- * UQ_ERR_SHAPE (not its R16 copy). */
-uq_status uq_tf_batch_set_head(uq_tf_batch *b, const uq_linear *head);
-
-/* The same for the Mamba2 / hybrid runtime. One token per sequence takes the
- * selective-scan recurrence, as uq_hy_forward with T = 1 does; statuses as uq_tf_decode_batch. */
+/* One token per sequence (a Mamba layer takes the selective-scan recurrence, as uq_hy_forward with T = 1 does).
+ * uq_hy_batch_init: UQ_ERR_ARG (NULL, max_batch < 1), UQ_ERR_RANGE (size overflow), UQ_ERR_NOMEM.
+ * uq_hy_decode_batch: token ids[i] continues sequence states[i] (at its position, which then advances by one),
+ * i < n; logits (n, vocab) caller-allocated. Everything is checked before any state changes: UQ_ERR_ARG (NULL, n
+ * outside [1, max_batch], a state given twice), UQ_ERR_STATE (batch or state of another model), UQ_ERR_RANGE
+ * (token id, a full state; naming the sequence).
+ * uq_hy_batch_set_head: a tied int4 embedding is the lm_head in the row-major layout (the gather needs it), whose
+ * multi-token kernels are slow at decode batch sizes: a step then runs the head row by row, or, given a
+ * one-segment R16 copy of the same weight (uq_q4_repack_r16) here, over all rows at once when activations are
+ * int8 (the same integer sums, so the same logits). The copy must outlive the batch. UQ_ERR_UNSUPPORTED (the
+ * model's head is not row-major int4), UQ_ERR_SHAPE (not its R16 copy). */
 typedef struct uq_hy_batch uq_hy_batch;
 uq_status uq_hy_batch_init(const uq_hy_model *m, int64_t max_batch, uq_hy_batch **out);
 void uq_hy_batch_free(uq_hy_batch *b);
@@ -921,6 +835,7 @@ size_t uq_hy_batch_bytes(const uq_hy_batch *b);
 int64_t uq_hy_batch_max(const uq_hy_batch *b);
 uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *states, const int32_t *ids,
                              int64_t n, float *logits);
+uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head);
 
 /* ============================================================ memory that follows the rate ======== */
 /*
@@ -930,14 +845,9 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
  *   R16 weight can be cut to a smaller prefix or extended and repacked without the artifact.
  *     L: an int4 weight in the R16 layout; packed (rows, UQ_Q4_ROW_BYTES(cols)) uint8 (a trailing high nibble of
  *     odd cols is 0) and scales (rows, scale_cols) float32, caller-allocated. UQ_ERR_ARG (NULL, not R16).
- *   uq_tf_state_transfer: copies the position and KV cache of src into dst, a state of another model of the
- *     same architecture whose stored head dims may differ: per layer the first min(R_src, R_dst) dims of every
- *     cached K/V row are copied, dims beyond R_src are zero (such dims of past tokens were never computed:
- *     exact again once the sequence is re-prefilled). UQ_ERR_ARG (NULL), UQ_ERR_SHAPE (layers or KV heads
- *     differ), UQ_ERR_RANGE (src position > dst max_seq).
+ *   uq_hy_state_transfer (above) moves a sequence to the new model.
  */
 uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, float *scales);
-uq_status uq_tf_state_transfer(const uq_tf_state *src, uq_tf_state *dst);
 
 #ifdef __cplusplus
 }

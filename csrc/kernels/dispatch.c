@@ -1,21 +1,18 @@
 /*
  * dispatch.c -- run-time choice of the kernel path (ref / avx2 / avx512) from the CPU's features and the
- * environment (UNIQL_KERNELS, UNIQL_Q4_ACT, UNIQL_NUM_THREADS), thread count, and the benchmark helpers:
- *   read bandwidth  GB/s = bytes / t of a streaming vector sum over a buffer (best of reps)
- *   linear          best t of uq_linear_forward
- *   OpenBLAS        t of the fp32 dequantization and best t of cblas_sgemv/sgemm on the dequantized weight.
- * Process-wide configuration (like ggml's CPU feature table); set it while no forward pass runs.
+ * environment (UNIQL_KERNELS, UNIQL_Q4_ACT, UNIQL_NUM_THREADS) and the thread count (the benchmark helpers
+ * are in bench.c). Process-wide configuration (like ggml's CPU feature table); set it while no forward pass runs.
  */
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "../linalg/blas.h"
 #include "kernels.h"
 
 static const uq_kpath *g_path = &uq_kpath_ref;
@@ -25,14 +22,14 @@ static char g_init_msg[256];
 static int g_q4_act = UQ_Q4_ACT_FP32;
 static int g_threads = 0;
 
-static int cpu_has(const char *name) {
+int uq_k_cpu_has(const char *name) {
 #ifdef UQ_K_X86
     __builtin_cpu_init();
     if (!strcmp(name, "ref")) return 1;
     if (!strcmp(name, "avx2"))
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (!strcmp(name, "avx512"))
-        return cpu_has("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        return uq_k_cpu_has("avx2") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     return 0;
 #else
@@ -51,8 +48,8 @@ static const uq_kpath *path_by_name(const char *name) {
 
 static const uq_kpath *best_path(void) {
 #ifdef UQ_K_X86
-    if (cpu_has("avx512")) return &uq_kpath_avx512;
-    if (cpu_has("avx2")) return &uq_kpath_avx2;
+    if (uq_k_cpu_has("avx512")) return &uq_kpath_avx512;
+    if (uq_k_cpu_has("avx2")) return &uq_kpath_avx2;
 #endif
     return &uq_kpath_ref;
 }
@@ -77,7 +74,7 @@ static int default_threads(void) {
 /* The default activation mode of int4 linears: int8 where the CPU has int8 dot products (AVX2 vpmaddubsw,
  * AVX-512 VNNI), fp32 otherwise. It depends on the CPU, not on the forced path, so UNIQL_KERNELS=ref on an AVX2
  * machine computes the same W4A8 logits as the avx2 path. */
-static int auto_q4_act(void) { return cpu_has("avx2") || cpu_has("avx512") ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32; }
+static int auto_q4_act(void) { return uq_k_cpu_has("avx2") || uq_k_cpu_has("avx512") ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32; }
 
 /* Reads the environment; the first failure is remembered and returned by every later uq_kernels_init. */
 static uq_status init_from_env(void) {
@@ -90,7 +87,7 @@ static uq_status init_from_env(void) {
     if (k && *k) {
         if (!known_name(k))
             st = uq_set_error(UQ_ERR_ARG, "UNIQL_KERNELS='%s' is not one of auto, ref, avx2, avx512", k);
-        else if (strcmp(k, "auto") && !cpu_has(k))
+        else if (strcmp(k, "auto") && !uq_k_cpu_has(k))
             st = uq_set_error(UQ_ERR_UNSUPPORTED, "UNIQL_KERNELS=%s needs %s, which this CPU lacks", k,
                               missing_features(k));
         else if (strcmp(k, "auto"))
@@ -116,7 +113,7 @@ static uq_status init_from_env(void) {
                 st = uq_set_error(UQ_ERR_ARG, "UNIQL_NUM_THREADS='%s' is not an integer in [1, 4096]", n);
         } else {
             g_threads = (int)v;
-            openblas_set_num_threads(g_threads);
+            uq_blas_set_threads(g_threads);
         }
     }
     return st;
@@ -165,7 +162,7 @@ uq_status uq_kernels_set(const char *name) {
     if (!strcmp(name, "auto")) {
         g_path = best_path();
     } else {
-        if (!cpu_has(name))
+        if (!uq_k_cpu_has(name))
             return uq_set_error(UQ_ERR_UNSUPPORTED, "kernels_set: path %s needs %s, which this CPU lacks", name,
                                 missing_features(name));
         g_path = path_by_name(name);
@@ -180,7 +177,7 @@ uq_status uq_kernels_available(const char *name, int *out) {
     if (!name || !out) return uq_set_error(UQ_ERR_ARG, "kernels_available: NULL argument");
     if (!known_name(name))
         return uq_set_error(UQ_ERR_ARG, "kernels_available: '%s' is not one of auto, ref, avx2, avx512", name);
-    *out = !strcmp(name, "auto") ? 1 : cpu_has(name);
+    *out = !strcmp(name, "auto") ? 1 : uq_k_cpu_has(name);
     return UQ_OK;
 }
 
@@ -203,253 +200,8 @@ uq_status uq_kernels_set_threads(int n) {
     if (n < 1) return uq_set_error(UQ_ERR_ARG, "kernels_set_threads: n must be >= 1, got %d", n);
     (void)uq_kernels_init();
     g_threads = n;
-    openblas_set_num_threads(n);
+    uq_blas_set_threads(n);
     return UQ_OK;
 }
 
 int uq_kernels_threads(void) { return uq_k_threads(); }
-
-/* ------------------------------------------------------------------------------ benchmarks ---- */
-
-static double now_s(void) {
-#ifdef _OPENMP
-    return omp_get_wtime();
-#else
-    return 0.0;
-#endif
-}
-
-#ifdef UQ_K_X86
-#include <immintrin.h>
-/* Reads n floats as 4 concurrent streams of n/4 (several streams per core, as a GEMV over row blocks has). */
-__attribute__((target("avx512f"))) static float stream_sum_avx512(const float *p, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    const int64_t q = n / 64 * 16;
-    for (int64_t i = 0; i + 16 <= q; i += 16) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + q + i));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + 2 * q + i));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + 3 * q + i));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-__attribute__((target("avx2"))) static float stream_sum_avx2(const float *p, int64_t n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    const int64_t q = n / 32 * 8;
-    for (int64_t i = 0; i + 8 <= q; i += 8) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + q + i));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + 2 * q + i));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + 3 * q + i));
-    }
-    float t[8];
-    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    return uq_k_reduce8(t);
-}
-
-/* Register-only peak loops: 12 independent accumulators, iters steps; returns a value to keep them live. */
-__attribute__((target("avx512f,avx512vnni"))) static float peak_vnni512(int64_t iters) {
-    __m512i a[12], w = _mm512_set1_epi8(3), x = _mm512_set1_epi8(-1);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512();
-    for (int64_t it = 0; it < iters; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) __asm__("vpdpbusd %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
-#pragma GCC unroll 12
-    for (int i = 1; i < 12; i++) a[0] = _mm512_add_epi32(a[0], a[i]);
-    return (float)_mm512_reduce_add_epi32(a[0]);
-}
-__attribute__((target("avx512f"))) static float peak_fma512(int64_t iters) {
-    __m512 a[12], w = _mm512_set1_ps(1.0f), x = _mm512_set1_ps(1e-7f);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
-    for (int64_t it = 0; it < iters; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) __asm__("vfmadd231ps %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
-#pragma GCC unroll 12
-    for (int i = 1; i < 12; i++) a[0] = _mm512_add_ps(a[0], a[i]);
-    return _mm512_reduce_add_ps(a[0]);
-}
-/* AVX2's int8 dot product: vpmaddubsw ymm = 32 u8 x s8 multiplies summed in pairs to int16 (the widening
- * vpmaddwd a real kernel also needs is not counted, so this is an upper bound). */
-__attribute__((target("avx2"))) static float peak_maddubs256(int64_t iters) {
-    __m256i a[12], w = _mm256_set1_epi8(3), x = _mm256_set1_epi8(-1);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm256_setzero_si256();
-    for (int64_t it = 0; it < iters; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) __asm__("vpmaddubsw %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
-#pragma GCC unroll 12
-    for (int i = 1; i < 12; i++) a[0] = _mm256_add_epi16(a[0], a[i]);
-    int16_t t[16];
-    _mm256_storeu_si256((__m256i *)t, a[0]);
-    return (float)t[0];
-}
-__attribute__((target("avx2,fma"))) static float peak_fma256(int64_t iters) {
-    __m256 a[12], w = _mm256_set1_ps(1.0f), x = _mm256_set1_ps(1e-7f);
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) a[i] = _mm256_setzero_ps();
-    for (int64_t it = 0; it < iters; it++)
-#pragma GCC unroll 12
-        for (int i = 0; i < 12; i++) __asm__("vfmadd231ps %[x], %[w], %[a]" : [a] "+v"(a[i]) : [w] "v"(w), [x] "v"(x));
-#pragma GCC unroll 12
-    for (int i = 1; i < 12; i++) a[0] = _mm256_add_ps(a[0], a[i]);
-    float t[8];
-    _mm256_storeu_ps(t, a[0]);
-    return uq_k_reduce8(t);
-}
-#endif
-
-uq_status uq_bench_peak(int which, int nthreads, double *gmacs) {
-    if (!gmacs) return uq_set_error(UQ_ERR_ARG, "bench_peak: NULL output");
-    if (nthreads < 1) return uq_set_error(UQ_ERR_ARG, "bench_peak: nthreads %d must be >= 1", nthreads);
-    if (which != 0 && which != 1) return uq_set_error(UQ_ERR_ARG, "bench_peak: which %d is not 0 (fp32) or 1 (int8)", which);
-#ifdef UQ_K_X86
-    const int v512 = cpu_has("avx512"), v2 = cpu_has("avx2");
-    if (!v2 && !v512)
-        return uq_set_error(UQ_ERR_UNSUPPORTED, "bench_peak: %s needs %s", which ? "int8" : "fp32",
-                            which ? "avx2 or avx512vnni" : "avx2+fma");
-    const int64_t iters = 20000000;
-    double best = 1e30;
-    volatile float sink = 0;
-    for (int r = 0; r < 3; r++) {
-        float part[256] = {0};
-        double t0 = now_s();
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-        for (int th = 0; th < nthreads; th++)
-            part[th & 255] = which ? (v512 ? peak_vnni512(iters) : peak_maddubs256(iters))
-                                   : v512 ? peak_fma512(iters) : peak_fma256(iters);
-        double dt = now_s() - t0;
-        for (int th = 0; th < nthreads && th < 256; th++) sink += part[th];
-        if (dt < best) best = dt;
-    }
-    (void)sink;
-    /* MACs per instruction: vpdpbusd zmm 64, vpmaddubsw ymm 32, vfmadd zmm 16, ymm 8 */
-    double per = which ? (v512 ? 64.0 : 32.0) : v512 ? 16.0 : 8.0;
-    *gmacs = (double)iters * 12.0 * per * nthreads / best / 1e9;
-    return UQ_OK;
-#else
-    return uq_set_error(UQ_ERR_UNSUPPORTED, "bench_peak: x86 only");
-#endif
-}
-
-#ifdef UQ_K_X86
-static float stream_sum(const float *p, int64_t n) {
-    if (cpu_has("avx512")) return stream_sum_avx512(p, n);
-    if (cpu_has("avx2")) return stream_sum_avx2(p, n);
-    float a[8] = {0};
-    for (int64_t i = 0; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) a[l] += p[i + l];
-    return uq_k_reduce8(a);
-}
-#else
-static float stream_sum(const float *p, int64_t n) {
-    float a[8] = {0};
-    for (int64_t i = 0; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) a[l] += p[i + l];
-    return uq_k_reduce8(a);
-}
-#endif
-
-uq_status uq_bench_read_bw(size_t bytes, int reps, int nthreads, double *gbps) {
-    if (!gbps) return uq_set_error(UQ_ERR_ARG, "bench_read_bw: NULL output");
-    if (bytes < (1u << 20)) return uq_set_error(UQ_ERR_ARG, "bench_read_bw: bytes %zu < 1 MiB", bytes);
-    if (reps < 1 || nthreads < 1)
-        return uq_set_error(UQ_ERR_ARG, "bench_read_bw: reps %d and nthreads %d must be >= 1", reps, nthreads);
-    int64_t n = (int64_t)(bytes / sizeof(float)) / (64 * nthreads) * (64 * nthreads);
-    float *buf;
-    uq_status st = uq_alloc((size_t)n * sizeof(float), (void **)&buf);
-    if (st != UQ_OK) return st;
-    int64_t per = n / nthreads;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 7) * 0.125f; /* first touch by the reading thread */
-    double best = 1e30;
-    volatile float sink = 0;
-    for (int r = 0; r < reps; r++) {
-        float part[256] = {0};
-        double t0 = now_s();
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-        for (int th = 0; th < nthreads; th++) part[th & 255] = stream_sum(buf + th * per, per);
-        double dt = now_s() - t0;
-        for (int th = 0; th < nthreads && th < 256; th++) sink += part[th];
-        if (dt < best) best = dt;
-    }
-    (void)sink;
-    uq_free(buf);
-    *gbps = (double)n * sizeof(float) / best / 1e9;
-    return UQ_OK;
-}
-
-uq_status uq_bench_linear(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
-                          int64_t nseg_in, int64_t keep_in, float *y, int reps, double *best_s) {
-    if (!best_s) return uq_set_error(UQ_ERR_ARG, "bench_linear: NULL output");
-    if (reps < 1) return uq_set_error(UQ_ERR_ARG, "bench_linear: reps %d must be >= 1", reps);
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
-        uq_status st = uq_linear_forward(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
-        double dt = now_s() - t0;
-        if (st != UQ_OK) return st;
-        if (dt < best) best = dt;
-    }
-    *best_s = best;
-    return UQ_OK;
-}
-
-uq_status uq_bench_blas(const uq_linear *L, const float *x, int64_t T, float *y, int reps, int nthreads,
-                        double *dequant_s, double *blas_s) {
-    if (!L || !x || !y || !dequant_s || !blas_s) return uq_set_error(UQ_ERR_ARG, "bench_blas: NULL argument");
-    if (T < 1 || reps < 1) return uq_set_error(UQ_ERR_ARG, "bench_blas: T %lld and reps %d must be >= 1",
-                                               (long long)T, reps);
-    if (L->rows < 1 || L->cols < 1 || L->rows > INT_MAX || L->cols > INT_MAX || T > INT_MAX)
-        return uq_set_error(UQ_ERR_SHAPE, "bench_blas: shape (%lld, %lld) outside BLAS int range",
-                            (long long)L->rows, (long long)L->cols);
-    const int64_t R = L->rows, C = L->cols;
-    float *W;
-    size_t nb;
-    uq_status st = uq_size_mul(R, C, sizeof(float), &nb);
-    if (st != UQ_OK || (st = uq_alloc(nb, (void **)&W)) != UQ_OK) return st;
-    double t0 = now_s();
-    if (L->kind == UQ_W_F32) {
-        memcpy(W, L->w, nb);
-    } else if (L->kind == UQ_W_F16) {
-        st = uq_convert_f16_to_f32(L->w16, R * C, W);
-    } else if (L->kind == UQ_W_Q4) {
-        if (L->scale_cols != (C + L->group - 1) / L->group) {
-            uq_free(W);
-            return uq_set_error(UQ_ERR_SHAPE, "bench_blas: int4 weight must have one column segment");
-        }
-        const int64_t rb = UQ_Q4_ROW_BYTES(C);
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t c = 0; c < C; c++) {
-                uint8_t b = L->packed[r * rb + c / 2];
-                int q = (c & 1) ? b >> 4 : b & 15;
-                W[r * C + c] = (float)(q - UQ_Q4_OFFSET) * L->scales[r * L->scale_cols + c / L->group];
-            }
-    } else {
-        st = uq_set_error(UQ_ERR_ARG, "bench_blas: unknown weight kind %d", (int)L->kind);
-    }
-    *dequant_s = now_s() - t0;
-    if (st != UQ_OK) {
-        uq_free(W);
-        return st;
-    }
-    int old = openblas_get_num_threads();
-    if (nthreads > 0) openblas_set_num_threads(nthreads);
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        double t1 = now_s();
-        if (T == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)R, (int)C, 1.0f, W, (int)C, x, 1, 0.0f, y, 1);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)R, (int)C, 1.0f, x, (int)C, W, (int)C,
-                        0.0f, y, (int)R);
-        double dt = now_s() - t1;
-        if (dt < best) best = dt;
-    }
-    if (nthreads > 0) openblas_set_num_threads(old);
-    *blas_s = best;
-    uq_free(W);
-    return UQ_OK;
-}

@@ -1,5 +1,5 @@
 /*
- * kernels.h -- internal kernels of the transformer runtime (not part of the public API).
+ * kernels.h -- internal kernels of the runtime (not part of the public API).
  *
  * Arguments are validated by the callers in csrc/runtime/; these functions cannot fail and return void.
  * Every kernel computes each output element with a fixed sequence of float operations that depends only
@@ -17,7 +17,8 @@
 float uq_k_dot(const float *a, const float *b, int64_t n);
 
 /* y (T, n) = x / sqrt(mean(x^2) + eps) * w, mean accumulated in float64; y may equal x. */
-void uq_k_rmsnorm(const float *x, int64_t T, int64_t n, const float *w, double eps, float *y);
+void uq_k_rmsnorm(const float *restrict x, int64_t T, int64_t n, const float *restrict w, double eps,
+                  float *restrict y);
 
 /* In-place RoPE of the first nrot dims of each head of x (T, nheads, stride), pair-interleaved: rows (2j, 2j+1)
  * of head h, j < nrot/2, are pair j, rotated by angle table index f = map[(h / heads_per_map) * map_stride + j]
@@ -30,25 +31,29 @@ void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64
                int64_t pos0);
 
 /* Causal GQA attention of T queries at positions pos0..pos0+T-1 over a cache that already holds
- * positions 0..pos0+T-1. q (T, n_heads * r); kc, vc (n_kv, max_seq, rc) with r <= rc (first r dims used);
- * out (T, n_heads * r). Query head h reads kv head h / (n_heads / n_kv). scores: (nthreads * (n_heads / n_kv),
- * max_seq) scratch; at most nthreads OpenMP threads are used. Softmax in float with float64 normaliser. */
-void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, const float *kc,
-                    const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
-                    float *scores, int nthreads);
+ * positions 0..pos0+T-1. q (T, n_heads * r); kc, vc (n_kv, max_seq, rc) with r <= rc; out (T, n_heads * r).
+ * Query rows [0, r_rot) meet key rows [0, r_rot) and query rows [r_rot, r) key rows [k_off, k_off + r - r_rot)
+ * (r_rot <= k_off, k_off + r - r_rot <= rc): r_rot = k_off = r is the plain prefix of r dims; a pruned head under
+ * partial RoPE keeps r_rot rotary and r - r_rot pass rows of a cache row [R_rot rotary | pass], k_off = R_rot.
+ * Values: the first r dims of every V row. Query head h reads kv head h / (n_heads / n_kv). scores:
+ * (nthreads * (n_heads / n_kv), max_seq) scratch; at most nthreads OpenMP threads are used. Softmax in float
+ * with float64 normaliser. With 0 < r_rot < r a score is (dot(rot rows) + dot(pass rows)) * scale, whatever k_off. */
+void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                    int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
+                    int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads);
 
 /* Attention softmax of sc[0..n) in place: sc[s] = expf(sc[s] - max) (max over s in order), the sum in float64;
  * returns (float)(1 / sum). */
 float uq_k_softmax_inplace(float *sc, int64_t n);
 
 /* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u, n elements. */
-void uq_k_silu_mul(float *g, const float *u, int64_t n);
+void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n);
 
 /* X (T, cols) = rows ids of the embedding E (fp32 copy or int4 dequantized (q - 8) * scale). */
 void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X);
 
 /* y[i] += x[i], n elements. */
-void uq_k_add(float *y, const float *x, int64_t n);
+void uq_k_add(float *restrict y, const float *restrict x, int64_t n);
 
 /* ------------------------------------------------------------------ dispatch (dispatch.c) ---- */
 /* A chunk of a segmented column selection: stored-row columns [wcol, wcol + n) <-> x columns
@@ -150,6 +155,9 @@ void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc
 void uq_k_q8_quant0_avx2(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 
 #define UQ_K_R16_NB 8 /* row blocks per R16 kernel call (128 rows) */
+_Static_assert(UQ_K_R16_NB * UQ_Q4_R16_ROWS == 128, "an R16 kernel call covers 8 blocks of 16 rows");
+_Static_assert(UQ_Q4_R16_ROWS * UQ_Q4_R16_COLS / 2 == 64, "an R16 chunk (16 rows x 8 int4 codes) is 64 bytes");
+_Static_assert(UQ_Q4_OFFSET == 8, "int4 code q means (q - 8) * scale: the W4A8 kernels subtract 8 * sum(x)");
 
 /* The plain C twins of the R16 kernels (same layout, same results bit for bit). */
 void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
@@ -163,6 +171,8 @@ float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);
 
 /* The current path (initialised from the environment on first use; the ref path if that failed). */
 const uq_kpath *uq_k_path(void);
+/* Whether the CPU has a kernel path's features ("avx2": AVX2 + FMA; "avx512": AVX-512 F/BW/VL + VNNI; dispatch.c). */
+int uq_k_cpu_has(const char *name);
 /* Threads for parallel kernels (uq_kernels_threads). */
 int uq_k_threads(void);
 /* Whether int4 linears quantize activations to int8 (uq_kernels_q4_act() == UQ_Q4_ACT_INT8). */
@@ -177,7 +187,7 @@ extern const uq_kpath uq_kpath_avx512;
 
 /* Validates a weight descriptor before a model uses it: shape (rows, cols), kind, non-NULL data, and for int4 the
  * group and the per-segment scale layout (nseg_in input segments). `name` and `layer` (-1: none) make the message,
- * e.g. "layer 3 o_proj: ...". UQ_ERR_SHAPE / UQ_ERR_ARG. Shared by the transformer and the hybrid runtimes. */
+ * e.g. "layer 3 o_proj: ...". UQ_ERR_SHAPE / UQ_ERR_ARG. Used by the runtime for every linear. */
 uq_status uq_linear_check(const uq_linear *L, const char *name, int64_t layer, int64_t rows, int64_t cols,
                           int64_t nseg_in);
 

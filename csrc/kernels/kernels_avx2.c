@@ -42,13 +42,13 @@ static UQ_T2I float hsum8(__m256 a) {
     return uq_k_reduce8(t);
 }
 
-UQ_T2 static float dot2(const float *a, const float *b, int64_t n) {
+UQ_T2 static float dot_f32_avx2(const float *a, const float *b, int64_t n) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(load8f(a + i, n - i), load8f(b + i, n - i), acc);
     return hsum8(acc);
 }
 
-UQ_T2 static void axpy2(float a, const float *x, float *y, int64_t n) {
+UQ_T2 static void axpy_f32_avx2(float a, const float *x, float *y, int64_t n) {
     __m256 av = _mm256_set1_ps(a);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
@@ -85,8 +85,8 @@ UQ_T2 void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int 
     memcpy(out, o, (size_t)ns * sizeof(float));
 }
 
-/* sc[s] = dot2(q, K + s * rc, r) * scale, 8 keys at a time (one reduce8x8 per 8 keys). */
-UQ_T2 static void attn_scores2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
+/* sc[s] = dot_f32_avx2(q, K + s * rc, r) * scale, 8 keys at a time (one reduce8x8 per 8 keys). */
+UQ_T2 static void attn_scores_f32_avx2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
                                float *sc) {
     for (int64_t s0 = 0; s0 < n; s0 += 8) {
         const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
@@ -105,8 +105,8 @@ UQ_T2 static void attn_scores2(const float *q, const float *K, int64_t rc, int64
     }
 }
 
-/* out = sum over s in order of axpy2(sc[s] * inv, V + s * rc): the output kept in registers 64 floats at a time
- * (the same fma chain per element as repeated axpy2 calls, tail elements with fmaf as axpy2 does). */
+/* out = sum over s in order of axpy_f32_avx2(sc[s] * inv, V + s * rc): the output kept in registers 64 floats at a time
+ * (the same fma chain per element as repeated axpy_f32_avx2 calls, tail elements with fmaf as axpy_f32_avx2 does). */
 UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
                               float *out) {
     const int64_t r8 = r / 8 * 8;
@@ -191,12 +191,12 @@ UQ_T2 static void gemv_f(const float *const *wf, const uint16_t *const *wh, int 
     }
 }
 
-UQ_T2 static void gemv_f32(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
+UQ_T2 static void gemv_f32_avx2(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
                            int64_t nch, float *acc) {
     gemv_f(w, NULL, mr, x, ldx, T, ch, nch, acc);
 }
 
-UQ_T2 static void gemv_f16(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T,
+UQ_T2 static void gemv_f16_avx2(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T,
                            const uq_k_chunk *ch, int64_t nch, float *acc) {
     gemv_f(NULL, w, mr, x, ldx, T, ch, nch, acc);
 }
@@ -214,7 +214,7 @@ static UQ_T2I void q4_piece(const uint8_t *p, int64_t n, __m256 sc, __m256 *lo, 
     *hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v, 4), o8)), sc);
 }
 
-static UQ_T2I void gemv_q4_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
+static UQ_T2I void gemv_q4rm_f32_tile(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
                              const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
     __m256 a[4][4];
     #pragma GCC unroll 8
@@ -239,7 +239,7 @@ static UQ_T2I void gemv_q4_t(const uint8_t *const *w, const float *const *s, con
         for (int t = 0; t < TT; t++) _mm256_storeu_ps(acc + (r * TT + t) * 8, a[r][t]);
 }
 
-UQ_T2 static void gemv_q4(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
+UQ_T2 static void gemv_q4rm_f32_avx2(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
                           int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
     for (int r0 = 0; r0 < mr; r0 += 2) {
         int n = mr - r0 < 2 ? mr - r0 : 2;
@@ -247,20 +247,20 @@ UQ_T2 static void gemv_q4(const uint8_t *const *w, const float *const *s, int mr
         const float *ps[2] = {s[r0], s[r0 + n - 1]};
         float tmp[2 * 4 * 8];
         switch (T) {
-        case 1: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 1); break;
-        case 2: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 2); break;
-        case 3: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 3); break;
-        default: gemv_q4_t(pw, ps, xp, ldxp, ch, nch, tmp, 2, 4); break;
+        case 1: gemv_q4rm_f32_tile(pw, ps, xp, ldxp, ch, nch, tmp, 2, 1); break;
+        case 2: gemv_q4rm_f32_tile(pw, ps, xp, ldxp, ch, nch, tmp, 2, 2); break;
+        case 3: gemv_q4rm_f32_tile(pw, ps, xp, ldxp, ch, nch, tmp, 2, 3); break;
+        default: gemv_q4rm_f32_tile(pw, ps, xp, ldxp, ch, nch, tmp, 2, 4); break;
         }
         memcpy(acc + r0 * T * 8, tmp, (size_t)(n * T * 8) * sizeof(float));
     }
 }
 
-UQ_T2 static void pack_f16(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst) {
+UQ_T2 static void pack_f16_avx2(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst) {
     for (int64_t k = 0; k < nch; k++) _mm256_storeu_ps(dst + k * 8, load8h(w + ch[k].wcol, ch[k].n));
 }
 
-UQ_T2 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
+UQ_T2 static void pack_q4_avx2(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
     for (int64_t k = 0; k < nch; k++) {
         __m256 lo, hi;
         q4_piece(w + ch[k].wcol / 2, ch[k].n, _mm256_set1_ps(s[ch[k].scol]), &lo, &hi);
@@ -269,7 +269,7 @@ UQ_T2 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *ch
     }
 }
 
-static UQ_T2I void gemm_t(const float *const *w4, const float *xp, int64_t ldx, int64_t nvec, float *acc,
+static UQ_T2I void gemm_f32_4rows_tile(const float *const *w4, const float *xp, int64_t ldx, int64_t nvec, float *acc,
                           int nr, int t0, const int NT) {
     __m256 c[4][2];
     #pragma GCC unroll 8
@@ -294,16 +294,16 @@ static UQ_T2I void gemm_t(const float *const *w4, const float *xp, int64_t ldx, 
         for (int t = 0; t < NT; t++) _mm256_storeu_ps(acc + (r * nr + t0 + t) * 8, c[r][t]);
 }
 
-UQ_T2 static void gemm2(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec,
+UQ_T2 static void gemm_f32_4rows_avx2(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec,
                         float *acc) {
     int t0 = 0;
-    for (; t0 + 2 <= nr; t0 += 2) gemm_t(w4, xp, ldx, nvec, acc, nr, t0, 2);
-    if (t0 < nr) gemm_t(w4, xp, ldx, nvec, acc, nr, t0, 1);
+    for (; t0 + 2 <= nr; t0 += 2) gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, nr, t0, 2);
+    if (t0 < nr) gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, nr, t0, 1);
 }
 
 /* ---------------------------------------------------------------------------- int4 x int8 ---- */
 
-UQ_T2 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
+UQ_T2 static void gemv_q4rm_q8_avx2(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
                           const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                           int64_t nch, float *tot) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -357,7 +357,7 @@ static UQ_T2I __m256 r16_col(__m256i lo, int m) {
 }
 
 /* NB blocks (two 8-row halves each) x NT tokens, fp32 activations. */
-static UQ_T2I void r16f_t(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
+static UQ_T2I void r16_f32_tile(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
                           const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo, const int NB, const int NT) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     float tot[2 * 2 * 4 * 8];
@@ -422,7 +422,7 @@ static UQ_T2I void r16f_t(const uint8_t *const *wb, const float *const *sb, cons
 
 #define UQ_R16_PF 1024 /* decode prefetch distance in bytes (Zen 1: +10-20% on 4096 x 14336 at 2 threads) */
 
-static UQ_T2I void r16q_zero(__m256i a[2][2][4], const int NB, const int NH, const int NT) {
+static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int NH, const int NT) {
     #pragma GCC unroll 2
     for (int i = 0; i < NB; i++)
         #pragma GCC unroll 2
@@ -435,7 +435,7 @@ static UQ_T2I void r16q_zero(__m256i a[2][2][4], const int NB, const int NH, con
  * against 4 broadcast activation bytes each. A chunk's pair sums, added in int16, are bounded by
  * 4 * 15 * 127 = 7620, so up to 4 chunks (30480) accumulate in int16 before one vpmaddwd widens them: 2.25
  * multiply instructions per 64 multiply-adds instead of 3 (the sums are exact, so the order does not matter). */
-static UQ_T2I void r16q_t(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
+static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
                           const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
                           float *out, int64_t ldo, const int NB, const int NT) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -449,11 +449,11 @@ static UQ_T2I void r16q_t(const uint8_t *const *wb, const float *const *sb, cons
         for (int hh = 0; hh < (NT > 1 ? 2 : 1); hh++) {
             const int H0 = NT > 1 ? hh : 0, NH = NT > 1 ? 1 : 2;
             __m256i a[2][2][4];
-            r16q_zero(a, NB, NH, NT);
+            r16_q8_tile_zero(a, NB, NH, NT);
             for (int64_t j0 = 0; j0 < nc; j0 += 4) {
                 const int64_t j1 = nc - j0 < 4 ? nc : j0 + 4;
                 __m256i p16[2][2][4];
-                r16q_zero(p16, NB, NH, NT);
+                r16_q8_tile_zero(p16, NB, NH, NT);
                 for (int64_t j = j0; j < j1; j++) {
                     #pragma GCC unroll 2
                     for (int i = 0; i < NB; i++)
@@ -512,7 +512,7 @@ static UQ_T2I void r16q_t(const uint8_t *const *wb, const float *const *sb, cons
 /* Prefill (T >= R16_PANEL_T): per group and block, the codes of up to R16_PC columns are converted once into an
  * fp32 panel p[c * 16 + l] = q[l][c] - 8 (exact), and a 16-row x NT-token micro-kernel (2 x NT accumulators,
  * broadcast x[t][c], columns in order) reuses it from L1 for every token of the call: the same FMA chain per
- * (row, token, group) as r16f_t. A group longer than R16_PC columns continues its chains across pieces through
+ * (row, token, group) as r16_f32_tile. A group longer than R16_PC columns continues its chains across pieces through
  * gsb (exact: the partial sums are stored, not rounded again). */
 #define R16_PANEL_T 3   /* fewest tokens that take the panel path (measured: T = 2 is faster without) */
 #define R16_PC 128      /* panel columns (8 KiB) */
@@ -575,7 +575,7 @@ static UQ_T2I void r16_mk(const float *p, int64_t n, const float *x, int64_t ldx
 
 /* R16_PANEL_T <= T <= R16_TS tokens: groups outer (a group's activations stay in cache across the nb blocks),
  * token tiles of 3..6 (T split evenly into ceil(T / 6) tiles). */
-UQ_T2 static void r16_f32_panel(const uint8_t *const *wb, const float *const *sb, int nb, const float *x,
+UQ_T2 static void r16_f32_panel_avx2(const uint8_t *const *wb, const float *const *sb, int nb, const float *x,
                                 int64_t ldx, int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     float p[R16_PC * 16], gsb[R16_TS * 16];
     const int64_t ntile = (T + 5) / 6;
@@ -606,13 +606,13 @@ UQ_T2 static void r16_f32_panel(const uint8_t *const *wb, const float *const *sb
     }
 }
 
-UQ_T2 static void r16_f32(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+UQ_T2 static void r16_f32_avx2(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
                           int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     if (T >= R16_PANEL_T) { /* passes of <= R16_TS tokens, split evenly (each >= R16_TS / 2) */
         const int64_t npass = (T + R16_TS - 1) / R16_TS;
         for (int64_t j = 0, t0 = 0; j < npass; j++) {
             const int64_t tn = T / npass + (j < T % npass);
-            r16_f32_panel(wb, sb, nb, x + t0 * ldx, ldx, tn, g, ng, out + t0 * ldo, ldo);
+            r16_f32_panel_avx2(wb, sb, nb, x + t0 * ldx, ldx, tn, g, ng, out + t0 * ldo, ldo);
             t0 += tn;
         }
         return;
@@ -623,19 +623,19 @@ UQ_T2 static void r16_f32(const uint8_t *const *wb, const float *const *sb, int 
         float *o = out + t0 * ldo;
         int i0 = 0;
         if (nt == 1)
-            for (; i0 + 2 <= nb; i0 += 2) r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 2, 1);
+            for (; i0 + 2 <= nb; i0 += 2) r16_f32_tile(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 2, 1);
         for (; i0 < nb; i0++) {
             switch (nt) {
-            case 1: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 1); break;
-            case 2: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 2); break;
-            case 3: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 3); break;
-            default: r16f_t(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 4); break;
+            case 1: r16_f32_tile(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 1); break;
+            case 2: r16_f32_tile(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 2); break;
+            case 3: r16_f32_tile(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 3); break;
+            default: r16_f32_tile(wb + i0, sb + i0, xt, ldx, g, ng, o + 16 * i0, ldo, 1, 4); break;
             }
         }
     }
 }
 
-UQ_T2 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
                          const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                          int64_t ng, float *out, int64_t ldo) {
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
@@ -646,13 +646,13 @@ UQ_T2 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int n
         float *o = out + t0 * ldo;
         int i0 = 0;
         if (nt == 1)
-            for (; i0 + 2 <= nb; i0 += 2) r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2, 1);
+            for (; i0 + 2 <= nb; i0 += 2) r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2, 1);
         for (; i0 < nb; i0++) {
             switch (nt) {
-            case 1: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 1); break;
-            case 2: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 2); break;
-            case 3: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 3); break;
-            default: r16q_t(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 4); break;
+            case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 1); break;
+            case 2: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 2); break;
+            case 3: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 3); break;
+            default: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 4); break;
             }
         }
     }
@@ -697,21 +697,21 @@ const uq_kpath uq_kpath_avx2 = {
     .name = "avx2",
     .V = 8,
     .cw = 64,
-    .dot = dot2,
-    .axpy = axpy2,
-    .gemv_f32 = gemv_f32,
-    .gemv_f16 = gemv_f16,
-    .gemv_q4 = gemv_q4,
-    .pack_f16 = pack_f16,
-    .pack_q4 = pack_q4,
-    .gemm = gemm2,
-    .q8_gemv = q8_gemv,
+    .dot = dot_f32_avx2,
+    .axpy = axpy_f32_avx2,
+    .gemv_f32 = gemv_f32_avx2,
+    .gemv_f16 = gemv_f16_avx2,
+    .gemv_q4 = gemv_q4rm_f32_avx2,
+    .pack_f16 = pack_f16_avx2,
+    .pack_q4 = pack_q4_avx2,
+    .gemm = gemm_f32_4rows_avx2,
+    .q8_gemv = gemv_q4rm_q8_avx2,
     .q8_gemm = NULL,
     .q8_gemm_work = NULL,
-    .r16_f32 = r16_f32,
-    .r16_q8 = r16_q8,
+    .r16_f32 = r16_f32_avx2,
+    .r16_q8 = r16_q8_avx2,
     .q8_quant0 = uq_k_q8_quant0_avx2,
-    .attn_scores = attn_scores2,
+    .attn_scores = attn_scores_f32_avx2,
     .attn_accum = uq_k_attn_accum_avx2,
 };
 

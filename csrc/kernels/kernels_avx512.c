@@ -33,7 +33,7 @@ static UQ_T512I __mmask16 tail16(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF
 
 static UQ_T512I __mmask64 tail64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
 
-UQ_T512 static float dot512(const float *a, const float *b, int64_t n) {
+UQ_T512 static float dot_f32_avx512(const float *a, const float *b, int64_t n) {
     __m512 acc = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
@@ -46,9 +46,9 @@ UQ_T512 static float dot512(const float *a, const float *b, int64_t n) {
     return uq_k_reduce16(t);
 }
 
-/* sc[s] = dot512(q, K + s * rc, r) * scale, 8 keys at a time: each key's 16 lanes folded to 8 (a[i] + a[i + 8],
- * uq_k_reduce16's first step), then one transposed reduce8 for the 8 keys (bit-identical to dot512). */
-UQ_T512 static void attn_scores512(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
+/* sc[s] = dot_f32_avx512(q, K + s * rc, r) * scale, 8 keys at a time: each key's 16 lanes folded to 8 (a[i] + a[i + 8],
+ * uq_k_reduce16's first step), then one transposed reduce8 for the 8 keys (bit-identical to dot_f32_avx512). */
+UQ_T512 static void attn_scores_f32_avx512(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
                                    float *sc) {
     for (int64_t s0 = 0; s0 < n; s0 += 8) {
         const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
@@ -75,7 +75,7 @@ UQ_T512 static void attn_scores512(const float *q, const float *K, int64_t rc, i
     }
 }
 
-UQ_T512 static void axpy512(float a, const float *x, float *y, int64_t n) {
+UQ_T512 static void axpy_f32_avx512(float a, const float *x, float *y, int64_t n) {
     __m512 av = _mm512_set1_ps(a);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
@@ -88,7 +88,7 @@ UQ_T512 static void axpy512(float a, const float *x, float *y, int64_t n) {
 
 /* ------------------------------------------------------------------------------ fp32 GEMV ---- */
 
-static UQ_T512I void gemv_f32_t(const float *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
+static UQ_T512I void gemv_f32_tile(const float *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
                                 int64_t nch, float *acc, const int MR, const int TT) {
     __m512 a[8][4];
     #pragma GCC unroll 8
@@ -113,7 +113,7 @@ static UQ_T512I void gemv_f32_t(const float *const *w, const float *x, int64_t l
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
-UQ_T512 static void gemv_f32(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
+UQ_T512 static void gemv_f32_avx512(const float *const *w, int mr, const float *x, int64_t ldx, int T, const uq_k_chunk *ch,
                              int64_t nch, float *acc) {
     const float *wp[8];
     int MR = T <= 2 ? 8 : 4;
@@ -121,10 +121,10 @@ UQ_T512 static void gemv_f32(const float *const *w, int mr, const float *x, int6
     for (int i = 0; i < 8; i++) wp[i] = w[i < mr ? i : mr - 1];
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
-    case 18: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 8, 1); break;
-    case 28: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 8, 2); break;
-    case 34: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 4, 3); break;
-    default: gemv_f32_t(wp, x, ldx, ch, nch, tmp, 4, 4); break;
+    case 18: gemv_f32_tile(wp, x, ldx, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_f32_tile(wp, x, ldx, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_f32_tile(wp, x, ldx, ch, nch, tmp, 4, 3); break;
+    default: gemv_f32_tile(wp, x, ldx, ch, nch, tmp, 4, 4); break;
     }
     memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
 }
@@ -135,7 +135,7 @@ static UQ_T512I __m512 load_h16(const uint16_t *p, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
-static UQ_T512I void gemv_f16_t(const uint16_t *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
+static UQ_T512I void gemv_f16_tile(const uint16_t *const *w, const float *x, int64_t ldx, const uq_k_chunk *ch,
                                 int64_t nch, float *acc, const int MR, const int TT) {
     __m512 a[8][4];
     #pragma GCC unroll 8
@@ -160,7 +160,7 @@ static UQ_T512I void gemv_f16_t(const uint16_t *const *w, const float *x, int64_
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
-UQ_T512 static void gemv_f16(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T,
+UQ_T512 static void gemv_f16_avx512(const uint16_t *const *w, int mr, const float *x, int64_t ldx, int T,
                              const uq_k_chunk *ch, int64_t nch, float *acc) {
     const uint16_t *wp[8];
     int MR = T <= 2 ? 8 : 4;
@@ -168,10 +168,10 @@ UQ_T512 static void gemv_f16(const uint16_t *const *w, int mr, const float *x, i
     for (int i = 0; i < 8; i++) wp[i] = w[i < mr ? i : mr - 1];
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
-    case 18: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 8, 1); break;
-    case 28: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 8, 2); break;
-    case 34: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 4, 3); break;
-    default: gemv_f16_t(wp, x, ldx, ch, nch, tmp, 4, 4); break;
+    case 18: gemv_f16_tile(wp, x, ldx, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_f16_tile(wp, x, ldx, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_f16_tile(wp, x, ldx, ch, nch, tmp, 4, 3); break;
+    default: gemv_f16_tile(wp, x, ldx, ch, nch, tmp, 4, 4); break;
     }
     memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
 }
@@ -190,7 +190,7 @@ static UQ_T512I __m512 q4_base(void) {
     return _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
 }
 
-static UQ_T512I void gemv_q4_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
+static UQ_T512I void gemv_q4rm_f32_tile(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
                                const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
     const __m512 base = q4_base();
     __m512 a[8][4];
@@ -222,7 +222,7 @@ static UQ_T512I void gemv_q4_t(const uint8_t *const *w, const float *const *s, c
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
-UQ_T512 static void gemv_q4(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
+UQ_T512 static void gemv_q4rm_f32_avx512(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
                             int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
     const uint8_t *wp[8];
     const float *sp[8];
@@ -234,10 +234,10 @@ UQ_T512 static void gemv_q4(const uint8_t *const *w, const float *const *s, int 
     }
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
-    case 18: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
-    case 28: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 2); break;
-    case 34: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 3); break;
-    default: gemv_q4_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
+    case 18: gemv_q4rm_f32_tile(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_q4rm_f32_tile(wp, sp, xp, ldxp, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_q4rm_f32_tile(wp, sp, xp, ldxp, ch, nch, tmp, 4, 3); break;
+    default: gemv_q4rm_f32_tile(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
     }
     memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
 }
@@ -245,7 +245,7 @@ UQ_T512 static void gemv_q4(const uint8_t *const *w, const float *const *s, int 
 /* Wide int4 pieces (groups that are multiples of 128): 64 bytes = 16 dwords of 8 nibbles; nibble j of dword i
  * is column 8i + j. Vector j of a piece holds columns 8i + j (i = 0..15), looked up in the scale table by
  * vpermps on the dword shifted right by 4j (vpermps reads index bits 0..3 only). */
-static UQ_T512I void gemv_q4w_t(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
+static UQ_T512I void gemv_q4rm_f32_wide_tile(const uint8_t *const *w, const float *const *s, const float *xp, int64_t ldxp,
                                 const uq_k_chunk *ch, int64_t nch, float *acc, const int MR, const int TT) {
     const __m512 base = q4_base();
     __m512 a[8][4];
@@ -274,7 +274,7 @@ static UQ_T512I void gemv_q4w_t(const uint8_t *const *w, const float *const *s, 
         for (int t = 0; t < TT; t++) _mm512_storeu_ps(acc + (r * TT + t) * 16, a[r][t]);
 }
 
-UQ_T512 static void gemv_q4w(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
+UQ_T512 static void gemv_q4rm_f32_wide_avx512(const uint8_t *const *w, const float *const *s, int mr, const float *xp, int64_t ldxp,
                              int T, const uq_k_chunk *ch, int64_t nch, float *acc) {
     const uint8_t *wp[8];
     const float *sp[8];
@@ -286,15 +286,15 @@ UQ_T512 static void gemv_q4w(const uint8_t *const *w, const float *const *s, int
     }
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
-    case 18: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
-    case 28: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 8, 2); break;
-    case 34: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 3); break;
-    default: gemv_q4w_t(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
+    case 18: gemv_q4rm_f32_wide_tile(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
+    case 28: gemv_q4rm_f32_wide_tile(wp, sp, xp, ldxp, ch, nch, tmp, 8, 2); break;
+    case 34: gemv_q4rm_f32_wide_tile(wp, sp, xp, ldxp, ch, nch, tmp, 4, 3); break;
+    default: gemv_q4rm_f32_wide_tile(wp, sp, xp, ldxp, ch, nch, tmp, 4, 4); break;
     }
     memcpy(acc, tmp, (size_t)(mr * T * 16) * sizeof(float));
 }
 
-UQ_T512 static void pack_q4w(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
+UQ_T512 static void pack_q4w_avx512(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
     const __m512 base = q4_base();
     for (int64_t k = 0; k < nch; k++) {
         __m512 tab = _mm512_mul_ps(base, _mm512_set1_ps(s[ch[k].scol]));
@@ -307,11 +307,11 @@ UQ_T512 static void pack_q4w(const uint8_t *w, const float *s, const uq_k_chunk 
 
 /* ------------------------------------------------------------------------------- packing ---- */
 
-UQ_T512 static void pack_f16(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst) {
+UQ_T512 static void pack_f16_avx512(const uint16_t *w, const uq_k_chunk *ch, int64_t nch, float *dst) {
     for (int64_t k = 0; k < nch; k++) _mm512_storeu_ps(dst + k * 16, load_h16(w + ch[k].wcol, tail16(ch[k].n)));
 }
 
-UQ_T512 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
+UQ_T512 static void pack_q4_avx512(const uint8_t *w, const float *s, const uq_k_chunk *ch, int64_t nch, float *dst) {
     const __m512 base = q4_base();
     for (int64_t k = 0; k < nch; k++) {
         __m512 lo, hi, tab = _mm512_mul_ps(base, _mm512_set1_ps(s[ch[k].scol]));
@@ -323,7 +323,7 @@ UQ_T512 static void pack_q4(const uint8_t *w, const float *s, const uq_k_chunk *
 
 /* ------------------------------------------------------------------------------ fp32 GEMM ---- */
 
-static UQ_T512I void gemm_t(const float *const *w4, const float *xp, int64_t ldx, int64_t nvec, float *acc,
+static UQ_T512I void gemm_f32_4rows_tile(const float *const *w4, const float *xp, int64_t ldx, int64_t nvec, float *acc,
                             const int NR) {
     __m512 c[4][UQ_K_NR];
     #pragma GCC unroll 8
@@ -348,15 +348,15 @@ static UQ_T512I void gemm_t(const float *const *w4, const float *xp, int64_t ldx
         for (int t = 0; t < NR; t++) _mm512_storeu_ps(acc + (r * NR + t) * 16, c[r][t]);
 }
 
-UQ_T512 static void gemm512(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec,
+UQ_T512 static void gemm_f32_4rows_avx512(const float *const *w4, const float *xp, int64_t ldx, int nr, int64_t nvec,
                             float *acc) {
     switch (nr) {
-    case 1: gemm_t(w4, xp, ldx, nvec, acc, 1); break;
-    case 2: gemm_t(w4, xp, ldx, nvec, acc, 2); break;
-    case 3: gemm_t(w4, xp, ldx, nvec, acc, 3); break;
-    case 4: gemm_t(w4, xp, ldx, nvec, acc, 4); break;
-    case 5: gemm_t(w4, xp, ldx, nvec, acc, 5); break;
-    default: gemm_t(w4, xp, ldx, nvec, acc, 6); break;
+    case 1: gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, 1); break;
+    case 2: gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, 2); break;
+    case 3: gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, 3); break;
+    case 4: gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, 4); break;
+    case 5: gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, 5); break;
+    default: gemm_f32_4rows_tile(w4, xp, ldx, nvec, acc, 6); break;
     }
 }
 
@@ -383,7 +383,7 @@ static UQ_T512I __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
 
 /* 4 rows (missing rows repeat the last one) x NT tokens; per group the 4 row sums of a token come out of
  * one hsum4 and the epilogue runs in scalar floats with exactly the reference operations. */
-static UQ_T512I void q8_gemv_t(const uint8_t *const *w, const float *const *s, const int8_t *xq, int64_t ldq,
+static UQ_T512I void gemv_q4rm_q8_tile(const uint8_t *const *w, const float *const *s, const int8_t *xq, int64_t ldq,
                                const float *xs, const int32_t *xsum, int64_t ldg, int64_t t0, const uq_k_chunk *ch,
                                int64_t nch, float *out, const int NT) {
     float f0[4] = {0}, f1[4] = {0}, f2[4] = {0}, f3[4] = {0};
@@ -458,7 +458,7 @@ static UQ_T512I __m512i hsum16(const __m512i *a) {
 
 /* One token, 16 rows (missing rows repeat the last one): one hsum16 per group and the scalar epilogue run as
  * 16 float lanes (the same operations per row). Scales are transposed 64 groups at a time. */
-UQ_T512 static void q8_gemv16(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq,
+UQ_T512 static void gemv_q4rm_q8_16rows_avx512(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq,
                               const float *xs, const int32_t *xsum, const uq_k_chunk *ch, int64_t nch, float *tot,
                               const uint8_t *const *wn) {
     const uint8_t *wp[16], *pf[16];
@@ -503,7 +503,7 @@ UQ_T512 static void q8_gemv16(const uint8_t *const *w, const float *const *s, in
                 _mm_prefetch((const char *)(pf[r] + ch[0].wcol / 2 + b), _MM_HINT_T0);
 }
 
-UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
+UQ_T512 static void gemv_q4rm_q8_avx512(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                             int64_t nch, float *tot) {
     const uint8_t *wp[4];
@@ -516,10 +516,10 @@ UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int 
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
         float ft[16];
         switch (nt) {
-        case 1: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1); break;
-        case 2: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2); break;
-        case 3: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3); break;
-        default: q8_gemv_t(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4); break;
+        case 1: gemv_q4rm_q8_tile(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1); break;
+        case 2: gemv_q4rm_q8_tile(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2); break;
+        case 3: gemv_q4rm_q8_tile(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3); break;
+        default: gemv_q4rm_q8_tile(wp, sp, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4); break;
         }
         for (int t = 0; t < nt; t++)
             for (int r = 0; r < mr; r++) tot[r * T + t0 + t] = ft[r * 4 + t];
@@ -528,7 +528,7 @@ UQ_T512 static void q8_gemv(const uint8_t *const *w, const float *const *s, int 
 
 /* uq_k_q8_quant for cw = 128 with the same arithmetic: amax by max (NaN ignored), v = x * (127 / amax), NaN -> 0,
  * clamp to +-127, round half to even (vcvtps2dq), even / odd columns of each 128-block split. */
-UQ_T512 static void q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, int8_t *xqrow, float *xs,
+UQ_T512 static void q8_quant_avx512(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, int8_t *xqrow, float *xs,
                              int32_t *xsum) {
     (void)cw;
     const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -570,7 +570,7 @@ UQ_T512 static void q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, 
     }
 }
 
-/* Work of q8_gemm: two 16-row u8 panels (blocks of 128 columns, 2048 bytes per block) + scales. */
+/* Work of gemm_q4rm_q8_avx512: two 16-row u8 panels (blocks of 128 columns, 2048 bytes per block) + scales. */
 static int64_t q8_blocks(const uq_k_chunk *ch, int64_t nch) {
     return nch ? (ch[nch - 1].xq + (ch[nch - 1].n + 127) / 128 * 128) / 128 : 0;
 }
@@ -579,7 +579,7 @@ static size_t q8_gemm_work(const uq_k_chunk *ch, int64_t nch) {
     return (size_t)(2 * q8_blocks(ch, nch) * 2048) + (size_t)(2 * nch * 16) * sizeof(float) + 64;
 }
 
-static UQ_T512I void q8_tile(const uint8_t *p0, const uint8_t *p1, const float *sv0, const float *sv1,
+static UQ_T512I void gemm_q4rm_q8_tile(const uint8_t *p0, const uint8_t *p1, const float *sv0, const float *sv1,
                              const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg,
                              int64_t t0, const uq_k_chunk *ch, int64_t nch, float *ft, const int NT, const int NTILE) {
     /* ft (2, 8, 16): running float totals, kept in memory (the 16 int32 accumulators use the registers) */
@@ -633,7 +633,7 @@ static UQ_T512I void q8_tile(const uint8_t *p0, const uint8_t *p1, const float *
     }
 }
 
-UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,
+UQ_T512 static void gemm_q4rm_q8_avx512(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                             int64_t nch, float *y, int64_t ldy, void *work) {
     const int64_t nbk = q8_blocks(ch, nch);
@@ -668,25 +668,25 @@ UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int 
         float ft[2 * 8 * 16];
         if (ntile == 2) {
             switch (nt) {
-            case 8: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 8, 2); break;
-            case 7: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 7, 2); break;
-            case 6: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 6, 2); break;
-            case 5: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 5, 2); break;
-            case 4: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4, 2); break;
-            case 3: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3, 2); break;
-            case 2: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2, 2); break;
-            default: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 2); break;
+            case 8: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 8, 2); break;
+            case 7: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 7, 2); break;
+            case 6: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 6, 2); break;
+            case 5: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 5, 2); break;
+            case 4: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4, 2); break;
+            case 3: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3, 2); break;
+            case 2: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2, 2); break;
+            default: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 2); break;
             }
         } else {
             switch (nt) {
-            case 8: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 8, 1); break;
-            case 7: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 7, 1); break;
-            case 6: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 6, 1); break;
-            case 5: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 5, 1); break;
-            case 4: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4, 1); break;
-            case 3: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3, 1); break;
-            case 2: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2, 1); break;
-            default: q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 1); break;
+            case 8: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 8, 1); break;
+            case 7: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 7, 1); break;
+            case 6: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 6, 1); break;
+            case 5: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 5, 1); break;
+            case 4: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 4, 1); break;
+            case 3: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 3, 1); break;
+            case 2: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 2, 1); break;
+            default: gemm_q4rm_q8_tile(p0, p1, s0, s1, xq, ldq, xs, xsum, ldg, t0, ch, nch, ft, 1, 1); break;
             }
         }
         for (int i = 0; i < ntile; i++) {
@@ -706,7 +706,7 @@ UQ_T512 static void q8_gemm(const uint8_t *const *w, const float *const *s, int 
 
 /* NB blocks x NT tokens, fp32 activations: gs per (block, token) in 16 row lanes, column by column with a
  * broadcast x; the group total goes through memory (tot) once per group. */
-static UQ_T512I void r16f_t(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
+static UQ_T512I void r16_f32_tile(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
                             const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo, const int NB, const int NT) {
     const __m512 tab = q4_base();
     float tot[8 * 4 * 16];
@@ -770,7 +770,7 @@ static UQ_T512I void r16f_t(const uint8_t *const *wb, const float *const *sb, co
 
 /* NB blocks x NT tokens, int8 activations: one int32 accumulator per (block, token) and group (vpdpbusd on the
  * low / high nibbles = columns 0..3 / 4..7 of a chunk against 4 broadcast activation bytes each). */
-static UQ_T512I void r16q_t(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
+static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
                             float *out, int64_t ldo, const int NB, const int NT) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -825,7 +825,7 @@ static UQ_T512I void r16q_t(const uint8_t *const *wb, const float *const *sb, co
 /* Blocks in groups of NB (a short group repeats its last block into the unused output lanes of out). */
 static int r16_nb(int left, int most) { return left > most / 2 ? most : left > most / 4 ? most / 2 : left > most / 8 ? most / 4 : most / 8 > 0 ? most / 8 : 1; }
 
-UQ_T512 static void r16_f32(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+UQ_T512 static void r16_f32_avx512(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
                             int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4), most = nt == 1 ? 8 : 4;
@@ -840,19 +840,19 @@ UQ_T512 static void r16_f32(const uint8_t *const *wb, const float *const *sb, in
             const float *xt = x + t0 * ldx;
             float *o = out + t0 * ldo + 16 * i0;
             switch (nt * 10 + NB) {
-            case 18: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 8, 1); break;
-            case 14: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 1); break;
-            case 12: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 1); break;
-            case 11: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 1); break;
-            case 24: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 2); break;
-            case 22: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 2); break;
-            case 21: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 2); break;
-            case 34: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 3); break;
-            case 32: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 3); break;
-            case 31: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 3); break;
-            case 44: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 4, 4); break;
-            case 42: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 2, 4); break;
-            default: r16f_t(w, s, xt, ldx, g, ng, o, ldo, 1, 4); break;
+            case 18: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 8, 1); break;
+            case 14: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 4, 1); break;
+            case 12: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 2, 1); break;
+            case 11: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 1, 1); break;
+            case 24: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 4, 2); break;
+            case 22: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 2, 2); break;
+            case 21: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 1, 2); break;
+            case 34: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 4, 3); break;
+            case 32: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 2, 3); break;
+            case 31: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 1, 3); break;
+            case 44: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 4, 4); break;
+            case 42: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 2, 4); break;
+            default: r16_f32_tile(w, s, xt, ldx, g, ng, o, ldo, 1, 4); break;
             }
             i0 += NB;
         }
@@ -863,7 +863,7 @@ UQ_T512 static void r16_f32(const uint8_t *const *wb, const float *const *sb, in
 /* Prefill (T >= 8) of int8 activations on two blocks: each group's chunks are unpacked once into a u8 panel
  * (lo / hi nibbles of both blocks, 256 bytes per chunk) reused by every 8-token tile, so the inner loop is loads
  * and vpdpbusd only (as the row-major GEMM's repacked panels); the same integer sums and epilogue per element. */
-static UQ_T512I void r16q_tile2(const uint8_t *pan, int64_t nc, const float *s0, const float *s1, const int8_t *xk,
+static UQ_T512I void r16_q8_prefill_tile_2blocks(const uint8_t *pan, int64_t nc, const float *s0, const float *s1, const int8_t *xk,
                                 int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg, int64_t k,
                                 float *tot, const int NT) {
     __m512i a0[8], a1[8];
@@ -898,9 +898,10 @@ static UQ_T512I void r16q_tile2(const uint8_t *pan, int64_t nc, const float *s0,
 }
 
 /* T tokens (<= 64) on blocks w0, w1; out[t * ldo + 0..31]. */
-UQ_T512 static void r16q_gemm2(const uint8_t *w0, const uint8_t *w1, const float *s0, const float *s1,
+UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8_t *w1, const float *s0, const float *s1,
                                const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg,
                                int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
+    _Static_assert(4 * UQ_Q4_R16_ROWS * UQ_Q4_R16_COLS / 2 == 256, "a panel chunk: 2 blocks x lo / hi nibbles");
     _Alignas(64) uint8_t pan[64 * 256]; /* the chunks of one group (<= 512 columns) */
     float tot[64 * 32];
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -924,10 +925,10 @@ UQ_T512 static void r16q_gemm2(const uint8_t *w0, const uint8_t *w1, const float
             const int32_t *sm = xsum + t0 * ldg;
             float *ft = tot + t0 * 32;
             switch (nt) {
-            case 8: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 8); break;
-            case 4: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 4); break;
-            case 2: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 2); break;
-            default: r16q_tile2(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 1); break;
+            case 8: r16_q8_prefill_tile_2blocks(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 8); break;
+            case 4: r16_q8_prefill_tile_2blocks(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 4); break;
+            case 2: r16_q8_prefill_tile_2blocks(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 2); break;
+            default: r16_q8_prefill_tile_2blocks(pan, nc, s0 + g[k].scol * 16, s1 + g[k].scol * 16, xt, ldq, st, sm, ldg, k, ft, 1); break;
             }
             t0 += nt;
         }
@@ -935,7 +936,7 @@ UQ_T512 static void r16q_gemm2(const uint8_t *w0, const uint8_t *w1, const float
     for (int64_t t = 0; t < T; t++) memcpy(out + t * ldo, tot + t * 32, 32 * sizeof(float));
 }
 
-UQ_T512 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                            int64_t ng, float *out, int64_t ldo) {
     int panel = T >= 8 && T <= 64;
@@ -943,7 +944,7 @@ UQ_T512 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int
     if (panel) {
         for (int i0 = 0; i0 < nb; i0 += 2) {
             const int i1 = i0 + 1 < nb ? i0 + 1 : i0; /* an odd last block is paired with itself */
-            r16q_gemm2(wb[i0], wb[i1], sb[i0], sb[i1], xq, ldq, xs, xsum, ldg, T, g, ng, out + 16 * i0, ldo);
+            r16_q8_prefill_2blocks_avx512(wb[i0], wb[i1], sb[i0], sb[i1], xq, ldq, xs, xsum, ldg, T, g, ng, out + 16 * i0, ldo);
         }
         return;
     }
@@ -963,16 +964,16 @@ UQ_T512 static void r16_q8(const uint8_t *const *wb, const float *const *sb, int
             const int32_t *sm = xsum + t0 * ldg;
             float *o = out + t0 * ldo + 16 * i0;
             switch (nt * 10 + NB) {
-            case 18: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 8, 1); break;
-            case 14: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 4, 1); break;
-            case 12: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 1); break;
-            case 11: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 1); break;
-            case 22: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 2); break;
-            case 21: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 2); break;
-            case 42: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 4); break;
-            case 41: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 4); break;
-            case 82: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 8); break;
-            default: r16q_t(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 8); break;
+            case 18: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 8, 1); break;
+            case 14: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 4, 1); break;
+            case 12: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 1); break;
+            case 11: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 1); break;
+            case 22: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 2); break;
+            case 21: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 2); break;
+            case 42: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 4); break;
+            case 41: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 4); break;
+            case 82: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 8); break;
+            default: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 8); break;
             }
             i0 += NB;
         }
@@ -984,25 +985,25 @@ const uq_kpath uq_kpath_avx512 = {
     .name = "avx512",
     .V = 16,
     .cw = 128,
-    .dot = dot512,
-    .axpy = axpy512,
-    .gemv_f32 = gemv_f32,
-    .gemv_f16 = gemv_f16,
-    .gemv_q4 = gemv_q4,
-    .pack_f16 = pack_f16,
-    .pack_q4 = pack_q4,
-    .gemv_q4w = gemv_q4w,
-    .pack_q4w = pack_q4w,
-    .gemm = gemm512,
-    .q8_quant = q8_quant,
-    .q8_gemv = q8_gemv,
-    .q8_gemv16 = q8_gemv16,
-    .q8_gemm = q8_gemm,
+    .dot = dot_f32_avx512,
+    .axpy = axpy_f32_avx512,
+    .gemv_f32 = gemv_f32_avx512,
+    .gemv_f16 = gemv_f16_avx512,
+    .gemv_q4 = gemv_q4rm_f32_avx512,
+    .pack_f16 = pack_f16_avx512,
+    .pack_q4 = pack_q4_avx512,
+    .gemv_q4w = gemv_q4rm_f32_wide_avx512,
+    .pack_q4w = pack_q4w_avx512,
+    .gemm = gemm_f32_4rows_avx512,
+    .q8_quant = q8_quant_avx512,
+    .q8_gemv = gemv_q4rm_q8_avx512,
+    .q8_gemv16 = gemv_q4rm_q8_16rows_avx512,
+    .q8_gemm = gemm_q4rm_q8_avx512,
     .q8_gemm_work = q8_gemm_work,
-    .r16_f32 = r16_f32,
-    .r16_q8 = r16_q8,
+    .r16_f32 = r16_f32_avx512,
+    .r16_q8 = r16_q8_avx512,
     .q8_quant0 = uq_k_q8_quant0_avx2,
-    .attn_scores = attn_scores512,
+    .attn_scores = attn_scores_f32_avx512,
     .attn_accum = uq_k_attn_accum_avx2,
 };
 

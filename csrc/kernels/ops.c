@@ -1,8 +1,8 @@
 /*
- * ops.c -- element-wise and attention kernels of the transformer runtime:
+ * ops.c -- element-wise and attention kernels of the runtime (every layer kind):
  *   RMSNorm     y = x / sqrt(mean(x^2) + eps) * w                      (mean in float64)
  *   RoPE        pair-interleaved rotation by the angle of the pair's frequency index (fused index map)
- *   attention   softmax(q k^T * scale + causal mask) v, GQA, over the KV cache prefix of r dims
+ *   attention   softmax(q k^T * scale + causal mask) v, GQA, over r dims of the KV cache (prefix, or rotary + pass)
  *   SiLU * mul  z = g * sigmoid(g) * u
  *   embedding   row gather, fp32, fp16 (exact conversion) or int4 dequantized as (q - 8) * scale
  * Attention dot products and the probability-weighted sum of V use the current kernel path's dot/axpy
@@ -17,7 +17,8 @@
 
 #include "kernels.h"
 
-void uq_k_rmsnorm(const float *x, int64_t T, int64_t n, const float *w, double eps, float *y) {
+void uq_k_rmsnorm(const float *restrict x, int64_t T, int64_t n, const float *restrict w, double eps,
+                  float *restrict y) {
     for (int64_t t = 0; t < T; t++) {
         const float *xt = x + t * n;
         float *yt = y + t * n;
@@ -58,11 +59,15 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     return (float)(1.0 / sum);
 }
 
-void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, const float *kc,
-                    const float *vc, int64_t max_seq, int64_t rc, int64_t pos0, float scale, float *out,
-                    float *scores, int nthreads) {
+void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                    int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
+                    int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads) {
     const int64_t group = n_heads / n_kv;
     const uq_kpath *P = uq_k_path();
+    /* partial RoPE: the rotary and the pass rows are two dot products, whether the pass rows follow the rotary
+     * ones in the cache row (k_off = r_rot) or not (a pruned head): a model built from truncated arrays and a full
+     * model set to the same keeps then compute the same scores */
+    const int split = r_rot > 0 && r_rot < r;
     /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
     const int par = T * n_heads * (pos0 + T) * r >= 65536;
     /* Work items: (token, kv head) when that still splits evenly over the threads -- the group's query heads then
@@ -85,6 +90,22 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
             const float *K = kc + kv * max_seq * rc, *V = vc + kv * max_seq * rc;
             const float *qh = q + (t * n_heads + h0) * r;
             float *oh = out + (t * n_heads + h0) * r;
+            if (split) {
+                for (int64_t j = 0; j < g; j++) {
+                    const float *qj = qh + j * r;
+                    for (int64_t s = 0; s < n; s++)
+                        sc[s] = (P->dot(qj, K + s * rc, r_rot) + P->dot(qj + r_rot, K + s * rc + k_off, r - r_rot)) *
+                                scale;
+                    const float inv = uq_k_softmax_inplace(sc, n);
+                    if (P->attn_accum) {
+                        P->attn_accum(sc, inv, V, rc, n, r, oh + j * r);
+                    } else {
+                        memset(oh + j * r, 0, (size_t)r * sizeof(float));
+                        for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, oh + j * r, r);
+                    }
+                }
+                continue;
+            }
             if (P->attn_scores) {
                 for (int64_t j = 0; j < g; j++) {
                     P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
@@ -103,7 +124,7 @@ void uq_k_attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, in
     }
 }
 
-void uq_k_silu_mul(float *g, const float *u, int64_t n) {
+void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n) {
 #pragma omp parallel for num_threads(uq_k_threads()) schedule(static) if (n >= 65536)
     for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
@@ -128,6 +149,6 @@ void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X) {
     }
 }
 
-void uq_k_add(float *y, const float *x, int64_t n) {
+void uq_k_add(float *restrict y, const float *restrict x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }

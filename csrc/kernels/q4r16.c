@@ -58,7 +58,7 @@ uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in
     if (L->scale_cols != nseg_in * gps)
         return uq_set_error(UQ_ERR_SHAPE, "q4_repack_r16: %lld scale columns, expected %lld", (long long)L->scale_cols,
                             (long long)(nseg_in * gps));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(uq_k_threads())
     for (int64_t b = 0; b < nblk; b++) {
         const int64_t so = b / rb, i = b % rb;
         uint8_t *dst = packed + b * bb;

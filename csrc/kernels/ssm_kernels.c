@@ -33,10 +33,11 @@ static inline int thread_id(void) {
 #endif
 }
 
-void uq_ks_conv1d_silu(const float *in, int64_t T, int64_t nc, const int64_t *chan, const float *w,
-                       const float *b, int64_t K, float *state, float *out) {
+void uq_ks_conv1d_silu(const float *restrict in, int64_t T, int64_t nc, const int64_t *restrict chan,
+                       const float *restrict w, const float *restrict b, int64_t K, float *restrict state,
+                       float *restrict out) {
     const int64_t K1 = K - 1;
-#pragma omp parallel for schedule(static) if (T * nc * K >= UQ_SSM_PAR_MIN)
+#pragma omp parallel for schedule(static) num_threads(uq_k_threads()) if (T * nc * K >= UQ_SSM_PAR_MIN)
     for (int64_t c = 0; c < nc; c++) {
         const int64_t ch = chan[c];
         float *st = state + ch * K1;
@@ -171,7 +172,7 @@ void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int
 
 /* ------------------------------------------------------------------------------ norm ---- */
 
-void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
+void uq_ks_gated_rmsnorm(float *restrict y, const float *restrict z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
                          int64_t Ps, double eps) {
     const int64_t n = H * Pk, gsz = (H / G) * Pk;
     for (int64_t t = 0; t < T; t++) {
@@ -186,36 +187,6 @@ void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t
             for (int64_t i = 0; i < gsz; i++) {
                 int64_t hh = g * (H / G) + i / Pk, p = i % Pk;
                 yg[i] = w[hh * Ps + p] * (yg[i] * inv);
-            }
-        }
-    }
-}
-
-/* ------------------------------------------------------------------------- attention ---- */
-
-void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,
-                     const float *kc, const float *vc, int64_t max_seq, int64_t R, int64_t R_rot, int64_t pos0,
-                     float scale, float *out, float *scores, int nthreads) {
-    const int64_t group = nh / nkv, work = T * nh, r = r_rot + r_pass;
-    (void)nthreads;
-#pragma omp parallel num_threads(nthreads) if (work * (pos0 + T) * r >= UQ_SSM_PAR_MIN)
-    {
-        float *sc = scores + (int64_t)thread_id() * max_seq;
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < work; i++) {
-            const int64_t t = i / nh, h = i % nh, g = h / group, n = pos0 + t + 1;
-            const float *qh = q + i * r;
-            const float *Kc = kc + g * max_seq * R, *Vc = vc + g * max_seq * R;
-            for (int64_t s = 0; s < n; s++) {
-                const float *ks = Kc + s * R;
-                sc[s] = (uq_k_dot(qh, ks, r_rot) + uq_k_dot(qh + r_rot, ks + R_rot, r_pass)) * scale;
-            }
-            const float inv = uq_k_softmax_inplace(sc, n);
-            float *oh = out + i * r;
-            for (int64_t j = 0; j < r; j++) oh[j] = 0.0f;
-            for (int64_t s = 0; s < n; s++) {
-                const float p = sc[s] * inv, *vs = Vc + s * R;
-                for (int64_t j = 0; j < r; j++) oh[j] += p * vs[j];
             }
         }
     }

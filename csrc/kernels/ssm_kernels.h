@@ -17,8 +17,9 @@
  *   state (Cs, K-1): the last K-1 inputs of every stored channel, oldest first (only chan[] rows touched);
  *   out[t][c] = silu(b + sum_k w[ch][k] * u[t + k - (K-1)]) with u[<0] read from the state;
  *   afterwards the state holds the last K-1 inputs. out must not overlap in. K <= UQ_HY_MAX_CONV. */
-void uq_ks_conv1d_silu(const float *in, int64_t T, int64_t nc, const int64_t *chan, const float *w,
-                       const float *b, int64_t K, float *state, float *out);
+void uq_ks_conv1d_silu(const float *restrict in, int64_t T, int64_t nc, const int64_t *restrict chan,
+                       const float *restrict w, const float *restrict b, int64_t K, float *restrict state,
+                       float *restrict out);
 
 /* dt (T, H) in place: Delta = clamp(softplus(dt + bias), lo, hi); softplus(v) = v for v > 20, else
  * log1p(exp(v)) (torch's threshold). */
@@ -56,16 +57,8 @@ void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int
 
 /* y (T, H*Pk) in place: y = y * silu(z) (z (T, H*Pk)), then per group of (H/G)*Pk consecutive channels
  * y = y / sqrt(mean(y^2) + eps) * w[h*Ps + p] (mean in float64). */
-void uq_ks_gated_rmsnorm(float *y, const float *z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
+void uq_ks_gated_rmsnorm(float *restrict y, const float *restrict z, int64_t T, int64_t H, int64_t G, int64_t Pk, const float *w,
                          int64_t Ps, double eps);
-
-/* Causal GQA attention with split Q/K heads. q (T, nh, r_rot + r_pass) = [rot | pass]; kc, vc (nkv, max_seq,
- * R) with K rows [rot R_rot | pass]; score(t, s) = (q_rot . k[0:r_rot] + q_pass . k[R_rot : R_rot + r_pass])
- * * scale; out (T, nh, r) = softmax over s <= pos0 + t of scores times v[s][0:r], r = r_rot + r_pass.
- * scores: (nthreads, max_seq) scratch. */
-void uq_ks_attention(const float *q, int64_t T, int64_t nh, int64_t nkv, int64_t r_rot, int64_t r_pass,
-                     const float *kc, const float *vc, int64_t max_seq, int64_t R, int64_t R_rot, int64_t pos0,
-                     float scale, float *out, float *scores, int nthreads);
 
 /* x[i] = max(x[i], 0)^2, n elements. */
 void uq_ks_relu2(float *x, int64_t n);

@@ -1,6 +1,7 @@
 /*
- * ssm.c -- forward pass of Mamba2, Nemotron-H and Bamba (Mamba2 / attention / MLP layer stacks) at
- * per-layer keep sizes (semantics and elastic layout: "Mamba2 and hybrid runtime" in uniql.h).
+ * ssm.c -- the runtime: the forward pass of every architecture (Llama, Qwen2: attention + MLP stacks; Mamba2,
+ * Nemotron-H, Bamba: Mamba2 / attention / MLP stacks) at per-layer keep sizes (semantics and elastic layout: "the
+ * runtime: every layer kind" in uniql.h).
  *
  * Per layer:  x = x + mixer(RMSNorm(x) * norm)  [;  x = x + MLP(RMSNorm(x) * ffn_norm) ]
  *   Mamba2:    [z | x | B | C | dt] = h W_in^T ; x, B, C = silu(conv1d) ; Delta = clamp(softplus(dt + dt_bias)) ;
@@ -76,6 +77,17 @@ static uq_status check_config(const uq_hy_config *c, const uq_hy_weights *w) {
                                 (long long)c->rope_dim, (long long)c->head_dim);
         if (c->rope_dim > 0 && !(c->rope_theta > 0.0))
             return uq_set_error(UQ_ERR_ARG, "config rope_theta must be > 0, got %g", c->rope_theta);
+        if (c->rope_type == UQ_ROPE_LLAMA3) {
+            if (!(c->rope_factor > 0.0) || !(c->rope_low_freq_factor > 0.0) || !(c->rope_high_freq_factor > 0.0) ||
+                c->rope_high_freq_factor == c->rope_low_freq_factor || !(c->rope_original_max_pos > 0.0))
+                return uq_set_error(UQ_ERR_ARG,
+                                    "config llama3 rope scaling needs factor, low/high freq factors (distinct) and "
+                                    "original_max_position_embeddings > 0, got %g, %g, %g, %g",
+                                    c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                                    c->rope_original_max_pos);
+        } else if (c->rope_type != UQ_ROPE_DEFAULT) {
+            return uq_set_error(UQ_ERR_UNSUPPORTED, "unsupported rope type %d", (int)c->rope_type);
+        }
     }
     if (mlp) {
         POS("intermediate_size", c->intermediate_size);
@@ -83,6 +95,27 @@ static uq_status check_config(const uq_hy_config *c, const uq_hy_weights *w) {
             return uq_set_error(UQ_ERR_ARG, "config mlp_act %d unknown", (int)c->mlp_act);
     }
     return UQ_OK;
+}
+
+/* inv_freq[f] = theta^(-2f/rope_dim) as transformers computes it (default, or llama3 scaling exactly as its
+ * _compute_llama3_parameters), rounded to float32. */
+static void compute_inv_freq(const uq_hy_config *c, float *inv) {
+    const int64_t d = c->rope_dim;
+    for (int64_t f = 0; f < d / 2; f++) {
+        double x = 1.0 / pow(c->rope_theta, (double)(2 * f) / (double)d);
+        if (c->rope_type == UQ_ROPE_LLAMA3) {
+            const double pi = 3.14159265358979323846;
+            double old = c->rope_original_max_pos, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+            double low_wl = old / lo, high_wl = old / hi, wl = 2.0 * pi / x;
+            if (wl > low_wl) {
+                x = x / c->rope_factor;
+            } else if (!(wl < high_wl)) {
+                double sm = (old / wl - lo) / (hi - lo);
+                x = (1.0 - sm) * x / c->rope_factor + sm * x;
+            }
+        }
+        inv[f] = (float)x;
+    }
 }
 
 static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *lw, int64_t l, int64_t *Ps,
@@ -97,6 +130,20 @@ static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *l
                             "layer %lld out_proj: %lld columns is not ssm_heads %lld x a head dim in [1, %lld]",
                             (long long)l, (long long)oc, (long long)H, (long long)c->ssm_head_dim);
     *Ps = oc / H;
+    uq_status st;
+    if (lw->in_part[0].rows > 0) { /* z, x, B, C, dt as five descriptors (any layout built for these segments) */
+        int64_t br = lw->in_part[2].rows;
+        if (br < G || br % G || br / G > c->ssm_state)
+            return uq_set_error(UQ_ERR_SHAPE, "layer %lld in_proj B part: %lld rows is not ssm_groups %lld x N in "
+                                "[1, %lld]", (long long)l, (long long)br, (long long)G, (long long)c->ssm_state);
+        *Ns = br / G;
+        static const char *nm[5] = {"in_proj z part", "in_proj x part", "in_proj B part", "in_proj C part",
+                                    "in_proj dt part"};
+        const int64_t rows[5] = {H * *Ps, H * *Ps, G * *Ns, G * *Ns, H};
+        for (int i = 0; i < 5; i++)
+            if ((st = uq_linear_check(&lw->in_part[i], nm[i], l, rows[i], hid, 1)) != UQ_OK) return st;
+        return uq_linear_check(&lw->out_proj, "out_proj", l, hid, H * *Ps, H);
+    }
     int64_t rem = lw->in_proj.rows - 2 * H * *Ps - H;
     if (rem < 2 * G || rem % (2 * G) || rem / (2 * G) > c->ssm_state)
         return uq_set_error(UQ_ERR_SHAPE,
@@ -106,10 +153,9 @@ static uq_status check_mamba(const uq_hy_config *c, const uq_hy_layer_weights *l
                             (long long)c->ssm_state);
     *Ns = rem / (2 * G);
     if (lw->in_proj.kind == UQ_W_Q4 && lw->in_proj.layout != UQ_Q4_ROWMAJOR)
-        return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld in_proj: int4 layout %d is not supported here; the hybrid "
-                            "runtime reads its z/x/B/C/dt rows as views of the row-major layout", (long long)l,
-                            (int)lw->in_proj.layout);
-    uq_status st;
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld in_proj: int4 layout %d is not supported for the fused "
+                            "weight, whose z/x/B/C/dt rows are read as row views (give R16 weights as in_part)",
+                            (long long)l, (int)lw->in_proj.layout);
     if ((st = uq_linear_check(&lw->in_proj, "in_proj", l, lw->in_proj.rows, hid, 1)) != UQ_OK) return st;
     if ((st = uq_linear_check(&lw->out_proj, "out_proj", l, hid, H * *Ps, H)) != UQ_OK) return st;
     return UQ_OK;
@@ -146,7 +192,7 @@ static uq_status check_attn(const uq_hy_config *c, const uq_hy_layer_weights *lw
                             (long long)(d - c->rope_dim));
     if (*Rrot > 0 && *Rrot < *R && lw->q.kind == UQ_W_Q4 && lw->q.layout != UQ_Q4_ROWMAJOR)
         return uq_set_error(UQ_ERR_UNSUPPORTED, "layer %lld q_proj: int4 layout %d is not supported with partial RoPE; "
-                            "the hybrid runtime reads the pass rows as a view of the row-major layout", (long long)l,
+                            "the runtime reads the pass rows as a view of the row-major layout", (long long)l,
                             (int)lw->q.layout);
     uq_status st;
     if ((st = uq_linear_check(&lw->q, "q_proj", l, nh * *R, hid, 1)) != UQ_OK) return st;
@@ -195,7 +241,7 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
     if (!w->layers || !w->final_norm) return uq_set_error(UQ_ERR_ARG, "hy_model_init: layers or final_norm is NULL");
     uq_status st = check_config(cfg, w);
     if (st != UQ_OK) return st;
-    if ((st = uq_kernels_init()) != UQ_OK) return st; /* a bad UNIQL_KERNELS etc. fails here, as in uq_tf_model_init */
+    if ((st = uq_kernels_init()) != UQ_OK) return st; /* a bad UNIQL_KERNELS etc. fails here, clearly */
     const int64_t L = cfg->num_layers, hid = cfg->hidden_size, V = cfg->vocab_size;
     if ((st = uq_linear_check(&w->embed, "embeddings", -1, V, hid, 1)) != UQ_OK) return st;
     if (w->embed.bias) return uq_set_error(UQ_ERR_ARG, "embeddings: an embedding has no bias");
@@ -259,8 +305,7 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
             moff += n;
         }
     }
-    for (int64_t f = 0; f < cfg->rope_dim / 2; f++)
-        m->inv_freq[f] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * f) / (double)cfg->rope_dim));
+    compute_inv_freq(cfg, m->inv_freq);
     *out = m;
     return UQ_OK;
 fail:
@@ -294,6 +339,9 @@ uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_
     }
     if (attn_keep >= 0) {
         int64_t R = sz[KEEP_ATTN], Rr = m->Rrot[layer];
+        if (Rr == R && (attn_keep & 1))
+            return uq_set_error(UQ_ERR_RANGE, "hy_set_keep: layer %lld attention keep %lld must be even (whole RoPE "
+                                "pairs)", (long long)layer, (long long)attn_keep);
         if ((attn_keep * Rr) % R || ((attn_keep * Rr / R) & 1))
             return uq_set_error(UQ_ERR_RANGE,
                                 "hy_set_keep: layer %lld attention keep %lld has rotary share %lld * %lld / %lld that "
@@ -391,11 +439,7 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
     s->max_seq = max_seq;
     s->max_chunk = max_chunk;
     s->half = c->rope_dim / 2;
-#ifdef _OPENMP
-    s->nthreads = omp_get_max_threads();
-#else
-    s->nthreads = 1;
-#endif
+    s->nthreads = uq_k_threads();
     size_t tot = 0;
     if ((st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->conv)) != UQ_OK ||
         (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->ssm)) != UQ_OK ||
@@ -437,8 +481,7 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
         (st = sbuf(&s->cb, m->any_mamba ? uq_ks_scan_shared(G, c->chunk_size) : 1, 1, &tot)) != UQ_OK)
         goto fail;
     {
-        int64_t nch = HP > GN ? HP : GN;
-        size_t nb = (size_t)(nch > 0 ? nch : 1) * sizeof(int64_t);
+        size_t nb = (size_t)(HP + 2 * GN + 1) * sizeof(int64_t); /* the conv channel maps of x, B and C */
         if ((st = uq_alloc(nb, (void **)&s->chan)) != UQ_OK) goto fail;
         tot += nb;
     }
@@ -471,6 +514,65 @@ uq_status uq_hy_state_reset(uq_hy_state *s) {
     return UQ_OK;
 }
 
+uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos) {
+    if (!s) return uq_set_error(UQ_ERR_ARG, "hy_state_truncate: NULL state");
+    if (pos < 0 || pos > s->pos)
+        return uq_set_error(UQ_ERR_RANGE, "hy_state_truncate: position %lld outside [0, %lld]", (long long)pos,
+                            (long long)s->pos);
+    if (pos < s->pos && s->m->any_mamba)
+        return uq_set_error(UQ_ERR_UNSUPPORTED, "hy_state_truncate: a Mamba layer's state cannot go back to an "
+                            "earlier position (reset and re-run the prefix)");
+    s->pos = pos; /* K/V rows >= pos are never read before forward overwrites them (causal attention) */
+    return UQ_OK;
+}
+
+uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst) {
+    if (!src || !dst) return uq_set_error(UQ_ERR_ARG, "hy_state_transfer: NULL state");
+    const uq_hy_model *ms = src->m, *md = dst->m;
+    const int64_t L = ms->cfg.num_layers, nkv = ms->any_attn ? ms->cfg.num_kv_heads : 0;
+    if (md->cfg.num_layers != L || (nkv && md->cfg.num_kv_heads != nkv))
+        return uq_set_error(UQ_ERR_SHAPE, "hy_state_transfer: models differ (%lld vs %lld layers, %lld vs %lld KV heads)",
+                            (long long)L, (long long)md->cfg.num_layers, (long long)nkv,
+                            (long long)md->cfg.num_kv_heads);
+    if (src->pos > dst->max_seq)
+        return uq_set_error(UQ_ERR_RANGE, "hy_state_transfer: %lld cached tokens exceed the new state's max_seq %lld",
+                            (long long)src->pos, (long long)dst->max_seq);
+    for (int64_t l = 0; l < L; l++) {
+        const int32_t kind = ms->layers[l].kind;
+        if (md->layers[l].kind != kind)
+            return uq_set_error(UQ_ERR_SHAPE, "hy_state_transfer: layer %lld kinds differ", (long long)l);
+        if (kind == UQ_HY_MAMBA && (ms->stored[l][KEEP_SSM_HEAD] != md->stored[l][KEEP_SSM_HEAD] ||
+                                    ms->stored[l][KEEP_SSM_STATE] != md->stored[l][KEEP_SSM_STATE]))
+            return uq_set_error(UQ_ERR_UNSUPPORTED, "hy_state_transfer: layer %lld Mamba stored sizes differ",
+                                (long long)l);
+    }
+    for (int64_t l = 0; l < L; l++) {
+        if (ms->layers[l].kind == UQ_HY_MAMBA) {
+            const uq_hy_config *c = &ms->cfg;
+            int64_t Ps = ms->stored[l][KEEP_SSM_HEAD], Ns = ms->stored[l][KEEP_SSM_STATE];
+            int64_t cd = c->ssm_heads * Ps + 2 * c->ssm_groups * Ns;
+            if (c->conv_kernel > 1) memcpy(dst->conv[l], src->conv[l], (size_t)(cd * (c->conv_kernel - 1)) * sizeof(float));
+            memcpy(dst->ssm[l], src->ssm[l], (size_t)(c->ssm_heads * Ps * Ns) * sizeof(float));
+            continue;
+        }
+        if (ms->layers[l].kind != UQ_HY_ATTN) continue;
+        const int64_t Rs = ms->stored[l][KEEP_ATTN], Rd = md->stored[l][KEEP_ATTN], n = Rs < Rd ? Rs : Rd;
+        for (int64_t h = 0; h < nkv; h++)
+            for (int64_t t = 0; t < src->pos; t++) {
+                const float *ks = src->kc[l] + (h * src->max_seq + t) * Rs, *vs = src->vc[l] + (h * src->max_seq + t) * Rs;
+                float *kd = dst->kc[l] + (h * dst->max_seq + t) * Rd, *vd = dst->vc[l] + (h * dst->max_seq + t) * Rd;
+                memcpy(kd, ks, (size_t)n * sizeof(float));
+                memcpy(vd, vs, (size_t)n * sizeof(float));
+                if (Rd > n) {
+                    memset(kd + n, 0, (size_t)(Rd - n) * sizeof(float));
+                    memset(vd + n, 0, (size_t)(Rd - n) * sizeof(float));
+                }
+            }
+    }
+    dst->pos = src->pos;
+    return UQ_OK;
+}
+
 int64_t uq_hy_state_pos(const uq_hy_state *s) { return s ? s->pos : 0; }
 
 size_t uq_hy_state_bytes(const uq_hy_state *s) { return s ? s->bytes : 0; }
@@ -479,55 +581,111 @@ size_t uq_hy_state_bytes(const uq_hy_state *s) { return s ? s->bytes : 0; }
 
 static void copy_rows(float *dst, const float *src, int64_t n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
 
-/* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
-static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked,
-                             const uq_hy_capture *cap, int64_t row0) {
+/* The in-projections of Mamba layer l over xn (T, hidden), shared by mamba_chunk (one sequence) and ssm_batch.c (one
+ * token of each sequence): z (T, H*Pk) at the kept head channels, x (T, H*Pc), B and C (T, G*Nc) at the computed
+ * ones (uq_hy_capture), Delta (T, H) = clamp(softplus(dt + dt_bias)); the z / x / B / C / dt rows are the five
+ * in_part descriptors when given (R16: W4A8 kernels), else row views of the fused in_proj. chan (H*Pc + 2*G*Nc) gets the conv channel maps of x, B and C, one after the
+ * other (stored channel = segment start + head / group * stored size + index). */
+uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *z, float *xi, float *bi,
+                         float *ci, float *dt, int64_t *chan) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
+    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups;
     const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
     const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
     const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
     const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
-    const int64_t rz = 0, rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
+    const int64_t rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
     uq_status st;
-    uq_linear vz = view_rows(&lw->in_proj, rz, H * Ps), vx = view_rows(&lw->in_proj, rx, H * Ps);
-    uq_linear vb = view_rows(&lw->in_proj, rb, G * Ns), vc = view_rows(&lw->in_proj, rc, G * Ns);
-    uq_linear vdt = view_rows(&lw->in_proj, rdt, H);
-    if ((st = uq_linear_forward(&vz, s->xn, Tc, H, Pk, 1, hid, s->z)) != UQ_OK ||
-        (st = uq_linear_forward(&vx, s->xn, Tc, H, Pc, 1, hid, s->xi)) != UQ_OK ||
-        (st = uq_linear_forward(&vb, s->xn, Tc, G, Nc, 1, hid, s->bi)) != UQ_OK ||
-        (st = uq_linear_forward(&vc, s->xn, Tc, G, Nc, 1, hid, s->ci)) != UQ_OK ||
-        (st = uq_linear_forward(&vdt, s->xn, Tc, 1, H, 1, hid, s->dt)) != UQ_OK)
+    const int parts = lw->in_part[0].rows > 0;
+    uq_linear vz = parts ? lw->in_part[0] : view_rows(&lw->in_proj, 0, H * Ps);
+    uq_linear vx = parts ? lw->in_part[1] : view_rows(&lw->in_proj, rx, H * Ps);
+    uq_linear vb = parts ? lw->in_part[2] : view_rows(&lw->in_proj, rb, G * Ns);
+    uq_linear vc = parts ? lw->in_part[3] : view_rows(&lw->in_proj, rc, G * Ns);
+    uq_linear vdt = parts ? lw->in_part[4] : view_rows(&lw->in_proj, rdt, H);
+    if ((st = uq_linear_forward(&vz, xn, T, H, Pk, 1, hid, z)) != UQ_OK ||
+        (st = uq_linear_forward(&vx, xn, T, H, Pc, 1, hid, xi)) != UQ_OK ||
+        (st = uq_linear_forward(&vb, xn, T, G, Nc, 1, hid, bi)) != UQ_OK ||
+        (st = uq_linear_forward(&vc, xn, T, G, Nc, 1, hid, ci)) != UQ_OK ||
+        (st = uq_linear_forward(&vdt, xn, T, 1, H, 1, hid, dt)) != UQ_OK)
         return st;
-    /* conv1d + SiLU on x, B, C (stored channel = segment start + head/group * stored size + index) */
+    int64_t *cx = chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
     for (int64_t h = 0; h < H; h++)
-        for (int64_t p = 0; p < Pc; p++) s->chan[h * Pc + p] = h * Ps + p;
-    uq_ks_conv1d_silu(s->xi, Tc, H * Pc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->xo);
+        for (int64_t p = 0; p < Pc; p++) cx[h * Pc + p] = h * Ps + p;
     for (int64_t g = 0; g < G; g++)
-        for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + g * Ns + n;
-    uq_ks_conv1d_silu(s->bi, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->bo);
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t n = 0; n < Nc; n++) s->chan[g * Nc + n] = H * Ps + G * Ns + g * Ns + n;
-    uq_ks_conv1d_silu(s->ci, Tc, G * Nc, s->chan, lw->conv_w, lw->conv_b, K, s->conv[l], s->co);
-    uq_ks_dt_softplus(s->dt, Tc, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+        for (int64_t n = 0; n < Nc; n++) {
+            cb[g * Nc + n] = H * Ps + g * Ns + n;
+            cc[g * Nc + n] = H * Ps + G * Ns + g * Ns + n;
+        }
+    uq_ks_dt_softplus(dt, T, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    return UQ_OK;
+}
+
+void uq_hy_mamba_conv(const uq_hy_model *m, int64_t l, float *conv, const float *xi, const float *bi, const float *ci,
+                      int64_t T, const int64_t *chan, float *xo, float *bo, float *co) {
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const uq_ks_scan a = uq_hy_scan_args(m, l, T);
+    const int64_t K = m->cfg.conv_kernel, *cx = chan, *cb = cx + a.H * a.Pc, *cc = cb + a.G * a.Nc;
+    uq_ks_conv1d_silu(xi, T, a.H * a.Pc, cx, lw->conv_w, lw->conv_b, K, conv, xo);
+    uq_ks_conv1d_silu(bi, T, a.G * a.Nc, cb, lw->conv_w, lw->conv_b, K, conv, bo);
+    uq_ks_conv1d_silu(ci, T, a.G * a.Nc, cc, lw->conv_w, lw->conv_b, K, conv, co);
+}
+
+uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float *z, int64_t T, float *tmp, float *x) {
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t hid = m->cfg.hidden_size, H = m->cfg.ssm_heads, Pk = m->keep[l][KEEP_SSM_HEAD];
+    uq_ks_gated_rmsnorm(y, z, T, H, m->cfg.ssm_groups, Pk, lw->gnorm, m->stored[l][KEEP_SSM_HEAD], m->cfg.norm_eps);
+    uq_status st = uq_linear_forward(&lw->out_proj, y, T, 1, hid, H, Pk, tmp);
+    if (st != UQ_OK) return st;
+    uq_k_add(x, tmp, T * hid);
+    return UQ_OK;
+}
+
+/* RoPE of attention layer l on q (T, nh, r) and kb (T, nkv, R) at positions pos0.., and the K / V rows into s's
+ * cache: the one KV-cache writer of prefill, decode and batched decode. */
+void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
+                           int64_t T, int64_t pos0) {
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const int64_t nh = m->cfg.num_heads, nkv = m->cfg.num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN], rr = r * Rr / R;
+    if (Rr > 0) {
+        uq_k_rope(q, T, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+        uq_k_rope(kb, T, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
+    }
+    float *kc = s->kc[l], *vc = s->vc[l];
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < nkv; g++) {
+            size_t off = (size_t)((g * s->max_seq + pos0 + t) * R);
+            memcpy(kc + off, kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+            memcpy(vc + off, vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+        }
+}
+
+/* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
+static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int chunked,
+                             const uq_hy_capture *cap, int64_t row0) {
+    uq_ks_scan a = uq_hy_scan_args(m, l, Tc);
+    const int64_t H = a.H, G = a.G, Pc = a.Pc, Nc = a.Nc, Pk = a.Pk;
+    uq_status st = uq_hy_mamba_in(m, l, s->xn, Tc, s->z, s->xi, s->bi, s->ci, s->dt, s->chan);
+    if (st != UQ_OK) return st;
+    uq_hy_mamba_conv(m, l, s->conv[l], s->xi, s->bi, s->ci, Tc, s->chan, s->xo, s->bo, s->co);
     if (cap) {
         if (cap->ssm_x) copy_rows(cap->ssm_x + row0 * H * Pc, s->xo, Tc * H * Pc);
         if (cap->ssm_B) copy_rows(cap->ssm_B + row0 * G * Nc, s->bo, Tc * G * Nc);
         if (cap->ssm_C) copy_rows(cap->ssm_C + row0 * G * Nc, s->co, Tc * G * Nc);
         if (cap->ssm_dt) copy_rows(cap->ssm_dt + row0 * H, s->dt, Tc * H);
     }
-    uq_ks_scan a = {.T = Tc, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
-                    .chunk = c->chunk_size, .x = s->xo, .B = s->bo, .C = s->co, .dt = s->dt,
-                    .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l], .y = s->y};
+    a.x = s->xo, a.B = s->bo, a.C = s->co, a.dt = s->dt, a.S = s->ssm[l], a.y = s->y;
     if (chunked)
         uq_ks_ssm_scan_chunked(&a, s->cb, s->work, s->nthreads);
     else
         uq_ks_ssm_scan_seq(&a, s->nthreads);
-    uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
-    if (cap && cap->ssm_out) copy_rows(cap->ssm_out + row0 * H * Pk, s->y, Tc * H * Pk);
-    if ((st = uq_linear_forward(&lw->out_proj, s->y, Tc, 1, hid, H, Pk, s->tmp)) != UQ_OK) return st;
-    uq_k_add(x, s->tmp, Tc * hid);
+    if (!(cap && cap->ssm_out)) return uq_hy_mamba_out(m, l, s->y, s->z, Tc, s->tmp, x);
+    uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, m->layers[l].gnorm, a.Ps, m->cfg.norm_eps);
+    copy_rows(cap->ssm_out + row0 * H * Pk, s->y, Tc * H * Pk);
+    if ((st = uq_linear_forward(&m->layers[l].out_proj, s->y, Tc, 1, m->cfg.hidden_size, H, Pk, s->tmp)) != UQ_OK)
+        return st;
+    uq_k_add(x, s->tmp, Tc * m->cfg.hidden_size);
     return UQ_OK;
 }
 
@@ -571,51 +729,48 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
     const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
-    const int64_t rr = r * Rr / R, rp = r - rr;
+    const int64_t rr = r * Rr / R;
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, s->xn, Tc, s->q, s->qa, s->qb, s->kb, s->vb)) != UQ_OK) return st;
-    if (Rr > 0) {
-        uq_k_rope(s->q, Tc, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
-        uq_k_rope(s->kb, Tc, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
-    }
+    uq_hy_attn_rope_store(m, s, l, s->q, s->kb, s->vb, Tc, pos0);
     if (cap && cap->q) copy_rows(cap->q + row0 * nh * r, s->q, Tc * nh * r);
     if (cap && cap->k) copy_rows(cap->k + row0 * nkv * R, s->kb, Tc * nkv * R);
-    float *kc = s->kc[l], *vc = s->vc[l];
-    for (int64_t t = 0; t < Tc; t++)
-        for (int64_t g = 0; g < nkv; g++) {
-            size_t off = (size_t)((g * s->max_seq + pos0 + t) * R);
-            memcpy(kc + off, s->kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
-            memcpy(vc + off, s->vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
-        }
-    uq_ks_attention(s->q, Tc, nh, nkv, rr, rp, kc, vc, s->max_seq, R, Rr, pos0,
-                    (float)(1.0 / sqrt((double)c->head_dim)), s->att, s->scores, s->nthreads);
+    uq_k_attention(s->q, Tc, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
+                   s->att, s->scores, s->nthreads);
     if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc * nh * r);
     if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);
     return UQ_OK;
 }
 
-/* MLP over h = s->xn (Tc, hidden); adds its output to x. */
-static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc,
-                           const uq_hy_capture *cap, int64_t row0) {
+uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *g, float *u, float *tmp,
+                    float *x, float *z_cap) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
     uq_status st;
-    if (cap && cap->mlp_in) copy_rows(cap->mlp_in + row0 * hid, s->xn, Tc * hid);
     if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
-        if ((st = uq_linear_forward(&lw->gate, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK ||
-            (st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->u)) != UQ_OK)
+        if ((st = uq_linear_forward(&lw->gate, xn, T, 1, k, 1, hid, g)) != UQ_OK ||
+            (st = uq_linear_forward(&lw->up, xn, T, 1, k, 1, hid, u)) != UQ_OK)
             return st;
-        uq_k_silu_mul(s->g, s->u, Tc * k);
+        uq_k_silu_mul(g, u, T * k);
     } else {
-        if ((st = uq_linear_forward(&lw->up, s->xn, Tc, 1, k, 1, hid, s->g)) != UQ_OK) return st;
-        uq_ks_relu2(s->g, Tc * k);
+        if ((st = uq_linear_forward(&lw->up, xn, T, 1, k, 1, hid, g)) != UQ_OK) return st;
+        uq_ks_relu2(g, T * k);
     }
-    if (cap && cap->mlp_z) copy_rows(cap->mlp_z + row0 * k, s->g, Tc * k);
-    if ((st = uq_linear_forward(&lw->down, s->g, Tc, 1, hid, 1, k, s->tmp)) != UQ_OK) return st;
-    uq_k_add(x, s->tmp, Tc * hid);
+    if (z_cap) copy_rows(z_cap, g, T * k);
+    if ((st = uq_linear_forward(&lw->down, g, T, 1, hid, 1, k, tmp)) != UQ_OK) return st;
+    uq_k_add(x, tmp, T * hid);
     return UQ_OK;
+}
+
+/* MLP over h = s->xn (Tc, hidden); adds its output to x. */
+static uq_status mlp_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc,
+                           const uq_hy_capture *cap, int64_t row0) {
+    const int64_t hid = m->cfg.hidden_size;
+    if (cap && cap->mlp_in) copy_rows(cap->mlp_in + row0 * hid, s->xn, Tc * hid);
+    float *z_cap = cap && cap->mlp_z ? cap->mlp_z + row0 * m->keep[l][KEEP_MLP] : NULL;
+    return uq_hy_mlp(m, l, s->xn, Tc, s->g, s->u, s->tmp, x, z_cap);
 }
 
 /* One layer over x (Tc, hidden) in place at positions pos0..; captures (cap may be NULL) at row offset row0. */
@@ -652,8 +807,9 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
             return uq_set_error(UQ_ERR_RANGE, "hy_forward: token id %d at index %lld outside [0, %lld)", (int)ids[t],
                                 (long long)t, (long long)V);
     if (T > s->max_seq - s->pos)
-        return uq_set_error(UQ_ERR_RANGE, "hy_forward: positions %lld..%lld beyond max_seq %lld (state full)",
-                            (long long)s->pos, (long long)(s->pos + T - 1), (long long)s->max_seq);
+        return uq_set_error(UQ_ERR_RANGE, "hy_forward: positions %lld..%lld beyond max_seq %lld (%s full)",
+                            (long long)s->pos, (long long)(s->pos + T - 1), (long long)s->max_seq,
+                            m->any_attn ? "KV cache" : "state");
     const int chunked = T > 1 && !(m->options & UQ_HY_OPT_SEQUENTIAL_SCAN);
     uq_status st;
     for (int64_t c0 = 0; c0 < T; c0 += s->max_chunk) {
@@ -683,6 +839,21 @@ uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float
             return uq_set_error(UQ_ERR_RANGE, "hy_embed: token id %d at index %lld outside [0, %lld)", (int)ids[t],
                                 (long long)t, (long long)m->cfg.vocab_size);
     uq_k_embed(&m->embed, ids, T, X);
+    return UQ_OK;
+}
+
+uq_status uq_hy_head(const uq_hy_model *m, uq_hy_state *s, const float *X, int64_t T, float *logits) {
+    if (!m || !s) return uq_set_error(UQ_ERR_ARG, "hy_head: NULL model or state");
+    if (s->m != m) return uq_set_error(UQ_ERR_STATE, "hy_head: the state was built for another model");
+    if (!X || !logits) return uq_set_error(UQ_ERR_ARG, "hy_head: X or logits is NULL");
+    if (T < 1) return uq_set_error(UQ_ERR_ARG, "hy_head: T must be >= 1, got %lld", (long long)T);
+    const int64_t hid = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    for (int64_t c0 = 0; c0 < T; c0 += s->max_chunk) {
+        int64_t Tc = T - c0 < s->max_chunk ? T - c0 : s->max_chunk;
+        uq_k_rmsnorm(X + c0 * hid, Tc, hid, m->final_norm, m->cfg.norm_eps, s->xn);
+        uq_status st = uq_linear_forward(&m->lm_head, s->xn, Tc, 1, V, 1, hid, logits + c0 * V);
+        if (st != UQ_OK) return st;
+    }
     return UQ_OK;
 }
 

@@ -1,5 +1,5 @@
 /*
- * ssm_batch.c -- batched decoding of the Mamba2 / hybrid runtime: one new token for each of n sequences per call,
+ * ssm_batch.c -- batched decoding of the runtime (every architecture): one new token for each of n sequences per call,
  * each with its own uq_hy_state (conv and SSM states, KV caches, position). Every linear (in_proj views, q/k/v/o,
  * MLP, lm_head) runs once over the n rows; the causal conv1d, the selective-scan recurrence, RoPE, the KV cache
  * writes and attention run per sequence on that sequence's state. Row-wise kernels (RMSNorm, softplus, the gated
@@ -19,7 +19,6 @@
 #include "../kernels/kernels.h"
 #include "../kernels/ssm_kernels.h"
 #include "ssm_impl.h"
-#include "transformer_impl.h"
 #include "uniql.h"
 
 struct uq_hy_batch {
@@ -34,6 +33,7 @@ struct uq_hy_batch {
     float *kb, *vb;           /* (max_batch, n_kv*Rmax) */
     float *g, *u;             /* (max_batch, Kmax) */
     int64_t *chan;            /* conv channel maps of x, B and C: (H*Pmax + 2*G*Nmax) */
+    uq_linear head;           /* optional R16 copy of a row-major int4 lm_head (kind 0 = none) */
 };
 
 void uq_hy_batch_free(uq_hy_batch *b) {
@@ -93,56 +93,44 @@ size_t uq_hy_batch_bytes(const uq_hy_batch *b) { return b ? b->bytes : 0; }
 
 int64_t uq_hy_batch_max(const uq_hy_batch *b) { return b ? b->max_batch : 0; }
 
+uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head) {
+    if (!b || !head) return uq_set_error(UQ_ERR_ARG, "hy_batch_set_head: NULL argument");
+    const uq_linear *L = &b->m->lm_head;
+    if (L->kind != UQ_W_Q4 || L->layout == UQ_Q4_R16)
+        return uq_set_error(UQ_ERR_UNSUPPORTED,
+                            "hy_batch_set_head: the model's lm_head is not a row-major int4 weight");
+    if (head->kind != UQ_W_Q4 || head->layout != UQ_Q4_R16 || head->nseg_out != 1 || head->nseg_in != 1 ||
+        head->rows != L->rows || head->cols != L->cols || head->group != L->group || head->bias)
+        return uq_set_error(UQ_ERR_SHAPE, "hy_batch_set_head: want the (%lld, %lld) int4 lm_head in one-segment R16 "
+                            "layout, group %lld, no bias", (long long)L->rows, (long long)L->cols, (long long)L->group);
+    uq_status st = uq_linear_check(head, "lm_head (R16 copy)", -1, L->rows, L->cols, 1);
+    if (st != UQ_OK) return st;
+    b->head = *head;
+    return UQ_OK;
+}
+
 /* Spread per-sequence work over the threads when there are at least as many sequences as threads (each call then
  * runs single-threaded: nested regions are inactive), else let each call use its own threads. */
 static int across(int64_t n, int nthreads) { return nthreads > 1 && n >= nthreads; }
 
 static uq_status mamba_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
-    const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, H = c->ssm_heads, G = c->ssm_groups, K = c->conv_kernel;
-    const int64_t Ps = m->stored[l][KEEP_SSM_HEAD], Ns = m->stored[l][KEEP_SSM_STATE];
-    const int64_t Pk = m->keep[l][KEEP_SSM_HEAD], Nk = m->keep[l][KEEP_SSM_STATE];
-    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
-    const int64_t Pc = kept ? Pk : Ps, Nc = kept ? Nk : Ns;
-    const int64_t rx = H * Ps, rb = 2 * H * Ps, rc = rb + G * Ns, rdt = rc + G * Ns;
-    uq_status st;
-    uq_linear vz = view_rows(&lw->in_proj, 0, H * Ps), vx = view_rows(&lw->in_proj, rx, H * Ps);
-    uq_linear vb = view_rows(&lw->in_proj, rb, G * Ns), vc = view_rows(&lw->in_proj, rc, G * Ns);
-    uq_linear vdt = view_rows(&lw->in_proj, rdt, H);
-    if ((st = uq_linear_forward(&vz, b->xn, n, H, Pk, 1, hid, b->z)) != UQ_OK ||
-        (st = uq_linear_forward(&vx, b->xn, n, H, Pc, 1, hid, b->xi)) != UQ_OK ||
-        (st = uq_linear_forward(&vb, b->xn, n, G, Nc, 1, hid, b->bi)) != UQ_OK ||
-        (st = uq_linear_forward(&vc, b->xn, n, G, Nc, 1, hid, b->ci)) != UQ_OK ||
-        (st = uq_linear_forward(&vdt, b->xn, n, 1, H, 1, hid, b->dt)) != UQ_OK)
-        return st;
-    int64_t *cx = b->chan, *cb = cx + H * Pc, *cc = cb + G * Nc;
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t p = 0; p < Pc; p++) cx[h * Pc + p] = h * Ps + p;
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t k = 0; k < Nc; k++) {
-            cb[g * Nc + k] = H * Ps + g * Ns + k;
-            cc[g * Nc + k] = H * Ps + G * Ns + g * Ns + k;
-        }
-    uq_ks_dt_softplus(b->dt, n, H, lw->dt_bias, (float)c->dt_min, (float)c->dt_max);
+    const uq_ks_scan a0 = uq_hy_scan_args(m, l, 1);
+    const int64_t H = a0.H, G = a0.G, Pc = a0.Pc, Nc = a0.Nc, Pk = a0.Pk;
+    uq_status st = uq_hy_mamba_in(m, l, b->xn, n, b->z, b->xi, b->bi, b->ci, b->dt, b->chan);
+    if (st != UQ_OK) return st;
     const int nth = uq_k_threads(), ac = across(n, nth);
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
     for (int64_t i = 0; i < n; i++) {
         uq_hy_state *s = S[i];
         const int64_t ox = i * H * Pc, obc = i * G * Nc;
-        uq_ks_conv1d_silu(b->xi + ox, 1, H * Pc, cx, lw->conv_w, lw->conv_b, K, s->conv[l], b->xo + ox);
-        uq_ks_conv1d_silu(b->bi + obc, 1, G * Nc, cb, lw->conv_w, lw->conv_b, K, s->conv[l], b->bo + obc);
-        uq_ks_conv1d_silu(b->ci + obc, 1, G * Nc, cc, lw->conv_w, lw->conv_b, K, s->conv[l], b->co + obc);
-        uq_ks_scan a = {.T = 1, .H = H, .G = G, .Pc = Pc, .Nc = Nc, .Pk = Pk, .Nk = Nk, .Ps = Ps, .Ns = Ns,
-                        .chunk = c->chunk_size, .x = b->xo + ox, .B = b->bo + obc, .C = b->co + obc,
-                        .dt = b->dt + i * H, .A = m->Aneg + l * H, .D = lw->D, .S = s->ssm[l],
-                        .y = b->y + i * H * Pk};
+        uq_hy_mamba_conv(m, l, s->conv[l], b->xi + ox, b->bi + obc, b->ci + obc, 1, b->chan, b->xo + ox, b->bo + obc,
+                         b->co + obc);
+        uq_ks_scan a = a0;
+        a.x = b->xo + ox, a.B = b->bo + obc, a.C = b->co + obc, a.dt = b->dt + i * H, a.S = s->ssm[l];
+        a.y = b->y + i * H * Pk;
         uq_ks_ssm_scan_seq(&a, ac ? 1 : s->nthreads);
     }
-    uq_ks_gated_rmsnorm(b->y, b->z, n, H, G, Pk, lw->gnorm, Ps, c->norm_eps);
-    if ((st = uq_linear_forward(&lw->out_proj, b->y, n, 1, hid, H, Pk, b->tmp)) != UQ_OK) return st;
-    uq_k_add(b->x, b->tmp, n * hid);
-    return UQ_OK;
+    return uq_hy_mamba_out(m, l, b->y, b->z, n, b->tmp, b->x);
 }
 
 static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
@@ -150,7 +138,7 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
     const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
-    const int64_t rr = r * Rr / R, rp = r - rr;
+    const int64_t rr = r * Rr / R;
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, b->xn, n, b->q, b->qa, b->qb, b->kb, b->vb)) != UQ_OK) return st;
     const float scale = (float)(1.0 / sqrt((double)c->head_dim));
@@ -159,39 +147,33 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     for (int64_t i = 0; i < n; i++) {
         uq_hy_state *s = S[i];
         float *qi = b->q + i * nh * r, *ki = b->kb + i * nkv * R, *vi = b->vb + i * nkv * R;
-        if (Rr > 0) {
-            uq_k_rope(qi, 1, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, s->pos);
-            uq_k_rope(ki, 1, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, s->pos);
-        }
-        for (int64_t g = 0; g < nkv; g++) {
-            size_t off = (size_t)((g * s->max_seq + s->pos) * R);
-            memcpy(s->kc[l] + off, ki + g * R, (size_t)R * sizeof(float));
-            memcpy(s->vc[l] + off, vi + g * R, (size_t)R * sizeof(float));
-        }
-        uq_ks_attention(qi, 1, nh, nkv, rr, rp, s->kc[l], s->vc[l], s->max_seq, R, Rr, s->pos, scale,
-                        b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
+        uq_hy_attn_rope_store(m, s, l, qi, ki, vi, 1, s->pos);
+        uq_k_attention(qi, 1, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, s->pos, scale,
+                       b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
     }
     if ((st = uq_linear_forward(&lw->o, b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
     uq_k_add(b->x, b->tmp, n * hid);
     return UQ_OK;
 }
 
-static uq_status mlp_rows(const uq_hy_model *m, uq_hy_batch *b, int64_t n, int64_t l) {
-    const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
-    uq_status st;
-    if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
-        if ((st = uq_linear_forward(&lw->gate, b->xn, n, 1, k, 1, hid, b->g)) != UQ_OK ||
-            (st = uq_linear_forward(&lw->up, b->xn, n, 1, k, 1, hid, b->u)) != UQ_OK)
-            return st;
-        uq_k_silu_mul(b->g, b->u, n * k);
-    } else {
-        if ((st = uq_linear_forward(&lw->up, b->xn, n, 1, k, 1, hid, b->g)) != UQ_OK) return st;
-        uq_ks_relu2(b->g, n * k);
+
+/* The lm_head over n rows. A row-major int4 lm_head (a tied int4 embedding: the gather needs that layout) runs one
+ * row at a time below 24 rows: there its multi-token kernels are slower than separate single-token calls (SmolLM2's
+ * 49152 x 576 head, W4A8, one thread, AVX-512: 0.71 ms at T = 1, 12.4 ms at T = 2, 12.6 ms at T = 16, 16.6 ms at
+ * T = 32), and each row's result is the same either way, unless an R16 copy of it was given (uq_hy_batch_set_head)
+ * and activations are int8. Every other layout runs once over all rows. */
+static uq_status batch_head(const uq_linear *head, const uq_linear *r16, const float *xn, int64_t n, int64_t H, int64_t V,
+                        float *logits) {
+    /* with int8 activations both layouts compute the same exact integer group sums, scaled and added in group order
+     * (uniql.h "kernels"), so the R16 copy changes nothing but the speed */
+    if (r16 && r16->kind == UQ_W_Q4 && n > 1 && uq_kernels_q4_act() == UQ_Q4_ACT_INT8)
+        return uq_linear_forward(r16, xn, n, 1, V, 1, H, logits);
+    if (head->kind != UQ_W_Q4 || head->layout == UQ_Q4_R16 || n >= 24)
+        return uq_linear_forward(head, xn, n, 1, V, 1, H, logits);
+    for (int64_t i = 0; i < n; i++) {
+        uq_status st = uq_linear_forward(head, xn + i * H, 1, 1, V, 1, H, logits + i * V);
+        if (st != UQ_OK) return st;
     }
-    if ((st = uq_linear_forward(&lw->down, b->g, n, 1, hid, 1, k, b->tmp)) != UQ_OK) return st;
-    uq_k_add(b->x, b->tmp, n * hid);
     return UQ_OK;
 }
 
@@ -208,8 +190,9 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         if (s->m != m)
             return uq_set_error(UQ_ERR_STATE, "hy_decode_batch: state %lld was built for another model", (long long)i);
         if (s->pos >= s->max_seq)
-            return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: sequence %lld at position %lld: state full "
-                                "(max_seq %lld)", (long long)i, (long long)s->pos, (long long)s->max_seq);
+            return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: sequence %lld at position %lld: %s full "
+                                "(max_seq %lld)", (long long)i, (long long)s->pos, m->any_attn ? "KV cache" : "state",
+                                (long long)s->max_seq);
         if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
             return uq_set_error(UQ_ERR_RANGE, "hy_decode_batch: token id %d of sequence %lld outside [0, %lld)",
                                 (int)ids[i], (long long)i, (long long)m->cfg.vocab_size);
@@ -230,15 +213,15 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
         else if (lw->kind == UQ_HY_ATTN)
             st = attn_rows(m, b, states, n, l);
         else
-            st = mlp_rows(m, b, n, l);
+            st = uq_hy_mlp(m, l, b->xn, n, b->g, b->u, b->tmp, b->x, NULL);
         if (st != UQ_OK) return st;
         if (m->has_ffn[l]) {
             uq_k_rmsnorm(b->x, n, hid, lw->ffn_norm, c->norm_eps, b->xn);
-            if ((st = mlp_rows(m, b, n, l)) != UQ_OK) return st;
+            if ((st = uq_hy_mlp(m, l, b->xn, n, b->g, b->u, b->tmp, b->x, NULL)) != UQ_OK) return st;
         }
     }
     uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);
-    if ((st = uq_batch_head(&m->lm_head, NULL, b->xn, n, hid, V, logits)) != UQ_OK) return st;
+    if ((st = batch_head(&m->lm_head, &b->head, b->xn, n, hid, V, logits)) != UQ_OK) return st;
     for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
     return UQ_OK;
 }

@@ -1,13 +1,16 @@
 /*
- * ssm_impl.h -- the hybrid runtime's model and state structs and its row-view helper, shared by ssm.c (one
+ * ssm_impl.h -- the runtime's model and state structs and its row-view helper, shared by ssm.c (one
  * sequence) and ssm_batch.c (several sequences per decode step). Internal: not part of the public API.
  */
 #ifndef UQ_SSM_IMPL_H
 #define UQ_SSM_IMPL_H
 
+#include "../kernels/ssm_kernels.h"
 #include "uniql.h"
 
 enum { KEEP_MLP = 0, KEEP_ATTN = 1, KEEP_SSM_HEAD = 2, KEEP_SSM_STATE = 3 };
+_Static_assert(KEEP_MLP == 0 && KEEP_ATTN == 1 && KEEP_SSM_HEAD == 2 && KEEP_SSM_STATE == 3,
+               "keep order {mlp, attn, ssm_head, ssm_state} of uq_hy_get_keep / uq_hy_set_keep and the bindings");
 
 struct uq_hy_model {
     uq_hy_config cfg;
@@ -47,6 +50,20 @@ struct uq_hy_state {
     int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
 };
 
+/* Scan arguments of Mamba layer l for T tokens: sizes from the stored sizes, keeps and options (computed Pc, Nc:
+ * stored, or the keeps with UQ_HY_OPT_KEPT_STATE); the caller sets x, B, C, dt, S and y. */
+static inline uq_ks_scan uq_hy_scan_args(const uq_hy_model *m, int64_t l, int64_t T) {
+    const uq_hy_config *c = &m->cfg;
+    const int kept = (m->options & UQ_HY_OPT_KEPT_STATE) != 0;
+    uq_ks_scan a = {.T = T, .H = c->ssm_heads, .G = c->ssm_groups, .chunk = c->chunk_size,
+                    .Ps = m->stored[l][KEEP_SSM_HEAD], .Ns = m->stored[l][KEEP_SSM_STATE],
+                    .Pk = m->keep[l][KEEP_SSM_HEAD], .Nk = m->keep[l][KEEP_SSM_STATE],
+                    .A = m->Aneg + l * c->ssm_heads, .D = m->layers[l].D};
+    a.Pc = kept ? a.Pk : a.Ps;
+    a.Nc = kept ? a.Nk : a.Ns;
+    return a;
+}
+
 /* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that
  * only existing rows are addressed (rows may then be nominal, see the Q pass view in attn_chunk). Row-major
  * layouts only: uq_hy_model_init rejects R16 int4 for the descriptors viewed here (in_proj, partial-RoPE q). */
@@ -65,7 +82,22 @@ static inline uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows
     return v;
 }
 
-/* Q, K, V projections of attention layer l (ssm.c; used by ssm.c and ssm_batch.c). */
+/* Shared by ssm.c (one sequence) and ssm_batch.c (one token of each sequence), defined in ssm.c: the Mamba
+ * in-projections (+ Delta and the conv channel maps), the attention Q / K / V projections and the RoPE + KV-cache
+ * writer. */
+uq_status uq_hy_mamba_in(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *z, float *xi, float *bi,
+                         float *ci, float *dt, int64_t *chan);
+/* conv1d + SiLU of x, B and C (T tokens of one sequence, its conv state conv) with chan from uq_hy_mamba_in. */
+void uq_hy_mamba_conv(const uq_hy_model *m, int64_t l, float *conv, const float *xi, const float *bi, const float *ci,
+                      int64_t T, const int64_t *chan, float *xo, float *bo, float *co);
+/* The MLP of layer l over xn (T, hidden) at its keep k: g, u (T, k) scratch (g = the down_proj input, copied to
+ * z_cap unless NULL), tmp (T, hidden), x += MLP. */
+uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *g, float *u, float *tmp,
+                    float *x, float *z_cap);
+/* Gated RMSNorm of y (T, H*Pk) by z in place, out_proj into tmp (T, hidden), x += tmp. */
+uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float *z, int64_t T, float *tmp, float *x);
+void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
+                           int64_t T, int64_t pos0);
 uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *q, float *qa,
                          float *qb, float *kb, float *vb);
 

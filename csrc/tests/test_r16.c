@@ -355,7 +355,7 @@ static void test_attention_paths(void) {
             const uq_kpath *P = uq_k_path();
             for (int64_t T = 1; T <= 3; T += 2) {
                 const float scale = 0.125f;
-                uq_k_attention(q, T, NH, NKV, r, kc, vc, MAXS, rc, POS0, scale, o, scr, 4);
+                uq_k_attention(q, T, NH, NKV, r, r, r, kc, vc, MAXS, rc, POS0, scale, o, scr, 4);
                 for (int64_t t = 0; t < T; t++)
                     for (int64_t h = 0; h < NH; h++) {
                         const float *qh = q + (t * NH + h) * r, *K = kc + (h / (NH / NKV)) * MAXS * rc;

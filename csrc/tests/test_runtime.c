@@ -106,9 +106,9 @@ typedef struct {
     float an[NL][H], mn[NL][H], q[NL][NH * D * H], k[NL][NKV * D * H], v[NL][NKV * D * H], o[NL][H * NH * D];
     float qb[NL][NH * D], g[NL][I * H], u[NL][I * H], dn[NL][H * I];
     int32_t fmap[NL][NKV * D / 2];
-    uq_tf_layer_weights lw[NL];
-    uq_tf_weights w;
-    uq_tf_config c;
+    uq_hy_layer_weights lw[NL];
+    uq_hy_weights w;
+    uq_hy_config c;
 } tiny;
 
 static uq_linear lin(const float *w, int64_t rows, int64_t cols, const float *b) {
@@ -136,10 +136,11 @@ static void tiny_build(tiny *m) {
         uq_test_fill(m->dn[l], H * I, &s, 0.3);
         for (int gh = 0; gh < NKV; gh++)
             for (int j = 0; j < D / 2; j++) m->fmap[l][gh * D / 2 + j] = (j * 3 + gh + l) % (D / 2);
-        uq_tf_layer_weights *w = &m->lw[l];
+        uq_hy_layer_weights *w = &m->lw[l];
         memset(w, 0, sizeof *w);
-        w->attn_norm = m->an[l];
-        w->mlp_norm = m->mn[l];
+        w->kind = UQ_HY_ATTN;
+        w->norm = m->an[l];
+        w->ffn_norm = m->mn[l];
         w->q = lin(m->q[l], NH * D, H, m->qb[l]);
         w->k = lin(m->k[l], NKV * D, H, NULL);
         w->v = lin(m->v[l], NKV * D, H, NULL);
@@ -153,9 +154,9 @@ static void tiny_build(tiny *m) {
     m->w.lm_head = lin(m->head, V, H, NULL);
     m->w.final_norm = m->fnorm;
     m->w.layers = m->lw;
-    uq_tf_config c = {.arch = UQ_ARCH_QWEN2, .vocab_size = V, .hidden_size = H, .intermediate_size = I,
-                      .num_layers = NL, .num_heads = NH, .num_kv_heads = NKV, .head_dim = D, .rms_norm_eps = 1e-6,
-                      .rope_theta = 10000.0, .rope_type = UQ_ROPE_LLAMA3, .rope_factor = 8.0,
+    uq_hy_config c = {.vocab_size = V, .hidden_size = H, .intermediate_size = I, .mlp_act = UQ_HY_ACT_SILU_GATED,
+                      .num_layers = NL, .num_heads = NH, .num_kv_heads = NKV, .head_dim = D, .rope_dim = D,
+                      .norm_eps = 1e-6, .rope_theta = 10000.0, .rope_type = UQ_ROPE_LLAMA3, .rope_factor = 8.0,
                       .rope_low_freq_factor = 1.0, .rope_high_freq_factor = 4.0, .rope_original_max_pos = 4.0};
     m->c = c;
 }
@@ -163,62 +164,63 @@ static void tiny_build(tiny *m) {
 static void test_tiny_model(void) {
     static tiny tm;
     tiny_build(&tm);
-    uq_tf_model *m = NULL, *m2 = NULL;
-    uq_tf_state *s = NULL, *s2 = NULL;
-    CHECK_STATUS(uq_tf_model_init(&tm.c, &tm.w, &m), UQ_OK);
+    uq_hy_model *m = NULL, *m2 = NULL;
+    uq_hy_state *s = NULL, *s2 = NULL;
+    CHECK_STATUS(uq_hy_model_init(&tm.c, &tm.w, &m), UQ_OK);
     if (!m) return;
-    CHECK_STATUS(uq_tf_state_init(m, 16, 4, &s), UQ_OK);
+    CHECK_STATUS(uq_hy_state_init(m, 16, 4, &s), UQ_OK);
     if (!s) {
-        uq_tf_model_free(m);
+        uq_hy_model_free(m);
         return;
     }
     enum { T = 9 };
     const int32_t ids[T] = {3, 1, 4, 1, 5, 9, 2, 6, 31};
     static float full[T * V], step[T * V], part[T * V];
-    CHECK_STATUS(uq_tf_forward(m, s, ids, T, T, full), UQ_OK); /* 3 chunks of 4 */
-    CHECK(uq_tf_state_pos(s) == T, "pos %lld", (long long)uq_tf_state_pos(s));
+    CHECK_STATUS(uq_hy_forward(m, s, ids, T, T, full), UQ_OK); /* 3 chunks of 4 */
+    CHECK(uq_hy_state_pos(s) == T, "pos %lld", (long long)uq_hy_state_pos(s));
     int finite = 1;
     for (int i = 0; i < T * V; i++) finite &= isfinite(full[i]) != 0;
     CHECK(finite, "non-finite logits");
-    uq_tf_state_reset(s);
-    for (int t = 0; t < T; t++) uq_tf_forward(m, s, ids + t, 1, 1, step + t * V);
+    uq_hy_state_reset(s);
+    for (int t = 0; t < T; t++) uq_hy_forward(m, s, ids + t, 1, 1, step + t * V);
     CHECK(memcmp(full, step, sizeof full) == 0, "decode token by token differs from prefill");
-    uq_tf_state_reset(s);
-    uq_tf_forward(m, s, ids, 2, 2, part);
-    uq_tf_forward(m, s, ids + 2, 7, 3, part + 6 * V); /* only the last 3 rows */
+    uq_hy_state_reset(s);
+    uq_hy_forward(m, s, ids, 2, 2, part);
+    uq_hy_forward(m, s, ids + 2, 7, 3, part + 6 * V); /* only the last 3 rows */
     CHECK(memcmp(full + 6 * V, part + 6 * V, 3 * V * sizeof(float)) == 0, "pieces differ from whole");
     /* truncate: rewind, continue with other ids, rewind further and continue with the original ids */
     const int32_t alt[3] = {7, 8, 10};
-    CHECK_STATUS(uq_tf_state_truncate(s, 4), UQ_OK);
-    CHECK_STATUS(uq_tf_forward(m, s, alt, 3, 3, part), UQ_OK);
-    CHECK_STATUS(uq_tf_state_truncate(s, 2), UQ_OK);
-    CHECK(uq_tf_state_pos(s) == 2, "pos after truncate %lld", (long long)uq_tf_state_pos(s));
-    CHECK_STATUS(uq_tf_forward(m, s, ids + 2, 7, 7, part), UQ_OK);
+    CHECK_STATUS(uq_hy_state_truncate(s, 4), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, s, alt, 3, 3, part), UQ_OK);
+    CHECK_STATUS(uq_hy_state_truncate(s, 2), UQ_OK);
+    CHECK(uq_hy_state_pos(s) == 2, "pos after truncate %lld", (long long)uq_hy_state_pos(s));
+    CHECK_STATUS(uq_hy_forward(m, s, ids + 2, 7, 7, part), UQ_OK);
     CHECK(memcmp(full + 2 * V, part, 7 * V * sizeof(float)) == 0, "truncate then continue differs from whole");
-    CHECK_STATUS(uq_tf_state_truncate(s, T + 1), UQ_ERR_RANGE);
-    CHECK_STATUS(uq_tf_state_truncate(s, -1), UQ_ERR_RANGE);
-    CHECK_STATUS(uq_tf_state_truncate(NULL, 0), UQ_ERR_ARG);
-    CHECK(uq_tf_state_pos(s) == T, "failed truncate moved the position");
+    CHECK_STATUS(uq_hy_state_truncate(s, T + 1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_state_truncate(s, -1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_state_truncate(NULL, 0), UQ_ERR_ARG);
+    CHECK(uq_hy_state_pos(s) == T, "failed truncate moved the position");
 
     /* embed + layers + head == forward */
     static float X[T * H], lg[T * V], z[T * I];
-    uq_tf_capture cap = {.mlp_z = z};
-    CHECK_STATUS(uq_tf_embed(m, ids, T, X), UQ_OK);
-    for (int l = 0; l < NL; l++) CHECK_STATUS(uq_tf_layer_forward(m, s, l, X, T, X, l ? &cap : NULL), UQ_OK);
-    CHECK_STATUS(uq_tf_head(m, s, X, T, lg), UQ_OK);
+    uq_hy_capture cap = {.mlp_z = z};
+    CHECK_STATUS(uq_hy_embed(m, ids, T, X), UQ_OK);
+    for (int l = 0; l < NL; l++) CHECK_STATUS(uq_hy_layer_forward(m, s, l, X, T, X, l ? &cap : NULL), UQ_OK);
+    CHECK_STATUS(uq_hy_head(m, s, X, T, lg), UQ_OK);
     CHECK(memcmp(lg, full, sizeof lg) == 0, "layer pieces differ from forward");
-    CHECK(uq_tf_state_pos(s) == 0, "layer_forward must reset the state");
+    CHECK(uq_hy_state_pos(s) == 0, "layer_forward must reset the state");
 
     /* reduced keep: equal to a model built on truncated weights, bit for bit */
-    CHECK_STATUS(uq_tf_set_keep(m, 0, 10, 4), UQ_OK);
-    CHECK_STATUS(uq_tf_set_keep(m, 1, -1, 6), UQ_OK);
-    int64_t k, r, K, R;
-    CHECK_STATUS(uq_tf_get_keep(m, 1, &k, &r, &K, &R), UQ_OK);
+    CHECK_STATUS(uq_hy_set_keep(m, 0, 10, 4, -1, -1), UQ_OK);
+    CHECK_STATUS(uq_hy_set_keep(m, 1, -1, 6, -1, -1), UQ_OK);
+    int64_t kp[4], st[4];
+    CHECK_STATUS(uq_hy_get_keep(m, 1, kp, st), UQ_OK);
+    const int64_t k = kp[0], r = kp[1], K = st[0], R = st[1];
     CHECK(k == I && r == 6 && K == I && R == D, "keep %lld %lld %lld %lld", (long long)k, (long long)r,
           (long long)K, (long long)R);
     static float a[T * V], b[T * V];
-    uq_tf_state_reset(s);
-    CHECK_STATUS(uq_tf_forward(m, s, ids, T, T, a), UQ_OK);
+    uq_hy_state_reset(s);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, T, T, a), UQ_OK);
     static tiny tr;
     tr = tm;
     const int rk[NL] = {4, 6}, kk[NL] = {10, I};
@@ -254,58 +256,58 @@ static void test_tiny_model(void) {
         tr.lw[l].freq_map = tf[l];
     }
     tr.w.layers = tr.lw;
-    CHECK_STATUS(uq_tf_model_init(&tr.c, &tr.w, &m2), UQ_OK);
+    CHECK_STATUS(uq_hy_model_init(&tr.c, &tr.w, &m2), UQ_OK);
     if (m2) {
-        CHECK_STATUS(uq_tf_state_init(m2, 16, 16, &s2), UQ_OK);
+        CHECK_STATUS(uq_hy_state_init(m2, 16, 16, &s2), UQ_OK);
         if (s2) {
-            CHECK_STATUS(uq_tf_forward(m2, s2, ids, T, T, b), UQ_OK);
+            CHECK_STATUS(uq_hy_forward(m2, s2, ids, T, T, b), UQ_OK);
             CHECK(memcmp(a, b, sizeof a) == 0, "keep-reduced model differs from truncated model");
-            CHECK_STATUS(uq_tf_forward(m, s2, ids, 1, 1, b), UQ_ERR_STATE); /* state of another model */
+            CHECK_STATUS(uq_hy_forward(m, s2, ids, 1, 1, b), UQ_ERR_STATE); /* state of another model */
         }
     }
 
     /* bad arguments */
     float one[V];
-    uq_tf_state_reset(s);
+    uq_hy_state_reset(s);
     const int32_t bad[2] = {1, V};
-    CHECK_STATUS(uq_tf_forward(m, s, ids, 0, 1, one), UQ_ERR_ARG);
-    CHECK_STATUS(uq_tf_forward(m, s, bad, 2, 1, one), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, 0, 1, one), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_forward(m, s, bad, 2, 1, one), UQ_ERR_RANGE);
     CHECK(strstr(uq_last_error(), "token id 32 at index 1") != NULL, "message: %s", uq_last_error());
-    CHECK_STATUS(uq_tf_forward(m, s, ids, 2, 3, one), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_forward(m, s, ids, 2, 3, one), UQ_ERR_ARG);
     static int32_t many[17];
-    CHECK_STATUS(uq_tf_forward(m, s, many, 17, 1, one), UQ_ERR_RANGE);
-    CHECK(uq_tf_state_pos(s) == 0, "failed forward moved the position");
-    CHECK_STATUS(uq_tf_set_keep(m, 1, 25, -1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_forward(m, s, many, 17, 1, one), UQ_ERR_RANGE);
+    CHECK(uq_hy_state_pos(s) == 0, "failed forward moved the position");
+    CHECK_STATUS(uq_hy_set_keep(m, 1, 25, -1, -1, -1), UQ_ERR_RANGE);
     CHECK(strstr(uq_last_error(), "layer 1 MLP keep 25") != NULL, "message: %s", uq_last_error());
-    CHECK_STATUS(uq_tf_set_keep(m, 0, -1, 3), UQ_ERR_RANGE);
-    CHECK_STATUS(uq_tf_set_keep(m, 2, 4, 4), UQ_ERR_RANGE);
-    CHECK_STATUS(uq_tf_layer_forward(m, s, 0, X, 17, X, NULL), UQ_ERR_RANGE);
-    uq_tf_state *s3 = NULL;
-    CHECK_STATUS(uq_tf_state_init(m, 0, 1, &s3), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_set_keep(m, 0, -1, 3, -1, -1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_set_keep(m, 2, 4, 4, -1, -1), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_layer_forward(m, s, 0, X, 17, X, NULL), UQ_ERR_RANGE);
+    uq_hy_state *s3 = NULL;
+    CHECK_STATUS(uq_hy_state_init(m, 0, 1, &s3), UQ_ERR_ARG);
     CHECK(s3 == NULL, "state returned on failure");
 
-    uq_tf_model *bm = NULL;
+    uq_hy_model *bm = NULL;
     tiny_build(&tr);
     tr.lw[1].down = lin(tm.dn[1], H, I - 1, NULL);
-    CHECK_STATUS(uq_tf_model_init(&tr.c, &tr.w, &bm), UQ_ERR_SHAPE);
+    CHECK_STATUS(uq_hy_model_init(&tr.c, &tr.w, &bm), UQ_ERR_SHAPE);
     CHECK(strstr(uq_last_error(), "layer 1 down_proj") != NULL, "message: %s", uq_last_error());
     tiny_build(&tr);
     tr.fmap[0][3] = D / 2;
-    CHECK_STATUS(uq_tf_model_init(&tr.c, &tr.w, &bm), UQ_ERR_RANGE);
+    CHECK_STATUS(uq_hy_model_init(&tr.c, &tr.w, &bm), UQ_ERR_RANGE);
     tiny_build(&tr);
     tr.c.num_kv_heads = 3;
-    CHECK_STATUS(uq_tf_model_init(&tr.c, &tr.w, &bm), UQ_ERR_ARG);
+    CHECK_STATUS(uq_hy_model_init(&tr.c, &tr.w, &bm), UQ_ERR_SHAPE);
     tiny_build(&tr);
-    tr.c.arch = 7;
-    CHECK_STATUS(uq_tf_model_init(&tr.c, &tr.w, &bm), UQ_ERR_UNSUPPORTED);
+    tr.c.rope_type = 7;
+    CHECK_STATUS(uq_hy_model_init(&tr.c, &tr.w, &bm), UQ_ERR_UNSUPPORTED);
     CHECK(bm == NULL, "model returned on failure");
 
-    uq_tf_state_free(s2);
-    uq_tf_model_free(m2);
-    uq_tf_state_free(s);
-    uq_tf_model_free(m);
-    uq_tf_state_free(NULL);
-    uq_tf_model_free(NULL);
+    uq_hy_state_free(s2);
+    uq_hy_model_free(m2);
+    uq_hy_state_free(s);
+    uq_hy_model_free(m);
+    uq_hy_state_free(NULL);
+    uq_hy_model_free(NULL);
 }
 
 static void test_nll_sample(void) {

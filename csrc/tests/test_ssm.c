@@ -429,7 +429,7 @@ static void hy_logits(const uq_hy_config *c, const uq_hy_weights *w, const int32
     uq_hy_model_free(m);
 }
 
-/* The hybrid runtime reads in_proj, the q_proj of a partial-RoPE head and the embedding as row-major int4 (row
+/* The runtime reads a fused in_proj, the q_proj of a partial-RoPE head and the embedding as row-major int4 (row
  * views, row gathers): an R16 descriptor there is UQ_ERR_UNSUPPORTED naming the tensor, never read as row-major.
  * Every other linear computes the same function in R16 as in row-major int4: bit for bit with int8 activations
  * (integer sums), to float rounding with fp32 activations (another FMA order). */
