@@ -83,7 +83,7 @@ def test_gguf_holds_the_checkpoint_in_llama_cpp_layout(tiny_dir, tmp_path):
     gguf = pytest.importorskip("gguf")
     t = tiny_tensors()
     cfg = tiny_config()
-    plan = llamacpp._tensor_plan(cfg, "llama", t.get, lambda n: t[n].shape if n in t else None,
+    plan = llamacpp.tensor_plan(cfg, "llama", t.get, lambda n: t[n].shape if n in t else None,
                                  np.dtype(np.float32))
     path = tmp_path / "tiny.gguf"
     llamacpp.write_gguf(path, cfg, plan, arch="llama", name="tiny", tokenizer_from=None, file_type=0)

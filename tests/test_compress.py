@@ -315,7 +315,7 @@ def test_gptq_in_row_chunks_equals_one_call(monkeypatch):
     H = (X.T.astype(np.float64) @ X.astype(np.float64)) / 256
     W = rng.standard_normal((50, 48)).astype(np.float32)
     monkeypatch.setattr(cm, "GPTQ_ROW_CHUNK", 16)
-    a, b = cm._gptq(W, H, 16, 0.01), quantize_gptq(W, H, group=16, damp=0.01)
+    a, b = cm.gptq_blocks(W, H, 16, 0.01), quantize_gptq(W, H, group=16, damp=0.01)
     np.testing.assert_array_equal(a.packed, b.packed)
     np.testing.assert_array_equal(a.scales, b.scales)
 

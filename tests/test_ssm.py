@@ -9,7 +9,7 @@ import pytest
 
 from uniql import FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
 from uniql.quant import dequantize, quantize_rtn
-from uniql.ssm import BambaConfig, HybridConfig, HybridModel, Mamba2Config, NemotronHConfig, _rope_rows
+from uniql.ssm import BambaConfig, HybridConfig, HybridModel, Mamba2Config, NemotronHConfig, rope_rows
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -152,7 +152,7 @@ def runtime_layout(cfg, sd):
         for i, t in enumerate(cfg.layer_types):
             if t == "attention":
                 for name, heads in (("q_proj", cfg.num_heads), ("k_proj", cfg.num_kv_heads)):
-                    idx = _rope_rows(heads, cfg.head_dim, cfg.rope_dim)
+                    idx = rope_rows(heads, cfg.head_dim, cfg.rope_dim)
                     for suf in ("weight", "bias"):
                         key = f"model.layers.{i}.self_attn.{name}.{suf}"
                         if key in sd:

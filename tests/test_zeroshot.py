@@ -195,7 +195,7 @@ def test_acc_and_acc_norm_hand_made():
             D(1, ("q",) * 3, (" a", " b", " c"), 0),        # tie between 0 and 2: the lower index wins
             D(2, ("q",) * 2, (" xyz", " x"), 0)]            # both metrics pick 1
     lls = [[-2.0, -3.0], [-1.0, -4.0, -1.0], [-9.0, -1.0]]
-    acc, acc_norm = zeroshot._score_lists(lls, docs)
+    acc, acc_norm = zeroshot.score_lists(lls, docs)
     assert (acc, acc_norm) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
     assert zeroshot._stderr(0.5, 101) == pytest.approx(0.05)
 

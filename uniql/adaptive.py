@@ -590,7 +590,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int = 32, temperature: flo
     ``model.generate`` returns it, a trace: one dict per generated token {"i", "t", "rate", "forward_ms",
     "switch_ms", "token_ms"}). ``reprefill``: after a switch that grew the head dims, recompute the KV cache from
     the sequence's ids (exact; else the new dims of past tokens are zero)."""
-    from uniql.runtime import _ids_array
+    from uniql.runtime import ids_array
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InvalidArgumentError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -602,7 +602,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int = 32, temperature: flo
     if isinstance(prompt, str):
         ids, is_text = model._encode(prompt, "prompt")
     else:
-        ids, is_text = _ids_array(prompt, "prompt"), False
+        ids, is_text = ids_array(prompt, "prompt"), False
     if ids.size > model.max_seq:
         raise RangeError(f"prompt has {ids.size} tokens, more than max_seq {model.max_seq}")
     if abs(model.rate - ctl.rate) > 1e-12:

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.runtime import Model, _Q4
+from uniql.runtime import Model, Q4
 from uniql.ssm import HybridModel
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.sorting import alloc_keep_ratios, keep_size
@@ -275,7 +275,7 @@ class _Reader:
                 scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
                 cols = col_segments * col_keep
             packed = _own(packed)
-            return _Q4(packed, _own(scales), g, (int(packed.shape[0]), int(cols)))
+            return Q4(packed, _own(scales), g, (int(packed.shape[0]), int(cols)))
         got = _shape_of(f, name + ".weight")
         if got != (R, C):
             raise FormatError(f"{name}.weight has shape {got}, the uniql_tensors table says {(R, C)}")
@@ -470,10 +470,10 @@ def hybrid_full_sizes(hc: Any) -> list[dict[str, int]]:
 def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
     """Rows of a sorted (n_heads * d)-row q/k projection kept at head-dim keep r (uq_sort_qk_keep_rows per head:
     a prefix, or r/2 rotary + r/2 pass rows for partial RoPE)."""
-    from uniql.sorting import _ROPE_CODES
+    from uniql.sorting import ROPE_CODES
 
     per = np.empty(r, np.int64)
-    _C.qk_keep_rows(_ROPE_CODES[rope], d, r, per)
+    _C.qk_keep_rows(ROPE_CODES[rope], d, r, per)
     return (np.arange(n_heads)[:, None] * d + per[None, :]).reshape(-1)
 
 
@@ -481,10 +481,10 @@ def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Map
                  max_seq: int | None, tokenizer: Any) -> "ElasticHybridModel":
     from uniql import safetensors as st
     from uniql.compress_hybrid import rope_mode
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig
 
     hc = HybridConfig.from_hf(cfg)
-    names = _NAMES[hc.model_type]
+    names = HF_NAMES[hc.model_type]
     prefix = "backbone.layers." if any(k.startswith("backbone.layers.") for k in tinfo) else "model.layers."
     keeps = meta.layer_keeps(rate, hybrid_full_sizes(hc))
     reader = _Reader(d, meta, tinfo)

@@ -20,7 +20,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import InvalidArgumentError, RangeError, UnsupportedError
-from uniql.runtime import _ids_array
+from uniql.runtime import ids_array
 
 __all__ = ["BatchDecoder", "Sequence"]
 
@@ -85,7 +85,7 @@ class BatchDecoder:
 
     def prefill(self, seq: Sequence, ids: Any) -> np.ndarray:
         """Runs ``ids`` on ``seq`` (continuing its state); float32 logits (vocab,) of the last token."""
-        a = _ids_array(ids, "prompt")
+        a = ids_array(ids, "prompt")
         if seq.position + a.size > self.max_seq:
             raise RangeError(f"{seq.position + a.size} tokens do not fit the context of {self.max_seq}")
         out = np.empty((1, self.vocab_size), np.float32)
@@ -95,7 +95,7 @@ class BatchDecoder:
     def step(self, seqs: Seq[Sequence], ids: Any) -> np.ndarray:
         """One new token per sequence (``ids[i]`` continues ``seqs[i]``); float32 logits (n, vocab)."""
         n = len(seqs)
-        a = _ids_array(ids, "ids")
+        a = ids_array(ids, "ids")
         if a.size != n:
             raise InvalidArgumentError(f"{a.size} ids for {n} sequences")
         if n > self.max_batch:

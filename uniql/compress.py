@@ -94,7 +94,7 @@ class CompressOptions:
     precision: dict[str, str] = field(default_factory=dict)  # tensor class -> "int4", "int4-g<N>" or "f16"
 
     def gptq_kw(self) -> dict[str, Any]:
-        """Keyword arguments of the GPTQ calls (:func:`_gptq`)."""
+        """Keyword arguments of the GPTQ calls (:func:`gptq_blocks`)."""
         return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order)
 
     def storage(self, cls: str) -> tuple[str, int]:
@@ -184,7 +184,7 @@ def calibration_tokens(tokenizer: Any, calibration: Any, num_samples: int, seq_l
 
 # --------------------------------------------------------------------------------- helpers ----
 
-def _one_layer_model(cfg: dict[str, Any], tensors: dict[str, Any], layer: dict[str, Any], *,
+def transformer_layer_model(cfg: dict[str, Any], tensors: dict[str, Any], layer: dict[str, Any], *,
                      freq_map: np.ndarray | None, interleaved: bool, max_seq: int) -> Model:
     """A one-layer runtime model over `layer` (tensors of layer 0 names) sharing the embedding (no copy)."""
     c1 = dict(cfg, num_hidden_layers=1)
@@ -207,7 +207,7 @@ _LAYER_WEIGHTS = ("input_layernorm.weight", "post_attention_layernorm.weight", "
                   "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 
 
-class _Checkpoint:
+class LayerStream:
     """Streams a checkpoint layer by layer: the embedding / final norm / lm_head stay in memory, a decoder layer
     is read when it is needed and dropped after (peak memory: one layer, not the model). Layer tensors are named
     ``<prefix><i>.`` (``model.layers.``, or ``backbone.layers.`` for Mamba2)."""
@@ -266,7 +266,7 @@ class _Checkpoint:
                 raise type(e)(f"layer {i}: {e}") from None
 
 
-def _o_group(head_dim: int, group: int) -> int:
+def o_proj_group(head_dim: int, group: int) -> int:
     """o_proj group size: the largest even divisor of the head dim that is <= group (groups inside a head)."""
     for g in range(min(group, head_dim), 0, -1):
         if head_dim % g == 0 and (g % 2 == 0 or g == head_dim):
@@ -274,7 +274,7 @@ def _o_group(head_dim: int, group: int) -> int:
     return 1
 
 
-def _diag(cov: Covariance) -> np.ndarray:
+def cov_diagonal(cov: Covariance) -> np.ndarray:
     return np.ascontiguousarray(np.diagonal(cov.mean()))
 
 
@@ -291,11 +291,11 @@ def _row_norms_sq(W: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.diagonal(cov.matrix))
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class _Timer:
+class StageTimer:
     def __init__(self) -> None:
         self.t: dict[str, float] = {}
 
@@ -306,7 +306,7 @@ class _Timer:
 GPTQ_ROW_CHUNK = 8192
 
 
-def _gptq(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool = False,
+def gptq_blocks(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool = False,
           act_order: bool = False) -> Any:
     """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
     so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
@@ -322,7 +322,7 @@ def _gptq(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool
                            (int(W.shape[0]), int(W.shape[1])), group)
 
 
-def _f16_scales(q: Any) -> Any:
+def f16_scales(q: Any) -> Any:
     """The quantized tensor with its scales rounded to float16, as the artifact stores and the runtime uses them
     (so the next layer is calibrated on exactly what deployment computes)."""
     from uniql import _C
@@ -344,7 +344,7 @@ def rotation_of(cfg: dict[str, Any], opts: CompressOptions) -> Any:
     return Rotation(int(cfg["hidden_size"]), opts.rotate_seed)
 
 
-def _source_tied(cfg: dict[str, Any], opts: CompressOptions) -> bool:
+def source_tied(cfg: dict[str, Any], opts: CompressOptions) -> bool:
     """Whether the source checkpoint ties its embeddings (a rotated run unties them in the config it passes on,
     keeping the source's value under ``uniql_source_tied``, which is not written out)."""
     return bool(cfg.get("uniql_source_tied", cfg.get("tie_word_embeddings", False)))
@@ -360,7 +360,7 @@ def transformer_plan(p0: str, group: int, o_group: int) -> tuple[tuple[str, str,
             (m + "down_proj", "mlp_z", group))
 
 
-def _store(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, Any], wdt: Any,
+def artifact_layer(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, Any], wdt: Any,
            segments: Callable[[str], int]) -> dict[str, Any]:
     """A compressed layer's tensors (layer-0 names `p0...`) as the artifact stores them under `pfx...`: int4 weights
     as ``.qweight`` + ``.scales`` (F16), float projections in `wdt`, everything else float32; the uniql_tensors
@@ -398,8 +398,8 @@ class _TransformerJob:
         self.n, self.DI = tc.hidden_size, tc.intermediate_size
         self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
         self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
-        self.go = _o_group(self.d, opts.group)
-        self.ckpt = _Checkpoint(src, self.L, rotation=rotation_of(cfg, opts), tied=_source_tied(cfg, opts))
+        self.go = o_proj_group(self.d, opts.group)
+        self.ckpt = LayerStream(src, self.L, rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts))
         self.tensors = self.ckpt.shared
         self.ckpt.validate(self._check_layer)
         self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
@@ -408,10 +408,10 @@ class _TransformerJob:
         for w in _LAYER_WEIGHTS:
             if "model.layers.0." + w not in lay:
                 raise FormatError(f"missing tensor 'model.layers.{i}.{w}' in {str(self.ckpt.src)!r}")
-        _one_layer_model(self.cfg, self.tensors, lay, freq_map=None, interleaved=False, max_seq=2)
+        transformer_layer_model(self.cfg, self.tensors, lay, freq_map=None, interleaved=False, max_seq=2)
 
     def _model(self, lay: dict[str, Any], freq: np.ndarray | None = None) -> Model:
-        return _one_layer_model(self.cfg, self.tensors, lay, freq_map=freq, interleaved=freq is not None,
+        return transformer_layer_model(self.cfg, self.tensors, lay, freq_map=freq, interleaved=freq is not None,
                                 max_seq=self.T)
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
@@ -423,12 +423,12 @@ class _TransformerJob:
         final norm."""
         fin = self.ckpt.layer(0)
         fin["model.layers.0.input_layernorm.weight"] = self.tensors[self.norm_name]
-        return _capture_moment(self._model(fin), X, "attn_in")
+        return capture_moment(self._model(fin), X, "attn_in")
 
     def meta(self) -> dict[str, Any]:
         return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran, o_group=self.go)
 
-    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: "_Timer",
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: "StageTimer",
               info: dict[str, Any]) -> tuple[dict[str, Any], float]:
         """Calibrates and sorts decoder layer i on the float stream X and (when Xq is given) quantizes it on the
         quantized stream Xq; both streams advance in place to the next layer's inputs. Returns (artifact tensors,
@@ -452,7 +452,7 @@ class _TransformerJob:
         # per-sequence means, each formed once; the float64 sums are freed (for 8B shapes G_z alone is 1.6 GB)
         G_attn, G_z = c_attn.mean(), c_z.mean()
         del c_attn, c_z
-        importance = _importance(x_last, X[:, -1])
+        importance = layer_importance(x_last, X[:, -1])
         timer.add("calibrate", time.perf_counter() - t)
 
         # 2. sort
@@ -461,8 +461,8 @@ class _TransformerJob:
         if opts.scorer == "uniql":
             mlp = sort_mlp(G_z, opts.mlp_lambda)
             perm = mlp.perm
-            cq = _hf_from_interleaved(_diag(c_q), nh, d)
-            ck = _hf_from_interleaved(_diag(c_k), nkv, d)
+            cq = _hf_from_interleaved(cov_diagonal(c_q), nh, d)
+            ck = _hf_from_interleaved(cov_diagonal(c_k), nkv, d)
         else:  # ablation: plain weight magnitudes
             # channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2 (same order as the product of the norms)
             s = (_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
@@ -476,8 +476,8 @@ class _TransformerJob:
             p0 + "input_layernorm.weight": lay[p0 + "input_layernorm.weight"],
             p0 + "post_attention_layernorm.weight": lay[p0 + "post_attention_layernorm.weight"],
         }
-        sl.update(_sorted_attention(lay, a, G_attn, qk, rq, rk, nh, nkv, d, opts.split_sigma))
-        sl.update(_sorted_mlp(lay, m, perm))
+        sl.update(sorted_attention(lay, a, G_attn, qk, rq, rk, nh, nkv, d, opts.split_sigma))
+        sl.update(sorted_mlp(lay, m, perm))
         freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
         timer.add("sort", time.perf_counter() - t)
 
@@ -488,7 +488,7 @@ class _TransformerJob:
             stored = quantize_layer(lambda t: self._model(t, freq), sl, Xq, transformer_plan(p0, opts.group, self.go),
                                     opts.gptq_kw(), timer, opts.storage)
         stored[a + "rope_freq"] = freq
-        out_t = _store(stored, p0, f"model.layers.{i}.", info, self._wdt(),
+        out_t = artifact_layer(stored, p0, f"model.layers.{i}.", info, self._wdt(),
                        lambda base: nh if base.endswith("o_proj") else 1)
         return out_t, importance
 
@@ -498,12 +498,12 @@ class _TransformerJob:
 
 # ------------------------------------------------------------------------- shared pipeline steps ----
 
-def _importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
+def layer_importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
     """Block importance of one layer from its last-token inputs and outputs (B, n) (docs/design.md §3.4)."""
     return float(block_importance(np.ascontiguousarray(x_last), np.ascontiguousarray(y_last)))
 
 
-def _capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
+def capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
     """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n)."""
     cov = None
     for b in range(X.shape[0]):
@@ -521,7 +521,7 @@ def _propagate(model: Any, X: np.ndarray) -> None:
 
 
 def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any], Xq: np.ndarray,
-                   plan: Sequence[tuple[str, str, int]], gptq: dict[str, Any], timer: _Timer,
+                   plan: Sequence[tuple[str, str, int]], gptq: dict[str, Any], timer: StageTimer,
                    precision: Callable[[str], tuple[str, int]] | None = None) -> dict[str, Any]:
     """GPTQ int4 of one sorted float layer `sl` (layer-0 names) on the quantized stream Xq (B, T, n), shared by
     compress (both architecture families) and quantize_artifact:
@@ -529,7 +529,7 @@ def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any]
     1. the float layer (``model_of(sl)``: a one-layer runtime model) runs on Xq; the second moment of every
        capture named in `plan` ((linear base, capture of its input, group) triples) is accumulated in float64 (C),
        so each Hessian is that of the sorted linear's own input ("calibrate" stage);
-    2. every planned linear is GPTQ-quantized with its Hessian (``gptq``: keyword arguments of :func:`_gptq`),
+    2. every planned linear is GPTQ-quantized with its Hessian (``gptq``: keyword arguments of :func:`gptq_blocks`),
        scales rounded to float16 ("quantize"); ``precision(class)`` -> ("int4", group) or ("f16", 0) overrides
        the planned group or keeps a class in float16 (CompressOptions.storage);
     3. Xq <- the quantized layer's outputs, in place ("propagate").
@@ -570,12 +570,12 @@ def _quantize(sl: dict[str, Any], plan: Any, gptq: dict[str, Any],
             stored[name + ".weight"] = W.astype(np.float16)
             continue
         if pg:  # o_proj / out_proj groups stay inside a head's segment: a divisor of the planned group
-            g = _o_group(g, pg) if name.endswith(("o_proj", "out_proj")) else pg
-        stored[name + ".weight"] = _f16_scales(_gptq(W, H, g, **gptq))
+            g = o_proj_group(g, pg) if name.endswith(("o_proj", "out_proj")) else pg
+        stored[name + ".weight"] = f16_scales(gptq_blocks(W, H, g, **gptq))
     return stored
 
 
-def _sorted_mlp(lay: dict[str, Any], m: str, perm: np.ndarray) -> dict[str, Any]:
+def sorted_mlp(lay: dict[str, Any], m: str, perm: np.ndarray) -> dict[str, Any]:
     """MLP channels permuted: rows of gate (when present) and up, columns of down, bias entries likewise."""
     out: dict[str, Any] = {}
     for proj in ("gate_proj", "up_proj"):
@@ -588,7 +588,7 @@ def _sorted_mlp(lay: dict[str, Any], m: str, perm: np.ndarray) -> dict[str, Any]
     return out
 
 
-def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, rq: np.ndarray, rk: np.ndarray,
+def sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, rq: np.ndarray, rk: np.ndarray,
                       nh: int, nkv: int, d: int, split_sigma: bool) -> dict[str, Any]:
     """Q/K rows in sorted (runtime) order and V/O by the quantization-aware SVD (V bias folded into o_proj)."""
     vo = qasvd_vo(G_attn, lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv, head_dim=d,
@@ -655,7 +655,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     tokenizer = checkpoint.load_tokenizer(src)
     ids = calibration_tokens(tokenizer, calibration, opts.num_samples, opts.seq_len)
     part = out.with_name(out.name + ".partial")
-    timer = _Timer()
+    timer = StageTimer()
     t0 = time.perf_counter()
     B, T = ids.shape
     if arch in checkpoint.HYBRID_MODEL_TYPES:
@@ -751,12 +751,12 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         # GPTQ of lm_head on the final-norm output. Tied embeddings stay tied: the GPTQ table also serves the
         # embedding lookups.
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(_gptq(W, job.final_hessian(Xq), head_g, **opts.gptq_kw()))
+        head_q = f16_scales(gptq_blocks(W, job.final_hessian(Xq), head_g, **opts.gptq_kw()))
     head_dt = np.float16 if opts.quantize and head_kind == "f16" else wdt
     if tied:
         put(embed_base, E, head_q, head_dt)
     else:
-        emb_q = _f16_scales(quantize_rtn(E, group=emb_g)) if opts.quantize and emb_kind == "int4" else None
+        emb_q = f16_scales(quantize_rtn(E, group=emb_g)) if opts.quantize and emb_kind == "int4" else None
         put(embed_base, E, emb_q, np.float16 if opts.quantize and emb_kind == "f16" else wdt)
         put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q, head_dt)
     st.save_file(part / REST_FILE, rest)
@@ -787,7 +787,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     total = time.perf_counter() - t0
     report = {"source": str(src), "options": opts_json, "layers": L, "calibration_tokens": int(B * T),
               "seconds": {k: round(v, 3) for k, v in timer.t.items()}, "total_seconds": round(total, 3),
-              "peak_rss_mb": round(_peak_rss_mb(), 1), "importance": importance,
+              "peak_rss_mb": round(peak_rss_mb(), 1), "importance": importance,
               "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
     (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
     publish(part, out)

@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from uniql.compress import (CompressOptions, _Checkpoint, _capture_moment, _diag, _importance, _o_group,
-                            _sorted_attention, _sorted_mlp, _source_tied, _store, _Timer, quantize_layer,
+from uniql.compress import (CompressOptions, LayerStream, capture_moment, cov_diagonal, layer_importance, o_proj_group,
+                            sorted_attention, sorted_mlp, source_tied, artifact_layer, StageTimer, quantize_layer,
                             rotation_of)
 from uniql.errors import FormatError, UniqlError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
                            sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
-from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig, HybridModel, _rope_rows)
+from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, HybridModel, rope_rows)
 
 #: Ridge constant of the state-aware head-channel score: ridge scores are scale-sensitive (lambda is absolute
 #: against a second moment averaged over sequences); these are the values the method was tuned with.
@@ -69,8 +69,8 @@ def layer_prefix(model_type: str, names: Any) -> str:
 def o_groups(hc: HybridConfig, group: int) -> tuple[int, int]:
     """int4 groups of o_proj's and out_proj's inputs: divisors of `group` inside one head's segment."""
     types = set(hc.layer_types)
-    return (_o_group(hc.head_dim, group) if LAYER_ATTENTION in types else group,
-            _o_group(hc.ssm_head_dim, group) if LAYER_MAMBA in types else group)
+    return (o_proj_group(hc.head_dim, group) if LAYER_ATTENTION in types else group,
+            o_proj_group(hc.ssm_head_dim, group) if LAYER_MAMBA in types else group)
 
 
 def layer_plan(hc: HybridConfig, kind: str, mix: str, mlp: str, group: int, go: int, go_ssm: int
@@ -111,9 +111,9 @@ class HybridJob:
         hc = HybridConfig.from_hf(cfg)
         self.hc, self.cfg, self.opts, self.T = hc, cfg, opts, T
         self.L, self.n = hc.num_hidden_layers, hc.hidden_size
-        self.names = _NAMES[hc.model_type]
-        self.ckpt = _Checkpoint(src, self.L, layer_prefix(hc.model_type, checkpoint.tensor_names(src)),
-                                rotation=rotation_of(cfg, opts), tied=_source_tied(cfg, opts))
+        self.names = HF_NAMES[hc.model_type]
+        self.ckpt = LayerStream(src, self.L, layer_prefix(hc.model_type, checkpoint.tensor_names(src)),
+                                rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts))
         self.tensors = self.ckpt.shared
         self.embed_name = self._present(self.names["embed"])
         self.norm_name = self._present(self.names["final"])
@@ -165,7 +165,7 @@ class HybridJob:
         norm."""
         fin = self.ckpt.layer(0)
         fin[self.p0 + self.names["norm"]] = self.tensors[self.norm_name]
-        return _capture_moment(self._model(0, fin), X, "mixer_in")
+        return capture_moment(self._model(0, fin), X, "mixer_in")
 
     def meta(self) -> dict[str, Any]:
         return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran,
@@ -174,7 +174,7 @@ class HybridJob:
                     sorting={"ssm_lambda": self.ssm_lambda, "rope": self.rope, "importance": "per layer"})
 
     # ------------------------------------------------------------------------------- layer ----
-    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: _Timer,
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: StageTimer,
               info: dict[str, Any]) -> tuple[dict[str, Any], float]:
         """Calibrates and sorts layer i on the float stream X and (when Xq is given) quantizes it on the quantized
         stream Xq; both advance in place to the next layer's inputs. Returns (artifact tensors, importance)."""
@@ -216,7 +216,7 @@ class HybridJob:
                 c_z.update(cap["mlp_z"])
         del model, cap
         G_in = c_in.mean() if kind == LAYER_ATTENTION else None
-        importance = _importance(x_last, X[:, -1])
+        importance = layer_importance(x_last, X[:, -1])
         timer.add("calibrate", time.perf_counter() - t)
 
         # 2. sort
@@ -239,14 +239,14 @@ class HybridJob:
             sl[mix + "out_proj.weight"] = np.ascontiguousarray(lay[mix + "out_proj.weight"][:, zi])
         elif kind == LAYER_ATTENTION:
             nh, nkv, d = hc.num_heads, hc.num_kv_heads, hc.head_dim
-            cq, ck = self._hf_diag(_diag(c_q), nh), self._hf_diag(_diag(c_k), nkv)
+            cq, ck = self._hf_diag(cov_diagonal(c_q), nh), self._hf_diag(cov_diagonal(c_k), nkv)
             qk = sort_qk(cq, ck, self.rope)
-            sl.update(_sorted_attention(lay, mix, G_in, qk, qk.proj_rows(nh), qk.proj_rows(nkv), nh, nkv, d, False))
+            sl.update(sorted_attention(lay, mix, G_in, qk, qk.proj_rows(nh), qk.proj_rows(nkv), nh, nkv, d, False))
             freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
         if kind == LAYER_MLP or ffn:
             perm = sort_mlp(c_z.mean(), opts.mlp_lambda).perm
             del c_z
-            sl.update(_sorted_mlp(lay, f, perm))
+            sl.update(sorted_mlp(lay, f, perm))
         timer.add("sort", time.perf_counter() - t)
         plan = layer_plan(hc, kind, mix, f, opts.group, self.go, self.go_ssm)
 
@@ -259,7 +259,7 @@ class HybridJob:
             stored[mix + "rope_freq"] = freq
         wdt = np.float16 if opts.dtype == "float16" else np.float32
         segs = {"o_proj": hc.num_heads, "out_proj": hc.ssm_heads}
-        out_t = _store(stored, p0, f"{self.ckpt.prefix}{i}.", info, wdt,
+        out_t = artifact_layer(stored, p0, f"{self.ckpt.prefix}{i}.", info, wdt,
                        lambda base: segs.get(base.rsplit(".", 1)[-1], 1))
         return out_t, importance
 
@@ -270,7 +270,7 @@ class HybridJob:
         x = diag.reshape(heads, d)
         if self.rope == "none":
             return np.ascontiguousarray(x)
-        per = _rope_rows(1, d, self.hc.rope_dim)  # runtime row k <- checkpoint dim per[k]
+        per = rope_rows(1, d, self.hc.rope_dim)  # runtime row k <- checkpoint dim per[k]
         out = np.empty_like(x)
         out[:, per] = x
         return out

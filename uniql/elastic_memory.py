@@ -462,7 +462,7 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
     from uniql.artifact import check_rate, head_rows, layer_file, qk_head_rows
     from uniql.compress_hybrid import rope_mode
     from uniql.errors import InvalidArgumentError
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES
 
     t0 = time.perf_counter()
     rate = check_rate(rate, model.meta.max_rate)
@@ -475,7 +475,7 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
         raise InvalidArgumentError(f"resize: a hybrid model with {model.position} tokens in its state needs them "
                                    "(tokens=...) to rebuild its SSM state at the new sizes")
     hc = model.config
-    names = _NAMES[hc.model_type]
+    names = HF_NAMES[hc.model_type]
     n, H, P, G, N = hc.hidden_size, hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
     rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
     new_keeps = model.keep_sizes(rate)

@@ -19,7 +19,7 @@ from uniql.errors import DTypeError, InvalidArgumentError, ShapeError, StateErro
 __all__ = ["Covariance", "eigh", "svd", "cholesky", "spd_inv_diag", "sqrtm", "sqrtm_pair"]
 
 
-def _check_array(a: object, name: str, dtypes: tuple[type, ...], ndim: int) -> np.ndarray:
+def check_array(a: object, name: str, dtypes: tuple[type, ...], ndim: int) -> np.ndarray:
     """Returns ``a`` unchanged if it is a C-contiguous, non-empty ndarray of one of ``dtypes`` with ``ndim``
     dimensions; raises DTypeError / ShapeError / InvalidArgumentError naming ``name`` otherwise."""
     want = " or ".join(np.dtype(d).name for d in dtypes)
@@ -40,13 +40,13 @@ def _check_array(a: object, name: str, dtypes: tuple[type, ...], ndim: int) -> n
 
 
 def _check_square(a: object, name: str) -> np.ndarray:
-    a = _check_array(a, name, (np.float64,), 2)
+    a = check_array(a, name, (np.float64,), 2)
     if a.shape[0] != a.shape[1] or a.shape[0] == 0:
         raise ShapeError(f"{name} must be a non-empty square matrix, got shape {a.shape}")
     return a
 
 
-def _check_positive_int(v: object, name: str, minimum: int = 1) -> int:
+def check_positive_int(v: object, name: str, minimum: int = 1) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise InvalidArgumentError(f"{name} must be an integer, got {type(v).__name__}")
     if v < minimum:
@@ -54,7 +54,7 @@ def _check_positive_int(v: object, name: str, minimum: int = 1) -> int:
     return int(v)
 
 
-def _check_float(v: object, name: str) -> float:
+def check_float(v: object, name: str) -> float:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise InvalidArgumentError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)
@@ -72,17 +72,17 @@ class Covariance:
     """
 
     def __init__(self, n: int) -> None:
-        self.n = _check_positive_int(n, "n")
+        self.n = check_positive_int(n, "n")
         self._G = np.zeros((self.n, self.n), np.float64)
         self.count = 0
         self.sequences = 0
 
     def update(self, X: np.ndarray, sequences: int = 1) -> None:
         """G += X^T X for X (T, n) float32 or float64, C-contiguous; counts ``sequences`` sequences."""
-        X = _check_array(X, "X", (np.float32, np.float64), 2)
+        X = check_array(X, "X", (np.float32, np.float64), 2)
         if X.shape[1] != self.n:
             raise ShapeError(f"X must have {self.n} columns (the covariance size), got shape {X.shape}")
-        sequences = _check_positive_int(sequences, "sequences", minimum=0)
+        sequences = check_positive_int(sequences, "sequences", minimum=0)
         _C.cov_accumulate(self._G, X)
         self.count += X.shape[0]
         self.sequences += sequences
@@ -132,7 +132,7 @@ def eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def svd(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD (LAPACK dgesdd): A (m, n) = U diag(S) Vt, U (m, k), S (k,) descending, Vt (k, n), k = min(m, n)."""
-    A = _check_array(A, "A", (np.float64,), 2)
+    A = check_array(A, "A", (np.float64,), 2)
     m, n = A.shape
     if m == 0:
         raise ShapeError(f"A must be non-empty, got shape {A.shape}")
@@ -155,7 +155,7 @@ def cholesky(A: np.ndarray) -> np.ndarray:
 def spd_inv_diag(A: np.ndarray, shift: float = 0.0) -> np.ndarray:
     """diag((A + shift I)^{-1}) of SPD A + shift I, from its Cholesky factor (no explicit inverse)."""
     A = _check_square(A, "A")
-    shift = _check_float(shift, "shift")
+    shift = check_float(shift, "shift")
     d = np.empty(A.shape[0], np.float64)
     _C.spd_inv_diag(A, shift, d)
     return d
@@ -164,7 +164,7 @@ def spd_inv_diag(A: np.ndarray, shift: float = 0.0) -> np.ndarray:
 def sqrtm(A: np.ndarray, floor: float = 1e-6, inverse: bool = False) -> np.ndarray:
     """A^{1/2} (or A^{-1/2} with ``inverse=True``) of symmetric PSD A, eigenvalues floored at ``floor`` > 0."""
     A = _check_square(A, "A")
-    floor = _check_float(floor, "floor")
+    floor = check_float(floor, "floor")
     if floor <= 0:
         raise InvalidArgumentError(f"floor must be > 0, got {floor}")
     out = np.empty_like(A)
@@ -178,7 +178,7 @@ def sqrtm(A: np.ndarray, floor: float = 1e-6, inverse: bool = False) -> np.ndarr
 def sqrtm_pair(A: np.ndarray, floor: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """(A^{1/2}, A^{-1/2}) from one eigendecomposition, eigenvalues floored at ``floor`` > 0 (QA-SVD whitening)."""
     A = _check_square(A, "A")
-    floor = _check_float(floor, "floor")
+    floor = check_float(floor, "floor")
     if floor <= 0:
         raise InvalidArgumentError(f"floor must be > 0, got {floor}")
     S = np.empty_like(A)

@@ -14,7 +14,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import InvalidArgumentError, ShapeError
-from uniql.linalg import _check_array, _check_float, _check_positive_int
+from uniql.linalg import check_array, check_float, check_positive_int
 
 __all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "quantize_rtn", "quantize_gptq", "pack", "unpack",
            "dequantize"]
@@ -42,10 +42,10 @@ class QuantizedTensor:
                 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in self.shape)):
             raise ShapeError(f"shape must be a tuple (rows, cols) of positive ints, got {self.shape!r}")
         object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
-        object.__setattr__(self, "group", _check_positive_int(self.group, "group"))
+        object.__setattr__(self, "group", check_positive_int(self.group, "group"))
         rows, cols = self.shape
-        _check_array(self.packed, "packed", (np.uint8,), 2)
-        _check_array(self.scales, "scales", (np.float32,), 2)
+        check_array(self.packed, "packed", (np.uint8,), 2)
+        check_array(self.scales, "scales", (np.float32,), 2)
         if self.packed.shape != (rows, (cols + 1) // 2):
             raise ShapeError(f"packed must have shape {(rows, (cols + 1) // 2)} for shape {self.shape}, "
                              f"got {self.packed.shape}")
@@ -73,7 +73,7 @@ class QuantizedTensor:
 
 
 def _check_weight(W: object) -> np.ndarray:
-    W = _check_array(W, "W", (np.float32,), 2)
+    W = check_array(W, "W", (np.float32,), 2)
     if W.shape[0] == 0:
         raise ShapeError(f"W must be non-empty, got shape {W.shape}")
     return W
@@ -86,7 +86,7 @@ def _outputs(rows: int, cols: int, group: int) -> tuple[np.ndarray, np.ndarray]:
 def quantize_rtn(W: np.ndarray, group: int = DEFAULT_GROUP) -> QuantizedTensor:
     """Round-to-nearest int4 of W (rows, cols) float32, C-contiguous."""
     W = _check_weight(W)
-    group = _check_positive_int(group, "group")
+    group = check_positive_int(group, "group")
     packed, scales = _outputs(*W.shape, group)
     _C.q4_quantize_rtn(W, group, packed, scales)
     return QuantizedTensor(packed, scales, W.shape, group)
@@ -101,15 +101,15 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
     ``act_order``: columns in descending diag(H) order with static groups (scales from the weights before error
     feedback; groups stay contiguous in the stored format). Default: natural order, absmax scales."""
     W = _check_weight(W)
-    H = _check_array(H, "H", (np.float64,), 2)
+    H = check_array(H, "H", (np.float64,), 2)
     cols = W.shape[1]
     if H.shape != (cols, cols):
         raise ShapeError(f"H must have shape {(cols, cols)} (W has {cols} columns), got {H.shape}")
-    group = _check_positive_int(group, "group")
-    damp = _check_float(damp, "damp")
+    group = check_positive_int(group, "group")
+    damp = check_float(damp, "damp")
     if damp < 0:
         raise InvalidArgumentError(f"damp must be >= 0, got {damp}")
-    block = 0 if block is None else _check_positive_int(block, "block")
+    block = 0 if block is None else check_positive_int(block, "block")
     packed, scales = _outputs(*W.shape, group)
     flags = (_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
     _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales, flags)
@@ -118,7 +118,7 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
 
 def pack(codes: np.ndarray) -> np.ndarray:
     """codes (rows, cols) uint8 in 0..15 -> packed (rows, (cols+1)//2) uint8 (RangeError on a code > 15)."""
-    codes = _check_array(codes, "codes", (np.uint8,), 2)
+    codes = check_array(codes, "codes", (np.uint8,), 2)
     if codes.shape[0] == 0:
         raise ShapeError(f"codes must be non-empty, got shape {codes.shape}")
     packed = np.empty((codes.shape[0], (codes.shape[1] + 1) // 2), np.uint8)
@@ -128,8 +128,8 @@ def pack(codes: np.ndarray) -> np.ndarray:
 
 def unpack(packed: np.ndarray, cols: int) -> np.ndarray:
     """packed (rows, (cols+1)//2) uint8 -> codes (rows, cols) uint8."""
-    packed = _check_array(packed, "packed", (np.uint8,), 2)
-    cols = _check_positive_int(cols, "cols")
+    packed = check_array(packed, "packed", (np.uint8,), 2)
+    cols = check_positive_int(cols, "cols")
     if packed.shape[0] == 0 or packed.shape[1] != (cols + 1) // 2:
         raise ShapeError(f"packed must have shape (rows >= 1, {(cols + 1) // 2}) for cols = {cols}, "
                          f"got {packed.shape}")

@@ -31,9 +31,9 @@ import numpy as np
 
 from uniql import safetensors as st
 from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_config
-from uniql.compress import (CompressOptions, OutputExistsError, _f16_scales, _gptq, _o_group,
-                            _one_layer_model, _peak_rss_mb, _store, _Timer, calibration_tokens, quantize_layer,
-                            transformer_plan)
+from uniql.compress import (CompressOptions, OutputExistsError, StageTimer, artifact_layer, calibration_tokens,
+                            f16_scales, gptq_blocks, o_proj_group, peak_rss_mb, quantize_layer,
+                            transformer_layer_model, transformer_plan)
 from uniql.errors import InvalidArgumentError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_rtn
@@ -73,9 +73,9 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         return _quantize_hybrid(src, out, cfg, meta, opts, ids, progress)
     tc = TransformerConfig.from_hf(cfg)
     L, nh, d, n = tc.num_hidden_layers, tc.num_attention_heads, tc.head_dim, tc.hidden_size
-    go = _o_group(d, opts.group)
+    go = o_proj_group(d, opts.group)
     B, T = ids.shape
-    timer = _Timer()
+    timer = StageTimer()
     t0 = time.perf_counter()
     shared = st.load_file(src / REST_FILE)
     p0 = "model.layers.0."
@@ -88,7 +88,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         return lay, lay.pop(a + "rope_freq")
 
     def model(lay: dict[str, Any], fm: np.ndarray) -> Any:
-        return _one_layer_model(cfg, shared, lay, freq_map=fm, interleaved=True, max_seq=T)
+        return transformer_layer_model(cfg, shared, lay, freq_map=fm, interleaved=True, max_seq=T)
 
     part = out.with_name(out.name + ".partial")
     if part.exists():
@@ -113,7 +113,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
             stored = quantize_layer(lambda tl: model(tl, fm), lay, X, plan, opts.gptq_kw(), timer)  # X advances in place
             t = time.perf_counter()
             stored[a + "rope_freq"] = fm
-            out_t = _store(stored, p0, f"model.layers.{i}.", info, np.float32,
+            out_t = artifact_layer(stored, p0, f"model.layers.{i}.", info, np.float32,
                            lambda base: nh if base.endswith("o_proj") else 1)
             st.save_file(part / layer_file(i), out_t)
             timer.add("write", time.perf_counter() - t)
@@ -131,7 +131,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         tied = tc.tie_word_embeddings
         E = np.ascontiguousarray(shared["model.embed_tokens.weight"], dtype=np.float32)
         W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
-        head_q = _f16_scales(_gptq(W, c_h.mean(), opts.group, **opts.gptq_kw()))
+        head_q = f16_scales(gptq_blocks(W, c_h.mean(), opts.group, **opts.gptq_kw()))
         rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
 
         def put(name: str, shape: tuple[int, ...], q: Any) -> None:
@@ -142,7 +142,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         if tied:
             put("model.embed_tokens", E.shape, head_q)
         else:
-            put("model.embed_tokens", E.shape, _f16_scales(quantize_rtn(E, group=opts.group)))
+            put("model.embed_tokens", E.shape, f16_scales(quantize_rtn(E, group=opts.group)))
             put("lm_head", W.shape, head_q)
         st.save_file(part / REST_FILE, rest)
         quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
@@ -157,7 +157,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         total = time.perf_counter() - t0
         report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
                   "calibration_tokens": int(B * T), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
-                  "total_seconds": round(total, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                  "total_seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
                   "finetune": meta.finetune,
                   "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
         (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -175,15 +175,15 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
     (:meth:`uniql.compress_hybrid.HybridJob.layer` step 3, its lm_head / embedding step) on the stored sorted
     layers."""
     from uniql.compress_hybrid import layer_plan, layer_prefix, o_groups, one_layer_model, rope_mode
-    from uniql.ssm import LAYER_ATTENTION, _NAMES, HybridConfig
+    from uniql.ssm import LAYER_ATTENTION, HF_NAMES, HybridConfig
 
     hc = HybridConfig.from_hf(cfg)
-    names = _NAMES[hc.model_type]
+    names = HF_NAMES[hc.model_type]
     L, n = hc.num_hidden_layers, hc.hidden_size
     go, go_ssm = o_groups(hc, opts.group)
     rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
     B, T = ids.shape
-    timer = _Timer()
+    timer = StageTimer()
     t0 = time.perf_counter()
     shared_all = st.load_file(src / REST_FILE)
     with st.safe_open(src / layer_file(0)) as f:  # the rest file's names do not say backbone.* vs model.* layers
@@ -239,7 +239,7 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
             t = time.perf_counter()
             if hc.layer_types[i] == LAYER_ATTENTION and rope != "none":
                 stored[mix + "rope_freq"] = fm
-            out_t = _store(stored, p0, f"{lp}{i}.", info, np.float32,
+            out_t = artifact_layer(stored, p0, f"{lp}{i}.", info, np.float32,
                            lambda base: segs.get(base.rsplit(".", 1)[-1], 1))
             st.save_file(part / layer_file(i), out_t)
             timer.add("write", time.perf_counter() - t)
@@ -272,12 +272,12 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
         head_q = None
         W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
         if head_kind == "int4":
-            head_q = _f16_scales(_gptq(W, c_h.mean(), head_g, **opts.gptq_kw()))
+            head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
         head_dt = np.float16 if head_kind == "f16" else np.float32
         if tied:
             put(embed_base, E, head_q, head_dt)
         else:
-            emb_q = _f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else None
+            emb_q = f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else None
             put(embed_base, E, emb_q, np.float16 if emb_kind == "f16" else np.float32)
             put("lm_head", W, head_q, head_dt)
         st.save_file(part / REST_FILE, rest)
@@ -293,7 +293,7 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
         total = time.perf_counter() - t0
         report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
                   "calibration_tokens": int(B * T), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
-                  "total_seconds": round(total, 3), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                  "total_seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
                   "finetune": meta.finetune,
                   "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
         (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -213,7 +213,7 @@ class TransformerConfig:
 
 
 @dataclass(frozen=True)
-class _Q4:
+class Q4:
     """int4 weight in the runtime (rows possibly permuted): see the module docstring."""
 
     packed: np.ndarray
@@ -225,11 +225,11 @@ class _Q4:
 _R16_COLS = 8  # int4 weights whose group is a multiple of this are repacked to the kernels' R16 layout
 
 
-def _is_q4(v: Any) -> bool:
+def is_q4(v: Any) -> bool:
     return all(hasattr(v, a) for a in ("packed", "scales", "group", "shape"))
 
 
-def _f32(name: str, a: Any) -> np.ndarray:
+def as_f32(name: str, a: Any) -> np.ndarray:
     """A float32 C-contiguous array (float16/bfloat16 converted by the C core; float64 refused)."""
     if not isinstance(a, np.ndarray):
         raise DTypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
@@ -250,18 +250,18 @@ def _f16(name: str, a: Any) -> np.ndarray:
     """A float16 C-contiguous array (float32/bfloat16 converted by the C core) for fp16 (UQ_W_F16) weights."""
     if isinstance(a, np.ndarray) and a.dtype == np.float16:
         return np.ascontiguousarray(a)
-    src = _f32(name, a)
+    src = as_f32(name, a)
     out = np.empty(src.shape, np.float16)
     _C.convert(src, out)
     return out
 
 
-def _as_q4(name: str, v: Any) -> _Q4:
+def as_q4(name: str, v: Any) -> Q4:
     rows, cols = (int(x) for x in v.shape)
     packed, scales = v.packed, v.scales
     if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
         raise DTypeError(f"{name}.packed must be a uint8 numpy array")
-    return _Q4(np.ascontiguousarray(packed), _f32(f"{name}.scales", scales), int(v.group), (rows, cols))
+    return Q4(np.ascontiguousarray(packed), as_f32(f"{name}.scales", scales), int(v.group), (rows, cols))
 
 
 def _interleave_rows(n_heads: int, d: int) -> np.ndarray:
@@ -270,13 +270,13 @@ def _interleave_rows(n_heads: int, d: int) -> np.ndarray:
     return (np.arange(n_heads)[:, None] * d + per[None, :]).reshape(-1)
 
 
-def _permute_rows(w: np.ndarray | _Q4, idx: np.ndarray) -> np.ndarray | _Q4:
-    if isinstance(w, _Q4):
-        return _Q4(np.ascontiguousarray(w.packed[idx]), np.ascontiguousarray(w.scales[idx]), w.group, w.shape)
+def permute_rows(w: np.ndarray | Q4, idx: np.ndarray) -> np.ndarray | Q4:
+    if isinstance(w, Q4):
+        return Q4(np.ascontiguousarray(w.packed[idx]), np.ascontiguousarray(w.scales[idx]), w.group, w.shape)
     return np.ascontiguousarray(w[idx])
 
 
-def _ids_array(ids: Any, what: str = "ids") -> np.ndarray:
+def ids_array(ids: Any, what: str = "ids") -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim != 1:
         raise InvalidArgumentError(f"{what} must be a 1-D sequence of token ids, got shape {a.shape}")
@@ -291,13 +291,13 @@ def _ids_array(ids: Any, what: str = "ids") -> np.ndarray:
 
 
 def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, int] | None = None) -> tuple:
-    """The C runtime's spec of a linear (weight: float32/float16 array or :class:`_Q4`; bias or None); the arrays
+    """The C runtime's spec of a linear (weight: float32/float16 array or :class:`Q4`; bias or None); the arrays
     it points into are appended to ``keep``. An int4 weight whose group is a multiple of 8 and whose call segments
     ``segs`` = (nseg_out, nseg_in) are given is repacked once, in C, into the kernels' R16 layout (only that copy
     is kept); ``segs=None`` keeps the row-major int4 format (the embedding gather and row views need it)."""
     if bias is not None:
         keep.append(bias)
-    if isinstance(w, _Q4):
+    if isinstance(w, Q4):
         if segs is not None and w.group % _R16_COLS == 0:
             try:
                 packed, scales = _C.q4_repack((w.packed, w.scales, w.group, w.shape[1], None), *segs)
@@ -350,7 +350,7 @@ class SequenceModel:
     def forward(self, ids: Any, last_only: bool = False, *, n_logits: int | None = None) -> np.ndarray:
         """Continues the current sequence with ``ids``; float32 logits (T, vocab), or (1, vocab) if last_only, or
         those of the last ``n_logits`` tokens (n_logits, vocab)."""
-        a = _ids_array(ids)
+        a = ids_array(ids)
         n = (1 if last_only else a.size) if n_logits is None else int(n_logits)
         if not 1 <= n <= a.size:
             raise InvalidArgumentError(f"n_logits {n} outside [1, {a.size}] (the number of ids)")
@@ -360,13 +360,13 @@ class SequenceModel:
 
     def logits(self, ids: Any) -> np.ndarray:
         """float32 logits (T, vocab) of a fresh sequence."""
-        a = _ids_array(ids)
+        a = ids_array(ids)
         self.reset()
         return self.forward(a)
 
     def nll(self, ids: Any) -> np.ndarray:
         """float64 (T-1,): -log p(ids[t] | ids[:t]) for t = 1..T-1 of a fresh sequence."""
-        a = _ids_array(ids)
+        a = ids_array(ids)
         if a.size < 2:
             raise InvalidArgumentError("nll needs at least 2 tokens")
         lg = self.logits(a)
@@ -381,8 +381,8 @@ class SequenceModel:
             if not text_or_ids:
                 raise InvalidArgumentError(f"{what} is empty")
             enc = self.tokenizer.encode(text_or_ids)
-            return _ids_array(getattr(enc, "ids", enc), what), True
-        return _ids_array(text_or_ids, what), False
+            return ids_array(getattr(enc, "ids", enc), what), True
+        return ids_array(text_or_ids, what), False
 
     def perplexity(self, text_or_ids: Any, window: int = 512, stride: int | None = None) -> float:
         """Sliding-window perplexity (as in Hugging Face's perplexity guide): windows of ``window`` tokens
@@ -452,14 +452,14 @@ class SequenceModel:
 
     def embed(self, ids: Any) -> np.ndarray:
         """float32 (T, hidden) embedding rows (int4 dequantized)."""
-        a = _ids_array(ids)
+        a = ids_array(ids)
         X = np.empty((a.size, self.config.hidden_size), np.float32)
         _C.hy_embed(self._cm, a, X)
         return X
 
     def head(self, X: np.ndarray) -> np.ndarray:
         """float32 logits (T, vocab) = lm_head(final RMSNorm(X))."""
-        X = _f32("X", X)
+        X = as_f32("X", X)
         out = np.empty((X.shape[0], self.config.vocab_size), np.float32)
         _C.hy_head(self._cm, self._scratch_state(1), X, out)
         return out
@@ -493,7 +493,7 @@ class Model(SequenceModel):
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
                  max_chunk: int = 256) -> None:
         """Low-level constructor: prefer :meth:`from_hf_tensors`. ``embed``/``lm_head``/layer linears are
-        float32 arrays or :class:`_Q4`; layers are dicts with attn_norm, q, k, v, o, mlp_norm, gate, up,
+        float32 arrays or :class:`Q4`; layers are dicts with attn_norm, q, k, v, o, mlp_norm, gate, up,
         down (each linear a (weight, bias-or-None) pair) and freq_map (int32 (n_kv, R/2) or None)."""
         self.config = config
         self.tokenizer = tokenizer
@@ -518,7 +518,7 @@ class Model(SequenceModel):
         emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
-        self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
+        self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
         self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
 
     def truncate(self, position: int) -> None:
@@ -561,13 +561,13 @@ class Model(SequenceModel):
                 return None
             used.add(name)
             v = tensors[name]
-            if _is_q4(v):
-                return _as_q4(name, v)
-            return _f16(name, v) if mat and weight_dtype == "float16" else _f32(name, v)
+            if is_q4(v):
+                return as_q4(name, v)
+            return _f16(name, v) if mat and weight_dtype == "float16" else as_f32(name, v)
 
         def vec(name: str) -> np.ndarray:
             v = get(name)
-            if isinstance(v, _Q4):
+            if isinstance(v, Q4):
                 raise DTypeError(f"{name} must be a float array, not int4")
             return v
 
@@ -581,7 +581,7 @@ class Model(SequenceModel):
                 need_bias = (cfg.attention_bias and mod == "self_attn"
                              and (proj != "o_proj" or cfg.model_type == "llama")) or (cfg.mlp_bias and mod == "mlp")
                 b = get(f"{p}{mod}.{proj}.bias", required=need_bias)
-                if isinstance(b, _Q4):
+                if isinstance(b, Q4):
                     raise DTypeError(f"{p}{mod}.{proj}.bias must be a float array, not int4")
                 lay[short] = [w, b]
             q_rows = lay["q"][0].shape[0]
@@ -594,7 +594,7 @@ class Model(SequenceModel):
                     w, b = lay[short]
                     if w.shape[0] != heads * d:
                         raise ShapeError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads * d}")
-                    lay[short] = [_permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
+                    lay[short] = [permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
             fm = None if freq_maps is None else freq_maps[i]
             if fm is not None:
                 fm = np.ascontiguousarray(fm)
@@ -661,7 +661,7 @@ class Model(SequenceModel):
         keep sizes. ``capture``: names among attn_in (T, hidden), q (T, n_heads*r), k (T, n_kv*r) (after RoPE),
         attn_out (T, n_heads*r), mlp_in (T, hidden), mlp_z (T, k). Returns (Y, {name: array}). Does not touch
         the generation KV cache."""
-        X = _f32("X", X)
+        X = as_f32("X", X)
         if X.ndim != 2:
             raise InvalidArgumentError(f"X must be 2-D (T, hidden), got shape {X.shape}")
         T = X.shape[0]

@@ -24,7 +24,7 @@ from uniql.errors import DTypeError, InvalidArgumentError, ShapeError
 logger = logging.getLogger(__name__)
 
 RopeMode = Literal["full", "partial", "none"]
-_ROPE_CODES = {"full": _C.ROPE_FULL, "partial": _C.ROPE_PARTIAL, "none": _C.ROPE_NONE}
+ROPE_CODES = {"full": _C.ROPE_FULL, "partial": _C.ROPE_PARTIAL, "none": _C.ROPE_NONE}
 
 #: Standard keep-size granularities (docs/design.md §3.1).
 GRAN_MLP: int = _C.GRAN_MLP
@@ -79,9 +79,9 @@ def _count(name: str, v: int, lo: int = 1) -> int:
 
 
 def _rope(rope: str) -> int:
-    if rope not in _ROPE_CODES:
-        raise InvalidArgumentError(f"rope must be one of {sorted(_ROPE_CODES)}, got {rope!r}")
-    return _ROPE_CODES[rope]
+    if rope not in ROPE_CODES:
+        raise InvalidArgumentError(f"rope must be one of {sorted(ROPE_CODES)}, got {rope!r}")
+    return ROPE_CODES[rope]
 
 
 # --------------------------------------------------------------------------------------- keep sizes --
@@ -174,7 +174,7 @@ class QKSort:
         ``[0, r/2) U [d/2, d/2 + r/2)`` (partial: r/4 whole rotary pairs + r/2 pass dims)."""
         r = _count("r", r)
         rows = np.empty(r, np.int64)
-        _C.qk_keep_rows(_ROPE_CODES[self.rope], self.head_dim, r, rows)
+        _C.qk_keep_rows(ROPE_CODES[self.rope], self.head_dim, r, rows)
         return rows
 
     def proj_rows(self, n_heads: int) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import SequenceModel, _Q4, _as_q4, _f32, _ids_array, _is_q4, _permute_rows, linear_spec
+from uniql.runtime import Q4, SequenceModel, as_f32, as_q4, is_q4, linear_spec, permute_rows
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class BambaConfig(HybridConfig):
 SUPPORTED_SSM_TYPES = ("mamba2", "nemotron_h", "bamba")
 
 
-def _rope_rows(n_heads: int, d: int, rd: int) -> np.ndarray:
+def rope_rows(n_heads: int, d: int, rd: int) -> np.ndarray:
     """Row index map HF [rot (rotate-half, rd dims) | pass] -> runtime [rot pair-interleaved | pass], per head."""
     per = np.concatenate([np.stack([np.arange(rd // 2), np.arange(rd // 2) + rd // 2], axis=1).reshape(-1),
                           np.arange(rd, d)])
@@ -368,7 +368,7 @@ def _rope_rows(n_heads: int, d: int, rd: int) -> np.ndarray:
 
 
 # HF tensor names: (embedding, final norm, layer prefix, mixer prefix per layer type, ...)
-_NAMES = {
+HF_NAMES = {
     "mamba2": dict(embed=("backbone.embeddings.weight", "backbone.embedding.weight"), final="backbone.norm_f.weight",
                    layer="backbone.layers.{i}.", norm="norm.weight", mamba="mixer."),
     "nemotron_h": dict(embed=("model.embeddings.weight", "backbone.embeddings.weight"),
@@ -387,7 +387,7 @@ def mamba_in_parts(config: "HybridConfig", w: Any, bias: np.ndarray | None,
     row slices with the call segments of each (H, H, G, G heads / groups; dt row-major), so that the runtime runs
     them with the R16 kernels; None (the fused row-major weight) for float weights, a group that R16 cannot take,
     or shapes that do not split (the runtime's checks then name the problem)."""
-    if not isinstance(w, _Q4) or w.group % 8:
+    if not isinstance(w, Q4) or w.group % 8:
         return None
     H, G = config.ssm_heads, config.ssm_groups
     out = lay.get("out_proj")
@@ -404,7 +404,7 @@ def mamba_in_parts(config: "HybridConfig", w: Any, bias: np.ndarray | None,
     parts = []
     for i in range(5):
         a, b = int(bounds[i]), int(bounds[i + 1])
-        part = _Q4(np.array(w.packed[a:b]), np.array(w.scales[a:b]), w.group, (b - a, w.shape[1]))  # own copies
+        part = Q4(np.array(w.packed[a:b]), np.array(w.scales[a:b]), w.group, (b - a, w.shape[1]))  # own copies
         parts.append((part, None if bias is None else np.array(bias[a:b]), segs[i]))
     return parts
 
@@ -459,7 +459,7 @@ class HybridModel(SequenceModel):
         emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, "up")
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
-        self._tied_q4 = embed if lm_head is embed and isinstance(embed, _Q4) else None
+        self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
         self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
         self._options = 0
 
@@ -484,7 +484,7 @@ class HybridModel(SequenceModel):
         for what, seq in (("freq_maps", freq_maps), ("rot_rows", rot_rows)):
             if seq is not None and len(seq) != L:
                 raise InvalidArgumentError(f"{what} has {len(seq)} entries, the model has {L} layers")
-        names = _NAMES[cfg.model_type]
+        names = HF_NAMES[cfg.model_type]
         used: set[str] = set()
 
         def first_present(cands: tuple[str, ...] | str) -> str:
@@ -501,11 +501,11 @@ class HybridModel(SequenceModel):
                 return None
             used.add(name)
             v = tensors[name]
-            return _as_q4(name, v) if _is_q4(v) else _f32(name, v)
+            return as_q4(name, v) if is_q4(v) else as_f32(name, v)
 
         def vec(name: str, required: bool = True) -> np.ndarray | None:
             v = get(name, required)
-            if isinstance(v, _Q4):
+            if isinstance(v, Q4):
                 raise DTypeError(f"{name} must be a float array, not int4")
             return v
 
@@ -546,8 +546,8 @@ class HybridModel(SequenceModel):
                         if w.shape[0] != heads * d:
                             raise ShapeError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads} x "
                                              f"{d} (truncated heads need qk_layout='interleaved')")
-                        idx = _rope_rows(heads, d, rd)
-                        lay[short] = [_permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
+                        idx = rope_rows(heads, d, rd)
+                        lay[short] = [permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
                 fm = None if freq_maps is None else freq_maps[i]
                 if fm is not None:
                     fm = np.ascontiguousarray(fm)
@@ -661,7 +661,7 @@ class HybridModel(SequenceModel):
         current keeps. ``capture``: names among :meth:`capture_widths` (mixer_in; Mamba: ssm_x, ssm_B, ssm_C,
         ssm_dt = Delta, ssm_out; attention: q, k (after RoPE), attn_out; MLP: mlp_in, mlp_z). Returns
         (Y, {name: (T, width) float32}). Does not touch the generation state."""
-        X = _f32("X", X)
+        X = as_f32("X", X)
         if X.ndim != 2:
             raise ShapeError(f"X must be 2-D (T, hidden), got shape {X.shape}")
         widths = self.capture_widths(layer)

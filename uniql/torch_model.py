@@ -160,7 +160,7 @@ class LoRA(nn.Module):
         return self.scale * (self.B @ self.A)
 
 
-def _select(W: torch.Tensor, rows: torch.Tensor | slice | None, cols: torch.Tensor | slice | None) -> torch.Tensor:
+def select_block(W: torch.Tensor, rows: torch.Tensor | slice | None, cols: torch.Tensor | slice | None) -> torch.Tensor:
     if rows is not None:
         W = W[rows] if isinstance(rows, slice) else W.index_select(0, rows)
     if cols is not None:
@@ -310,7 +310,7 @@ class ElasticTorchModel(LoRAHost, nn.Module):
 
     # --------------------------------------------------------------------------------- forward ----
     def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
-        W = _select(getattr(self, f"l{i}_{s}_w"), rows, cols)
+        W = select_block(getattr(self, f"l{i}_{s}_w"), rows, cols)
         b = getattr(self, f"l{i}_{s}_b", None)
         if b is not None and rows is not None:
             b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
@@ -318,8 +318,8 @@ class ElasticTorchModel(LoRAHost, nn.Module):
         key = f"l{i}_{s}"
         if self.lora_enabled and key in self.lora:
             lo = self.lora[key]
-            A = _select(lo.A, None, cols)
-            B = _select(lo.B, rows, None)
+            A = select_block(lo.A, None, cols)
+            B = select_block(lo.B, rows, None)
             xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
             y = y + lo.scale * F.linear(F.linear(xl, A), B)
         return y

@@ -283,7 +283,7 @@ def _argmax(v: Sequence[float]) -> int:
     return best
 
 
-def _score_lists(lls: Sequence[Sequence[float]], docs: Sequence[Doc]) -> tuple[float, float]:
+def score_lists(lls: Sequence[Sequence[float]], docs: Sequence[Doc]) -> tuple[float, float]:
     """(acc, acc_norm) of per-document choice log-likelihoods."""
     hit = hit_norm = 0
     for ll, d in zip(lls, docs):
@@ -323,7 +323,7 @@ def _run_task(model: Any, task: Task, toks: list, rate: float | None, progress: 
         label = task.name if rate is None else f"{task.name} @ {rate:.0%}"
         bar = tqdm(toks, desc=label, unit="doc", leave=False)
     lls = [choice_loglikelihoods(model, pairs).tolist() for pairs in bar]
-    acc, acc_norm = _score_lists(lls, task.docs)
+    acc, acc_norm = score_lists(lls, task.docs)
     n = len(task.docs)
     tokens = sum(len(c) + len(k) for pairs in toks for c, k in pairs)
     res = TaskResult(task.name, rate, n, acc, _stderr(acc, n), acc_norm, _stderr(acc_norm, n),

@@ -53,7 +53,7 @@ __all__ = ["import_llama_cpp", "cache_dir", "permute_qk", "write_gguf", "quantiz
 #: bump when the GGUF written here changes (it is part of every cache file's name)
 GGUF_FORMAT = 1
 CACHE_ENV = "UNIQL_BENCH_CACHE"
-_ARCHES = {"llama": "llama", "qwen2": "qwen2"}  # HF model_type -> GGUF general.architecture
+GGUF_ARCHES = {"llama": "llama", "qwen2": "qwen2"}  # HF model_type -> GGUF general.architecture
 _GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -107,7 +107,7 @@ def _gguf_name(hf: str) -> str:
 TensorSpec = tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]
 
 
-def _tensor_plan(cfg: dict[str, Any], arch: str, get: Callable[[str], np.ndarray | None],
+def tensor_plan(cfg: dict[str, Any], arch: str, get: Callable[[str], np.ndarray | None],
                  shape_of: Callable[[str], tuple[int, ...] | None], dtype2d: np.dtype) -> list[TensorSpec]:
     """Tensors in llama.cpp order; ``get(hf_name)`` returns float32 data, ``shape_of`` its shape (None: absent)."""
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -240,7 +240,7 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
         return dst
     cache.mkdir(parents=True, exist_ok=True)
     cfg = source.cfg
-    arch = _ARCHES.get(cfg.get("model_type", "llama"))
+    arch = GGUF_ARCHES.get(cfg.get("model_type", "llama"))
     if arch is None:
         raise UnsupportedError(f"model_type {cfg.get('model_type')!r} has no llama.cpp architecture here")
     t0 = time.perf_counter()
@@ -248,7 +248,7 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
         from uniql.checkpoint import read_tensors
 
         tensors = read_tensors(source.src_dir)
-        plan = _tensor_plan(cfg, arch, tensors.get, lambda n: tensors[n].shape if n in tensors else None,
+        plan = tensor_plan(cfg, arch, tensors.get, lambda n: tensors[n].shape if n in tensors else None,
                             np.dtype(np.float32))
         file_type = 0  # LLAMA_FTYPE_ALL_F32
     else:
@@ -259,7 +259,7 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
             s = shapes[n]
             return np.ones(s, np.float32) if len(s) == 1 else _random_2d(s, seeds[n], np.dtype(np.float16))
 
-        plan = _tensor_plan(cfg, arch, get, shapes.get, np.dtype(np.float16))
+        plan = tensor_plan(cfg, arch, get, shapes.get, np.dtype(np.float16))
         file_type = 1  # LLAMA_FTYPE_MOSTLY_F16
     tmp_src = dst.with_name(dst.name + f".{os.getpid()}.f.gguf")
     tmp_dst = dst.with_name(dst.name + f".{os.getpid()}.tmp")
@@ -267,7 +267,7 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
         write_gguf(tmp_src, cfg, plan, arch=arch, name=f"uniql-bench {source.label}",
                    tokenizer_from=source.tokenizer_from, file_type=file_type)
         t1 = time.perf_counter()
-        with _quiet():
+        with quiet():
             quantize_q4_0(llama_cpp, tmp_src, tmp_dst, threads)
         os.replace(tmp_dst, dst)
         log.info("llama.cpp %s: wrote the %s GGUF in %.1f s, Q4_0 in %.1f s -> %s", source.label,
@@ -315,7 +315,7 @@ def gguf_bytes(path: Path) -> dict[str, int]:
 # -------------------------------------------------------------------------------------- timing ----
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """llama.cpp logs through the ``llama-cpp-python`` logger's level (set to ERROR while we run)."""
     lg = logging.getLogger("llama-cpp-python")
     old = lg.level
@@ -331,7 +331,7 @@ def time_gguf(llama_cpp: ModuleType, path: Path, prompt: int, gen: int, repeats:
     """Best prefill seconds of ``prompt`` tokens and best decode seconds per token over ``gen`` tokens of a GGUF
     in llama.cpp (token ids as ``uniql.bench.time_model`` draws them); also its weight bytes and settings."""
     L = llama_cpp
-    with _quiet():
+    with quiet():
         L.llama_backend_init()
         mp = L.llama_model_default_params()
         model = L.llama_model_load_from_file(str(path).encode(), mp)

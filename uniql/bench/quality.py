@@ -131,7 +131,7 @@ def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], thr
 
     label, ftype, pure = recipe
     cfg = checkpoint.read_config(src)
-    arch = lc._ARCHES.get(cfg.get("model_type", "llama"))
+    arch = lc.GGUF_ARCHES.get(cfg.get("model_type", "llama"))
     if arch is None:
         raise lc.LlamaCppError(f"model_type {cfg.get('model_type')!r} has no llama.cpp architecture here")
     cache = cache or lc.cache_dir()
@@ -147,7 +147,7 @@ def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], thr
     cache.mkdir(parents=True, exist_ok=True)
     if not f32.is_file():
         tensors = checkpoint.read_tensors(src)
-        plan = lc._tensor_plan(cfg, arch, tensors.get, lambda n: tensors[n].shape if n in tensors else None,
+        plan = lc.tensor_plan(cfg, arch, tensors.get, lambda n: tensors[n].shape if n in tensors else None,
                                np.dtype(np.float32))
         tok = None
         try:
@@ -163,7 +163,7 @@ def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], thr
     p.ftype = getattr(llama_cpp, ftype)
     p.pure = bool(pure)
     tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
-    with lc._quiet():
+    with lc.quiet():
         rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(tmp).encode(), ctypes.byref(p))
     if rc != 0:
         tmp.unlink(missing_ok=True)
@@ -186,7 +186,7 @@ def llama_cpp_rows(llama_cpp: Any, src: Path, texts: dict[str, np.ndarray], wind
     for recipe in recipes:
         path = llama_cpp_gguf(llama_cpp, src, recipe, threads)
         nbytes = int(lc.gguf_bytes(path)["all"])
-        with lc._quiet():
+        with lc.quiet():
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=window, n_batch=window, n_ubatch=window,
                                   n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
         ppl = {}

@@ -91,8 +91,8 @@ def run_grid(configs: Sequence[Config], tasks: Sequence[str | _tasks.EvalTask], 
                 model = uniql.load(cfg.path, rate=cfg.rate, max_seq=max_seq)
                 tk_key = str(Path(cfg.path) / "tokenizer.json")
                 if tk_key not in tok_cache:
-                    bos = runner._bos(model)
-                    tok_cache[tk_key] = [runner._tokenize(t, model.tokenizer, bos, window) for t in loaded]
+                    bos = runner.bos_token(model)
+                    tok_cache[tk_key] = [runner.tokenize_task(t, model.tokenizer, bos, window) for t in loaded]
                 toks_all = tok_cache[tk_key]
             toks = toks_all[ti]
             ids = _doc_ids(task, toks)

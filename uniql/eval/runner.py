@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 __all__ = ["evaluate", "evaluate_task"]
 
 
-def _bos(model: Any) -> int | None:
+def bos_token(model: Any) -> int | None:
     cfg = model.config
     b = getattr(cfg, "bos_token_id", None)
     if b is None and getattr(cfg, "eos_token_ids", ()):
@@ -25,7 +25,7 @@ def _bos(model: Any) -> int | None:
     return b
 
 
-def _tokenize(task: _tasks.EvalTask, tokenizer: Any, bos: int | None, window: int) -> list[Any]:
+def tokenize_task(task: _tasks.EvalTask, tokenizer: Any, bos: int | None, window: int) -> list[Any]:
     if task.kind == "choice":
         return [[zeroshot.encode_pair(tokenizer, c, k, bos) for c, k in zip(d.contexts, d.continuations)]
                 for d in task.docs]
@@ -45,7 +45,7 @@ def _score(scorer: Scorer, task: _tasks.EvalTask, toks: list[Any], bar: Iterable
         for i in bar:
             d = task.docs[i]
             lls = [scorer.loglikelihood(c, k)[0] for c, k in toks[i]]
-            hit, hit_norm = zeroshot._score_lists([lls], [d])
+            hit, hit_norm = zeroshot.score_lists([lls], [d])
             acc.append(hit)
             acc_norm.append(hit_norm)
         return {"acc": acc, "acc_norm": acc_norm}
@@ -109,8 +109,8 @@ def evaluate(model: Any, tasks: Sequence[str | _tasks.EvalTask] = zeroshot.TASKS
         raise InvalidArgumentError(f"a task is given twice: {names}")
     if any(t.kind == "perplexity" for t in loaded) and not 2 <= window <= model.max_seq:
         raise InvalidArgumentError(f"window {window} must be in [2, max_seq = {model.max_seq}]")
-    bos = _bos(model)
-    toks = [_tokenize(t, tokenizer, bos, window) for t in loaded]
+    bos = bos_token(model)
+    toks = [tokenize_task(t, tokenizer, bos, window) for t in loaded]
     out: dict[float | None, dict[str, TaskResult]] = {}
     for r in rate_list:
         if r is not None and hasattr(model, "set_rate"):

@@ -53,8 +53,8 @@ from torch import nn
 
 from uniql.artifact import ArtifactMeta, head_rows, hybrid_full_sizes, qk_head_rows
 from uniql.errors import FormatError, InvalidArgumentError
-from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, _NAMES, HybridConfig
-from uniql.torch_model import LoRA, LoRAHost, _select
+from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig
+from uniql.torch_model import LoRA, LoRAHost, select_block
 
 __all__ = ["HybridTorchModel", "ssd_scan", "MAMBA_LINEARS", "ATTN_LINEARS", "MLP_LINEARS"]
 
@@ -133,7 +133,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
         self.lora_enabled = True
         self.rank, self.alpha = int(rank), float(alpha)
         self.rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
-        nm = _NAMES[hc.model_type]
+        nm = HF_NAMES[hc.model_type]
         lp = "backbone.layers." if any(k.startswith("backbone.layers.") for k in layers[0]) else "model.layers."
         self.names: list[dict[str, str]] = []     # per layer: short linear name -> full tensor name prefix
         self.ffn = [hc.ffn_after_mixer and t != LAYER_MLP for t in hc.layer_types]
@@ -251,7 +251,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
 
     # --------------------------------------------------------------------------------- forward ----
     def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
-        W = _select(getattr(self, f"l{i}_{s}_w"), rows, cols)
+        W = select_block(getattr(self, f"l{i}_{s}_w"), rows, cols)
         b = getattr(self, f"l{i}_{s}_b", None)
         if b is not None and rows is not None:
             b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
@@ -260,7 +260,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
         if self.lora_enabled and key in self.lora:
             lo = self.lora[key]
             xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
-            y = y + lo.scale * F.linear(F.linear(xl, _select(lo.A, None, cols)), _select(lo.B, rows, None))
+            y = y + lo.scale * F.linear(F.linear(xl, select_block(lo.A, None, cols)), select_block(lo.B, rows, None))
         return y
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -293,7 +293,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
         xbc = zxbcdt[..., nx:2 * nx + 2 * nb].to(wdt)
         dt = zxbcdt[..., 2 * nx + 2 * nb:].to(wdt)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            w = _select(getattr(self, f"l{i}_conv_w"), ci, None)          # (channels, K)
+            w = select_block(getattr(self, f"l{i}_conv_w"), ci, None)          # (channels, K)
             cb = getattr(self, f"l{i}_conv_b", None)
             if cb is not None and ci is not None:
                 cb = cb.index_select(0, ci)

@@ -1,0 +1,143 @@
+"""The package's shape: modules share only public names, serving never imports the compression pipeline, and
+the two entry points that share a name with their submodule (`compress`, `finetune`) stay the functions."""
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uniql
+from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "uniql"
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for p in sorted(PKG.rglob("*.py")):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        out.append((".".join(parts[:-1] if parts[-1] == "__init__" else parts), p))
+    return out
+
+
+def _imports_from(mod: str, path: Path) -> list[tuple[int, str, str]]:
+    """(line, source module, name) of every `from X import name` in `path`, relative imports resolved."""
+    pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+            src = ".".join(base + ([node.module] if node.module else []))
+        else:
+            src = node.module or ""
+        out += [(node.lineno, src, a.name) for a in node.names]
+    return out
+
+
+def test_the_scan_sees_every_module_and_resolves_relative_imports(tmp_path):
+    assert {"uniql", "uniql.compress", "uniql.runtime", "uniql.finetune", "uniql.eval.runner"} <= set(dict(_modules()))
+    f = tmp_path / "x.py"
+    f.write_text("from .tasks import _hidden\nfrom .. import linalg\nfrom uniql.quant import pack\n")
+    assert _imports_from("uniql.eval.x", f) == [(1, "uniql.eval.tasks", "_hidden"), (2, "uniql", "linalg"),
+                                                (3, "uniql.quant", "pack")]
+
+
+def test_no_module_imports_another_modules_underscore_names():
+    bad = []
+    for mod, path in _modules():
+        for line, src, name in _imports_from(mod, path):
+            if src != "uniql" and not src.startswith("uniql."):
+                continue
+            if src == "uniql._C" or (src == "uniql" and name == "_C"):
+                continue  # the extension module: private by its name only
+            if name.startswith("_") and not (name.startswith("__") and name.endswith("__")):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: from {src} import {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_module_reads_another_modules_underscore_attributes():
+    """`zeroshot._score_lists(...)`-style reads of a uniql module's private name, through an imported module."""
+    bad, known = [], set(dict(_modules()))
+    for mod, path in _modules():
+        tree = ast.parse(path.read_text(), str(path))
+        aliases = {}  # local name -> uniql module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("uniql") and not node.level:
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if full in known:
+                        aliases[a.asname or a.name] = full
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in known and a.asname:
+                        aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__") and aliases[node.value.id] != mod):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    cfg = tiny_llama_config(vocab=64, hidden=32, inter=64, layers=2, heads=4, kv=2, head_dim=8)
+    src = write_tiny_llama(tmp_path_factory.mktemp("hf") / "m", cfg, tiny_llama_tensors(cfg))
+    ids = np.random.default_rng(0).integers(0, 64, size=(4, 16)).astype(np.int32)
+    return uniql.compress(src, tmp_path_factory.mktemp("art") / "a", calibration=ids, num_samples=4, seq_len=16,
+                          group=16, progress=False)
+
+
+PIPELINE = ("uniql.compress", "uniql.compress_hybrid", "uniql.requantize", "uniql.finetune", "torch")
+
+
+def test_loading_an_artifact_imports_no_compression_pipeline(tiny_artifact):
+    code = ("import json, sys, uniql\n"
+            f"m = uniql.load({str(tiny_artifact)!r}, rate=0.25)\n"
+            "logits = m.logits([1, 2, 3])\n"
+            "print(json.dumps({'shape': list(logits.shape), 'mods': sorted(sys.modules)}))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["shape"][-1] == 64
+    assert "uniql.runtime" in out["mods"] and "uniql.artifact" in out["mods"]  # the check sees the loader
+    assert [m for m in PIPELINE if m in out["mods"]] == []
+
+
+def test_import_uniql_imports_no_compression_pipeline():
+    r = subprocess.run([sys.executable, "-c", "import json, sys, uniql; print(json.dumps(sorted(sys.modules)))"],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    mods = json.loads(r.stdout)
+    assert "uniql.checkpoint" in mods and [m for m in PIPELINE if m in mods] == []
+
+
+def test_submodules_shadowed_by_package_attributes_are_exactly_the_two_entry_points():
+    """Every submodule of uniql is reachable as `uniql.<name>` after import, except `compress` and `finetune`,
+    whose names the package keeps for the entry-point functions (documented in uniql/__init__.py)."""
+    shadowed = set()
+    for mod, _ in _modules():
+        if mod.count(".") != 1 or mod == "uniql.__main__":  # __main__ runs the CLI
+            continue
+        m = importlib.import_module(mod)
+        if getattr(uniql, mod.split(".")[1]) is not m:
+            shadowed.add(mod.split(".")[1])
+    assert shadowed == {"compress", "finetune"}
+    for name in shadowed:
+        f = getattr(uniql, name)
+        assert isinstance(f, types.FunctionType) and f.__module__ == f"uniql.{name}"
+        assert f is importlib.import_module(f"uniql.{name}").__dict__[name]
+    import uniql.compress as bound  # noqa: PLC0415  (binds the package attribute: the function)
+    assert bound is uniql.compress and callable(bound)
