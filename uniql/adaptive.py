@@ -68,7 +68,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from uniql.errors import InvalidArgumentError, RangeError, UniqlError
+from uniql.errors import FormatError, InvalidArgumentError, RangeError, UniqlError, UniqlIOError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class AdaptiveWarning(UserWarning):
     """A signal (or part of one) cannot be read on this machine and is skipped."""
 
 
-class SignalUnavailable(Exception):
+class SignalUnavailable(UniqlIOError):
     """Raised by a signal's ``read`` when nothing of it can be read here (the controller warns once, skips it)."""
 
 
@@ -178,7 +178,7 @@ class MemorySignal:
         try:
             mi = _read_kv(self.meminfo)
             if "MemAvailable" not in mi:
-                raise ValueError("no MemAvailable field")
+                raise FormatError("no MemAvailable field")
             vals["meminfo"] = mi["MemAvailable"] * 1024
         except (OSError, ValueError) as e:
             _warn_once(self._warned, "meminfo", f"adaptive: {self.meminfo} MemAvailable cannot be read ({e}); skipped")

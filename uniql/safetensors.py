@@ -116,7 +116,7 @@ class SafeOpen:
 
     def _require(self, name: str) -> None:
         if not isinstance(name, str):
-            raise TypeError(f"tensor name must be a str, got {type(name).__name__}")
+            raise DTypeError(f"tensor name must be a str, got {type(name).__name__}")
         if name not in self._file:  # raises StateError when closed
             raise TensorNotFoundError(f"'{self._path}': no tensor named '{name}'")
 

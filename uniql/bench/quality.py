@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from uniql.errors import RangeError
+
 log = logging.getLogger(__name__)
 
 TEXTS = ("wiki", "code", "tiny")
@@ -52,7 +54,7 @@ def eval_ids(tokenizer: Any, name: str, tokens: int) -> np.ndarray:
 
     ids = np.asarray(tokenizer.encode(data.read_text(name)).ids, np.int32)
     if ids.size < tokens:
-        raise ValueError(f"text {name!r} has only {ids.size} tokens")
+        raise RangeError(f"text {name!r} has only {ids.size} tokens")
     return np.ascontiguousarray(ids[-tokens:] if name in TAIL_TEXTS else ids[:tokens])
 
 
