@@ -119,8 +119,9 @@ typedef struct {
                     int64_t nch, float *tot);
     /* optional: one token, mr <= 16 rows (same results as q8_gemv), tot (mr); wn: the 16 rows of the next
      * block (prefetched; NULL for none) */
-    void (*q8_gemv16)(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, const float *xs,
-                      const int32_t *xsum, const uq_k_chunk *ch, int64_t nch, float *tot, const uint8_t *const *wn);
+    void (*q8_gemv_16rows)(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq,
+                           const float *xs, const int32_t *xsum, const uq_k_chunk *ch, int64_t nch, float *tot,
+                           const uint8_t *const *wn);
     /* int8 GEMM for a block of nrows <= 32 rows (NULL when the path has none): same sums as q8_gemv, written
      * token-major: y[t * ldy + r] (r < nrows). */
     void (*q8_gemm)(const uint8_t *const *w, const float *const *s, int nrows, const int8_t *xq, int64_t ldq,

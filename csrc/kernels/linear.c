@@ -466,7 +466,7 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
     uq_status st = build_groups(nseg_in, seg_in, keep_in, g, Q->cw, &ch, &ng, &ldq);
     if (st != UQ_OK) return st;
     const int nth = par_threads(nout * nin * T);
-    const int gemm = Q->q8_gemm && T >= UQ_Q8_GEMM_MIN_T, g16 = !gemm && T == 1 && Q->q8_gemv16;
+    const int gemm = Q->q8_gemm && T >= UQ_Q8_GEMM_MIN_T, g16 = !gemm && T == 1 && Q->q8_gemv_16rows;
     const int64_t MB = gemm ? UQ_Q8_MB : g16 ? 16 : 4, nblk = (nout + MB - 1) / MB;
     size_t wb = gemm ? (Q->q8_gemm_work(ch, ng) + 63) / 64 * 64 : 0;
     if ((st = uq_alloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
@@ -507,7 +507,7 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
                 int64_t o = o0 + MB + (i < n1 ? i : n1 - 1);
                 wn[i] = L->packed + ((o / keep_out) * seg_out + o % keep_out) * rowbytes;
             }
-            Q->q8_gemv16(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt, n1 > 0 ? wn : NULL);
+            Q->q8_gemv_16rows(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt, n1 > 0 ? wn : NULL);
         } else {
             Q->q8_gemv(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt);
         }

@@ -5,9 +5,9 @@
  * writes and attention run per sequence on that sequence's state. Row-wise kernels (RMSNorm, softplus, the gated
  * norm, SiLU products) run over all rows at once: each row's operations are those of the row alone.
  *
- * Bit-identical to decoding each sequence alone with uq_hy_forward (T = 1, which takes the recurrence): the same
- * argument as batch.c (every kernel's operations per output element depend only on its token row; the scan,
- * conv and attention of a sequence are the same calls with T = 1, only spread differently over threads).
+ * Bit-identical to decoding each sequence alone with uq_hy_forward (T = 1, which takes the recurrence): every
+ * kernel's operations per output element depend only on its token row, and the scan, conv and attention of a
+ * sequence are the same calls with T = 1, only spread differently over threads.
  */
 #include <math.h>
 #include <string.h>
