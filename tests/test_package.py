@@ -90,13 +90,21 @@ def test_no_module_reads_another_modules_underscore_attributes():
     assert not bad, "\n".join(bad)
 
 
-@pytest.fixture(scope="module")
-def tiny_artifact(tmp_path_factory):
-    cfg = tiny_llama_config(vocab=64, hidden=32, inter=64, layers=2, heads=4, kv=2, head_dim=8)
-    src = write_tiny_llama(tmp_path_factory.mktemp("hf") / "m", cfg, tiny_llama_tensors(cfg))
+@pytest.fixture(scope="module", params=["llama", "bamba"])
+def tiny_artifact(request, tmp_path_factory):
+    """An int4 artifact of a tiny random Llama, or of a Bamba (Mamba2 + partial-RoPE attention: the hybrid loader)."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    if request.param == "llama":
+        cfg = tiny_llama_config(vocab=64, hidden=32, inter=64, layers=2, heads=4, kv=2, head_dim=8)
+        src = write_tiny_llama(tmp / "m", cfg, tiny_llama_tensors(cfg))
+    else:
+        pytest.importorskip("transformers")
+        from test_ssm import make_hf  # small random HF models of each hybrid architecture
+
+        src = tmp / "m"
+        make_hf("bamba")[0].save_pretrained(src)
     ids = np.random.default_rng(0).integers(0, 64, size=(4, 16)).astype(np.int32)
-    return uniql.compress(src, tmp_path_factory.mktemp("art") / "a", calibration=ids, num_samples=4, seq_len=16,
-                          group=16, progress=False)
+    return uniql.compress(src, tmp / "a", calibration=ids, num_samples=4, seq_len=16, group=16, progress=False)
 
 
 PIPELINE = ("uniql.compress", "uniql.compress_hybrid", "uniql.requantize", "uniql.finetune", "torch")
@@ -111,7 +119,7 @@ def test_loading_an_artifact_imports_no_compression_pipeline(tiny_artifact):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["shape"][-1] == 64
+    assert out["shape"][-1] == json.loads((tiny_artifact / "config.json").read_text())["vocab_size"]
     assert "uniql.runtime" in out["mods"] and "uniql.artifact" in out["mods"]  # the check sees the loader
     assert [m for m in PIPELINE if m in out["mods"]] == []
 

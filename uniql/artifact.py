@@ -480,8 +480,7 @@ def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
 def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Mapping[str, Any], rate: float,
                  max_seq: int | None, tokenizer: Any) -> "ElasticHybridModel":
     from uniql import safetensors as st
-    from uniql.compress_hybrid import rope_mode
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode
 
     hc = HybridConfig.from_hf(cfg)
     names = HF_NAMES[hc.model_type]

@@ -34,29 +34,17 @@ import numpy as np
 from uniql.compress import (CompressOptions, LayerStream, capture_moment, cov_diagonal, layer_importance, o_proj_group,
                             sorted_attention, sorted_mlp, source_tied, artifact_layer, StageTimer, quantize_layer,
                             rotation_of)
-from uniql.errors import FormatError, UniqlError, UnsupportedError
+from uniql.errors import FormatError, UniqlError
 from uniql.linalg import Covariance
 from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
                            sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
-from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, HybridModel, rope_rows)
+from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, HybridModel, rope_mode,
+                       rope_rows)
 
 #: Ridge constant of the state-aware head-channel score: ridge scores are scale-sensitive (lambda is absolute
 #: against a second moment averaged over sequences); these are the values the method was tuned with.
 SSM_LAMBDA_MAMBA2 = 1e-4
 SSM_LAMBDA_HYBRID = 1.0
-
-
-def rope_mode(hc: HybridConfig) -> str:
-    """The Q/K sort layout of a hybrid's attention: "none" (Nemotron-H), "partial" (Bamba, rotary on the first
-    half of a head) or "full"."""
-    if hc.rope_dim == 0:
-        return "none"
-    if hc.rope_dim == hc.head_dim:
-        return "full"
-    if 2 * hc.rope_dim == hc.head_dim:
-        return "partial"
-    raise UnsupportedError(f"rotary dims {hc.rope_dim} of head dim {hc.head_dim}: only none, half or full RoPE "
-                           "can be sorted")
 
 
 def layer_prefix(model_type: str, names: Any) -> str:

@@ -460,9 +460,8 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
     ``tokens`` (re-prefilled, exact); without them it raises before changing anything."""
     from uniql import safetensors as st
     from uniql.artifact import check_rate, head_rows, layer_file, qk_head_rows
-    from uniql.compress_hybrid import rope_mode
     from uniql.errors import InvalidArgumentError
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES
+    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, rope_mode
 
     t0 = time.perf_counter()
     rate = check_rate(rate, model.meta.max_rate)

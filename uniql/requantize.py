@@ -174,8 +174,8 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
     """quantize_artifact of a Mamba2 / Nemotron-H / Bamba artifact: compress's hybrid quantization step
     (:meth:`uniql.compress_hybrid.HybridJob.layer` step 3, its lm_head / embedding step) on the stored sorted
     layers."""
-    from uniql.compress_hybrid import layer_plan, layer_prefix, o_groups, one_layer_model, rope_mode
-    from uniql.ssm import LAYER_ATTENTION, HF_NAMES, HybridConfig
+    from uniql.compress_hybrid import layer_plan, layer_prefix, o_groups, one_layer_model
+    from uniql.ssm import LAYER_ATTENTION, HF_NAMES, HybridConfig, rope_mode
 
     hc = HybridConfig.from_hf(cfg)
     names = HF_NAMES[hc.model_type]

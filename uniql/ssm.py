@@ -360,6 +360,19 @@ class BambaConfig(HybridConfig):
 SUPPORTED_SSM_TYPES = ("mamba2", "nemotron_h", "bamba")
 
 
+def rope_mode(hc: HybridConfig) -> str:
+    """The Q/K sort layout of a hybrid's attention: "none" (Nemotron-H), "partial" (Bamba, rotary on the first
+    half of a head) or "full"."""
+    if hc.rope_dim == 0:
+        return "none"
+    if hc.rope_dim == hc.head_dim:
+        return "full"
+    if 2 * hc.rope_dim == hc.head_dim:
+        return "partial"
+    raise UnsupportedError(f"rotary dims {hc.rope_dim} of head dim {hc.head_dim}: only none, half or full RoPE "
+                           "can be sorted")
+
+
 def rope_rows(n_heads: int, d: int, rd: int) -> np.ndarray:
     """Row index map HF [rot (rotate-half, rd dims) | pass] -> runtime [rot pair-interleaved | pass], per head."""
     per = np.concatenate([np.stack([np.arange(rd // 2), np.arange(rd // 2) + rd // 2], axis=1).reshape(-1),

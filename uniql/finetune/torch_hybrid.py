@@ -120,7 +120,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
                  rest: Mapping[str, np.ndarray], *, rank: int = 0, alpha: float = 16.0, seed: int = 0,
                  max_seq: int = 2048, lora_dropout: float = 0.0) -> None:
         super().__init__()
-        from uniql.compress_hybrid import rope_mode
+        from uniql.ssm import rope_mode
 
         if not (0.0 <= float(lora_dropout) < 1.0):
             raise InvalidArgumentError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
