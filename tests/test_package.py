@@ -90,6 +90,53 @@ def test_no_module_reads_another_modules_underscore_attributes():
     assert not bad, "\n".join(bad)
 
 
+def _module_level_graph() -> dict[str, set[str]]:
+    """uniql module -> the uniql modules it imports when it is imported (module-level statements, including
+    those inside a top-level `if`/`try`; imports inside functions run later and cannot form a cycle)."""
+    mods = dict(_modules())
+    graph = {}
+    for mod, path in mods.items():
+        deps = set()
+        for stmt in ast.parse(path.read_text(), str(path)).body:
+            nodes = list(ast.walk(stmt)) if isinstance(stmt, (ast.If, ast.Try)) else [stmt]
+            for node in nodes:
+                if isinstance(node, ast.Import):
+                    deps |= {a.name for a in node.names if a.name in mods}
+                elif isinstance(node, ast.ImportFrom):
+                    for line, src, name in _imports_from(mod, path):
+                        if line != node.lineno:
+                            continue
+                        full = f"{src}.{name}"
+                        if full in mods:
+                            deps.add(full)
+                        elif src in mods and full != "uniql._C":
+                            deps.add(src)
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _module_level_graph()
+    assert "uniql.runtime" in graph["uniql.ssm"] and "uniql.compress" in graph["uniql.requantize"]
+    cycles, state, stack = [], {}, []
+
+    def visit(u: str) -> None:
+        state[u] = "open"
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == "open":
+                cycles.append(" -> ".join(stack[stack.index(v):] + [v]))
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, "\n".join(cycles)
+
+
 @pytest.fixture(scope="module", params=["llama", "bamba"])
 def tiny_artifact(request, tmp_path_factory):
     """An int4 artifact of a tiny random Llama, or of a Bamba (Mamba2 + partial-RoPE attention: the hybrid loader)."""
