@@ -61,7 +61,7 @@ def test_speed_memory_quick(monkeypatch, tmp_path):
     import json
 
     text = _execute(monkeypatch, "speed_memory.ipynb", tmp_path)
-    _pngs(tmp_path, ("speed_tpot_prefill_rss", "speed_ttft_ttlt", "speed_batched"))
+    _pngs(tmp_path, ("speed_tpot_prefill", "speed_memory", "speed_ttft_ttlt", "speed_batched"))
     rep = json.loads((tmp_path / "speed_memory.json").read_text())
     assert "QUICK=True" in text and f"{len(rep['rows'])} of {len(rep['rows'])} cells ran" in text
     rows = {(r["engine"], r["kind"], r["rate"]): r for r in rep["rows"]}
@@ -81,8 +81,9 @@ def test_speed_memory_quick(monkeypatch, tmp_path):
     for r in rates:  # int4 weights are the same bytes whatever the activations; well under the fp32 ones
         a8, a32, f = (rows[("uniql", k, r)]["weight_bytes"] for k in ("int4-a8", "int4-a32", "fp32"))
         assert a8 == a32 < f / 4
-    assert rows[("uniql", "fp32", 0.0)]["weight_bytes"] == rows[("llama.cpp", "F32", 0.0)]["weight_bytes"] or \
-        ("llama.cpp", "F32", 0.0) not in rows
+    if ("llama.cpp", "F32", 0.0) in rows:  # the same fp32 parameters (uniql also counts small per-layer tables)
+        assert rows[("uniql", "fp32", 0.0)]["weight_bytes"] == pytest.approx(
+            rows[("llama.cpp", "F32", 0.0)]["weight_bytes"], rel=0.01)
     assert "| fp32 | 0% | 1.00x |" in text  # the ratio table ran
 
 
