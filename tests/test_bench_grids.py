@@ -102,3 +102,11 @@ def test_speed_cli_errors(tiny, capsys):
         sm.main(["--checkpoint", str(tiny["base"]), "--fp32", str(tiny["fp32"]), "--int4", str(tiny["int4"]),
                  "--gen", "1"])
     assert e.value.code == 2 and "gen must be >= 2" in capsys.readouterr().err
+
+
+def test_cell_that_hangs_is_killed_and_reported(tiny):
+    cfg = sm.SpeedConfig(str(tiny["base"]), {"fp32": str(tiny["fp32"]), "int4": str(tiny["int4"])}, rates=(0.0,),
+                         kinds=("fp32",), llama_cpp=False, torch=False, cell_timeout_s=0.05)
+    rep = sm.run(cfg, progress=False)
+    assert [r["error"] for r in rep["rows"]] == ["no result within 0.05 s"]
+    assert rep["notes"] == ["uniql fp32 @0: failed (no result within 0.05 s)"]

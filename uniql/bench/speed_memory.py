@@ -76,6 +76,7 @@ class SpeedConfig:
     torch: bool = True
     cache: str | None = None  # where llama.cpp's GGUF files are kept (default: uniql.bench.llamacpp.cache_dir())
     seed: int = 1
+    cell_timeout_s: float = 1800.0  # a cell's child process is killed after this long (reported as failed)
 
     def __post_init__(self) -> None:
         for name in ("prompt", "gen", "batch_prompt", "batch_steps", "repeats", "threads"):
@@ -386,8 +387,11 @@ def _child(cell: Cell, cfg: SpeedConfig) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     arg = json.dumps({"cell": asdict(cell), "cfg": {k: (list(v) if isinstance(v, tuple) else v)
                                                     for k, v in asdict(cfg).items()}})
-    r = subprocess.run([sys.executable, "-m", "uniql.bench.speed_memory", "--cell", arg], capture_output=True,
-                       text=True, env=env)
+    try:
+        r = subprocess.run([sys.executable, "-m", "uniql.bench.speed_memory", "--cell", arg], capture_output=True,
+                           text=True, env=env, timeout=cfg.cell_timeout_s)
+    except subprocess.TimeoutExpired:
+        return {**asdict(cell), "label": cell.label, "error": f"no result within {cfg.cell_timeout_s:g} s"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
