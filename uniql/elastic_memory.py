@@ -200,6 +200,9 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
             raise FormatError("resize: only float32 and int4 resident weights can be resized (this model holds "
                               f"{w.dtype})")
         out["weight"] = w
+    elif w.dtype == np.int8:
+        raise FormatError("resize: only float32 and int4 resident weights can be resized (this model holds int8 "
+                          "weights of the precision policy); reload it with uniql.load(path, rate=...)")
     elif len(spec) > 5 and spec[5] is not None:
         packed, sc = _C.q4_unpack_r16(spec)
         out["packed"], out["scales"] = packed, sc
