@@ -7,8 +7,8 @@ FP32_ART and INT4_ART are artifacts of the same source, calibration and rotation
 and ``compress()``), so their sorted float weights are the same and each int4 tensor of INT4_ART is the GPTQ
 form of the matching float32 tensor of FP32_ART. A variant is FP32_ART with the tensors a SPEC selects taken
 from INT4_ART: ``only:CLASS`` (that class int4, the rest float32) or ``except:CLASS`` (the converse); CLASS is
-``embedding``, ``lm_head``, a projection (``q_proj`` ... ``down_proj``), ``layers:A-B`` (every linear of
-decoder layers A..B) or ``all``. The int4 tensors were GPTQ'd on inputs of a fully int4 model, so a
+``embedding``, ``lm_head``, a projection (``q_proj`` ... ``down_proj``), ``PROJ@A-B`` (a projection of
+decoder layers A..B), ``layers:A-B`` (every linear of decoder layers A..B), ``all``, or a union ``a+b``. The int4 tensors were GPTQ'd on inputs of a fully int4 model, so a
 single-class row is a close approximation (not an exact replay) of compressing with only that class in int4.
 """
 from __future__ import annotations
@@ -28,7 +28,15 @@ DEFAULT_SPECS = (["only:all", "only:none"]
 
 
 def selected(name: str, cls: str) -> bool:
-    """Whether uniql_tensors entry `name` belongs to class `cls`."""
+    """Whether uniql_tensors entry `name` belongs to class `cls` (``a+b``: the union; ``PROJ@A-B``: that
+    projection in decoder layers A..B)."""
+    if "+" in cls:
+        return any(selected(name, c) for c in cls.split("+"))
+    if "@" in cls:
+        proj, rng = cls.split("@")
+        a, _, b = rng.partition("-")
+        return (name.startswith("model.layers.") and name.endswith("." + proj)
+                and int(a) <= int(name.split(".")[2]) <= int(b or a))
     if cls == "all":
         return True
     if cls == "none":
