@@ -2,6 +2,7 @@
 converse, int4 everywhere but one class), at rate 0, W4A32, Wikipedia and code perplexity.
 
     python benchmarks/int4_sensitivity.py FP32_ART INT4_ART [SPEC ...]   # -> $UNIQL_ABLATION_DIR/sensitivity.json
+    UNIQL_RATES=0,0.15,0.25,0.35 python benchmarks/int4_sensitivity.py ...   # other rates (default 0)
 
 FP32_ART and INT4_ART are artifacts of the same source, calibration and rotation (``compress(quantize=False)``
 and ``compress()``), so their sorted float weights are the same and each int4 tensor of INT4_ART is the GPTQ
@@ -94,13 +95,16 @@ def main(argv: list[str]) -> None:
     res.mkdir(parents=True, exist_ok=True)
     tok = checkpoint.load_tokenizer(ensure_smollm2())
     texts = {t: eval_ids(tok, t, 2048) for t in ("wiki", "code")}
+    rates = tuple(float(r) for r in os.environ.get("UNIQL_RATES", "0").split(","))
+    tag = f"{int4.name} rates {os.environ.get('UNIQL_RATES', '0')}"
     out_json = res / "sensitivity.json"
     done = json.loads(out_json.read_text()) if out_json.is_file() else {}
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "uniql-sensitivity"
     for spec in specs:
         d = make_variant(fp32, int4, spec, tmp)
-        row = uniql_rows(d, spec, (0.0,), texts, 512, acts=("fp32",))[0]
-        done[spec] = row.as_dict()
+        rows = uniql_rows(d, spec, rates, texts, 512, acts=("fp32",))
+        key = spec if (rates == (0.0,) and int4.name == "mix-rot-mse-ao-int4") else f"{spec} {tag}"
+        done[key] = [r.as_dict() for r in rows] if len(rows) > 1 else rows[0].as_dict()
         out_json.write_text(json.dumps(done, indent=1))
         shutil.rmtree(d)
 

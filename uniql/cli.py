@@ -259,9 +259,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                    help="GPTQ: group scales searched for the least rounding error")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ: activation order with static groups")
-    p.add_argument("--precision", action="append", default=None, metavar="CLASS=STORAGE",
-                   help="storage of a tensor class (embedding, lm_head, attention, mlp, mamba): int4, int4-g<N> or "
-                        "f16 (repeatable)")
+    p.add_argument("--precision", action="append", default=None, metavar="KEY=STORAGE",
+                   help="storage of a tensor class (embedding, lm_head, attention, mlp, mamba) or projection "
+                        "(q_proj ... down_proj, in_proj, out_proj), optionally @A-B for decoder layers A..B: int4, "
+                        "int4-g<N>, int8, int8-g<N> or f16 (repeatable; the most specific key wins)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last layer")
     p.set_defaults(func=_cmd_compress)

@@ -691,8 +691,11 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     randomized Hadamard transform (:mod:`uniql.rotate`, seed ``rotate_seed``) before sorting and quantization --
     the same function at every rate, int4 with far smaller error; a tied embedding is untied. ``mse_scale`` /
     ``act_order``: GPTQ options (:func:`uniql.quant.quantize_gptq`). ``precision``: storage per tensor class
-    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) -> ``"int4"`` (group ``group``),
-    ``"int4-g<N>"`` (group N) or ``"f16"``; unnamed classes are int4.
+    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ... ``down_proj``,
+    ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
+    (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
+    llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
+    unnamed tensors are int4.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
