@@ -34,9 +34,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -58,28 +60,37 @@ COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
 #: tensor classes of the precision policy (CompressOptions.precision)
 PRECISION_CLASSES = ("embedding", "lm_head", "attention", "mlp", "mamba")
+#: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere):
+#: int8 for the linears whose int4 error costs the most perplexity per byte on SmolLM2-135M (README, issue 19:
+#: down_proj and v_proj everywhere, up_proj in the last third of the layers), GPTQ int4 (group 128) elsewhere
+DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-10--1": "int8-g256"}
 #: projections a precision key may name (one projection of every decoder layer, or of a layer range)
 PRECISION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj",
                          "out_proj")
 
 
+_LAYER_RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
+
+
 def _precision_key(key: Any) -> tuple[str, int, int] | None:
     """(target, first layer, last layer) of a precision key: ``CLASS`` or ``PROJ`` (every layer) or
-    ``CLASS@A-B`` / ``PROJ@A-B`` / ``PROJ@A`` (decoder layers A..B); None when the key is malformed."""
+    ``CLASS@A-B`` / ``PROJ@A-B`` / ``PROJ@A`` (decoder layers A..B; a negative index counts from the end, as in
+    Python: ``down_proj@-10--1`` is the last ten layers); None when the key is malformed."""
     if not isinstance(key, str):
         return None
     target, at, rng = key.partition("@")
     if target not in PRECISION_CLASSES + PRECISION_PROJECTIONS:
         return None
     if not at:
-        return target, 0, 1 << 30
+        return target, 0, -1
     if target in ("embedding", "lm_head"):
         return None
-    a, dash, b = rng.partition("-")
-    if not a.isdigit() or (dash and not b.isdigit()):
+    m = _LAYER_RANGE.match(rng)
+    if not m:
         return None
-    lo, hi = int(a), int(b) if dash else int(a)
-    return (target, lo, hi) if lo <= hi else None
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
+    return (target, lo, hi) if (lo < 0) != (hi < 0) or lo <= hi else None
 
 
 def _precision_spec(v: Any) -> bool:
@@ -126,10 +137,11 @@ class CompressOptions:
         """Keyword arguments of the GPTQ calls (:func:`_gptq`)."""
         return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order)
 
-    def storage(self, name: str, layer: int | None = None) -> tuple[str, int]:
+    def storage(self, name: str, layer: int | None = None, num_layers: int = 0) -> tuple[str, int]:
         """("int4", group), ("int8", group) or ("f16", 0) of a tensor: `name` is a class (PRECISION_CLASSES) or a layer linear's
-        name (its class and projection are read from it), `layer` its decoder layer (None: every layer). The
-        most specific key of the policy wins: ``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``; none: int4."""
+        name (its class and projection are read from it), `layer` its decoder layer (None: every layer) of
+        `num_layers` (negative indices of a key count from it). The most specific key of the policy wins:
+        ``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``; none: int4."""
         if name in PRECISION_CLASSES:
             cls, proj = name, None
         else:
@@ -139,8 +151,10 @@ class CompressOptions:
         for key, v in self.precision.items():
             target, lo, hi = _precision_key(key)  # type: ignore[misc]  # validated in __post_init__
             scoped = "@" in key
-            if scoped and (layer is None or not lo <= layer <= hi):
-                continue
+            if scoped:
+                lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
+                if layer is None or not lo <= layer <= hi:
+                    continue
             rank = (2 if scoped else 0) + (1 if target == proj else 0)
             if (target == proj or target == cls) and rank > best:
                 best, spec = rank, v
@@ -544,7 +558,7 @@ class _TransformerJob:
         stored = sl
         if Xq is not None:
             stored = quantize_layer(lambda t: self._model(t, freq), sl, Xq, transformer_plan(p0, opts.group, self.go),
-                                    opts.gptq_kw(), timer, lambda nm: opts.storage(nm, i))
+                                    opts.gptq_kw(), timer, lambda nm: opts.storage(nm, i, self.L))
         stored[a + "rope_freq"] = freq
         out_t = _store(stored, p0, f"model.layers.{i}.", info, self._wdt(),
                        lambda base: nh if base.endswith("o_proj") else 1)
@@ -695,7 +709,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
     (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
     llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
-    unnamed tensors are int4.
+    unnamed tensors are int4. None: :data:`DEFAULT_PRECISION` for llama / qwen2, int4 everywhere for hybrids;
+    ``{}``: int4 everywhere.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
@@ -711,6 +726,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
+    if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
+        opts = dataclasses.replace(opts, precision=dict(DEFAULT_PRECISION))
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.quantize and any(
             v.startswith("int8") for v in opts.precision.values()):
         raise UnsupportedError("int8 storage in the precision policy is supported for llama and qwen2 models")
