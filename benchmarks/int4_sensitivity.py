@@ -9,7 +9,8 @@ and ``compress()``), so their sorted float weights are the same and each int4 te
 form of the matching float32 tensor of FP32_ART. A variant is FP32_ART with the tensors a SPEC selects taken
 from INT4_ART: ``only:CLASS`` (that class int4, the rest float32) or ``except:CLASS`` (the converse); CLASS is
 ``embedding``, ``lm_head``, a projection (``q_proj`` ... ``down_proj``), ``PROJ@A-B`` (a projection of
-decoder layers A..B), ``layers:A-B`` (every linear of decoder layers A..B), ``all``, or a union ``a+b``. The int4 tensors were GPTQ'd on inputs of a fully int4 model, so a
+decoder layers A..B), ``layers:A-B`` (every linear of decoder layers A..B), ``all``, or a union ``a+b``.
+The int4 tensors were GPTQ'd on inputs of a fully int4 model, so a
 single-class row is a close approximation (not an exact replay) of compressing with only that class in int4.
 """
 from __future__ import annotations

@@ -62,8 +62,10 @@ SCORERS = ("uniql", "magnitude")
 PRECISION_CLASSES = ("embedding", "lm_head", "attention", "mlp", "mamba")
 #: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere):
 #: int8 for the linears whose int4 error costs the most perplexity per byte on SmolLM2-135M (README, issue 19:
-#: down_proj and v_proj everywhere, up_proj in the last third of the layers), GPTQ int4 (group 128) elsewhere
-DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-10--1": "int8-g256"}
+#: down_proj and v_proj everywhere, up_proj in the last ten layers), GPTQ int4 with groups of 64 elsewhere except
+#: the embedding (round-to-nearest int4, group 128: its int4 error costs almost nothing)
+DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-10--1": "int8-g256",
+                     "attention": "int4-g64", "mlp": "int4-g64", "lm_head": "int4-g64"}
 #: projections a precision key may name (one projection of every decoder layer, or of a layer range)
 PRECISION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj",
                          "out_proj")
@@ -116,7 +118,7 @@ class CompressOptions:
     """Options of :func:`compress` (saved in the artifact's config and report)."""
 
     num_samples: int = 32          # calibration sequences
-    seq_len: int = 256             # tokens per calibration sequence
+    seq_len: int = 512             # tokens per calibration sequence
     quantize: bool = True          # GPTQ int4 of every linear, int4 embedding
     group: int = 128               # int4 group size along the input dimension
     damp: float = 0.01             # GPTQ damping (fraction of mean diag H)
@@ -138,10 +140,10 @@ class CompressOptions:
         return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order)
 
     def storage(self, name: str, layer: int | None = None, num_layers: int = 0) -> tuple[str, int]:
-        """("int4", group), ("int8", group) or ("f16", 0) of a tensor: `name` is a class (PRECISION_CLASSES) or a layer linear's
-        name (its class and projection are read from it), `layer` its decoder layer (None: every layer) of
-        `num_layers` (negative indices of a key count from it). The most specific key of the policy wins:
-        ``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``; none: int4."""
+        """("int4", group), ("int8", group) or ("f16", 0) of a tensor: `name` is a class (PRECISION_CLASSES) or
+        a layer linear's name (its class and projection are read from it), `layer` its decoder layer (None: every
+        layer) of `num_layers` (negative indices of a key count from it). The most specific key of the policy
+        wins: ``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``; none: int4."""
         if name in PRECISION_CLASSES:
             cls, proj = name, None
         else:
@@ -688,7 +690,7 @@ def _sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, 
 
 @exact_int4
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
-             num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
+             num_samples: int = 32, seq_len: int = 512, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
              rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
              precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
