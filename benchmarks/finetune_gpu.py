@@ -339,11 +339,11 @@ def prep_tasks(args: argparse.Namespace) -> None:
 
     m = uniql.load(args.artifact, max_seq=64)
     tok, _ = zeroshot.tokenizer_and_rates(m, None, [0.0])
-    bos = runner._bos(m)
+    bos = runner.bos_token(m)
     out = []
     for name in args.tasks.split(","):
         t = tasks.load(name, limit=args.limit)
-        out.append((t, runner._tokenize(t, tok, bos, 512)))
+        out.append((t, runner.tokenize_task(t, tok, bos, 512)))
         print(name, len(t.docs), "documents", flush=True)
     args.out.write_bytes(pickle.dumps(out))
 
@@ -419,7 +419,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
 
     import torch
 
-    from uniql.zeroshot import _score_lists
+    from uniql.zeroshot import score_lists
 
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device(args.device)
@@ -438,7 +438,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
                 lls = _choice_lls(model, pairs, dev, args.batch_tokens)
                 acc, acc_norm, k = [], [], 0
                 for d, doc in zip(task.docs, toks):
-                    a, an = _score_lists([lls[k:k + len(doc)]], [d])
+                    a, an = score_lists([lls[k:k + len(doc)]], [d])
                     acc.append(a)
                     acc_norm.append(an)
                     k += len(doc)

@@ -63,7 +63,8 @@ def _compress(src: Path, out: Path, **kw) -> Path:
 def llama(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llama")
     src, model = _make(tmp, "llama")
-    return src, model, _compress(src, tmp / "fp32"), _compress(src, tmp / "int4", quantize=True)
+    # int4 everywhere (precision={}): these tests are about GPTQ, and quantize_artifact takes no policy
+    return src, model, _compress(src, tmp / "fp32"), _compress(src, tmp / "int4", quantize=True, precision={})
 
 
 @pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
@@ -210,7 +211,7 @@ def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
         src, _, fp, q = llama
     else:
         src, _ = _make(tmp_path, kind.split("-")[0], tied=kind.endswith("-tied"))
-        fp, q = _compress(src, tmp_path / "fp32"), _compress(src, tmp_path / "int4", quantize=True)
+        fp, q = _compress(src, tmp_path / "fp32"), _compress(src, tmp_path / "int4", quantize=True, precision={})
     two = quantize_artifact(fp, tmp_path / "two-step", calibration=_calib(), num_samples=NSAMP, seq_len=SEQ,
                             progress=False)
     for name in [layer_file(i) for i in range(3)] + [REST_FILE]:
@@ -329,7 +330,7 @@ def test_int4_artifact_does_not_depend_on_activation_mode(tmp_path, llama):
 
     src, _, _, q = llama
     with uniql.int4_activations("int8"):
-        again = _compress(src, tmp_path / "int4-a8-default", quantize=True)
+        again = _compress(src, tmp_path / "int4-a8-default", quantize=True, precision={})
         assert _C.kernels_info()["q4_act"] == "int8"
     for name in [layer_file(i) for i in range(3)] + [REST_FILE]:
         assert (again / name).read_bytes() == (q / name).read_bytes(), name

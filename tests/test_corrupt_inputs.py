@@ -70,7 +70,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corrupt")
     src = write_checkpoint(root / "src")
     return {"src": src, "f32": run_compress(src, root / "art-f32"),
-            "q4": run_compress(src, root / "art-q4", quantize=True, group=32)}
+            "q4": run_compress(src, root / "art-q4", quantize=True, group=32, precision={})}  # int4 everywhere
 
 
 def copy(src: Path, dst: Path) -> Path:

@@ -23,6 +23,8 @@ transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ, NSAMP = 256, 32, 8
 RATES = (0.35, 0.15, 0.25, 0.0, 0.35, 0.05)
+INT8_POLICY = {"down_proj": "int8", "v_proj": "int8", "o_proj@1-2": "int8-g8", "up_proj@1-2": "int8-g32",
+               "lm_head": "int8", "embedding": "int8"}
 
 
 def _make(tmp: Path, kind: str) -> Path:
@@ -54,6 +56,13 @@ class _Artifacts:
             kind, q = key
             if q == "f16":
                 self.cache[key] = self._f16(self[(kind, False)])
+            elif q == "int8":  # a mixed int4 / int8 precision policy
+                src = self.tmp / kind
+                if not src.exists():
+                    _make(self.tmp, kind)
+                self.cache[key] = compress(src, self.tmp / f"{kind}-int8", calibration=self.calib,
+                                           num_samples=NSAMP, seq_len=SEQ, progress=False, quantize=True,
+                                           precision=INT8_POLICY)
             else:
                 src = self.tmp / kind
                 if not src.exists():
@@ -101,7 +110,7 @@ def _weights(m) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("key", [("llama", True), ("qwen2", False),
+@pytest.mark.parametrize("key", [("llama", True), ("qwen2", False), ("llama", "int8"),
                                  pytest.param(("llama", False), marks=pytest.mark.slow),
                                  pytest.param(("qwen2", True), marks=pytest.mark.slow),
                                  pytest.param(("llama", "f16"), marks=pytest.mark.slow)])

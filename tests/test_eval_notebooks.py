@@ -1,8 +1,10 @@
 """notebooks/quality_grid.ipynb and notebooks/compression_walkthrough.ipynb executed in their QUICK setting with
 nbclient (tiny random model, seconds each): every cell runs, the figures are written, and the printed tables say
-what the pipeline guarantees (an fp32 artifact at rate 0 equals the base model on every document)."""
+what the pipeline guarantees (an fp32 artifact at rate 0 equals the base model on every document); likewise
+notebooks/speed_memory.ipynb and notebooks/adaptive.ipynb, checked through the JSON reports they write."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -51,3 +53,59 @@ def test_compression_walkthrough_quick(monkeypatch, tmp_path):
     keep_rows = [line for line in text.splitlines() if line.startswith("| 100% |")]
     assert keep_rows and all(v.strip() == "0.0000" for v in keep_rows[0].split("|")[2:-1])  # nothing pruned
     assert "self_attn.q_proj: RTN" in text and "mlp.gate_proj: RTN" in text
+
+
+def test_speed_memory_quick(monkeypatch, tmp_path):
+    """notebooks/speed_memory.ipynb on the tiny model: every cell of uniql (3 kinds x 4 rates), llama.cpp (F32,
+    Q4_0) and PyTorch ran in its own process, and the report obeys what the artifacts guarantee."""
+    import json
+
+    text = _execute(monkeypatch, "speed_memory.ipynb", tmp_path)
+    _pngs(tmp_path, ("speed_tpot_prefill", "speed_memory", "speed_ttft_ttlt", "speed_batched"))
+    rep = json.loads((tmp_path / "speed_memory.json").read_text())
+    assert "QUICK=True" in text and f"{len(rep['rows'])} of {len(rep['rows'])} cells ran" in text
+    rows = {(r["engine"], r["kind"], r["rate"]): r for r in rep["rows"]}
+    rates = (0.0, 0.15, 0.25, 0.35)
+    assert {(e, k, r) for e, k, r in rows if e == "uniql"} == {("uniql", k, r) for k in ("fp32", "int4-a8", "int4-a32")
+                                                             for r in rates}
+    if importlib.util.find_spec("llama_cpp") is not None:
+        assert ("llama.cpp", "F32", 0.0) in rows and ("llama.cpp", "Q4_0", 0.0) in rows
+    if importlib.util.find_spec("torch") is not None:
+        assert ("pytorch", "fp32", 0.0) in rows
+    for r in rows.values():
+        assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["ttlt_ms"] >= r["ttft_ms"] and r["rss_bytes"] > 0
+        assert set(r["batched"]) == {"1", "4"} and all(v["tok_s"] > 0 for v in r["batched"].values())
+    for k in ("fp32", "int4-a8", "int4-a32"):  # loading at a higher rate reads fewer weights
+        wb = [rows[("uniql", k, r)]["weight_bytes"] for r in rates]
+        assert all(a > b for a, b in zip(wb, wb[1:])), (k, wb)
+    for r in rates:  # int4 weights are the same bytes whatever the activations; well under the fp32 ones
+        a8, a32, f = (rows[("uniql", k, r)]["weight_bytes"] for k in ("int4-a8", "int4-a32", "fp32"))
+        assert a8 == a32 < f / 4
+    if ("llama.cpp", "F32", 0.0) in rows:  # the same fp32 parameters (uniql also counts small per-layer tables)
+        assert rows[("uniql", "fp32", 0.0)]["weight_bytes"] == pytest.approx(
+            rows[("llama.cpp", "F32", 0.0)]["weight_bytes"], rel=0.01)
+    assert "| fp32 | 0% | 1.00x |" in text  # the ratio table ran
+
+
+def test_adaptive_quick(monkeypatch, tmp_path):
+    """notebooks/adaptive.ipynb on the tiny int4 artifact with a target below reach: the pinned run stays at rate 0,
+    the controlled runs climb to the artifact's top rate through recorded decisions, and the hog phase is on the
+    timeline of every run."""
+    import json
+
+    text = _execute(monkeypatch, "adaptive.ipynb", tmp_path)
+    _pngs(tmp_path, ("adaptive_timeline", "adaptive_phases"))
+    rep = json.loads((tmp_path / "adaptive_trace.json").read_text())
+    assert "QUICK=True" in text and list(rep["runs"]) == ["off", "lazy", "follow"]
+    assert rep["target_ms"] < rep["quiet_tpot_ms"]
+    for name, r in rep["runs"].items():
+        toks = r["tokens"]
+        assert toks and {t["phase"] for t in toks} == {"quiet", "cpu hog"}
+        assert all(a["t"] <= b["t"] for a, b in zip(toks, toks[1:]))
+        if name == "off":
+            assert {t["rate"] for t in toks} == {0.0} and not r["decisions"]
+        else:
+            ups = [d for d in r["decisions"] if d["event"] == "rate"]
+            assert ups and ups[-1]["to"] == pytest.approx(0.35) and toks[-1]["rate"] == pytest.approx(0.35)
+            assert all("latency" in d["reason"] for d in ups)
+    assert "| off |" in text and "| follow |" in text

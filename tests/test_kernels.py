@@ -419,3 +419,36 @@ def test_bench_smoke_run():
     assert "int4" in bench.format_report(rep)
     with pytest.raises(InvalidArgumentError, match="rates must be in"):
         bench.BenchConfig(rates=(1.5,))
+
+
+@pytest.mark.parametrize("nsi,group", [(1, 32), (4, 8), (1, 100)])
+def test_int8_weight_linear_matches_float64_on_every_path(nsi, group):
+    """int8 weights (UQ_W_Q8): y = x W^T + b against float64 of the dequantized codes on every available path,
+    bit-identical across paths, for full and truncated column prefixes and T from 1 to 9."""
+    from uniql.quant import quantize_int8
+
+    rng = np.random.default_rng(9)
+    rows, cols = 29, 96 if nsi > 1 else 150
+    seg = cols // nsi
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    parts = [quantize_int8(np.ascontiguousarray(W[:, s * seg:(s + 1) * seg]), group) for s in range(nsi)]
+    codes = np.ascontiguousarray(np.concatenate([p.codes for p in parts], axis=1))
+    scales = np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1))
+    gps = scales.shape[1] // nsi
+    b = rng.standard_normal(rows).astype(np.float32)
+    for keep in (seg, seg - 5):
+        deq = np.concatenate([codes[:, s * seg:s * seg + keep].astype(np.float64)
+                              * np.repeat(scales[:, s * gps:(s + 1) * gps], group, axis=1)[:, :keep]
+                              for s in range(nsi)], axis=1)
+        for T in (1, 4, 9):
+            x = rng.standard_normal((T, nsi * keep)).astype(np.float32)
+            want = x.astype(np.float64) @ deq.T + b
+            outs = []
+            for path in AVAILABLE:
+                _C.kernels_set(path)
+                y = np.empty((T, rows), np.float32)
+                _C.linear_forward((codes, scales, group, cols, b), x, y, 1, rows, nsi, keep)
+                np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+                outs.append(y)
+            for y in outs[1:]:
+                np.testing.assert_array_equal(y, outs[0])

@@ -50,31 +50,60 @@ def test_default_calibration_is_the_mix_without_wiki():
     assert "wiki" not in data.CALIBRATION_MIX and len(data.CALIBRATION_MIX) >= 3
 
 
+def _class_want(policy):
+    """Expected storage of a tensor under a class-only policy."""
+    def want(name, layer):
+        cls = ("lm_head" if name == "lm_head" else "embedding" if name.endswith("embed_tokens") else
+               "attention" if ".self_attn." in name else "mlp")
+        return policy.get(cls, "int4")
+    return want
+
+
+def _fine_want(name, layer):
+    """Expected storage under FINE (written out by hand: the most specific key wins)."""
+    proj = name.rsplit(".", 1)[-1]
+    if name == "lm_head":
+        return "int8-g32"
+    if name.endswith("embed_tokens"):
+        return "int8"
+    if proj == "down_proj":
+        return "f16" if layer == 2 else "int8"        # down_proj@2 beats down_proj
+    if proj == "up_proj" and layer in (0, 1):
+        return "int8-g64"                             # up_proj@0-1 beats mlp
+    if proj == "gate_proj" and layer in (1, 2):
+        return "int8-g16"                             # gate_proj@-2--1: the last two of the three layers
+    if ".self_attn." in name and layer == 1:
+        return "f16" if proj != "v_proj" else "int8"  # v_proj@1 beats attention@1
+    return "int4-g32" if ".mlp." in name else "int4"
+
+
+FINE = {"lm_head": "int8-g32", "embedding": "int8", "down_proj": "int8", "down_proj@2": "f16", "mlp": "int4-g32",
+        "up_proj@0-1": "int8-g64", "attention@1": "f16", "v_proj@1": "int8", "gate_proj@-2--1": "int8-g16"}
 POLICIES = [
-    {"lm_head": "f16", "embedding": "int4-g32"},
-    {"attention": "f16", "mlp": "int4-g64", "lm_head": "int4-g32"},
+    ({"lm_head": "f16", "embedding": "int4-g32"}, None),
+    ({"attention": "f16", "mlp": "int4-g64", "lm_head": "int4-g32"}, None),
+    ({"mlp": "int8", "lm_head": "int8", "embedding": "int8-g16"}, None),
+    (FINE, _fine_want),
 ]
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy,want", POLICIES)
 @pytest.mark.parametrize("rotate", [False, True])
-def test_precision_policy_loads_at_any_rate_like_set_rate(tmp_path, policy, rotate):
+def test_precision_policy_loads_at_any_rate_like_set_rate(tmp_path, policy, want, rotate):
     src, _ = _make(tmp_path, "llama")
     art = _compress(src, tmp_path / "art", quantize=True, precision=policy, rotate=rotate, mse_scale=True,
                     act_order=True)
     cfg = json.loads((art / "config.json").read_text())
     info = cfg["uniql_tensors"]
     assert cfg["uniql"]["quantization"]["precision"] == policy
+    want = want or _class_want(policy)
     for name, spec in info.items():
-        cls = ("lm_head" if name == "lm_head" else "embedding" if name.endswith("embed_tokens") else
-               "attention" if ".self_attn." in name else "mlp")
-        want = policy.get(cls, "int4")
-        if want == "f16":
-            assert spec["format"] == "f16", name
-        else:
-            assert spec["format"] == "q4", name
-            if want.startswith("int4-g") and not name.endswith("o_proj"):
-                assert spec["group"] == int(want[6:]), name
+        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else None
+        w = want(name, layer)
+        fmt = {"f16": "f16", "int4": "q4", "int8": "q8"}[w[:4] if w != "f16" else w]
+        assert spec["format"] == fmt, (name, spec, w)
+        if "-g" in w and not name.endswith("o_proj"):
+            assert spec["group"] == int(w[6:]), name
     ids = np.random.default_rng(2).integers(0, VOCAB, size=20).astype(np.int32)
     full = uniql.load(art, rate=0.0)
     for rate in (0.15, 0.35, 0.0):
@@ -84,7 +113,9 @@ def test_precision_policy_loads_at_any_rate_like_set_rate(tmp_path, policy, rota
 
 def test_precision_policy_rejects_bad_specs(tmp_path):
     src, _ = _make(tmp_path, "llama")
-    for bad in ({"head": "f16"}, {"lm_head": "int8"}, {"mlp": "int4-gx"}, {"mlp": "int4-g0"}):
+    for bad in ({"head": "f16"}, {"lm_head": "int2"}, {"mlp": "int4-gx"}, {"mlp": "int4-g0"}, {"mlp": "int8-g"},
+                {"lm_head@0": "f16"}, {"down_proj@": "f16"}, {"down_proj@3-1": "f16"}, {"mlp@a-b": "int8"},
+                {"gate@0": "int8"}, {"up_proj@-1--3": "int8"}, {"up_proj@--1": "int8"}):
         with pytest.raises(uniql.InvalidArgumentError):
             _compress(src, tmp_path / "bad", quantize=True, precision=bad)
     assert not (tmp_path / "bad").exists()
@@ -191,3 +222,45 @@ def test_quality_bench_llama_cpp_rows(tiny_with_tokenizer, tmp_path, monkeypatch
     assert rows[0].model.startswith("llama.cpp Q4_0") and 4.0 < rows[0].bits_per_weight < 6.0
     base = uniql.load(src).perplexity(ids["wiki"], window=32)
     assert 1.0 < rows[0].ppl["wiki"] < 3 * base  # Q4_0 of the same weights: close to the float model
+
+
+def test_reader_rejects_malformed_int8_descriptors(tmp_path):
+    """An int8 ("q8") weight whose table entry or tensors disagree is a FormatError naming it, never a crash."""
+    from uniql import safetensors as st
+
+    src, _ = _make(tmp_path, "llama")
+    art = _compress(src, tmp_path / "art", quantize=True, precision={"down_proj": "int8", "lm_head": "int8-g32"})
+    name = "model.layers.1.mlp.down_proj"
+    assert json.loads((art / "config.json").read_text())["uniql_tensors"][name]["format"] == "q8"
+    uniql.load(art, rate=0.25)
+
+    def broken(tag, table=None, tensors=None):
+        d = tmp_path / tag
+        shutil.copytree(art, d)
+        cfg = json.loads((d / "config.json").read_text())
+        if table:
+            table(cfg["uniql_tensors"])
+            (d / "config.json").write_text(json.dumps(cfg))
+        if tensors:
+            f = d / "model-layer-0001.safetensors"
+            t = dict(st.load_file(f))
+            tensors(t)
+            st.save_file(f, t)
+        return d
+
+    cases = {
+        "group0": (lambda t: t[name].update(group=0), None, "group"),
+        "groupstr": (lambda t: t[name].update(group="8"), None, "group"),
+        "segments": (lambda t: t[name].update(segments=3), None, "segments"),
+        "shape": (lambda t: t[name].update(shape=[64, 255]), None, "shape"),
+        "format": (lambda t: t[name].update(format="q6"), None, "format"),
+        "dtype": (None, lambda t: t.update({name + ".qweight": t[name + ".qweight"].view(np.uint8)}), "int8"),
+        "scales": (None, lambda t: t.update({name + ".scales": t[name + ".scales"][:, :1].copy()}), "scales"),
+        "codes": (None, lambda t: t.update({name + ".qweight": t[name + ".qweight"][:, :-1].copy()}), "qweight"),
+        "missing": (None, lambda t: t.pop(name + ".scales"), "scales"),
+    }
+    for tag, (table, tensors, match) in cases.items():
+        d = broken(tag, table, tensors)
+        for rate in (0.0, 0.35):
+            with pytest.raises(uniql.FormatError, match=match):
+                uniql.load(d, rate=rate)

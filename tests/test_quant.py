@@ -291,3 +291,31 @@ def test_gptq_options_match_float64_reference(rng, rows, cols, group, block, mse
     codes, scales = gptq_options_ref(W, H, group, mse, act)
     np.testing.assert_array_equal(q4.unpack(q.packed, cols), codes)
     np.testing.assert_allclose(q.scales, scales, rtol=RTOL_SCALE_GPTQ)
+
+
+def test_int8_rtn_matches_float64_formula():
+    """uniql.quant.quantize_int8 (C uq_q8_quantize_rtn): s = max|w| / 127 per row and group, q = rint(w / s)
+    clamped to +-127, |w - q s| <= s / 2; a zero group has s = 0, q = 0; bad input is a UniqlError."""
+    import uniql
+    from uniql.quant import quantize_int8
+
+    rng = np.random.default_rng(3)
+    W = (rng.standard_normal((7, 45)) * rng.uniform(0.1, 3, (7, 1))).astype(np.float32)
+    W[2, 16:32] = 0
+    q = quantize_int8(W, 16)
+    Wd = W.astype(np.float64)
+    for g in range(3):
+        blk = Wd[:, 16 * g:16 * (g + 1)]
+        s = (np.abs(blk).max(axis=1) / 127.0).astype(np.float32)
+        np.testing.assert_array_equal(q.scales[:, g], s)
+        sd = s.astype(np.float64)[:, None]
+        want = np.where(sd > 0, np.rint(blk / np.where(sd > 0, sd, 1)), 0)
+        np.testing.assert_array_equal(q.codes[:, 16 * g:16 * (g + 1)], np.clip(want, -127, 127).astype(np.int8))
+        assert np.all(np.abs(blk - q.codes[:, 16 * g:16 * (g + 1)] * sd) <= sd / 2 * (1 + 1e-6))
+    assert q.scales[2, 1] == 0 and not q.codes[2, 16:32].any()
+    bad = W.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(uniql.UniqlError):
+        quantize_int8(bad, 16)
+    with pytest.raises(uniql.UniqlError):
+        quantize_int8(W, 0)

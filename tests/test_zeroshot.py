@@ -14,7 +14,7 @@ import pytest
 
 import uniql
 from uniql import cli, zeroshot
-from uniql.safetensors import save_file
+from uniql.eval.grid import tiny_llama
 
 VOCAB = 64
 # |ll(C runtime) - ll(float64 NumPy log-softmax of the same model's float32 logits)|, per choice of <= 8 tokens
@@ -25,40 +25,10 @@ HF_LL_ATOL = 1e-3
 REUSE_RTOL = 1e-6
 
 
-def _words() -> list[str]:
-    return ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, VOCAB)]
-
-
 def _make_model_dir(d: Path, seed: int = 0) -> Path:
-    """A random 2-layer Llama checkpoint (numpy, no torch) with a word-level tokenizer over w3..w63."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    rng = np.random.default_rng(seed)
-    H, I, L, nh, nkv, hd = 32, 64, 2, 4, 2, 8
-    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=VOCAB, hidden_size=H,
-               intermediate_size=I, num_hidden_layers=L, num_attention_heads=nh, num_key_value_heads=nkv,
-               head_dim=hd, max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=10000.0,
-               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, hidden_act="silu")
-
-    def w(*shape: int, s: float = 0.3) -> np.ndarray:
-        return (rng.standard_normal(shape) * s).astype(np.float32)
-
-    t = {"model.embed_tokens.weight": w(VOCAB, H, s=1.0), "lm_head.weight": w(VOCAB, H),
-         "model.norm.weight": 1 + w(H, s=0.1)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        t |= {p + "input_layernorm.weight": 1 + w(H, s=0.1), p + "post_attention_layernorm.weight": 1 + w(H, s=0.1),
-              p + "self_attn.q_proj.weight": w(nh * hd, H), p + "self_attn.k_proj.weight": w(nkv * hd, H),
-              p + "self_attn.v_proj.weight": w(nkv * hd, H), p + "self_attn.o_proj.weight": w(H, nh * hd),
-              p + "mlp.gate_proj.weight": w(I, H), p + "mlp.up_proj.weight": w(I, H),
-              p + "mlp.down_proj.weight": w(H, I)}
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps(cfg))
-    save_file(d / "model.safetensors", t)
-    tok = Tokenizer(models.WordLevel({x: i for i, x in enumerate(_words())}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(d / "tokenizer.json"))
-    return d
+    """A random 2-layer Llama checkpoint (numpy, no torch) with a word-level tokenizer over w3..w63 (the package's
+    QUICK-notebook builder at this file's sizes)."""
+    return tiny_llama(d, vocab=VOCAB, hidden=32, inter=64, head_dim=8, scale=0.3, max_positions=128, seed=seed)
 
 
 # documents: (contexts, continuations, gold); shared contexts (PIQA-like), WinoGrande-like (contexts differ in the

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.runtime import Model, Q4
+from uniql.runtime import Model, Q4, Q8
 from uniql.ssm import HybridModel
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.sorting import alloc_keep_ratios, keep_size
@@ -220,7 +220,7 @@ class _Reader:
     """Reads artifact tensors with prefix slicing (copies only what is kept), checking them against the
     uniql_tensors table of config.json."""
 
-    FORMATS = ("q4", "f32", "f16")
+    FORMATS = ("q4", "q8", "f32", "f16")
 
     def __init__(self, d: Path, meta: ArtifactMeta, info: Mapping[str, Any]) -> None:
         self.d, self.meta, self.info = d, meta, info
@@ -236,7 +236,7 @@ class _Reader:
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
             raise FormatError(f"uniql_tensors[{name!r}]: shape must be two positive integers, got {shape!r}")
         group = spec.get("group", 0)
-        if fmt == "q4":
+        if fmt in ("q4", "q8"):
             if not isinstance(group, int) or isinstance(group, bool) or group < 1:
                 raise FormatError(f"uniql_tensors[{name!r}]: group must be a positive integer, got {group!r}")
             if spec.get("segments", 1) != col_segments or shape[1] % col_segments:
@@ -253,6 +253,8 @@ class _Reader:
             raise FormatError(f"uniql_tensors[{name!r}] has shape {(R, C)}, the config implies {tuple(expect)}")
         rows_sel = slice(None) if rows is None else rows
         seg = C // col_segments
+        if fmt == "q8":
+            return self._int8(f, name, R, C, g, rows_sel, col_segments, col_keep)
         if fmt == "q4":
             gps = -(-seg // g)
             for suffix, want in ((".qweight", (R, (C + 1) // 2)), (".scales", (R, col_segments * gps))):
@@ -283,6 +285,31 @@ class _Reader:
         if col_keep is not None:
             w = w.reshape(w.shape[0], col_segments, seg)[:, :, :col_keep].reshape(w.shape[0], -1)
         return _own(w)
+
+
+    @staticmethod
+    def _int8(f: Any, name: str, R: int, C: int, g: int, rows_sel: Any, col_segments: int,
+              col_keep: int | None) -> Q8:
+        """An int8 weight (format "q8": ``.qweight`` I8 (R, C), ``.scales`` F16 (R, segments * groups per
+        segment)) with a row selection and a per-segment column prefix (the scales of the groups it touches)."""
+        seg = C // col_segments
+        gps = -(-seg // g)
+        for suffix, want in ((".qweight", (R, C)), (".scales", (R, col_segments * gps))):
+            got = _shape_of(f, name + suffix)
+            if got != want:
+                raise FormatError(f"{name}{suffix} has shape {got}, the uniql_tensors table implies {want}")
+        codes = f.get(name + ".qweight")
+        if codes.dtype != np.int8:
+            raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {codes.dtype}; expected int8")
+        scales = _float(f, name + ".scales")[rows_sel]
+        codes = codes[rows_sel]
+        cols = C
+        if col_keep is not None and col_keep < seg:
+            kg = -(-col_keep // g)
+            codes = codes.reshape(codes.shape[0], col_segments, seg)[:, :, :col_keep].reshape(codes.shape[0], -1)
+            scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
+            cols = col_segments * col_keep
+        return Q8(_own(codes), _own(scales), g, (int(codes.shape[0]), int(cols)))
 
 
 def head_rows(n_heads: int, stored: int, keep: int) -> np.ndarray:

@@ -220,7 +220,8 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
                      "(equal shares; default: c4,code,technical,multilingual)")
     src.add_argument("--file", type=Path, default=None, metavar="F", help="UTF-8 calibration text file")
     p.add_argument("--samples", type=positive_int, default=32, metavar="N", help="calibration sequences (32)")
-    p.add_argument("--seq-len", type=positive_int, default=256, metavar="N", help="tokens per sequence (256)")
+    p.add_argument("--seq-len", type=positive_int, default=None, metavar="N",
+                   help="tokens per sequence (compress 512, quantize 256)")
 
 
 def _add_output(p: argparse.ArgumentParser, default: str) -> None:
@@ -259,9 +260,10 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                    help="GPTQ: group scales searched for the least rounding error")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ: activation order with static groups")
-    p.add_argument("--precision", action="append", default=None, metavar="CLASS=STORAGE",
-                   help="storage of a tensor class (embedding, lm_head, attention, mlp, mamba): int4, int4-g<N> or "
-                        "f16 (repeatable)")
+    p.add_argument("--precision", action="append", default=None, metavar="KEY=STORAGE",
+                   help="storage of a tensor class (embedding, lm_head, attention, mlp, mamba) or projection "
+                        "(q_proj ... down_proj, in_proj, out_proj), optionally @A-B for decoder layers A..B: int4, "
+                        "int4-g<N>, int8, int8-g<N> or f16 (repeatable; the most specific key wins)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last layer")
     p.set_defaults(func=_cmd_compress)
@@ -274,7 +276,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     opt = {k: v for k, v in (("rotate", args.rotate), ("mse_scale", args.mse_scale), ("act_order", args.act_order),
                              ("precision", _precision_arg(args.precision))) if v is not None}
     out = compress(args.model_dir, _output(args), calibration=calibration, num_samples=args.samples,
-                   seq_len=args.seq_len, quantize=not args.no_quantize, max_rate=args.max_rate, group=args.group,
+                   seq_len=args.seq_len or 512, quantize=not args.no_quantize, max_rate=args.max_rate,
+                   group=args.group,
                    scorer=args.scorer, split_sigma=args.split_sigma, dtype=args.dtype, rotate_seed=args.rotate_seed,
                    overwrite=args.overwrite, resume=args.resume, progress=sys.stderr.isatty(), **opt)
     print(out)
@@ -345,7 +348,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from uniql.requantize import quantize_artifact
 
     out = quantize_artifact(args.artifact, _output(args), calibration=_calibration_arg(args), num_samples=args.samples,
-                            seq_len=args.seq_len, group=args.group, overwrite=args.overwrite,
+                            seq_len=args.seq_len or 256, group=args.group, overwrite=args.overwrite,
                             progress=sys.stderr.isatty())
     print(out)
     return 0

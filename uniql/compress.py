@@ -34,9 +34,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -48,7 +50,7 @@ from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, 
 from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlError,
                           UnsupportedError)
 from uniql.linalg import Covariance
-from uniql.quant import quantize_gptq, quantize_rtn
+from uniql.quant import quantize_gptq, quantize_int8, quantize_rtn
 from uniql.runtime import Model, exact_int4
 from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
@@ -58,6 +60,46 @@ COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
 #: tensor classes of the precision policy (CompressOptions.precision)
 PRECISION_CLASSES = ("embedding", "lm_head", "attention", "mlp", "mamba")
+#: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere):
+#: int8 for the linears whose int4 error costs the most perplexity per byte on SmolLM2-135M (README, issue 19:
+#: down_proj and v_proj everywhere, up_proj in the last ten layers), GPTQ int4 with groups of 64 elsewhere except
+#: the embedding (round-to-nearest int4, group 128: its int4 error costs almost nothing)
+DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-10--1": "int8-g256",
+                     "attention": "int4-g64", "mlp": "int4-g64", "lm_head": "int4-g64"}
+#: projections a precision key may name (one projection of every decoder layer, or of a layer range)
+PRECISION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj",
+                         "out_proj")
+
+
+_LAYER_RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
+
+
+def _precision_key(key: Any) -> tuple[str, int, int] | None:
+    """(target, first layer, last layer) of a precision key: ``CLASS`` or ``PROJ`` (every layer) or
+    ``CLASS@A-B`` / ``PROJ@A-B`` / ``PROJ@A`` (decoder layers A..B; a negative index counts from the end, as in
+    Python: ``down_proj@-10--1`` is the last ten layers); None when the key is malformed."""
+    if not isinstance(key, str):
+        return None
+    target, at, rng = key.partition("@")
+    if target not in PRECISION_CLASSES + PRECISION_PROJECTIONS:
+        return None
+    if not at:
+        return target, 0, -1
+    if target in ("embedding", "lm_head"):
+        return None
+    m = _LAYER_RANGE.match(rng)
+    if not m:
+        return None
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) is not None else lo
+    return (target, lo, hi) if (lo < 0) != (hi < 0) or lo <= hi else None
+
+
+def _precision_spec(v: Any) -> bool:
+    """Whether `v` is a valid storage: "int4", "int4-g<N>", "int8", "int8-g<N>" or "f16"."""
+    if v in ("int4", "int8", "f16"):
+        return True
+    return (isinstance(v, str) and v.startswith(("int4-g", "int8-g")) and v[6:].isdigit() and int(v[6:]) >= 1)
 
 
 def precision_class(name: str) -> str:
@@ -76,7 +118,7 @@ class CompressOptions:
     """Options of :func:`compress` (saved in the artifact's config and report)."""
 
     num_samples: int = 32          # calibration sequences
-    seq_len: int = 256             # tokens per calibration sequence
+    seq_len: int = 512             # tokens per calibration sequence
     quantize: bool = True          # GPTQ int4 of every linear, int4 embedding
     group: int = 128               # int4 group size along the input dimension
     damp: float = 0.01             # GPTQ damping (fraction of mean diag H)
@@ -91,18 +133,36 @@ class CompressOptions:
     rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
     mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
     act_order: bool = True         # GPTQ columns in descending Hessian-diagonal order, static groups
-    precision: dict[str, str] = field(default_factory=dict)  # tensor class -> "int4", "int4-g<N>" or "f16"
+    precision: dict[str, str] = field(default_factory=dict)  # key -> "int4[-g<N>]", "int8[-g<N>]" or "f16"
 
     def gptq_kw(self) -> dict[str, Any]:
         """Keyword arguments of the GPTQ calls (:func:`gptq_blocks`)."""
         return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order)
 
-    def storage(self, cls: str) -> tuple[str, int]:
-        """("int4", group) or ("f16", 0) for a tensor class (PRECISION_CLASSES)."""
-        spec = self.precision.get(cls, "int4")
+    def storage(self, name: str, layer: int | None = None, num_layers: int = 0) -> tuple[str, int]:
+        """("int4", group), ("int8", group) or ("f16", 0) of a tensor: `name` is a class (PRECISION_CLASSES) or
+        a layer linear's name (its class and projection are read from it), `layer` its decoder layer (None: every
+        layer) of `num_layers` (negative indices of a key count from it). The most specific key of the policy
+        wins: ``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``; none: int4."""
+        if name in PRECISION_CLASSES:
+            cls, proj = name, None
+        else:
+            base = name[: -len(".weight")] if name.endswith(".weight") else name
+            cls, proj = precision_class(base), base.rsplit(".", 1)[-1]
+        best, spec = -1, "int4"
+        for key, v in self.precision.items():
+            target, lo, hi = _precision_key(key)  # type: ignore[misc]  # validated in __post_init__
+            scoped = "@" in key
+            if scoped:
+                lo, hi = (v + num_layers if v < 0 else v for v in (lo, hi))
+                if layer is None or not lo <= layer <= hi:
+                    continue
+            rank = (2 if scoped else 0) + (1 if target == proj else 0)
+            if (target == proj or target == cls) and rank > best:
+                best, spec = rank, v
         if spec == "f16":
             return "f16", 0
-        return "int4", int(spec[len("int4-g"):]) if spec.startswith("int4-g") else self.group
+        return spec[:4], int(spec[len("int4-g"):]) if "-g" in spec else self.group
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "seq_len", "group", "mlp_granularity", "attn_granularity"):
@@ -124,12 +184,13 @@ class CompressOptions:
         if not isinstance(self.precision, dict):
             raise InvalidArgumentError(f"precision must be a dict of tensor class -> storage, got {self.precision!r}")
         for k, v in self.precision.items():
-            if k not in PRECISION_CLASSES:
-                raise InvalidArgumentError(f"precision: unknown tensor class {k!r} (one of {PRECISION_CLASSES})")
-            ok = v in ("int4", "f16") or (isinstance(v, str) and v.startswith("int4-g") and v[6:].isdigit()
-                                          and int(v[6:]) >= 1)
-            if not ok:
-                raise InvalidArgumentError(f"precision[{k!r}] must be 'int4', 'int4-g<group>' or 'f16', got {v!r}")
+            if _precision_key(k) is None:
+                raise InvalidArgumentError(
+                    f"precision: unknown key {k!r} (a tensor class {PRECISION_CLASSES} or projection "
+                    f"{PRECISION_PROJECTIONS}, optionally @A-B for decoder layers A..B)")
+            if not _precision_spec(v):
+                raise InvalidArgumentError(f"precision[{k!r}] must be 'int4', 'int4-g<group>', 'int8', 'int8-g<group>' "
+                                           f"or 'f16', got {v!r}")
 
 
 # ------------------------------------------------------------------------------ calibration ----
@@ -284,7 +345,7 @@ def _hf_from_interleaved(diag: np.ndarray, heads: int, d: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x[:, 0::2], x[:, 1::2]], axis=1))
 
 
-def _row_norms_sq(W: np.ndarray) -> np.ndarray:
+def row_norms_sq(W: np.ndarray) -> np.ndarray:
     """Squared row norms of W (rows, cols), computed by the C core as the diagonal of W W^T."""
     cov = Covariance(W.shape[0])
     cov.update(np.ascontiguousarray(W.T))
@@ -335,6 +396,18 @@ def f16_scales(q: Any) -> Any:
     return QuantizedTensor(q.packed, s, q.shape, q.group)
 
 
+def _f16_scales8(q: Any) -> Any:
+    """An int8 tensor with its scales rounded to float16 (as stored and used), like :func:`f16_scales`."""
+    from uniql import _C
+    from uniql.quant import Int8Tensor
+
+    h = np.empty(q.scales.shape, np.float16)
+    _C.convert(q.scales, h)
+    s = np.empty(q.scales.shape, np.float32)
+    _C.convert(h, s)
+    return Int8Tensor(q.codes, s, q.shape, q.group)
+
+
 def rotation_of(cfg: dict[str, Any], opts: CompressOptions) -> Any:
     """The residual-stream rotation of a compress run (None when ``opts.rotate`` is off)."""
     if not opts.rotate:
@@ -368,11 +441,12 @@ def artifact_layer(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, An
     out_t: dict[str, Any] = {}
     for k0, v in stored.items():
         name = pfx + k0[len(p0):]
-        if hasattr(v, "packed"):
+        if hasattr(v, "packed") or hasattr(v, "codes"):
             base = name[: -len(".weight")]
-            out_t[base + ".qweight"] = v.packed
+            out_t[base + ".qweight"] = v.packed if hasattr(v, "packed") else v.codes
             out_t[base + ".scales"] = v.scales.astype(np.float16)
-            info[base] = {"format": "q4", "shape": list(v.shape), "group": v.group, "segments": segments(base)}
+            info[base] = {"format": "q4" if hasattr(v, "packed") else "q8", "shape": list(v.shape),
+                          "group": v.group, "segments": segments(base)}
         elif name.endswith("_proj.weight"):
             base = name[: -len(".weight")]
             dt = np.float16 if v.dtype == np.float16 else wdt  # f16 by the precision policy, else the dtype option
@@ -465,11 +539,11 @@ class _TransformerJob:
             ck = _hf_from_interleaved(cov_diagonal(c_k), nkv, d)
         else:  # ablation: plain weight magnitudes
             # channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2 (same order as the product of the norms)
-            s = (_row_norms_sq(lay[m + "up_proj.weight"]) + _row_norms_sq(lay[m + "gate_proj.weight"])) * \
-                _row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T))
+            s = (row_norms_sq(lay[m + "up_proj.weight"]) + row_norms_sq(lay[m + "gate_proj.weight"])) * \
+                row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T))
             perm = argsort_desc(s)
-            cq = _row_norms_sq(Wq).reshape(nh, d)
-            ck = _row_norms_sq(Wk).reshape(nkv, d)
+            cq = row_norms_sq(Wq).reshape(nh, d)
+            ck = row_norms_sq(Wk).reshape(nkv, d)
         qk = sort_qk(cq, ck, "full")
         rq, rk = qk.proj_rows(nh), qk.proj_rows(nkv)
         sl: dict[str, Any] = {
@@ -486,7 +560,7 @@ class _TransformerJob:
         stored = sl
         if Xq is not None:
             stored = quantize_layer(lambda t: self._model(t, freq), sl, Xq, transformer_plan(p0, opts.group, self.go),
-                                    opts.gptq_kw(), timer, opts.storage)
+                                    opts.gptq_kw(), timer, lambda nm: opts.storage(nm, i, self.L))
         stored[a + "rope_freq"] = freq
         out_t = artifact_layer(stored, p0, f"model.layers.{i}.", info, self._wdt(),
                        lambda base: nh if base.endswith("o_proj") else 1)
@@ -530,8 +604,8 @@ def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any]
        capture named in `plan` ((linear base, capture of its input, group) triples) is accumulated in float64 (C),
        so each Hessian is that of the sorted linear's own input ("calibrate" stage);
     2. every planned linear is GPTQ-quantized with its Hessian (``gptq``: keyword arguments of :func:`gptq_blocks`),
-       scales rounded to float16 ("quantize"); ``precision(class)`` -> ("int4", group) or ("f16", 0) overrides
-       the planned group or keeps a class in float16 (CompressOptions.storage);
+       scales rounded to float16 ("quantize"); ``precision(name)`` (a linear's layer-0 name) -> ("int4", group)
+       or ("f16", 0) overrides the planned group or keeps the linear in float16 (CompressOptions.storage);
     3. Xq <- the quantized layer's outputs, in place ("propagate").
 
     Returns `sl` with the planned weights replaced by their int4 form."""
@@ -565,12 +639,15 @@ def _quantize(sl: dict[str, Any], plan: Any, gptq: dict[str, Any],
     stored = dict(sl)
     for name, H, g in plan:
         W = np.ascontiguousarray(sl[name + ".weight"], dtype=np.float32)
-        kind, pg = precision(precision_class(name)) if precision is not None else ("int4", 0)
+        kind, pg = precision(name) if precision is not None else ("int4", 0)
         if kind == "f16":
             stored[name + ".weight"] = W.astype(np.float16)
             continue
         if pg:  # o_proj / out_proj groups stay inside a head's segment: a divisor of the planned group
             g = o_proj_group(g, pg) if name.endswith(("o_proj", "out_proj")) else pg
+        if kind == "int8":  # round-to-nearest: int8's rounding error is 1/16 of int4's step
+            stored[name + ".weight"] = _f16_scales8(quantize_int8(W, g))
+            continue
         stored[name + ".weight"] = f16_scales(gptq_blocks(W, H, g, **gptq))
     return stored
 
@@ -613,7 +690,7 @@ def sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, r
 
 @exact_int4
 def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, calibration: Any = None,
-             num_samples: int = 32, seq_len: int = 256, quantize: bool = True, max_rate: float = 0.35,
+             num_samples: int = 32, seq_len: int = 512, quantize: bool = True, max_rate: float = 0.35,
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
              rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
              precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
@@ -630,8 +707,12 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     randomized Hadamard transform (:mod:`uniql.rotate`, seed ``rotate_seed``) before sorting and quantization --
     the same function at every rate, int4 with far smaller error; a tied embedding is untied. ``mse_scale`` /
     ``act_order``: GPTQ options (:func:`uniql.quant.quantize_gptq`). ``precision``: storage per tensor class
-    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) -> ``"int4"`` (group ``group``),
-    ``"int4-g<N>"`` (group N) or ``"f16"``; unnamed classes are int4.
+    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ... ``down_proj``,
+    ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
+    (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
+    llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
+    unnamed tensors are int4. None: :data:`DEFAULT_PRECISION` for llama / qwen2, int4 everywhere for hybrids;
+    ``{}``: int4 everywhere.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
@@ -647,6 +728,11 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
+    if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
+        opts = dataclasses.replace(opts, precision=dict(DEFAULT_PRECISION))
+    if arch in checkpoint.HYBRID_MODEL_TYPES and opts.quantize and any(
+            v.startswith("int8") for v in opts.precision.values()):
+        raise UnsupportedError("int8 storage in the precision policy is supported for llama and qwen2 models")
     if opts.rotate:  # the rotated model has its own head (E diag(g) Q differs from the embedding E Q)
         cfg = dict(cfg, tie_word_embeddings=False, uniql_source_tied=bool(cfg.get("tie_word_embeddings", False)))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
@@ -737,9 +823,10 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
 
     def put(name: str, W: np.ndarray, q: Any, dt: Any = wdt) -> None:
         if q is not None:
-            rest[name + ".qweight"] = q.packed
+            int8 = hasattr(q, "codes")
+            rest[name + ".qweight"] = q.codes if int8 else q.packed
             rest[name + ".scales"] = q.scales.astype(np.float16)
-            info[name] = {"format": "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
+            info[name] = {"format": "q8" if int8 else "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
         else:
             rest[name + ".weight"] = W.astype(dt)
             info[name] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(W.shape)}
@@ -747,16 +834,21 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     head_q = None
     head_kind, head_g = opts.storage("lm_head")
     emb_kind, emb_g = opts.storage("embedding")
-    if opts.quantize and head_kind == "int4":
-        # GPTQ of lm_head on the final-norm output. Tied embeddings stay tied: the GPTQ table also serves the
-        # embedding lookups.
+    if opts.quantize and head_kind in ("int4", "int8"):
+        # GPTQ of lm_head on the final-norm output (int8: round-to-nearest). Tied embeddings stay tied: the
+        # quantized table also serves the embedding lookups.
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = f16_scales(gptq_blocks(W, job.final_hessian(Xq), head_g, **opts.gptq_kw()))
+        head_q = (_f16_scales8(quantize_int8(W, head_g)) if head_kind == "int8" else
+                  f16_scales(gptq_blocks(W, job.final_hessian(Xq), head_g, **opts.gptq_kw())))
     head_dt = np.float16 if opts.quantize and head_kind == "f16" else wdt
     if tied:
         put(embed_base, E, head_q, head_dt)
     else:
-        emb_q = f16_scales(quantize_rtn(E, group=emb_g)) if opts.quantize and emb_kind == "int4" else None
+        emb_q = None
+        if opts.quantize and emb_kind == "int4":
+            emb_q = f16_scales(quantize_rtn(E, group=emb_g))
+        elif opts.quantize and emb_kind == "int8":
+            emb_q = _f16_scales8(quantize_int8(E, emb_g))
         put(embed_base, E, emb_q, np.float16 if opts.quantize and emb_kind == "f16" else wdt)
         put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q, head_dt)
     st.save_file(part / REST_FILE, rest)

@@ -242,7 +242,7 @@ class HybridJob:
         stored = sl
         if Xq is not None:
             stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, plan, opts.gptq_kw(), timer,
-                                    opts.storage)
+                                    lambda nm: opts.storage(nm, i, len(hc.layer_types)))
         if kind == LAYER_ATTENTION and self.rope != "none":
             stored[mix + "rope_freq"] = freq
         wdt = np.float16 if opts.dtype == "float16" else np.float32

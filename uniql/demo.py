@@ -40,13 +40,14 @@ def ensure_smollm2(fresh: bool = False) -> Path:
 def ensure_artifact(src: Path, quantize: bool, *, samples: int, seq_len: int, fresh: bool) -> Path:
     from dataclasses import asdict
 
-    from uniql.compress import CompressOptions, compress
+    from uniql.compress import DEFAULT_PRECISION, CompressOptions, compress
 
     out = _models_dir() / f"{src.name}-uniql-{'int4' if quantize else 'fp32'}"
     opts_ok = False
     if (out / "uniql_report.json").is_file():  # reused only when made with today's defaults
         o = json.loads((out / "uniql_report.json").read_text())["options"]
-        want = asdict(CompressOptions(num_samples=samples, seq_len=seq_len, quantize=quantize))
+        want = asdict(CompressOptions(num_samples=samples, seq_len=seq_len, quantize=quantize,
+                                      precision=dict(DEFAULT_PRECISION)))  # SmolLM2 is a llama: the default policy
         opts_ok = all(o.get(k) == v for k, v in want.items())
     if fresh or not opts_ok:
         compress(src, out, quantize=quantize, num_samples=samples, seq_len=seq_len, overwrite=True)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m uniql.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=2048, help="Wikipedia tokens for perplexity (default 2048)")
     ap.add_argument("--samples", type=int, default=32, help="calibration sequences (default 32)")
-    ap.add_argument("--seq-len", type=int, default=256, help="calibration sequence length (default 256)")
+    ap.add_argument("--seq-len", type=int, default=512, help="calibration sequence length (default 512)")
     ap.add_argument("--new-tokens", type=int, default=24, help="tokens generated per rate (default 24)")
     ap.add_argument("--fresh", action="store_true", help="re-convert and re-compress")
     ap.add_argument("--json", type=Path, help="write the results as JSON")

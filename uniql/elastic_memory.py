@@ -121,6 +121,7 @@ def rss_bytes() -> int:
 # (unit = a column), int4 codes (unit = a byte = 2 columns), int4 scales (unit = a group), a bias (one column).
 
 def _units(kind: str, keep: int, group: int) -> int:
+    """Column units of plane `kind` for `keep` columns (int8 "codes" and float "weight": one per column)."""
     if kind == "packed":
         return (keep + 1) // 2
     if kind == "scales":
@@ -146,7 +147,7 @@ def _regrid(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, nse
     """The plane at new per-segment sizes (rows r_new, column units c_new) from the resident plane `cur` (r_cur,
     c_cur) and, for what it lacks, the artifact's full plane (r_full, c_full) read lazily through `file_view`."""
     cur4 = cur.reshape(nseg_r, r_cur, nseg_c, c_cur)
-    out_dtype = np.uint8 if cur.dtype == np.uint8 else np.float32
+    out_dtype = cur.dtype if cur.dtype in (np.uint8, np.int8) else np.dtype(np.float32)
     new = np.empty((nseg_r, r_new, nseg_c, c_new), out_dtype)
     mr, mc = min(r_cur, r_new), min(c_cur, c_new)
     new[:, :mr, :, :mc] = cur4[:, :mr, :, :mc]
@@ -163,9 +164,9 @@ def _regrid(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, nse
             parts.append(((slice(None), slice(0, mr), slice(None), slice(c_cur, c_new))))
         for sl in parts:
             blk = fv4[sl]
-            if out_dtype == np.uint8:
-                if fv.dtype != np.uint8:
-                    raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected uint8")
+            if out_dtype != np.float32:
+                if fv.dtype != out_dtype:
+                    raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected {out_dtype}")
                 new[sl] = blk
             else:
                 new[sl] = _as_f32(blk, name)
@@ -192,7 +193,8 @@ def _check_files(model: Any) -> None:
 
 
 def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
-    """Row-major planes of a layer linear spec: {"weight"} or {"packed", "scales"} (+ "bias")."""
+    """Row-major planes of a layer linear spec: {"weight"}, {"packed", "scales"} (int4) or {"codes", "scales"}
+    (int8) (+ "bias")."""
     w, scales, group, cols, bias = spec[:5]
     out: dict[str, np.ndarray] = {}
     if scales is None:
@@ -200,6 +202,8 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
             raise FormatError("resize: only float32 and int4 resident weights can be resized (this model holds "
                               f"{w.dtype})")
         out["weight"] = w
+    elif w.dtype == np.int8:  # int8 weight of the precision policy: codes (one byte per column) + scales
+        out["codes"], out["scales"] = w, scales
     elif len(spec) > 5 and spec[5] is not None:
         packed, sc = _C.q4_unpack_r16(spec)
         out["packed"], out["scales"] = packed, sc
@@ -221,6 +225,9 @@ def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tup
         w = planes["weight"]
         keep.append(w)
         return (w, None, 0, int(w.shape[1]), bias)
+    if "codes" in planes:  # int8: row-major, no kernel layout
+        keep.extend([planes["codes"], planes["scales"]])
+        return (planes["codes"], planes["scales"], group, cols, bias)
     packed, scales = planes["packed"], planes["scales"]
     rows = int(packed.shape[0])
     if r16 and group % 8 == 0:
@@ -327,7 +334,7 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
                             fname, nc_, units = base + ".bias", 1, (1, 1, 1)
                         else:
                             fname = {"weight": base + ".weight", "packed": base + ".qweight",
-                                     "scales": base + ".scales"}[kind]
+                                     "codes": base + ".qweight", "scales": base + ".scales"}[kind]
                             nc_ = nsc
                             units = tuple(_units(kind, v, group) for v in (cc, cn, cf))
                         if kind == "bias" and nsc > 1:  # o_proj bias: full hidden rows, never pruned
@@ -412,7 +419,7 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
                 rows_new: np.ndarray, cols_cur: np.ndarray, cols_new: np.ndarray, stats: dict) -> np.ndarray:
     """As :func:`_regrid` with explicit (ascending) row and column index sets into the artifact's full plane: the
     entries both sets share come from `cur`, the others are read from the file."""
-    out_dtype = np.uint8 if cur.dtype == np.uint8 else np.float32
+    out_dtype = cur.dtype if cur.dtype in (np.uint8, np.int8) else np.dtype(np.float32)
     new = np.empty((rows_new.size, cols_new.size), out_dtype)
     rin, cin = np.isin(rows_new, rows_cur), np.isin(cols_new, cols_cur)
     rpos, cpos = np.searchsorted(rows_cur, rows_new[rin]), np.searchsorted(cols_cur, cols_new[cin])

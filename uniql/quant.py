@@ -16,7 +16,8 @@ from uniql import _C
 from uniql.errors import InvalidArgumentError, ShapeError
 from uniql.linalg import check_array, check_float, check_positive_int
 
-__all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "quantize_rtn", "quantize_gptq", "pack", "unpack",
+__all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "Int8Tensor", "quantize_rtn", "quantize_gptq",
+           "quantize_int8", "pack", "unpack",
            "dequantize"]
 
 FORMAT_VERSION = 1
@@ -145,3 +146,41 @@ def dequantize(q: QuantizedTensor) -> np.ndarray:
     W = np.empty(q.shape, np.float32)
     _C.q4_dequantize(q.packed, q.scales, q.group, W)
     return W
+
+
+@dataclass(frozen=True, eq=False)
+class Int8Tensor:
+    """An int8 weight (the precision policy's ``int8`` storage): ``codes`` int8 (rows, cols), ``scales`` float32
+    (rows, ngroups), w = code * scale; ``shape`` (rows, cols), ``group`` (columns per scale)."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    shape: tuple[int, int]
+    group: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
+        object.__setattr__(self, "group", check_positive_int(self.group, "group"))
+        check_array(self.codes, "codes", (np.int8,), 2)
+        check_array(self.scales, "scales", (np.float32,), 2)
+        if self.codes.shape != self.shape:
+            raise ShapeError(f"codes must have shape {self.shape}, got {self.codes.shape}")
+        if self.scales.shape != (self.shape[0], _ngroups(self.shape[1], self.group)):
+            raise ShapeError(f"scales must have shape {(self.shape[0], _ngroups(self.shape[1], self.group))}, "
+                             f"got {self.scales.shape}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+
+def quantize_int8(W: np.ndarray, group: int = DEFAULT_GROUP) -> Int8Tensor:
+    """Round-to-nearest int8 of W (rows, cols) float32 per row and group (C: ``uq_q8_quantize_rtn``):
+    s = max|w| / 127, q = clamp(rint(w / s), -127, 127). Its rounding error is 1/16 of int4's step, so GPTQ
+    error feedback buys little here."""
+    W = _check_weight(W)
+    group = check_positive_int(group, "group")
+    codes = np.empty(W.shape, np.int8)
+    scales = np.empty((W.shape[0], _ngroups(W.shape[1], group)), np.float32)
+    _C.q8_quantize_rtn(W, group, codes, scales)
+    return Int8Tensor(codes, scales, W.shape, group)

@@ -222,11 +222,33 @@ class Q4:
     shape: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class Q8:
+    """int8 weight in the runtime: codes int8 (rows, cols), scales float32 (rows, scale columns), w = q * scale
+    (uniql.h UQ_W_Q8; e.g. :class:`uniql.quant.Int8Tensor`)."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    group: int
+    shape: tuple[int, int]
+
+
 _R16_COLS = 8  # int4 weights whose group is a multiple of this are repacked to the kernels' R16 layout
 
 
 def is_q4(v: Any) -> bool:
     return all(hasattr(v, a) for a in ("packed", "scales", "group", "shape"))
+
+
+def _is_q8(v: Any) -> bool:
+    return all(hasattr(v, a) for a in ("codes", "scales", "group", "shape"))
+
+
+def _as_q8(name: str, v: Any) -> Q8:
+    rows, cols = (int(x) for x in v.shape)
+    if not isinstance(v.codes, np.ndarray) or v.codes.dtype != np.int8:
+        raise DTypeError(f"{name}.codes must be an int8 numpy array")
+    return Q8(np.ascontiguousarray(v.codes), as_f32(f"{name}.scales", v.scales), int(v.group), (rows, cols))
 
 
 def as_f32(name: str, a: Any) -> np.ndarray:
@@ -270,9 +292,11 @@ def _interleave_rows(n_heads: int, d: int) -> np.ndarray:
     return (np.arange(n_heads)[:, None] * d + per[None, :]).reshape(-1)
 
 
-def permute_rows(w: np.ndarray | Q4, idx: np.ndarray) -> np.ndarray | Q4:
+def permute_rows(w: np.ndarray | Q4 | Q8, idx: np.ndarray) -> np.ndarray | Q4 | Q8:
     if isinstance(w, Q4):
         return Q4(np.ascontiguousarray(w.packed[idx]), np.ascontiguousarray(w.scales[idx]), w.group, w.shape)
+    if isinstance(w, Q8):
+        return Q8(np.ascontiguousarray(w.codes[idx]), np.ascontiguousarray(w.scales[idx]), w.group, w.shape)
     return np.ascontiguousarray(w[idx])
 
 
@@ -291,7 +315,7 @@ def ids_array(ids: Any, what: str = "ids") -> np.ndarray:
 
 
 def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, int] | None = None) -> tuple:
-    """The C runtime's spec of a linear (weight: float32/float16 array or :class:`Q4`; bias or None); the arrays
+    """The C runtime's spec of a linear (weight: float32/float16 array, :class:`Q4` or :class:`Q8`; bias or None); the arrays
     it points into are appended to ``keep``. An int4 weight whose group is a multiple of 8 and whose call segments
     ``segs`` = (nseg_out, nseg_in) are given is repacked once, in C, into the kernels' R16 layout (only that copy
     is kept); ``segs=None`` keeps the row-major int4 format (the embedding gather and row views need it)."""
@@ -308,6 +332,9 @@ def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, in
                 return (packed, scales, w.group, w.shape[1], bias, (w.shape[0], *segs))
         keep.extend([w.packed, w.scales])
         return (w.packed, w.scales, w.group, w.shape[1], bias)
+    if isinstance(w, Q8):
+        keep.extend([w.codes, w.scales])
+        return (w.codes, w.scales, w.group, w.shape[1], bias)
     keep.append(w)
     return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
 
@@ -563,11 +590,13 @@ class Model(SequenceModel):
             v = tensors[name]
             if is_q4(v):
                 return as_q4(name, v)
+            if _is_q8(v):
+                return _as_q8(name, v)
             return _f16(name, v) if mat and weight_dtype == "float16" else as_f32(name, v)
 
         def vec(name: str) -> np.ndarray:
             v = get(name)
-            if isinstance(v, Q4):
+            if isinstance(v, (Q4, Q8)):
                 raise DTypeError(f"{name} must be a float array, not int4")
             return v
 
@@ -581,8 +610,8 @@ class Model(SequenceModel):
                 need_bias = (cfg.attention_bias and mod == "self_attn"
                              and (proj != "o_proj" or cfg.model_type == "llama")) or (cfg.mlp_bias and mod == "mlp")
                 b = get(f"{p}{mod}.{proj}.bias", required=need_bias)
-                if isinstance(b, Q4):
-                    raise DTypeError(f"{p}{mod}.{proj}.bias must be a float array, not int4")
+                if isinstance(b, (Q4, Q8)):
+                    raise DTypeError(f"{p}{mod}.{proj}.bias must be a float array, not int4 / int8")
                 lay[short] = [w, b]
             q_rows = lay["q"][0].shape[0]
             if qk_layout == "rotate_half":

@@ -175,6 +175,12 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
                                  float *scales);
 /* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2); pack writes pad nibbles 8,
  * unpack ignores them. */
+/* int8 round-to-nearest (UQ_W_Q8 format): per row and group s = (float)(max|w| / 127) (double, rounded once),
+ * q = clamp(rint(w / s), -127, 127) (0 for a zero group); codes (rows, cols) int8 and scales
+ * (rows, UQ_Q8_NGROUPS(cols, group)), caller-allocated. UQ_ERR_ARG (NULL, sizes), UQ_ERR_NUMERIC (NaN/Inf). */
+#define UQ_Q8_NGROUPS(cols, group) (((cols) + (group) - 1) / (group))
+uq_status uq_q8_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t ldw, int64_t group,
+                             int8_t *codes, float *scales);
 uq_status uq_q4_pack(const uint8_t *codes, int64_t rows, int64_t cols, uint8_t *packed);
 uq_status uq_q4_unpack(const uint8_t *packed, int64_t rows, int64_t cols, uint8_t *codes);
 /* W (rows, cols) float32 contiguous = dequantized packed + scales. */
@@ -278,7 +284,11 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
  * other keep sizes, the number of rows, the thread count or the stored size beyond the kept prefix. So a
  * model loaded truncated at rate rho and a full model switched to rho give bit-identical logits.
  */
-typedef enum { UQ_W_F32 = 0, UQ_W_Q4 = 1, UQ_W_F16 = 2 } uq_wkind;
+/* int8 weights (UQ_W_Q8, csrc/kernels/q8w.c): `packed` holds int8 codes (rows, cols) row-major (read as int8_t),
+ * w = q * scale with scales (rows, scale_cols), group and segments exactly as int4 (any segment width). The
+ * linear runs fp32 activations on every path with one operation sequence (bit-identical): per kept group,
+ * 16 lane fma accumulators over pieces of 16 columns (zero padded), uq_k_reduce16, tot = fma(gs, scale, tot). */
+typedef enum { UQ_W_F32 = 0, UQ_W_Q4 = 1, UQ_W_F16 = 2, UQ_W_Q8 = 3 } uq_wkind;
 typedef enum { UQ_Q4_ROWMAJOR = 0, UQ_Q4_R16 = 1 } uq_q4_layout;
 
 typedef struct {

@@ -26,6 +26,7 @@
 #endif
 
 #include "kernels.h"
+#include "q8w.h"
 
 #define UQ_Q4_CHUNK 256
 /* Below this many multiply-adds a call runs on one thread (fork/join would cost more than it saves). */
@@ -134,6 +135,8 @@ static uq_status check_call(const uq_linear *L, const float *x, int64_t T, int64
         } else if (L->layout != UQ_Q4_ROWMAJOR) {
             return uq_set_error(UQ_ERR_ARG, "linear: unknown int4 layout %d", (int)L->layout);
         }
+    } else if (L->kind == UQ_W_Q8) {
+        return uq_q8w_check(L, nseg_in, "linear");
     } else {
         return uq_set_error(UQ_ERR_ARG, "linear: unknown weight kind %d", (int)L->kind);
     }
@@ -703,6 +706,9 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
     if (st != UQ_OK) return st;
     if ((st = uq_kernels_init()) != UQ_OK) return st;
     const uq_kpath *P = uq_k_path();
+    if (L->kind == UQ_W_Q8)
+        return uq_q8w_linear(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
+                             par_threads(nseg_out * keep_out * nseg_in * keep_in * T));
     if (L->kind == UQ_W_Q4 && L->layout == UQ_Q4_R16)
         return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
                           uq_k_q4_int8());
@@ -727,7 +733,7 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
     if (st != UQ_OK) return st;
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in;
-    const int64_t gps = L->kind == UQ_W_Q4 ? (seg_in + L->group - 1) / L->group : 0;
+    const int64_t gps = L->kind == UQ_W_Q4 || L->kind == UQ_W_Q8 ? (seg_in + L->group - 1) / L->group : 0;
     for (int64_t t = 0; t < T; t++)
         for (int64_t o = 0; o < nout; o++) {
             int64_t row = (o / keep_out) * seg_out + o % keep_out;
@@ -742,6 +748,9 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                         float h;
                         (void)uq_convert_f16_to_f32(L->w16 + row * L->cols + col, 1, &h);
                         w = h;
+                    } else if (L->kind == UQ_W_Q8) {
+                        w = (double)((const int8_t *)L->packed)[row * L->cols + col] *
+                            L->scales[row * L->scale_cols + s * gps + c / L->group];
                     } else if (L->layout == UQ_Q4_R16) {
                         w = (double)(uq_k_r16_code(L, row, col) - UQ_Q4_OFFSET) *
                             uq_k_r16_scale(L, row, s * gps + c / L->group);
@@ -793,6 +802,8 @@ uq_status uq_linear_check(const uq_linear *L, const char *name, int64_t layer, i
                                 (long long)L->nseg_in, (long long)L->group, (long long)nseg_in);
         if (L->layout != UQ_Q4_ROWMAJOR && L->layout != UQ_Q4_R16)
             return uq_set_error(UQ_ERR_ARG, "%s: unknown int4 layout %d", where, (int)L->layout);
+    } else if (L->kind == UQ_W_Q8) {
+        return uq_q8w_check(L, nseg_in, where);
     } else {
         return uq_set_error(UQ_ERR_ARG, "%s: unknown weight kind %d", where, (int)L->kind);
     }

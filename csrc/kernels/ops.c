@@ -16,6 +16,7 @@
 #endif
 
 #include "kernels.h"
+#include "q8w.h"
 
 void uq_k_rmsnorm(const float *restrict x, int64_t T, int64_t n, const float *restrict w, double eps,
                   float *restrict y) {
@@ -138,6 +139,8 @@ void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X) {
             memcpy(xt, E->w + row * cols, (size_t)cols * sizeof(float));
         } else if (E->kind == UQ_W_F16) {
             (void)uq_convert_f16_to_f32(E->w16 + row * cols, cols, xt);
+        } else if (E->kind == UQ_W_Q8) {
+            uq_q8w_embed_row(E, row, xt);
         } else {
             const uint8_t *p = E->packed + row * UQ_Q4_ROW_BYTES(cols);
             const float *s = E->scales + row * E->scale_cols;

@@ -89,5 +89,6 @@ void test_compress(void);
 void test_ssm(void);
 void test_r16(void);
 void test_batch(void);
+void test_q8w(void);
 
 #endif

@@ -120,18 +120,15 @@ LLAMA_RECIPES = (("llama.cpp Q4_0 (every matrix)", "LLAMA_FTYPE_MOSTLY_Q4_0", Tr
                  ("llama.cpp Q4_K_M", "LLAMA_FTYPE_MOSTLY_Q4_K_M", False))
 
 
-def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], threads: int,
-                   cache: Path | None = None) -> Path:
-    """The GGUF of checkpoint `src` quantized by llama.cpp's own quantizer with `recipe` (cached): an F32 GGUF
-    written tensor by tensor (:mod:`uniql.bench.llamacpp`), then ``llama_model_quantize``."""
-    import ctypes
+def llama_cpp_f32_gguf(src: Path, cache: Path | None = None) -> Path:
+    """The F32 GGUF of checkpoint `src` (cached, written tensor by tensor by :mod:`uniql.bench.llamacpp`; SmolLM2
+    gets its own GGUF's tokenizer metadata): what llama.cpp's quantizer starts from, and llama.cpp's fp32 model."""
     import hashlib
     import os
 
     from uniql import checkpoint, data
     from uniql.bench import llamacpp as lc
 
-    label, ftype, pure = recipe
     cfg = checkpoint.read_config(src)
     arch = lc.GGUF_ARCHES.get(cfg.get("model_type", "llama"))
     if arch is None:
@@ -143,11 +140,8 @@ def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], thr
                        sort_keys=True, default=str)
     key = hashlib.sha256(ident.encode()).hexdigest()[:12]
     f32 = cache / f"quality-{key}.F32.gguf"
-    dst = cache / f"quality-{key}.{ftype.split('_')[-2]}_{ftype.split('_')[-1]}{'-pure' if pure else ''}.gguf"
-    if dst.is_file():
-        return dst
-    cache.mkdir(parents=True, exist_ok=True)
     if not f32.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
         tensors = checkpoint.read_tensors(src)
         plan = lc.tensor_plan(cfg, arch, tensors.get, lambda n: tensors[n].shape if n in tensors else None,
                                np.dtype(np.float32))
@@ -160,6 +154,24 @@ def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], thr
         tmp = f32.with_name(f32.name + f".{os.getpid()}.tmp")
         lc.write_gguf(tmp, cfg, plan, arch=arch, name=f"uniql-quality {src.name}", tokenizer_from=tok, file_type=0)
         os.replace(tmp, f32)
+    return f32
+
+
+def llama_cpp_gguf(llama_cpp: Any, src: Path, recipe: tuple[str, str, bool], threads: int,
+                   cache: Path | None = None) -> Path:
+    """The GGUF of checkpoint `src` quantized by llama.cpp's own quantizer with `recipe` (cached): the F32 GGUF of
+    :func:`llama_cpp_f32_gguf`, then ``llama_model_quantize``."""
+    import ctypes
+    import os
+
+    from uniql.bench import llamacpp as lc
+
+    label, ftype, pure = recipe
+    f32 = llama_cpp_f32_gguf(src, cache)
+    dst = f32.with_name(f32.name[:-len("F32.gguf")] +
+                        f"{ftype.split('_')[-2]}_{ftype.split('_')[-1]}{'-pure' if pure else ''}.gguf")
+    if dst.is_file():
+        return dst
     p = llama_cpp.llama_model_quantize_default_params()
     p.nthread = max(1, threads)
     p.ftype = getattr(llama_cpp, ftype)

@@ -4,8 +4,11 @@ The steps call the same C routines as :func:`uniql.compress`: the layer's inputs
 (``Model.layer_forward`` captures), second moments from ``linalg.Covariance``, scores and orders from
 ``sorting.sort_mlp`` / ``sort_qk``, the V/O re-parameterisation from ``sorting.qasvd_vo``, int4 from
 ``quant.quantize_rtn`` / ``quantize_gptq``. What the notebook plots on top of them -- the relative output error of a
-pruned or quantized projection on held-out activations -- is a measurement in float64 NumPy, as in
-``benchmarks/quant_error.py``; it is not part of the pipeline.
+pruned or quantized projection on held-out activations -- is not part of the pipeline, but its numerics run in the C
+core too: every product is ``_C.linear_forward`` (the runtime's fp32 linear kernel, ``X W^T``), the magnitude
+scores are squared row norms from ``linalg.Covariance`` (as the magnitude ablation of ``uniql.compress`` computes
+them), int4 weights come back through ``quant.dequantize``. Python gathers columns and takes the norms of the
+results.
 
 Errors are relative Frobenius norms on held-out tokens (a text the calibration did not use):
 
@@ -71,6 +74,19 @@ def _rel(err: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(err) / np.linalg.norm(ref))
 
 
+def _xwt(X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``X W^T`` (float32) by the C runtime's linear kernel; zeros when W has no columns (nothing dropped)."""
+    from uniql import _C
+
+    X = np.ascontiguousarray(X, np.float32)
+    W = np.ascontiguousarray(W, np.float32)
+    Y = np.zeros((X.shape[0], W.shape[0]), np.float32)
+    if W.shape[1] == 0 or W.shape[0] == 0:
+        return Y
+    _C.linear_forward((W, None, 0, W.shape[1], None), X, Y, 1, W.shape[0], 1, W.shape[1])
+    return Y
+
+
 def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4", heldout_text: str = "technical",
                n_seq: int = 8, seq_len: int = 256, group: int = 128,
                keep_ratios: Sequence[float] = KEEP_RATIOS, seed: int = 0) -> LayerAnatomy:
@@ -79,6 +95,7 @@ def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4"
     UTF-8 file paths)."""
     import uniql
     from uniql import data, quant, sorting
+    from uniql.compress import row_norms_sq
     from uniql.linalg import Covariance, eigh
     from uniql.safetensors import load_file
 
@@ -87,7 +104,7 @@ def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4"
     c = model.config
     if not 0 <= layer < c.num_hidden_layers:
         raise InvalidArgumentError(f"layer {layer} outside [0, {c.num_hidden_layers})")
-    nh, nkv, d, n = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
+    nh, nkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     def text(name: str) -> str:
         return data.read_text(name) if name in data.TEXTS else Path(name).read_text(encoding="utf-8")
 
@@ -109,8 +126,8 @@ def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4"
 
     # scores and orders
     ridge = sorting.sort_mlp(G_z)
-    mag = ((up.astype(np.float64) ** 2).sum(1) + (gate.astype(np.float64) ** 2).sum(1)) * \
-        (down.astype(np.float64) ** 2).sum(0)
+    # magnitude ablation: channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2, the norms from the C core
+    mag = (row_norms_sq(up) + row_norms_sq(gate)) * row_norms_sq(np.ascontiguousarray(down.T))
     orders = {"uniql": ridge.perm, "magnitude": sorting.argsort_desc(mag),
               "random": np.random.default_rng(seed).permutation(up.shape[0])}
     # Q/K scores: diagonals of the post-RoPE second moments, per head, back in Hugging Face row order (the runtime
@@ -123,51 +140,49 @@ def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4"
     cq, ck = diag(cal["q"], nh), diag(cal["k"], nkv)
     qk = sorting.sort_qk(cq, ck, "full")
 
-    # MLP pruning error per sorter and keep ratio
-    Zh = held["mlp_z"].astype(np.float64)
-    D64 = down.astype(np.float64)
-    ref = Zh @ D64.T
+    # MLP pruning error per sorter and keep ratio: the dropped channels' share of the down_proj output
+    Zh = held["mlp_z"]
+    ref = _xwt(Zh, down)
     DI = up.shape[0]
     mlp_err = {}
     for name, order in orders.items():
         errs = []
         for kr in keep_ratios:
             drop = order[max(1, int(round(kr * DI))):]
-            errs.append(_rel(Zh[:, drop] @ D64[:, drop].T, ref))
+            errs.append(_rel(_xwt(Zh[:, drop], down[:, drop]), ref))
         mlp_err[name] = errs
 
     # QA-SVD of V/O and the token-local V/O error at each kept fraction of the value dims
     wv, wo = W[p + "self_attn.v_proj.weight"], W[p + "self_attn.o_proj.weight"]
     vo = sorting.qasvd_vo(G_attn, wv, wo, n_heads=nh, n_kv=nkv, head_dim=d)
-    Xh = held["attn_in"].astype(np.float64)
+    Xh = held["attn_in"]
+    rep = nh // nkv
 
-    def vo_out(wv_: np.ndarray, wo_: np.ndarray, r: int) -> np.ndarray:
-        rep = nh // nkv
-        out = np.zeros((Xh.shape[0], n))
-        for h in range(nh):
-            g = h // rep
-            v = Xh @ wv_[g * d:g * d + r].astype(np.float64).T
-            out += v @ wo_[:, h * d:h * d + r].astype(np.float64).T
-        return out
+    def vo_out(wv_: np.ndarray, wo_: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """X -> sum_h V_g(h)[lo:hi] O_h[lo:hi] as two products: the value rows of every head (KV groups repeated)
+        stacked, then o_proj's matching columns."""
+        rows = np.concatenate([np.arange((h // rep) * d + lo, (h // rep) * d + hi) for h in range(nh)])
+        cols = np.concatenate([np.arange(h * d + lo, h * d + hi) for h in range(nh)])
+        return _xwt(_xwt(Xh, wv_[rows]), wo_[:, cols])
 
-    full = vo_out(wv, wo, d)
+    full = vo_out(wv, wo, 0, d)
     vo_err: dict[str, list[float]] = {"original": [], "qa-svd": []}
     for kr in keep_ratios:
         r = max(1, int(round(kr * d)))
-        vo_err["original"].append(_rel(full - vo_out(wv, wo, r), full))
-        vo_err["qa-svd"].append(_rel(full - vo_out(vo.wv, vo.wo, r), full))
+        # the error of keeping the first r dims is exactly the part of the map carried by the others
+        vo_err["original"].append(_rel(vo_out(wv, wo, r, d), full))
+        vo_err["qa-svd"].append(_rel(vo_out(vo.wv, vo.wo, r, d), full))
 
     # int4: RTN vs GPTQ on q_proj (input: attention input) and gate_proj (input: MLP input)
     int4 = {}
     for proj, X_cal, X_held in (("self_attn.q_proj", cal["attn_in"], held["attn_in"]),
                                 ("mlp.gate_proj", cal["mlp_in"], held["mlp_in"])):
         Wp = W[p + proj + ".weight"]
-        Xhd = X_held.astype(np.float64)
-        r0 = Xhd @ Wp.astype(np.float64).T
+        r0 = _xwt(X_held, Wp)
         H = moment(X_cal)
         errs = {}
         for kind, q in (("rtn", quant.quantize_rtn(Wp, group)), ("gptq", quant.quantize_gptq(Wp, H, group))):
-            errs[kind] = _rel(Xhd @ (Wp.astype(np.float64) - quant.dequantize(q)).T, r0)
+            errs[kind] = _rel(_xwt(X_held, Wp - quant.dequantize(q)), r0)
         int4[proj] = errs
     return LayerAnatomy(layer, int(cal["attn_in"].shape[0]), int(held["attn_in"].shape[0]), eig[::-1].copy(),
                         {"uniql": ridge.scores, "magnitude": mag}, orders, qk.scores, vo.singular_values,

@@ -6,14 +6,13 @@ A configuration is (label, path, rate): ``base`` is the uncompressed checkpoint,
 int4, fine-tuned, ablations) at a pruning rate. Cache: ``<cache>/<label>@<rate>/<task>.json`` holding the per-
 document values of :class:`uniql.eval.TaskResult` keyed by document id, plus the seconds and tokens spent on them.
 
-:func:`tiny_inputs` builds the QUICK setting: a random 2-layer Llama with a word-level tokenizer, its fp32 and
-int4 artifacts, a small multiple-choice requests file and a text -- offline, seconds.
+:func:`tiny_inputs` builds the QUICK setting: a random 2-layer Llama with a word-level tokenizer (:func:`tiny_llama`,
+also the evaluation tests' model), its fp32 and int4 artifacts, a small multiple-choice requests file and a text -- offline, seconds.
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ from uniql.eval.results import TaskResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Config", "run_grid", "tiny_inputs"]
+__all__ = ["Config", "run_grid", "tiny_inputs", "tiny_llama"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +123,47 @@ def run_grid(configs: Sequence[Config], tasks: Sequence[str | _tasks.EvalTask], 
 
 # ------------------------------------------------------------------------------------- QUICK inputs ----
 
+def tiny_llama(d: str | Path, *, vocab: int = 128, hidden: int = 64, inter: int = 128, layers: int = 2,
+               heads: int = 4, kv: int = 2, head_dim: int = 16, scale: float = 0.15, max_positions: int = 256,
+               seed: int = 0, rng: np.random.Generator | None = None) -> Path:
+    """A random Llama checkpoint in ``d`` (config.json, model.safetensors, tokenizer.json; NumPy only, no torch):
+    untied embeddings (std 1) and lm_head (std 0.3), projections of std ``scale``, norms around 1, and a
+    word-level tokenizer over ``<unk> <s> </s> w3 .. w{vocab-1}`` (ids = the numbers; BOS 1, EOS 2). Draws from
+    ``rng`` when given (else ``default_rng(seed)``). The notebooks' QUICK model and the evaluation tests' model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from uniql.safetensors import save_file
+
+    d = Path(d)
+    rng = np.random.default_rng(seed) if rng is None else rng
+    V, H, I = vocab, hidden, inter
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, V)]
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=V, hidden_size=H,
+               intermediate_size=I, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+               head_dim=head_dim, max_position_embeddings=max_positions, rms_norm_eps=1e-6, rope_theta=10000.0,
+               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, hidden_act="silu")
+
+    def w(*shape: int, s: float = scale) -> np.ndarray:
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(V, H, s=1.0), "lm_head.weight": w(V, H, s=0.3),
+         "model.norm.weight": 1 + w(H, s=0.1)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t |= {p + "input_layernorm.weight": 1 + w(H, s=0.1), p + "post_attention_layernorm.weight": 1 + w(H, s=0.1),
+              p + "self_attn.q_proj.weight": w(heads * head_dim, H), p + "self_attn.k_proj.weight": w(kv * head_dim, H),
+              p + "self_attn.v_proj.weight": w(kv * head_dim, H), p + "self_attn.o_proj.weight": w(H, heads * head_dim),
+              p + "mlp.gate_proj.weight": w(I, H), p + "mlp.up_proj.weight": w(I, H),
+              p + "mlp.down_proj.weight": w(H, I)}
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg))
+    save_file(d / "model.safetensors", t)
+    tok = Tokenizer(models.WordLevel({x: i for i, x in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
 def tiny_inputs(work: str | Path, seed: int = 0, ablations: bool = True, artifacts: bool = True) -> dict[str, Path]:
     """A random 2-layer Llama (word-level tokenizer over w3..w127), its fp32 and int4 artifacts (random calibration
     ids), with ``ablations`` also an fp32 artifact ranked by weight magnitude ("fp32-magnitude"), a 40-document
@@ -131,39 +171,12 @@ def tiny_inputs(work: str | Path, seed: int = 0, ablations: bool = True, artifac
     {"base", "fp32", "int4", ["fp32-magnitude",] "task", "text"} (without ``artifacts``: no artifacts at all)."""
     import gzip
 
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     import uniql
-    from uniql.safetensors import save_file
 
     work = Path(work)
     rng = np.random.default_rng(seed)
-    V, H, I, L, nh, nkv, hd = 128, 64, 128, 2, 4, 2, 16
-    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(3, V)]
-    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=V, hidden_size=H,
-               intermediate_size=I, num_hidden_layers=L, num_attention_heads=nh, num_key_value_heads=nkv,
-               head_dim=hd, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
-               tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, hidden_act="silu")
-
-    def w(*shape: int, s: float = 0.15) -> np.ndarray:
-        return (rng.standard_normal(shape) * s).astype(np.float32)
-
-    t = {"model.embed_tokens.weight": w(V, H, s=1.0), "lm_head.weight": w(V, H, s=0.3),
-         "model.norm.weight": 1 + w(H, s=0.1)}
-    for i in range(L):
-        p = f"model.layers.{i}."
-        t |= {p + "input_layernorm.weight": 1 + w(H, s=0.1), p + "post_attention_layernorm.weight": 1 + w(H, s=0.1),
-              p + "self_attn.q_proj.weight": w(nh * hd, H), p + "self_attn.k_proj.weight": w(nkv * hd, H),
-              p + "self_attn.v_proj.weight": w(nkv * hd, H), p + "self_attn.o_proj.weight": w(H, nh * hd),
-              p + "mlp.gate_proj.weight": w(I, H), p + "mlp.up_proj.weight": w(I, H),
-              p + "mlp.down_proj.weight": w(H, I)}
-    base = work / "base"
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "config.json").write_text(json.dumps(cfg))
-    save_file(base / "model.safetensors", t)
-    tok = Tokenizer(models.WordLevel({x: i for i, x in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(base / "tokenizer.json"))
+    V = 128
+    base = tiny_llama(work / "base", vocab=V, rng=rng)
     calib = rng.integers(3, V, size=(8, 32))
     kinds = ([("fp32", False, "uniql"), ("int4", True, "uniql")] if artifacts else []) + (
         [("fp32-magnitude", False, "magnitude")] if ablations and artifacts else [])
