@@ -200,20 +200,25 @@ def test_ablations_run_and_differ(tmp_path, llama):
     assert not np.array_equal(uniql.load(a, rate=0.35).logits(ids), uniql.load(llama[2], rate=0.35).logits(ids))
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama-tied", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "llama-tied", "qwen2", "llama-default-policy", "llama-tied-default-policy"])
 def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
     """compress(quantize=True) = quantize_artifact(compress(quantize=False)) with the same calibration, byte for
     byte: sorting and block importance come from the float model, GPTQ Hessians from the quantized stream (one
     shared per-layer quantize step). Only config.json's quantization record differs (it names the two-step path)."""
     from uniql.requantize import quantize_artifact
 
-    if kind == "llama":
+    default = kind.endswith("-default-policy")  # compress's default policy (int8 / int4 g64) on both paths
+    kind = kind.replace("-default-policy", "")
+    if kind == "llama" and not default:
         src, _, fp, q = llama
     else:
         src, _ = _make(tmp_path, kind.split("-")[0], tied=kind.endswith("-tied"))
-        fp, q = _compress(src, tmp_path / "fp32"), _compress(src, tmp_path / "int4", quantize=True, precision={})
+        fp = _compress(src, tmp_path / "fp32")
+        q = _compress(src, tmp_path / "int4", quantize=True, **({} if default else {"precision": {}}))
     two = quantize_artifact(fp, tmp_path / "two-step", calibration=_calib(), num_samples=NSAMP, seq_len=SEQ,
-                            progress=False)
+                            progress=False, **({} if default else {"precision": {}}))
+    if default:
+        assert any(s.get("format") == "q8" for s in json.loads((two / "config.json").read_text())["uniql_tensors"].values())
     for name in [layer_file(i) for i in range(3)] + [REST_FILE]:
         assert (q / name).read_bytes() == (two / name).read_bytes(), name
     cq, c2 = (json.loads((d / "config.json").read_text()) for d in (q, two))

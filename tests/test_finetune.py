@@ -394,7 +394,7 @@ def test_quantize_artifact_is_compress_gptq(tmp_path, llama_art):
     calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
     q_ref = _art(tmp_path, "llama", quantize=True, precision={})  # int4 everywhere, as quantize_artifact
     q = quantize_artifact(llama_art, tmp_path / "rq", calibration=calib, num_samples=NSAMP, seq_len=SEQ,
-                          progress=False)
+                          precision={}, progress=False)
     a, b = load_file(q_ref / "model-layer-0000.safetensors"), load_file(q / "model-layer-0000.safetensors")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     cfg = json.loads((q / "config.json").read_text())

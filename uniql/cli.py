@@ -340,6 +340,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     _add_output(p, "ART-int4")
     _add_calibration_args(p)
     p.add_argument("--group", type=positive_int, default=128, metavar="G", help="int4 group size (128)")
+    p.add_argument("--precision", action="append", default=None, metavar="KEY=STORAGE",
+                   help="storage policy as for compress (default: compress's default policy for llama / qwen2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_cmd_quantize)
 
@@ -348,7 +350,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from uniql.requantize import quantize_artifact
 
     out = quantize_artifact(args.artifact, _output(args), calibration=_calibration_arg(args), num_samples=args.samples,
-                            seq_len=args.seq_len or 256, group=args.group, overwrite=args.overwrite,
+                            seq_len=args.seq_len or 256, group=args.group, precision=_precision_arg(args.precision),
+                            overwrite=args.overwrite,
                             progress=sys.stderr.isatty())
     print(out)
     return 0

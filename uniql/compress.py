@@ -396,7 +396,7 @@ def f16_scales(q: Any) -> Any:
     return QuantizedTensor(q.packed, s, q.shape, q.group)
 
 
-def _f16_scales8(q: Any) -> Any:
+def f16_scales8(q: Any) -> Any:
     """An int8 tensor with its scales rounded to float16 (as stored and used), like :func:`f16_scales`."""
     from uniql import _C
     from uniql.quant import Int8Tensor
@@ -646,7 +646,7 @@ def _quantize(sl: dict[str, Any], plan: Any, gptq: dict[str, Any],
         if pg:  # o_proj / out_proj groups stay inside a head's segment: a divisor of the planned group
             g = o_proj_group(g, pg) if name.endswith(("o_proj", "out_proj")) else pg
         if kind == "int8":  # round-to-nearest: int8's rounding error is 1/16 of int4's step
-            stored[name + ".weight"] = _f16_scales8(quantize_int8(W, g))
+            stored[name + ".weight"] = f16_scales8(quantize_int8(W, g))
             continue
         stored[name + ".weight"] = f16_scales(gptq_blocks(W, H, g, **gptq))
     return stored
@@ -838,7 +838,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         # GPTQ of lm_head on the final-norm output (int8: round-to-nearest). Tied embeddings stay tied: the
         # quantized table also serves the embedding lookups.
         W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = (_f16_scales8(quantize_int8(W, head_g)) if head_kind == "int8" else
+        head_q = (f16_scales8(quantize_int8(W, head_g)) if head_kind == "int8" else
                   f16_scales(gptq_blocks(W, job.final_hessian(Xq), head_g, **opts.gptq_kw())))
     head_dt = np.float16 if opts.quantize and head_kind == "f16" else wdt
     if tied:
@@ -848,7 +848,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         if opts.quantize and emb_kind == "int4":
             emb_q = f16_scales(quantize_rtn(E, group=emb_g))
         elif opts.quantize and emb_kind == "int8":
-            emb_q = _f16_scales8(quantize_int8(E, emb_g))
+            emb_q = f16_scales8(quantize_int8(E, emb_g))
         put(embed_base, E, emb_q, np.float16 if opts.quantize and emb_kind == "f16" else wdt)
         put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q, head_dt)
     st.save_file(part / REST_FILE, rest)

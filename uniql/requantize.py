@@ -31,12 +31,12 @@ import numpy as np
 
 from uniql import safetensors as st
 from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_config
-from uniql.compress import (CompressOptions, OutputExistsError, StageTimer, artifact_layer, calibration_tokens,
-                            f16_scales, gptq_blocks, o_proj_group, peak_rss_mb, quantize_layer,
-                            transformer_layer_model, transformer_plan)
-from uniql.errors import InvalidArgumentError
+from uniql.compress import (DEFAULT_PRECISION, CompressOptions, OutputExistsError, StageTimer, artifact_layer,
+                            calibration_tokens, f16_scales, f16_scales8, gptq_blocks, o_proj_group, peak_rss_mb,
+                            quantize_layer, transformer_layer_model, transformer_plan)
+from uniql.errors import InvalidArgumentError, UnsupportedError
 from uniql.linalg import Covariance
-from uniql.quant import quantize_rtn
+from uniql.quant import quantize_int8, quantize_rtn
 from uniql.runtime import exact_int4
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,14 @@ log = logging.getLogger(__name__)
 def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                       calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
                       mse_scale: bool = CompressOptions.mse_scale, act_order: bool = CompressOptions.act_order,
-                      overwrite: bool = False, progress: bool = True) -> Path:
-    """GPTQ int4 (group ``group``, compress's damping) of every linear of an unquantized artifact (all five
-    families) and int4 embedding / lm_head; returns the new artifact directory (default:
-    ``<artifact_dir>-int4``). Calibration as for :func:`uniql.compress` (default: the calibration mix, 32 x 256
-    tokens). The ``finetune`` record is kept."""
+                      precision: dict[str, str] | None = None, overwrite: bool = False,
+                      progress: bool = True) -> Path:
+    """Quantization of an unquantized (e.g. fine-tuned) artifact, layer by layer with compress's quantize step:
+    returns the new artifact directory (default: ``<artifact_dir>-int4``). ``precision``: the storage policy as
+    for :func:`uniql.compress` -- None is :data:`uniql.compress.DEFAULT_PRECISION` for llama / qwen2 (int8 for
+    down_proj / v_proj / the last ten up_proj, GPTQ int4 g64 elsewhere, RTN int4 embedding) and int4 everywhere
+    (group ``group``) for the hybrids; ``{}`` is int4 everywhere. Calibration as for :func:`uniql.compress`
+    (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
     from uniql.runtime import TransformerConfig
 
@@ -59,10 +62,17 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     if not is_artifact(cfg):
         raise InvalidArgumentError(f"{src} is not a uniql artifact")
     meta, tinfo = read_meta(src, cfg)
-    if meta.quantization is not None or any(isinstance(s, dict) and s.get("format") == "q4" for s in tinfo.values()):
+    if meta.quantization is not None or any(isinstance(s, dict) and s.get("format") in ("q4", "q8")
+                                         for s in tinfo.values()):
         raise InvalidArgumentError(f"{src} is already quantized")
+    llama = meta.architecture in ("llama", "qwen2")
+    if precision is None:
+        precision = dict(DEFAULT_PRECISION) if llama else {}
+    if precision and not llama:
+        raise UnsupportedError("quantize_artifact takes a precision policy for llama and qwen2 artifacts only")
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
-                           max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order)
+                           max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order,
+                           precision=dict(precision))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-int4")
     if out.resolve() == src.resolve():
         raise InvalidArgumentError("out_dir must differ from artifact_dir")
@@ -110,7 +120,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
             t = time.perf_counter()
             lay, fm = layer(i)
             timer.add("calibrate", time.perf_counter() - t)
-            stored = quantize_layer(lambda tl: model(tl, fm), lay, X, plan, opts.gptq_kw(), timer)  # X advances in place
+            stored = quantize_layer(lambda tl: model(tl, fm), lay, X, plan, opts.gptq_kw(), timer,
+                                    lambda nm: opts.storage(nm, i, L))  # X advances in place
             t = time.perf_counter()
             stored[a + "rope_freq"] = fm
             out_t = artifact_layer(stored, p0, f"model.layers.{i}.", info, np.float32,
@@ -131,23 +142,40 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         tied = tc.tie_word_embeddings
         E = np.ascontiguousarray(shared["model.embed_tokens.weight"], dtype=np.float32)
         W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
-        head_q = f16_scales(gptq_blocks(W, c_h.mean(), opts.group, **opts.gptq_kw()))
+        head_kind, head_g = opts.storage("lm_head")
+        emb_kind, emb_g = opts.storage("embedding")
+        head_q = None
+        if head_kind == "int8":
+            head_q = f16_scales8(quantize_int8(W, head_g))
+        elif head_kind == "int4":
+            head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
         rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
 
-        def put(name: str, shape: tuple[int, ...], q: Any) -> None:
-            rest[name + ".qweight"] = q.packed
-            rest[name + ".scales"] = q.scales.astype(np.float16)
-            info[name] = {"format": "q4", "shape": list(shape), "group": q.group, "segments": 1}
+        def put(name: str, W: np.ndarray, q: Any) -> None:  # as compress stores the embedding and the head
+            if q is not None:
+                int8 = hasattr(q, "codes")
+                rest[name + ".qweight"] = q.codes if int8 else q.packed
+                rest[name + ".scales"] = q.scales.astype(np.float16)
+                info[name] = {"format": "q8" if int8 else "q4", "shape": list(W.shape), "group": q.group,
+                              "segments": 1}
+            else:  # f16 by the policy
+                rest[name + ".weight"] = W.astype(np.float16)
+                info[name] = {"format": "f16", "shape": list(W.shape)}
 
         if tied:
-            put("model.embed_tokens", E.shape, head_q)
+            put("model.embed_tokens", E, head_q)
         else:
-            put("model.embed_tokens", E.shape, f16_scales(quantize_rtn(E, group=opts.group)))
-            put("lm_head", W.shape, head_q)
+            emb_q = None
+            if emb_kind == "int4":
+                emb_q = f16_scales(quantize_rtn(E, group=emb_g))
+            elif emb_kind == "int8":
+                emb_q = f16_scales8(quantize_int8(E, emb_g))
+            put("model.embed_tokens", E, emb_q)
+            put("lm_head", W, head_q)
         st.save_file(part / REST_FILE, rest)
         quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
                  "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
-                 "act_order": opts.act_order, "precision": {},
+                 "act_order": opts.act_order, "precision": dict(opts.precision),
                  "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
         out_cfg = dict(cfg)
         out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
