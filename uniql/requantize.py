@@ -177,23 +177,11 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
                  "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
                  "act_order": opts.act_order, "precision": dict(opts.precision),
                  "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
-        out_cfg = dict(cfg)
-        out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
-        out_cfg["uniql_tensors"] = info
-        write_config(part, out_cfg, src)
-        timer.add("write", time.perf_counter() - t)
-        total = time.perf_counter() - t0
-        report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
-                  "calibration_tokens": int(B * T), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
-                  "total_seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-                  "finetune": meta.finetune,
-                  "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
-        (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _finish(src, part, cfg, meta, opts, info, quant, timer, t, t0, L, B * T)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
     publish(part, out)
-    log.info("wrote %s in %.1f s", out, total)
     return out
 
 
@@ -313,21 +301,27 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
                  "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
                  "act_order": opts.act_order, "precision": dict(opts.precision), "ssm_out_group": go_ssm,
                  "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
-        out_cfg = dict(cfg)
-        out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
-        out_cfg["uniql_tensors"] = info
-        write_config(part, out_cfg, src)
-        timer.add("write", time.perf_counter() - t)
-        total = time.perf_counter() - t0
-        report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
-                  "calibration_tokens": int(B * T), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
-                  "total_seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
-                  "finetune": meta.finetune,
-                  "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
-        (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _finish(src, part, cfg, meta, opts, info, quant, timer, t, t0, L, B * T)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
     publish(part, out)
-    log.info("wrote %s in %.1f s", out, total)
     return out
+
+
+def _finish(src: Path, part: Path, cfg: dict[str, Any], meta: Any, opts: CompressOptions, info: dict[str, Any],
+            quant: dict[str, Any], timer: StageTimer, t: float, t0: float, L: int, tokens: int) -> None:
+    """The config (quantization record, tensor table) and uniql_report.json of a quantized artifact in ``part``."""
+    out_cfg = dict(cfg)
+    out_cfg["uniql"] = dataclasses.replace(meta, quantization=quant).to_json()
+    out_cfg["uniql_tensors"] = info
+    write_config(part, out_cfg, src)
+    timer.add("write", time.perf_counter() - t)
+    total = time.perf_counter() - t0
+    report = {"source": str(src), "options": dataclasses.asdict(opts), "layers": L,
+              "calibration_tokens": int(tokens), "seconds": {k: round(v, 3) for k, v in timer.t.items()},
+              "total_seconds": round(total, 3), "peak_rss_mb": round(peak_rss_mb(), 1),
+              "finetune": meta.finetune,
+              "bytes": {p.name: p.stat().st_size for p in sorted(part.glob("model-*.safetensors"))}}
+    (part / "uniql_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("quantized %s in %.1f s", src, total)

@@ -293,7 +293,8 @@ def score_lists(lls: Sequence[Sequence[float]], docs: Sequence[Doc]) -> tuple[fl
     return hit / len(docs), hit_norm / len(docs)
 
 
-def _bos(model: Any) -> int | None:
+def bos_token(model: Any) -> int | None:
+    """The token a scored context starts with when it is empty: BOS, else the first EOS."""
     cfg = model.config
     b = getattr(cfg, "bos_token_id", None)
     if b is None and getattr(cfg, "eos_token_ids", ()):
@@ -363,7 +364,7 @@ def evaluate_rates(model: Any, tokenizer: Any, rates: Sequence[float] | None,
     tasks read and tokenized once: {rate: {task: TaskResult}}."""
     tokenizer, rate_list = tokenizer_and_rates(model, tokenizer, rates)
     loaded = _prepare(tasks, limit)
-    bos = _bos(model)
+    bos = bos_token(model)
     toks = [_tokenize(t, tokenizer, bos) for t in loaded]
     out: dict[float | None, dict[str, TaskResult]] = {}
     for r in rate_list:

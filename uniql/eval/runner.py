@@ -17,12 +17,7 @@ log = logging.getLogger(__name__)
 __all__ = ["evaluate", "evaluate_task"]
 
 
-def bos_token(model: Any) -> int | None:
-    cfg = model.config
-    b = getattr(cfg, "bos_token_id", None)
-    if b is None and getattr(cfg, "eos_token_ids", ()):
-        b = cfg.eos_token_ids[0]
-    return b
+bos_token = zeroshot.bos_token
 
 
 def tokenize_task(task: _tasks.EvalTask, tokenizer: Any, bos: int | None, window: int) -> list[Any]:
