@@ -173,6 +173,18 @@ class LoRAHost:
     under ``l<layer>_<linear>`` keys, each patching the buffer ``l<layer>_<linear>_w``."""
 
     lora: nn.ModuleDict
+    embed: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    def _buf(self, name: str, src: Mapping[str, np.ndarray], key: str) -> None:
+        """A float32 copy of ``src[key]`` as the non-persistent buffer ``name`` (FormatError if missing)."""
+        if key not in src:
+            raise FormatError(f"artifact is missing tensor {key!r}")
+        buf = torch.from_numpy(np.array(src[key], np.float32))
+        self.register_buffer(name, buf, persistent=False)  # type: ignore[attr-defined]  # an nn.Module's
 
     def lora_parameters(self) -> list[nn.Parameter]:
         return list(self.lora.parameters())
@@ -271,15 +283,6 @@ class ElasticTorchModel(LoRAHost, nn.Module):
         cfg, meta, tc, layers, rest = read_float_artifact(path)
         return cls(cfg, meta, tc, layers, rest, rank=rank, alpha=alpha, seed=seed, max_seq=max_seq,
                    lora_dropout=lora_dropout)
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
-
-    def _buf(self, name: str, src: Mapping[str, np.ndarray], key: str) -> None:
-        if key not in src:
-            raise FormatError(f"artifact is missing tensor {key!r}")
-        self.register_buffer(name, torch.from_numpy(np.array(src[key], np.float32)), persistent=False)
 
     # ------------------------------------------------------------------------------ keep sizes ----
     def set_rate(self, rate: float) -> None:

@@ -215,15 +215,6 @@ class HybridTorchModel(LoRAHost, nn.Module):
         return cls(cfg, meta, layers, rest, rank=rank, alpha=alpha, seed=seed, max_seq=max_seq,
                    lora_dropout=lora_dropout)
 
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
-
-    def _buf(self, name: str, src: Mapping[str, np.ndarray], key: str) -> None:
-        if key not in src:
-            raise FormatError(f"artifact is missing tensor {key!r}")
-        self.register_buffer(name, torch.from_numpy(np.array(src[key], np.float32)), persistent=False)
-
     # ------------------------------------------------------------------------------ keep sizes ----
     def set_rate(self, rate: float) -> None:
         """Per-layer keeps of a global pruning rate, from the artifact's allocation (as the loader)."""
