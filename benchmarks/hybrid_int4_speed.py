@@ -38,37 +38,16 @@ LINEARS = ("in_proj.weight", "out_proj.weight", "q_proj.weight", "k_proj.weight"
 
 
 def tensors(name: str) -> dict:
-    import numpy as np
-    import torch
-    import transformers
+    """ssm_speed.py's random weights of MODELS[name] with every linear and the embedding int4 RTN, group 64."""
+    import importlib.util
 
     from uniql.quant import quantize_rtn
 
-    cfg = dict(MODELS[name])
-    mt = cfg.pop("model_type")
-    if mt == "mamba2":
-        hc, cls = transformers.Mamba2Config(**cfg), transformers.Mamba2ForCausalLM
-    else:
-        hc, cls = transformers.NemotronHConfig(**cfg), transformers.NemotronHForCausalLM
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in cls(hc).state_dict().items()}
-    rng = np.random.default_rng(0)
-    out = {}
-    for k, shp in shapes.items():
-        if k == "lm_head.weight" and hc.tie_word_embeddings:
-            continue
-        if k.endswith("A_log"):
-            a = np.log(np.arange(1, shp[0] + 1, dtype=np.float32))
-        elif k.endswith(".D") or "norm" in k:
-            a = np.ones(shp, np.float32)
-        elif k.endswith("dt_bias"):
-            dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), shp)).astype(np.float32)
-            a = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
-        else:
-            a = (rng.standard_normal(shp, dtype=np.float32) * 0.02).astype(np.float32)
-        a = np.ascontiguousarray(a)
-        out[k] = quantize_rtn(a, 64) if k.endswith(LINEARS) and a.ndim == 2 else a
-    return out
+    spec = importlib.util.spec_from_file_location("ssm_speed", os.path.join(os.path.dirname(__file__), "ssm_speed.py"))
+    ssm_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ssm_speed)
+    return {k: quantize_rtn(a, 64) if k.endswith(LINEARS) and a.ndim == 2 else a
+            for k, a in ssm_speed.random_tensors(MODELS[name]).items()}
 
 
 def run(name: str, n_prefill: int, n_decode: int, repeat: int) -> dict:

@@ -36,14 +36,15 @@ MODELS = {
 }
 
 
-def make_weights(name: str, path: str) -> int:
-    """Writes random fp32 weights of MODELS[name] (HF tensor names) to path; returns the parameter count."""
+def random_tensors(model: dict) -> dict:
+    """Random fp32 weights (HF tensor names) of a Mamba2 / Nemotron-H config dict with its ``model_type``: A_log
+    = log(1..H), D and norms ones, dt_bias the inverse softplus of log-uniform dt in [1e-3, 1e-1], the rest
+    N(0, 0.02^2); a tied lm_head is left out."""
     import numpy as np
     import torch
     import transformers
-    from safetensors.numpy import save_file
 
-    cfg = dict(MODELS[name])
+    cfg = dict(model)
     mt = cfg.pop("model_type")
     if mt == "mamba2":
         hc, cls = transformers.Mamba2Config(**cfg), transformers.Mamba2ForCausalLM
@@ -66,8 +67,16 @@ def make_weights(name: str, path: str) -> int:
         else:
             a = (rng.standard_normal(shp, dtype=np.float32) * 0.02).astype(np.float32)
         out[k] = np.ascontiguousarray(a)
+    return out
+
+
+def make_weights(name: str, path: str) -> int:
+    """Writes random fp32 weights of MODELS[name] (HF tensor names) to path; returns the parameter count."""
+    from safetensors.numpy import save_file
+
+    out = random_tensors(MODELS[name])
     save_file(out, path)
-    return sum(int(np.prod(s)) for k, s in shapes.items() if not (k == "lm_head.weight" and hc.tie_word_embeddings))
+    return sum(int(a.size) for a in out.values())
 
 
 def _status_kib(field: str) -> int:
