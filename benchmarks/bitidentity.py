@@ -11,7 +11,7 @@ decode of 3 sequences (different prompts, 2 steps). Plus the SmolLM2-135M artifa
 (mix-fp32, mix-rot-mse-ao-int4) on a 9-token prompt, when present. The random models are rebuilt in a temporary
 folder on every run (same seeds, so the same artifacts); ``check`` exits 1 when any case differs.
 
-Recorded before the runtimes were unified (main at 69286f8) in /work/notes/bitid_before; against it the unified
+Recorded before the runtimes were unified (main at 69286f8) into a folder outside the repository; against it the unified
 runtime gives: Llama, Qwen2, SmolLM2 (fp32, int4 W4A32 and W4A8) and Mamba2 fp32 bit-identical (their layers run
 the same kernels in the same order as in the old transformer runtime); Nemotron-H and Bamba differ by ~1e-7 relative
 wherever attention runs (the one attention kernel, SIMD dot / axpy helpers, replaced the hybrids' scalar one; under
