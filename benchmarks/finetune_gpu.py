@@ -473,15 +473,11 @@ def zs_report(args: argparse.Namespace) -> None:
     """Here: the zero-shot JSON of ``zeroshot`` as a table (acc / acc_norm per task, the 5-task average) with paired
     differences against ``--base`` (NAME@RATE, default before_fp32@0.00: the artifact at rate 0 without fine-tuning
     = the uncompressed model up to float rounding) and standard errors."""
-    from uniql.eval.results import TaskResult, average, paired_average
+    from uniql.eval.results import average, from_twin_json, paired_average
 
     cells: dict = {}
     for f in args.json:
-        for name, per_rate in json.loads(Path(f).read_text()).items():
-            for r, per_task in per_rate.items():
-                cells[f"{name}@{r}"] = {t: TaskResult(t, "choice", float(r), v["doc_ids"],
-                                                      {"acc": v["acc"], "acc_norm": v["acc_norm"]}, 0.0, 0)
-                                        for t, v in per_task.items()}
+        cells.update(from_twin_json(json.loads(Path(f).read_text())))
     base = cells[args.base]
     tasks = [t for t in base if t in ZS_TASKS]   # the average is over the five zero-shot tasks; MMLU apart
     extra = [t for t in base if t not in ZS_TASKS]
