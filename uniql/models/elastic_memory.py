@@ -5,7 +5,7 @@ uses, and one whose rate falls re-reads only the missing parts from its artifact
 rate 0.35. :func:`resize_transformer` (``ElasticModel.resize(rate)``) instead rebuilds the weights at the keeps of
 the new rate, so the resident weights are exactly those a model loaded at that rate holds:
 
-- Every prunable axis is a prefix per head or per group (see uniql.artifact), so for each linear the weights of
+- Every prunable axis is a prefix per head or per group (see uniql.formats.artifact), so for each linear the weights of
   rate rho are a sub-block of those of any lower rate: q/k/v rows (a prefix of every head), o_proj columns (a
   prefix of every head's segment), gate/up rows and down columns (a prefix).
 - Shrinking (rate up) copies the kept sub-block into a new, smaller array and drops the old one; nothing is read.
@@ -177,7 +177,7 @@ def _regrid(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, nse
 # ------------------------------------------------------------------------------- resizing ----
 
 def _check_files(model: Any) -> None:
-    from uniql.artifact import file_stamps
+    from uniql.formats.artifact import file_stamps
 
     d = Path(model.path)
     try:
@@ -216,7 +216,7 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
 
 def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list,
                  r16: bool = True) -> tuple:
-    """A C linear spec over new planes, int4 repacked to R16 (as ``uniql.runtime.linear_spec`` does at load) when
+    """A C linear spec over new planes, int4 repacked to R16 (as ``uniql.models.runtime.linear_spec`` does at load) when
     ``r16`` and the group allow, else row-major int4 (the linears the runtime reads as row views)."""
     bias = planes["bias"].reshape(-1) if "bias" in planes else None
     if bias is not None:
@@ -265,8 +265,8 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
     grew, the sequence is re-prefilled so the KV cache is exact. Returns {"rate", "from_rate", "seconds",
     "read_bytes", "weight_bytes_before", "weight_bytes_after", "reprefilled"}. On any error the model is left as
     it was."""
-    from uniql import safetensors as st
-    from uniql.artifact import check_rate, layer_file
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import check_rate, layer_file
 
     t0 = time.perf_counter()
     rate = check_rate(rate, model.meta.max_rate)
@@ -443,7 +443,7 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
 
 def _seg_cols(kind: str, nseg: int, full: int, keep: int, group: int) -> np.ndarray:
     """Column (unit) indices kept of a plane whose columns are nseg segments of `full` columns, `keep` per segment."""
-    from uniql.artifact import head_rows
+    from uniql.formats.artifact import head_rows
 
     if kind == "bias":
         return np.arange(1)
@@ -465,10 +465,10 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
     """:func:`resize_transformer` for Mamba2 / Nemotron-H / Bamba artifacts (``ElasticHybridModel.resize``). The
     SSM / conv states and KV caches are rebuilt at the new sizes: a model with tokens in its state needs
     ``tokens`` (re-prefilled, exact); without them it raises before changing anything."""
-    from uniql import safetensors as st
-    from uniql.artifact import check_rate, head_rows, layer_file, qk_head_rows
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import check_rate, head_rows, layer_file, qk_head_rows
     from uniql.errors import InvalidArgumentError
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, rope_mode
+    from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, rope_mode
 
     t0 = time.perf_counter()
     rate = check_rate(rate, model.meta.max_rate)

@@ -2,7 +2,7 @@
 
 All numerics are in the C core (``uniql._C``, ``csrc/runtime/ssm.c``); this module reads Hugging Face
 configs, arranges weights by reference (arrays are kept alive here, the C model points into them) and
-orchestrates generation and perplexity, with the same surface as :class:`uniql.runtime.Model`.
+orchestrates generation and perplexity, with the same surface as :class:`uniql.models.runtime.Model`.
 
 Architectures (``model_type``):
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import Q4, SequenceModel, as_f32, as_q4, is_q4, linear_spec, permute_rows
+from uniql.models.runtime import Q4, SequenceModel, as_f32, as_q4, is_q4, linear_spec, permute_rows
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ class HybridModel(SequenceModel):
             c_layers.append(d)
         emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, "up")
-        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
+        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.models.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
         self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
         self._options = 0
@@ -485,7 +485,7 @@ class HybridModel(SequenceModel):
         """Builds a model from Hugging Face tensor names (Mamba2: ``backbone.*``; Nemotron-H: ``model.*`` or
         ``backbone.*``; Bamba: ``model.*``; ``lm_head.weight`` optional with tied embeddings). Values:
         float32/float16/bfloat16 arrays or int4 objects (``packed``, ``scales``, ``group``, ``shape``; see
-        :mod:`uniql.runtime`). Truncated tensors (stored sizes below the config's) are accepted: the stored
+        :mod:`uniql.models.runtime`). Truncated tensors (stored sizes below the config's) are accepted: the stored
         sizes are read from the shapes. ``qk_layout``: "rotate_half" (HF heads, permuted at load) or
         "interleaved" (runtime layout). ``freq_maps``/``rot_rows``: per layer (None for non-attention layers):
         int32 (n_kv, R_rot/2) original frequency index of each stored rotary pair, and the stored rotary rows

@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniql import safetensors as st
-from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
+from uniql.formats import safetensors as st
+from uniql.formats.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
 from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
-from uniql.runtime import TransformerConfig
+from uniql.models.runtime import TransformerConfig
 
 __all__ = ["LINEARS", "LoRA", "LoRAHost", "ElasticTorchModel", "read_float_artifact", "read_float_tensors",
            "twin_model", "load_twin"]
@@ -61,7 +61,7 @@ def read_float_tensors(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, 
     """(config, meta, per-layer tensors under their full names, rest tensors) of an unquantized artifact of any
     family, every float tensor as float32 (float16 converted exactly). An int4 artifact raises UnsupportedError."""
     from uniql import _C
-    from uniql.checkpoint import read_raw_config
+    from uniql.formats.checkpoint import read_raw_config
 
     d = Path(path)
     cfg = read_raw_config(d)
@@ -73,7 +73,7 @@ def read_float_tensors(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, 
     if meta.architecture in ("llama", "qwen2"):
         L = TransformerConfig.from_hf(cfg).num_hidden_layers
     else:
-        from uniql.ssm import HybridConfig
+        from uniql.models.hybrid import HybridConfig
         L = HybridConfig.from_hf(cfg).num_hidden_layers
     if len(meta.importance) != L:
         raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")

@@ -11,7 +11,7 @@ pair-interleaved (rows 2j, 2j+1 of a head form RoPE pair j). Hugging Face checkp
 layout (uniql artifacts, possibly truncated to a stored head dim R < d and an MLP size K < D_I).
 
 int4 weights: any value of ``tensors`` with attributes ``packed`` (uint8 (rows, (cols+1)//2)), ``scales``
-(float32 (rows, ngroups)), ``group`` and ``shape`` (rows, cols) -- e.g. :class:`uniql.quant.QuantizedTensor`
+(float32 (rows, ngroups)), ``group`` and ``shape`` (rows, cols) -- e.g. :class:`uniql.compress.quant.QuantizedTensor`
 -- is used as int4 (w = (q - 8) * scale). For o_proj every head's column segment has its own groups:
 scales (rows, n_heads * ceil(R / group)), which is the standard layout whenever R % group == 0.
 When the group is a multiple of 8, :class:`Model` repacks each layer linear (and an untied lm_head) once, in C,
@@ -225,7 +225,7 @@ class Q4:
 @dataclass(frozen=True)
 class Q8:
     """int8 weight in the runtime: codes int8 (rows, cols), scales float32 (rows, scale columns), w = q * scale
-    (uniql.h UQ_W_Q8; e.g. :class:`uniql.quant.Int8Tensor`)."""
+    (uniql.h UQ_W_Q8; e.g. :class:`uniql.compress.quant.Int8Tensor`)."""
 
     codes: np.ndarray
     scales: np.ndarray
@@ -342,7 +342,7 @@ def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, in
 class SequenceModel:
     """A model of the C runtime (one runtime for every architecture: ``uq_hy_*``), whatever its layers: the C model
     and state, sequences, scoring, generation, the compression pipeline's pieces and accounting. Subclasses
-    (``uniql.runtime.Model`` for Llama / Qwen2, ``uniql.ssm.HybridModel`` for Mamba2 / Nemotron-H / Bamba) read
+    (``uniql.models.runtime.Model`` for Llama / Qwen2, ``uniql.models.hybrid.HybridModel`` for Mamba2 / Nemotron-H / Bamba) read
     their configs and checkpoints into the runtime's layer dicts and call :meth:`_init_c`; they set ``config``
     (with vocab_size, hidden_size and eos_token_ids) and ``tokenizer``."""
 
@@ -354,7 +354,7 @@ class SequenceModel:
                 c_layers: list[dict[str, Any]], keep: list, max_seq: int | None, max_chunk: int) -> None:
         keep.append(final_norm)
         self._arrays = keep
-        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
+        self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.models.elastic_memory)
         self._cm = _C.hy_model_new(c_config, emb_spec, head_spec, final_norm, c_layers, keep)
         if max_seq is None:
             max_seq = min(self.config.max_position_embeddings, 2048)
@@ -544,14 +544,14 @@ class Model(SequenceModel):
             c_layers.append(d)
         emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
-        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
+        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.models.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
         self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
 
     def truncate(self, position: int) -> None:
         """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
         next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix. Only
-        attention-only models have it (``hasattr(model, "truncate")`` is the capability uniql.zeroshot and
+        attention-only models have it (``hasattr(model, "truncate")`` is the capability uniql.eval.zeroshot and
         uniql.eval test): a Mamba state folds every token and cannot go back."""
         _C.hy_state_truncate(self._state, int(position))
 
