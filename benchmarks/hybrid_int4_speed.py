@@ -53,9 +53,9 @@ def tensors(name: str) -> dict:
 def run(name: str, n_prefill: int, n_decode: int, repeat: int) -> dict:
     import numpy as np
 
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
-    m = HybridModel.from_hf_tensors(dict(MODELS[name]), tensors(name), max_seq=n_prefill + n_decode + 1)
+    m = Model.from_hf_tensors(dict(MODELS[name]), tensors(name), max_seq=n_prefill + n_decode + 1)
     ids = np.random.default_rng(1).integers(0, MODELS[name]["vocab_size"], n_prefill).astype(np.int32)
     best = {"p": float("inf"), "d": float("inf"), "pc": float("inf"), "dc": float("inf")}
     for _ in range(repeat):

@@ -168,10 +168,10 @@ def test_hybrid_batched_equals_alone(arch):
     pytest.importorskip("torch")
     from test_ssm import make_hf
 
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf(arch, seed=2)
-    model = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
+    model = Model.from_hf_tensors(cd, sd, max_seq=64)
     dec = BatchDecoder(model, max_batch=4, max_seq=64)
     assert dec.batched
     prompts = [np.random.default_rng(s).integers(0, 128, n) for s, n in enumerate((5, 1, 11, 8))]

@@ -258,7 +258,7 @@ def test_load_routes_state_space_models_to_the_hybrid_runtime(tmp_path):
     """uniql.load on a saved Mamba2 checkpoint runs it in the C hybrid runtime (logits as transformers)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
     torch.manual_seed(0)
     cfg = transformers.Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16,
@@ -267,7 +267,7 @@ def test_load_routes_state_space_models_to_the_hybrid_runtime(tmp_path):
     model = transformers.Mamba2ForCausalLM(cfg).eval()
     model.save_pretrained(tmp_path / "m")
     m = uniql.load(tmp_path / "m")
-    assert isinstance(m, HybridModel)
+    assert isinstance(m, Model)
     ids = np.arange(1, 14)
     with torch.no_grad():
         ref = model(torch.tensor(ids[None])).logits[0].numpy()

@@ -57,7 +57,7 @@ def test_sorting_preserves_function(hybrid):
     _, hf, _, art, _ = hybrid
     ids = _ids(21, 1)
     m = uniql.load(art)
-    assert type(m).__name__ == "ElasticHybridModel" and m.rate == 0.0
+    assert type(m).__name__ == "ElasticModel" and m.rate == 0.0
     assert _rel(m.logits(ids), hf_logits(hf, ids)) <= SORTED_REL_TOL
 
 
@@ -276,10 +276,10 @@ def test_mamba_captures_match_numpy():
     """layer_forward's captures (the inputs of the statistics) against a float64 NumPy Mamba2 front end:
     RMSNorm, in_proj, causal conv1d + SiLU of x/B/C, Delta = softplus(dt + dt_bias); and chaining layer_forward
     over every layer reproduces the full forward (final norm and lm_head applied in NumPy)."""
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf("mamba2")
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
+    m = Model.from_hf_tensors(cd, sd, max_seq=32)
     ids = _ids(17, 6)
     X = m.embed(ids)
     np.testing.assert_array_equal(X, sd["backbone.embeddings.weight"][ids])
@@ -344,13 +344,13 @@ def test_mamba2_layer0_sorted_by_the_design_formulas(hybrid):
     s_n = sum_h sqrt(E[(Delta_h B_n)^2]) sqrt(E[C_n^2]) per group and by the ridge leverage (lambda 1e-4) of the
     chunk-local states per head, all recomputed here in float64 NumPy from the runtime's captures."""
     from uniql.formats import safetensors as st
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
     from uniql.formats import checkpoint
 
     _, _, src, art, _ = hybrid
     cd, sd = checkpoint.read_config(src), checkpoint.read_tensors(src)
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=SEQ)
+    m = Model.from_hf_tensors(cd, sd, max_seq=SEQ)
     H, P, G, N, chunk = cd["num_heads"], cd["head_dim"], cd["n_groups"], cd["state_size"], cd["chunk_size"]
     p = "backbone.layers.0.mixer."
     calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))

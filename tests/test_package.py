@@ -222,7 +222,6 @@ _ALLOWED_BUILTIN = {
     ("uniql/__init__.py", "AttributeError"): "module __getattr__ protocol (PEP 562)",
     ("uniql/compress/__init__.py", "AttributeError"): "module __getattr__ protocol (PEP 562)",
     ("uniql/eval/results.py", "AttributeError"): "__getattr__ protocol (getattr/hasattr rely on AttributeError)",
-    ("uniql/formats/artifact.py", "NotImplementedError"): "abstract methods of the artifact model base class",
     ("uniql/bench/quality.py", "SystemExit"): "`python -m` entry point's exit status",
     ("uniql/eval/lmeval.py", "SystemExit"): "`python -m` entry point's exit status",
 }

@@ -395,10 +395,10 @@ def test_hybrid_model_served_batched():
     from starlette.testclient import TestClient
     from test_ssm import make_hf
 
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf("nemotron_h", seed=4)
-    model = HybridModel.from_hf_tensors(cd, sd, max_seq=48)
+    model = Model.from_hf_tensors(cd, sd, max_seq=48)
     prompts = [np.random.default_rng(i).integers(0, 128, 3 + 2 * i).tolist() for i in range(4)]
     want = [model.generate(np.array(p), max_new_tokens=10) for p in prompts]
     server = Server(model, "nemo", max_batch=4)

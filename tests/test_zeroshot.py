@@ -127,11 +127,11 @@ def test_hybrid_model_recomputes_each_choice():
     pytest.importorskip("transformers")
     from test_ssm import make_hf
 
-    from uniql.models.hybrid import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf("mamba2")
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
-    assert not hasattr(m, "truncate")
+    m = Model.from_hf_tensors(cd, sd, max_seq=64)
+    assert not m.can_truncate
     pairs = [([5, 6, 7], [8, 9]), ([5, 6, 7], [10]), ([5, 6, 11, 12], [13, 14, 15])]
     got = zeroshot.choice_loglikelihoods(m, pairs)
     np.testing.assert_allclose(got, [_ref_ll(m, c, k) for c, k in pairs], rtol=0, atol=LL_ATOL)

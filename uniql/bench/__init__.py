@@ -296,7 +296,7 @@ def apply_rate(model: Any, rate: float) -> list[tuple[int, int]]:
 
     keeps = []
     for layer in range(model.num_layers):
-        K, R = model.stored(layer)
+        K, R = model.stored(layer)["mlp"], model.stored(layer)["attn"]
         k = keep_size(K, 1.0 - rate, keep_granularity(K, 128, 1))
         r = keep_size(R, 1.0 - rate, keep_granularity(R, 16, 2))
         model.set_keep(layer, mlp=k, attn=r)
@@ -379,7 +379,7 @@ def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[s
                                       max_chunk=cfg.prompt, weight_dtype="float16" if kind == "fp16" else "float32")
         del tensors
         log.info("%s %s: built in %.1f s", name, kind, time.perf_counter() - t0)
-        stored_r = [model.stored(layer)[1] for layer in range(model.num_layers)]
+        stored_r = [model.stored(layer)["attn"] for layer in range(model.num_layers)]
         for rate in cfg.rates:
             keeps = apply_rate(model, rate)
             load = _load()

@@ -2,7 +2,7 @@
 
 The driver (:func:`uniql.compress.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
 config, report) is shared with the transformers; this module calibrates, sorts and quantizes one layer of a
-hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.models.hybrid.HybridModel.layer_forward`):
+hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.models.runtime.Model.layer_forward`):
 
 * Mamba2 mixer: B, C (after conv1d + SiLU) and Delta = softplus(dt + dt_bias) give the state-dim score per group
   (``uq_ssm_bc_moments`` -> :func:`uniql.compress.sorting.sort_ssm_state`); the chunk-local SSM states
@@ -38,8 +38,9 @@ from uniql.errors import FormatError, UniqlError
 from uniql.compress.linalg import Covariance
 from uniql.compress.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
                            sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
-from uniql.models.hybrid import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, HybridModel, rope_mode,
-                       rope_rows)
+from uniql.models.hybrid import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode,
+                                 rope_rows)
+from uniql.models.runtime import Model
 
 #: Ridge constant of the state-aware head-channel score: ridge scores are scale-sensitive (lambda is absolute
 #: against a second moment averaged over sequences); these are the values the method was tuned with.
@@ -79,14 +80,14 @@ def layer_plan(hc: HybridConfig, kind: str, mix: str, mlp: str, group: int, go: 
 
 
 def one_layer_model(hc: HybridConfig, kind: str, shared: dict[str, Any], lay: dict[str, Any],
-                    freq: np.ndarray | None, max_seq: int) -> HybridModel:
+                    freq: np.ndarray | None, max_seq: int) -> Model:
     """A one-layer runtime model of a layer of `kind` over `lay` (layer-0 names) and the `shared` embedding, final
     norm and (untied) lm_head, not copied; `freq`: the sorted attention's frequency map (runtime Q/K layout) or
     None (the checkpoint's own layout)."""
     hc1 = dataclasses.replace(hc, layer_types=(kind,))
     t = dict(shared)
     t.update(lay)
-    return HybridModel.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
+    return Model.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
                                        "interleaved", max_seq=max_seq, max_chunk=min(max_seq, 256))
 
 
@@ -128,7 +129,7 @@ class HybridJob:
 
     # ------------------------------------------------------------------------------ models ----
     def _model(self, i: int, lay: dict[str, Any], freq: np.ndarray | None = None, max_seq: int | None = None
-               ) -> HybridModel:
+               ) -> Model:
         """A one-layer runtime model of layer i's kind over `lay` (layer-0 names), sharing the embedding (no copy);
         `freq` (sorted attention, runtime Q/K layout) or None (the checkpoint's own layout)."""
         shared = {self.embed_name: self.tensors[self.embed_name], self.norm_name: self.tensors[self.norm_name]}

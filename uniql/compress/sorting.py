@@ -332,7 +332,7 @@ def ssm_bc_moments(B: npt.ArrayLike, C: npt.ArrayLike, dt: npt.ArrayLike, n_grou
     """State-dim statistics of one sequence, accumulated into (dB_acc (H, N), c_acc (G, N)) float64 (new zero
     arrays when None): ``dB_acc[h][n] += scale * sum_t (dt[t,h] B[t, g(h)*N + n])^2`` and
     ``c_acc[g][n] += scale * sum_t C[t, g*N + n]^2``; B, C (T, G*N) after conv1d + SiLU, dt (T, H) = Delta
-    (float32, as :meth:`uniql.models.hybrid.HybridModel.layer_forward` captures them). Returns the accumulators."""
+    (float32, as :meth:`uniql.models.runtime.Model.layer_forward` captures them). Returns the accumulators."""
     b = _array("B", B, np.float32, 2)
     c = _array("C", C, np.float32, 2)
     d = _array("dt", dt, np.float32, 2)

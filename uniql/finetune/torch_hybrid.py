@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniql.formats.artifact import ArtifactMeta, head_rows, hybrid_full_sizes, qk_head_rows
+from uniql.formats.artifact import ArtifactMeta, head_rows, full_sizes, qk_head_rows
 from uniql.errors import FormatError, InvalidArgumentError
 from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig
 from uniql.finetune.torch_model import LoRA, LoRAHost, select_block
@@ -114,7 +114,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
     """A hybrid artifact's function at per-layer keep sizes, in PyTorch, optionally with LoRA patches (the
     interface of :class:`uniql.finetune.torch_model.ElasticTorchModel`: ``set_rate``, ``set_keep``, ``forward``,
     ``lora_state``, ``merge_``, ``weights``). ``keeps``: per layer {component: keep} (mlp, attn, ssm_head,
-    ssm_state), as :meth:`uniql.formats.artifact.ElasticHybridModel.keep_sizes`."""
+    ssm_state), as :meth:`uniql.formats.artifact.ElasticModel.keep_sizes`."""
 
     def __init__(self, cfg: Mapping[str, Any], meta: ArtifactMeta, layers: Sequence[Mapping[str, np.ndarray]],
                  rest: Mapping[str, np.ndarray], *, rank: int = 0, alpha: float = 16.0, seed: int = 0,
@@ -201,7 +201,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
         # SSD chunk length: the function does not depend on it (up to float rounding); the (chunk x chunk) decay
         # and C.B tensors kept for the backward pass grow with it, so training uses at most 64
         self.scan_chunk = min(hc.chunk_size, 64) if LAYER_MAMBA in hc.layer_types else 1
-        self.full = hybrid_full_sizes(hc)
+        self.full = full_sizes(hc)
         self.keeps: list[dict[str, int]] = [dict(f) for f in self.full]
         self.rate: float | None = 0.0
         self._idx: dict[Any, torch.Tensor] = {}

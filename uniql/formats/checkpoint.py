@@ -33,8 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# model_type -> the architectures class names accepted for it (transformers: uniql.models.runtime.Model; state-space
-# and hybrid models: uniql.models.hybrid.HybridModel). compress() supports the transformer types so far.
+# model_type -> the architectures class names accepted for it (every one loads as uniql.models.runtime.Model)
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "llama": ("LlamaForCausalLM",),
     "qwen2": ("Qwen2ForCausalLM",),
@@ -330,8 +329,4 @@ def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> 
     tensors = read_tensors(d)
     tokenizer = load_tokenizer(d)
     log.info("loaded %d tensors from %s (tokenizer: %s)", len(tensors), d, "yes" if tokenizer else "none")
-    if cfg.get("model_type") in HYBRID_MODEL_TYPES:
-        from uniql.models.hybrid import HybridModel
-
-        return HybridModel.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)
     return Model.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)

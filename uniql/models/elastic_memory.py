@@ -273,8 +273,8 @@ def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str,
     c = model.config
     L, nh, nkv, d, n, DI = (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
                             c.hidden_size, c.intermediate_size)
-    new_keeps = model.keep_sizes(rate)
-    cur = [model.stored(i) for i in range(L)]
+    new_keeps = [(ks["mlp"], ks["attn"]) for ks in model.keep_sizes(rate)]
+    cur = [(s["mlp"], s["attn"]) for s in (model.stored(i) for i in range(L))]
     grows = any(k > kc or r > rc for (k, r), (kc, rc) in zip(new_keeps, cur))
     if tokens is not None:
         tokens = np.asarray(tokens)
@@ -462,7 +462,7 @@ def _collect(layer: dict[str, Any], keep: list) -> None:
 
 
 def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
-    """:func:`resize_transformer` for Mamba2 / Nemotron-H / Bamba artifacts (``ElasticHybridModel.resize``). The
+    """:func:`resize_transformer` for Mamba2 / Nemotron-H / Bamba artifacts (``ElasticModel.resize``). The
     SSM / conv states and KV caches are rebuilt at the new sizes: a model with tokens in its state needs
     ``tokens`` (re-prefilled, exact); without them it raises before changing anything."""
     from uniql.formats import safetensors as st

@@ -1,8 +1,10 @@
-"""Transformer runtime (Llama, Qwen2): run a model at any per-layer keep sizes, switchable between tokens.
+"""The model of the C runtime (:class:`Model`: one class for every architecture, run at any per-layer keep sizes,
+switchable between tokens), its weight holders (:class:`Q4`, :class:`Q8`) and the Llama / Qwen2 config and reader
+(Mamba2 / Nemotron-H / Bamba: :mod:`uniql.models.hybrid`).
 
-All numerics are in the C core (``uniql._C``); this module validates configs, arranges weights (by
-reference: arrays are kept alive here and the C model points into them), and orchestrates generation and
-perplexity.
+All numerics are in the C core (``uniql._C``, one runtime ``uq_hy_*`` for every layer kind); this module validates
+configs, arranges weights (by reference: arrays are kept alive here and the C model points into them), and
+orchestrates generation and perplexity.
 
 Weight layout inside the runtime (see ``csrc/include/uniql.h``, "linears and the elastic layout"): Q/K heads are
 pair-interleaved (rows 2j, 2j+1 of a head form RoPE pair j). Hugging Face checkpoints use rotate-half
@@ -35,9 +37,11 @@ from uniql.errors import (DTypeError, FormatError, InvalidArgumentError, RangeEr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TransformerConfig", "Model", "SUPPORTED_MODEL_TYPES", "int4_activations", "set_int4_activations"]
+__all__ = ["Model", "TransformerConfig", "model_config", "SUPPORTED_MODEL_TYPES", "int4_activations",
+           "set_int4_activations", "LAYER_MAMBA", "LAYER_ATTENTION", "LAYER_MLP"]
 
 INT4_ACTIVATIONS = ("auto", "fp32", "int8")
+LAYER_MAMBA, LAYER_ATTENTION, LAYER_MLP = "mamba", "attention", "mlp"  # the layer kinds of the runtime
 
 
 def set_int4_activations(mode: str) -> str:
@@ -198,6 +202,28 @@ class TransformerConfig:
                    mlp_bias=bool(d.get("mlp_bias", False)), bos_token_id=d.get("bos_token_id"),
                    eos_token_ids=eos_ids, **kw)
 
+    # the layer stack the runtime sees (the names of a HybridConfig): every layer attention with RoPE over the
+    # whole head, then a gated-SiLU MLP sub-block
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        return (LAYER_ATTENTION,) * self.num_hidden_layers
+
+    ffn_after_mixer = True
+    mlp_act = "silu_gated"
+    ssm_heads = 0
+
+    @property
+    def num_heads(self) -> int:
+        return self.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_key_value_heads
+
+    @property
+    def rope_dim(self) -> int:
+        return self.head_dim
+
     def _c_dict(self) -> dict[str, Any]:
         """The C model's config: the one runtime's (uq_hy_config), every layer attention + gated-SiLU MLP with
         RoPE over the whole head."""
@@ -240,11 +266,11 @@ def is_q4(v: Any) -> bool:
     return all(hasattr(v, a) for a in ("packed", "scales", "group", "shape"))
 
 
-def _is_q8(v: Any) -> bool:
+def is_q8(v: Any) -> bool:
     return all(hasattr(v, a) for a in ("codes", "scales", "group", "shape"))
 
 
-def _as_q8(name: str, v: Any) -> Q8:
+def as_q8(name: str, v: Any) -> Q8:
     rows, cols = (int(x) for x in v.shape)
     if not isinstance(v.codes, np.ndarray) or v.codes.dtype != np.int8:
         raise DTypeError(f"{name}.codes must be an int8 numpy array")
@@ -339,23 +365,94 @@ def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, in
     return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
 
 
-class SequenceModel:
-    """A model of the C runtime (one runtime for every architecture: ``uq_hy_*``), whatever its layers: the C model
-    and state, sequences, scoring, generation, the compression pipeline's pieces and accounting. Subclasses
-    (``uniql.models.runtime.Model`` for Llama / Qwen2, ``uniql.models.hybrid.HybridModel`` for Mamba2 / Nemotron-H / Bamba) read
-    their configs and checkpoints into the runtime's layer dicts and call :meth:`_init_c`; they set ``config``
-    (with vocab_size, hidden_size and eos_token_ids) and ``tokenizer``."""
+LAYER_KINDS = (LAYER_MAMBA, LAYER_ATTENTION, LAYER_MLP)
+KEEP_NAMES = ("mlp", "attn", "ssm_head", "ssm_state")  # the elastic components of a layer (uq_hy_set_keep order)
+_KEEP_LABELS = {"mlp": "MLP", "attn": "attention", "ssm_head": "SSM head", "ssm_state": "SSM state"}
+_KIND = {LAYER_MAMBA: _C.HY_MAMBA, LAYER_ATTENTION: _C.HY_ATTN, LAYER_MLP: _C.HY_MLP}
+_LINEAR_KEYS = ("in_proj", "out_proj", "q", "k", "v", "o", "gate", "up", "down")
+
+
+def model_config(config: Mapping[str, Any] | Any) -> Any:
+    """A model's config from a Hugging Face ``config.json`` dict (:class:`TransformerConfig` for Llama / Qwen2, a
+    :class:`uniql.models.hybrid.HybridConfig` for Mamba2 / Nemotron-H / Bamba), or ``config`` itself when it is
+    already one of those."""
+    if isinstance(config, Mapping):
+        if config.get("model_type") in SUPPORTED_MODEL_TYPES:
+            return TransformerConfig.from_hf(config)
+        from uniql.models.hybrid import HybridConfig
+
+        return HybridConfig.from_hf(config)
+    return config
+
+
+class Model:
+    """A language model in the C runtime (one runtime for every architecture: ``uq_hy_*``) with its state (KV
+    caches, SSM / conv states): a list of layers, each a mixer (attention with full, partial or no RoPE; Mamba2) or
+    an MLP, a mixer followed by an MLP sub-block where the architecture has one. Llama / Qwen2 are the stacks whose
+    every layer is attention + gated-SiLU MLP; Mamba2, Nemotron-H and Bamba mix Mamba2, attention and MLP layers.
+
+    Sequences, scoring and generation; per-layer keep sizes of the elastic components (``mlp`` channels,
+    ``attn`` head dims, ``ssm_head`` channels, ``ssm_state`` dims), switchable between tokens; and the pieces the
+    compression pipeline runs (embed, one layer with captures, head). Build one with :meth:`from_hf_tensors`
+    (Hugging Face tensor names) or load it with ``uniql.load``; artifacts give its elastic subclass
+    (:class:`uniql.formats.artifact.ElasticModel`).
+
+    Not thread-safe: one sequence at a time (the GIL is released inside C calls).
+    """
 
     _c_forward = staticmethod(_C.hy_forward)
     _c_state_info = staticmethod(_C.hy_state_info)
     _c_state_reset = staticmethod(_C.hy_state_reset)
 
-    def _init_c(self, c_config: dict[str, Any], emb_spec: tuple, head_spec: tuple, final_norm: np.ndarray,
-                c_layers: list[dict[str, Any]], keep: list, max_seq: int | None, max_chunk: int) -> None:
+    def __init__(self, config: Any, embed: Any, lm_head: Any, final_norm: np.ndarray, layers: list[dict[str, Any]],
+                 tokenizer: Any = None, max_seq: int | None = None, max_chunk: int = 256) -> None:
+        """Low-level constructor: prefer :meth:`from_hf_tensors`. ``config``: a :class:`TransformerConfig` or a
+        ``HybridConfig``; ``embed`` / ``lm_head`` / layer linears: float32 (float16) arrays, :class:`Q4` or
+        :class:`Q8`. Layer dicts in the runtime layout: ``norm``; Mamba: ``in_proj``, ``out_proj`` ((weight,
+        bias-or-None) pairs), ``conv_w`` (C, K), ``conv_b``, ``dt_bias``, ``A_log``, ``D``, ``gnorm``; attention:
+        ``q``, ``k``, ``v``, ``o`` pairs, ``freq_map`` (int32 (n_kv, R_rot/2) or None), ``rot_rows`` (int or None);
+        MLP: ``gate`` (gated SiLU), ``up``, ``down`` pairs and, after a mixer, ``ffn_norm``."""
+        self.config = config
+        self.tokenizer = tokenizer
+        keep: list[np.ndarray] = []
+
+        # int4 linears in the kernels' R16 layout (so W4A8 where the CPU has int8 dot products), built for the
+        # segments the runtime calls them with: a Mamba in_proj as its z / x / B / C rows (R16) and dt rows
+        # (row-major: H rows, no padding to 16), see mamba_in_parts; row-major where the runtime reads row views
+        # (q under partial RoPE: its rotary and pass rows) and for the embedding gather
+        partial = 0 < config.rope_dim < config.head_dim
+        segs = {"q": None if partial else (config.num_heads, 1), "k": (config.num_kv_heads, 1),
+                "v": (config.num_kv_heads, 1), "o": (1, config.num_heads), "out_proj": (1, config.ssm_heads),
+                "gate": (1, 1), "up": (1, 1), "down": (1, 1), "in_proj": None}
+
+        def spec(w: Any, bias: np.ndarray | None, key: str | None = None) -> tuple:
+            return linear_spec(w, bias, keep, segs.get(key) if key else None)
+
+        if len(layers) != config.num_hidden_layers:
+            raise InvalidArgumentError(f"{len(layers)} layers given, the config has {config.num_hidden_layers}")
+        c_layers = []
+        for t, lay in zip(config.layer_types, layers):
+            d: dict[str, Any] = {"kind": _KIND[t]}
+            for key, v in lay.items():
+                parts = mamba_in_parts(config, v[0], v[1], lay) if key == "in_proj" else None
+                if parts is not None:
+                    d["in_parts"] = [linear_spec(w, b, keep, sg) for w, b, sg in parts]
+                elif isinstance(v, (list, tuple)) and len(v) == 2 and key in _LINEAR_KEYS:
+                    d[key] = spec(*v, key)
+                elif isinstance(v, np.ndarray):
+                    keep.append(v)
+                    d[key] = v
+                else:
+                    d[key] = v
+            c_layers.append(d)
+        emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
+        head_spec = emb_spec if lm_head is embed else spec(lm_head, None, "up")
+        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.models.batch)
+        self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
         keep.append(final_norm)
         self._arrays = keep
         self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.models.elastic_memory)
-        self._cm = _C.hy_model_new(c_config, emb_spec, head_spec, final_norm, c_layers, keep)
+        self._cm = _C.hy_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
         if max_seq is None:
             max_seq = min(self.config.max_position_embeddings, 2048)
         self.max_seq = int(max_seq)
@@ -363,6 +460,46 @@ class SequenceModel:
         self._state = _C.hy_state_new(self._cm, self.max_seq, self._max_chunk)
         self._scratch = None  # state for embed/layer_forward/head, created on demand
         self._scratch_seq = 0
+        self._options = 0
+
+    # ------------------------------------------------------------------------------ loading ----
+    @classmethod
+    def from_hf_tensors(cls, config: Mapping[str, Any] | Any, tensors: Mapping[str, Any], tokenizer: Any = None, *,
+                        freq_maps: Sequence[np.ndarray | None] | None = None,
+                        rot_rows: Sequence[int | None] | None = None, qk_layout: str = "rotate_half",
+                        max_seq: int | None = None, max_chunk: int = 256, weight_dtype: str = "float32") -> "Model":
+        """Builds a model from Hugging Face tensor names (Llama / Qwen2: ``model.embed_tokens.weight``,
+        ``model.layers.{i}.self_attn.q_proj.weight`` / ``.bias``, ..., ``model.norm.weight``; Mamba2:
+        ``backbone.*``; Nemotron-H: ``model.*`` or ``backbone.*``; Bamba: ``model.*``; ``lm_head.weight`` optional
+        with tied embeddings). ``config``: the ``config.json`` dict or a config object (:func:`model_config`).
+        Values: float32/float16/bfloat16 arrays (converted once), int4 objects (``packed``, ``scales``, ``group``,
+        ``shape``; see the module docstring) or, for Llama / Qwen2, int8 objects (``codes``, ``scales``, ``group``,
+        ``shape``). Truncated tensors (stored sizes below the config's) are accepted with
+        ``qk_layout="interleaved"`` (the runtime's layout, as artifacts store it); "rotate_half" (HF) permutes the
+        Q/K rows at load. ``freq_maps``/``rot_rows``: per layer (None for non-attention layers): int32 (n_kv,
+        R_rot/2) original frequency index of each stored rotary pair, and the stored rotary rows per head.
+        ``max_seq``: KV cache / sequence capacity (default min(max_position_embeddings, 2048)).
+        ``weight_dtype="float16"`` (Llama / Qwen2) keeps the float weight matrices in float16 (the kernels convert
+        them exactly on the fly: the honest FP16 baseline); norms and biases stay float32."""
+        if weight_dtype not in ("float32", "float16"):
+            raise InvalidArgumentError(f"weight_dtype must be 'float32' or 'float16', got {weight_dtype!r}")
+        if qk_layout not in ("rotate_half", "interleaved"):
+            raise InvalidArgumentError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
+        cfg = model_config(config)
+        L = cfg.num_hidden_layers
+        for what, seq in (("freq_maps", freq_maps), ("rot_rows", rot_rows)):
+            if seq is not None and len(seq) != L:
+                raise InvalidArgumentError(f"{what} has {len(seq)} entries, the model has {L} layers")
+        if isinstance(cfg, TransformerConfig):
+            read = transformer_layers
+        else:
+            from uniql.models.hybrid import hybrid_layers as read
+
+            if weight_dtype != "float32":
+                raise UnsupportedError(f"weight_dtype {weight_dtype!r}: only Llama / Qwen2 keep float16 weights")
+        embed, head, final_norm, layers = read(cfg, TensorReader(tensors, weight_dtype), freq_maps=freq_maps,
+                                               rot_rows=rot_rows, qk_layout=qk_layout)
+        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
 
     # ------------------------------------------------------------------------------ running ----
     @property
@@ -470,6 +607,85 @@ class SequenceModel:
             return self.tokenizer.decode(out)
         return out
 
+    def truncate(self, position: int) -> None:
+        """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
+        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix. Only
+        models without Mamba layers can (:attr:`can_truncate`, the capability uniql.eval tests): a Mamba state
+        folds every token and cannot go back."""
+        if not self.can_truncate:
+            raise UnsupportedError("truncate: a model with Mamba layers cannot go back in a sequence (its SSM state "
+                                   "folds every token); re-run the prefix instead")
+        _C.hy_state_truncate(self._state, int(position))
+
+    @property
+    def can_truncate(self) -> bool:
+        """Whether :meth:`truncate` works: no layer holds a state that folds tokens (Mamba)."""
+        return LAYER_MAMBA not in self.layer_types
+
+    # --------------------------------------------------------------------------- keep sizes ----
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """Each layer's kind: "attention", "mamba" or "mlp" (an attention or Mamba layer may end with an MLP
+        sub-block: every Llama / Qwen2 / Bamba layer does)."""
+        return self.config.layer_types
+
+    def keep(self, layer: int) -> dict[str, int]:
+        """Current keep sizes of a layer's components ({mlp, attn, ssm_head, ssm_state}; absent ones omitted)."""
+        k, s, _, _ = _C.hy_get_keep(self._cm, int(layer))
+        return {n: v for n, v, sv in zip(KEEP_NAMES, k, s) if sv}
+
+    def stored(self, layer: int) -> dict[str, int]:
+        """Stored (loaded) sizes of a layer's components: the largest keep sizes."""
+        _, s, _, _ = _C.hy_get_keep(self._cm, int(layer))
+        return {n: v for n, v in zip(KEEP_NAMES, s) if v}
+
+    def set_keep(self, layer: int, mlp: int | None = None, attn: int | None = None, ssm_head: int | None = None,
+                 ssm_state: int | None = None) -> None:
+        """Sets a layer's keep sizes (None = unchanged): MLP channels (1..K), attention head dims (2..R, whole RoPE
+        pairs), SSM head channels, SSM state dims; takes effect at the next token (the KV cache stays valid).
+        Naming a component the layer does not have is a RangeError."""
+        def c(v: int | None) -> int:
+            return -1 if v is None else int(v)
+        _C.hy_set_keep(self._cm, int(layer), c(mlp), c(attn), c(ssm_head), c(ssm_state))
+
+    def set_keep_all(self, mlp: int | Sequence[int | None] | None = None, attn: int | Sequence[int | None] | None = None,
+                     ssm_head: int | Sequence[int | None] | None = None,
+                     ssm_state: int | Sequence[int | None] | None = None) -> None:
+        """Sets keep sizes of every layer: an int applies to every layer that has that component, a sequence
+        gives one value (or None) per layer. Everything is validated before anything changes."""
+        vals = {"mlp": mlp, "attn": attn, "ssm_head": ssm_head, "ssm_state": ssm_state}
+        per: dict[str, list] = {}
+        for name, v in vals.items():
+            if v is None or isinstance(v, (int, np.integer)):
+                per[name] = [None if v is None or name not in self.stored(i) else int(v) for i in range(self.num_layers)]
+            else:
+                v = list(v)
+                if len(v) != self.num_layers:
+                    raise InvalidArgumentError(f"{name} has {len(v)} values, the model has {self.num_layers} layers")
+                per[name] = v
+        for i in range(self.num_layers):
+            st = self.stored(i)
+            for name in KEEP_NAMES:
+                v = per[name][i]
+                if v is None:
+                    continue
+                if name not in st:
+                    raise RangeError(f"set_keep_all: layer {i} ({self.layer_types[i]}) has no {name} component")
+                if not 1 <= v <= st[name]:
+                    raise RangeError(f"set_keep_all: layer {i} {_KEEP_LABELS[name]} keep {v} outside [1, {st[name]}]")
+        saved = [self.keep(i) for i in range(self.num_layers)]
+        try:
+            for i in range(self.num_layers):
+                self.set_keep(i, **{n: per[n][i] for n in KEEP_NAMES})
+        except Exception:
+            for i, k in enumerate(saved):
+                self.set_keep(i, **k)
+            raise
+
     # ------------------------------------------------------------------ compression pipeline ----
     def _scratch_state(self, T: int) -> Any:
         if self._scratch is None or self._scratch_seq < T:
@@ -491,6 +707,66 @@ class SequenceModel:
         _C.hy_head(self._cm, self._scratch_state(1), X, out)
         return out
 
+    def capture_widths(self, layer: int) -> dict[str, int]:
+        """Widths of the captures :meth:`layer_forward` offers for `layer` at its current keeps (see
+        ``uq_hy_capture`` in uniql.h); only the ones that exist for the layer's kind. ``attn_in`` is an attention
+        layer's ``mixer_in``; ``k`` holds the kept rows of every K head, or all stored rows under partial RoPE
+        (whose kept rows are not a prefix)."""
+        c = self.config
+        keep, stored, kind, ffn = _C.hy_get_keep(self._cm, int(layer))
+        kept = bool(self._options & _C.HY_OPT_KEPT_STATE)
+        Pc, Nc = (keep[2], keep[3]) if kept else (stored[2], stored[3])
+        w = {"mixer_in": c.hidden_size}
+        if kind == _C.HY_MAMBA:
+            w.update(ssm_x=c.ssm_heads * Pc, ssm_B=c.ssm_groups * Nc, ssm_C=c.ssm_groups * Nc, ssm_dt=c.ssm_heads,
+                     ssm_out=c.ssm_heads * keep[2])
+        elif kind == _C.HY_ATTN:
+            partial = 0 < c.rope_dim < c.head_dim
+            w.update(attn_in=c.hidden_size, q=c.num_heads * keep[1],
+                     k=c.num_kv_heads * (stored[1] if partial else keep[1]), attn_out=c.num_heads * keep[1])
+        if kind == _C.HY_MLP or ffn:
+            w.update(mlp_in=c.hidden_size, mlp_z=keep[0])
+        return w
+
+    def layer_forward(self, layer: int, X: np.ndarray, capture: Sequence[str] = ()) -> tuple[np.ndarray, dict]:
+        """One layer over a causal sequence X (T, hidden) from a zero state (positions 0..T-1) at the layer's
+        current keeps. ``capture``: names among :meth:`capture_widths` (mixer_in; Mamba: ssm_x, ssm_B, ssm_C,
+        ssm_dt = Delta, ssm_out; attention: attn_in (= mixer_in), q, k (after RoPE), attn_out; MLP: mlp_in,
+        mlp_z). Returns (Y, {name: (T, width) float32}). Does not touch the generation state."""
+        X = as_f32("X", X)
+        if X.ndim != 2:
+            raise ShapeError(f"X must be 2-D (T, hidden), got shape {X.shape}")
+        T = X.shape[0]
+        widths = self.capture_widths(layer)
+        caps = {}
+        for name in capture:
+            if name not in widths:
+                raise InvalidArgumentError(f"layer {layer} ({self.layer_types[layer]}) has no capture {name!r} "
+                                           f"(choose from {', '.join(widths)})")
+            caps[name] = np.empty((T, widths[name]), np.float32)
+        c_caps = {("mixer_in" if n == "attn_in" else n): a for n, a in caps.items()}
+        k_out = caps.get("k")
+        nkv, R = self.config.num_kv_heads, self.stored(layer).get("attn", 0)
+        if k_out is not None and k_out.shape[1] != nkv * R:  # the C capture holds all R stored rows of a head
+            c_caps["k"] = np.empty((T, nkv * R), np.float32)
+        Y = np.empty_like(X)
+        _C.hy_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **c_caps)
+        if k_out is not None and c_caps["k"] is not k_out:
+            r = k_out.shape[1] // nkv
+            k_out[:] = c_caps["k"].reshape(T, nkv, R)[:, :, :r].reshape(T, -1)
+        if "attn_in" in caps and "mixer_in" in caps:
+            caps["attn_in"][:] = caps["mixer_in"]
+        return Y, caps
+
+    def set_options(self, sequential_scan: bool = False, kept_state: bool = False) -> None:
+        """Execution options of Mamba layers. ``sequential_scan``: prefill with the recurrence instead of the
+        chunked scan (reference path). ``kept_state``: compute x/B/C, their conv and the SSM state only for the kept
+        channels (faster at reduced keeps; state channels outside the keep go stale, so raise keeps only after
+        :meth:`reset`)."""
+        opts = (_C.HY_OPT_SEQUENTIAL_SCAN if sequential_scan else 0) | (_C.HY_OPT_KEPT_STATE if kept_state else 0)
+        _C.hy_set_options(self._cm, opts)
+        self._options = opts
+
     # ---------------------------------------------------------------------------- accounting ----
     def weight_bytes(self) -> int:
         """Bytes of the weight arrays the model references (each array counted once; no KV cache)."""
@@ -510,206 +786,134 @@ class SequenceModel:
         return total
 
 
-class Model(SequenceModel):
-    """A Llama/Qwen2 model in the C runtime with a KV-cache state.
+class TensorReader:
+    """Hugging Face tensors by name, for the per-family readers of :meth:`Model.from_hf_tensors`: values arrive as
+    float32 (float16 with ``weight_dtype="float16"`` for the matrices that ask), :class:`Q4` or :class:`Q8`; the
+    names read are recorded so that :meth:`check_all_read` can refuse the rest."""
 
-    Not thread-safe: one sequence at a time (the GIL is released inside C calls).
-    """
+    def __init__(self, tensors: Mapping[str, Any], weight_dtype: str = "float32") -> None:
+        self.tensors, self.weight_dtype = tensors, weight_dtype
+        self.used: set[str] = set()
 
-    def __init__(self, config: TransformerConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
-                 layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
-                 max_chunk: int = 256) -> None:
-        """Low-level constructor: prefer :meth:`from_hf_tensors`. ``embed``/``lm_head``/layer linears are
-        float32 arrays or :class:`Q4`; layers are dicts with attn_norm, q, k, v, o, mlp_norm, gate, up,
-        down (each linear a (weight, bias-or-None) pair) and freq_map (int32 (n_kv, R/2) or None)."""
-        self.config = config
-        self.tokenizer = tokenizer
-        keep: list[np.ndarray] = []
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
 
-        def spec(w: Any, bias: np.ndarray | None, segs: tuple[int, int] | None = None) -> tuple:
-            return linear_spec(w, bias, keep, segs)
+    def get(self, name: str, required: bool = True, mat: bool = False) -> Any:
+        """Tensor `name` (None when absent and not required); ``mat``: a weight matrix (float16 when asked)."""
+        if name not in self.tensors:
+            if required:
+                raise FormatError(f"missing tensor {name!r}")
+            return None
+        self.used.add(name)
+        v = self.tensors[name]
+        if is_q4(v):
+            return as_q4(name, v)
+        if is_q8(v):
+            return as_q8(name, v)
+        return _f16(name, v) if mat and self.weight_dtype == "float16" else as_f32(name, v)
 
-        c_layers = []
-        for lay in layers:
-            # one layer of the C runtime: attention mixer (norm) then a gated-SiLU MLP sub-block (ffn_norm)
-            d = {"kind": _C.HY_ATTN, "norm": lay["attn_norm"], "ffn_norm": lay["mlp_norm"],
-                 "freq_map": lay.get("freq_map")}
-            keep.extend([lay["attn_norm"], lay["mlp_norm"]])
-            if d["freq_map"] is not None:
-                keep.append(d["freq_map"])
-            nh, nkv = config.num_attention_heads, config.num_key_value_heads
-            segs = {"q": (nh, 1), "k": (nkv, 1), "v": (nkv, 1), "o": (1, nh)}
-            for _, _, short in _LINEARS:
-                d[short] = spec(*lay[short], segs.get(short, (1, 1)))
-            c_layers.append(d)
-        emb_spec = spec(embed, None)  # the embedding gather reads rows: row-major
-        head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
-        # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.models.batch)
-        self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
-        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
+    def vec(self, name: str, required: bool = True) -> np.ndarray | None:
+        """A float tensor (norms, biases, SSM parameters): int4 / int8 refused."""
+        v = self.get(name, required)
+        if isinstance(v, (Q4, Q8)):
+            raise DTypeError(f"{name} must be a float array, not int4 / int8")
+        return v
 
-    def truncate(self, position: int) -> None:
-        """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
-        next :meth:`forward` continues from there. Scores several continuations of one prefilled prefix. Only
-        attention-only models have it (``hasattr(model, "truncate")`` is the capability uniql.eval.zeroshot and
-        uniql.eval test): a Mamba state folds every token and cannot go back."""
-        _C.hy_state_truncate(self._state, int(position))
+    def linear(self, prefix: str, bias: bool) -> list:
+        """[weight, bias-or-None] of the linear `prefix` (``.weight``, ``.bias``; the bias required when `bias`)."""
+        w = self.get(prefix + ".weight", mat=True)
+        return [w, self.vec(prefix + ".bias", required=bias)]
 
-    # ------------------------------------------------------------------------------ loading ----
-    @classmethod
-    def from_hf_tensors(cls, config: Mapping[str, Any] | TransformerConfig, tensors: Mapping[str, Any],
-                        tokenizer: Any = None, *, freq_maps: Sequence[np.ndarray | None] | None = None,
-                        qk_layout: str = "rotate_half", max_seq: int | None = None,
-                        max_chunk: int = 256, weight_dtype: str = "float32") -> "Model":
-        """Builds a model from Hugging Face tensor names (``model.embed_tokens.weight``,
-        ``model.layers.{i}.self_attn.q_proj.weight``/``.bias``, ..., ``model.norm.weight``, ``lm_head.weight``
-        (optional when embeddings are tied)). Values: float32/float16/bfloat16 arrays (float16/bfloat16
-        converted once), or int4 objects (see module docstring). ``qk_layout``: "rotate_half" (HF; rows are
-        permuted to the runtime's pair-interleaved layout) or "interleaved" (already in runtime layout, stored
-        head dim R = q rows / n_heads may be < head_dim). ``freq_maps``: per layer int32 (n_kv, R/2) frequency
-        index of each stored pair, or None for identity. ``max_seq``: KV cache length (default
-        min(max_position_embeddings, 2048)). ``weight_dtype="float16"`` keeps the float weight matrices (linears,
-        embedding, lm_head) in float16 (float32/bfloat16 converted once; the kernels convert them exactly on the
-        fly: the honest FP16 baseline); norms and biases stay float32."""
-        if weight_dtype not in ("float32", "float16"):
-            raise InvalidArgumentError(f"weight_dtype must be 'float32' or 'float16', got {weight_dtype!r}")
-        cfg = config if isinstance(config, TransformerConfig) else TransformerConfig.from_hf(config)
-        if qk_layout not in ("rotate_half", "interleaved"):
-            raise InvalidArgumentError(f"qk_layout must be 'rotate_half' or 'interleaved', got {qk_layout!r}")
-        L, nh, nkv, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        if freq_maps is not None and len(freq_maps) != L:
-            raise InvalidArgumentError(f"freq_maps has {len(freq_maps)} entries, the model has {L} layers")
-        used: set[str] = set()
+    def first_present(self, cands: tuple[str, ...] | str) -> str:
+        cands = (cands,) if isinstance(cands, str) else cands
+        for n in cands:
+            if n in self.tensors:
+                return n
+        raise FormatError(f"missing tensor {cands[0]!r}")
 
-        def get(name: str, required: bool = True, mat: bool = False) -> Any:
-            if name not in tensors:
-                if required:
-                    raise FormatError(f"missing tensor {name!r}")
-                return None
-            used.add(name)
-            v = tensors[name]
-            if is_q4(v):
-                return as_q4(name, v)
-            if _is_q8(v):
-                return _as_q8(name, v)
-            return _f16(name, v) if mat and weight_dtype == "float16" else as_f32(name, v)
+    def head(self, embed: Any, tied: bool) -> Any:
+        """The lm_head: the embedding when tied (an ``lm_head.weight``, if present, is the same tensor)."""
+        if tied:
+            self.used.add("lm_head.weight")
+            return embed
+        return self.get("lm_head.weight", mat=True)
 
-        def vec(name: str) -> np.ndarray:
-            v = get(name)
-            if isinstance(v, (Q4, Q8)):
-                raise DTypeError(f"{name} must be a float array, not int4")
-            return v
-
-        layers = []
-        for i in range(L):
-            p = f"model.layers.{i}."
-            lay: dict[str, Any] = {"attn_norm": vec(p + "input_layernorm.weight"),
-                                   "mlp_norm": vec(p + "post_attention_layernorm.weight")}
-            for mod, proj, short in _LINEARS:
-                w = get(f"{p}{mod}.{proj}.weight", mat=True)
-                need_bias = (cfg.attention_bias and mod == "self_attn"
-                             and (proj != "o_proj" or cfg.model_type == "llama")) or (cfg.mlp_bias and mod == "mlp")
-                b = get(f"{p}{mod}.{proj}.bias", required=need_bias)
-                if isinstance(b, (Q4, Q8)):
-                    raise DTypeError(f"{p}{mod}.{proj}.bias must be a float array, not int4 / int8")
-                lay[short] = [w, b]
-            q_rows = lay["q"][0].shape[0]
-            if qk_layout == "rotate_half":
-                if q_rows != nh * d:
-                    raise ShapeError(f"layer {i} q_proj has {q_rows} rows, expected num_heads x head_dim = {nh * d} "
-                                     "(truncated heads need qk_layout='interleaved')")
-                for short, heads in (("q", nh), ("k", nkv)):
-                    idx = _interleave_rows(heads, d)
-                    w, b = lay[short]
-                    if w.shape[0] != heads * d:
-                        raise ShapeError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads * d}")
-                    lay[short] = [permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
-            fm = None if freq_maps is None else freq_maps[i]
-            if fm is not None:
-                fm = np.ascontiguousarray(fm)
-                if fm.dtype != np.int32:
-                    if not np.issubdtype(fm.dtype, np.integer):
-                        raise DTypeError(f"freq_maps[{i}] must be integer, got {fm.dtype}")
-                    fm = fm.astype(np.int32)
-            lay["freq_map"] = fm
-            layers.append(lay)
-        embed = get("model.embed_tokens.weight", mat=True)
-        final_norm = vec("model.norm.weight")
-        if cfg.tie_word_embeddings:
-            head = embed
-            used.add("lm_head.weight")
-        else:
-            head = get("lm_head.weight", mat=True)
-        extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
+    def check_all_read(self) -> None:
+        extra = sorted(k for k in self.tensors if k not in self.used and not k.endswith("rotary_emb.inv_freq"))
         if extra:
             raise FormatError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
-        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
 
-    # --------------------------------------------------------------------------- keep sizes ----
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_hidden_layers
 
-    def keep(self, layer: int) -> tuple[int, int]:
-        """(MLP keep k, attention head-dim keep r) of a layer."""
-        keep, _, _, _ = _C.hy_get_keep(self._cm, int(layer))
-        return keep[0], keep[1]
+def freq_map_of(freq_maps: Sequence[np.ndarray | None] | None, i: int) -> np.ndarray | None:
+    """Layer i's frequency map as a C-contiguous int32 array (or None)."""
+    fm = None if freq_maps is None else freq_maps[i]
+    if fm is None:
+        return None
+    fm = np.ascontiguousarray(fm)
+    if not np.issubdtype(fm.dtype, np.integer):
+        raise DTypeError(f"freq_maps[{i}] must be integer, got {fm.dtype}")
+    return fm.astype(np.int32, copy=False)
 
-    def stored(self, layer: int) -> tuple[int, int]:
-        """(stored intermediate size K, stored head dim R) of a layer: the largest keep sizes."""
-        _, stored, _, _ = _C.hy_get_keep(self._cm, int(layer))
-        return stored[0], stored[1]
 
-    def set_keep(self, layer: int, mlp: int | None = None, attn: int | None = None) -> None:
-        """Sets layer's MLP keep (1..K) and/or attention head-dim keep (even, 2..R); takes effect at the next
-        token. The KV cache stays valid."""
-        _C.hy_set_keep(self._cm, int(layer), -1 if mlp is None else int(mlp), -1 if attn is None else int(attn), -1, -1)
+def transformer_layers(cfg: TransformerConfig, r: TensorReader, *, freq_maps: Sequence[np.ndarray | None] | None,
+                       rot_rows: Sequence[int | None] | None, qk_layout: str) -> tuple[Any, Any, np.ndarray, list]:
+    """Llama / Qwen2 tensors (HF names) -> (embedding, lm_head, final norm, runtime layer dicts): every layer
+    attention (Q/K rows permuted rotate-half -> pair-interleaved unless ``qk_layout="interleaved"``) followed by a
+    gated-SiLU MLP."""
+    nh, nkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        lay: dict[str, Any] = {"norm": r.vec(p + "input_layernorm.weight")}
+        for mod, proj, short in _LINEARS:
+            need_bias = (cfg.attention_bias and mod == "self_attn"
+                         and (proj != "o_proj" or cfg.model_type == "llama")) or (cfg.mlp_bias and mod == "mlp")
+            lay[short] = r.linear(f"{p}{mod}.{proj}", need_bias)
+        q_rows = lay["q"][0].shape[0]
+        if qk_layout == "rotate_half":
+            if q_rows != nh * d:
+                raise ShapeError(f"layer {i} q_proj has {q_rows} rows, expected num_heads x head_dim = {nh * d} "
+                                 "(truncated heads need qk_layout='interleaved')")
+            for short, heads in (("q", nh), ("k", nkv)):
+                idx = _interleave_rows(heads, d)
+                w, b = lay[short]
+                if w.shape[0] != heads * d:
+                    raise ShapeError(f"layer {i} {short}_proj has {w.shape[0]} rows, expected {heads * d}")
+                lay[short] = [permute_rows(w, idx), None if b is None else np.ascontiguousarray(b[idx])]
+        lay["freq_map"] = freq_map_of(freq_maps, i)
+        lay["rot_rows"] = None if rot_rows is None else rot_rows[i]
+        lay["ffn_norm"] = r.vec(p + "post_attention_layernorm.weight")
+        layers.append(lay)
+    embed = r.get("model.embed_tokens.weight", mat=True)
+    final_norm = r.vec("model.norm.weight")
+    head = r.head(embed, cfg.tie_word_embeddings)
+    r.check_all_read()
+    return embed, head, final_norm, layers
 
-    def set_keep_all(self, mlp: int | Sequence[int] | None = None, attn: int | Sequence[int] | None = None) -> None:
-        """Sets keep sizes of every layer: an int for all layers or one value per layer."""
-        def per_layer(v: Any, what: str) -> list:
-            if v is None or isinstance(v, (int, np.integer)):
-                return [v] * self.num_layers
-            v = list(v)
-            if len(v) != self.num_layers:
-                raise InvalidArgumentError(f"{what} has {len(v)} values, the model has {self.num_layers} layers")
-            return v
-        ms, rs = per_layer(mlp, "mlp"), per_layer(attn, "attn")
-        for layer in range(self.num_layers):  # validate everything before changing anything
-            K, R = self.stored(layer)
-            if ms[layer] is not None and not 1 <= ms[layer] <= K:
-                raise RangeError(f"set_keep_all: layer {layer} MLP keep {ms[layer]} outside [1, {K}]")
-            if rs[layer] is not None and (not 2 <= rs[layer] <= R or rs[layer] % 2):
-                raise RangeError(f"set_keep_all: layer {layer} attention keep {rs[layer]} must be even and in [2, {R}]")
-        for layer in range(self.num_layers):
-            self.set_keep(layer, ms[layer], rs[layer])
 
-    # ------------------------------------------------------------------ compression pipeline ----
-    def layer_forward(self, layer: int, X: np.ndarray, capture: Iterable[str] = ()) -> tuple[np.ndarray, dict]:
-        """One decoder layer over a causal sequence X (T, hidden) at positions 0..T-1 and the layer's current
-        keep sizes. ``capture``: names among attn_in (T, hidden), q (T, n_heads*r), k (T, n_kv*r) (after RoPE),
-        attn_out (T, n_heads*r), mlp_in (T, hidden), mlp_z (T, k). Returns (Y, {name: array}). Does not touch
-        the generation KV cache."""
-        X = as_f32("X", X)
-        if X.ndim != 2:
-            raise InvalidArgumentError(f"X must be 2-D (T, hidden), got shape {X.shape}")
-        T = X.shape[0]
-        c = self.config
-        k, r = self.keep(layer)
-        widths = {"attn_in": c.hidden_size, "q": c.num_attention_heads * r, "k": c.num_key_value_heads * r,
-                  "attn_out": c.num_attention_heads * r, "mlp_in": c.hidden_size, "mlp_z": k}
-        caps = {}
-        for name in capture:
-            if name not in widths:
-                raise InvalidArgumentError(f"unknown capture {name!r} (choose from {', '.join(widths)})")
-            caps[name] = np.empty((T, widths[name]), np.float32)
-        Y = np.empty_like(X)
-        c_caps = {("mixer_in" if n == "attn_in" else n): a for n, a in caps.items()}
-        k_full = caps.get("k")
-        if k_full is not None and r != self.stored(layer)[1]:  # the C capture holds all R stored rows of a head
-            c_caps["k"] = np.empty((T, c.num_key_value_heads * self.stored(layer)[1]), np.float32)
-        _C.hy_layer_forward(self._cm, self._scratch_state(T), int(layer), X, Y, **c_caps)
-        if k_full is not None and c_caps["k"] is not k_full:
-            R = self.stored(layer)[1]
-            k_full[:] = c_caps["k"].reshape(T, c.num_key_value_heads, R)[:, :, :r].reshape(T, -1)
-        return Y, caps
+def mamba_in_parts(config: Any, w: Any, bias: np.ndarray | None,
+                   lay: Mapping[str, Any]) -> list[tuple[Any, np.ndarray | None, tuple[int, int] | None]] | None:
+    """An int4 Mamba in_proj (rows [z (H*Ps) | x (H*Ps) | B (G*Ns) | C (G*Ns) | dt (H)], Ps from out_proj) as five
+    row slices with the call segments of each (H, H, G, G heads / groups; dt row-major), so that the runtime runs
+    them with the R16 kernels; None (the fused row-major weight) for float weights, a group that R16 cannot take,
+    or shapes that do not split (the runtime's checks then name the problem)."""
+    if not isinstance(w, Q4) or w.group % 8:
+        return None
+    H, G = config.ssm_heads, config.ssm_groups
+    out = lay.get("out_proj")
+    cols = out[0].shape[1] if isinstance(out, (list, tuple)) and len(out) == 2 else 0
+    if H < 1 or G < 1 or cols % H or not cols:
+        return None
+    Ps = cols // H
+    rem = w.shape[0] - 2 * H * Ps - H
+    if rem < 2 * G or rem % (2 * G):
+        return None
+    Ns = rem // (2 * G)
+    bounds = np.cumsum([0, H * Ps, H * Ps, G * Ns, G * Ns, H])
+    segs = ((H, 1), (H, 1), (G, 1), (G, 1), None)
+    parts = []
+    for i in range(5):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        part = Q4(np.array(w.packed[a:b]), np.array(w.scales[a:b]), w.group, (b - a, w.shape[1]))  # own copies
+        parts.append((part, None if bias is None else np.array(bias[a:b]), segs[i]))
+    return parts
