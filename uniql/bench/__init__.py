@@ -9,7 +9,7 @@ average is recorded next to it):
   14336 / 32 heads / 8 KV heads / head dim 128, random weights, small vocabulary) with per-token times scaled
   to 32 layers, and SmolLM2-135M (the converted checkpoint when present, else random weights of its shape,
   stated in the output), in fp32 (when it fits in memory), fp16 and int4 (group 128; fp32 and int8
-  activations), at pruning rates (keep sizes of ``uniql.compress.sorting.keep_size`` with rho = 1 - rate set on every
+  activations), at pruning rates (keep sizes of ``uniql.models.keep.keep_size`` with rho = 1 - rate set on every
   layer): prefill of ``--prompt`` tokens (time to first token) and greedy-free decode of ``--gen`` tokens;
 * ratios: int4 / fp32 and int4 / fp16, each rate / rate 0, decode weight bandwidth / measured read
   bandwidth, prefill multiply-adds / int8 (or fp32) peak, against PyTorch (transformers on CPU, same shapes)
@@ -290,9 +290,9 @@ def time_model(model: Any, prompt: int, gen: int, repeats: int, seed: int = 1,
 
 
 def apply_rate(model: Any, rate: float) -> list[tuple[int, int]]:
-    """Keep sizes of ``uniql.compress.sorting.keep_size`` at rho = 1 - rate on every layer (MLP granularity 128,
+    """Keep sizes of ``uniql.models.keep.keep_size`` at rho = 1 - rate on every layer (MLP granularity 128,
     head-dim granularity 16, both reduced for small models as docs/design.md §3.1 says). Returns the keeps."""
-    from uniql.compress.sorting import keep_granularity, keep_size
+    from uniql.models.keep import keep_granularity, keep_size
 
     keeps = []
     for layer in range(model.num_layers):

@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.compress.sorting import ROPE_CODES, alloc_keep_ratios, keep_size
 from uniql.errors import FormatError, RangeError, UnsupportedError
+from uniql.models.keep import ROPE_CODES, alloc_keep_ratios, keep_size
 from uniql.models.runtime import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, TransformerConfig, model_config
 
 log = logging.getLogger(__name__)
