@@ -1,6 +1,6 @@
 """compress() for Mamba2, Nemotron-H and Bamba: the per-layer job (docs/design.md §3, §4).
 
-The driver (:func:`uniql.compress.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
+The driver (:func:`uniql.compress.pipeline.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
 config, report) is shared with the transformers; this module calibrates, sorts and quantizes one layer of a
 hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.models.runtime.Model.layer_forward`):
 
@@ -16,7 +16,7 @@ hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.models.runt
   down_proj's input.
 
 Like the transformers, a layer is calibrated and sorted on the float stream (outputs of the original layers) and
-GPTQ-quantized on the quantized stream by :func:`uniql.compress.quantize_layer` (Hessians of the sorted layer's own
+GPTQ-quantized on the quantized stream by :func:`uniql.compress.pipeline.quantize_layer` (Hessians of the sorted layer's own
 inputs: mixer input, SSM output, attention output, MLP input, down_proj input).
 
 int4: GPTQ per linear; the input groups of out_proj / o_proj live inside one head's segment. Every prunable

@@ -3,7 +3,7 @@
 
 The artifact is already sorted (and possibly fine-tuned), so nothing is re-sorted or re-allocated: the keep-size
 granularities, RoPE frequency maps and block importances are kept. Layer by layer, exactly as compress does it
-(:func:`uniql.compress.quantize_layer`, the very step compress(quantize=True) takes): calibrate the float layer on
+(:func:`uniql.compress.pipeline.quantize_layer`, the very step compress(quantize=True) takes): calibrate the float layer on
 inputs that come from the *quantized* previous layers (second moments of the attention input, of the attention
 output (o_proj's input), of the MLP input and of down_proj's input, float64 in C), GPTQ every linear (o_proj
 groups inside a head's segment), then propagate through the quantized layer; finally lm_head by GPTQ on the final-norm output (a tied embedding shares the table,
