@@ -241,19 +241,6 @@ class HybridTorchModel(LoRAHost, nn.Module):
         return self._idx[k]
 
     # --------------------------------------------------------------------------------- forward ----
-    def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
-        W = select_block(getattr(self, f"l{i}_{s}_w"), rows, cols)
-        b = getattr(self, f"l{i}_{s}_b", None)
-        if b is not None and rows is not None:
-            b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
-        y = F.linear(x, W, b)
-        key = f"l{i}_{s}"
-        if self.lora_enabled and key in self.lora:
-            lo = self.lora[key]
-            xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
-            y = y + lo.scale * F.linear(F.linear(xl, select_block(lo.A, None, cols)), select_block(lo.B, rows, None))
-        return y
-
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = x.to(w.dtype)   # float32 (float64 after .double()), also under autocast
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.hc.norm_eps))
