@@ -252,31 +252,8 @@ class _Reader:
             raise FormatError(f"uniql_tensors[{name!r}] has shape {(R, C)}, the config implies {tuple(expect)}")
         rows_sel = slice(None) if rows is None else rows
         seg = C // col_segments
-        if fmt == "q8":
-            return self._int8(f, name, R, C, g, rows_sel, col_segments, col_keep)
-        if fmt == "q4":
-            gps = -(-seg // g)
-            for suffix, want in ((".qweight", (R, (C + 1) // 2)), (".scales", (R, col_segments * gps))):
-                got = _shape_of(f, name + suffix)
-                if got != want:
-                    raise FormatError(f"{name}{suffix} has shape {got}, the uniql_tensors table implies {want}")
-            packed = f.get(name + ".qweight")
-            if packed.dtype != np.uint8:
-                raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {packed.dtype}; expected uint8")
-            scales = _float(f, name + ".scales")
-            packed = packed[rows_sel]
-            scales = scales[rows_sel]
-            cols = C
-            if col_keep is not None and col_keep < seg:
-                if col_keep % 2 or seg % 2:
-                    raise FormatError(f"{name}: int4 column prefix {col_keep} of segment {seg} must be even")
-                kg = -(-col_keep // g)
-                packed = packed.reshape(packed.shape[0], col_segments, seg // 2)[:, :, :col_keep // 2]
-                packed = packed.reshape(packed.shape[0], -1)
-                scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
-                cols = col_segments * col_keep
-            packed = _own(packed)
-            return Q4(packed, _own(scales), g, (int(packed.shape[0]), int(cols)))
+        if fmt in ("q4", "q8"):
+            return self._quantized(f, name, fmt, R, C, g, rows_sel, col_segments, col_keep)
         got = _shape_of(f, name + ".weight")
         if got != (R, C):
             raise FormatError(f"{name}.weight has shape {got}, the uniql_tensors table says {(R, C)}")
@@ -287,28 +264,35 @@ class _Reader:
 
 
     @staticmethod
-    def _int8(f: Any, name: str, R: int, C: int, g: int, rows_sel: Any, col_segments: int,
-              col_keep: int | None) -> Q8:
-        """An int8 weight (format "q8": ``.qweight`` I8 (R, C), ``.scales`` F16 (R, segments * groups per
-        segment)) with a row selection and a per-segment column prefix (the scales of the groups it touches)."""
+    def _quantized(f: Any, name: str, fmt: str, R: int, C: int, g: int, rows_sel: Any, col_segments: int,
+                   col_keep: int | None) -> Q4 | Q8:
+        """An int4 weight (format "q4": ``.qweight`` U8 (R, ceil(C / 2)), two codes a byte) or an int8 one ("q8":
+        ``.qweight`` I8 (R, C)), with ``.scales`` F16 (R, segments * groups per segment), read with a row selection
+        and a per-segment column prefix (the scales of the groups it touches)."""
+        per_byte, dtype = (2, np.uint8) if fmt == "q4" else (1, np.int8)
         seg = C // col_segments
         gps = -(-seg // g)
-        for suffix, want in ((".qweight", (R, C)), (".scales", (R, col_segments * gps))):
+        for suffix, want in ((".qweight", (R, -(-C // per_byte))), (".scales", (R, col_segments * gps))):
             got = _shape_of(f, name + suffix)
             if got != want:
                 raise FormatError(f"{name}{suffix} has shape {got}, the uniql_tensors table implies {want}")
         codes = f.get(name + ".qweight")
-        if codes.dtype != np.int8:
-            raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {codes.dtype}; expected int8")
+        if codes.dtype != dtype:
+            raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {codes.dtype}; expected "
+                              f"{np.dtype(dtype).name}")
         scales = _float(f, name + ".scales")[rows_sel]
         codes = codes[rows_sel]
         cols = C
         if col_keep is not None and col_keep < seg:
+            if per_byte == 2 and (col_keep % 2 or seg % 2):
+                raise FormatError(f"{name}: int4 column prefix {col_keep} of segment {seg} must be even")
             kg = -(-col_keep // g)
-            codes = codes.reshape(codes.shape[0], col_segments, seg)[:, :, :col_keep].reshape(codes.shape[0], -1)
+            codes = codes.reshape(codes.shape[0], col_segments, seg // per_byte)[:, :, :col_keep // per_byte]
+            codes = codes.reshape(codes.shape[0], -1)
             scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
             cols = col_segments * col_keep
-        return Q8(_own(codes), _own(scales), g, (int(codes.shape[0]), int(cols)))
+        holder = Q4 if fmt == "q4" else Q8
+        return holder(_own(codes), _own(scales), g, (int(codes.shape[0]), int(cols)))
 
 
 def head_rows(n_heads: int, stored: int, keep: int) -> np.ndarray:
