@@ -174,6 +174,21 @@ def test_loading_an_artifact_imports_no_compression_pipeline(tiny_artifact):
     assert [m for m in PIPELINE if m in out["mods"]] == []
 
 
+def test_one_model_class_and_one_loader_for_every_family(tiny_artifact):
+    """A Llama and a Bamba artifact load through the one loader as the one elastic class of the one model class,
+    with keep sizes as {component: size} dicts."""
+    from uniql.formats.artifact import ElasticModel
+    from uniql.models.runtime import KEEP_NAMES, Model
+
+    m = uniql.load(tiny_artifact, rate=0.25)
+    assert type(m) is ElasticModel and isinstance(m, Model)
+    keeps = [m.keep(i) for i in range(m.num_layers)]
+    assert keeps == m.keep_sizes(0.25) and all(set(k) <= set(KEEP_NAMES) and k for k in keeps)
+    assert m.can_truncate == ("mamba" not in m.layer_types)
+    m.set_rate(m.meta.max_rate)
+    assert [m.keep(i) for i in range(m.num_layers)] == m.keep_sizes(m.meta.max_rate)
+
+
 def test_import_uniql_imports_no_compression_pipeline():
     r = subprocess.run([sys.executable, "-c", "import json, sys, uniql; print(json.dumps(sorted(sys.modules)))"],
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
