@@ -32,7 +32,7 @@ import numpy as np
 from uniql import _C
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.models.keep import ROPE_CODES, alloc_keep_ratios, keep_size
-from uniql.models.runtime import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, TransformerConfig, model_config
+from uniql.models.runtime import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, model_config
 
 log = logging.getLogger(__name__)
 
@@ -476,9 +476,8 @@ class ElasticModel(Model):
         attention-only model keeps its KV cache and re-prefills only when head dims grew, a model with Mamba layers
         rebuilds its SSM / conv states and KV caches and so needs them in the middle of a sequence. Returns a
         report dict."""
-        from uniql.models.elastic_memory import resize_hybrid, resize_transformer
+        from uniql.models.elastic_memory import resize
 
-        resize = resize_transformer if isinstance(self.config, TransformerConfig) else resize_hybrid
         return resize(self, rate, tokens)
 
     def parameter_count(self, rate: float | None = None) -> int:

@@ -210,7 +210,7 @@ class TransformerConfig:
 
     ffn_after_mixer = True
     mlp_act = "silu_gated"
-    ssm_heads = 0
+    ssm_heads = ssm_head_dim = ssm_groups = ssm_state = conv_kernel = 0  # no Mamba layers
 
     @property
     def num_heads(self) -> int:
