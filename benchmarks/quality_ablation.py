@@ -39,7 +39,7 @@ def _dirs() -> tuple[Path, Path, Path]:
 
 
 def _texts(src: Path) -> dict[str, np.ndarray]:
-    from uniql import checkpoint
+    from uniql.formats import checkpoint
     from uniql.bench.quality import eval_ids
 
     tok = checkpoint.load_tokenizer(src)
@@ -49,7 +49,7 @@ def _texts(src: Path) -> dict[str, np.ndarray]:
 def run(name: str, kw: dict) -> None:
     from uniql import data
     from uniql.bench.quality import uniql_rows
-    from uniql.compress import compress
+    from uniql.compress.pipeline import compress
 
     src, root, res = _dirs()
     cal = kw.get("calibration")
@@ -76,10 +76,10 @@ def base() -> None:
 def make_variant(art: Path, variant: str) -> Path:
     """A copy of artifact `art` (layer files linked) whose lm_head ("head16" in `variant`) and / or embedding
     ("emb16") are float16 copies of the same rotated float tensors."""
-    from uniql import checkpoint
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE
-    from uniql.rotate import Rotation, rotate_shared
+    from uniql.formats import checkpoint
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE
+    from uniql.compress.rotate import Rotation, rotate_shared
 
     src, _, _ = _dirs()
     cfg0 = checkpoint.read_config(src)

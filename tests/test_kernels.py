@@ -12,7 +12,7 @@ import pytest
 
 from uniql import _C
 from uniql.errors import InvalidArgumentError
-from uniql.quant import quantize_rtn
+from uniql.compress.quant import quantize_rtn
 
 PATHS = ("ref", "avx2", "avx512")
 AVAILABLE = [p for p in PATHS if p == "ref" or _C.kernels_info()[p]]
@@ -286,8 +286,8 @@ _SCRIPT = r"""
 import json, sys
 import numpy as np
 from uniql import _C
-from uniql.runtime import Model
-from uniql.quant import quantize_rtn
+from uniql.models.runtime import Model
+from uniql.compress.quant import quantize_rtn
 cfg = dict(model_type="llama", vocab_size=96, hidden_size=256, intermediate_size=384, num_hidden_layers=2,
            num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64)
 rng = np.random.default_rng(0)
@@ -359,7 +359,7 @@ def _run_reporting(env, setup, call, after=""):
                                              ("UNIQL_NUM_THREADS", "zero", "UNIQL_NUM_THREADS='zero'")])
 def test_bad_environment_fails_at_model_creation(var, value, match):
     env = dict(os.environ, **{var: value})
-    code = ("from uniql.runtime import Model\n"
+    code = ("from uniql.models.runtime import Model\n"
             "import numpy as np\n"
             "cfg = dict(model_type='llama', vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,"
             " num_attention_heads=2, num_key_value_heads=1, head_dim=4)\n"
@@ -425,7 +425,7 @@ def test_bench_smoke_run():
 def test_int8_weight_linear_matches_float64_on_every_path(nsi, group):
     """int8 weights (UQ_W_Q8): y = x W^T + b against float64 of the dequantized codes on every available path,
     bit-identical across paths, for full and truncated column prefixes and T from 1 to 9."""
-    from uniql.quant import quantize_int8
+    from uniql.compress.quant import quantize_int8
 
     rng = np.random.default_rng(9)
     rows, cols = 29, 96 if nsi > 1 else 150

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql.compress import calibration_tokens
+from uniql.compress.pipeline import calibration_tokens
 
 from test_compress import VOCAB, _compress, _make, _word_tokenizer
 
@@ -226,7 +226,7 @@ def test_quality_bench_llama_cpp_rows(tiny_with_tokenizer, tmp_path, monkeypatch
 
 def test_reader_rejects_malformed_int8_descriptors(tmp_path):
     """An int8 ("q8") weight whose table entry or tensors disagree is a FormatError naming it, never a crash."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     src, _ = _make(tmp_path, "llama")
     art = _compress(src, tmp_path / "art", quantize=True, precision={"down_proj": "int8", "lm_head": "int8-g32"})

@@ -1,4 +1,4 @@
-"""uniql.rotate: the residual-stream rotation is orthogonal (against a float64 reference) and, fused into the
+"""uniql.compress.rotate: the residual-stream rotation is orthogonal (against a float64 reference) and, fused into the
 weights by compress(rotate=True), leaves every architecture's fp32 artifact the same function at every rate."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql.rotate import Rotation
+from uniql.compress.rotate import Rotation
 
 from test_compress import _compress as _compress_tf, _make, VOCAB as TF_VOCAB
 

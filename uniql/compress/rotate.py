@@ -1,4 +1,4 @@
-"""uniql.rotate: an orthogonal rotation of the residual stream, fused offline into the weights.
+"""uniql.compress.rotate: an orthogonal rotation of the residual stream, fused offline into the weights.
 
 int4 groups of a linear that reads the residual stream share one scale per 128 input columns; a few outlier
 channels of the stream (large embedding / norm-scale entries) set that scale and every other column of the group
