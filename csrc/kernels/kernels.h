@@ -170,6 +170,15 @@ void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, c
 int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col);
 float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);
 
+/* The thread pool (pool.c): runs fn(arg, task, worker) for task = 0..ntasks-1 on the calling thread (worker 0)
+ * and up to nthreads - 1 pool workers (worker ids 1..nthreads-1, each id used by one thread at a time: per-worker
+ * scratch can be indexed by it); returns when every task has finished. Tasks are claimed one at a time in
+ * increasing order; the caller never waits for a worker that has not claimed a task. Serial on the calling
+ * thread when nthreads <= 1, ntasks == 1, inside a pool task, inside an OpenMP parallel region, or while another
+ * thread's job runs. */
+typedef void (*uq_pool_fn)(void *arg, int64_t task, int worker);
+void uq_pool_run(int64_t ntasks, int nthreads, uq_pool_fn fn, void *arg);
+
 /* The current path (initialised from the environment on first use; the ref path if that failed). */
 const uq_kpath *uq_k_path(void);
 /* Whether the CPU has a kernel path's features ("avx2": AVX2 + FMA; "avx512": AVX-512 F/BW/VL + VNNI; dispatch.c). */

@@ -352,6 +352,67 @@ const uq_kpath uq_kpath_ref = {
 
 #define UQ_R16_TB 64 /* tokens per kernel call (bounds the per-thread output scratch) */
 
+/* One linear_r16 call, shared by its pool tasks. */
+typedef struct {
+    const uq_kpath *P;
+    const uq_linear *L;
+    const float *x, *b, *xs;
+    const int8_t *xq;
+    const int32_t *xsum;
+    const uq_k_chunk *gr;
+    float *y, *scratch;
+    int64_t T, TB, nin, nout, keep_out, seg_out, kb, rb, bbytes, sstride, nbt, ntask, ng, ldq, ldo;
+    int q8;
+} r16_job;
+
+static void r16_quant_task(void *arg, int64_t t, int worker) {
+    const r16_job *j = arg;
+    (void)worker;
+    int8_t *xq = (int8_t *)j->xq + t * j->ldq;
+    float *xs = (float *)j->xs + t * j->ng;
+    int32_t *xsum = (int32_t *)j->xsum + t * j->ng;
+    if (j->P->q8_quant0)
+        j->P->q8_quant0(j->x + t * j->nin, j->gr, j->ng, xq, xs, xsum);
+    else
+        uq_k_q8_quant(j->x + t * j->nin, j->gr, j->ng, 0, xq, xs, xsum);
+}
+
+static void r16_task(void *arg, int64_t task, int worker) {
+    const r16_job *j = arg;
+    const uq_linear *L = j->L;
+    const int64_t j0 = task * j->nbt / j->ntask, nb = (task + 1) * j->nbt / j->ntask - j0; /* <= UQ_K_R16_NB */
+    const uint8_t *wb[UQ_K_R16_NB];
+    const float *sb[UQ_K_R16_NB];
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t blk = ((j0 + i) / j->kb) * j->rb + (j0 + i) % j->kb;
+        wb[i] = L->packed + blk * j->bbytes;
+        sb[i] = L->scales + blk * j->sstride;
+    }
+    float *out = j->scratch + (size_t)worker * (size_t)(j->TB * j->ldo);
+    for (int64_t t0 = 0; t0 < j->T; t0 += j->TB) {
+        const int64_t tn = j->T - t0 < j->TB ? j->T - t0 : j->TB;
+        if (j->q8)
+            j->P->r16_q8(wb, sb, (int)nb, j->xq + t0 * j->ldq, j->ldq, j->xs + t0 * j->ng, j->xsum + t0 * j->ng, j->ng,
+                         tn, j->gr, j->ng, out, j->ldo);
+        else
+            j->P->r16_f32(wb, sb, (int)nb, j->x + t0 * j->nin, j->nin, tn, j->gr, j->ng, out, j->ldo);
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t so = (j0 + i) / j->kb, r0 = 16 * ((j0 + i) % j->kb);
+            const int64_t nr = j->keep_out - r0 < 16 ? j->keep_out - r0 : 16;
+            for (int64_t t = 0; t < tn; t++) {
+                const float *src = out + t * j->ldo + 16 * i;
+                float *dst = j->y + (t0 + t) * j->nout + so * j->keep_out + r0;
+                if (j->b) {
+                    const float *bb = j->b + so * j->seg_out + r0;
+                    for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
+                } else {
+                    memcpy(dst, src, (size_t)nr * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
 /* y = x W_sel^T (+ b) on an R16 weight: one task per range of <= UQ_K_R16_NB kept row blocks (a block of a
  * segment whose keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming
  * its blocks' kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
@@ -360,11 +421,9 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
                             int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y, int q8) {
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
     const int64_t gps = (seg_in + g - 1) / g, rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
-    const int64_t bbytes = nseg_in * cc * 64, sstride = L->scale_cols * 16;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, kb = (keep_out + 15) / 16;
     const int64_t nbt = nseg_out * kb;
     const int64_t per = (keep_in + g - 1) / g, ng = nseg_in * per;
-    const float *b = L->bias;
     uq_k_chunk *gr = NULL;
     int8_t *xq = NULL;
     float *xs = NULL, *scratch = NULL;
@@ -394,51 +453,18 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
     if (ntask > nbt) ntask = nbt;
     const int64_t TB = T < UQ_R16_TB ? T : UQ_R16_TB, ldo = 16 * UQ_K_R16_NB;
     if ((st = uq_alloc((size_t)nth * (size_t)(TB * ldo) * sizeof(float), (void **)&scratch)) != UQ_OK) goto done;
-    if (q8) {
-        if ((st = uq_calloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
-            (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
-            (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK)
-            goto done;
-#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            if (P->q8_quant0)
-                P->q8_quant0(x + t * nin, gr, ng, xq + t * ldq, xs + t * ng, xsum + t * ng);
-            else
-                uq_k_q8_quant(x + t * nin, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
-        }
-    }
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-    for (int64_t task = 0; task < ntask; task++) {
-        const int64_t j0 = task * nbt / ntask, nb = (task + 1) * nbt / ntask - j0; /* <= UQ_K_R16_NB */
-        const uint8_t *wb[UQ_K_R16_NB];
-        const float *sb[UQ_K_R16_NB];
-        for (int64_t i = 0; i < nb; i++) {
-            const int64_t blk = ((j0 + i) / kb) * rb + (j0 + i) % kb;
-            wb[i] = L->packed + blk * bbytes;
-            sb[i] = L->scales + blk * sstride;
-        }
-        float *out = scratch + (size_t)thread_id() * (size_t)(TB * ldo);
-        for (int64_t t0 = 0; t0 < T; t0 += TB) {
-            const int64_t tn = T - t0 < TB ? T - t0 : TB;
-            if (q8)
-                P->r16_q8(wb, sb, (int)nb, xq + t0 * ldq, ldq, xs + t0 * ng, xsum + t0 * ng, ng, tn, gr, ng, out, ldo);
-            else
-                P->r16_f32(wb, sb, (int)nb, x + t0 * nin, nin, tn, gr, ng, out, ldo);
-            for (int64_t i = 0; i < nb; i++) {
-                const int64_t so = (j0 + i) / kb, r0 = 16 * ((j0 + i) % kb);
-                const int64_t nr = keep_out - r0 < 16 ? keep_out - r0 : 16;
-                for (int64_t t = 0; t < tn; t++) {
-                    const float *src = out + t * ldo + 16 * i;
-                    float *dst = y + (t0 + t) * nout + so * keep_out + r0;
-                    if (b) {
-                        const float *bb = b + so * seg_out + r0;
-                        for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
-                    } else {
-                        memcpy(dst, src, (size_t)nr * sizeof(float));
-                    }
-                }
-            }
-        }
+    if (q8 && ((st = uq_calloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
+               (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
+               (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK))
+        goto done;
+    {
+        r16_job j = {.P = P, .L = L, .x = x, .b = L->bias, .xs = xs, .xq = xq, .xsum = xsum, .gr = gr, .y = y,
+                     .scratch = scratch, .T = T, .TB = TB, .nin = nin, .nout = nout, .keep_out = keep_out,
+                     .seg_out = seg_out, .kb = kb, .rb = rb, .bbytes = nseg_in * cc * 64,
+                     .sstride = L->scale_cols * 16, .nbt = nbt, .ntask = ntask, .ng = ng, .ldq = ldq, .ldo = ldo,
+                     .q8 = q8};
+        if (q8) uq_pool_run(T, T >= 8 ? nth : 1, r16_quant_task, &j);
+        uq_pool_run(ntask, nth, r16_task, &j);
     }
 done:
     uq_free(gr);
@@ -452,11 +478,86 @@ done:
 #define UQ_Q8_GEMM_MIN_T 16 /* below this many tokens the int8 GEMV beats repacking the weights */
 #define UQ_Q8_MB 32         /* rows per int8 GEMM block */
 
+/* One linear_q8 call, shared by its pool tasks. */
+typedef struct {
+    const uq_kpath *Q;
+    const uq_linear *L;
+    const float *x, *b;
+    const uq_k_chunk *ch;
+    int8_t *xq;
+    float *xs, *tot, *y;
+    int32_t *xsum;
+    void *work;
+    size_t wb;
+    int64_t T, nin, nout, keep_out, seg_out, rowbytes, ng, ldq, MB;
+    int gemm, g16;
+} q8_job;
+
+static void q8_quant_task(void *arg, int64_t t, int worker) {
+    const q8_job *j = arg;
+    (void)worker;
+    (j->Q->q8_quant ? j->Q->q8_quant : uq_k_q8_quant)(j->x + t * j->nin, j->ch, j->ng, j->Q->cw, j->xq + t * j->ldq,
+                                                      j->xs + t * j->ng, j->xsum + t * j->ng);
+}
+
+static void q8_task(void *arg, int64_t blk, int id) {
+    const q8_job *j = arg;
+    const uq_kpath *Q = j->Q;
+    const uq_linear *L = j->L;
+    const int64_t MB = j->MB, nout = j->nout, keep_out = j->keep_out, seg_out = j->seg_out, T = j->T;
+    const float *b = j->b;
+    float *y = j->y;
+    int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
+    const uint8_t *wr[UQ_Q8_MB];
+    const float *sr[UQ_Q8_MB];
+    for (int64_t i = 0; i < MB; i++) {
+        int64_t o = o0 + (i < nr ? i : nr - 1), row = (o / keep_out) * seg_out + o % keep_out;
+        wr[i] = L->packed + row * j->rowbytes;
+        sr[i] = L->scales + row * L->scale_cols;
+    }
+    float *tt = j->tot + (int64_t)id * MB * T;
+    if (j->gemm) {
+        Q->q8_gemm(wr, sr, (int)nr, j->xq, j->ldq, j->xs, j->xsum, j->ng, T, j->ch, j->ng, y + o0, nout,
+                   (char *)j->work + (size_t)id * j->wb);
+        if (b)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t i = 0; i < nr; i++) {
+                    int64_t o = o0 + i;
+                    y[t * nout + o] = y[t * nout + o] + b[(o / keep_out) * seg_out + o % keep_out];
+                }
+        return;
+    }
+    if (j->g16) {
+        const uint8_t *wn[16];
+        int64_t n1 = nout - (o0 + MB) < MB ? nout - (o0 + MB) : MB;
+        for (int64_t i = 0; i < 16 && n1 > 0; i++) {
+            int64_t o = o0 + MB + (i < n1 ? i : n1 - 1);
+            wn[i] = L->packed + ((o / keep_out) * seg_out + o % keep_out) * j->rowbytes;
+        }
+        Q->q8_gemv_16rows(wr, sr, (int)nr, j->xq, j->xs, j->xsum, j->ch, j->ng, tt, n1 > 0 ? wn : NULL);
+    } else {
+        Q->q8_gemv(wr, sr, (int)nr, j->xq, j->ldq, j->xs, j->xsum, j->ng, T, j->ch, j->ng, tt);
+    }
+    for (int64_t i = 0; i < nr; i++) {
+        int64_t o = o0 + i, row = (o / keep_out) * seg_out + o % keep_out;
+        for (int64_t t = 0; t < T; t++) y[t * nout + o] = b ? tt[i * T + t] + b[row] : tt[i * T + t];
+    }
+}
+
+/* Dynamic blocks of 4 row blocks, as schedule(dynamic, 4) handed them out. */
+#define UQ_Q8_BLOCKS_PER_TASK 4
+
+static void q8_task4(void *arg, int64_t task, int id) {
+    const q8_job *j = arg;
+    const int64_t nblk = (j->nout + j->MB - 1) / j->MB;
+    for (int64_t blk = task * UQ_Q8_BLOCKS_PER_TASK; blk < nblk && blk < (task + 1) * UQ_Q8_BLOCKS_PER_TASK; blk++)
+        q8_task(arg, blk, id);
+}
+
 static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(L->cols);
-    const float *b = L->bias;
     /* the vector kernels read whole bytes from each group's first column: every group must start even */
     int vec = P != &uq_kpath_ref && (nseg_in == 1 || !(seg_in & 1)) && (g % 2 == 0 || g >= keep_in);
     const uq_kpath *Q = vec ? P : &uq_kpath_ref;
@@ -478,46 +579,13 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
         (st = uq_alloc((size_t)nth * (size_t)(MB * T) * sizeof(float), (void **)&tot)) != UQ_OK ||
         (st = uq_alloc((size_t)nth * wb + 64, &work)) != UQ_OK)
         goto done;
-#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-    for (int64_t t = 0; t < T; t++)
-        (Q->q8_quant ? Q->q8_quant : uq_k_q8_quant)(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 4)
-    for (int64_t blk = 0; blk < nblk; blk++) {
-        int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
-        const uint8_t *wr[UQ_Q8_MB];
-        const float *sr[UQ_Q8_MB];
-        for (int64_t i = 0; i < MB; i++) {
-            int64_t o = o0 + (i < nr ? i : nr - 1), row = (o / keep_out) * seg_out + o % keep_out;
-            wr[i] = L->packed + row * rowbytes;
-            sr[i] = L->scales + row * L->scale_cols;
-        }
-        int id = thread_id();
-        float *tt = tot + (int64_t)id * MB * T;
-        if (gemm) {
-            Q->q8_gemm(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, y + o0, nout, (char *)work + (size_t)id * wb);
-            if (b)
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t i = 0; i < nr; i++) {
-                        int64_t o = o0 + i;
-                        y[t * nout + o] = y[t * nout + o] + b[(o / keep_out) * seg_out + o % keep_out];
-                    }
-            continue;
-        }
-        if (g16) {
-            const uint8_t *wn[16];
-            int64_t n1 = nout - (o0 + MB) < MB ? nout - (o0 + MB) : MB;
-            for (int64_t i = 0; i < 16 && n1 > 0; i++) {
-                int64_t o = o0 + MB + (i < n1 ? i : n1 - 1);
-                wn[i] = L->packed + ((o / keep_out) * seg_out + o % keep_out) * rowbytes;
-            }
-            Q->q8_gemv_16rows(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt, n1 > 0 ? wn : NULL);
-        } else {
-            Q->q8_gemv(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt);
-        }
-        for (int64_t i = 0; i < nr; i++) {
-            int64_t o = o0 + i, row = (o / keep_out) * seg_out + o % keep_out;
-            for (int64_t t = 0; t < T; t++) y[t * nout + o] = b ? tt[i * T + t] + b[row] : tt[i * T + t];
-        }
+    {
+        q8_job j = {.Q = Q, .L = L, .x = x, .b = L->bias, .ch = ch, .xq = xq, .xs = xs, .tot = tot, .y = y,
+                    .xsum = xsum, .work = work, .wb = wb, .T = T, .nin = nin, .nout = nout, .keep_out = keep_out,
+                    .seg_out = seg_out, .rowbytes = rowbytes, .ng = ng, .ldq = ldq, .MB = MB, .gemm = gemm,
+                    .g16 = g16};
+        uq_pool_run(T, T >= 8 ? nth : 1, q8_quant_task, &j);
+        uq_pool_run((nblk + UQ_Q8_BLOCKS_PER_TASK - 1) / UQ_Q8_BLOCKS_PER_TASK, nth, q8_task4, &j);
     }
 done:
     uq_free(ch);
