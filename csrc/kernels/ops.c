@@ -48,12 +48,12 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     float m = -INFINITY;
     for (int64_t s = 0; s < n; s++)
         if (sc[s] > m) m = sc[s];
-    double sum = 0.0;
+    double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t s = 0; s < n; s++) {
-        sc[s] = expf(sc[s] - m);
-        sum += sc[s];
+        sc[s] = uq_k_exp(sc[s] - m);
+        l[s & 7] += sc[s];
     }
-    return (float)(1.0 / sum);
+    return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
 }
 
 /* One uq_k_attention call, shared by its pool tasks (one task per work item). */
@@ -64,6 +64,7 @@ typedef struct {
     int64_t n_heads, group, g, r, r_rot, k_off, max_seq, rc, pos0;
     float scale;
     int split;
+    float (*softmax)(float *sc, int64_t n);
 } attn_job;
 
 static void attn_task(void *arg, int64_t i, int worker) {
@@ -82,7 +83,7 @@ static void attn_task(void *arg, int64_t i, int worker) {
             const float *qj = qh + j * r;
             for (int64_t s = 0; s < n; s++)
                 sc[s] = (P->dot(qj, K + s * rc, r_rot) + P->dot(qj + r_rot, K + s * rc + a->k_off, r - r_rot)) * scale;
-            const float inv = uq_k_softmax_inplace(sc, n);
+            const float inv = a->softmax(sc, n);
             if (P->attn_accum) {
                 P->attn_accum(sc, inv, V, rc, n, r, oh + j * r);
             } else {
@@ -95,14 +96,14 @@ static void attn_task(void *arg, int64_t i, int worker) {
     if (P->attn_scores) {
         for (int64_t j = 0; j < g; j++) {
             P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
-            P->attn_accum(sc, uq_k_softmax_inplace(sc, n), V, rc, n, r, oh + j * r);
+            P->attn_accum(sc, a->softmax(sc, n), V, rc, n, r, oh + j * r);
         }
         return;
     }
     float inv[64];
     for (int64_t s = 0; s < n; s++)
         for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
-    for (int64_t j = 0; j < g; j++) inv[j] = uq_k_softmax_inplace(sc + j * max_seq, n);
+    for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);
     memset(oh, 0, (size_t)(g * r) * sizeof(float));
     for (int64_t s = 0; s < n; s++)
         for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], V + s * rc, oh + j * r, r);
@@ -123,7 +124,8 @@ void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t
      * a full model set to the same keeps then compute the same scores. */
     const int64_t wk = T * n_kv, nth = par ? nthreads : 1;
     const int64_t g = group > 1 && group <= 64 && (wk % nth == 0 || wk >= 4 * nth) ? group : 1;
-    attn_job a = {.P = uq_k_path(), .q = q, .kc = kc, .vc = vc, .out = out, .scores = scores, .n_heads = n_heads,
+    const uq_kpath *P = uq_k_path();
+    attn_job a = {.P = P, .softmax = P->softmax ? P->softmax : uq_k_softmax_inplace, .q = q, .kc = kc, .vc = vc, .out = out, .scores = scores, .n_heads = n_heads,
                   .group = group, .g = g, .r = r, .r_rot = r_rot, .k_off = k_off, .max_seq = max_seq, .rc = rc,
                   .pos0 = pos0, .scale = scale, .split = r_rot > 0 && r_rot < r};
     uq_pool_run(T * n_heads / g, (int)nth, attn_task, &a);
@@ -133,21 +135,25 @@ typedef struct {
     float *g;
     const float *u;
     int64_t n;
+    void (*fn)(float *g, const float *u, int64_t n);
 } silu_job;
+
+static void silu_mul_ref(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + uq_k_exp(-g[i])) * u[i];
+}
 
 #define UQ_SILU_TASK 8192
 
 static void silu_task(void *arg, int64_t task, int worker) {
     const silu_job *j = arg;
     (void)worker;
-    const int64_t i1 = (task + 1) * UQ_SILU_TASK < j->n ? (task + 1) * UQ_SILU_TASK : j->n;
-    float *g = j->g;
-    const float *u = j->u;
-    for (int64_t i = task * UQ_SILU_TASK; i < i1; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    const int64_t i0 = task * UQ_SILU_TASK, i1 = i0 + UQ_SILU_TASK < j->n ? i0 + UQ_SILU_TASK : j->n;
+    j->fn(j->g + i0, j->u + i0, i1 - i0);
 }
 
 void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n) {
-    silu_job j = {.g = g, .u = u, .n = n};
+    const uq_kpath *P = uq_k_path();
+    silu_job j = {.g = g, .u = u, .n = n, .fn = P->silu_mul ? P->silu_mul : silu_mul_ref};
     uq_pool_run((n + UQ_SILU_TASK - 1) / UQ_SILU_TASK, n >= 65536 ? uq_k_threads() : 1, silu_task, &j);
 }
 

@@ -361,17 +361,8 @@ static void test_attention_paths(void) {
                         const float *qh = q + (t * NH + h) * r, *K = kc + (h / (NH / NKV)) * MAXS * rc;
                         const float *V = vc + (h / (NH / NKV)) * MAXS * rc;
                         const int64_t n = POS0 + t + 1;
-                        float m = -INFINITY;
-                        for (int64_t s = 0; s < n; s++) {
-                            sc[s] = P->dot(qh, K + s * rc, r) * scale;
-                            if (sc[s] > m) m = sc[s];
-                        }
-                        double sum = 0.0;
-                        for (int64_t s = 0; s < n; s++) {
-                            sc[s] = expf(sc[s] - m);
-                            sum += sc[s];
-                        }
-                        const float inv = (float)(1.0 / sum);
+                        for (int64_t s = 0; s < n; s++) sc[s] = P->dot(qh, K + s * rc, r) * scale;
+                        const float inv = uq_k_softmax_inplace(sc, n); /* the scalar twin of every path's */
                         float *eh = e + (t * NH + h) * r;
                         for (int64_t j = 0; j < r; j++) eh[j] = 0.0f;
                         for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, eh, r);
@@ -434,8 +425,81 @@ static void test_r16_unpack(void) {
     }
 }
 
+/* Every path's softmax = the scalar twin bit for bit (lengths around the 8-lane blocks, scores spread over [-100, 0]
+ * below the max, a -inf score, ties); each exp within 2^-21 relative of float64 exp of the same float argument
+ * (a few ulps), the normaliser
+ * within 1e-6 of float64; scores 87 or more below the max give exp(-87) (the clamp; < 2e-38). */
+static void test_softmax_paths(void) {
+    enum { N = 300 };
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    static float x[N], a[N], b[N];
+    unsigned long long seed = 11;
+    for (int64_t n = 1; n < N; n += n < 40 ? 1 : 37) {
+        for (int64_t s = 0; s < n; s++) x[s] = (float)(50.0 * uq_test_rand(&seed) - 50.0);
+        if (n > 3) x[n / 2] = x[1]; /* a tie */
+        if (n > 5) x[n - 2] = -INFINITY;
+        memcpy(a, x, (size_t)n * sizeof(float));
+        const float inv = uq_k_softmax_inplace(a, n);
+        float m = -INFINITY;
+        for (int64_t s = 0; s < n; s++) m = x[s] > m ? x[s] : m;
+        double sum = 0.0, worst = 0.0;
+        for (int64_t s = 0; s < n; s++) {
+            const float d = x[s] - m; /* the exp's argument as the softmax rounds it */
+            const double want = d < -87.0f ? exp(-87.0) : exp((double)d);
+            sum += a[s];
+            const double err = fabs(a[s] - want) / want;
+            worst = err > worst ? err : worst;
+        }
+        CHECK(worst <= 1.0 / (1 << 21), "softmax n %lld: exp relative error %g", (long long)n, worst);
+        CHECK(fabs(inv * sum - 1.0) <= 1e-6, "softmax n %lld: 1/sum %g, sum %g", (long long)n, inv, sum);
+        for (size_t pi = 0; pi < 3; pi++) {
+            if (!uq_k_cpu_has(paths[pi]) && pi > 0) continue;
+            CHECK_STATUS(uq_kernels_set(paths[pi]), UQ_OK);
+            const uq_kpath *P = uq_k_path();
+            memcpy(b, x, (size_t)n * sizeof(float));
+            const float inv2 = P->softmax ? P->softmax(b, n) : uq_k_softmax_inplace(b, n);
+            CHECK(memcmp(a, b, (size_t)n * sizeof(float)) == 0 && memcmp(&inv, &inv2, sizeof inv) == 0,
+                  "softmax path %s n %lld differs from the scalar twin", paths[pi], (long long)n);
+        }
+        uq_kernels_set("auto");
+    }
+    /* silu_mul: every path = the scalar loop bit for bit; within 2^-20 relative (+ 1e-35) of float64 silu * u */
+    static float g[N], u[N], g2[N];
+    for (int64_t n = 1; n < N; n += n < 40 ? 1 : 37) {
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = (float)(30.0 * uq_test_rand(&seed));
+            u[i] = (float)uq_test_rand(&seed);
+        }
+        if (n > 2) x[1] = 100.0f, x[2] = -100.0f; /* beyond the clamp both ways */
+        memcpy(g, x, (size_t)n * sizeof(float));
+        CHECK_STATUS(uq_kernels_set("ref"), UQ_OK);
+        uq_k_silu_mul(g, u, n);
+        double worst = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const double want = (double)x[i] / (1.0 + exp(-(double)x[i])) * u[i];
+            const double err = fabs(g[i] - want) - 1e-35; /* g < -88: -g / exp(88) instead of ~0 */
+            worst = err / fabs(want) > worst ? err / fabs(want) : worst;
+        }
+        CHECK(worst <= 1.0 / (1 << 20), "silu_mul n %lld: relative error %g", (long long)n, worst);
+        for (size_t pi = 1; pi < 3; pi++) {
+            if (!uq_k_cpu_has(paths[pi])) continue;
+            CHECK_STATUS(uq_kernels_set(paths[pi]), UQ_OK);
+            memcpy(g2, x, (size_t)n * sizeof(float));
+            uq_k_silu_mul(g2, u, n);
+            CHECK(memcmp(g, g2, (size_t)n * sizeof(float)) == 0, "silu_mul path %s n %lld differs from ref",
+                  paths[pi], (long long)n);
+        }
+        uq_kernels_set("auto");
+    }
+    /* a NaN score never wins the max and comes out NaN; the others stay finite */
+    float t[9] = {0.5f, NAN, -1.0f, 0.25f, -3.0f, 0.0f, 1.0f, -2.0f, 0.75f};
+    const float inv = uq_k_softmax_inplace(t, 9);
+    CHECK(t[1] != t[1] && t[6] == 1.0f && inv != inv, "softmax with a NaN score: t[1] %g, t[6] %g", t[1], t[6]);
+}
+
 void test_r16(void) {
     test_r16_unpack();
+    test_softmax_paths();
     test_attention_paths();
     test_q8_quant0();
     test_r16_paths();
