@@ -201,6 +201,14 @@ void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, c
 int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col);
 float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);
 
+/* y[i] = x L[i]_sel^T (+ b) for n (1..4) weights on the same x, nseg_in and keep_in, each with its own nseg_out[i],
+ * keep_out[i]: the same results as n uq_linear_forward calls. When all are R16 int4 of the same cols and group, x is
+ * quantized once and all their row blocks run as one pool job (a decode step's Q / K / V or gate / up: fewer
+ * synchronisations and activation passes); otherwise the n calls. */
+uq_status uq_linear_forward_multi(int n, const uq_linear *const *L, const float *x, int64_t T,
+                                  const int64_t *nseg_out, const int64_t *keep_out, int64_t nseg_in, int64_t keep_in,
+                                  float *const *y);
+
 /* The thread pool (pool.c): runs fn(arg, task, worker) for task = 0..ntasks-1 on the calling thread (worker 0)
  * and up to nthreads - 1 pool workers (worker ids 1..nthreads-1, each id used by one thread at a time: per-worker
  * scratch can be indexed by it); returns when every task has finished. Tasks are claimed one at a time in

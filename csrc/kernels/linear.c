@@ -352,16 +352,25 @@ const uq_kpath uq_kpath_ref = {
 
 #define UQ_R16_TB 64 /* tokens per kernel call (bounds the per-thread output scratch) */
 
-/* One linear_r16 call, shared by its pool tasks. */
+/* One weight of a linear_r16 call (shared by the call's pool tasks). */
+typedef struct {
+    const uq_linear *L;
+    const float *b;
+    float *y;
+    int64_t nout, keep_out, seg_out, kb, rb, bbytes, sstride, nbt, ntask, task0;
+} r16_weight;
+
+/* One linear_r16 call: n weights on the same activations, tasks [task0, task0 + ntask) of weight i. */
 typedef struct {
     const uq_kpath *P;
-    const uq_linear *L;
-    const float *x, *b, *xs;
+    const float *x, *xs;
     const int8_t *xq;
     const int32_t *xsum;
     const uq_k_chunk *gr;
-    float *y, *scratch;
-    int64_t T, TB, nin, nout, keep_out, seg_out, kb, rb, bbytes, sstride, nbt, ntask, ng, ldq, ldo;
+    float *scratch;
+    const r16_weight *w;
+    int n;
+    int64_t T, TB, nin, ng, ldq, ldo;
     int q8;
 } r16_job;
 
@@ -377,16 +386,20 @@ static void r16_quant_task(void *arg, int64_t t, int worker) {
         uq_k_q8_quant(j->x + t * j->nin, j->gr, j->ng, 0, xq, xs, xsum);
 }
 
-static void r16_task(void *arg, int64_t task, int worker) {
+static void r16_task(void *arg, int64_t gtask, int worker) {
     const r16_job *j = arg;
-    const uq_linear *L = j->L;
-    const int64_t j0 = task * j->nbt / j->ntask, nb = (task + 1) * j->nbt / j->ntask - j0; /* <= UQ_K_R16_NB */
+    int wi = 0;
+    while (wi + 1 < j->n && gtask >= j->w[wi + 1].task0) wi++;
+    const r16_weight *W = &j->w[wi];
+    const uq_linear *L = W->L;
+    const int64_t task = gtask - W->task0;
+    const int64_t j0 = task * W->nbt / W->ntask, nb = (task + 1) * W->nbt / W->ntask - j0; /* <= UQ_K_R16_NB */
     const uint8_t *wb[UQ_K_R16_NB];
     const float *sb[UQ_K_R16_NB];
     for (int64_t i = 0; i < nb; i++) {
-        const int64_t blk = ((j0 + i) / j->kb) * j->rb + (j0 + i) % j->kb;
-        wb[i] = L->packed + blk * j->bbytes;
-        sb[i] = L->scales + blk * j->sstride;
+        const int64_t blk = ((j0 + i) / W->kb) * W->rb + (j0 + i) % W->kb;
+        wb[i] = L->packed + blk * W->bbytes;
+        sb[i] = L->scales + blk * W->sstride;
     }
     float *out = j->scratch + (size_t)worker * (size_t)(j->TB * j->ldo);
     for (int64_t t0 = 0; t0 < j->T; t0 += j->TB) {
@@ -397,13 +410,13 @@ static void r16_task(void *arg, int64_t task, int worker) {
         else
             j->P->r16_f32(wb, sb, (int)nb, j->x + t0 * j->nin, j->nin, tn, j->gr, j->ng, out, j->ldo);
         for (int64_t i = 0; i < nb; i++) {
-            const int64_t so = (j0 + i) / j->kb, r0 = 16 * ((j0 + i) % j->kb);
-            const int64_t nr = j->keep_out - r0 < 16 ? j->keep_out - r0 : 16;
+            const int64_t so = (j0 + i) / W->kb, r0 = 16 * ((j0 + i) % W->kb);
+            const int64_t nr = W->keep_out - r0 < 16 ? W->keep_out - r0 : 16;
             for (int64_t t = 0; t < tn; t++) {
                 const float *src = out + t * j->ldo + 16 * i;
-                float *dst = j->y + (t0 + t) * j->nout + so * j->keep_out + r0;
-                if (j->b) {
-                    const float *bb = j->b + so * j->seg_out + r0;
+                float *dst = W->y + (t0 + t) * W->nout + so * W->keep_out + r0;
+                if (W->b) {
+                    const float *bb = W->b + so * W->seg_out + r0;
                     for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
                 } else {
                     memcpy(dst, src, (size_t)nr * sizeof(float));
@@ -413,22 +426,26 @@ static void r16_task(void *arg, int64_t task, int worker) {
     }
 }
 
-/* y = x W_sel^T (+ b) on an R16 weight: one task per range of <= UQ_K_R16_NB kept row blocks (a block of a
- * segment whose keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming
- * its blocks' kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
- * per token and group in natural column order (groups padded to 8 with zeros). */
-static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
-                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y, int q8) {
-    const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
-    const int64_t gps = (seg_in + g - 1) / g, rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
-    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, kb = (keep_out + 15) / 16;
-    const int64_t nbt = nseg_out * kb;
+#define UQ_R16_MULTI 4 /* most weights in one linear_r16 call */
+
+/* y_i = x W_i_sel^T (+ b_i) on n <= UQ_R16_MULTI R16 weights that share cols, group and the input selection: one
+ * task per range of <= UQ_K_R16_NB kept row blocks of one weight (a block of a segment whose keep_out is not a
+ * multiple of 16 is computed whole, its extra rows dropped), each task streaming its blocks' kept chunk runs once
+ * per UQ_R16_TB tokens; all weights' tasks in one pool job. fp32 activations are read in place; int8 activations
+ * are quantized once per token and group in natural column order (groups padded to 8 with zeros). */
+static uq_status linear_r16(const uq_kpath *P, int n, const uq_linear *const *Ls, const float *x, int64_t T,
+                            const int64_t *nseg_outs, const int64_t *keep_outs, int64_t nseg_in, int64_t keep_in,
+                            float *const *ys, int q8) {
+    const uq_linear *L0 = Ls[0];
+    const int64_t seg_in = L0->cols / nseg_in, g = L0->group;
+    const int64_t gps = (seg_in + g - 1) / g, cc = (seg_in + 7) / 8;
+    const int64_t nin = nseg_in * keep_in;
     const int64_t per = (keep_in + g - 1) / g, ng = nseg_in * per;
     uq_k_chunk *gr = NULL;
     int8_t *xq = NULL;
     float *xs = NULL, *scratch = NULL;
     int32_t *xsum = NULL;
-    int64_t ldq = 0;
+    int64_t ldq = 0, work = 0;
     uq_status st = uq_alloc((size_t)ng * sizeof *gr, (void **)&gr);
     if (st != UQ_OK) return st;
     {
@@ -444,13 +461,25 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
             }
         ldq = (off + 63) / 64 * 64;
     }
-    const int nth = par_threads(nout * nin * T);
-    /* tasks: a multiple of the thread count, block ranges of equal size (+-1), at most 4 blocks each for
-     * decode (T < 8: small linears of a pruned model still split evenly, e.g. 40 blocks = 10 x 4 on 2
-     * threads, not 5 x 8) and UQ_K_R16_NB for prefill (each task re-reads the activations) */
+    for (int i = 0; i < n; i++) work += nseg_outs[i] * keep_outs[i] * nin * T;
+    const int nth = par_threads(work);
+    /* tasks: per weight a multiple of the thread count, block ranges of equal size (+-1), at most 4 blocks each for
+     * decode (T < 8: small linears of a pruned model still split evenly, e.g. 40 blocks = 10 x 4 on 2 threads, not
+     * 5 x 8) and UQ_K_R16_NB for prefill (each task re-reads the activations) */
     const int64_t per_task = T < 8 ? 4 : UQ_K_R16_NB;
-    int64_t ntask = (int64_t)nth * ((nbt + (int64_t)nth * per_task - 1) / ((int64_t)nth * per_task));
-    if (ntask > nbt) ntask = nbt;
+    r16_weight w[UQ_R16_MULTI];
+    int64_t ntask_all = 0;
+    for (int i = 0; i < n; i++) {
+        const uq_linear *L = Ls[i];
+        const int64_t seg_out = L->rows / nseg_outs[i], kb = (keep_outs[i] + 15) / 16, nbt = nseg_outs[i] * kb;
+        int64_t ntask = (int64_t)nth * ((nbt + (int64_t)nth * per_task - 1) / ((int64_t)nth * per_task));
+        if (ntask > nbt) ntask = nbt;
+        w[i] = (r16_weight){.L = L, .b = L->bias, .y = ys[i], .nout = nseg_outs[i] * keep_outs[i],
+                            .keep_out = keep_outs[i], .seg_out = seg_out, .kb = kb, .rb = (seg_out + 15) / 16,
+                            .bbytes = nseg_in * cc * 64, .sstride = L->scale_cols * 16, .nbt = nbt, .ntask = ntask,
+                            .task0 = ntask_all};
+        ntask_all += ntask;
+    }
     const int64_t TB = T < UQ_R16_TB ? T : UQ_R16_TB, ldo = 16 * UQ_K_R16_NB;
     if ((st = uq_alloc((size_t)nth * (size_t)(TB * ldo) * sizeof(float), (void **)&scratch)) != UQ_OK) goto done;
     if (q8 && ((st = uq_calloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
@@ -458,13 +487,10 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
                (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK))
         goto done;
     {
-        r16_job j = {.P = P, .L = L, .x = x, .b = L->bias, .xs = xs, .xq = xq, .xsum = xsum, .gr = gr, .y = y,
-                     .scratch = scratch, .T = T, .TB = TB, .nin = nin, .nout = nout, .keep_out = keep_out,
-                     .seg_out = seg_out, .kb = kb, .rb = rb, .bbytes = nseg_in * cc * 64,
-                     .sstride = L->scale_cols * 16, .nbt = nbt, .ntask = ntask, .ng = ng, .ldq = ldq, .ldo = ldo,
-                     .q8 = q8};
+        r16_job j = {.P = P, .x = x, .xs = xs, .xq = xq, .xsum = xsum, .gr = gr, .scratch = scratch, .w = w, .n = n,
+                     .T = T, .TB = TB, .nin = nin, .ng = ng, .ldq = ldq, .ldo = ldo, .q8 = q8};
         if (q8) uq_pool_run(T, T >= 8 ? nth : 1, r16_quant_task, &j);
-        uq_pool_run(ntask, nth, r16_task, &j);
+        uq_pool_run(ntask_all, nth, r16_task, &j);
     }
 done:
     uq_free(gr);
@@ -778,7 +804,7 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
         return uq_q8w_linear(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
                              par_threads(nseg_out * keep_out * nseg_in * keep_in * T));
     if (L->kind == UQ_W_Q4 && L->layout == UQ_Q4_R16)
-        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
+        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, 1, &L, x, T, &nseg_out, &keep_out, nseg_in, keep_in, &y,
                           uq_k_q4_int8());
     if (L->kind == UQ_W_Q4 && uq_k_q4_int8()) return linear_q8(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
     if (P != &uq_kpath_ref) return linear_vec(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
@@ -792,6 +818,30 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
         return st;
     linear_f32(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y, cvt, nth);
     uq_free(cvt);
+    return UQ_OK;
+}
+
+uq_status uq_linear_forward_multi(int n, const uq_linear *const *L, const float *x, int64_t T,
+                                  const int64_t *nseg_out, const int64_t *keep_out, int64_t nseg_in, int64_t keep_in,
+                                  float *const *y) {
+    if (n < 1 || n > UQ_R16_MULTI || !L || !nseg_out || !keep_out || !y)
+        return uq_set_error(UQ_ERR_ARG, "linear_forward_multi: %d weights (1..%d) or a NULL argument", n, UQ_R16_MULTI);
+    int fused = 1;
+    for (int i = 0; i < n; i++) {
+        uq_status st = check_call(L[i], x, T, nseg_out[i], keep_out[i], nseg_in, keep_in, y[i]);
+        if (st != UQ_OK) return st;
+        fused &= L[i]->kind == UQ_W_Q4 && L[i]->layout == UQ_Q4_R16 && L[i]->cols == L[0]->cols &&
+                 L[i]->group == L[0]->group;
+    }
+    uq_status st = uq_kernels_init();
+    if (st != UQ_OK) return st;
+    if (fused) {
+        const uq_kpath *P = uq_k_path();
+        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, n, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
+                          uq_k_q4_int8());
+    }
+    for (int i = 0; i < n; i++)
+        if ((st = uq_linear_forward(L[i], x, T, nseg_out[i], keep_out[i], nseg_in, keep_in, y[i])) != UQ_OK) return st;
     return UQ_OK;
 }
 

@@ -497,8 +497,72 @@ static void test_softmax_paths(void) {
     CHECK(t[1] != t[1] && t[6] == 1.0f && inv != inv, "softmax with a NaN score: t[1] %g, t[6] %g", t[1], t[6]);
 }
 
+/* uq_linear_forward_multi = the separate uq_linear_forward calls bit for bit: three R16 weights of one input (Q / K
+ * / V shapes: 4 and 2 head segments, keeps that cut row blocks, a bias on two), W4A8 and W4A32, T = 1 / 3 / 20, on
+ * every path; a set that mixes an fp32 weight in (not fused) too; and its argument checks. */
+static void test_linear_multi(void) {
+    enum { COLS = 96, G = 32, TMAX = 20 };
+    const int64_t rows[3] = {64, 32, 32}, nso[3] = {4, 2, 2}, ko[3] = {13, 16, 11};
+    const int64_t Ts[] = {1, 3, 20};
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    unsigned long long seed = 21;
+    q4pair q[3];
+    static float W[64 * COLS], b[64], x[TMAX * COLS], ya[3][TMAX * 64], yb[3][TMAX * 64];
+    int ok = 1;
+    for (int i = 0; i < 3; i++) {
+        uq_test_fill(W, rows[i] * COLS, &seed, 1.0);
+        uq_test_fill(b, rows[i], &seed, 0.5);
+        ok &= make_pair(W, rows[i], COLS, nso[i], 1, G, i == 1 ? NULL : b, &q[i]) == 0;
+    }
+    CHECK(ok, "linear_multi: setup");
+    uq_test_fill(x, TMAX * COLS, &seed, 1.0);
+    const uq_linear *Ls[3] = {&q[0].r16, &q[1].r16, &q[2].r16};
+    float *yas[3] = {ya[0], ya[1], ya[2]};
+    for (int act = 0; act < 2 && ok; act++) {
+        CHECK_STATUS(uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32), UQ_OK);
+        for (size_t pi = 0; pi < 3; pi++) {
+            int av = 0;
+            uq_kernels_available(paths[pi], &av);
+            if (!av) continue;
+            uq_kernels_set(paths[pi]);
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                const int64_t T = Ts[ti];
+                for (int i = 0; i < 3; i++)
+                    CHECK_STATUS(uq_linear_forward(Ls[i], x, T, nso[i], ko[i], 1, COLS, yb[i]), UQ_OK);
+                CHECK_STATUS(uq_linear_forward_multi(3, Ls, x, T, nso, ko, 1, COLS, yas), UQ_OK);
+                int same = 1;
+                for (int i = 0; i < 3; i++) same &= memcmp(ya[i], yb[i], (size_t)(T * nso[i] * ko[i]) * sizeof(float)) == 0;
+                CHECK(same, "linear_multi path %s %s T %lld: differs from separate calls", paths[pi],
+                      act ? "W4A8" : "W4A32", (long long)T);
+            }
+        }
+    }
+    uq_kernels_set("auto");
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_AUTO), UQ_OK);
+    /* not fusable: an fp32 weight among them runs the separate calls */
+    float *Wf = malloc((size_t)(32 * COLS) * sizeof(float));
+    if (Wf && ok) {
+        uq_test_fill(Wf, 32 * COLS, &seed, 1.0);
+        const uq_linear F = {.kind = UQ_W_F32, .rows = 32, .cols = COLS, .w = Wf};
+        const uq_linear *Lm[2] = {&q[0].r16, &F};
+        const int64_t nm[2] = {4, 1}, km[2] = {13, 32};
+        CHECK_STATUS(uq_linear_forward(&F, x, 3, 1, 32, 1, COLS, yb[1]), UQ_OK);
+        CHECK_STATUS(uq_linear_forward(Lm[0], x, 3, 4, 13, 1, COLS, yb[0]), UQ_OK);
+        CHECK_STATUS(uq_linear_forward_multi(2, Lm, x, 3, nm, km, 1, COLS, yas), UQ_OK);
+        CHECK(memcmp(ya[0], yb[0], 3 * 52 * sizeof(float)) == 0 && memcmp(ya[1], yb[1], 3 * 32 * sizeof(float)) == 0,
+              "linear_multi with an fp32 weight: differs from separate calls");
+        CHECK_STATUS(uq_linear_forward_multi(0, Lm, x, 3, nm, km, 1, COLS, yas), UQ_ERR_ARG);
+        CHECK_STATUS(uq_linear_forward_multi(5, Lm, x, 3, nm, km, 1, COLS, yas), UQ_ERR_ARG);
+        const int64_t bad[2] = {4, 99}; /* keep_out beyond the segment */
+        CHECK_STATUS(uq_linear_forward_multi(2, Lm, x, 3, nm, bad, 1, COLS, yas), UQ_ERR_SHAPE);
+    }
+    free(Wf);
+    for (int i = 0; i < 3; i++) free_pair(&q[i]);
+}
+
 void test_r16(void) {
     test_r16_unpack();
+    test_linear_multi();
     test_softmax_paths();
     test_attention_paths();
     test_q8_quant0();
