@@ -47,7 +47,8 @@
 #define POOL_CLOSED (1ull << 31)
 #define POOL_IDX_MASK (POOL_CLOSED - 1)
 #define POOL_SPIN 20000             /* pause iterations an idle worker polls before it sleeps (~0.1-0.5 ms) */
-#define POOL_WAIT_SPIN 2000         /* pause iterations the caller polls before yielding its core */
+#define POOL_WAIT_SPIN 32           /* pause iterations the caller polls between yields of its core */
+#define POOL_YIELD_EVERY 32         /* an idle worker yields its core every this many polls (power of two) */
 
 static _Atomic uint64_t g_state = POOL_CLOSED; /* gen 0, closed */
 static _Atomic(uq_pool_fn) g_fn;
@@ -99,6 +100,7 @@ static void *worker_main(void *p) {
                 break;
             }
             POOL_RELAX();
+            if ((i & (POOL_YIELD_EVERY - 1)) == POOL_YIELD_EVERY - 1) sched_yield();
         }
         if (!got) {
             pthread_mutex_lock(&g_mu);
