@@ -170,11 +170,8 @@ void uq_pool_run(int64_t ntasks, int nthreads, uq_pool_fn fn, void *arg) {
         atomic_store(&g_busy, 0);
         serial = 1;
     }
-    if (serial) {
-        const int was = t_in_task;
-        t_in_task = 1;
+    if (serial) { /* tasks' own kernel calls may still use the pool when it is free (e.g. one task asked for) */
         for (int64_t t = 0; t < ntasks; t++) fn(arg, t, 0);
-        t_in_task = was;
         return;
     }
     const uint32_t g = gen_of(atomic_load_explicit(&g_state, memory_order_relaxed)) + 1;
