@@ -227,14 +227,6 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
 
 /* ------------------------------------------------------------------------- shared helpers ---- */
 
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 static int par_threads(int64_t work) { return work >= UQ_PAR_MIN_WORK ? uq_k_threads() : 1; }
 
 static inline int q4_code(const uint8_t *row, int64_t col) {
@@ -646,32 +638,35 @@ static void pack_q4_generic(const uint8_t *w, const float *s, const uq_k_chunk *
     }
 }
 
-static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
-                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
-    const int V = P->V, q4 = L->kind == UQ_W_Q4;
-    const int wide = q4 && P->gemv_q4w && L->group % (8 * V) == 0, m = q4 ? (wide ? 8 : 2) : 1;
-    const int64_t cw = (int64_t)m * V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
-    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(cols);
-    const int64_t g = q4 ? L->group : 0, gps = q4 ? (seg_in + g - 1) / g : 0;
-    const float *b = L->bias;
-    uq_k_chunk *ch;
-    int64_t nch;
-    uq_status st = build_chunks(nseg_in, seg_in, keep_in, cw, g, &ch, &nch);
-    if (st != UQ_OK) return st;
-    int all_scol = 1;
-    for (int64_t k = 0; k < nch; k++) all_scol &= ch[k].scol >= 0;
-    const int64_t nvec = nch * (cw / V), ldp = nvec * V;
-    const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
-    /* fp32 rows read in place by the GEMM when the selection is contiguous and has no partial chunks */
-    const int direct = L->kind == UQ_W_F32 && keep_in % V == 0 && (nseg_in == 1 || keep_in == seg_in);
-    float *xp = NULL, *work = NULL;
-    const float *xg = x;
-    int64_t ldx = nin;
-    if (q4 || (!gemv && !direct)) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
-        if ((st = uq_alloc((size_t)(T * ldp) * sizeof(float), (void **)&xp)) != UQ_OK) goto done;
-#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t k = 0; k < nch; k++) {
+/* One linear_vec call, shared by its pool tasks (the loop bodies below use these names). */
+typedef struct {
+    const uq_kpath *P;
+    const uq_linear *L;
+    const float *x, *xg, *b;
+    float *y, *xp, *work;
+    const uq_k_chunk *ch;
+    int64_t nch, cw, seg_out, cols, nout, nin, rowbytes, g, gps, keep_out, keep_in, nvec, ldp, ldx, T, MR;
+    size_t per;
+    int V, m, wide, q4, direct, all_scol;
+} vec_job;
+
+/* token t of x packed into xp (natural order for fp32 / fp16, [V even | V odd] pieces for int4) */
+static void vec_pack_task(void *arg, int64_t t, int worker) {
+    const vec_job *jb = arg;
+    const uq_kpath *P = jb->P;
+    const uq_linear *L = jb->L;
+    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
+    float *y = jb->y, *xp = jb->xp;
+    const uq_k_chunk *ch = jb->ch;
+    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
+    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
+    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
+    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
+    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    (void)worker;
+    for (int64_t k = 0; k < nch; k++) {
                 const float *src = x + t * nin + ch[k].xcol;
                 float *dst = xp + t * ldp + k * cw;
                 const int64_t n = ch[k].n;
@@ -683,14 +678,27 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                         for (int i = 0; i < V; i++) dst[j * V + i] = m * i + j < n ? src[m * i + j] : 0.0f;
                 }
             }
-        xg = xp;
-        ldx = ldp;
-    }
-    if (gemv) {
-        const int MR = T <= 2 ? 8 : 4;
-        const int64_t nblk = (nout + MR - 1) / MR;
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 8)
-        for (int64_t blk = 0; blk < nblk; blk++) {
+}
+
+/* GEMV: 8 row blocks of MR rows per task (T <= 4) */
+static void vec_gemv_task(void *arg, int64_t task, int worker) {
+    const vec_job *jb = arg;
+    const uq_kpath *P = jb->P;
+    const uq_linear *L = jb->L;
+    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
+    float *y = jb->y, *xp = jb->xp;
+    const uq_k_chunk *ch = jb->ch;
+    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
+    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
+    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
+    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
+    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int MR = (int)jb->MR;
+    const int64_t nblk = (nout + MR - 1) / MR;
+    (void)worker;
+    for (int64_t blk = task * 8; blk < nblk && blk < task * 8 + 8; blk++) {
             float acc[8 * 4 * 16];
             int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
             const float *wf[8];
@@ -719,16 +727,28 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                     float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
                     y[t * nout + o0 + i] = b ? d + b[row[i]] : d;
                 }
-        }
-        goto done;
-    }
+            }
+}
+
+/* GEMM: one panel of UQ_GEMM_MB rows per task, packed into the worker's scratch */
+static void vec_gemm_task(void *arg, int64_t blk, int worker) {
+    const vec_job *jb = arg;
+    const uq_kpath *P = jb->P;
+    const uq_linear *L = jb->L;
+    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
+    float *y = jb->y, *xp = jb->xp;
+    const uq_k_chunk *ch = jb->ch;
+    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
+    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
+    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
+    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
+    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR;
+    const size_t per = jb->per;
     {
-        const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR, nblk = (nout + MB - 1) / MB;
-        const size_t per = (size_t)((direct ? 0 : MB * ldp) + MB * TB * V); /* floats: panel + accumulators */
-        if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-        for (int64_t blk = 0; blk < nblk; blk++) {
-            float *wp = work + (size_t)thread_id() * per, *accb = wp + (direct ? 0 : MB * ldp);
+            float *wp = jb->work + (size_t)worker * per, *accb = wp + (direct ? 0 : MB * ldp);
             int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];
             const float *wrow[UQ_GEMM_MB];
             for (int64_t i = 0; i < MB; i++) {
@@ -785,7 +805,57 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                         }
                 }
             }
-        }
+            }
+}
+
+static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
+                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
+    const int V = P->V, q4 = L->kind == UQ_W_Q4;
+    const int wide = q4 && P->gemv_q4w && L->group % (8 * V) == 0, m = q4 ? (wide ? 8 : 2) : 1;
+    const int64_t cw = (int64_t)m * V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
+    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(cols);
+    const int64_t g = q4 ? L->group : 0, gps = q4 ? (seg_in + g - 1) / g : 0;
+    const float *b = L->bias;
+    uq_k_chunk *ch;
+    int64_t nch;
+    uq_status st = build_chunks(nseg_in, seg_in, keep_in, cw, g, &ch, &nch);
+    if (st != UQ_OK) return st;
+    int all_scol = 1;
+    for (int64_t k = 0; k < nch; k++) all_scol &= ch[k].scol >= 0;
+    const int64_t nvec = nch * (cw / V), ldp = nvec * V;
+    const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
+    /* fp32 rows read in place by the GEMM when the selection is contiguous and has no partial chunks */
+    const int direct = L->kind == UQ_W_F32 && keep_in % V == 0 && (nseg_in == 1 || keep_in == seg_in);
+    float *xp = NULL, *work = NULL;
+    const float *xg = x;
+    int64_t ldx = nin;
+    vec_job J = {.P = P, .L = L, .x = x, .y = y, .b = b, .ch = ch, .nch = nch, .V = V, .m = m, .wide = wide, .q4 = q4,
+                 .direct = direct, .all_scol = all_scol, .cw = cw, .seg_out = seg_out, .cols = cols, .nout = nout,
+                 .nin = nin, .rowbytes = rowbytes, .g = g, .gps = gps, .keep_out = keep_out, .keep_in = keep_in,
+                 .nvec = nvec, .ldp = ldp, .T = T};
+    if (q4 || (!gemv && !direct)) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
+        if ((st = uq_alloc((size_t)(T * ldp) * sizeof(float), (void **)&xp)) != UQ_OK) goto done;
+        J.xp = xp;
+        uq_pool_run(T, T >= 8 ? nth : 1, vec_pack_task, &J);
+        xg = xp;
+        ldx = ldp;
+    }
+    J.xg = xg;
+    J.ldx = ldx;
+    if (gemv) {
+        const int MR = T <= 2 ? 8 : 4;
+        const int64_t nblk = (nout + MR - 1) / MR;
+        J.MR = MR;
+        uq_pool_run((nblk + 7) / 8, nth, vec_gemv_task, &J);
+        goto done;
+    }
+    {
+        const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, nblk = (nout + MB - 1) / MB;
+        const size_t per = (size_t)((direct ? 0 : MB * ldp) + MB * TB * V); /* floats: panel + accumulators */
+        if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
+        J.work = work;
+        J.per = per;
+        uq_pool_run(nblk, nth, vec_gemm_task, &J);
     }
 done:
     uq_free(ch);
