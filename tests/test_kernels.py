@@ -319,11 +319,20 @@ def _run_path(path, kind, extra_env=None):
     return r
 
 
-@pytest.mark.parametrize("kind", ["fp32", "fp16", "int4"])
+# W4A8 across paths: each path's fp32 dot (attention scores) has its own lane count, so activations differ in the
+# last ulp between paths; one that lies within an ulp of an int8 rounding boundary quantizes one step apart and moves
+# the logits after it by ~0.5% (seen once the softmax / SiLU exp changed every activation's last bits: one token of
+# 40 on avx2). The int4 kernels themselves are checked at PATH_REL_TOL with fp32 activations ("int4").
+A8_PATH_REL_TOL = 1e-2
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "int4", "int4-a8"])
 def test_runtime_logits_agree_across_forced_paths(kind):
     outs = {}
+    act = {"int4": "fp32", "int4-a8": "int8"}.get(kind)
+    tol = A8_PATH_REL_TOL if kind == "int4-a8" else PATH_REL_TOL
     for path in AVAILABLE:
-        r = _run_path(path, kind)
+        r = _run_path(path, kind.split("-")[0], {"UNIQL_Q4_ACT": act} if act else None)
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout.strip().splitlines()[-1])
         assert d["path"] == path
@@ -331,7 +340,7 @@ def test_runtime_logits_agree_across_forced_paths(kind):
         outs[path] = np.asarray(d["logits"])
     ref = outs["ref"]
     for path, lg in outs.items():
-        assert np.abs(lg - ref).max() <= PATH_REL_TOL * np.abs(ref).max(), (path, kind)
+        assert np.abs(lg - ref).max() <= tol * np.abs(ref).max(), (path, kind)
 
 
 def test_runtime_int8_activations_close_to_fp32():
