@@ -19,6 +19,7 @@ call1() {
   set -e
   mkdir -p /tmp/g
   cp -r .gpu/data .gpu/whl .gpu/stub .gpu/udata .gpu/smoke_cuda.py .gpu_p0/gguf.part0 /tmp/g/
+  for z in /tmp/g/data/*.gz; do test -f "$z" && gunzip -f "$z"; done
   mkdir -p /tmp/g/src; tar cf - --exclude=./.gpu --exclude=./.gpu_p0 --exclude=./.gpu_p1 --exclude=./.git --exclude=./notebooks --exclude='*.so' . | tar xf - -C /tmp/g/src
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/g/whl/*.whl
   cd /tmp/g/src
