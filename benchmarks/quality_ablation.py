@@ -5,10 +5,14 @@ variants of an int4 artifact.
     python benchmarks/quality_ablation.py run NAME '{"rotate": true, "calibration": "c4"}'   # -> NAME.json
     python benchmarks/quality_ablation.py base                                             # uncompressed
     python benchmarks/quality_ablation.py heads ART head16,head16-emb16                      # precision variants
+    python benchmarks/quality_ablation.py requant NAME FP32_ART '{"precision": {...}}'     # quantize_artifact
 
 Artifacts go to ~/.cache/uniql/models/q19/NAME (reused when present), results to $UNIQL_ABLATION_DIR (default
 ./ablation). ``calibration`` may name a packaged text ("c4") or a comma-separated mix ("c4,code"); absent: the
-default mix. Head variants swap the int4 lm_head (``head16``) and/or embedding (``emb16``) of an artifact for
+default mix. ``requant`` quantizes an existing fp32 artifact with :func:`uniql.quantize_artifact` (keyword
+arguments from the JSON; ``seq_len`` defaults to 512 as in compress), which on an untuned artifact does what
+``compress(quantize=True)`` does with the same options, without the calibration of the sorting step
+(``UNIQL_ABLATION_RATES=0`` / ``UNIQL_ABLATION_ACTS=fp32`` narrow the scoring while exploring). Head variants swap the int4 lm_head (``head16``) and/or embedding (``emb16``) of an artifact for
 float16 copies of the same (rotated, final-norm folded) float tensors -- equivalent to compress(precision=...)
 for these two tensors: the head is quantized last and feeds nothing, and both calibration streams of compress
 start at the float embedding.
@@ -63,6 +67,36 @@ def run(name: str, kw: dict) -> None:
     rep = json.loads((out / "uniql_report.json").read_text())
     (res / f"{name}.json").write_text(json.dumps({"rows": [r.as_dict() for r in rows], "report": {
         k: rep.get(k) for k in ("total_seconds", "peak_rss_mb", "seconds", "bytes")}}, indent=1))
+
+
+def _env_list(name: str, default: tuple) -> tuple:
+    v = os.environ.get(name)
+    return default if not v else tuple(type(default[0])(x) for x in v.split(","))
+
+
+def requant(name: str, fp32: Path, kw: dict) -> None:
+    from uniql import data
+    from uniql.bench.quality import uniql_rows
+    from uniql.requantize import quantize_artifact
+
+    src, root, res = _dirs()
+    cal = kw.get("calibration")
+    if isinstance(cal, str):
+        names = cal.split(",")
+        kw["calibration"] = data.read_text(names[0]) if len(names) == 1 else data.calibration_mix(names)
+    kw.setdefault("seq_len", 512)
+    out = root / name
+    if not (out / "uniql_report.json").is_file():
+        quantize_artifact(fp32, out, overwrite=True, progress=False, **kw)
+    rates = _env_list("UNIQL_ABLATION_RATES", RATES)
+    acts = _env_list("UNIQL_ABLATION_ACTS", ("fp32", "int8"))
+    rows = uniql_rows(out, name, rates, _texts(src), 512, acts=acts)
+    rep = json.loads((out / "uniql_report.json").read_text())
+    disk = sum(p.stat().st_size for p in out.glob("model-*.safetensors"))
+    (res / f"{name}.json").write_text(json.dumps({"rows": [r.as_dict() for r in rows], "disk_bytes": disk,
+                                                  "report": {k: rep.get(k) for k in ("total_seconds",
+                                                                                     "peak_rss_mb", "seconds")}},
+                                                 indent=1))
 
 
 def base() -> None:
@@ -129,6 +163,8 @@ if __name__ == "__main__":
         run(sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
     elif cmd == "base":
         base()
+    elif cmd == "requant":
+        requant(sys.argv[2], Path(sys.argv[3]).expanduser(), json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
     elif cmd == "heads":
         heads(Path(sys.argv[2]).expanduser(), sys.argv[3].split(","))
     else:

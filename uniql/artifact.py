@@ -37,7 +37,10 @@ from uniql.sorting import alloc_keep_ratios, keep_size
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: newest artifact format this uniql reads. 2: the optional final mix ``<final norm>.mix`` (float32 hidden x hidden,
+#: in model-rest.safetensors) of a rotated model that keeps its embedding tied (uniql.rotate); compress writes 2
+#: only for artifacts that carry one (a version-1 reader refuses them by version instead of misreading them)
+FORMAT_VERSION = 2
 REST_FILE = "model-rest.safetensors"
 ARCHITECTURES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 #: keep-size granularity field of each elastic component
@@ -604,6 +607,9 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         cands = (final,) if isinstance(final, str) else tuple(final)
         fn = next((c for c in cands if c in keys), cands[0])
         out[fn] = _float(f, fn)
+        mix = fn[: -len(".weight")] + ".mix"
+        if mix in keys:
+            out[mix] = _float(f, mix)
         if not tied:
             out["lm_head.weight"] = reader.linear(f, "lm_head", (vocab, n))
     return out

@@ -51,6 +51,7 @@ from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, 
                           UnsupportedError)
 from uniql.linalg import Covariance
 from uniql.quant import quantize_gptq, quantize_int8, quantize_rtn
+from uniql.rotate import final_mix_name, mix_rows
 from uniql.runtime import Model, exact_int4
 from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
@@ -131,6 +132,7 @@ class CompressOptions:
     dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
     rotate: bool = True            # rotate the residual stream (uniql.rotate) before sorting and GPTQ
     rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
+    untie: bool = False            # rotated tied embedding: untie (second table) instead of a final mix
     mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
     act_order: bool = True         # GPTQ columns in descending Hessian-diagonal order, static groups
     precision: dict[str, str] = field(default_factory=dict)  # key -> "int4[-g<N>]", "int8[-g<N>]" or "f16"
@@ -274,7 +276,7 @@ class LayerStream:
     ``<prefix><i>.`` (``model.layers.``, or ``backbone.layers.`` for Mamba2)."""
 
     def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.", rotation: Any = None,
-                 tied: bool = False) -> None:
+                 tied: bool = False, keep_tied: bool = False) -> None:
         self.src, self.prefix, self.rotation = src, prefix, rotation
         names = checkpoint.tensor_names(src)
         self.by_layer: list[list[str]] = [[] for _ in range(num_layers)]
@@ -291,7 +293,7 @@ class LayerStream:
         if rotation is not None:  # residual stream rotated (uniql.rotate): the compressor sees a rotated model
             from uniql.rotate import rotate_shared
             self._check_finite(self.shared)  # named before the rotation smears a NaN over a row
-            self.shared = rotate_shared(self.shared, rotation, tied)
+            self.shared = rotate_shared(self.shared, rotation, tied, keep_tied)
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's tensors under layer-0 names (rotated when the checkpoint is read with a rotation)."""
@@ -473,7 +475,8 @@ class _TransformerJob:
         self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
         self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
         self.go = o_proj_group(self.d, opts.group)
-        self.ckpt = LayerStream(src, self.L, rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts))
+        self.ckpt = LayerStream(src, self.L, rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts),
+                                keep_tied=bool(cfg.get("tie_word_embeddings", False)))
         self.tensors = self.ckpt.shared
         self.ckpt.validate(self._check_layer)
         self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
@@ -497,7 +500,7 @@ class _TransformerJob:
         final norm."""
         fin = self.ckpt.layer(0)
         fin["model.layers.0.input_layernorm.weight"] = self.tensors[self.norm_name]
-        return capture_moment(self._model(fin), X, "attn_in")
+        return capture_moment(self._model(fin), X, "attn_in", self.tensors.get(final_mix_name(self.norm_name)))
 
     def meta(self) -> dict[str, Any]:
         return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran, o_group=self.go)
@@ -577,14 +580,15 @@ def layer_importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
     return float(block_importance(np.ascontiguousarray(x_last), np.ascontiguousarray(y_last)))
 
 
-def capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
-    """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n)."""
+def capture_moment(model: Any, X: np.ndarray, name: str, mix: np.ndarray | None = None) -> np.ndarray:
+    """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n), its
+    rows times ``mix``^T first when given (the head's input after a final mix, :mod:`uniql.rotate`)."""
     cov = None
     for b in range(X.shape[0]):
         _, cap = model.layer_forward(0, X[b], capture=(name,))
         if cov is None:
             cov = Covariance(cap[name].shape[1])
-        cov.update(cap[name])
+        cov.update(mix_rows(cap[name], mix))
     return cov.mean()
 
 
@@ -694,7 +698,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
              rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
              precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, untie: bool = False) -> Path:
     """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
     every pruning rate in [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
 
@@ -705,7 +709,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     ``split_sigma`` select ablations (transformers only). Nothing is written when an argument is invalid; an
     existing non-empty output directory needs ``overwrite=True``. ``rotate``: rotate the residual stream by a
     randomized Hadamard transform (:mod:`uniql.rotate`, seed ``rotate_seed``) before sorting and quantization --
-    the same function at every rate, int4 with far smaller error; a tied embedding is untied. ``mse_scale`` /
+    the same function at every rate, int4 with far smaller error; a tied embedding stays tied (the final norm's
+    scale becomes the final mix, :mod:`uniql.rotate`), or is untied with ``untie=True``. ``mse_scale`` /
     ``act_order``: GPTQ options (:func:`uniql.quant.quantize_gptq`). ``precision``: storage per tensor class
     (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ... ``down_proj``,
     ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
@@ -717,7 +722,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
                            rotate_seed=rotate_seed, mse_scale=mse_scale, act_order=act_order,
-                           precision=dict(precision or {}))
+                           precision=dict(precision or {}), untie=bool(untie))
     src = Path(model_dir)
     cfg = checkpoint.read_config(src)             # unsupported architectures fail here, before any write
     if checkpoint.is_artifact(cfg):
@@ -733,8 +738,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.quantize and any(
             v.startswith("int8") for v in opts.precision.values()):
         raise UnsupportedError("int8 storage in the precision policy is supported for llama and qwen2 models")
-    if opts.rotate:  # the rotated model has its own head (E diag(g) Q differs from the embedding E Q)
-        cfg = dict(cfg, tie_word_embeddings=False, uniql_source_tied=bool(cfg.get("tie_word_embeddings", False)))
+    if opts.rotate:  # a tied embedding stays tied with a final mix (uniql.rotate) unless untie: its own head E diag(g) Q
+        src_tied = bool(cfg.get("tie_word_embeddings", False))
+        cfg = dict(cfg, tie_word_embeddings=src_tied and not opts.untie, uniql_source_tied=src_tied)
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
@@ -817,6 +823,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     # ---- embedding / final norm / lm_head
     t = time.perf_counter()
     rest: dict[str, Any] = {job.norm_name: np.asarray(tensors[job.norm_name], np.float32)}
+    mix_name = final_mix_name(job.norm_name)
+    if mix_name in tensors:  # a rotated tied model: the final norm's scale as a hidden x hidden mix, float32
+        rest[mix_name] = np.ascontiguousarray(tensors[mix_name], np.float32)
     E = np.ascontiguousarray(tensors[job.embed_name], dtype=np.float32)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_base = job.embed_name[: -len(".weight")]
@@ -863,8 +872,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     sorting.update(jm.pop("sorting", {}))
     if opts.rotate:
         sorting["rotation"] = {"kind": "randomized-hadamard", "seed": opts.rotate_seed,
-                               "untied": bool(cfg["uniql_source_tied"])}
-    meta = ArtifactMeta(format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate,
+                               "untied": bool(cfg["uniql_source_tied"]) and not tied,
+                               "final_mix": mix_name in rest}
+    meta = ArtifactMeta(format_version=FORMAT_VERSION if mix_name in rest else 1, architecture=arch, max_rate=opts.max_rate,
                         importance=tuple(importance), quantization=quant if opts.quantize else None,
                         sorting=sorting, source=src.name, **jm)
     out_cfg = dict(cfg)

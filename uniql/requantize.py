@@ -37,6 +37,7 @@ from uniql.compress import (DEFAULT_PRECISION, CompressOptions, OutputExistsErro
 from uniql.errors import InvalidArgumentError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_int8, quantize_rtn
+from uniql.rotate import final_mix_name, mix_rows
 from uniql.runtime import exact_int4
 
 log = logging.getLogger(__name__)
@@ -135,9 +136,10 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         lay[p0 + "input_layernorm.weight"] = shared["model.norm.weight"]
         fin = model(lay, fm)
         c_h = Covariance(n)
+        F = shared.get("model.norm.mix")  # a rotated tied model's final mix: the head reads its output
         for b in range(B):
             _, cap = fin.layer_forward(0, X[b], capture=("attn_in",))
-            c_h.update(cap["attn_in"])
+            c_h.update(mix_rows(cap["attn_in"], F))
         del fin
         tied = tc.tie_word_embeddings
         E = np.ascontiguousarray(shared["model.embed_tokens.weight"], dtype=np.float32)
@@ -150,6 +152,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         elif head_kind == "int4":
             head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
         rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
+        if F is not None:
+            rest["model.norm.mix"] = np.ascontiguousarray(F, np.float32)
 
         def put(name: str, W: np.ndarray, q: Any) -> None:  # as compress stores the embedding and the head
             if q is not None:
@@ -212,6 +216,7 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
 
     embed_name, norm_name = present(names["embed"]), present(names["final"])
     shared = {embed_name: shared_all[embed_name], norm_name: shared_all[norm_name]}
+    F = shared_all.get(final_mix_name(norm_name))  # a rotated tied model's final mix: the head reads its output
     tied = bool(hc.tie_word_embeddings)
     if not tied:
         shared["lm_head.weight"] = shared_all["lm_head.weight"]
@@ -268,9 +273,11 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
         c_h = Covariance(n)
         for b in range(B):
             _, cap = fin.layer_forward(0, X[b], capture=("mixer_in",))
-            c_h.update(cap["mixer_in"])
+            c_h.update(mix_rows(cap["mixer_in"], F))
         del fin
         rest: dict[str, Any] = {norm_name: np.asarray(shared[norm_name], np.float32)}
+        if F is not None:
+            rest[final_mix_name(norm_name)] = np.ascontiguousarray(F, np.float32)
         E = np.ascontiguousarray(shared[embed_name], dtype=np.float32)
         embed_base = embed_name[: -len(".weight")]
 

@@ -339,6 +339,21 @@ def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, in
     return (w, None, 0, int(w.shape[1]) if w.ndim == 2 else 0, bias)
 
 
+def final_mix_tensor(tensors: Mapping[str, Any], final_norm: str, n: int, used: set) -> np.ndarray | None:
+    """The final mix (uniql.rotate) next to final norm ``final_norm`` as float32 (n, n), or None when absent;
+    its name is added to ``used``."""
+    name = final_norm[: -len(".weight")] + ".mix"
+    if name not in tensors:
+        return None
+    used.add(name)
+    F = tensors[name]
+    if isinstance(F, (Q4, Q8)) or not isinstance(F, np.ndarray) or not np.issubdtype(F.dtype, np.floating):
+        raise DTypeError(f"{name} must be a float array")
+    if F.shape != (n, n):
+        raise ShapeError(f"{name} has shape {F.shape}, expected {(n, n)}")
+    return np.ascontiguousarray(F, dtype=np.float32)
+
+
 class SequenceModel:
     """A model of the C runtime (one runtime for every architecture: ``uq_hy_*``), whatever its layers: the C model
     and state, sequences, scoring, generation, the compression pipeline's pieces and accounting. Subclasses
@@ -351,11 +366,15 @@ class SequenceModel:
     _c_state_reset = staticmethod(_C.hy_state_reset)
 
     def _init_c(self, c_config: dict[str, Any], emb_spec: tuple, head_spec: tuple, final_norm: np.ndarray,
-                c_layers: list[dict[str, Any]], keep: list, max_seq: int | None, max_chunk: int) -> None:
+                c_layers: list[dict[str, Any]], keep: list, max_seq: int | None, max_chunk: int,
+                final_mix: np.ndarray | None = None) -> None:
         keep.append(final_norm)
+        if final_mix is not None:
+            keep.append(final_mix)
         self._arrays = keep
         self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.elastic_memory)
-        self._cm = _C.hy_model_new(c_config, emb_spec, head_spec, final_norm, c_layers, keep)
+        self._final_mix = final_mix  # (hidden, hidden) or None: between the final norm and the head (uniql.rotate)
+        self._cm = _C.hy_model_new(c_config, emb_spec, head_spec, final_norm, c_layers, keep, final_mix)
         if max_seq is None:
             max_seq = min(self.config.max_position_embeddings, 2048)
         self.max_seq = int(max_seq)
@@ -518,10 +537,11 @@ class Model(SequenceModel):
 
     def __init__(self, config: TransformerConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
-                 max_chunk: int = 256) -> None:
+                 max_chunk: int = 256, final_mix: np.ndarray | None = None) -> None:
         """Low-level constructor: prefer :meth:`from_hf_tensors`. ``embed``/``lm_head``/layer linears are
         float32 arrays or :class:`Q4`; layers are dicts with attn_norm, q, k, v, o, mlp_norm, gate, up,
-        down (each linear a (weight, bias-or-None) pair) and freq_map (int32 (n_kv, R/2) or None)."""
+        down (each linear a (weight, bias-or-None) pair) and freq_map (int32 (n_kv, R/2) or None).
+        ``final_mix``: float32 (hidden, hidden) F or None; the head reads RMSNorm(x) * final_norm F^T."""
         self.config = config
         self.tokenizer = tokenizer
         keep: list[np.ndarray] = []
@@ -546,7 +566,8 @@ class Model(SequenceModel):
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, (1, 1))
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
-        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
+        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk,
+                     final_mix)
 
     def truncate(self, position: int) -> None:
         """Keeps the first ``position`` tokens of the current sequence (0 <= position <= :attr:`position`); the
@@ -635,6 +656,7 @@ class Model(SequenceModel):
             layers.append(lay)
         embed = get("model.embed_tokens.weight", mat=True)
         final_norm = vec("model.norm.weight")
+        mix = final_mix_tensor(tensors, "model.norm.weight", cfg.hidden_size, used)
         if cfg.tie_word_embeddings:
             head = embed
             used.add("lm_head.weight")
@@ -643,7 +665,8 @@ class Model(SequenceModel):
         extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
         if extra:
             raise FormatError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
-        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
+        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk,
+                   final_mix=mix)
 
     # --------------------------------------------------------------------------- keep sizes ----
     @property

@@ -37,7 +37,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import Q4, SequenceModel, as_f32, as_q4, is_q4, linear_spec, permute_rows
+from uniql.runtime import Q4, SequenceModel, as_f32, as_q4, final_mix_tensor, is_q4, linear_spec, permute_rows
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class HybridModel(SequenceModel):
 
     def __init__(self, config: HybridConfig, embed: Any, lm_head: Any, final_norm: np.ndarray,
                  layers: list[dict[str, Any]], tokenizer: Any = None, max_seq: int | None = None,
-                 max_chunk: int = 256) -> None:
+                 max_chunk: int = 256, final_mix: np.ndarray | None = None) -> None:
         """Low-level constructor: prefer :meth:`from_hf_tensors`. Layer dicts (runtime layout): ``norm``; Mamba:
         ``in_proj``, ``out_proj`` ((weight, bias-or-None) pairs), ``conv_w`` (C, K), ``conv_b``, ``dt_bias``,
         ``A_log``, ``D``, ``gnorm``; attention: ``q``, ``k``, ``v``, ``o`` pairs, ``rot_rows`` (int or None),
@@ -473,7 +473,8 @@ class HybridModel(SequenceModel):
         head_spec = emb_spec if lm_head is embed else spec(lm_head, None, "up")
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
-        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk)
+        self._init_c(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, max_seq, max_chunk,
+                     final_mix)
         self._options = 0
 
     # ------------------------------------------------------------------------------ loading ----
@@ -579,7 +580,9 @@ class HybridModel(SequenceModel):
                     lay["ffn_norm"] = vec(p + names["ffn_norm"])
             layers.append(lay)
         embed = get(embed_name)
-        final_norm = vec(first_present(names["final"]))
+        final_name = first_present(names["final"])
+        final_norm = vec(final_name)
+        mix = final_mix_tensor(tensors, final_name, cfg.hidden_size, used)
         if cfg.tie_word_embeddings:  # lm_head.weight, when present, is the same tensor
             head = embed
             used.add("lm_head.weight")
@@ -588,7 +591,8 @@ class HybridModel(SequenceModel):
         extra = sorted(k for k in tensors if k not in used and not k.endswith("rotary_emb.inv_freq"))
         if extra:
             raise FormatError(f"unexpected tensors: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
-        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
+        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk,
+                   final_mix=mix)
 
     # --------------------------------------------------------------------------- keep sizes ----
     @property
