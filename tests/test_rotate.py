@@ -102,6 +102,14 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
         g = uniql.safetensors.load_file(next(src.glob("*.safetensors")))["model.norm.weight"].astype(np.float64)
         Q = Rotation(g.size, 3).matrix().astype(np.float64)
         np.testing.assert_allclose(rest["model.norm.mix"], Q.T @ np.diag(g) @ Q, rtol=0, atol=1e-5)
+        from uniql.torch_model import load_twin  # the fine-tuning twin applies the mix like the runtime
+        tm = load_twin(rotated, max_seq=32)
+        tm.set_rate(0.35)
+        ids = np.random.default_rng(8).integers(0, TF_VOCAB, size=17)
+        with torch.no_grad():
+            t = tm(torch.from_numpy(ids.astype(np.int64)))[0].numpy().astype(np.float64)
+        r = uniql.load(rotated, rate=0.35).logits(ids.astype(np.int32))
+        assert float(np.abs(t - r).max() / np.abs(r).max()) <= 1e-5
     _same_at_every_rate(plain, rotated, np.random.default_rng(4).integers(0, TF_VOCAB, size=23).astype(np.int32))
 
 
