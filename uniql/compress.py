@@ -51,7 +51,7 @@ from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, 
                           UnsupportedError)
 from uniql.linalg import Covariance
 from uniql.quant import quantize_gptq, quantize_int8, quantize_rtn
-from uniql.rotate import final_mix_name, mix_rows
+from uniql.rotate import final_mix_name, mix_f16, mix_rows
 from uniql.runtime import Model, exact_int4
 from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
@@ -824,8 +824,12 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     t = time.perf_counter()
     rest: dict[str, Any] = {job.norm_name: np.asarray(tensors[job.norm_name], np.float32)}
     mix_name = final_mix_name(job.norm_name)
-    if mix_name in tensors:  # a rotated tied model: the final norm's scale as a hidden x hidden mix, float32
-        rest[mix_name] = np.ascontiguousarray(tensors[mix_name], np.float32)
+    if mix_name in tensors:  # a rotated tied model: the final norm's scale as a hidden x hidden mix (float16 when
+        # quantized, and the head calibrated on exactly that: uniql.rotate.mix_f16)
+        if opts.quantize:
+            rest[mix_name], tensors[mix_name] = mix_f16(tensors[mix_name])
+        else:
+            rest[mix_name] = np.ascontiguousarray(tensors[mix_name], np.float32)
     E = np.ascontiguousarray(tensors[job.embed_name], dtype=np.float32)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_base = job.embed_name[: -len(".weight")]

@@ -37,7 +37,7 @@ from uniql.compress import (DEFAULT_PRECISION, CompressOptions, OutputExistsErro
 from uniql.errors import InvalidArgumentError, UnsupportedError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_int8, quantize_rtn
-from uniql.rotate import final_mix_name, mix_rows
+from uniql.rotate import final_mix_name, mix_f16, mix_rows
 from uniql.runtime import exact_int4
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,11 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         lay[p0 + "input_layernorm.weight"] = shared["model.norm.weight"]
         fin = model(lay, fm)
         c_h = Covariance(n)
-        F = shared.get("model.norm.mix")  # a rotated tied model's final mix: the head reads its output
+        F16 = None  # a rotated tied model's final mix (the head reads its output): float16 as compress stores it
+        if "model.norm.mix" in shared:
+            F16, F = mix_f16(shared["model.norm.mix"])
+        else:
+            F = None
         for b in range(B):
             _, cap = fin.layer_forward(0, X[b], capture=("attn_in",))
             c_h.update(mix_rows(cap["attn_in"], F))
@@ -152,8 +156,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         elif head_kind == "int4":
             head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
         rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
-        if F is not None:
-            rest["model.norm.mix"] = np.ascontiguousarray(F, np.float32)
+        if F16 is not None:
+            rest["model.norm.mix"] = F16
 
         def put(name: str, W: np.ndarray, q: Any) -> None:  # as compress stores the embedding and the head
             if q is not None:
@@ -216,7 +220,9 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
 
     embed_name, norm_name = present(names["embed"]), present(names["final"])
     shared = {embed_name: shared_all[embed_name], norm_name: shared_all[norm_name]}
-    F = shared_all.get(final_mix_name(norm_name))  # a rotated tied model's final mix: the head reads its output
+    F16 = F = None  # a rotated tied model's final mix (the head reads its output): float16 as compress stores it
+    if final_mix_name(norm_name) in shared_all:
+        F16, F = mix_f16(shared_all[final_mix_name(norm_name)])
     tied = bool(hc.tie_word_embeddings)
     if not tied:
         shared["lm_head.weight"] = shared_all["lm_head.weight"]
@@ -276,8 +282,8 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
             c_h.update(mix_rows(cap["mixer_in"], F))
         del fin
         rest: dict[str, Any] = {norm_name: np.asarray(shared[norm_name], np.float32)}
-        if F is not None:
-            rest[final_mix_name(norm_name)] = np.ascontiguousarray(F, np.float32)
+        if F16 is not None:
+            rest[final_mix_name(norm_name)] = F16
         E = np.ascontiguousarray(shared[embed_name], dtype=np.float32)
         embed_base = embed_name[: -len(".weight")]
 

@@ -143,6 +143,20 @@ def rotate_shared(shared: dict[str, Any], rot: Rotation, tied: bool, keep_tied: 
     return out
 
 
+def mix_f16(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float16 copy, its exact float32 widening) of a final mix: a quantized artifact stores the mix in float16
+    (half the bytes; its rounding, ~5e-4 relative, is far below the int4 / int8 head's) and calibrates the head on
+    the widened copy, which is what the runtime computes with (conversions in C)."""
+    from uniql import _C
+
+    F = np.ascontiguousarray(F, dtype=np.float32)
+    h = np.empty(F.shape, np.float16)
+    _C.convert(F, h)
+    w = np.empty(F.shape, np.float32)
+    _C.convert(h, w)
+    return h, w
+
+
 def mix_rows(X: np.ndarray, F: np.ndarray | None) -> np.ndarray:
     """X (T, n) float32 times F^T (the runtime's final mix, in C); X itself when F is None."""
     from uniql import _C
