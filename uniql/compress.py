@@ -735,9 +735,6 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
     if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
         opts = dataclasses.replace(opts, precision=dict(DEFAULT_PRECISION))
-    if arch in checkpoint.HYBRID_MODEL_TYPES and opts.quantize and any(
-            v.startswith("int8") for v in opts.precision.values()):
-        raise UnsupportedError("int8 storage in the precision policy is supported for llama and qwen2 models")
     if opts.rotate:  # a tied embedding stays tied with a final mix (uniql.rotate) unless untie: its own head E diag(g) Q
         src_tied = bool(cfg.get("tie_word_embeddings", False))
         cfg = dict(cfg, tie_word_embeddings=src_tied and not opts.untie, uniql_source_tied=src_tied)

@@ -434,9 +434,9 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
         for rsel, csel in ((~rin, np.ones_like(cin)), (rin, ~cin)):
             if rsel.any() and csel.any():
                 blk = fv[np.ix_(rows_new[rsel], cols_new[csel])]
-                if out_dtype == np.uint8:
-                    if fv.dtype != np.uint8:
-                        raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected uint8")
+                if out_dtype != np.float32:  # int4 packed bytes / int8 codes: as stored
+                    if fv.dtype != out_dtype:
+                        raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected {out_dtype}")
                     new[np.ix_(rsel, csel)] = blk
                 else:
                     new[np.ix_(rsel, csel)] = _as_f32(blk, name)
@@ -583,8 +583,8 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         if kind == "bias" and nsc > 1:  # o_proj / out_proj bias: full hidden rows
                             out[kind] = arr
                             continue
-                        fname = {"weight": ".weight", "packed": ".qweight", "scales": ".scales",
-                                 "bias": ".bias"}[kind]
+                        fname = {"weight": ".weight", "packed": ".qweight", "codes": ".qweight",
+                                 "scales": ".scales", "bias": ".bias"}[kind]
                         out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
                                                 _seg_cols(kind, nsc, S, kc_, group),
                                                 _seg_cols(kind, nsc, S, kn_, group), stats)

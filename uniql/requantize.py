@@ -34,7 +34,7 @@ from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_conf
 from uniql.compress import (DEFAULT_PRECISION, CompressOptions, OutputExistsError, StageTimer, artifact_layer,
                             calibration_tokens, f16_scales, f16_scales8, gptq_blocks, o_proj_group, peak_rss_mb,
                             quantize_layer, transformer_layer_model, transformer_plan)
-from uniql.errors import InvalidArgumentError, UnsupportedError
+from uniql.errors import InvalidArgumentError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_int8, quantize_rtn
 from uniql.rotate import final_mix_name, mix_f16, mix_rows
@@ -69,8 +69,6 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     llama = meta.architecture in ("llama", "qwen2")
     if precision is None:
         precision = dict(DEFAULT_PRECISION) if llama else {}
-    if precision and not llama:
-        raise UnsupportedError("quantize_artifact takes a precision policy for llama and qwen2 artifacts only")
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
                            max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order,
                            precision=dict(precision))
@@ -262,7 +260,7 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
             timer.add("calibrate", time.perf_counter() - t)
             plan = layer_plan(hc, hc.layer_types[i], mix, mlp, opts.group, go, go_ssm)
             stored = quantize_layer(lambda tl: model(i, tl, fm), lay, X, plan, opts.gptq_kw(), timer,
-                                    opts.storage)     # X advances in place
+                                    lambda nm: opts.storage(nm, i, L))     # X advances in place
             t = time.perf_counter()
             if hc.layer_types[i] == LAYER_ATTENTION and rope != "none":
                 stored[mix + "rope_freq"] = fm
@@ -289,9 +287,11 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
 
         def put(name: str, W: np.ndarray, q: Any, dt: Any = np.float32) -> None:
             if q is not None:
-                rest[name + ".qweight"] = q.packed
+                int8 = hasattr(q, "codes")
+                rest[name + ".qweight"] = q.codes if int8 else q.packed
                 rest[name + ".scales"] = q.scales.astype(np.float16)
-                info[name] = {"format": "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
+                info[name] = {"format": "q8" if int8 else "q4", "shape": list(W.shape), "group": q.group,
+                              "segments": 1}
             else:
                 rest[name + ".weight"] = W.astype(dt)
                 info[name] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(W.shape)}
@@ -302,11 +302,14 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
         W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
         if head_kind == "int4":
             head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
+        elif head_kind == "int8":
+            head_q = f16_scales8(quantize_int8(W, head_g))
         head_dt = np.float16 if head_kind == "f16" else np.float32
         if tied:
             put(embed_base, E, head_q, head_dt)
         else:
-            emb_q = f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else None
+            emb_q = (f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else
+                     f16_scales8(quantize_int8(E, emb_g)) if emb_kind == "int8" else None)
             put(embed_base, E, emb_q, np.float16 if emb_kind == "f16" else np.float32)
             put("lm_head", W, head_q, head_dt)
         st.save_file(part / REST_FILE, rest)

@@ -240,11 +240,11 @@ def is_q4(v: Any) -> bool:
     return all(hasattr(v, a) for a in ("packed", "scales", "group", "shape"))
 
 
-def _is_q8(v: Any) -> bool:
+def is_q8(v: Any) -> bool:
     return all(hasattr(v, a) for a in ("codes", "scales", "group", "shape"))
 
 
-def _as_q8(name: str, v: Any) -> Q8:
+def as_q8(name: str, v: Any) -> Q8:
     rows, cols = (int(x) for x in v.shape)
     if not isinstance(v.codes, np.ndarray) or v.codes.dtype != np.int8:
         raise DTypeError(f"{name}.codes must be an int8 numpy array")
@@ -611,8 +611,8 @@ class Model(SequenceModel):
             v = tensors[name]
             if is_q4(v):
                 return as_q4(name, v)
-            if _is_q8(v):
-                return _as_q8(name, v)
+            if is_q8(v):
+                return as_q8(name, v)
             return _f16(name, v) if mat and weight_dtype == "float16" else as_f32(name, v)
 
         def vec(name: str) -> np.ndarray:

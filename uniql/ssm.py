@@ -37,7 +37,8 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import DTypeError, FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.runtime import Q4, SequenceModel, as_f32, as_q4, final_mix_tensor, is_q4, linear_spec, permute_rows
+from uniql.runtime import (Q4, Q8, SequenceModel, as_f32, as_q4, as_q8, final_mix_tensor, is_q4, is_q8, linear_spec,
+                           permute_rows)
 
 log = logging.getLogger(__name__)
 
@@ -515,12 +516,12 @@ class HybridModel(SequenceModel):
                 return None
             used.add(name)
             v = tensors[name]
-            return as_q4(name, v) if is_q4(v) else as_f32(name, v)
+            return as_q4(name, v) if is_q4(v) else as_q8(name, v) if is_q8(v) else as_f32(name, v)
 
         def vec(name: str, required: bool = True) -> np.ndarray | None:
             v = get(name, required)
-            if isinstance(v, Q4):
-                raise DTypeError(f"{name} must be a float array, not int4")
+            if isinstance(v, (Q4, Q8)):
+                raise DTypeError(f"{name} must be a float array, not int4 / int8")
             return v
 
         def lin(prefix: str, bias: bool) -> list:

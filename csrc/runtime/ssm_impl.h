@@ -75,8 +75,8 @@ static inline uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows
         v.w = L->w + row0 * L->cols;
     } else if (L->kind == UQ_W_F16) {
         v.w16 = L->w16 + row0 * L->cols;
-    } else {
-        v.packed = L->packed + row0 * UQ_Q4_ROW_BYTES(L->cols);
+    } else { /* int4 (two codes a byte) or int8 (one code a byte) rows */
+        v.packed = L->packed + row0 * (L->kind == UQ_W_Q8 ? L->cols : UQ_Q4_ROW_BYTES(L->cols));
         v.scales = L->scales + row0 * L->scale_cols;
     }
     if (L->bias) v.bias = L->bias + row0;
