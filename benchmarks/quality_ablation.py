@@ -148,6 +148,7 @@ def tied8(art: Path, tied_fp32: Path, name: str, group: int = 256) -> Path:
     from uniql.artifact import FORMAT_VERSION, REST_FILE
     from uniql.compress import f16_scales8
     from uniql.quant import quantize_int8
+    from uniql.rotate import mix_f16
 
     _, root, _ = _dirs()
     cfg = json.loads((art / "config.json").read_text())
@@ -167,7 +168,8 @@ def tied8(art: Path, tied_fp32: Path, name: str, group: int = 256) -> Path:
     frest = st.load_file(tied_fp32 / REST_FILE)
     E = np.ascontiguousarray(frest["model.embed_tokens.weight"], np.float32)
     q = f16_scales8(quantize_int8(E, group))
-    st.save_file(d / REST_FILE, {"model.norm.weight": frest["model.norm.weight"], "model.norm.mix": frest["model.norm.mix"],
+    st.save_file(d / REST_FILE, {"model.norm.weight": frest["model.norm.weight"],
+                                 "model.norm.mix": mix_f16(frest["model.norm.mix"])[0],
                                  "model.embed_tokens.qweight": q.codes,
                                  "model.embed_tokens.scales": q.scales.astype(np.float16)})
     info = cfg["uniql_tensors"]

@@ -735,7 +735,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
     if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
         opts = dataclasses.replace(opts, precision=dict(DEFAULT_PRECISION))
-    if opts.rotate:  # a tied embedding stays tied with a final mix (uniql.rotate) unless untie: its own head E diag(g) Q
+    if opts.rotate:  # a tied embedding stays tied with a final mix (uniql.rotate); untie: its own head E diag(g) Q
         src_tied = bool(cfg.get("tie_word_embeddings", False))
         cfg = dict(cfg, tie_word_embeddings=src_tied and not opts.untie, uniql_source_tied=src_tied)
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
@@ -875,7 +875,8 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
         sorting["rotation"] = {"kind": "randomized-hadamard", "seed": opts.rotate_seed,
                                "untied": bool(cfg["uniql_source_tied"]) and not tied,
                                "final_mix": mix_name in rest}
-    meta = ArtifactMeta(format_version=FORMAT_VERSION if mix_name in rest else 1, architecture=arch, max_rate=opts.max_rate,
+    meta = ArtifactMeta(format_version=FORMAT_VERSION if mix_name in rest else 1, architecture=arch,
+                        max_rate=opts.max_rate,
                         importance=tuple(importance), quantization=quant if opts.quantize else None,
                         sorting=sorting, source=src.name, **jm)
     out_cfg = dict(cfg)
