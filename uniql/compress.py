@@ -61,12 +61,22 @@ COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
 #: tensor classes of the precision policy (CompressOptions.precision)
 PRECISION_CLASSES = ("embedding", "lm_head", "attention", "mlp", "mamba")
-#: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere):
-#: int8 for the linears whose int4 error costs the most perplexity per byte on SmolLM2-135M (README, issue 19:
-#: down_proj and v_proj everywhere, up_proj in the last ten layers), GPTQ int4 with groups of 64 elsewhere except
-#: the embedding (round-to-nearest int4, group 128: its int4 error costs almost nothing)
-DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-10--1": "int8-g256",
-                     "attention": "int4-g64", "mlp": "int4-g64", "lm_head": "int4-g64"}
+#: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere),
+#: chosen by measured perplexity per byte on SmolLM2-135M (README, issue 19): int8 for the tied embedding / lm_head
+#: table (one table for both, thanks to the final mix of a rotated tied model: the best buy per byte), every
+#: down_proj and v_proj and the up_proj of the last eight layers; GPTQ int4 with groups of 64 elsewhere
+DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-8--1": "int8-g256",
+                     "attention": "int4-g64", "mlp": "int4-g64", "lm_head": "int8-g256"}
+#: the default of a model whose head is its own table (untied): an int8 head would cost a whole int8 table more
+#: than it buys per byte (SmolLM2, untied: +14 MB), so it stays GPTQ int4 g64 (the embedding RTN int4)
+DEFAULT_PRECISION_UNTIED = dict(DEFAULT_PRECISION, lm_head="int4-g64")
+
+
+def default_precision(tied: bool) -> dict[str, str]:
+    """The default precision policy of a llama / qwen2 artifact whose embedding is (``tied``) or is not its head."""
+    return dict(DEFAULT_PRECISION if tied else DEFAULT_PRECISION_UNTIED)
+
+
 #: projections a precision key may name (one projection of every decoder layer, or of a layer range)
 PRECISION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj",
                          "out_proj")
@@ -716,7 +726,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
     (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
     llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
-    unnamed tensors are int4. None: :data:`DEFAULT_PRECISION` for llama / qwen2, int4 everywhere for hybrids;
+    unnamed tensors are int4. None: :func:`default_precision` for llama / qwen2, int4 everywhere for hybrids;
     ``{}``: int4 everywhere.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
@@ -733,11 +743,11 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
-    if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
-        opts = dataclasses.replace(opts, precision=dict(DEFAULT_PRECISION))
     if opts.rotate:  # a tied embedding stays tied with a final mix (uniql.rotate); untie: its own head E diag(g) Q
         src_tied = bool(cfg.get("tie_word_embeddings", False))
         cfg = dict(cfg, tie_word_embeddings=src_tied and not opts.untie, uniql_source_tied=src_tied)
+    if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
+        opts = dataclasses.replace(opts, precision=default_precision(bool(cfg.get("tie_word_embeddings", False))))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")

@@ -31,9 +31,9 @@ import numpy as np
 
 from uniql import safetensors as st
 from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_config
-from uniql.compress import (DEFAULT_PRECISION, CompressOptions, OutputExistsError, StageTimer, artifact_layer,
+from uniql.compress import (CompressOptions, OutputExistsError, StageTimer, artifact_layer,
                             calibration_tokens, f16_scales, f16_scales8, gptq_blocks, o_proj_group, peak_rss_mb,
-                            quantize_layer, transformer_layer_model, transformer_plan)
+                            default_precision, quantize_layer, transformer_layer_model, transformer_plan)
 from uniql.errors import InvalidArgumentError
 from uniql.linalg import Covariance
 from uniql.quant import quantize_int8, quantize_rtn
@@ -51,8 +51,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
                       progress: bool = True) -> Path:
     """Quantization of an unquantized (e.g. fine-tuned) artifact, layer by layer with compress's quantize step:
     returns the new artifact directory (default: ``<artifact_dir>-int4``). ``precision``: the storage policy as
-    for :func:`uniql.compress` -- None is :data:`uniql.compress.DEFAULT_PRECISION` for llama / qwen2 (int8 for
-    down_proj / v_proj / the last ten up_proj, GPTQ int4 g64 elsewhere, RTN int4 embedding) and int4 everywhere
+    for :func:`uniql.compress` -- None is :func:`uniql.compress.default_precision` for llama / qwen2 (int8 for
+    the tied table / down_proj / v_proj / the last eight up_proj, GPTQ int4 g64 elsewhere) and int4 everywhere
     (group ``group``) for the hybrids; ``{}`` is int4 everywhere. Calibration as for :func:`uniql.compress`
     (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
@@ -68,7 +68,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         raise InvalidArgumentError(f"{src} is already quantized")
     llama = meta.architecture in ("llama", "qwen2")
     if precision is None:
-        precision = dict(DEFAULT_PRECISION) if llama else {}
+        precision = default_precision(bool(cfg.get("tie_word_embeddings", False))) if llama else {}
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
                            max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order,
                            precision=dict(precision))
