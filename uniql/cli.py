@@ -352,7 +352,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from uniql.requantize import quantize_artifact
 
     out = quantize_artifact(args.artifact, _output(args), calibration=_calibration_arg(args), num_samples=args.samples,
-                            seq_len=args.seq_len or 256, group=args.group, precision=_precision_arg(args.precision),
+                            seq_len=args.seq_len or 512, group=args.group, precision=_precision_arg(args.precision),
                             overwrite=args.overwrite,
                             progress=sys.stderr.isatty())
     print(out)

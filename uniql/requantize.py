@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @exact_int4
 def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                      calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
+                      calibration: Any = None, num_samples: int = 32, seq_len: int = 512, group: int = 128,
                       mse_scale: bool = CompressOptions.mse_scale, act_order: bool = CompressOptions.act_order,
                       precision: dict[str, str] | None = None, overwrite: bool = False,
                       progress: bool = True) -> Path:
@@ -54,7 +54,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     for :func:`uniql.compress` -- None is :func:`uniql.compress.default_precision` for llama / qwen2 (int8 for
     the tied table / down_proj / v_proj / the last eight up_proj, GPTQ int4 g64 elsewhere) and int4 everywhere
     (group ``group``) for the hybrids; ``{}`` is int4 everywhere. Calibration as for :func:`uniql.compress`
-    (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
+    (default: the calibration mix, 32 x 512 tokens, as compress). The ``finetune`` record is kept."""
     from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
     from uniql.runtime import TransformerConfig
 
