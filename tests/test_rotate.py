@@ -3,6 +3,7 @@ weights by compress(rotate=True), leaves every architecture's fp32 artifact the 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -102,6 +103,15 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
         g = uniql.safetensors.load_file(next(src.glob("*.safetensors")))["model.norm.weight"].astype(np.float64)
         Q = Rotation(g.size, 3).matrix().astype(np.float64)
         np.testing.assert_allclose(rest["model.norm.mix"], Q.T @ np.diag(g) @ Q, rtol=0, atol=1e-5)
+        bad = tmp_path / "bad"  # a final mix the config names must be there, of the right shape
+        shutil.copytree(rotated, bad)
+        for F in (None, np.zeros((3, 3), np.float32)):
+            r2 = {k: v for k, v in rest.items() if k != "model.norm.mix"}
+            if F is not None:
+                r2["model.norm.mix"] = F
+            uniql.safetensors.save_file(bad / "model-rest.safetensors", r2)
+            with pytest.raises(uniql.FormatError if F is None else uniql.ShapeError, match="mix"):
+                uniql.load(bad)
         from uniql.torch_model import load_twin  # the fine-tuning twin applies the mix like the runtime
         tm = load_twin(rotated, max_seq=32)
         tm.set_rate(0.35)

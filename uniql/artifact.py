@@ -610,6 +610,8 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         mix = fn[: -len(".weight")] + ".mix"
         if mix in keys:
             out[mix] = _float(f, mix)
+        elif (reader.meta.sorting.get("rotation") or {}).get("final_mix"):
+            raise FormatError(f"artifact config names a final mix but {REST_FILE} has no {mix!r}")
         if not tied:
             out["lm_head.weight"] = reader.linear(f, "lm_head", (vocab, n))
     return out
