@@ -473,6 +473,7 @@ class ElasticModel(_Elastic, Model):
         sizes = self.keep_sizes(self._rate if rate is None else rate)
         n, nh, nkv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
         total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
+        total += n * n if self._final_mix is not None else 0  # the final mix of a rotated tied model
         for k, r in sizes:
             total += 2 * n + n * r * (2 * nh + 2 * nkv) + 3 * n * k
         return total
@@ -646,6 +647,7 @@ class ElasticHybridModel(_Elastic, HybridModel):
         c = self.config
         n, H, G = c.hidden_size, c.ssm_heads, c.ssm_groups
         total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
+        total += n * n if self._final_mix is not None else 0  # the final mix of a rotated tied model
         for ks in self.keep_sizes(self._rate if rate is None else rate):
             total += n
             if "ssm_head" in ks:
