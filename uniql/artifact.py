@@ -240,7 +240,7 @@ class _Reader:
             raise FormatError(f"uniql_tensors[{name!r}]: shape must be two positive integers, got {shape!r}")
         group = spec.get("group", 0)
         if fmt in ("q4", "q8"):
-            if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+            if not isinstance(group, int) or isinstance(group, bool) or not 1 <= group < 2 ** 31:
                 raise FormatError(f"uniql_tensors[{name!r}]: group must be a positive integer, got {group!r}")
             if spec.get("segments", 1) != col_segments or shape[1] % col_segments:
                 raise FormatError(f"uniql_tensors[{name!r}]: segments {spec.get('segments')!r} do not match "
@@ -611,7 +611,7 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         mix = fn[: -len(".weight")] + ".mix"
         if mix in keys:
             out[mix] = _float(f, mix)
-        elif (reader.meta.sorting.get("rotation") or {}).get("final_mix"):
+        elif isinstance(rot := reader.meta.sorting.get("rotation"), dict) and rot.get("final_mix"):
             raise FormatError(f"artifact config names a final mix but {REST_FILE} has no {mix!r}")
         if not tied:
             out["lm_head.weight"] = reader.linear(f, "lm_head", (vocab, n))
