@@ -3,7 +3,7 @@
     python benchmarks/adaptive_run.py [--artifact ART] [--seconds 100] [--json out.json] [--png out.png]
     python benchmarks/adaptive_run.py --rss-only --artifact ART   # RSS at each rate: resize vs load
 
-Runs on the same timeline: controller off (rate 0 throughout), on (uniql.adaptive: memory and latency policies,
+Runs on the same timeline: controller off (rate 0 throughout), on (uniql.serve.adaptive: memory and latency policies,
 plus the CPU policy with ``--cpu-policy``; memory following every switch with ElasticModel.resize) and, with
 ``--lazy``, on with ``follow_memory="lazy"`` (weights released only when the memory policy asks):
 
@@ -42,8 +42,8 @@ PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", 
 _RSS_CHILD = r"""
 import gc, json, sys
 from pathlib import Path
-from uniql.artifact import load_artifact
-from uniql.elastic_memory import release_free_memory, rss_bytes
+from uniql.formats.artifact import load_artifact
+from uniql.models.elastic_memory import release_free_memory, rss_bytes
 art, mode, rates = Path(sys.argv[1]), sys.argv[2], [float(r) for r in sys.argv[3].split(",")]
 cfg = json.loads((art / "config.json").read_text())
 def load(rate):  # weights only: the tokenizer (~47 MB for SmolLM2) is not part of the comparison
@@ -113,7 +113,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 def _background_contention(seconds: float = 3.0) -> float:
-    from uniql.adaptive import CpuSignal
+    from uniql.serve.adaptive import CpuSignal
 
     s = CpuSignal(alpha=1.0)
     xs = []
@@ -126,8 +126,8 @@ def _background_contention(seconds: float = 3.0) -> float:
 
 def run_timeline(model, tok, seconds: float, ctl, cpu_hogs: int, hog_mb: int, label: str,
                  seq_tokens: int = 32) -> list[dict]:
-    from uniql.adaptive import generate
-    from uniql.elastic_memory import rss_bytes
+    from uniql.serve.adaptive import generate
+    from uniql.models.elastic_memory import rss_bytes
 
     phases = [(0.2, "quiet"), (0.45, "cpu hog"), (0.55, "quiet"), (0.8, "memory hog"), (9.0, "quiet")]
     t0 = time.monotonic()
@@ -234,7 +234,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import uniql
-    from uniql.adaptive import AdaptiveController, CpuPolicy, CpuSignal, LatencyPolicy, MemoryPolicy, MemorySignal
+    from uniql.serve.adaptive import AdaptiveController, CpuPolicy, CpuSignal, LatencyPolicy, MemoryPolicy, MemorySignal
 
     art = args.artifact
     if art is None:
@@ -249,14 +249,14 @@ def main() -> None:
               f"read {d['read_bytes'] / 2**20:.1f} MB")
     if not args.rss_only:
         import gc
-        from uniql.elastic_memory import release_free_memory
+        from uniql.models.elastic_memory import release_free_memory
 
         model = uniql.load(art, rate=0.0, max_seq=256)
         tok = model.tokenizer
         gc.collect()
         release_free_memory()  # what resize does after a switch: the off run must not carry load-time garbage
         # quiet baseline at rate 0 (after a warm-up sequence)
-        from uniql.adaptive import generate
+        from uniql.serve.adaptive import generate
         generate(model, tok.encode(PROMPTS[0]).ids, max_new_tokens=16, signals=[], policies=[])
         _, tr = generate(model, tok.encode(PROMPTS[1]).ids, max_new_tokens=48, signals=[], policies=[])
         base_ms = float(np.median([r["token_ms"] for r in tr]))

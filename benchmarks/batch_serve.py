@@ -1,7 +1,7 @@
 """Batched decoding and ``uniql serve`` under load, as ratios measured in one run (the CPU may be shared: compare
 numbers of one run only).
 
-Part 1, decode throughput (``uniql.batch.BatchDecoder``, the server engine's step): for each model and batch size B
+Part 1, decode throughput (``uniql.models.batch.BatchDecoder``, the server engine's step): for each model and batch size B
 in ``--batches``, B sequences are prefilled with ``--prompt`` random tokens each and then decode ``--steps`` steps
 of one token per sequence; the best of ``--repeats`` runs gives tokens/s in total (B * steps / time) and per
 sequence (steps / time), and the ratios to B = 1. Models: SmolLM2-135M as an int4 elastic artifact (``--smollm2``,
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uniql  # noqa: E402
 from uniql import _C  # noqa: E402
-from uniql.batch import BatchDecoder  # noqa: E402
+from uniql.models.batch import BatchDecoder  # noqa: E402
 
 
 def decode_throughput(model, batches, prompt, steps, repeats, seed=0):
@@ -73,7 +73,7 @@ def decode_throughput(model, batches, prompt, steps, repeats, seed=0):
 
 def stack_model(layers):
     from uniql.bench import SHAPES, random_tensors
-    from uniql.runtime import Model
+    from uniql.models.runtime import Model
 
     cfg = dict(SHAPES["llama3.1-8b"], num_hidden_layers=layers, vocab_size=1024)
     t = random_tensors(cfg, "int4")
@@ -88,7 +88,7 @@ def load_run(art, rate, clients, seconds, max_tokens, max_batch):
     import httpx
     import uvicorn
 
-    from uniql.serve import build_server
+    from uniql.serve.server import build_server
 
     server = build_server(art, rate=rate, max_batch=max_batch, max_queue=4 * clients, ctx=1024)
     sock = socket.socket()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import uniql  # noqa: E402
-from uniql.batch import BatchDecoder  # noqa: E402
+from uniql.models.batch import BatchDecoder  # noqa: E402
 
 RATES = (0.0, 0.15, 0.25, 0.35)
 ACTS = ("fp32", "int8")

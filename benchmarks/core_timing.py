@@ -6,7 +6,7 @@
 Threads are OpenBLAS's choice (OPENBLAS_NUM_THREADS); for a clean 2-core figure on a bigger host use
 `OPENBLAS_NUM_THREADS=2 taskset -c 0,1 python benchmarks/core_timing.py`.
 
-Every routine runs once through the public Python API (uniql.linalg, uniql.quant), so argument checks and
+Every routine runs once through the public Python API (uniql.compress.linalg, uniql.compress.quant), so argument checks and
 output allocation are included. OpenBLAS is told the core type (OPENBLAS_CORETYPE=SkylakeX, unless already
 set): Debian's OpenBLAS 0.3.21 mis-detects Zen 5 as Haswell. GFLOP/s are given where the flop count is
 well defined (syrk n^2 T, potrf n^3/3, potrf + trtri 2n^3/3, GPTQ ~ rows cols^2 + 2/3 cols^3).
@@ -25,8 +25,8 @@ except OSError:
 
 import numpy as np  # noqa: E402  (after OPENBLAS_CORETYPE)
 
-from uniql import linalg as la  # noqa: E402
-from uniql import quant as q4  # noqa: E402
+from uniql.compress import linalg as la  # noqa: E402
+from uniql.compress import quant as q4  # noqa: E402
 
 
 def timed(fn, *args, **kw):

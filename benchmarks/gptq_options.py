@@ -4,10 +4,10 @@ order x group size, as the Hessian-weighted relative output error of single line
     python benchmarks/gptq_options.py [--samples 8] [--layers 2,15,28]
 
 For each listed layer, the float model (runtime, fp32) runs ``samples`` x 256 tokens of the C4 calibration text
-and the second moment H of each linear's input is accumulated (uniql.linalg.Covariance, float64). The RMSNorm
+and the second moment H of each linear's input is accumulated (uniql.compress.linalg.Covariance, float64). The RMSNorm
 scale is folded into the readers (as compress(rotate=True) does) so that both columns compare the same linear map.
 Error: tr(E H E^T) / tr(W H W^T) with E = dequant(GPTQ(W)) - W. "rotated": the same model after
-uniql.rotate (randomized Hadamard of the residual stream). Quantization runs in the C core.
+uniql.compress.rotate (randomized Hadamard of the residual stream). Quantization runs in the C core.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ LINEARS = (("self_attn.q_proj", "attn_in", "input_layernorm"), ("mlp.up_proj", "
 
 
 def _rotated(tensors: dict, cfg: dict) -> tuple[dict, dict]:
-    from uniql.rotate import Rotation, rotate_layer, rotate_shared
+    from uniql.compress.rotate import Rotation, rotate_layer, rotate_shared
 
     rot = Rotation(cfg["hidden_size"], 0)
     shared = {k: v for k, v in tensors.items() if not k.startswith("model.layers.")}
@@ -36,12 +36,13 @@ def _rotated(tensors: dict, cfg: dict) -> tuple[dict, dict]:
 
 
 def run(samples: int, layers: list[int], groups: list[int]) -> list[str]:
-    from uniql import checkpoint, data
-    from uniql.compress import calibration_tokens
+    from uniql import data
+    from uniql.formats import checkpoint
+    from uniql.compress.pipeline import calibration_tokens
     from uniql.demo import ensure_smollm2
-    from uniql.linalg import Covariance
-    from uniql.quant import dequantize, quantize_gptq
-    from uniql.runtime import Model
+    from uniql.compress.linalg import Covariance
+    from uniql.compress.quant import dequantize, quantize_gptq
+    from uniql.models.runtime import Model
 
     src = ensure_smollm2()
     cfg = checkpoint.read_config(src)

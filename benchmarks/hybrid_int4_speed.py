@@ -41,7 +41,7 @@ def tensors(name: str) -> dict:
     """ssm_speed.py's random weights of MODELS[name] with every linear and the embedding int4 RTN, group 64."""
     import importlib.util
 
-    from uniql.quant import quantize_rtn
+    from uniql.compress.quant import quantize_rtn
 
     spec = importlib.util.spec_from_file_location("ssm_speed", os.path.join(os.path.dirname(__file__), "ssm_speed.py"))
     ssm_speed = importlib.util.module_from_spec(spec)
@@ -53,9 +53,9 @@ def tensors(name: str) -> dict:
 def run(name: str, n_prefill: int, n_decode: int, repeat: int) -> dict:
     import numpy as np
 
-    from uniql.ssm import HybridModel
+    from uniql.models.runtime import Model
 
-    m = HybridModel.from_hf_tensors(dict(MODELS[name]), tensors(name), max_seq=n_prefill + n_decode + 1)
+    m = Model.from_hf_tensors(dict(MODELS[name]), tensors(name), max_seq=n_prefill + n_decode + 1)
     ids = np.random.default_rng(1).integers(0, MODELS[name]["vocab_size"], n_prefill).astype(np.int32)
     best = {"p": float("inf"), "d": float("inf"), "pc": float("inf"), "dc": float("inf")}
     for _ in range(repeat):

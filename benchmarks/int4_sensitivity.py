@@ -55,7 +55,7 @@ def selected(name: str, cls: str) -> bool:
 
 def make_variant(fp32: Path, int4: Path, spec: str, out: Path) -> Path:
     """FP32 artifact with the int4 tensors of `spec` swapped in, written to `out`."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     mode, cls = spec.split(":", 1)
     cfg = json.loads((fp32 / "config.json").read_text())
@@ -86,7 +86,7 @@ def make_variant(fp32: Path, int4: Path, spec: str, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    from uniql import checkpoint
+    from uniql.formats import checkpoint
     from uniql.bench.quality import eval_ids, uniql_rows
     from uniql.demo import ensure_smollm2
 

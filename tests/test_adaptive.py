@@ -1,4 +1,4 @@
-"""uniql.adaptive: the rate controller on synthetic signals (fast, no model), the /proc and cgroup readers on fake
+"""uniql.serve.adaptive: the rate controller on synthetic signals (fast, no model), the /proc and cgroup readers on fake
 files, and adaptive generation on a tiny artifact."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from uniql.adaptive import (AdaptiveController, AdaptiveWarning, CpuPolicy, CpuSignal, LatencyPolicy, MemoryPolicy,
+from uniql.serve.adaptive import (AdaptiveController, AdaptiveWarning, CpuPolicy, CpuSignal, LatencyPolicy, MemoryPolicy,
                             MemorySignal, SignalUnavailable)
 from uniql.errors import RangeError
 

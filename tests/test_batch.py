@@ -1,4 +1,4 @@
-"""Batched decoding (uniql.batch / uq_hy_decode_batch): sequences that join and leave between steps, each with its
+"""Batched decoding (uniql.models.batch / uq_hy_decode_batch): sequences that join and leave between steps, each with its
 own state, give exactly (bit for bit) the logits of decoding each alone, for fp32 checkpoints and int4 artifacts
 with int8 (W4A8) and fp32 (W4A32) activations, at reduced rates; bad batches are rejected before any state moves."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql.batch import BatchDecoder
 from uniql.compress import DEFAULT_PRECISION
+from uniql.models.batch import BatchDecoder
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
 
@@ -170,10 +170,10 @@ def test_hybrid_batched_equals_alone(arch):
     pytest.importorskip("torch")
     from test_ssm import make_hf
 
-    from uniql.ssm import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf(arch, seed=2)
-    model = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
+    model = Model.from_hf_tensors(cd, sd, max_seq=64)
     dec = BatchDecoder(model, max_batch=4, max_seq=64)
     assert dec.batched
     prompts = [np.random.default_rng(s).integers(0, 128, n) for s, n in enumerate((5, 1, 11, 8))]

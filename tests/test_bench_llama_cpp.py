@@ -16,7 +16,7 @@ import pytest
 
 from uniql import bench
 from uniql.bench import llamacpp
-from uniql.convert import unpermute_qk
+from uniql.formats.gguf import unpermute_qk
 from uniql.errors import ShapeError
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama

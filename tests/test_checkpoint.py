@@ -1,4 +1,4 @@
-"""Checkpoint reading (uniql.checkpoint): tiny random transformers models saved with save_pretrained (single file
+"""Checkpoint reading (uniql.formats.checkpoint): tiny random transformers models saved with save_pretrained (single file
 and sharded; fp32, fp16, bf16) read back bit-exactly as float32; every bad input raises the documented class with a
 message naming the file / tensor / shard at fault."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import uniql
-import uniql.safetensors as ust
-from uniql import checkpoint
+import uniql.formats.safetensors as ust
+from uniql.formats import checkpoint
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -240,7 +240,7 @@ LOGIT_ATOL = 2e-4  # C runtime fp32 vs PyTorch fp32 on a 2-layer model, logits o
 
 
 def test_load_runs_like_transformers(saved):
-    from uniql.runtime import Model  # our own module: an import failure is a failure, not a skip
+    from uniql.models.runtime import Model  # our own module: an import failure is a failure, not a skip
 
     d, _ = saved[("float32", True)]
     model = checkpoint.load(d)
@@ -258,7 +258,7 @@ def test_load_routes_state_space_models_to_the_hybrid_runtime(tmp_path):
     """uniql.load on a saved Mamba2 checkpoint runs it in the C hybrid runtime (logits as transformers)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from uniql.ssm import HybridModel
+    from uniql.models.runtime import Model
 
     torch.manual_seed(0)
     cfg = transformers.Mamba2Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16,
@@ -267,7 +267,7 @@ def test_load_routes_state_space_models_to_the_hybrid_runtime(tmp_path):
     model = transformers.Mamba2ForCausalLM(cfg).eval()
     model.save_pretrained(tmp_path / "m")
     m = uniql.load(tmp_path / "m")
-    assert isinstance(m, HybridModel)
+    assert isinstance(m, Model)
     ids = np.arange(1, 14)
     with torch.no_grad():
         ref = model(torch.tensor(ids[None])).logits[0].numpy()

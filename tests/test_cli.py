@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql import checkpoint, cli
+from uniql import cli
+from uniql.formats import checkpoint
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

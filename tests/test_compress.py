@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql.artifact import REST_FILE, layer_file
-from uniql.compress import OutputExistsError, compress
+from uniql.formats.artifact import REST_FILE, layer_file
+from uniql.compress.pipeline import OutputExistsError, compress
 
 from _helpers import assert_rate_round_trip_keeps_state
 
@@ -69,7 +69,7 @@ def llama(tmp_path_factory):
 
 @pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
 def test_sorting_preserves_function(tmp_path, kind, tied):
-    assert uniql.compress is compress  # the package exports the function (the API of the README)
+    assert uniql.compress.entry_point() is compress  # calling the package runs the function (the API of the README)
     src, model = _make(tmp_path, kind, tied)
     out = _compress(src, tmp_path / "art")
     ids = np.random.default_rng(1).integers(0, VOCAB, size=24)
@@ -205,7 +205,7 @@ def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
     """compress(quantize=True) = quantize_artifact(compress(quantize=False)) with the same calibration, byte for
     byte: sorting and block importance come from the float model, GPTQ Hessians from the quantized stream (one
     shared per-layer quantize step). Only config.json's quantization record differs (it names the two-step path)."""
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     default = kind.endswith("-default-policy")  # compress's default policy (int8 / int4 g64) on both paths
     kind = kind.replace("-default-policy", "")
@@ -233,7 +233,7 @@ def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
 
 _KILL_SCRIPT = """
 import sys, numpy as np
-from uniql.compress import compress
+from uniql.compress.pipeline import compress
 compress(sys.argv[1], sys.argv[2], calibration=np.random.default_rng(0).integers(0, {vocab}, size=({n}, {s})),
          num_samples={n}, seq_len={s}, quantize=True, progress=False, resume=len(sys.argv) > 3)
 """
@@ -316,9 +316,9 @@ def test_gptq_in_row_chunks_equals_one_call(monkeypatch):
     """compress quantizes tall weights (lm_head) in row blocks to bound the float64 workspace: identical codes."""
     import importlib
 
-    from uniql.quant import quantize_gptq
+    from uniql.compress.quant import quantize_gptq
 
-    cm = importlib.import_module("uniql.compress")
+    cm = importlib.import_module("uniql.compress.pipeline")
 
     rng = np.random.default_rng(8)
     X = rng.standard_normal((256, 48)).astype(np.float32)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql.sorting import ssm_bc_moments, ssm_chunk_states
+from uniql.compress.sorting import ssm_bc_moments, ssm_chunk_states
 
 from _helpers import assert_rate_round_trip_keeps_state
 
@@ -57,7 +57,7 @@ def test_sorting_preserves_function(hybrid):
     _, hf, _, art, _ = hybrid
     ids = _ids(21, 1)
     m = uniql.load(art)
-    assert type(m).__name__ == "ElasticHybridModel" and m.rate == 0.0
+    assert type(m).__name__ == "ElasticModel" and m.rate == 0.0
     assert _rel(m.logits(ids), hf_logits(hf, ids)) <= SORTED_REL_TOL
 
 
@@ -96,7 +96,7 @@ def test_higher_rate_never_more_parameters(hybrid):
 
 def test_weight_bytes_match_artifact(hybrid):
     """At rate 0 the loaded model references exactly the artifact's tensors (int4 scales widened to float32)."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     for art in hybrid[3:]:
         report = json.loads((art / "uniql_report.json").read_text())
@@ -113,7 +113,7 @@ def test_weight_bytes_match_artifact(hybrid):
 def test_int4_layout_and_quality(hybrid):
     arch, _, _, fp, q4 = hybrid
     cfg = json.loads((q4 / "config.json").read_text())
-    hc = uniql.ssm.HybridConfig.from_hf(cfg)
+    hc = uniql.models.hybrid.HybridConfig.from_hf(cfg)
     for name, spec in cfg["uniql_tensors"].items():
         assert spec["format"] == "q4", name
         if name.endswith("out_proj"):   # groups inside a head's P segment: no rate cuts across a group
@@ -134,9 +134,9 @@ def test_int4_is_sorted_on_the_float_model(hybrid):
     """compress(quantize=True) sorts on the float stream: every unquantized tensor (norms, conv1d, A_log, D, dt_bias,
     rope maps) equals the float artifact's byte for byte, the block importances are the float artifact's, and each
     int4 weight dequantizes close to the float artifact's weight in the same channel order."""
-    from uniql import safetensors as st
-    from uniql.artifact import layer_file
-    from uniql.quant import QuantizedTensor, dequantize
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import layer_file
+    from uniql.compress.quant import QuantizedTensor, dequantize
 
     _, _, _, fp, q4 = hybrid
     cf, cq = (json.loads((d / "config.json").read_text()) for d in (fp, q4))
@@ -190,7 +190,7 @@ def test_bad_rates_and_options(hybrid, tmp_path):
 def test_bad_checkpoints_write_nothing(hybrid, tmp_path):
     import shutil
 
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     for what, edit, exc, pattern in (
             ("nan", lambda t, k: t[k].__setitem__((0, 0), np.nan), uniql.NumericError, "NaN"),
@@ -276,10 +276,10 @@ def test_mamba_captures_match_numpy():
     """layer_forward's captures (the inputs of the statistics) against a float64 NumPy Mamba2 front end:
     RMSNorm, in_proj, causal conv1d + SiLU of x/B/C, Delta = softplus(dt + dt_bias); and chaining layer_forward
     over every layer reproduces the full forward (final norm and lm_head applied in NumPy)."""
-    from uniql.ssm import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf("mamba2")
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
+    m = Model.from_hf_tensors(cd, sd, max_seq=32)
     ids = _ids(17, 6)
     X = m.embed(ids)
     np.testing.assert_array_equal(X, sd["backbone.embeddings.weight"][ids])
@@ -313,8 +313,8 @@ def test_mamba_captures_match_numpy():
 def test_interrupted_then_resume_is_identical(hybrid, tmp_path, monkeypatch):
     """A run that dies after some layers leaves no artifact; resume=True continues from the last finished layer and
     writes the same bytes as an uninterrupted run (int4: the next layer's inputs come from the quantized layer)."""
-    from uniql.artifact import REST_FILE, layer_file
-    from uniql.compress_hybrid import HybridJob
+    from uniql.formats.artifact import REST_FILE, layer_file
+    from uniql.compress.hybrid import HybridJob
 
     src, ref = hybrid[2], hybrid[4]
     out = tmp_path / "resumed"
@@ -343,14 +343,14 @@ def test_mamba2_layer0_sorted_by_the_design_formulas(hybrid):
     artifact's in_proj / conv1d / gated norm / out_proj are the original ones permuted by the state-dim scores
     s_n = sum_h sqrt(E[(Delta_h B_n)^2]) sqrt(E[C_n^2]) per group and by the ridge leverage (lambda 1e-4) of the
     chunk-local states per head, all recomputed here in float64 NumPy from the runtime's captures."""
-    from uniql import safetensors as st
-    from uniql.ssm import HybridModel
+    from uniql.formats import safetensors as st
+    from uniql.models.runtime import Model
 
-    from uniql import checkpoint
+    from uniql.formats import checkpoint
 
     _, _, src, art, _ = hybrid
     cd, sd = checkpoint.read_config(src), checkpoint.read_tensors(src)
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=SEQ)
+    m = Model.from_hf_tensors(cd, sd, max_seq=SEQ)
     H, P, G, N, chunk = cd["num_heads"], cd["head_dim"], cd["n_groups"], cd["state_size"], cd["chunk_size"]
     p = "backbone.layers.0.mixer."
     calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))

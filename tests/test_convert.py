@@ -1,4 +1,4 @@
-"""GGUF -> Hugging Face conversion (uniql.convert): tiny GGUF files written here with gguf.GGUFWriter from random
+"""GGUF -> Hugging Face conversion (uniql.formats.gguf): tiny GGUF files written here with gguf.GGUFWriter from random
 transformers models (Q/K rows permuted exactly like llama.cpp's converter) must convert back to the original
 tensors bit for bit; the real SmolLM2 GGUF must match transformers' own GGUF loader bit for bit."""
 from __future__ import annotations
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import uniql
-import uniql.safetensors
-from uniql import checkpoint, convert
+import uniql.formats.safetensors
+from uniql.formats import checkpoint
+from uniql.formats import gguf as convert
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -214,7 +215,7 @@ def test_convert_half_output(llama_gguf, tmp_path, dtype):
     model, path = llama_gguf
     out = convert.convert_gguf(path, tmp_path / "hf16", dtype=dtype)
     assert json.loads((out / "config.json").read_text())["dtype"] == dtype
-    with uniql.safetensors.safe_open(out / "model.safetensors") as f:
+    with uniql.formats.safetensors.safe_open(out / "model.safetensors") as f:
         assert {f.info(k)[0] for k in f.keys()} == {"F16" if dtype == "float16" else "BF16"}
     got = checkpoint.read_tensors(out)
     tdtype = torch.float16 if dtype == "float16" else torch.bfloat16
@@ -247,7 +248,7 @@ def test_failed_conversion_leaves_nothing(llama_gguf, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(uniql.safetensors, "save_file", boom)
+    monkeypatch.setattr(uniql.formats.safetensors, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
         convert.convert_gguf(path, tmp_path / "hf")
     assert os.listdir(tmp_path) == []

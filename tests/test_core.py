@@ -24,14 +24,15 @@ def test_output_exists_error_is_one_class():
     same for the missing-model error of checkpoint reading."""
     import importlib
 
-    mods = [importlib.import_module(f"uniql.{n}") for n in ("errors", "compress", "finetune", "convert", "requantize")]
+    mods = [importlib.import_module(f"uniql.{n}") for n in (
+        "errors", "compress.pipeline", "finetune", "formats.gguf", "compress.requantize")]
     assert {m.OutputExistsError for m in mods} == {uniql.OutputExistsError}
     assert issubclass(uniql.OutputExistsError, uniql.UniqlIOError)
     assert issubclass(uniql.OutputExistsError, FileExistsError)
-    assert importlib.import_module("uniql.checkpoint").ModelNotFoundError is uniql.ModelNotFoundError
+    assert importlib.import_module("uniql.formats.checkpoint").ModelNotFoundError is uniql.ModelNotFoundError
     assert issubclass(uniql.ModelNotFoundError, uniql.UniqlIOError)
     assert issubclass(uniql.ModelNotFoundError, FileNotFoundError)
-    assert importlib.import_module("uniql.safetensors").TensorNotFoundError is uniql.TensorNotFoundError
+    assert importlib.import_module("uniql.formats.safetensors").TensorNotFoundError is uniql.TensorNotFoundError
     assert issubclass(uniql.TensorNotFoundError, uniql.RangeError) and issubclass(uniql.TensorNotFoundError, KeyError)
     assert str(uniql.TensorNotFoundError("no tensor named 'x'")) == "no tensor named 'x'"  # not KeyError's repr
 

@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql import convert
-from uniql import safetensors as st
-from uniql.compress import compress
+from uniql.formats import gguf as convert
+from uniql.formats import safetensors as st
+from uniql.compress.pipeline import compress
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
 
@@ -145,7 +145,7 @@ def expect_error(res: dict, cls: type, pattern: str) -> None:
 
 LOAD = "_report(lambda: uniql.load({path!r}, rate={rate}).logits(np.arange(4)))"
 COMPRESS = """
-from uniql.compress import compress
+from uniql.compress.pipeline import compress
 _report(lambda: compress({src!r}, {out!r}, calibration=np.random.default_rng(0).integers(0, {vocab}, size=({n}, {s})),
                          num_samples={n}, seq_len={s}, quantize=False, progress=False))
 """

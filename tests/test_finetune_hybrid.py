@@ -1,5 +1,5 @@
 """Recovery fine-tuning of Mamba2 / Nemotron-H / Bamba artifacts (uniql.finetune.torch_hybrid, uniql.finetune,
-uniql.requantize) on small random-weight models.
+uniql.compress.requantize) on small random-weight models.
 
 The PyTorch twin must compute what the C runtime deploys at every rate and at explicit keeps that cut every
 component (Mamba head channels and state dims, attention head dims with no / partial RoPE, MLP channels) -- the
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql import safetensors as st
-from uniql.artifact import REST_FILE, head_rows, qk_head_rows
+from uniql.formats import safetensors as st
+from uniql.formats.artifact import REST_FILE, head_rows, qk_head_rows
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 from test_ssm import ARCHS, make_hf  # noqa: E402  (small random HF models of each architecture, chunk 8)
 from uniql.finetune import FinetuneOptions, finetune, generate_windows, load_lora, merge_lora, train  # noqa: E402
 from uniql.finetune.torch_hybrid import HybridTorchModel, ssd_scan  # noqa: E402
-from uniql.torch_model import load_twin  # noqa: E402
+from uniql.finetune.torch_model import load_twin  # noqa: E402
 
 RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders, chunked SSD both)
 MERGE_REL_TOL = 1e-5     # merged weights vs the patches in the forward
@@ -323,7 +323,7 @@ def test_quantize_artifact_is_compress_byte_for_byte(tmp_path, hy):
     """Hybrid compress sorts on the float stream and GPTQ-quantizes on the quantized stream, so quantizing the
     untuned float32 artifact redoes exactly compress(quantize=True): every file byte for byte, the same tensor
     table. A fine-tuned artifact quantizes too, keeps its record and loads at any rate."""
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     arch, src, art = hy
     q_ref = _compress(src, tmp_path / "q", quantize=True)
@@ -359,7 +359,7 @@ def test_quantize_artifact_is_compress_byte_for_byte(tmp_path, hy):
 def test_quantize_artifact_of_a_tied_hybrid_is_compress(tmp_path, rotate):
     """A tied embedding stays tied (one GPTQ table for the head and the lookups; rotated: the head reads the final
     mix's output, in the runtime and in the twin): Mamba2."""
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     hf, _, _ = make_hf("mamba2", seed=4, tie_word_embeddings=True)
     src = tmp_path / "src"
@@ -436,7 +436,7 @@ def test_two_processes_give_the_merged_weights_of_one_hybrid(tmp_path, hy):
     import subprocess
     import sys
 
-    from uniql.safetensors import load_file
+    from uniql.formats.safetensors import load_file
 
     _, _, art = hy
     tok = tmp_path / "tokens.npy"

@@ -12,7 +12,7 @@ import pytest
 
 from uniql import _C
 from uniql.errors import InvalidArgumentError
-from uniql.quant import quantize_rtn
+from uniql.compress.quant import quantize_rtn
 
 PATHS = ("ref", "avx2", "avx512")
 AVAILABLE = [p for p in PATHS if p == "ref" or _C.kernels_info()[p]]
@@ -286,8 +286,8 @@ _SCRIPT = r"""
 import json, sys
 import numpy as np
 from uniql import _C
-from uniql.runtime import Model
-from uniql.quant import quantize_rtn
+from uniql.models.runtime import Model
+from uniql.compress.quant import quantize_rtn
 cfg = dict(model_type="llama", vocab_size=96, hidden_size=256, intermediate_size=384, num_hidden_layers=2,
            num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=64)
 rng = np.random.default_rng(0)
@@ -319,11 +319,20 @@ def _run_path(path, kind, extra_env=None):
     return r
 
 
-@pytest.mark.parametrize("kind", ["fp32", "fp16", "int4"])
+# W4A8 across paths: each path's fp32 dot (attention scores) has its own lane count, so activations differ in the
+# last ulp between paths; one that lies within an ulp of an int8 rounding boundary quantizes one step apart and moves
+# the logits after it by ~0.5% (seen once the softmax / SiLU exp changed every activation's last bits: one token of
+# 40 on avx2). The int4 kernels themselves are checked at PATH_REL_TOL with fp32 activations ("int4").
+A8_PATH_REL_TOL = 1e-2
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "int4", "int4-a8"])
 def test_runtime_logits_agree_across_forced_paths(kind):
     outs = {}
+    act = {"int4": "fp32", "int4-a8": "int8"}.get(kind)
+    tol = A8_PATH_REL_TOL if kind == "int4-a8" else PATH_REL_TOL
     for path in AVAILABLE:
-        r = _run_path(path, kind)
+        r = _run_path(path, kind.split("-")[0], {"UNIQL_Q4_ACT": act} if act else None)
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout.strip().splitlines()[-1])
         assert d["path"] == path
@@ -331,7 +340,7 @@ def test_runtime_logits_agree_across_forced_paths(kind):
         outs[path] = np.asarray(d["logits"])
     ref = outs["ref"]
     for path, lg in outs.items():
-        assert np.abs(lg - ref).max() <= PATH_REL_TOL * np.abs(ref).max(), (path, kind)
+        assert np.abs(lg - ref).max() <= tol * np.abs(ref).max(), (path, kind)
 
 
 def test_runtime_int8_activations_close_to_fp32():
@@ -359,7 +368,7 @@ def _run_reporting(env, setup, call, after=""):
                                              ("UNIQL_NUM_THREADS", "zero", "UNIQL_NUM_THREADS='zero'")])
 def test_bad_environment_fails_at_model_creation(var, value, match):
     env = dict(os.environ, **{var: value})
-    code = ("from uniql.runtime import Model\n"
+    code = ("from uniql.models.runtime import Model\n"
             "import numpy as np\n"
             "cfg = dict(model_type='llama', vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,"
             " num_attention_heads=2, num_key_value_heads=1, head_dim=4)\n"
@@ -425,7 +434,7 @@ def test_bench_smoke_run():
 def test_int8_weight_linear_matches_float64_on_every_path(nsi, group):
     """int8 weights (UQ_W_Q8): y = x W^T + b against float64 of the dequantized codes on every available path,
     bit-identical across paths, for full and truncated column prefixes and T from 1 to 9."""
-    from uniql.quant import quantize_int8
+    from uniql.compress.quant import quantize_int8
 
     rng = np.random.default_rng(9)
     rows, cols = 29, 96 if nsi > 1 else 150

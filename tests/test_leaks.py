@@ -30,11 +30,11 @@ import gc, json, os, sys, tempfile
 from pathlib import Path
 import numpy as np
 import uniql
-from uniql import safetensors as st
-from uniql.linalg import Covariance
-from uniql.quant import dequantize, quantize_gptq, quantize_rtn
-from uniql.runtime import Model
-from uniql.sorting import sort_mlp
+from uniql.formats import safetensors as st
+from uniql.compress.linalg import Covariance
+from uniql.compress.quant import dequantize, quantize_gptq, quantize_rtn
+from uniql.models.runtime import Model
+from uniql.compress.sorting import sort_mlp
 sys.path.insert(0, {tests!r})
 from test_corrupt_inputs import run_compress, tiny_config, tiny_tensors, write_checkpoint
 

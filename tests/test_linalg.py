@@ -1,11 +1,11 @@
-"""Second-moment accumulation and float64 linear algebra (uniql.linalg -> csrc/compress/cov.c,
+"""Second-moment accumulation and float64 linear algebra (uniql.compress.linalg -> csrc/compress/cov.c,
 csrc/linalg/linalg.c) against float64 NumPy/SciPy references, by residuals where the result is not unique."""
 import numpy as np
 import pytest
 
 import uniql
 from uniql import _C
-from uniql import linalg as la
+from uniql.compress import linalg as la
 
 RTOL_COV = 1e-12     # float64 accumulation of float32/float64 inputs, T <= 600 terms
 RTOL_RESID = 1e-11   # relative residuals ||AV - VΛ||/||A||, ||U S Vt - A||/||A|| for n <= 64

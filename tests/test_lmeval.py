@@ -20,7 +20,7 @@ lmeval = pytest.importorskip("uniql.eval.lmeval")
 
 import uniql  # noqa: E402
 from uniql import eval as ue  # noqa: E402
-from uniql import zeroshot  # noqa: E402
+from uniql.eval import zeroshot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MC = [{"context": "w3 w4 w5", "choices": ["w6 w7", "w8"], "gold": 0},

@@ -82,7 +82,7 @@ def test_notebook_live_tiny_grid(monkeypatch, tmp_path):
 
 
 def _demo_json(path: Path) -> Path:
-    from uniql.evaluate import RateResult
+    from uniql.eval.perplexity import RateResult
 
     rows = [RateResult(label=label, rate=rate, perplexity=14.0 * (1 + 3 * rate) * (1.5 if label == "int4" else 1),
                        weight_bytes=int((538e6 if label == "fp32" else 72e6) * (1 - rate / 2)),

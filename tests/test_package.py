@@ -1,5 +1,6 @@
-"""The package's shape: modules share only public names, serving never imports the compression pipeline, and
-the two entry points that share a name with their submodule (`compress`, `finetune`) stay the functions."""
+"""The package's shape: modules share only public names, serving never imports the compression pipeline, no
+submodule is shadowed by another object of the same name (`uniql.compress` / `uniql.finetune` are the callable
+subpackages themselves)."""
 from __future__ import annotations
 
 import ast
@@ -47,11 +48,12 @@ def _imports_from(mod: str, path: Path) -> list[tuple[int, str, str]]:
 
 
 def test_the_scan_sees_every_module_and_resolves_relative_imports(tmp_path):
-    assert {"uniql", "uniql.compress", "uniql.runtime", "uniql.finetune", "uniql.eval.runner"} <= set(dict(_modules()))
+    assert {"uniql", "uniql.compress", "uniql.compress.pipeline", "uniql.models.runtime", "uniql.finetune",
+            "uniql.eval.runner"} <= set(dict(_modules()))
     f = tmp_path / "x.py"
-    f.write_text("from .tasks import _hidden\nfrom .. import linalg\nfrom uniql.quant import pack\n")
+    f.write_text("from .tasks import _hidden\nfrom .. import linalg\nfrom uniql.compress.quant import pack\n")
     assert _imports_from("uniql.eval.x", f) == [(1, "uniql.eval.tasks", "_hidden"), (2, "uniql", "linalg"),
-                                                (3, "uniql.quant", "pack")]
+                                                (3, "uniql.compress.quant", "pack")]
 
 
 def test_no_module_imports_another_modules_underscore_names():
@@ -117,7 +119,7 @@ def _module_level_graph() -> dict[str, set[str]]:
 
 def test_no_import_cycles():
     graph = _module_level_graph()
-    assert "uniql.runtime" in graph["uniql.ssm"] and "uniql.compress" in graph["uniql.requantize"]
+    assert "uniql.models.runtime" in graph["uniql.models.hybrid"] and "uniql.compress.pipeline" in graph["uniql.compress.requantize"]
     cycles, state, stack = [], {}, []
 
     def visit(u: str) -> None:
@@ -154,7 +156,8 @@ def tiny_artifact(request, tmp_path_factory):
     return uniql.compress(src, tmp / "a", calibration=ids, num_samples=4, seq_len=16, group=16, progress=False)
 
 
-PIPELINE = ("uniql.compress", "uniql.compress_hybrid", "uniql.requantize", "uniql.finetune", "torch")
+PIPELINE = ("uniql.compress", "uniql.compress.pipeline", "uniql.compress.hybrid", "uniql.compress.sorting",
+            "uniql.compress.requantize", "uniql.finetune", "torch")
 
 
 def test_loading_an_artifact_imports_no_compression_pipeline(tiny_artifact):
@@ -167,8 +170,23 @@ def test_loading_an_artifact_imports_no_compression_pipeline(tiny_artifact):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["shape"][-1] == json.loads((tiny_artifact / "config.json").read_text())["vocab_size"]
-    assert "uniql.runtime" in out["mods"] and "uniql.artifact" in out["mods"]  # the check sees the loader
+    assert "uniql.models.runtime" in out["mods"] and "uniql.formats.artifact" in out["mods"]  # the check sees the loader
     assert [m for m in PIPELINE if m in out["mods"]] == []
+
+
+def test_one_model_class_and_one_loader_for_every_family(tiny_artifact):
+    """A Llama and a Bamba artifact load through the one loader as the one elastic class of the one model class,
+    with keep sizes as {component: size} dicts."""
+    from uniql.formats.artifact import ElasticModel
+    from uniql.models.runtime import KEEP_NAMES, Model
+
+    m = uniql.load(tiny_artifact, rate=0.25)
+    assert type(m) is ElasticModel and isinstance(m, Model)
+    keeps = [m.keep(i) for i in range(m.num_layers)]
+    assert keeps == m.keep_sizes(0.25) and all(set(k) <= set(KEEP_NAMES) and k for k in keeps)
+    assert m.can_truncate == ("mamba" not in m.layer_types)
+    m.set_rate(m.meta.max_rate)
+    assert [m.keep(i) for i in range(m.num_layers)] == m.keep_sizes(m.meta.max_rate)
 
 
 def test_import_uniql_imports_no_compression_pipeline():
@@ -177,26 +195,37 @@ def test_import_uniql_imports_no_compression_pipeline():
                        timeout=60)
     assert r.returncode == 0, r.stderr
     mods = json.loads(r.stdout)
-    assert "uniql.checkpoint" in mods and [m for m in PIPELINE if m in mods] == []
+    assert "uniql.formats.checkpoint" in mods and [m for m in PIPELINE if m in mods] == []
 
 
-def test_submodules_shadowed_by_package_attributes_are_exactly_the_two_entry_points():
-    """Every submodule of uniql is reachable as `uniql.<name>` after import, except `compress` and `finetune`,
-    whose names the package keeps for the entry-point functions (documented in uniql/__init__.py)."""
-    shadowed = set()
+def test_no_submodule_is_shadowed_by_a_package_attribute():
+    """Every module of uniql is reachable by attribute from the package after it is imported: `uniql.a.b` is the
+    module `uniql.a.b`, never a function or another object of the same name."""
     for mod, _ in _modules():
-        if mod.count(".") != 1 or mod == "uniql.__main__":  # __main__ runs the CLI
+        if mod == "uniql" or mod.endswith("__main__"):  # __main__ runs its command line
             continue
         m = importlib.import_module(mod)
-        if getattr(uniql, mod.split(".")[1]) is not m:
-            shadowed.add(mod.split(".")[1])
-    assert shadowed == {"compress", "finetune"}
-    for name in shadowed:
-        f = getattr(uniql, name)
-        assert isinstance(f, types.FunctionType) and f.__module__ == f"uniql.{name}"
-        assert f is importlib.import_module(f"uniql.{name}").__dict__[name]
-    import uniql.compress as bound  # noqa: PLC0415  (binds the package attribute: the function)
-    assert bound is uniql.compress and callable(bound)
+        obj = uniql
+        for part in mod.split(".")[1:]:
+            obj = getattr(obj, part)
+        assert obj is m, f"{mod} is shadowed by {obj!r}"
+
+
+def test_the_entry_points_are_the_callable_subpackages(monkeypatch):
+    """`uniql.compress(...)` and `uniql.finetune(...)` call the entry functions; the names are the packages."""
+    import uniql.compress as comp  # noqa: PLC0415
+    import uniql.finetune as ft  # noqa: PLC0415
+    from uniql.compress import pipeline  # noqa: PLC0415
+
+    assert comp is uniql.compress and isinstance(comp, types.ModuleType) and callable(comp)
+    assert ft is uniql.finetune and isinstance(ft, types.ModuleType) and callable(ft)
+    assert comp.entry_point() is pipeline.compress and ft.entry_point() is ft.__dict__["finetune"]
+    assert comp.compress is pipeline.compress and uniql.quantize_artifact is comp.quantize_artifact
+    seen = []
+    monkeypatch.setattr(pipeline, "compress", lambda *a, **k: seen.append((a, k)) or "art")
+    assert uniql.compress("src", "out", quantize=False) == "art" and seen == [(("src", "out"), {"quantize": False})]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        uniql.compress.nope  # noqa: B018
 
 
 # ------------------------------------------------------------------------------------------ error contract ----
@@ -207,8 +236,8 @@ _BUILTIN_EXC = {n for n in dir(builtins) if isinstance(getattr(builtins, n), typ
 # uniql.errors class (each also derives from the matching builtin, so `except ValueError` keeps working).
 _ALLOWED_BUILTIN = {
     ("uniql/__init__.py", "AttributeError"): "module __getattr__ protocol (PEP 562)",
+    ("uniql/compress/__init__.py", "AttributeError"): "module __getattr__ protocol (PEP 562)",
     ("uniql/eval/results.py", "AttributeError"): "__getattr__ protocol (getattr/hasattr rely on AttributeError)",
-    ("uniql/artifact.py", "NotImplementedError"): "abstract methods of the artifact model base class",
     ("uniql/bench/quality.py", "SystemExit"): "`python -m` entry point's exit status",
     ("uniql/eval/lmeval.py", "SystemExit"): "`python -m` entry point's exit status",
 }
@@ -216,7 +245,7 @@ _ALLOWED_BUILTIN = {
 _ALLOWED_ASSERT = {"uniql/bench/llamacpp.py": "the plan holds only tensors found above (missing ones raised)"}
 # exception classes outside uniql.errors that are not UniqlError subclasses: caught inside their module
 _ALLOWED_CLASSES = {("uniql/cli.py", "_UsageError"): "reported as an argparse usage error (exit status 2)",
-                    ("uniql/serve.py", "APIError"): "answered as a 4xx/5xx JSON body, never raised to a caller"}
+                    ("uniql/serve/server.py", "APIError"): "answered as a 4xx/5xx JSON body, never raised to a caller"}
 
 
 def _raises() -> list[tuple[str, int, str]]:
@@ -262,7 +291,7 @@ def test_every_exception_class_is_a_uniql_error():
 
 
 def test_a_bad_tensor_name_type_is_a_dtype_error(tmp_path):
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
     st.save_file(tmp_path / "a.safetensors", {"a": np.zeros(2, np.float32)})
     with st.safe_open(tmp_path / "a.safetensors") as f, pytest.raises(uniql.DTypeError, match="must be a str"):
         f.get(3)

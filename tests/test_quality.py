@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql.compress import calibration_tokens
+from uniql.compress.pipeline import calibration_tokens
 
 from test_compress import VOCAB, _compress, _make, _word_tokenizer
 
@@ -151,7 +151,7 @@ def test_hybrid_int8_policy_loads_like_set_rate_and_resize(tmp_path, arch, tied)
     stays close to its fp32 artifact (row views of a fused int8 in_proj and of a partial-RoPE int8 q_proj)."""
     from test_compress_hybrid import NSAMP as HN, SEQ as HS, VOCAB as HV, _compress as compress_hy, _ids
     from test_ssm import make_hf
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     hf, _, _ = make_hf(arch, tie_word_embeddings=tied)
     src = tmp_path / "src"
@@ -264,7 +264,7 @@ def test_quality_bench_llama_cpp_rows(tiny_with_tokenizer, tmp_path, monkeypatch
 
 def test_reader_rejects_malformed_int8_descriptors(tmp_path):
     """An int8 ("q8") weight whose table entry or tensors disagree is a FormatError naming it, never a crash."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     src, _ = _make(tmp_path, "llama")
     art = _compress(src, tmp_path / "art", quantize=True, precision={"down_proj": "int8", "lm_head": "int8-g32"})

@@ -1,4 +1,4 @@
-"""int4 quantization (uniql.quant -> csrc/compress/q4.c): RTN bit-exact against a NumPy implementation of
+"""int4 quantization (uniql.compress.quant -> csrc/compress/q4.c): RTN bit-exact against a NumPy implementation of
 the documented formula, GPTQ against a slow column-by-column float64 NumPy GPTQ, pack/unpack byte-exact,
 error bounds, and bad inputs."""
 import dataclasses
@@ -8,7 +8,7 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql import quant as q4
+from uniql.compress import quant as q4
 
 TOL_HALF_STEP = 1e-5     # |w - w_hat| <= (s/2)(1 + TOL_HALF_STEP): float32 roundings of s and of 7s (~2^-20 rel.)
 RTOL_SCALE_GPTQ = 1e-6   # GPTQ scales vs the float64 reference (float32 storage, different update order)
@@ -161,7 +161,7 @@ def test_gptq_identity_hessian_is_rtn(rng):
 def test_gptq_output_error_below_rtn(rng):
     n, rows = 96, 48
     X = correlated_inputs(rng, 1024, n)
-    cov = uniql.linalg.Covariance(n)
+    cov = uniql.compress.linalg.Covariance(n)
     cov.update(X[:512])
     W = rng.standard_normal((rows, n)).astype(np.float32)
     Xt = X[512:].astype(np.float64)  # held-out tokens
@@ -294,10 +294,10 @@ def test_gptq_options_match_float64_reference(rng, rows, cols, group, block, mse
 
 
 def test_int8_rtn_matches_float64_formula():
-    """uniql.quant.quantize_int8 (C uq_q8_quantize_rtn): s = max|w| / 127 per row and group, q = rint(w / s)
+    """uniql.compress.quant.quantize_int8 (C uq_q8_quantize_rtn): s = max|w| / 127 per row and group, q = rint(w / s)
     clamped to +-127, |w - q s| <= s / 2; a zero group has s = 0, q = 0; bad input is a UniqlError."""
     import uniql
-    from uniql.quant import quantize_int8
+    from uniql.compress.quant import quantize_int8
 
     rng = np.random.default_rng(3)
     W = (rng.standard_normal((7, 45)) * rng.uniform(0.1, 3, (7, 1))).astype(np.float32)

@@ -1,4 +1,4 @@
-"""uniql.rotate: the residual-stream rotation is orthogonal (against a float64 reference) and, fused into the
+"""uniql.compress.rotate: the residual-stream rotation is orthogonal (against a float64 reference) and, fused into the
 weights by compress(rotate=True), leaves every architecture's fp32 artifact the same function at every rate."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql.rotate import Rotation
+from uniql.compress.rotate import Rotation
+from uniql.formats import safetensors as st
 
 from test_compress import _compress as _compress_tf, _make, VOCAB as TF_VOCAB
 
@@ -97,10 +98,10 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
     assert cfg["uniql"]["sorting"]["rotation"] == {"kind": "randomized-hadamard", "seed": 3,
                                                    "untied": tied and untie, "final_mix": mix}
     assert cfg["uniql"]["format_version"] == (2 if mix else 1)
-    rest = uniql.safetensors.load_file(rotated / "model-rest.safetensors")
+    rest = st.load_file(rotated / "model-rest.safetensors")
     assert ("model.norm.mix" in rest) is mix and ("lm_head.weight" in rest) is not mix
     if mix:  # F = Q^T diag(g) Q, float64 reference
-        g = uniql.safetensors.load_file(next(src.glob("*.safetensors")))["model.norm.weight"].astype(np.float64)
+        g = st.load_file(next(src.glob("*.safetensors")))["model.norm.weight"].astype(np.float64)
         Q = Rotation(g.size, 3).matrix().astype(np.float64)
         np.testing.assert_allclose(rest["model.norm.mix"], Q.T @ np.diag(g) @ Q, rtol=0, atol=1e-5)
         bad = tmp_path / "bad"  # a final mix the config names must be there, of the right shape
@@ -109,10 +110,10 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
             r2 = {k: v for k, v in rest.items() if k != "model.norm.mix"}
             if F is not None:
                 r2["model.norm.mix"] = F
-            uniql.safetensors.save_file(bad / "model-rest.safetensors", r2)
+            st.save_file(bad / "model-rest.safetensors", r2)
             with pytest.raises(uniql.FormatError if F is None else uniql.ShapeError, match="mix"):
                 uniql.load(bad)
-        from uniql.torch_model import load_twin  # the fine-tuning twin applies the mix like the runtime
+        from uniql.finetune.torch_model import load_twin  # the fine-tuning twin applies the mix like the runtime
         tm = load_twin(rotated, max_seq=32)
         tm.set_rate(0.35)
         ids = np.random.default_rng(8).integers(0, TF_VOCAB, size=17)
@@ -132,5 +133,5 @@ def test_rotated_hybrid_is_the_same_function_at_every_rate(tmp_path, arch, tied)
     rotated = _compress_hy(src, tmp_path / "rot", rotate=True)
     cfg = json.loads((rotated / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is tied and cfg["uniql"]["sorting"]["rotation"]["final_mix"] is tied
-    assert any(k.endswith(".mix") for k in uniql.safetensors.load_file(rotated / "model-rest.safetensors")) is tied
+    assert any(k.endswith(".mix") for k in st.load_file(rotated / "model-rest.safetensors")) is tied
     _same_at_every_rate(plain, rotated, np.random.default_rng(5).integers(0, HY_VOCAB, size=19).astype(np.int32))

@@ -1,4 +1,4 @@
-"""Transformer runtime (uniql.runtime + csrc/runtime, csrc/kernels) against transformers and a float64 NumPy
+"""Transformer runtime (uniql.models.runtime + csrc/runtime, csrc/kernels) against transformers and a float64 NumPy
 reference: logits, KV-cache decoding, elastic keep sizes (live switching, truncated loading), int4 weights,
 sampling, perplexity, pipeline pieces and bad inputs."""
 import math
@@ -8,7 +8,7 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql.runtime import Model, TransformerConfig
+from uniql.models.runtime import Model, TransformerConfig
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -285,10 +285,10 @@ def test_reduced_keep_equals_truncated_model_and_reference():
     full = Model.from_hf_tensors(d, t, qk_layout="interleaved", freq_maps=fmaps)
     for l, (k, r) in enumerate(keeps):
         full.set_keep(l, mlp=k, attn=r)
-    assert [full.keep(l) for l in range(2)] == keeps
+    assert [full.keep(l) for l in range(2)] == [{"mlp": k, "attn": r} for k, r in keeps]
     tr = truncate(t, d, keeps)
     small = Model.from_hf_tensors(d, tr, qk_layout="interleaved", freq_maps=[f[:, :r // 2] for f, (_, r) in zip(fmaps, keeps)])
-    assert [small.stored(l) for l in range(2)] == keeps
+    assert [small.stored(l) for l in range(2)] == [{"mlp": k, "attn": r} for k, r in keeps]
     ids = ids_for(40)
     a, b = full.logits(ids), small.logits(ids)
     np.testing.assert_array_equal(a, b)  # loaded at rho == loaded full and switched to rho, bit for bit
@@ -515,7 +515,7 @@ def test_bad_inputs_raise_clear_errors():
         m.set_keep(5, mlp=8)
     with pytest.raises(uniql.RangeError, match="layer 1 attention keep 18"):
         m.set_keep_all(attn=[16, 18])
-    assert m.keep(0) == (96, 16)  # set_keep_all validated before changing anything
+    assert m.keep(0) == {"mlp": 96, "attn": 16}  # set_keep_all validated before changing anything
     with pytest.raises(ValueError, match="no tokenizer"):
         m.generate("hello")
     with pytest.raises(ValueError, match="window 32 must be in"):

@@ -1,4 +1,4 @@
-"""uniql.safetensors: interoperability with the `safetensors` package, validation of malformed files, atomic
+"""uniql.formats.safetensors: interoperability with the `safetensors` package, validation of malformed files, atomic
 writes. Data comparisons are exact (no arithmetic happens on the way)."""
 import gc
 import json
@@ -10,7 +10,7 @@ import pytest
 
 import uniql
 from uniql import _C
-from uniql import safetensors as st
+from uniql.formats import safetensors as st
 
 sn = pytest.importorskip("safetensors.numpy")
 

@@ -20,7 +20,7 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 import uniql  # noqa: E402
-from uniql.serve import APIError, Request, Server, build_server  # noqa: E402
+from uniql.serve.server import APIError, Request, Server, build_server  # noqa: E402
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama  # noqa: E402
 
@@ -211,7 +211,7 @@ def test_metrics_exposition(srv):
 def test_chat_template_sources(tmp_path):
     """tokenizer_config.json's chat_template (a string or a list of named templates) wins over chat_template.jinja;
     special tokens come from the config; a template error is a 400, not a crash."""
-    from uniql.serve import ChatTemplate, load_chat_template
+    from uniql.serve.server import ChatTemplate, load_chat_template
 
     assert load_chat_template(tmp_path) == (None, {})
     (tmp_path / "chat_template.jinja").write_text("J{{ messages[0]['content'] }}")
@@ -235,7 +235,7 @@ def test_smollm2_chat_template_equals_transformers():
     """SmolLM2's own template (chat_template.jinja of the converted checkpoint) renders as transformers'
     apply_chat_template, with and without a system message."""
     from uniql.demo import ensure_smollm2
-    from uniql.serve import ChatTemplate, load_chat_template
+    from uniql.serve.server import ChatTemplate, load_chat_template
 
     transformers = pytest.importorskip("transformers")
     try:
@@ -395,10 +395,10 @@ def test_hybrid_model_served_batched():
     from starlette.testclient import TestClient
     from test_ssm import make_hf
 
-    from uniql.ssm import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf("nemotron_h", seed=4)
-    model = HybridModel.from_hf_tensors(cd, sd, max_seq=48)
+    model = Model.from_hf_tensors(cd, sd, max_seq=48)
     prompts = [np.random.default_rng(i).integers(0, 128, 3 + 2 * i).tolist() for i in range(4)]
     want = [model.generate(np.array(p), max_new_tokens=10) for p in prompts]
     server = Server(model, "nemo", max_batch=4)

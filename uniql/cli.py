@@ -75,7 +75,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from uniql.convert import convert_gguf
+    from uniql.formats.gguf import convert_gguf
 
     paths = list(args.paths)
     if args.out is not None:
@@ -113,7 +113,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (0)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
     _add_int4_activations(p)
-    a = p.add_argument_group("adaptive rate (artifacts; uniql.adaptive)")
+    a = p.add_argument_group("adaptive rate (artifacts; uniql.serve.adaptive)")
     a.add_argument("--adaptive", action="store_true", help="let the device choose the rate between tokens")
     a.add_argument("--tpot-ms", type=float, default=None, metavar="MS", help="time-per-token target (none)")
     a.add_argument("--min-rate", type=float, default=0.0, metavar="R", help="lowest rate (0)")
@@ -127,7 +127,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _cmd_generate(args: argparse.Namespace) -> int:
     if not 0.0 < args.top_p <= 1.0:
         raise _UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-    from uniql.checkpoint import load
+    from uniql.formats.checkpoint import load
 
     if args.adaptive:
         return _generate_adaptive(args)
@@ -139,8 +139,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_adaptive(args: argparse.Namespace) -> int:
-    from uniql.adaptive import generate
-    from uniql.checkpoint import load
+    from uniql.serve.adaptive import generate
+    from uniql.formats.checkpoint import load
 
     model = load(args.model_dir, rate=args.rate if args.no_follow_memory else args.min_rate)
     if not hasattr(model, "set_rate"):
@@ -197,7 +197,7 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     if stride > args.window:
         raise _UsageError(f"--stride ({stride}) must not exceed --window ({args.window})")
     text, label = _read_ppl_text(args)
-    from uniql.checkpoint import load, load_tokenizer
+    from uniql.formats.checkpoint import load, load_tokenizer
 
     tok = load_tokenizer(args.model_dir)
     if tok is None:
@@ -272,7 +272,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from uniql.compress import compress
+    from uniql.compress.pipeline import compress
 
     calibration = _calibration_arg(args)
     opt = {k: v for k, v in (("rotate", args.rotate), ("mse_scale", args.mse_scale), ("act_order", args.act_order),
@@ -349,7 +349,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from uniql.requantize import quantize_artifact
+    from uniql.compress.requantize import quantize_artifact
 
     out = quantize_artifact(args.artifact, _output(args), calibration=_calibration_arg(args), num_samples=args.samples,
                             seq_len=args.seq_len or 512, group=args.group, precision=_precision_arg(args.precision),
@@ -399,7 +399,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from uniql import eval as ue
-    from uniql.checkpoint import load
+    from uniql.formats.checkpoint import load
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not names:
@@ -476,7 +476,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="bearer token required by /admin/rate (also UNIQL_ADMIN_TOKEN; default: none)")
     p.add_argument("--api-key", default=os.environ.get("UNIQL_API_KEY"), metavar="KEY",
                    help="bearer token required by /v1/* (also UNIQL_API_KEY; default: none)")
-    a = p.add_argument_group("adaptive rate (uniql.adaptive): the device chooses the rate between decode steps")
+    a = p.add_argument_group("adaptive rate (uniql.serve.adaptive): the device chooses the rate between decode steps")
     a.add_argument("--adaptive", action="store_true", help="let the controller choose the rate in [--min-rate, "
                    "--max-rate] from available memory, CPU contention and --tpot-ms")
     a.add_argument("--tpot-ms", type=_nonneg_float, default=None, metavar="MS",
@@ -491,7 +491,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from uniql.serve import build_server, run
+    from uniql.serve.server import build_server, run
 
     if not 0 <= args.port <= 65535:
         raise _UsageError(f"--port must be in [0, 65535], got {args.port}")
@@ -569,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(2 if args.debug else args.verbose)
     try:
         if getattr(args, "int4_activations", None):
-            from uniql.runtime import set_int4_activations
+            from uniql.models.runtime import set_int4_activations
 
             set_int4_activations(args.int4_activations)
         return int(args.func(args) or 0)

@@ -29,7 +29,7 @@ def _models_dir() -> Path:
 
 
 def ensure_smollm2(fresh: bool = False) -> Path:
-    from uniql.convert import convert_gguf
+    from uniql.formats.gguf import convert_gguf
 
     out = _models_dir() / "smollm2-135m-instruct"
     if fresh or not (out / "config.json").is_file():
@@ -40,7 +40,7 @@ def ensure_smollm2(fresh: bool = False) -> Path:
 def ensure_artifact(src: Path, quantize: bool, *, samples: int, seq_len: int, fresh: bool) -> Path:
     from dataclasses import asdict
 
-    from uniql.compress import DEFAULT_PRECISION, CompressOptions, compress
+    from uniql.compress.pipeline import DEFAULT_PRECISION, CompressOptions, compress
 
     out = _models_dir() / f"{src.name}-uniql-{'int4' if quantize else 'fp32'}"
     opts_ok = False
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uniql
     from uniql import data
-    from uniql.evaluate import evaluate_artifact, eval_tokens, format_table
+    from uniql.eval.perplexity import evaluate_artifact, eval_tokens, format_table
 
     t0 = time.perf_counter()
     src = ensure_smollm2(args.fresh)

@@ -4,9 +4,9 @@ Every failure of the C core arrives as a subclass of :class:`UniqlError` that al
 built-in (``ValueError`` for bad values/shapes/files, ``TypeError`` for dtypes, ``OSError`` for I/O,
 ``ArithmeticError`` for NaN/Inf or non-SPD matrices, ``NotImplementedError`` for unsupported requests), so
 callers can catch either. Four classes are raised by Python only: :class:`ModelNotFoundError` (a model directory,
-one of its files or a data file uniql reads is missing; also importable from :mod:`uniql.checkpoint`) and its
+one of its files or a data file uniql reads is missing; also importable from :mod:`uniql.formats.checkpoint`) and its
 subclass :class:`MissingDataError` (packaged data that could not be fetched; also in :mod:`uniql.data`),
-:class:`TensorNotFoundError` (a tensor name a safetensors file lacks; also importable from :mod:`uniql.safetensors`)
+:class:`TensorNotFoundError` (a tensor name a safetensors file lacks; also importable from :mod:`uniql.formats.safetensors`)
 and :class:`OutputExistsError` (an output directory exists; also importable from the modules that write artifacts
 and converted checkpoints).
 """

@@ -8,6 +8,7 @@
 #ifndef UQ_KERNELS_H
 #define UQ_KERNELS_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "uniql.h"
@@ -42,11 +43,35 @@ void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t
                     int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
                     int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads);
 
-/* Attention softmax of sc[0..n) in place: sc[s] = expf(sc[s] - max) (max over s in order), the sum in float64;
- * returns (float)(1 / sum). */
+/* exp(x) of the attention softmax (x = score - max <= 0) and the SiLU (x = -g), one definition for every path: x
+ * clamped to [-87, 88] (NaN stays NaN); n = rint(x * log2(e)); r = x - n * 0.693359375 - n * -2.12194440e-4 (two
+ * FMAs); the Cephes degree-5 polynomial p(r) by FMA Horner; y = fma(p, r * r, r) + 1; result y * 2^n. Within a few
+ * float ulps of exp of the same argument (tested against float64); a vector path computes the same FMA sequence per
+ * lane, so its results are bit-identical to this scalar one (libm's expf is neither vectorisable nor the same
+ * function on every libc). */
+static inline float uq_k_exp(float x) {
+    if (x != x) return x;
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    const float y = fmaf(p, r * r, r) + 1.0f;
+    union { int32_t i; float f; } e = {.i = ((int32_t)n + 127) << 23};
+    return y * e.f;
+}
+
+/* Attention softmax of sc[0..n) in place: m = max over s (NaN never wins), sc[s] = uq_k_exp(sc[s] - m),
+ * the sum in float64 over 8 lanes (lane l adds the s = l mod 8 in increasing s), reduced as uq_k_reduce8; returns
+ * (float)(1 / sum). The scalar twin of every path's softmax (uq_kpath.softmax: bit-identical). */
 float uq_k_softmax_inplace(float *sc, int64_t n);
 
-/* g[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u, n elements. */
+/* g[i] = silu(g[i]) * u[i] = g / (1 + uq_k_exp(-g)) * u, n elements (the path's silu_mul when it has one). */
 void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n);
 
 /* X (T, cols) = rows ids of the embedding E (fp32 copy or int4 dequantized (q - 8) * scale). */
@@ -143,6 +168,9 @@ typedef struct {
      * V + s * rc) starting from 0 */
     void (*attn_scores)(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale, float *sc);
     void (*attn_accum)(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
+    /* optional: uq_k_softmax_inplace and the element loop of uq_k_silu_mul, same results */
+    float (*softmax)(float *sc, int64_t n);
+    void (*silu_mul)(float *g, const float *u, int64_t n);
     /* optional: uq_k_q8_quant with cw = 0 (natural column order, what the R16 kernels read), same results */
     void (*q8_quant0)(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 } uq_kpath;
@@ -152,6 +180,9 @@ typedef struct {
  * uq_kpath (per element the fma chain of repeated FMA axpys, whatever their vector width). */
 void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int ns);
 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
+/* The AVX2 softmax and silu_mul (x86 builds; also used by the avx512 path). */
+float uq_k_softmax_avx2(float *sc, int64_t n);
+void uq_k_silu_mul_avx2(float *g, const float *u, int64_t n);
 /* The AVX2 q8_quant0 (x86 builds; also used by the avx512 path). */
 void uq_k_q8_quant0_avx2(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 
@@ -169,6 +200,23 @@ void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, c
 /* Code (0..15) and scale of stored row `row`, column `col` / scale column `sc` of an R16 weight. */
 int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col);
 float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);
+
+/* y[i] = x L[i]_sel^T (+ b) for n (1..4) weights on the same x, nseg_in and keep_in, each with its own nseg_out[i],
+ * keep_out[i]: the same results as n uq_linear_forward calls. When all are R16 int4 of the same cols and group, x is
+ * quantized once and all their row blocks run as one pool job (a decode step's Q / K / V or gate / up: fewer
+ * synchronisations and activation passes); otherwise the n calls. */
+uq_status uq_linear_forward_multi(int n, const uq_linear *const *L, const float *x, int64_t T,
+                                  const int64_t *nseg_out, const int64_t *keep_out, int64_t nseg_in, int64_t keep_in,
+                                  float *const *y);
+
+/* The thread pool (pool.c): runs fn(arg, task, worker) for task = 0..ntasks-1 on the calling thread (worker 0)
+ * and up to nthreads - 1 pool workers (worker ids 1..nthreads-1, each id used by one thread at a time: per-worker
+ * scratch can be indexed by it); returns when every task has finished. Tasks are claimed one at a time in
+ * increasing order; the caller never waits for a worker that has not claimed a task. Serial on the calling
+ * thread when nthreads <= 1, ntasks == 1, inside a pool task, inside an OpenMP parallel region, or while another
+ * thread's job runs. */
+typedef void (*uq_pool_fn)(void *arg, int64_t task, int worker);
+void uq_pool_run(int64_t ntasks, int nthreads, uq_pool_fn fn, void *arg);
 
 /* The current path (initialised from the environment on first use; the ref path if that failed). */
 const uq_kpath *uq_k_path(void);

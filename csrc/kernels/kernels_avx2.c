@@ -133,6 +133,67 @@ UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int6
     }
 }
 
+/* uq_k_exp on 8 lanes: the same operations per lane (max(-87, x) and min(88, .) keep a NaN x, as the scalar
+ * clamp does). */
+static UQ_T2I __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* uq_k_softmax_inplace, 8 scores at a time (bit-identical: max is exact, exp the same per lane, the float64 sum
+ * lanes l = s mod 8 are the two 4-double accumulators' lanes). */
+UQ_T2 float uq_k_softmax_avx2(float *sc, int64_t n) {
+    int64_t s = 0;
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (; s + 8 <= n; s += 8) mv = _mm256_max_ps(_mm256_loadu_ps(sc + s), mv); /* a NaN score never wins */
+    float lanes[8], m = -INFINITY;
+    _mm256_storeu_ps(lanes, mv);
+    for (int i = 0; i < 8; i++)
+        if (lanes[i] > m) m = lanes[i];
+    for (; s < n; s++)
+        if (sc[s] > m) m = sc[s];
+    const __m256 mb = _mm256_set1_ps(m);
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    for (s = 0; s + 8 <= n; s += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + s), mb));
+        _mm256_storeu_ps(sc + s, e);
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double l[8];
+    _mm256_storeu_pd(l, a0);
+    _mm256_storeu_pd(l + 4, a1);
+    for (int i = 0; s + i < n; i++) {
+        sc[s + i] = uq_k_exp(sc[s + i] - m);
+        l[i] += sc[s + i];
+    }
+    return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
+}
+
+/* g = g / (1 + uq_k_exp(-g)) * u, 8 at a time (the scalar operations per lane: IEEE division and product). */
+UQ_T2 void uq_k_silu_mul_avx2(float *g, const float *u, int64_t n) {
+    int64_t i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 d = _mm256_add_ps(one, exp8(_mm256_xor_ps(gv, sign)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(gv, d), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + uq_k_exp(-g[i])) * u[i];
+}
+
 /* ---------------------------------------------------------------------------- fp32 / fp16 ---- */
 
 static UQ_T2I void gemv_f_t(const float *const *wf, const uint16_t *const *wh, int half, const float *x,
@@ -713,6 +774,8 @@ const uq_kpath uq_kpath_avx2 = {
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx2,
     .attn_accum = uq_k_attn_accum_avx2,
+    .softmax = uq_k_softmax_avx2,
+    .silu_mul = uq_k_silu_mul_avx2,
 };
 
 #endif

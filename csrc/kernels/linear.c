@@ -227,14 +227,6 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
 
 /* ------------------------------------------------------------------------- shared helpers ---- */
 
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 static int par_threads(int64_t work) { return work >= UQ_PAR_MIN_WORK ? uq_k_threads() : 1; }
 
 static inline int q4_code(const uint8_t *row, int64_t col) {
@@ -352,24 +344,100 @@ const uq_kpath uq_kpath_ref = {
 
 #define UQ_R16_TB 64 /* tokens per kernel call (bounds the per-thread output scratch) */
 
-/* y = x W_sel^T (+ b) on an R16 weight: one task per range of <= UQ_K_R16_NB kept row blocks (a block of a
- * segment whose keep_out is not a multiple of 16 is computed whole, its extra rows dropped), each task streaming
- * its blocks' kept chunk runs once per UQ_R16_TB tokens. fp32 activations are read in place; int8 activations are quantized
- * per token and group in natural column order (groups padded to 8 with zeros). */
-static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
-                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y, int q8) {
-    const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
-    const int64_t gps = (seg_in + g - 1) / g, rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;
-    const int64_t bbytes = nseg_in * cc * 64, sstride = L->scale_cols * 16;
-    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, kb = (keep_out + 15) / 16;
-    const int64_t nbt = nseg_out * kb;
+/* One weight of a linear_r16 call (shared by the call's pool tasks). */
+typedef struct {
+    const uq_linear *L;
+    const float *b;
+    float *y;
+    int64_t nout, keep_out, seg_out, kb, rb, bbytes, sstride, nbt, ntask, task0;
+} r16_weight;
+
+/* One linear_r16 call: n weights on the same activations, tasks [task0, task0 + ntask) of weight i. */
+typedef struct {
+    const uq_kpath *P;
+    const float *x, *xs;
+    const int8_t *xq;
+    const int32_t *xsum;
+    const uq_k_chunk *gr;
+    float *scratch;
+    const r16_weight *w;
+    int n;
+    int64_t T, TB, nin, ng, ldq, ldo;
+    int q8;
+} r16_job;
+
+static void r16_quant_task(void *arg, int64_t t, int worker) {
+    const r16_job *j = arg;
+    (void)worker;
+    int8_t *xq = (int8_t *)j->xq + t * j->ldq;
+    float *xs = (float *)j->xs + t * j->ng;
+    int32_t *xsum = (int32_t *)j->xsum + t * j->ng;
+    if (j->P->q8_quant0)
+        j->P->q8_quant0(j->x + t * j->nin, j->gr, j->ng, xq, xs, xsum);
+    else
+        uq_k_q8_quant(j->x + t * j->nin, j->gr, j->ng, 0, xq, xs, xsum);
+}
+
+static void r16_task(void *arg, int64_t gtask, int worker) {
+    const r16_job *j = arg;
+    int wi = 0;
+    while (wi + 1 < j->n && gtask >= j->w[wi + 1].task0) wi++;
+    const r16_weight *W = &j->w[wi];
+    const uq_linear *L = W->L;
+    const int64_t task = gtask - W->task0;
+    const int64_t j0 = task * W->nbt / W->ntask, nb = (task + 1) * W->nbt / W->ntask - j0; /* <= UQ_K_R16_NB */
+    const uint8_t *wb[UQ_K_R16_NB];
+    const float *sb[UQ_K_R16_NB];
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t blk = ((j0 + i) / W->kb) * W->rb + (j0 + i) % W->kb;
+        wb[i] = L->packed + blk * W->bbytes;
+        sb[i] = L->scales + blk * W->sstride;
+    }
+    float *out = j->scratch + (size_t)worker * (size_t)(j->TB * j->ldo);
+    for (int64_t t0 = 0; t0 < j->T; t0 += j->TB) {
+        const int64_t tn = j->T - t0 < j->TB ? j->T - t0 : j->TB;
+        if (j->q8)
+            j->P->r16_q8(wb, sb, (int)nb, j->xq + t0 * j->ldq, j->ldq, j->xs + t0 * j->ng, j->xsum + t0 * j->ng, j->ng,
+                         tn, j->gr, j->ng, out, j->ldo);
+        else
+            j->P->r16_f32(wb, sb, (int)nb, j->x + t0 * j->nin, j->nin, tn, j->gr, j->ng, out, j->ldo);
+        for (int64_t i = 0; i < nb; i++) {
+            const int64_t so = (j0 + i) / W->kb, r0 = 16 * ((j0 + i) % W->kb);
+            const int64_t nr = W->keep_out - r0 < 16 ? W->keep_out - r0 : 16;
+            for (int64_t t = 0; t < tn; t++) {
+                const float *src = out + t * j->ldo + 16 * i;
+                float *dst = W->y + (t0 + t) * W->nout + so * W->keep_out + r0;
+                if (W->b) {
+                    const float *bb = W->b + so * W->seg_out + r0;
+                    for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
+                } else {
+                    memcpy(dst, src, (size_t)nr * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+#define UQ_R16_MULTI 4 /* most weights in one linear_r16 call */
+
+/* y_i = x W_i_sel^T (+ b_i) on n <= UQ_R16_MULTI R16 weights that share cols, group and the input selection: one
+ * task per range of <= UQ_K_R16_NB kept row blocks of one weight (a block of a segment whose keep_out is not a
+ * multiple of 16 is computed whole, its extra rows dropped), each task streaming its blocks' kept chunk runs once
+ * per UQ_R16_TB tokens; all weights' tasks in one pool job. fp32 activations are read in place; int8 activations
+ * are quantized once per token and group in natural column order (groups padded to 8 with zeros). */
+static uq_status linear_r16(const uq_kpath *P, int n, const uq_linear *const *Ls, const float *x, int64_t T,
+                            const int64_t *nseg_outs, const int64_t *keep_outs, int64_t nseg_in, int64_t keep_in,
+                            float *const *ys, int q8) {
+    const uq_linear *L0 = Ls[0];
+    const int64_t seg_in = L0->cols / nseg_in, g = L0->group;
+    const int64_t gps = (seg_in + g - 1) / g, cc = (seg_in + 7) / 8;
+    const int64_t nin = nseg_in * keep_in;
     const int64_t per = (keep_in + g - 1) / g, ng = nseg_in * per;
-    const float *b = L->bias;
     uq_k_chunk *gr = NULL;
     int8_t *xq = NULL;
     float *xs = NULL, *scratch = NULL;
     int32_t *xsum = NULL;
-    int64_t ldq = 0;
+    int64_t ldq = 0, work = 0;
     uq_status st = uq_alloc((size_t)ng * sizeof *gr, (void **)&gr);
     if (st != UQ_OK) return st;
     {
@@ -385,60 +453,36 @@ static uq_status linear_r16(const uq_kpath *P, const uq_linear *L, const float *
             }
         ldq = (off + 63) / 64 * 64;
     }
-    const int nth = par_threads(nout * nin * T);
-    /* tasks: a multiple of the thread count, block ranges of equal size (+-1), at most 4 blocks each for
-     * decode (T < 8: small linears of a pruned model still split evenly, e.g. 40 blocks = 10 x 4 on 2
-     * threads, not 5 x 8) and UQ_K_R16_NB for prefill (each task re-reads the activations) */
+    for (int i = 0; i < n; i++) work += nseg_outs[i] * keep_outs[i] * nin * T;
+    const int nth = par_threads(work);
+    /* tasks: per weight a multiple of the thread count, block ranges of equal size (+-1), at most 4 blocks each for
+     * decode (T < 8: small linears of a pruned model still split evenly, e.g. 40 blocks = 10 x 4 on 2 threads, not
+     * 5 x 8) and UQ_K_R16_NB for prefill (each task re-reads the activations) */
     const int64_t per_task = T < 8 ? 4 : UQ_K_R16_NB;
-    int64_t ntask = (int64_t)nth * ((nbt + (int64_t)nth * per_task - 1) / ((int64_t)nth * per_task));
-    if (ntask > nbt) ntask = nbt;
+    r16_weight w[UQ_R16_MULTI];
+    int64_t ntask_all = 0;
+    for (int i = 0; i < n; i++) {
+        const uq_linear *L = Ls[i];
+        const int64_t seg_out = L->rows / nseg_outs[i], kb = (keep_outs[i] + 15) / 16, nbt = nseg_outs[i] * kb;
+        int64_t ntask = (int64_t)nth * ((nbt + (int64_t)nth * per_task - 1) / ((int64_t)nth * per_task));
+        if (ntask > nbt) ntask = nbt;
+        w[i] = (r16_weight){.L = L, .b = L->bias, .y = ys[i], .nout = nseg_outs[i] * keep_outs[i],
+                            .keep_out = keep_outs[i], .seg_out = seg_out, .kb = kb, .rb = (seg_out + 15) / 16,
+                            .bbytes = nseg_in * cc * 64, .sstride = L->scale_cols * 16, .nbt = nbt, .ntask = ntask,
+                            .task0 = ntask_all};
+        ntask_all += ntask;
+    }
     const int64_t TB = T < UQ_R16_TB ? T : UQ_R16_TB, ldo = 16 * UQ_K_R16_NB;
     if ((st = uq_alloc((size_t)nth * (size_t)(TB * ldo) * sizeof(float), (void **)&scratch)) != UQ_OK) goto done;
-    if (q8) {
-        if ((st = uq_calloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
-            (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
-            (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK)
-            goto done;
-#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-        for (int64_t t = 0; t < T; t++) {
-            if (P->q8_quant0)
-                P->q8_quant0(x + t * nin, gr, ng, xq + t * ldq, xs + t * ng, xsum + t * ng);
-            else
-                uq_k_q8_quant(x + t * nin, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
-        }
-    }
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-    for (int64_t task = 0; task < ntask; task++) {
-        const int64_t j0 = task * nbt / ntask, nb = (task + 1) * nbt / ntask - j0; /* <= UQ_K_R16_NB */
-        const uint8_t *wb[UQ_K_R16_NB];
-        const float *sb[UQ_K_R16_NB];
-        for (int64_t i = 0; i < nb; i++) {
-            const int64_t blk = ((j0 + i) / kb) * rb + (j0 + i) % kb;
-            wb[i] = L->packed + blk * bbytes;
-            sb[i] = L->scales + blk * sstride;
-        }
-        float *out = scratch + (size_t)thread_id() * (size_t)(TB * ldo);
-        for (int64_t t0 = 0; t0 < T; t0 += TB) {
-            const int64_t tn = T - t0 < TB ? T - t0 : TB;
-            if (q8)
-                P->r16_q8(wb, sb, (int)nb, xq + t0 * ldq, ldq, xs + t0 * ng, xsum + t0 * ng, ng, tn, gr, ng, out, ldo);
-            else
-                P->r16_f32(wb, sb, (int)nb, x + t0 * nin, nin, tn, gr, ng, out, ldo);
-            for (int64_t i = 0; i < nb; i++) {
-                const int64_t so = (j0 + i) / kb, r0 = 16 * ((j0 + i) % kb);
-                const int64_t nr = keep_out - r0 < 16 ? keep_out - r0 : 16;
-                for (int64_t t = 0; t < tn; t++) {
-                    const float *src = out + t * ldo + 16 * i;
-                    float *dst = y + (t0 + t) * nout + so * keep_out + r0;
-                    if (b) {
-                        const float *bb = b + so * seg_out + r0;
-                        for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
-                    } else {
-                        memcpy(dst, src, (size_t)nr * sizeof(float));
-                    }
-                }
-            }
-        }
+    if (q8 && ((st = uq_calloc((size_t)(T * ldq), (void **)&xq)) != UQ_OK ||
+               (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
+               (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK))
+        goto done;
+    {
+        r16_job j = {.P = P, .x = x, .xs = xs, .xq = xq, .xsum = xsum, .gr = gr, .scratch = scratch, .w = w, .n = n,
+                     .T = T, .TB = TB, .nin = nin, .ng = ng, .ldq = ldq, .ldo = ldo, .q8 = q8};
+        if (q8) uq_pool_run(T, T >= 8 ? nth : 1, r16_quant_task, &j);
+        uq_pool_run(ntask_all, nth, r16_task, &j);
     }
 done:
     uq_free(gr);
@@ -452,11 +496,86 @@ done:
 #define UQ_Q8_GEMM_MIN_T 16 /* below this many tokens the int8 GEMV beats repacking the weights */
 #define UQ_Q8_MB 32         /* rows per int8 GEMM block */
 
+/* One linear_q8 call, shared by its pool tasks. */
+typedef struct {
+    const uq_kpath *Q;
+    const uq_linear *L;
+    const float *x, *b;
+    const uq_k_chunk *ch;
+    int8_t *xq;
+    float *xs, *tot, *y;
+    int32_t *xsum;
+    void *work;
+    size_t wb;
+    int64_t T, nin, nout, keep_out, seg_out, rowbytes, ng, ldq, MB;
+    int gemm, g16;
+} q8_job;
+
+static void q8_quant_task(void *arg, int64_t t, int worker) {
+    const q8_job *j = arg;
+    (void)worker;
+    (j->Q->q8_quant ? j->Q->q8_quant : uq_k_q8_quant)(j->x + t * j->nin, j->ch, j->ng, j->Q->cw, j->xq + t * j->ldq,
+                                                      j->xs + t * j->ng, j->xsum + t * j->ng);
+}
+
+static void q8_task(void *arg, int64_t blk, int id) {
+    const q8_job *j = arg;
+    const uq_kpath *Q = j->Q;
+    const uq_linear *L = j->L;
+    const int64_t MB = j->MB, nout = j->nout, keep_out = j->keep_out, seg_out = j->seg_out, T = j->T;
+    const float *b = j->b;
+    float *y = j->y;
+    int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
+    const uint8_t *wr[UQ_Q8_MB];
+    const float *sr[UQ_Q8_MB];
+    for (int64_t i = 0; i < MB; i++) {
+        int64_t o = o0 + (i < nr ? i : nr - 1), row = (o / keep_out) * seg_out + o % keep_out;
+        wr[i] = L->packed + row * j->rowbytes;
+        sr[i] = L->scales + row * L->scale_cols;
+    }
+    float *tt = j->tot + (int64_t)id * MB * T;
+    if (j->gemm) {
+        Q->q8_gemm(wr, sr, (int)nr, j->xq, j->ldq, j->xs, j->xsum, j->ng, T, j->ch, j->ng, y + o0, nout,
+                   (char *)j->work + (size_t)id * j->wb);
+        if (b)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t i = 0; i < nr; i++) {
+                    int64_t o = o0 + i;
+                    y[t * nout + o] = y[t * nout + o] + b[(o / keep_out) * seg_out + o % keep_out];
+                }
+        return;
+    }
+    if (j->g16) {
+        const uint8_t *wn[16];
+        int64_t n1 = nout - (o0 + MB) < MB ? nout - (o0 + MB) : MB;
+        for (int64_t i = 0; i < 16 && n1 > 0; i++) {
+            int64_t o = o0 + MB + (i < n1 ? i : n1 - 1);
+            wn[i] = L->packed + ((o / keep_out) * seg_out + o % keep_out) * j->rowbytes;
+        }
+        Q->q8_gemv_16rows(wr, sr, (int)nr, j->xq, j->xs, j->xsum, j->ch, j->ng, tt, n1 > 0 ? wn : NULL);
+    } else {
+        Q->q8_gemv(wr, sr, (int)nr, j->xq, j->ldq, j->xs, j->xsum, j->ng, T, j->ch, j->ng, tt);
+    }
+    for (int64_t i = 0; i < nr; i++) {
+        int64_t o = o0 + i, row = (o / keep_out) * seg_out + o % keep_out;
+        for (int64_t t = 0; t < T; t++) y[t * nout + o] = b ? tt[i * T + t] + b[row] : tt[i * T + t];
+    }
+}
+
+/* Dynamic blocks of 4 row blocks, as schedule(dynamic, 4) handed them out. */
+#define UQ_Q8_BLOCKS_PER_TASK 4
+
+static void q8_task4(void *arg, int64_t task, int id) {
+    const q8_job *j = arg;
+    const int64_t nblk = (j->nout + j->MB - 1) / j->MB;
+    for (int64_t blk = task * UQ_Q8_BLOCKS_PER_TASK; blk < nblk && blk < (task + 1) * UQ_Q8_BLOCKS_PER_TASK; blk++)
+        q8_task(arg, blk, id);
+}
+
 static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
     const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, g = L->group;
     const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(L->cols);
-    const float *b = L->bias;
     /* the vector kernels read whole bytes from each group's first column: every group must start even */
     int vec = P != &uq_kpath_ref && (nseg_in == 1 || !(seg_in & 1)) && (g % 2 == 0 || g >= keep_in);
     const uq_kpath *Q = vec ? P : &uq_kpath_ref;
@@ -478,46 +597,13 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
         (st = uq_alloc((size_t)nth * (size_t)(MB * T) * sizeof(float), (void **)&tot)) != UQ_OK ||
         (st = uq_alloc((size_t)nth * wb + 64, &work)) != UQ_OK)
         goto done;
-#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-    for (int64_t t = 0; t < T; t++)
-        (Q->q8_quant ? Q->q8_quant : uq_k_q8_quant)(x + t * nin, ch, ng, Q->cw, xq + t * ldq, xs + t * ng, xsum + t * ng);
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 4)
-    for (int64_t blk = 0; blk < nblk; blk++) {
-        int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
-        const uint8_t *wr[UQ_Q8_MB];
-        const float *sr[UQ_Q8_MB];
-        for (int64_t i = 0; i < MB; i++) {
-            int64_t o = o0 + (i < nr ? i : nr - 1), row = (o / keep_out) * seg_out + o % keep_out;
-            wr[i] = L->packed + row * rowbytes;
-            sr[i] = L->scales + row * L->scale_cols;
-        }
-        int id = thread_id();
-        float *tt = tot + (int64_t)id * MB * T;
-        if (gemm) {
-            Q->q8_gemm(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, y + o0, nout, (char *)work + (size_t)id * wb);
-            if (b)
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t i = 0; i < nr; i++) {
-                        int64_t o = o0 + i;
-                        y[t * nout + o] = y[t * nout + o] + b[(o / keep_out) * seg_out + o % keep_out];
-                    }
-            continue;
-        }
-        if (g16) {
-            const uint8_t *wn[16];
-            int64_t n1 = nout - (o0 + MB) < MB ? nout - (o0 + MB) : MB;
-            for (int64_t i = 0; i < 16 && n1 > 0; i++) {
-                int64_t o = o0 + MB + (i < n1 ? i : n1 - 1);
-                wn[i] = L->packed + ((o / keep_out) * seg_out + o % keep_out) * rowbytes;
-            }
-            Q->q8_gemv_16rows(wr, sr, (int)nr, xq, xs, xsum, ch, ng, tt, n1 > 0 ? wn : NULL);
-        } else {
-            Q->q8_gemv(wr, sr, (int)nr, xq, ldq, xs, xsum, ng, T, ch, ng, tt);
-        }
-        for (int64_t i = 0; i < nr; i++) {
-            int64_t o = o0 + i, row = (o / keep_out) * seg_out + o % keep_out;
-            for (int64_t t = 0; t < T; t++) y[t * nout + o] = b ? tt[i * T + t] + b[row] : tt[i * T + t];
-        }
+    {
+        q8_job j = {.Q = Q, .L = L, .x = x, .b = L->bias, .ch = ch, .xq = xq, .xs = xs, .tot = tot, .y = y,
+                    .xsum = xsum, .work = work, .wb = wb, .T = T, .nin = nin, .nout = nout, .keep_out = keep_out,
+                    .seg_out = seg_out, .rowbytes = rowbytes, .ng = ng, .ldq = ldq, .MB = MB, .gemm = gemm,
+                    .g16 = g16};
+        uq_pool_run(T, T >= 8 ? nth : 1, q8_quant_task, &j);
+        uq_pool_run((nblk + UQ_Q8_BLOCKS_PER_TASK - 1) / UQ_Q8_BLOCKS_PER_TASK, nth, q8_task4, &j);
     }
 done:
     uq_free(ch);
@@ -552,32 +638,35 @@ static void pack_q4_generic(const uint8_t *w, const float *s, const uq_k_chunk *
     }
 }
 
-static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
-                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
-    const int V = P->V, q4 = L->kind == UQ_W_Q4;
-    const int wide = q4 && P->gemv_q4w && L->group % (8 * V) == 0, m = q4 ? (wide ? 8 : 2) : 1;
-    const int64_t cw = (int64_t)m * V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
-    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(cols);
-    const int64_t g = q4 ? L->group : 0, gps = q4 ? (seg_in + g - 1) / g : 0;
-    const float *b = L->bias;
-    uq_k_chunk *ch;
-    int64_t nch;
-    uq_status st = build_chunks(nseg_in, seg_in, keep_in, cw, g, &ch, &nch);
-    if (st != UQ_OK) return st;
-    int all_scol = 1;
-    for (int64_t k = 0; k < nch; k++) all_scol &= ch[k].scol >= 0;
-    const int64_t nvec = nch * (cw / V), ldp = nvec * V;
-    const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
-    /* fp32 rows read in place by the GEMM when the selection is contiguous and has no partial chunks */
-    const int direct = L->kind == UQ_W_F32 && keep_in % V == 0 && (nseg_in == 1 || keep_in == seg_in);
-    float *xp = NULL, *work = NULL;
-    const float *xg = x;
-    int64_t ldx = nin;
-    if (q4 || (!gemv && !direct)) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
-        if ((st = uq_alloc((size_t)(T * ldp) * sizeof(float), (void **)&xp)) != UQ_OK) goto done;
-#pragma omp parallel for num_threads(T >= 8 ? nth : 1) schedule(static)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t k = 0; k < nch; k++) {
+/* One linear_vec call, shared by its pool tasks (the loop bodies below use these names). */
+typedef struct {
+    const uq_kpath *P;
+    const uq_linear *L;
+    const float *x, *xg, *b;
+    float *y, *xp, *work;
+    const uq_k_chunk *ch;
+    int64_t nch, cw, seg_out, cols, nout, nin, rowbytes, g, gps, keep_out, keep_in, nvec, ldp, ldx, T, MR;
+    size_t per;
+    int V, m, wide, q4, direct, all_scol;
+} vec_job;
+
+/* token t of x packed into xp (natural order for fp32 / fp16, [V even | V odd] pieces for int4) */
+static void vec_pack_task(void *arg, int64_t t, int worker) {
+    const vec_job *jb = arg;
+    const uq_kpath *P = jb->P;
+    const uq_linear *L = jb->L;
+    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
+    float *y = jb->y, *xp = jb->xp;
+    const uq_k_chunk *ch = jb->ch;
+    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
+    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
+    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
+    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
+    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    (void)worker;
+    for (int64_t k = 0; k < nch; k++) {
                 const float *src = x + t * nin + ch[k].xcol;
                 float *dst = xp + t * ldp + k * cw;
                 const int64_t n = ch[k].n;
@@ -589,14 +678,27 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                         for (int i = 0; i < V; i++) dst[j * V + i] = m * i + j < n ? src[m * i + j] : 0.0f;
                 }
             }
-        xg = xp;
-        ldx = ldp;
-    }
-    if (gemv) {
-        const int MR = T <= 2 ? 8 : 4;
-        const int64_t nblk = (nout + MR - 1) / MR;
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 8)
-        for (int64_t blk = 0; blk < nblk; blk++) {
+}
+
+/* GEMV: 8 row blocks of MR rows per task (T <= 4) */
+static void vec_gemv_task(void *arg, int64_t task, int worker) {
+    const vec_job *jb = arg;
+    const uq_kpath *P = jb->P;
+    const uq_linear *L = jb->L;
+    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
+    float *y = jb->y, *xp = jb->xp;
+    const uq_k_chunk *ch = jb->ch;
+    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
+    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
+    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
+    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
+    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int MR = (int)jb->MR;
+    const int64_t nblk = (nout + MR - 1) / MR;
+    (void)worker;
+    for (int64_t blk = task * 8; blk < nblk && blk < task * 8 + 8; blk++) {
             float acc[8 * 4 * 16];
             int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
             const float *wf[8];
@@ -625,16 +727,28 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                     float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
                     y[t * nout + o0 + i] = b ? d + b[row[i]] : d;
                 }
-        }
-        goto done;
-    }
+            }
+}
+
+/* GEMM: one panel of UQ_GEMM_MB rows per task, packed into the worker's scratch */
+static void vec_gemm_task(void *arg, int64_t blk, int worker) {
+    const vec_job *jb = arg;
+    const uq_kpath *P = jb->P;
+    const uq_linear *L = jb->L;
+    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
+    float *y = jb->y, *xp = jb->xp;
+    const uq_k_chunk *ch = jb->ch;
+    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
+    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
+    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
+    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
+    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR;
+    const size_t per = jb->per;
     {
-        const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR, nblk = (nout + MB - 1) / MB;
-        const size_t per = (size_t)((direct ? 0 : MB * ldp) + MB * TB * V); /* floats: panel + accumulators */
-        if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-        for (int64_t blk = 0; blk < nblk; blk++) {
-            float *wp = work + (size_t)thread_id() * per, *accb = wp + (direct ? 0 : MB * ldp);
+            float *wp = jb->work + (size_t)worker * per, *accb = wp + (direct ? 0 : MB * ldp);
             int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];
             const float *wrow[UQ_GEMM_MB];
             for (int64_t i = 0; i < MB; i++) {
@@ -691,7 +805,57 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
                         }
                 }
             }
-        }
+            }
+}
+
+static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
+                            int64_t keep_out, int64_t nseg_in, int64_t keep_in, float *y) {
+    const int V = P->V, q4 = L->kind == UQ_W_Q4;
+    const int wide = q4 && P->gemv_q4w && L->group % (8 * V) == 0, m = q4 ? (wide ? 8 : 2) : 1;
+    const int64_t cw = (int64_t)m * V, seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
+    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, rowbytes = UQ_Q4_ROW_BYTES(cols);
+    const int64_t g = q4 ? L->group : 0, gps = q4 ? (seg_in + g - 1) / g : 0;
+    const float *b = L->bias;
+    uq_k_chunk *ch;
+    int64_t nch;
+    uq_status st = build_chunks(nseg_in, seg_in, keep_in, cw, g, &ch, &nch);
+    if (st != UQ_OK) return st;
+    int all_scol = 1;
+    for (int64_t k = 0; k < nch; k++) all_scol &= ch[k].scol >= 0;
+    const int64_t nvec = nch * (cw / V), ldp = nvec * V;
+    const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
+    /* fp32 rows read in place by the GEMM when the selection is contiguous and has no partial chunks */
+    const int direct = L->kind == UQ_W_F32 && keep_in % V == 0 && (nseg_in == 1 || keep_in == seg_in);
+    float *xp = NULL, *work = NULL;
+    const float *xg = x;
+    int64_t ldx = nin;
+    vec_job J = {.P = P, .L = L, .x = x, .y = y, .b = b, .ch = ch, .nch = nch, .V = V, .m = m, .wide = wide, .q4 = q4,
+                 .direct = direct, .all_scol = all_scol, .cw = cw, .seg_out = seg_out, .cols = cols, .nout = nout,
+                 .nin = nin, .rowbytes = rowbytes, .g = g, .gps = gps, .keep_out = keep_out, .keep_in = keep_in,
+                 .nvec = nvec, .ldp = ldp, .T = T};
+    if (q4 || (!gemv && !direct)) { /* packed x: natural order (fp32/fp16) or [V even | V odd] pieces (int4) */
+        if ((st = uq_alloc((size_t)(T * ldp) * sizeof(float), (void **)&xp)) != UQ_OK) goto done;
+        J.xp = xp;
+        uq_pool_run(T, T >= 8 ? nth : 1, vec_pack_task, &J);
+        xg = xp;
+        ldx = ldp;
+    }
+    J.xg = xg;
+    J.ldx = ldx;
+    if (gemv) {
+        const int MR = T <= 2 ? 8 : 4;
+        const int64_t nblk = (nout + MR - 1) / MR;
+        J.MR = MR;
+        uq_pool_run((nblk + 7) / 8, nth, vec_gemv_task, &J);
+        goto done;
+    }
+    {
+        const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, nblk = (nout + MB - 1) / MB;
+        const size_t per = (size_t)((direct ? 0 : MB * ldp) + MB * TB * V); /* floats: panel + accumulators */
+        if ((st = uq_alloc((size_t)nth * per * sizeof(float), (void **)&work)) != UQ_OK) goto done;
+        J.work = work;
+        J.per = per;
+        uq_pool_run(nblk, nth, vec_gemm_task, &J);
     }
 done:
     uq_free(ch);
@@ -710,7 +874,7 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
         return uq_q8w_linear(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
                              par_threads(nseg_out * keep_out * nseg_in * keep_in * T));
     if (L->kind == UQ_W_Q4 && L->layout == UQ_Q4_R16)
-        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
+        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, 1, &L, x, T, &nseg_out, &keep_out, nseg_in, keep_in, &y,
                           uq_k_q4_int8());
     if (L->kind == UQ_W_Q4 && uq_k_q4_int8()) return linear_q8(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
     if (P != &uq_kpath_ref) return linear_vec(P, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y);
@@ -724,6 +888,30 @@ uq_status uq_linear_forward(const uq_linear *L, const float *x, int64_t T, int64
         return st;
     linear_f32(L, x, T, nseg_out, keep_out, nseg_in, keep_in, y, cvt, nth);
     uq_free(cvt);
+    return UQ_OK;
+}
+
+uq_status uq_linear_forward_multi(int n, const uq_linear *const *L, const float *x, int64_t T,
+                                  const int64_t *nseg_out, const int64_t *keep_out, int64_t nseg_in, int64_t keep_in,
+                                  float *const *y) {
+    if (n < 1 || n > UQ_R16_MULTI || !L || !nseg_out || !keep_out || !y)
+        return uq_set_error(UQ_ERR_ARG, "linear_forward_multi: %d weights (1..%d) or a NULL argument", n, UQ_R16_MULTI);
+    int fused = 1;
+    for (int i = 0; i < n; i++) {
+        uq_status st = check_call(L[i], x, T, nseg_out[i], keep_out[i], nseg_in, keep_in, y[i]);
+        if (st != UQ_OK) return st;
+        fused &= L[i]->kind == UQ_W_Q4 && L[i]->layout == UQ_Q4_R16 && L[i]->cols == L[0]->cols &&
+                 L[i]->group == L[0]->group;
+    }
+    uq_status st = uq_kernels_init();
+    if (st != UQ_OK) return st;
+    if (fused) {
+        const uq_kpath *P = uq_k_path();
+        return linear_r16(P->r16_f32 ? P : &uq_kpath_ref, n, L, x, T, nseg_out, keep_out, nseg_in, keep_in, y,
+                          uq_k_q4_int8());
+    }
+    for (int i = 0; i < n; i++)
+        if ((st = uq_linear_forward(L[i], x, T, nseg_out[i], keep_out[i], nseg_in, keep_in, y[i])) != UQ_OK) return st;
     return UQ_OK;
 }
 

@@ -11,10 +11,6 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kernels.h"
 #include "q8w.h"
 
@@ -52,82 +48,113 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     float m = -INFINITY;
     for (int64_t s = 0; s < n; s++)
         if (sc[s] > m) m = sc[s];
-    double sum = 0.0;
+    double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t s = 0; s < n; s++) {
-        sc[s] = expf(sc[s] - m);
-        sum += sc[s];
+        sc[s] = uq_k_exp(sc[s] - m);
+        l[s & 7] += sc[s];
     }
-    return (float)(1.0 / sum);
+    return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
+}
+
+/* One uq_k_attention call, shared by its pool tasks (one task per work item). */
+typedef struct {
+    const uq_kpath *P;
+    const float *q, *kc, *vc;
+    float *out, *scores;
+    int64_t n_heads, group, g, r, r_rot, k_off, max_seq, rc, pos0;
+    float scale;
+    int split;
+    float (*softmax)(float *sc, int64_t n);
+} attn_job;
+
+static void attn_task(void *arg, int64_t i, int worker) {
+    const attn_job *a = arg;
+    const uq_kpath *P = a->P;
+    const int64_t g = a->g, group = a->group, n_heads = a->n_heads, r = a->r, r_rot = a->r_rot, rc = a->rc;
+    const int64_t max_seq = a->max_seq;
+    const float scale = a->scale;
+    float *sc = a->scores + (int64_t)worker * group * max_seq;
+    const int64_t t = i * g / n_heads, h0 = (i * g) % n_heads, kv = h0 / group, n = a->pos0 + t + 1;
+    const float *K = a->kc + kv * max_seq * rc, *V = a->vc + kv * max_seq * rc;
+    const float *qh = a->q + (t * n_heads + h0) * r;
+    float *oh = a->out + (t * n_heads + h0) * r;
+    if (a->split) {
+        for (int64_t j = 0; j < g; j++) {
+            const float *qj = qh + j * r;
+            for (int64_t s = 0; s < n; s++)
+                sc[s] = (P->dot(qj, K + s * rc, r_rot) + P->dot(qj + r_rot, K + s * rc + a->k_off, r - r_rot)) * scale;
+            const float inv = a->softmax(sc, n);
+            if (P->attn_accum) {
+                P->attn_accum(sc, inv, V, rc, n, r, oh + j * r);
+            } else {
+                memset(oh + j * r, 0, (size_t)r * sizeof(float));
+                for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, oh + j * r, r);
+            }
+        }
+        return;
+    }
+    if (P->attn_scores) {
+        for (int64_t j = 0; j < g; j++) {
+            P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
+            P->attn_accum(sc, a->softmax(sc, n), V, rc, n, r, oh + j * r);
+        }
+        return;
+    }
+    float inv[64];
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
+    for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);
+    memset(oh, 0, (size_t)(g * r) * sizeof(float));
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], V + s * rc, oh + j * r, r);
 }
 
 void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
                     int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
                     int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads) {
     const int64_t group = n_heads / n_kv;
-    const uq_kpath *P = uq_k_path();
-    /* partial RoPE: the rotary and the pass rows are two dot products, whether the pass rows follow the rotary
-     * ones in the cache row (k_off = r_rot) or not (a pruned head): a model built from truncated arrays and a full
-     * model set to the same keeps then compute the same scores */
-    const int split = r_rot > 0 && r_rot < r;
     /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
     const int par = T * n_heads * (pos0 + T) * r >= 65536;
     /* Work items: (token, kv head) when that still splits evenly over the threads -- the group's query heads then
      * run on one thread back to back over the same K / V rows (the path's attention helpers: one head at a time,
      * the rows still in L2; the dot / axpy loops: all heads per row, in L1) -- else (token, query head). Each
-     * head's operations are the same either way: scores s = 0.. in order, softmax, out += p_s v_s in order. */
+     * head's operations are the same either way: scores s = 0.. in order, softmax, out += p_s v_s in order.
+     * partial RoPE (split): the rotary and the pass rows are two dot products, whether the pass rows follow the
+     * rotary ones in the cache row (k_off = r_rot) or not (a pruned head): a model built from truncated arrays and
+     * a full model set to the same keeps then compute the same scores. */
     const int64_t wk = T * n_kv, nth = par ? nthreads : 1;
     const int64_t g = group > 1 && group <= 64 && (wk % nth == 0 || wk >= 4 * nth) ? group : 1;
-    const int64_t work = T * n_heads / g;
-#pragma omp parallel num_threads(nthreads) if (par)
-    {
-#ifdef _OPENMP
-        float *sc = scores + (int64_t)omp_get_thread_num() * group * max_seq;
-#else
-        float *sc = scores;
-#endif
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < work; i++) {
-            const int64_t t = i * g / n_heads, h0 = (i * g) % n_heads, kv = h0 / group, n = pos0 + t + 1;
-            const float *K = kc + kv * max_seq * rc, *V = vc + kv * max_seq * rc;
-            const float *qh = q + (t * n_heads + h0) * r;
-            float *oh = out + (t * n_heads + h0) * r;
-            if (split) {
-                for (int64_t j = 0; j < g; j++) {
-                    const float *qj = qh + j * r;
-                    for (int64_t s = 0; s < n; s++)
-                        sc[s] = (P->dot(qj, K + s * rc, r_rot) + P->dot(qj + r_rot, K + s * rc + k_off, r - r_rot)) *
-                                scale;
-                    const float inv = uq_k_softmax_inplace(sc, n);
-                    if (P->attn_accum) {
-                        P->attn_accum(sc, inv, V, rc, n, r, oh + j * r);
-                    } else {
-                        memset(oh + j * r, 0, (size_t)r * sizeof(float));
-                        for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, oh + j * r, r);
-                    }
-                }
-                continue;
-            }
-            if (P->attn_scores) {
-                for (int64_t j = 0; j < g; j++) {
-                    P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
-                    P->attn_accum(sc, uq_k_softmax_inplace(sc, n), V, rc, n, r, oh + j * r);
-                }
-                continue;
-            }
-            float inv[64];
-            for (int64_t s = 0; s < n; s++)
-                for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
-            for (int64_t j = 0; j < g; j++) inv[j] = uq_k_softmax_inplace(sc + j * max_seq, n);
-            memset(oh, 0, (size_t)(g * r) * sizeof(float));
-            for (int64_t s = 0; s < n; s++)
-                for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], V + s * rc, oh + j * r, r);
-        }
-    }
+    const uq_kpath *P = uq_k_path();
+    attn_job a = {.P = P, .softmax = P->softmax ? P->softmax : uq_k_softmax_inplace, .q = q, .kc = kc, .vc = vc, .out = out, .scores = scores, .n_heads = n_heads,
+                  .group = group, .g = g, .r = r, .r_rot = r_rot, .k_off = k_off, .max_seq = max_seq, .rc = rc,
+                  .pos0 = pos0, .scale = scale, .split = r_rot > 0 && r_rot < r};
+    uq_pool_run(T * n_heads / g, (int)nth, attn_task, &a);
+}
+
+typedef struct {
+    float *g;
+    const float *u;
+    int64_t n;
+    void (*fn)(float *g, const float *u, int64_t n);
+} silu_job;
+
+static void silu_mul_ref(float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + uq_k_exp(-g[i])) * u[i];
+}
+
+#define UQ_SILU_TASK 8192
+
+static void silu_task(void *arg, int64_t task, int worker) {
+    const silu_job *j = arg;
+    (void)worker;
+    const int64_t i0 = task * UQ_SILU_TASK, i1 = i0 + UQ_SILU_TASK < j->n ? i0 + UQ_SILU_TASK : j->n;
+    j->fn(j->g + i0, j->u + i0, i1 - i0);
 }
 
 void uq_k_silu_mul(float *restrict g, const float *restrict u, int64_t n) {
-#pragma omp parallel for num_threads(uq_k_threads()) schedule(static) if (n >= 65536)
-    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    const uq_kpath *P = uq_k_path();
+    silu_job j = {.g = g, .u = u, .n = n, .fn = P->silu_mul ? P->silu_mul : silu_mul_ref};
+    uq_pool_run((n + UQ_SILU_TASK - 1) / UQ_SILU_TASK, n >= 65536 ? uq_k_threads() : 1, silu_task, &j);
 }
 
 void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X) {

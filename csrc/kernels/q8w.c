@@ -16,9 +16,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "kernels.h"
 #include "q8w.h"
@@ -195,26 +192,41 @@ uq_status uq_q8w_check(const uq_linear *L, int64_t nseg_in, const char *where) {
     return UQ_OK;
 }
 
-uq_status uq_q8w_linear(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
-                        int64_t nseg_in, int64_t keep_in, float *y, int nth) {
-    const q8_row_fn row = pick();
-    const int64_t seg_out = L->rows / nseg_out, seg_in = L->cols / nseg_in, cols = L->cols;
-    const int64_t nout = nseg_out * keep_out, nin = nseg_in * keep_in, g = L->group;
-    const int64_t gps = (seg_in + g - 1) / g;
+typedef struct {
+    const uq_linear *L;
+    q8_row_fn row;
+    const float *x, *b;
+    float *y;
+    int64_t T, nseg_in, seg_in, seg_out, keep_out, keep_in, nout, nin, g, gps;
+} q8w_job;
+
+#define Q8W_ROWS_PER_TASK 16
+
+static void q8w_task(void *arg, int64_t task, int worker) {
+    const q8w_job *j = arg;
+    (void)worker;
+    const uq_linear *L = j->L;
     const int8_t *codes = (const int8_t *)L->packed;
-    const float *b = L->bias;
-    (void)nth;
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 16)
-    for (int64_t o = 0; o < nout; o++) {
-        const int64_t r = (o / keep_out) * seg_out + o % keep_out;
+    const int64_t o1 = (task + 1) * Q8W_ROWS_PER_TASK < j->nout ? (task + 1) * Q8W_ROWS_PER_TASK : j->nout;
+    for (int64_t o = task * Q8W_ROWS_PER_TASK; o < o1; o++) {
+        const int64_t r = (o / j->keep_out) * j->seg_out + o % j->keep_out;
         float tot[Q8_TB];
-        for (int64_t t0 = 0; t0 < T; t0 += Q8_TB) {
-            int nt = (int)(T - t0 < Q8_TB ? T - t0 : Q8_TB);
-            row(codes + r * cols, L->scales + r * L->scale_cols, nseg_in, seg_in, keep_in, g, gps, x + t0 * nin,
-                nin, nt, tot);
-            for (int t = 0; t < nt; t++) y[(t0 + t) * nout + o] = b ? tot[t] + b[r] : tot[t];
+        for (int64_t t0 = 0; t0 < j->T; t0 += Q8_TB) {
+            int nt = (int)(j->T - t0 < Q8_TB ? j->T - t0 : Q8_TB);
+            j->row(codes + r * L->cols, L->scales + r * L->scale_cols, j->nseg_in, j->seg_in, j->keep_in, j->g, j->gps,
+                   j->x + t0 * j->nin, j->nin, nt, tot);
+            for (int t = 0; t < nt; t++) j->y[(t0 + t) * j->nout + o] = j->b ? tot[t] + j->b[r] : tot[t];
         }
     }
+}
+
+uq_status uq_q8w_linear(const uq_linear *L, const float *x, int64_t T, int64_t nseg_out, int64_t keep_out,
+                        int64_t nseg_in, int64_t keep_in, float *y, int nth) {
+    const int64_t seg_in = L->cols / nseg_in, nout = nseg_out * keep_out;
+    q8w_job j = {.L = L, .row = pick(), .x = x, .b = L->bias, .y = y, .T = T, .nseg_in = nseg_in, .seg_in = seg_in,
+                 .seg_out = L->rows / nseg_out, .keep_out = keep_out, .keep_in = keep_in, .nout = nout,
+                 .nin = nseg_in * keep_in, .g = L->group, .gps = (seg_in + L->group - 1) / L->group};
+    uq_pool_run((nout + Q8W_ROWS_PER_TASK - 1) / Q8W_ROWS_PER_TASK, nth, q8w_task, &j);
     return UQ_OK;
 }
 

@@ -14,9 +14,6 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "kernels.h"
 #include "ssm_kernels.h"
@@ -25,40 +22,49 @@
 
 static inline float silu(float v) { return v / (1.0f + expf(-v)); }
 
-static inline int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
+typedef struct {
+    const float *in, *w, *b;
+    const int64_t *chan;
+    float *state, *out;
+    int64_t T, nc, K;
+} conv_job;
+
+#define UQ_CONV_TASK 64 /* channels per pool task */
+
+static void conv_task(void *arg, int64_t task, int worker) {
+    const conv_job *j = arg;
+    (void)worker;
+    const int64_t T = j->T, nc = j->nc, K = j->K, K1 = K - 1;
+    const int64_t c1 = (task + 1) * UQ_CONV_TASK < nc ? (task + 1) * UQ_CONV_TASK : nc;
+    for (int64_t c = task * UQ_CONV_TASK; c < c1; c++) {
+        const int64_t ch = j->chan[c];
+        float *st = j->state + ch * K1;
+        const float *wc = j->w + ch * K;
+        const float bias = j->b ? j->b[ch] : 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            float acc = bias;
+            for (int64_t k = 0; k < K; k++) {
+                int64_t idx = t + k - K1;
+                float v = idx >= 0 ? j->in[idx * nc + c] : st[K1 + idx];
+                acc += wc[k] * v;
+            }
+            j->out[t * nc + c] = silu(acc);
+        }
+        float tmp[UQ_HY_MAX_CONV];
+        for (int64_t i = 0; i < K1; i++) {
+            int64_t ii = T + i; /* index into [state (K1) | in (T)] */
+            tmp[i] = ii < K1 ? st[ii] : j->in[(ii - K1) * nc + c];
+        }
+        for (int64_t i = 0; i < K1; i++) st[i] = tmp[i];
+    }
 }
 
 void uq_ks_conv1d_silu(const float *restrict in, int64_t T, int64_t nc, const int64_t *restrict chan,
                        const float *restrict w, const float *restrict b, int64_t K, float *restrict state,
                        float *restrict out) {
-    const int64_t K1 = K - 1;
-#pragma omp parallel for schedule(static) num_threads(uq_k_threads()) if (T * nc * K >= UQ_SSM_PAR_MIN)
-    for (int64_t c = 0; c < nc; c++) {
-        const int64_t ch = chan[c];
-        float *st = state + ch * K1;
-        const float *wc = w + ch * K;
-        const float bias = b ? b[ch] : 0.0f;
-        for (int64_t t = 0; t < T; t++) {
-            float acc = bias;
-            for (int64_t k = 0; k < K; k++) {
-                int64_t idx = t + k - K1;
-                float v = idx >= 0 ? in[idx * nc + c] : st[K1 + idx];
-                acc += wc[k] * v;
-            }
-            out[t * nc + c] = silu(acc);
-        }
-        float tmp[UQ_HY_MAX_CONV];
-        for (int64_t j = 0; j < K1; j++) {
-            int64_t i = T + j; /* index into [state (K1) | in (T)] */
-            tmp[j] = i < K1 ? st[i] : in[(i - K1) * nc + c];
-        }
-        for (int64_t j = 0; j < K1; j++) st[j] = tmp[j];
-    }
+    conv_job j = {.in = in, .w = w, .b = b, .chan = chan, .state = state, .out = out, .T = T, .nc = nc, .K = K};
+    uq_pool_run((nc + UQ_CONV_TASK - 1) / UQ_CONV_TASK, T * nc * K >= UQ_SSM_PAR_MIN ? uq_k_threads() : 1, conv_task,
+                &j);
 }
 
 void uq_ks_dt_softplus(float *dt, int64_t T, int64_t H, const float *bias, float lo, float hi) {
@@ -93,10 +99,13 @@ static void scan_head_seq(const uq_ks_scan *a, int64_t h) {
     }
 }
 
+static void scan_seq_task(void *arg, int64_t h, int worker) {
+    (void)worker;
+    scan_head_seq(arg, h);
+}
+
 void uq_ks_ssm_scan_seq(const uq_ks_scan *a, int nthreads) {
-    (void)nthreads;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN)
-    for (int64_t h = 0; h < a->H; h++) scan_head_seq(a, h);
+    uq_pool_run(a->H, a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN ? nthreads : 1, scan_seq_task, (void *)a);
 }
 
 int64_t uq_ks_scan_work(int64_t chunk) { return 4 * chunk; }
@@ -154,19 +163,31 @@ static void chunk_head(const uq_ks_scan *a, int64_t c0, int64_t L, const float *
     }
 }
 
+/* One chunk of uq_ks_ssm_scan_chunked: its C B^T rows, then its heads (per-worker scratch). */
+typedef struct {
+    const uq_ks_scan *a;
+    float *shared, *work;
+    int64_t c0, L, per;
+} chunk_job;
+
+static void chunk_cb_task(void *arg, int64_t i, int worker) {
+    const chunk_job *j = arg;
+    (void)worker;
+    chunk_cb(j->a, j->c0, j->L, j->shared, i);
+}
+
+static void chunk_head_task(void *arg, int64_t h, int worker) {
+    const chunk_job *j = arg;
+    chunk_head(j->a, j->c0, j->L, j->shared, h, j->work + (int64_t)worker * j->per);
+}
+
 void uq_ks_ssm_scan_chunked(const uq_ks_scan *a, float *shared, float *work, int nthreads) {
-    const int64_t per = uq_ks_scan_work(a->chunk);
-    (void)nthreads;
-#pragma omp parallel num_threads(nthreads) if (a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN)
-    {
-        float *wk = work + (int64_t)thread_id() * per;
-        for (int64_t c0 = 0; c0 < a->T; c0 += a->chunk) {
-            const int64_t L = a->T - c0 < a->chunk ? a->T - c0 : a->chunk;
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < a->G * L; i++) chunk_cb(a, c0, L, shared, i);
-#pragma omp for schedule(static)
-            for (int64_t h = 0; h < a->H; h++) chunk_head(a, c0, L, shared, h, wk);
-        }
+    const int nth = a->T * a->H * a->Pc * a->Nc >= UQ_SSM_PAR_MIN ? nthreads : 1;
+    for (int64_t c0 = 0; c0 < a->T; c0 += a->chunk) {
+        chunk_job j = {.a = a, .shared = shared, .work = work, .c0 = c0,
+                       .L = a->T - c0 < a->chunk ? a->T - c0 : a->chunk, .per = uq_ks_scan_work(a->chunk)};
+        uq_pool_run(a->G * j.L, nth, chunk_cb_task, &j);
+        uq_pool_run(a->H, nth, chunk_head_task, &j);
     }
 }
 

@@ -712,8 +712,12 @@ uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64
     const int64_t rr = r * Rr / R, rp = r - rr;
     uq_status st;
     if (r == R || rp == 0 || rr == 0) {
-        /* one prefix segment per head: all rows, only rotary rows, or only pass rows (no RoPE) */
-        if ((st = uq_linear_forward(&lw->q, xn, T, nh, r, 1, hid, q)) != UQ_OK) return st;
+        /* one prefix segment per head: all rows, only rotary rows, or only pass rows (no RoPE); Q, K and V in one
+         * call (one activation pass and one thread-pool job when all three are R16 int4) */
+        const uq_linear *Ls[3] = {&lw->q, &lw->k, &lw->v};
+        const int64_t nso[3] = {nh, nkv, nkv}, ko[3] = {r, R, R};
+        float *ys[3] = {q, kb, vb};
+        return uq_linear_forward_multi(3, Ls, xn, T, nso, ko, 1, hid, ys);
     } else {
         uq_linear vp = view_rows(&lw->q, Rr, nh * R);
         if ((st = uq_linear_forward(&lw->q, xn, T, nh, rr, 1, hid, qa)) != UQ_OK ||
@@ -758,9 +762,10 @@ uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T,
     const int64_t hid = c->hidden_size, k = m->keep[l][KEEP_MLP];
     uq_status st;
     if (c->mlp_act == UQ_HY_ACT_SILU_GATED) {
-        if ((st = uq_linear_forward(&lw->gate, xn, T, 1, k, 1, hid, g)) != UQ_OK ||
-            (st = uq_linear_forward(&lw->up, xn, T, 1, k, 1, hid, u)) != UQ_OK)
-            return st;
+        const uq_linear *Ls[2] = {&lw->gate, &lw->up};
+        const int64_t nso[2] = {1, 1}, ko[2] = {k, k};
+        float *ys[2] = {g, u};
+        if ((st = uq_linear_forward_multi(2, Ls, xn, T, nso, ko, 1, hid, ys)) != UQ_OK) return st;
         uq_k_silu_mul(g, u, T * k);
     } else {
         if ((st = uq_linear_forward(&lw->up, xn, T, 1, k, 1, hid, g)) != UQ_OK) return st;

@@ -12,10 +12,6 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "../kernels/kernels.h"
 #include "../kernels/ssm_kernels.h"
 #include "ssm_impl.h"
@@ -110,52 +106,74 @@ uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head) {
 }
 
 /* Spread per-sequence work over the threads when there are at least as many sequences as threads (each call then
- * runs single-threaded: nested regions are inactive), else let each call use its own threads. */
+ * runs single-threaded: a pool task's kernel calls run serially), else let each call use its own threads. */
 static int across(int64_t n, int nthreads) { return nthreads > 1 && n >= nthreads; }
+
+/* Per-sequence work of a batched layer, one pool task per sequence. */
+typedef struct {
+    const uq_hy_model *m;
+    uq_hy_batch *b;
+    uq_hy_state *const *S;
+    int64_t l;
+    int ac;
+    uq_ks_scan a0;
+    float scale;
+} rows_job;
+
+static void mamba_row_task(void *arg, int64_t i, int worker) {
+    const rows_job *j = arg;
+    (void)worker;
+    const uq_hy_model *m = j->m;
+    uq_hy_batch *b = j->b;
+    uq_hy_state *s = j->S[i];
+    const int64_t l = j->l, H = j->a0.H, G = j->a0.G, Pc = j->a0.Pc, Nc = j->a0.Nc, Pk = j->a0.Pk;
+    const int64_t ox = i * H * Pc, obc = i * G * Nc;
+    uq_hy_mamba_conv(m, l, s->conv[l], b->xi + ox, b->bi + obc, b->ci + obc, 1, b->chan, b->xo + ox, b->bo + obc,
+                     b->co + obc);
+    uq_ks_scan a = j->a0;
+    a.x = b->xo + ox, a.B = b->bo + obc, a.C = b->co + obc, a.dt = b->dt + i * H, a.S = s->ssm[l];
+    a.y = b->y + i * H * Pk;
+    uq_ks_ssm_scan_seq(&a, j->ac ? 1 : s->nthreads);
+}
 
 static uq_status mamba_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
     const uq_ks_scan a0 = uq_hy_scan_args(m, l, 1);
-    const int64_t H = a0.H, G = a0.G, Pc = a0.Pc, Nc = a0.Nc, Pk = a0.Pk;
     uq_status st = uq_hy_mamba_in(m, l, b->xn, n, b->z, b->xi, b->bi, b->ci, b->dt, b->chan);
     if (st != UQ_OK) return st;
     const int nth = uq_k_threads(), ac = across(n, nth);
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
-    for (int64_t i = 0; i < n; i++) {
-        uq_hy_state *s = S[i];
-        const int64_t ox = i * H * Pc, obc = i * G * Nc;
-        uq_hy_mamba_conv(m, l, s->conv[l], b->xi + ox, b->bi + obc, b->ci + obc, 1, b->chan, b->xo + ox, b->bo + obc,
-                         b->co + obc);
-        uq_ks_scan a = a0;
-        a.x = b->xo + ox, a.B = b->bo + obc, a.C = b->co + obc, a.dt = b->dt + i * H, a.S = s->ssm[l];
-        a.y = b->y + i * H * Pk;
-        uq_ks_ssm_scan_seq(&a, ac ? 1 : s->nthreads);
-    }
+    rows_job j = {.m = m, .b = b, .S = S, .l = l, .ac = ac, .a0 = a0};
+    uq_pool_run(n, ac ? nth : 1, mamba_row_task, &j);
     return uq_hy_mamba_out(m, l, b->y, b->z, n, b->tmp, b->x);
+}
+
+static void attn_row_task(void *arg, int64_t i, int worker) {
+    const rows_job *j = arg;
+    (void)worker;
+    const uq_hy_model *m = j->m;
+    const uq_hy_config *c = &m->cfg;
+    uq_hy_batch *b = j->b;
+    uq_hy_state *s = j->S[i];
+    const int64_t l = j->l, nh = c->num_heads, nkv = c->num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN], rr = r * Rr / R;
+    float *qi = b->q + i * nh * r, *ki = b->kb + i * nkv * R, *vi = b->vb + i * nkv * R;
+    uq_hy_attn_rope_store(m, s, l, qi, ki, vi, 1, s->pos);
+    uq_k_attention(qi, 1, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, s->pos, j->scale, b->att + i * nh * r,
+                   s->scores, j->ac ? 1 : s->nthreads);
 }
 
 static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
-    const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
-    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
-    const int64_t rr = r * Rr / R;
+    const int64_t hid = c->hidden_size, nh = c->num_heads, r = m->keep[l][KEEP_ATTN];
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, b->xn, n, b->q, b->qa, b->qb, b->kb, b->vb)) != UQ_OK) return st;
-    const float scale = (float)(1.0 / sqrt((double)c->head_dim));
     const int nth = uq_k_threads(), ac = across(n, nth);
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1) if (ac)
-    for (int64_t i = 0; i < n; i++) {
-        uq_hy_state *s = S[i];
-        float *qi = b->q + i * nh * r, *ki = b->kb + i * nkv * R, *vi = b->vb + i * nkv * R;
-        uq_hy_attn_rope_store(m, s, l, qi, ki, vi, 1, s->pos);
-        uq_k_attention(qi, 1, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, s->pos, scale,
-                       b->att + i * nh * r, s->scores, ac ? 1 : s->nthreads);
-    }
+    rows_job j = {.m = m, .b = b, .S = S, .l = l, .ac = ac, .scale = (float)(1.0 / sqrt((double)c->head_dim))};
+    uq_pool_run(n, ac ? nth : 1, attn_row_task, &j);
     if ((st = uq_linear_forward(&lw->o, b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
     uq_k_add(b->x, b->tmp, n * hid);
     return UQ_OK;
 }
-
 
 /* The lm_head over n rows. A row-major int4 lm_head (a tied int4 embedding: the gather needs that layout) runs one
  * row at a time below 24 rows: there its multi-token kernels are slower than separate single-token calls (SmolLM2's

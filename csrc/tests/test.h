@@ -90,5 +90,6 @@ void test_ssm(void);
 void test_r16(void);
 void test_batch(void);
 void test_q8w(void);
+void test_pool(void);
 
 #endif

@@ -361,17 +361,8 @@ static void test_attention_paths(void) {
                         const float *qh = q + (t * NH + h) * r, *K = kc + (h / (NH / NKV)) * MAXS * rc;
                         const float *V = vc + (h / (NH / NKV)) * MAXS * rc;
                         const int64_t n = POS0 + t + 1;
-                        float m = -INFINITY;
-                        for (int64_t s = 0; s < n; s++) {
-                            sc[s] = P->dot(qh, K + s * rc, r) * scale;
-                            if (sc[s] > m) m = sc[s];
-                        }
-                        double sum = 0.0;
-                        for (int64_t s = 0; s < n; s++) {
-                            sc[s] = expf(sc[s] - m);
-                            sum += sc[s];
-                        }
-                        const float inv = (float)(1.0 / sum);
+                        for (int64_t s = 0; s < n; s++) sc[s] = P->dot(qh, K + s * rc, r) * scale;
+                        const float inv = uq_k_softmax_inplace(sc, n); /* the scalar twin of every path's */
                         float *eh = e + (t * NH + h) * r;
                         for (int64_t j = 0; j < r; j++) eh[j] = 0.0f;
                         for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, eh, r);
@@ -434,8 +425,145 @@ static void test_r16_unpack(void) {
     }
 }
 
+/* Every path's softmax = the scalar twin bit for bit (lengths around the 8-lane blocks, scores spread over [-100, 0]
+ * below the max, a -inf score, ties); each exp within 2^-21 relative of float64 exp of the same float argument
+ * (a few ulps), the normaliser
+ * within 1e-6 of float64; scores 87 or more below the max give exp(-87) (the clamp; < 2e-38). */
+static void test_softmax_paths(void) {
+    enum { N = 300 };
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    static float x[N], a[N], b[N];
+    unsigned long long seed = 11;
+    for (int64_t n = 1; n < N; n += n < 40 ? 1 : 37) {
+        for (int64_t s = 0; s < n; s++) x[s] = (float)(50.0 * uq_test_rand(&seed) - 50.0);
+        if (n > 3) x[n / 2] = x[1]; /* a tie */
+        if (n > 5) x[n - 2] = -INFINITY;
+        memcpy(a, x, (size_t)n * sizeof(float));
+        const float inv = uq_k_softmax_inplace(a, n);
+        float m = -INFINITY;
+        for (int64_t s = 0; s < n; s++) m = x[s] > m ? x[s] : m;
+        double sum = 0.0, worst = 0.0;
+        for (int64_t s = 0; s < n; s++) {
+            const float d = x[s] - m; /* the exp's argument as the softmax rounds it */
+            const double want = d < -87.0f ? exp(-87.0) : exp((double)d);
+            sum += a[s];
+            const double err = fabs(a[s] - want) / want;
+            worst = err > worst ? err : worst;
+        }
+        CHECK(worst <= 1.0 / (1 << 21), "softmax n %lld: exp relative error %g", (long long)n, worst);
+        CHECK(fabs(inv * sum - 1.0) <= 1e-6, "softmax n %lld: 1/sum %g, sum %g", (long long)n, inv, sum);
+        for (size_t pi = 0; pi < 3; pi++) {
+            if (!uq_k_cpu_has(paths[pi]) && pi > 0) continue;
+            CHECK_STATUS(uq_kernels_set(paths[pi]), UQ_OK);
+            const uq_kpath *P = uq_k_path();
+            memcpy(b, x, (size_t)n * sizeof(float));
+            const float inv2 = P->softmax ? P->softmax(b, n) : uq_k_softmax_inplace(b, n);
+            CHECK(memcmp(a, b, (size_t)n * sizeof(float)) == 0 && memcmp(&inv, &inv2, sizeof inv) == 0,
+                  "softmax path %s n %lld differs from the scalar twin", paths[pi], (long long)n);
+        }
+        uq_kernels_set("auto");
+    }
+    /* silu_mul: every path = the scalar loop bit for bit; within 2^-20 relative (+ 1e-35) of float64 silu * u */
+    static float g[N], u[N], g2[N];
+    for (int64_t n = 1; n < N; n += n < 40 ? 1 : 37) {
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = (float)(30.0 * uq_test_rand(&seed));
+            u[i] = (float)uq_test_rand(&seed);
+        }
+        if (n > 2) x[1] = 100.0f, x[2] = -100.0f; /* beyond the clamp both ways */
+        memcpy(g, x, (size_t)n * sizeof(float));
+        CHECK_STATUS(uq_kernels_set("ref"), UQ_OK);
+        uq_k_silu_mul(g, u, n);
+        double worst = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const double want = (double)x[i] / (1.0 + exp(-(double)x[i])) * u[i];
+            const double err = fabs(g[i] - want) - 1e-35; /* g < -88: -g / exp(88) instead of ~0 */
+            worst = err / fabs(want) > worst ? err / fabs(want) : worst;
+        }
+        CHECK(worst <= 1.0 / (1 << 20), "silu_mul n %lld: relative error %g", (long long)n, worst);
+        for (size_t pi = 1; pi < 3; pi++) {
+            if (!uq_k_cpu_has(paths[pi])) continue;
+            CHECK_STATUS(uq_kernels_set(paths[pi]), UQ_OK);
+            memcpy(g2, x, (size_t)n * sizeof(float));
+            uq_k_silu_mul(g2, u, n);
+            CHECK(memcmp(g, g2, (size_t)n * sizeof(float)) == 0, "silu_mul path %s n %lld differs from ref",
+                  paths[pi], (long long)n);
+        }
+        uq_kernels_set("auto");
+    }
+    /* a NaN score never wins the max and comes out NaN; the others stay finite */
+    float t[9] = {0.5f, NAN, -1.0f, 0.25f, -3.0f, 0.0f, 1.0f, -2.0f, 0.75f};
+    const float inv = uq_k_softmax_inplace(t, 9);
+    CHECK(t[1] != t[1] && t[6] == 1.0f && inv != inv, "softmax with a NaN score: t[1] %g, t[6] %g", t[1], t[6]);
+}
+
+/* uq_linear_forward_multi = the separate uq_linear_forward calls bit for bit: three R16 weights of one input (Q / K
+ * / V shapes: 4 and 2 head segments, keeps that cut row blocks, a bias on two), W4A8 and W4A32, T = 1 / 3 / 20, on
+ * every path; a set that mixes an fp32 weight in (not fused) too; and its argument checks. */
+static void test_linear_multi(void) {
+    enum { COLS = 96, G = 32, TMAX = 20 };
+    const int64_t rows[3] = {64, 32, 32}, nso[3] = {4, 2, 2}, ko[3] = {13, 16, 11};
+    const int64_t Ts[] = {1, 3, 20};
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    unsigned long long seed = 21;
+    q4pair q[3];
+    static float W[64 * COLS], b[64], x[TMAX * COLS], ya[3][TMAX * 64], yb[3][TMAX * 64];
+    int ok = 1;
+    for (int i = 0; i < 3; i++) {
+        uq_test_fill(W, rows[i] * COLS, &seed, 1.0);
+        uq_test_fill(b, rows[i], &seed, 0.5);
+        ok &= make_pair(W, rows[i], COLS, nso[i], 1, G, i == 1 ? NULL : b, &q[i]) == 0;
+    }
+    CHECK(ok, "linear_multi: setup");
+    uq_test_fill(x, TMAX * COLS, &seed, 1.0);
+    const uq_linear *Ls[3] = {&q[0].r16, &q[1].r16, &q[2].r16};
+    float *yas[3] = {ya[0], ya[1], ya[2]};
+    for (int act = 0; act < 2 && ok; act++) {
+        CHECK_STATUS(uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32), UQ_OK);
+        for (size_t pi = 0; pi < 3; pi++) {
+            int av = 0;
+            uq_kernels_available(paths[pi], &av);
+            if (!av) continue;
+            uq_kernels_set(paths[pi]);
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                const int64_t T = Ts[ti];
+                for (int i = 0; i < 3; i++)
+                    CHECK_STATUS(uq_linear_forward(Ls[i], x, T, nso[i], ko[i], 1, COLS, yb[i]), UQ_OK);
+                CHECK_STATUS(uq_linear_forward_multi(3, Ls, x, T, nso, ko, 1, COLS, yas), UQ_OK);
+                int same = 1;
+                for (int i = 0; i < 3; i++) same &= memcmp(ya[i], yb[i], (size_t)(T * nso[i] * ko[i]) * sizeof(float)) == 0;
+                CHECK(same, "linear_multi path %s %s T %lld: differs from separate calls", paths[pi],
+                      act ? "W4A8" : "W4A32", (long long)T);
+            }
+        }
+    }
+    uq_kernels_set("auto");
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_AUTO), UQ_OK);
+    /* not fusable: an fp32 weight among them runs the separate calls */
+    float *Wf = malloc((size_t)(32 * COLS) * sizeof(float));
+    if (Wf && ok) {
+        uq_test_fill(Wf, 32 * COLS, &seed, 1.0);
+        const uq_linear F = {.kind = UQ_W_F32, .rows = 32, .cols = COLS, .w = Wf};
+        const uq_linear *Lm[2] = {&q[0].r16, &F};
+        const int64_t nm[2] = {4, 1}, km[2] = {13, 32};
+        CHECK_STATUS(uq_linear_forward(&F, x, 3, 1, 32, 1, COLS, yb[1]), UQ_OK);
+        CHECK_STATUS(uq_linear_forward(Lm[0], x, 3, 4, 13, 1, COLS, yb[0]), UQ_OK);
+        CHECK_STATUS(uq_linear_forward_multi(2, Lm, x, 3, nm, km, 1, COLS, yas), UQ_OK);
+        CHECK(memcmp(ya[0], yb[0], 3 * 52 * sizeof(float)) == 0 && memcmp(ya[1], yb[1], 3 * 32 * sizeof(float)) == 0,
+              "linear_multi with an fp32 weight: differs from separate calls");
+        CHECK_STATUS(uq_linear_forward_multi(0, Lm, x, 3, nm, km, 1, COLS, yas), UQ_ERR_ARG);
+        CHECK_STATUS(uq_linear_forward_multi(5, Lm, x, 3, nm, km, 1, COLS, yas), UQ_ERR_ARG);
+        const int64_t bad[2] = {4, 99}; /* keep_out beyond the segment */
+        CHECK_STATUS(uq_linear_forward_multi(2, Lm, x, 3, nm, bad, 1, COLS, yas), UQ_ERR_SHAPE);
+    }
+    free(Wf);
+    for (int i = 0; i < 3; i++) free_pair(&q[i]);
+}
+
 void test_r16(void) {
     test_r16_unpack();
+    test_linear_multi();
+    test_softmax_paths();
     test_attention_paths();
     test_q8_quant0();
     test_r16_paths();

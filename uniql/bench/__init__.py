@@ -9,7 +9,7 @@ average is recorded next to it):
   14336 / 32 heads / 8 KV heads / head dim 128, random weights, small vocabulary) with per-token times scaled
   to 32 layers, and SmolLM2-135M (the converted checkpoint when present, else random weights of its shape,
   stated in the output), in fp32 (when it fits in memory), fp16 and int4 (group 128; fp32 and int8
-  activations), at pruning rates (keep sizes of ``uniql.sorting.keep_size`` with rho = 1 - rate set on every
+  activations), at pruning rates (keep sizes of ``uniql.models.keep.keep_size`` with rho = 1 - rate set on every
   layer): prefill of ``--prompt`` tokens (time to first token) and greedy-free decode of ``--gen`` tokens;
 * ratios: int4 / fp32 and int4 / fp16, each rate / rate 0, decode weight bandwidth / measured read
   bandwidth, prefill multiply-adds / int8 (or fp32) peak, against PyTorch (transformers on CPU, same shapes)
@@ -174,7 +174,7 @@ def _rand(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.
 
 
 def _q4(w: np.ndarray, group: int) -> Any:
-    from uniql.quant import quantize_rtn
+    from uniql.compress.quant import quantize_rtn
 
     return quantize_rtn(np.ascontiguousarray(w, np.float32), group)
 
@@ -217,7 +217,7 @@ def random_tensors(cfg: dict[str, Any], kind: str, seed: int = 0) -> dict[str, A
 
 def checkpoint_tensors(path: Path, cfg: dict[str, Any], kind: str) -> dict[str, Any]:
     """Tensors of a Hugging Face checkpoint directory stored as ``kind``."""
-    from uniql.checkpoint import read_tensors
+    from uniql.formats.checkpoint import read_tensors
 
     t = read_tensors(path)
     if kind in ("int4", "int4-a8"):
@@ -290,13 +290,13 @@ def time_model(model: Any, prompt: int, gen: int, repeats: int, seed: int = 1,
 
 
 def apply_rate(model: Any, rate: float) -> list[tuple[int, int]]:
-    """Keep sizes of ``uniql.sorting.keep_size`` at rho = 1 - rate on every layer (MLP granularity 128,
+    """Keep sizes of ``uniql.models.keep.keep_size`` at rho = 1 - rate on every layer (MLP granularity 128,
     head-dim granularity 16, both reduced for small models as docs/design.md §3.1 says). Returns the keeps."""
-    from uniql.sorting import keep_granularity, keep_size
+    from uniql.models.keep import keep_granularity, keep_size
 
     keeps = []
     for layer in range(model.num_layers):
-        K, R = model.stored(layer)
+        K, R = model.stored(layer)["mlp"], model.stored(layer)["attn"]
         k = keep_size(K, 1.0 - rate, keep_granularity(K, 128, 1))
         r = keep_size(R, 1.0 - rate, keep_granularity(R, 16, 2))
         model.set_keep(layer, mlp=k, attn=r)
@@ -331,7 +331,7 @@ def resolve_model(name: str, layers: int, notes: list[str]) -> ModelSource:
     if name in SHAPES:
         full = dict(SHAPES[name])
     else:
-        from uniql.checkpoint import read_raw_config
+        from uniql.formats.checkpoint import read_raw_config
 
         full = read_raw_config(name)
         full.setdefault("head_dim", full["hidden_size"] // full["num_attention_heads"])
@@ -339,7 +339,7 @@ def resolve_model(name: str, layers: int, notes: list[str]) -> ModelSource:
     src_dir = SMOLLM2_DIR if name == "smollm2-135m" else (Path(name) if name not in SHAPES else None)
     if name == "smollm2-135m" and not (SMOLLM2_DIR / "config.json").exists():
         try:
-            from uniql.convert import convert_gguf
+            from uniql.formats.gguf import convert_gguf
 
             convert_gguf(None, SMOLLM2_DIR)
         except Exception as e:  # noqa: BLE001 - fall back to random weights, stated
@@ -357,7 +357,7 @@ def resolve_model(name: str, layers: int, notes: list[str]) -> ModelSource:
 
 def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[str]) -> list[RunResult]:
     """All kinds x rates of one model (a named shape or a checkpoint directory)."""
-    from uniql.runtime import Model
+    from uniql.models.runtime import Model
 
     results: list[RunResult] = []
     src = resolve_model(name, cfg.layers, notes)
@@ -379,7 +379,7 @@ def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[s
                                       max_chunk=cfg.prompt, weight_dtype="float16" if kind == "fp16" else "float32")
         del tensors
         log.info("%s %s: built in %.1f s", name, kind, time.perf_counter() - t0)
-        stored_r = [model.stored(layer)[1] for layer in range(model.num_layers)]
+        stored_r = [model.stored(layer)["attn"] for layer in range(model.num_layers)]
         for rate in cfg.rates:
             keeps = apply_rate(model, rate)
             load = _load()
@@ -440,7 +440,7 @@ def bench_torch(name: str, cfg: BenchConfig, threads: int, notes: list[str]) -> 
 
     full = dict(SHAPES[name]) if name in SHAPES else None
     if full is None:
-        from uniql.checkpoint import read_raw_config
+        from uniql.formats.checkpoint import read_raw_config
 
         full = read_raw_config(name)
     scale = 1.0

@@ -2,7 +2,7 @@
 ``notebooks/adaptive.ipynb`` plots it).
 
 One elastic artifact decodes greedy sequences back to back for ``seconds`` per run, through
-:func:`uniql.adaptive.generate` -- the same :class:`uniql.adaptive.AdaptiveController` that ``uniql serve --adaptive``
+:func:`uniql.serve.adaptive.generate` -- the same :class:`uniql.serve.adaptive.AdaptiveController` that ``uniql serve --adaptive``
 runs in its engine thread after every batched decode step. Partway through each run (``hog`` = (start, stop) as
 fractions of the run) a CPU hog starts: ``hog_procs`` busy-looping processes (default one per core), started with
 subprocess and killed by their pid when the phase ends. Runs, on the same timeline:
@@ -102,7 +102,7 @@ def _prompts(model: Any) -> list[np.ndarray]:
 
 
 def _quiet_tpot_ms(model: Any, prompts: list[np.ndarray], tokens: int) -> float:
-    from uniql.adaptive import AdaptiveController, generate
+    from uniql.serve.adaptive import AdaptiveController, generate
 
     ctl = AdaptiveController(model, min_rate=0.0, max_rate=0.0)
     ms: list[float] = []
@@ -115,7 +115,7 @@ def _quiet_tpot_ms(model: Any, prompts: list[np.ndarray], tokens: int) -> float:
 
 
 def _background_contention(seconds: float = 2.0) -> float:
-    from uniql.adaptive import CpuSignal
+    from uniql.serve.adaptive import CpuSignal
 
     s = CpuSignal()
     xs = []
@@ -130,7 +130,7 @@ def _background_contention(seconds: float = 2.0) -> float:
 
 
 def _controller(model: Any, name: str, cfg: TraceConfig, target: float, background: float) -> Any:
-    from uniql.adaptive import AdaptiveController, CpuPolicy, LatencyPolicy, MemoryPolicy
+    from uniql.serve.adaptive import AdaptiveController, CpuPolicy, LatencyPolicy, MemoryPolicy
 
     reserve = cfg.mem_reserve_mb * 2**20
     if name == "off":
@@ -146,8 +146,8 @@ def run_one(name: str, cfg: TraceConfig, target: float, background: float, hog_n
             progress: bool = True) -> dict[str, Any]:
     """One run: a fresh load at rate 0, back-to-back generations for ``cfg.seconds`` with the hog on the timeline."""
     import uniql
-    from uniql.adaptive import CpuSignal, MemorySignal, generate
-    from uniql.elastic_memory import rss_bytes
+    from uniql.serve.adaptive import CpuSignal, MemorySignal, generate
+    from uniql.models.elastic_memory import rss_bytes
 
     model = uniql.load(cfg.artifact, rate=0.0)
     prompts = _prompts(model)

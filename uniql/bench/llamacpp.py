@@ -8,7 +8,7 @@ including the embedding and the output matrix is Q4_0, as our int4 run quantizes
 lm_head; llama.cpp's default Q4_0 recipe would keep ``output`` at Q6_K). No quantization arithmetic lives here.
 Only the Q4_0 file is kept, in ``cache_dir()``, named by a hash of what it contains, and reused.
 
-Data layout, the inverse of ``uniql.convert``: HF names become llama.cpp names; Q and K rows get llama.cpp's
+Data layout, the inverse of ``uniql.formats.gguf``: HF names become llama.cpp names; Q and K rows get llama.cpp's
 per-head permutation (rotate-half pairs (i, i + d/2) interleaved as (2i, 2i + 1)) for the ``llama``
 architecture; GGUF dims are innermost-first, which ``gguf.GGUFWriter`` handles. Tokenizer metadata: the
 ``tokenizer.*`` keys of SmolLM2's own GGUF when the model is SmolLM2, else llama.cpp's ``none`` tokenizer with
@@ -83,7 +83,7 @@ def cache_dir() -> Path:
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's Q/K row permutation (convert_hf_to_gguf.py ``LlamaModel.permute``); the inverse of
-    ``uniql.convert.unpermute_qk``: per head, rows (2, d/2) -> (d/2, 2)."""
+    ``uniql.formats.gguf.unpermute_qk``: per head, rows (2, d/2) -> (d/2, 2)."""
     rows = w.shape[0]
     if n_head <= 0 or rows % (2 * n_head):
         raise ShapeError(f"cannot permute {rows} rows into {n_head} heads of even size")
@@ -245,7 +245,7 @@ def build_q4_0(llama_cpp: ModuleType, source: GGUFSource, threads: int, cache: P
         raise UnsupportedError(f"model_type {cfg.get('model_type')!r} has no llama.cpp architecture here")
     t0 = time.perf_counter()
     if source.src_dir is not None:
-        from uniql.checkpoint import read_tensors
+        from uniql.formats.checkpoint import read_tensors
 
         tensors = read_tensors(source.src_dir)
         plan = tensor_plan(cfg, arch, tensors.get, lambda n: tensors[n].shape if n in tensors else None,

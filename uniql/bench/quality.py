@@ -91,7 +91,7 @@ def uniql_rows(path: Path, label: str, rates: Sequence[float], texts: dict[str, 
 
 
 def _params_full(cfg: dict[str, Any]) -> int:
-    from uniql.artifact import parameter_count_full
+    from uniql.formats.artifact import parameter_count_full
 
     return int(parameter_count_full(cfg))
 
@@ -126,7 +126,8 @@ def llama_cpp_f32_gguf(src: Path, cache: Path | None = None) -> Path:
     import hashlib
     import os
 
-    from uniql import checkpoint, data
+    from uniql import data
+    from uniql.formats import checkpoint
     from uniql.bench import llamacpp as lc
 
     cfg = checkpoint.read_config(src)
@@ -190,8 +191,9 @@ def llama_cpp_rows(llama_cpp: Any, src: Path, texts: dict[str, np.ndarray], wind
                    recipes: Sequence[tuple[str, str, bool]] = LLAMA_RECIPES) -> list[QualityRow]:
     """Perplexity of llama.cpp's quantizations of checkpoint `src`, evaluated by llama.cpp on the same windows
     (every window from an empty cache, the first token of a window unscored, NLL in the uniql C core)."""
-    from uniql import _C, checkpoint
-    from uniql.artifact import parameter_count_full
+    from uniql import _C
+    from uniql.formats import checkpoint
+    from uniql.formats.artifact import parameter_count_full
     from uniql.bench import llamacpp as lc
 
     cfg = checkpoint.read_config(src)
@@ -239,7 +241,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import os
 
-    from uniql import checkpoint
+    from uniql.formats import checkpoint
 
     t0 = time.perf_counter()
     src = args.model
@@ -248,7 +250,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         src = ensure_smollm2()
     arts = list(args.artifact)
     if not arts:
-        from uniql.compress import compress
+        from uniql.compress.pipeline import compress
         out = src.with_name(src.name + "-uniql-quality-int4")
         if not (out / "uniql_report.json").is_file():
             compress(src, out, overwrite=True)

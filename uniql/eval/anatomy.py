@@ -94,10 +94,12 @@ def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4"
     ``calib_text`` and measures each step on as many tokens of ``heldout_text`` (packaged texts of uniql.data or
     UTF-8 file paths)."""
     import uniql
-    from uniql import data, quant, sorting
-    from uniql.compress import row_norms_sq
-    from uniql.linalg import Covariance, eigh
-    from uniql.safetensors import load_file
+    from uniql import data
+    from uniql.compress import quant
+    from uniql.compress import sorting
+    from uniql.compress.pipeline import row_norms_sq
+    from uniql.compress.linalg import Covariance, eigh
+    from uniql.formats.safetensors import load_file
 
     model_dir = Path(model_dir)
     model = uniql.load(model_dir, max_seq=seq_len)

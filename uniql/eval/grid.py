@@ -132,7 +132,7 @@ def tiny_llama(d: str | Path, *, vocab: int = 128, hidden: int = 64, inter: int 
     ``rng`` when given (else ``default_rng(seed)``). The notebooks' QUICK model and the evaluation tests' model."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from uniql.safetensors import save_file
+    from uniql.formats.safetensors import save_file
 
     d = Path(d)
     rng = np.random.default_rng(seed) if rng is None else rng

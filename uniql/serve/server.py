@@ -10,7 +10,7 @@ Optional extra ``uniql[serve]`` (Starlette + uvicorn). Endpoints:
   (``"rate"``: the last, ``"rates"``: every rate used, in order; streamed chunks carry the rate of their token).
 
 One engine thread owns the model: it admits waiting requests into free slots (prefill of the prompt on the slot's
-own state), then runs one batched decode step for every active sequence (``uniql.batch.BatchDecoder``), samples
+own state), then runs one batched decode step for every active sequence (``uniql.models.batch.BatchDecoder``), samples
 each next token and hands it to the request's asyncio queue. Requests join and leave between steps.
 
 Errors use the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``: malformed JSON or parameters 400,
@@ -37,7 +37,7 @@ from typing import Any, AsyncIterator, Callable
 import numpy as np
 
 from uniql import _C
-from uniql.batch import BatchDecoder, Sequence
+from uniql.models.batch import BatchDecoder, Sequence
 from uniql.errors import InvalidArgumentError, RangeError, UnsupportedError
 
 log = logging.getLogger("uniql.serve")
@@ -163,7 +163,7 @@ class Engine:
     def __init__(self, model: Any, *, max_batch: int = 8, max_queue: int = 64, ctx: int | None = None,
                  max_chunk: int = 128, controller: Any = None) -> None:
         self.model = model
-        # uniql.adaptive.AdaptiveController or None: between decode steps it reads the device's signals and the
+        # uniql.serve.adaptive.AdaptiveController or None: between decode steps it reads the device's signals and the
         # measured time per step (= time per output token of every sequence in the batch) and may move the rate
         self.controller = controller
         self.adaptive_switches = 0
@@ -214,7 +214,7 @@ class Engine:
             if rate != 0.0:
                 raise _bad("this model is not an elastic uniql artifact: its only rate is 0", "rate")
             return 0.0
-        from uniql.artifact import check_rate
+        from uniql.formats.artifact import check_rate
 
         try:
             rate = check_rate(rate, m.meta.max_rate)
@@ -961,11 +961,11 @@ def build_server(path: str | Path, *, rate: float = 0.0, min_rate: float | None 
     """Loads the model at ``path`` (an elastic artifact or a checkpoint) and builds the server. The artifact is
     loaded at ``min_rate`` (default 0: every rate stays reachable through ``/admin/rate``; a higher one skips the
     weights below it and saves memory) and then set to ``rate``. ``adaptive``: keyword arguments of
-    :class:`uniql.adaptive.AdaptiveController` (e.g. ``{"tpot_ms": 50, "max_rate": 0.35}``) to let the device
+    :class:`uniql.serve.adaptive.AdaptiveController` (e.g. ``{"tpot_ms": 50, "max_rate": 0.35}``) to let the device
     choose the rate between decode steps, within [``min_rate``, ``max_rate``]; the weights stay resident (the
     server switches with ``set_rate``, so sequences in flight keep their state)."""
     _require_stack()
-    from uniql.checkpoint import load
+    from uniql.formats.checkpoint import load
 
     path = Path(path)
     lo = 0.0 if min_rate is None else float(min_rate)
@@ -981,7 +981,7 @@ def build_server(path: str | Path, *, rate: float = 0.0, min_rate: float | None 
     if adaptive is not None:
         if not hasattr(model, "set_rate"):
             raise InvalidArgumentError(f"--adaptive needs an elastic artifact; {str(path)!r} only runs at rate 0")
-        from uniql.adaptive import AdaptiveController
+        from uniql.serve.adaptive import AdaptiveController
 
         kw = dict(adaptive)
         kw["min_rate"] = max(lo, float(kw.get("min_rate", lo)))

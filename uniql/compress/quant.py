@@ -14,7 +14,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import InvalidArgumentError, ShapeError
-from uniql.linalg import check_array, check_float, check_positive_int
+from uniql.compress.linalg import check_array, check_float, check_positive_int
 
 __all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "Int8Tensor", "quantize_rtn", "quantize_gptq",
            "quantize_int8", "pack", "unpack",

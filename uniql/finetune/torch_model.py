@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uniql import safetensors as st
-from uniql.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
+from uniql.formats import safetensors as st
+from uniql.formats.artifact import REST_FILE, ArtifactMeta, layer_file, read_meta
 from uniql.errors import FormatError, InvalidArgumentError, UnsupportedError
-from uniql.runtime import TransformerConfig
+from uniql.models.runtime import TransformerConfig
 
 __all__ = ["LINEARS", "LoRA", "LoRAHost", "ElasticTorchModel", "read_float_artifact", "read_float_tensors",
            "twin_model", "load_twin"]
@@ -61,7 +61,7 @@ def read_float_tensors(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, 
     """(config, meta, per-layer tensors under their full names, rest tensors) of an unquantized artifact of any
     family, every float tensor as float32 (float16 converted exactly). An int4 artifact raises UnsupportedError."""
     from uniql import _C
-    from uniql.checkpoint import read_raw_config
+    from uniql.formats.checkpoint import read_raw_config
 
     d = Path(path)
     cfg = read_raw_config(d)
@@ -73,7 +73,7 @@ def read_float_tensors(path: str | Path) -> tuple[dict[str, Any], ArtifactMeta, 
     if meta.architecture in ("llama", "qwen2"):
         L = TransformerConfig.from_hf(cfg).num_hidden_layers
     else:
-        from uniql.ssm import HybridConfig
+        from uniql.models.hybrid import HybridConfig
         L = HybridConfig.from_hf(cfg).num_hidden_layers
     if len(meta.importance) != L:
         raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")
@@ -173,6 +173,9 @@ class LoRAHost:
     under ``l<layer>_<linear>`` keys, each patching the buffer ``l<layer>_<linear>_w``."""
 
     lora: nn.ModuleDict
+    lora_enabled: bool
+    lora_dropout: float
+    training: bool
     embed: torch.Tensor
     final_mix: torch.Tensor | None
 
@@ -188,8 +191,8 @@ class LoRAHost:
         self.register_buffer(name, buf, persistent=False)  # type: ignore[attr-defined]  # an nn.Module's
 
     def _final_mix_buf(self, src: Mapping[str, np.ndarray], key: str) -> None:
-        """The final mix (uniql.rotate; (hidden, hidden)) as buffer ``final_mix``, or None when the artifact has
-        none."""
+        """The final mix (uniql.compress.rotate; (hidden, hidden)) as buffer ``final_mix``, or None when the
+        artifact has none."""
         if key in src:
             self._buf("final_mix", src, key)
         else:
@@ -198,6 +201,23 @@ class LoRAHost:
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
         """The head's input: the final-norm output times the final mix^T when there is one (as the runtime)."""
         return x if self.final_mix is None else F.linear(x, self.final_mix.to(x.dtype))
+
+    def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
+        """Linear ``s`` of layer i on x with the kept output rows / input columns, plus its LoRA patch (with
+        dropout while training) when patches are enabled."""
+        W = select_block(getattr(self, f"l{i}_{s}_w"), rows, cols)
+        b = getattr(self, f"l{i}_{s}_b", None)
+        if b is not None and rows is not None:
+            b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
+        y = F.linear(x, W, b)
+        key = f"l{i}_{s}"
+        if self.lora_enabled and key in self.lora:
+            lo = self.lora[key]
+            A = select_block(lo.A, None, cols)
+            B = select_block(lo.B, rows, None)
+            xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
+            y = y + lo.scale * F.linear(F.linear(xl, A), B)
+        return y
 
     def lora_parameters(self) -> list[nn.Parameter]:
         return list(self.lora.parameters())
@@ -326,21 +346,6 @@ class ElasticTorchModel(LoRAHost, nn.Module):
         return self._idx[key]
 
     # --------------------------------------------------------------------------------- forward ----
-    def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
-        W = select_block(getattr(self, f"l{i}_{s}_w"), rows, cols)
-        b = getattr(self, f"l{i}_{s}_b", None)
-        if b is not None and rows is not None:
-            b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
-        y = F.linear(x, W, b)
-        key = f"l{i}_{s}"
-        if self.lora_enabled and key in self.lora:
-            lo = self.lora[key]
-            A = select_block(lo.A, None, cols)
-            B = select_block(lo.B, rows, None)
-            xl = F.dropout(x, self.lora_dropout, training=True) if self.training and self.lora_dropout > 0 else x
-            y = y + lo.scale * F.linear(F.linear(xl, A), B)
-        return y
-
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.tc.rms_norm_eps))
 

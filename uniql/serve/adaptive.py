@@ -31,11 +31,11 @@ rounds it up onto the rate grid (the artifact's 0..max_rate in steps of ``grid_s
 rate for ``dwell_down_s`` seconds (and as long since the last change), by at most ``max_down_steps`` grid steps at
 a time: no oscillation. Every decision (a change, or a change held back by dwell) is a record ``{"t", "step", "event",
 "from", "to", "reason", "floors", "signals"}`` kept in :attr:`AdaptiveController.decisions`, logged on the
-``uniql.adaptive`` logger and written as one JSON line to ``log_path`` when given.
+``uniql.serve.adaptive`` logger and written as one JSON line to ``log_path`` when given.
 
 Use::
 
-    from uniql.adaptive import AdaptiveController, generate
+    from uniql.serve.adaptive import AdaptiveController, generate
     m = uniql.load(artifact, rate=0.0)
     text, trace = generate(m, "The capital of France is", max_new_tokens=64, tpot_ms=50)   # Python API
     # uniql generate ART "prompt" --adaptive --tpot-ms 50 [--min-rate R --max-rate R --adaptive-log F.jsonl]
@@ -47,7 +47,7 @@ Server hook (``uniql serve`` or any decoding loop): build one controller per mod
     if new_rate is not None:
         ctl.apply(model, new_rate, tokens=ids_of_the_sequence)   # resize (memory follows) or set_rate
 
-``apply`` uses ``model.resize`` (the resident weights follow the rate, uniql.elastic_memory) when the model has it
+``apply`` uses ``model.resize`` (the resident weights follow the rate, uniql.models.elastic_memory) when the model has it
 and ``follow_memory`` is on, else ``model.set_rate``; ``follow_memory="lazy"`` resizes only when the memory policy
 asks for the higher rate or the rate falls below what is resident (latency/CPU moves are then instant); a failed
 switch (e.g. the artifact vanished while growing)
@@ -590,7 +590,7 @@ def generate(model: Any, prompt: Any, max_new_tokens: int = 32, temperature: flo
     ``model.generate`` returns it, a trace: one dict per generated token {"i", "t", "rate", "forward_ms",
     "switch_ms", "token_ms"}). ``reprefill``: after a switch that grew the head dims, recompute the KV cache from
     the sequence's ids (exact; else the new dims of past tokens are zero)."""
-    from uniql.runtime import ids_array
+    from uniql.models.runtime import ids_array
 
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise InvalidArgumentError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")

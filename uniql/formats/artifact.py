@@ -3,7 +3,7 @@
 Layout::
 
     config.json                    the model's Hugging Face config + a "uniql" section (ArtifactMeta)
-    model-rest.safetensors         embedding, final norm, lm_head (when untied)
+    model-rest.safetensors         embedding, final norm, lm_head (when untied), final mix (rotated and tied)
     model-layer-NNNN.safetensors   one file per decoder layer
     tokenizer.json ...             copied from the source model
     uniql_report.json              what compress() did: times per stage, peak memory, sizes
@@ -30,16 +30,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from uniql import _C
-from uniql.runtime import Model, Q4, Q8
-from uniql.ssm import HybridModel
 from uniql.errors import FormatError, RangeError, UnsupportedError
-from uniql.sorting import alloc_keep_ratios, keep_size
+from uniql.models.keep import ROPE_CODES, alloc_keep_ratios, keep_size
+from uniql.models.runtime import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, final_mix_name,
+                                  model_config)
 
 log = logging.getLogger(__name__)
 
 #: newest artifact format this uniql reads. 2: the optional final mix ``<final norm>.mix`` (float32 hidden x hidden,
-#: in model-rest.safetensors) of a rotated model that keeps its embedding tied (uniql.rotate); compress writes 2
-#: only for artifacts that carry one (a version-1 reader refuses them by version instead of misreading them)
+#: in model-rest.safetensors) of a rotated model that keeps its embedding tied (uniql.compress.rotate); compress
+#: writes 2 only for artifacts that carry one (a version-1 reader refuses them by version instead of misreading them)
 FORMAT_VERSION = 2
 REST_FILE = "model-rest.safetensors"
 ARCHITECTURES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
@@ -256,31 +256,8 @@ class _Reader:
             raise FormatError(f"uniql_tensors[{name!r}] has shape {(R, C)}, the config implies {tuple(expect)}")
         rows_sel = slice(None) if rows is None else rows
         seg = C // col_segments
-        if fmt == "q8":
-            return self._int8(f, name, R, C, g, rows_sel, col_segments, col_keep)
-        if fmt == "q4":
-            gps = -(-seg // g)
-            for suffix, want in ((".qweight", (R, (C + 1) // 2)), (".scales", (R, col_segments * gps))):
-                got = _shape_of(f, name + suffix)
-                if got != want:
-                    raise FormatError(f"{name}{suffix} has shape {got}, the uniql_tensors table implies {want}")
-            packed = f.get(name + ".qweight")
-            if packed.dtype != np.uint8:
-                raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {packed.dtype}; expected uint8")
-            scales = _float(f, name + ".scales")
-            packed = packed[rows_sel]
-            scales = scales[rows_sel]
-            cols = C
-            if col_keep is not None and col_keep < seg:
-                if col_keep % 2 or seg % 2:
-                    raise FormatError(f"{name}: int4 column prefix {col_keep} of segment {seg} must be even")
-                kg = -(-col_keep // g)
-                packed = packed.reshape(packed.shape[0], col_segments, seg // 2)[:, :, :col_keep // 2]
-                packed = packed.reshape(packed.shape[0], -1)
-                scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
-                cols = col_segments * col_keep
-            packed = _own(packed)
-            return Q4(packed, _own(scales), g, (int(packed.shape[0]), int(cols)))
+        if fmt in ("q4", "q8"):
+            return self._quantized(f, name, fmt, R, C, g, rows_sel, col_segments, col_keep)
         got = _shape_of(f, name + ".weight")
         if got != (R, C):
             raise FormatError(f"{name}.weight has shape {got}, the uniql_tensors table says {(R, C)}")
@@ -291,28 +268,35 @@ class _Reader:
 
 
     @staticmethod
-    def _int8(f: Any, name: str, R: int, C: int, g: int, rows_sel: Any, col_segments: int,
-              col_keep: int | None) -> Q8:
-        """An int8 weight (format "q8": ``.qweight`` I8 (R, C), ``.scales`` F16 (R, segments * groups per
-        segment)) with a row selection and a per-segment column prefix (the scales of the groups it touches)."""
+    def _quantized(f: Any, name: str, fmt: str, R: int, C: int, g: int, rows_sel: Any, col_segments: int,
+                   col_keep: int | None) -> Q4 | Q8:
+        """An int4 weight (format "q4": ``.qweight`` U8 (R, ceil(C / 2)), two codes a byte) or an int8 one ("q8":
+        ``.qweight`` I8 (R, C)), with ``.scales`` F16 (R, segments * groups per segment), read with a row selection
+        and a per-segment column prefix (the scales of the groups it touches)."""
+        per_byte, dtype = (2, np.uint8) if fmt == "q4" else (1, np.int8)
         seg = C // col_segments
         gps = -(-seg // g)
-        for suffix, want in ((".qweight", (R, C)), (".scales", (R, col_segments * gps))):
+        for suffix, want in ((".qweight", (R, -(-C // per_byte))), (".scales", (R, col_segments * gps))):
             got = _shape_of(f, name + suffix)
             if got != want:
                 raise FormatError(f"{name}{suffix} has shape {got}, the uniql_tensors table implies {want}")
         codes = f.get(name + ".qweight")
-        if codes.dtype != np.int8:
-            raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {codes.dtype}; expected int8")
+        if codes.dtype != dtype:
+            raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {codes.dtype}; expected "
+                              f"{np.dtype(dtype).name}")
         scales = _float(f, name + ".scales")[rows_sel]
         codes = codes[rows_sel]
         cols = C
         if col_keep is not None and col_keep < seg:
+            if per_byte == 2 and (col_keep % 2 or seg % 2):
+                raise FormatError(f"{name}: int4 column prefix {col_keep} of segment {seg} must be even")
             kg = -(-col_keep // g)
-            codes = codes.reshape(codes.shape[0], col_segments, seg)[:, :, :col_keep].reshape(codes.shape[0], -1)
+            codes = codes.reshape(codes.shape[0], col_segments, seg // per_byte)[:, :, :col_keep // per_byte]
+            codes = codes.reshape(codes.shape[0], -1)
             scales = scales.reshape(scales.shape[0], col_segments, gps)[:, :, :kg].reshape(scales.shape[0], -1)
             cols = col_segments * col_keep
-        return Q8(_own(codes), _own(scales), g, (int(codes.shape[0]), int(cols)))
+        holder = Q4 if fmt == "q4" else Q8
+        return holder(_own(codes), _own(scales), g, (int(codes.shape[0]), int(cols)))
 
 
 def head_rows(n_heads: int, stored: int, keep: int) -> np.ndarray:
@@ -328,172 +312,18 @@ def read_meta(d: Path, cfg: Mapping[str, Any]) -> tuple[ArtifactMeta, dict[str, 
     return meta, tinfo
 
 
-def _hybrid_config(cfg: Mapping[str, Any]) -> Any:
-    from uniql.ssm import HybridConfig
-
-    return HybridConfig.from_hf(cfg)
-
-
-def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq: int | None = None,
-                  tokenizer: Any = None) -> "ElasticModel | ElasticHybridModel":
-    """Loads an artifact at a pruning rate: only the prefixes that rate needs are read into memory."""
-    from uniql import safetensors as st
-    from uniql.runtime import TransformerConfig
-
-    from uniql.elastic_memory import keep_large_allocations_mapped
-
-    keep_large_allocations_mapped()  # freed weights (ElasticModel.resize) then leave the process at once
-    meta, tinfo = read_meta(d, cfg)
-    rate = check_rate(rate, meta.max_rate)
-    if meta.architecture != cfg.get("model_type"):
-        raise FormatError(f"uniql.architecture {meta.architecture!r} does not match model_type "
-                          f"{cfg.get('model_type')!r}")
-    if meta.architecture not in ("llama", "qwen2"):
-        if len(meta.importance) != len(hybrid_full_sizes(_hybrid_config(cfg))):
-            raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has "
-                              f"{len(hybrid_full_sizes(_hybrid_config(cfg)))} layers")
-        return _load_hybrid(d, cfg, meta, tinfo, rate, max_seq, tokenizer)
-    tc = TransformerConfig.from_hf(cfg)
-    L, nh, nkv, d_head = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, tc.head_dim
-    n, DI = tc.hidden_size, tc.intermediate_size
-    if len(meta.importance) != L:
-        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {L} layers")
-    keeps = meta.keep_sizes(rate, tc.intermediate_size, d_head)
-    reader = _Reader(d, meta, tinfo)
-    tensors: dict[str, Any] = {}
-    freq_maps: list[np.ndarray] = []
-    for i, (k, r) in enumerate(keeps):
-        path = d / layer_file(i)
-        if not path.is_file():
-            raise FormatError(f"artifact is missing {path.name}")
-        p = f"model.layers.{i}."
-        with st.safe_open(path) as f:
-            for norm in ("input_layernorm.weight", "post_attention_layernorm.weight"):
-                tensors[p + norm] = _float(f, p + norm)
-            a = p + "self_attn."
-            tensors[a + "q_proj.weight"] = reader.linear(f, a + "q_proj", (nh * d_head, n), head_rows(nh, d_head, r))
-            tensors[a + "k_proj.weight"] = reader.linear(f, a + "k_proj", (nkv * d_head, n), head_rows(nkv, d_head, r))
-            tensors[a + "v_proj.weight"] = reader.linear(f, a + "v_proj", (nkv * d_head, n), head_rows(nkv, d_head, r))
-            tensors[a + "o_proj.weight"] = reader.linear(f, a + "o_proj", (n, nh * d_head), None, col_segments=nh,
-                                                            col_keep=r)
-            for b, heads in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)):
-                if a + b + ".bias" in f.keys():
-                    tensors[a + b + ".bias"] = _own(_float(f, a + b + ".bias")[head_rows(heads, d_head, r)])
-            if a + "o_proj.bias" in f.keys():
-                tensors[a + "o_proj.bias"] = _float(f, a + "o_proj.bias")
-            m = p + "mlp."
-            tensors[m + "gate_proj.weight"] = reader.linear(f, m + "gate_proj", (DI, n), slice(0, k))
-            tensors[m + "up_proj.weight"] = reader.linear(f, m + "up_proj", (DI, n), slice(0, k))
-            tensors[m + "down_proj.weight"] = reader.linear(f, m + "down_proj", (n, DI), None, col_keep=k)
-            fm = f.get(a + "rope_freq")
-            if fm.dtype != np.int32 or fm.shape != (nkv, d_head // 2):
-                raise FormatError(f"artifact tensor {a + 'rope_freq'!r} must be int32 {(nkv, d_head // 2)}, "
-                                  f"got {fm.dtype} {fm.shape}")
-            freq_maps.append(_own(fm[:, : r // 2]))
-    tensors.update(_read_rest(d, reader, tc.vocab_size, n, tc.tie_word_embeddings, "model.embed_tokens.weight",
-                              "model.norm.weight"))
-    # v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
-    model = ElasticModel.from_hf_tensors(tc, tensors, tokenizer, freq_maps=freq_maps, qk_layout="interleaved",
-                                         max_seq=max_seq)
-    model._init_elastic(meta, rate, d)
-    return model
-
-
-class _Elastic:
-    """Rate switching shared by the elastic transformer and hybrid models: the subclass gives the per-layer keeps
-    of a rate (``_layer_keeps``) and the stored sizes of a layer (``_stored_sizes``), both as {component: size},
-    and a ``set_keep(layer, **sizes)``."""
-
-    meta: ArtifactMeta
-
-    def _init_elastic(self, meta: ArtifactMeta, rate: float, path: Path) -> None:
-        self.meta = meta
-        self.loaded_rate = rate
-        self.path = path
-        self._rate = rate
-        self._file_stamps = file_stamps(path)  # a grow (resize to a lower rate) refuses files changed since
-
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    def _layer_keeps(self, rate: float) -> list[dict[str, int]]:
-        raise NotImplementedError
-
-    def _stored_sizes(self, layer: int) -> dict[str, int]:
-        raise NotImplementedError
-
-    def set_rate(self, rate: float) -> None:
-        """Switches to another pruning rate >= the loaded one (instant: only the kernels' sizes change; the KV
-        cache / SSM state stays valid). Lower rates need the weights the load skipped: ``resize(rate)`` re-reads
-        them (and ``resize`` to a higher rate also releases memory)."""
-        rate = check_rate(rate, self.meta.max_rate)
-        if rate < self.loaded_rate - 1e-12:
-            how = ("model.resize(rate) re-reads the missing weights" if hasattr(self, "resize")
-                   else "reload the artifact with uniql.load(path, rate=...) to use it")
-            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); {how}")
-        sizes = self._layer_keeps(rate)
-        for i, ks in enumerate(sizes):
-            st = self._stored_sizes(i)
-            if any(v > st[c] for c, v in ks.items()):  # cannot happen: allocation is monotone in the rate
-                raise RangeError(f"layer {i}: keep sizes {ks} exceed the loaded {st}")
-        for i, ks in enumerate(sizes):
-            self.set_keep(i, **ks)  # type: ignore[attr-defined]
-        self._rate = rate
-
-
-class ElasticModel(_Elastic, Model):
-    """A runtime Model loaded from an artifact: ``set_rate`` switches to any rate between the loaded one and the
-    artifact's maximum, live between tokens, without reloading (the KV cache stays valid)."""
-
-    def keep_sizes(self, rate: float) -> list[tuple[int, int]]:
-        c = self.config
-        return self.meta.keep_sizes(rate, c.intermediate_size, c.head_dim)
-
-    def _layer_keeps(self, rate: float) -> list[dict[str, int]]:
-        return [{"mlp": k, "attn": r} for k, r in self.keep_sizes(rate)]
-
-    def _stored_sizes(self, layer: int) -> dict[str, int]:
-        k, r = self.stored(layer)
-        return {"mlp": k, "attn": r}
-
-    def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
-        """Switches to `rate` and makes the resident weights those of `rate`: a higher rate releases the rows and
-        columns beyond the new keeps (no file read), a lower one re-reads only the missing parts from the
-        artifact (see :mod:`uniql.elastic_memory`; ``tokens``: the ids of the current sequence, re-prefilled when
-        the head dims grew so that the KV cache is exact). Returns a report dict."""
-        from uniql.elastic_memory import resize_transformer
-
-        return resize_transformer(self, rate, tokens)
-
-    def parameter_count(self, rate: float | None = None) -> int:
-        """Parameters used at `rate` (default: the current one): all linears at their keep sizes, embedding
-        (and lm_head when untied), norms and biases."""
-        c = self.config
-        sizes = self.keep_sizes(self._rate if rate is None else rate)
-        n, nh, nkv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
-        total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
-        total += n * n if self._final_mix is not None else 0  # the final mix of a rotated tied model
-        for k, r in sizes:
-            total += 2 * n + n * r * (2 * nh + 2 * nkv) + 3 * n * k
-        return total
-
-
-# --------------------------------------------------------------------------- hybrid (Mamba2) ----
-
-def hybrid_full_sizes(hc: Any) -> list[dict[str, int]]:
-    """Full size of every elastic component per layer of a Mamba2 / Nemotron-H / Bamba model."""
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP
-
+def full_sizes(config: Any) -> list[dict[str, int]]:
+    """Full size of every elastic component per layer ({mlp, attn, ssm_head, ssm_state}: those the layer has) of a
+    model config (:func:`uniql.models.runtime.model_config`)."""
     out = []
-    for t in hc.layer_types:
+    for t in config.layer_types:
         f: dict[str, int] = {}
         if t == LAYER_MAMBA:
-            f.update(ssm_head=hc.ssm_head_dim, ssm_state=hc.ssm_state)
+            f.update(ssm_head=config.ssm_head_dim, ssm_state=config.ssm_state)
         elif t == LAYER_ATTENTION:
-            f["attn"] = hc.head_dim
-        if t == LAYER_MLP or hc.ffn_after_mixer:
-            f["mlp"] = hc.intermediate_size
+            f["attn"] = config.head_dim
+        if t == LAYER_MLP or config.ffn_after_mixer:
+            f["mlp"] = config.intermediate_size
         out.append(f)
     return out
 
@@ -501,24 +331,35 @@ def hybrid_full_sizes(hc: Any) -> list[dict[str, int]]:
 def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
     """Rows of a sorted (n_heads * d)-row q/k projection kept at head-dim keep r (uq_sort_qk_keep_rows per head:
     a prefix, or r/2 rotary + r/2 pass rows for partial RoPE)."""
-    from uniql.sorting import ROPE_CODES
-
     per = np.empty(r, np.int64)
     _C.qk_keep_rows(ROPE_CODES[rope], d, r, per)
     return (np.arange(n_heads)[:, None] * d + per[None, :]).reshape(-1)
 
 
-def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Mapping[str, Any], rate: float,
-                 max_seq: int | None, tokenizer: Any) -> "ElasticHybridModel":
-    from uniql import safetensors as st
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode
+def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq: int | None = None,
+                  tokenizer: Any = None) -> "ElasticModel":
+    """Loads an artifact at a pruning rate: only the prefixes that rate needs are read into memory. One reader for
+    every architecture: each layer's components (Mamba mixer, attention, MLP) are read at the layer's keep sizes
+    under the family's tensor names (uniql.models.hybrid.HF_NAMES)."""
+    from uniql.formats import safetensors as st
+    from uniql.models.elastic_memory import keep_large_allocations_mapped
+    from uniql.models.hybrid import HF_NAMES, rope_mode
 
-    hc = HybridConfig.from_hf(cfg)
+    keep_large_allocations_mapped()  # freed weights (ElasticModel.resize) then leave the process at once
+    meta, tinfo = read_meta(d, cfg)
+    rate = check_rate(rate, meta.max_rate)
+    if meta.architecture != cfg.get("model_type"):
+        raise FormatError(f"uniql.architecture {meta.architecture!r} does not match model_type "
+                          f"{cfg.get('model_type')!r}")
+    hc = model_config(cfg)
+    full = full_sizes(hc)
+    if len(meta.importance) != len(full):
+        raise FormatError(f"uniql.importance has {len(meta.importance)} entries, the model has {len(full)} layers")
     names = HF_NAMES[hc.model_type]
     prefix = "backbone.layers." if any(k.startswith("backbone.layers.") for k in tinfo) else "model.layers."
-    keeps = meta.layer_keeps(rate, hybrid_full_sizes(hc))
+    keeps = meta.layer_keeps(rate, full)
     reader = _Reader(d, meta, tinfo)
-    n, H, P, G, N = hc.hidden_size, hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
+    n = hc.hidden_size
     rope = rope_mode(hc) if LAYER_ATTENTION in hc.layer_types else "none"
     tensors: dict[str, Any] = {}
     freq_maps: list[np.ndarray | None] = []
@@ -538,6 +379,7 @@ def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Map
         with st.safe_open(path) as f:
             tensors[p + names["norm"]] = _float(f, p + names["norm"])
             if t == LAYER_MAMBA:
+                H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
                 m, Pk, Nk = p + names["mamba"], ks["ssm_head"], ks["ssm_state"]
                 zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
                 HP, GN = H * P, G * N
@@ -584,17 +426,90 @@ def _load_hybrid(d: Path, cfg: Mapping[str, Any], meta: ArtifactMeta, tinfo: Map
         rot_rows.append(rr)
     tensors.update(_read_rest(d, reader, hc.vocab_size, n, bool(hc.tie_word_embeddings),
                               names["embed"], names["final"]))
-    model = ElasticHybridModel.from_hf_tensors(hc, tensors, tokenizer, freq_maps=freq_maps, rot_rows=rot_rows,
-                                               qk_layout="interleaved", max_seq=max_seq)
-    model._init_elastic(meta, rate, d)
-    model._full = hybrid_full_sizes(hc)
+    # a v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
+    model = ElasticModel.from_hf_tensors(hc, tensors, tokenizer, freq_maps=freq_maps, rot_rows=rot_rows,
+                                         qk_layout="interleaved", max_seq=max_seq)
+    model._init_elastic(meta, rate, d, full)
     return model
+
+
+class ElasticModel(Model):
+    """A model loaded from an artifact (any architecture): ``set_rate`` switches to any rate between the loaded one
+    and the artifact's maximum, live between tokens, without reloading (the KV cache / SSM state stays valid): every
+    layer's keeps (MLP channels, attention head dims, SSM head channels and state dims) change at once."""
+
+    meta: ArtifactMeta
+
+    def _init_elastic(self, meta: ArtifactMeta, rate: float, path: Path, full: list[dict[str, int]]) -> None:
+        self.meta = meta
+        self.loaded_rate = rate
+        self.path = path
+        self._rate = rate
+        self._full = full
+        self._file_stamps = file_stamps(path)  # a grow (resize to a lower rate) refuses files changed since
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    def keep_sizes(self, rate: float) -> list[dict[str, int]]:
+        """Per-layer keeps ({component: size}, as :meth:`keep`) at a global pruning rate."""
+        return self.meta.layer_keeps(rate, self._full)
+
+    def set_rate(self, rate: float) -> None:
+        """Switches to another pruning rate >= the loaded one (instant: only the kernels' sizes change; the KV
+        cache / SSM state stays valid). Lower rates need the weights the load skipped: ``resize(rate)`` re-reads
+        them (and ``resize`` to a higher rate also releases memory)."""
+        rate = check_rate(rate, self.meta.max_rate)
+        if rate < self.loaded_rate - 1e-12:
+            raise RangeError(f"rate {rate} is below the rate this model was loaded at ({self.loaded_rate}); "
+                             "model.resize(rate) re-reads the missing weights")
+        sizes = self.keep_sizes(rate)
+        for i, ks in enumerate(sizes):
+            st = self.stored(i)
+            if any(v > st[c] for c, v in ks.items()):  # cannot happen: allocation is monotone in the rate
+                raise RangeError(f"layer {i}: keep sizes {ks} exceed the loaded {st}")
+        for i, ks in enumerate(sizes):
+            self.set_keep(i, **ks)
+        self._rate = rate
+
+    def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
+        """Switches to `rate` and makes the resident weights those of `rate`: a higher rate releases the rows and
+        columns beyond the new keeps (no file read), a lower one re-reads only the missing parts from the
+        artifact (see :mod:`uniql.models.elastic_memory`). ``tokens``: the ids of the current sequence; an
+        attention-only model keeps its KV cache and re-prefills only when head dims grew, a model with Mamba layers
+        rebuilds its SSM / conv states and KV caches and so needs them in the middle of a sequence. Returns a
+        report dict."""
+        from uniql.models.elastic_memory import resize
+
+        return resize(self, rate, tokens)
+
+    def parameter_count(self, rate: float | None = None) -> int:
+        """Parameters used at `rate` (default: the current one): every linear at its keep sizes, conv1d, the
+        gated norm, dt_bias / A_log / D, norms, embedding (and lm_head when untied); biases excluded."""
+        c = self.config
+        n = c.hidden_size
+        total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
+        total += n * n if self._final_mix is not None else 0  # the final mix of a rotated tied model
+        for ks in self.keep_sizes(self._rate if rate is None else rate):
+            total += n
+            if "ssm_head" in ks:
+                H, G, Pk, Nk = c.ssm_heads, c.ssm_groups, ks["ssm_head"], ks["ssm_state"]
+                total += n * (2 * H * Pk + 2 * G * Nk + H) + (H * Pk + 2 * G * Nk) * c.conv_kernel + 3 * H \
+                    + H * Pk + n * H * Pk
+            if "attn" in ks:
+                total += n * ks["attn"] * (2 * c.num_heads + 2 * c.num_kv_heads)
+            if "mlp" in ks:
+                total += (3 if c.mlp_act == "silu_gated" else 2) * n * ks["mlp"]
+                if c.ffn_after_mixer:
+                    total += n
+        return total
 
 
 def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
                embed: Any, final: Any) -> dict[str, Any]:
     """Embedding, final norm and (untied) lm_head from model-rest.safetensors; `embed`/`final`: candidate names."""
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     rest = d / REST_FILE
     if not rest.is_file():
@@ -608,7 +523,7 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         cands = (final,) if isinstance(final, str) else tuple(final)
         fn = next((c for c in cands if c in keys), cands[0])
         out[fn] = _float(f, fn)
-        mix = fn[: -len(".weight")] + ".mix"
+        mix = final_mix_name(fn)
         if mix in keys:
             out[mix] = _float(f, mix)
         elif isinstance(rot := reader.meta.sorting.get("rotation"), dict) and rot.get("final_mix"):
@@ -616,51 +531,6 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         if not tied:
             out["lm_head.weight"] = reader.linear(f, "lm_head", (vocab, n))
     return out
-
-
-class ElasticHybridModel(_Elastic, HybridModel):
-    """A Mamba2 / Nemotron-H / Bamba model loaded from an artifact (see :class:`ElasticModel`): ``set_rate``
-    changes every layer's keeps (MLP channels, attention head dims, SSM head channels and state dims) live."""
-
-    _full: list[dict[str, int]]
-
-    def keep_sizes(self, rate: float) -> list[dict[str, int]]:
-        """Per-layer keeps ({component: size}, as :meth:`keep`) at a global pruning rate."""
-        return self.meta.layer_keeps(rate, self._full)
-
-    def _layer_keeps(self, rate: float) -> list[dict[str, int]]:
-        return self.keep_sizes(rate)
-
-    def _stored_sizes(self, layer: int) -> dict[str, int]:
-        return self.stored(layer)
-
-    def resize(self, rate: float, tokens: Any = None) -> dict[str, Any]:
-        """As :meth:`ElasticModel.resize`; the SSM / conv states and KV caches are rebuilt, so a model in the
-        middle of a sequence needs ``tokens`` (its ids, re-prefilled at the new rate)."""
-        from uniql.elastic_memory import resize_hybrid
-
-        return resize_hybrid(self, rate, tokens)
-
-    def parameter_count(self, rate: float | None = None) -> int:
-        """Parameters used at `rate` (default: the current one): every linear at its keep sizes, conv1d, the
-        gated norm, dt_bias / A_log / D, norms, embedding (and lm_head when untied); biases excluded."""
-        c = self.config
-        n, H, G = c.hidden_size, c.ssm_heads, c.ssm_groups
-        total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
-        total += n * n if self._final_mix is not None else 0  # the final mix of a rotated tied model
-        for ks in self.keep_sizes(self._rate if rate is None else rate):
-            total += n
-            if "ssm_head" in ks:
-                Pk, Nk = ks["ssm_head"], ks["ssm_state"]
-                total += n * (2 * H * Pk + 2 * G * Nk + H) + (H * Pk + 2 * G * Nk) * c.conv_kernel + 3 * H \
-                    + H * Pk + n * H * Pk
-            if "attn" in ks:
-                total += n * ks["attn"] * (2 * c.num_heads + 2 * c.num_kv_heads)
-            if "mlp" in ks:
-                total += (3 if c.mlp_act == "silu_gated" else 2) * n * ks["mlp"]
-                if c.ffn_after_mixer:
-                    total += n
-        return total
 
 
 def parameter_count_full(cfg: Mapping[str, Any]) -> int:

@@ -1,4 +1,4 @@
-"""Structured weight sorting and layer-wise allocation (docs/design.md §3): typed wrappers of the C core.
+"""Structured weight sorting (docs/design.md §3): typed wrappers of the C core.
 
 Every function here validates its arguments (shapes, dtypes, value ranges: a bad one raises a
 :mod:`uniql.errors` class naming the argument), allocates the outputs with ``numpy.empty`` and calls
@@ -20,11 +20,14 @@ import numpy.typing as npt
 
 from uniql import _C
 from uniql.errors import DTypeError, InvalidArgumentError, ShapeError
+from uniql.models.keep import ROPE_CODES, check_count, check_positive, check_unit
+# the keep-size rule and the layer-wise allocation live in uniql.models.keep (loading an artifact needs them, not the
+# sorts); the compression side reaches them here too
+from uniql.models.keep import ALLOC_EPS, ALLOC_MAX_PRUNE, alloc_keep_ratios, keep_granularity, keep_size  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 RopeMode = Literal["full", "partial", "none"]
-ROPE_CODES = {"full": _C.ROPE_FULL, "partial": _C.ROPE_PARTIAL, "none": _C.ROPE_NONE}
 
 #: Standard keep-size granularities (docs/design.md §3.1).
 GRAN_MLP: int = _C.GRAN_MLP
@@ -33,9 +36,6 @@ GRAN_SSM_STATE: int = _C.GRAN_SSM_STATE
 GRAN_SSM_HEAD: int = _C.GRAN_SSM_HEAD
 #: Eigenvalue floor of G^{±1/2} in the QA-SVD (docs/design.md §3.2).
 QASVD_EIG_FLOOR: float = 1e-6
-#: Softmax temperature and pruning clamp of the layer-wise allocation (docs/design.md §3.6).
-ALLOC_EPS: float = 0.1
-ALLOC_MAX_PRUNE: float = 0.85
 
 
 # ----------------------------------------------------------------------------------------- helpers --
@@ -58,24 +58,10 @@ def _square(name: str, a: npt.ArrayLike) -> np.ndarray:
     return g
 
 
-def _positive(name: str, v: float) -> float:
-    v = float(v)
-    if not (np.isfinite(v) and v > 0):
-        raise InvalidArgumentError(f"{name} must be finite and > 0, got {v}")
-    return v
 
 
-def _unit(name: str, v: float) -> float:
-    v = float(v)
-    if not (0.0 <= v <= 1.0):
-        raise InvalidArgumentError(f"{name} must be in [0, 1], got {v}")
-    return v
 
 
-def _count(name: str, v: int, lo: int = 1) -> int:
-    if isinstance(v, bool) or int(v) != v or int(v) < lo:
-        raise InvalidArgumentError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
 
 
 def _rope(rope: str) -> int:
@@ -84,32 +70,6 @@ def _rope(rope: str) -> int:
     return ROPE_CODES[rope]
 
 
-# --------------------------------------------------------------------------------------- keep sizes --
-
-
-def keep_size(full: int, keep_ratio: float, granularity: int) -> int:
-    """``g * round_half_even(rho * full / g)`` clamped to ``[g, full]``; ``rho == 1`` gives ``full`` exactly.
-
-    When ``full`` is not a multiple of ``g`` the reachable sizes are the multiples of ``g`` below ``full``
-    and ``full`` itself; the result never exceeds ``full``.
-    """
-    full = _count("full", full)
-    granularity = _count("granularity", granularity)
-    if granularity > full:
-        raise InvalidArgumentError(f"granularity must be in [1, full = {full}], got {granularity}")
-    return _C.keep_size(full, _unit("keep_ratio", keep_ratio), granularity)
-
-
-def keep_granularity(size: int, granularity: int, min_granularity: int = 1) -> int:
-    """Small-model rule: ``min(granularity, size // 8)`` rounded down to a power of two, at least
-    ``min_granularity`` (2 for full-RoPE head dims: whole pairs; 4 for partial RoPE; 1 otherwise).
-    Large models get ``granularity`` itself."""
-    size = _count("size", size)
-    granularity = _count("granularity", granularity)
-    min_granularity = _count("min_granularity", min_granularity)
-    if min_granularity > size:
-        raise InvalidArgumentError(f"min_granularity must be in [1, size = {size}], got {min_granularity}")
-    return _C.keep_granularity(size, granularity, min_granularity)
 
 
 # ------------------------------------------------------------------------------------ permutations --
@@ -136,7 +96,7 @@ class RidgeSort:
 def ridge_scores(G: npt.ArrayLike, lam: float = 1.0) -> np.ndarray:
     """``s_i = [G (G + lam I)^{-1}]_ii = 1 - lam [(G + lam I)^{-1}]_ii`` (Cholesky in C; lower triangle read)."""
     g = _square("G", G)
-    lam = _positive("lam", lam)
+    lam = check_positive("lam", lam)
     s = np.empty(g.shape[0], np.float64)
     _C.ridge_scores(g, lam, s)
     return s
@@ -172,7 +132,7 @@ class QKSort:
     def keep_rows(self, r: int) -> np.ndarray:
         """Rows of a (sorted) head kept at keep size r: ``0..r-1`` (full / none) or
         ``[0, r/2) U [d/2, d/2 + r/2)`` (partial: r/4 whole rotary pairs + r/2 pass dims)."""
-        r = _count("r", r)
+        r = check_count("r", r)
         rows = np.empty(r, np.int64)
         _C.qk_keep_rows(ROPE_CODES[self.rope], self.head_dim, r, rows)
         return rows
@@ -181,7 +141,7 @@ class QKSort:
         """Row permutation of a whole q_proj (n_heads = number of Q heads) or k_proj (n_heads = n_kv) weight
         or bias: new row ``h*d + k`` <- original row ``h*d + row_perm[g(h)][k]``."""
         n_kv, d = self.row_perm.shape
-        n_heads = _count("n_heads", n_heads)
+        n_heads = check_count("n_heads", n_heads)
         if n_heads % n_kv:
             raise ShapeError(f"n_heads ({n_heads}) must be a multiple of n_kv ({n_kv})")
         group = np.arange(n_heads) // (n_heads // n_kv)
@@ -251,7 +211,7 @@ def qasvd_vo(
     = second moment of the attention input."""
     g = _square("G", G)
     n = g.shape[0]
-    n_heads, n_kv, d = _count("n_heads", n_heads), _count("n_kv", n_kv), _count("head_dim", head_dim)
+    n_heads, n_kv, d = check_count("n_heads", n_heads), check_count("n_kv", n_kv), check_count("head_dim", head_dim)
     if n_heads % n_kv:
         raise ShapeError(f"n_heads ({n_heads}) must be a multiple of n_kv ({n_kv})")
     wv, wo = np.asarray(wv), np.asarray(wo)
@@ -273,7 +233,7 @@ def qasvd_vo(
     wv_out, wo_out = np.empty_like(wv), np.empty_like(wo)
     bo_out = np.empty(n, dtype) if (bv is not None or bo is not None) else None
     sv = np.empty((n_kv, d), np.float64)
-    _C.qasvd_vo(g, wv, bv, wo, bo, n_heads, n_kv, d, flags, _positive("eig_floor", eig_floor), wv_out, None, wo_out,
+    _C.qasvd_vo(g, wv, bv, wo, bo, n_heads, n_kv, d, flags, check_positive("eig_floor", eig_floor), wv_out, None, wo_out,
                 bo_out, sv)
     return QASVDResult(wv=wv_out, wo=wo_out, bo=bo_out, singular_values=sv)
 
@@ -318,11 +278,11 @@ def sort_ssm_head_channels(Gm: npt.ArrayLike, n_heads: int, head_dim: int, lam: 
     second moment of the chunk-local states, or of the out_proj input), then per head a descending order of
     its P channels (the same count is kept in every head). lam = 1, or 1e-4 for pure Mamba2."""
     g = _square("Gm", Gm)
-    H, P = _count("n_heads", n_heads), _count("head_dim", head_dim)
+    H, P = check_count("n_heads", n_heads), check_count("head_dim", head_dim)
     if g.shape[0] != H * P:
         raise ShapeError(f"Gm must have shape ({H * P}, {H * P}) = (n_heads*head_dim, ...), got {g.shape}")
     scores, perm = np.empty(H * P, np.float64), np.empty((H, P), np.int64)
-    _C.ssm_head_channels(g, H, P, _positive("lam", lam), scores, perm)
+    _C.ssm_head_channels(g, H, P, check_positive("lam", lam), scores, perm)
     return SSMHeadSort(scores=scores, perm=perm)
 
 
@@ -332,11 +292,11 @@ def ssm_bc_moments(B: npt.ArrayLike, C: npt.ArrayLike, dt: npt.ArrayLike, n_grou
     """State-dim statistics of one sequence, accumulated into (dB_acc (H, N), c_acc (G, N)) float64 (new zero
     arrays when None): ``dB_acc[h][n] += scale * sum_t (dt[t,h] B[t, g(h)*N + n])^2`` and
     ``c_acc[g][n] += scale * sum_t C[t, g*N + n]^2``; B, C (T, G*N) after conv1d + SiLU, dt (T, H) = Delta
-    (float32, as :meth:`uniql.ssm.HybridModel.layer_forward` captures them). Returns the accumulators."""
+    (float32, as :meth:`uniql.models.runtime.Model.layer_forward` captures them). Returns the accumulators."""
     b = _array("B", B, np.float32, 2)
     c = _array("C", C, np.float32, 2)
     d = _array("dt", dt, np.float32, 2)
-    G = _count("n_groups", n_groups)
+    G = check_count("n_groups", n_groups)
     T, H = d.shape
     if b.shape != c.shape or b.shape[0] != T or b.shape[1] % G:
         raise ShapeError(f"B {b.shape} and C {c.shape} must both be (T = {T}, n_groups*N) with n_groups = {G}")
@@ -363,7 +323,7 @@ def ssm_chunk_states(x: npt.ArrayLike, B: npt.ArrayLike, dt: npt.ArrayLike, A_lo
     b = _array("B", B, np.float32, 2)
     d = _array("dt", dt, np.float32, 2)
     a = _array("A_log", A_log, np.float32, 1)
-    G, chunk = _count("n_groups", n_groups), _count("chunk", chunk)
+    G, chunk = check_count("n_groups", n_groups), check_count("chunk", chunk)
     T, H = d.shape
     if xa.shape[0] != T or b.shape[0] != T or xa.shape[1] % H or b.shape[1] % G or a.shape != (H,) or H % G:
         raise ShapeError(f"x {xa.shape}, B {b.shape}, dt {d.shape}, A_log {a.shape} do not fit T = {T}, "
@@ -393,15 +353,3 @@ def block_importance(x: npt.ArrayLike, y: npt.ArrayLike) -> np.ndarray:
     return out[0] if single else out
 
 
-def alloc_keep_ratios(
-    importance: npt.ArrayLike, global_keep: float, eps: float = ALLOC_EPS, max_prune: float = ALLOC_MAX_PRUNE
-) -> np.ndarray:
-    """Per-layer keep ratios ``1 - clip(L (1 - global_keep) softmax(-importance / eps), 0, max_prune)``.
-    Without clipping the mean pruning equals ``1 - global_keep``; clipping does not redistribute."""
-    imp = _array("importance", importance, np.float64, 1)
-    if imp.size == 0:
-        raise ShapeError("importance must not be empty")
-    out = np.empty(imp.shape, np.float64)
-    _C.alloc_keep_ratios(imp, _unit("global_keep", global_keep), _positive("eps", eps),
-                         _unit("max_prune", max_prune), out)
-    return out

@@ -1,4 +1,4 @@
-"""uniql.rotate: an orthogonal rotation of the residual stream, fused offline into the weights.
+"""uniql.compress.rotate: an orthogonal rotation of the residual stream, fused offline into the weights.
 
 int4 groups of a linear that reads the residual stream share one scale per 128 input columns; a few outlier
 channels of the stream (large embedding / norm-scale entries) set that scale and every other column of the group
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from uniql.errors import FormatError, ShapeError
+from uniql.models.runtime import final_mix_name  # the loaders' name, re-exported for the pipeline
 
 #: embedding and final-norm names of every supported architecture
 EMBED_NAMES = ("model.embed_tokens.weight", "backbone.embeddings.weight", "backbone.embedding.weight",
@@ -116,11 +117,6 @@ def rotate_layer(lay: dict[str, Any], p0: str, rot: Rotation) -> dict[str, Any]:
     for norm in folded:
         out[norm] = np.ones(n, np.float32)
     return out
-
-
-def final_mix_name(final_norm: str) -> str:
-    """Name of the final mix tensor next to final norm ``final_norm`` (``model.norm.weight`` -> ``model.norm.mix``)."""
-    return final_norm[: -len(".weight")] + ".mix" if final_norm.endswith(".weight") else final_norm + ".mix"
 
 
 def rotate_shared(shared: dict[str, Any], rot: Rotation, tied: bool, keep_tied: bool = False) -> dict[str, Any]:

@@ -1,13 +1,14 @@
-"""Memory that follows the pruning rate: an elastic transformer whose rate rises gives back the weights it no longer
-uses, and one whose rate falls re-reads only the missing parts from its artifact, without reloading.
+"""Memory that follows the pruning rate: an elastic model whose rate rises gives back the weights it no longer uses,
+and one whose rate falls re-reads only the missing parts from its artifact, without reloading.
 
 ``ElasticModel.set_rate`` only changes the keep sizes the kernels use: a model loaded at rate 0 keeps every byte at
-rate 0.35. :func:`resize_transformer` (``ElasticModel.resize(rate)``) instead rebuilds the weights at the keeps of
+rate 0.35. :func:`resize` (``ElasticModel.resize(rate)``) instead rebuilds the weights at the keeps of
 the new rate, so the resident weights are exactly those a model loaded at that rate holds:
 
-- Every prunable axis is a prefix per head or per group (see uniql.artifact), so for each linear the weights of
-  rate rho are a sub-block of those of any lower rate: q/k/v rows (a prefix of every head), o_proj columns (a
-  prefix of every head's segment), gate/up rows and down columns (a prefix).
+- Every prunable axis is a prefix per head or per group (see uniql.formats.artifact), so for each linear the weights of
+  rate rho are a sub-block of those of any lower rate: q/k/v rows (a prefix of every head; under partial RoPE the
+  kept rotary and pass rows), o_proj columns (a prefix of every head's segment), gate/up rows and down columns (a
+  prefix), a Mamba in_proj's row groups z / x / B / C, conv channels, gated-norm weights and out_proj columns.
 - Shrinking (rate up) copies the kept sub-block into a new, smaller array and drops the old one; nothing is read.
   int4 weights live in the kernels' R16 layout (16-row blocks, 8-column chunks): they are turned back into the
   row-major int4 format by ``_C.q4_unpack_r16`` (the exact inverse of the load-time repack, same codes and
@@ -19,8 +20,8 @@ the new rate, so the resident weights are exactly those a model loaded at that r
   checked against the sizes and modification times recorded at load; a missing, changed or malformed file raises
   a :class:`uniql.UniqlError` and leaves the model untouched at its current rate (everything is built aside and
   swapped in only when complete).
-- The C model is rebuilt over the new arrays (embedding, lm_head and norms are shared, not copied) and the KV
-  cache moves to a state of the new widths (``_C.hy_state_transfer``: K/V rows are cut to, or zero-extended to,
+- The C model is rebuilt over the new arrays (embedding, lm_head and norms are shared, not copied). An
+  attention-only model's KV cache moves to a state of the new widths (``_C.hy_state_transfer``: K/V rows are cut to, or zero-extended to,
   the new stored head dims). After a shrink the cache is what ``set_rate`` would have used; after a grow the
   extra dims of past tokens were never computed, so pass ``tokens`` (the current sequence's ids) to re-prefill
   them exactly, or accept the approximation until the next sequence.
@@ -28,11 +29,10 @@ the new rate, so the resident weights are exactly those a model loaded at that r
   is its own mapping and goes back to the system when freed; ``malloc_trim(0)`` returns free heap pages after a
   resize. The process RSS then follows the weights (tests/test_elastic_memory.py checks 5%).
 
-Every architecture: transformers (Llama, Qwen2; :func:`resize_transformer`) and Mamba2 / Nemotron-H / Bamba
-(:func:`resize_hybrid`: Mamba in_proj row groups z / x / B / C, conv channels, gated-norm weights and out_proj
-columns, attention rows (partial RoPE included), MLP), with fp32, fp16 (held as float32, as loading does) and int4
-artifacts. A hybrid model's SSM / conv state depends on its stored sizes and cannot be cut or extended, so its state
-is rebuilt and the sequence re-prefilled from ``tokens`` (required when the state is not empty).
+One function for every architecture (Llama, Qwen2, Mamba2, Nemotron-H, Bamba), with fp32, fp16 (held as float32,
+as loading does), int8 and int4 weights. A model with Mamba layers holds an SSM / conv state that depends on its
+stored sizes and cannot be cut or extended, so its state is rebuilt and the sequence re-prefilled from ``tokens``
+(required when the state is not empty).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ import numpy as np
 from uniql import _C
 from uniql.errors import FormatError, UniqlError, UniqlIOError
 
-__all__ = ["resize_hybrid", "resize_transformer", "release_free_memory", "keep_large_allocations_mapped", "rss_bytes"]
+__all__ = ["resize", "release_free_memory", "keep_large_allocations_mapped", "rss_bytes"]
 
 _LIBC: Any = None
 
@@ -142,42 +142,10 @@ def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
     raise FormatError(f"artifact tensor {name!r} has dtype {a.dtype}; expected float32 or float16")
 
 
-def _regrid(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, nseg_r: int, r_cur: int, r_new: int,
-            r_full: int, nseg_c: int, c_cur: int, c_new: int, c_full: int, stats: dict) -> np.ndarray:
-    """The plane at new per-segment sizes (rows r_new, column units c_new) from the resident plane `cur` (r_cur,
-    c_cur) and, for what it lacks, the artifact's full plane (r_full, c_full) read lazily through `file_view`."""
-    cur4 = cur.reshape(nseg_r, r_cur, nseg_c, c_cur)
-    out_dtype = cur.dtype if cur.dtype in (np.uint8, np.int8) else np.dtype(np.float32)
-    new = np.empty((nseg_r, r_new, nseg_c, c_new), out_dtype)
-    mr, mc = min(r_cur, r_new), min(c_cur, c_new)
-    new[:, :mr, :, :mc] = cur4[:, :mr, :, :mc]
-    if r_new > r_cur or c_new > c_cur:
-        fv = file_view()
-        if fv.shape != (nseg_r * r_full, nseg_c * c_full):
-            raise FormatError(f"artifact tensor {name!r} has shape {fv.shape}, expected "
-                              f"{(nseg_r * r_full, nseg_c * c_full)}")
-        fv4 = fv.reshape(nseg_r, r_full, nseg_c, c_full)
-        parts = []
-        if r_new > r_cur:
-            parts.append(((slice(None), slice(r_cur, r_new), slice(None), slice(0, c_new))))
-        if c_new > c_cur:
-            parts.append(((slice(None), slice(0, mr), slice(None), slice(c_cur, c_new))))
-        for sl in parts:
-            blk = fv4[sl]
-            if out_dtype != np.float32:
-                if fv.dtype != out_dtype:
-                    raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected {out_dtype}")
-                new[sl] = blk
-            else:
-                new[sl] = _as_f32(blk, name)
-            stats["read_bytes"] += int(blk.nbytes)
-    return new.reshape(nseg_r * r_new, nseg_c * c_new)
-
-
 # ------------------------------------------------------------------------------- resizing ----
 
 def _check_files(model: Any) -> None:
-    from uniql.artifact import file_stamps
+    from uniql.formats.artifact import file_stamps
 
     d = Path(model.path)
     try:
@@ -216,7 +184,7 @@ def _linear_rm(spec: tuple) -> dict[str, np.ndarray]:
 
 def _linear_spec(planes: dict[str, np.ndarray], group: int, cols: int, segs: tuple[int, int], keep: list,
                  r16: bool = True) -> tuple:
-    """A C linear spec over new planes, int4 repacked to R16 (as ``uniql.runtime.linear_spec`` does at load) when
+    """A C linear spec over new planes, int4 repacked to R16 (as ``uniql.models.runtime.linear_spec`` does at load) when
     ``r16`` and the group allow, else row-major int4 (the linears the runtime reads as row views)."""
     bias = planes["bias"].reshape(-1) if "bias" in planes else None
     if bias is not None:
@@ -259,132 +227,6 @@ def _in_proj_parts(planes: dict[str, np.ndarray], group: int, cols: int, old: li
     return out
 
 
-def resize_transformer(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
-    """Makes a Llama/Qwen2 ``ElasticModel``'s resident weights those of `rate` (see the module docstring) and sets
-    the rate. ``tokens``: ids of the current sequence (length = ``model.position``); when given and a head dim
-    grew, the sequence is re-prefilled so the KV cache is exact. Returns {"rate", "from_rate", "seconds",
-    "read_bytes", "weight_bytes_before", "weight_bytes_after", "reprefilled"}. On any error the model is left as
-    it was."""
-    from uniql import safetensors as st
-    from uniql.artifact import check_rate, layer_file
-
-    t0 = time.perf_counter()
-    rate = check_rate(rate, model.meta.max_rate)
-    c = model.config
-    L, nh, nkv, d, n, DI = (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                            c.hidden_size, c.intermediate_size)
-    new_keeps = model.keep_sizes(rate)
-    cur = [model.stored(i) for i in range(L)]
-    grows = any(k > kc or r > rc for (k, r), (kc, rc) in zip(new_keeps, cur))
-    if tokens is not None:
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 1 or tokens.size != model.position:
-            from uniql.errors import InvalidArgumentError
-            raise InvalidArgumentError(f"resize: tokens must be the {model.position} ids of the current sequence, "
-                                       f"got shape {tokens.shape}")
-    if grows:
-        _check_files(model)
-    stats = {"read_bytes": 0}
-    before = model.weight_bytes()
-    emb_spec, head_spec, final_norm, c_layers, keep = _kept_rest(model)
-    new_layers = []
-    try:
-        for i in range(L):
-            (k_new, r_new), (k_cur, r_cur) = new_keeps[i], cur[i]
-            lay = c_layers[i]
-            changed = (k_new, r_new) != (k_cur, r_cur)
-            if not changed:
-                new_layers.append(lay)
-                keep.extend([lay["norm"], lay["ffn_norm"]])
-                if lay.get("freq_map") is not None:
-                    keep.append(lay["freq_map"])
-                for short in ("q", "k", "v", "o", "gate", "up", "down"):
-                    sp = lay[short]
-                    keep.extend(a for a in (sp[0], sp[1], sp[4]) if a is not None)
-                continue
-            f = None
-            p = f"model.layers.{i}."
-            if k_new > k_cur or r_new > r_cur:
-                path = Path(model.path) / layer_file(i)
-                try:
-                    f = st.safe_open(path)
-                except UniqlError as e:
-                    raise type(e)(f"{e}; the model stays at rate {model.rate}") from None
-            try:
-                nd = {"kind": lay["kind"], "norm": lay["norm"], "ffn_norm": lay["ffn_norm"]}
-                keep.extend([nd["norm"], nd["ffn_norm"]])
-                # per linear: (module, proj, row segments, rows per seg (cur, new, full),
-                #              col segments, cols per seg (cur, new, full), R16 segments)
-                geo = {
-                    "q": ("self_attn", "q_proj", nh, (r_cur, r_new, d), 1, (n, n, n), (nh, 1)),
-                    "k": ("self_attn", "k_proj", nkv, (r_cur, r_new, d), 1, (n, n, n), (nkv, 1)),
-                    "v": ("self_attn", "v_proj", nkv, (r_cur, r_new, d), 1, (n, n, n), (nkv, 1)),
-                    "o": ("self_attn", "o_proj", 1, (n, n, n), nh, (r_cur, r_new, d), (1, nh)),
-                    "gate": ("mlp", "gate_proj", 1, (k_cur, k_new, DI), 1, (n, n, n), (1, 1)),
-                    "up": ("mlp", "up_proj", 1, (k_cur, k_new, DI), 1, (n, n, n), (1, 1)),
-                    "down": ("mlp", "down_proj", 1, (n, n, n), 1, (k_cur, k_new, DI), (1, 1)),
-                }
-                for short, (mod, proj, nsr, (rc, rn, rf), nsc, (cc, cn, cf), segs) in geo.items():
-                    sp = lay[short]
-                    group, base = int(sp[2]), f"{p}{mod}.{proj}"
-                    planes = _linear_rm(sp)
-                    out = {}
-                    for kind, a in planes.items():
-                        if kind == "bias":
-                            fname, nc_, units = base + ".bias", 1, (1, 1, 1)
-                        else:
-                            fname = {"weight": base + ".weight", "packed": base + ".qweight",
-                                     "codes": base + ".qweight", "scales": base + ".scales"}[kind]
-                            nc_ = nsc
-                            units = tuple(_units(kind, v, group) for v in (cc, cn, cf))
-                        if kind == "bias" and nsc > 1:  # o_proj bias: full hidden rows, never pruned
-                            out[kind] = a
-                            continue
-
-                        def view(fname: str = fname) -> np.ndarray:
-                            if f is None:  # cannot happen: a grow opened the file
-                                raise FormatError(f"resize: {fname} needed but the layer file is not open")
-                            if fname not in f.keys():
-                                raise FormatError(f"artifact is missing tensor {fname!r}")
-                            v = f.get(fname)
-                            return v.reshape(-1, 1) if v.ndim == 1 else v
-
-                        out[kind] = _regrid(a, view, fname, nsr, rc, rn, rf, nc_, *units, stats)
-                    nd[short] = _linear_spec(out, group, nsc * cn, segs, keep)
-                fm = lay.get("freq_map")
-                if fm is not None or r_new > r_cur:
-                    if r_new <= r_cur:
-                        nfm = np.ascontiguousarray(fm[:, : r_new // 2])
-                    else:
-                        full = f.get(p + "self_attn.rope_freq")
-                        if full.dtype != np.int32 or full.shape != (nkv, d // 2):
-                            raise FormatError(f"artifact tensor {p + 'self_attn.rope_freq'!r} must be int32 "
-                                              f"{(nkv, d // 2)}, got {full.dtype} {full.shape}")
-                        nfm = np.array(full[:, : r_new // 2], np.int32, order="C")
-                    nd["freq_map"] = nfm
-                    keep.append(nfm)
-                else:
-                    nd["freq_map"] = None
-                new_layers.append(nd)
-            finally:
-                if f is not None:
-                    f.close()
-        cm = _C.hy_model_new(c._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep,
-                             model._final_mix)
-        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
-        _C.hy_state_transfer(model._state, state)
-    except UniqlError:
-        raise
-    except (OSError, ValueError, KeyError) as e:
-        raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
-                          f"{model.rate}") from None
-    # swap in: from here on nothing can fail
-    r_grew = any(r > rc for (_, r), (_, rc) in zip(new_keeps, cur))
-    specs = (emb_spec, head_spec, final_norm, new_layers)
-    del c_layers, new_layers
-    return _swap_in(model, cm, state, keep, specs, rate, tokens if r_grew else None, t0, stats, before)
-
-
 def _kept_rest(model: Any) -> tuple[Any, Any, np.ndarray, list, list]:
     """The model's specs (embedding, lm_head, final norm, layers) and a keep list holding the first three's arrays,
     which a resize carries over unchanged."""
@@ -416,8 +258,6 @@ def _swap_in(model: Any, cm: Any, state: Any, keep: list, specs: tuple, rate: fl
             "weight_bytes_after": model.weight_bytes(), "reprefilled": reprefilled}
 
 
-# ------------------------------------------------------------------------------- hybrids ----
-
 def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str, rows_cur: np.ndarray,
                 rows_new: np.ndarray, cols_cur: np.ndarray, cols_new: np.ndarray, stats: dict) -> np.ndarray:
     """As :func:`_regrid` with explicit (ascending) row and column index sets into the artifact's full plane: the
@@ -434,7 +274,7 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
         for rsel, csel in ((~rin, np.ones_like(cin)), (rin, ~cin)):
             if rsel.any() and csel.any():
                 blk = fv[np.ix_(rows_new[rsel], cols_new[csel])]
-                if out_dtype != np.float32:  # int4 packed bytes / int8 codes: as stored
+                if out_dtype != np.float32:  # int4 bytes / int8 codes: copied as they are
                     if fv.dtype != out_dtype:
                         raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected {out_dtype}")
                     new[np.ix_(rsel, csel)] = blk
@@ -446,7 +286,7 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
 
 def _seg_cols(kind: str, nseg: int, full: int, keep: int, group: int) -> np.ndarray:
     """Column (unit) indices kept of a plane whose columns are nseg segments of `full` columns, `keep` per segment."""
-    from uniql.artifact import head_rows
+    from uniql.formats.artifact import head_rows
 
     if kind == "bias":
         return np.arange(1)
@@ -464,14 +304,19 @@ def _collect(layer: dict[str, Any], keep: list) -> None:
             keep.append(v)
 
 
-def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
-    """:func:`resize_transformer` for Mamba2 / Nemotron-H / Bamba artifacts (``ElasticHybridModel.resize``). The
-    SSM / conv states and KV caches are rebuilt at the new sizes: a model with tokens in its state needs
-    ``tokens`` (re-prefilled, exact); without them it raises before changing anything."""
-    from uniql import safetensors as st
-    from uniql.artifact import check_rate, head_rows, layer_file, qk_head_rows
+def resize(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
+    """Makes an ``ElasticModel``'s resident weights those of `rate` (see the module docstring) and sets the rate;
+    every architecture (``ElasticModel.resize``). ``tokens``: ids of the current sequence (length =
+    ``model.position``). An attention-only model (Llama, Qwen2) keeps its KV cache (cut to, or zero-extended to, the
+    new head dims) and re-prefills ``tokens``, when given, only if a head dim grew; a model with Mamba layers rebuilds
+    its SSM / conv states and KV caches at the new sizes, so with tokens in its state it needs ``tokens``
+    (re-prefilled, exact) and raises before changing anything without them. Returns {"rate", "from_rate",
+    "seconds", "read_bytes", "weight_bytes_before", "weight_bytes_after", "reprefilled"}. On any error the model is
+    left as it was."""
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import check_rate, head_rows, layer_file, qk_head_rows
     from uniql.errors import InvalidArgumentError
-    from uniql.ssm import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, rope_mode
+    from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, rope_mode
 
     t0 = time.perf_counter()
     rate = check_rate(rate, model.meta.max_rate)
@@ -480,7 +325,7 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
         if tokens.ndim != 1 or tokens.size != model.position:
             raise InvalidArgumentError(f"resize: tokens must be the {model.position} ids of the current sequence, "
                                        f"got shape {tokens.shape}")
-    elif model.position > 0:
+    elif model.position > 0 and not model.can_truncate:
         raise InvalidArgumentError(f"resize: a hybrid model with {model.position} tokens in its state needs them "
                                    "(tokens=...) to rebuild its SSM state at the new sizes")
     hc = model.config
@@ -583,8 +428,8 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
                         if kind == "bias" and nsc > 1:  # o_proj / out_proj bias: full hidden rows
                             out[kind] = arr
                             continue
-                        fname = {"weight": ".weight", "packed": ".qweight", "codes": ".qweight",
-                                 "scales": ".scales", "bias": ".bias"}[kind]
+                        fname = {"weight": ".weight", "packed": ".qweight", "codes": ".qweight", "scales": ".scales",
+                                 "bias": ".bias"}[kind]
                         out[kind] = _regrid_idx(arr, view_of(base + fname), base + fname, rows_c, rows_n,
                                                 _seg_cols(kind, nsc, S, kc_, group),
                                                 _seg_cols(kind, nsc, S, kn_, group), stats)
@@ -608,16 +453,19 @@ def resize_hybrid(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]
             finally:
                 if f is not None:
                     f.close()
-        cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep,
-                             model._final_mix)
+        cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep, model._final_mix)
         if model._options:
             _C.hy_set_options(cm, model._options)
         state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
+        if model.can_truncate:  # attention only: the KV cache moves to the new widths
+            _C.hy_state_transfer(model._state, state)
     except UniqlError:
         raise
     except (OSError, ValueError, KeyError) as e:
         raise FormatError(f"resize to rate {rate} failed ({type(e).__name__}: {e}); the model stays at rate "
                           f"{model.rate}") from None
+    if model.can_truncate and not any(ks.get("attn", 0) > cs.get("attn", 0) for ks, cs in zip(new_keeps, cur)):
+        tokens = None  # no head dim grew: the moved KV cache is exact, nothing to re-prefill
     specs = (emb_spec, head_spec, final_norm, new_layers)
     del c_layers, new_layers
     return _swap_in(model, cm, state, keep, specs, rate, tokens, t0, stats, before)

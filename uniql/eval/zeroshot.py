@@ -221,7 +221,7 @@ def choice_loglikelihoods(model: Any, pairs: Sequence[tuple[Sequence[int], Seque
     sequence per pair. With ``reuse_prefix`` (default: when the model has ``truncate``) the token prefix shared by
     all contexts is computed once."""
     if reuse_prefix is None:
-        reuse_prefix = hasattr(model, "truncate")
+        reuse_prefix = getattr(model, "can_truncate", hasattr(model, "truncate"))
     max_seq = int(model.max_seq)
     fitted = []
     for ctx, cont in pairs:

@@ -20,7 +20,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import InvalidArgumentError, RangeError, UnsupportedError
-from uniql.runtime import ids_array
+from uniql.models.runtime import ids_array
 
 __all__ = ["BatchDecoder", "Sequence"]
 
@@ -47,7 +47,7 @@ class Sequence:
 
 
 class BatchDecoder:
-    """Continuous batching over ``model`` (a :class:`uniql.runtime.Model` or :class:`uniql.ssm.HybridModel`, or
+    """Continuous batching over ``model`` (a :class:`uniql.models.runtime.Model` or :class:`uniql.models.runtime.Model`, or
     their elastic subclasses): up to ``max_batch`` sequences per step, each of up to ``max_seq`` tokens."""
 
     def __init__(self, model: Any, max_batch: int = 16, max_seq: int | None = None, max_chunk: int = 128) -> None:

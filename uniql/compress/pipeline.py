@@ -19,13 +19,13 @@ statistics are held): X_fp runs through the original float layers, X_q through t
 Sorting statistics and importances thus come from the float model (docs/design.md §2.1: sort, then quantize) and
 GPTQ sees the inputs deployment produces (§3.5), so ``compress(quantize=True)`` writes the same layer and
 embedding / lm_head files, byte for byte, as ``quantize_artifact(compress(quantize=False))`` with the same
-calibration (:mod:`uniql.requantize` calls the same :func:`quantize_layer`).
+calibration (:mod:`uniql.compress.requantize` calls the same :func:`quantize_layer`).
 
 The output is written under ``<out>.partial`` and renamed at the end: an interrupted run never leaves a directory
 that loads as an artifact, and ``resume=True`` continues from the last finished layer.
 
 The steps above are those of a Llama / Qwen2 layer (``_TransformerJob``); Mamba2, Nemotron-H and Bamba layers are
-calibrated, sorted and quantized by :class:`uniql.compress_hybrid.HybridJob` (SSM state dims, SSM head channels,
+calibrated, sorted and quantized by :class:`uniql.compress.hybrid.HybridJob` (SSM state dims, SSM head channels,
 attention without or with partial RoPE, squared-ReLU or gated MLP). Everything else -- calibration tokens, the
 partial directory and resume, embedding / lm_head, metadata, report -- is this module's, for every architecture.
 """
@@ -45,15 +45,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from uniql import checkpoint, safetensors as st
-from uniql.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, publish, write_config
+from uniql.formats import checkpoint
+from uniql.formats import safetensors as st
+from uniql.formats.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, publish, write_config
 from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlError,
                           UnsupportedError)
-from uniql.linalg import Covariance
-from uniql.quant import quantize_gptq, quantize_int8, quantize_rtn
-from uniql.rotate import final_mix_name, mix_f16, mix_rows
-from uniql.runtime import Model, exact_int4
-from uniql.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
+from uniql.compress.linalg import Covariance
+from uniql.compress.quant import quantize_gptq, quantize_int8, quantize_rtn
+from uniql.compress.rotate import final_mix_name, mix_f16, mix_rows
+from uniql.models.runtime import Model, exact_int4
+from uniql.compress.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class CompressOptions:
     scorer: str = "uniql"          # "uniql" (ridge / RoPE-pair scores) or "magnitude" (ablation)
     split_sigma: bool = False      # ablation: singular values split evenly between V and O
     dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
-    rotate: bool = True            # rotate the residual stream (uniql.rotate) before sorting and GPTQ
+    rotate: bool = True            # rotate the residual stream (uniql.compress.rotate) before sorting and GPTQ
     rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
     untie: bool = False            # rotated tied embedding: untie (second table) instead of a final mix
     mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
@@ -300,8 +301,8 @@ class LayerStream:
             elif not n.endswith("rotary_emb.inv_freq"):
                 other.append(n)
         self.shared = checkpoint.read_tensors(src, names=other)
-        if rotation is not None:  # residual stream rotated (uniql.rotate): the compressor sees a rotated model
-            from uniql.rotate import rotate_shared
+        if rotation is not None:  # residual stream rotated (uniql.compress.rotate): the compressor sees a rotated model
+            from uniql.compress.rotate import rotate_shared
             self._check_finite(self.shared)  # named before the rotation smears a NaN over a row
             self.shared = rotate_shared(self.shared, rotation, tied, keep_tied)
 
@@ -309,7 +310,7 @@ class LayerStream:
         """Layer i's tensors under layer-0 names (rotated when the checkpoint is read with a rotation)."""
         raw = checkpoint.read_tensors(self.src, names=self.by_layer[i])
         if self.rotation is not None:
-            from uniql.rotate import rotate_layer
+            from uniql.compress.rotate import rotate_layer
             self._check_finite(raw)
             return rotate_layer(_layer_tensors(raw, i, self.prefix), self.prefix + "0.", self.rotation)
         return _layer_tensors(raw, i, self.prefix)
@@ -384,7 +385,7 @@ def gptq_blocks(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale
     """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
     so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
     of 128k x 4096 would otherwise need 4 GB of it."""
-    from uniql.quant import QuantizedTensor
+    from uniql.compress.quant import QuantizedTensor
 
     kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order)
     if W.shape[0] <= GPTQ_ROW_CHUNK:
@@ -399,7 +400,7 @@ def f16_scales(q: Any) -> Any:
     """The quantized tensor with its scales rounded to float16, as the artifact stores and the runtime uses them
     (so the next layer is calibrated on exactly what deployment computes)."""
     from uniql import _C
-    from uniql.quant import QuantizedTensor
+    from uniql.compress.quant import QuantizedTensor
 
     h = np.empty(q.scales.shape, np.float16)
     _C.convert(q.scales, h)
@@ -411,7 +412,7 @@ def f16_scales(q: Any) -> Any:
 def f16_scales8(q: Any) -> Any:
     """An int8 tensor with its scales rounded to float16 (as stored and used), like :func:`f16_scales`."""
     from uniql import _C
-    from uniql.quant import Int8Tensor
+    from uniql.compress.quant import Int8Tensor
 
     h = np.empty(q.scales.shape, np.float16)
     _C.convert(q.scales, h)
@@ -424,7 +425,7 @@ def rotation_of(cfg: dict[str, Any], opts: CompressOptions) -> Any:
     """The residual-stream rotation of a compress run (None when ``opts.rotate`` is off)."""
     if not opts.rotate:
         return None
-    from uniql.rotate import Rotation
+    from uniql.compress.rotate import Rotation
 
     return Rotation(int(cfg["hidden_size"]), opts.rotate_seed)
 
@@ -475,7 +476,7 @@ class _TransformerJob:
     """Llama / Qwen2: one decoder layer = attention + gated MLP."""
 
     def __init__(self, src: Path, cfg: dict[str, Any], opts: CompressOptions, T: int) -> None:
-        from uniql.runtime import TransformerConfig
+        from uniql.models.runtime import TransformerConfig
 
         self.cfg, self.opts, self.T = cfg, opts, T
         tc = TransformerConfig.from_hf(cfg)
@@ -592,7 +593,7 @@ def layer_importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
 
 def capture_moment(model: Any, X: np.ndarray, name: str, mix: np.ndarray | None = None) -> np.ndarray:
     """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n), its
-    rows times ``mix``^T first when given (the head's input after a final mix, :mod:`uniql.rotate`)."""
+    rows times ``mix``^T first when given (the head's input after a final mix, :mod:`uniql.compress.rotate`)."""
     cov = None
     for b in range(X.shape[0]):
         _, cap = model.layer_forward(0, X[b], capture=(name,))
@@ -718,12 +719,12 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     (group ``group``) of every linear and int4 embedding; False keeps ``dtype`` weights. ``scorer`` and
     ``split_sigma`` select ablations (transformers only). Nothing is written when an argument is invalid; an
     existing non-empty output directory needs ``overwrite=True``. ``rotate``: rotate the residual stream by a
-    randomized Hadamard transform (:mod:`uniql.rotate`, seed ``rotate_seed``) before sorting and quantization --
-    the same function at every rate, int4 with far smaller error; a tied embedding stays tied (the final norm's
-    scale becomes the final mix, :mod:`uniql.rotate`), or is untied with ``untie=True``. ``mse_scale`` /
-    ``act_order``: GPTQ options (:func:`uniql.quant.quantize_gptq`). ``precision``: storage per tensor class
-    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ... ``down_proj``,
-    ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
+    randomized Hadamard transform (:mod:`uniql.compress.rotate`, seed ``rotate_seed``) before sorting and
+    quantization -- the same function at every rate, int4 with far smaller error; a tied embedding stays tied (the
+    final norm's scale becomes the final mix, :mod:`uniql.compress.rotate`), or is untied with ``untie=True``.
+    ``mse_scale`` / ``act_order``: GPTQ options (:func:`uniql.compress.quant.quantize_gptq`). ``precision``: storage
+    per tensor class (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ...
+    ``down_proj``, ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
     (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
     llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
     unnamed tensors are int4. None: :func:`default_precision` for llama / qwen2, int4 everywhere for hybrids;
@@ -743,7 +744,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
-    if opts.rotate:  # a tied embedding stays tied with a final mix (uniql.rotate); untie: its own head E diag(g) Q
+    if opts.rotate:  # a tied embedding stays tied with a final mix (compress.rotate); untie: its own head E diag(g) Q
         src_tied = bool(cfg.get("tie_word_embeddings", False))
         cfg = dict(cfg, tie_word_embeddings=src_tied and not opts.untie, uniql_source_tied=src_tied)
     if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
@@ -758,7 +759,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     t0 = time.perf_counter()
     B, T = ids.shape
     if arch in checkpoint.HYBRID_MODEL_TYPES:
-        from uniql.compress_hybrid import HybridJob
+        from uniql.compress.hybrid import HybridJob
         job: Any = HybridJob(src, cfg, opts, T)
     else:
         job = _TransformerJob(src, cfg, opts, T)     # names, shapes, NaN/Inf: before anything is written
@@ -832,7 +833,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     rest: dict[str, Any] = {job.norm_name: np.asarray(tensors[job.norm_name], np.float32)}
     mix_name = final_mix_name(job.norm_name)
     if mix_name in tensors:  # a rotated tied model: the final norm's scale as a hidden x hidden mix (float16 when
-        # quantized, and the head calibrated on exactly that: uniql.rotate.mix_f16)
+        # quantized, and the head calibrated on exactly that: uniql.compress.rotate.mix_f16)
         if opts.quantize:
             rest[mix_name], tensors[mix_name] = mix_f16(tensors[mix_name])
         else:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from uniql import _C
-from uniql.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelNotFoundError
+from uniql.formats.checkpoint import CONFIG_FILE, WEIGHTS_FILE, ModelNotFoundError
 from uniql.errors import FormatError, InvalidArgumentError, OutputExistsError, UnsupportedError
 
 __all__ = ["convert_gguf", "gguf_to_hf_name", "unpermute_qk", "OutputExistsError", "GGUF_ARCHITECTURES"]
@@ -277,7 +277,7 @@ def _cast(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, Any]:
     """float32 -> the output dtype, rounding to nearest even in C (bfloat16 as safetensors.BF16Array)."""
     if dtype == "float32":
         return tensors
-    from uniql.safetensors import BF16Array
+    from uniql.formats.safetensors import BF16Array
 
     out: dict[str, Any] = {}
     for k in list(tensors):
@@ -380,7 +380,7 @@ def convert_gguf(gguf_path: str | os.PathLike | None = None, out_dir: str | os.P
              cfg["hidden_size"], out)
     tensors = _cast(_read_weights(reader, cfg, arch, src), dtype)
 
-    from uniql import safetensors as st
+    from uniql.formats import safetensors as st
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

@@ -1,12 +1,12 @@
 """compress() for Mamba2, Nemotron-H and Bamba: the per-layer job (docs/design.md §3, §4).
 
-The driver (:func:`uniql.compress.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
+The driver (:func:`uniql.compress.pipeline.compress`: calibration tokens, resume, partial directory, embedding / lm_head,
 config, report) is shared with the transformers; this module calibrates, sorts and quantizes one layer of a
-hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.ssm.HybridModel.layer_forward`):
+hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.models.runtime.Model.layer_forward`):
 
 * Mamba2 mixer: B, C (after conv1d + SiLU) and Delta = softplus(dt + dt_bias) give the state-dim score per group
-  (``uq_ssm_bc_moments`` -> :func:`uniql.sorting.sort_ssm_state`); the chunk-local SSM states
-  (``uq_ssm_chunk_states``) give the head-channel ridge leverage (:func:`uniql.sorting.sort_ssm_head_channels`,
+  (``uq_ssm_bc_moments`` -> :func:`uniql.compress.sorting.sort_ssm_state`); the chunk-local SSM states
+  (``uq_ssm_chunk_states``) give the head-channel ridge leverage (:func:`uniql.compress.sorting.sort_ssm_head_channels`,
   lambda 1e-4 for pure Mamba2, 1 for hybrids). The state permutation of group g moves the group's B and C rows of
   in_proj and their conv1d channels; the channel permutation of head h moves its z and x rows, x conv channels,
   gated-norm weights and out_proj columns. Heads, dt, A_log, D and dt_bias stay where they are.
@@ -16,11 +16,11 @@ hybrid stack in the C hybrid runtime (one-layer models, :meth:`uniql.ssm.HybridM
   down_proj's input.
 
 Like the transformers, a layer is calibrated and sorted on the float stream (outputs of the original layers) and
-GPTQ-quantized on the quantized stream by :func:`uniql.compress.quantize_layer` (Hessians of the sorted layer's own
+GPTQ-quantized on the quantized stream by :func:`uniql.compress.pipeline.quantize_layer` (Hessians of the sorted layer's own
 inputs: mixer input, SSM output, attention output, MLP input, down_proj input).
 
 int4: GPTQ per linear; the input groups of out_proj / o_proj live inside one head's segment. Every prunable
-axis is a prefix per head / per group, so loading at a rate copies prefixes (:mod:`uniql.artifact`).
+axis is a prefix per head / per group, so loading at a rate copies prefixes (:mod:`uniql.formats.artifact`).
 """
 from __future__ import annotations
 
@@ -31,16 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from uniql.compress import (CompressOptions, LayerStream, capture_moment, cov_diagonal, layer_importance, o_proj_group,
+from uniql.compress.pipeline import (CompressOptions, LayerStream, capture_moment, cov_diagonal, layer_importance, o_proj_group,
                             sorted_attention, sorted_mlp, source_tied, artifact_layer, StageTimer, quantize_layer,
                             rotation_of)
 from uniql.errors import FormatError, UniqlError
-from uniql.linalg import Covariance
-from uniql.rotate import final_mix_name
-from uniql.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
+from uniql.compress.linalg import Covariance
+from uniql.compress.rotate import final_mix_name
+from uniql.compress.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
                            sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
-from uniql.ssm import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, HybridModel, rope_mode,
-                       rope_rows)
+from uniql.models.hybrid import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode,
+                                 rope_rows)
+from uniql.models.runtime import Model
 
 #: Ridge constant of the state-aware head-channel score: ridge scores are scale-sensitive (lambda is absolute
 #: against a second moment averaged over sequences); these are the values the method was tuned with.
@@ -80,14 +81,14 @@ def layer_plan(hc: HybridConfig, kind: str, mix: str, mlp: str, group: int, go: 
 
 
 def one_layer_model(hc: HybridConfig, kind: str, shared: dict[str, Any], lay: dict[str, Any],
-                    freq: np.ndarray | None, max_seq: int) -> HybridModel:
+                    freq: np.ndarray | None, max_seq: int) -> Model:
     """A one-layer runtime model of a layer of `kind` over `lay` (layer-0 names) and the `shared` embedding, final
     norm and (untied) lm_head, not copied; `freq`: the sorted attention's frequency map (runtime Q/K layout) or
     None (the checkpoint's own layout)."""
     hc1 = dataclasses.replace(hc, layer_types=(kind,))
     t = dict(shared)
     t.update(lay)
-    return HybridModel.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
+    return Model.from_hf_tensors(hc1, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
                                        "interleaved", max_seq=max_seq, max_chunk=min(max_seq, 256))
 
 
@@ -95,7 +96,7 @@ class HybridJob:
     """Compression of one layer of a Mamba2 / Nemotron-H / Bamba stack (see the module docstring)."""
 
     def __init__(self, src: Path, cfg: dict[str, Any], opts: CompressOptions, T: int) -> None:
-        from uniql import checkpoint
+        from uniql.formats import checkpoint
 
         hc = HybridConfig.from_hf(cfg)
         self.hc, self.cfg, self.opts, self.T = hc, cfg, opts, T
@@ -130,7 +131,7 @@ class HybridJob:
 
     # ------------------------------------------------------------------------------ models ----
     def _model(self, i: int, lay: dict[str, Any], freq: np.ndarray | None = None, max_seq: int | None = None
-               ) -> HybridModel:
+               ) -> Model:
         """A one-layer runtime model of layer i's kind over `lay` (layer-0 names), sharing the embedding (no copy);
         `freq` (sorted attention, runtime Q/K layout) or None (the checkpoint's own layout)."""
         shared = {self.embed_name: self.tensors[self.embed_name], self.norm_name: self.tensors[self.norm_name]}

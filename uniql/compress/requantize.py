@@ -1,16 +1,16 @@
-"""uniql.requantize: GPTQ int4 of an unquantized (e.g. fine-tuned) artifact -- the last step of
+"""uniql.compress.requantize: GPTQ int4 of an unquantized (e.g. fine-tuned) artifact -- the last step of
 ``compress(quantize=False) -> finetune -> quantize_artifact`` (docs/design.md §2.1, §3.5).
 
 The artifact is already sorted (and possibly fine-tuned), so nothing is re-sorted or re-allocated: the keep-size
 granularities, RoPE frequency maps and block importances are kept. Layer by layer, exactly as compress does it
-(:func:`uniql.compress.quantize_layer`, the very step compress(quantize=True) takes): calibrate the float layer on
+(:func:`uniql.compress.pipeline.quantize_layer`, the very step compress(quantize=True) takes): calibrate the float layer on
 inputs that come from the *quantized* previous layers (second moments of the attention input, of the attention
 output (o_proj's input), of the MLP input and of down_proj's input, float64 in C), GPTQ every linear (o_proj
 groups inside a head's segment), then propagate through the quantized layer; finally lm_head by GPTQ on the final-norm output (a tied embedding shares the table,
 an untied one gets group-wise RTN). All numerics are in the C core.
 
 Mamba2 / Nemotron-H / Bamba artifacts take the same path with the hybrid layer plan
-(:func:`uniql.compress_hybrid.layer_plan`: in_proj / out_proj Hessians from the mixer input and the gated SSM
+(:func:`uniql.compress.hybrid.layer_plan`: in_proj / out_proj Hessians from the mixer input and the gated SSM
 output, q/k/v/o, MLP): compress sorts a hybrid layer on the *float* stream and GPTQ-quantizes it on the quantized
 stream, so on an untuned float32 artifact quantize_artifact reproduces ``compress(quantize=True)`` byte for byte
 (every layer file and the rest file), and after fine-tuning it is what compress would have done with the tuned
@@ -29,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from uniql import safetensors as st
-from uniql.artifact import REST_FILE, layer_file, publish, read_meta, write_config
-from uniql.compress import (CompressOptions, OutputExistsError, StageTimer, artifact_layer,
-                            calibration_tokens, f16_scales, f16_scales8, gptq_blocks, o_proj_group, peak_rss_mb,
-                            default_precision, quantize_layer, transformer_layer_model, transformer_plan)
+from uniql.formats import safetensors as st
+from uniql.formats.artifact import REST_FILE, layer_file, publish, read_meta, write_config
+from uniql.compress.pipeline import (CompressOptions, OutputExistsError, StageTimer, artifact_layer,
+                            calibration_tokens, default_precision, f16_scales, f16_scales8, gptq_blocks, o_proj_group,
+                            peak_rss_mb, quantize_layer, transformer_layer_model, transformer_plan)
 from uniql.errors import InvalidArgumentError
-from uniql.linalg import Covariance
-from uniql.quant import quantize_int8, quantize_rtn
-from uniql.rotate import final_mix_name, mix_f16, mix_rows
-from uniql.runtime import exact_int4
+from uniql.compress.linalg import Covariance
+from uniql.compress.quant import quantize_int8, quantize_rtn
+from uniql.compress.rotate import final_mix_name, mix_f16, mix_rows
+from uniql.models.runtime import exact_int4
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     the tied table / down_proj / v_proj / the last eight up_proj, GPTQ int4 g64 elsewhere) and int4 everywhere
     (group ``group``) for the hybrids; ``{}`` is int4 everywhere. Calibration as for :func:`uniql.compress`
     (default: the calibration mix, 32 x 512 tokens, as compress). The ``finetune`` record is kept."""
-    from uniql.checkpoint import is_artifact, load_tokenizer, read_raw_config
-    from uniql.runtime import TransformerConfig
+    from uniql.formats.checkpoint import is_artifact, load_tokenizer, read_raw_config
+    from uniql.models.runtime import TransformerConfig
 
     src = Path(artifact_dir)
     cfg = read_raw_config(src)
@@ -194,10 +194,10 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
 def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts: CompressOptions, ids: np.ndarray,
                      progress: bool) -> Path:
     """quantize_artifact of a Mamba2 / Nemotron-H / Bamba artifact: compress's hybrid quantization step
-    (:meth:`uniql.compress_hybrid.HybridJob.layer` step 3, its lm_head / embedding step) on the stored sorted
+    (:meth:`uniql.compress.hybrid.HybridJob.layer` step 3, its lm_head / embedding step) on the stored sorted
     layers."""
-    from uniql.compress_hybrid import layer_plan, layer_prefix, o_groups, one_layer_model
-    from uniql.ssm import LAYER_ATTENTION, HF_NAMES, HybridConfig, rope_mode
+    from uniql.compress.hybrid import layer_plan, layer_prefix, o_groups, one_layer_model
+    from uniql.models.hybrid import LAYER_ATTENTION, HF_NAMES, HybridConfig, rope_mode
 
     hc = HybridConfig.from_hf(cfg)
     names = HF_NAMES[hc.model_type]

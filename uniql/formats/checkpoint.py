@@ -3,7 +3,7 @@
 runnable model.
 
 Every weight comes back as a C-contiguous float32 array under its Hugging Face name. bfloat16 is widened by
-``uniql.safetensors`` (C), float16 by ``uniql._C.convert`` (C); no half-precision arithmetic happens in Python.
+``uniql.formats.safetensors`` (C), float16 by ``uniql._C.convert`` (C); no half-precision arithmetic happens in Python.
 Errors name the file (and tensor/shard) at fault: a missing path raises :class:`ModelNotFoundError` (a
 ``FileNotFoundError``), unreadable or inconsistent files :class:`uniql.FormatError`, an architecture we do not run
 :class:`uniql.UnsupportedError`.
@@ -24,7 +24,7 @@ from uniql.errors import FormatError, InvalidArgumentError, ModelNotFoundError, 
 if TYPE_CHECKING:  # pragma: no cover
     import tokenizers
 
-    from uniql.runtime import Model
+    from uniql.models.runtime import Model
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES", "SUPPORTED_ARCHITECTURES", "ModelNotFoundError",
@@ -33,8 +33,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# model_type -> the architectures class names accepted for it (transformers: uniql.runtime.Model; state-space
-# and hybrid models: uniql.ssm.HybridModel). compress() supports the transformer types so far.
+# model_type -> the architectures class names accepted for it (every one loads as uniql.models.runtime.Model)
 SUPPORTED_ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "llama": ("LlamaForCausalLM",),
     "qwen2": ("Qwen2ForCausalLM",),
@@ -153,7 +152,7 @@ def is_artifact(cfg: dict[str, Any]) -> bool:
 # ------------------------------------------------------------------------------------------ tensors ----
 
 def _safetensors():
-    from uniql import safetensors as st  # engineer "io": C-backed reader/writer
+    from uniql.formats import safetensors as st  # engineer "io": C-backed reader/writer
     return st
 
 
@@ -314,7 +313,7 @@ def load(path: PathLike, rate: float = 0.0, *, max_seq: int | None = None) -> "M
 
 
 def _load_artifact(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> "Model":
-    from uniql.artifact import load_artifact
+    from uniql.formats.artifact import load_artifact
 
     return load_artifact(d, cfg, rate, max_seq=max_seq, tokenizer=load_tokenizer(d))
 
@@ -325,13 +324,9 @@ def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> 
             f"{str(d)!r} is an uncompressed Hugging Face checkpoint: it can only be loaded at rate 0 (got {rate}); "
             f"compress it first (`uniql compress`)")
     _check_architecture(cfg, d / CONFIG_FILE)
-    from uniql.runtime import Model
+    from uniql.models.runtime import Model
 
     tensors = read_tensors(d)
     tokenizer = load_tokenizer(d)
     log.info("loaded %d tensors from %s (tokenizer: %s)", len(tensors), d, "yes" if tokenizer else "none")
-    if cfg.get("model_type") in HYBRID_MODEL_TYPES:
-        from uniql.ssm import HybridModel
-
-        return HybridModel.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)
     return Model.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)
