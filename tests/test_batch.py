@@ -8,6 +8,7 @@ import pytest
 
 import uniql
 from uniql import _C
+from uniql.compress import DEFAULT_PRECISION
 from uniql.models.batch import BatchDecoder
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
@@ -28,9 +29,10 @@ def tiny(tmp_path_factory):
                          quantize=True)
     tcfg = dict(cfg, tie_word_embeddings=True)  # int4 lm_head = the row-major embedding (its own batch path)
     tsrc = write_tiny_llama(root / "tsrc", tcfg, tiny_llama_tensors(tcfg, seed=6))
-    # rotate=False: the residual rotation (on by default) unties the embedding, and this artifact must stay tied
+    # rotated (the default): the tied table stays tied behind the final mix, which batched decoding applies too;
+    # the default policy with an int4 head (the default's tied head is int8, which has no R16 copy)
     tied = uniql.compress(tsrc, root / "tied", calibration=calib, num_samples=8, seq_len=32, progress=False,
-                          quantize=True, rotate=False)
+                          quantize=True, precision=dict(DEFAULT_PRECISION, lm_head="int4-g64"))
     return {"fp32": src, "int4": art, "int4-tied": tied}
 
 

@@ -218,7 +218,11 @@ def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
     two = quantize_artifact(fp, tmp_path / "two-step", calibration=_calib(), num_samples=NSAMP, seq_len=SEQ,
                             progress=False, **({} if default else {"precision": {}}))
     if default:
-        assert any(s.get("format") == "q8" for s in json.loads((two / "config.json").read_text())["uniql_tensors"].values())
+        info = json.loads((two / "config.json").read_text())["uniql_tensors"]
+        assert any(s.get("format") == "q8" for s in info.values())
+        tied = kind.endswith("-tied")  # the tied table in int8 (with the final mix); an untied head stays int4
+        assert info["model.embed_tokens"]["format"] == ("q8" if tied else "q4")
+        assert ("lm_head" not in info) if tied else info["lm_head"]["format"] == "q4"
     for name in [layer_file(i) for i in range(3)] + [REST_FILE]:
         assert (q / name).read_bytes() == (two / name).read_bytes(), name
     cq, c2 = (json.loads((d / "config.json").read_text()) for d in (q, two))

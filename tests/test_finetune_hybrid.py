@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import uniql
-from uniql.formats.artifact import head_rows, qk_head_rows
+from uniql.formats import safetensors as st
+from uniql.formats.artifact import REST_FILE, head_rows, qk_head_rows
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -354,18 +355,21 @@ def test_quantize_artifact_is_compress_byte_for_byte(tmp_path, hy):
         assert np.corrcoef(m.logits(ids).ravel(), f.ravel())[0, 1] > 0.9
 
 
-def test_quantize_artifact_of_a_tied_unrotated_hybrid_is_compress(tmp_path):
-    """Without the rotation a tied embedding stays tied (one GPTQ table for the head and the lookups): Mamba2."""
+@pytest.mark.parametrize("rotate", [False, True], ids=["unrotated", "rotated-final-mix"])
+def test_quantize_artifact_of_a_tied_hybrid_is_compress(tmp_path, rotate):
+    """A tied embedding stays tied (one GPTQ table for the head and the lookups; rotated: the head reads the final
+    mix's output, in the runtime and in the twin): Mamba2."""
     from uniql.compress.requantize import quantize_artifact
 
     hf, _, _ = make_hf("mamba2", seed=4, tie_word_embeddings=True)
     src = tmp_path / "src"
     hf.save_pretrained(src)
-    f = _compress(src, tmp_path / "f", quantize=False, rotate=False)
-    q_ref = _compress(src, tmp_path / "q", quantize=True, rotate=False)
+    f = _compress(src, tmp_path / "f", quantize=False, rotate=rotate)
+    q_ref = _compress(src, tmp_path / "q", quantize=True, rotate=rotate)
     q = quantize_artifact(f, tmp_path / "rq", calibration=_calib(), num_samples=NSAMP, seq_len=SEQ, progress=False)
     cfg = json.loads((q / "config.json").read_text())
     assert cfg["tie_word_embeddings"] and cfg["uniql"]["quantization"]["embedding"] == "gptq-lm-head (tied)"
+    assert ("backbone.norm_f.mix" in st.load_file(q / REST_FILE)) is rotate
     for p in sorted(q_ref.glob("model-*.safetensors")):
         assert p.read_bytes() == (q / p.name).read_bytes(), p.name
     tm = load_twin(f, max_seq=32)   # the twin's tied head

@@ -140,6 +140,44 @@ def test_hybrid_policy_and_rotation_load_like_set_rate(tmp_path):
         np.testing.assert_array_equal(uniql.load(art, rate=rate).logits(ids), full.logits(ids))
 
 
+HY_INT8 = {"mamba": "int8", "attention": "int8", "mlp": "int8", "lm_head": "int8", "embedding": "int8",
+           "in_proj@0": "int8-g16", "q_proj": "int8-g32"}
+
+
+@pytest.mark.parametrize("arch,tied", [("mamba2", True), ("bamba", False)])
+def test_hybrid_int8_policy_loads_like_set_rate_and_resize(tmp_path, arch, tied):
+    """int8 storage in a hybrid's precision policy (random weights: this shows it works and loads, not that it
+    pays): compress = quantize_artifact byte for byte, every loaded rate = set_rate = resize, and the int8 model
+    stays close to its fp32 artifact (row views of a fused int8 in_proj and of a partial-RoPE int8 q_proj)."""
+    from test_compress_hybrid import NSAMP as HN, SEQ as HS, VOCAB as HV, _compress as compress_hy, _ids
+    from test_ssm import make_hf
+    from uniql.compress.requantize import quantize_artifact
+
+    hf, _, _ = make_hf(arch, tie_word_embeddings=tied)
+    src = tmp_path / "src"
+    hf.save_pretrained(src)
+    fp = compress_hy(src, tmp_path / "fp", rotate=True)
+    art = compress_hy(src, tmp_path / "art", quantize=True, rotate=True, precision=HY_INT8)
+    two = quantize_artifact(fp, tmp_path / "two", calibration=np.random.default_rng(0).integers(0, HV, (HN, HS)),
+                            num_samples=HN, seq_len=HS, precision=HY_INT8, progress=False)
+    for p in sorted(art.glob("model-*.safetensors")):
+        assert p.read_bytes() == (two / p.name).read_bytes(), p.name
+    info = json.loads((art / "config.json").read_text())["uniql_tensors"]
+    assert {s["format"] for s in info.values()} == {"q8"}
+    assert "lm_head" not in info or not tied
+    ids = _ids(17, 3)
+    full = uniql.load(art)
+    f32 = uniql.load(fp).logits(ids).ravel()
+    assert np.corrcoef(full.logits(ids).ravel(), f32)[0, 1] > 0.999
+    for rate in (0.25, 0.35, 0.0):
+        full.set_rate(rate)
+        want = uniql.load(art, rate=rate).logits(ids)
+        np.testing.assert_array_equal(want, full.logits(ids))
+        m = uniql.load(art, rate=0.15)
+        m.resize(rate)
+        np.testing.assert_array_equal(want, m.logits(ids))
+
+
 def test_cli_compress_options(tmp_path, capsys):
     from uniql.cli import main
 

@@ -3,6 +3,7 @@ weights by compress(rotate=True), leaves every architecture's fp32 artifact the 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import uniql
 from uniql import _C
 from uniql.compress.rotate import Rotation
+from uniql.formats import safetensors as st
 
 from test_compress import _compress as _compress_tf, _make, VOCAB as TF_VOCAB
 
@@ -78,22 +80,58 @@ def _same_at_every_rate(plain, rotated, ids):
         assert float(np.abs(b.astype(np.float64) - a).max() / np.abs(a).max()) <= ROTATED_REL_TOL, rate
 
 
-@pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("qwen2", False)])
-def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, tied):
-    src, _ = _make(tmp_path, kind, tied)
+@pytest.mark.parametrize("kind,tied,untie", [("llama", False, False), ("llama", True, False), ("llama", True, True),
+                                             ("qwen2", False, False)])
+def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, tied, untie):
+    src, model = _make(tmp_path, kind, tied)
+    with torch.no_grad():  # norm scales far from one (HF initialises them to ones: the final mix would be I)
+        gen = torch.Generator().manual_seed(6)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=gen) * 1.5)
+    model.save_pretrained(src)
     plain = _compress_tf(src, tmp_path / "plain", rotate=False)
-    rotated = _compress_tf(src, tmp_path / "rot", rotate=True, rotate_seed=3)
+    rotated = _compress_tf(src, tmp_path / "rot", rotate=True, rotate_seed=3, untie=untie)
     cfg = json.loads((rotated / "config.json").read_text())
-    assert cfg["tie_word_embeddings"] is False and "uniql_source_tied" not in cfg
-    assert cfg["uniql"]["sorting"]["rotation"] == {"kind": "randomized-hadamard", "seed": 3, "untied": tied}
+    mix = tied and not untie  # a tied embedding stays tied, the final norm's scale in the final mix
+    assert cfg["tie_word_embeddings"] is mix and "uniql_source_tied" not in cfg
+    assert cfg["uniql"]["sorting"]["rotation"] == {"kind": "randomized-hadamard", "seed": 3,
+                                                   "untied": tied and untie, "final_mix": mix}
+    assert cfg["uniql"]["format_version"] == (2 if mix else 1)
+    rest = st.load_file(rotated / "model-rest.safetensors")
+    assert ("model.norm.mix" in rest) is mix and ("lm_head.weight" in rest) is not mix
+    if mix:  # F = Q^T diag(g) Q, float64 reference
+        g = st.load_file(next(src.glob("*.safetensors")))["model.norm.weight"].astype(np.float64)
+        Q = Rotation(g.size, 3).matrix().astype(np.float64)
+        np.testing.assert_allclose(rest["model.norm.mix"], Q.T @ np.diag(g) @ Q, rtol=0, atol=1e-5)
+        bad = tmp_path / "bad"  # a final mix the config names must be there, of the right shape
+        shutil.copytree(rotated, bad)
+        for F in (None, np.zeros((3, 3), np.float32)):
+            r2 = {k: v for k, v in rest.items() if k != "model.norm.mix"}
+            if F is not None:
+                r2["model.norm.mix"] = F
+            st.save_file(bad / "model-rest.safetensors", r2)
+            with pytest.raises(uniql.FormatError if F is None else uniql.ShapeError, match="mix"):
+                uniql.load(bad)
+        from uniql.finetune.torch_model import load_twin  # the fine-tuning twin applies the mix like the runtime
+        tm = load_twin(rotated, max_seq=32)
+        tm.set_rate(0.35)
+        ids = np.random.default_rng(8).integers(0, TF_VOCAB, size=17)
+        with torch.no_grad():
+            t = tm(torch.from_numpy(ids.astype(np.int64)))[0].numpy().astype(np.float64)
+        r = uniql.load(rotated, rate=0.35).logits(ids.astype(np.int32))
+        assert float(np.abs(t - r).max() / np.abs(r).max()) <= 1e-5
     _same_at_every_rate(plain, rotated, np.random.default_rng(4).integers(0, TF_VOCAB, size=23).astype(np.int32))
 
 
-@pytest.mark.parametrize("arch", ["mamba2", "nemotron_h", "bamba"])
-def test_rotated_hybrid_is_the_same_function_at_every_rate(tmp_path, arch):
-    hf, _, _ = make_hf(arch)
+@pytest.mark.parametrize("arch,tied", [("mamba2", False), ("mamba2", True), ("nemotron_h", False), ("bamba", True)])
+def test_rotated_hybrid_is_the_same_function_at_every_rate(tmp_path, arch, tied):
+    hf, _, _ = make_hf(arch, tie_word_embeddings=tied)
     src = tmp_path / "src"
     hf.save_pretrained(src)
     plain = _compress_hy(src, tmp_path / "plain", rotate=False)
     rotated = _compress_hy(src, tmp_path / "rot", rotate=True)
+    cfg = json.loads((rotated / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is tied and cfg["uniql"]["sorting"]["rotation"]["final_mix"] is tied
+    assert any(k.endswith(".mix") for k in st.load_file(rotated / "model-rest.safetensors")) is tied
     _same_at_every_rate(plain, rotated, np.random.default_rng(5).integers(0, HY_VOCAB, size=19).astype(np.int32))

@@ -256,6 +256,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                    help="rotate the residual stream (randomized Hadamard) before sorting and GPTQ")
     p.add_argument("--rotate-seed", type=int, default=0, metavar="S", help="seed of the rotation (0)")
+    p.add_argument("--untie", action="store_true",
+                   help="rotated tied embeddings: a second (head) table instead of the final mix")
     p.add_argument("--mse-scale", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ: group scales searched for the least rounding error")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
@@ -279,7 +281,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                    seq_len=args.seq_len or 512, quantize=not args.no_quantize, max_rate=args.max_rate,
                    group=args.group,
                    scorer=args.scorer, split_sigma=args.split_sigma, dtype=args.dtype, rotate_seed=args.rotate_seed,
-                   overwrite=args.overwrite, resume=args.resume, progress=sys.stderr.isatty(), **opt)
+                   untie=args.untie, overwrite=args.overwrite, resume=args.resume, progress=sys.stderr.isatty(), **opt)
     print(out)
     return 0
 
@@ -350,7 +352,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from uniql.compress.requantize import quantize_artifact
 
     out = quantize_artifact(args.artifact, _output(args), calibration=_calibration_arg(args), num_samples=args.samples,
-                            seq_len=args.seq_len or 256, group=args.group, precision=_precision_arg(args.precision),
+                            seq_len=args.seq_len or 512, group=args.group, precision=_precision_arg(args.precision),
                             overwrite=args.overwrite,
                             progress=sys.stderr.isatty())
     print(out)

@@ -606,7 +606,8 @@ uq_status uq_rotate(float *W, int64_t rows, int64_t cols, int axis, const float 
  * embedding), linear.c (uq_linear_forward).
  *
  * A model is a stack of layers x = x + mixer(RMSNorm(x) * norm_l), then for layers with an ffn_norm a second
- * sub-block x = x + MLP(RMSNorm(x) * ffn_norm_l) (Bamba); logits = RMSNorm(x) * final_norm  W_lm^T.
+ * sub-block x = x + MLP(RMSNorm(x) * ffn_norm_l) (Bamba); logits = RMSNorm(x) * final_norm  W_lm^T, or with a
+ * final mix F (uq_hy_weights.final_mix) logits = ((RMSNorm(x) * final_norm) F^T) W_lm^T.
  * Mixer kinds: UQ_HY_MAMBA (Mamba2 mixer), UQ_HY_ATTN (causal GQA attention, optional (partial) RoPE),
  * UQ_HY_MLP (the MLP itself is the mixer: Nemotron-H '-' layers). MLP: silu(x Wg^T) * (x Wu^T) Wd^T
  * (UQ_HY_ACT_SILU_GATED) or relu(x Wu^T)^2 Wd^T (UQ_HY_ACT_RELU2). All RMSNorms use cfg.norm_eps.
@@ -710,6 +711,8 @@ typedef struct {
     const uq_hy_layer_weights *layers; /* num_layers */
     const float *final_norm;      /* (hidden) */
     uq_linear lm_head;            /* (vocab, hidden); a copy of embed for tied embeddings */
+    const float *final_mix;       /* (hidden, hidden) row-major F or NULL: the head reads RMSNorm(x) * final_norm F^T
+                                     (a rotated model with a tied embedding keeps its final-norm scale here) */
 } uq_hy_weights;
 
 typedef struct uq_hy_model uq_hy_model; /* opaque: config, descriptors, keeps, A = -exp(A_log), RoPE freqs */

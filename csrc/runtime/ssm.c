@@ -294,6 +294,14 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
     m->embed = w->embed;
     m->lm_head = w->lm_head;
     m->final_norm = w->final_norm;
+    if (w->final_mix) {
+        for (int64_t i = 0; i < hid * hid; i++)
+            if (!isfinite(w->final_mix[i])) {
+                st = uq_set_error(UQ_ERR_ARG, "final_mix: entry %lld is not finite", (long long)i);
+                goto fail;
+            }
+        m->final_mix = (uq_linear){.kind = UQ_W_F32, .rows = hid, .cols = hid, .w = w->final_mix};
+    }
     int64_t moff = 0;
     for (int64_t l = 0; l < L; l++) {
         m->layers[l] = w->layers[l];
@@ -825,8 +833,9 @@ uq_status uq_hy_forward(const uq_hy_model *m, uq_hy_state *s, const int32_t *ids
         int64_t a = first > c0 ? first : c0;
         if (a < c0 + Tc) {
             int64_t nr = c0 + Tc - a;
-            uq_k_rmsnorm(s->x + (a - c0) * hid, nr, hid, m->final_norm, m->cfg.norm_eps, s->xn);
-            if ((st = uq_linear_forward(&m->lm_head, s->xn, nr, 1, V, 1, hid, logits + (a - first) * V)) != UQ_OK)
+            const float *hin;
+            if ((st = uq_hy_head_input(m, s->x + (a - c0) * hid, nr, s->xn, s->tmp, &hin)) != UQ_OK ||
+                (st = uq_linear_forward(&m->lm_head, hin, nr, 1, V, 1, hid, logits + (a - first) * V)) != UQ_OK)
                 return st;
         }
     }
@@ -847,6 +856,16 @@ uq_status uq_hy_embed(const uq_hy_model *m, const int32_t *ids, int64_t T, float
     return UQ_OK;
 }
 
+uq_status uq_hy_head_input(const uq_hy_model *m, const float *X, int64_t T, float *xn, float *tmp, const float **out) {
+    const int64_t hid = m->cfg.hidden_size;
+    uq_k_rmsnorm(X, T, hid, m->final_norm, m->cfg.norm_eps, xn);
+    *out = xn;
+    if (m->final_mix.rows == 0) return UQ_OK;
+    uq_status st = uq_linear_forward(&m->final_mix, xn, T, 1, hid, 1, hid, tmp);
+    if (st == UQ_OK) *out = tmp;
+    return st;
+}
+
 uq_status uq_hy_head(const uq_hy_model *m, uq_hy_state *s, const float *X, int64_t T, float *logits) {
     if (!m || !s) return uq_set_error(UQ_ERR_ARG, "hy_head: NULL model or state");
     if (s->m != m) return uq_set_error(UQ_ERR_STATE, "hy_head: the state was built for another model");
@@ -855,8 +874,9 @@ uq_status uq_hy_head(const uq_hy_model *m, uq_hy_state *s, const float *X, int64
     const int64_t hid = m->cfg.hidden_size, V = m->cfg.vocab_size;
     for (int64_t c0 = 0; c0 < T; c0 += s->max_chunk) {
         int64_t Tc = T - c0 < s->max_chunk ? T - c0 : s->max_chunk;
-        uq_k_rmsnorm(X + c0 * hid, Tc, hid, m->final_norm, m->cfg.norm_eps, s->xn);
-        uq_status st = uq_linear_forward(&m->lm_head, s->xn, Tc, 1, V, 1, hid, logits + c0 * V);
+        const float *hin;
+        uq_status st = uq_hy_head_input(m, X + c0 * hid, Tc, s->xn, s->tmp, &hin);
+        if (st == UQ_OK) st = uq_linear_forward(&m->lm_head, hin, Tc, 1, V, 1, hid, logits + c0 * V);
         if (st != UQ_OK) return st;
     }
     return UQ_OK;

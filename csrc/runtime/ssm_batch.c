@@ -238,8 +238,10 @@ uq_status uq_hy_decode_batch(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *
             if ((st = uq_hy_mlp(m, l, b->xn, n, b->g, b->u, b->tmp, b->x, NULL)) != UQ_OK) return st;
         }
     }
-    uq_k_rmsnorm(b->x, n, hid, m->final_norm, c->norm_eps, b->xn);
-    if ((st = batch_head(&m->lm_head, &b->head, b->xn, n, hid, V, logits)) != UQ_OK) return st;
+    const float *hin;
+    if ((st = uq_hy_head_input(m, b->x, n, b->xn, b->tmp, &hin)) != UQ_OK ||
+        (st = batch_head(&m->lm_head, &b->head, hin, n, hid, V, logits)) != UQ_OK)
+        return st;
     for (int64_t i = 0; i < n; i++) states[i]->pos += 1;
     return UQ_OK;
 }

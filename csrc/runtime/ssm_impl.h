@@ -16,6 +16,7 @@ struct uq_hy_model {
     uq_hy_config cfg;
     uq_linear embed, lm_head;
     const float *final_norm;
+    uq_linear final_mix;         /* (hidden, hidden) float32 F (rows 0: none): head input RMSNorm(x) F^T */
     uq_hy_layer_weights *layers; /* (L) copied descriptors; freq_map points into maps or is NULL */
     int32_t *maps;               /* concatenated copies of the freq maps */
     float *Aneg;                 /* (L, H) = -exp(A_log) of Mamba layers (rows of other layers unused) */
@@ -74,8 +75,8 @@ static inline uq_linear view_rows(const uq_linear *L, int64_t row0, int64_t rows
         v.w = L->w + row0 * L->cols;
     } else if (L->kind == UQ_W_F16) {
         v.w16 = L->w16 + row0 * L->cols;
-    } else {
-        v.packed = L->packed + row0 * UQ_Q4_ROW_BYTES(L->cols);
+    } else { /* int4 (two codes a byte) or int8 (one code a byte) rows */
+        v.packed = L->packed + row0 * (L->kind == UQ_W_Q8 ? L->cols : UQ_Q4_ROW_BYTES(L->cols));
         v.scales = L->scales + row0 * L->scale_cols;
     }
     if (L->bias) v.bias = L->bias + row0;
@@ -92,6 +93,9 @@ void uq_hy_mamba_conv(const uq_hy_model *m, int64_t l, float *conv, const float 
                       int64_t T, const int64_t *chan, float *xo, float *bo, float *co);
 /* The MLP of layer l over xn (T, hidden) at its keep k: g, u (T, k) scratch (g = the down_proj input, copied to
  * z_cap unless NULL), tmp (T, hidden), x += MLP. */
+/* The lm_head's input for T rows of X: RMSNorm(X) * final_norm into xn, then (with a final mix) xn F^T into tmp;
+ * *out points at the result. xn and tmp: (T, hidden) scratch. */
+uq_status uq_hy_head_input(const uq_hy_model *m, const float *X, int64_t T, float *xn, float *tmp, const float **out);
 uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *g, float *u, float *tmp,
                     float *x, float *z_cap);
 /* Gated RMSNorm of y (T, H*Pk) by z in place, out_proj into tmp (T, hidden), x += tmp. */

@@ -485,7 +485,45 @@ static void test_hybrid_int4_layouts(void) {
     CHECK_STATUS(uq_kernels_set_q4_act(act0), UQ_OK);
 }
 
+/* A final mix F: logits = (RMSNorm(x) * final_norm) F^T W^T must equal the model without a mix whose head is
+ * W F (products in double), to float rounding; a non-finite F entry is UQ_ERR_ARG. */
+static void test_final_mix(void) {
+    static tiny_w t;
+    static float F[HID * HID], WF[V * HID], a[TT * V], b[TT * V];
+    uq_hy_config c;
+    uq_hy_layer_weights lw[L];
+    uq_hy_weights w;
+    tiny_build(&t, &c, lw, &w);
+    unsigned long long sd = 777;
+    fill(F, HID * HID, 0.4, 0.0, &sd);
+    for (int v = 0; v < V; v++)
+        for (int j = 0; j < HID; j++) {
+            double acc = 0.0;
+            for (int i = 0; i < HID; i++) acc += (double)t.emb[v * HID + i] * F[i * HID + j];
+            WF[v * HID + j] = (float)acc;
+        }
+    int32_t ids[TT];
+    for (int i = 0; i < TT; i++) ids[i] = (i * 3 + 2) % V;
+    w.final_mix = F;  /* tied: the embedding table is also the head */
+    hy_logits(&c, &w, ids, a);
+    uq_hy_weights wr = w;
+    wr.final_mix = NULL;
+    wr.lm_head = lin(WF, V, HID);
+    hy_logits(&c, &wr, ids, b);
+    CHECK(max_rel(a, b, TT * V) < 1e-5, "final mix vs folded head: rel %g", max_rel(a, b, TT * V));
+    uq_hy_weights wn = w;
+    wn.final_mix = NULL;
+    hy_logits(&c, &wn, ids, b);
+    CHECK(max_rel(a, b, TT * V) > 1e-2, "the final mix changes nothing (rel %g)", max_rel(a, b, TT * V));
+    F[5] = NAN;
+    uq_hy_model *m = NULL;
+    uq_clear_error();
+    CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_ERR_ARG);
+    CHECK(m == NULL && strstr(uq_last_error(), "final_mix") != NULL, "message: %s", uq_last_error());
+}
+
 void test_ssm(void) {
+    test_final_mix();
     test_scan_kernels();
     test_tiny_model();
     test_ssm_stats();

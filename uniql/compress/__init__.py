@@ -27,7 +27,8 @@ ENTRY_POINT = "uniql.compress.pipeline:compress"
 
 # names of the pipeline also reachable here (imported on first use)
 _FORWARD = {"compress": "uniql.compress.pipeline", "CompressOptions": "uniql.compress.pipeline",
-            "DEFAULT_PRECISION": "uniql.compress.pipeline", "quantize_artifact": "uniql.compress.requantize"}
+            "DEFAULT_PRECISION": "uniql.compress.pipeline", "default_precision": "uniql.compress.pipeline",
+            "quantize_artifact": "uniql.compress.requantize"}
 
 
 def __getattr__(name: str) -> Any:

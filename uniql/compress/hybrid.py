@@ -36,6 +36,7 @@ from uniql.compress.pipeline import (CompressOptions, LayerStream, capture_momen
                             rotation_of)
 from uniql.errors import FormatError, UniqlError
 from uniql.compress.linalg import Covariance
+from uniql.compress.rotate import final_mix_name
 from uniql.compress.sorting import (GRAN_SSM_HEAD, GRAN_SSM_STATE, keep_granularity, sort_mlp, sort_qk,
                            sort_ssm_head_channels, sort_ssm_state, ssm_bc_moments, ssm_chunk_states)
 from uniql.models.hybrid import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, HybridConfig, rope_mode,
@@ -102,7 +103,8 @@ class HybridJob:
         self.L, self.n = hc.num_hidden_layers, hc.hidden_size
         self.names = HF_NAMES[hc.model_type]
         self.ckpt = LayerStream(src, self.L, layer_prefix(hc.model_type, checkpoint.tensor_names(src)),
-                                rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts))
+                                rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts),
+                                keep_tied=bool(cfg.get("tie_word_embeddings", False)))
         self.tensors = self.ckpt.shared
         self.embed_name = self._present(self.names["embed"])
         self.norm_name = self._present(self.names["final"])
@@ -154,7 +156,7 @@ class HybridJob:
         norm."""
         fin = self.ckpt.layer(0)
         fin[self.p0 + self.names["norm"]] = self.tensors[self.norm_name]
-        return capture_moment(self._model(0, fin), X, "mixer_in")
+        return capture_moment(self._model(0, fin), X, "mixer_in", self.tensors.get(final_mix_name(self.norm_name)))
 
     def meta(self) -> dict[str, Any]:
         return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran,

@@ -52,6 +52,7 @@ from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, 
                           UnsupportedError)
 from uniql.compress.linalg import Covariance
 from uniql.compress.quant import quantize_gptq, quantize_int8, quantize_rtn
+from uniql.compress.rotate import final_mix_name, mix_f16, mix_rows
 from uniql.models.runtime import Model, exact_int4
 from uniql.compress.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
@@ -61,12 +62,22 @@ COMPRESSIBLE = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 SCORERS = ("uniql", "magnitude")
 #: tensor classes of the precision policy (CompressOptions.precision)
 PRECISION_CLASSES = ("embedding", "lm_head", "attention", "mlp", "mamba")
-#: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere):
-#: int8 for the linears whose int4 error costs the most perplexity per byte on SmolLM2-135M (README, issue 19:
-#: down_proj and v_proj everywhere, up_proj in the last ten layers), GPTQ int4 with groups of 64 elsewhere except
-#: the embedding (round-to-nearest int4, group 128: its int4 error costs almost nothing)
-DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-10--1": "int8-g256",
-                     "attention": "int4-g64", "mlp": "int4-g64", "lm_head": "int4-g64"}
+#: default precision policy of llama / qwen2 (``compress(precision=None)``; ``precision={}`` is int4 everywhere),
+#: chosen by measured perplexity per byte on SmolLM2-135M (README, issue 19): int8 for the tied embedding / lm_head
+#: table (one table for both, thanks to the final mix of a rotated tied model: the best buy per byte), every
+#: down_proj and v_proj and the up_proj of the last eight layers; GPTQ int4 with groups of 64 elsewhere
+DEFAULT_PRECISION = {"down_proj": "int8-g256", "v_proj": "int8-g256", "up_proj@-8--1": "int8-g256",
+                     "attention": "int4-g64", "mlp": "int4-g64", "lm_head": "int8-g256"}
+#: the default of a model whose head is its own table (untied): an int8 head would cost a whole int8 table more
+#: than it buys per byte (SmolLM2, untied: +14 MB), so it stays GPTQ int4 g64 (the embedding RTN int4)
+DEFAULT_PRECISION_UNTIED = dict(DEFAULT_PRECISION, lm_head="int4-g64")
+
+
+def default_precision(tied: bool) -> dict[str, str]:
+    """The default precision policy of a llama / qwen2 artifact whose embedding is (``tied``) or is not its head."""
+    return dict(DEFAULT_PRECISION if tied else DEFAULT_PRECISION_UNTIED)
+
+
 #: projections a precision key may name (one projection of every decoder layer, or of a layer range)
 PRECISION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj",
                          "out_proj")
@@ -132,6 +143,7 @@ class CompressOptions:
     dtype: str = "float32"         # storage of unquantized weights: "float32" or "float16"
     rotate: bool = True            # rotate the residual stream (uniql.compress.rotate) before sorting and GPTQ
     rotate_seed: int = 0           # seed of the random signs / orthogonal block of the rotation
+    untie: bool = False            # rotated tied embedding: untie (second table) instead of a final mix
     mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
     act_order: bool = True         # GPTQ columns in descending Hessian-diagonal order, static groups
     precision: dict[str, str] = field(default_factory=dict)  # key -> "int4[-g<N>]", "int8[-g<N>]" or "f16"
@@ -275,7 +287,7 @@ class LayerStream:
     ``<prefix><i>.`` (``model.layers.``, or ``backbone.layers.`` for Mamba2)."""
 
     def __init__(self, src: Path, num_layers: int, prefix: str = "model.layers.", rotation: Any = None,
-                 tied: bool = False) -> None:
+                 tied: bool = False, keep_tied: bool = False) -> None:
         self.src, self.prefix, self.rotation = src, prefix, rotation
         names = checkpoint.tensor_names(src)
         self.by_layer: list[list[str]] = [[] for _ in range(num_layers)]
@@ -292,7 +304,7 @@ class LayerStream:
         if rotation is not None:  # residual stream rotated (uniql.compress.rotate): the compressor sees a rotated model
             from uniql.compress.rotate import rotate_shared
             self._check_finite(self.shared)  # named before the rotation smears a NaN over a row
-            self.shared = rotate_shared(self.shared, rotation, tied)
+            self.shared = rotate_shared(self.shared, rotation, tied, keep_tied)
 
     def layer(self, i: int) -> dict[str, np.ndarray]:
         """Layer i's tensors under layer-0 names (rotated when the checkpoint is read with a rotation)."""
@@ -474,7 +486,8 @@ class _TransformerJob:
         self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
         self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
         self.go = o_proj_group(self.d, opts.group)
-        self.ckpt = LayerStream(src, self.L, rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts))
+        self.ckpt = LayerStream(src, self.L, rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts),
+                                keep_tied=bool(cfg.get("tie_word_embeddings", False)))
         self.tensors = self.ckpt.shared
         self.ckpt.validate(self._check_layer)
         self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
@@ -498,7 +511,7 @@ class _TransformerJob:
         final norm."""
         fin = self.ckpt.layer(0)
         fin["model.layers.0.input_layernorm.weight"] = self.tensors[self.norm_name]
-        return capture_moment(self._model(fin), X, "attn_in")
+        return capture_moment(self._model(fin), X, "attn_in", self.tensors.get(final_mix_name(self.norm_name)))
 
     def meta(self) -> dict[str, Any]:
         return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran, o_group=self.go)
@@ -578,14 +591,15 @@ def layer_importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
     return float(block_importance(np.ascontiguousarray(x_last), np.ascontiguousarray(y_last)))
 
 
-def capture_moment(model: Any, X: np.ndarray, name: str) -> np.ndarray:
-    """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n)."""
+def capture_moment(model: Any, X: np.ndarray, name: str, mix: np.ndarray | None = None) -> np.ndarray:
+    """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n), its
+    rows times ``mix``^T first when given (the head's input after a final mix, :mod:`uniql.compress.rotate`)."""
     cov = None
     for b in range(X.shape[0]):
         _, cap = model.layer_forward(0, X[b], capture=(name,))
         if cov is None:
             cov = Covariance(cap[name].shape[1])
-        cov.update(cap[name])
+        cov.update(mix_rows(cap[name], mix))
     return cov.mean()
 
 
@@ -695,7 +709,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
              rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
              precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, untie: bool = False) -> Path:
     """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
     every pruning rate in [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
 
@@ -705,20 +719,21 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     (group ``group``) of every linear and int4 embedding; False keeps ``dtype`` weights. ``scorer`` and
     ``split_sigma`` select ablations (transformers only). Nothing is written when an argument is invalid; an
     existing non-empty output directory needs ``overwrite=True``. ``rotate``: rotate the residual stream by a
-    randomized Hadamard transform (:mod:`uniql.compress.rotate`, seed ``rotate_seed``) before sorting and quantization --
-    the same function at every rate, int4 with far smaller error; a tied embedding is untied. ``mse_scale`` /
-    ``act_order``: GPTQ options (:func:`uniql.compress.quant.quantize_gptq`). ``precision``: storage per tensor class
-    (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ... ``down_proj``,
-    ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
+    randomized Hadamard transform (:mod:`uniql.compress.rotate`, seed ``rotate_seed``) before sorting and
+    quantization -- the same function at every rate, int4 with far smaller error; a tied embedding stays tied (the
+    final norm's scale becomes the final mix, :mod:`uniql.compress.rotate`), or is untied with ``untie=True``.
+    ``mse_scale`` / ``act_order``: GPTQ options (:func:`uniql.compress.quant.quantize_gptq`). ``precision``: storage
+    per tensor class (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ...
+    ``down_proj``, ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
     (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
     llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
-    unnamed tensors are int4. None: :data:`DEFAULT_PRECISION` for llama / qwen2, int4 everywhere for hybrids;
+    unnamed tensors are int4. None: :func:`default_precision` for llama / qwen2, int4 everywhere for hybrids;
     ``{}``: int4 everywhere.
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
                            rotate_seed=rotate_seed, mse_scale=mse_scale, act_order=act_order,
-                           precision=dict(precision or {}))
+                           precision=dict(precision or {}), untie=bool(untie))
     src = Path(model_dir)
     cfg = checkpoint.read_config(src)             # unsupported architectures fail here, before any write
     if checkpoint.is_artifact(cfg):
@@ -729,13 +744,11 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     if arch in checkpoint.HYBRID_MODEL_TYPES and opts.scorer != "uniql" or (
             arch in checkpoint.HYBRID_MODEL_TYPES and opts.split_sigma):
         raise UnsupportedError("the scorer / split_sigma ablations exist for llama and qwen2 only")
+    if opts.rotate:  # a tied embedding stays tied with a final mix (compress.rotate); untie: its own head E diag(g) Q
+        src_tied = bool(cfg.get("tie_word_embeddings", False))
+        cfg = dict(cfg, tie_word_embeddings=src_tied and not opts.untie, uniql_source_tied=src_tied)
     if precision is None and arch in ("llama", "qwen2"):  # the default policy (hybrids: int4 everywhere)
-        opts = dataclasses.replace(opts, precision=dict(DEFAULT_PRECISION))
-    if arch in checkpoint.HYBRID_MODEL_TYPES and opts.quantize and any(
-            v.startswith("int8") for v in opts.precision.values()):
-        raise UnsupportedError("int8 storage in the precision policy is supported for llama and qwen2 models")
-    if opts.rotate:  # the rotated model has its own head (E diag(g) Q differs from the embedding E Q)
-        cfg = dict(cfg, tie_word_embeddings=False, uniql_source_tied=bool(cfg.get("tie_word_embeddings", False)))
+        opts = dataclasses.replace(opts, precision=default_precision(bool(cfg.get("tie_word_embeddings", False))))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-uniql")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise OutputExistsError(f"output directory {out} exists and is not empty (pass overwrite=True)")
@@ -818,6 +831,13 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     # ---- embedding / final norm / lm_head
     t = time.perf_counter()
     rest: dict[str, Any] = {job.norm_name: np.asarray(tensors[job.norm_name], np.float32)}
+    mix_name = final_mix_name(job.norm_name)
+    if mix_name in tensors:  # a rotated tied model: the final norm's scale as a hidden x hidden mix (float16 when
+        # quantized, and the head calibrated on exactly that: uniql.compress.rotate.mix_f16)
+        if opts.quantize:
+            rest[mix_name], tensors[mix_name] = mix_f16(tensors[mix_name])
+        else:
+            rest[mix_name] = np.ascontiguousarray(tensors[mix_name], np.float32)
     E = np.ascontiguousarray(tensors[job.embed_name], dtype=np.float32)
     tied = bool(cfg.get("tie_word_embeddings", False))
     embed_base = job.embed_name[: -len(".weight")]
@@ -864,8 +884,10 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     sorting.update(jm.pop("sorting", {}))
     if opts.rotate:
         sorting["rotation"] = {"kind": "randomized-hadamard", "seed": opts.rotate_seed,
-                               "untied": bool(cfg["uniql_source_tied"])}
-    meta = ArtifactMeta(format_version=FORMAT_VERSION, architecture=arch, max_rate=opts.max_rate,
+                               "untied": bool(cfg["uniql_source_tied"]) and not tied,
+                               "final_mix": mix_name in rest}
+    meta = ArtifactMeta(format_version=FORMAT_VERSION if mix_name in rest else 1, architecture=arch,
+                        max_rate=opts.max_rate,
                         importance=tuple(importance), quantization=quant if opts.quantize else None,
                         sorting=sorting, source=src.name, **jm)
     out_cfg = dict(cfg)

@@ -31,12 +31,13 @@ import numpy as np
 
 from uniql.formats import safetensors as st
 from uniql.formats.artifact import REST_FILE, layer_file, publish, read_meta, write_config
-from uniql.compress.pipeline import (DEFAULT_PRECISION, CompressOptions, OutputExistsError, StageTimer, artifact_layer,
-                            calibration_tokens, f16_scales, f16_scales8, gptq_blocks, o_proj_group, peak_rss_mb,
-                            quantize_layer, transformer_layer_model, transformer_plan)
-from uniql.errors import InvalidArgumentError, UnsupportedError
+from uniql.compress.pipeline import (CompressOptions, OutputExistsError, StageTimer, artifact_layer,
+                            calibration_tokens, default_precision, f16_scales, f16_scales8, gptq_blocks, o_proj_group,
+                            peak_rss_mb, quantize_layer, transformer_layer_model, transformer_plan)
+from uniql.errors import InvalidArgumentError
 from uniql.compress.linalg import Covariance
 from uniql.compress.quant import quantize_int8, quantize_rtn
+from uniql.compress.rotate import final_mix_name, mix_f16, mix_rows
 from uniql.models.runtime import exact_int4
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,16 @@ log = logging.getLogger(__name__)
 
 @exact_int4
 def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
-                      calibration: Any = None, num_samples: int = 32, seq_len: int = 256, group: int = 128,
+                      calibration: Any = None, num_samples: int = 32, seq_len: int = 512, group: int = 128,
                       mse_scale: bool = CompressOptions.mse_scale, act_order: bool = CompressOptions.act_order,
                       precision: dict[str, str] | None = None, overwrite: bool = False,
                       progress: bool = True) -> Path:
     """Quantization of an unquantized (e.g. fine-tuned) artifact, layer by layer with compress's quantize step:
     returns the new artifact directory (default: ``<artifact_dir>-int4``). ``precision``: the storage policy as
-    for :func:`uniql.compress` -- None is :data:`uniql.compress.DEFAULT_PRECISION` for llama / qwen2 (int8 for
-    down_proj / v_proj / the last ten up_proj, GPTQ int4 g64 elsewhere, RTN int4 embedding) and int4 everywhere
+    for :func:`uniql.compress` -- None is :func:`uniql.compress.default_precision` for llama / qwen2 (int8 for
+    the tied table / down_proj / v_proj / the last eight up_proj, GPTQ int4 g64 elsewhere) and int4 everywhere
     (group ``group``) for the hybrids; ``{}`` is int4 everywhere. Calibration as for :func:`uniql.compress`
-    (default: the calibration mix, 32 x 256 tokens). The ``finetune`` record is kept."""
+    (default: the calibration mix, 32 x 512 tokens, as compress). The ``finetune`` record is kept."""
     from uniql.formats.checkpoint import is_artifact, load_tokenizer, read_raw_config
     from uniql.models.runtime import TransformerConfig
 
@@ -67,9 +68,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         raise InvalidArgumentError(f"{src} is already quantized")
     llama = meta.architecture in ("llama", "qwen2")
     if precision is None:
-        precision = dict(DEFAULT_PRECISION) if llama else {}
-    if precision and not llama:
-        raise UnsupportedError("quantize_artifact takes a precision policy for llama and qwen2 artifacts only")
+        precision = default_precision(bool(cfg.get("tie_word_embeddings", False))) if llama else {}
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
                            max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order,
                            precision=dict(precision))
@@ -135,9 +134,14 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         lay[p0 + "input_layernorm.weight"] = shared["model.norm.weight"]
         fin = model(lay, fm)
         c_h = Covariance(n)
+        F16 = None  # a rotated tied model's final mix (the head reads its output): float16 as compress stores it
+        if "model.norm.mix" in shared:
+            F16, F = mix_f16(shared["model.norm.mix"])
+        else:
+            F = None
         for b in range(B):
             _, cap = fin.layer_forward(0, X[b], capture=("attn_in",))
-            c_h.update(cap["attn_in"])
+            c_h.update(mix_rows(cap["attn_in"], F))
         del fin
         tied = tc.tie_word_embeddings
         E = np.ascontiguousarray(shared["model.embed_tokens.weight"], dtype=np.float32)
@@ -150,6 +154,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         elif head_kind == "int4":
             head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
         rest: dict[str, Any] = {"model.norm.weight": np.asarray(shared["model.norm.weight"], np.float32)}
+        if F16 is not None:
+            rest["model.norm.mix"] = F16
 
         def put(name: str, W: np.ndarray, q: Any) -> None:  # as compress stores the embedding and the head
             if q is not None:
@@ -212,6 +218,9 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
 
     embed_name, norm_name = present(names["embed"]), present(names["final"])
     shared = {embed_name: shared_all[embed_name], norm_name: shared_all[norm_name]}
+    F16 = F = None  # a rotated tied model's final mix (the head reads its output): float16 as compress stores it
+    if final_mix_name(norm_name) in shared_all:
+        F16, F = mix_f16(shared_all[final_mix_name(norm_name)])
     tied = bool(hc.tie_word_embeddings)
     if not tied:
         shared["lm_head.weight"] = shared_all["lm_head.weight"]
@@ -251,7 +260,7 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
             timer.add("calibrate", time.perf_counter() - t)
             plan = layer_plan(hc, hc.layer_types[i], mix, mlp, opts.group, go, go_ssm)
             stored = quantize_layer(lambda tl: model(i, tl, fm), lay, X, plan, opts.gptq_kw(), timer,
-                                    opts.storage)     # X advances in place
+                                    lambda nm: opts.storage(nm, i, L))     # X advances in place
             t = time.perf_counter()
             if hc.layer_types[i] == LAYER_ATTENTION and rope != "none":
                 stored[mix + "rope_freq"] = fm
@@ -268,17 +277,21 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
         c_h = Covariance(n)
         for b in range(B):
             _, cap = fin.layer_forward(0, X[b], capture=("mixer_in",))
-            c_h.update(cap["mixer_in"])
+            c_h.update(mix_rows(cap["mixer_in"], F))
         del fin
         rest: dict[str, Any] = {norm_name: np.asarray(shared[norm_name], np.float32)}
+        if F16 is not None:
+            rest[final_mix_name(norm_name)] = F16
         E = np.ascontiguousarray(shared[embed_name], dtype=np.float32)
         embed_base = embed_name[: -len(".weight")]
 
         def put(name: str, W: np.ndarray, q: Any, dt: Any = np.float32) -> None:
             if q is not None:
-                rest[name + ".qweight"] = q.packed
+                int8 = hasattr(q, "codes")
+                rest[name + ".qweight"] = q.codes if int8 else q.packed
                 rest[name + ".scales"] = q.scales.astype(np.float16)
-                info[name] = {"format": "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
+                info[name] = {"format": "q8" if int8 else "q4", "shape": list(W.shape), "group": q.group,
+                              "segments": 1}
             else:
                 rest[name + ".weight"] = W.astype(dt)
                 info[name] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(W.shape)}
@@ -289,11 +302,14 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
         W = E if tied else np.ascontiguousarray(shared["lm_head.weight"], dtype=np.float32)
         if head_kind == "int4":
             head_q = f16_scales(gptq_blocks(W, c_h.mean(), head_g, **opts.gptq_kw()))
+        elif head_kind == "int8":
+            head_q = f16_scales8(quantize_int8(W, head_g))
         head_dt = np.float16 if head_kind == "f16" else np.float32
         if tied:
             put(embed_base, E, head_q, head_dt)
         else:
-            emb_q = f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else None
+            emb_q = (f16_scales(quantize_rtn(E, group=emb_g)) if emb_kind == "int4" else
+                     f16_scales8(quantize_int8(E, emb_g)) if emb_kind == "int8" else None)
             put(embed_base, E, emb_q, np.float16 if emb_kind == "f16" else np.float32)
             put("lm_head", W, head_q, head_dt)
         st.save_file(part / REST_FILE, rest)

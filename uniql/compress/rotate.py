@@ -9,8 +9,11 @@ the network's function unchanged:
   (W <- W diag(g)) and becomes all ones; rms(x Q) = rms(x), so the norm commutes with the rotation;
 * readers (q/k/v, gate/up, Mamba in_proj) take W <- W Q, writers (o_proj, down_proj, Mamba out_proj) W <- Q^T W
   and b <- b Q, the embedding E <- E Q, the output head W <- W diag(g_final) Q;
-* a tied embedding is untied: the head is E diag(g_final) Q, the embedding E Q (they differ unless g_final is
-  constant), at the cost of a second vocab x hidden table.
+* a tied embedding stays tied: the one table is E Q and the final norm's scale moves into a final mix
+  F = Q^T diag(g_final) Q (hidden x hidden, symmetric) that the runtime applies between the final RMSNorm and the
+  head: (RMSNorm(x Q) F^T) (E Q)^T = (RMSNorm(x) diag(g_final)) E^T. F costs hidden^2 floats (SmolLM2: 1.3 MB)
+  against a second vocab x hidden table (28.3 M weights) when untied; ``keep_tied=False`` unties instead (the
+  head E diag(g_final) Q, the embedding E Q).
 
 The residual width is never pruned, so the rotated model stays the same function at every pruning rate; sorting
 and block importances (cosines) are unchanged. Q = diag(s) (H_p (x) R_m) / sqrt(p) with n = p m (p the largest
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from uniql.errors import FormatError, ShapeError
+from uniql.models.runtime import final_mix_name  # the loaders' name, re-exported for the pipeline
 
 #: embedding and final-norm names of every supported architecture
 EMBED_NAMES = ("model.embed_tokens.weight", "backbone.embeddings.weight", "backbone.embedding.weight",
@@ -115,16 +119,48 @@ def rotate_layer(lay: dict[str, Any], p0: str, rot: Rotation) -> dict[str, Any]:
     return out
 
 
-def rotate_shared(shared: dict[str, Any], rot: Rotation, tied: bool) -> dict[str, Any]:
-    """Embedding, final norm and output head rotated: E Q, ones, W_head diag(g_final) Q under ``lm_head.weight``
-    (a tied embedding is untied: the caller sets ``tie_word_embeddings`` to False)."""
+def rotate_shared(shared: dict[str, Any], rot: Rotation, tied: bool, keep_tied: bool = False) -> dict[str, Any]:
+    """Embedding, final norm and output head rotated: E Q, ones, and either W_head diag(g_final) Q under
+    ``lm_head.weight`` (untied: the caller sets ``tie_word_embeddings`` to False) or, for a tied embedding with
+    ``keep_tied``, no head and the final mix Q^T diag(g_final) Q under :func:`final_mix_name`."""
     out = dict(shared)
     emb, fin = _first(shared, EMBED_NAMES), _first(shared, FINAL_NORM_NAMES)
     if emb is None or fin is None:
         raise FormatError(f"rotation needs the embedding ({EMBED_NAMES[0]}, ...) and the final norm "
                           f"({FINAL_NORM_NAMES[0]}, ...)")
-    head = shared[emb] if tied or "lm_head.weight" not in shared else shared["lm_head.weight"]
-    out["lm_head.weight"] = rot.rows(head, shared[fin])
+    if tied and keep_tied:
+        out.pop("lm_head.weight", None)
+        out[final_mix_name(fin)] = rot.rows(np.ascontiguousarray(rot.matrix().T), shared[fin])
+    else:
+        head = shared[emb] if tied or "lm_head.weight" not in shared else shared["lm_head.weight"]
+        out["lm_head.weight"] = rot.rows(head, shared[fin])
     out[emb] = rot.rows(shared[emb])
     out[fin] = np.ones(rot.n, np.float32)
     return out
+
+
+def mix_f16(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float16 copy, its exact float32 widening) of a final mix: a quantized artifact stores the mix in float16
+    (half the bytes; its rounding, ~5e-4 relative, is far below the int4 / int8 head's) and calibrates the head on
+    the widened copy, which is what the runtime computes with (conversions in C)."""
+    from uniql import _C
+
+    F = np.ascontiguousarray(F, dtype=np.float32)
+    h = np.empty(F.shape, np.float16)
+    _C.convert(F, h)
+    w = np.empty(F.shape, np.float32)
+    _C.convert(h, w)
+    return h, w
+
+
+def mix_rows(X: np.ndarray, F: np.ndarray | None) -> np.ndarray:
+    """X (T, n) float32 times F^T (the runtime's final mix, in C); X itself when F is None."""
+    from uniql import _C
+
+    if F is None:
+        return X
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    n = F.shape[0]
+    Y = np.empty((X.shape[0], n), np.float32)
+    _C.linear_forward((np.ascontiguousarray(F, dtype=np.float32), None, 0, n, None), X, Y, 1, n, 1, n)
+    return Y

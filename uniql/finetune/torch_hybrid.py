@@ -181,6 +181,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
             raise FormatError(f"artifact is missing the embedding or final norm ({nm['embed']}, {nm['final']})")
         self._buf("embed", rest, emb)
         self._buf("final_norm", rest, fin)
+        self._final_mix_buf(rest, fin[: -len(".weight")] + ".mix")
         if not hc.tie_word_embeddings:
             self._buf("lm_head", rest, "lm_head.weight")
         self.lora = nn.ModuleDict()
@@ -367,7 +368,7 @@ class HybridTorchModel(LoRAHost, nn.Module):
                 x = x + self._mlp(i, h, ks["mlp"])
             if self.ffn[i]:
                 x = x + self._mlp(i, self._rms(x, getattr(self, f"l{i}_ffn_norm")), ks["mlp"])
-        x = self._rms(x, self.final_norm)
+        x = self._mix(self._rms(x, self.final_norm))
         return F.linear(x, self.embed if self.hc.tie_word_embeddings else self.lm_head)
 
     def weights(self) -> dict[str, np.ndarray]:

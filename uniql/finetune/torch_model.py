@@ -177,6 +177,7 @@ class LoRAHost:
     lora_dropout: float
     training: bool
     embed: torch.Tensor
+    final_mix: torch.Tensor | None
 
     @property
     def device(self) -> torch.device:
@@ -188,6 +189,18 @@ class LoRAHost:
             raise FormatError(f"artifact is missing tensor {key!r}")
         buf = torch.from_numpy(np.array(src[key], np.float32))
         self.register_buffer(name, buf, persistent=False)  # type: ignore[attr-defined]  # an nn.Module's
+
+    def _final_mix_buf(self, src: Mapping[str, np.ndarray], key: str) -> None:
+        """The final mix (uniql.compress.rotate; (hidden, hidden)) as buffer ``final_mix``, or None when the
+        artifact has none."""
+        if key in src:
+            self._buf("final_mix", src, key)
+        else:
+            self.register_buffer("final_mix", None, persistent=False)  # type: ignore[attr-defined]
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input: the final-norm output times the final mix^T when there is one (as the runtime)."""
+        return x if self.final_mix is None else F.linear(x, self.final_mix.to(x.dtype))
 
     def _linear(self, i: int, s: str, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
         """Linear ``s`` of layer i on x with the kept output rows / input columns, plus its LoRA patch (with
@@ -279,6 +292,7 @@ class ElasticTorchModel(LoRAHost, nn.Module):
             self.register_buffer(f"l{i}_freq", torch.from_numpy(np.asarray(fm, np.int64)), persistent=False)
         self._buf("embed", rest, "model.embed_tokens.weight")
         self._buf("final_norm", rest, "model.norm.weight")
+        self._final_mix_buf(rest, "model.norm.mix")
         if not tc.tie_word_embeddings:
             self._buf("lm_head", rest, "lm_head.weight")
         self.lora = nn.ModuleDict()
@@ -387,7 +401,7 @@ class ElasticTorchModel(LoRAHost, nn.Module):
             sk = None if k == tc.intermediate_size else slice(0, k)
             z = F.silu(self._linear(i, "gate", h, sk)) * self._linear(i, "up", h, sk)
             x = x + self._linear(i, "down", z, None, sk)
-        x = self._rms(x, self.final_norm)
+        x = self._mix(self._rms(x, self.final_norm))
         head = self.embed if tc.tie_word_embeddings else self.lm_head
         return F.linear(x, head)
 

@@ -3,7 +3,7 @@
 Layout::
 
     config.json                    the model's Hugging Face config + a "uniql" section (ArtifactMeta)
-    model-rest.safetensors         embedding, final norm, lm_head (when untied)
+    model-rest.safetensors         embedding, final norm, lm_head (when untied), final mix (rotated and tied)
     model-layer-NNNN.safetensors   one file per decoder layer
     tokenizer.json ...             copied from the source model
     uniql_report.json              what compress() did: times per stage, peak memory, sizes
@@ -32,11 +32,15 @@ import numpy as np
 from uniql import _C
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.models.keep import ROPE_CODES, alloc_keep_ratios, keep_size
-from uniql.models.runtime import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, model_config
+from uniql.models.runtime import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, final_mix_name,
+                                  model_config)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: newest artifact format this uniql reads. 2: the optional final mix ``<final norm>.mix`` (float32 hidden x hidden,
+#: in model-rest.safetensors) of a rotated model that keeps its embedding tied (uniql.compress.rotate); compress
+#: writes 2 only for artifacts that carry one (a version-1 reader refuses them by version instead of misreading them)
+FORMAT_VERSION = 2
 REST_FILE = "model-rest.safetensors"
 ARCHITECTURES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
 #: keep-size granularity field of each elastic component
@@ -236,7 +240,7 @@ class _Reader:
             raise FormatError(f"uniql_tensors[{name!r}]: shape must be two positive integers, got {shape!r}")
         group = spec.get("group", 0)
         if fmt in ("q4", "q8"):
-            if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+            if not isinstance(group, int) or isinstance(group, bool) or not 1 <= group < 2 ** 31:
                 raise FormatError(f"uniql_tensors[{name!r}]: group must be a positive integer, got {group!r}")
             if spec.get("segments", 1) != col_segments or shape[1] % col_segments:
                 raise FormatError(f"uniql_tensors[{name!r}]: segments {spec.get('segments')!r} do not match "
@@ -486,6 +490,7 @@ class ElasticModel(Model):
         c = self.config
         n = c.hidden_size
         total = c.vocab_size * n * (1 if c.tie_word_embeddings else 2) + n
+        total += n * n if self._final_mix is not None else 0  # the final mix of a rotated tied model
         for ks in self.keep_sizes(self._rate if rate is None else rate):
             total += n
             if "ssm_head" in ks:
@@ -518,6 +523,11 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         cands = (final,) if isinstance(final, str) else tuple(final)
         fn = next((c for c in cands if c in keys), cands[0])
         out[fn] = _float(f, fn)
+        mix = final_mix_name(fn)
+        if mix in keys:
+            out[mix] = _float(f, mix)
+        elif isinstance(rot := reader.meta.sorting.get("rotation"), dict) and rot.get("final_mix"):
+            raise FormatError(f"artifact config names a final mix but {REST_FILE} has no {mix!r}")
         if not tied:
             out["lm_head.weight"] = reader.linear(f, "lm_head", (vocab, n))
     return out

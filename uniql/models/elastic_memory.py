@@ -235,6 +235,8 @@ def _kept_rest(model: Any) -> tuple[Any, Any, np.ndarray, list, list]:
     for s_ in (emb_spec,) + (() if head_spec is emb_spec else (head_spec,)):
         keep.extend(a for a in (s_[0], s_[1]) if a is not None)
     keep.append(final_norm)
+    if model._final_mix is not None:
+        keep.append(model._final_mix)
     return emb_spec, head_spec, final_norm, c_layers, keep
 
 
@@ -451,7 +453,7 @@ def resize(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
             finally:
                 if f is not None:
                     f.close()
-        cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep)
+        cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep, model._final_mix)
         if model._options:
             _C.hy_set_options(cm, model._options)
         state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)

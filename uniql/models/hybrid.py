@@ -400,10 +400,10 @@ HF_NAMES = {
 
 
 def hybrid_layers(cfg: HybridConfig, r: TensorReader, *, freq_maps: Sequence[np.ndarray | None] | None,
-                  rot_rows: Sequence[int | None] | None, qk_layout: str) -> tuple[Any, Any, np.ndarray, list]:
-    """Mamba2 / Nemotron-H / Bamba tensors (HF names, see :data:`HF_NAMES`) -> (embedding, lm_head, final norm,
-    runtime layer dicts) for :meth:`uniql.models.runtime.Model.from_hf_tensors`. Truncated tensors (stored sizes
-    below the config's) are accepted: the stored sizes are read from the shapes."""
+                  rot_rows: Sequence[int | None] | None, qk_layout: str) -> tuple[Any, Any, tuple, list]:
+    """Mamba2 / Nemotron-H / Bamba tensors (HF names, see :data:`HF_NAMES`) -> (embedding, lm_head, (final norm,
+    final mix or None), runtime layer dicts) for :meth:`uniql.models.runtime.Model.from_hf_tensors`. Truncated
+    tensors (stored sizes below the config's) are accepted: the stored sizes are read from the shapes."""
     names = HF_NAMES[cfg.model_type]
     embed_name = r.first_present(names["embed"])
     prefix_fmt = names["layer"]
@@ -452,7 +452,7 @@ def hybrid_layers(cfg: HybridConfig, r: TensorReader, *, freq_maps: Sequence[np.
                 lay["ffn_norm"] = r.vec(p + names["ffn_norm"])
         layers.append(lay)
     embed = r.get(embed_name)
-    final_norm = r.vec(r.first_present(names["final"]))
+    final = r.final(r.first_present(names["final"]), cfg.hidden_size)
     head = r.head(embed, cfg.tie_word_embeddings)
     r.check_all_read()
-    return embed, head, final_norm, layers
+    return embed, head, final, layers

@@ -340,6 +340,13 @@ def ids_array(ids: Any, what: str = "ids") -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
+def final_mix_name(final_norm: str) -> str:
+    """Name of the final mix tensor next to final norm ``final_norm`` (``model.norm.weight`` -> ``model.norm.mix``):
+    the hidden x hidden matrix between the final norm and the head of a rotated model that keeps its embedding tied
+    (:mod:`uniql.compress.rotate`)."""
+    return final_norm[: -len(".weight")] + ".mix" if final_norm.endswith(".weight") else final_norm + ".mix"
+
+
 def linear_spec(w: Any, bias: np.ndarray | None, keep: list, segs: tuple[int, int] | None = None) -> tuple:
     """The C runtime's spec of a linear (weight: float32/float16 array, :class:`Q4` or :class:`Q8`; bias or None); the arrays
     it points into are appended to ``keep``. An int4 weight whose group is a multiple of 8 and whose call segments
@@ -405,13 +412,15 @@ class Model:
     _c_state_reset = staticmethod(_C.hy_state_reset)
 
     def __init__(self, config: Any, embed: Any, lm_head: Any, final_norm: np.ndarray, layers: list[dict[str, Any]],
-                 tokenizer: Any = None, max_seq: int | None = None, max_chunk: int = 256) -> None:
+                 tokenizer: Any = None, max_seq: int | None = None, max_chunk: int = 256,
+                 final_mix: np.ndarray | None = None) -> None:
         """Low-level constructor: prefer :meth:`from_hf_tensors`. ``config``: a :class:`TransformerConfig` or a
         ``HybridConfig``; ``embed`` / ``lm_head`` / layer linears: float32 (float16) arrays, :class:`Q4` or
         :class:`Q8`. Layer dicts in the runtime layout: ``norm``; Mamba: ``in_proj``, ``out_proj`` ((weight,
         bias-or-None) pairs), ``conv_w`` (C, K), ``conv_b``, ``dt_bias``, ``A_log``, ``D``, ``gnorm``; attention:
         ``q``, ``k``, ``v``, ``o`` pairs, ``freq_map`` (int32 (n_kv, R_rot/2) or None), ``rot_rows`` (int or None);
-        MLP: ``gate`` (gated SiLU), ``up``, ``down`` pairs and, after a mixer, ``ffn_norm``."""
+        MLP: ``gate`` (gated SiLU), ``up``, ``down`` pairs and, after a mixer, ``ffn_norm``. ``final_mix``: float32
+        (hidden, hidden) F or None (:mod:`uniql.compress.rotate`); the head reads RMSNorm(x) * final_norm F^T."""
         self.config = config
         self.tokenizer = tokenizer
         keep: list[np.ndarray] = []
@@ -450,9 +459,13 @@ class Model:
         # a tied int4 embedding is also the lm_head, row-major: batched decoding may want an R16 copy (uniql.models.batch)
         self._tied_q4 = embed if lm_head is embed and isinstance(embed, Q4) else None
         keep.append(final_norm)
+        if final_mix is not None:
+            keep.append(final_mix)
         self._arrays = keep
         self._specs = (emb_spec, head_spec, final_norm, c_layers)  # what the C model points at (uniql.models.elastic_memory)
-        self._cm = _C.hy_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep)
+        # (hidden, hidden) or None: between the final norm and the head (uniql.compress.rotate)
+        self._final_mix = final_mix
+        self._cm = _C.hy_model_new(config._c_dict(), emb_spec, head_spec, final_norm, c_layers, keep, final_mix)
         if max_seq is None:
             max_seq = min(self.config.max_position_embeddings, 2048)
         self.max_seq = int(max_seq)
@@ -497,9 +510,10 @@ class Model:
 
             if weight_dtype != "float32":
                 raise UnsupportedError(f"weight_dtype {weight_dtype!r}: only Llama / Qwen2 keep float16 weights")
-        embed, head, final_norm, layers = read(cfg, TensorReader(tensors, weight_dtype), freq_maps=freq_maps,
-                                               rot_rows=rot_rows, qk_layout=qk_layout)
-        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk)
+        embed, head, (final_norm, mix), layers = read(cfg, TensorReader(tensors, weight_dtype), freq_maps=freq_maps,
+                                                      rot_rows=rot_rows, qk_layout=qk_layout)
+        return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk,
+                   final_mix=mix)
 
     # ------------------------------------------------------------------------------ running ----
     @property
@@ -831,6 +845,21 @@ class TensorReader:
                 return n
         raise FormatError(f"missing tensor {cands[0]!r}")
 
+    def final(self, name: str, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(final norm ``name``, its final mix as float32 (n, n) or None when absent): the mix of a rotated model
+        that keeps its embedding tied (:mod:`uniql.compress.rotate`) is ``<final norm>.mix``."""
+        norm = self.vec(name)
+        mix_name = final_mix_name(name)
+        if mix_name not in self.tensors:
+            return norm, None
+        self.used.add(mix_name)
+        F = self.tensors[mix_name]
+        if is_q4(F) or is_q8(F) or not isinstance(F, np.ndarray) or not np.issubdtype(F.dtype, np.floating):
+            raise DTypeError(f"{mix_name} must be a float array")
+        if F.shape != (n, n):
+            raise ShapeError(f"{mix_name} has shape {F.shape}, expected {(n, n)}")
+        return norm, np.ascontiguousarray(F, dtype=np.float32)
+
     def head(self, embed: Any, tied: bool) -> Any:
         """The lm_head: the embedding when tied (an ``lm_head.weight``, if present, is the same tensor)."""
         if tied:
@@ -856,10 +885,10 @@ def freq_map_of(freq_maps: Sequence[np.ndarray | None] | None, i: int) -> np.nda
 
 
 def transformer_layers(cfg: TransformerConfig, r: TensorReader, *, freq_maps: Sequence[np.ndarray | None] | None,
-                       rot_rows: Sequence[int | None] | None, qk_layout: str) -> tuple[Any, Any, np.ndarray, list]:
-    """Llama / Qwen2 tensors (HF names) -> (embedding, lm_head, final norm, runtime layer dicts): every layer
-    attention (Q/K rows permuted rotate-half -> pair-interleaved unless ``qk_layout="interleaved"``) followed by a
-    gated-SiLU MLP."""
+                       rot_rows: Sequence[int | None] | None, qk_layout: str) -> tuple[Any, Any, tuple, list]:
+    """Llama / Qwen2 tensors (HF names) -> (embedding, lm_head, (final norm, final mix or None), runtime layer
+    dicts): every layer attention (Q/K rows permuted rotate-half -> pair-interleaved unless
+    ``qk_layout="interleaved"``) followed by a gated-SiLU MLP."""
     nh, nkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     layers = []
     for i in range(cfg.num_hidden_layers):
@@ -885,10 +914,10 @@ def transformer_layers(cfg: TransformerConfig, r: TensorReader, *, freq_maps: Se
         lay["ffn_norm"] = r.vec(p + "post_attention_layernorm.weight")
         layers.append(lay)
     embed = r.get("model.embed_tokens.weight", mat=True)
-    final_norm = r.vec("model.norm.weight")
+    final = r.final("model.norm.weight", cfg.hidden_size)
     head = r.head(embed, cfg.tie_word_embeddings)
     r.check_all_read()
-    return embed, head, final_norm, layers
+    return embed, head, final, layers
 
 
 def mamba_in_parts(config: Any, w: Any, bias: np.ndarray | None,
