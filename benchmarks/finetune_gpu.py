@@ -259,11 +259,12 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def rotate_artifact(src: Path, out: Path, seed: int = 0) -> Path:
-    """The fp32 artifact ``src`` with its residual stream rotated (uniql.compress.rotate, as compress's default does before
-    GPTQ): the same function at every rate, a better starting point for int4. The tied embedding is untied."""
-    from uniql.formats import safetensors as st
-    from uniql.formats.artifact import REST_FILE, layer_file
+    """The fp32 artifact ``src`` with its residual stream rotated (uniql.compress.rotate, as compress's default does
+    before GPTQ): the same function at every rate, a better starting point for int4. A tied embedding stays tied:
+    the final norm's scale becomes the final mix (format version 2), as compress does."""
     from uniql.compress.rotate import Rotation, rotate_layer, rotate_shared
+    from uniql.formats import safetensors as st
+    from uniql.formats.artifact import FORMAT_VERSION, REST_FILE, layer_file
 
     cfg = json.loads((src / "config.json").read_text())
     if out.exists():
@@ -275,13 +276,15 @@ def rotate_artifact(src: Path, out: Path, seed: int = 0) -> Path:
         st.save_file(out / layer_file(i), {k: np.ascontiguousarray(v) for k, v in
                                            rotate_layer(lay, f"model.layers.{i}.", rot).items()})
     tied = bool(cfg.get("tie_word_embeddings", False))
-    rest = rotate_shared(st.load_file(src / REST_FILE), rot, tied)
+    rest = rotate_shared(st.load_file(src / REST_FILE), rot, tied, keep_tied=True)
     st.save_file(out / REST_FILE, {k: np.ascontiguousarray(v) for k, v in rest.items()})
-    cfg["tie_word_embeddings"] = False
-    emb = cfg["uniql_tensors"]["model.embed_tokens"]
-    cfg["uniql_tensors"]["lm_head"] = dict(emb)
-    cfg["uniql"]["sorting"]["rotation"] = {"kind": "randomized-hadamard", "seed": seed, "untied": tied,
-                                           "after": "finetune"}
+    info = {"kind": "randomized-hadamard", "seed": seed, "untied": False, "after": "finetune"}
+    if tied:
+        if not any(k.endswith(".mix") for k in rest):
+            raise RuntimeError("rotate_shared kept the tie but wrote no final mix")
+        info["final_mix"] = True
+        cfg["uniql"]["format_version"] = FORMAT_VERSION
+    cfg["uniql"]["sorting"]["rotation"] = info
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
 
