@@ -110,6 +110,19 @@ def requant(name: str, fp32: Path, kw: dict) -> None:
                                                  indent=1))
 
 
+def _linked_copy(art: Path, d: Path) -> None:
+    """A fresh directory ``d`` whose layer files (everything but the rest file and config) link to ``art``'s: a
+    variant that rewrites only the shared tensors and the config."""
+    from uniql.formats.artifact import REST_FILE
+
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir()
+    for p in art.iterdir():
+        if p.name not in (REST_FILE, "config.json"):
+            os.symlink(p.resolve(), d / p.name)
+
+
 def tie(art: Path, name: str) -> Path:
     from uniql.formats import checkpoint
     from uniql.formats import safetensors as st
@@ -124,12 +137,7 @@ def tie(art: Path, name: str) -> Path:
     shared = checkpoint.read_tensors(src, names=["model.embed_tokens.weight", "model.norm.weight"])
     R = rotate_shared(shared, Rotation(cfg["hidden_size"], rot_info["seed"]), True, keep_tied=True)
     d = root / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir()
-    for p in art.iterdir():
-        if p.name not in (REST_FILE, "config.json"):
-            os.symlink(p.resolve(), d / p.name)
+    _linked_copy(art, d)
     rest = dict(st.load_file(art / REST_FILE))
     if rest.pop("lm_head.weight", None) is None:
         raise SystemExit("tie needs an fp32 artifact (a float lm_head.weight)")
@@ -211,12 +219,7 @@ def make_variant(art: Path, variant: str) -> Path:
     shared = checkpoint.read_tensors(src, names=["model.embed_tokens.weight", "model.norm.weight"])
     R = rotate_shared(shared, Rotation(cfg0["hidden_size"], rot_info["seed"]), rot_info["untied"])
     d = art.with_name(art.name + "-" + variant)
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir()
-    for p in art.iterdir():
-        if p.name not in (REST_FILE, "config.json"):
-            os.symlink(p.resolve(), d / p.name)
+    _linked_copy(art, d)
     rest = dict(st.load_file(art / REST_FILE))
     info = cfg["uniql_tensors"]
     for name, key, flag in (("lm_head", "lm_head.weight", "head16"),

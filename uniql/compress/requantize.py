@@ -179,10 +179,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
             put("model.embed_tokens", E, emb_q)
             put("lm_head", W, head_q)
         st.save_file(part / REST_FILE, rest)
-        quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
-                 "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
-                 "act_order": opts.act_order, "precision": dict(opts.precision),
-                 "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
+        quant = _quant_record(opts, go, tied, B, T)
         _finish(src, part, cfg, meta, opts, info, quant, timer, t, t0, L, B * T)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
@@ -313,16 +310,22 @@ def _quantize_hybrid(src: Path, out: Path, cfg: dict[str, Any], meta: Any, opts:
             put(embed_base, E, emb_q, np.float16 if emb_kind == "f16" else np.float32)
             put("lm_head", W, head_q, head_dt)
         st.save_file(part / REST_FILE, rest)
-        quant = {"bits": 4, "group": opts.group, "o_group": go, "scheme": "gptq",
-                 "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
-                 "act_order": opts.act_order, "precision": dict(opts.precision), "ssm_out_group": go_ssm,
-                 "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
+        quant = _quant_record(opts, go, tied, B, T, ssm_out_group=go_ssm)
         _finish(src, part, cfg, meta, opts, info, quant, timer, t, t0, L, B * T)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
     publish(part, out)
     return out
+
+
+def _quant_record(opts: CompressOptions, o_group: int, tied: bool, B: int, T: int, **extra: Any) -> dict[str, Any]:
+    """The config's quantization record of a quantize_artifact run (``extra``: family-specific entries, after
+    the precision policy)."""
+    return {"bits": 4, "group": opts.group, "o_group": o_group, "scheme": "gptq",
+            "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
+            "act_order": opts.act_order, "precision": dict(opts.precision), **extra,
+            "calibration": {"num_samples": int(B), "seq_len": int(T)}, "after": "quantize_artifact"}
 
 
 def _finish(src: Path, part: Path, cfg: dict[str, Any], meta: Any, opts: CompressOptions, info: dict[str, Any],
