@@ -653,31 +653,22 @@ typedef struct {
 /* token t of x packed into xp (natural order for fp32 / fp16, [V even | V odd] pieces for int4) */
 static void vec_pack_task(void *arg, int64_t t, int worker) {
     const vec_job *jb = arg;
-    const uq_kpath *P = jb->P;
-    const uq_linear *L = jb->L;
-    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
-    float *y = jb->y, *xp = jb->xp;
     const uq_k_chunk *ch = jb->ch;
-    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
-    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
-    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
-    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
-    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
-    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
-    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int64_t cw = jb->cw, nin = jb->nin, ldp = jb->ldp;
+    const int V = jb->V, m = jb->m;
     (void)worker;
-    for (int64_t k = 0; k < nch; k++) {
-                const float *src = x + t * nin + ch[k].xcol;
-                float *dst = xp + t * ldp + k * cw;
-                const int64_t n = ch[k].n;
-                if (m == 1) {
-                    memcpy(dst, src, (size_t)n * sizeof(float));
-                    for (int64_t i = n; i < cw; i++) dst[i] = 0.0f;
-                } else {
-                    for (int j = 0; j < m; j++)
-                        for (int i = 0; i < V; i++) dst[j * V + i] = m * i + j < n ? src[m * i + j] : 0.0f;
-                }
-            }
+    for (int64_t k = 0; k < jb->nch; k++) {
+        const float *src = jb->x + t * nin + ch[k].xcol;
+        float *dst = jb->xp + t * ldp + k * cw;
+        const int64_t n = ch[k].n;
+        if (m == 1) {
+            memcpy(dst, src, (size_t)n * sizeof(float));
+            for (int64_t i = n; i < cw; i++) dst[i] = 0.0f;
+        } else {
+            for (int j = 0; j < m; j++)
+                for (int i = 0; i < V; i++) dst[j * V + i] = m * i + j < n ? src[m * i + j] : 0.0f;
+        }
+    }
 }
 
 /* GEMV: 8 row blocks of MR rows per task (T <= 4) */
