@@ -7,8 +7,9 @@ Cases: small random-weight models of the five architectures (Llama, Qwen2 with q
 Bamba; the Hugging Face builders the tests use) compressed by ``uniql.compress`` with fixed calibration ids to a
 float32 and an int4 artifact, plus ``uniql.quantize_artifact`` of the float32 one; for Llama / Qwen2 also the
 option variants that take other code paths (float16 storage, the magnitude scorer, split sigma, no rotation, an
-untied rotated embedding, a precision policy with int8 / f16 / per-layer entries). Every file of every artifact
-is hashed except ``uniql_report.json`` (timings, peak memory). The outputs go to a fixed folder under /tmp (the
+untied rotated embedding, a precision policy with int8 / f16 / per-layer entries); for the hybrids the variants
+that apply to them, and tied-embedding Nemotron-H and Bamba models (a rotated tied model's final mix). Every file
+of every artifact is hashed except ``uniql_report.json`` (timings, peak memory). The outputs go to a fixed folder under /tmp (the
 config records the source folder's name only, but a fixed path keeps every byte reproducible); ``check`` exits 1
 when any file differs. Runtime logits are checked by benchmarks/bitidentity.py.
 """
@@ -31,7 +32,7 @@ import uniql  # noqa: E402
 
 WORK = Path("/tmp/uniql-artifact-hashes")
 NSAMP, SEQ = 4, 24
-ARCHS = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
+ARCHS = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba", "nemotron_h-tied", "bamba-tied")
 #: extra compress options of the transformers (each a path of its own through the pipeline)
 VARIANTS = {"f16": dict(quantize=False, dtype="float16"), "magnitude": dict(scorer="magnitude"),
             "split": dict(split_sigma=True, quantize=False), "norot": dict(rotate=False),
@@ -39,6 +40,10 @@ VARIANTS = {"f16": dict(quantize=False, dtype="float16"), "magnitude": dict(scor
                                                                "down_proj@-1": "int8-g32", "q_proj": "f16",
                                                                "mlp": "int4-g32"}),
             "g32": dict(group=32, mse_scale=False, act_order=False)}
+#: those of the hybrids (the magnitude scorer and split sigma are transformer-only)
+HYBRID_VARIANTS = {"f16": VARIANTS["f16"], "norot": VARIANTS["norot"], "g32": VARIANTS["g32"],
+                   "prec": dict(precision={"embedding": "int8", "lm_head": "int4-g32", "mamba": "int8",
+                                           "out_proj@0": "f16", "mlp": "int4-g32", "o_proj": "int8-g16"})}
 
 
 def _hf(arch: str):
@@ -50,7 +55,8 @@ def _hf(arch: str):
         hf, _, _ = make_hf(arch, **over)
     else:
         from test_ssm import make_hf
-        hf, _, _ = make_hf(arch)
+        base, _, tied = arch.partition("-")
+        hf, _, _ = make_hf(base, **({"tie_word_embeddings": True} if tied else {}))
     return hf
 
 
@@ -71,8 +77,7 @@ def run() -> dict[str, dict[str, str]]:
         calib = np.random.default_rng(0).integers(0, vocab, size=(NSAMP, SEQ))
         kw = dict(calibration=calib, num_samples=NSAMP, seq_len=SEQ, progress=False)
         cases = {"fp32": dict(quantize=False), "int4": dict(quantize=True)}
-        if arch in ("llama", "qwen2"):
-            cases.update(VARIANTS)
+        cases.update(VARIANTS if arch in ("llama", "qwen2") else HYBRID_VARIANTS)
         for name, extra in cases.items():
             art = uniql.compress(src, WORK / arch / name, **kw, **extra)
             out[f"{arch}/{name}"] = _hash_dir(art)
