@@ -369,9 +369,9 @@ class Stack:
         """A one-layer runtime model of layer i's kind over `lay` (layer-0 names) and the `shared` embedding, final
         norm and (untied) lm_head, not copied; `freq`: the sorted attention's frequency map (runtime Q/K layout)
         or None (the checkpoint's own layout)."""
-        c = self.config
-        one = (dataclasses.replace(c, layer_types=(self.kind(i),)) if self.hybrid else
-               dataclasses.replace(c, num_hidden_layers=1))
+        c = self.config  # a HybridConfig lists its layer kinds; a TransformerConfig's follow from its layer count
+        listed = any(f.name == "layer_types" for f in dataclasses.fields(c))
+        one = dataclasses.replace(c, **({"layer_types": (self.kind(i),)} if listed else {"num_hidden_layers": 1}))
         t = dict(shared)
         t.update(lay)
         return Model.from_hf_tensors(one, t, freq_maps=[freq], qk_layout="rotate_half" if freq is None else
