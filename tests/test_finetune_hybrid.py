@@ -1,10 +1,9 @@
-"""Recovery fine-tuning of Mamba2 / Nemotron-H / Bamba artifacts (uniql.finetune.torch_hybrid, uniql.finetune,
+"""Recovery fine-tuning of Mamba2 / Nemotron-H / Bamba artifacts (uniql.finetune.twin, uniql.finetune,
 uniql.compress.requantize) on small random-weight models.
 
-The PyTorch twin must compute what the C runtime deploys at every rate and at explicit keeps that cut every
-component (Mamba head channels and state dims, attention head dims with no / partial RoPE, MLP channels) -- the
-proof that the training masks are the deployment's; the LoRA patches must get no gradient on what a rate drops;
-the fine-tuned artifact must load, switch rates and equal the twin with its patches; quantize_artifact of an
+The twin against the C runtime at every rate and keep, and the gradient masks, for every family:
+tests/test_twin.py. Here: full RoPE from a float16 artifact, the SSD scan against the recurrence; the fine-tuned
+artifact must load, switch rates and equal the twin with its patches; quantize_artifact of an
 untuned float32 artifact must be byte-identical to compress(quantize=True).
 """
 from __future__ import annotations
@@ -17,15 +16,14 @@ import pytest
 
 import uniql
 from uniql.formats import safetensors as st
-from uniql.formats.artifact import REST_FILE, head_rows, qk_head_rows
+from uniql.formats.artifact import REST_FILE
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from test_ssm import ARCHS, make_hf  # noqa: E402  (small random HF models of each architecture, chunk 8)
 from uniql.finetune import FinetuneOptions, finetune, generate_windows, load_lora, merge_lora, train  # noqa: E402
-from uniql.finetune.torch_hybrid import HybridTorchModel, ssd_scan  # noqa: E402
-from uniql.finetune.torch_model import load_twin  # noqa: E402
+from uniql.finetune.twin import load_twin, ssd_scan  # noqa: E402
 
 RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders, chunked SSD both)
 MERGE_REL_TOL = 1e-5     # merged weights vs the patches in the forward
@@ -71,11 +69,6 @@ def _logits(tm, ids: np.ndarray) -> np.ndarray:
         return tm(torch.from_numpy(np.asarray(ids, np.int64)))[0].numpy()
 
 
-def _half_keeps(tm: HybridTorchModel) -> list[dict[str, int]]:
-    """Keeps that cut every component of every layer (attention: whole RoPE pairs + pass dims)."""
-    return [{c: max(4, v // 2) for c, v in full.items()} for full in tm.full]
-
-
 def tm_names(art: Path) -> list[dict[str, str]]:
     """Per layer, the linears that carry a patch: in/out (Mamba), q/k/v/o, gate/up/down."""
     return load_twin(art, max_seq=2).names
@@ -84,31 +77,6 @@ def tm_names(art: Path) -> list[dict[str, str]]:
 def _pattern_tokens(n: int = 2048, seed: int = 0) -> np.ndarray:
     period = np.random.default_rng(seed).integers(0, VOCAB, size=24)
     return np.tile(period, n // 24 + 1)[:n]
-
-
-# --------------------------------------------------------------------------------- twin == runtime ----
-def test_twin_equals_runtime_at_every_rate(hy):
-    arch, _, art = hy
-    tm = load_twin(art, max_seq=64)
-    assert isinstance(tm, HybridTorchModel)
-    ids = np.random.default_rng(1).integers(0, VOCAB, size=37)   # several scan chunks of 8, one partial
-    sizes = set()
-    for rate in RATES:
-        tm.set_rate(rate)
-        sizes.add(json.dumps(tm.keeps))
-        m = uniql.load(art, rate=rate)
-        assert tm.keeps == m.keep_sizes(rate)
-        assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, (arch, rate)
-    assert len(sizes) == len(RATES)     # every rate prunes differently
-    # explicit keeps that cut every component (the rates above leave some layers whole)
-    keeps = _half_keeps(tm)
-    tm.set_keep(keeps)
-    m = uniql.load(art)
-    for i, ks in enumerate(keeps):
-        m.set_keep(i, **ks)
-    assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, arch
-    tm.scan_chunk = 5   # the twin's own SSD chunking (the runtime's is 8) changes nothing but rounding
-    assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, arch
 
 
 def test_twin_full_rope_float16_artifact(tmp_path):
@@ -145,64 +113,6 @@ def test_ssd_scan_equals_the_recurrence():
         ys.append(torch.einsum("bhpn,bhn->bhp", Sd, Ch[:, t]) + D.double()[:, None] * x[:, t].double())
     assert _rel(y.numpy(), torch.stack(ys, 1).numpy()) <= SCAN_REL_TOL
     assert _rel(S.numpy(), Sd.numpy()) <= SCAN_REL_TOL
-
-
-# ---------------------------------------------------------------------------------------- masks ----
-def _kept_index(tm: HybridTorchModel, i: int, s: str, ks: dict[str, int]) -> tuple[str, np.ndarray, int]:
-    """(which LoRA factor carries the pruned axis: "B" rows or "A" columns, kept indices, full size)."""
-    hc = tm.hc
-    if s in ("in", "out"):
-        H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
-        zi = head_rows(H, P, ks["ssm_head"])
-        if s == "out":
-            return "A", zi, H * P
-        bi = head_rows(G, N, ks["ssm_state"])
-        HP, GN = H * P, G * N
-        rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
-        return "B", rows, 2 * HP + 2 * GN + H
-    if s in ("q", "k", "v", "o"):
-        nh, nkv, d, r = hc.num_heads, hc.num_kv_heads, hc.head_dim, ks["attn"]
-        if s == "o":
-            return "A", head_rows(nh, d, r), nh * d
-        heads = nh if s == "q" else nkv
-        return "B", (head_rows(heads, d, r) if s == "v" else qk_head_rows(tm.rope, heads, d, r)), heads * d
-    k, DI = ks["mlp"], hc.intermediate_size
-    return ("A" if s == "down" else "B"), np.arange(k), DI
-
-
-@pytest.mark.parametrize("how", ["rate", "half"])
-def test_gradients_vanish_on_dropped_channels(hy, how):
-    """At a sampled rate (and at keeps that cut everything), the LoRA parameters that touch dropped channels --
-    B rows of dropped outputs (in_proj's z/x/B/C rows, q/k/v rows, gate/up rows), A columns of dropped inputs
-    (out_proj's head channels, o_proj's head dims, down's channels) -- get exactly zero gradient; kept ones
-    do not."""
-    arch, _, art = hy
-    tm = load_twin(art, rank=4, max_seq=32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for lo in tm.lora.values():
-            lo.B.copy_(torch.randn(lo.B.shape, generator=g) * 0.05)
-    if how == "rate":
-        tm.set_rate(0.35)
-    else:
-        tm.set_keep(_half_keeps(tm))
-    ids = torch.from_numpy(np.random.default_rng(2).integers(0, VOCAB, size=(2, 19)))
-    tm(ids).logsumexp(-1).mean().backward()
-    cut = 0
-    for i, names in enumerate(tm.names):
-        for s in names:
-            which, kept, full = _kept_index(tm, i, s, tm.keeps[i])
-            lo = tm.lora[f"l{i}_{s}"]
-            grad = lo.B.grad if which == "B" else lo.A.grad.T
-            dropped = np.setdiff1d(np.arange(full), kept)
-            cut += dropped.size
-            assert torch.count_nonzero(grad[torch.from_numpy(dropped)]) == 0, (arch, i, s)
-            assert torch.count_nonzero(grad[torch.from_numpy(kept)]) > 0, (arch, i, s)
-    assert cut > 0
-    bad = [dict(k) for k in tm.full]
-    bad[0] = {c: v + 1 for c, v in bad[0].items()}
-    with pytest.raises(uniql.InvalidArgumentError, match="layer 0"):
-        tm.set_keep(bad)
 
 
 # ------------------------------------------------------------------------------------- training ----

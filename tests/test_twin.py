@@ -1,0 +1,159 @@
+"""The PyTorch twin of the C runtime (uniql.finetune.twin.TwinModel): one class for Llama, Qwen2, Mamba2, Nemotron-H
+and Bamba, on small random-weight artifacts.
+
+It must compute what ``uniql.load(art, rate)`` deploys at rates 0 / 0.15 / 0.25 / 0.35 and at explicit keeps that
+cut every component (float32) -- the proof that the training masks are the deployment's -- and at a sampled rate
+the LoRA patches must get exactly zero gradient on the channels the rate drops (stated here from the sorted layout
+itself, not from the twin's index code) and a non-zero one on those it keeps.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import uniql
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from test_finetune import _make as make_transformer  # noqa: E402  (small random Llama / Qwen2 checkpoints)
+from test_finetune_hybrid import _one_thread, _rel  # noqa: E402,F401  (the autouse one-thread fixture)
+from test_ssm import make_hf  # noqa: E402  (small random Mamba2 / Nemotron-H / Bamba checkpoints)
+from uniql.finetune.twin import Attention, Mamba2Mixer, MLP, TwinModel, load_twin  # noqa: E402
+
+FAMILIES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
+RATES = (0.0, 0.15, 0.25, 0.35)
+RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders)
+NSAMP, SEQ = 4, 24
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, tmp_path_factory):
+    """(family, float32 artifact, vocabulary size)."""
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"twin-{kind}")
+    if kind in ("llama", "qwen2"):
+        src = make_transformer(tmp, kind)
+    else:
+        hf, _, _ = make_hf(kind)
+        src = tmp / "src"
+        hf.save_pretrained(src)
+    vocab = json.loads((src / "config.json").read_text())["vocab_size"]
+    calib = np.random.default_rng(0).integers(0, vocab, size=(NSAMP, SEQ))
+    art = uniql.compress(src, tmp / "art", calibration=calib, num_samples=NSAMP, seq_len=SEQ, quantize=False,
+                         progress=False)
+    return kind, art, vocab
+
+
+def _logits(tm: TwinModel, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return tm(torch.from_numpy(np.asarray(ids, np.int64)))[0].numpy()
+
+
+def _half_keeps(tm: TwinModel) -> list[dict[str, int]]:
+    """Keeps that cut every component of every layer (attention: whole RoPE pairs, partial RoPE included)."""
+    return [{c: max(4, v // 2 // 4 * 4) for c, v in full.items()} for full in tm.full]
+
+
+def test_one_class_for_every_family(fam):
+    """Every family is the same class: one residual block per mixer and per MLP, of the runtime's layer kinds."""
+    kind, art, _ = fam
+    tm = load_twin(art, max_seq=8)
+    assert type(tm) is TwinModel
+    c = uniql.load(art).config
+    assert len(tm.layers) == c.num_hidden_layers
+    for t, blocks in zip(c.layer_types, tm.layers):
+        want = ([{"mamba": Mamba2Mixer, "attention": Attention}[t]] if t != "mlp" else []) + \
+            ([MLP] if t == "mlp" or c.ffn_after_mixer else [])
+        assert [type(b.body) for b in blocks] == want, (kind, t)
+
+
+def test_twin_equals_runtime_at_every_rate(fam):
+    """Twin logits == the C runtime's (float32) at rates 0 / 0.15 / 0.25 / 0.35 with the loader's keep sizes, and at
+    keeps that halve every component."""
+    kind, art, vocab = fam
+    tm = load_twin(art, max_seq=64)
+    ids = np.random.default_rng(1).integers(0, vocab, size=37)   # several scan chunks of 8, one partial
+    sizes = set()
+    for rate in RATES:
+        tm.set_rate(rate)
+        sizes.add(json.dumps(tm.keeps))
+        m = uniql.load(art, rate=rate)
+        assert tm.keeps == m.keep_sizes(rate)
+        assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, (kind, rate)
+    assert len(sizes) == len(RATES)     # every rate prunes differently
+    keeps = _half_keeps(tm)
+    tm.set_keep(keeps)
+    m = uniql.load(art)
+    for i, ks in enumerate(keeps):
+        m.set_keep(i, **ks)
+    assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, kind
+    if kind in ("mamba2", "nemotron_h", "bamba"):
+        tm.scan_chunk = 5   # the twin's own SSD chunking (the runtime's is 8) changes nothing but rounding
+        assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, kind
+
+
+def _dropped(tm: TwinModel, s: str, ks: dict[str, int]) -> tuple[str, np.ndarray]:
+    """(the LoRA factor that carries linear s's pruned axis: "B" rows or "A" columns, a boolean mask of the
+    dropped entries of that axis), read off the sorted layout: every pruned axis is a prefix per head / group /
+    channel block; with partial RoPE a Q/K head keeps r/2 rotary rows (stored first) and r/2 pass rows (from d/2)."""
+    c = tm.config
+    if s in ("in", "out"):
+        H, P, G, N = c.ssm_heads, c.ssm_head_dim, c.ssm_groups, c.ssm_state
+        Pk, Nk = ks["ssm_head"], ks["ssm_state"]
+        if s == "out":
+            return "A", np.arange(H * P) % P >= Pk
+        j = np.arange(2 * H * P + 2 * G * N + H)
+        zx, bc = j < 2 * H * P, (j >= 2 * H * P) & (j < 2 * H * P + 2 * G * N)
+        return "B", (zx & (j % P >= Pk)) | (bc & ((j - 2 * H * P) % N >= Nk))
+    if s in ("q", "k", "v", "o"):
+        d, r = c.head_dim, ks["attn"]
+        e = np.arange((c.num_kv_heads if s in ("k", "v") else c.num_heads) * d) % d
+        if s in ("q", "k") and tm.rope == "partial":
+            return "B", np.where(e < d // 2, e >= r // 2, e - d // 2 >= r // 2)
+        return ("A" if s == "o" else "B"), e >= r
+    return ("A" if s == "down" else "B"), np.arange(c.intermediate_size) >= ks["mlp"]
+
+
+@pytest.mark.parametrize("how", ["rate", "half"])
+def test_gradients_vanish_on_dropped_channels(fam, how):
+    """At a sampled rate (and at keeps that cut everything) the LoRA parameters that touch dropped channels -- B rows
+    of dropped outputs (in_proj's z / x / B / C rows, q / k / v rows, gate / up rows), A columns of dropped inputs
+    (out_proj's head channels, o_proj's head dims, down's channels) -- get exactly zero gradient; kept ones do not."""
+    kind, art, vocab = fam
+    tm = load_twin(art, rank=4, max_seq=32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for lo in tm.lora.values():
+            lo.B.copy_(torch.randn(lo.B.shape, generator=g) * 0.05)
+    if how == "rate":
+        tm.set_rate(0.35)
+    else:
+        tm.set_keep(_half_keeps(tm))
+    ids = torch.from_numpy(np.random.default_rng(2).integers(0, vocab, size=(2, 19)))
+    tm(ids).logsumexp(-1).mean().backward()
+    cut = 0
+    for i, names in enumerate(tm.names):
+        for s in names:
+            which, dropped = _dropped(tm, s, tm.keeps[i])
+            lo = tm.lora[f"l{i}_{s}"]
+            grad = lo.B.grad if which == "B" else lo.A.grad.T
+            assert grad.shape[0] == dropped.size, (kind, i, s)
+            cut += int(dropped.sum())
+            assert torch.count_nonzero(grad[torch.from_numpy(dropped)]) == 0, (kind, i, s)
+            assert torch.count_nonzero(grad[torch.from_numpy(~dropped)]) > 0, (kind, i, s)
+    assert cut > 0
+    bad = [dict(k) for k in tm.full]
+    bad[0] = {c: v + 1 for c, v in bad[0].items()}
+    with pytest.raises(uniql.InvalidArgumentError, match="layer 0"):
+        tm.set_keep(bad)
+
+
+def test_old_names_still_import():
+    """The former twin modules re-export the one class."""
+    from uniql.finetune.torch_hybrid import HybridTorchModel
+    from uniql.finetune.torch_model import ElasticTorchModel
+
+    assert ElasticTorchModel is TwinModel and HybridTorchModel is TwinModel
