@@ -27,7 +27,8 @@ VOCAB, SEQ, NSAMP = 256, 32, 8
 RATES = (0.0, 0.15, 0.25, 0.35)
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
@@ -114,9 +115,6 @@ def test_finetune_writes_a_working_artifact(tmp_path, llama_art):
     """finetune() end to end: the artifact loads at a rate, set_rate works, and the C runtime computes what the
     saved LoRA patches compute in the torch model; merging the saved patches elsewhere writes the same artifact;
     the JSON lines log has every step and evaluation; the best evaluation's patches are the ones kept."""
-    from uniql.finetune import load_lora, merge_lora
-    from uniql.formats.safetensors import load_file
-
     kw = dict(steps=6, lr=5e-3, seq_len=32, batch=2, seed=3, eval_every=2, eval_windows=4)
     calib = _pattern_tokens()
     out = finetune(llama_art, tmp_path / "ft", calibration=calib, progress=False, save_lora_to=tmp_path / "l.st",
@@ -136,13 +134,24 @@ def test_finetune_writes_a_working_artifact(tmp_path, llama_art):
     best = min(evals, key=lambda x: x["loss"])
     assert rec["best_step"] == best["step"] and (tmp_path / "ck" / "best.pt").is_file()
 
-    state, lrec, rank, alpha = load_lora(tmp_path / "l.st")
+    state, lrec, rank, alpha = check_tuned_artifact(llama_art, out, tmp_path / "l.st", tmp_path / "merged", VOCAB)
     assert lrec == rec and (rank, alpha) == (8, 16.0)
     best_ck = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
     assert all(np.array_equal(state[k], v.numpy()) for k, v in best_ck["lora"].items())
-    tm = TwinModel.from_artifact(llama_art, rank=8, alpha=16, max_seq=32)
+
+
+def check_tuned_artifact(art: Path, out: Path, lora_file: Path, merged_dir: Path, vocab: int) -> tuple:
+    """A fine-tuned artifact `out` (any family), loaded at 15% and switched live to 25% and 35%, computes what the
+    twin of its source `art` computes with the saved patches `lora_file` (and what a fresh load at that rate
+    computes); its weights differ from the source's; merge_lora of the patches into `art` writes the same layer
+    files byte for byte. Returns load_lora's (state, record, rank, alpha)."""
+    from uniql.finetune import load_lora, merge_lora
+    from uniql.finetune.twin import load_twin
+
+    state, rec, rank, alpha = load_lora(lora_file)
+    tm = load_twin(art, rank=rank, alpha=alpha, max_seq=32)
     tm.load_lora_state(state)
-    ids = np.random.default_rng(4).integers(0, VOCAB, size=24)
+    ids = np.random.default_rng(4).integers(0, vocab, size=24)
     m = uniql.load(out, rate=0.15)
     for rate in (0.15, 0.25, 0.35):
         m.set_rate(rate)
@@ -150,11 +159,11 @@ def test_finetune_writes_a_working_artifact(tmp_path, llama_art):
         got = m.logits(ids)
         assert _rel(got, _logits(tm, ids)) <= RUNTIME_REL_TOL, rate
         np.testing.assert_array_equal(got, uniql.load(out, rate=rate).logits(ids))
-    assert _rel(uniql.load(out).logits(ids), uniql.load(llama_art).logits(ids)) > 1e-4  # the weights changed
-    merged = merge_lora(llama_art, tmp_path / "l.st", tmp_path / "merged")
+    assert _rel(uniql.load(out).logits(ids), uniql.load(art).logits(ids)) > 1e-4  # the weights changed
+    merged = merge_lora(art, lora_file, merged_dir)
     for f in sorted(out.glob("model-*.safetensors")):
-        a, b = load_file(f), load_file(merged / f.name)
-        assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), f.name
+        assert f.read_bytes() == (merged / f.name).read_bytes(), f.name
+    return state, rec, rank, alpha
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, llama_art):

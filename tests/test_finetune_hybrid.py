@@ -21,26 +21,14 @@ from uniql.formats.artifact import REST_FILE
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_finetune import _logits, _one_thread, _rel, check_tuned_artifact  # noqa: E402,F401  (_one_thread: autouse)
 from test_ssm import ARCHS, make_hf  # noqa: E402  (small random HF models of each architecture, chunk 8)
-from uniql.finetune import finetune, load_lora, merge_lora  # noqa: E402
+from uniql.finetune import finetune  # noqa: E402
 from uniql.finetune.twin import load_twin, ssd_scan  # noqa: E402
 
 RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders, chunked SSD both)
 SCAN_REL_TOL = 1e-5      # chunked SSD vs the float64 recurrence
 VOCAB, SEQ, NSAMP = 128, 24, 4
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _calib() -> np.ndarray:
@@ -60,11 +48,6 @@ def hy(request, tmp_path_factory):
     src = tmp / "src"
     hf.save_pretrained(src)
     return arch, src, _compress(src, tmp / "fp32", quantize=False)
-
-
-def _logits(tm, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return tm(torch.from_numpy(np.asarray(ids, np.int64)))[0].numpy()
 
 
 def tm_names(art: Path) -> list[dict[str, str]]:
@@ -125,23 +108,9 @@ def test_finetune_writes_a_working_hybrid_artifact(tmp_path, hy):
     rec = cfg["uniql"]["finetune"]
     assert rec["method"] == "masked-lora" and rec["steps"] == 6 and rec["loss"] == "ce"
     assert cfg["uniql_tensors"] == json.loads((art / "config.json").read_text())["uniql_tensors"]
-    state, lrec, rank, alpha = load_lora(tmp_path / "l.st")
+    state, lrec, _, _ = check_tuned_artifact(art, out, tmp_path / "l.st", tmp_path / "merged", VOCAB)
     assert lrec == rec
     assert set(state) == {f"l{i}_{s}.{f}" for i, names in enumerate(tm_names(art)) for s in names for f in "AB"}
-    tm = load_twin(art, rank=rank, alpha=alpha, max_seq=32)
-    tm.load_lora_state(state)
-    ids = np.random.default_rng(4).integers(0, VOCAB, size=24)
-    m = uniql.load(out, rate=0.15)
-    for rate in (0.15, 0.25, 0.35):
-        m.set_rate(rate)
-        tm.set_rate(rate)
-        got = m.logits(ids)
-        assert _rel(got, _logits(tm, ids)) <= RUNTIME_REL_TOL, rate
-        np.testing.assert_array_equal(got, uniql.load(out, rate=rate).logits(ids))
-    assert _rel(uniql.load(out).logits(ids), uniql.load(art).logits(ids)) > 1e-4   # the weights changed
-    merged = merge_lora(art, tmp_path / "l.st", tmp_path / "merged")
-    for f in sorted(out.glob("model-*.safetensors")):
-        assert f.read_bytes() == (merged / f.name).read_bytes(), f.name
 
 
 # ------------------------------------------------------------------------------------- int4 ----

@@ -19,8 +19,8 @@ import uniql
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_finetune import _logits, _one_thread, _rel  # noqa: E402,F401  (_one_thread: the autouse one-thread fixture)
 from test_finetune import _make as make_transformer  # noqa: E402  (small random Llama / Qwen2 checkpoints)
-from test_finetune_hybrid import _one_thread, _rel  # noqa: E402,F401  (_one_thread: the autouse one-thread fixture)
 from test_ssm import make_hf  # noqa: E402  (small random Mamba2 / Nemotron-H / Bamba checkpoints)
 from uniql.finetune.twin import Attention, Mamba2Mixer, MLP, TwinModel, load_twin  # noqa: E402
 
@@ -47,11 +47,6 @@ def fam(request, tmp_path_factory):
     art = uniql.compress(src, tmp / "art", calibration=calib, num_samples=NSAMP, seq_len=SEQ, quantize=False,
                          progress=False)
     return kind, art, vocab
-
-
-def _logits(tm: TwinModel, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return tm(torch.from_numpy(np.asarray(ids, np.int64)))[0].numpy()
 
 
 def _pattern(vocab: int, n: int = 2048, seed: int = 0) -> np.ndarray:
