@@ -194,36 +194,44 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, llama_art):
         train(model(), windows, opts, checkpoint_dir=tmp_path / "none", resume=True)
 
 
-def test_two_processes_give_the_merged_weights_of_one(tmp_path, llama_art):
-    """torchrun --nproc-per-node 2 -m uniql.finetune (gloo on the CPU, global batch 4 = 2 x 2) writes the same
-    merged weights as one process with batch 4 (float tolerance: the gradient is averaged in another order);
-    only rank 0 writes."""
+def check_one_and_two_processes(art: Path, tokens: np.ndarray, tmp: Path, port_offset: int = 0) -> None:
+    """``python -m uniql.finetune`` with batch 4 (-> tmp/one) and ``torchrun --nproc-per-node 2`` (gloo on the CPU,
+    global batch 4 = 2 x 2; -> tmp/two, log tmp/two.jsonl) on `art` write the same merged weights (float tolerance:
+    the gradient is averaged in another order)."""
     import os
     import subprocess
 
     from uniql.formats.safetensors import load_file
 
-    tok = tmp_path / "tokens.npy"
-    np.save(tok, _pattern_tokens(2048))
-    args = [str(llama_art), "--tokens", str(tok), "--steps", "4", "--lr", "5e-3", "--seq-len", "32", "--batch", "4",
+    tok = tmp / "tokens.npy"
+    np.save(tok, tokens)
+    args = [str(art), "--tokens", str(tok), "--steps", "4", "--lr", "5e-3", "--seq-len", "32", "--batch", "4",
             "--dropout", "0", "--eval-windows", "2", "--eval-every", "2", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    one = subprocess.run([sys.executable, "-m", "uniql.finetune", *args, "-o", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "uniql.finetune", *args, "-o", str(tmp / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--master-port", str(29500 + os.getpid() % 1000), "-m", "uniql.finetune", *args,
-                          "-o", str(tmp_path / "two"), "--log-jsonl", str(tmp_path / "two.jsonl")],
+                          "--master-port", str(29500 + (os.getpid() + port_offset) % 1000), "-m", "uniql.finetune",
+                          *args, "-o", str(tmp / "two"), "--log-jsonl", str(tmp / "two.jsonl")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
+    for f in sorted((tmp / "one").glob("model-layer-*.safetensors")):
+        a, b = load_file(f), load_file(tmp / "two" / f.name)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, float(np.abs(a[k]).max())))
+
+
+def test_two_processes_give_the_merged_weights_of_one(tmp_path, llama_art):
+    """torchrun --nproc-per-node 2 -m uniql.finetune writes the merged weights of one process with the same global
+    batch; only rank 0 writes; the log has every step once."""
+    from uniql.formats.safetensors import load_file
+
+    check_one_and_two_processes(llama_art, _pattern_tokens(2048), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == ["two", "two.jsonl"]
     rec = json.loads((tmp_path / "two" / "config.json").read_text())["uniql"]["finetune"]
     assert rec["world_size"] == 2 and rec["batch"] == 4
     base = load_file(llama_art / "model-layer-0001.safetensors")
-    for f in sorted((tmp_path / "one").glob("model-layer-*.safetensors")):
-        a, b = load_file(f), load_file(tmp_path / "two" / f.name)
-        for k in a:
-            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, float(np.abs(a[k]).max())))
     a = load_file(tmp_path / "one" / "model-layer-0001.safetensors")
     assert any(not np.array_equal(a[k], base[k]) for k in a)   # training changed the weights
     lines = [json.loads(x) for x in (tmp_path / "two.jsonl").read_text().splitlines()]

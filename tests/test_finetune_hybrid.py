@@ -21,7 +21,8 @@ from uniql.formats.artifact import REST_FILE
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_finetune import _logits, _one_thread, _rel, check_tuned_artifact  # noqa: E402,F401  (_one_thread: autouse)
+from test_finetune import (_logits, _one_thread, _rel, check_one_and_two_processes,  # noqa: E402,F401
+                           check_tuned_artifact)  # (_one_thread: the autouse one-thread fixture)
 from test_ssm import ARCHS, make_hf  # noqa: E402  (small random HF models of each architecture, chunk 8)
 from uniql.finetune import finetune  # noqa: E402
 from uniql.finetune.twin import load_twin, ssd_scan  # noqa: E402
@@ -227,26 +228,4 @@ def test_twin_at_mamba2_130m_shapes(tmp_path):
 def test_two_processes_give_the_merged_weights_of_one_hybrid(tmp_path, hy):
     """torchrun --nproc-per-node 2 (gloo, global batch 4 = 2 x 2) on a hybrid artifact writes the merged weights of
     one process with batch 4 (measured max abs difference 9e-8)."""
-    import os
-    import subprocess
-    import sys
-
-    from uniql.formats.safetensors import load_file
-
-    _, _, art = hy
-    tok = tmp_path / "tokens.npy"
-    np.save(tok, _pattern_tokens())
-    args = [str(art), "--tokens", str(tok), "--steps", "4", "--lr", "5e-3", "--seq-len", "32", "--batch", "4",
-            "--dropout", "0", "--eval-windows", "2", "--eval-every", "2", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    one = subprocess.run([sys.executable, "-m", "uniql.finetune", *args, "-o", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          str(29500 + (os.getpid() + 7) % 1000), "-m", "uniql.finetune", *args,
-                          "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr
-    for f in sorted((tmp_path / "one").glob("model-layer-*.safetensors")):
-        a, b = load_file(f), load_file(tmp_path / "two" / f.name)
-        for k in a:
-            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, float(np.abs(a[k]).max())))
+    check_one_and_two_processes(hy[2], _pattern_tokens(), tmp_path, port_offset=7)
