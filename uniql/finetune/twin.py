@@ -167,7 +167,7 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _select(W: torch.Tensor, rows: Any, cols: Any) -> torch.Tensor:
-    """W's kept rows / columns (an index tensor, a slice, or None = all)."""
+    """W's kept rows / columns (an index tensor, a slice, or None = all); W may be a vector (rows only)."""
     if rows is not None:
         W = W[rows] if isinstance(rows, slice) else W.index_select(0, rows)
     if cols is not None:
@@ -218,9 +218,7 @@ class ElasticLinear(nn.Module):
         return self.lora
 
     def forward(self, x: torch.Tensor, rows: Any = None, cols: Any = None) -> torch.Tensor:
-        b = self.bias
-        if b is not None and rows is not None:
-            b = b[rows] if isinstance(rows, slice) else b.index_select(0, rows)
+        b = None if self.bias is None else _select(self.bias, rows, None)
         y = F.linear(x, _select(self.weight, rows, cols), b)
         lo, sw = self.lora, self._switch
         if lo is not None and sw.enabled:
@@ -275,7 +273,7 @@ class Attention(nn.Module):
             if fm is None or fm.shape != (c.num_kv_heads, npairs):
                 raise FormatError(f"{where}: rope_freq must have shape {(c.num_kv_heads, npairs)}, got "
                                   f"{None if fm is None else fm.shape}")
-            fm = torch.from_numpy(np.asarray(fm, np.int64))
+            fm = _tensor(src, prefix + "rope_freq", np.int64)
         self.register_buffer("freq", fm, persistent=False)
         self._index = index
 
@@ -375,9 +373,7 @@ class Mamba2Mixer(nn.Module):
         cache = ps.state
         with torch.autocast(device_type=h.device.type, enabled=False):
             w = _select(self.conv_w, ci, None)                                # (channels, K)
-            cb = self.conv_b
-            if cb is not None and ci is not None:
-                cb = cb.index_select(0, ci)
+            cb = None if self.conv_b is None else _select(self.conv_b, ci, None)
             u = xbc.transpose(1, 2)                                          # (b, channels, T)
             prev = cache.get("conv") if cache is not None else None
             u = torch.cat((prev, u), 2) if prev is not None else F.pad(u, (K - 1, 0))
@@ -395,8 +391,7 @@ class Mamba2Mixer(nn.Module):
             y = y.reshape(b, T, nx) * F.silu(z.to(wdt))
             yg = y.reshape(b, T, G, nx // G)
             yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + c.norm_eps)
-            gw = self.gnorm if zi is None else self.gnorm.index_select(0, zi)
-            y = yg.reshape(b, T, nx) * gw
+            y = yg.reshape(b, T, nx) * _select(self.gnorm, zi, None)
         return self.linears["out"](y, None, zi)
 
 
