@@ -199,6 +199,22 @@ class _LoRASwitch:
         self.dropout = float(dropout)
 
 
+class _SwitchField:
+    """A model attribute ``lora_<name>`` kept in the model's :class:`_LoRASwitch` (converted by `cast`)."""
+
+    def __init__(self, cast: Callable[[Any], Any]) -> None:
+        self.cast = cast
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name.removeprefix("lora_")
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._switch, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj._switch, self.name, self.cast(value))
+
+
 class ElasticLinear(nn.Module):
     """A frozen linear (weight (out, in), optional bias: non-persistent buffers) run at kept output rows / input
     columns, with an optional LoRA patch masked the same way."""
@@ -558,21 +574,8 @@ class TwinModel(nn.Module):
         return F.linear(x, self.embed if self.lm_head is None else self.lm_head)
 
     # ------------------------------------------------------------------------------------ LoRA ----
-    @property
-    def lora_enabled(self) -> bool:
-        return self._switch.enabled
-
-    @lora_enabled.setter
-    def lora_enabled(self, on: bool) -> None:
-        self._switch.enabled = bool(on)
-
-    @property
-    def lora_dropout(self) -> float:
-        return self._switch.dropout
-
-    @lora_dropout.setter
-    def lora_dropout(self, p: float) -> None:
-        self._switch.dropout = float(p)
+    lora_enabled = _SwitchField(bool)    # False: the artifact alone (the distillation teacher)
+    lora_dropout = _SwitchField(float)   # dropout probability on the patches' input, in training mode
 
     @property
     def lora(self) -> dict[str, LoRA]:
