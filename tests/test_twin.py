@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 from test_finetune import _logits, _one_thread, _rel  # noqa: E402,F401  (_one_thread: the autouse one-thread fixture)
 from test_finetune import _make as make_transformer  # noqa: E402  (small random Llama / Qwen2 checkpoints)
 from test_ssm import make_hf  # noqa: E402  (small random Mamba2 / Nemotron-H / Bamba checkpoints)
+from uniql.finetune import FinetuneOptions, generate_windows, train  # noqa: E402
 from uniql.finetune.twin import Attention, Mamba2Mixer, MLP, TwinModel, load_twin  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "mamba2", "nemotron_h", "bamba")
@@ -173,7 +174,6 @@ def test_training_lowers_loss_merge_is_exact_and_kd(fam):
     x 0.79 Mamba2, x 0.61 Nemotron-H, x 0.26 Bamba) and the patches then act at rate 0 too."""
     import torch.nn.functional as F
 
-    from uniql.finetune import FinetuneOptions, train
 
     kind, art, vocab = fam
     tm = load_twin(art, rank=8, max_seq=32, seed=0)
@@ -228,7 +228,6 @@ def test_training_lowers_loss_merge_is_exact_and_kd(fam):
 def test_incremental_decoding_and_generated_windows(fam):
     """The cached path (K/V, conv and SSM states) computes the logits of one full forward; generate_windows keeps
     the prompts, samples in-vocabulary tokens, is seeded, and leaves the model's rate and patches as they were."""
-    from uniql.finetune import generate_windows
 
     kind, art, vocab = fam
     tm = load_twin(art, rank=4, max_seq=32)
@@ -250,3 +249,33 @@ def test_incremental_decoding_and_generated_windows(fam):
     assert tm.rate == 0.25 and tm.lora_enabled
     with pytest.raises(uniql.InvalidArgumentError, match="start > 0"):
         tm(ids[:, :2], cache=[], start=3)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, fam):
+    """Stopped after 3 of 7 steps and resumed from the checkpoint (fresh model, dropout on), training ends with
+    exactly the patches and losses of the run that was never stopped."""
+
+    kind, art, vocab = fam
+    windows = _pattern(vocab, 4096).reshape(-1, 32).astype(np.int64)
+    opts = FinetuneOptions(steps=7, lr=5e-3, warmup=2, seq_len=32, batch=2, eval_every=3, dropout=0.1)
+    ev = windows[:3]
+
+    def model():
+        torch.manual_seed(0)
+        return TwinModel.from_artifact(art, rank=8, max_seq=32, seed=0)
+
+    a = model()
+    ra = train(a, windows, opts, eval_windows=ev)
+    b = model()
+    rb1 = train(b, windows, opts, eval_windows=ev, checkpoint_dir=tmp_path, stop_at=3)
+    assert not rb1["finished"] and rb1["steps_done"] == 3 and (tmp_path / "last.pt").is_file()
+    torch.manual_seed(123)      # the checkpoint restores the generator
+    c = model()
+    rc = train(c, windows, opts, eval_windows=ev, checkpoint_dir=tmp_path, resume=True)
+    assert rc["finished"] and rc["losses"] == ra["losses"] and rc["best_step"] == ra["best_step"], kind
+    sa, sc = a.lora_state(), c.lora_state()
+    assert sa.keys() == sc.keys() and all(np.array_equal(sa[k], sc[k]) for k in sa), kind
+    with pytest.raises(uniql.InvalidArgumentError, match="other options"):
+        train(model(), windows, FinetuneOptions(steps=8, seq_len=32, batch=2), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(uniql.InvalidArgumentError, match="needs a checkpoint"):
+        train(model(), windows, opts, checkpoint_dir=tmp_path / "none", resume=True)
