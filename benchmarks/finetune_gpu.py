@@ -379,8 +379,13 @@ def _twin(path: Path, dev: Any) -> Any:
             if k.endswith(".qweight"):
                 base = k[:-len(".qweight")]
                 info = tinfo[base]
-                q = QuantizedTensor(np.ascontiguousarray(v), np.ascontiguousarray(d[base + ".scales"], np.float32),
-                                    tuple(info["shape"]), int(info["group"]))
+                sc = np.ascontiguousarray(d[base + ".scales"], np.float32)
+                rows, cols = (int(x) for x in info["shape"])
+                if info["format"] == "q8":   # int8 storage class: w = code * scale of its group
+                    out[base + ".weight"] = (v.astype(np.float32).reshape(rows, cols)
+                                             * np.repeat(sc, int(info["group"]), axis=1)[:, :cols])
+                    continue
+                q = QuantizedTensor(np.ascontiguousarray(v), sc, (rows, cols), int(info["group"]))
                 out[base + ".weight"] = dequantize(q)
             elif not k.endswith(".scales"):
                 out[k] = v.astype(np.float32) if v.dtype == np.float16 else v
