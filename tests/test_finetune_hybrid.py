@@ -27,6 +27,7 @@ from uniql.finetune import FinetuneOptions, finetune, generate_windows, load_lor
 from uniql.finetune.torch_hybrid import HybridTorchModel, ssd_scan  # noqa: E402
 from uniql.finetune.torch_model import load_twin  # noqa: E402
 
+# the comparisons below load with kv_dtype="fp32" (the float16 default KV cache: tests/test_kv_cache.py)
 RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders, chunked SSD both)
 MERGE_REL_TOL = 1e-5     # merged weights vs the patches in the forward
 SCAN_REL_TOL = 1e-5      # chunked SSD vs the float64 recurrence
@@ -96,14 +97,14 @@ def test_twin_equals_runtime_at_every_rate(hy):
     for rate in RATES:
         tm.set_rate(rate)
         sizes.add(json.dumps(tm.keeps))
-        m = uniql.load(art, rate=rate)
+        m = uniql.load(art, rate=rate, kv_dtype="fp32")
         assert tm.keeps == m.keep_sizes(rate)
         assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, (arch, rate)
     assert len(sizes) == len(RATES)     # every rate prunes differently
     # explicit keeps that cut every component (the rates above leave some layers whole)
     keeps = _half_keeps(tm)
     tm.set_keep(keeps)
-    m = uniql.load(art)
+    m = uniql.load(art, kv_dtype="fp32")
     for i, ks in enumerate(keeps):
         m.set_keep(i, **ks)
     assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, arch
@@ -123,7 +124,7 @@ def test_twin_full_rope_float16_artifact(tmp_path):
     ids = np.random.default_rng(2).integers(0, VOCAB, size=20)
     for rate in (0.0, 0.35):
         tm.set_rate(rate)
-        assert _rel(_logits(tm, ids), uniql.load(art, rate=rate).logits(ids)) <= RUNTIME_REL_TOL, rate
+        assert _rel(_logits(tm, ids), uniql.load(art, rate=rate, kv_dtype="fp32").logits(ids)) <= RUNTIME_REL_TOL, rate
 
 
 def test_ssd_scan_equals_the_recurrence():
@@ -223,13 +224,13 @@ def test_finetune_writes_a_working_hybrid_artifact(tmp_path, hy):
     tm = load_twin(art, rank=rank, alpha=alpha, max_seq=32)
     tm.load_lora_state(state)
     ids = np.random.default_rng(4).integers(0, VOCAB, size=24)
-    m = uniql.load(out, rate=0.15)
+    m = uniql.load(out, rate=0.15, kv_dtype="fp32")
     for rate in (0.15, 0.25, 0.35):
         m.set_rate(rate)
         tm.set_rate(rate)
         got = m.logits(ids)
         assert _rel(got, _logits(tm, ids)) <= RUNTIME_REL_TOL, rate
-        np.testing.assert_array_equal(got, uniql.load(out, rate=rate).logits(ids))
+        np.testing.assert_array_equal(got, uniql.load(out, rate=rate, kv_dtype="fp32").logits(ids))
     assert _rel(uniql.load(out).logits(ids), uniql.load(art).logits(ids)) > 1e-4   # the weights changed
     merged = merge_lora(art, tmp_path / "l.st", tmp_path / "merged")
     for f in sorted(out.glob("model-*.safetensors")):
