@@ -90,10 +90,10 @@ def main() -> int:
             s["decode_ratio"] = s["fp16"]["decode_tok_s"] / s["fp32"]["decode_tok_s"]
             s["prefill_ratio"] = s["fp16"]["prefill_tok_s"] / s["fp32"]["prefill_tok_s"]
             summary[f"{p} {r:g}"] = s
-            print(f"{p} rate {r:g}: decode fp16 {s['fp16']['decode_tok_s']:.1f} vs fp32 {s['fp32']['decode_tok_s']:.1f} "
-                  f"tok/s ({s['decode_ratio']:.3f}x), prefill {s['fp16']['prefill_tok_s']:.0f} vs "
-                  f"{s['fp32']['prefill_tok_s']:.0f} ({s['prefill_ratio']:.3f}x); layer weights "
-                  f"{s['fp16']['bw_frac']:.0%} / {s['fp32']['bw_frac']:.0%} of read bw (CPU time)")
+            print(f"{p} rate {r:g}: decode fp16 {s['fp16']['decode_tok_s']:.1f} vs fp32 "
+                  f"{s['fp32']['decode_tok_s']:.1f} tok/s ({s['decode_ratio']:.3f}x), prefill "
+                  f"{s['fp16']['prefill_tok_s']:.0f} vs {s['fp32']['prefill_tok_s']:.0f} ({s['prefill_ratio']:.3f}x); "
+                  f"layer weights {s['fp16']['bw_frac']:.0%} / {s['fp32']['bw_frac']:.0%} of read bw (CPU time)")
     print(json.dumps({"args": vars(a), "machine": mach, "cells": cells, "summary": summary,
                       "kv_bytes": {k: m.kv_cache_bytes() for k, m in models.items()}}))
     return 0

@@ -288,8 +288,8 @@ def test_reduced_keep_equals_truncated_model_and_reference():
         full.set_keep(l, mlp=k, attn=r)
     assert [full.keep(l) for l in range(2)] == [{"mlp": k, "attn": r} for k, r in keeps]
     tr = truncate(t, d, keeps)
-    small = Model.from_hf_tensors(d, tr, qk_layout="interleaved", freq_maps=[f[:, :r // 2] for f, (_, r) in zip(fmaps, keeps)],
-                                  kv_dtype="fp32")
+    small = Model.from_hf_tensors(d, tr, qk_layout="interleaved",
+                                  freq_maps=[f[:, :r // 2] for f, (_, r) in zip(fmaps, keeps)], kv_dtype="fp32")
     assert [small.stored(l) for l in range(2)] == [{"mlp": k, "attn": r} for k, r in keeps]
     ids = ids_for(40)
     a, b = full.logits(ids), small.logits(ids)

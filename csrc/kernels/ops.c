@@ -114,8 +114,9 @@ static void attn_task(void *arg, int64_t i, int worker) {
         const float *k = cache_row(a, K, s, a->split ? rc : r, kt);
         for (int64_t j = 0; j < g; j++) {
             const float *qj = qh + j * r;
-            sc[j * max_seq + s] = a->split ? (P->dot(qj, k, r_rot) + P->dot(qj + r_rot, k + a->k_off, r - r_rot)) * scale
-                                           : P->dot(qj, k, r) * scale;
+            sc[j * max_seq + s] = a->split
+                                      ? (P->dot(qj, k, r_rot) + P->dot(qj + r_rot, k + a->k_off, r - r_rot)) * scale
+                                      : P->dot(qj, k, r) * scale;
         }
     }
     for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);

@@ -36,7 +36,8 @@ struct uq_hy_state {
     int nthreads;
     size_t bytes;
     float **conv, **ssm;         /* (L) Mamba layers: (H*Ps + 2*G*Ns, K-1) and (H, Ps, Ns); else NULL */
-    void **kc, **vc;             /* (L) attention layers: (n_kv, max_seq, R) float, or uint16_t float16 (kv16); else NULL */
+    void **kc, **vc;             /* (L) attention layers: (n_kv, max_seq, R) float, or float16 as uint16_t (kv16);
+                                  * else NULL */
     int kv16;                    /* the KV cache holds float16 (UQ_KV_F16) */
     float *cos_tab, *sin_tab;    /* (max_seq, rope_dim/2) */
     float *x, *xn, *tmp;         /* (max_chunk, hidden) */
