@@ -179,7 +179,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     from uniql.finetune import (FinetuneOptions, generate_windows, save_lora, split_windows, train,
                                 training_windows)
-    from uniql.finetune.torch_model import ElasticTorchModel
+    from uniql.finetune.twin import TwinModel
 
     t_start = time.perf_counter()
     work, out = args.work, args.out
@@ -189,7 +189,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     def model_():
         torch.manual_seed(args.seed)
-        return ElasticTorchModel.from_artifact(args.art, rank=8, alpha=16.0, seed=args.seed, max_seq=args.seq_len,
+        return TwinModel.from_artifact(args.art, rank=8, alpha=16.0, seed=args.seed, max_seq=args.seq_len,
                                                lora_dropout=0.05).to(dev)
 
     model = model_()
@@ -364,14 +364,14 @@ def _twin(path: Path, dev: Any) -> Any:
     from uniql.formats.artifact import REST_FILE, layer_file, read_meta
     from uniql.formats.checkpoint import read_raw_config
     from uniql.compress.quant import QuantizedTensor, dequantize
-    from uniql.models.runtime import TransformerConfig
-    from uniql.finetune.torch_model import ElasticTorchModel
+    from uniql.models.runtime import model_config
+    from uniql.finetune.twin import TwinModel, twin_model
 
     cfg = read_raw_config(path)
     meta, tinfo = read_meta(path, cfg)
     if meta.quantization is None:
-        return ElasticTorchModel.from_artifact(path, max_seq=2048).to(dev).eval()
-    tc = TransformerConfig.from_hf(cfg)
+        return TwinModel.from_artifact(path, max_seq=2048).to(dev).eval()
+    L = model_config(cfg).num_hidden_layers
 
     def floats(d: dict) -> dict:
         out = {}
@@ -379,16 +379,21 @@ def _twin(path: Path, dev: Any) -> Any:
             if k.endswith(".qweight"):
                 base = k[:-len(".qweight")]
                 info = tinfo[base]
-                q = QuantizedTensor(np.ascontiguousarray(v), np.ascontiguousarray(d[base + ".scales"], np.float32),
-                                    tuple(info["shape"]), int(info["group"]))
+                sc = np.ascontiguousarray(d[base + ".scales"], np.float32)
+                rows, cols = (int(x) for x in info["shape"])
+                if info["format"] == "q8":   # int8 storage class: w = code * scale of its group
+                    out[base + ".weight"] = (v.astype(np.float32).reshape(rows, cols)
+                                             * np.repeat(sc, int(info["group"]), axis=1)[:, :cols])
+                    continue
+                q = QuantizedTensor(np.ascontiguousarray(v), sc, (rows, cols), int(info["group"]))
                 out[base + ".weight"] = dequantize(q)
             elif not k.endswith(".scales"):
                 out[k] = v.astype(np.float32) if v.dtype == np.float16 else v
         return out
 
-    layers = [floats(st.load_file(path / layer_file(i))) for i in range(tc.num_hidden_layers)]
+    layers = [floats(st.load_file(path / layer_file(i))) for i in range(L)]
     rest = floats(st.load_file(path / REST_FILE))
-    return ElasticTorchModel(cfg, meta, tc, layers, rest, max_seq=2048).to(dev).eval()
+    return twin_model(cfg, meta, layers, rest, max_seq=2048).to(dev).eval()
 
 
 def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: int = 2048) -> list:

@@ -154,7 +154,7 @@ def tie(art: Path, name: str) -> Path:
 def tied8(art: Path, tied_fp32: Path, name: str, group: int = 256) -> Path:
     from uniql.formats import safetensors as st
     from uniql.formats.artifact import FORMAT_VERSION, REST_FILE
-    from uniql.compress.pipeline import f16_scales8
+    from uniql.compress.steps import f16_scales8
     from uniql.compress.quant import quantize_int8
     from uniql.compress.rotate import mix_f16
 

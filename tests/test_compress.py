@@ -319,7 +319,7 @@ def test_gptq_in_row_chunks_equals_one_call(monkeypatch):
 
     from uniql.compress.quant import quantize_gptq
 
-    cm = importlib.import_module("uniql.compress.pipeline")
+    cm = importlib.import_module("uniql.compress.steps")
 
     rng = np.random.default_rng(8)
     X = rng.standard_normal((256, 48)).astype(np.float32)

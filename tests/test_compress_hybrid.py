@@ -187,6 +187,57 @@ def test_bad_rates_and_options(hybrid, tmp_path):
     assert not (tmp_path / "mag").exists()
 
 
+def test_one_stack_gives_every_layer_its_components():
+    """compress and quantize_artifact see every family through one layer stack: a Llama layer is an attention mixer
+    + gated MLP (as a Bamba attention layer is), a Mamba2 layer one Mamba mixer, a Nemotron-H layer the one component
+    its pattern letter names; each component's GPTQ plan pairs a linear with the capture of its own input, and
+    o_proj / out_proj groups stay inside a head."""
+    from uniql.compress.layers import AttentionSorter, MambaSorter, MlpSorter, Stack
+    from test_ssm import hf_config
+    from _helpers import tiny_llama_config
+
+    def layers(stack):
+        return [[(type(p).__name__, p.prefix) for p in stack.components(i)] for i in range(stack.L)]
+
+    llama = Stack(tiny_llama_config(128, 64, 96, 2, 4, 2, 12), ["model.embed_tokens.weight"])
+    att, mlp = ("AttentionSorter", "model.layers.0.self_attn."), ("MlpSorter", "model.layers.0.mlp.")
+    assert layers(llama) == [[att, mlp]] * 2 and not llama.hybrid
+    parts = llama.components(0)
+    assert llama.plan(parts, 8) == [("model.layers.0.self_attn.q_proj", "mixer_in", 8),
+                                    ("model.layers.0.self_attn.k_proj", "mixer_in", 8),
+                                    ("model.layers.0.self_attn.v_proj", "mixer_in", 8),
+                                    ("model.layers.0.self_attn.o_proj", "attn_out", 6),  # 6 | head dim 12
+                                    ("model.layers.0.mlp.gate_proj", "mlp_in", 8),
+                                    ("model.layers.0.mlp.up_proj", "mlp_in", 8),
+                                    ("model.layers.0.mlp.down_proj", "mlp_z", 8)]
+    # a transformer layer is its norms then its components' tensors (a checkpoint's extra buffers are left out)
+    lay = {"model.layers.0.self_attn.rotary_emb.inv_freq": 0, "model.layers.0.post_attention_layernorm.weight": 1,
+           "model.layers.0.input_layernorm.weight": 2}
+    assert list(llama.sorted_layer(0, lay, [{"q": 3}, {"up": 4}])) == [
+        "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight", "q", "up"]
+
+    mamba = Stack(hf_config("mamba2").to_dict(), [])
+    assert layers(mamba) == [[("MambaSorter", "backbone.layers.0.mixer.")]] * 2 and mamba.hybrid
+    assert mamba.plan(mamba.components(1), 32) == [("backbone.layers.0.mixer.in_proj", "mixer_in", 32),
+                                                  ("backbone.layers.0.mixer.out_proj", "ssm_out", 16)]
+    # a hybrid layer keeps the checkpoint's tensors in its order, sorted ones in place
+    assert list(mamba.sorted_layer(0, {"a": 0, "b": 1}, [{"b": 2, "c": 3}])) == ["a", "b", "c"]
+
+    nem = Stack(hf_config("nemotron_h").to_dict(), ["model.layers.0.mixer.D"])
+    kinds = {"M": MambaSorter, "-": MlpSorter, "*": AttentionSorter}
+    assert [[type(p) for p in nem.components(i)] for i in range(nem.L)] == [[kinds[c]] for c in "M-M*-"]
+    assert all(p.prefix == "model.layers.0.mixer." for i in range(nem.L) for p in nem.components(i))
+    assert nem.rope == "none" and nem.plan(nem.components(1), 8)[0] == ("model.layers.0.mixer.up_proj", "mlp_in", 8)
+
+    bamba = Stack(hf_config("bamba").to_dict(), [])
+    ff = ("MlpSorter", "model.layers.0.feed_forward.")
+    assert layers(bamba) == [[("MambaSorter", "model.layers.0.mamba."), ff],
+                             [("AttentionSorter", "model.layers.0.self_attn."), ff],
+                             [("MambaSorter", "model.layers.0.mamba."), ff]]
+    assert bamba.rope == "partial" and bamba.norms(1) == ("model.layers.0.input_layernorm.weight",
+                                                          "model.layers.0.pre_ff_layernorm.weight")
+
+
 def test_bad_checkpoints_write_nothing(hybrid, tmp_path):
     import shutil
 
@@ -314,11 +365,11 @@ def test_interrupted_then_resume_is_identical(hybrid, tmp_path, monkeypatch):
     """A run that dies after some layers leaves no artifact; resume=True continues from the last finished layer and
     writes the same bytes as an uninterrupted run (int4: the next layer's inputs come from the quantized layer)."""
     from uniql.formats.artifact import REST_FILE, layer_file
-    from uniql.compress.hybrid import HybridJob
+    from uniql.compress.pipeline import LayerJob
 
     src, ref = hybrid[2], hybrid[4]
     out = tmp_path / "resumed"
-    real, calls = HybridJob.layer, []
+    real, calls = LayerJob.layer, []
 
     def dying(self, i, *a, **kw):
         calls.append(i)
@@ -326,11 +377,11 @@ def test_interrupted_then_resume_is_identical(hybrid, tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated kill")
         return real(self, i, *a, **kw)
 
-    monkeypatch.setattr(HybridJob, "layer", dying)
+    monkeypatch.setattr(LayerJob, "layer", dying)
     with pytest.raises(KeyboardInterrupt):
         _compress(src, out, quantize=True)
     assert not out.exists() and (tmp_path / "resumed.partial" / "progress.json").is_file()
-    monkeypatch.setattr(HybridJob, "layer", real)
+    monkeypatch.setattr(LayerJob, "layer", real)
     _compress(src, out, quantize=True, resume=True)
     n = uniql.load(ref).num_layers
     for name in [layer_file(i) for i in range(n)] + [REST_FILE, "config.json"]:

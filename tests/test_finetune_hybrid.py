@@ -1,10 +1,9 @@
-"""Recovery fine-tuning of Mamba2 / Nemotron-H / Bamba artifacts (uniql.finetune.torch_hybrid, uniql.finetune,
+"""Recovery fine-tuning of Mamba2 / Nemotron-H / Bamba artifacts (uniql.finetune.twin, uniql.finetune,
 uniql.compress.requantize) on small random-weight models.
 
-The PyTorch twin must compute what the C runtime deploys at every rate and at explicit keeps that cut every
-component (Mamba head channels and state dims, attention head dims with no / partial RoPE, MLP channels) -- the
-proof that the training masks are the deployment's; the LoRA patches must get no gradient on what a rate drops;
-the fine-tuned artifact must load, switch rates and equal the twin with its patches; quantize_artifact of an
+The twin against the C runtime at every rate and keep, and the gradient masks, for every family:
+tests/test_twin.py. Here: full RoPE from a float16 artifact, the SSD scan against the recurrence; the fine-tuned
+artifact must load, switch rates and equal the twin with its patches; quantize_artifact of an
 untuned float32 artifact must be byte-identical to compress(quantize=True).
 """
 from __future__ import annotations
@@ -17,35 +16,21 @@ import pytest
 
 import uniql
 from uniql.formats import safetensors as st
-from uniql.formats.artifact import REST_FILE, head_rows, qk_head_rows
+from uniql.formats.artifact import REST_FILE
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from test_finetune import (_logits, _one_thread, _rel, check_one_and_two_processes,  # noqa: E402,F401
+                           check_tuned_artifact)  # (_one_thread: the autouse one-thread fixture)
 from test_ssm import ARCHS, make_hf  # noqa: E402  (small random HF models of each architecture, chunk 8)
-from uniql.finetune import FinetuneOptions, finetune, generate_windows, load_lora, merge_lora, train  # noqa: E402
-from uniql.finetune.torch_hybrid import HybridTorchModel, ssd_scan  # noqa: E402
-from uniql.finetune.torch_model import load_twin  # noqa: E402
+from uniql.finetune import finetune  # noqa: E402
+from uniql.finetune.twin import load_twin, ssd_scan  # noqa: E402
 
 # the comparisons below load with kv_dtype="fp32" (the float16 default KV cache: tests/test_kv_cache.py)
 RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders, chunked SSD both)
-MERGE_REL_TOL = 1e-5     # merged weights vs the patches in the forward
 SCAN_REL_TOL = 1e-5      # chunked SSD vs the float64 recurrence
 VOCAB, SEQ, NSAMP = 128, 24, 4
-RATES = (0.0, 0.15, 0.25, 0.35)
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _calib() -> np.ndarray:
@@ -67,16 +52,6 @@ def hy(request, tmp_path_factory):
     return arch, src, _compress(src, tmp / "fp32", quantize=False)
 
 
-def _logits(tm, ids: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return tm(torch.from_numpy(np.asarray(ids, np.int64)))[0].numpy()
-
-
-def _half_keeps(tm: HybridTorchModel) -> list[dict[str, int]]:
-    """Keeps that cut every component of every layer (attention: whole RoPE pairs + pass dims)."""
-    return [{c: max(4, v // 2) for c, v in full.items()} for full in tm.full]
-
-
 def tm_names(art: Path) -> list[dict[str, str]]:
     """Per layer, the linears that carry a patch: in/out (Mamba), q/k/v/o, gate/up/down."""
     return load_twin(art, max_seq=2).names
@@ -85,31 +60,6 @@ def tm_names(art: Path) -> list[dict[str, str]]:
 def _pattern_tokens(n: int = 2048, seed: int = 0) -> np.ndarray:
     period = np.random.default_rng(seed).integers(0, VOCAB, size=24)
     return np.tile(period, n // 24 + 1)[:n]
-
-
-# --------------------------------------------------------------------------------- twin == runtime ----
-def test_twin_equals_runtime_at_every_rate(hy):
-    arch, _, art = hy
-    tm = load_twin(art, max_seq=64)
-    assert isinstance(tm, HybridTorchModel)
-    ids = np.random.default_rng(1).integers(0, VOCAB, size=37)   # several scan chunks of 8, one partial
-    sizes = set()
-    for rate in RATES:
-        tm.set_rate(rate)
-        sizes.add(json.dumps(tm.keeps))
-        m = uniql.load(art, rate=rate, kv_dtype="fp32")
-        assert tm.keeps == m.keep_sizes(rate)
-        assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, (arch, rate)
-    assert len(sizes) == len(RATES)     # every rate prunes differently
-    # explicit keeps that cut every component (the rates above leave some layers whole)
-    keeps = _half_keeps(tm)
-    tm.set_keep(keeps)
-    m = uniql.load(art, kv_dtype="fp32")
-    for i, ks in enumerate(keeps):
-        m.set_keep(i, **ks)
-    assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, arch
-    tm.scan_chunk = 5   # the twin's own SSD chunking (the runtime's is 8) changes nothing but rounding
-    assert _rel(_logits(tm, ids), m.logits(ids)) <= RUNTIME_REL_TOL, arch
 
 
 def test_twin_full_rope_float16_artifact(tmp_path):
@@ -148,64 +98,6 @@ def test_ssd_scan_equals_the_recurrence():
     assert _rel(S.numpy(), Sd.numpy()) <= SCAN_REL_TOL
 
 
-# ---------------------------------------------------------------------------------------- masks ----
-def _kept_index(tm: HybridTorchModel, i: int, s: str, ks: dict[str, int]) -> tuple[str, np.ndarray, int]:
-    """(which LoRA factor carries the pruned axis: "B" rows or "A" columns, kept indices, full size)."""
-    hc = tm.hc
-    if s in ("in", "out"):
-        H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
-        zi = head_rows(H, P, ks["ssm_head"])
-        if s == "out":
-            return "A", zi, H * P
-        bi = head_rows(G, N, ks["ssm_state"])
-        HP, GN = H * P, G * N
-        rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
-        return "B", rows, 2 * HP + 2 * GN + H
-    if s in ("q", "k", "v", "o"):
-        nh, nkv, d, r = hc.num_heads, hc.num_kv_heads, hc.head_dim, ks["attn"]
-        if s == "o":
-            return "A", head_rows(nh, d, r), nh * d
-        heads = nh if s == "q" else nkv
-        return "B", (head_rows(heads, d, r) if s == "v" else qk_head_rows(tm.rope, heads, d, r)), heads * d
-    k, DI = ks["mlp"], hc.intermediate_size
-    return ("A" if s == "down" else "B"), np.arange(k), DI
-
-
-@pytest.mark.parametrize("how", ["rate", "half"])
-def test_gradients_vanish_on_dropped_channels(hy, how):
-    """At a sampled rate (and at keeps that cut everything), the LoRA parameters that touch dropped channels --
-    B rows of dropped outputs (in_proj's z/x/B/C rows, q/k/v rows, gate/up rows), A columns of dropped inputs
-    (out_proj's head channels, o_proj's head dims, down's channels) -- get exactly zero gradient; kept ones
-    do not."""
-    arch, _, art = hy
-    tm = load_twin(art, rank=4, max_seq=32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for lo in tm.lora.values():
-            lo.B.copy_(torch.randn(lo.B.shape, generator=g) * 0.05)
-    if how == "rate":
-        tm.set_rate(0.35)
-    else:
-        tm.set_keep(_half_keeps(tm))
-    ids = torch.from_numpy(np.random.default_rng(2).integers(0, VOCAB, size=(2, 19)))
-    tm(ids).logsumexp(-1).mean().backward()
-    cut = 0
-    for i, names in enumerate(tm.names):
-        for s in names:
-            which, kept, full = _kept_index(tm, i, s, tm.keeps[i])
-            lo = tm.lora[f"l{i}_{s}"]
-            grad = lo.B.grad if which == "B" else lo.A.grad.T
-            dropped = np.setdiff1d(np.arange(full), kept)
-            cut += dropped.size
-            assert torch.count_nonzero(grad[torch.from_numpy(dropped)]) == 0, (arch, i, s)
-            assert torch.count_nonzero(grad[torch.from_numpy(kept)]) > 0, (arch, i, s)
-    assert cut > 0
-    bad = [dict(k) for k in tm.full]
-    bad[0] = {c: v + 1 for c, v in bad[0].items()}
-    with pytest.raises(uniql.InvalidArgumentError, match="layer 0"):
-        tm.set_keep(bad)
-
-
 # ------------------------------------------------------------------------------------- training ----
 def test_finetune_writes_a_working_hybrid_artifact(tmp_path, hy):
     """finetune() (ce) end to end: the artifact loads at a rate, set_rate works, the C runtime computes what the
@@ -218,105 +110,9 @@ def test_finetune_writes_a_working_hybrid_artifact(tmp_path, hy):
     rec = cfg["uniql"]["finetune"]
     assert rec["method"] == "masked-lora" and rec["steps"] == 6 and rec["loss"] == "ce"
     assert cfg["uniql_tensors"] == json.loads((art / "config.json").read_text())["uniql_tensors"]
-    state, lrec, rank, alpha = load_lora(tmp_path / "l.st")
+    state, lrec, _, _ = check_tuned_artifact(art, out, tmp_path / "l.st", tmp_path / "merged", VOCAB)
     assert lrec == rec
     assert set(state) == {f"l{i}_{s}.{f}" for i, names in enumerate(tm_names(art)) for s in names for f in "AB"}
-    tm = load_twin(art, rank=rank, alpha=alpha, max_seq=32)
-    tm.load_lora_state(state)
-    ids = np.random.default_rng(4).integers(0, VOCAB, size=24)
-    m = uniql.load(out, rate=0.15, kv_dtype="fp32")
-    for rate in (0.15, 0.25, 0.35):
-        m.set_rate(rate)
-        tm.set_rate(rate)
-        got = m.logits(ids)
-        assert _rel(got, _logits(tm, ids)) <= RUNTIME_REL_TOL, rate
-        np.testing.assert_array_equal(got, uniql.load(out, rate=rate, kv_dtype="fp32").logits(ids))
-    assert _rel(uniql.load(out).logits(ids), uniql.load(art).logits(ids)) > 1e-4   # the weights changed
-    merged = merge_lora(art, tmp_path / "l.st", tmp_path / "merged")
-    for f in sorted(out.glob("model-*.safetensors")):
-        assert f.read_bytes() == (merged / f.name).read_bytes(), f.name
-
-
-def test_training_lowers_loss_merge_is_exact_and_kd(hy):
-    """ce training lowers the loss at rate 0 and 35%; merging keeps the function at every rate; kd: at rate 0
-    with zero patches the student is the teacher (KL 0), and kd steps bring the 35% student closer."""
-    import torch.nn.functional as F
-
-    arch, _, art = hy
-    tm = load_twin(art, rank=8, max_seq=32, seed=0)
-    windows = _pattern_tokens().reshape(-1, 32).astype(np.int64)
-    held = _pattern_tokens(seed=0)[5:5 + 32]
-
-    def loss_at(rate: float) -> float:
-        tm.set_rate(rate)
-        return float(F.cross_entropy(torch.from_numpy(_logits(tm, held[:-1])), torch.from_numpy(held[1:])))
-
-    before = [loss_at(r) for r in (0.0, 0.35)]
-    run = train(tm, windows, FinetuneOptions(steps=30, lr=5e-3, warmup=3, seq_len=32, batch=4))
-    after = [loss_at(r) for r in (0.0, 0.35)]
-    assert run["loss_last"] < run["loss_first"]
-    assert all(a < 0.8 * b for a, b in zip(after, before)), (before, after)
-    ids = np.random.default_rng(3).integers(0, VOCAB, size=30)
-    lora = {}
-    for rate in RATES:
-        tm.set_rate(rate)
-        lora[rate] = _logits(tm, ids)
-    tm.merge_()
-    assert len(tm.lora) == 0
-    for rate in RATES:
-        tm.set_rate(rate)
-        assert _rel(_logits(tm, ids), lora[rate]) <= MERGE_REL_TOL, rate
-
-    st = load_twin(art, rank=8, max_seq=32)
-    pat = _pattern_tokens()
-    x = torch.from_numpy(np.stack([pat[5:36], pat[40:71]]))
-
-    def kl(rate: float) -> float:
-        with torch.no_grad():
-            st.lora_enabled = False
-            st.set_rate(0.0)
-            t = st(x)
-            st.lora_enabled = True
-            st.set_rate(rate)
-            s = st(x)
-        return float(F.kl_div(F.log_softmax(s, -1).reshape(-1, VOCAB), F.log_softmax(t, -1).reshape(-1, VOCAB),
-                              log_target=True, reduction="batchmean"))
-
-    assert kl(0.0) < 1e-10
-    kl_before = kl(0.35)
-    assert kl_before > 1e-6
-    run = train(st, windows, FinetuneOptions(steps=24, lr=1e-3, warmup=1, seq_len=32, batch=4, loss="kd",
-                                             rate_step=0.35, dropout=0.0))   # rates 0 and 0.35
-    # measured: KL at 35% x 0.79 (Mamba2), 0.61 (Nemotron-H), 0.26 (Bamba)
-    assert run["rates_sampled"]["0.35"] > 0 and all(np.isfinite(run["losses"]))
-    assert kl(0.35) < 0.9 * kl_before, arch
-
-
-def test_incremental_decoding_and_generated_windows(hy):
-    """The conv / SSM state and K/V cache path computes the same logits as one full forward; generate_windows
-    works on a hybrid twin and leaves its rate and patches as they were."""
-    _, _, art = hy
-    tm = load_twin(art, rank=4, max_seq=32)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for lo in tm.lora.values():
-            lo.B.copy_(torch.randn(lo.B.shape, generator=g) * 0.05)
-    tm.set_rate(0.25)
-    ids = torch.from_numpy(np.random.default_rng(7).integers(0, VOCAB, size=(3, 20)))
-    with torch.no_grad():
-        full = tm(ids)
-        cache: list = []
-        steps = [tm(ids[:, :11], cache=cache)]
-        for t in range(11, 20):
-            steps.append(tm(ids[:, t:t + 1], cache=cache, start=t))
-    assert _rel(torch.cat(steps, 1).numpy(), full.numpy()) <= RUNTIME_REL_TOL
-    prompts = np.asarray(ids[:, :5])
-    g1 = generate_windows(tm, prompts, 16, seed=1, batch=2)
-    assert g1.shape == (3, 16) and np.array_equal(g1[:, :5], prompts) and g1.min() >= 0 and g1.max() < VOCAB
-    assert np.array_equal(g1, generate_windows(tm, prompts, 16, seed=1, batch=2))
-    assert tm.rate == 0.25 and tm.lora_enabled
-    with pytest.raises(uniql.InvalidArgumentError, match="start > 0"):
-        tm(ids[:, :2], cache=[], start=3)
 
 
 # ------------------------------------------------------------------------------------- int4 ----
@@ -376,7 +172,7 @@ def test_quantize_artifact_of_a_tied_hybrid_is_compress(tmp_path, rotate):
     tm = load_twin(f, max_seq=32)   # the twin's tied head
     tm.set_rate(0.35)
     ids = np.random.default_rng(8).integers(0, VOCAB, size=17)
-    assert _rel(_logits(tm, ids), uniql.load(f, rate=0.35).logits(ids)) <= RUNTIME_REL_TOL
+    assert _rel(_logits(tm, ids), uniql.load(f, rate=0.35, kv_dtype="fp32").logits(ids)) <= RUNTIME_REL_TOL
 
 
 @pytest.mark.parametrize("hy", ["bamba"], indirect=True)   # one family is enough for the command line
@@ -424,7 +220,7 @@ def test_twin_at_mamba2_130m_shapes(tmp_path):
         td.set_rate(rate)
         with torch.no_grad():
             f64 = td(torch.from_numpy(ids))[0].numpy()
-        got, rt = _logits(tm, ids), uniql.load(art, rate=rate).logits(ids)
+        got, rt = _logits(tm, ids), uniql.load(art, rate=rate, kv_dtype="fp32").logits(ids)
         assert _rel(got, f64) <= 1e-4 and _rel(rt, f64) <= 2e-4 and _rel(got, rt) <= 1e-4, rate
 
 
@@ -433,26 +229,4 @@ def test_twin_at_mamba2_130m_shapes(tmp_path):
 def test_two_processes_give_the_merged_weights_of_one_hybrid(tmp_path, hy):
     """torchrun --nproc-per-node 2 (gloo, global batch 4 = 2 x 2) on a hybrid artifact writes the merged weights of
     one process with batch 4 (measured max abs difference 9e-8)."""
-    import os
-    import subprocess
-    import sys
-
-    from uniql.formats.safetensors import load_file
-
-    _, _, art = hy
-    tok = tmp_path / "tokens.npy"
-    np.save(tok, _pattern_tokens())
-    args = [str(art), "--tokens", str(tok), "--steps", "4", "--lr", "5e-3", "--seq-len", "32", "--batch", "4",
-            "--dropout", "0", "--eval-windows", "2", "--eval-every", "2", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    one = subprocess.run([sys.executable, "-m", "uniql.finetune", *args, "-o", str(tmp_path / "one")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          str(29500 + (os.getpid() + 7) % 1000), "-m", "uniql.finetune", *args,
-                          "-o", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr
-    for f in sorted((tmp_path / "one").glob("model-layer-*.safetensors")):
-        a, b = load_file(f), load_file(tmp_path / "two" / f.name)
-        for k in a:
-            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5 * max(1.0, float(np.abs(a[k]).max())))
+    check_one_and_two_processes(hy[2], _pattern_tokens(), tmp_path, port_offset=7)

@@ -156,7 +156,8 @@ def tiny_artifact(request, tmp_path_factory):
     return uniql.compress(src, tmp / "a", calibration=ids, num_samples=4, seq_len=16, group=16, progress=False)
 
 
-PIPELINE = ("uniql.compress", "uniql.compress.pipeline", "uniql.compress.hybrid", "uniql.compress.sorting",
+PIPELINE = ("uniql.compress", "uniql.compress.pipeline", "uniql.compress.layers", "uniql.compress.steps",
+            "uniql.compress.sorting",
             "uniql.compress.requantize", "uniql.finetune", "torch")
 
 

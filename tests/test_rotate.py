@@ -114,7 +114,7 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
             st.save_file(bad / "model-rest.safetensors", r2)
             with pytest.raises(uniql.FormatError if F is None else uniql.ShapeError, match="mix"):
                 uniql.load(bad)
-        from uniql.finetune.torch_model import load_twin  # the fine-tuning twin applies the mix like the runtime
+        from uniql.finetune.twin import load_twin  # the fine-tuning twin applies the mix like the runtime
         tm = load_twin(rotated, max_seq=32)
         tm.set_rate(0.35)
         ids = np.random.default_rng(8).integers(0, TF_VOCAB, size=17)

@@ -4,9 +4,12 @@
 
 Modules (each imported on its own; importing this package imports none of them):
 
-- :mod:`~uniql.compress.pipeline` -- the driver: calibration tokens, the layer loop, the partial directory and
-  resume, embedding / lm_head, metadata and report; a Llama / Qwen2 layer's calibrate-sort-quantize steps;
-- :mod:`~uniql.compress.hybrid` -- the same steps for Mamba2, Nemotron-H and Bamba layers;
+- :mod:`~uniql.compress.pipeline` -- the driver: options, calibration tokens, the one layer loop (every
+  architecture), the partial directory and resume, metadata and report;
+- :mod:`~uniql.compress.layers` -- a model as a stack of layers, each a list of components (attention mixer,
+  Mamba2 mixer, MLP) with one sorter per component kind, and one-layer runtime models;
+- :mod:`~uniql.compress.steps` -- the steps compress and quantize_artifact share: the GPTQ step of a sorted layer,
+  the writer of its artifact tensors and of the embedding / lm_head, the quantization record;
 - :mod:`~uniql.compress.sorting` -- the structured sorts (MLP ridge leverage, Q/K RoPE pairs, V/O
   quantization-aware SVD, SSM heads and states) and block importance, over the C core;
 - :mod:`~uniql.compress.quant` -- int4 / int8 GPTQ and round-to-nearest, packing;

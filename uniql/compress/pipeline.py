@@ -3,14 +3,16 @@
 Pipeline, layer by layer, over two activation streams (each (B, T, n) float32, updated in place; only one layer's
 statistics are held): X_fp runs through the original float layers, X_q through the already quantized ones.
 
-1. calibrate: run the original layer (C runtime, fp32) on X_fp, accumulating in float64 (C) the second moments of
-   the attention input, of q and k after RoPE and of the down_proj input, and the last-token input/output vectors
-   for block importance; X_fp <- the layer's outputs;
+1. calibrate: run the original layer (C runtime, fp32) on X_fp, accumulating in float64 (C) the statistics of
+   each of its components (attention: the mixer input, q and k after RoPE; Mamba2: B, C, Delta and the
+   chunk-local states; MLP: the down_proj input) and the last-token input/output vectors for block importance;
+   X_fp <- the layer's outputs;
 2. sort: MLP channels by ridge leverage, Q/K RoPE pairs by post-RoPE scores (frequency index map), V/O by the
-   quantization-aware SVD (singular values absorbed into V, V bias folded into an o_proj bias) -- all in C;
-3. quantize (optional, :func:`quantize_layer`): run the *sorted* float layer on X_q for the GPTQ Hessians of its
-   inputs (attention input, attention output, MLP input, down_proj input), GPTQ int4 of every linear (groups of
-   o_proj inside a head's segment, so no rate ever cuts a group in a way that needs re-quantization);
+   quantization-aware SVD (singular values absorbed into V, V bias folded into an o_proj bias), SSM state dims and
+   head channels -- all in C;
+3. quantize (optional, :func:`uniql.compress.steps.quantize_layer`): run the *sorted* float layer on X_q for the
+   GPTQ Hessians of its linears' inputs, GPTQ int4 of every linear (groups of o_proj / out_proj inside a head's
+   segment, so no rate ever cuts a group in a way that needs re-quantization);
 4. propagate: X_q <- outputs of the quantized layer;
 5. write: one safetensors file per layer, then lm_head (GPTQ on the final-norm output of X_q; a tied embedding
    shares the table, an untied one gets group-wise RTN), the config with the uniql metadata (block importances:
@@ -19,42 +21,44 @@ statistics are held): X_fp runs through the original float layers, X_q through t
 Sorting statistics and importances thus come from the float model (docs/design.md §2.1: sort, then quantize) and
 GPTQ sees the inputs deployment produces (§3.5), so ``compress(quantize=True)`` writes the same layer and
 embedding / lm_head files, byte for byte, as ``quantize_artifact(compress(quantize=False))`` with the same
-calibration (:mod:`uniql.compress.requantize` calls the same :func:`quantize_layer`).
+calibration (:mod:`uniql.compress.requantize` calls the same steps).
 
 The output is written under ``<out>.partial`` and renamed at the end: an interrupted run never leaves a directory
 that loads as an artifact, and ``resume=True`` continues from the last finished layer.
 
-The steps above are those of a Llama / Qwen2 layer (``_TransformerJob``); Mamba2, Nemotron-H and Bamba layers are
-calibrated, sorted and quantized by :class:`uniql.compress.hybrid.HybridJob` (SSM state dims, SSM head channels,
-attention without or with partial RoPE, squared-ReLU or gated MLP). Everything else -- calibration tokens, the
-partial directory and resume, embedding / lm_head, metadata, report -- is this module's, for every architecture.
+Every architecture takes the same steps: a model is a stack of layers, each a list of components (attention
+mixer, Mamba2 mixer, MLP), and each component kind has its sorter (:mod:`uniql.compress.layers`: Q/K RoPE pairs
+and V/O QA-SVD, SSM state dims and head channels, MLP channels), fed by the one calibration pass of step 1; step 3
+and the writer are :mod:`uniql.compress.steps`, shared with :mod:`uniql.compress.requantize`. Llama / Qwen2 are the
+stacks whose every layer is attention + MLP; Mamba2, Nemotron-H and Bamba interleave Mamba2 mixers, attention
+(without or with partial RoPE) and squared-ReLU or gated MLPs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
-import resource
 import shutil
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
+from uniql.compress.layers import AttentionSorter, Stack
+from uniql.compress.rotate import final_mix_name
+from uniql.compress.sorting import block_importance
+from uniql.compress.steps import (StageTimer, artifact_layer, capture_moment, head_tensors, peak_rss_mb,
+                                  quant_record, quantize_layer)
+from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlError,
+                          UnsupportedError)
 from uniql.formats import checkpoint
 from uniql.formats import safetensors as st
 from uniql.formats.artifact import FORMAT_VERSION, REST_FILE, ArtifactMeta, layer_file, publish, write_config
-from uniql.errors import (FormatError, InvalidArgumentError, OutputExistsError, RangeError, UniqlError,
-                          UnsupportedError)
-from uniql.compress.linalg import Covariance
-from uniql.compress.quant import quantize_gptq, quantize_int8, quantize_rtn
-from uniql.compress.rotate import final_mix_name, mix_f16, mix_rows
 from uniql.models.runtime import Model, exact_int4
-from uniql.compress.sorting import (argsort_desc, block_importance, keep_granularity, qasvd_vo, sort_mlp, sort_qk)
 
 log = logging.getLogger(__name__)
 
@@ -258,27 +262,9 @@ def calibration_tokens(tokenizer: Any, calibration: Any, num_samples: int, seq_l
 
 # --------------------------------------------------------------------------------- helpers ----
 
-def transformer_layer_model(cfg: dict[str, Any], tensors: dict[str, Any], layer: dict[str, Any], *,
-                     freq_map: np.ndarray | None, interleaved: bool, max_seq: int) -> Model:
-    """A one-layer runtime model over `layer` (tensors of layer 0 names) sharing the embedding (no copy)."""
-    c1 = dict(cfg, num_hidden_layers=1)
-    t = {"model.embed_tokens.weight": tensors["model.embed_tokens.weight"],
-         "model.norm.weight": tensors["model.norm.weight"]}
-    if not cfg.get("tie_word_embeddings", False):
-        t["lm_head.weight"] = tensors["lm_head.weight"]
-    t.update(layer)
-    return Model.from_hf_tensors(c1, t, freq_maps=[freq_map], qk_layout="interleaved" if interleaved else "rotate_half",
-                                 max_seq=max_seq, max_chunk=min(max_seq, 256))
-
-
 def _layer_tensors(tensors: dict[str, Any], i: int, prefix: str = "model.layers.") -> dict[str, Any]:
     p = f"{prefix}{i}."
     return {prefix + "0." + k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
-
-
-_LAYER_WEIGHTS = ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                  "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                  "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
 
 
 class LayerStream:
@@ -340,87 +326,6 @@ class LayerStream:
                 raise type(e)(f"layer {i}: {e}") from None
 
 
-def o_proj_group(head_dim: int, group: int) -> int:
-    """o_proj group size: the largest even divisor of the head dim that is <= group (groups inside a head)."""
-    for g in range(min(group, head_dim), 0, -1):
-        if head_dim % g == 0 and (g % 2 == 0 or g == head_dim):
-            return g
-    return 1
-
-
-def cov_diagonal(cov: Covariance) -> np.ndarray:
-    return np.ascontiguousarray(np.diagonal(cov.mean()))
-
-
-def _hf_from_interleaved(diag: np.ndarray, heads: int, d: int) -> np.ndarray:
-    """Per-dim statistics captured in the runtime's pair-interleaved Q/K layout, back in HF rotate-half order."""
-    x = diag.reshape(heads, d)
-    return np.ascontiguousarray(np.concatenate([x[:, 0::2], x[:, 1::2]], axis=1))
-
-
-def row_norms_sq(W: np.ndarray) -> np.ndarray:
-    """Squared row norms of W (rows, cols), computed by the C core as the diagonal of W W^T."""
-    cov = Covariance(W.shape[0])
-    cov.update(np.ascontiguousarray(W.T))
-    return np.ascontiguousarray(np.diagonal(cov.matrix))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class StageTimer:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    def add(self, stage: str, dt: float) -> None:
-        self.t[stage] = self.t.get(stage, 0.0) + dt
-
-
-GPTQ_ROW_CHUNK = 8192
-
-
-def gptq_blocks(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool = False,
-          act_order: bool = False) -> Any:
-    """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
-    so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
-    of 128k x 4096 would otherwise need 4 GB of it."""
-    from uniql.compress.quant import QuantizedTensor
-
-    kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order)
-    if W.shape[0] <= GPTQ_ROW_CHUNK:
-        return quantize_gptq(W, H, **kw)
-    parts = [quantize_gptq(np.ascontiguousarray(W[r:r + GPTQ_ROW_CHUNK]), H, **kw)
-             for r in range(0, W.shape[0], GPTQ_ROW_CHUNK)]
-    return QuantizedTensor(np.concatenate([q.packed for q in parts]), np.concatenate([q.scales for q in parts]),
-                           (int(W.shape[0]), int(W.shape[1])), group)
-
-
-def f16_scales(q: Any) -> Any:
-    """The quantized tensor with its scales rounded to float16, as the artifact stores and the runtime uses them
-    (so the next layer is calibrated on exactly what deployment computes)."""
-    from uniql import _C
-    from uniql.compress.quant import QuantizedTensor
-
-    h = np.empty(q.scales.shape, np.float16)
-    _C.convert(q.scales, h)
-    s = np.empty(q.scales.shape, np.float32)
-    _C.convert(h, s)
-    return QuantizedTensor(q.packed, s, q.shape, q.group)
-
-
-def f16_scales8(q: Any) -> Any:
-    """An int8 tensor with its scales rounded to float16 (as stored and used), like :func:`f16_scales`."""
-    from uniql import _C
-    from uniql.compress.quant import Int8Tensor
-
-    h = np.empty(q.scales.shape, np.float16)
-    _C.convert(q.scales, h)
-    s = np.empty(q.scales.shape, np.float32)
-    _C.convert(h, s)
-    return Int8Tensor(q.codes, s, q.shape, q.group)
-
-
 def rotation_of(cfg: dict[str, Any], opts: CompressOptions) -> Any:
     """The residual-stream rotation of a compress run (None when ``opts.rotate`` is off)."""
     if not opts.rotate:
@@ -436,270 +341,83 @@ def source_tied(cfg: dict[str, Any], opts: CompressOptions) -> bool:
     return bool(cfg.get("uniql_source_tied", cfg.get("tie_word_embeddings", False)))
 
 
-# ------------------------------------------------------------------------- per-architecture jobs ----
-
-def transformer_plan(p0: str, group: int, o_group: int) -> tuple[tuple[str, str, int], ...]:
-    """GPTQ plan of a Llama / Qwen2 layer (layer-0 prefix `p0`): (linear base, capture of its input, group)."""
-    a, m = p0 + "self_attn.", p0 + "mlp."
-    return ((a + "q_proj", "attn_in", group), (a + "k_proj", "attn_in", group), (a + "v_proj", "attn_in", group),
-            (a + "o_proj", "attn_out", o_group), (m + "gate_proj", "mlp_in", group), (m + "up_proj", "mlp_in", group),
-            (m + "down_proj", "mlp_z", group))
-
-
-def artifact_layer(stored: dict[str, Any], p0: str, pfx: str, info: dict[str, Any], wdt: Any,
-           segments: Callable[[str], int]) -> dict[str, Any]:
-    """A compressed layer's tensors (layer-0 names `p0...`) as the artifact stores them under `pfx...`: int4 weights
-    as ``.qweight`` + ``.scales`` (F16), float projections in `wdt`, everything else float32; the uniql_tensors
-    table `info` gets an entry per linear (`segments(base)`: input segments of an int4 weight)."""
-    out_t: dict[str, Any] = {}
-    for k0, v in stored.items():
-        name = pfx + k0[len(p0):]
-        if hasattr(v, "packed") or hasattr(v, "codes"):
-            base = name[: -len(".weight")]
-            out_t[base + ".qweight"] = v.packed if hasattr(v, "packed") else v.codes
-            out_t[base + ".scales"] = v.scales.astype(np.float16)
-            info[base] = {"format": "q4" if hasattr(v, "packed") else "q8", "shape": list(v.shape),
-                          "group": v.group, "segments": segments(base)}
-        elif name.endswith("_proj.weight"):
-            base = name[: -len(".weight")]
-            dt = np.float16 if v.dtype == np.float16 else wdt  # f16 by the precision policy, else the dtype option
-            out_t[name] = np.asarray(v, dt)
-            info[base] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(v.shape)}
-        elif v.dtype.kind == "i":
-            out_t[name] = v
-        else:
-            out_t[name] = np.asarray(v, np.float32)
-    return out_t
-
-
-class _TransformerJob:
-    """Llama / Qwen2: one decoder layer = attention + gated MLP."""
-
-    def __init__(self, src: Path, cfg: dict[str, Any], opts: CompressOptions, T: int) -> None:
-        from uniql.models.runtime import TransformerConfig
-
-        self.cfg, self.opts, self.T = cfg, opts, T
-        tc = TransformerConfig.from_hf(cfg)
-        self.L, self.nh, self.nkv, self.d = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads, \
-            tc.head_dim
-        self.n, self.DI = tc.hidden_size, tc.intermediate_size
-        self.mlp_gran = keep_granularity(self.DI, opts.mlp_granularity)
-        self.attn_gran = keep_granularity(self.d, opts.attn_granularity, 2)
-        self.go = o_proj_group(self.d, opts.group)
-        self.ckpt = LayerStream(src, self.L, rotation=rotation_of(cfg, opts), tied=source_tied(cfg, opts),
-                                keep_tied=bool(cfg.get("tie_word_embeddings", False)))
-        self.tensors = self.ckpt.shared
-        self.ckpt.validate(self._check_layer)
-        self.embed_name, self.norm_name = "model.embed_tokens.weight", "model.norm.weight"
-
-    def _check_layer(self, i: int, lay: dict[str, np.ndarray]) -> None:
-        for w in _LAYER_WEIGHTS:
-            if "model.layers.0." + w not in lay:
-                raise FormatError(f"missing tensor 'model.layers.{i}.{w}' in {str(self.ckpt.src)!r}")
-        transformer_layer_model(self.cfg, self.tensors, lay, freq_map=None, interleaved=False, max_seq=2)
-
-    def _model(self, lay: dict[str, Any], freq: np.ndarray | None = None) -> Model:
-        return transformer_layer_model(self.cfg, self.tensors, lay, freq_map=freq, interleaved=freq is not None,
-                                max_seq=self.T)
-
-    def embed(self, ids: np.ndarray) -> np.ndarray:
-        emb = self._model(self.ckpt.layer(0))
-        return np.stack([emb.embed(ids[b]) for b in range(ids.shape[0])])
-
-    def final_hessian(self, X: np.ndarray) -> np.ndarray:
-        """Second moment of the final-norm output: the attention input of a one-layer model whose input norm is the
-        final norm."""
-        fin = self.ckpt.layer(0)
-        fin["model.layers.0.input_layernorm.weight"] = self.tensors[self.norm_name]
-        return capture_moment(self._model(fin), X, "attn_in", self.tensors.get(final_mix_name(self.norm_name)))
-
-    def meta(self) -> dict[str, Any]:
-        return dict(mlp_granularity=self.mlp_gran, attn_granularity=self.attn_gran, o_group=self.go)
-
-    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: "StageTimer",
-              info: dict[str, Any]) -> tuple[dict[str, Any], float]:
-        """Calibrates and sorts decoder layer i on the float stream X and (when Xq is given) quantizes it on the
-        quantized stream Xq; both streams advance in place to the next layer's inputs. Returns (artifact tensors,
-        block importance)."""
-        opts, nh, nkv, d, n, DI = self.opts, self.nh, self.nkv, self.d, self.n, self.DI
-        B = X.shape[0]
-        p0 = "model.layers.0."
-        a, m = p0 + "self_attn.", p0 + "mlp."
-        # 1. calibrate the original layer
-        t = time.perf_counter()
-        model = self._model(lay)
-        c_attn, c_q, c_k, c_z = Covariance(n), Covariance(nh * d), Covariance(nkv * d), Covariance(DI)
-        x_last = np.ascontiguousarray(X[:, -1])
-        for b in range(B):  # X <- the original layer's outputs, sequence by sequence
-            X[b], cap = model.layer_forward(0, X[b], capture=("attn_in", "q", "k", "mlp_z"))
-            c_attn.update(cap["attn_in"])
-            c_q.update(cap["q"])
-            c_k.update(cap["k"])
-            c_z.update(cap["mlp_z"])
-        del model, cap
-        # per-sequence means, each formed once; the float64 sums are freed (for 8B shapes G_z alone is 1.6 GB)
-        G_attn, G_z = c_attn.mean(), c_z.mean()
-        del c_attn, c_z
-        importance = layer_importance(x_last, X[:, -1])
-        timer.add("calibrate", time.perf_counter() - t)
-
-        # 2. sort
-        t = time.perf_counter()
-        Wq, Wk = lay[a + "q_proj.weight"], lay[a + "k_proj.weight"]
-        if opts.scorer == "uniql":
-            mlp = sort_mlp(G_z, opts.mlp_lambda)
-            perm = mlp.perm
-            cq = _hf_from_interleaved(cov_diagonal(c_q), nh, d)
-            ck = _hf_from_interleaved(cov_diagonal(c_k), nkv, d)
-        else:  # ablation: plain weight magnitudes
-            # channel i ranked by ||[up_i, gate_i]||^2 * ||down_:,i||^2 (same order as the product of the norms)
-            s = (row_norms_sq(lay[m + "up_proj.weight"]) + row_norms_sq(lay[m + "gate_proj.weight"])) * \
-                row_norms_sq(np.ascontiguousarray(lay[m + "down_proj.weight"].T))
-            perm = argsort_desc(s)
-            cq = row_norms_sq(Wq).reshape(nh, d)
-            ck = row_norms_sq(Wk).reshape(nkv, d)
-        qk = sort_qk(cq, ck, "full")
-        rq, rk = qk.proj_rows(nh), qk.proj_rows(nkv)
-        sl: dict[str, Any] = {
-            p0 + "input_layernorm.weight": lay[p0 + "input_layernorm.weight"],
-            p0 + "post_attention_layernorm.weight": lay[p0 + "post_attention_layernorm.weight"],
-        }
-        sl.update(sorted_attention(lay, a, G_attn, qk, rq, rk, nh, nkv, d, opts.split_sigma))
-        sl.update(sorted_mlp(lay, m, perm))
-        freq = np.ascontiguousarray(qk.freq, dtype=np.int32)
-        timer.add("sort", time.perf_counter() - t)
-
-        del G_attn, G_z
-        # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
-        stored = sl
-        if Xq is not None:
-            stored = quantize_layer(lambda t: self._model(t, freq), sl, Xq, transformer_plan(p0, opts.group, self.go),
-                                    opts.gptq_kw(), timer, lambda nm: opts.storage(nm, i, self.L))
-        stored[a + "rope_freq"] = freq
-        out_t = artifact_layer(stored, p0, f"model.layers.{i}.", info, self._wdt(),
-                       lambda base: nh if base.endswith("o_proj") else 1)
-        return out_t, importance
-
-    def _wdt(self) -> Any:
-        return np.float16 if self.opts.dtype == "float16" else np.float32
-
-
-# ------------------------------------------------------------------------- shared pipeline steps ----
-
 def layer_importance(x_last: np.ndarray, y_last: np.ndarray) -> float:
     """Block importance of one layer from its last-token inputs and outputs (B, n) (docs/design.md §3.4)."""
     return float(block_importance(np.ascontiguousarray(x_last), np.ascontiguousarray(y_last)))
 
 
-def capture_moment(model: Any, X: np.ndarray, name: str, mix: np.ndarray | None = None) -> np.ndarray:
-    """Second moment (mean over sequences) of capture `name` of a one-layer model's layer 0 over X (B, T, n), its
-    rows times ``mix``^T first when given (the head's input after a final mix, :mod:`uniql.compress.rotate`)."""
-    cov = None
-    for b in range(X.shape[0]):
-        _, cap = model.layer_forward(0, X[b], capture=(name,))
-        if cov is None:
-            cov = Covariance(cap[name].shape[1])
-        cov.update(mix_rows(cap[name], mix))
-    return cov.mean()
+# ------------------------------------------------------------------------------------ layer job ----
 
+class LayerJob:
+    """The per-layer work of compress, for every architecture: a checkpoint read layer by layer
+    (:class:`LayerStream`) as a :class:`~uniql.compress.layers.Stack` whose layers are lists of components, each
+    with its sorter (:mod:`uniql.compress.layers`)."""
 
-def _propagate(model: Any, X: np.ndarray) -> None:
-    """X (B, T, n) <- the outputs of a one-layer model's layer 0, sequence by sequence, in place."""
-    for b in range(X.shape[0]):
-        X[b], _ = model.layer_forward(0, X[b])
+    def __init__(self, src: Path, cfg: dict[str, Any], opts: CompressOptions, T: int) -> None:
+        self.cfg, self.opts, self.T = cfg, opts, T
+        self.stack = Stack(cfg, checkpoint.tensor_names(src))
+        self.L = self.stack.L
+        self.ckpt = LayerStream(src, self.L, self.stack.prefix, rotation=rotation_of(cfg, opts),
+                                tied=source_tied(cfg, opts), keep_tied=bool(cfg.get("tie_word_embeddings", False)))
+        self.tensors = self.ckpt.shared    # embedding, final norm, lm_head (decoder layers are streamed)
+        self.embed_name = self.stack.present(self.tensors, "embed", src)
+        self.norm_name = self.stack.present(self.tensors, "final", src)
+        shared = {self.embed_name: self.tensors[self.embed_name], self.norm_name: self.tensors[self.norm_name]}
+        if not self.stack.config.tie_word_embeddings:
+            shared["lm_head.weight"] = self.tensors["lm_head.weight"]
+        self.shared = shared               # what a one-layer model needs besides its layer (not copied)
+        self.ckpt.validate(lambda i, lay: self.stack.check_layer(i, self.shared, lay, src))
 
+    def _model(self, i: int, lay: dict[str, Any], freq: np.ndarray | None = None) -> Model:
+        return self.stack.model(i, self.shared, lay, freq, self.T)
 
-def quantize_layer(model_of: Callable[[dict[str, Any]], Any], sl: dict[str, Any], Xq: np.ndarray,
-                   plan: Sequence[tuple[str, str, int]], gptq: dict[str, Any], timer: StageTimer,
-                   precision: Callable[[str], tuple[str, int]] | None = None) -> dict[str, Any]:
-    """GPTQ int4 of one sorted float layer `sl` (layer-0 names) on the quantized stream Xq (B, T, n), shared by
-    compress (both architecture families) and quantize_artifact:
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        emb = self._model(0, self.ckpt.layer(0))
+        return np.stack([emb.embed(ids[b]) for b in range(ids.shape[0])])
 
-    1. the float layer (``model_of(sl)``: a one-layer runtime model) runs on Xq; the second moment of every
-       capture named in `plan` ((linear base, capture of its input, group) triples) is accumulated in float64 (C),
-       so each Hessian is that of the sorted linear's own input ("calibrate" stage);
-    2. every planned linear is GPTQ-quantized with its Hessian (``gptq``: keyword arguments of :func:`gptq_blocks`),
-       scales rounded to float16 ("quantize"); ``precision(name)`` (a linear's layer-0 name) -> ("int4", group)
-       or ("f16", 0) overrides the planned group or keeps the linear in float16 (CompressOptions.storage);
-    3. Xq <- the quantized layer's outputs, in place ("propagate").
+    def final_hessian(self, X: np.ndarray, mix: np.ndarray | None) -> np.ndarray:
+        """Second moment of the final-norm output (times the final mix `mix`^T when given): the mixer input of a
+        one-layer model whose input norm is the final norm."""
+        fin = self.stack.final_norm_layer(self.ckpt.layer(0), self.tensors[self.norm_name])
+        return capture_moment(self._model(0, fin), X, "mixer_in", mix)
 
-    Returns `sl` with the planned weights replaced by their int4 form."""
-    t = time.perf_counter()
-    model = model_of(sl)
-    caps = tuple(dict.fromkeys(c for _, c, _ in plan))
-    covs: dict[str, Covariance] = {}
-    for b in range(Xq.shape[0]):
-        _, cap = model.layer_forward(0, Xq[b], capture=caps)
-        for k in caps:
-            if k not in covs:
-                covs[k] = Covariance(cap[k].shape[1])
-            covs[k].update(cap[k])
-    del model, cap
-    H = {k: covs.pop(k).mean() for k in caps}  # each float64 sum freed once its mean is formed
-    timer.add("calibrate", time.perf_counter() - t)
-    t = time.perf_counter()
-    stored = _quantize(sl, [(name, H[c], g) for name, c, g in plan], gptq, precision)
-    del H
-    timer.add("quantize", time.perf_counter() - t)
-    t = time.perf_counter()
-    _propagate(model_of(stored), Xq)
-    timer.add("propagate", time.perf_counter() - t)
-    return stored
+    def layer(self, i: int, lay: dict[str, Any], X: np.ndarray, Xq: np.ndarray | None, timer: StageTimer,
+              info: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """Calibrates and sorts layer i on the float stream X and (when Xq is given) quantizes it on the quantized
+        stream Xq; both streams advance in place to the next layer's inputs. Returns (artifact tensors, block
+        importance)."""
+        stack, opts = self.stack, self.opts
+        parts = stack.components(i)
+        # 1. calibrate the original layer: one pass, every component's statistics
+        t = time.perf_counter()
+        model = self._model(i, lay)
+        for p in parts:
+            p.begin(lay, X.shape[0])
+        caps = tuple(dict.fromkeys(c for p in parts for c in p.captures))
+        x_last = np.ascontiguousarray(X[:, -1])
+        for b in range(X.shape[0]):  # X <- the original layer's outputs, sequence by sequence
+            X[b], cap = model.layer_forward(0, X[b], capture=caps)
+            for p in parts:
+                p.update(cap)
+        del model, cap
+        importance = layer_importance(x_last, X[:, -1])
+        timer.add("calibrate", time.perf_counter() - t)
 
+        # 2. sort: one sorter per component
+        t = time.perf_counter()
+        sl = stack.sorted_layer(i, lay, [p.sort(lay, opts) for p in parts])
+        freq = next((p.freq for p in parts if isinstance(p, AttentionSorter)), None)
+        timer.add("sort", time.perf_counter() - t)
 
-def _quantize(sl: dict[str, Any], plan: Any, gptq: dict[str, Any],
-              precision: Callable[[str], tuple[str, int]] | None = None) -> dict[str, Any]:
-    """`sl` with every (base, Hessian, group) of `plan` replaced by its GPTQ int4 form (fp16 scales), or by a
-    float16 copy where the precision policy says so."""
-    stored = dict(sl)
-    for name, H, g in plan:
-        W = np.ascontiguousarray(sl[name + ".weight"], dtype=np.float32)
-        kind, pg = precision(name) if precision is not None else ("int4", 0)
-        if kind == "f16":
-            stored[name + ".weight"] = W.astype(np.float16)
-            continue
-        if pg:  # o_proj / out_proj groups stay inside a head's segment: a divisor of the planned group
-            g = o_proj_group(g, pg) if name.endswith(("o_proj", "out_proj")) else pg
-        if kind == "int8":  # round-to-nearest: int8's rounding error is 1/16 of int4's step
-            stored[name + ".weight"] = f16_scales8(quantize_int8(W, g))
-            continue
-        stored[name + ".weight"] = f16_scales(gptq_blocks(W, H, g, **gptq))
-    return stored
-
-
-def sorted_mlp(lay: dict[str, Any], m: str, perm: np.ndarray) -> dict[str, Any]:
-    """MLP channels permuted: rows of gate (when present) and up, columns of down, bias entries likewise."""
-    out: dict[str, Any] = {}
-    for proj in ("gate_proj", "up_proj"):
-        for kind in ("weight", "bias"):
-            if f"{m}{proj}.{kind}" in lay:
-                out[f"{m}{proj}.{kind}"] = np.ascontiguousarray(lay[f"{m}{proj}.{kind}"][perm])
-    out[m + "down_proj.weight"] = np.ascontiguousarray(lay[m + "down_proj.weight"][:, perm])
-    if m + "down_proj.bias" in lay:
-        out[m + "down_proj.bias"] = lay[m + "down_proj.bias"]
-    return out
-
-
-def sorted_attention(lay: dict[str, Any], a: str, G_attn: np.ndarray, qk: Any, rq: np.ndarray, rk: np.ndarray,
-                      nh: int, nkv: int, d: int, split_sigma: bool) -> dict[str, Any]:
-    """Q/K rows in sorted (runtime) order and V/O by the quantization-aware SVD (V bias folded into o_proj)."""
-    vo = qasvd_vo(G_attn, lay[a + "v_proj.weight"], lay[a + "o_proj.weight"], n_heads=nh, n_kv=nkv, head_dim=d,
-                  bv=lay.get(a + "v_proj.bias"), bo=lay.get(a + "o_proj.bias"), split_sigma=split_sigma)
-    out: dict[str, Any] = {
-        a + "q_proj.weight": np.ascontiguousarray(lay[a + "q_proj.weight"][rq]),
-        a + "k_proj.weight": np.ascontiguousarray(lay[a + "k_proj.weight"][rk]),
-        a + "v_proj.weight": vo.wv,
-        a + "o_proj.weight": vo.wo,
-    }
-    for bname, rows in (("q_proj.bias", rq), ("k_proj.bias", rk)):
-        if a + bname in lay:
-            out[a + bname] = np.ascontiguousarray(lay[a + bname][rows])
-    if a + "v_proj.bias" in lay:
-        out[a + "v_proj.bias"] = np.zeros_like(lay[a + "v_proj.bias"])  # folded into o_proj's bias
-    if vo.bo is not None:
-        out[a + "o_proj.bias"] = vo.bo
-    return out
-
+        # 3. quantize on the quantized stream (Hessians of the sorted layer's inputs) and 4. propagate it
+        stored = sl
+        if Xq is not None:
+            stored = quantize_layer(lambda tl: self._model(i, tl, freq), sl, Xq, stack.plan(parts, opts.group),
+                                    opts.gptq_kw(), timer, lambda nm: opts.storage(nm, i, self.L))
+        stack.with_rope_freq(stored, parts, freq)
+        wdt = np.float16 if opts.dtype == "float16" else np.float32
+        out_t = artifact_layer(stored, stack.p0, f"{stack.prefix}{i}.", info, wdt, stack.segments)
+        return out_t, importance
 
 # --------------------------------------------------------------------------------- compress ----
 
@@ -758,11 +476,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     timer = StageTimer()
     t0 = time.perf_counter()
     B, T = ids.shape
-    if arch in checkpoint.HYBRID_MODEL_TYPES:
-        from uniql.compress.hybrid import HybridJob
-        job: Any = HybridJob(src, cfg, opts, T)
-    else:
-        job = _TransformerJob(src, cfg, opts, T)     # names, shapes, NaN/Inf: before anything is written
+    job = LayerJob(src, cfg, opts, T)               # names, shapes, NaN/Inf: before anything is written
     tensors = job.tensors                     # embedding, final norm, lm_head (decoder layers are streamed)
     n, L = int(cfg["hidden_size"]), job.L
     timer.add("read", time.perf_counter() - t0)
@@ -805,7 +519,6 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     del acts
 
     info: dict[str, Any] = resumed_info  # tensor table (layers finished before an interruption included)
-    wdt = np.float16 if opts.dtype == "float16" else np.float32
     bar = range(start, L)
     if progress:
         from tqdm.auto import tqdm
@@ -828,57 +541,15 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
             (part / f"{s}.{i}.npy").unlink(missing_ok=True)
         timer.add("write", time.perf_counter() - t)
 
-    # ---- embedding / final norm / lm_head
+    # ---- embedding / final norm / lm_head: GPTQ of lm_head on the final-norm output of the quantized stream
     t = time.perf_counter()
-    rest: dict[str, Any] = {job.norm_name: np.asarray(tensors[job.norm_name], np.float32)}
-    mix_name = final_mix_name(job.norm_name)
-    if mix_name in tensors:  # a rotated tied model: the final norm's scale as a hidden x hidden mix (float16 when
-        # quantized, and the head calibrated on exactly that: uniql.compress.rotate.mix_f16)
-        if opts.quantize:
-            rest[mix_name], tensors[mix_name] = mix_f16(tensors[mix_name])
-        else:
-            rest[mix_name] = np.ascontiguousarray(tensors[mix_name], np.float32)
-    E = np.ascontiguousarray(tensors[job.embed_name], dtype=np.float32)
     tied = bool(cfg.get("tie_word_embeddings", False))
-    embed_base = job.embed_name[: -len(".weight")]
-
-    def put(name: str, W: np.ndarray, q: Any, dt: Any = wdt) -> None:
-        if q is not None:
-            int8 = hasattr(q, "codes")
-            rest[name + ".qweight"] = q.codes if int8 else q.packed
-            rest[name + ".scales"] = q.scales.astype(np.float16)
-            info[name] = {"format": "q8" if int8 else "q4", "shape": list(W.shape), "group": q.group, "segments": 1}
-        else:
-            rest[name + ".weight"] = W.astype(dt)
-            info[name] = {"format": "f16" if dt == np.float16 else "f32", "shape": list(W.shape)}
-
-    head_q = None
-    head_kind, head_g = opts.storage("lm_head")
-    emb_kind, emb_g = opts.storage("embedding")
-    if opts.quantize and head_kind in ("int4", "int8"):
-        # GPTQ of lm_head on the final-norm output (int8: round-to-nearest). Tied embeddings stay tied: the
-        # quantized table also serves the embedding lookups.
-        W = E if tied else np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32)
-        head_q = (f16_scales8(quantize_int8(W, head_g)) if head_kind == "int8" else
-                  f16_scales(gptq_blocks(W, job.final_hessian(Xq), head_g, **opts.gptq_kw())))
-    head_dt = np.float16 if opts.quantize and head_kind == "f16" else wdt
-    if tied:
-        put(embed_base, E, head_q, head_dt)
-    else:
-        emb_q = None
-        if opts.quantize and emb_kind == "int4":
-            emb_q = f16_scales(quantize_rtn(E, group=emb_g))
-        elif opts.quantize and emb_kind == "int8":
-            emb_q = f16_scales8(quantize_int8(E, emb_g))
-        put(embed_base, E, emb_q, np.float16 if opts.quantize and emb_kind == "f16" else wdt)
-        put("lm_head", np.ascontiguousarray(tensors["lm_head.weight"], dtype=np.float32), head_q, head_dt)
+    rest = head_tensors(tensors, job.embed_name, job.norm_name, tied, opts, lambda F: job.final_hessian(Xq, F), info)
     st.save_file(part / REST_FILE, rest)
+    mix_name = final_mix_name(job.norm_name)
 
-    jm = job.meta()
-    quant = {"bits": 4, "group": opts.group, "o_group": jm.pop("o_group"), "scheme": "gptq",
-             "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
-             "act_order": opts.act_order, "precision": dict(opts.precision)}
-    quant.update(jm.pop("quantization", {}))
+    jm = job.stack.meta(opts)
+    quant = quant_record(opts, jm.pop("o_group"), tied, jm.pop("quantization", {}))
     sorting = {"scorer": opts.scorer, "split_sigma": opts.split_sigma, "mlp_lambda": opts.mlp_lambda,
                "num_samples": int(B), "seq_len": int(T)}
     sorting.update(jm.pop("sorting", {}))

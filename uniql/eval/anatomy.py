@@ -97,7 +97,7 @@ def walk_layer(model_dir: str | Path, layer: int = 10, *, calib_text: str = "c4"
     from uniql import data
     from uniql.compress import quant
     from uniql.compress import sorting
-    from uniql.compress.pipeline import row_norms_sq
+    from uniql.compress.layers import row_norms_sq
     from uniql.compress.linalg import Covariance, eigh
     from uniql.formats.safetensors import load_file
 

@@ -4,10 +4,9 @@ The one stage that computes in Python, on PyTorch (optional extra ``uniql[torch]
 
     compress(src, quantize=False)  ->  finetune(art)  ->  quantize_artifact(tuned)   (GPTQ int4, in C)
 
-- The model is the artifact family's PyTorch twin of the C runtime, at the keep sizes deployment uses (tested equal
-  to ``uniql.load(art, rate)``): :class:`uniql.finetune.torch_model.ElasticTorchModel` for Llama / Qwen2,
-  :class:`uniql.finetune.torch_hybrid.HybridTorchModel` for Mamba2 / Nemotron-H / Bamba
-  (:func:`uniql.finetune.torch_model.twin_model` picks it).
+- The model is the PyTorch twin of the C runtime, one class for every family (:class:`uniql.finetune.twin.TwinModel`:
+  a list of layers, each a mixer -- attention with full, partial or no RoPE, or Mamba2 -- and / or an MLP), at the
+  keep sizes deployment uses (tested equal to ``uniql.load(art, rate)``).
 - LoRA rank 8, alpha 16, dropout 0.05 on q, k, v, o, gate, up, down of every block (and a Mamba mixer's in_proj
   and out_proj); everything else frozen (the reference's recipe).
 - Every optimizer step samples one global pruning rate from a grid on [0, max_rate] (default step 0.05: 0, 0.05,
@@ -357,7 +356,7 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
           device: Any = None, precision: str = "auto", progress: bool = False, log_jsonl: Any = None,
           checkpoint_dir: Any = None, resume: bool = False, time_limit: float | None = None,
           stop_at: int | None = None) -> dict[str, Any]:
-    """Masked LoRA training of a twin model (ElasticTorchModel, HybridTorchModel) with patches (in place; moved
+    """Masked LoRA training of a twin model (:class:`uniql.finetune.twin.TwinModel`) with patches (in place; moved
     to `device`, default the model's); at the end the model holds the best evaluation's patches (the last ones without an evaluation
     split). Returns a record of the run (rates sampled, losses, evaluations, tokens, seconds, tokens/s, GPU
     memory; ``finished`` False when `time_limit` seconds or the step `stop_at` stopped it early, with a
@@ -630,7 +629,7 @@ def merge_lora(artifact_dir: str | os.PathLike, lora_path: str | os.PathLike,
     trained on and writes the fine-tuned artifact (as :func:`finetune` would have); returns its directory."""
     require_torch()
     from uniql.formats.checkpoint import is_artifact, read_raw_config
-    from uniql.finetune.torch_model import read_float_tensors, twin_model
+    from uniql.finetune.twin import read_float_tensors, twin_model
 
     src = Path(artifact_dir)
     if not is_artifact(read_raw_config(src)):
@@ -676,7 +675,7 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     dev = resolve_device(device)
     prec = _precision(precision, dev)
     from uniql.formats.checkpoint import is_artifact, load_tokenizer, read_raw_config
-    from uniql.finetune.torch_model import read_float_tensors, twin_model
+    from uniql.finetune.twin import read_float_tensors, twin_model
 
     src = Path(artifact_dir)
     cfg0 = read_raw_config(src)

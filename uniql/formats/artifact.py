@@ -304,6 +304,18 @@ def head_rows(n_heads: int, stored: int, keep: int) -> np.ndarray:
     return (np.arange(n_heads)[:, None] * stored + np.arange(keep)[None, :]).reshape(-1)
 
 
+def mamba_keep_rows(config: Any, head_keep: int, state_keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a Mamba2 mixer keeps at head-channel keep P' and state-dim keep N' (stored sizes the config's H, P, G,
+    N): (rows of in_proj [z | x | B | C | dt] -- the first P' channels of every head in z and x, the first N' state
+    dims of every group in B and C, every dt row --, rows of conv1d [x | B | C], the kept head channels: the rows
+    of the gated norm and the columns of out_proj). The loader, the live resize and the fine-tuning twin share it."""
+    H, P, G, N = config.ssm_heads, config.ssm_head_dim, config.ssm_groups, config.ssm_state
+    zi, bi = head_rows(H, P, head_keep), head_rows(G, N, state_keep)
+    HP, GN = H * P, G * N
+    rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
+    return rows, np.concatenate([zi, HP + bi, HP + GN + bi]), zi
+
+
 def read_meta(d: Path, cfg: Mapping[str, Any]) -> tuple[ArtifactMeta, dict[str, Any]]:
     meta = ArtifactMeta.from_config(cfg, str(d / "config.json"))
     tinfo = cfg.get("uniql_tensors")
@@ -381,10 +393,8 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
             if t == LAYER_MAMBA:
                 H, P, G, N = hc.ssm_heads, hc.ssm_head_dim, hc.ssm_groups, hc.ssm_state
                 m, Pk, Nk = p + names["mamba"], ks["ssm_head"], ks["ssm_state"]
-                zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
+                rows, conv, zi = mamba_keep_rows(hc, Pk, Nk)
                 HP, GN = H * P, G * N
-                rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
-                conv = np.concatenate([zi, HP + bi, HP + GN + bi])
                 tensors[m + "in_proj.weight"] = reader.linear(f, m + "in_proj", (2 * HP + 2 * GN + H, n), rows)
                 tensors[m + "out_proj.weight"] = reader.linear(f, m + "out_proj", (n, HP), None, col_segments=H,
                                                                col_keep=Pk)

@@ -314,7 +314,7 @@ def resize(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
     "seconds", "read_bytes", "weight_bytes_before", "weight_bytes_after", "reprefilled"}. On any error the model is
     left as it was."""
     from uniql.formats import safetensors as st
-    from uniql.formats.artifact import check_rate, head_rows, layer_file, qk_head_rows
+    from uniql.formats.artifact import check_rate, head_rows, layer_file, mamba_keep_rows, qk_head_rows
     from uniql.errors import InvalidArgumentError
     from uniql.models.hybrid import LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, HF_NAMES, rope_mode
 
@@ -342,10 +342,7 @@ def resize(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
     emb_spec, head_spec, final_norm, c_layers, keep = _kept_rest(model)
 
     def mamba_sets(Pk: int, Nk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        zi, bi = head_rows(H, P, Pk), head_rows(G, N, Nk)
-        HP, GN = H * P, G * N
-        rows = np.concatenate([zi, HP + zi, 2 * HP + bi, 2 * HP + GN + bi, 2 * HP + 2 * GN + np.arange(H)])
-        return rows, np.concatenate([zi, HP + bi, HP + GN + bi]), zi
+        return mamba_keep_rows(hc, Pk, Nk)
 
     new_layers = []
     try:
