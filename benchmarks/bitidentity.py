@@ -1,7 +1,10 @@
 """Bit-identity recorder / checker of the C runtime's logits, for refactors that must not change behaviour.
 
-    python benchmarks/bitidentity.py record DIR   # writes DIR/<case>.npy for every case below
-    python benchmarks/bitidentity.py check DIR    # recomputes every case; prints which differ and by how much
+    python benchmarks/bitidentity.py record DIR [--kv-dtype fp32|fp16]   # writes DIR/<case>.npy for every case below
+    python benchmarks/bitidentity.py check DIR [--kv-dtype fp32|fp16]    # recomputes every case; prints the diffs
+
+The models run a float32 KV cache unless ``--kv-dtype fp16`` (the runtime's default since the float16 cache; the
+recordings below were made with float32 caches, so a check against them keeps fp32).
 
 Cases: small random-weight models of the five architectures (Llama, Qwen2 with q/k/v biases, Mamba2, Nemotron-H,
 Bamba; the Hugging Face builders the tests use), compressed by ``uniql.compress`` to an fp32 and an int4 artifact
@@ -37,6 +40,7 @@ import uniql  # noqa: E402
 from uniql.models.batch import BatchDecoder  # noqa: E402
 
 RATES = (0.0, 0.15, 0.25, 0.35)
+KV = {"kv_dtype": "fp32"}  # main() sets it from --kv-dtype
 ACTS = ("fp32", "int8")
 NSAMP, SEQ = 4, 24
 SMOL = Path.home() / ".cache/uniql/models/q19"
@@ -87,7 +91,7 @@ def _cases():
                 for rate in RATES:
                     def thunk(art=art, act=act, rate=rate, vocab=vocab):
                         with uniql.int4_activations(act):
-                            m = uniql.load(art, rate=rate, max_seq=64)
+                            m = uniql.load(art, rate=rate, max_seq=64, **KV)
                             return _run(m, vocab)
                     yield f"{arch}-{q}-a{act}-r{int(rate * 100):02d}", thunk
     for name in ("mix-fp32", "mix-rot-mse-ao-int4"):
@@ -100,7 +104,7 @@ def _cases():
             for rate in (0.0, 0.35):
                 def thunk(d=d, act=act, rate=rate):
                     with uniql.int4_activations(act):
-                        m = uniql.load(d, rate=rate, max_seq=64)
+                        m = uniql.load(d, rate=rate, max_seq=64, **KV)
                         ids = np.array([1, 504, 3458, 28, 253, 1345, 30, 216, 3251], np.int32)
                         pre = m.logits(ids)
                         dec = m.forward(np.array([42], np.int32))
@@ -109,6 +113,9 @@ def _cases():
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 5 and argv[3] == "--kv-dtype" and argv[4] in ("fp16", "fp32"):
+        KV["kv_dtype"] = argv[4]
+        argv = argv[:3]
     if len(argv) != 3 or argv[1] not in ("record", "check"):
         print(__doc__)
         return 2

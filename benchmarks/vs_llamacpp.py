@@ -2,7 +2,8 @@
 alternating runs on the same machine (for a shared machine: never compare absolute numbers across runs).
 
     python benchmarks/vs_llamacpp.py [--model smollm2|llama3.1-8b] [--rates 0,0.35] [--prompt 512] [--gen 32]
-                                     [--rounds 3] [--repeats 2] [--threads 2] [--base DIR]
+                                     [--rounds 3] [--repeats 2] [--threads 2] [--kv-dtype fp16|fp32]
+                                     [--base DIR] [--base-kv-dtype fp16|fp32]
 
 Each round runs uniql and llama.cpp once each, in fresh child processes, in alternating order (ABAB: uniql first
 in even rounds, llama.cpp first in odd ones); a child keeps the best of ``--repeats``. The models, timing and the
@@ -13,7 +14,8 @@ tok/s of both and their ratio, then the median ratio over rounds, the decode wei
 a fraction of the read bandwidth measured at the start (``uniql.bench.machine_info``), and the load average at the
 start of every child. One JSON line at the end holds everything. ``--base DIR`` also runs the uniql child from
 another checkout (e.g. an older commit, built in place) in every round, right after this checkout's, so a change
-is measured as before/after ratios against the same llama.cpp runs.
+is measured as before/after ratios against the same llama.cpp runs; ``--base . --base-kv-dtype fp32`` times this
+checkout's float32 KV cache against its default float16 one (``--kv-dtype``; llama.cpp's cache is float16 too).
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ sys.path.insert(0, ROOT)
 def child(engine: str, a: argparse.Namespace) -> dict:
     from uniql import bench
 
+    # an older checkout (--base) has no KV-cache option: its cache is float32
+    kv = {"kv_dtype": a.kv_dtype} if "kv_dtype" in getattr(bench.BenchConfig, "__dataclass_fields__", {}) else {}
     cfg = bench.BenchConfig(models=(a.model,), kinds=("int4-a8",), rates=tuple(a.rates), prompt=a.prompt, gen=a.gen,
-                            repeats=a.repeats, threads=a.threads, torch=False, llama_cpp=True, micro=False)
+                            repeats=a.repeats, threads=a.threads, torch=False, llama_cpp=True, micro=False, **kv)
     notes: list[str] = []
     load = os.getloadavg()[0]
     if engine == "llama":
@@ -59,14 +63,14 @@ def child(engine: str, a: argparse.Namespace) -> dict:
                                          "weight_gbps": r["weight_gbps"]} for r in rows}}
 
 
-def spawn(engine: str, a: argparse.Namespace, root: str = ROOT) -> dict:
+def spawn(engine: str, a: argparse.Namespace, root: str = ROOT, kv_dtype: str | None = None) -> dict:
     env = dict(os.environ)
     t = str(a.threads)
     env.update(UNIQL_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", engine, "--root", root, "--model", a.model,
            "--rates", ",".join(f"{r:g}" for r in a.rates), "--prompt", str(a.prompt), "--gen", str(a.gen),
-           "--repeats", str(a.repeats), "--threads", t]
+           "--repeats", str(a.repeats), "--threads", t, "--kv-dtype", kv_dtype or a.kv_dtype]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode or not lines:
@@ -83,7 +87,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-dtype", choices=("fp16", "fp32"), default="fp16", help="uniql's KV cache (fp16)")
     ap.add_argument("--base", help="another uniql checkout (built in place) to time in every round too")
+    ap.add_argument("--base-kv-dtype", choices=("fp16", "fp32"), default=None,
+                    help="the base child's KV cache (default: --kv-dtype)")
     ap.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("uniql", "llama"))
     a = ap.parse_args()
@@ -101,7 +108,7 @@ def main() -> int:
         order = ("uniql", "llama") if i % 2 == 0 else ("llama", "uniql")
         got = {e: spawn(e, a) for e in order}
         if a.base:
-            got["base"] = spawn("uniql", a, os.path.abspath(a.base))
+            got["base"] = spawn("uniql", a, os.path.abspath(a.base), a.base_kv_dtype)
         u, lc = got["uniql"], got["llama"]
         rounds.append(got)
         for rate, ur in u["rates"].items():

@@ -21,6 +21,7 @@ from _helpers import assert_rate_round_trip_keeps_state
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+# the comparisons below load with kv_dtype="fp32" (the float16 default KV cache: tests/test_kv_cache.py)
 SORTED_REL_TOL = 1e-4      # sorting alone (no pruning, no quantization) preserves the function
 VOCAB, SEQ, NSAMP = 256, 32, 8
 
@@ -75,7 +76,7 @@ def test_sorting_preserves_function(tmp_path, kind, tied):
     ids = np.random.default_rng(1).integers(0, VOCAB, size=24)
     with torch.no_grad():
         ref = model(torch.tensor(ids[None])).logits[0].numpy()
-    m = uniql.load(out)
+    m = uniql.load(out, kv_dtype="fp32")
     assert _rel(m.logits(ids), ref) <= SORTED_REL_TOL
 
 
@@ -192,10 +193,10 @@ def test_ablations_run_and_differ(tmp_path, llama):
     a = _compress(src, tmp_path / "mag", scorer="magnitude")
     b = _compress(src, tmp_path / "split", split_sigma=True)
     ids = np.random.default_rng(5).integers(0, VOCAB, size=16)
-    base = uniql.load(llama[2]).logits(ids)
+    base = uniql.load(llama[2], kv_dtype="fp32").logits(ids)
     # at rate 0 every variant is the same function ...
     for art in (a, b):
-        assert _rel(uniql.load(art).logits(ids), base) <= SORTED_REL_TOL
+        assert _rel(uniql.load(art, kv_dtype="fp32").logits(ids), base) <= SORTED_REL_TOL
     # ... but pruned they keep different channels
     assert not np.array_equal(uniql.load(a, rate=0.35).logits(ids), uniql.load(llama[2], rate=0.35).logits(ids))
 

@@ -27,6 +27,7 @@ from test_ssm import ARCHS, make_hf  # noqa: E402  (small random HF models of ea
 from uniql.finetune import finetune  # noqa: E402
 from uniql.finetune.twin import load_twin, ssd_scan  # noqa: E402
 
+# the comparisons below load with kv_dtype="fp32" (the float16 default KV cache: tests/test_kv_cache.py)
 RUNTIME_REL_TOL = 1e-5   # twin vs C runtime, float32 (measured <= 7.2e-7: other summation orders, chunked SSD both)
 SCAN_REL_TOL = 1e-5      # chunked SSD vs the float64 recurrence
 VOCAB, SEQ, NSAMP = 128, 24, 4
@@ -73,7 +74,7 @@ def test_twin_full_rope_float16_artifact(tmp_path):
     ids = np.random.default_rng(2).integers(0, VOCAB, size=20)
     for rate in (0.0, 0.35):
         tm.set_rate(rate)
-        assert _rel(_logits(tm, ids), uniql.load(art, rate=rate).logits(ids)) <= RUNTIME_REL_TOL, rate
+        assert _rel(_logits(tm, ids), uniql.load(art, rate=rate, kv_dtype="fp32").logits(ids)) <= RUNTIME_REL_TOL, rate
 
 
 def test_ssd_scan_equals_the_recurrence():
@@ -171,7 +172,7 @@ def test_quantize_artifact_of_a_tied_hybrid_is_compress(tmp_path, rotate):
     tm = load_twin(f, max_seq=32)   # the twin's tied head
     tm.set_rate(0.35)
     ids = np.random.default_rng(8).integers(0, VOCAB, size=17)
-    assert _rel(_logits(tm, ids), uniql.load(f, rate=0.35).logits(ids)) <= RUNTIME_REL_TOL
+    assert _rel(_logits(tm, ids), uniql.load(f, rate=0.35, kv_dtype="fp32").logits(ids)) <= RUNTIME_REL_TOL
 
 
 @pytest.mark.parametrize("hy", ["bamba"], indirect=True)   # one family is enough for the command line
@@ -219,7 +220,7 @@ def test_twin_at_mamba2_130m_shapes(tmp_path):
         td.set_rate(rate)
         with torch.no_grad():
             f64 = td(torch.from_numpy(ids))[0].numpy()
-        got, rt = _logits(tm, ids), uniql.load(art, rate=rate).logits(ids)
+        got, rt = _logits(tm, ids), uniql.load(art, rate=rate, kv_dtype="fp32").logits(ids)
         assert _rel(got, f64) <= 1e-4 and _rel(rt, f64) <= 2e-4 and _rel(got, rt) <= 1e-4, rate
 
 

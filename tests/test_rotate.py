@@ -21,6 +21,7 @@ transformers = pytest.importorskip("transformers")
 from test_ssm import make_hf  # noqa: E402
 from test_compress_hybrid import _compress as _compress_hy, VOCAB as HY_VOCAB  # noqa: E402
 
+# the comparisons below load with kv_dtype="fp32" (the float16 default KV cache: tests/test_kv_cache.py)
 ROTATED_REL_TOL = 1e-4   # the rotated fp32 artifact against the unrotated one, same rate
 RATES = (0.0, 0.15, 0.25, 0.35)
 
@@ -75,8 +76,8 @@ def test_rotate_rejects_bad_inputs():
 
 def _same_at_every_rate(plain, rotated, ids):
     for rate in RATES:
-        a = uniql.load(plain, rate=rate).logits(ids)
-        b = uniql.load(rotated, rate=rate).logits(ids)
+        a = uniql.load(plain, rate=rate, kv_dtype="fp32").logits(ids)
+        b = uniql.load(rotated, rate=rate, kv_dtype="fp32").logits(ids)
         assert float(np.abs(b.astype(np.float64) - a).max() / np.abs(a).max()) <= ROTATED_REL_TOL, rate
 
 
@@ -119,7 +120,7 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
         ids = np.random.default_rng(8).integers(0, TF_VOCAB, size=17)
         with torch.no_grad():
             t = tm(torch.from_numpy(ids.astype(np.int64)))[0].numpy().astype(np.float64)
-        r = uniql.load(rotated, rate=0.35).logits(ids.astype(np.int32))
+        r = uniql.load(rotated, rate=0.35, kv_dtype="fp32").logits(ids.astype(np.int32))
         assert float(np.abs(t - r).max() / np.abs(r).max()) <= 1e-5
     _same_at_every_rate(plain, rotated, np.random.default_rng(4).integers(0, TF_VOCAB, size=23).astype(np.int32))
 

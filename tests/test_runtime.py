@@ -13,7 +13,8 @@ from uniql.models.runtime import Model, TransformerConfig
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-# max-abs error / max-abs reference logit, runtime (float32) vs transformers (float32, eager attention)
+# max-abs error / max-abs reference logit, runtime (float32, kv_dtype="fp32": the float16 KV cache is compared with
+# the float32 one in test_kv_cache.py) vs transformers (float32, eager attention)
 HF_REL_TOL = 1e-4
 # runtime float32 vs float64 NumPy reference of the same semantics
 REF_REL_TOL = 1e-4
@@ -240,7 +241,7 @@ def test_config_rejects_unsupported_and_inconsistent():
 def test_logits_match_transformers(kind, over):
     hf, d, sd = make_hf(kind, **over)
     ids = ids_for(80)
-    m = Model.from_hf_tensors(d, sd)
+    m = Model.from_hf_tensors(d, sd, kv_dtype="fp32")
     ref = hf_logits(hf, ids)
     assert rel_err(m.logits(ids), ref) <= HF_REL_TOL
 
@@ -282,12 +283,13 @@ def test_reduced_keep_equals_truncated_model_and_reference():
     rng = np.random.default_rng(5)
     fmaps = [np.stack([rng.permutation(8) for _ in range(2)]).astype(np.int32) for _ in range(2)]
     keeps = [(40, 6), (96, 10)]
-    full = Model.from_hf_tensors(d, t, qk_layout="interleaved", freq_maps=fmaps)
+    full = Model.from_hf_tensors(d, t, qk_layout="interleaved", freq_maps=fmaps, kv_dtype="fp32")
     for l, (k, r) in enumerate(keeps):
         full.set_keep(l, mlp=k, attn=r)
     assert [full.keep(l) for l in range(2)] == [{"mlp": k, "attn": r} for k, r in keeps]
     tr = truncate(t, d, keeps)
-    small = Model.from_hf_tensors(d, tr, qk_layout="interleaved", freq_maps=[f[:, :r // 2] for f, (_, r) in zip(fmaps, keeps)])
+    small = Model.from_hf_tensors(d, tr, qk_layout="interleaved",
+                                  freq_maps=[f[:, :r // 2] for f, (_, r) in zip(fmaps, keeps)], kv_dtype="fp32")
     assert [small.stored(l) for l in range(2)] == [{"mlp": k, "attn": r} for k, r in keeps]
     ids = ids_for(40)
     a, b = full.logits(ids), small.logits(ids)
@@ -300,7 +302,7 @@ def test_reduced_keep_equals_truncated_model_and_reference():
 def test_hf_layout_with_identity_map_equals_reference():
     hf, d, sd = make_hf()
     ids = ids_for(30)
-    m = Model.from_hf_tensors(d, sd)
+    m = Model.from_hf_tensors(d, sd, kv_dtype="fp32")
     ref = ref_forward(runtime_tensors(sd, d), d, ids, [[(96, 16)] * 2] * 30)
     assert rel_err(m.logits(ids), ref) <= REF_REL_TOL
     assert rel_err(ref, hf_logits(hf, ids)) <= 1e-5  # the reference itself agrees with transformers
@@ -308,7 +310,7 @@ def test_hf_layout_with_identity_map_equals_reference():
 
 def test_live_switching_matches_reference():
     hf, d, sd = make_hf(num_key_value_heads=1)
-    m = Model.from_hf_tensors(d, sd)
+    m = Model.from_hf_tensors(d, sd, kv_dtype="fp32")
     ids = ids_for(36)
     A, B, C = [(96, 16), (96, 16)], [(32, 8), (64, 12)], [(50, 4), (96, 16)]
     sched = [A] * 20 + [B] * 10 + [C] * 6
@@ -458,7 +460,7 @@ def test_nll_and_perplexity_match_torch():
 
 def test_layer_pieces_compose_and_capture():
     hf, d, sd = make_hf("qwen2")
-    m = Model.from_hf_tensors(d, sd, max_chunk=7)
+    m = Model.from_hf_tensors(d, sd, max_chunk=7, kv_dtype="fp32")  # layer_forward runs a float32 cache
     ids = ids_for(25)
     hooks, seen = [], {}
     lay = hf.model.layers[1]

@@ -100,6 +100,12 @@ def _add_int4_activations(p: argparse.ArgumentParser) -> None:
                         "the CPU has int8 dot products; the default, also UNIQL_Q4_ACT)")
 
 
+def _add_kv_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-dtype", choices=("fp16", "fp32"), default="fp16", metavar="DTYPE",
+                   help="KV-cache element type: fp16 (half the cache memory and bytes read per token; the default) "
+                        "or fp32 (exact)")
+
+
 # ------------------------------------------------------------------------------------------ generate ----
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +119,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (0)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
     _add_int4_activations(p)
+    _add_kv_dtype(p)
     a = p.add_argument_group("adaptive rate (artifacts; uniql.serve.adaptive)")
     a.add_argument("--adaptive", action="store_true", help="let the device choose the rate between tokens")
     a.add_argument("--tpot-ms", type=float, default=None, metavar="MS", help="time-per-token target (none)")
@@ -131,7 +138,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if args.adaptive:
         return _generate_adaptive(args)
-    model = load(args.model_dir, rate=args.rate)
+    model = load(args.model_dir, rate=args.rate, kv_dtype=args.kv_dtype)
     out = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                          top_p=args.top_p, seed=args.seed)
     print(out if isinstance(out, str) else getattr(out, "text", out))
@@ -142,7 +149,7 @@ def _generate_adaptive(args: argparse.Namespace) -> int:
     from uniql.serve.adaptive import generate
     from uniql.formats.checkpoint import load
 
-    model = load(args.model_dir, rate=args.rate if args.no_follow_memory else args.min_rate)
+    model = load(args.model_dir, rate=args.rate if args.no_follow_memory else args.min_rate, kv_dtype=args.kv_dtype)
     if not hasattr(model, "set_rate"):
         raise _UsageError("--adaptive needs a compressed artifact (a Hugging Face directory has one rate)")
     out, trace = generate(model, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -177,6 +184,7 @@ def _add_ppl(sub: argparse._SubParsersAction) -> None:
                    help="score the first N tokens of the text (4096)")
     p.add_argument("--rate", type=float, default=0.0, help="pruning rate (compressed artifacts only; 0)")
     _add_int4_activations(p)
+    _add_kv_dtype(p)
     p.set_defaults(func=_cmd_ppl)
 
 
@@ -205,7 +213,7 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     ids = tok.encode(text).ids[: args.max_tokens]
     if len(ids) < 2:
         raise _UsageError(f"{label} has fewer than 2 tokens")
-    model = load(args.model_dir, rate=args.rate, max_seq=args.window)
+    model = load(args.model_dir, rate=args.rate, max_seq=args.window, kv_dtype=args.kv_dtype)
     ppl = model.perplexity(ids, window=args.window, stride=stride)
     value = float(getattr(ppl, "perplexity", ppl))
     print(f"perplexity {value:.4f}  ({label}, {len(ids)} tokens, window {args.window}, stride {stride})")
@@ -392,6 +400,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="also evaluate this model (e.g. the uncompressed checkpoint) and print paired differences")
     p.add_argument("--json", type=Path, default=None, metavar="F", help="write the results (per document too) as JSON")
     _add_int4_activations(p)
+    _add_kv_dtype(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -405,14 +414,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not names:
         raise _UsageError("--tasks is empty")
     tasks = [ue.load(t, limit=args.limit, shots=args.shots) for t in names]
-    model = load(args.model_dir, rate=min(args.rates), max_seq=args.max_seq)
+    model = load(args.model_dir, rate=min(args.rates), max_seq=args.max_seq, kv_dtype=args.kv_dtype)
     if not hasattr(model, "set_rate") and any(r != 0.0 for r in args.rates):
         raise _UsageError("rates other than 0 need a compressed artifact (MODEL_DIR is uncompressed)")
     kw = dict(window=args.window, progress=sys.stderr.isatty())
     res = ue.evaluate(model, tasks, args.rates, **kw)
     base = None
     if args.base is not None:
-        base = ue.evaluate(load(args.base, max_seq=args.max_seq), tasks, None, **kw)[None]
+        base = ue.evaluate(load(args.base, max_seq=args.max_seq, kv_dtype=args.kv_dtype), tasks, None, **kw)[None]
     for metric, title in (("acc", f"acc ({args.model_dir}; ± stderr)"),
                           ("acc_norm", "acc_norm (log-likelihood per character)"),
                           ("ppl", "perplexity (LAMBADA: of the last word; ppl:*: per token)")):
@@ -487,6 +496,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="memory to leave free for other work (256)")
     a.add_argument("--adaptive-log", type=Path, default=None, metavar="F", help="controller decisions as JSON lines")
     _add_int4_activations(p)
+    _add_kv_dtype(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -506,7 +516,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server = build_server(args.model_dir, rate=args.rate, min_rate=args.min_rate, model_name=args.model_name,
                           max_batch=args.max_batch, max_queue=args.max_queue, ctx=args.ctx,
                           drain_timeout=args.drain_timeout, admin_token=args.admin_token, api_key=args.api_key,
-                          adaptive=adaptive)
+                          adaptive=adaptive, kv_dtype=args.kv_dtype)
     run(server, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
 

@@ -745,6 +745,14 @@ uq_status uq_hy_get_config(const uq_hy_model *m, uq_hy_config *out);
  * cache (n_kv, max_seq, R), scratch for token chunks of max_chunk (rounded up to a multiple of chunk_size).
  * UQ_ERR_ARG (NULL, max_seq or max_chunk < 1), UQ_ERR_RANGE (size overflow), UQ_ERR_NOMEM. */
 uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_chunk, uq_hy_state **out);
+/* KV-cache element types. UQ_KV_F16: K and V rows are rounded to IEEE float16 (nearest even) when written and
+ * converted back exactly when read: attention then computes, bit for bit, what it computes over a float32 cache
+ * holding the rounded values, at half the cache bytes (what decode streams per token at long contexts). Values
+ * beyond the float16 range (|x| >= 65520) become +-Inf. */
+typedef enum { UQ_KV_F32 = 0, UQ_KV_F16 = 1 } uq_kv_dtype;
+/* uq_hy_state_init with a KV cache of kv_dtype (uq_hy_state_init: UQ_KV_F32); UQ_ERR_ARG for another value. */
+uq_status uq_hy_state_init_kv(const uq_hy_model *m, int64_t max_seq, int64_t max_chunk, int32_t kv_dtype,
+                              uq_hy_state **out);
 void uq_hy_state_free(uq_hy_state *s);
 /* Forgets the sequence: position 0, SSM and conv states zeroed. */
 uq_status uq_hy_state_reset(uq_hy_state *s);
@@ -753,7 +761,8 @@ uq_status uq_hy_state_reset(uq_hy_state *s);
  * UQ_ERR_RANGE (pos), UQ_ERR_UNSUPPORTED (pos < position with a Mamba layer). */
 uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos);
 /* Copies position, KV caches and SSM/conv states of src into dst, a state of another model of the same layer
- * kinds whose stored attention head dims may differ: per attention layer the first min(R_src, R_dst) dims of
+ * kinds whose stored attention head dims and KV-cache dtypes may differ (converted: float16 -> float32 exactly,
+ * float32 -> float16 rounded): per attention layer the first min(R_src, R_dst) dims of
  * every cached K/V row are copied, dims beyond R_src are zero (never computed for past tokens: exact again once
  * the sequence is re-prefilled); Mamba layers must have the same stored sizes. UQ_ERR_ARG (NULL), UQ_ERR_SHAPE
  * (layers, kinds or KV heads differ), UQ_ERR_UNSUPPORTED (Mamba stored sizes differ), UQ_ERR_RANGE (src position
@@ -761,6 +770,9 @@ uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos);
 uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst);
 int64_t uq_hy_state_pos(const uq_hy_state *s);
 size_t uq_hy_state_bytes(const uq_hy_state *s);
+/* The state's uq_kv_dtype and the bytes of its KV caches (part of uq_hy_state_bytes; 0 for NULL / no attention). */
+int32_t uq_hy_state_kv_dtype(const uq_hy_state *s);
+size_t uq_hy_state_kv_bytes(const uq_hy_state *s);
 
 /* Runs T new tokens (positions pos .. pos+T-1) continuing the cached state; logits of the last n_logits
  * tokens (n_logits, vocab), caller-allocated. T > 1: chunked scan (sequential with UQ_HY_OPT_SEQUENTIAL_SCAN),

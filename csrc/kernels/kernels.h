@@ -42,6 +42,17 @@ void uq_k_rope(float *x, int64_t T, int64_t nheads, int64_t heads_per_map, int64
 void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
                     int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
                     int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads);
+/* The same over a float16 cache (IEEE binary16 K / V rows, e.g. written by uq_k_f32_to_f16): every score and output
+ * equals uq_k_attention's over the rows converted to float32 (exact), bit for bit, on every path. scores:
+ * (nthreads * ((n_heads / n_kv) * max_seq + 2 * rc)) scratch (the extra 2 * rc per thread: rows converted by the
+ * paths without fp16 helpers and by partial RoPE). */
+void uq_k_attention_f16(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                        int64_t k_off, const uint16_t *restrict kc, const uint16_t *restrict vc, int64_t max_seq,
+                        int64_t rc, int64_t pos0, float scale, float *restrict out, float *restrict scores,
+                        int nthreads);
+/* y = x rounded to float16 (to nearest even; the values of uq_convert_f32_to_f16, NaN payloads aside) with the current
+ * path's converter, n elements: the KV-cache writer's conversion. */
+void uq_k_f32_to_f16(const float *restrict x, int64_t n, uint16_t *restrict y);
 
 /* exp(x) of the attention softmax (x = score - max <= 0) and the SiLU (x = -g), one definition for every path: x
  * clamped to [-87, 88] (NaN stays NaN); n = rint(x * log2(e)); r = x - n * 0.693359375 - n * -2.12194440e-4 (two
@@ -168,6 +179,15 @@ typedef struct {
      * V + s * rc) starting from 0 */
     void (*attn_scores)(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale, float *sc);
     void (*attn_accum)(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
+    /* optional float16-cache twins (K / V rows of IEEE halves, converted exactly): the same results as attn_scores /
+     * attn_accum over the converted rows, bit for bit; and the conversions of the cache writer and of the fallback
+     * loops (round to nearest even: the values of uq_convert_f32_to_f16 / uq_convert_f16_to_f32, NaN payloads aside) */
+    void (*attn_scores_f16)(const float *q, const uint16_t *K, int64_t rc, int64_t n, int64_t r, float scale,
+                            float *sc);
+    void (*attn_accum_f16)(const float *sc, float inv, const uint16_t *V, int64_t rc, int64_t n, int64_t r,
+                           float *out);
+    void (*f32_to_f16)(const float *x, int64_t n, uint16_t *y);
+    void (*f16_to_f32)(const uint16_t *x, int64_t n, float *y);
     /* optional: uq_k_softmax_inplace and the element loop of uq_k_silu_mul, same results */
     float (*softmax)(float *sc, int64_t n);
     void (*silu_mul)(float *g, const float *u, int64_t n);
@@ -180,6 +200,11 @@ typedef struct {
  * uq_kpath (per element the fma chain of repeated FMA axpys, whatever their vector width). */
 void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int ns);
 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
+/* The AVX2 (F16C) float16-cache accumulation and conversions (x86 builds; also used by the avx512 path). */
+void uq_k_attn_accum_f16_avx2(const float *sc, float inv, const uint16_t *V, int64_t rc, int64_t n, int64_t r,
+                              float *out);
+void uq_k_f32_to_f16_avx2(const float *x, int64_t n, uint16_t *y);
+void uq_k_f16_to_f32_avx2(const uint16_t *x, int64_t n, float *y);
 /* The AVX2 softmax and silu_mul (x86 builds; also used by the avx512 path). */
 float uq_k_softmax_avx2(float *sc, int64_t n);
 void uq_k_silu_mul_avx2(float *g, const float *u, int64_t n);

@@ -85,9 +85,15 @@ UQ_T2 void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int 
     memcpy(out, o, (size_t)ns * sizeof(float));
 }
 
-/* sc[s] = dot_f32_avx2(q, K + s * rc, r) * scale, 8 keys at a time (one reduce8x8 per 8 keys). */
-UQ_T2 static void attn_scores_f32_avx2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
-                               float *sc) {
+/* n (<= 8) cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes >= n zero. */
+static UQ_T2I __m256 load8k(const void *K, int f16, int64_t off, int64_t n) {
+    return f16 ? load8h((const uint16_t *)K + off, n) : load8f((const float *)K + off, n);
+}
+
+/* sc[s] = dot_f32_avx2(q, K + s * rc, r) * scale, 8 keys at a time (one reduce8x8 per 8 keys); K fp32 or fp16 (the
+ * same FMA sequence on the converted rows). */
+static UQ_T2I void attn_scores_avx2(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
+                                    float scale, float *sc) {
     for (int64_t s0 = 0; s0 < n; s0 += 8) {
         const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
         __m256 a[8];
@@ -97,7 +103,7 @@ UQ_T2 static void attn_scores_f32_avx2(const float *q, const float *K, int64_t r
             const __m256 qv = load8f(q + i, r - i);
             #pragma GCC unroll 8
             for (int j = 0; j < 8; j++)
-                if (j < ns) a[j] = _mm256_fmadd_ps(qv, load8f(K + (s0 + j) * rc + i, r - i), a[j]);
+                if (j < ns) a[j] = _mm256_fmadd_ps(qv, load8k(K, f16, (s0 + j) * rc + i, r - i), a[j]);
         }
         float o[8];
         _mm256_storeu_ps(o, _mm256_mul_ps(reduce8x8(a), _mm256_set1_ps(scale)));
@@ -105,10 +111,21 @@ UQ_T2 static void attn_scores_f32_avx2(const float *q, const float *K, int64_t r
     }
 }
 
+UQ_T2 static void attn_scores_f32_avx2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
+                                       float *sc) {
+    attn_scores_avx2(q, K, 0, rc, n, r, scale, sc);
+}
+
+UQ_T2 static void attn_scores_f16_avx2(const float *q, const uint16_t *K, int64_t rc, int64_t n, int64_t r,
+                                       float scale, float *sc) {
+    attn_scores_avx2(q, K, 1, rc, n, r, scale, sc);
+}
+
 /* out = sum over s in order of axpy_f32_avx2(sc[s] * inv, V + s * rc): the output kept in registers 64 floats at a time
- * (the same fma chain per element as repeated axpy_f32_avx2 calls, tail elements with fmaf as axpy_f32_avx2 does). */
-UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
-                              float *out) {
+ * (the same fma chain per element as repeated axpy_f32_avx2 calls, tail elements with fmaf as axpy_f32_avx2 does);
+ * V fp32 or fp16 (converted exactly). */
+static UQ_T2I void attn_accum_avx2(const float *sc, float inv, const void *V, int f16, int64_t rc, int64_t n,
+                                   int64_t r, float *out) {
     const int64_t r8 = r / 8 * 8;
     for (int64_t c0 = 0; c0 < r8; c0 += 64) {
         const int nv = r8 - c0 < 64 ? (int)((r8 - c0) / 8) : 8;
@@ -117,10 +134,10 @@ UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int6
         for (int k = 0; k < 8; k++) y[k] = _mm256_setzero_ps();
         for (int64_t s = 0; s < n; s++) {
             const __m256 av = _mm256_set1_ps(sc[s] * inv);
-            const float *v = V + s * rc + c0;
+            const int64_t off = s * rc + c0;
             #pragma GCC unroll 8
             for (int k = 0; k < 8; k++)
-                if (k < nv) y[k] = _mm256_fmadd_ps(av, _mm256_loadu_ps(v + 8 * k), y[k]);
+                if (k < nv) y[k] = _mm256_fmadd_ps(av, load8k(V, f16, off + 8 * k, 8), y[k]);
         }
         #pragma GCC unroll 8
         for (int k = 0; k < 8; k++)
@@ -128,8 +145,48 @@ UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int6
     }
     for (int64_t i = r8; i < r; i++) {
         float y = 0.0f;
-        for (int64_t s = 0; s < n; s++) y = __builtin_fmaf(sc[s] * inv, V[s * rc + i], y);
+        for (int64_t s = 0; s < n; s++) {
+            const float v = f16 ? _cvtsh_ss(((const uint16_t *)V)[s * rc + i]) : ((const float *)V)[s * rc + i];
+            y = __builtin_fmaf(sc[s] * inv, v, y);
+        }
         out[i] = y;
+    }
+}
+
+UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
+                                float *out) {
+    attn_accum_avx2(sc, inv, V, 0, rc, n, r, out);
+}
+
+UQ_T2 void uq_k_attn_accum_f16_avx2(const float *sc, float inv, const uint16_t *V, int64_t rc, int64_t n, int64_t r,
+                                    float *out) {
+    attn_accum_avx2(sc, inv, V, 1, rc, n, r, out);
+}
+
+/* float32 <-> float16, round to nearest even (vcvtps2ph / vcvtph2ps; the tails through a zero-padded vector). */
+UQ_T2 void uq_k_f32_to_f16_avx2(const float *x, int64_t n, uint16_t *y) {
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m128i h = _mm256_cvtps_ph(load8f(x + i, n - i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        if (n - i >= 8) {
+            _mm_storeu_si128((__m128i *)(y + i), h);
+        } else {
+            uint16_t t[8];
+            _mm_storeu_si128((__m128i *)t, h);
+            memcpy(y + i, t, (size_t)(n - i) * sizeof(uint16_t));
+        }
+    }
+}
+
+UQ_T2 void uq_k_f16_to_f32_avx2(const uint16_t *x, int64_t n, float *y) {
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256 v = load8h(x + i, n - i);
+        if (n - i >= 8) {
+            _mm256_storeu_ps(y + i, v);
+        } else {
+            float t[8];
+            _mm256_storeu_ps(t, v);
+            memcpy(y + i, t, (size_t)(n - i) * sizeof(float));
+        }
     }
 }
 
@@ -774,6 +831,10 @@ const uq_kpath uq_kpath_avx2 = {
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx2,
     .attn_accum = uq_k_attn_accum_avx2,
+    .attn_scores_f16 = attn_scores_f16_avx2,
+    .attn_accum_f16 = uq_k_attn_accum_f16_avx2,
+    .f32_to_f16 = uq_k_f32_to_f16_avx2,
+    .f16_to_f32 = uq_k_f16_to_f32_avx2,
     .softmax = uq_k_softmax_avx2,
     .silu_mul = uq_k_silu_mul_avx2,
 };

@@ -70,26 +70,36 @@ static UQ_T512I __m256 reduce16x8_avx512(const __m512 *a) {
     return _mm256_permutevar8x32_ps(R, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-UQ_T512 static void attn_scores_f32_avx512(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
-                                   float *sc) {
+/* 16 cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes outside m zero. */
+static UQ_T512I __m512 load16k(const void *K, int f16, int64_t off, __mmask16 m) {
+    if (m == 0xFFFF)
+        return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)K + off)))
+                   : _mm512_loadu_ps((const float *)K + off);
+    return f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)K + off))
+               : _mm512_maskz_loadu_ps(m, (const float *)K + off);
+}
+
+/* K fp32 or fp16 (the same FMA sequence on the converted rows). */
+static UQ_T512I void attn_scores_avx512(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
+                                        float scale, float *sc) {
     const __m256 scv = _mm256_set1_ps(scale);
     const __mmask16 mt = tail16(r % 16);
     int64_t s0 = 0;
     for (; s0 + 8 <= n; s0 += 8) { /* whole blocks of 8 keys: accumulators stay in registers */
         __m512 a[8];
-        const float *k0 = K + s0 * rc;
+        const int64_t k0 = s0 * rc;
         #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();
         int64_t i = 0;
         for (; i + 16 <= r; i += 16) {
             const __m512 qv = _mm512_loadu_ps(q + i);
             #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + j * rc + i), a[j]);
+            for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, k0 + j * rc + i, 0xFFFF), a[j]);
         }
         if (i < r) {
             const __m512 qv = _mm512_maskz_loadu_ps(mt, q + i);
             #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(mt, k0 + j * rc + i), a[j]);
+            for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, k0 + j * rc + i, mt), a[j]);
         }
         _mm256_storeu_ps(sc + s0, _mm256_mul_ps(reduce16x8_avx512(a), scv));
     }
@@ -100,13 +110,12 @@ UQ_T512 static void attn_scores_f32_avx512(const float *q, const float *K, int64
         int64_t i = 0;
         for (; i + 16 <= r; i += 16) {
             const __m512 qv = _mm512_loadu_ps(q + i);
-            for (int j = 0; j < ns; j++) a[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(K + (s0 + j) * rc + i), a[j]);
+            for (int j = 0; j < ns; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, (s0 + j) * rc + i, 0xFFFF), a[j]);
         }
         if (i < r) {
             const __mmask16 m = tail16(r - i);
             const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-            for (int j = 0; j < ns; j++)
-                a[j] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, K + (s0 + j) * rc + i), a[j]);
+            for (int j = 0; j < ns; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, (s0 + j) * rc + i, m), a[j]);
         }
         float f[64];
         for (int j = 0; j < 8; j++) {
@@ -116,6 +125,16 @@ UQ_T512 static void attn_scores_f32_avx512(const float *q, const float *K, int64
         }
         uq_k_reduce8x8_avx2(f, scale, sc + s0, ns);
     }
+}
+
+UQ_T512 static void attn_scores_f32_avx512(const float *q, const float *K, int64_t rc, int64_t n, int64_t r,
+                                           float scale, float *sc) {
+    attn_scores_avx512(q, K, 0, rc, n, r, scale, sc);
+}
+
+UQ_T512 static void attn_scores_f16_avx512(const float *q, const uint16_t *K, int64_t rc, int64_t n, int64_t r,
+                                           float scale, float *sc) {
+    attn_scores_avx512(q, K, 1, rc, n, r, scale, sc);
 }
 
 UQ_T512 static void axpy_f32_avx512(float a, const float *x, float *y, int64_t n) {
@@ -1054,6 +1073,10 @@ const uq_kpath uq_kpath_avx512 = {
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx512,
     .attn_accum = uq_k_attn_accum_avx2,
+    .attn_scores_f16 = attn_scores_f16_avx512,
+    .attn_accum_f16 = uq_k_attn_accum_f16_avx2,
+    .f32_to_f16 = uq_k_f32_to_f16_avx2,
+    .f16_to_f32 = uq_k_f16_to_f32_avx2,
     .softmax = uq_k_softmax_avx2,
     .silu_mul = uq_k_silu_mul_avx2,
 };

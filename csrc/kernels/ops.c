@@ -6,7 +6,8 @@
  *   SiLU * mul  z = g * sigmoid(g) * u
  *   embedding   row gather, fp32, fp16 (exact conversion) or int4 dequantized as (q - 8) * scale
  * Attention dot products and the probability-weighted sum of V use the current kernel path's dot/axpy
- * (uq_k_path(): FMA lanes on the vector paths, uq_k_dot and mul+add on ref).
+ * (uq_k_path(): FMA lanes on the vector paths, uq_k_dot and mul+add on ref); the KV cache is float32 or float16
+ * (converted exactly to float32 on the way in: the same results as a float32 cache holding the rounded values).
  */
 #include <math.h>
 #include <string.h>
@@ -56,62 +57,88 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
 }
 
-/* One uq_k_attention call, shared by its pool tasks (one task per work item). */
+/* One uq_k_attention / uq_k_attention_f16 call, shared by its pool tasks (one task per work item). */
 typedef struct {
     const uq_kpath *P;
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc; /* float, or uint16_t float16 (f16) */
     float *out, *scores;
-    int64_t n_heads, group, g, r, r_rot, k_off, max_seq, rc, pos0;
+    int64_t n_heads, group, g, r, r_rot, k_off, max_seq, rc, pos0, wstride;
     float scale;
-    int split;
+    int split, f16;
     float (*softmax)(float *sc, int64_t n);
 } attn_job;
+
+/* Row s of a cache block X (rows of rc elements) as floats: X itself (fp32), else its first n elements converted
+ * into tmp (exact). */
+static const float *cache_row(const attn_job *a, const void *X, int64_t s, int64_t n, float *tmp) {
+    if (!a->f16) return (const float *)X + s * a->rc;
+    const uint16_t *h = (const uint16_t *)X + s * a->rc;
+    if (a->P->f16_to_f32)
+        a->P->f16_to_f32(h, n, tmp);
+    else
+        (void)uq_convert_f16_to_f32(h, n, tmp);
+    return tmp;
+}
 
 static void attn_task(void *arg, int64_t i, int worker) {
     const attn_job *a = arg;
     const uq_kpath *P = a->P;
-    const int64_t g = a->g, group = a->group, n_heads = a->n_heads, r = a->r, r_rot = a->r_rot, rc = a->rc;
-    const int64_t max_seq = a->max_seq;
+    const int64_t g = a->g, n_heads = a->n_heads, r = a->r, r_rot = a->r_rot, rc = a->rc;
+    const int64_t max_seq = a->max_seq, es = a->f16 ? 2 : 4;
     const float scale = a->scale;
-    float *sc = a->scores + (int64_t)worker * group * max_seq;
-    const int64_t t = i * g / n_heads, h0 = (i * g) % n_heads, kv = h0 / group, n = a->pos0 + t + 1;
-    const float *K = a->kc + kv * max_seq * rc, *V = a->vc + kv * max_seq * rc;
+    float *sc = a->scores + (int64_t)worker * a->wstride;
+    float *kt = sc + a->group * max_seq, *vt = kt + rc; /* converted rows (fp16 without the path's helpers) */
+    const int64_t t = i * g / n_heads, h0 = (i * g) % n_heads, kv = h0 / a->group, n = a->pos0 + t + 1;
+    const void *K = (const char *)a->kc + kv * max_seq * rc * es, *V = (const char *)a->vc + kv * max_seq * rc * es;
     const float *qh = a->q + (t * n_heads + h0) * r;
     float *oh = a->out + (t * n_heads + h0) * r;
-    if (a->split) {
+    const int helpers = a->f16 ? P->attn_scores_f16 && P->attn_accum_f16 : P->attn_scores && P->attn_accum;
+    if (helpers && !a->split) {
         for (int64_t j = 0; j < g; j++) {
-            const float *qj = qh + j * r;
-            for (int64_t s = 0; s < n; s++)
-                sc[s] = (P->dot(qj, K + s * rc, r_rot) + P->dot(qj + r_rot, K + s * rc + a->k_off, r - r_rot)) * scale;
-            const float inv = a->softmax(sc, n);
-            if (P->attn_accum) {
-                P->attn_accum(sc, inv, V, rc, n, r, oh + j * r);
+            float *o = oh + j * r;
+            if (a->f16) {
+                P->attn_scores_f16(qh + j * r, K, rc, n, r, scale, sc);
+                P->attn_accum_f16(sc, a->softmax(sc, n), V, rc, n, r, o);
             } else {
-                memset(oh + j * r, 0, (size_t)r * sizeof(float));
-                for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, oh + j * r, r);
+                P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
+                P->attn_accum(sc, a->softmax(sc, n), V, rc, n, r, o);
             }
         }
         return;
     }
-    if (P->attn_scores) {
+    /* the dot / axpy loops (all heads per cache row); partial RoPE (split): the rotary and the pass rows are two dot
+     * products */
+    float inv[64];
+    for (int64_t s = 0; s < n; s++) {
+        const float *k = cache_row(a, K, s, a->split ? rc : r, kt);
         for (int64_t j = 0; j < g; j++) {
-            P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
-            P->attn_accum(sc, a->softmax(sc, n), V, rc, n, r, oh + j * r);
+            const float *qj = qh + j * r;
+            sc[j * max_seq + s] = a->split
+                                      ? (P->dot(qj, k, r_rot) + P->dot(qj + r_rot, k + a->k_off, r - r_rot)) * scale
+                                      : P->dot(qj, k, r) * scale;
+        }
+    }
+    for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);
+    if (helpers) { /* split with the path's accumulation */
+        for (int64_t j = 0; j < g; j++) {
+            if (a->f16)
+                P->attn_accum_f16(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
+            else
+                P->attn_accum(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
         }
         return;
     }
-    float inv[64];
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t j = 0; j < g; j++) sc[j * max_seq + s] = P->dot(qh + j * r, K + s * rc, r) * scale;
-    for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);
     memset(oh, 0, (size_t)(g * r) * sizeof(float));
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], V + s * rc, oh + j * r, r);
+    for (int64_t s = 0; s < n; s++) {
+        const float *v = cache_row(a, V, s, r, vt);
+        for (int64_t j = 0; j < g; j++) P->axpy(sc[j * max_seq + s] * inv[j], v, oh + j * r, r);
+    }
 }
 
-void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
-                    int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
-                    int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads) {
+static void attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                      int64_t k_off, const void *kc, const void *vc, int f16, int64_t max_seq, int64_t rc, int64_t pos0,
+                      float scale, float *out, float *scores, int nthreads) {
     const int64_t group = n_heads / n_kv;
     /* one thread for small work: (T * n_heads) * (pos0 + T) * r multiply-adds, roughly */
     const int par = T * n_heads * (pos0 + T) * r >= 65536;
@@ -121,14 +148,39 @@ void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t
      * head's operations are the same either way: scores s = 0.. in order, softmax, out += p_s v_s in order.
      * partial RoPE (split): the rotary and the pass rows are two dot products, whether the pass rows follow the
      * rotary ones in the cache row (k_off = r_rot) or not (a pruned head): a model built from truncated arrays and
-     * a full model set to the same keeps then compute the same scores. */
+     * a full model set to the same keeps then compute the same scores. A float16 cache is read through the
+     * path's fp16 helpers (the same FMA sequences on the exactly converted elements), else through rows converted
+     * into the thread's scratch: the results are those of the float32 kernel on the converted cache. */
     const int64_t wk = T * n_kv, nth = par ? nthreads : 1;
     const int64_t g = group > 1 && group <= 64 && (wk % nth == 0 || wk >= 4 * nth) ? group : 1;
     const uq_kpath *P = uq_k_path();
-    attn_job a = {.P = P, .softmax = P->softmax ? P->softmax : uq_k_softmax_inplace, .q = q, .kc = kc, .vc = vc, .out = out, .scores = scores, .n_heads = n_heads,
-                  .group = group, .g = g, .r = r, .r_rot = r_rot, .k_off = k_off, .max_seq = max_seq, .rc = rc,
-                  .pos0 = pos0, .scale = scale, .split = r_rot > 0 && r_rot < r};
+    attn_job a = {.P = P, .softmax = P->softmax ? P->softmax : uq_k_softmax_inplace, .q = q, .kc = kc, .vc = vc,
+                  .out = out, .scores = scores, .n_heads = n_heads, .group = group, .g = g, .r = r, .r_rot = r_rot,
+                  .k_off = k_off, .max_seq = max_seq, .rc = rc, .pos0 = pos0,
+                  .wstride = group * max_seq + (f16 ? 2 * rc : 0), .scale = scale, .split = r_rot > 0 && r_rot < r,
+                  .f16 = f16};
     uq_pool_run(T * n_heads / g, (int)nth, attn_task, &a);
+}
+
+void uq_k_attention(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                    int64_t k_off, const float *restrict kc, const float *restrict vc, int64_t max_seq, int64_t rc,
+                    int64_t pos0, float scale, float *restrict out, float *restrict scores, int nthreads) {
+    attention(q, T, n_heads, n_kv, r, r_rot, k_off, kc, vc, 0, max_seq, rc, pos0, scale, out, scores, nthreads);
+}
+
+void uq_k_attention_f16(const float *restrict q, int64_t T, int64_t n_heads, int64_t n_kv, int64_t r, int64_t r_rot,
+                        int64_t k_off, const uint16_t *restrict kc, const uint16_t *restrict vc, int64_t max_seq,
+                        int64_t rc, int64_t pos0, float scale, float *restrict out, float *restrict scores,
+                        int nthreads) {
+    attention(q, T, n_heads, n_kv, r, r_rot, k_off, kc, vc, 1, max_seq, rc, pos0, scale, out, scores, nthreads);
+}
+
+void uq_k_f32_to_f16(const float *restrict x, int64_t n, uint16_t *restrict y) {
+    const uq_kpath *P = uq_k_path();
+    if (P->f32_to_f16)
+        P->f32_to_f16(x, n, y);
+    else
+        (void)uq_convert_f32_to_f16(x, n, y);
 }
 
 typedef struct {

@@ -419,18 +419,31 @@ void uq_hy_state_free(uq_hy_state *s) {
     uq_free(s);
 }
 
-/* *p = zeroed float buffer of a * b elements (at least one); adds its size to *total. */
-static uq_status sbuf(float **p, int64_t a, int64_t b, size_t *total) {
+/* *p = zeroed buffer of a * b elements of elem bytes (at least one); adds its size to *total. */
+static uq_status ebuf(void **p, int64_t a, int64_t b, size_t elem, size_t *total) {
     size_t n;
-    uq_status st = uq_size_mul(a > 0 ? a : 1, b > 0 ? b : 1, sizeof(float), &n);
+    uq_status st = uq_size_mul(a > 0 ? a : 1, b > 0 ? b : 1, elem, &n);
     if (st != UQ_OK) return st;
     *total += n;
-    return uq_calloc(n, (void **)p);
+    return uq_calloc(n, p);
+}
+
+/* *p = zeroed float buffer of a * b elements (at least one); adds its size to *total. */
+static uq_status sbuf(float **p, int64_t a, int64_t b, size_t *total) {
+    return ebuf((void **)p, a, b, sizeof(float), total);
 }
 
 uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_chunk, uq_hy_state **out) {
+    return uq_hy_state_init_kv(m, max_seq, max_chunk, UQ_KV_F32, out);
+}
+
+uq_status uq_hy_state_init_kv(const uq_hy_model *m, int64_t max_seq, int64_t max_chunk, int32_t kv_dtype,
+                              uq_hy_state **out) {
     if (!m || !out) return uq_set_error(UQ_ERR_ARG, "hy_state_init: NULL argument");
     *out = NULL;
+    if (kv_dtype != UQ_KV_F32 && kv_dtype != UQ_KV_F16)
+        return uq_set_error(UQ_ERR_ARG, "hy_state_init: unknown KV-cache dtype %d (UQ_KV_F32 = 0, UQ_KV_F16 = 1)",
+                            (int)kv_dtype);
     if (max_seq < 1 || max_chunk < 1)
         return uq_set_error(UQ_ERR_ARG, "hy_state_init: max_seq and max_chunk must be >= 1, got %lld and %lld",
                             (long long)max_seq, (long long)max_chunk);
@@ -448,11 +461,13 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
     s->max_chunk = max_chunk;
     s->half = c->rope_dim / 2;
     s->nthreads = uq_k_threads();
+    s->kv16 = kv_dtype == UQ_KV_F16;
+    const size_t kv_elem = s->kv16 ? sizeof(uint16_t) : sizeof(float);
     size_t tot = 0;
     if ((st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->conv)) != UQ_OK ||
         (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->ssm)) != UQ_OK ||
-        (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->kc)) != UQ_OK ||
-        (st = uq_calloc((size_t)L * sizeof(float *), (void **)&s->vc)) != UQ_OK)
+        (st = uq_calloc((size_t)L * sizeof(void *), (void **)&s->kc)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof(void *), (void **)&s->vc)) != UQ_OK)
         goto fail;
     for (int64_t l = 0; l < L; l++) {
         const int64_t *sz = m->stored[l];
@@ -468,7 +483,8 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
                                   (long long)max_seq);
                 goto fail;
             }
-            if ((st = sbuf(&s->kc[l], per, max_seq, &tot)) != UQ_OK || (st = sbuf(&s->vc[l], per, max_seq, &tot)) != UQ_OK)
+            if ((st = ebuf(&s->kc[l], per, max_seq, kv_elem, &tot)) != UQ_OK ||
+                (st = ebuf(&s->vc[l], per, max_seq, kv_elem, &tot)) != UQ_OK)
                 goto fail;
         }
     }
@@ -484,7 +500,7 @@ uq_status uq_hy_state_init(const uq_hy_model *m, int64_t max_seq, int64_t max_ch
         (st = sbuf(&s->qb, mc, nh * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->att, mc, nh * m->Rmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->kb, mc, nkv * m->Rmax, &tot)) != UQ_OK || (st = sbuf(&s->vb, mc, nkv * m->Rmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->g, mc, m->Kmax, &tot)) != UQ_OK || (st = sbuf(&s->u, mc, m->Kmax, &tot)) != UQ_OK ||
-        (st = sbuf(&s->scores, s->nthreads * (nkv > 0 ? nh / nkv : 1), max_seq, &tot)) != UQ_OK ||
+        (st = sbuf(&s->scores, s->nthreads, (nkv > 0 ? nh / nkv : 1) * max_seq + 2 * m->Rmax, &tot)) != UQ_OK ||
         (st = sbuf(&s->work, s->nthreads, m->any_mamba ? uq_ks_scan_work(c->chunk_size) : 1, &tot)) != UQ_OK ||
         (st = sbuf(&s->cb, m->any_mamba ? uq_ks_scan_shared(G, c->chunk_size) : 1, 1, &tot)) != UQ_OK)
         goto fail;
@@ -534,6 +550,23 @@ uq_status uq_hy_state_truncate(uq_hy_state *s, int64_t pos) {
     return UQ_OK;
 }
 
+/* Elements [0, n) of the cache row at element offset os of src's block S into the row at od of dst's block D (dtypes
+ * may differ: float16 -> float32 is exact, float32 -> float16 rounds to nearest even), zeros in [n, nd). */
+static void copy_kv_row(const uq_hy_state *src, const void *S, int64_t os, const uq_hy_state *dst, void *D, int64_t od,
+                        int64_t n, int64_t nd) {
+    if (src->kv16 == dst->kv16) {
+        const size_t e = src->kv16 ? sizeof(uint16_t) : sizeof(float);
+        memcpy((char *)D + od * e, (const char *)S + os * e, (size_t)n * e);
+        memset((char *)D + (od + n) * e, 0, (size_t)(nd - n) * e);
+    } else if (dst->kv16) {
+        uq_k_f32_to_f16((const float *)S + os, n, (uint16_t *)D + od);
+        memset((uint16_t *)D + od + n, 0, (size_t)(nd - n) * sizeof(uint16_t));
+    } else {
+        (void)uq_convert_f16_to_f32((const uint16_t *)S + os, n, (float *)D + od);
+        memset((float *)D + od + n, 0, (size_t)(nd - n) * sizeof(float));
+    }
+}
+
 uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst) {
     if (!src || !dst) return uq_set_error(UQ_ERR_ARG, "hy_state_transfer: NULL state");
     const uq_hy_model *ms = src->m, *md = dst->m;
@@ -567,14 +600,10 @@ uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst) {
         const int64_t Rs = ms->stored[l][KEEP_ATTN], Rd = md->stored[l][KEEP_ATTN], n = Rs < Rd ? Rs : Rd;
         for (int64_t h = 0; h < nkv; h++)
             for (int64_t t = 0; t < src->pos; t++) {
-                const float *ks = src->kc[l] + (h * src->max_seq + t) * Rs, *vs = src->vc[l] + (h * src->max_seq + t) * Rs;
-                float *kd = dst->kc[l] + (h * dst->max_seq + t) * Rd, *vd = dst->vc[l] + (h * dst->max_seq + t) * Rd;
-                memcpy(kd, ks, (size_t)n * sizeof(float));
-                memcpy(vd, vs, (size_t)n * sizeof(float));
-                if (Rd > n) {
-                    memset(kd + n, 0, (size_t)(Rd - n) * sizeof(float));
-                    memset(vd + n, 0, (size_t)(Rd - n) * sizeof(float));
-                }
+                copy_kv_row(src, src->kc[l], (h * src->max_seq + t) * Rs, dst, dst->kc[l], (h * dst->max_seq + t) * Rd,
+                            n, Rd);
+                copy_kv_row(src, src->vc[l], (h * src->max_seq + t) * Rs, dst, dst->vc[l], (h * dst->max_seq + t) * Rd,
+                            n, Rd);
             }
     }
     dst->pos = src->pos;
@@ -584,6 +613,18 @@ uq_status uq_hy_state_transfer(const uq_hy_state *src, uq_hy_state *dst) {
 int64_t uq_hy_state_pos(const uq_hy_state *s) { return s ? s->pos : 0; }
 
 size_t uq_hy_state_bytes(const uq_hy_state *s) { return s ? s->bytes : 0; }
+
+int32_t uq_hy_state_kv_dtype(const uq_hy_state *s) { return s && s->kv16 ? UQ_KV_F16 : UQ_KV_F32; }
+
+size_t uq_hy_state_kv_bytes(const uq_hy_state *s) {
+    if (!s) return 0;
+    const uq_hy_model *m = s->m;
+    size_t n = 0;
+    for (int64_t l = 0; l < m->cfg.num_layers; l++)
+        if (m->layers[l].kind == UQ_HY_ATTN)
+            n += 2 * (size_t)(m->cfg.num_kv_heads * m->stored[l][KEEP_ATTN] * s->max_seq);
+    return n * (s->kv16 ? sizeof(uint16_t) : sizeof(float));
+}
 
 /* ----------------------------------------------------------------------------- forward ---- */
 
@@ -660,13 +701,32 @@ void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, floa
         uq_k_rope(q, T, nh, nh / nkv, r, rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
         uq_k_rope(kb, T, nkv, 1, R, Rr, lw->freq_map, Rr / 2, s->cos_tab, s->sin_tab, s->half, pos0);
     }
-    float *kc = s->kc[l], *vc = s->vc[l];
     for (int64_t t = 0; t < T; t++)
         for (int64_t g = 0; g < nkv; g++) {
-            size_t off = (size_t)((g * s->max_seq + pos0 + t) * R);
-            memcpy(kc + off, kb + (t * nkv + g) * R, (size_t)R * sizeof(float));
-            memcpy(vc + off, vb + (t * nkv + g) * R, (size_t)R * sizeof(float));
+            const int64_t off = (g * s->max_seq + pos0 + t) * R;
+            const float *k = kb + (t * nkv + g) * R, *v = vb + (t * nkv + g) * R;
+            if (s->kv16) {
+                uq_k_f32_to_f16(k, R, (uint16_t *)s->kc[l] + off);
+                uq_k_f32_to_f16(v, R, (uint16_t *)s->vc[l] + off);
+            } else {
+                memcpy((float *)s->kc[l] + off, k, (size_t)R * sizeof(float));
+                memcpy((float *)s->vc[l] + off, v, (size_t)R * sizeof(float));
+            }
         }
+}
+
+void uq_hy_attend(const uq_hy_model *m, uq_hy_state *s, int64_t l, const float *q, int64_t T, int64_t pos0,
+                  float *out, int nthreads) {
+    const uq_hy_config *c = &m->cfg;
+    const int64_t nh = c->num_heads, nkv = c->num_kv_heads;
+    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN], rr = r * Rr / R;
+    const float scale = (float)(1.0 / sqrt((double)c->head_dim));
+    if (s->kv16)
+        uq_k_attention_f16(q, T, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, pos0, scale, out, s->scores,
+                           nthreads);
+    else
+        uq_k_attention(q, T, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, pos0, scale, out, s->scores,
+                       nthreads);
 }
 
 /* Mamba2 mixer over h = s->xn (Tc, hidden); adds its output to x. */
@@ -740,15 +800,13 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     const uq_hy_config *c = &m->cfg;
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
-    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN];
-    const int64_t rr = r * Rr / R;
+    const int64_t R = m->stored[l][KEEP_ATTN], r = m->keep[l][KEEP_ATTN];
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, s->xn, Tc, s->q, s->qa, s->qb, s->kb, s->vb)) != UQ_OK) return st;
     uq_hy_attn_rope_store(m, s, l, s->q, s->kb, s->vb, Tc, pos0);
     if (cap && cap->q) copy_rows(cap->q + row0 * nh * r, s->q, Tc * nh * r);
     if (cap && cap->k) copy_rows(cap->k + row0 * nkv * R, s->kb, Tc * nkv * R);
-    uq_k_attention(s->q, Tc, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, pos0, (float)(1.0 / sqrt((double)c->head_dim)),
-                   s->att, s->scores, s->nthreads);
+    uq_hy_attend(m, s, l, s->q, Tc, pos0, s->att, s->nthreads);
     if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc * nh * r);
     if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);

@@ -9,7 +9,6 @@
  * kernel's operations per output element depend only on its token row, and the scan, conv and attention of a
  * sequence are the same calls with T = 1, only spread differently over threads.
  */
-#include <math.h>
 #include <string.h>
 
 #include "../kernels/kernels.h"
@@ -117,7 +116,6 @@ typedef struct {
     int64_t l;
     int ac;
     uq_ks_scan a0;
-    float scale;
 } rows_job;
 
 static void mamba_row_task(void *arg, int64_t i, int worker) {
@@ -154,11 +152,10 @@ static void attn_row_task(void *arg, int64_t i, int worker) {
     uq_hy_batch *b = j->b;
     uq_hy_state *s = j->S[i];
     const int64_t l = j->l, nh = c->num_heads, nkv = c->num_kv_heads;
-    const int64_t R = m->stored[l][KEEP_ATTN], Rr = m->Rrot[l], r = m->keep[l][KEEP_ATTN], rr = r * Rr / R;
+    const int64_t R = m->stored[l][KEEP_ATTN], r = m->keep[l][KEEP_ATTN];
     float *qi = b->q + i * nh * r, *ki = b->kb + i * nkv * R, *vi = b->vb + i * nkv * R;
     uq_hy_attn_rope_store(m, s, l, qi, ki, vi, 1, s->pos);
-    uq_k_attention(qi, 1, nh, nkv, r, rr, Rr, s->kc[l], s->vc[l], s->max_seq, R, s->pos, j->scale, b->att + i * nh * r,
-                   s->scores, j->ac ? 1 : s->nthreads);
+    uq_hy_attend(m, s, l, qi, 1, s->pos, b->att + i * nh * r, j->ac ? 1 : s->nthreads);
 }
 
 static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
@@ -168,7 +165,7 @@ static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *co
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, b->xn, n, b->q, b->qa, b->qb, b->kb, b->vb)) != UQ_OK) return st;
     const int nth = uq_k_threads(), ac = across(n, nth);
-    rows_job j = {.m = m, .b = b, .S = S, .l = l, .ac = ac, .scale = (float)(1.0 / sqrt((double)c->head_dim))};
+    rows_job j = {.m = m, .b = b, .S = S, .l = l, .ac = ac};
     uq_pool_run(n, ac ? nth : 1, attn_row_task, &j);
     if ((st = uq_linear_forward(&lw->o, b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
     uq_k_add(b->x, b->tmp, n * hid);

@@ -36,7 +36,9 @@ struct uq_hy_state {
     int nthreads;
     size_t bytes;
     float **conv, **ssm;         /* (L) Mamba layers: (H*Ps + 2*G*Ns, K-1) and (H, Ps, Ns); else NULL */
-    float **kc, **vc;            /* (L) attention layers: (n_kv, max_seq, R); else NULL */
+    void **kc, **vc;             /* (L) attention layers: (n_kv, max_seq, R) float, or float16 as uint16_t (kv16);
+                                  * else NULL */
+    int kv16;                    /* the KV cache holds float16 (UQ_KV_F16) */
     float *cos_tab, *sin_tab;    /* (max_seq, rope_dim/2) */
     float *x, *xn, *tmp;         /* (max_chunk, hidden) */
     float *z, *xi, *xo, *y;      /* (max_chunk, H*Pmax) */
@@ -45,7 +47,7 @@ struct uq_hy_state {
     float *q, *qa, *qb, *att;    /* (max_chunk, n_heads*Rmax) */
     float *kb, *vb;              /* (max_chunk, n_kv*Rmax) */
     float *g, *u;                /* (max_chunk, Kmax) */
-    float *scores;               /* (nthreads * n_heads / n_kv, max_seq) */
+    float *scores;               /* nthreads * ((n_heads / n_kv) * max_seq + 2 * Rmax): uq_k_attention(_f16) scratch */
     float *work;                 /* (nthreads, uq_ks_scan_work(chunk)) */
     float *cb;                   /* uq_ks_scan_shared(G, chunk): per-group C B^T of a chunk */
     int64_t *chan;               /* (max(H*Pmax, G*Nmax)) conv channel map */
@@ -102,6 +104,10 @@ uq_status uq_hy_mlp(const uq_hy_model *m, int64_t l, const float *xn, int64_t T,
 uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float *z, int64_t T, float *tmp, float *x);
 void uq_hy_attn_rope_store(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *q, float *kb, const float *vb,
                            int64_t T, int64_t pos0);
+/* Causal attention of layer l for q (T, nh, r) at positions pos0.. over s's KV cache (float32 or float16) into out
+ * (T, nh, r), on at most nthreads threads: the one attention call of prefill, decode and batched decode. */
+void uq_hy_attend(const uq_hy_model *m, uq_hy_state *s, int64_t l, const float *q, int64_t T, int64_t pos0,
+                  float *out, int nthreads);
 uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64_t T, float *q, float *qa,
                          float *qb, float *kb, float *vb);
 

@@ -91,5 +91,6 @@ void test_r16(void);
 void test_batch(void);
 void test_q8w(void);
 void test_pool(void);
+void test_kv16(void);
 
 #endif

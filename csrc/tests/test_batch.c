@@ -1,6 +1,7 @@
 /* test_batch.c -- batched decoding (uq_hy_decode_batch) of an all-attention (Llama-shaped) model: sequences joining
- * and leaving between steps give the logits of decoding each alone, bit for bit; bad batches are rejected before any
- * state moves. */
+ * and leaving between steps give the logits of decoding each alone, bit for bit, with float32 and float16 KV caches;
+ * bad batches are rejected before any state moves. The float16 cache: logits close to the float32 cache's, states
+ * moved between the two dtypes, half the cache bytes. */
 #include "test.h"
 
 enum { BV = 40, BH = 16, BNH = 4, BNKV = 2, BD = 8, BI = 24, BNL = 2, BSEQ = 12 };
@@ -60,7 +61,7 @@ static void bmodel_build(bmodel *m) {
     m->c = c;
 }
 
-void test_batch(void) {
+static void batch_case(int32_t kv) {
     static bmodel bm;
     bmodel_build(&bm);
     uq_hy_model *m = NULL;
@@ -73,8 +74,8 @@ void test_batch(void) {
     CHECK_STATUS(uq_hy_batch_init(m, 0, &b), UQ_ERR_ARG);
     CHECK_STATUS(uq_hy_batch_init(m, NS, &b), UQ_OK);
     CHECK(uq_hy_batch_max(b) == NS && uq_hy_batch_bytes(b) > 0, "batch info");
-    CHECK_STATUS(uq_hy_state_init(m, BSEQ, 4, &one), UQ_OK);
-    for (int i = 0; i < NS; i++) CHECK_STATUS(uq_hy_state_init(m, BSEQ, 4, &bs[i]), UQ_OK);
+    CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, kv, &one), UQ_OK);
+    for (int i = 0; i < NS; i++) CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, kv, &bs[i]), UQ_OK);
     if (!b || !one || !bs[0] || !bs[1] || !bs[2]) goto done;
     /* sequence i: prompt of plen[i] tokens, joins before step join[i], decodes nstep[i] tokens */
     const int plen[NS] = {3, 1, 5}, join[NS] = {0, 1, 2}, nstep[NS] = {6, 2, 4};
@@ -113,7 +114,7 @@ void test_batch(void) {
         }
         CHECK(uq_hy_state_pos(bs[i]) == plen[i] + nstep[i], "seq %d pos %lld", i, (long long)uq_hy_state_pos(bs[i]));
     }
-    CHECK(same, "batched logits differ from lone decoding");
+    CHECK(same, "batched logits differ from lone decoding (KV dtype %d)", (int)kv);
     /* errors leave every state where it was */
     int32_t ok2[2] = {1, 2}, bad2[2] = {1, BV};
     uq_hy_state *dup[2] = {bs[0], bs[0]}, *pair[2] = {bs[0], bs[1]}, *nul[2] = {bs[0], NULL};
@@ -146,4 +147,75 @@ done:
     uq_hy_batch_free(b);
     uq_hy_model_free(m);
     uq_hy_batch_free(NULL);
+}
+
+/* The float16 KV cache against the float32 one on the same model: prefill + decode logits within a tight tolerance
+ * (K / V rounded to 11 significant bits), KV bytes halved, a bad dtype refused, and a sequence moved between the
+ * dtypes (uq_hy_state_transfer) continuing as the state it was moved into computes. */
+static void kv16_case(void) {
+    static bmodel bm;
+    bmodel_build(&bm);
+    uq_hy_model *m = NULL;
+    CHECK_STATUS(uq_hy_model_init(&bm.c, &bm.w, &m), UQ_OK);
+    if (!m) return;
+    uq_hy_state *s32 = NULL, *s16 = NULL, *x = NULL, *bad = (uq_hy_state *)&bm;
+    CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, 2, &bad), UQ_ERR_ARG);
+    CHECK(bad == NULL, "a refused state must be NULL");
+    CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, UQ_KV_F32, &s32), UQ_OK);
+    CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, UQ_KV_F16, &s16), UQ_OK);
+    CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, UQ_KV_F16, &x), UQ_OK);
+    if (!s32 || !s16 || !x) goto done;
+    CHECK(uq_hy_state_kv_dtype(s32) == UQ_KV_F32 && uq_hy_state_kv_dtype(s16) == UQ_KV_F16, "kv dtypes");
+    const size_t kb32 = uq_hy_state_kv_bytes(s32), kb16 = uq_hy_state_kv_bytes(s16);
+    CHECK(kb32 == (size_t)(2 * BNL * BNKV * BD * BSEQ) * sizeof(float) && kb16 * 2 == kb32, "kv bytes %zu / %zu",
+          kb32, kb16);
+    CHECK(uq_hy_state_bytes(s32) - uq_hy_state_bytes(s16) == kb32 - kb16, "state bytes follow the cache");
+    static float a[5 * BV], b[5 * BV];
+    int32_t p[5] = {3, 1, 4, 1, 5};
+    double worst = 0.0, top = 0.0;
+    int differ = 0;
+    CHECK_STATUS(uq_hy_forward(m, s32, p, 5, 5, a), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, s16, p, 5, 5, b), UQ_OK);
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < (step ? 1 : 5) * BV; i++) {
+            worst = fmax(worst, fabs((double)a[i] - b[i]));
+            top = fmax(top, fabs((double)a[i]));
+            differ |= a[i] != b[i];
+        }
+        int32_t id = (int32_t)((7 * step + 2) % BV);
+        CHECK_STATUS(uq_hy_forward(m, s32, &id, 1, 1, a), UQ_OK);
+        CHECK_STATUS(uq_hy_forward(m, s16, &id, 1, 1, b), UQ_OK);
+    }
+    CHECK(differ && worst <= 2e-3 * top, "float16 cache logits off by %g (largest logit %g)", worst, top);
+    /* float16 -> float32 -> float16 is exact: the sequence moved there and back continues bit for bit as s16 does */
+    uq_hy_state *y = NULL;
+    CHECK_STATUS(uq_hy_state_init_kv(m, BSEQ, 4, UQ_KV_F32, &y), UQ_OK);
+    if (!y) goto done;
+    CHECK_STATUS(uq_hy_state_transfer(s16, y), UQ_OK);
+    CHECK_STATUS(uq_hy_state_transfer(y, x), UQ_OK);
+    uq_hy_state_free(y);
+    CHECK(uq_hy_state_pos(x) == uq_hy_state_pos(s16), "moved position");
+    int32_t id = 9;
+    CHECK_STATUS(uq_hy_forward(m, x, &id, 1, 1, a), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, s16, &id, 1, 1, b), UQ_OK);
+    CHECK(memcmp(a, b, BV * sizeof(float)) == 0, "a float16 cache moved through float32 and back differs");
+    /* float32 -> float16 rounds the cache: the moved sequence continues close to the float32 one */
+    CHECK_STATUS(uq_hy_state_transfer(s32, x), UQ_OK);
+    id = 4;
+    CHECK_STATUS(uq_hy_forward(m, s32, &id, 1, 1, a), UQ_OK);
+    CHECK_STATUS(uq_hy_forward(m, x, &id, 1, 1, b), UQ_OK);
+    worst = 0.0;
+    for (int i = 0; i < BV; i++) worst = fmax(worst, fabs((double)a[i] - b[i]));
+    CHECK(worst <= 2e-3 * top, "float32 -> float16 moved state off by %g", worst);
+done:
+    uq_hy_state_free(s32);
+    uq_hy_state_free(s16);
+    uq_hy_state_free(x);
+    uq_hy_model_free(m);
+}
+
+void test_batch(void) {
+    batch_case(UQ_KV_F32);
+    batch_case(UQ_KV_F16);
+    kv16_case();
 }

@@ -5,7 +5,7 @@ int uq_test_passed = 0, uq_test_failed = 0;
 
 int main(void) {
     struct { const char *name; void (*fn)(void); } suites[] = {
-        {"core", test_core}, {"stats", test_stats}, {"quant", test_quant}, {"io", test_io}, {"runtime", test_runtime}, {"compress", test_compress}, {"ssm", test_ssm}, {"r16", test_r16}, {"batch", test_batch}, {"q8w", test_q8w}, {"pool", test_pool},
+        {"core", test_core}, {"stats", test_stats}, {"quant", test_quant}, {"io", test_io}, {"runtime", test_runtime}, {"compress", test_compress}, {"ssm", test_ssm}, {"r16", test_r16}, {"batch", test_batch}, {"q8w", test_q8w}, {"pool", test_pool}, {"kv16", test_kv16},
     };
     for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
         int before = uq_test_failed;

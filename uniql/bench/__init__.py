@@ -95,6 +95,7 @@ class BenchConfig:
     micro: bool = True
     micro_paths: tuple[str, ...] = ("ref", "avx2", "avx512")
     bw_bytes: int = GIB  # buffer streamed by the read-bandwidth measurement
+    kv_dtype: str = "fp16"  # KV cache of the uniql models ("fp16" default, "fp32")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(canonical_model(m) for m in self.models))
@@ -108,6 +109,9 @@ class BenchConfig:
                             ("repeats", self.repeats, 1), ("threads", self.threads, 0)):
             if not isinstance(v, int) or v < lo:
                 raise InvalidArgumentError(f"{name} must be an int >= {lo}, got {v!r}")
+        from uniql.models.runtime import kv_dtype_code
+
+        kv_dtype_code(self.kv_dtype)
         for m in self.models:
             if m not in SHAPES and not Path(m).is_dir():
                 raise InvalidArgumentError(f"model {m!r} is neither a named shape ({', '.join(SHAPES)}) "
@@ -376,7 +380,8 @@ def bench_model(name: str, cfg: BenchConfig, mach: dict[str, Any], notes: list[s
         tensors = (checkpoint_tensors(src_dir, run_cfg, kind) if src_dir is not None
                    else random_tensors(run_cfg, kind))
         model = Model.from_hf_tensors(run_cfg, tensors, qk_layout="rotate_half", max_seq=cfg.prompt + cfg.gen + 8,
-                                      max_chunk=cfg.prompt, weight_dtype="float16" if kind == "fp16" else "float32")
+                                      max_chunk=cfg.prompt, weight_dtype="float16" if kind == "fp16" else "float32",
+                                      kv_dtype=cfg.kv_dtype)
         del tensors
         log.info("%s %s: built in %.1f s", name, kind, time.perf_counter() - t0)
         stored_r = [model.stored(layer)["attn"] for layer in range(model.num_layers)]
@@ -823,13 +828,14 @@ def main(argv: Iterable[str] | None = None) -> int:
                     "~/.cache/uniql/bench)")
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel microbenchmarks")
     ap.add_argument("--json", help="write the full report as JSON to this path")
+    ap.add_argument("--kv-dtype", choices=("fp16", "fp32"), default="fp16", help="KV cache of uniql (default fp16)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = BenchConfig(models=tuple(a.model or ("llama3.1-8b", "smollm2-135m")),
                       rates=tuple(float(r) for r in a.rates.split(",") if r.strip()),
                       kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), prompt=a.prompt, gen=a.gen,
                       layers=a.layers, threads=a.threads, repeats=a.repeats, torch=not a.no_torch,
-                      llama_cpp=not a.no_llama_cpp, micro=not a.no_micro)
+                      llama_cpp=not a.no_llama_cpp, micro=not a.no_micro, kv_dtype=a.kv_dtype)
     rep = run(cfg)
     print(format_report(rep))
     if a.json:

@@ -349,7 +349,7 @@ def qk_head_rows(rope: str, n_heads: int, d: int, r: int) -> np.ndarray:
 
 
 def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq: int | None = None,
-                  tokenizer: Any = None) -> "ElasticModel":
+                  tokenizer: Any = None, kv_dtype: str = "fp16") -> "ElasticModel":
     """Loads an artifact at a pruning rate: only the prefixes that rate needs are read into memory. One reader for
     every architecture: each layer's components (Mamba mixer, attention, MLP) are read at the layer's keep sizes
     under the family's tensor names (uniql.models.hybrid.HF_NAMES)."""
@@ -438,7 +438,7 @@ def load_artifact(d: Path, cfg: Mapping[str, Any], rate: float = 0.0, *, max_seq
                               names["embed"], names["final"]))
     # a v bias is folded into o_proj by the quantization-aware SVD: the artifact config says attention_bias for q/k
     model = ElasticModel.from_hf_tensors(hc, tensors, tokenizer, freq_maps=freq_maps, rot_rows=rot_rows,
-                                         qk_layout="interleaved", max_seq=max_seq)
+                                         qk_layout="interleaved", max_seq=max_seq, kv_dtype=kv_dtype)
     model._init_elastic(meta, rate, d, full)
     return model
 

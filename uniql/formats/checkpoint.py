@@ -291,13 +291,14 @@ def load_tokenizer(model_dir: PathLike) -> "tokenizers.Tokenizer | None":
 
 # --------------------------------------------------------------------------------------------- load ----
 
-def load(path: PathLike, rate: float = 0.0, *, max_seq: int | None = None) -> "Model":
+def load(path: PathLike, rate: float = 0.0, *, max_seq: int | None = None, kv_dtype: str = "fp16") -> "Model":
     """Load a model directory for inference with the C runtime.
 
     ``path`` is a Hugging Face checkpoint directory (config.json + safetensors [+ tokenizer.json]) or, later, a
     uniql compressed artifact (config.json carrying ``"uniql"`` metadata). ``rate`` is the pruning rate to load an
     artifact at; a plain Hugging Face checkpoint can only be loaded at rate 0. ``max_seq``: KV-cache length
-    (default: the runtime's, min(max_position_embeddings, 2048)).
+    (default: the runtime's, min(max_position_embeddings, 2048)). ``kv_dtype``: the KV cache's element type, "fp16"
+    (default: half the cache bytes; K / V rounded to float16) or "fp32" (exact); see ``Model.kv_dtype``.
     """
     try:
         rate = float(rate)
@@ -305,20 +306,23 @@ def load(path: PathLike, rate: float = 0.0, *, max_seq: int | None = None) -> "M
         raise InvalidArgumentError(f"rate must be a number, not {rate!r}") from None
     if not 0.0 <= rate < 1.0:
         raise InvalidArgumentError(f"rate must be in [0, 1), got {rate}")
+    from uniql.models.runtime import kv_dtype_code
+
+    kv_dtype_code(kv_dtype)
     d = _model_dir(path)
     cfg = read_raw_config(d)
     if is_artifact(cfg):
-        return _load_artifact(d, cfg, rate, max_seq)
-    return _load_hf(d, cfg, rate, max_seq)
+        return _load_artifact(d, cfg, rate, max_seq, kv_dtype)
+    return _load_hf(d, cfg, rate, max_seq, kv_dtype)
 
 
-def _load_artifact(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> "Model":
+def _load_artifact(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None, kv_dtype: str) -> "Model":
     from uniql.formats.artifact import load_artifact
 
-    return load_artifact(d, cfg, rate, max_seq=max_seq, tokenizer=load_tokenizer(d))
+    return load_artifact(d, cfg, rate, max_seq=max_seq, tokenizer=load_tokenizer(d), kv_dtype=kv_dtype)
 
 
-def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> "Model":
+def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None, kv_dtype: str) -> "Model":
     if rate != 0.0:
         raise InvalidArgumentError(
             f"{str(d)!r} is an uncompressed Hugging Face checkpoint: it can only be loaded at rate 0 (got {rate}); "
@@ -329,4 +333,4 @@ def _load_hf(d: Path, cfg: dict[str, Any], rate: float, max_seq: int | None) -> 
     tensors = read_tensors(d)
     tokenizer = load_tokenizer(d)
     log.info("loaded %d tensors from %s (tokenizer: %s)", len(tensors), d, "yes" if tokenizer else "none")
-    return Model.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq)
+    return Model.from_hf_tensors(cfg, tensors, tokenizer=tokenizer, max_seq=max_seq, kv_dtype=kv_dtype)

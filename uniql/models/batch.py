@@ -80,8 +80,9 @@ class BatchDecoder:
         return self._batch is not None
 
     def new_sequence(self) -> Sequence:
-        """A fresh sequence (allocates its KV cache / SSM states: ``max_seq`` positions)."""
-        return Sequence(self, self._state_new(self.model._cm, self.max_seq, self.max_chunk))
+        """A fresh sequence (allocates its KV cache, of the model's ``kv_dtype``, / SSM states: ``max_seq``
+        positions)."""
+        return Sequence(self, self._state_new(self.model._cm, self.max_seq, self.max_chunk, self.model._kv_code))
 
     def prefill(self, seq: Sequence, ids: Any) -> np.ndarray:
         """Runs ``ids`` on ``seq`` (continuing its state); float32 logits (vocab,) of the last token."""

@@ -453,7 +453,7 @@ def resize(model: Any, rate: float, tokens: Any = None) -> dict[str, Any]:
         cm = _C.hy_model_new(hc._c_dict(), emb_spec, head_spec, final_norm, new_layers, keep, model._final_mix)
         if model._options:
             _C.hy_set_options(cm, model._options)
-        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk)
+        state = _C.hy_state_new(cm, model.max_seq, model._max_chunk, model._kv_code)
         if model.can_truncate:  # attention only: the KV cache moves to the new widths
             _C.hy_state_transfer(model._state, state)
     except UniqlError:

@@ -38,9 +38,13 @@ from uniql.errors import (DTypeError, FormatError, InvalidArgumentError, RangeEr
 log = logging.getLogger(__name__)
 
 __all__ = ["Model", "TransformerConfig", "model_config", "SUPPORTED_MODEL_TYPES", "int4_activations",
-           "set_int4_activations", "LAYER_MAMBA", "LAYER_ATTENTION", "LAYER_MLP"]
+           "set_int4_activations", "LAYER_MAMBA", "LAYER_ATTENTION", "LAYER_MLP", "KV_DTYPES", "kv_dtype_code"]
 
 INT4_ACTIVATIONS = ("auto", "fp32", "int8")
+# KV-cache element types of a model's sequence states: "fp16" (the default: half the cache bytes, which decode streams
+# every token; K / V rounded to float16 when written, read back exactly) or "fp32" (the exact cache)
+KV_DTYPES = ("fp16", "fp32")
+_KV_CODES = {"fp16": _C.KV_F16, "fp32": _C.KV_F32, "float16": _C.KV_F16, "float32": _C.KV_F32}
 LAYER_MAMBA, LAYER_ATTENTION, LAYER_MLP = "mamba", "attention", "mlp"  # the layer kinds of the runtime
 
 
@@ -57,6 +61,14 @@ def set_int4_activations(mode: str) -> str:
         raise InvalidArgumentError(f"int4 activations must be one of {', '.join(INT4_ACTIVATIONS)}, got {mode!r}")
     _C.kernels_set_q4_act(mode)
     return str(_C.kernels_info()["q4_act"])
+
+
+def kv_dtype_code(kv_dtype: str) -> int:
+    """The C code (``_C.KV_F16`` / ``_C.KV_F32``) of a KV-cache dtype name ("fp16" or "fp32"; "float16" / "float32"
+    accepted too); :class:`InvalidArgumentError` for anything else."""
+    if not isinstance(kv_dtype, str) or kv_dtype not in _KV_CODES:
+        raise InvalidArgumentError(f"kv_dtype must be one of {', '.join(map(repr, KV_DTYPES))}, got {kv_dtype!r}")
+    return _KV_CODES[kv_dtype]
 
 
 @contextlib.contextmanager
@@ -413,14 +425,16 @@ class Model:
 
     def __init__(self, config: Any, embed: Any, lm_head: Any, final_norm: np.ndarray, layers: list[dict[str, Any]],
                  tokenizer: Any = None, max_seq: int | None = None, max_chunk: int = 256,
-                 final_mix: np.ndarray | None = None) -> None:
+                 final_mix: np.ndarray | None = None, kv_dtype: str = "fp16") -> None:
         """Low-level constructor: prefer :meth:`from_hf_tensors`. ``config``: a :class:`TransformerConfig` or a
         ``HybridConfig``; ``embed`` / ``lm_head`` / layer linears: float32 (float16) arrays, :class:`Q4` or
         :class:`Q8`. Layer dicts in the runtime layout: ``norm``; Mamba: ``in_proj``, ``out_proj`` ((weight,
         bias-or-None) pairs), ``conv_w`` (C, K), ``conv_b``, ``dt_bias``, ``A_log``, ``D``, ``gnorm``; attention:
         ``q``, ``k``, ``v``, ``o`` pairs, ``freq_map`` (int32 (n_kv, R_rot/2) or None), ``rot_rows`` (int or None);
         MLP: ``gate`` (gated SiLU), ``up``, ``down`` pairs and, after a mixer, ``ffn_norm``. ``final_mix``: float32
-        (hidden, hidden) F or None (:mod:`uniql.compress.rotate`); the head reads RMSNorm(x) * final_norm F^T."""
+        (hidden, hidden) F or None (:mod:`uniql.compress.rotate`); the head reads RMSNorm(x) * final_norm F^T.
+        ``kv_dtype``: the KV cache of the model's sequences, "fp16" (default) or "fp32" (see :attr:`kv_dtype`)."""
+        kv_code = kv_dtype_code(kv_dtype)
         self.config = config
         self.tokenizer = tokenizer
         keep: list[np.ndarray] = []
@@ -470,7 +484,8 @@ class Model:
             max_seq = min(self.config.max_position_embeddings, 2048)
         self.max_seq = int(max_seq)
         self._max_chunk = int(max_chunk)
-        self._state = _C.hy_state_new(self._cm, self.max_seq, self._max_chunk)
+        self._kv_code = kv_code
+        self._state = _C.hy_state_new(self._cm, self.max_seq, self._max_chunk, kv_code)
         self._scratch = None  # state for embed/layer_forward/head, created on demand
         self._scratch_seq = 0
         self._options = 0
@@ -480,7 +495,8 @@ class Model:
     def from_hf_tensors(cls, config: Mapping[str, Any] | Any, tensors: Mapping[str, Any], tokenizer: Any = None, *,
                         freq_maps: Sequence[np.ndarray | None] | None = None,
                         rot_rows: Sequence[int | None] | None = None, qk_layout: str = "rotate_half",
-                        max_seq: int | None = None, max_chunk: int = 256, weight_dtype: str = "float32") -> "Model":
+                        max_seq: int | None = None, max_chunk: int = 256, weight_dtype: str = "float32",
+                        kv_dtype: str = "fp16") -> "Model":
         """Builds a model from Hugging Face tensor names (Llama / Qwen2: ``model.embed_tokens.weight``,
         ``model.layers.{i}.self_attn.q_proj.weight`` / ``.bias``, ..., ``model.norm.weight``; Mamba2:
         ``backbone.*``; Nemotron-H: ``model.*`` or ``backbone.*``; Bamba: ``model.*``; ``lm_head.weight`` optional
@@ -493,7 +509,9 @@ class Model:
         R_rot/2) original frequency index of each stored rotary pair, and the stored rotary rows per head.
         ``max_seq``: KV cache / sequence capacity (default min(max_position_embeddings, 2048)).
         ``weight_dtype="float16"`` (Llama / Qwen2) keeps the float weight matrices in float16 (the kernels convert
-        them exactly on the fly: the honest FP16 baseline); norms and biases stay float32."""
+        them exactly on the fly: the honest FP16 baseline); norms and biases stay float32. ``kv_dtype``: "fp16"
+        (default) or "fp32" KV cache (:attr:`kv_dtype`)."""
+        kv_dtype_code(kv_dtype)
         if weight_dtype not in ("float32", "float16"):
             raise InvalidArgumentError(f"weight_dtype must be 'float32' or 'float16', got {weight_dtype!r}")
         if qk_layout not in ("rotate_half", "interleaved"):
@@ -513,9 +531,22 @@ class Model:
         embed, head, (final_norm, mix), layers = read(cfg, TensorReader(tensors, weight_dtype), freq_maps=freq_maps,
                                                       rot_rows=rot_rows, qk_layout=qk_layout)
         return cls(cfg, embed, head, final_norm, layers, tokenizer=tokenizer, max_seq=max_seq, max_chunk=max_chunk,
-                   final_mix=mix)
+                   final_mix=mix, kv_dtype=kv_dtype)
 
     # ------------------------------------------------------------------------------ running ----
+    @property
+    def kv_dtype(self) -> str:
+        """The element type of the sequence states' KV caches: "fp16" (K / V rounded to float16 when written and
+        read back exactly: attention computes what it computes over a float32 cache holding the rounded values, at
+        half the bytes decode streams per token) or "fp32". The pipeline pieces (:meth:`layer_forward`,
+        :meth:`head`) always run a float32 cache, so compression does not depend on it."""
+        return "fp16" if self._kv_code == _C.KV_F16 else "fp32"
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the sequence state's KV caches (all attention layers, ``max_seq`` positions; part of
+        :meth:`memory_bytes`)."""
+        return int(self._c_state_info(self._state)[3])
+
     @property
     def position(self) -> int:
         """Number of tokens of the current sequence (in the KV cache / folded into the SSM state)."""
@@ -702,6 +733,7 @@ class Model:
 
     # ------------------------------------------------------------------ compression pipeline ----
     def _scratch_state(self, T: int) -> Any:
+        # a float32 KV cache whatever kv_dtype: layer_forward feeds the compression pipeline, which stays exact
         if self._scratch is None or self._scratch_seq < T:
             self._scratch_seq = max(int(T), 1)
             self._scratch = _C.hy_state_new(self._cm, self._scratch_seq, self._max_chunk)

@@ -957,13 +957,14 @@ def _rss_bytes() -> int:
 def build_server(path: str | Path, *, rate: float = 0.0, min_rate: float | None = None, model_name: str | None = None,
                  max_batch: int = 8, max_queue: int = 64, ctx: int | None = None, drain_timeout: float = 10.0,
                  admin_token: str | None = None, api_key: str | None = None,
-                 adaptive: dict[str, Any] | None = None) -> Server:
+                 adaptive: dict[str, Any] | None = None, kv_dtype: str = "fp16") -> Server:
     """Loads the model at ``path`` (an elastic artifact or a checkpoint) and builds the server. The artifact is
     loaded at ``min_rate`` (default 0: every rate stays reachable through ``/admin/rate``; a higher one skips the
     weights below it and saves memory) and then set to ``rate``. ``adaptive``: keyword arguments of
     :class:`uniql.serve.adaptive.AdaptiveController` (e.g. ``{"tpot_ms": 50, "max_rate": 0.35}``) to let the device
     choose the rate between decode steps, within [``min_rate``, ``max_rate``]; the weights stay resident (the
-    server switches with ``set_rate``, so sequences in flight keep their state)."""
+    server switches with ``set_rate``, so sequences in flight keep their state). ``kv_dtype``: the sequences' KV
+    cache, "fp16" (default) or "fp32" (``uniql.load``)."""
     _require_stack()
     from uniql.formats.checkpoint import load
 
@@ -972,7 +973,7 @@ def build_server(path: str | Path, *, rate: float = 0.0, min_rate: float | None 
     if lo > rate:
         raise InvalidArgumentError(f"--min-rate {lo} is above --rate {rate}")
     ctx_seq = None if ctx is None else int(ctx)
-    model = load(path, rate=lo, max_seq=ctx_seq)
+    model = load(path, rate=lo, max_seq=ctx_seq, kv_dtype=kv_dtype)
     if rate != lo:
         if not hasattr(model, "set_rate"):
             raise InvalidArgumentError(f"{str(path)!r} is not an elastic artifact: it only runs at rate 0")
