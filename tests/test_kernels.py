@@ -35,16 +35,18 @@ def _restore_kernels():
 
 
 def q4_weight(W, nseg, group):
-    """int4 with per-segment groups (the runtime's o_proj layout) via the C quantizer, segment by segment."""
+    """int4 with per-segment groups (the runtime's o_proj layout) via the C quantizer, segment by segment; scales
+    rounded to float16 (the artifact's storage and what runtime specs carry)."""
     rows, cols = W.shape
     seg = cols // nseg
     parts = [quantize_rtn(np.ascontiguousarray(W[:, s * seg:(s + 1) * seg]), group) for s in range(nseg)]
     if nseg == 1:
         q = parts[0]
-        return q.packed, q.scales
+        return q.packed, q.scales.astype(np.float16)
     codes = np.concatenate([_unpack(p.packed, seg) for p in parts], axis=1)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-    return np.ascontiguousarray(packed), np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1))
+    return (np.ascontiguousarray(packed),
+            np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1).astype(np.float16)))
 
 
 def _unpack(packed, cols):
@@ -442,12 +444,12 @@ def test_int8_weight_linear_matches_float64_on_every_path(nsi, group):
     W = rng.standard_normal((rows, cols)).astype(np.float32)
     parts = [quantize_int8(np.ascontiguousarray(W[:, s * seg:(s + 1) * seg]), group) for s in range(nsi)]
     codes = np.ascontiguousarray(np.concatenate([p.codes for p in parts], axis=1))
-    scales = np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1))
+    scales = np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1).astype(np.float16))
     gps = scales.shape[1] // nsi
     b = rng.standard_normal(rows).astype(np.float32)
     for keep in (seg, seg - 5):
         deq = np.concatenate([codes[:, s * seg:s * seg + keep].astype(np.float64)
-                              * np.repeat(scales[:, s * gps:(s + 1) * gps], group, axis=1)[:, :keep]
+                              * np.repeat(scales[:, s * gps:(s + 1) * gps].astype(np.float64), group, axis=1)[:, :keep]
                               for s in range(nsi)], axis=1)
         for T in (1, 4, 9):
             x = rng.standard_normal((T, nsi * keep)).astype(np.float32)

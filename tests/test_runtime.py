@@ -161,7 +161,8 @@ def ref_forward(tensors, cfg, ids, keep_sched, freq_maps=None):
 # ------------------------------------------------------------------------------- int4 helper ----
 
 class Q4:
-    """QuantizedTensor-like int4 weight quantized with the documented formula (NumPy, test-only)."""
+    """QuantizedTensor-like int4 weight quantized with the documented formula (NumPy, test-only); scales rounded to
+    float16 as the compressor stores them (the runtime keeps them in float16)."""
 
     def __init__(self, w, group, segments=1):
         rows, cols = w.shape
@@ -174,7 +175,7 @@ class Q4:
             for gi in range(gps):
                 c0, c1 = s * seg + gi * group, min(s * seg + (gi + 1) * group, (s + 1) * seg)
                 blk = w[:, c0:c1].astype(np.float32)
-                sc = (np.abs(blk).max(1) / np.float32(7.5)).astype(np.float32)
+                sc = (np.abs(blk).max(1) / np.float32(7.5)).astype(np.float16).astype(np.float32)
                 safe = np.where(sc == 0, 1, sc)
                 q = np.where(sc[:, None] == 0, 8, np.clip(np.rint(blk / safe[:, None]) + 8, 0, 15))
                 codes[:, c0:c1] = q

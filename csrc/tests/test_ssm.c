@@ -404,14 +404,14 @@ done:
 typedef struct {
     uq_linear rm, r16;
     uint8_t p[HID * HID], pr[4096];
-    float s[HID * HID], sr[4096];
+    uint16_t s[HID * HID], sr[4096]; /* float16 scales */
 } hy_q4;
 
 static int hy_q4_make(const float *W, int64_t rows, int64_t cols, int64_t nso, int64_t nsi, hy_q4 *q) {
     const int64_t g = 8, gps = (cols / nsi + g - 1) / g;
     int64_t nblk, bb, ns;
     if (uq_q4_r16_size(rows, cols, g, nsi * gps, nso, nsi, &nblk, &bb, &ns) != UQ_OK ||
-        nblk * bb > (int64_t)sizeof q->pr || ns > (int64_t)(sizeof q->sr / sizeof(float)))
+        nblk * bb > (int64_t)sizeof q->pr || ns > (int64_t)(sizeof q->sr / sizeof(uint16_t)))
         return -1;
     uq_test_q4_quant_seg(W, rows, cols, nsi, g, q->p, q->s);
     q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
