@@ -170,10 +170,20 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
  *                    any error feedback, then the columns are quantized in descending diag(H) order (stable),
  *                    blocks of `block` columns in that order. Groups stay contiguous in the natural column order
  *                    (the format, and the exactness of column prefixes, are unchanged). */
-enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2 };
+enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2, UQ_Q4_ASYM = 4 };
 uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                                  int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
                                  float *scales);
+/* Asymmetric int4 (UQ_Q4_ASYM, a compression-side option; the runtime kernels read symmetric int4 only): per row
+ * and group an integer zero point z in 0..15 (zeros (rows, ngroups) uint8, caller-allocated) in place of the fixed
+ * offset 8, w = (q - z) * s. With lo = min(min w, 0), hi = max(max w, 0) of the group (error-updated weights, or
+ * the weights before feedback under UQ_Q4_ACT_ORDER): s = (float)((hi - lo) / 15), z = clamp(rint(-lo / s), 0, 15);
+ * with UQ_Q4_MSE_SCALE the range shrunk by 15 / (15 + k/4), k = 0..20 (z kept), with the least squared rounding
+ * error (ties: the larger scale). q = clamp(rint(w / s) + z, 0, 15); a group of zeros has s = 0 and codes z = 8.
+ * Without UQ_Q4_ASYM zeros may be NULL (else it is filled with 8) and the result is uq_q4_quantize_gptq_ex's. */
+uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
+                                float *scales, uint8_t *zeros);
 /* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2); pack writes pad nibbles 8,
  * unpack ignores them. */
 /* int8 round-to-nearest (UQ_W_Q8 format): per row and group s = (float)(max|w| / 127) (double, rounded once),
@@ -187,6 +197,10 @@ uq_status uq_q4_unpack(const uint8_t *packed, int64_t rows, int64_t cols, uint8_
 /* W (rows, cols) float32 contiguous = dequantized packed + scales. */
 uq_status uq_q4_dequantize(const uint8_t *packed, const float *scales, int64_t rows, int64_t cols,
                            int64_t group, float *W);
+/* The same with zero points zeros (rows, ngroups) uint8 0..15 (NULL: 8), w = fl((q - z) * s); UQ_ERR_RANGE for a
+ * zero point above 15 (naming it). */
+uq_status uq_q4_dequantize_z(const uint8_t *packed, const float *scales, const uint8_t *zeros, int64_t rows,
+                             int64_t cols, int64_t group, float *W);
 
 /* ========================================================================== safetensors (io/) ===== */
 

@@ -327,6 +327,9 @@ def _f16(name: str, a: Any) -> np.ndarray:
 
 
 def as_q4(name: str, v: Any) -> Q4:
+    if getattr(v, "zeros", None) is not None:
+        raise UnsupportedError(f"{name}: asymmetric int4 (per-group zero points) is not supported by the runtime "
+                               "kernels (symmetric int4 only); dequantize it (uniql.compress.quant.dequantize)")
     rows, cols = (int(x) for x in v.shape)
     packed, scales = v.packed, v.scales
     if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
