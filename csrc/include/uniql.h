@@ -736,6 +736,9 @@ typedef struct {
     uq_linear lm_head;            /* (vocab, hidden); a copy of embed for tied embeddings */
     const float *final_mix;       /* (hidden, hidden) row-major F or NULL: the head reads RMSNorm(x) * final_norm F^T
                                      (a rotated model with a tied embedding keeps its final-norm scale here) */
+    const uint16_t *final_mix16;  /* or F as IEEE half bits (quantized artifacts store it so; NULL: none), run as a
+                                     UQ_W_F16 linear: the same results as float32 F of the same values. At most one
+                                     of final_mix / final_mix16. */
 } uq_hy_weights;
 
 typedef struct uq_hy_model uq_hy_model; /* opaque: config, descriptors, keeps, A = -exp(A_log), RoPE freqs */

@@ -538,7 +538,8 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         out[fn] = _float(f, fn)
         mix = final_mix_name(fn)
         if mix in keys:
-            out[mix] = _float(f, mix)
+            mx = f.get(mix)  # float16 (quantized artifacts) stays float16 in memory: the runtime reads it as is
+            out[mix] = _own(mx) if mx.dtype == np.float16 else _float(f, mix)
         elif isinstance(rot := reader.meta.sorting.get("rotation"), dict) and rot.get("final_mix"):
             raise FormatError(f"artifact config names a final mix but {REST_FILE} has no {mix!r}")
         if not tied:

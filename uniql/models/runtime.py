@@ -871,8 +871,10 @@ class TensorReader:
         raise FormatError(f"missing tensor {cands[0]!r}")
 
     def final(self, name: str, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(final norm ``name``, its final mix as float32 (n, n) or None when absent): the mix of a rotated model
-        that keeps its embedding tied (:mod:`uniql.compress.rotate`) is ``<final norm>.mix``."""
+        """(final norm ``name``, its final mix (n, n) or None when absent): the mix of a rotated model that keeps its
+        embedding tied (:mod:`uniql.compress.rotate`) is ``<final norm>.mix``; float16 (what quantized artifacts
+        store) stays float16 in memory (the C core runs it as an fp16 linear: the same results as its float32
+        copy), anything else becomes float32."""
         norm = self.vec(name)
         mix_name = final_mix_name(name)
         if mix_name not in self.tensors:
@@ -883,7 +885,7 @@ class TensorReader:
             raise DTypeError(f"{mix_name} must be a float array")
         if F.shape != (n, n):
             raise ShapeError(f"{mix_name} has shape {F.shape}, expected {(n, n)}")
-        return norm, np.ascontiguousarray(F, dtype=np.float32)
+        return norm, np.ascontiguousarray(F, dtype=np.float16 if F.dtype == np.float16 else np.float32)
 
     def head(self, embed: Any, tied: bool) -> Any:
         """The lm_head: the embedding when tied (an ``lm_head.weight``, if present, is the same tensor)."""
