@@ -12,7 +12,8 @@ kernel computes, up to the order of float additions, and the GPTQ stream of each
 weights. The symmetric variant is also scored from the real int4 artifact of the same options when ``--int4 ART`` is
 given. ``--samples``: calibration windows per run (one sym / asym pair per value: how much a different
 calibration sample alone moves the result, i.e. the noise a sym / asym difference must exceed). Perplexity:
-uniql.bench.quality's windows (2048 tokens per text, windows of 512, W4A32). Bytes: what the int4 linears would take (codes 0.5 B / weight, float16 scales, zero points packed two per byte).
+uniql.bench.quality's windows (2048 tokens per text, windows of 512, W4A32). Bytes: what the int4 linears would
+take (codes 0.5 B / weight, float16 scales, zero points packed two per byte).
 """
 from __future__ import annotations
 

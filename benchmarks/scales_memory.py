@@ -5,10 +5,11 @@ scales in float16 (uniql.h "scales in memory") changes. Run it once per build an
     PYTHONPATH=/path/to/other/checkout python benchmarks/scales_memory.py --json before.json
     python benchmarks/scales_memory.py --compare before.json after.json
 
-Per run: weight_bytes() at rate 0, the process RSS growth of loading (rate 0, after malloc_trim), a SHA-256 of the logits of
-128 Wikipedia tokens (W4A32 and W4A8, rate 0 and 15%; equal hashes = bit-identical outputs), and decode tokens/s
+Per run: weight_bytes() at rate 0, the process RSS growth of loading (rate 0, after malloc_trim), a SHA-256 of the
+logits of 128 Wikipedia tokens (W4A32 and W4A8, rate 0 and 15%; equal hashes = bit-identical outputs), decode tokens/s
 (greedy steps after a 32-token prompt, best of --repeats, W4A8 = the default on AVX2 / AVX-512). The machine may be
-shared: compare runs made back to back, and take the best of several.
+shared: compare runs made back to back, and take the best of several. ``--micro N``: also the best of N timings of
+one R16 int4 g64 4096 x 4096 linear (T = 1 and 64, W4A8 and W4A32, one thread).
 """
 from __future__ import annotations
 
@@ -71,13 +72,49 @@ def measure(art: Path, repeats: int, steps: int) -> dict:
     return out
 
 
+def micro(repeats: int) -> dict:
+    """Best time (C timer) of one R16 int4 g64 linear of 4096 x 4096 (Llama-3-8B's q_proj shape) at T = 1 and 64,
+    W4A32 and W4A8, one thread: the kernels alone. Scales float16 where this build takes them, else float32."""
+    from uniql import _C
+    from uniql.compress.quant import quantize_rtn
+    from uniql.models.runtime import int4_activations
+
+    rows = cols = 4096
+    rng = np.random.default_rng(0)
+    q = quantize_rtn((rng.standard_normal((rows, cols)) * 0.02).astype(np.float32), 64)
+    try:
+        packed, scales = _C.q4_repack((q.packed, q.scales.astype(np.float16), 64, cols, None), 1, 1)
+    except Exception:  # a build that keeps float32 scales
+        packed, scales = _C.q4_repack((q.packed, q.scales, 64, cols, None), 1, 1)
+    spec = (packed, scales, 64, cols, None, (rows, 1, 1))
+    threads = _C.kernels_info()["threads"]
+    _C.kernels_set_threads(1)
+    out = {}
+    try:
+        for act in ("int8", "fp32"):
+            with int4_activations(act):
+                for T in (1, 64):
+                    x = rng.standard_normal((T, cols)).astype(np.float32)
+                    y = np.empty((T, rows), np.float32)
+                    out[f"{act} T={T}"] = float(_C.bench_linear(spec, x, y, 1, rows, 1, cols, repeats))
+    finally:
+        _C.kernels_set_threads(threads)
+    return out
+
+
 def compare(before: dict, after: dict) -> str:
-    lines = [f"weight_bytes rate 0: {before['weight_bytes']['0.0'] / 1e6:.2f} -> {after['weight_bytes']['0.0'] / 1e6:.2f} MB",
+    wb, wa = before["weight_bytes"]["0.0"], after["weight_bytes"]["0.0"]
+    lines = [f"weight_bytes rate 0: {wb / 1e6:.2f} -> {wa / 1e6:.2f} MB",
              f"RSS growth of loading: {before['rss_load_bytes'] / 1e6:.1f} -> {after['rss_load_bytes'] / 1e6:.1f} MB"]
     for k, h in before["logits_sha256"].items():
         lines.append(f"logits {k}: {'bit-identical' if after['logits_sha256'].get(k) == h else 'DIFFERENT'}")
     for k, v in before["decode_tok_s"].items():
-        lines.append(f"decode {k}: {v:.1f} -> {after['decode_tok_s'][k]:.1f} tok/s (x{after['decode_tok_s'][k] / v:.3f})")
+        a = after["decode_tok_s"][k]
+        lines.append(f"decode {k}: {v:.1f} -> {a:.1f} tok/s (x{a / v:.3f})")
+    for k, v in before.get("micro_s", {}).items():
+        if k in after.get("micro_s", {}):
+            lines.append(f"R16 4096x4096 {k}: {v * 1e6:.0f} -> {after['micro_s'][k] * 1e6:.0f} us "
+                         f"(speed x{v / after['micro_s'][k]:.3f})")
     return "\n".join(lines)
 
 
@@ -86,6 +123,7 @@ def main() -> None:
     ap.add_argument("--artifact", type=Path, default=DEFAULT_ART)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--micro", type=int, default=0, help="also time one R16 linear, best of N (kernels alone)")
     ap.add_argument("--json")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     a = ap.parse_args()
@@ -93,6 +131,8 @@ def main() -> None:
         print(compare(*(json.loads(Path(p).read_text()) for p in a.compare)))
         return
     res = measure(a.artifact, a.repeats, a.steps)
+    if a.micro:
+        res["micro_s"] = micro(a.micro)
     print(json.dumps(res, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

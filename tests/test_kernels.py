@@ -232,7 +232,8 @@ def test_float16_scales_exact_on_every_path_and_layout(act, rng):
     path (row-major int4 with fp32 activations: each path within the bound, their sums differ by design), R16 =
     row-major (W4A8: bit for bit; fp32: both within the float64 bound), and the float64 reference of
     (q - 8) * float64(scale) (int4) / q * scale (int8) bounds the error; the GEMV (T <= 4) and GEMM (T > 4) drivers
-    both run. Each path's conversion equals NumPy's float16 -> float64 for every finite one of the 65536 bit patterns."""
+    both run. Each path's conversion equals NumPy's float16 -> float64 for every finite one of the 65536 bit
+    patterns."""
     _C.kernels_set_q4_act(act)
     rows, cols, g = 37, 256, 32
     ng = cols // g
@@ -242,7 +243,8 @@ def test_float16_scales_exact_on_every_path_and_layout(act, rng):
     b = rng.standard_normal(rows).astype(np.float32)
     deq4 = dequant(packed, scales, cols, 1, g)
     deq8 = codes8.astype(np.float64) * np.repeat(scales.astype(np.float64), g, axis=1)
-    specs = {"q4 row-major": ((packed, scales, g, cols, b), deq4), "q4 R16": (r16_spec(packed, scales, g, cols, b, 1, 1), deq4),
+    specs = {"q4 row-major": ((packed, scales, g, cols, b), deq4),
+             "q4 R16": (r16_spec(packed, scales, g, cols, b, 1, 1), deq4),
              "q8": ((codes8, scales, g, cols, b), deq8)}
     for T in (1, 3, 9):
         x = (rng.standard_normal((T, cols)) * 1e-3).astype(np.float32)  # 65504 * 127 * x stays finite
