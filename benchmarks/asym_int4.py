@@ -1,7 +1,7 @@
 """Asymmetric int4 (a zero point per group, ``quantize_gptq(asym=True)``) against the symmetric default, measured as
 perplexity on SmolLM2-135M: does a per-group zero point pay after the residual rotation?
 
-    python benchmarks/asym_int4.py FP32_ART [--rates 0,0.15] [--samples 32,24] [--texts wiki,code] [--out DIR]
+    python benchmarks/asym_int4.py FP32_ART [--rates 0,0.15] [--samples 32,24] [--texts wiki,code] [--tokens N]
 
 FP32_ART: a rotated, tied fp32 artifact of the default options (e.g. ``~/.cache/uniql/models/q19/
 mix512-rot-tied-fp32``, ``compress(quantize=False)``); it is quantized twice by ``uniql.quantize_artifact`` with the
@@ -12,7 +12,7 @@ kernel computes, up to the order of float additions, and the GPTQ stream of each
 weights. The symmetric variant is also scored from the real int4 artifact of the same options when ``--int4 ART`` is
 given. ``--samples``: calibration windows per run (one sym / asym pair per value: how much a different
 calibration sample alone moves the result, i.e. the noise a sym / asym difference must exceed). Perplexity:
-uniql.bench.quality's windows (2048 tokens per text, windows of 512, W4A32). Bytes: what the int4 linears would
+uniql.bench.quality's windows (--tokens per text, default 2048, windows of 512, W4A32). Bytes: what the int4 linears would
 take (codes 0.5 B / weight, float16 scales, zero points packed two per byte).
 """
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--rates", default="0,0.15")
     ap.add_argument("--samples", default="32")
     ap.add_argument("--texts", default="wiki")
+    ap.add_argument("--tokens", type=int, default=2048, help="evaluation tokens per text")
     ap.add_argument("--int4", type=Path, help="the real symmetric int4 artifact of the same options (a check)")
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache/uniql/models/q19")
     ap.add_argument("--json", type=Path)
@@ -82,7 +83,7 @@ def main() -> None:
 
     rates = [float(r) for r in a.rates.split(",")]
     tok = checkpoint.load_tokenizer(a.fp32)
-    texts = {t: eval_ids(tok, t, 2048) for t in a.texts.split(",")}
+    texts = {t: eval_ids(tok, t, a.tokens) for t in a.texts.split(",")}
     keys = [f"{t}@{r:g}" for r in rates for t in texts]
     res: dict = {"fp32": _ppl(a.fp32, rates, texts)}
     if a.int4:
