@@ -422,6 +422,22 @@ def test_artifact_wrong_float_dtype(models, tmp_path, name):
     expect_error(isolated_load(a), uniql.FormatError, name.replace(".", r"\."))
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "beyond float16"])
+def test_artifact_bad_scales_are_named(models, tmp_path, bad):
+    """The runtime keeps int4 / int8 scales in float16: a NaN / Inf scale, or a float32 one beyond float16's range,
+    in an artifact is a FormatError naming the tensor (not a model that computes NaN)."""
+    name = "model.layers.0.mlp.up_proj.scales"
+    a = copy(models["q4"], tmp_path / "a")
+
+    def edit(t):
+        s = t[name].astype(np.float32)
+        s[1, 0] = {"nan": np.nan, "inf": np.inf, "beyond float16": 1e6}[bad]
+        t[name] = s if bad == "beyond float16" else s.astype(np.float16)
+
+    edit_tensors(a / "model-layer-0000.safetensors", edit)
+    expect_error(isolated_load(a), uniql.FormatError, name.replace(".", r"\.") + r".*not a finite float16")
+
+
 # ------------------------------------------------------------------------------------------- GGUF ----
 
 def write_tiny_gguf(path: Path) -> Path:

@@ -35,16 +35,18 @@ def _restore_kernels():
 
 
 def q4_weight(W, nseg, group):
-    """int4 with per-segment groups (the runtime's o_proj layout) via the C quantizer, segment by segment."""
+    """int4 with per-segment groups (the runtime's o_proj layout) via the C quantizer, segment by segment; scales
+    rounded to float16 (the artifact's storage and what runtime specs carry)."""
     rows, cols = W.shape
     seg = cols // nseg
     parts = [quantize_rtn(np.ascontiguousarray(W[:, s * seg:(s + 1) * seg]), group) for s in range(nseg)]
     if nseg == 1:
         q = parts[0]
-        return q.packed, q.scales
+        return q.packed, q.scales.astype(np.float16)
     codes = np.concatenate([_unpack(p.packed, seg) for p in parts], axis=1)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-    return np.ascontiguousarray(packed), np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1))
+    return (np.ascontiguousarray(packed),
+            np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1).astype(np.float16)))
 
 
 def _unpack(packed, cols):
@@ -216,6 +218,60 @@ def test_r16_kernels_bit_exact_across_paths(act, rng):
                 want = x.astype(np.float64) @ Ws.T + b[ridx]
                 bound = LIN_TOL_FACTOR * (nsi * ki + 1) * EPS32 * (np.abs(x) @ np.abs(Ws).T + np.abs(b[ridx])) + 1e-30
                 assert np.all(np.abs(outs["ref"] - want) <= bound), (rows, cols, nso, ko, nsi, ki, g, T)
+
+
+# float16 scales at the edges of the format: zero, subnormals, the smallest normal, 1, the largest (65504)
+F16_EDGE_SCALES = np.array([0.0, 2.0 ** -24, 3 * 2.0 ** -24, 1023 * 2.0 ** -24, 2.0 ** -14, 1.0, 0.0999755859375,
+                            65504.0], np.float16)
+
+
+@pytest.mark.parametrize("act", ["fp32", "int8"])
+def test_float16_scales_exact_on_every_path_and_layout(act, rng):
+    """The runtime keeps int4 / int8 scales in float16 and converts them in the kernels (F16C / vcvtph2ps, uq_k_h2f
+    on the ref path): with scales at the edges of float16 (subnormals, 65504) every path gives the bits of the ref
+    path (row-major int4 with fp32 activations: each path within the bound, their sums differ by design), R16 =
+    row-major (W4A8: bit for bit; fp32: both within the float64 bound), and the float64 reference of
+    (q - 8) * float64(scale) (int4) / q * scale (int8) bounds the error; the GEMV (T <= 4) and GEMM (T > 4) drivers
+    both run. Each path's conversion equals NumPy's float16 -> float64 for every finite one of the 65536 bit
+    patterns."""
+    _C.kernels_set_q4_act(act)
+    rows, cols, g = 37, 256, 32
+    ng = cols // g
+    packed = rng.integers(0, 256, (rows, cols // 2), dtype=np.uint8)
+    scales = np.ascontiguousarray(rng.choice(F16_EDGE_SCALES, (rows, ng)))
+    codes8 = rng.integers(-127, 128, (rows, cols), dtype=np.int8)
+    b = rng.standard_normal(rows).astype(np.float32)
+    deq4 = dequant(packed, scales, cols, 1, g)
+    deq8 = codes8.astype(np.float64) * np.repeat(scales.astype(np.float64), g, axis=1)
+    specs = {"q4 row-major": ((packed, scales, g, cols, b), deq4),
+             "q4 R16": (r16_spec(packed, scales, g, cols, b, 1, 1), deq4),
+             "q8": ((codes8, scales, g, cols, b), deq8)}
+    for T in (1, 3, 9):
+        x = (rng.standard_normal((T, cols)) * 1e-3).astype(np.float32)  # 65504 * 127 * x stays finite
+        for name, (spec, deq) in specs.items():
+            outs = {}
+            for path in AVAILABLE:
+                _C.kernels_set(path)
+                outs[path] = forward(spec, x, 1, rows, 1, cols)
+                if name != "q4 row-major" or act == "int8":  # row-major fp32: each path its own documented sums
+                    assert np.array_equal(outs[path], outs["ref"]), (act, name, path, T)
+                if act == "fp32" or name == "q8":  # W4A8 rounds the activations: compared across layouts below
+                    want = x.astype(np.float64) @ deq.T + b
+                    bound = LIN_TOL_FACTOR * (cols + 1) * EPS32 * (np.abs(x) @ np.abs(deq).T + np.abs(b)) + 1e-30
+                    assert np.all(np.abs(outs[path] - want) <= bound), (act, name, path, T)
+        if act == "int8":
+            assert np.array_equal(forward(specs["q4 R16"][0], x, 1, rows, 1, cols),
+                                  forward(specs["q4 row-major"][0], x, 1, rows, 1, cols))
+    # every float16 bit pattern through the ref path's conversion (1 x 65536 int8 weight of code 1, x = one-hot)
+    allh = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(-1, 1)
+    finite = np.isfinite(allh[:, 0])
+    hs = np.ascontiguousarray(allh[finite])
+    for path in AVAILABLE:
+        _C.kernels_set(path)
+        y = np.empty((1, hs.shape[0]), np.float32)
+        _C.linear_forward((np.ones((hs.shape[0], 1), np.int8), hs, 1, 1, None), np.ones((1, 1), np.float32), y, 1,
+                          hs.shape[0], 1, 1)
+        np.testing.assert_array_equal(y[0].astype(np.float64), hs[:, 0].astype(np.float64), err_msg=path)
 
 
 @pytest.mark.parametrize("act", ["fp32", "int8"])
@@ -442,12 +498,12 @@ def test_int8_weight_linear_matches_float64_on_every_path(nsi, group):
     W = rng.standard_normal((rows, cols)).astype(np.float32)
     parts = [quantize_int8(np.ascontiguousarray(W[:, s * seg:(s + 1) * seg]), group) for s in range(nsi)]
     codes = np.ascontiguousarray(np.concatenate([p.codes for p in parts], axis=1))
-    scales = np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1))
+    scales = np.ascontiguousarray(np.concatenate([p.scales for p in parts], axis=1).astype(np.float16))
     gps = scales.shape[1] // nsi
     b = rng.standard_normal(rows).astype(np.float32)
     for keep in (seg, seg - 5):
         deq = np.concatenate([codes[:, s * seg:s * seg + keep].astype(np.float64)
-                              * np.repeat(scales[:, s * gps:(s + 1) * gps], group, axis=1)[:, :keep]
+                              * np.repeat(scales[:, s * gps:(s + 1) * gps].astype(np.float64), group, axis=1)[:, :keep]
                               for s in range(nsi)], axis=1)
         for T in (1, 4, 9):
             x = rng.standard_normal((T, nsi * keep)).astype(np.float32)

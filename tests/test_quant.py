@@ -319,3 +319,131 @@ def test_int8_rtn_matches_float64_formula():
         quantize_int8(bad, 16)
     with pytest.raises(uniql.UniqlError):
         quantize_int8(W, 0)
+
+
+# ------------------------------------------------------------------------- asymmetric int4 (zero points)
+
+def asym_params_ref(w: np.ndarray, mse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of w (rows, len) float64: lo / hi with 0 inside, s = float32((hi - lo) / 15), z = clip(rint(-lo / s),
+    0, 15); mse: the range shrunk by 15 / (15 + k/4), k = 0..20, z kept, least squared rounding error (first k on
+    ties). A zero range: s = 0, z = 8."""
+    lo, hi = np.minimum(w.min(axis=1), 0.0), np.maximum(w.max(axis=1), 0.0)
+    rng_ = hi - lo
+    s = (rng_ / 15).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(s > 0, np.clip(np.rint(-lo / s.astype(np.float64)), 0, 15), 8).astype(np.uint8)
+    if mse:
+        best, best_s = np.full(w.shape[0], np.inf), s.copy()
+        for k in range(21):
+            sk = (rng_ / (15 + 0.25 * k)).astype(np.float32)
+            d = w - (asym_codes(w, sk, z).astype(np.float64) - z[:, None]) * sk.astype(np.float64)[:, None]
+            err = (d * d).sum(axis=1)
+            take = (err < best) & (sk > 0)
+            best, best_s = np.where(take, err, best), np.where(take, sk, best_s)
+        s = best_s.astype(np.float32)
+    return s, z
+
+
+def asym_codes(w: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.ndarray:
+    s64 = s.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint(w / s64) + z[:, None], 0, 15)
+    return np.where(s64 == 0, z[:, None], q).astype(np.uint8)
+
+
+def gptq_asym_ref(W: np.ndarray, H: np.ndarray, group: int, mse: bool, act: bool, damp: float = 0.01):
+    """Unblocked float64 GPTQ with per-group zero points (static groups in natural order under act)."""
+    W, H = _gptq_prepare(W, H, damp)
+    rows, cols = W.shape
+    ng = -(-cols // group)
+    scales, zeros = np.empty((rows, ng), np.float32), np.empty((rows, ng), np.uint8)
+    perm = np.argsort(-np.diag(H), kind="stable") if act else np.arange(cols)
+    if act:
+        for g in range(ng):
+            scales[:, g], zeros[:, g] = asym_params_ref(W[:, g * group:(g + 1) * group], mse)
+    Hp, Wp = H[np.ix_(perm, perm)], W[:, perm]
+    U = np.linalg.cholesky(np.linalg.inv(Hp)).T
+    codes = np.empty((rows, cols), np.uint8)
+    for i in range(cols):
+        c = perm[i]
+        if not act and i % group == 0:
+            scales[:, i // group], zeros[:, i // group] = asym_params_ref(Wp[:, i:i + group], mse)
+        s, z = scales[:, c // group], zeros[:, c // group]
+        codes[:, c] = asym_codes(Wp[:, i:i + 1], s, z)[:, 0]
+        err = (Wp[:, i] - (codes[:, c].astype(np.float64) - z) * s.astype(np.float64)) / U[i, i]
+        Wp[:, i + 1:] -= np.outer(err, U[i, i + 1:])
+    return codes, scales, zeros
+
+
+@pytest.mark.parametrize("mse,act", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("rows,cols,group,block", [(5, 16, 8, None), (3, 13, 4, None), (6, 24, 8, 5)])
+def test_gptq_asym_matches_float64_reference(rng, rows, cols, group, block, mse, act):
+    """asym=True: codes and zero points equal the float64 reference, scales within float32 rounding; dequantize
+    gives (q - z) * s exactly (float64 product rounded once); one-signed and all-zero groups included."""
+    X = correlated_inputs(rng, 256, cols) * rng.uniform(0.2, 3.0, cols).astype(np.float32)
+    H = X.astype(np.float64).T @ X.astype(np.float64) / 256
+    W = (rng.standard_normal((rows, cols)) + 0.7).astype(np.float32)  # skewed: zero points away from 8
+    W[0, :group] = 0.0
+    W[1, :group] = -np.abs(W[1, :group]) - 0.1
+    q = q4.quantize_gptq(W, H, group=group, block=block, mse_scale=mse, act_order=act, asym=True)
+    codes, scales, zeros = gptq_asym_ref(W, H, group, mse, act)
+    np.testing.assert_array_equal(q4.unpack(q.packed, cols), codes)
+    np.testing.assert_array_equal(q.zeros, zeros)
+    np.testing.assert_allclose(q.scales, scales, rtol=RTOL_SCALE_GPTQ)
+    assert q.zeros[0, 0] == 8 and q.scales[0, 0] == 0 and q.zeros.max() <= 15 and (q.zeros != 8).any()
+    deq = (q4.unpack(q.packed, cols).astype(np.float64)
+           - np.repeat(q.zeros.astype(np.float64), group, axis=1)[:, :cols]) * np.repeat(
+        q.scales.astype(np.float64), group, axis=1)[:, :cols]
+    np.testing.assert_array_equal(q4.dequantize(q), deq.astype(np.float32))
+    assert q.nbytes == q.packed.nbytes + q.scales.nbytes + q.zeros.nbytes
+
+
+def test_gptq_asym_beats_symmetric_on_skewed_weights_and_prefixes_stay_exact(rng):
+    """On one-signed weights a zero point halves the step; the output error drops below the symmetric one. A kept
+    column prefix (whole groups and a cut group) of an asymmetric weight dequantizes to the prefix of the full one
+    (its groups' scales and zero points: exact truncation, as for the symmetric format)."""
+    rows, cols, group = 16, 64, 16
+    X = correlated_inputs(rng, 512, cols)
+    H = X.astype(np.float64).T @ X.astype(np.float64) / 512
+    W = (np.abs(rng.standard_normal((rows, cols))) + 0.2).astype(np.float32)
+    qs = q4.quantize_gptq(W, H, group=group, mse_scale=True, act_order=True)
+    qa = q4.quantize_gptq(W, H, group=group, mse_scale=True, act_order=True, asym=True)
+
+    def err(q):
+        E = q4.dequantize(q).astype(np.float64) - W
+        return np.trace(E @ H @ E.T) / np.trace(W.astype(np.float64) @ H @ W.T.astype(np.float64))
+
+    assert err(qa) < 0.6 * err(qs)
+    full = q4.dequantize(qa)
+    for keep in (32, 40):
+        kg = -(-keep // group)
+        cut = q4.QuantizedTensor(np.ascontiguousarray(qa.packed[:10, :keep // 2]),
+                                 np.ascontiguousarray(qa.scales[:10, :kg]), (10, keep), group,
+                                 np.ascontiguousarray(qa.zeros[:10, :kg]))
+        np.testing.assert_array_equal(q4.dequantize(cut), full[:10, :keep])
+
+
+def test_asym_zero_points_malformed_are_refused(rng):
+    """Zero points must be uint8 (rows, ngroups) in 0..15 (QuantizedTensor, and the C dequantizer names the first
+    bad one); the runtime refuses an asymmetric int4 tensor by name (its kernels read symmetric int4 only)."""
+    W = rng.standard_normal((4, 32)).astype(np.float32)
+    H = np.eye(32)
+    q = q4.quantize_gptq(W, H, group=8, asym=True)
+    with pytest.raises(uniql.ShapeError, match="zeros must have shape"):
+        q4.QuantizedTensor(q.packed, q.scales, q.shape, q.group, np.ascontiguousarray(q.zeros[:, :3]))
+    with pytest.raises(uniql.DTypeError, match="zeros"):
+        q4.QuantizedTensor(q.packed, q.scales, q.shape, q.group, q.zeros.astype(np.int32))
+    bad = q.zeros.copy()
+    bad[2, 1] = 16
+    with pytest.raises(uniql.RangeError, match=r"zero point 16 at \(2, 1\)"):
+        q4.QuantizedTensor(q.packed, q.scales, q.shape, q.group, bad)
+    out = np.empty(W.shape, np.float32)
+    with pytest.raises(uniql.RangeError, match="zero point 16 at row 2, group 1"):
+        _C.q4_dequantize(q.packed, q.scales, 8, out, bad)
+    with pytest.raises(uniql.ShapeError):
+        _C.q4_dequantize(q.packed, q.scales, 8, out, q.zeros[:, :2].copy())
+    with pytest.raises(uniql.InvalidArgumentError, match="needs a zeros output"):
+        _C.q4_quantize_gptq(W, H, 8, 0.01, 0, q.packed.copy(), q.scales.copy(), _C.Q4_ASYM)
+    from uniql.models.runtime import as_q4
+    with pytest.raises(uniql.UnsupportedError, match="layer.up: asymmetric int4"):
+        as_q4("layer.up", q)

@@ -114,6 +114,17 @@ def test_rotated_transformer_is_the_same_function_at_every_rate(tmp_path, kind, 
             st.save_file(bad / "model-rest.safetensors", r2)
             with pytest.raises(uniql.FormatError if F is None else uniql.ShapeError, match="mix"):
                 uniql.load(bad)
+        # a float16 mix (what quantized artifacts store) stays float16 in memory: the same logits as its float32 copy
+        F16 = rest["model.norm.mix"].astype(np.float16)
+        loaded = {}
+        for name, F in (("half", F16), ("half32", F16.astype(np.float32))):
+            shutil.copytree(rotated, tmp_path / name)
+            st.save_file(tmp_path / name / "model-rest.safetensors", dict(rest, **{"model.norm.mix": F}))
+            loaded[name] = uniql.load(tmp_path / name)
+        assert loaded["half"]._final_mix.dtype == np.float16 and loaded["half32"]._final_mix.dtype == np.float32
+        assert loaded["half32"].weight_bytes() - loaded["half"].weight_bytes() == F16.nbytes
+        ids16 = np.random.default_rng(9).integers(0, TF_VOCAB, size=11).astype(np.int32)
+        np.testing.assert_array_equal(loaded["half"].logits(ids16), loaded["half32"].logits(ids16))
         from uniql.finetune.twin import load_twin  # the fine-tuning twin applies the mix like the runtime
         tm = load_twin(rotated, max_seq=32)
         tm.set_rate(0.35)

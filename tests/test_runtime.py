@@ -162,7 +162,8 @@ def ref_forward(tensors, cfg, ids, keep_sched, freq_maps=None):
 # ------------------------------------------------------------------------------- int4 helper ----
 
 class Q4:
-    """QuantizedTensor-like int4 weight quantized with the documented formula (NumPy, test-only)."""
+    """QuantizedTensor-like int4 weight quantized with the documented formula (NumPy, test-only); scales rounded to
+    float16 as the compressor stores them (the runtime keeps them in float16)."""
 
     def __init__(self, w, group, segments=1):
         rows, cols = w.shape
@@ -175,7 +176,7 @@ class Q4:
             for gi in range(gps):
                 c0, c1 = s * seg + gi * group, min(s * seg + (gi + 1) * group, (s + 1) * seg)
                 blk = w[:, c0:c1].astype(np.float32)
-                sc = (np.abs(blk).max(1) / np.float32(7.5)).astype(np.float32)
+                sc = (np.abs(blk).max(1) / np.float32(7.5)).astype(np.float16).astype(np.float32)
                 safe = np.where(sc == 0, 1, sc)
                 q = np.where(sc[:, None] == 0, 8, np.clip(np.rint(blk / safe[:, None]) + 8, 0, 15))
                 codes[:, c0:c1] = q
@@ -330,6 +331,38 @@ def test_live_switching_matches_reference():
 
 
 # ---------------------------------------------------------------------------------- int4 ----
+
+def test_int4_scales_kept_in_float16(w4a32):
+    """The runtime keeps int4 scales in float16: float32 scales are rounded once when the model is built (logits
+    bit-identical to a model given the rounded float16 scales), every int4 spec the C model points at carries
+    float16 scales (2 bytes each in weight_bytes), and a scale beyond float16's range is a RangeError naming it."""
+    hf, d, sd = make_hf("llama")
+    t = runtime_tensors(sd, d)
+    q, _ = quantize_all(t, d, group=32, o_group=8)
+    # float32 scales that float16 cannot hold exactly (one part in 1e5 off the stored float16 values)
+    q32 = {k: (Q4Slice(v.packed, v.scales * np.float32(1 + 1e-5), v.group, v.shape) if isinstance(v, Q4) else v)
+           for k, v in q.items()}
+    q16 = {k: (Q4Slice(v.packed, v.scales.astype(np.float16), v.group, v.shape) if isinstance(v, Q4Slice) else v)
+           for k, v in q32.items()}
+    assert any(not np.array_equal(v.scales, v.scales.astype(np.float16)) for v in q32.values() if isinstance(v, Q4Slice))
+    m32 = Model.from_hf_tensors(d, q32, qk_layout="interleaved")
+    m16 = Model.from_hf_tensors(d, q16, qk_layout="interleaved")
+    ids = ids_for(12)
+    np.testing.assert_array_equal(m32.logits(ids), m16.logits(ids))
+    assert m32.weight_bytes() == m16.weight_bytes()
+    specs = [m32._specs[0], m32._specs[1]] + [v for lay in m32._specs[3] for v in lay.values()
+                                              if isinstance(v, tuple) and len(v) >= 5]
+    q4_specs = [sp for sp in specs if isinstance(sp[0], np.ndarray) and sp[0].dtype == np.uint8]
+    assert q4_specs and all(sp[1].dtype == np.float16 for sp in q4_specs)
+    name = next(k for k, v in q32.items() if isinstance(v, Q4Slice) and "up_proj" in k)
+    bad = dict(q32)
+    v = bad[name]
+    big = v.scales.copy()
+    big[0, 0] = 1e6
+    bad[name] = Q4Slice(v.packed, big, v.group, v.shape)
+    with pytest.raises(uniql.RangeError, match=name.replace(".", r"\.") + r".*not a finite float16"):
+        Model.from_hf_tensors(d, bad, qk_layout="interleaved")
+
 
 def test_int4_matches_fp32_on_dequantized_weights(w4a32):
     hf, d, sd = make_hf("qwen2", intermediate_size=100)  # down_proj: 100 columns, group 32 -> partial group

@@ -9,6 +9,7 @@ import pytest
 
 from uniql import FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
 from uniql.compress.quant import dequantize, quantize_rtn
+from uniql.compress.pipeline import f16_scales
 from uniql.models.hybrid import BambaConfig, HybridConfig, Mamba2Config, NemotronHConfig, rope_rows
 from uniql.models.runtime import Model
 
@@ -273,7 +274,9 @@ def test_int4_in_proj_out_proj_equal_dequantized(w4a32):
     q4 = dict(sd)
     deq = dict(sd)
     for key in ("model.layers.0.mixer.in_proj.weight", "model.layers.0.mixer.out_proj.weight"):
-        q = quantize_rtn(np.ascontiguousarray(sd[key]), group=16)  # out_proj: one group per 16-channel head
+        # out_proj: one group per 16-channel head; scales rounded to float16 as the compressor stores them (the runtime
+        # keeps them in float16)
+        q = f16_scales(quantize_rtn(np.ascontiguousarray(sd[key]), group=16))
         q4[key] = q
         deq[key] = dequantize(q)
     a = Model.from_hf_tensors(cd, q4, max_seq=32)

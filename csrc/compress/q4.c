@@ -33,12 +33,13 @@ static inline uq_status q4_scale(double amax, float *s) {
     return UQ_OK;
 }
 
-static inline uint8_t q4_code(double w, float s) {
-    if (s == 0.0f) return UQ_Q4_OFFSET;
-    double q = rint(w / (double)s) + (double)UQ_Q4_OFFSET;
+static inline uint8_t q4_code_z(double w, float s, int z) {
+    if (s == 0.0f) return (uint8_t)z;
+    double q = rint(w / (double)s) + (double)z;
     q = q < 0.0 ? 0.0 : q > 15.0 ? 15.0 : q;
     return (uint8_t)q;
 }
+static inline uint8_t q4_code(double w, float s) { return q4_code_z(w, s, UQ_Q4_OFFSET); }
 
 /* Sets nibble c of a packed row (even c: whole byte with a pad nibble 8 above, odd c: high nibble). Columns
  * must be written in increasing order. */
@@ -123,14 +124,70 @@ static uq_status q4_group_scale(const double *w, int64_t len, int64_t stride, in
     return UQ_OK;
 }
 
+/* Asymmetric parameters of a group (UQ_Q4_ASYM, see uniql.h): range [lo, hi] with 0 inside, s = (hi - lo) / 15,
+ * z = clamp(rint(-lo / s), 0, 15); mse: the range shrunk by 15 / (15 + k/4), k = 0..Q4_MSE_STEPS, z kept, with the
+ * least squared rounding error (ties: the larger scale). */
+static uq_status q4_group_asym(const double *w, int64_t len, int64_t stride, int mse, float *out, uint8_t *zout) {
+    double lo = 0.0, hi = 0.0;
+    for (int64_t c = 0; c < len; c++) {
+        const double v = w[c * stride];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    *zout = UQ_Q4_OFFSET;
+    *out = 0.0f;
+    if (hi - lo == 0.0) return UQ_OK;
+    const double range = hi - lo;
+    if (!(range / 15.0 <= (double)3.4028234663852886e38))
+        return uq_set_error(UQ_ERR_NUMERIC, "int4 quantizer: group range %g gives a scale beyond float32", range);
+    const float s0 = (float)(range / 15.0);
+    if (!(s0 > 0.0f)) return UQ_OK; /* a range below float32's smallest step: codes z, value 0 */
+    double zr = rint(-lo / (double)s0);
+    const int z = zr < 0.0 ? 0 : zr > 15.0 ? 15 : (int)zr;
+    *zout = (uint8_t)z;
+    *out = s0;
+    if (!mse) return UQ_OK;
+    double best = INFINITY;
+    for (int k = 0; k <= Q4_MSE_STEPS; k++) {
+        const float s = (float)(range / (15.0 + 0.25 * k));
+        if (!(s > 0.0f)) continue;
+        double err = 0.0;
+        for (int64_t c = 0; c < len && err < best; c++) {
+            const double v = w[c * stride], d = v - (double)((int)q4_code_z(v, s, z) - z) * (double)s;
+            err += d * d;
+        }
+        if (err < best) {
+            best = err;
+            *out = s;
+        }
+    }
+    return UQ_OK;
+}
+
+/* Scale (and zero point) of a group: q4_group_scale with z = 8, or q4_group_asym. */
+static uq_status q4_group_params(const double *w, int64_t len, int mse, int asym, float *s, uint8_t *z) {
+    if (asym) return q4_group_asym(w, len, 1, mse, s, z);
+    *z = UQ_Q4_OFFSET;
+    return q4_group_scale(w, len, 1, mse, s);
+}
+
 uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                               int64_t group, double damp, int64_t block, uint8_t *packed, float *scales) {
-    return uq_q4_quantize_gptq_ex(W, rows, cols, ldw, H, group, damp, block, 0, packed, scales);
+    return uq_q4_quantize_gptq_z(W, rows, cols, ldw, H, group, damp, block, 0, packed, scales, NULL);
 }
 
 uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                                  int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
                                  float *scales) {
+    if (flags & UQ_Q4_ASYM)
+        return uq_set_error(UQ_ERR_ARG, "uq_q4_quantize_gptq_ex: UQ_Q4_ASYM needs zero points "
+                            "(uq_q4_quantize_gptq_z)");
+    return uq_q4_quantize_gptq_z(W, rows, cols, ldw, H, group, damp, block, flags, packed, scales, NULL);
+}
+
+uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
+                                float *scales, uint8_t *zeros) {
     static const char fn[] = "uq_q4_quantize_gptq";
     uq_status st = q4_check(fn, W, rows, cols, ldw, group, packed, scales);
     if (st != UQ_OK) return st;
@@ -138,12 +195,15 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
     if (!(damp >= 0.0) || !isfinite(damp))
         return uq_set_error(UQ_ERR_ARG, "%s: damp must be finite and >= 0, got %g", fn, damp);
     if (block < 0) return uq_set_error(UQ_ERR_ARG, "%s: block must be >= 0, got %lld", fn, (long long)block);
-    if (flags & ~(UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER))
+    if (flags & ~(UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER | UQ_Q4_ASYM))
         return uq_set_error(UQ_ERR_ARG, "%s: unknown flags 0x%x", fn, (unsigned)flags);
+    if ((flags & UQ_Q4_ASYM) && !zeros)
+        return uq_set_error(UQ_ERR_ARG, "%s: UQ_Q4_ASYM needs a zeros output", fn);
     if (cols > INT32_MAX || rows > INT32_MAX)
         return uq_set_error(UQ_ERR_ARG, "%s: (%lld, %lld) exceeds the BLAS integer range", fn, (long long)rows,
                             (long long)cols);
     const int mse = (flags & UQ_Q4_MSE_SCALE) != 0, act = (flags & UQ_Q4_ACT_ORDER) != 0;
+    const int asym = (flags & UQ_Q4_ASYM) != 0;
     if (block == 0) block = group;
     if (block > cols) block = cols;
     size_t hbytes, wbytes, ebytes, cbytes;
@@ -161,6 +221,8 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
     int64_t *perm = NULL;
     uint8_t *codes = NULL;
     int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
+    uint8_t *zp = NULL; /* zero points (rows, ng): the caller's, or scratch when it passes none */
+    if ((st = uq_alloc((size_t)(rows * ng), (void **)&zp)) != UQ_OK) return st;
     if ((st = uq_alloc(hbytes, (void **)&U)) != UQ_OK) goto exit;
     if ((st = uq_alloc(wbytes, (void **)&Wd)) != UQ_OK) goto exit;
     if ((st = uq_alloc(ebytes, (void **)&E)) != UQ_OK) goto exit;
@@ -189,7 +251,8 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
         for (int64_t r = 0; r < rows; r++)
             for (int64_t g = 0; g < ng; g++) {
                 int64_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
-                if ((st = q4_group_scale(Wd + r * cols + c0, c1 - c0, 1, mse, &scales[r * ng + g])) != UQ_OK)
+                if ((st = q4_group_params(Wd + r * cols + c0, c1 - c0, mse, asym, &scales[r * ng + g],
+                                          &zp[r * ng + g])) != UQ_OK)
                     goto exit;
             }
         double *diag = NULL; /* descending diag(H), ties by column (stable) */
@@ -261,16 +324,19 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
                 int64_t col = perm[i], g = col / group;
                 if (!act && i % group == 0) { /* group start == block start: all earlier error is in Wd */
                     int64_t c1 = i + group < cols ? i + group : cols;
-                    if ((st = q4_group_scale(w + i, c1 - i, 1, mse, &scales[r * ng + g])) != UQ_OK) goto exit;
+                    if ((st = q4_group_params(w + i, c1 - i, mse, asym, &scales[r * ng + g], &zp[r * ng + g])) !=
+                        UQ_OK)
+                        goto exit;
                 }
                 const double *urow = U + i * cols;
                 float s = scales[r * ng + g];
-                uint8_t q = q4_code(w[i], s);
+                const int z = zp[r * ng + g];
+                uint8_t q = q4_code_z(w[i], s, z);
                 if (act)
                     codes[r * cols + col] = q;
                 else
                     q4_put(prow, i, q);
-                double ei = (w[i] - (double)((int)q - UQ_Q4_OFFSET) * (double)s) / urow[i];
+                double ei = (w[i] - (double)((int)q - z) * (double)s) / urow[i];
                 e[i - i0] = ei;
                 for (int64_t j = i + 1; j < i1; j++) w[j] -= ei * urow[j];
             }
@@ -280,7 +346,9 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
         i0 = i1;
     }
     if (act) st = uq_q4_pack(codes, rows, cols, packed);
+    if (st == UQ_OK && zeros) memcpy(zeros, zp, (size_t)(rows * ng));
 exit:
+    uq_free(zp);
     uq_free(U);
     uq_free(Wd);
     uq_free(E);
@@ -325,17 +393,27 @@ uq_status uq_q4_unpack(const uint8_t *packed, int64_t rows, int64_t cols, uint8_
 
 uq_status uq_q4_dequantize(const uint8_t *packed, const float *scales, int64_t rows, int64_t cols, int64_t group,
                            float *W) {
+    return uq_q4_dequantize_z(packed, scales, NULL, rows, cols, group, W);
+}
+
+uq_status uq_q4_dequantize_z(const uint8_t *packed, const float *scales, const uint8_t *zeros, int64_t rows,
+                             int64_t cols, int64_t group, float *W) {
     static const char fn[] = "uq_q4_dequantize";
     uq_status st = q4_check(fn, W, rows, cols, cols, group, packed, scales);
     if (st != UQ_OK) return st;
     int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
+    if (zeros)
+        for (int64_t i = 0; i < rows * ng; i++)
+            if (zeros[i] > 15)
+                return uq_set_error(UQ_ERR_RANGE, "%s: zero point %u at row %lld, group %lld is above 15", fn,
+                                    (unsigned)zeros[i], (long long)(i / ng), (long long)(i % ng));
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *p = packed + r * rb;
         const float *s = scales + r * ng;
         float *w = W + r * cols;
         for (int64_t j = 0; j < cols; j++) {
-            int q = (p[j >> 1] >> ((j & 1) * 4)) & 0x0f;
-            w[j] = (float)((double)(q - UQ_Q4_OFFSET) * (double)s[j / group]);
+            int q = (p[j >> 1] >> ((j & 1) * 4)) & 0x0f, z = zeros ? zeros[r * ng + j / group] : UQ_Q4_OFFSET;
+            w[j] = (float)((double)(q - z) * (double)s[j / group]);
         }
     }
     return UQ_OK;

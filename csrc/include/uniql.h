@@ -127,7 +127,8 @@ uq_status uq_linalg_sym_from_lower(const double *A, int64_t n, double *B);
  *   code q[r][c] in 0..15, dequantized value  w = (q - 8) * scale[r][c / g];
  *   codes are packed row-major, two per byte, row stride = (cols + 1) / 2 bytes:
  *     byte (r, b) = q[r][2b] | (q[r][2b+1] << 4)   (low nibble = even column; a pad nibble is 8);
- *   scales: float32 (rows, ngroups), row-major.
+ *   scales: (rows, ngroups), row-major: float32 out of the quantizers, float16 in the artifact and in a runtime
+ *   uq_linear (uq_linear, "scales in memory").
  * Quantizer (both RTN and GPTQ): s = max|w over group| / 7.5 ; q = clamp(rint(w / s) + 8, 0, 15)
  * (round half to even); a group of zeros has s = 0 and codes 8. Exactly: s = (float)(amax / 7.5) is
  * computed in double and rounded once to the stored float32 scale; q = clamp(rint((double)w / (double)s) + 8)
@@ -169,10 +170,20 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
  *                    any error feedback, then the columns are quantized in descending diag(H) order (stable),
  *                    blocks of `block` columns in that order. Groups stay contiguous in the natural column order
  *                    (the format, and the exactness of column prefixes, are unchanged). */
-enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2 };
+enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2, UQ_Q4_ASYM = 4 };
 uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                                  int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
                                  float *scales);
+/* Asymmetric int4 (UQ_Q4_ASYM, a compression-side option; the runtime kernels read symmetric int4 only): per row
+ * and group an integer zero point z in 0..15 (zeros (rows, ngroups) uint8, caller-allocated) in place of the fixed
+ * offset 8, w = (q - z) * s. With lo = min(min w, 0), hi = max(max w, 0) of the group (error-updated weights, or
+ * the weights before feedback under UQ_Q4_ACT_ORDER): s = (float)((hi - lo) / 15), z = clamp(rint(-lo / s), 0, 15);
+ * with UQ_Q4_MSE_SCALE the range shrunk by 15 / (15 + k/4), k = 0..20 (z kept), with the least squared rounding
+ * error (ties: the larger scale). q = clamp(rint(w / s) + z, 0, 15); a group of zeros has s = 0 and codes z = 8.
+ * Without UQ_Q4_ASYM zeros may be NULL (else it is filled with 8) and the result is uq_q4_quantize_gptq_ex's. */
+uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
+                                float *scales, uint8_t *zeros);
 /* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2); pack writes pad nibbles 8,
  * unpack ignores them. */
 /* int8 round-to-nearest (UQ_W_Q8 format): per row and group s = (float)(max|w| / 127) (double, rounded once),
@@ -186,6 +197,10 @@ uq_status uq_q4_unpack(const uint8_t *packed, int64_t rows, int64_t cols, uint8_
 /* W (rows, cols) float32 contiguous = dequantized packed + scales. */
 uq_status uq_q4_dequantize(const uint8_t *packed, const float *scales, int64_t rows, int64_t cols,
                            int64_t group, float *W);
+/* The same with zero points zeros (rows, ngroups) uint8 0..15 (NULL: 8), w = fl((q - z) * s); UQ_ERR_RANGE for a
+ * zero point above 15 (naming it). */
+uq_status uq_q4_dequantize_z(const uint8_t *packed, const float *scales, const uint8_t *zeros, int64_t rows,
+                             int64_t cols, int64_t group, float *W);
 
 /* ========================================================================== safetensors (io/) ===== */
 
@@ -284,7 +299,14 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
  * other keep sizes, the number of rows, the thread count or the stored size beyond the kept prefix. So a
  * model loaded truncated at rate rho and a full model switched to rho give bit-identical logits.
  */
-/* int8 weights (UQ_W_Q8, csrc/kernels/q8w.c): `packed` holds int8 codes (rows, cols) row-major (read as int8_t),
+/* Scales in memory: the runtime keeps int4 and int8 group scales as IEEE float16 bits (the artifact's storage;
+ * half the bytes of float32: 3.4 MB of SmolLM2's 107 MB int4 model) and converts them exactly to float inside
+ * the kernels (F16C / AVX-512 vcvtph2ps, uq_k_h2f on the ref path), so every sum below uses the same float
+ * scale as a float32 copy of the stored value would: results are bit-identical to float32 scales that hold
+ * the same (fp16-representable) values. The quantizers (uq_q4_quantize_*, uq_q8_quantize_rtn) still return
+ * float32 scales; the compressor rounds them to float16 before it stores or uses them.
+ *
+ * int8 weights (UQ_W_Q8, csrc/kernels/q8w.c): `packed` holds int8 codes (rows, cols) row-major (read as int8_t),
  * w = q * scale with scales (rows, scale_cols), group and segments exactly as int4 (any segment width). The
  * linear runs fp32 activations on every path with one operation sequence (bit-identical): per kept group,
  * 16 lane fma accumulators over pieces of 16 columns (zero padded), uq_k_reduce16, tot = fma(gs, scale, tot). */
@@ -296,7 +318,7 @@ typedef struct {
     int64_t rows, cols;    /* logical weight shape (out, in) */
     const float *w;        /* UQ_W_F32: (rows, cols) row-major */
     const uint8_t *packed; /* UQ_W_Q4: (rows, (cols+1)/2) */
-    const float *scales;   /* UQ_W_Q4: (rows, scale_cols) */
+    const uint16_t *scales; /* UQ_W_Q4 / UQ_W_Q8: (rows, scale_cols) IEEE half (see "scales in memory" above) */
     int64_t group;         /* UQ_W_Q4: group size >= 1 */
     int64_t scale_cols;    /* UQ_W_Q4: columns of scales (see segments above) */
     const float *bias;     /* (rows) or NULL */
@@ -317,21 +339,22 @@ typedef struct {
  * i.e. 32-bit lane l holds row l's 8 codes: one vpdpbusd / vpmaddubsw per 4 columns gives 16 / 8 row sums
  * with no horizontal reduction, and kept prefixes (keep_out rows, keep_in columns per segment) are prefixes
  * of blocks and of chunk runs. Scales: block b, scale column c (< scale_cols, as in the row-major format):
- * 16 floats (one per row, padding 0) at (b * scale_cols + c) * 16. Needs group % 8 == 0.
- * Sizes: packed nseg_out*rb blocks of nseg_in*cc*64 bytes; scales nseg_out*rb*scale_cols*16 floats.
+ * 16 float16 values (one per row, padding 0) at (b * scale_cols + c) * 16. Needs group % 8 == 0.
+ * Sizes: packed nseg_out*rb blocks of nseg_in*cc*64 bytes; scales nseg_out*rb*scale_cols*16 float16 values.
  * Numerics with fp32 activations (every path, bit-identical, including the float64-free _ref twins): per row,
  * per kept group in order, gs = 0; gs = fma((float)(q - 8), x[c], gs) over the group's kept columns in order;
  * tot = fma(gs, scale, tot); y = tot (+ bias). int8 activations: exactly the W4A8 sums below.
  */
 #define UQ_Q4_R16_ROWS 16
 #define UQ_Q4_R16_COLS 8
-/* Geometry of the R16 layout of a (rows, cols) int4 weight: *nblk blocks of *blk_bytes bytes, *nscales floats.
+/* Geometry of the R16 layout of a (rows, cols) int4 weight: *nblk blocks of *blk_bytes bytes, *nscales scales.
  * UQ_ERR_ARG (sizes < 1, NULL), UQ_ERR_SHAPE (segments do not divide rows/cols, group % 8 != 0). */
 uq_status uq_q4_r16_size(int64_t rows, int64_t cols, int64_t group, int64_t scale_cols, int64_t nseg_out,
                          int64_t nseg_in, int64_t *nblk, int64_t *blk_bytes, int64_t *nscales);
 /* Repacks a row-major int4 weight L (validated like uq_linear_forward) into caller-allocated packed
  * (nblk * blk_bytes) and scales (nscales) of uq_q4_r16_size. Statuses as uq_q4_r16_size. */
-uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed, float *scales);
+uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed,
+                           uint16_t *scales);
 
 /* y = x W_sel^T + b_sel with the segment selection described above. x (T, nseg_in*keep_in),
  * y (T, nseg_out*keep_out), caller-allocated, must not overlap. OpenMP over output rows.
@@ -713,6 +736,9 @@ typedef struct {
     uq_linear lm_head;            /* (vocab, hidden); a copy of embed for tied embeddings */
     const float *final_mix;       /* (hidden, hidden) row-major F or NULL: the head reads RMSNorm(x) * final_norm F^T
                                      (a rotated model with a tied embedding keeps its final-norm scale here) */
+    const uint16_t *final_mix16;  /* or F as IEEE half bits (quantized artifacts store it so; NULL: none), run as a
+                                     UQ_W_F16 linear: the same results as float32 F of the same values. At most one
+                                     of final_mix / final_mix16. */
 } uq_hy_weights;
 
 typedef struct uq_hy_model uq_hy_model; /* opaque: config, descriptors, keeps, A = -exp(A_log), RoPE freqs */
@@ -869,10 +895,10 @@ uq_status uq_hy_batch_set_head(uq_hy_batch *b, const uq_linear *head);
  *   uq_q4_unpack_r16: the exact inverse of uq_q4_repack_r16 (same codes and scales, row-major order), so an
  *   R16 weight can be cut to a smaller prefix or extended and repacked without the artifact.
  *     L: an int4 weight in the R16 layout; packed (rows, UQ_Q4_ROW_BYTES(cols)) uint8 (a trailing high nibble of
- *     odd cols is 0) and scales (rows, scale_cols) float32, caller-allocated. UQ_ERR_ARG (NULL, not R16).
+ *     odd cols is 0) and scales (rows, scale_cols) float16 bits, caller-allocated. UQ_ERR_ARG (NULL, not R16).
  *   uq_hy_state_transfer (above) moves a sequence to the new model.
  */
-uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, float *scales);
+uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, uint16_t *scales);
 
 #ifdef __cplusplus
 }

@@ -77,6 +77,24 @@ static inline float uq_k_exp(float x) {
     return y * e.f;
 }
 
+/* The float value of IEEE half bits h, exactly (every half is a float): the ref paths' twin of F16C vcvtph2ps, used
+ * for the int4 / int8 group scales the runtime keeps in float16 (uniql.h "scales in memory"). */
+static inline float uq_k_h2f(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (e == 0) { /* zero or subnormal: man * 2^-24, exact in float */
+        v.f = (float)man * 5.9604644775390625e-08f;
+        v.u |= sign;
+        return v.f;
+    }
+    v.u = e == 31 ? sign | 0x7f800000u | (man << 13) : sign | ((e + 112u) << 23) | (man << 13);
+    return v.f;
+}
+/* dst[0..n) = the float values of half bits src[0..n) (n small: a row of group scales). */
+static inline void uq_k_h2f_row(const uint16_t *src, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = uq_k_h2f(src[i]);
+}
+
 /* Attention softmax of sc[0..n) in place: m = max over s (NaN never wins), sc[s] = uq_k_exp(sc[s] - m),
  * the sum in float64 over 8 lanes (lane l adds the s = l mod 8 in increasing s), reduced as uq_k_reduce8; returns
  * (float)(1 / sum). The scalar twin of every path's softmax (uq_kpath.softmax: bit-identical). */
@@ -165,13 +183,13 @@ typedef struct {
                     int64_t nch, float *y, int64_t ldy, void *work);
     size_t (*q8_gemm_work)(const uq_k_chunk *ch, int64_t nch); /* bytes of work for q8_gemm */
     /* int4 in the R16 layout (uniql.h), any T: nb <= UQ_K_R16_NB row blocks wb[i] (block data) with scales sb[i]
-     * (the block's scale_cols * 16 floats); groups g[0..ng): wcol = first chunk of the group inside a block,
+     * (the block's scale_cols * 16 float16 values, converted exactly in the kernel); groups g[0..ng): wcol = first chunk of the group inside a block,
      * n = kept columns, scol = scale column, xcol = x column (fp32), xq = byte offset of the group's int8
      * activations in a token's xq row (n values, zero padded to a multiple of 8). Writes
      * out[t * ldo + 16 i + l] = row l of block i, token t, for all 16 rows. */
-    void (*r16_f32)(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+    void (*r16_f32)(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x, int64_t ldx,
                     int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo);
-    void (*r16_q8)(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+    void (*r16_q8)(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                    float *out, int64_t ldo);
     /* optional attention helpers, same results as the loops over dot / axpy they replace:
@@ -217,9 +235,9 @@ _Static_assert(UQ_Q4_R16_ROWS * UQ_Q4_R16_COLS / 2 == 64, "an R16 chunk (16 rows
 _Static_assert(UQ_Q4_OFFSET == 8, "int4 code q means (q - 8) * scale: the W4A8 kernels subtract 8 * sum(x)");
 
 /* The plain C twins of the R16 kernels (same layout, same results bit for bit). */
-void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+void uq_k_r16_f32_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x, int64_t ldx,
                       int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo);
-void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+void uq_k_r16_q8_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                      const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                      float *out, int64_t ldo);
 /* Code (0..15) and scale of stored row `row`, column `col` / scale column `sc` of an R16 weight. */

@@ -463,6 +463,9 @@ UQ_T2 static void gemv_q4rm_q8_avx2(const uint8_t *const *w, const float *const 
 
 /* ------------------------------------------------------------------- int4, R16 layout ---- */
 
+/* 8 float16 scales (the R16 layout keeps them as half bits) as floats: vcvtph2ps is exact (= uq_k_h2f). */
+static UQ_T2I __m256 r16_scales8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
 /* Column m (< 4) of 8 rows from the code bytes lo (low nibbles: columns 0..3, or high nibbles: 4..7) as the
  * exact float q - 8: vpshufb moves byte m of each dword to byte 0 (zeros above), bits(0x4B000000 | q) =
  * 2^23 + q, minus 2^23 + 8. */
@@ -475,7 +478,7 @@ static UQ_T2I __m256 r16_col(__m256i lo, int m) {
 }
 
 /* NB blocks (two 8-row halves each) x NT tokens, fp32 activations. */
-static UQ_T2I void r16_f32_tile(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
+static UQ_T2I void r16_f32_tile(const uint8_t *const *wb, const uint16_t *const *sb, const float *x, int64_t ldx,
                           const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo, const int NB, const int NT) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     float tot[2 * 2 * 4 * 8];
@@ -521,7 +524,7 @@ static UQ_T2I void r16_f32_tile(const uint8_t *const *wb, const float *const *sb
         for (int i = 0; i < NB; i++)
             #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
-                const __m256 sv = _mm256_loadu_ps(sb[i] + g[k].scol * 16 + 8 * h);
+                const __m256 sv = r16_scales8(sb[i] + g[k].scol * 16 + 8 * h);
                 #pragma GCC unroll 4
                 for (int t = 0; t < NT; t++) {
                     float *p = tot + 8 * ((i * 2 + h) * NT + t);
@@ -553,7 +556,7 @@ static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int 
  * against 4 broadcast activation bytes each. A chunk's pair sums, added in int16, are bounded by
  * 4 * 15 * 127 = 7620, so up to 4 chunks (30480) accumulate in int16 before one vpmaddwd widens them: 2.25
  * multiply instructions per 64 multiply-adds instead of 3 (the sums are exact, so the order does not matter). */
-static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
+static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq, int64_t ldq,
                           const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
                           float *out, int64_t ldo, const int NB, const int NT) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -606,7 +609,7 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const float *const *sb,
             for (int i = 0; i < NB; i++)
                 #pragma GCC unroll 2
                 for (int h = 0; h < NH; h++) {
-                    const __m256 sv = _mm256_loadu_ps(sb[i] + g[k].scol * 16 + 8 * (H0 + h));
+                    const __m256 sv = r16_scales8(sb[i] + g[k].scol * 16 + 8 * (H0 + h));
                     #pragma GCC unroll 4
                     for (int t = 0; t < NT; t++) {
                         const int64_t gi = t * ldg + k;
@@ -658,7 +661,7 @@ static UQ_T2I void r16_panel(const uint8_t *w, int64_t n, float *p) {
 /* NT tokens x 16 rows over panel columns [0, n): gs continues from gsb (first: from 0); last: tot = fma(gs, s,
  * tot) into out, else gs back to gsb (gsb[t * 16 + l]). */
 static UQ_T2I void r16_mk(const float *p, int64_t n, const float *x, int64_t ldx, float *gsb, int first, int last,
-                          const float *s, float *out, int64_t ldo, const int NT) {
+                          const uint16_t *s, float *out, int64_t ldo, const int NT) {
     __m256 a0[6], a1[6];
     #pragma GCC unroll 6
     for (int t = 0; t < NT; t++) {
@@ -676,7 +679,7 @@ static UQ_T2I void r16_mk(const float *p, int64_t n, const float *x, int64_t ldx
         }
     }
     if (last) {
-        const __m256 s0 = _mm256_loadu_ps(s), s1 = _mm256_loadu_ps(s + 8);
+        const __m256 s0 = r16_scales8(s), s1 = r16_scales8(s + 8);
         #pragma GCC unroll 6
         for (int t = 0; t < NT; t++) {
             _mm256_storeu_ps(out + t * ldo, _mm256_fmadd_ps(a0[t], s0, _mm256_loadu_ps(out + t * ldo)));
@@ -693,7 +696,7 @@ static UQ_T2I void r16_mk(const float *p, int64_t n, const float *x, int64_t ldx
 
 /* R16_PANEL_T <= T <= R16_TS tokens: groups outer (a group's activations stay in cache across the nb blocks),
  * token tiles of 3..6 (T split evenly into ceil(T / 6) tiles). */
-UQ_T2 static void r16_f32_panel_avx2(const uint8_t *const *wb, const float *const *sb, int nb, const float *x,
+UQ_T2 static void r16_f32_panel_avx2(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x,
                                 int64_t ldx, int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     float p[R16_PC * 16], gsb[R16_TS * 16];
     const int64_t ntile = (T + 5) / 6;
@@ -701,7 +704,7 @@ UQ_T2 static void r16_f32_panel_avx2(const uint8_t *const *wb, const float *cons
     for (int64_t k = 0; k < ng; k++) {
         const int64_t n = g[k].n, w0 = g[k].wcol * 64;
         for (int i = 0; i < nb; i++) {
-            const float *s = sb[i] + g[k].scol * 16;
+            const uint16_t *s = sb[i] + g[k].scol * 16;
             for (int64_t c0 = 0; c0 < n; c0 += R16_PC) {
                 const int64_t pn = n - c0 < R16_PC ? n - c0 : R16_PC;
                 const int first = c0 == 0, last = c0 + pn == n;
@@ -724,7 +727,7 @@ UQ_T2 static void r16_f32_panel_avx2(const uint8_t *const *wb, const float *cons
     }
 }
 
-UQ_T2 static void r16_f32_avx2(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+UQ_T2 static void r16_f32_avx2(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x, int64_t ldx,
                           int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     if (T >= R16_PANEL_T) { /* passes of <= R16_TS tokens, split evenly (each >= R16_TS / 2) */
         const int64_t npass = (T + R16_TS - 1) / R16_TS;
@@ -753,7 +756,7 @@ UQ_T2 static void r16_f32_avx2(const uint8_t *const *wb, const float *const *sb,
     }
 }
 
-UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                          const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                          int64_t ng, float *out, int64_t ldo) {
     for (int64_t t0 = 0; t0 < T; t0 += 4) {

@@ -768,7 +768,12 @@ UQ_T512 static void gemm_q4rm_q8_avx512(const uint8_t *const *w, const float *co
 
 /* NB blocks x NT tokens, fp32 activations: gs per (block, token) in 16 row lanes, column by column with a
  * broadcast x; the group total goes through memory (tot) once per group. */
-static UQ_T512I void r16_f32_tile(const uint8_t *const *wb, const float *const *sb, const float *x, int64_t ldx,
+/* 16 float16 scales (the R16 layout keeps them as half bits) as floats: vcvtph2ps is exact (= uq_k_h2f). */
+static UQ_T512I __m512 r16_scales16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+static UQ_T512I void r16_f32_tile(const uint8_t *const *wb, const uint16_t *const *sb, const float *x, int64_t ldx,
                             const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo, const int NB, const int NT) {
     const __m512 tab = q4_base();
     float tot[8 * 4 * 16];
@@ -816,7 +821,7 @@ static UQ_T512I void r16_f32_tile(const uint8_t *const *wb, const float *const *
         }
 #pragma GCC unroll 8
         for (int i = 0; i < NB; i++) {
-            const __m512 sv = _mm512_loadu_ps(sb[i] + g[k].scol * 16);
+            const __m512 sv = r16_scales16(sb[i] + g[k].scol * 16);
 #pragma GCC unroll 4
             for (int t = 0; t < NT; t++) {
                 float *p = tot + 16 * (i * NT + t);
@@ -836,7 +841,7 @@ static UQ_T512I void r16_f32_tile(const uint8_t *const *wb, const float *const *
  * 8B-shaped stack's W4A8 decode (2 threads, 4 alternating pairs) took 0.71-0.91x the time of no prefetch (1024 and
  * 4096 bytes: in between). */
 #define UQ_R16_PF512 2048
-static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const float *const *sb, const int8_t *xq, int64_t ldq,
+static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
                             float *out, int64_t ldo, const int NB, const int NT) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -873,7 +878,7 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const float *const *s
         }
 #pragma GCC unroll 8
         for (int i = 0; i < NB; i++) {
-            const __m512 sv = _mm512_loadu_ps(sb[i] + g[k].scol * 16);
+            const __m512 sv = r16_scales16(sb[i] + g[k].scol * 16);
 #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) {
                 const int64_t gi = t * ldg + k;
@@ -893,14 +898,14 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const float *const *s
 /* Blocks in groups of NB (a short group repeats its last block into the unused output lanes of out). */
 static int r16_nb(int left, int most) { return left > most / 2 ? most : left > most / 4 ? most / 2 : left > most / 8 ? most / 4 : most / 8 > 0 ? most / 8 : 1; }
 
-UQ_T512 static void r16_f32_avx512(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+UQ_T512 static void r16_f32_avx512(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x, int64_t ldx,
                             int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4), most = nt == 1 ? 8 : 4;
         for (int i0 = 0; i0 < nb;) {
             const int NB = r16_nb(nb - i0, most);
             const uint8_t *w[8];
-            const float *s[8];
+            const uint16_t *s[8];
             for (int i = 0; i < NB; i++) {
                 w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
                 s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
@@ -931,7 +936,7 @@ UQ_T512 static void r16_f32_avx512(const uint8_t *const *wb, const float *const 
 /* Prefill (T >= 8) of int8 activations on two blocks: each group's chunks are unpacked once into a u8 panel
  * (lo / hi nibbles of both blocks, 256 bytes per chunk) reused by every 8-token tile, so the inner loop is loads
  * and vpdpbusd only (as the row-major GEMM's repacked panels); the same integer sums and epilogue per element. */
-static UQ_T512I void r16_q8_prefill_tile_2blocks(const uint8_t *pan, int64_t nc, const float *s0, const float *s1, const int8_t *xk,
+static UQ_T512I void r16_q8_prefill_tile_2blocks(const uint8_t *pan, int64_t nc, const uint16_t *s0, const uint16_t *s1, const int8_t *xk,
                                 int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg, int64_t k,
                                 float *tot, const int NT) {
     __m512i a0[8], a1[8];
@@ -951,7 +956,7 @@ static UQ_T512I void r16_q8_prefill_tile_2blocks(const uint8_t *pan, int64_t nc,
             a1[t] = dpbusd(dpbusd(a1[t], l1, xa), h1, xb);
         }
     }
-    const __m512 sv0 = _mm512_loadu_ps(s0), sv1 = _mm512_loadu_ps(s1);
+    const __m512 sv0 = r16_scales16(s0), sv1 = r16_scales16(s1);
 #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) {
         const int64_t gi = t * ldg + k;
@@ -966,7 +971,7 @@ static UQ_T512I void r16_q8_prefill_tile_2blocks(const uint8_t *pan, int64_t nc,
 }
 
 /* T tokens (<= 64) on blocks w0, w1; out[t * ldo + 0..31]. */
-UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8_t *w1, const float *s0, const float *s1,
+UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8_t *w1, const uint16_t *s0, const uint16_t *s1,
                                const int8_t *xq, int64_t ldq, const float *xs, const int32_t *xsum, int64_t ldg,
                                int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     _Static_assert(4 * UQ_Q4_R16_ROWS * UQ_Q4_R16_COLS / 2 == 256, "a panel chunk: 2 blocks x lo / hi nibbles");
@@ -1004,7 +1009,7 @@ UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8
     for (int64_t t = 0; t < T; t++) memcpy(out + t * ldo, tot + t * 32, 32 * sizeof(float));
 }
 
-UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                            int64_t ng, float *out, int64_t ldo) {
     int panel = T >= 8 && T <= 64;
@@ -1022,7 +1027,7 @@ UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const float *const *
         for (int i0 = 0; i0 < nb;) {
             const int NB = r16_nb(nb - i0, most);
             const uint8_t *w[8];
-            const float *s[8];
+            const uint16_t *s[8];
             for (int i = 0; i < NB; i++) {
                 w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
                 s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];

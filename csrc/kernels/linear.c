@@ -194,7 +194,7 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
         float buf[UQ_Q4_CHUNK];
         int64_t row = (o / keep_out) * seg_out + o % keep_out;
         const uint8_t *prow = L->packed + row * rowbytes;
-        const float *srow = L->scales + row * L->scale_cols;
+        const uint16_t *srow = L->scales + row * L->scale_cols;
         for (int64_t t0 = 0; t0 < T; t0 += 4) {
             int64_t nt = T - t0 < 4 ? T - t0 : 4;
             const float *xt[4];
@@ -216,7 +216,7 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
                         }
                         for (int i = 0; i < 4; i++) gacc[i] += d[i];
                     }
-                    float sc = srow[s * gps + g0 / g];
+                    float sc = uq_k_h2f(srow[s * gps + g0 / g]);
                     for (int i = 0; i < 4; i++) tot[i] += gacc[i] * sc;
                 }
             }
@@ -387,7 +387,7 @@ static void r16_task(void *arg, int64_t gtask, int worker) {
     const int64_t task = gtask - W->task0;
     const int64_t j0 = task * W->nbt / W->ntask, nb = (task + 1) * W->nbt / W->ntask - j0; /* <= UQ_K_R16_NB */
     const uint8_t *wb[UQ_K_R16_NB];
-    const float *sb[UQ_K_R16_NB];
+    const uint16_t *sb[UQ_K_R16_NB];
     for (int64_t i = 0; i < nb; i++) {
         const int64_t blk = ((j0 + i) / W->kb) * W->rb + (j0 + i) % W->kb;
         wb[i] = L->packed + blk * W->bbytes;
@@ -503,7 +503,7 @@ typedef struct {
     const float *x, *b;
     const uq_k_chunk *ch;
     int8_t *xq;
-    float *xs, *tot, *y;
+    float *xs, *tot, *y, *sbuf; /* sbuf: per worker MB rows of float scales (converted from float16) */
     int32_t *xsum;
     void *work;
     size_t wb;
@@ -528,10 +528,12 @@ static void q8_task(void *arg, int64_t blk, int id) {
     int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB;
     const uint8_t *wr[UQ_Q8_MB];
     const float *sr[UQ_Q8_MB];
+    float *sf = j->sbuf + (size_t)id * (size_t)(MB * L->scale_cols);
     for (int64_t i = 0; i < MB; i++) {
         int64_t o = o0 + (i < nr ? i : nr - 1), row = (o / keep_out) * seg_out + o % keep_out;
         wr[i] = L->packed + row * j->rowbytes;
-        sr[i] = L->scales + row * L->scale_cols;
+        uq_k_h2f_row(L->scales + row * L->scale_cols, L->scale_cols, sf + i * L->scale_cols);
+        sr[i] = sf + i * L->scale_cols;
     }
     float *tt = j->tot + (int64_t)id * MB * T;
     if (j->gemm) {
@@ -582,7 +584,7 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
     uq_k_chunk *ch = NULL;
     int64_t ng, ldq;
     int8_t *xq = NULL;
-    float *xs = NULL, *tot = NULL;
+    float *xs = NULL, *tot = NULL, *sbuf = NULL;
     int32_t *xsum = NULL;
     void *work = NULL;
     uq_status st = build_groups(nseg_in, seg_in, keep_in, g, Q->cw, &ch, &ng, &ldq);
@@ -595,13 +597,14 @@ static uq_status linear_q8(const uq_kpath *P, const uq_linear *L, const float *x
         (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
         (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK ||
         (st = uq_alloc((size_t)nth * (size_t)(MB * T) * sizeof(float), (void **)&tot)) != UQ_OK ||
-        (st = uq_alloc((size_t)nth * wb + 64, &work)) != UQ_OK)
+        (st = uq_alloc((size_t)nth * wb + 64, &work)) != UQ_OK ||
+        (st = uq_alloc((size_t)(nth * MB * L->scale_cols) * sizeof(float), (void **)&sbuf)) != UQ_OK)
         goto done;
     {
         q8_job j = {.Q = Q, .L = L, .x = x, .b = L->bias, .ch = ch, .xq = xq, .xs = xs, .tot = tot, .y = y,
                     .xsum = xsum, .work = work, .wb = wb, .T = T, .nin = nin, .nout = nout, .keep_out = keep_out,
                     .seg_out = seg_out, .rowbytes = rowbytes, .ng = ng, .ldq = ldq, .MB = MB, .gemm = gemm,
-                    .g16 = g16};
+                    .g16 = g16, .sbuf = sbuf};
         uq_pool_run(T, T >= 8 ? nth : 1, q8_quant_task, &j);
         uq_pool_run((nblk + UQ_Q8_BLOCKS_PER_TASK - 1) / UQ_Q8_BLOCKS_PER_TASK, nth, q8_task4, &j);
     }
@@ -612,6 +615,7 @@ done:
     uq_free(xsum);
     uq_free(tot);
     uq_free(work);
+    uq_free(sbuf);
     return st;
 }
 
@@ -643,7 +647,7 @@ typedef struct {
     const uq_kpath *P;
     const uq_linear *L;
     const float *x, *xg, *b;
-    float *y, *xp, *work;
+    float *y, *xp, *work, *sbuf; /* sbuf: int4, per worker UQ_GEMM_MB rows of float scales (from float16) */
     const uq_k_chunk *ch;
     int64_t nch, cw, seg_out, cols, nout, nin, rowbytes, g, gps, keep_out, keep_in, nvec, ldp, ldx, T, MR;
     size_t per;
@@ -688,7 +692,6 @@ static void vec_gemv_task(void *arg, int64_t task, int worker) {
     (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
     const int MR = (int)jb->MR;
     const int64_t nblk = (nout + MR - 1) / MR;
-    (void)worker;
     for (int64_t blk = task * 8; blk < nblk && blk < task * 8 + 8; blk++) {
             float acc[8 * 4 * 16];
             int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
@@ -696,6 +699,7 @@ static void vec_gemv_task(void *arg, int64_t task, int worker) {
             const uint16_t *wh[8];
             const uint8_t *wq[8];
             const float *sq[8];
+            float *sf = q4 ? jb->sbuf + (size_t)worker * (size_t)(UQ_GEMM_MB * L->scale_cols) : NULL;
             for (int i = 0; i < nr; i++) {
                 int64_t o = o0 + i;
                 row[i] = (o / keep_out) * seg_out + o % keep_out;
@@ -703,7 +707,8 @@ static void vec_gemv_task(void *arg, int64_t task, int worker) {
                 if (L->kind == UQ_W_F16) wh[i] = L->w16 + row[i] * cols;
                 if (q4) {
                     wq[i] = L->packed + row[i] * rowbytes;
-                    sq[i] = L->scales + row[i] * L->scale_cols;
+                    uq_k_h2f_row(L->scales + row[i] * L->scale_cols, L->scale_cols, sf + i * L->scale_cols);
+                    sq[i] = sf + i * L->scale_cols;
                 }
             }
             if (L->kind == UQ_W_F32)
@@ -764,11 +769,13 @@ static void vec_gemm_task(void *arg, int64_t blk, int worker) {
                     }
                 } else if (L->kind == UQ_W_F16) {
                     P->pack_f16(L->w16 + row[i] * cols, ch, nch, dst);
-                } else if (all_scol) {
-                    (wide ? P->pack_q4w : P->pack_q4)(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, dst);
                 } else {
-                    pack_q4_generic(L->packed + row[i] * rowbytes, L->scales + row[i] * L->scale_cols, ch, nch, V,
-                                    keep_in, g, gps, dst);
+                    float *sf = jb->sbuf + (size_t)worker * (size_t)(UQ_GEMM_MB * L->scale_cols);
+                    uq_k_h2f_row(L->scales + row[i] * L->scale_cols, L->scale_cols, sf);
+                    if (all_scol)
+                        (wide ? P->pack_q4w : P->pack_q4)(L->packed + row[i] * rowbytes, sf, ch, nch, dst);
+                    else
+                        pack_q4_generic(L->packed + row[i] * rowbytes, sf, ch, nch, V, keep_in, g, gps, dst);
                 }
             }
             for (int64_t t0 = 0; t0 < T; t0 += TB) {
@@ -817,7 +824,7 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
     const int gemv = T <= 4 && (!q4 || all_scol), nth = par_threads(nout * nin * T);
     /* fp32 rows read in place by the GEMM when the selection is contiguous and has no partial chunks */
     const int direct = L->kind == UQ_W_F32 && keep_in % V == 0 && (nseg_in == 1 || keep_in == seg_in);
-    float *xp = NULL, *work = NULL;
+    float *xp = NULL, *work = NULL, *sbuf = NULL;
     const float *xg = x;
     int64_t ldx = nin;
     vec_job J = {.P = P, .L = L, .x = x, .y = y, .b = b, .ch = ch, .nch = nch, .V = V, .m = m, .wide = wide, .q4 = q4,
@@ -833,6 +840,11 @@ static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *
     }
     J.xg = xg;
     J.ldx = ldx;
+    if (q4) { /* the kernels take float scale rows: each task converts its rows' float16 scales (exact) */
+        if ((st = uq_alloc((size_t)(nth * UQ_GEMM_MB * L->scale_cols) * sizeof(float), (void **)&sbuf)) != UQ_OK)
+            goto done;
+        J.sbuf = sbuf;
+    }
     if (gemv) {
         const int MR = T <= 2 ? 8 : 4;
         const int64_t nblk = (nout + MR - 1) / MR;
@@ -852,6 +864,7 @@ done:
     uq_free(ch);
     uq_free(xp);
     uq_free(work);
+    uq_free(sbuf);
     return st;
 }
 
@@ -929,14 +942,15 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                         w = h;
                     } else if (L->kind == UQ_W_Q8) {
                         w = (double)((const int8_t *)L->packed)[row * L->cols + col] *
-                            L->scales[row * L->scale_cols + s * gps + c / L->group];
+                            uq_k_h2f(L->scales[row * L->scale_cols + s * gps + c / L->group]);
                     } else if (L->layout == UQ_Q4_R16) {
                         w = (double)(uq_k_r16_code(L, row, col) - UQ_Q4_OFFSET) *
                             uq_k_r16_scale(L, row, s * gps + c / L->group);
                     } else {
                         uint8_t byte = L->packed[row * UQ_Q4_ROW_BYTES(L->cols) + col / 2];
                         int q = (col & 1) ? byte >> 4 : byte & 15;
-                        w = (double)(q - UQ_Q4_OFFSET) * L->scales[row * L->scale_cols + s * gps + c / L->group];
+                        w = (double)(q - UQ_Q4_OFFSET) *
+                            uq_k_h2f(L->scales[row * L->scale_cols + s * gps + c / L->group]);
                     }
                     acc += w * x[t * nin + s * keep_in + c];
                 }

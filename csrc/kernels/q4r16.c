@@ -7,6 +7,7 @@
  *   tot = 0; for each kept group: gs = 0; gs = fma((float)(q - 8), x[c], gs) over its kept columns in order;
  *   tot = fma(gs, scale, tot).
  * int8 activations: isum = sum (q - 8) xq (exact int32), tot = tot + (float)isum * (scale * xs) per group.
+ * scale: the float value of the stored float16 scale (uq_k_h2f; exact).
  */
 #include <math.h>
 #include <string.h>
@@ -43,7 +44,8 @@ static inline int rm_code(const uq_linear *L, int64_t row, int64_t col) {
     return (col & 1) ? b >> 4 : b & 15;
 }
 
-uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed, float *scales) {
+uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed,
+                           uint16_t *scales) {
     if (!L || !packed || !scales) return uq_set_error(UQ_ERR_ARG, "q4_repack_r16: NULL argument");
     if (L->kind != UQ_W_Q4 || L->layout != UQ_Q4_ROWMAJOR || !L->packed || !L->scales)
         return uq_set_error(UQ_ERR_ARG, "q4_repack_r16: needs a row-major int4 weight");
@@ -62,11 +64,11 @@ uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in
     for (int64_t b = 0; b < nblk; b++) {
         const int64_t so = b / rb, i = b % rb;
         uint8_t *dst = packed + b * bb;
-        float *sd = scales + b * L->scale_cols * 16;
+        uint16_t *sd = scales + b * L->scale_cols * 16;
         for (int l = 0; l < 16; l++) {
             const int64_t r = 16 * i + l, row = so * seg_out + r;
             const int valid = r < seg_out;
-            for (int64_t c = 0; c < L->scale_cols; c++) sd[c * 16 + l] = valid ? L->scales[row * L->scale_cols + c] : 0.0f;
+            for (int64_t c = 0; c < L->scale_cols; c++) sd[c * 16 + l] = valid ? L->scales[row * L->scale_cols + c] : 0;
             for (int64_t si = 0; si < nseg_in; si++)
                 for (int64_t j = 0; j < cc; j++) {
                     uint8_t *ch = dst + (si * cc + j) * 64 + 4 * l;
@@ -94,7 +96,7 @@ int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col) {
 float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc) {
     const int64_t seg_out = L->rows / L->nseg_out, rb = (seg_out + 15) / 16;
     const int64_t so = row / seg_out, r = row % seg_out;
-    return L->scales[((so * rb + r / 16) * L->scale_cols + sc) * 16 + r % 16];
+    return uq_k_h2f(L->scales[((so * rb + r / 16) * L->scale_cols + sc) * 16 + r % 16]);
 }
 
 static inline int blk_code(const uint8_t *blk, int64_t chunk, int l, int m) {
@@ -102,7 +104,7 @@ static inline int blk_code(const uint8_t *blk, int64_t chunk, int l, int m) {
     return m < 4 ? byte & 15 : byte >> 4;
 }
 
-void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, const float *x, int64_t ldx,
+void uq_k_r16_f32_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x, int64_t ldx,
                       int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo) {
     for (int i = 0; i < nb; i++)
         for (int64_t t = 0; t < T; t++)
@@ -113,13 +115,13 @@ void uq_k_r16_f32_ref(const uint8_t *const *wb, const float *const *sb, int nb, 
                     float gs = 0.0f;
                     for (int64_t c = 0; c < g[k].n; c++)
                         gs = fmaf((float)(blk_code(wb[i], g[k].wcol + c / 8, l, (int)(c % 8)) - UQ_Q4_OFFSET), xk[c], gs);
-                    tot = fmaf(gs, sb[i][g[k].scol * 16 + l], tot);
+                    tot = fmaf(gs, uq_k_h2f(sb[i][g[k].scol * 16 + l]), tot);
                 }
                 out[t * ldo + 16 * i + l] = tot;
             }
 }
 
-void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, const int8_t *xq, int64_t ldq,
+void uq_k_r16_q8_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                      const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                      float *out, int64_t ldo) {
     (void)xsum;
@@ -132,7 +134,7 @@ void uq_k_r16_q8_ref(const uint8_t *const *wb, const float *const *sb, int nb, c
                     int32_t isum = 0;
                     for (int64_t c = 0; c < g[k].n; c++)
                         isum += (blk_code(wb[i], g[k].wcol + c / 8, l, (int)(c % 8)) - UQ_Q4_OFFSET) * q[c];
-                    tot = tot + (float)isum * (sb[i][g[k].scol * 16 + l] * xs[t * ldg + k]);
+                    tot = tot + (float)isum * (uq_k_h2f(sb[i][g[k].scol * 16 + l]) * xs[t * ldg + k]);
                 }
                 out[t * ldo + 16 * i + l] = tot;
             }

@@ -8,7 +8,7 @@
 #include "kernels.h"
 #include "uniql.h"
 
-uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, float *scales) {
+uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, uint16_t *scales) {
     if (!L || !packed || !scales) return uq_set_error(UQ_ERR_ARG, "q4_unpack_r16: NULL argument");
     if (L->kind != UQ_W_Q4 || L->layout != UQ_Q4_R16 || !L->packed || !L->scales)
         return uq_set_error(UQ_ERR_ARG, "q4_unpack_r16: needs an int4 weight in the R16 layout");
@@ -22,7 +22,7 @@ uq_status uq_q4_unpack_r16(const uq_linear *L, uint8_t *packed, float *scales) {
     for (int64_t b = 0; b < nblk; b++) { /* the block order of uq_q4_repack_r16, read instead of written */
         const int64_t so = b / rbk, i = b % rbk;
         const uint8_t *blk = L->packed + b * bb;
-        const float *sb = L->scales + b * sc * 16;
+        const uint16_t *sb = L->scales + b * sc * 16;
         for (int l = 0; l < 16 && 16 * i + l < seg_out; l++) {
             const int64_t row = so * seg_out + 16 * i + l;
             uint8_t *dst = packed + row * rowb;

@@ -2,8 +2,8 @@
  * q8w.c -- int8 weights (UQ_W_Q8): round-to-nearest quantizer, the linear kernels (ref, AVX2, AVX-512) and the
  * embedding row gather.
  *
- * Format: codes int8 (rows, cols) row-major, w = q * scale with one float scale per row and group of `group`
- * columns; with nseg_in > 1 column segments each segment has its own groups (scale_cols = nseg_in * gps), like
+ * Format: codes int8 (rows, cols) row-major, w = q * scale with one scale per row and group of `group` columns
+ * (kept as float16 bits in memory, converted exactly in the kernels: uniql.h "scales in memory"); with nseg_in > 1 column segments each segment has its own groups (scale_cols = nseg_in * gps), like
  * int4. A kept column prefix keeps the codes and the scales of the groups it touches: exact truncation.
  *
  * Numerics (every path, bit-identical): per output row and token, tot = 0; per kept segment s in order, per
@@ -54,7 +54,7 @@ uq_status uq_q8_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t
 }
 
 /* One row against nt <= Q8_TB tokens: the operation sequence of the header, written per lane. */
-typedef void (*q8_row_fn)(const int8_t *w, const float *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
+typedef void (*q8_row_fn)(const int8_t *w, const uint16_t *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
                           int64_t group, int64_t gps, const float *x, int64_t ldx, int nt, float *tot);
 
 /* A piece of n <= 16 columns, zero padded (the same padding on every path). */
@@ -68,7 +68,7 @@ static inline void pad_piece(const int8_t *w, const float *x, int64_t ldx, int n
     }
 }
 
-static void row_ref(const int8_t *w, const float *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
+static void row_ref(const int8_t *w, const uint16_t *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
                     int64_t group, int64_t gps, const float *x, int64_t ldx, int nt, float *tot) {
     for (int t = 0; t < nt; t++) tot[t] = 0.0f;
     for (int64_t sg = 0; sg < nseg_in; sg++) {
@@ -85,7 +85,7 @@ static void row_ref(const int8_t *w, const float *s, int64_t nseg_in, int64_t se
                 for (int t = 0; t < nt; t++)
                     for (int l = 0; l < 16; l++) acc[t][l] = fmaf((float)wq[l], xp[t][l], acc[t][l]);
             }
-            const float sc = s[sg * gps + k];
+            const float sc = uq_k_h2f(s[sg * gps + k]);
             for (int t = 0; t < nt; t++) tot[t] = fmaf(uq_k_reduce16(acc[t]), sc, tot[t]);
         }
     }
@@ -94,10 +94,10 @@ static void row_ref(const int8_t *w, const float *s, int64_t nseg_in, int64_t se
 #ifdef UQ_K_X86
 #include <immintrin.h>
 
-#define Q8_T2 __attribute__((target("avx2,fma")))
-#define Q8_T5 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define Q8_T2 __attribute__((target("avx2,fma,f16c")))
+#define Q8_T5 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
 
-static Q8_T2 void row_avx2(const int8_t *w, const float *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
+static Q8_T2 void row_avx2(const int8_t *w, const uint16_t *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
                            int64_t group, int64_t gps, const float *x, int64_t ldx, int nt, float *tot) {
     for (int t = 0; t < nt; t++) tot[t] = 0.0f;
     for (int64_t sg = 0; sg < nseg_in; sg++) {
@@ -127,7 +127,7 @@ static Q8_T2 void row_avx2(const int8_t *w, const float *s, int64_t nseg_in, int
                     hi[t] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xb + t * lx + 8), hi[t]);
                 }
             }
-            const float sc = s[sg * gps + k];
+            const float sc = _cvtsh_ss(s[sg * gps + k]); /* F16C: exact, = uq_k_h2f */
             for (int t = 0; t < nt; t++) {
                 float a[8];
                 _mm256_storeu_ps(a, _mm256_add_ps(lo[t], hi[t]));
@@ -137,7 +137,7 @@ static Q8_T2 void row_avx2(const int8_t *w, const float *s, int64_t nseg_in, int
     }
 }
 
-static Q8_T5 void row_avx512(const int8_t *w, const float *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
+static Q8_T5 void row_avx512(const int8_t *w, const uint16_t *s, int64_t nseg_in, int64_t seg_in, int64_t keep_in,
                              int64_t group, int64_t gps, const float *x, int64_t ldx, int nt, float *tot) {
     for (int t = 0; t < nt; t++) tot[t] = 0.0f;
     for (int64_t sg = 0; sg < nseg_in; sg++) {
@@ -159,7 +159,7 @@ static Q8_T5 void row_avx512(const int8_t *w, const float *s, int64_t nseg_in, i
                 for (int t = 0; t < nt; t++)
                     acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xs + t * ldx + c0 + j), acc[t]);
             }
-            const float sc = s[sg * gps + k];
+            const float sc = _cvtsh_ss(s[sg * gps + k]); /* F16C: exact, = uq_k_h2f */
             for (int t = 0; t < nt; t++) {
                 float a[8];
                 _mm256_storeu_ps(a, _mm256_add_ps(_mm512_castps512_ps256(acc[t]),
@@ -232,6 +232,10 @@ uq_status uq_q8w_linear(const uq_linear *L, const float *x, int64_t T, int64_t n
 
 void uq_q8w_embed_row(const uq_linear *E, int64_t row, float *out) {
     const int8_t *q = (const int8_t *)E->packed + row * E->cols;
-    const float *s = E->scales + row * E->scale_cols;
-    for (int64_t c = 0; c < E->cols; c++) out[c] = (float)q[c] * s[c / E->group];
+    const uint16_t *s = E->scales + row * E->scale_cols;
+    for (int64_t c0 = 0; c0 < E->cols; c0 += E->group) {
+        const int64_t c1 = c0 + E->group < E->cols ? c0 + E->group : E->cols;
+        const float sc = uq_k_h2f(s[c0 / E->group]);
+        for (int64_t c = c0; c < c1; c++) out[c] = (float)q[c] * sc;
+    }
 }

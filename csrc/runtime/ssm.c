@@ -302,6 +302,18 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
             }
         m->final_mix = (uq_linear){.kind = UQ_W_F32, .rows = hid, .cols = hid, .w = w->final_mix};
     }
+    if (w->final_mix16) {
+        if (w->final_mix) {
+            st = uq_set_error(UQ_ERR_ARG, "final_mix: give final_mix or final_mix16, not both");
+            goto fail;
+        }
+        for (int64_t i = 0; i < hid * hid; i++)
+            if ((w->final_mix16[i] & 0x7c00u) == 0x7c00u) { /* exponent all ones: Inf or NaN */
+                st = uq_set_error(UQ_ERR_ARG, "final_mix: entry %lld is not finite", (long long)i);
+                goto fail;
+            }
+        m->final_mix = (uq_linear){.kind = UQ_W_F16, .rows = hid, .cols = hid, .w16 = w->final_mix16};
+    }
     int64_t moff = 0;
     for (int64_t l = 0; l < L; l++) {
         m->layers[l] = w->layers[l];

@@ -43,9 +43,23 @@ static inline void uq_test_fill(float *a, int64_t n, unsigned long long *s, doub
     for (int64_t i = 0; i < n; i++) a[i] = (float)(uq_test_rand(s) * scale);
 }
 
-/* W (rows, cols) quantized with the documented formula into packed + per-segment scales. */
+/* The float value of float16 bits h (the runtime keeps int4 / int8 scales as float16 bits). */
+static inline float uq_test_h2f(uint16_t h) {
+    float f;
+    (void)uq_convert_f16_to_f32(&h, 1, &f);
+    return f;
+}
+/* The float16 bits of the float16 value nearest to f. */
+static inline uint16_t uq_test_f2h(float f) {
+    uint16_t h;
+    (void)uq_convert_f32_to_f16(&f, 1, &h);
+    return h;
+}
+
+/* W (rows, cols) quantized with the documented formula into packed + per-segment scales (float16 bits, as the
+ * runtime keeps them: s = fl16(max|w| / 7.5), codes from that s). */
 static inline void uq_test_q4_quant_seg(const float *W, int64_t rows, int64_t cols, int64_t nseg, int64_t group, uint8_t *packed,
-                                        float *scales) {
+                                        uint16_t *scales) {
     int64_t seg = cols / nseg, gps = (seg + group - 1) / group, rb = UQ_Q4_ROW_BYTES(cols);
     memset(packed, 0x88, (size_t)(rows * rb));
     for (int64_t r = 0; r < rows; r++)
@@ -54,8 +68,9 @@ static inline void uq_test_q4_quant_seg(const float *W, int64_t rows, int64_t co
                 int64_t c0 = s * seg + g * group, c1 = c0 + group < (s + 1) * seg ? c0 + group : (s + 1) * seg;
                 float mx = 0;
                 for (int64_t c = c0; c < c1; c++) mx = fabsf(W[r * cols + c]) > mx ? fabsf(W[r * cols + c]) : mx;
-                float sc = mx / 7.5f;
-                scales[r * nseg * gps + s * gps + g] = sc;
+                const uint16_t sh = uq_test_f2h(mx / 7.5f);
+                const float sc = uq_test_h2f(sh);
+                scales[r * nseg * gps + s * gps + g] = sh;
                 for (int64_t c = c0; c < c1; c++) {
                     int q = sc == 0 ? 8 : (int)rintf(W[r * cols + c] / sc) + 8;
                     q = q < 0 ? 0 : q > 15 ? 15 : q;
@@ -67,7 +82,7 @@ static inline void uq_test_q4_quant_seg(const float *W, int64_t rows, int64_t co
 
 /* *r16 = the R16 descriptor of the row-major int4 weight rm repacked into caller buffers pr / sr (sizes from
  * uq_q4_r16_size) for segments (nso, nsi): same shape, group, scale columns and bias. Status of the repack. */
-static inline uq_status uq_test_r16_of(const uq_linear *rm, int64_t nso, int64_t nsi, uint8_t *pr, float *sr,
+static inline uq_status uq_test_r16_of(const uq_linear *rm, int64_t nso, int64_t nsi, uint8_t *pr, uint16_t *sr,
                                        uq_linear *r16) {
     uq_status st = uq_q4_repack_r16(rm, nso, nsi, pr, sr);
     if (st != UQ_OK) return st;

@@ -3,19 +3,20 @@
  * (segments, partial groups, any T), the embedding gather, and the statuses of invalid weights. */
 #include "test.h"
 
-static double q8_ref_dot(const int8_t *q, const float *s, int64_t cols, int64_t nseg, int64_t group, int64_t keep,
+static double q8_ref_dot(const int8_t *q, const uint16_t *s, int64_t cols, int64_t nseg, int64_t group, int64_t keep,
                          const float *x) {
     int64_t seg = cols / nseg, gps = (seg + group - 1) / group;
     double acc = 0.0;
     for (int64_t sg = 0; sg < nseg; sg++)
         for (int64_t c = 0; c < keep; c++)
-            acc += (double)q[sg * seg + c] * (double)s[sg * gps + c / group] * (double)x[sg * keep + c];
+            acc += (double)q[sg * seg + c] * (double)uq_test_h2f(s[sg * gps + c / group]) * (double)x[sg * keep + c];
     return acc;
 }
 
-/* W quantized per segment (groups restart at each segment). */
+/* W quantized per segment (groups restart at each segment); scales rounded to float16 bits as the runtime keeps
+ * them (the artifact's storage). */
 static void q8_quant_seg(const float *W, int64_t rows, int64_t cols, int64_t nseg, int64_t group, int8_t *q,
-                         float *s) {
+                         uint16_t *s) {
     int64_t seg = cols / nseg, gps = (seg + group - 1) / group;
     for (int64_t sg = 0; sg < nseg; sg++) {
         /* quantize the segment's columns as a (rows, seg) matrix with leading dimension cols */
@@ -24,7 +25,7 @@ static void q8_quant_seg(const float *W, int64_t rows, int64_t cols, int64_t nse
         CHECK_STATUS(uq_q8_quantize_rtn(W + sg * seg, rows, seg, cols, group, qs, ss), UQ_OK);
         for (int64_t r = 0; r < rows; r++) {
             memcpy(q + r * cols + sg * seg, qs + r * seg, (size_t)seg);
-            memcpy(s + r * nseg * gps + sg * gps, ss + r * gps, (size_t)gps * sizeof(float));
+            for (int64_t k = 0; k < gps; k++) s[r * nseg * gps + sg * gps + k] = uq_test_f2h(ss[r * gps + k]);
         }
         free(qs);
         free(ss);
@@ -68,7 +69,8 @@ static void test_linear(void) {
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
         const int64_t R = shapes[sh][0], C = shapes[sh][1], NS = shapes[sh][2], G = shapes[sh][3];
         const int64_t seg = C / NS, gps = (seg + G - 1) / G;
-        float *W = malloc((size_t)(R * C) * sizeof(float)), *s = malloc((size_t)(R * NS * gps) * sizeof(float));
+        float *W = malloc((size_t)(R * C) * sizeof(float));
+        uint16_t *s = malloc((size_t)(R * NS * gps) * sizeof(uint16_t));
         float *b = malloc((size_t)R * sizeof(float));
         int8_t *q = malloc((size_t)(R * C));
         uq_test_fill(W, R * C, &seed, 1.0);
@@ -109,11 +111,11 @@ static void test_linear(void) {
                 /* a truncated copy (the kept prefixes only) gives the same bits as the selection */
                 const int64_t kg = (keep + G - 1) / G;
                 int8_t *qt = malloc((size_t)(keep_out * NS * keep));
-                float *st = malloc((size_t)(keep_out * NS * kg) * sizeof(float));
+                uint16_t *st = malloc((size_t)(keep_out * NS * kg) * sizeof(uint16_t));
                 for (int64_t r = 0; r < keep_out; r++)
                     for (int64_t sg = 0; sg < NS; sg++) {
                         memcpy(qt + (r * NS + sg) * keep, q + r * C + sg * seg, (size_t)keep);
-                        memcpy(st + (r * NS + sg) * kg, s + r * NS * gps + sg * gps, (size_t)kg * sizeof(float));
+                        memcpy(st + (r * NS + sg) * kg, s + r * NS * gps + sg * gps, (size_t)kg * sizeof(uint16_t));
                     }
                 uq_linear Lt = {.kind = UQ_W_Q8, .rows = keep_out, .cols = NS * keep, .packed = (const uint8_t *)qt,
                                 .scales = st, .group = G, .scale_cols = NS * kg, .bias = b};

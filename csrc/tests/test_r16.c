@@ -18,7 +18,7 @@
 typedef struct {
     uq_linear rm, r16;
     uint8_t *p, *pr;
-    float *s, *sr;
+    uint16_t *s, *sr; /* float16 scales, as the runtime keeps them */
 } q4pair;
 
 static int make_pair(const float *W, int64_t rows, int64_t cols, int64_t nso, int64_t nsi, int64_t g,
@@ -27,9 +27,9 @@ static int make_pair(const float *W, int64_t rows, int64_t cols, int64_t nso, in
     memset(q, 0, sizeof *q);
     if (uq_q4_r16_size(rows, cols, g, nsi * gps, nso, nsi, &nblk, &bb, &ns) != UQ_OK) return -1;
     q->p = malloc((size_t)(rows * UQ_Q4_ROW_BYTES(cols)));
-    q->s = malloc((size_t)(rows * nsi * gps) * sizeof(float));
+    q->s = malloc((size_t)(rows * nsi * gps) * sizeof(uint16_t));
     q->pr = malloc((size_t)(nblk * bb));
-    q->sr = malloc((size_t)ns * sizeof(float));
+    q->sr = malloc((size_t)ns * sizeof(uint16_t));
     if (!q->p || !q->s || !q->pr || !q->sr) return -1;
     uq_test_q4_quant_seg(W, rows, cols, nsi, g, q->p, q->s);
     q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
@@ -156,7 +156,7 @@ static void test_r16_truncated(void) {
     CHECK(make_pair(W, R, C, 1, 1, G, NULL, &full) == 0, "setup full");
     /* the truncated weight: the same codes and scales, as the artifact reader would slice them */
     uint8_t *pt = malloc((size_t)(KO * UQ_Q4_ROW_BYTES(KI)));
-    float *st = malloc((size_t)KO * sizeof(float));
+    uint16_t *st = malloc((size_t)KO * sizeof(uint16_t));
     for (int64_t r = 0; r < KO; r++) {
         memcpy(pt + r * UQ_Q4_ROW_BYTES(KI), full.p + r * UQ_Q4_ROW_BYTES(C), (size_t)UQ_Q4_ROW_BYTES(KI));
         st[r] = full.s[r * 2];
@@ -165,7 +165,7 @@ static void test_r16_truncated(void) {
     int64_t nblk, bb, ns;
     CHECK_STATUS(uq_q4_r16_size(KO, KI, G, 1, 1, 1, &nblk, &bb, &ns), UQ_OK);
     uint8_t *prt = malloc((size_t)(nblk * bb));
-    float *srt = malloc((size_t)ns * sizeof(float));
+    uint16_t *srt = malloc((size_t)ns * sizeof(uint16_t));
     CHECK_STATUS(uq_q4_repack_r16(&rmt, 1, 1, prt, srt), UQ_OK);
     tr.r16 = rmt;
     tr.r16.layout = UQ_Q4_R16;
@@ -258,7 +258,7 @@ static void test_r16_kernel_direct(void) {
             gr[k] = (uq_k_chunk){.wcol = si * cc + g0 / 8, .xcol = si * KI + g0, .n = KI - g0 < G ? KI - g0 : G,
                                  .scol = si * gps + g0 / G, .xq = 0};
     const uint8_t *wb[UQ_K_R16_NB];
-    const float *sb[UQ_K_R16_NB];
+    const uint16_t *sb[UQ_K_R16_NB];
     for (int i = 0; i < UQ_K_R16_NB; i++) {
         wb[i] = q.pr + i * bbytes;
         sb[i] = q.sr + i * gps * NSI * 16;
@@ -391,19 +391,19 @@ static void test_r16_unpack(void) {
         const int64_t rows = cases[ci][0], cols = cases[ci][1], g = cases[ci][2], nso = cases[ci][3];
         const int64_t nsi = cases[ci][4], rb = UQ_Q4_ROW_BYTES(cols), sc = nsi * ((cols / nsi + g - 1) / g);
         uint8_t *p = malloc((size_t)(rows * rb)), *back = malloc((size_t)(rows * rb));
-        float *s = malloc((size_t)(rows * sc) * sizeof(float)), *sback = malloc((size_t)(rows * sc) * sizeof(float));
+        uint16_t *s = malloc((size_t)(rows * sc) * sizeof(uint16_t)), *sback = malloc((size_t)(rows * sc) * sizeof(uint16_t));
         for (int64_t i = 0; i < rows * rb; i++) {
             seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
             p[i] = (uint8_t)(seed >> 56);
             if ((cols & 1) && i % rb == rb - 1) p[i] &= 15; /* the unused high nibble of an odd row is 0 */
         }
-        uq_test_fill(s, rows * sc, &seed, 1.0);
+        for (int64_t i = 0; i < rows * sc; i++) s[i] = uq_test_f2h((float)uq_test_rand(&seed));
         uq_linear L = {.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = p, .scales = s, .group = g,
                        .scale_cols = sc};
         int64_t nblk, bb, ns;
         CHECK_STATUS(uq_q4_r16_size(rows, cols, g, sc, nso, nsi, &nblk, &bb, &ns), UQ_OK);
         uint8_t *pr = malloc((size_t)(nblk * bb));
-        float *sr = malloc((size_t)ns * sizeof(float));
+        uint16_t *sr = malloc((size_t)ns * sizeof(uint16_t));
         CHECK_STATUS(uq_q4_repack_r16(&L, nso, nsi, pr, sr), UQ_OK);
         uq_linear R = L;
         R.packed = pr;
@@ -413,7 +413,7 @@ static void test_r16_unpack(void) {
         R.nseg_in = nsi;
         CHECK_STATUS(uq_q4_unpack_r16(&R, back, sback), UQ_OK);
         CHECK(memcmp(back, p, (size_t)(rows * rb)) == 0, "unpack codes, case %zu", ci);
-        CHECK(memcmp(sback, s, (size_t)(rows * sc) * sizeof(float)) == 0, "unpack scales, case %zu", ci);
+        CHECK(memcmp(sback, s, (size_t)(rows * sc) * sizeof(uint16_t)) == 0, "unpack scales, case %zu", ci);
         CHECK_STATUS(uq_q4_unpack_r16(&L, back, sback), UQ_ERR_ARG); /* a row-major weight is refused */
         CHECK_STATUS(uq_q4_unpack_r16(&R, NULL, sback), UQ_ERR_ARG);
         free(p);

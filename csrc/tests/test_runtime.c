@@ -28,7 +28,7 @@ static void test_linear(void) {
     enum { ROWS = 30, COLS = 40, T = 5 };
     float W[ROWS * COLS], bias[ROWS], x[T * COLS], y[T * ROWS], yr[T * ROWS], y1[ROWS];
     uint8_t packed[ROWS * (COLS / 2)];
-    float scales[ROWS * 16];
+    uint16_t scales[ROWS * 16];
     uq_test_fill(W, ROWS * COLS, &s, 1.0);
     uq_test_fill(bias, ROWS, &s, 0.5);
     uq_test_fill(x, T * COLS, &s, 1.0);
@@ -64,7 +64,7 @@ static void test_linear(void) {
         enum { BR = 256, BC = 300, BT = 3 };
         static float bw[BR * BC], bx[BT * BC], by[BT * BR], b1[BT * BR];
         static uint8_t bp[BR * BC / 2];
-        static float bs[BR * 3];
+        static uint16_t bs[BR * 3];
         uq_test_fill(bw, BR * BC, &s, 1.0);
         uq_test_fill(bx, BT * BC, &s, 1.0);
         uq_test_q4_quant_seg(bw, BR, BC, 1, 128, bp, bs);
@@ -347,7 +347,7 @@ static void test_kernel_paths(void) {
     static float W[R * C], Wr[R * C], b[R], x[TMAX * C], y[TMAX * R], yr[TMAX * R], y8[3][TMAX * R];
     static uint16_t W16[R * C];
     static uint8_t packed[R * (C / 2)];
-    static float scales[R * 64];
+    static uint16_t scales[R * 64];
     unsigned long long s = 7;
     uq_test_fill(W, R * C, &s, 1.0);
     uq_test_fill(b, R, &s, 0.5);

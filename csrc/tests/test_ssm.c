@@ -404,14 +404,14 @@ done:
 typedef struct {
     uq_linear rm, r16;
     uint8_t p[HID * HID], pr[4096];
-    float s[HID * HID], sr[4096];
+    uint16_t s[HID * HID], sr[4096]; /* float16 scales */
 } hy_q4;
 
 static int hy_q4_make(const float *W, int64_t rows, int64_t cols, int64_t nso, int64_t nsi, hy_q4 *q) {
     const int64_t g = 8, gps = (cols / nsi + g - 1) / g;
     int64_t nblk, bb, ns;
     if (uq_q4_r16_size(rows, cols, g, nsi * gps, nso, nsi, &nblk, &bb, &ns) != UQ_OK ||
-        nblk * bb > (int64_t)sizeof q->pr || ns > (int64_t)(sizeof q->sr / sizeof(float)))
+        nblk * bb > (int64_t)sizeof q->pr || ns > (int64_t)(sizeof q->sr / sizeof(uint16_t)))
         return -1;
     uq_test_q4_quant_seg(W, rows, cols, nsi, g, q->p, q->s);
     q->rm = (uq_linear){.kind = UQ_W_Q4, .rows = rows, .cols = cols, .packed = q->p, .scales = q->s, .group = g,
@@ -515,8 +515,24 @@ static void test_final_mix(void) {
     wn.final_mix = NULL;
     hy_logits(&c, &wn, ids, b);
     CHECK(max_rel(a, b, TT * V) > 1e-2, "the final mix changes nothing (rel %g)", max_rel(a, b, TT * V));
-    F[5] = NAN;
+    /* float16 F (final_mix16, what quantized artifacts store): bit-identical to float32 F of the same values */
+    static uint16_t F16[HID * HID];
+    CHECK_STATUS(uq_convert_f32_to_f16(F, HID * HID, F16), UQ_OK);
+    CHECK_STATUS(uq_convert_f16_to_f32(F16, HID * HID, F), UQ_OK);
+    hy_logits(&c, &w, ids, a);
+    uq_hy_weights wh = w;
+    wh.final_mix = NULL;
+    wh.final_mix16 = F16;
+    hy_logits(&c, &wh, ids, b);
+    CHECK(memcmp(a, b, sizeof a) == 0, "float16 final mix differs from float32 of the same values");
     uq_hy_model *m = NULL;
+    wh.final_mix = F; /* both: refused */
+    CHECK_STATUS(uq_hy_model_init(&c, &wh, &m), UQ_ERR_ARG);
+    wh.final_mix = NULL;
+    F16[7] = 0x7e00; /* NaN */
+    CHECK_STATUS(uq_hy_model_init(&c, &wh, &m), UQ_ERR_ARG);
+    CHECK(m == NULL && strstr(uq_last_error(), "final_mix: entry 7") != NULL, "message: %s", uq_last_error());
+    F[5] = NAN;
     uq_clear_error();
     CHECK_STATUS(uq_hy_model_init(&c, &w, &m), UQ_ERR_ARG);
     CHECK(m == NULL && strstr(uq_last_error(), "final_mix") != NULL, "message: %s", uq_last_error());

@@ -563,8 +563,11 @@ MICRO_SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336))
 
 def _q4_r16_spec(q: Any, rows: int, cols: int) -> tuple[tuple, int]:
     """int4 spec in the kernels' R16 layout (as the runtime's Model holds its linears), bytes of the int4 weight."""
-    packed, scales = _C.q4_repack((q.packed, q.scales, q.group, cols, None), 1, 1)
-    return (packed, scales, q.group, cols, None, (rows, 1, 1)), q.packed.nbytes + q.scales.nbytes
+    from uniql.models.runtime import scales_f16
+
+    s16 = scales_f16("int4 scales", q.scales)  # the runtime keeps scales in float16
+    packed, scales = _C.q4_repack((q.packed, s16, q.group, cols, None), 1, 1)
+    return (packed, scales, q.group, cols, None, (rows, 1, 1)), q.packed.nbytes + s16.nbytes
 
 
 def _micro_specs(rows: int, cols: int, rng: np.random.Generator) -> dict[str, tuple[tuple, int]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from uniql import _C
-from uniql.errors import InvalidArgumentError, ShapeError
+from uniql.errors import InvalidArgumentError, RangeError, ShapeError
 from uniql.compress.linalg import check_array, check_float, check_positive_int
 
 __all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "Int8Tensor", "quantize_rtn", "quantize_gptq",
@@ -31,12 +31,15 @@ def _ngroups(cols: int, group: int) -> int:
 @dataclass(frozen=True, eq=False)
 class QuantizedTensor:
     """An int4 weight: ``packed`` uint8 (rows, (cols+1)//2), ``scales`` float32 (rows, ngroups),
-    ``shape`` (rows, cols), ``group`` (columns per scale)."""
+    ``shape`` (rows, cols), ``group`` (columns per scale); ``zeros`` uint8 (rows, ngroups) in 0..15 for asymmetric
+    int4 (w = (q - zero) * scale; ``quantize_gptq(asym=True)``), None for the symmetric format (zero 8). The runtime
+    kernels read symmetric int4 only (an asymmetric tensor is refused there; :func:`dequantize` it)."""
 
     packed: np.ndarray
     scales: np.ndarray
     shape: tuple[int, int]
     group: int
+    zeros: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if (not isinstance(self.shape, tuple) or len(self.shape) != 2
@@ -54,6 +57,14 @@ class QuantizedTensor:
         if self.scales.shape != want:
             raise ShapeError(f"scales must have shape {want} for shape {self.shape} and group {self.group}, "
                              f"got {self.scales.shape}")
+        if self.zeros is not None:
+            check_array(self.zeros, "zeros", (np.uint8,), 2)
+            if self.zeros.shape != want:
+                raise ShapeError(f"zeros must have shape {want} for shape {self.shape} and group {self.group}, "
+                                 f"got {self.zeros.shape}")
+            if self.zeros.size and int(self.zeros.max()) > 15:
+                bad = tuple(int(i) for i in np.argwhere(self.zeros > 15)[0])
+                raise RangeError(f"zeros: zero point {int(self.zeros[bad])} at {bad} is above 15 (int4 codes 0..15)")
 
     @property
     def rows(self) -> int:
@@ -69,8 +80,8 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Storage size of codes + scales in bytes."""
-        return self.packed.nbytes + self.scales.nbytes
+        """Storage size of codes + scales (+ zero points, one byte each) in bytes."""
+        return self.packed.nbytes + self.scales.nbytes + (self.zeros.nbytes if self.zeros is not None else 0)
 
 
 def _check_weight(W: object) -> np.ndarray:
@@ -94,13 +105,17 @@ def quantize_rtn(W: np.ndarray, group: int = DEFAULT_GROUP) -> QuantizedTensor:
 
 
 def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp: float = 0.01,
-                  block: int | None = None, *, mse_scale: bool = False, act_order: bool = False) -> QuantizedTensor:
+                  block: int | None = None, *, mse_scale: bool = False, act_order: bool = False,
+                  asym: bool = False) -> QuantizedTensor:
     """GPTQ int4 of W (rows, cols) float32 with the input Hessian H (cols, cols) float64 (e.g.
     ``Covariance.mean()``; its scale does not matter). ``damp``: fraction of mean(diag H) added to the diagonal;
     ``block``: columns per lazy-update block (None = group). Error feedback in float64. ``mse_scale``: each group's
     scale searched (amax / (7.5 + k/8), k = 0..20) for the least squared rounding error instead of amax / 7.5;
     ``act_order``: columns in descending diag(H) order with static groups (scales from the weights before error
-    feedback; groups stay contiguous in the stored format). Default: natural order, absmax scales."""
+    feedback; groups stay contiguous in the stored format). ``asym``: a zero point per group (0..15) in place of
+    the fixed 8, s = range / 15 over [min(w, 0), max(w, 0)] (``mse_scale``: the range shrunk by 15 / (15 + k/4));
+    the result carries ``zeros`` (uniql.h ``UQ_Q4_ASYM``; the runtime kernels read symmetric int4 only). Default:
+    natural order, absmax scales, symmetric."""
     W = _check_weight(W)
     H = check_array(H, "H", (np.float64,), 2)
     cols = W.shape[1]
@@ -112,9 +127,11 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
         raise InvalidArgumentError(f"damp must be >= 0, got {damp}")
     block = 0 if block is None else check_positive_int(block, "block")
     packed, scales = _outputs(*W.shape, group)
-    flags = (_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
-    _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales, flags)
-    return QuantizedTensor(packed, scales, W.shape, group)
+    flags = ((_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
+             | (_C.Q4_ASYM if asym else 0))
+    zeros = np.empty(scales.shape, np.uint8) if asym else None
+    _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales, flags, zeros)
+    return QuantizedTensor(packed, scales, W.shape, group, zeros)
 
 
 def pack(codes: np.ndarray) -> np.ndarray:
@@ -140,11 +157,11 @@ def unpack(packed: np.ndarray, cols: int) -> np.ndarray:
 
 
 def dequantize(q: QuantizedTensor) -> np.ndarray:
-    """float32 (rows, cols) = (code - 8) * scale."""
+    """float32 (rows, cols) = (code - zero) * scale (zero 8 for the symmetric format)."""
     if not isinstance(q, QuantizedTensor):
         raise InvalidArgumentError(f"q must be a QuantizedTensor, got {type(q).__name__}")
     W = np.empty(q.shape, np.float32)
-    _C.q4_dequantize(q.packed, q.scales, q.group, W)
+    _C.q4_dequantize(q.packed, q.scales, q.group, W, q.zeros)
     return W
 
 

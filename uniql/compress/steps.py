@@ -51,19 +51,20 @@ def o_proj_group(head_dim: int, group: int) -> int:
 
 
 def gptq_blocks(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool = False,
-                act_order: bool = False) -> Any:
+                act_order: bool = False, asym: bool = False) -> Any:
     """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
     so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
     of 128k x 4096 would otherwise need 4 GB of it."""
     from uniql.compress.quant import QuantizedTensor
 
-    kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order)
+    kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order, asym=asym)
     if W.shape[0] <= GPTQ_ROW_CHUNK:
         return quantize_gptq(W, H, **kw)
     parts = [quantize_gptq(np.ascontiguousarray(W[r:r + GPTQ_ROW_CHUNK]), H, **kw)
              for r in range(0, W.shape[0], GPTQ_ROW_CHUNK)]
     return QuantizedTensor(np.concatenate([q.packed for q in parts]), np.concatenate([q.scales for q in parts]),
-                           (int(W.shape[0]), int(W.shape[1])), group)
+                           (int(W.shape[0]), int(W.shape[1])), group,
+                           np.concatenate([q.zeros for q in parts]) if asym else None)
 
 
 def _scales_via_f16(scales: np.ndarray) -> np.ndarray:
@@ -81,7 +82,7 @@ def f16_scales(q: Any) -> Any:
     (so the next layer is calibrated on exactly what deployment computes)."""
     from uniql.compress.quant import QuantizedTensor
 
-    return QuantizedTensor(q.packed, _scales_via_f16(q.scales), q.shape, q.group)
+    return QuantizedTensor(q.packed, _scales_via_f16(q.scales), q.shape, q.group, q.zeros)
 
 
 def f16_scales8(q: Any) -> Any:

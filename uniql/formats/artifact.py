@@ -33,7 +33,7 @@ from uniql import _C
 from uniql.errors import FormatError, RangeError, UnsupportedError
 from uniql.models.keep import ROPE_CODES, alloc_keep_ratios, keep_size
 from uniql.models.runtime import (LAYER_ATTENTION, LAYER_MAMBA, LAYER_MLP, Q4, Q8, Model, final_mix_name,
-                                  model_config)
+                                  model_config, scales_f16)
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,19 @@ def _float(f: Any, name: str) -> np.ndarray:
     return out
 
 
+def _scales(f: Any, name: str) -> np.ndarray:
+    """Group scales `name` of an int4 / int8 tensor as the runtime keeps them: float16 (the artifact's storage, read
+    as is; float32 rounded by the C core). Another dtype, or a NaN / Inf / out-of-float16-range scale, is a
+    FormatError naming the tensor."""
+    a = f.get(name)
+    if a.dtype not in (np.float16, np.float32):
+        raise FormatError(f"artifact tensor {name!r} has dtype {a.dtype}; expected float16 (or float32)")
+    try:
+        return scales_f16(name, _own(a))
+    except RangeError as e:
+        raise FormatError(f"artifact tensor {e}") from None
+
+
 def _shape_of(f: Any, name: str) -> tuple[int, ...]:
     if name not in f.keys():
         raise FormatError(f"artifact is missing tensor {name!r}")
@@ -284,7 +297,7 @@ class _Reader:
         if codes.dtype != dtype:
             raise FormatError(f"artifact tensor {name + '.qweight'!r} has dtype {codes.dtype}; expected "
                               f"{np.dtype(dtype).name}")
-        scales = _float(f, name + ".scales")[rows_sel]
+        scales = _scales(f, name + ".scales")[rows_sel]
         codes = codes[rows_sel]
         cols = C
         if col_keep is not None and col_keep < seg:
@@ -535,7 +548,8 @@ def _read_rest(d: Path, reader: _Reader, vocab: int, n: int, tied: bool,
         out[fn] = _float(f, fn)
         mix = final_mix_name(fn)
         if mix in keys:
-            out[mix] = _float(f, mix)
+            mx = f.get(mix)  # float16 (quantized artifacts) stays float16 in memory: the runtime reads it as is
+            out[mix] = _own(mx) if mx.dtype == np.float16 else _float(f, mix)
         elif isinstance(rot := reader.meta.sorting.get("rotation"), dict) and rot.get("final_mix"):
             raise FormatError(f"artifact config names a final mix but {REST_FILE} has no {mix!r}")
         if not tied:

@@ -262,7 +262,10 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
                 rows_new: np.ndarray, cols_cur: np.ndarray, cols_new: np.ndarray, stats: dict) -> np.ndarray:
     """As :func:`_regrid` with explicit (ascending) row and column index sets into the artifact's full plane: the
     entries both sets share come from `cur`, the others are read from the file."""
-    out_dtype = cur.dtype if cur.dtype in (np.uint8, np.int8) else np.dtype(np.float32)
+    from uniql.models.runtime import scales_f16
+
+    # int4 bytes / int8 codes / float16 group scales (as the runtime keeps them) stay in their dtype; the rest float32
+    out_dtype = cur.dtype if cur.dtype in (np.uint8, np.int8, np.float16) else np.dtype(np.float32)
     new = np.empty((rows_new.size, cols_new.size), out_dtype)
     rin, cin = np.isin(rows_new, rows_cur), np.isin(cols_new, cols_cur)
     rpos, cpos = np.searchsorted(rows_cur, rows_new[rin]), np.searchsorted(cols_cur, cols_new[cin])
@@ -274,7 +277,9 @@ def _regrid_idx(cur: np.ndarray, file_view: Callable[[], np.ndarray], name: str,
         for rsel, csel in ((~rin, np.ones_like(cin)), (rin, ~cin)):
             if rsel.any() and csel.any():
                 blk = fv[np.ix_(rows_new[rsel], cols_new[csel])]
-                if out_dtype != np.float32:  # int4 bytes / int8 codes: copied as they are
+                if out_dtype == np.float16:  # scales: float16 in the artifact, copied as they are
+                    new[np.ix_(rsel, csel)] = scales_f16(name, blk)
+                elif out_dtype != np.float32:  # int4 bytes / int8 codes: copied as they are
                     if fv.dtype != out_dtype:
                         raise FormatError(f"artifact tensor {name!r} has dtype {fv.dtype}; expected {out_dtype}")
                     new[np.ix_(rsel, csel)] = blk

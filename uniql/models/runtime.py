@@ -13,8 +13,11 @@ pair-interleaved (rows 2j, 2j+1 of a head form RoPE pair j). Hugging Face checkp
 layout (uniql artifacts, possibly truncated to a stored head dim R < d and an MLP size K < D_I).
 
 int4 weights: any value of ``tensors`` with attributes ``packed`` (uint8 (rows, (cols+1)//2)), ``scales``
-(float32 (rows, ngroups)), ``group`` and ``shape`` (rows, cols) -- e.g. :class:`uniql.compress.quant.QuantizedTensor`
--- is used as int4 (w = (q - 8) * scale). For o_proj every head's column segment has its own groups:
+(float16 or float32 (rows, ngroups)), ``group`` and ``shape`` (rows, cols) -- e.g.
+:class:`uniql.compress.quant.QuantizedTensor` -- is used as int4 (w = (q - 8) * scale). The runtime keeps int4 and
+int8 scales in float16 (the artifact's storage; the kernels convert them exactly): float32 scales are rounded to
+float16 once, by the C core, when the model is built (:func:`scales_f16`; exact for scales the compressor made,
+which it rounds to float16 before storing or using them). For o_proj every head's column segment has its own groups:
 scales (rows, n_heads * ceil(R / group)), which is the standard layout whenever R % group == 0.
 When the group is a multiple of 8, :class:`Model` repacks each layer linear (and an untied lm_head) once, in C,
 into the kernels' R16 layout (``_C.q4_repack``; 16-row blocks x 8-column chunks, uniql.h "UQ_Q4_R16") and
@@ -262,7 +265,7 @@ class Q4:
 
 @dataclass(frozen=True)
 class Q8:
-    """int8 weight in the runtime: codes int8 (rows, cols), scales float32 (rows, scale columns), w = q * scale
+    """int8 weight in the runtime: codes int8 (rows, cols), scales float16 (rows, scale columns), w = q * scale
     (uniql.h UQ_W_Q8; e.g. :class:`uniql.compress.quant.Int8Tensor`)."""
 
     codes: np.ndarray
@@ -286,7 +289,7 @@ def as_q8(name: str, v: Any) -> Q8:
     rows, cols = (int(x) for x in v.shape)
     if not isinstance(v.codes, np.ndarray) or v.codes.dtype != np.int8:
         raise DTypeError(f"{name}.codes must be an int8 numpy array")
-    return Q8(np.ascontiguousarray(v.codes), as_f32(f"{name}.scales", v.scales), int(v.group), (rows, cols))
+    return Q8(np.ascontiguousarray(v.codes), scales_f16(f"{name}.scales", v.scales), int(v.group), (rows, cols))
 
 
 def as_f32(name: str, a: Any) -> np.ndarray:
@@ -306,6 +309,25 @@ def as_f32(name: str, a: Any) -> np.ndarray:
     raise DTypeError(f"{name} has dtype {a.dtype}; expected float32, float16 or bfloat16 (float64 is not accepted)")
 
 
+def scales_f16(name: str, a: Any) -> np.ndarray:
+    """Group scales of an int4 / int8 weight as the runtime keeps them: a float16 C-contiguous array (float16 taken
+    as is; float32 / bfloat16 rounded to nearest by the C core). A finite scale beyond float16's range (65504) is
+    refused with a :class:`RangeError` naming the tensor, as are NaN / Inf scales."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float16:
+        out = np.ascontiguousarray(a)
+    else:
+        src = as_f32(name, a)
+        out = np.empty(src.shape, np.float16)
+        _C.convert(src, out)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        v = a[idx] if isinstance(a, np.ndarray) else out[idx]
+        raise RangeError(f"{name}: scale {float(v)!r} at {idx} is not a finite float16 (|scale| <= 65504); the "
+                         "runtime keeps int4 / int8 scales in float16")
+    return out
+
+
 def _f16(name: str, a: Any) -> np.ndarray:
     """A float16 C-contiguous array (float32/bfloat16 converted by the C core) for fp16 (UQ_W_F16) weights."""
     if isinstance(a, np.ndarray) and a.dtype == np.float16:
@@ -317,11 +339,14 @@ def _f16(name: str, a: Any) -> np.ndarray:
 
 
 def as_q4(name: str, v: Any) -> Q4:
+    if getattr(v, "zeros", None) is not None:
+        raise UnsupportedError(f"{name}: asymmetric int4 (per-group zero points) is not supported by the runtime "
+                               "kernels (symmetric int4 only); dequantize it (uniql.compress.quant.dequantize)")
     rows, cols = (int(x) for x in v.shape)
     packed, scales = v.packed, v.scales
     if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
         raise DTypeError(f"{name}.packed must be a uint8 numpy array")
-    return Q4(np.ascontiguousarray(packed), as_f32(f"{name}.scales", scales), int(v.group), (rows, cols))
+    return Q4(np.ascontiguousarray(packed), scales_f16(f"{name}.scales", scales), int(v.group), (rows, cols))
 
 
 def _interleave_rows(n_heads: int, d: int) -> np.ndarray:
@@ -878,8 +903,10 @@ class TensorReader:
         raise FormatError(f"missing tensor {cands[0]!r}")
 
     def final(self, name: str, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(final norm ``name``, its final mix as float32 (n, n) or None when absent): the mix of a rotated model
-        that keeps its embedding tied (:mod:`uniql.compress.rotate`) is ``<final norm>.mix``."""
+        """(final norm ``name``, its final mix (n, n) or None when absent): the mix of a rotated model that keeps its
+        embedding tied (:mod:`uniql.compress.rotate`) is ``<final norm>.mix``; float16 (what quantized artifacts
+        store) stays float16 in memory (the C core runs it as an fp16 linear: the same results as its float32
+        copy), anything else becomes float32."""
         norm = self.vec(name)
         mix_name = final_mix_name(name)
         if mix_name not in self.tensors:
@@ -890,7 +917,7 @@ class TensorReader:
             raise DTypeError(f"{mix_name} must be a float array")
         if F.shape != (n, n):
             raise ShapeError(f"{mix_name} has shape {F.shape}, expected {(n, n)}")
-        return norm, np.ascontiguousarray(F, dtype=np.float32)
+        return norm, np.ascontiguousarray(F, dtype=np.float16 if F.dtype == np.float16 else np.float32)
 
     def head(self, embed: Any, tied: bool) -> Any:
         """The lm_head: the embedding when tied (an ``lm_head.weight``, if present, is the same tensor)."""
