@@ -9,7 +9,7 @@ import pytest
 
 from uniql import FormatError, InvalidArgumentError, RangeError, ShapeError, UnsupportedError
 from uniql.compress.quant import dequantize, quantize_rtn
-from uniql.compress.pipeline import f16_scales
+from uniql.compress.steps import f16_scales
 from uniql.models.hybrid import BambaConfig, HybridConfig, Mamba2Config, NemotronHConfig, rope_rows
 from uniql.models.runtime import Model
 
