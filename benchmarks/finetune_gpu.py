@@ -209,6 +209,14 @@ def run_train(args: argparse.Namespace) -> None:
         summary["generated_windows"] = int(args.generate)
         np.save(work / "train_w.npy", train_w)
         np.save(work / "eval_w.npy", eval_w)
+        if args.init_lora is not None:   # continue from an earlier run's patches (after the teacher sampled)
+            from uniql.finetune import load_lora
+            state, prev, rank, alpha = load_lora(args.init_lora)
+            if (rank, alpha) != (model.rank, model.alpha):
+                sys.exit(f"--init-lora has rank {rank} / alpha {alpha}, the model {model.rank} / {model.alpha}")
+            model.load_lora_state(state)
+            summary["init_lora"] = {"file": args.init_lora.name, "tokens": prev.get("tokens"),
+                                    "steps_done": prev.get("steps_done"), "best_step": prev.get("best_step")}
         # speed probe: a few steps of the real configuration, then the patches are reset
         init = model.lora_state()
         probe = FinetuneOptions(steps=args.probe + 3, lr=1e-4, warmup=1, batch=args.batch, seq_len=args.seq_len,
@@ -543,6 +551,8 @@ def main() -> None:
     t.add_argument("--precision", default="bf16")
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--init-lora", type=Path, default=None,
+                   help="start from these patches (a save_lora file of an earlier run on the same artifact)")
     e = sub.add_parser("evaluate")
     e.add_argument("--art", type=Path, required=True)
     e.add_argument("--hf", type=Path, default=None)

@@ -7,6 +7,8 @@
 #   .gpu/stub/pytest.py (a stand-in when pytest is missing there); .gpu/smoke_cuda.py; .gpu_p0/gguf.part0;
 #   .gpu_p1/gguf.part1; .gpu_p1/zs_tasks.pkl.gz <- PYTHONPATH=. python benchmarks/finetune_gpu.py prep-tasks
 #       --artifact ART --out zs_tasks.pkl --mmlu-limit 40 && gzip -9 zs_tasks.pkl
+#   optional .gpu_p1/lora_init.safetensors: an earlier run's LoRA file (its tensors cast to float16: 4.9 MB, so
+#       the call stays under 64 MiB) to continue training from (train --init-lora), e.g. run 2's step-2000 patches
 # Calls (each `run` in the repository root; carry in brackets):
 #   1. bash benchmarks/finetune_gpu_calls.sh call1                 [.gpu .gpu_p0]  build + CUDA smoke test, ~50 s
 #   2. WAIT=565 bash benchmarks/finetune_gpu_calls.sh callB         [.gpu_p1]      unpack, start the daemon, wait
@@ -36,6 +38,8 @@ _env() {
 callB() {
   test -f /tmp/g/gguf.part0 || { echo "fresh machine: part0 missing"; exit 3; }
   cp .gpu_p1/gguf.part1 /tmp/g/; gunzip -c .gpu_p1/zs_tasks.pkl.gz > /tmp/g/zs_tasks.pkl
+  # an earlier run's patches (float16 copy, to fit the call) to continue from: train --init-lora
+  if [ -f .gpu_p1/lora_init.safetensors ]; then cp .gpu_p1/lora_init.safetensors /tmp/g/; export INIT_LORA=/tmp/g/lora_init.safetensors; fi
   _env
   python3 benchmarks/finetune_gpu.py unpack --data /tmp/g/data --gguf-parts /tmp/g/gguf.part0 /tmp/g/gguf.part1 --out /tmp/g/art 2>&1 | tail -2
   test -f /tmp/g/art/config.json || exit 4
@@ -47,7 +51,7 @@ callB() {
 daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
   UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1 < /dev/null &
-  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 > $R/train.log 2>&1
+  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${INIT_LORA:+--init-lora $INIT_LORA} > $R/train.log 2>&1
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
   UNIQL_NUM_THREADS=12 OMP_NUM_THREADS=12 OPENBLAS_NUM_THREADS=12 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_after.json > $R/eval_after.log 2>&1 < /dev/null &
