@@ -662,6 +662,79 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                 _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
 }
 
+/* Prefill, one block x NT (2..4) tokens: both 8-row halves in one pass, so each broadcast of 4 activation bytes
+ * feeds 2 vpmaddubsw (one per half) and each unpacked chunk NT tokens: ~10 instructions per 128 multiply-adds
+ * against 12 for the half-at-a-time tile. The int16 window sums (4 chunks, bounded as in r16_q8_tile) are widened
+ * into int32 group sums kept in L1 (the 8 int16 accumulators, 4 unpacked vectors and 2 broadcasts fill the 16 ymm
+ * registers). The sums are exact and the epilogue is r16_q8_tile's, so the results are bit-identical. */
+static UQ_T2I void r16_q8_tile2h(const uint8_t *wb, const uint16_t *sb, const int8_t *xq, int64_t ldq,
+                                 const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
+                                 float *out, int64_t ldo, const int NT) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 tot[2][4];
+    __m256i acc[2][4]; /* int32 group sums (spilled to the stack by design) */
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; h++)
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) tot[h][t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < ng; k++) {
+        const int64_t nc = (g[k].n + 7) / 8;
+        const uint8_t *w0 = wb + g[k].wcol * 64;
+        const int8_t *xk = xq + g[k].xq;
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) acc[h][t] = _mm256_setzero_si256();
+        for (int64_t j0 = 0; j0 < nc; j0 += 4) {
+            const int64_t j1 = nc - j0 < 4 ? nc : j0 + 4;
+            __m256i p16[2][4];
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) p16[h][t] = _mm256_setzero_si256();
+            #pragma GCC unroll 4
+            for (int64_t jj = 0; jj < 4; jj++) {
+                const int64_t j = j0 + jj;
+                if (j >= j1) break;
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w0 + j * 64));
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w0 + j * 64 + 32));
+                const __m256i lo0 = _mm256_and_si256(v0, m4), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4);
+                const __m256i lo1 = _mm256_and_si256(v1, m4), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4);
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    int32_t qa, qb;
+                    memcpy(&qa, xk + t * ldq + 8 * j, 4);
+                    memcpy(&qb, xk + t * ldq + 8 * j + 4, 4);
+                    const __m256i ba = _mm256_set1_epi32(qa), bq = _mm256_set1_epi32(qb);
+                    p16[0][t] = _mm256_add_epi16(p16[0][t], _mm256_add_epi16(_mm256_maddubs_epi16(lo0, ba),
+                                                                             _mm256_maddubs_epi16(hi0, bq)));
+                    p16[1][t] = _mm256_add_epi16(p16[1][t], _mm256_add_epi16(_mm256_maddubs_epi16(lo1, ba),
+                                                                             _mm256_maddubs_epi16(hi1, bq)));
+                }
+            }
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) acc[h][t] = _mm256_add_epi32(acc[h][t], _mm256_madd_epi16(p16[h][t], ones));
+        }
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256 sv = r16_scales8(sb + g[k].scol * 16 + 8 * h);
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int64_t gi = t * ldg + k;
+                const __m256i is = _mm256_sub_epi32(acc[h][t], _mm256_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
+                const __m256 pr = _mm256_mul_ps(sv, _mm256_set1_ps(xs[gi]));
+                tot[h][t] = _mm256_add_ps(tot[h][t], _mm256_mul_ps(_mm256_cvtepi32_ps(is), pr));
+            }
+        }
+    }
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; h++)
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + t * ldo + 8 * h, tot[h][t]);
+}
+
 /* Prefill (T >= R16_PANEL_T): per group and block, the codes of up to R16_PC columns are converted once into an
  * fp32 panel p[c * 16 + l] = q[l][c] - 8 (exact), and a 16-row x NT-token micro-kernel (2 x NT accumulators,
  * broadcast x[t][c], columns in order) reuses it from L1 for every token of the call: the same FMA chain per
@@ -803,9 +876,9 @@ UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const uint16_t *const *s
         for (; i0 < nb; i0++) {
             switch (nt) {
             case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 1); break;
-            case 2: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 2); break;
-            case 3: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 3); break;
-            default: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 4); break;
+            case 2: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2); break;
+            case 3: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 3); break;
+            default: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 4); break;
             }
         }
     }
