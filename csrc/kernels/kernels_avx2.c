@@ -178,16 +178,9 @@ UQ_T2 void uq_k_f32_to_f16_avx2(const float *x, int64_t n, uint16_t *y) {
 }
 
 UQ_T2 void uq_k_f16_to_f32_avx2(const uint16_t *x, int64_t n, float *y) {
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m256 v = load8h(x + i, n - i);
-        if (n - i >= 8) {
-            _mm256_storeu_ps(y + i, v);
-        } else {
-            float t[8];
-            _mm256_storeu_ps(t, v);
-            memcpy(y + i, t, (size_t)(n - i) * sizeof(float));
-        }
-    }
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = _cvtsh_ss(x[i]); /* the same exact conversion (short tails: no memcpy round trip) */
 }
 
 /* uq_k_exp on 8 lanes: the same operations per lane (max(-87, x) and min(88, .) keep a NaN x, as the scalar
@@ -421,43 +414,78 @@ UQ_T2 static void gemm_f32_4rows_avx2(const float *const *w4, const float *xp, i
 
 /* ---------------------------------------------------------------------------- int4 x int8 ---- */
 
+/* Row-major int4 x int8, 4 rows x 1 token: per group, the int32 sums of the 4 rows stay in 4 vectors (int16 pair sums of
+ * up to 2 64-column blocks are added before one vpmaddwd widens them: |sum| <= 4 * 2 * 15 * 127 = 15240), are reduced
+ * together by vphaddd (exact: integer sums in any order) and the epilogue tot = tot + (float)isum * (s * xs) runs on
+ * the 4 rows in one vector (the scalar operations per lane, so bit-identical to q8_gemv). */
+static UQ_T2I __m128i q4rm_q8_group4(const uint8_t *const *w, const int8_t *q, int64_t wcol, int64_t n) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256i a[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) a[r] = _mm256_setzero_si256();
+    for (int64_t c0 = 0; c0 < n; c0 += 128) {
+        const int two = n - c0 > 64;
+        const __m256i xe0 = _mm256_loadu_si256((const __m256i *)(q + c0));
+        const __m256i xo0 = _mm256_loadu_si256((const __m256i *)(q + c0 + 32));
+        __m256i xe1 = _mm256_setzero_si256(), xo1 = _mm256_setzero_si256();
+        if (two) {
+            xe1 = _mm256_loadu_si256((const __m256i *)(q + c0 + 64));
+            xo1 = _mm256_loadu_si256((const __m256i *)(q + c0 + 96));
+        }
+        const int64_t nb0 = (n - c0 + 1) / 2, nb1 = (n - c0 - 64 + 1) / 2;
+        #pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *p = w[r] + wcol / 2 + c0 / 2;
+            __m256i v0, v1 = _mm256_setzero_si256();
+            if (nb0 >= 32) {
+                v0 = _mm256_loadu_si256((const __m256i *)p);
+            } else {
+                uint8_t tb[32] = {0};
+                memcpy(tb, p, (size_t)nb0);
+                v0 = _mm256_loadu_si256((const __m256i *)tb);
+            }
+            __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v0, m4), xe0),
+                                         _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), m4), xo0));
+            if (two) {
+                if (nb1 >= 32) {
+                    v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+                } else {
+                    uint8_t tb[32] = {0};
+                    memcpy(tb, p + 32, (size_t)nb1);
+                    v1 = _mm256_loadu_si256((const __m256i *)tb);
+                }
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(v1, m4), xe1));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m4), xo1));
+            }
+            a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(s, ones));
+        }
+    }
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)); /* rows 0..3 */
+}
+
 UQ_T2 static void gemv_q4rm_q8_avx2(const uint8_t *const *w, const float *const *s, int mr, const int8_t *xq, int64_t ldq,
                           const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *ch,
                           int64_t nch, float *tot) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    #pragma GCC unroll 8
-    for (int r = 0; r < mr; r++)
-        for (int64_t t = 0; t < T; t++) {
-            float ft = 0.0f;
-            for (int64_t k = 0; k < nch; k++) {
-                __m256i a = _mm256_setzero_si256();
-                const int8_t *q = xq + t * ldq + ch[k].xq;
-                for (int64_t c0 = 0; c0 < ch[k].n; c0 += 64) {
-                    int64_t nb = (ch[k].n - c0 + 1) / 2;
-                    const uint8_t *p = w[r] + ch[k].wcol / 2 + c0 / 2;
-                    __m256i v;
-                    if (nb >= 32) {
-                        v = _mm256_loadu_si256((const __m256i *)p);
-                    } else {
-                        uint8_t tb[32] = {0};
-                        memcpy(tb, p, (size_t)nb);
-                        v = _mm256_loadu_si256((const __m256i *)tb);
-                    }
-                    __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                    __m256i xe = _mm256_loadu_si256((const __m256i *)(q + c0));
-                    __m256i xo = _mm256_loadu_si256((const __m256i *)(q + c0 + 32));
-                    /* |u8 * s8 pair sums| <= 2 * 15 * 127: no int16 saturation */
-                    a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xe), ones));
-                    a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xo), ones));
-                }
-                int32_t l[8];
-                _mm256_storeu_si256((__m256i *)l, a);
-                int64_t gi = t * ldg + k;
-                int32_t isum = l[0] + l[1] + l[2] + l[3] + l[4] + l[5] + l[6] + l[7] - UQ_Q4_OFFSET * xsum[gi];
-                ft = ft + (float)isum * (s[r][ch[k].scol] * xs[gi]);
-            }
-            tot[r * T + t] = ft;
+    const uint8_t *wp[4];
+    const float *sp[4];
+    for (int i = 0; i < 4; i++) {
+        wp[i] = w[i < mr ? i : mr - 1];
+        sp[i] = s[i < mr ? i : mr - 1];
+    }
+    for (int64_t t = 0; t < T; t++) {
+        __m128 ft = _mm_setzero_ps();
+        for (int64_t k = 0; k < nch; k++) {
+            const int64_t gi = t * ldg + k, sc = ch[k].scol;
+            const __m128i is = _mm_sub_epi32(q4rm_q8_group4(wp, xq + t * ldq + ch[k].xq, ch[k].wcol, ch[k].n),
+                                             _mm_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
+            const __m128 p = _mm_mul_ps(_mm_setr_ps(sp[0][sc], sp[1][sc], sp[2][sc], sp[3][sc]), _mm_set1_ps(xs[gi]));
+            ft = _mm_add_ps(ft, _mm_mul_ps(_mm_cvtepi32_ps(is), p));
         }
+        float o[4];
+        _mm_storeu_ps(o, ft);
+        for (int r = 0; r < mr; r++) tot[r * T + t] = o[r];
+    }
 }
 
 
@@ -541,7 +569,9 @@ static UQ_T2I void r16_f32_tile(const uint8_t *const *wb, const uint16_t *const 
                 _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
 }
 
-#define UQ_R16_PF 1024 /* decode prefetch distance in bytes (Zen 1: +10-20% on 4096 x 14336 at 2 threads) */
+#define UQ_R16_PF 4096 /* decode prefetch distance in bytes: the next 4 KiB page, where the hardware prefetchers stop
+                           (28672 x 4096 from DRAM, 1 thread, AMD EPYC with AVX-512: 1024 -> 4096 bytes = 2.03 -> 1.58 ms;
+                           2048: 1.82, 6144: 1.54, 8192: 1.66) */
 
 static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int NH, const int NT) {
     #pragma GCC unroll 2
@@ -575,7 +605,11 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                 const int64_t j1 = nc - j0 < 4 ? nc : j0 + 4;
                 __m256i p16[2][2][4];
                 r16_q8_tile_zero(p16, NB, NH, NT);
-                for (int64_t j = j0; j < j1; j++) {
+                /* full windows of 4 chunks unrolled (the 1-chunk loop's overhead and register copies cost ~1/4) */
+                #pragma GCC unroll 4
+                for (int64_t jj = 0; jj < 4; jj++) {
+                    const int64_t j = j0 + jj;
+                    if (j >= j1) break;
                     #pragma GCC unroll 2
                     for (int i = 0; i < NB; i++)
                         #pragma GCC unroll 2
@@ -628,6 +662,79 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
             #pragma GCC unroll 4
             for (int t = 0; t < NT; t++)
                 _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
+}
+
+/* Prefill, one block x NT (2..4) tokens: both 8-row halves in one pass, so each broadcast of 4 activation bytes
+ * feeds 2 vpmaddubsw (one per half) and each unpacked chunk NT tokens: ~10 instructions per 128 multiply-adds
+ * against 12 for the half-at-a-time tile. The int16 window sums (4 chunks, bounded as in r16_q8_tile) are widened
+ * into int32 group sums kept in L1 (the 8 int16 accumulators, 4 unpacked vectors and 2 broadcasts fill the 16 ymm
+ * registers). The sums are exact and the epilogue is r16_q8_tile's, so the results are bit-identical. */
+static UQ_T2I void r16_q8_tile2h(const uint8_t *wb, const uint16_t *sb, const int8_t *xq, int64_t ldq,
+                                 const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
+                                 float *out, int64_t ldo, const int NT) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 tot[2][4];
+    __m256i acc[2][4]; /* int32 group sums (spilled to the stack by design) */
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; h++)
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) tot[h][t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < ng; k++) {
+        const int64_t nc = (g[k].n + 7) / 8;
+        const uint8_t *w0 = wb + g[k].wcol * 64;
+        const int8_t *xk = xq + g[k].xq;
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) acc[h][t] = _mm256_setzero_si256();
+        for (int64_t j0 = 0; j0 < nc; j0 += 4) {
+            const int64_t j1 = nc - j0 < 4 ? nc : j0 + 4;
+            __m256i p16[2][4];
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) p16[h][t] = _mm256_setzero_si256();
+            #pragma GCC unroll 4
+            for (int64_t jj = 0; jj < 4; jj++) {
+                const int64_t j = j0 + jj;
+                if (j >= j1) break;
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(w0 + j * 64));
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(w0 + j * 64 + 32));
+                const __m256i lo0 = _mm256_and_si256(v0, m4), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), m4);
+                const __m256i lo1 = _mm256_and_si256(v1, m4), hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), m4);
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    int32_t qa, qb;
+                    memcpy(&qa, xk + t * ldq + 8 * j, 4);
+                    memcpy(&qb, xk + t * ldq + 8 * j + 4, 4);
+                    const __m256i ba = _mm256_set1_epi32(qa), bq = _mm256_set1_epi32(qb);
+                    p16[0][t] = _mm256_add_epi16(p16[0][t], _mm256_add_epi16(_mm256_maddubs_epi16(lo0, ba),
+                                                                             _mm256_maddubs_epi16(hi0, bq)));
+                    p16[1][t] = _mm256_add_epi16(p16[1][t], _mm256_add_epi16(_mm256_maddubs_epi16(lo1, ba),
+                                                                             _mm256_maddubs_epi16(hi1, bq)));
+                }
+            }
+            #pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) acc[h][t] = _mm256_add_epi32(acc[h][t], _mm256_madd_epi16(p16[h][t], ones));
+        }
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256 sv = r16_scales8(sb + g[k].scol * 16 + 8 * h);
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const int64_t gi = t * ldg + k;
+                const __m256i is = _mm256_sub_epi32(acc[h][t], _mm256_set1_epi32(UQ_Q4_OFFSET * xsum[gi]));
+                const __m256 pr = _mm256_mul_ps(sv, _mm256_set1_ps(xs[gi]));
+                tot[h][t] = _mm256_add_ps(tot[h][t], _mm256_mul_ps(_mm256_cvtepi32_ps(is), pr));
+            }
+        }
+    }
+    #pragma GCC unroll 2
+    for (int h = 0; h < 2; h++)
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + t * ldo + 8 * h, tot[h][t]);
 }
 
 /* Prefill (T >= R16_PANEL_T): per group and block, the codes of up to R16_PC columns are converted once into an
@@ -771,9 +878,9 @@ UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const uint16_t *const *s
         for (; i0 < nb; i0++) {
             switch (nt) {
             case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 1); break;
-            case 2: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 2); break;
-            case 3: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 3); break;
-            default: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 4); break;
+            case 2: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2); break;
+            case 3: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 3); break;
+            default: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 4); break;
             }
         }
     }

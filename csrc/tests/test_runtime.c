@@ -415,9 +415,48 @@ static void test_kernel_paths(void) {
     CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_FP32), UQ_OK);
 }
 
+/* Row-major W4A8 with several kept output segments (a row block spans a segment boundary: its rows are not
+ * consecutive, so the scales are converted row by row) and with one whole segment (one conversion per block), groups
+ * of one and two 64-column blocks with short tails: every vector path equals ref bit for bit. */
+static void test_q8_rowmajor_segments(void) {
+    static const char *paths[] = {"ref", "avx2", "avx512"};
+    enum { R = 48, C = 200, T = 3 };
+    static float W[R * C], b[R], x[T * C], y[3][T * R];
+    static uint8_t packed[R * (C / 2)];
+    static uint16_t scales[R * 32];
+    unsigned long long s = 11;
+    uq_test_fill(W, R * C, &s, 1.0);
+    uq_test_fill(b, R, &s, 0.5);
+    uq_test_fill(x, T * C, &s, 1.0);
+    const int64_t cases[][4] = {/* nseg_out, keep_out, keep_in, group */
+                                {3, 7, 200, 64}, {3, 13, 136, 128}, {1, 48, 200, 128}, {1, 45, 190, 8}, {2, 3, 72, 64}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t nso = cases[ci][0], ko = cases[ci][1], ki = cases[ci][2], g = cases[ci][3];
+        uq_test_q4_quant_seg(W, R, C, 1, g, packed, scales);
+        uq_linear lq = {.kind = UQ_W_Q4, .rows = R, .cols = C, .packed = packed, .scales = scales, .group = g,
+                        .scale_cols = (C + g - 1) / g, .bias = b};
+        for (int64_t t = 1; t <= T; t += T - 1)
+            for (int p = 0; p < 3; p++) {
+                int av = 0;
+                uq_kernels_available(paths[p], &av);
+                if (!av) continue;
+                CHECK_STATUS(uq_kernels_set(paths[p]), UQ_OK);
+                CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_INT8), UQ_OK);
+                CHECK_STATUS(uq_linear_forward(&lq, x, t, nso, ko, 1, ki, y[p]), UQ_OK);
+                if (p > 0)
+                    CHECK(memcmp(y[p], y[0], (size_t)(t * nso * ko) * sizeof(float)) == 0,
+                          "row-major W4A8 segments: path %s differs from ref (case %zu, T %lld)", paths[p], ci,
+                          (long long)t);
+            }
+    }
+    CHECK_STATUS(uq_kernels_set("auto"), UQ_OK);
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_FP32), UQ_OK);
+}
+
 void test_runtime(void) {
     test_linear();
     test_tiny_model();
     test_nll_sample();
     test_kernel_paths();
+    test_q8_rowmajor_segments();
 }
