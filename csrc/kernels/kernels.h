@@ -94,6 +94,15 @@ static inline float uq_k_h2f(uint16_t h) {
 static inline void uq_k_h2f_row(const uint16_t *src, int64_t n, float *dst) {
     for (int64_t i = 0; i < n; i++) dst[i] = uq_k_h2f(src[i]);
 }
+/* The n row pointers of a row-major int4 GEMV tile of mr (1..n) rows: rows past mr repeat the last one, so the
+ * tile always reads n valid rows and the caller stores only mr results. */
+static inline void uq_k_tile_rows(const uint8_t *const *w, const float *const *s, int mr, int n, const uint8_t **wp,
+                                  const float **sp) {
+    for (int i = 0; i < n; i++) {
+        wp[i] = w[i < mr ? i : mr - 1];
+        sp[i] = s[i < mr ? i : mr - 1];
+    }
+}
 
 /* Attention softmax of sc[0..n) in place: m = max over s (NaN never wins), sc[s] = uq_k_exp(sc[s] - m),
  * the sum in float64 over 8 lanes (lane l adds the s = l mod 8 in increasing s), reduced as uq_k_reduce8; returns

@@ -469,10 +469,7 @@ UQ_T2 static void gemv_q4rm_q8_avx2(const uint8_t *const *w, const float *const 
                           int64_t nch, float *tot) {
     const uint8_t *wp[4];
     const float *sp[4];
-    for (int i = 0; i < 4; i++) {
-        wp[i] = w[i < mr ? i : mr - 1];
-        sp[i] = s[i < mr ? i : mr - 1];
-    }
+    uq_k_tile_rows(w, s, mr, 4, wp, sp);
     for (int64_t t = 0; t < T; t++) {
         __m128 ft = _mm_setzero_ps();
         for (int64_t k = 0; k < nch; k++) {

@@ -289,11 +289,7 @@ UQ_T512 static void gemv_q4rm_f32_avx512(const uint8_t *const *w, const float *c
     const uint8_t *wp[8];
     const float *sp[8];
     int MR = T <= 2 ? 8 : 4;
-    #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        wp[i] = w[i < mr ? i : mr - 1];
-        sp[i] = s[i < mr ? i : mr - 1];
-    }
+    uq_k_tile_rows(w, s, mr, 8, wp, sp);
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
     case 18: gemv_q4rm_f32_tile(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
@@ -341,11 +337,7 @@ UQ_T512 static void gemv_q4rm_f32_wide_avx512(const uint8_t *const *w, const flo
     const uint8_t *wp[8];
     const float *sp[8];
     int MR = T <= 2 ? 8 : 4;
-    #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        wp[i] = w[i < mr ? i : mr - 1];
-        sp[i] = s[i < mr ? i : mr - 1];
-    }
+    uq_k_tile_rows(w, s, mr, 8, wp, sp);
     float tmp[8 * 4 * 16];
     switch (T * 10 + MR) {
     case 18: gemv_q4rm_f32_wide_tile(wp, sp, xp, ldxp, ch, nch, tmp, 8, 1); break;
@@ -570,10 +562,7 @@ UQ_T512 static void gemv_q4rm_q8_avx512(const uint8_t *const *w, const float *co
                             int64_t nch, float *tot) {
     const uint8_t *wp[4];
     const float *sp[4];
-    for (int i = 0; i < 4; i++) {
-        wp[i] = w[i < mr ? i : mr - 1];
-        sp[i] = s[i < mr ? i : mr - 1];
-    }
+    uq_k_tile_rows(w, s, mr, 4, wp, sp);
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
         float ft[16];
