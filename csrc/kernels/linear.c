@@ -691,50 +691,46 @@ static void vec_gemv_task(void *arg, int64_t task, int worker) {
     const vec_job *jb = arg;
     const uq_kpath *P = jb->P;
     const uq_linear *L = jb->L;
-    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
-    float *y = jb->y, *xp = jb->xp;
+    const float *xg = jb->xg, *b = jb->b;
+    float *y = jb->y;
     const uq_k_chunk *ch = jb->ch;
-    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
-    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
-    const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
-    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
-    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
-    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
-    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int64_t nch = jb->nch, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, rowbytes = jb->rowbytes;
+    const int64_t keep_out = jb->keep_out, ldx = jb->ldx, T = jb->T;
+    const int V = jb->V, wide = jb->wide, q4 = jb->q4;
     const int MR = (int)jb->MR;
     const int64_t nblk = (nout + MR - 1) / MR;
     for (int64_t blk = task * 8; blk < nblk && blk < task * 8 + 8; blk++) {
-            float acc[8 * 4 * 16];
-            int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
-            const float *wf[8];
-            const uint16_t *wh[8];
-            const uint8_t *wq[8];
-            const float *sq[8];
-            float *sf = q4 ? jb->sbuf + (size_t)worker * (size_t)(UQ_GEMM_MB * L->scale_cols) : NULL;
-            for (int i = 0; i < nr; i++) {
-                int64_t o = o0 + i;
-                row[i] = (o / keep_out) * seg_out + o % keep_out;
-                if (L->kind == UQ_W_F32) wf[i] = L->w + row[i] * cols;
-                if (L->kind == UQ_W_F16) wh[i] = L->w16 + row[i] * cols;
-                if (q4) {
-                    wq[i] = L->packed + row[i] * rowbytes;
-                    uq_k_h2f_row(L->scales + row[i] * L->scale_cols, L->scale_cols, sf + i * L->scale_cols);
-                    sq[i] = sf + i * L->scale_cols;
-                }
+        float acc[8 * 4 * 16];
+        int64_t o0 = blk * MR, nr = nout - o0 < MR ? nout - o0 : MR, row[8];
+        const float *wf[8];
+        const uint16_t *wh[8];
+        const uint8_t *wq[8];
+        const float *sq[8];
+        float *sf = q4 ? jb->sbuf + (size_t)worker * (size_t)(UQ_GEMM_MB * L->scale_cols) : NULL;
+        for (int i = 0; i < nr; i++) {
+            int64_t o = o0 + i;
+            row[i] = (o / keep_out) * seg_out + o % keep_out;
+            if (L->kind == UQ_W_F32) wf[i] = L->w + row[i] * cols;
+            if (L->kind == UQ_W_F16) wh[i] = L->w16 + row[i] * cols;
+            if (q4) {
+                wq[i] = L->packed + row[i] * rowbytes;
+                uq_k_h2f_row(L->scales + row[i] * L->scale_cols, L->scale_cols, sf + i * L->scale_cols);
+                sq[i] = sf + i * L->scale_cols;
             }
-            if (L->kind == UQ_W_F32)
-                P->gemv_f32(wf, (int)nr, xg, ldx, (int)T, ch, nch, acc);
-            else if (L->kind == UQ_W_F16)
-                P->gemv_f16(wh, (int)nr, xg, ldx, (int)T, ch, nch, acc);
-            else
-                (wide ? P->gemv_q4w : P->gemv_q4)(wq, sq, (int)nr, xg, ldx, (int)T, ch, nch, acc);
-            for (int i = 0; i < nr; i++)
-                for (int64_t t = 0; t < T; t++) {
-                    const float *a = acc + (i * T + t) * V;
-                    float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
-                    y[t * nout + o0 + i] = b ? d + b[row[i]] : d;
-                }
+        }
+        if (L->kind == UQ_W_F32)
+            P->gemv_f32(wf, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+        else if (L->kind == UQ_W_F16)
+            P->gemv_f16(wh, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+        else
+            (wide ? P->gemv_q4w : P->gemv_q4)(wq, sq, (int)nr, xg, ldx, (int)T, ch, nch, acc);
+        for (int i = 0; i < nr; i++)
+            for (int64_t t = 0; t < T; t++) {
+                const float *a = acc + (i * T + t) * V;
+                float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
+                y[t * nout + o0 + i] = b ? d + b[row[i]] : d;
             }
+    }
 }
 
 /* GEMM: one panel of UQ_GEMM_MB rows per task, packed into the worker's scratch */
@@ -742,79 +738,74 @@ static void vec_gemm_task(void *arg, int64_t blk, int worker) {
     const vec_job *jb = arg;
     const uq_kpath *P = jb->P;
     const uq_linear *L = jb->L;
-    const float *x = jb->x, *xg = jb->xg, *b = jb->b;
-    float *y = jb->y, *xp = jb->xp;
+    const float *xg = jb->xg, *b = jb->b;
+    float *y = jb->y;
     const uq_k_chunk *ch = jb->ch;
-    const int64_t nch = jb->nch, cw = jb->cw, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, nin = jb->nin;
-    const int64_t rowbytes = jb->rowbytes, g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
+    const int64_t nch = jb->nch, seg_out = jb->seg_out, cols = jb->cols, nout = jb->nout, rowbytes = jb->rowbytes;
+    const int64_t g = jb->g, gps = jb->gps, keep_out = jb->keep_out, keep_in = jb->keep_in;
     const int64_t nvec = jb->nvec, ldp = jb->ldp, ldx = jb->ldx, T = jb->T;
-    const int V = jb->V, m = jb->m, wide = jb->wide, q4 = jb->q4, direct = jb->direct, all_scol = jb->all_scol;
-    (void)P, (void)L, (void)x, (void)xg, (void)b, (void)y, (void)xp, (void)ch, (void)nch, (void)cw, (void)seg_out;
-    (void)cols, (void)nout, (void)nin, (void)rowbytes, (void)g, (void)gps, (void)keep_out, (void)keep_in, (void)nvec;
-    (void)ldp, (void)ldx, (void)T, (void)V, (void)m, (void)wide, (void)q4, (void)direct, (void)all_scol;
+    const int V = jb->V, wide = jb->wide, direct = jb->direct, all_scol = jb->all_scol;
     const int64_t MB = UQ_GEMM_MB, TB = UQ_GEMM_TB, ntt = TB / UQ_K_NR;
     const size_t per = jb->per;
-    {
-            float *wp = jb->work + (size_t)worker * per, *accb = wp + (direct ? 0 : MB * ldp);
-            int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];
-            const float *wrow[UQ_GEMM_MB];
-            for (int64_t i = 0; i < MB; i++) {
-                if (direct) { /* rows past nr repeat the last row (results discarded) */
-                    int64_t o = o0 + (i < nr ? i : nr - 1);
-                    row[i] = (o / keep_out) * seg_out + o % keep_out;
-                    wrow[i] = L->w + row[i] * cols;
-                    continue;
-                }
-                float *dst = wp + i * ldp;
-                wrow[i] = dst;
-                if (i >= nr) {
-                    memset(dst, 0, (size_t)ldp * sizeof(float));
-                    continue;
-                }
-                int64_t o = o0 + i;
-                row[i] = (o / keep_out) * seg_out + o % keep_out;
-                if (L->kind == UQ_W_F32) {
-                    for (int64_t k = 0; k < nch; k++) {
-                        memcpy(dst + k * V, L->w + row[i] * cols + ch[k].wcol, (size_t)ch[k].n * sizeof(float));
-                        for (int64_t j = ch[k].n; j < V; j++) dst[k * V + j] = 0.0f;
-                    }
-                } else if (L->kind == UQ_W_F16) {
-                    P->pack_f16(L->w16 + row[i] * cols, ch, nch, dst);
-                } else {
-                    float *sf = jb->sbuf + (size_t)worker * (size_t)(UQ_GEMM_MB * L->scale_cols);
-                    uq_k_h2f_row(L->scales + row[i] * L->scale_cols, L->scale_cols, sf);
-                    if (all_scol)
-                        (wide ? P->pack_q4w : P->pack_q4)(L->packed + row[i] * rowbytes, sf, ch, nch, dst);
-                    else
-                        pack_q4_generic(L->packed + row[i] * rowbytes, sf, ch, nch, V, keep_in, g, gps, dst);
+    float *wp = jb->work + (size_t)worker * per, *accb = wp + (direct ? 0 : MB * ldp);
+    int64_t o0 = blk * MB, nr = nout - o0 < MB ? nout - o0 : MB, row[UQ_GEMM_MB];
+    const float *wrow[UQ_GEMM_MB];
+    for (int64_t i = 0; i < MB; i++) {
+        if (direct) { /* rows past nr repeat the last row (results discarded) */
+            int64_t o = o0 + (i < nr ? i : nr - 1);
+            row[i] = (o / keep_out) * seg_out + o % keep_out;
+            wrow[i] = L->w + row[i] * cols;
+            continue;
+        }
+        float *dst = wp + i * ldp;
+        wrow[i] = dst;
+        if (i >= nr) {
+            memset(dst, 0, (size_t)ldp * sizeof(float));
+            continue;
+        }
+        int64_t o = o0 + i;
+        row[i] = (o / keep_out) * seg_out + o % keep_out;
+        if (L->kind == UQ_W_F32) {
+            for (int64_t k = 0; k < nch; k++) {
+                memcpy(dst + k * V, L->w + row[i] * cols + ch[k].wcol, (size_t)ch[k].n * sizeof(float));
+                for (int64_t j = ch[k].n; j < V; j++) dst[k * V + j] = 0.0f;
+            }
+        } else if (L->kind == UQ_W_F16) {
+            P->pack_f16(L->w16 + row[i] * cols, ch, nch, dst);
+        } else {
+            float *sf = jb->sbuf + (size_t)worker * (size_t)(UQ_GEMM_MB * L->scale_cols);
+            uq_k_h2f_row(L->scales + row[i] * L->scale_cols, L->scale_cols, sf);
+            if (all_scol)
+                (wide ? P->pack_q4w : P->pack_q4)(L->packed + row[i] * rowbytes, sf, ch, nch, dst);
+            else
+                pack_q4_generic(L->packed + row[i] * rowbytes, sf, ch, nch, V, keep_in, g, gps, dst);
+        }
+    }
+    for (int64_t t0 = 0; t0 < T; t0 += TB) {
+        int64_t tb = T - t0 < TB ? T - t0 : TB;
+        memset(accb, 0, (size_t)(MB * TB * V) * sizeof(float));
+        for (int64_t kv = 0; kv < nvec; kv += UQ_GEMM_KC) {
+            int64_t nv = nvec - kv < UQ_GEMM_KC ? nvec - kv : UQ_GEMM_KC;
+            for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
+                int nrr = (int)(tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR);
+                for (int64_t rt = 0; rt * 4 < nr; rt++) {
+                    const float *w4[4];
+                    for (int i = 0; i < 4; i++) w4[i] = wrow[rt * 4 + i] + kv * V;
+                    P->gemm(w4, xg + (t0 + tt * UQ_K_NR) * ldx + kv * V, ldx, nrr, nv,
+                            accb + ((rt * ntt + tt) * 4 * UQ_K_NR) * V);
                 }
             }
-            for (int64_t t0 = 0; t0 < T; t0 += TB) {
-                int64_t tb = T - t0 < TB ? T - t0 : TB;
-                memset(accb, 0, (size_t)(MB * TB * V) * sizeof(float));
-                for (int64_t kv = 0; kv < nvec; kv += UQ_GEMM_KC) {
-                    int64_t nv = nvec - kv < UQ_GEMM_KC ? nvec - kv : UQ_GEMM_KC;
-                    for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
-                        int nrr = (int)(tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR);
-                        for (int64_t rt = 0; rt * 4 < nr; rt++) {
-                            const float *w4[4];
-                            for (int i = 0; i < 4; i++) w4[i] = wrow[rt * 4 + i] + kv * V;
-                            P->gemm(w4, xg + (t0 + tt * UQ_K_NR) * ldx + kv * V, ldx, nrr, nv,
-                                    accb + ((rt * ntt + tt) * 4 * UQ_K_NR) * V);
-                        }
-                    }
+        }
+        for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
+            int64_t nrr = tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR;
+            for (int64_t t = 0; t < nrr; t++) /* token-major: contiguous stores along the rows */
+                for (int64_t i = 0; i < nr; i++) {
+                    const float *a = accb + (((i / 4) * ntt + tt) * 4 * UQ_K_NR + (i % 4) * nrr + t) * V;
+                    float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
+                    y[(t0 + tt * UQ_K_NR + t) * nout + o0 + i] = b ? d + b[row[i]] : d;
                 }
-                for (int64_t tt = 0; tt * UQ_K_NR < tb; tt++) {
-                    int64_t nrr = tb - tt * UQ_K_NR < UQ_K_NR ? tb - tt * UQ_K_NR : UQ_K_NR;
-                    for (int64_t t = 0; t < nrr; t++) /* token-major: contiguous stores along the rows */
-                        for (int64_t i = 0; i < nr; i++) {
-                            const float *a = accb + (((i / 4) * ntt + tt) * 4 * UQ_K_NR + (i % 4) * nrr + t) * V;
-                            float d = V == 16 ? uq_k_reduce16(a) : uq_k_reduce8(a);
-                            y[(t0 + tt * UQ_K_NR + t) * nout + o0 + i] = b ? d + b[row[i]] : d;
-                        }
-                }
-            }
-            }
+        }
+    }
 }
 
 static uq_status linear_vec(const uq_kpath *P, const uq_linear *L, const float *x, int64_t T, int64_t nseg_out,
