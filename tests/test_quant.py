@@ -32,11 +32,16 @@ def quantize_ref(W: np.ndarray, group: int):
     return codes, scales
 
 
-def codes_of(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+def asym_codes(w: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.ndarray:
     s64 = s.astype(np.float64)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.clip(np.rint(w / s64) + 8, 0, 15)
-    return np.where(s64 == 0, 8, q).astype(np.uint8)
+        q = np.clip(np.rint(w / s64) + z[:, None], 0, 15)
+    return np.where(s64 == 0, z[:, None], q).astype(np.uint8)
+
+
+def codes_of(w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Symmetric codes: the grid with zero point 8."""
+    return asym_codes(w, s, np.full(w.shape[0], 8, np.uint8))
 
 
 def pack_ref(codes: np.ndarray) -> np.ndarray:
@@ -252,32 +257,39 @@ def mse_scale_ref(w: np.ndarray) -> np.ndarray:
     return best_s.astype(np.float32)
 
 
-def gptq_options_ref(W: np.ndarray, H: np.ndarray, group: int, mse: bool, act: bool, damp: float = 0.01):
-    """Unblocked float64 GPTQ with the options: static groups in natural order and columns in descending
-    diag(H) order (act), MSE-searched scales (mse)."""
+def gptq_grid_ref(W: np.ndarray, H: np.ndarray, group: int, act: bool, params, damp: float = 0.01):
+    """Unblocked float64 GPTQ on the grid (q - z) * s, q in 0..15: ``params(block)`` gives a group's scales and zero
+    points (symmetric: z = 8); static groups in natural order and columns in descending diag(H) order (act)."""
     W, H = _gptq_prepare(W, H, damp)
     rows, cols = W.shape
     ng = -(-cols // group)
-    scales = np.empty((rows, ng), np.float32)
-
-    def scale_of(blk):
-        return mse_scale_ref(blk) if mse else (np.abs(blk).max(axis=1) / 7.5).astype(np.float32)
-
+    scales, zeros = np.empty((rows, ng), np.float32), np.empty((rows, ng), np.uint8)
     perm = np.argsort(-np.diag(H), kind="stable") if act else np.arange(cols)
     if act:
         for g in range(ng):
-            scales[:, g] = scale_of(W[:, g * group:(g + 1) * group])
+            scales[:, g], zeros[:, g] = params(W[:, g * group:(g + 1) * group])
     Hp, Wp = H[np.ix_(perm, perm)], W[:, perm]
     U = np.linalg.cholesky(np.linalg.inv(Hp)).T
     codes = np.empty((rows, cols), np.uint8)
     for i in range(cols):
         c = perm[i]
         if not act and i % group == 0:
-            scales[:, i // group] = scale_of(Wp[:, i:i + group])
-        s = scales[:, c // group]
-        codes[:, c] = codes_of(Wp[:, i:i + 1], s)[:, 0]
-        err = (Wp[:, i] - (codes[:, c].astype(np.float64) - 8) * s.astype(np.float64)) / U[i, i]
+            scales[:, i // group], zeros[:, i // group] = params(Wp[:, i:i + group])
+        s, z = scales[:, c // group], zeros[:, c // group]
+        codes[:, c] = asym_codes(Wp[:, i:i + 1], s, z)[:, 0]
+        err = (Wp[:, i] - (codes[:, c].astype(np.float64) - z) * s.astype(np.float64)) / U[i, i]
         Wp[:, i + 1:] -= np.outer(err, U[i, i + 1:])
+    return codes, scales, zeros
+
+
+def gptq_options_ref(W: np.ndarray, H: np.ndarray, group: int, mse: bool, act: bool, damp: float = 0.01):
+    """Symmetric GPTQ with the options: MSE-searched scales (mse), activation order with static groups (act)."""
+
+    def params(blk):
+        s = mse_scale_ref(blk) if mse else (np.abs(blk).max(axis=1) / 7.5).astype(np.float32)
+        return s, np.full(blk.shape[0], 8, np.uint8)
+
+    codes, scales, _ = gptq_grid_ref(W, H, group, act, params, damp)
     return codes, scales
 
 
@@ -344,35 +356,9 @@ def asym_params_ref(w: np.ndarray, mse: bool) -> tuple[np.ndarray, np.ndarray]:
     return s, z
 
 
-def asym_codes(w: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.ndarray:
-    s64 = s.astype(np.float64)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.clip(np.rint(w / s64) + z[:, None], 0, 15)
-    return np.where(s64 == 0, z[:, None], q).astype(np.uint8)
-
-
 def gptq_asym_ref(W: np.ndarray, H: np.ndarray, group: int, mse: bool, act: bool, damp: float = 0.01):
     """Unblocked float64 GPTQ with per-group zero points (static groups in natural order under act)."""
-    W, H = _gptq_prepare(W, H, damp)
-    rows, cols = W.shape
-    ng = -(-cols // group)
-    scales, zeros = np.empty((rows, ng), np.float32), np.empty((rows, ng), np.uint8)
-    perm = np.argsort(-np.diag(H), kind="stable") if act else np.arange(cols)
-    if act:
-        for g in range(ng):
-            scales[:, g], zeros[:, g] = asym_params_ref(W[:, g * group:(g + 1) * group], mse)
-    Hp, Wp = H[np.ix_(perm, perm)], W[:, perm]
-    U = np.linalg.cholesky(np.linalg.inv(Hp)).T
-    codes = np.empty((rows, cols), np.uint8)
-    for i in range(cols):
-        c = perm[i]
-        if not act and i % group == 0:
-            scales[:, i // group], zeros[:, i // group] = asym_params_ref(Wp[:, i:i + group], mse)
-        s, z = scales[:, c // group], zeros[:, c // group]
-        codes[:, c] = asym_codes(Wp[:, i:i + 1], s, z)[:, 0]
-        err = (Wp[:, i] - (codes[:, c].astype(np.float64) - z) * s.astype(np.float64)) / U[i, i]
-        Wp[:, i + 1:] -= np.outer(err, U[i, i + 1:])
-    return codes, scales, zeros
+    return gptq_grid_ref(W, H, group, act, lambda blk: asym_params_ref(blk, mse), damp)
 
 
 @pytest.mark.parametrize("mse,act", [(False, False), (True, False), (False, True), (True, True)])
