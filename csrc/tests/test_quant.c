@@ -78,6 +78,16 @@ static double output_error(const float *W, const float *D, const double *H, int 
     return e;
 }
 
+/* H = X^T X of T correlated inputs over C columns (x_t = 0.3 z_t + a shared factor f_t); X: T * C scratch. */
+static void correlated_hessian(double *X, int T, int C, unsigned long long *s, double *H) {
+    for (int t = 0; t < T; t++) {
+        double f = uq_test_rand(s);
+        for (int c = 0; c < C; c++) X[t * C + c] = 0.3 * uq_test_rand(s) + f;
+    }
+    memset(H, 0, (size_t)C * (size_t)C * sizeof(double));
+    CHECK_STATUS(uq_cov_accumulate_f64(H, C, X, T, C), UQ_OK);
+}
+
 static void test_gptq(void) {
     enum { R = 6, C = 24, T = 200, G = 8 };
     float W[R * C], D1[R * C], D2[R * C], S1[R * 3], S2[R * 3];
@@ -85,14 +95,8 @@ static void test_gptq(void) {
     double H[C * C], I[C * C];
     unsigned long long s = 17;
     for (int i = 0; i < R * C; i++) W[i] = (float)uq_test_rand(&s);
-    /* correlated inputs: x_t = z_t + 0.9 * (shared factor) */
     static double X[T * C];
-    for (int t = 0; t < T; t++) {
-        double f = uq_test_rand(&s);
-        for (int c = 0; c < C; c++) X[t * C + c] = 0.3 * uq_test_rand(&s) + f;
-    }
-    memset(H, 0, sizeof H);
-    CHECK_STATUS(uq_cov_accumulate_f64(H, C, X, T, C), UQ_OK);
+    correlated_hessian(X, T, C, &s, H);
     for (int i = 0; i < C * C; i++) I[i] = (i % (C + 1) == 0);
 
     /* H = I: U is diagonal, no error feedback -> exactly RTN (damping does not matter) */
@@ -210,12 +214,7 @@ static void test_gptq_asym(void) {
     CHECK(ok, "asymmetric MSE scales keep z and never increase a group's rounding error");
     /* correlated H: error feedback helps; asymmetric beats symmetric GPTQ on skewed weights */
     static double X[T * C];
-    for (int t = 0; t < T; t++) {
-        double f = uq_test_rand(&s);
-        for (int c = 0; c < C; c++) X[t * C + c] = 0.3 * uq_test_rand(&s) + f;
-    }
-    memset(H, 0, sizeof H);
-    CHECK_STATUS(uq_cov_accumulate_f64(H, C, X, T, C), UQ_OK);
+    correlated_hessian(X, T, C, &s, H);
     CHECK_STATUS(uq_q4_quantize_gptq_z(W, R, C, C, H, G, 0.01, 0, UQ_Q4_ASYM, P2, S2, Z2), UQ_OK);
     CHECK_STATUS(uq_q4_dequantize_z(P2, S2, Z2, R, C, G, D2), UQ_OK);
     const double e_rtn = output_error(W, D, H, R, C), e_asym = output_error(W, D2, H, R, C);
