@@ -4,6 +4,7 @@
  * f16/bf16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even (NaN stays NaN, overflow gives Inf).
  */
 #include "uniql.h"
+#include "half.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -64,20 +65,6 @@ uq_status uq_check_finite_f64(const double *x, int64_t n, const char *what) {
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    if (exp == 0) {
-        if (man == 0) return bits_f32(sign);
-        /* subnormal: value = man * 2^-24 */
-        float v = (float)man * 5.9604644775390625e-08f;
-        return sign ? -v : v;
-    }
-    if (exp == 31) return bits_f32(sign | 0x7f800000u | (man << 13));
-    return bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
-}
-
 static uint16_t float_to_half(float f) {
     uint32_t x = f32_bits(f);
     uint32_t sign = (x >> 16) & 0x8000u;
@@ -99,7 +86,7 @@ static uint16_t float_to_half(float f) {
 
 uq_status uq_convert_f16_to_f32(const uint16_t *src, int64_t n, float *dst) {
     if ((!src || !dst) && n > 0) return uq_set_error(UQ_ERR_ARG, "NULL buffer");
-    for (int64_t i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = uq_h2f(src[i]);
     return UQ_OK;
 }
 

@@ -301,7 +301,7 @@ uq_status uq_st_write(const char *path, const uq_st_tensor *tensors, int64_t n, 
  */
 /* Scales in memory: the runtime keeps int4 and int8 group scales as IEEE float16 bits (the artifact's storage;
  * half the bytes of float32: 3.4 MB of SmolLM2's 107 MB int4 model) and converts them exactly to float inside
- * the kernels (F16C / AVX-512 vcvtph2ps, uq_k_h2f on the ref path), so every sum below uses the same float
+ * the kernels (F16C / AVX-512 vcvtph2ps, uq_h2f on the ref path), so every sum below uses the same float
  * scale as a float32 copy of the stored value would: results are bit-identical to float32 scales that hold
  * the same (fp16-representable) values. The quantizers (uq_q4_quantize_*, uq_q8_quantize_rtn) still return
  * float32 scales; the compressor rounds them to float16 before it stores or uses them.

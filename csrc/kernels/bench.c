@@ -232,7 +232,7 @@ uq_status uq_bench_blas(const uq_linear *L, const float *x, int64_t T, float *y,
             for (int64_t c = 0; c < C; c++) {
                 uint8_t b = L->packed[r * rb + c / 2];
                 int q = (c & 1) ? b >> 4 : b & 15;
-                W[r * C + c] = (float)(q - UQ_Q4_OFFSET) * uq_k_h2f(L->scales[r * L->scale_cols + c / L->group]);
+                W[r * C + c] = (float)(q - UQ_Q4_OFFSET) * uq_h2f(L->scales[r * L->scale_cols + c / L->group]);
             }
     } else {
         st = uq_set_error(UQ_ERR_ARG, "bench_blas: unknown weight kind %d", (int)L->kind);

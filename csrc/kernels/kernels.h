@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "uniql.h"
+#include "../core/half.h"
 
 /* Dot product of n floats with 8 lane accumulators (lane l sums indices = l mod 8, in increasing order),
  * reduced as ((a0+a4)+(a1+a5))+((a2+a6)+(a3+a7)). The one definition of "a dot product" in the runtime. */
@@ -77,22 +78,9 @@ static inline float uq_k_exp(float x) {
     return y * e.f;
 }
 
-/* The float value of IEEE half bits h, exactly (every half is a float): the ref paths' twin of F16C vcvtph2ps, used
- * for the int4 / int8 group scales the runtime keeps in float16 (uniql.h "scales in memory"). */
-static inline float uq_k_h2f(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-    union { uint32_t u; float f; } v;
-    if (e == 0) { /* zero or subnormal: man * 2^-24, exact in float */
-        v.f = (float)man * 5.9604644775390625e-08f;
-        v.u |= sign;
-        return v.f;
-    }
-    v.u = e == 31 ? sign | 0x7f800000u | (man << 13) : sign | ((e + 112u) << 23) | (man << 13);
-    return v.f;
-}
 /* dst[0..n) = the float values of half bits src[0..n) (n small: a row of group scales). */
 static inline void uq_k_h2f_row(const uint16_t *src, int64_t n, float *dst) {
-    for (int64_t i = 0; i < n; i++) dst[i] = uq_k_h2f(src[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = uq_h2f(src[i]);
 }
 /* The n row pointers of a row-major int4 GEMV tile of mr (1..n) rows: rows past mr repeat the last one, so the
  * tile always reads n valid rows and the caller stores only mr results. */

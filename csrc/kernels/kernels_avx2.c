@@ -488,7 +488,7 @@ UQ_T2 static void gemv_q4rm_q8_avx2(const uint8_t *const *w, const float *const 
 
 /* ------------------------------------------------------------------- int4, R16 layout ---- */
 
-/* 8 float16 scales (the R16 layout keeps them as half bits) as floats: vcvtph2ps is exact (= uq_k_h2f). */
+/* 8 float16 scales (the R16 layout keeps them as half bits) as floats: vcvtph2ps is exact (= uq_h2f). */
 static UQ_T2I __m256 r16_scales8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 /* Column m (< 4) of 8 rows from the code bytes lo (low nibbles: columns 0..3, or high nibbles: 4..7) as the

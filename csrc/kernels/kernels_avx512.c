@@ -757,7 +757,7 @@ UQ_T512 static void gemm_q4rm_q8_avx512(const uint8_t *const *w, const float *co
 
 /* NB blocks x NT tokens, fp32 activations: gs per (block, token) in 16 row lanes, column by column with a
  * broadcast x; the group total goes through memory (tot) once per group. */
-/* 16 float16 scales (the R16 layout keeps them as half bits) as floats: vcvtph2ps is exact (= uq_k_h2f). */
+/* 16 float16 scales (the R16 layout keeps them as half bits) as floats: vcvtph2ps is exact (= uq_h2f). */
 static UQ_T512I __m512 r16_scales16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }

@@ -216,7 +216,7 @@ static void linear_q4(const uq_linear *L, const float *x, int64_t T, int64_t nse
                         }
                         for (int i = 0; i < 4; i++) gacc[i] += d[i];
                     }
-                    float sc = uq_k_h2f(srow[s * gps + g0 / g]);
+                    float sc = uq_h2f(srow[s * gps + g0 / g]);
                     for (int i = 0; i < 4; i++) tot[i] += gacc[i] * sc;
                 }
             }
@@ -537,7 +537,7 @@ static void q8_task(void *arg, int64_t blk, int id) {
     float *sf = j->sbuf + (size_t)id * (size_t)(MB * L->scale_cols);
     const int64_t r0 = q8_row(o0, keep_out, seg_out);
     /* consecutive stored rows (always with one output segment): their scales in one exact conversion (vcvtph2ps =
-     * uq_k_h2f), not one call per row (per-row calls were a third of a SmolLM2 lm_head's W4A8 GEMV on AVX2) */
+     * uq_h2f), not one call per row (per-row calls were a third of a SmolLM2 lm_head's W4A8 GEMV on AVX2) */
     const int contig = q8_row(o0 + nr - 1, keep_out, seg_out) == r0 + nr - 1 && Q->f16_to_f32;
     if (contig) Q->f16_to_f32(L->scales + r0 * L->scale_cols, nr * L->scale_cols, sf);
     for (int64_t i = 0; i < MB; i++) {
@@ -944,7 +944,7 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                         w = h;
                     } else if (L->kind == UQ_W_Q8) {
                         w = (double)((const int8_t *)L->packed)[row * L->cols + col] *
-                            uq_k_h2f(L->scales[row * L->scale_cols + s * gps + c / L->group]);
+                            uq_h2f(L->scales[row * L->scale_cols + s * gps + c / L->group]);
                     } else if (L->layout == UQ_Q4_R16) {
                         w = (double)(uq_k_r16_code(L, row, col) - UQ_Q4_OFFSET) *
                             uq_k_r16_scale(L, row, s * gps + c / L->group);
@@ -952,7 +952,7 @@ uq_status uq_linear_forward_ref(const uq_linear *L, const float *x, int64_t T, i
                         uint8_t byte = L->packed[row * UQ_Q4_ROW_BYTES(L->cols) + col / 2];
                         int q = (col & 1) ? byte >> 4 : byte & 15;
                         w = (double)(q - UQ_Q4_OFFSET) *
-                            uq_k_h2f(L->scales[row * L->scale_cols + s * gps + c / L->group]);
+                            uq_h2f(L->scales[row * L->scale_cols + s * gps + c / L->group]);
                     }
                     acc += w * x[t * nin + s * keep_in + c];
                 }

@@ -225,7 +225,7 @@ void uq_k_embed(const uq_linear *E, const int32_t *ids, int64_t T, float *X) {
             const uint16_t *s = E->scales + row * E->scale_cols;
             for (int64_t c = 0; c < cols; c++) {
                 int q = (c & 1) ? p[c >> 1] >> 4 : p[c >> 1] & 15;
-                xt[c] = (float)(q - UQ_Q4_OFFSET) * uq_k_h2f(s[c / E->group]);
+                xt[c] = (float)(q - UQ_Q4_OFFSET) * uq_h2f(s[c / E->group]);
             }
         }
     }

@@ -7,7 +7,7 @@
  *   tot = 0; for each kept group: gs = 0; gs = fma((float)(q - 8), x[c], gs) over its kept columns in order;
  *   tot = fma(gs, scale, tot).
  * int8 activations: isum = sum (q - 8) xq (exact int32), tot = tot + (float)isum * (scale * xs) per group.
- * scale: the float value of the stored float16 scale (uq_k_h2f; exact).
+ * scale: the float value of the stored float16 scale (uq_h2f; exact).
  */
 #include <math.h>
 #include <string.h>
@@ -96,7 +96,7 @@ int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col) {
 float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc) {
     const int64_t seg_out = L->rows / L->nseg_out, rb = (seg_out + 15) / 16;
     const int64_t so = row / seg_out, r = row % seg_out;
-    return uq_k_h2f(L->scales[((so * rb + r / 16) * L->scale_cols + sc) * 16 + r % 16]);
+    return uq_h2f(L->scales[((so * rb + r / 16) * L->scale_cols + sc) * 16 + r % 16]);
 }
 
 static inline int blk_code(const uint8_t *blk, int64_t chunk, int l, int m) {
@@ -115,7 +115,7 @@ void uq_k_r16_f32_ref(const uint8_t *const *wb, const uint16_t *const *sb, int n
                     float gs = 0.0f;
                     for (int64_t c = 0; c < g[k].n; c++)
                         gs = fmaf((float)(blk_code(wb[i], g[k].wcol + c / 8, l, (int)(c % 8)) - UQ_Q4_OFFSET), xk[c], gs);
-                    tot = fmaf(gs, uq_k_h2f(sb[i][g[k].scol * 16 + l]), tot);
+                    tot = fmaf(gs, uq_h2f(sb[i][g[k].scol * 16 + l]), tot);
                 }
                 out[t * ldo + 16 * i + l] = tot;
             }
@@ -134,7 +134,7 @@ void uq_k_r16_q8_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb
                     int32_t isum = 0;
                     for (int64_t c = 0; c < g[k].n; c++)
                         isum += (blk_code(wb[i], g[k].wcol + c / 8, l, (int)(c % 8)) - UQ_Q4_OFFSET) * q[c];
-                    tot = tot + (float)isum * (uq_k_h2f(sb[i][g[k].scol * 16 + l]) * xs[t * ldg + k]);
+                    tot = tot + (float)isum * (uq_h2f(sb[i][g[k].scol * 16 + l]) * xs[t * ldg + k]);
                 }
                 out[t * ldo + 16 * i + l] = tot;
             }

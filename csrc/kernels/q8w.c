@@ -85,7 +85,7 @@ static void row_ref(const int8_t *w, const uint16_t *s, int64_t nseg_in, int64_t
                 for (int t = 0; t < nt; t++)
                     for (int l = 0; l < 16; l++) acc[t][l] = fmaf((float)wq[l], xp[t][l], acc[t][l]);
             }
-            const float sc = uq_k_h2f(s[sg * gps + k]);
+            const float sc = uq_h2f(s[sg * gps + k]);
             for (int t = 0; t < nt; t++) tot[t] = fmaf(uq_k_reduce16(acc[t]), sc, tot[t]);
         }
     }
@@ -127,7 +127,7 @@ static Q8_T2 void row_avx2(const int8_t *w, const uint16_t *s, int64_t nseg_in, 
                     hi[t] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xb + t * lx + 8), hi[t]);
                 }
             }
-            const float sc = _cvtsh_ss(s[sg * gps + k]); /* F16C: exact, = uq_k_h2f */
+            const float sc = _cvtsh_ss(s[sg * gps + k]); /* F16C: exact, = uq_h2f */
             for (int t = 0; t < nt; t++) {
                 float a[8];
                 _mm256_storeu_ps(a, _mm256_add_ps(lo[t], hi[t]));
@@ -159,7 +159,7 @@ static Q8_T5 void row_avx512(const int8_t *w, const uint16_t *s, int64_t nseg_in
                 for (int t = 0; t < nt; t++)
                     acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xs + t * ldx + c0 + j), acc[t]);
             }
-            const float sc = _cvtsh_ss(s[sg * gps + k]); /* F16C: exact, = uq_k_h2f */
+            const float sc = _cvtsh_ss(s[sg * gps + k]); /* F16C: exact, = uq_h2f */
             for (int t = 0; t < nt; t++) {
                 float a[8];
                 _mm256_storeu_ps(a, _mm256_add_ps(_mm512_castps512_ps256(acc[t]),
@@ -235,7 +235,7 @@ void uq_q8w_embed_row(const uq_linear *E, int64_t row, float *out) {
     const uint16_t *s = E->scales + row * E->scale_cols;
     for (int64_t c0 = 0; c0 < E->cols; c0 += E->group) {
         const int64_t c1 = c0 + E->group < E->cols ? c0 + E->group : E->cols;
-        const float sc = uq_k_h2f(s[c0 / E->group]);
+        const float sc = uq_h2f(s[c0 / E->group]);
         for (int64_t c = c0; c < c1; c++) out[c] = (float)q[c] * sc;
     }
 }
