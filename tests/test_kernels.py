@@ -227,7 +227,7 @@ F16_EDGE_SCALES = np.array([0.0, 2.0 ** -24, 3 * 2.0 ** -24, 1023 * 2.0 ** -24, 
 
 @pytest.mark.parametrize("act", ["fp32", "int8"])
 def test_float16_scales_exact_on_every_path_and_layout(act, rng):
-    """The runtime keeps int4 / int8 scales in float16 and converts them in the kernels (F16C / vcvtph2ps, uq_k_h2f
+    """The runtime keeps int4 / int8 scales in float16 and converts them in the kernels (F16C / vcvtph2ps, uq_h2f
     on the ref path): with scales at the edges of float16 (subnormals, 65504) every path gives the bits of the ref
     path (row-major int4 with fp32 activations: each path within the bound, their sums differ by design), R16 =
     row-major (W4A8: bit for bit; fp32: both within the float64 bound), and the float64 reference of
