@@ -12,7 +12,8 @@
 # Calls (each `run` in the repository root; carry in brackets):
 #   1. bash benchmarks/finetune_gpu_calls.sh call1                 [.gpu .gpu_p0]  build + CUDA smoke test, ~50 s
 #   2. WAIT=565 bash benchmarks/finetune_gpu_calls.sh callB         [.gpu_p1]      unpack, start the daemon, wait
-#   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry; repeat while the daemon works)
+#   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry, or [.gpu_p2] once to bring the
+#      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
 # The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
 # text and trains for DL seconds (GPU), evaluates after (CPU: merge, rotate, quantize_artifact, perplexity) and
 # runs the zero-shot grid on the GPU twin; every call ends with the results so far in $OUT/res.tgz.
@@ -61,6 +62,14 @@ daemon() {
   OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_int4=/tmp/g/art-ft-rot-int4 --rates 0,0.15 --json $R/zs_main2.json > $R/zs_main2.log 2>&1
   touch $R/ZS_MAIN; echo "zs main $(date +%T)"
   OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_fp32=/tmp/g/art-ft after_int4=/tmp/g/art-ft-rot-int4 before_fp32=/tmp/g/art before_int4=/tmp/g/art-rot-int4 --rates 0.25,0.35 --json $R/zs_grid.json > $R/zs_grid.log 2>&1
+  touch $R/ZS_GRID; echo "zs grid $(date +%T)"
+  # MMLU 5-shot in full (14 042 questions, carried by a later `hold` call as .gpu_p2/mmlu_full.pkl.gz) on a few cells
+  S1=$SECONDS; while [ ! -f /tmp/g/mmlu_full.pkl ] && [ $((SECONDS - S1)) -lt 120 ]; do sleep 2; done
+  if [ -f /tmp/g/mmlu_full.pkl ]; then
+    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_fp32=/tmp/g/art --rates 0 --json $R/mmlu_full_a.json > $R/mmlu_full_a.log 2>&1
+    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts after_int4=/tmp/g/art-ft-rot-int4 --rates 0.15 --json $R/mmlu_full_b.json > $R/mmlu_full_b.log 2>&1
+    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_int4=/tmp/g/art-rot-int4 --rates 0.15,0 --json $R/mmlu_full_c.json > $R/mmlu_full_c.log 2>&1
+  fi
   wait; touch $R/DONE; echo "daemon done $(date +%T)"
 }
 wait_warm() {   # keeps the machine held while the daemon works; ends at WAIT s or when STOP_ON's marker exists
@@ -77,5 +86,10 @@ wait_warm() {   # keeps the machine held while the daemon works; ends at WAIT s 
   cp /tmp/g/run/log.jsonl /tmp/g/run/plan.json /tmp/g/daemon.log $R/ 2>/dev/null
   tar czf $OUT/res.tgz -C /tmp/g res; ls -la $OUT
 }
-hold() { wait_warm; }
+hold() {   # a hold call may carry .gpu_p2/mmlu_full.pkl.gz (the full MMLU requests, too big for callB)
+  if [ -f .gpu_p2/mmlu_full.pkl.gz ] && [ ! -f /tmp/g/mmlu_full.pkl ]; then
+    gunzip -c .gpu_p2/mmlu_full.pkl.gz > /tmp/g/mmlu_full.tmp && mv /tmp/g/mmlu_full.tmp /tmp/g/mmlu_full.pkl; echo "mmlu_full staged"
+  fi
+  wait_warm
+}
 "$@"
