@@ -51,7 +51,7 @@ callB() {
 }
 daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
-  UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1 < /dev/null &
+  { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; ablations; } < /dev/null &
   OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${INIT_LORA:+--init-lora $INIT_LORA} > $R/train.log 2>&1
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
@@ -63,6 +63,10 @@ daemon() {
   touch $R/ZS_MAIN; echo "zs main $(date +%T)"
   OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_fp32=/tmp/g/art-ft after_int4=/tmp/g/art-ft-rot-int4 before_fp32=/tmp/g/art before_int4=/tmp/g/art-rot-int4 --rates 0.25,0.35 --json $R/zs_grid.json > $R/zs_grid.log 2>&1
   touch $R/ZS_GRID; echo "zs grid $(date +%T)"
+  # the sorting ablations (fp32, compressed there while the GPU trains) against the default compressed the same way
+  if [ -f /tmp/g/abl/split/config.json ]; then
+    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts abl_default=/tmp/g/abl/default abl_magnitude=/tmp/g/abl/magnitude abl_split=/tmp/g/abl/split --rates 0.15,0.35 --json $R/zs_ablations.json > $R/zs_ablations.log 2>&1
+  fi
   # MMLU 5-shot in full (14 042 questions, carried by a later `hold` call as .gpu_p2/mmlu_full.pkl.gz) on a few cells
   S1=$SECONDS; while [ ! -f /tmp/g/mmlu_full.pkl ] && [ $((SECONDS - S1)) -lt 120 ]; do sleep 2; done
   if [ -f /tmp/g/mmlu_full.pkl ]; then
@@ -71,6 +75,13 @@ daemon() {
     OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_int4=/tmp/g/art-rot-int4 --rates 0.15,0 --json $R/mmlu_full_c.json > $R/mmlu_full_c.log 2>&1
   fi
   wait; touch $R/DONE; echo "daemon done $(date +%T)"
+}
+ablations() {   # fp32 artifacts of the default sorting, magnitude ranking and split singular values (8 CPU threads)
+  cp /tmp/g/art/tokenizer.json /tmp/g/art/tokenizer_config.json /tmp/g/hf/ 2>/dev/null
+  for v in "default:" "magnitude:--scorer magnitude" "split:--split-sigma"; do
+    UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 -m uniql compress /tmp/g/hf -o /tmp/g/abl/${v%%:*} --no-quantize ${v#*:} > /tmp/g/res/abl_${v%%:*}.log 2>&1
+  done
+  echo "ablations compressed $(date +%T)"
 }
 wait_warm() {   # keeps the machine held while the daemon works; ends at WAIT s or when STOP_ON's marker exists
   R=/tmp/g/res; S0=$SECONDS
