@@ -200,9 +200,10 @@ def run_train(args: argparse.Namespace) -> None:
         train_w, eval_w = split_windows(windows, args.eval_windows, args.seed)
         t = time.perf_counter()
         if args.generate:
-            prng = np.random.default_rng([args.seed, 2])
+            gs = args.seed if args.gen_seed is None else args.gen_seed
+            prng = np.random.default_rng([gs, 2])
             prompts = train_w[prng.integers(0, train_w.shape[0], args.generate), :16]
-            gen = generate_windows(model, prompts, args.seq_len, seed=args.seed, batch=args.gen_batch,
+            gen = generate_windows(model, prompts, args.seq_len, seed=gs, batch=args.gen_batch,
                                    precision=args.precision, progress=False)
             train_w = np.concatenate([train_w, gen])
         summary["generate_seconds"] = round(time.perf_counter() - t, 1)
@@ -547,6 +548,8 @@ def main() -> None:
     t.add_argument("--gen-batch", type=int, default=1024)
     t.add_argument("--probe", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--gen-seed", type=int, default=None,
+                   help="seed of the teacher's sampled windows (default --seed); a continued run passes a new one")
     t.add_argument("--device", default="cuda")
     t.add_argument("--precision", default="bf16")
     t.add_argument("--warmup", type=int, default=100)
