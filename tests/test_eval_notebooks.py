@@ -133,6 +133,20 @@ def test_finetune_grid(monkeypatch, tmp_path):
         assert row.split("|")[7].strip().startswith(f"{avg:.4f} ± "), (key, row)
     assert next(line for line in text.splitlines() if line.startswith("| before_fp32@0.00 |")).split("|")[8].strip() \
         == "+0.0000 ± 0.0000"
+    # MMLU in full: every question of the 57 subjects, micro accuracy and the subject mean recomputed here
+    subj = json.loads((res / "mmlu_subjects.json").read_text())
+    full = [f for f in res.glob("mmlu_full_*.json")]
+    assert full
+    for f in full:
+        for name, per_rate in json.loads(f.read_text()).items():
+            for r, per_task in per_rate.items():
+                m = per_task["mmlu"]
+                assert len(m["doc_ids"]) == len(subj["subject_of_doc"]) == 14042
+                groups = np.asarray(subj["subject_of_doc"])[m["doc_ids"]]
+                macro = np.mean([np.mean(np.asarray(m["acc"])[groups == g]) for g in np.unique(groups)])
+                row = next(line for line in text.splitlines() if line.startswith(f"| {name}@{r} | 14042 |"))
+                assert row.split("|")[3].strip().startswith(f"{np.mean(m['acc']):.4f} ± "), row
+                assert row.split("|")[5].strip() == f"{macro:.4f} (57 subjects)", row
     ev = json.loads((res / "eval_after.json").read_text())
     base = json.loads((res / "eval_before.json").read_text())["base_ppl"]
     assert f"{ev['fp32_after']['0.15']:.2f} ({ev['fp32_after']['0.15'] / base:.3f}x)" in text
