@@ -189,7 +189,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     def model_():
         torch.manual_seed(args.seed)
-        return TwinModel.from_artifact(args.art, rank=8, alpha=16.0, seed=args.seed, max_seq=args.seq_len,
+        return TwinModel.from_artifact(args.art, rank=args.rank, alpha=args.alpha, seed=args.seed, max_seq=args.seq_len,
                                                lora_dropout=0.05).to(dev)
 
     model = model_()
@@ -241,7 +241,7 @@ def run_train(args: argparse.Namespace) -> None:
     else:
         plan = json.loads((work / "plan.json").read_text())
         train_w, eval_w = np.load(work / "train_w.npy"), np.load(work / "eval_w.npy")
-    opts = FinetuneOptions(steps=plan["steps"], lr=args.lr, warmup=min(args.warmup, plan["steps"]), rank=8, alpha=16.0, dropout=0.05,
+    opts = FinetuneOptions(steps=plan["steps"], lr=args.lr, warmup=min(args.warmup, plan["steps"]), rank=args.rank, alpha=args.alpha, dropout=0.05,
                            seq_len=args.seq_len, batch=args.batch, seed=args.seed, loss=args.loss,
                            eval_every=args.eval_every)
     torch.manual_seed(args.seed)
@@ -319,7 +319,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         res["base_ppl"] = float(uniql.load(args.hf, max_seq=512).perplexity(ids, window=512))
         src, tag = args.art, "before"
     else:
-        src = merge_lora(args.art, args.lora, args.art.with_name(args.art.name + "-ft"), overwrite=True)
+        src = merge_lora(args.art, args.lora, args.art.with_name(args.art.name + "-ft" + args.tag), overwrite=True)
         tag = "after"
     res[f"fp32_{tag}"] = ppl(src)
     print(tag, "fp32", res[f"fp32_{tag}"], flush=True)
@@ -554,12 +554,15 @@ def main() -> None:
     t.add_argument("--precision", default="bf16")
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--rank", type=int, default=8, help="LoRA rank (8, the reference)")
+    t.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (16)")
     t.add_argument("--init-lora", type=Path, default=None,
                    help="start from these patches (a save_lora file of an earlier run on the same artifact)")
     e = sub.add_parser("evaluate")
     e.add_argument("--art", type=Path, required=True)
     e.add_argument("--hf", type=Path, default=None)
     e.add_argument("--lora", type=Path, default=None)
+    e.add_argument("--tag", default="", help="suffix of the merged artifact's name (ART-ft<TAG>), for a second arm")
     e.add_argument("--wiki", type=Path, required=True)
     e.add_argument("--rates", default="0,0.15,0.25,0.35")
     e.add_argument("--json", type=Path, required=True)

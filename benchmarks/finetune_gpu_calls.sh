@@ -14,6 +14,9 @@
 #   2. WAIT=565 bash benchmarks/finetune_gpu_calls.sh callB         [.gpu_p1]      unpack, start the daemon, wait
 #   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry, or [.gpu_p2] once to bring the
 #      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
+# Options of callB (environment): DL (training deadline, s), GEN (teacher windows), LR, GEN_SEED (a continued run's
+# new teacher windows), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B,
+# LR_B] (a second LoRA arm of another rank trained from scratch on the same GPU at the same time).
 # The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
 # text and trains for DL seconds (GPU), evaluates after (CPU: merge, rotate, quantize_artifact, perplexity) and
 # runs the zero-shot grid on the GPU twin; every call ends with the results so far in $OUT/res.tgz.
@@ -51,7 +54,8 @@ callB() {
 }
 daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
-  { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; ablations; } < /dev/null &
+  { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; [ -n "$ABL" ] && ablations; } < /dev/null &
+  [ -n "$RANK_B" ] && { armb > /tmp/g/armb.log 2>&1 < /dev/null & }
   OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
@@ -63,10 +67,12 @@ daemon() {
   touch $R/ZS_MAIN; echo "zs main $(date +%T)"
   OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts after_fp32=/tmp/g/art-ft after_int4=/tmp/g/art-ft-rot-int4 before_fp32=/tmp/g/art before_int4=/tmp/g/art-rot-int4 --rates 0.25,0.35 --json $R/zs_grid.json > $R/zs_grid.log 2>&1
   touch $R/ZS_GRID; echo "zs grid $(date +%T)"
-  # the sorting ablations (fp32, compressed there while the GPU trains) against the default compressed the same way
-  if [ -f /tmp/g/abl/split/config.json ]; then
-    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts abl_default=/tmp/g/abl/default abl_magnitude=/tmp/g/abl/magnitude abl_split=/tmp/g/abl/split --rates 0.15,0.35 --json $R/zs_ablations.json > $R/zs_ablations.log 2>&1
-  fi
+  # the ablations (ABL=fp32,int4; compressed there while the GPU trains) against the default compressed the same way
+  for k in fp32 int4; do
+    S1=$SECONDS; while case ",$ABL," in *,$k,*) true;; *) false;; esac && [ ! -f /tmp/g/abl/${k}_$( [ $k = fp32 ] && echo split || echo norotate)/config.json ] && [ $((SECONDS - S1)) -lt 300 ]; do sleep 2; done
+    A=""; for d in /tmp/g/abl/${k}_*; do [ -f $d/config.json ] && A="$A abl_$(basename $d)=$d"; done
+    [ -n "$A" ] && OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts $A --rates 0.15,0.35 --json $R/zs_ablations_$k.json > $R/zs_ablations_$k.log 2>&1
+  done
   # MMLU 5-shot in full (14 042 questions, carried by a later `hold` call as .gpu_p2/mmlu_full.pkl.gz) on a few cells
   S1=$SECONDS; while [ ! -f /tmp/g/mmlu_full.pkl ] && [ $((SECONDS - S1)) -lt 120 ]; do sleep 2; done
   if [ -f /tmp/g/mmlu_full.pkl ]; then
@@ -76,10 +82,25 @@ daemon() {
   fi
   wait; touch $R/DONE; echo "daemon done $(date +%T)"
 }
-ablations() {   # fp32 artifacts of the default sorting, magnitude ranking and split singular values (8 CPU threads)
+armb() {   # a second arm on the same GPU at once (RANK_B=64 [ALPHA_B LR_B]): LoRA of another rank from scratch, with
+           # run 2's data and seeds (generation seed 0), so its held-out curve compares step for step with run 2's
+  _env; R=/tmp/g/res
+  OMP_NUM_THREADS=3 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/runB --out /tmp/g/outB --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR_B:-${LR:-1e-4}} --max-steps 7800 --rank $RANK_B --alpha ${ALPHA_B:-$((2 * RANK_B))} > $R/armB_train.log 2>&1
+  cp /tmp/g/outB/summary.json $R/armB_summary.json; cp /tmp/g/runB/log.jsonl $R/armB_log.jsonl; echo "arm B trained $(date +%T)"
+  L=/tmp/g/outB/lora.safetensors; test -f $L || L=/tmp/g/outB/lora_partial.safetensors
+  UNIQL_NUM_THREADS=4 OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --tag B --wiki /tmp/g/data/wiki_2048.npy --json $R/armB_eval_after.json > $R/armB_eval_after.log 2>&1
+  OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts armB_fp32=/tmp/g/art-ftB armB_int4=/tmp/g/art-ftB-rot-int4 --rates 0,0.15,0.35 --json $R/armB_zs.json > $R/armB_zs.log 2>&1
+  touch $R/ARMB_DONE; echo "arm B done $(date +%T)"
+}
+ablations() {   # ABL=fp32,int4 (either or both): artifacts of the default sorting and the ablations, compressed there
+                # on 6 CPU threads while the GPU trains. fp32: default, magnitude ranking, split singular values;
+                # int4 (compress's default int4: rotated, GPTQ): default, split singular values, no rotation
   cp /tmp/g/art/tokenizer.json /tmp/g/art/tokenizer_config.json /tmp/g/hf/ 2>/dev/null
-  for v in "default:" "magnitude:--scorer magnitude" "split:--split-sigma"; do
-    UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 -m uniql compress /tmp/g/hf -o /tmp/g/abl/${v%%:*} --no-quantize ${v#*:} > /tmp/g/res/abl_${v%%:*}.log 2>&1
+  local specs=""
+  case ",$ABL," in *,fp32,*) specs="fp32_default:--no-quantize fp32_magnitude:--no-quantize_--scorer_magnitude fp32_split:--no-quantize_--split-sigma";; esac
+  case ",$ABL," in *,int4,*) specs="$specs int4_default: int4_split:--split-sigma int4_norotate:--no-rotate";; esac
+  for v in $specs; do
+    v2=${v#*:}; UNIQL_NUM_THREADS=6 OMP_NUM_THREADS=6 OPENBLAS_NUM_THREADS=6 python3 -m uniql compress /tmp/g/hf -o /tmp/g/abl/${v%%:*} ${v2//_/ } > /tmp/g/res/abl_${v%%:*}.log 2>&1
   done
   echo "ablations compressed $(date +%T)"
 }
