@@ -42,7 +42,7 @@ from uniql.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchConfig", "SHAPES", "run", "format_report", "machine_info"]
+__all__ = ["BenchConfig", "SHAPES", "run", "format_report", "machine_info", "cpu_name"]
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
@@ -130,7 +130,8 @@ def _mem_available() -> int:
     return 8 * GIB
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -150,7 +151,7 @@ def _load() -> float:
 def machine_info(threads: int, repeats: int, bw_bytes: int = GIB) -> dict[str, Any]:
     """CPU, kernel path, read bandwidth (1 thread and ``threads``) and arithmetic peaks, measured now."""
     info = _C.kernels_info()
-    out: dict[str, Any] = {"cpu": _cpu_name(), "cores": os.cpu_count(), "kernels": info["path"],
+    out: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "kernels": info["path"],
                            "threads": threads, "avx2": info["avx2"], "avx512": info["avx512"],
                            "load_before": _load()}
     out["read_gbps_1t"] = _C.bench_read_bw(bw_bytes, repeats + 2, 1)

@@ -235,7 +235,7 @@ def run(cfg: TraceConfig, progress: bool = True) -> dict[str, Any]:
     del model
     target = cfg.tpot_ms if cfg.tpot_ms is not None else cfg.target_x * quiet
     background = _background_contention()
-    from uniql.bench.speed_memory import cpu_name
+    from uniql.bench import cpu_name
 
     rep: dict[str, Any] = {"config": {**asdict(cfg), "hog": list(cfg.hog), "runs": list(cfg.runs)},
                            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": cfg.threads,

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from uniql.bench import cpu_name
 from uniql.errors import InvalidArgumentError, UniqlError
 
 log = logging.getLogger(__name__)
@@ -397,18 +398,6 @@ def _child(cell: Cell, cfg: SpeedConfig) -> dict[str, Any]:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         return {**asdict(cell), "label": cell.label, "error": f"exit {r.returncode}: {' | '.join(tail)}"}
     return json.loads(lines[-1])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def run(cfg: SpeedConfig, progress: bool = True) -> dict[str, Any]:
