@@ -15,7 +15,10 @@ Artifacts go to ~/.cache/uniql/models/q19/NAME (reused when present), results to
 default mix. ``requant`` quantizes an existing fp32 artifact with :func:`uniql.quantize_artifact` (keyword
 arguments from the JSON; ``seq_len`` defaults to 512 as in compress), which on an untuned artifact does what
 ``compress(quantize=True)`` does with the same options, without the calibration of the sorting step
-(``UNIQL_ABLATION_RATES=0`` / ``UNIQL_ABLATION_ACTS=fp32`` narrow the scoring while exploring). ``tie`` turns a
+(``UNIQL_ABLATION_RATES=0`` / ``UNIQL_ABLATION_ACTS=fp32`` narrow the scoring while exploring;
+``UNIQL_ABLATION_WIKI_TOKENS=16384`` scores Wikipedia on 32 windows instead of 4; ``"cal_offset": k`` in the JSON
+calibrates on the k-th further sample of the same mix, windows k n .. k n + n - 1, to see how much one calibration
+sample alone moves a number). ``tie`` turns a
 rotated fp32 artifact of a tied source that was untied (``compress(untie=True)``, or before the final mix existed)
 into the one compress writes by default now: the same layer files (linked: sorting never sees the head), the rest
 file without ``lm_head.weight`` and with the final mix Q^T diag(g) Q of the source's final norm. ``tied8`` takes
@@ -57,7 +60,8 @@ def _texts(src: Path) -> dict[str, np.ndarray]:
     from uniql.bench.quality import eval_ids
 
     tok = checkpoint.load_tokenizer(src)
-    return {t: eval_ids(tok, t, 2048) for t in TEXTS}
+    wiki = int(os.environ.get("UNIQL_ABLATION_WIKI_TOKENS", "2048"))
+    return {t: eval_ids(tok, t, wiki if t == "wiki" else 2048) for t in TEXTS}
 
 
 def run(name: str, kw: dict) -> None:
@@ -95,6 +99,16 @@ def requant(name: str, fp32: Path, kw: dict) -> None:
         names = cal.split(",")
         kw["calibration"] = data.read_text(names[0]) if len(names) == 1 else data.calibration_mix(names)
     kw.setdefault("seq_len", 512)
+    k = kw.pop("cal_offset", 0)
+    if k:  # another sample of the same mix: windows k*n .. k*n + n - 1 of its round robin (n = num_samples)
+        from uniql.compress.pipeline import calibration_tokens
+        from uniql.formats.checkpoint import load_tokenizer
+
+        n = kw.get("num_samples", 32)
+        ids = calibration_tokens(load_tokenizer(fp32), kw.get("calibration"), n * (k + 1), kw["seq_len"])
+        if ids.shape[0] != n * (k + 1):
+            raise SystemExit(f"the calibration gives {ids.shape[0]} windows, fewer than {n * (k + 1)}")
+        kw["calibration"] = ids[n * k:]
     out = root / name
     if not (out / "uniql_report.json").is_file():
         quantize_artifact(fp32, out, overwrite=True, progress=False, **kw)

@@ -62,6 +62,8 @@ def test_runtime_errors_are_one_line(tmp_path, capsys):
     assert "x.gguf' does not exist" in _error_line(capsys)
     with pytest.raises(checkpoint.ModelNotFoundError):  # --debug: the real exception, with its traceback
         cli.main(["--debug", "generate", str(missing), "hello"])
+    assert cli.main(["compress", str(missing), "--refit", "-1"]) == cli.EXIT_ERROR  # checked before any read
+    assert "refit must be an integer in 0..64, got -1" in _error_line(capsys)
 
 
 def test_python_dash_m(tmp_path):

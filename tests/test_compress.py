@@ -232,6 +232,24 @@ def test_int4_equals_quantize_artifact_of_fp32(tmp_path, llama, kind):
     assert cq["uniql"]["importance"] == json.loads((fp / "config.json").read_text())["uniql"]["importance"]
 
 
+def test_refit_option_same_on_both_paths(tmp_path, llama):
+    """compress(refit=2) = quantize_artifact(refit=2) byte for byte (the re-fit is part of the shared GPTQ step),
+    recorded in the quantization record; the codes are GPTQ's or better by its objective, the scales differ."""
+    from uniql.compress.requantize import quantize_artifact
+
+    src, _, fp, q0 = llama
+    q = _compress(src, tmp_path / "int4", quantize=True, precision={}, refit=2)
+    two = quantize_artifact(fp, tmp_path / "two-step", calibration=_calib(), num_samples=NSAMP, seq_len=SEQ,
+                            progress=False, precision={}, refit=2)
+    for name in [layer_file(i) for i in range(3)] + [REST_FILE]:
+        assert (q / name).read_bytes() == (two / name).read_bytes(), name
+    rec = json.loads((q / "config.json").read_text())["uniql"]["quantization"]
+    assert rec["refit"] == 2 and "refit" not in json.loads((q0 / "config.json").read_text())["uniql"]["quantization"]
+    assert (q / layer_file(1)).read_bytes() != (q0 / layer_file(1)).read_bytes()
+    ids = np.random.default_rng(5).integers(0, VOCAB, size=16)
+    assert np.all(np.isfinite(uniql.load(q, rate=0.35).logits(ids)))
+
+
 _KILL_SCRIPT = """
 import sys, numpy as np
 from uniql.compress.pipeline import compress

@@ -433,3 +433,92 @@ def test_asym_zero_points_malformed_are_refused(rng):
     from uniql.models.runtime import as_q4
     with pytest.raises(uniql.UnsupportedError, match="layer.up: asymmetric int4"):
         as_q4("layer.up", q)
+
+
+# ---------------------------------------------------------------------------------------- scale re-fit
+
+
+def refit_ref(W: np.ndarray, H: np.ndarray, q: q4.QuantizedTensor, damp: float = 0.01):
+    """Float64 reference of the scale re-fit: per row the least-squares scales of min_s (w - A s)^T Hd (w - A s),
+    A[c, g(c)] = code_c - 8, over the groups with a nonzero code (the others keep theirs); and the objective."""
+    Wd, Hd = _gptq_prepare(W, H, damp)
+    rows, cols = W.shape
+    codes = q4.unpack(q.packed, cols).astype(np.float64) - 8
+    gof = np.arange(cols) // q.group
+    scales = q.scales.astype(np.float64).copy()
+    for r in range(rows):
+        A = np.zeros((cols, q.ngroups))
+        A[np.arange(cols), gof] = codes[r]
+        act = np.flatnonzero(np.abs(A).sum(axis=0) > 0)
+        A = A[:, act]
+        scales[r, act] = np.linalg.solve(A.T @ Hd @ A, A.T @ Hd @ Wd[r])
+    D = Wd - codes * scales[:, gof]
+    return scales, np.einsum("rc,cd,rd->r", D, Hd, D)
+
+
+def _objective(W: np.ndarray, H: np.ndarray, q: q4.QuantizedTensor, damp: float = 0.01) -> np.ndarray:
+    Wd, Hd = _gptq_prepare(W, H, damp)
+    D = Wd - q4.dequantize(q).astype(np.float64)
+    return np.einsum("rc,cd,rd->r", D, Hd, D)
+
+
+@pytest.mark.parametrize("rows,cols,group", [(6, 40, 8), (4, 37, 16), (3, 24, 24)])
+def test_refit_scales_match_float64_reference(rng, rows, cols, group):
+    X = correlated_inputs(rng, 256, cols) * rng.uniform(0.2, 3.0, cols).astype(np.float32)
+    X[:, 3] = 0  # a dead column
+    H = X.astype(np.float64).T @ X.astype(np.float64) / 256
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    W[0, :group] = 0  # an all-zero group keeps its scale
+    q = q4.quantize_gptq(W, H, group, mse_scale=True, act_order=True)
+    q2, err = q4.refit_scales(q, W, H)
+    s_ref, e_ref = refit_ref(W, H, q)
+    assert np.array_equal(q2.packed, q.packed)
+    np.testing.assert_allclose(q2.scales, s_ref, rtol=1e-6)
+    assert q2.scales[0, 0] == q.scales[0, 0] == 0
+    np.testing.assert_allclose(err, e_ref, rtol=1e-5)
+    before = _objective(W, H, q)
+    assert np.all(err <= before * (1 + 1e-12)) and err.sum() < 0.99 * before.sum()
+
+
+def test_gptq_refit_passes_never_worse_than_gptq(rng):
+    rows, cols, group = 8, 48, 16
+    X = correlated_inputs(rng, 256, cols) * rng.uniform(0.2, 3.0, cols).astype(np.float32)
+    H = X.astype(np.float64).T @ X.astype(np.float64) / 256
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    kw = dict(mse_scale=True, act_order=True)
+    q0 = q4.quantize_gptq(W, H, group, **kw)
+    q1 = q4.quantize_gptq(W, H, group, refit=1, **kw)
+    q3 = q4.quantize_gptq(W, H, group, refit=3, **kw)
+    # one pass = GPTQ's codes with re-fitted scales
+    assert np.array_equal(q1.packed, q0.packed)
+    np.testing.assert_array_equal(q1.scales, q4.refit_scales(q0, W, H)[0].scales)
+    e0, e1, e3 = (_objective(W, H, q) for q in (q0, q1, q3))
+    assert np.all(e1 <= e0 * (1 + 1e-6)) and np.all(e3 <= e1 * (1 + 1e-6)) and e3.sum() < e1.sum() < e0.sum()
+    # rows are independent: quantizing a row subset gives those rows
+    qs = q4.quantize_gptq(np.ascontiguousarray(W[2:5]), H, group, refit=3, **kw)
+    assert np.array_equal(qs.packed, q3.packed[2:5]) and np.array_equal(qs.scales, q3.scales[2:5])
+
+
+def test_refit_rejects_bad_inputs(rng):
+    W = rng.standard_normal((4, 8)).astype(np.float32)
+    H = np.eye(8)
+    q = q4.quantize_gptq(W, H, 4)
+    with pytest.raises(uniql.InvalidArgumentError, match="refit is for symmetric int4"):
+        q4.quantize_gptq(W, H, 4, asym=True, refit=1)
+    with pytest.raises(uniql.InvalidArgumentError, match="refit must be >= 0"):
+        q4.quantize_gptq(W, H, 4, refit=-1)
+    with pytest.raises(uniql.InvalidArgumentError, match="refit must be an integer"):
+        q4.quantize_gptq(W, H, 4, refit=True)
+    with pytest.raises(uniql.InvalidArgumentError, match="passes must be in 1..64, got 65"):
+        q4.quantize_gptq(W, H, 4, refit=65)
+    with pytest.raises(uniql.InvalidArgumentError, match="refit_scales is for symmetric int4"):
+        q4.refit_scales(q4.quantize_gptq(W, H, 4, asym=True), W, H)
+    with pytest.raises(uniql.ShapeError, match=r"W must have shape \(4, 8\)"):
+        q4.refit_scales(q, W[:3].copy(), H)
+    with pytest.raises(uniql.ShapeError, match=r"H must have shape \(8, 8\)"):
+        q4.refit_scales(q, W, np.eye(7))
+    bad = q4.QuantizedTensor(q.packed, np.where(np.arange(2) == 1, np.nan, q.scales).astype(np.float32), q.shape, 4)
+    with pytest.raises(uniql.NumericError, match="scale nan at row 0, group 1"):
+        q4.refit_scales(bad, W, H)
+    with pytest.raises(uniql.InvalidArgumentError, match="refit must be an integer in 0..64"):
+        uniql.compress.CompressOptions(refit=-1)

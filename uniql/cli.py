@@ -270,6 +270,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
                    help="GPTQ: group scales searched for the least rounding error")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ: activation order with static groups")
+    p.add_argument("--refit", type=int, default=None, metavar="N",
+                   help="GPTQ: N rounds with a Hessian-weighted least-squares re-fit of the group scales (0: none)")
     p.add_argument("--precision", action="append", default=None, metavar="KEY=STORAGE",
                    help="storage of a tensor class (embedding, lm_head, attention, mlp, mamba) or projection "
                         "(q_proj ... down_proj, in_proj, out_proj), optionally @A-B for decoder layers A..B: int4, "
@@ -284,7 +286,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     calibration = _calibration_arg(args)
     opt = {k: v for k, v in (("rotate", args.rotate), ("mse_scale", args.mse_scale), ("act_order", args.act_order),
-                             ("precision", _precision_arg(args.precision))) if v is not None}
+                             ("refit", args.refit), ("precision", _precision_arg(args.precision))) if v is not None}
     out = compress(args.model_dir, _output(args), calibration=calibration, num_samples=args.samples,
                    seq_len=args.seq_len or 512, quantize=not args.no_quantize, max_rate=args.max_rate,
                    group=args.group,

@@ -73,6 +73,15 @@ static uq_status q4_check_finite_w(const char *fn, const float *W, int64_t rows,
     return UQ_OK;
 }
 
+/* Given scales (UQ_Q4_FIXED_SCALES): finite and >= 0. */
+static uq_status q4_check_scales(const char *fn, const float *scales, int64_t rows, int64_t ng) {
+    for (int64_t i = 0; i < rows * ng; i++)
+        if (!(scales[i] >= 0.0f) || !isfinite(scales[i]))
+            return uq_set_error(UQ_ERR_NUMERIC, "%s: given scale %g at row %lld, group %lld is not finite and >= 0",
+                                fn, (double)scales[i], (long long)(i / ng), (long long)(i % ng));
+    return UQ_OK;
+}
+
 uq_status uq_q4_quantize_rtn(const float *W, int64_t rows, int64_t cols, int64_t ldw, int64_t group,
                              uint8_t *packed, float *scales) {
     static const char fn[] = "uq_q4_quantize_rtn";
@@ -195,10 +204,14 @@ uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int6
     if (!(damp >= 0.0) || !isfinite(damp))
         return uq_set_error(UQ_ERR_ARG, "%s: damp must be finite and >= 0, got %g", fn, damp);
     if (block < 0) return uq_set_error(UQ_ERR_ARG, "%s: block must be >= 0, got %lld", fn, (long long)block);
-    if (flags & ~(UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER | UQ_Q4_ASYM))
+    if (flags & ~(UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER | UQ_Q4_ASYM | UQ_Q4_FIXED_SCALES))
         return uq_set_error(UQ_ERR_ARG, "%s: unknown flags 0x%x", fn, (unsigned)flags);
     if ((flags & UQ_Q4_ASYM) && !zeros)
         return uq_set_error(UQ_ERR_ARG, "%s: UQ_Q4_ASYM needs a zeros output", fn);
+    const int fixed = (flags & UQ_Q4_FIXED_SCALES) != 0;
+    if (fixed && (flags & UQ_Q4_ASYM))
+        return uq_set_error(UQ_ERR_ARG, "%s: UQ_Q4_FIXED_SCALES is symmetric only (no UQ_Q4_ASYM)", fn);
+    if (fixed && (st = q4_check_scales(fn, scales, rows, UQ_Q4_NGROUPS(cols, group))) != UQ_OK) return st;
     if (cols > INT32_MAX || rows > INT32_MAX)
         return uq_set_error(UQ_ERR_ARG, "%s: (%lld, %lld) exceeds the BLAS integer range", fn, (long long)rows,
                             (long long)cols);
@@ -244,11 +257,12 @@ uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int6
     mean /= (double)cols;
     for (int64_t i = 0; i < cols; i++) U[i * cols + i] += damp * mean;
     for (int64_t i = 0; i < cols; i++) perm[i] = i;
+    if (fixed) memset(zp, UQ_Q4_OFFSET, (size_t)(rows * ng));
     if (act) {
         /* activation order with static groups: every group's scale from the (dead-column-zeroed) weights before
          * any error feedback, in natural groups (so the stored groups stay contiguous and any column prefix stays
          * exact); then the columns are quantized in descending diag(H) order (stable). */
-        for (int64_t r = 0; r < rows; r++)
+        for (int64_t r = 0; r < rows && !fixed; r++)
             for (int64_t g = 0; g < ng; g++) {
                 int64_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
                 if ((st = q4_group_params(Wd + r * cols + c0, c1 - c0, mse, asym, &scales[r * ng + g],
@@ -322,7 +336,7 @@ uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int6
             uint8_t *prow = packed + r * rb;
             for (int64_t i = i0; i < i1; i++) {
                 int64_t col = perm[i], g = col / group;
-                if (!act && i % group == 0) { /* group start == block start: all earlier error is in Wd */
+                if (!act && !fixed && i % group == 0) { /* group start == block start: all earlier error in Wd */
                     int64_t c1 = i + group < cols ? i + group : cols;
                     if ((st = q4_group_params(w + i, c1 - i, mse, asym, &scales[r * ng + g], &zp[r * ng + g])) !=
                         UQ_OK)
@@ -356,6 +370,241 @@ exit:
     uq_free(perm);
     uq_free(codes);
     return st;
+}
+
+/* ------------------------------------------------------------------------------ scale re-fit ----- */
+
+/* In place: A (n, n) SPD row-major -> its lower Cholesky factor, then b <- A^{-1} b. 0, or -1 if not positive
+ * definite (a pivot <= tiny relative to the diagonal's largest entry). */
+static int q4_chol_solve(double *A, double *b, int64_t n) {
+    double dmax = 0.0;
+    for (int64_t i = 0; i < n; i++) dmax = A[i * n + i] > dmax ? A[i * n + i] : dmax;
+    for (int64_t j = 0; j < n; j++) {
+        double d = A[j * n + j];
+        for (int64_t k = 0; k < j; k++) d -= A[j * n + k] * A[j * n + k];
+        if (!(d > 1e-13 * dmax)) return -1;
+        d = sqrt(d);
+        A[j * n + j] = d;
+        for (int64_t i = j + 1; i < n; i++) {
+            double v = A[i * n + j];
+            for (int64_t k = 0; k < j; k++) v -= A[i * n + k] * A[j * n + k];
+            A[i * n + j] = v / d;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) { /* L y = b */
+        double v = b[i];
+        for (int64_t k = 0; k < i; k++) v -= A[i * n + k] * b[k];
+        b[i] = v / A[i * n + i];
+    }
+    for (int64_t i = n - 1; i >= 0; i--) { /* L^T x = y */
+        double v = b[i];
+        for (int64_t k = i + 1; k < n; k++) v -= A[k * n + i] * b[k];
+        b[i] = v / A[i * n + i];
+    }
+    return 0;
+}
+
+/* The damped Hessian of GPTQ (full symmetric, dead columns H_ii = 1) into Hd and the target weights (dead columns
+ * 0) into Wd, as uq_q4_quantize_gptq_z forms them. */
+static void q4_damped(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H, double damp,
+                      double *Hd, double *Wd) {
+    uq_linalg_sym_from_lower(H, cols, Hd);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) Wd[r * cols + c] = (double)W[r * ldw + c];
+    double mean = 0.0;
+    for (int64_t i = 0; i < cols; i++) {
+        if (Hd[i * cols + i] == 0.0) {
+            Hd[i * cols + i] = 1.0;
+            for (int64_t r = 0; r < rows; r++) Wd[r * cols + i] = 0.0;
+        }
+        mean += Hd[i * cols + i];
+    }
+    mean /= (double)cols;
+    for (int64_t i = 0; i < cols; i++) Hd[i * cols + i] += damp * mean;
+}
+
+/* Per row r: err[r] = (w - w_hat)^T Hd (w - w_hat) with w_hat = Qd[r] * scales (group-wise); D and DH are
+ * (rows, cols) scratch. */
+static void q4_row_errors(const double *Wd, const double *Qd, const float *scales, const double *Hd, int64_t rows,
+                          int64_t cols, int64_t group, double *D, double *DH, double *err) {
+    int64_t ng = UQ_Q4_NGROUPS(cols, group);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            D[r * cols + c] = Wd[r * cols + c] - Qd[r * cols + c] * (double)scales[r * ng + c / group];
+    uq_blas_dgemm(0, 0, rows, cols, cols, 1.0, D, cols, Hd, cols, 0.0, DH, cols);
+    for (int64_t r = 0; r < rows; r++) {
+        double e = 0.0;
+        for (int64_t c = 0; c < cols; c++) e += D[r * cols + c] * DH[r * cols + c];
+        err[r] = e;
+    }
+}
+
+/* The re-fit itself on prepared Hd / Wd and codes Qd = q - 8 (doubles): see uq_q4_refit_scales. Scratch: V, HW
+ * (rows, cols) doubles, M (rows, ng, ng), b (rows, ng). Returns the number of rows whose scales changed. */
+static int64_t q4_refit(const double *Wd, const double *Qd, const double *Hd, int64_t rows, int64_t cols,
+                        int64_t group, float *scales, double *V, double *HW, double *M, double *b, double *A,
+                        int64_t *act) {
+    int64_t ng = UQ_Q4_NGROUPS(cols, group), changed = 0;
+    /* b[r][g] = sum_{c in g} q_c (Hd w)_c ;  M[r][g][h] = sum_{c in g, d in h} q_c Hd_cd q_d */
+    uq_blas_dgemm(0, 0, rows, cols, cols, 1.0, Wd, cols, Hd, cols, 0.0, HW, cols);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
+            double v = 0.0;
+            for (int64_t c = c0; c < c1; c++) v += Qd[r * cols + c] * HW[r * cols + c];
+            b[r * ng + g] = v;
+        }
+    for (int64_t g = 0; g < ng; g++) {
+        int64_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
+        /* V = Qd[:, c0:c1] Hd[c0:c1, :], then M[r][g][h] = sum_{d in h} V[r][d] Qd[r][d] for h >= g */
+        uq_blas_dgemm(0, 0, rows, cols - c0, c1 - c0, 1.0, Qd + c0, cols, Hd + c0 * cols + c0, cols, 0.0, V, cols);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t h = g; h < ng; h++) {
+                int64_t d0 = h * group, d1 = d0 + group < cols ? d0 + group : cols;
+                double v = 0.0;
+                for (int64_t d = d0; d < d1; d++) v += V[r * cols + d - c0] * Qd[r * cols + d];
+                M[(r * ng + g) * ng + h] = v;
+                M[(r * ng + h) * ng + g] = v;
+            }
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        /* active groups: those with a nonzero code (an all-8 group's scale does not change w_hat) */
+        int64_t na = 0;
+        for (int64_t g = 0; g < ng; g++)
+            if (M[(r * ng + g) * ng + g] > 0.0) act[na++] = g;
+        if (na == 0) continue;
+        double *x = b + r * ng; /* solved in place over the active groups, packed to the front */
+        for (int64_t i = 0; i < na; i++) {
+            for (int64_t j = 0; j < na; j++) A[i * na + j] = M[(r * ng + act[i]) * ng + act[j]];
+            x[i] = x[act[i]];
+        }
+        if (q4_chol_solve(A, x, na) != 0) continue;
+        int ok = 1;
+        for (int64_t i = 0; i < na && ok; i++) ok = x[i] > 0.0 && x[i] <= 65504.0; /* float16-storable */
+        if (!ok) continue;
+        for (int64_t i = 0; i < na; i++) scales[r * ng + act[i]] = (float)x[i];
+        changed++;
+    }
+    return changed;
+}
+
+/* uq_q4_refit_scales (passes == 0: packed_in / scales are the given quantization, packed_out NULL) and
+ * uq_q4_quantize_gptq_refit (passes >= 1: outputs packed_out / scales). */
+static uq_status q4_refit_driver(const char *fn, const float *W, int64_t rows, int64_t cols, int64_t ldw,
+                                 const double *H, int64_t group, double damp, int64_t block, int flags, int passes,
+                                 const uint8_t *packed_in, uint8_t *packed_out, float *scales, double *err) {
+    uq_status st = q4_check(fn, W, rows, cols, ldw, group, passes ? (const void *)packed_out : packed_in, scales);
+    if (st != UQ_OK) return st;
+    if (!H) return uq_set_error(UQ_ERR_ARG, "%s: H is NULL", fn);
+    if (!(damp >= 0.0) || !isfinite(damp))
+        return uq_set_error(UQ_ERR_ARG, "%s: damp must be finite and >= 0, got %g", fn, damp);
+    if (block < 0) return uq_set_error(UQ_ERR_ARG, "%s: block must be >= 0, got %lld", fn, (long long)block);
+    if (passes < 0 || passes > 64)
+        return uq_set_error(UQ_ERR_ARG, "%s: passes must be in 1..64, got %d", fn, passes);
+    if (flags & ~(UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER))
+        return uq_set_error(UQ_ERR_ARG, "%s: flags 0x%x: the re-fit takes UQ_Q4_MSE_SCALE and UQ_Q4_ACT_ORDER only "
+                            "(symmetric int4, its own scales)", fn, (unsigned)flags);
+    if (cols > INT32_MAX || rows > INT32_MAX)
+        return uq_set_error(UQ_ERR_ARG, "%s: (%lld, %lld) exceeds the BLAS integer range", fn, (long long)rows,
+                            (long long)cols);
+    const int64_t ng = UQ_Q4_NGROUPS(cols, group), rb = UQ_Q4_ROW_BYTES(cols);
+    size_t hb, wb, mb;
+    if ((st = uq_size_mul(cols, cols, sizeof(double), &hb)) != UQ_OK) return st;
+    if ((st = uq_size_mul(rows, cols, sizeof(double), &wb)) != UQ_OK) return st;
+    if ((st = uq_size_mul(rows * ng, ng, sizeof(double), &mb)) != UQ_OK) return st;
+    if ((st = q4_check_finite_w(fn, W, rows, cols, ldw)) != UQ_OK) return st;
+    for (int64_t i = 0; i < cols; i++)
+        for (int64_t j = 0; j <= i; j++)
+            if (!isfinite(H[i * cols + j]))
+                return uq_set_error(UQ_ERR_NUMERIC, "%s: H contains %s at row %lld, column %lld", fn,
+                                    isnan(H[i * cols + j]) ? "NaN" : "Inf", (long long)i, (long long)j);
+    if (!passes && (st = q4_check_scales(fn, scales, rows, ng)) != UQ_OK) return st;
+
+    double *Hd = NULL, *Wd = NULL, *Qd = NULL, *V = NULL, *HW = NULL, *M = NULL, *bv = NULL, *A = NULL;
+    double *e_best = NULL, *e_new = NULL;
+    int64_t *act = NULL;
+    uint8_t *pk = NULL, *codes = NULL;
+    float *sc = NULL;
+    if ((st = uq_alloc(hb, (void **)&Hd)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(wb, (void **)&Wd)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(wb, (void **)&Qd)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(wb, (void **)&V)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(wb, (void **)&HW)) != UQ_OK) goto exit;
+    if ((st = uq_alloc(mb, (void **)&M)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)(rows * ng) * sizeof(double), (void **)&bv)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)(ng * ng) * sizeof(double), (void **)&A)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)rows * sizeof(double), (void **)&e_best)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)rows * sizeof(double), (void **)&e_new)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)ng * sizeof(int64_t), (void **)&act)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)(rows * rb), (void **)&pk)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)(rows * cols), (void **)&codes)) != UQ_OK) goto exit;
+    if ((st = uq_alloc((size_t)(rows * ng) * sizeof(float), (void **)&sc)) != UQ_OK) goto exit;
+    q4_damped(W, rows, cols, ldw, H, damp, Hd, Wd);
+
+    /* candidate k = 1..passes: codes from GPTQ (k = 1: the caller's flags and scale choice; k > 1: the best
+     * scales so far held fixed), then the scale re-fit; per row the candidate (codes, scales) with the least
+     * Hessian-weighted error wins, the GPTQ result itself included (ties: the earlier). passes == 0: the given
+     * codes and scales, then their re-fit. */
+    const int last = passes ? passes : 1;
+    for (int k = 1; k <= last; k++) {
+        if (!passes) {
+            memcpy(pk, packed_in, (size_t)(rows * rb));
+            memcpy(sc, scales, (size_t)(rows * ng) * sizeof(float));
+        } else {
+            if (k > 1) memcpy(sc, scales, (size_t)(rows * ng) * sizeof(float));
+            st = uq_q4_quantize_gptq_z(W, rows, cols, ldw, H, group, damp, block,
+                                       k == 1 ? flags : (flags & UQ_Q4_ACT_ORDER) | UQ_Q4_FIXED_SCALES, pk,
+                                       k == 1 ? scales : sc, NULL);
+            if (st != UQ_OK) goto exit;
+            if (k == 1) memcpy(sc, scales, (size_t)(rows * ng) * sizeof(float));
+        }
+        if ((st = uq_q4_unpack(pk, rows, cols, codes)) != UQ_OK) goto exit;
+        for (size_t i = 0; i < (size_t)(rows * cols); i++) Qd[i] = (double)((int)codes[i] - UQ_Q4_OFFSET);
+        if (k == 1) { /* the starting point: the given / first GPTQ quantization */
+            q4_row_errors(Wd, Qd, scales, Hd, rows, cols, group, V, HW, e_best);
+            if (passes) memcpy(packed_out, pk, (size_t)(rows * rb));
+        }
+        q4_refit(Wd, Qd, Hd, rows, cols, group, sc, V, HW, M, bv, A, act);
+        q4_row_errors(Wd, Qd, sc, Hd, rows, cols, group, V, HW, e_new);
+        for (int64_t r = 0; r < rows; r++)
+            if (e_new[r] < e_best[r]) {
+                e_best[r] = e_new[r];
+                if (passes) memcpy(packed_out + r * rb, pk + r * rb, (size_t)rb);
+                memcpy(scales + r * ng, sc + r * ng, (size_t)ng * sizeof(float));
+            }
+    }
+    if (err) memcpy(err, e_best, (size_t)rows * sizeof(double));
+exit:
+    uq_free(Hd);
+    uq_free(Wd);
+    uq_free(Qd);
+    uq_free(V);
+    uq_free(HW);
+    uq_free(M);
+    uq_free(bv);
+    uq_free(A);
+    uq_free(e_best);
+    uq_free(e_new);
+    uq_free(act);
+    uq_free(pk);
+    uq_free(codes);
+    uq_free(sc);
+    return st;
+}
+
+uq_status uq_q4_refit_scales(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                             int64_t group, double damp, const uint8_t *packed, float *scales, double *err) {
+    return q4_refit_driver("uq_q4_refit_scales", W, rows, cols, ldw, H, group, damp, 0, 0, 0, packed, NULL, scales,
+                           err);
+}
+
+uq_status uq_q4_quantize_gptq_refit(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                    int64_t group, double damp, int64_t block, int flags, int passes,
+                                    uint8_t *packed, float *scales, double *err) {
+    if (passes < 1)
+        return uq_set_error(UQ_ERR_ARG, "uq_q4_quantize_gptq_refit: passes must be in 1..64, got %d", passes);
+    return q4_refit_driver("uq_q4_quantize_gptq_refit", W, rows, cols, ldw, H, group, damp, block, flags, passes,
+                           packed, packed, scales, err);
 }
 
 uq_status uq_q4_pack(const uint8_t *codes, int64_t rows, int64_t cols, uint8_t *packed) {

@@ -170,7 +170,7 @@ uq_status uq_q4_quantize_gptq(const float *W, int64_t rows, int64_t cols, int64_
  *                    any error feedback, then the columns are quantized in descending diag(H) order (stable),
  *                    blocks of `block` columns in that order. Groups stay contiguous in the natural column order
  *                    (the format, and the exactness of column prefixes, are unchanged). */
-enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2, UQ_Q4_ASYM = 4 };
+enum { UQ_Q4_MSE_SCALE = 1, UQ_Q4_ACT_ORDER = 2, UQ_Q4_ASYM = 4, UQ_Q4_FIXED_SCALES = 8 };
 uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                                  int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
                                  float *scales);
@@ -184,6 +184,30 @@ uq_status uq_q4_quantize_gptq_ex(const float *W, int64_t rows, int64_t cols, int
 uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
                                 int64_t group, double damp, int64_t block, int flags, uint8_t *packed,
                                 float *scales, uint8_t *zeros);
+/* UQ_Q4_FIXED_SCALES (uq_q4_quantize_gptq_z / _ex; symmetric only, UQ_Q4_MSE_SCALE is then ignored): `scales` is an
+ * input (finite, >= 0; else UQ_ERR_NUMERIC) and GPTQ chooses the codes for those scales.
+ *
+ * Scale re-fit (Hessian-weighted least squares): with the codes q of a row fixed, w_hat(s) = (q - 8) * s per group
+ * is linear in the row's group scales s, so the scales minimising the GPTQ objective
+ *   e(s) = (w - w_hat(s))^T H_d (w - w_hat(s)),  H_d = H + damp * mean(diag H) I  (dead columns as GPTQ: H_ii = 1,
+ *   w_i = 0), over all of the row's groups jointly (the cross-group terms of H included)
+ * solve the normal equations M s = b, M[g][h] = sum_{c in g, d in h} q_c H_d[c][d] q_d, b[g] = sum_{c in g} q_c
+ * (H_d w)_c (float64; groups whose codes are all 8 keep their scale). A row keeps its old scales when M is not
+ * positive definite or a solved scale is not in (0, 65504] (float16-storable), or when the re-fit does not lower
+ * e. Rows are independent (exact under row truncation; column truncation drops groups, whose scales were fitted
+ * jointly with the kept ones).
+ *   uq_q4_refit_scales: in place on scales (rows, ngroups) for the given packed codes; err (rows, may be NULL)
+ *     receives e per row after the re-fit.
+ *   uq_q4_quantize_gptq_refit: `passes` (1..64) rounds of GPTQ (round 1 with flags UQ_Q4_MSE_SCALE /
+ *     UQ_Q4_ACT_ORDER as uq_q4_quantize_gptq_ex; later rounds with the best scales so far fixed,
+ *     UQ_Q4_FIXED_SCALES) each followed by the re-fit; per row the candidate with the least e wins, the plain GPTQ
+ *     result included, so e never exceeds GPTQ's. Workspace ~ cols^2 + 4 rows*cols + rows*ngroups^2 doubles.
+ * Statuses as GPTQ (UQ_ERR_ARG also for passes out of range, other flags). */
+uq_status uq_q4_refit_scales(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                             int64_t group, double damp, const uint8_t *packed, float *scales, double *err);
+uq_status uq_q4_quantize_gptq_refit(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H,
+                                    int64_t group, double damp, int64_t block, int flags, int passes,
+                                    uint8_t *packed, float *scales, double *err);
 /* codes (rows, cols) one per byte, values 0..15 <-> packed (rows, (cols+1)/2); pack writes pad nibbles 8,
  * unpack ignores them. */
 /* int8 round-to-nearest (UQ_W_Q8 format): per row and group s = (float)(max|w| / 127) (double, rounded once),

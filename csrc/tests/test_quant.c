@@ -235,10 +235,141 @@ static void test_gptq_asym(void) {
     CHECK(strstr(uq_last_error(), "zero point 16 at row 1, group 2") != NULL, "message: %s", uq_last_error());
 }
 
+/* Float64 reference of the scale re-fit of one row: normal equations of min_s (w - A s)^T Hd (w - A s) over the
+ * groups with a nonzero code, solved by Gaussian elimination with partial pivoting; other groups keep s_old. */
+static void refit_reference(const float *w, const uint8_t *packed, const double *Hd, int C, int G, const float *s_old,
+                            double *s_ref) {
+    enum { MAXG = 16 };
+    const int ng = (C + G - 1) / G;
+    double M[MAXG][MAXG + 1];
+    int act[MAXG], na = 0;
+    double q[64];
+    for (int c = 0; c < C; c++) q[c] = (double)((packed[c / 2] >> ((c & 1) * 4)) & 15) - 8.0;
+    for (int g = 0; g < ng; g++) {
+        s_ref[g] = s_old[g];
+        int any = 0;
+        for (int c = g * G; c < C && c < (g + 1) * G; c++) any |= q[c] != 0.0;
+        if (any) act[na++] = g;
+    }
+    for (int i = 0; i < na; i++) {
+        for (int j = 0; j < na; j++) {
+            double v = 0;
+            for (int c = act[i] * G; c < C && c < (act[i] + 1) * G; c++)
+                for (int d = act[j] * G; d < C && d < (act[j] + 1) * G; d++) v += q[c] * Hd[c * C + d] * q[d];
+            M[i][j] = v;
+        }
+        double v = 0;
+        for (int c = act[i] * G; c < C && c < (act[i] + 1) * G; c++)
+            for (int d = 0; d < C; d++) v += q[c] * Hd[c * C + d] * (double)w[d];
+        M[i][na] = v;
+    }
+    for (int k = 0; k < na; k++) {
+        int p = k;
+        for (int i = k + 1; i < na; i++) p = fabs(M[i][k]) > fabs(M[p][k]) ? i : p;
+        for (int j = 0; j <= na; j++) {
+            double t = M[k][j];
+            M[k][j] = M[p][j];
+            M[p][j] = t;
+        }
+        for (int i = k + 1; i < na; i++) {
+            double f = M[i][k] / M[k][k];
+            for (int j = k; j <= na; j++) M[i][j] -= f * M[k][j];
+        }
+    }
+    for (int k = na - 1; k >= 0; k--) {
+        double v = M[k][na];
+        for (int j = k + 1; j < na; j++) v -= M[k][j] * s_ref[act[j]];
+        s_ref[act[k]] = v / M[k][k];
+    }
+}
+
+/* Scale re-fit (uq_q4_refit_scales, uq_q4_quantize_gptq_refit) and UQ_Q4_FIXED_SCALES: the re-fitted scales equal the
+ * float64 normal-equation solution (a short last group, an all-zero group keeping its scale), err is the damped
+ * Hessian-weighted error, which never exceeds GPTQ's and falls with more passes; fixed scales reproduce GPTQ's own
+ * codes; statuses. */
+static void test_refit(void) {
+    enum { R = 5, C = 37, T = 300, G = 8, NG = 5, RB = (C + 1) / 2 };
+    static double X[T * C];
+    float W[R * C], S[R * NG], S1[R * NG], S3[R * NG], D[R * C];
+    uint8_t P[R * RB], P1[R * RB], P3[R * RB];
+    double H[C * C], Hd[C * C], err[R], err1[R], err3[R], e0[R];
+    unsigned long long s = 31;
+    for (int i = 0; i < R * C; i++) W[i] = (float)uq_test_rand(&s);
+    for (int c = 0; c < G; c++) W[c] = 0.0f; /* row 0, group 0: zeros */
+    correlated_hessian(X, T, C, &s, H);
+    for (int i = 0; i < C; i++) /* the full symmetric H (the functions read its lower triangle) */
+        for (int j = i + 1; j < C; j++) H[i * C + j] = H[j * C + i];
+    double mean = 0;
+    for (int i = 0; i < C; i++) mean += H[i * C + i] / C;
+    for (int i = 0; i < C * C; i++) Hd[i] = H[i] + (i % (C + 1) == 0 ? 0.01 * mean : 0.0);
+    const int fl = UQ_Q4_MSE_SCALE | UQ_Q4_ACT_ORDER;
+    CHECK_STATUS(uq_q4_quantize_gptq_ex(W, R, C, C, H, G, 0.01, 0, fl, P, S), UQ_OK);
+    CHECK_STATUS(uq_q4_dequantize(P, S, R, C, G, D), UQ_OK);
+    for (int r = 0; r < R; r++) e0[r] = output_error(W + r * C, D + r * C, Hd, 1, C);
+    memcpy(S1, S, sizeof S);
+    CHECK_STATUS(uq_q4_refit_scales(W, R, C, C, H, G, 0.01, P, S1, err), UQ_OK);
+    CHECK_STATUS(uq_q4_dequantize(P, S1, R, C, G, D), UQ_OK);
+    int ok = 1, better = 0;
+    for (int r = 0; r < R; r++) {
+        double ref[NG];
+        refit_reference(W + r * C, P + r * RB, Hd, C, G, S + r * NG, ref);
+        const double e = output_error(W + r * C, D + r * C, Hd, 1, C);
+        for (int g = 0; g < NG; g++) ok &= fabs(S1[r * NG + g] - ref[g]) <= 1e-6 * fabs(ref[g]);
+        ok &= fabs(err[r] - e) <= 1e-6 * e && e <= e0[r]; /* e, e0: float32 dequantization */
+        better += e < 0.999 * e0[r];
+    }
+    CHECK(ok, "re-fitted scales equal the float64 normal equations; err is the damped Hessian-weighted error");
+    CHECK(better >= 4, "the re-fit lowers the error of most rows (%d of %d)", better, R);
+    CHECK(S[0] == 0.0f && S1[0] == 0.0f, "an all-zero group keeps its scale (%g)", (double)S1[0]);
+    /* GPTQ + re-fit: one pass = GPTQ then the re-fit; three passes never worse per row */
+    CHECK_STATUS(uq_q4_quantize_gptq_refit(W, R, C, C, H, G, 0.01, 0, fl, 1, P1, S1, err1), UQ_OK);
+    ok = memcmp(P1, P, sizeof P) == 0;
+    for (int r = 0; r < R; r++) ok &= err1[r] == err[r];
+    CHECK(ok, "one pass is GPTQ followed by uq_q4_refit_scales");
+    CHECK_STATUS(uq_q4_quantize_gptq_refit(W, R, C, C, H, G, 0.01, 0, fl, 3, P3, S3, err3), UQ_OK);
+    CHECK_STATUS(uq_q4_dequantize(P3, S3, R, C, G, D), UQ_OK);
+    ok = 1;
+    double t1 = 0, t3 = 0;
+    for (int r = 0; r < R; r++) {
+        ok &= err3[r] <= err1[r] && fabs(err3[r] - output_error(W + r * C, D + r * C, Hd, 1, C)) <= 1e-6 * err3[r];
+        t1 += err1[r];
+        t3 += err3[r];
+    }
+    CHECK(ok, "three passes: per row never above one pass, err consistent with the output");
+    CHECK(t3 < t1, "three passes lower the total error (%g vs %g)", t3, t1);
+    /* UQ_Q4_FIXED_SCALES with GPTQ's own scales reproduces its codes (natural order and activation order) */
+    for (int a = 0; a < 2; a++) {
+        const int f0 = a ? UQ_Q4_ACT_ORDER : 0;
+        CHECK_STATUS(uq_q4_quantize_gptq_ex(W, R, C, C, H, G, 0.01, 0, f0, P1, S1), UQ_OK);
+        memcpy(S3, S1, sizeof S1);
+        CHECK_STATUS(uq_q4_quantize_gptq_ex(W, R, C, C, H, G, 0.01, 0, f0 | UQ_Q4_FIXED_SCALES, P3, S3), UQ_OK);
+        CHECK(memcmp(P1, P3, sizeof P1) == 0 && memcmp(S1, S3, sizeof S1) == 0,
+              "fixed scales reproduce GPTQ's codes (act order %d)", a);
+    }
+    /* statuses */
+    CHECK_STATUS(uq_q4_quantize_gptq_refit(W, R, C, C, H, G, 0.01, 0, fl, 0, P1, S1, NULL), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_quantize_gptq_refit(W, R, C, C, H, G, 0.01, 0, fl, 65, P1, S1, NULL), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_quantize_gptq_refit(W, R, C, C, H, G, 0.01, 0, UQ_Q4_ASYM, 1, P1, S1, NULL), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_quantize_gptq_refit(W, R, C, C, NULL, G, 0.01, 0, fl, 1, P1, S1, NULL), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_refit_scales(W, R, C, C, H, G, -1.0, P, S1, NULL), UQ_ERR_ARG);
+    CHECK_STATUS(uq_q4_refit_scales(W, R, C, C, H, 0, 0.01, P, S1, NULL), UQ_ERR_ARG);
+    S1[3] = NAN;
+    CHECK_STATUS(uq_q4_refit_scales(W, R, C, C, H, G, 0.01, P, S1, NULL), UQ_ERR_NUMERIC);
+    CHECK(strstr(uq_last_error(), "scale nan at row 0, group 3") != NULL, "message: %s", uq_last_error());
+    S3[0] = -1.0f;
+    CHECK_STATUS(uq_q4_quantize_gptq_ex(W, R, C, C, H, G, 0.01, 0, UQ_Q4_FIXED_SCALES, P3, S3), UQ_ERR_NUMERIC);
+    CHECK_STATUS(uq_q4_quantize_gptq_z(W, R, C, C, H, G, 0.01, 0, UQ_Q4_FIXED_SCALES | UQ_Q4_ASYM, P3, S3, P1),
+                 UQ_ERR_ARG);
+    H[5] = NAN;
+    H[5 * C] = NAN;
+    CHECK_STATUS(uq_q4_refit_scales(W, R, C, C, H, G, 0.01, P, S, NULL), UQ_ERR_NUMERIC);
+}
+
 void test_quant(void) {
     test_rtn_hand();
     test_pack();
     test_rtn_bound();
     test_gptq();
     test_gptq_asym();
+    test_refit();
 }

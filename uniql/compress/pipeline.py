@@ -150,11 +150,12 @@ class CompressOptions:
     untie: bool = False            # rotated tied embedding: untie (second table) instead of a final mix
     mse_scale: bool = True         # GPTQ group scales searched for the least squared rounding error
     act_order: bool = True         # GPTQ columns in descending Hessian-diagonal order, static groups
+    refit: int = 0                 # GPTQ rounds with a Hessian-weighted least-squares re-fit of the scales (0: none)
     precision: dict[str, str] = field(default_factory=dict)  # key -> "int4[-g<N>]", "int8[-g<N>]" or "f16"
 
     def gptq_kw(self) -> dict[str, Any]:
         """Keyword arguments of the GPTQ calls (:func:`gptq_blocks`)."""
-        return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order)
+        return dict(damp=self.damp, mse_scale=self.mse_scale, act_order=self.act_order, refit=self.refit)
 
     def storage(self, name: str, layer: int | None = None, num_layers: int = 0) -> tuple[str, int]:
         """("int4", group), ("int8", group) or ("f16", 0) of a tensor: `name` is a class (PRECISION_CLASSES) or
@@ -186,6 +187,8 @@ class CompressOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.refit, bool) or not isinstance(self.refit, int) or not 0 <= self.refit <= 64:
+            raise InvalidArgumentError(f"refit must be an integer in 0..64, got {self.refit!r}")
         if isinstance(self.rotate_seed, bool) or not isinstance(self.rotate_seed, int) or self.rotate_seed < 0:
             raise InvalidArgumentError(f"rotate_seed must be a non-negative integer, got {self.rotate_seed!r}")
         if self.seq_len < 2:
@@ -427,7 +430,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
              group: int = 128, scorer: str = "uniql", split_sigma: bool = False, dtype: str = "float32",
              rotate: bool = True, rotate_seed: int = 0, mse_scale: bool = True, act_order: bool = True,
              precision: dict[str, str] | None = None, overwrite: bool = False, resume: bool = False,
-             progress: bool = True, untie: bool = False) -> Path:
+             progress: bool = True, untie: bool = False, refit: int = CompressOptions.refit) -> Path:
     """Compresses a Hugging Face Llama / Qwen2 / Mamba2 / Nemotron-H / Bamba checkpoint into one artifact serving
     every pruning rate in [0, max_rate]; returns the artifact directory (default: ``<model_dir>-uniql``).
 
@@ -440,9 +443,9 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     randomized Hadamard transform (:mod:`uniql.compress.rotate`, seed ``rotate_seed``) before sorting and
     quantization -- the same function at every rate, int4 with far smaller error; a tied embedding stays tied (the
     final norm's scale becomes the final mix, :mod:`uniql.compress.rotate`), or is untied with ``untie=True``.
-    ``mse_scale`` / ``act_order``: GPTQ options (:func:`uniql.compress.quant.quantize_gptq`). ``precision``: storage
-    per tensor class (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or projection (``q_proj`` ...
-    ``down_proj``, ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
+    ``mse_scale`` / ``act_order`` / ``refit``: GPTQ options (:func:`uniql.compress.quant.quantize_gptq`).
+    ``precision``: storage per tensor class (``embedding``, ``lm_head``, ``attention``, ``mlp``, ``mamba``) or
+    projection (``q_proj`` ... ``down_proj``, ``in_proj``, ``out_proj``), optionally for decoder layers A..B only (``"down_proj@20-29"``) -> ``"int4"``
     (GPTQ, group ``group``), ``"int4-g<N>"`` (group N), ``"int8"`` / ``"int8-g<N>"`` (round-to-nearest int8,
     llama / qwen2) or ``"f16"``; the most specific key wins (``PROJ@A-B``, ``CLASS@A-B``, ``PROJ``, ``CLASS``),
     unnamed tensors are int4. None: :func:`default_precision` for llama / qwen2, int4 everywhere for hybrids;
@@ -450,7 +453,7 @@ def compress(model_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     """
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=quantize, group=group,
                            max_rate=max_rate, scorer=scorer, split_sigma=split_sigma, dtype=dtype, rotate=rotate,
-                           rotate_seed=rotate_seed, mse_scale=mse_scale, act_order=act_order,
+                           rotate_seed=rotate_seed, mse_scale=mse_scale, act_order=act_order, refit=refit,
                            precision=dict(precision or {}), untie=bool(untie))
     src = Path(model_dir)
     cfg = checkpoint.read_config(src)             # unsupported architectures fail here, before any write

@@ -17,7 +17,7 @@ from uniql.errors import InvalidArgumentError, RangeError, ShapeError
 from uniql.compress.linalg import check_array, check_float, check_positive_int
 
 __all__ = ["FORMAT_VERSION", "DEFAULT_GROUP", "QuantizedTensor", "Int8Tensor", "quantize_rtn", "quantize_gptq",
-           "quantize_int8", "pack", "unpack",
+           "refit_scales", "quantize_int8", "pack", "unpack",
            "dequantize"]
 
 FORMAT_VERSION = 1
@@ -106,7 +106,7 @@ def quantize_rtn(W: np.ndarray, group: int = DEFAULT_GROUP) -> QuantizedTensor:
 
 def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp: float = 0.01,
                   block: int | None = None, *, mse_scale: bool = False, act_order: bool = False,
-                  asym: bool = False) -> QuantizedTensor:
+                  asym: bool = False, refit: int = 0) -> QuantizedTensor:
     """GPTQ int4 of W (rows, cols) float32 with the input Hessian H (cols, cols) float64 (e.g.
     ``Covariance.mean()``; its scale does not matter). ``damp``: fraction of mean(diag H) added to the diagonal;
     ``block``: columns per lazy-update block (None = group). Error feedback in float64. ``mse_scale``: each group's
@@ -114,8 +114,11 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
     ``act_order``: columns in descending diag(H) order with static groups (scales from the weights before error
     feedback; groups stay contiguous in the stored format). ``asym``: a zero point per group (0..15) in place of
     the fixed 8, s = range / 15 over [min(w, 0), max(w, 0)] (``mse_scale``: the range shrunk by 15 / (15 + k/4));
-    the result carries ``zeros`` (uniql.h ``UQ_Q4_ASYM``; the runtime kernels read symmetric int4 only). Default:
-    natural order, absmax scales, symmetric."""
+    the result carries ``zeros`` (uniql.h ``UQ_Q4_ASYM``; the runtime kernels read symmetric int4 only).
+    ``refit``: rounds of GPTQ + Hessian-weighted least-squares re-fit of each row's group scales for its codes
+    (:func:`refit_scales`; round 1 is this GPTQ, later rounds re-run GPTQ with the best scales so far fixed), the
+    best per row by the GPTQ objective, the plain GPTQ result included (C: ``uq_q4_quantize_gptq_refit``;
+    symmetric only). Default: natural order, absmax scales, symmetric, no re-fit."""
     W = _check_weight(W)
     H = check_array(H, "H", (np.float64,), 2)
     cols = W.shape[1]
@@ -126,12 +129,45 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
     if damp < 0:
         raise InvalidArgumentError(f"damp must be >= 0, got {damp}")
     block = 0 if block is None else check_positive_int(block, "block")
+    refit = check_positive_int(refit, "refit", minimum=0)
     packed, scales = _outputs(*W.shape, group)
+    if refit:
+        if asym:
+            raise InvalidArgumentError("refit is for symmetric int4 (asym=False)")
+        flags = (_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
+        _C.q4_quantize_gptq_refit(W, H, group, damp, block, packed, scales, flags, refit)
+        return QuantizedTensor(packed, scales, W.shape, group)
     flags = ((_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
              | (_C.Q4_ASYM if asym else 0))
     zeros = np.empty(scales.shape, np.uint8) if asym else None
     _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales, flags, zeros)
     return QuantizedTensor(packed, scales, W.shape, group, zeros)
+
+
+def refit_scales(q: QuantizedTensor, W: np.ndarray, H: np.ndarray, damp: float = 0.01
+                 ) -> tuple[QuantizedTensor, np.ndarray]:
+    """The symmetric int4 tensor `q` of weight W (rows, cols) float32 with its group scales re-fitted for its codes:
+    per row the scales s minimising (w - w_hat(s))^T H_d (w - w_hat(s)), H_d = H + damp mean(diag H) I (dead columns
+    as GPTQ: H_ii = 1, w_i = 0), a joint least-squares solve over the row's groups in float64 (C:
+    ``uq_q4_refit_scales``); a row keeps its scales where the solve fails or does not lower the error. Returns the
+    new tensor (same codes) and that error per row (float64, after)."""
+    if not isinstance(q, QuantizedTensor):
+        raise InvalidArgumentError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    if q.zeros is not None:
+        raise InvalidArgumentError("refit_scales is for symmetric int4 (q has zero points)")
+    W = _check_weight(W)
+    if W.shape != q.shape:
+        raise ShapeError(f"W must have shape {q.shape} (the tensor's), got {W.shape}")
+    H = check_array(H, "H", (np.float64,), 2)
+    if H.shape != (q.cols, q.cols):
+        raise ShapeError(f"H must have shape {(q.cols, q.cols)}, got {H.shape}")
+    damp = check_float(damp, "damp")
+    if damp < 0:
+        raise InvalidArgumentError(f"damp must be >= 0, got {damp}")
+    scales = np.array(q.scales, np.float32, order="C")
+    err = np.empty(q.rows, np.float64)
+    _C.q4_refit_scales(W, H, q.group, damp, np.ascontiguousarray(q.packed), scales, err)
+    return QuantizedTensor(q.packed, scales, q.shape, q.group), err
 
 
 def pack(codes: np.ndarray) -> np.ndarray:

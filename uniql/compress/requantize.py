@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                       calibration: Any = None, num_samples: int = 32, seq_len: int = 512, group: int = 128,
                       mse_scale: bool = CompressOptions.mse_scale, act_order: bool = CompressOptions.act_order,
-                      damp: float = CompressOptions.damp, precision: dict[str, str] | None = None,
+                      damp: float = CompressOptions.damp, refit: int = CompressOptions.refit,
+                      precision: dict[str, str] | None = None,
                       overwrite: bool = False,
                       progress: bool = True) -> Path:
     """Quantization of an unquantized (e.g. fine-tuned) artifact, layer by layer with compress's quantize step:
@@ -52,7 +53,8 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     for :func:`uniql.compress` -- None is :func:`uniql.compress.default_precision` for llama / qwen2 (int8 for
     the tied table / down_proj / v_proj / the last eight up_proj, GPTQ int4 g64 elsewhere) and int4 everywhere
     (group ``group``) for the hybrids; ``{}`` is int4 everywhere. Calibration as for :func:`uniql.compress`
-    (default: the calibration mix, 32 x 512 tokens, as compress); ``damp``: GPTQ damping as for compress. The
+    (default: the calibration mix, 32 x 512 tokens, as compress); ``damp`` / ``refit``: GPTQ options as for
+    compress. The
     ``finetune`` record is kept."""
     from uniql.formats.checkpoint import is_artifact, load_tokenizer, read_raw_config
 
@@ -68,7 +70,7 @@ def quantize_artifact(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
         llama = meta.architecture in ("llama", "qwen2")
         precision = default_precision(bool(cfg.get("tie_word_embeddings", False))) if llama else {}
     opts = CompressOptions(num_samples=num_samples, seq_len=seq_len, quantize=True, group=group,
-                           max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order, damp=damp,
+                           max_rate=meta.max_rate, mse_scale=mse_scale, act_order=act_order, damp=damp, refit=refit,
                            precision=dict(precision))
     out = Path(out_dir) if out_dir is not None else src.with_name(src.name + "-int4")
     if out.resolve() == src.resolve():

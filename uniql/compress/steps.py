@@ -51,13 +51,13 @@ def o_proj_group(head_dim: int, group: int) -> int:
 
 
 def gptq_blocks(W: np.ndarray, H: np.ndarray, group: int, damp: float, mse_scale: bool = False,
-                act_order: bool = False, asym: bool = False) -> Any:
+                act_order: bool = False, asym: bool = False, refit: int = 0) -> Any:
     """GPTQ in blocks of GPTQ_ROW_CHUNK rows: rows are independent given H (the error feedback runs along a row),
     so the result is identical to one call, while the float64 workspace (rows x cols) stays bounded -- an lm_head
     of 128k x 4096 would otherwise need 4 GB of it."""
     from uniql.compress.quant import QuantizedTensor
 
-    kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order, asym=asym)
+    kw = dict(group=group, damp=damp, mse_scale=mse_scale, act_order=act_order, asym=asym, refit=refit)
     if W.shape[0] <= GPTQ_ROW_CHUNK:
         return quantize_gptq(W, H, **kw)
     parts = [quantize_gptq(np.ascontiguousarray(W[r:r + GPTQ_ROW_CHUNK]), H, **kw)
@@ -254,4 +254,5 @@ def quant_record(opts: Any, o_group: int, tied: bool, extra: dict[str, Any]) -> 
     """The config's quantization record (``extra``: the stack's own entries, after the precision policy)."""
     return {"bits": 4, "group": opts.group, "o_group": o_group, "scheme": "gptq",
             "embedding": "gptq-lm-head (tied)" if tied else "rtn", "mse_scale": opts.mse_scale,
-            "act_order": opts.act_order, "precision": dict(opts.precision), **extra}
+            "act_order": opts.act_order, **({"refit": opts.refit} if opts.refit else {}),
+            "precision": dict(opts.precision), **extra}
