@@ -48,7 +48,7 @@ uq_status uq_rotation_size(int64_t n, int64_t *m) {
 
 uq_status uq_rotation_init(int64_t n, uint64_t seed, double *signs, double *R) {
     static const char fn[] = "uq_rotation_init";
-    int64_t m;
+    int64_t m = 0;
     uq_status st = uq_rotation_size(n, &m);
     if (st != UQ_OK) return st;
     if (!signs || !R) return uq_set_error(UQ_ERR_ARG, "%s: %s is NULL", fn, !signs ? "signs" : "R");
@@ -114,7 +114,7 @@ uq_status uq_rotate(float *W, int64_t rows, int64_t cols, int axis, const float 
         return uq_set_error(UQ_ERR_SHAPE, "%s: the rotated axis has %lld entries, the rotation is of size %lld", fn,
                             (long long)len, (long long)n);
     if (scale && axis != 0) return uq_set_error(UQ_ERR_ARG, "%s: scale applies to axis 0 only", fn);
-    int64_t m;
+    int64_t m = 0;
     uq_status st = uq_rotation_size(n, &m);
     if (st != UQ_OK) return st;
     size_t vb;
