@@ -622,7 +622,7 @@ static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int 
 
 /* NB blocks x NT tokens, int8 activations: vpmaddubsw on the low / high nibbles (columns 0..3 / 4..7 of a chunk)
  * (decode, NT = 1: software prefetch UQ_R16_PF_CHUNKS chunks ahead along the plan co / nct, past the last chunk into
- * the next blocks wn, as the avx512 decode tile; co NULL, nct 0: none)
+ * the next blocks wn, as the avx512 decode tile; co NULL: that many chunks ahead in the block's own bytes)
  * against 4 broadcast activation bytes each. A chunk's pair sums, added in int16, are bounded by
  * 4 * 15 * 127 = 7620, so up to 4 chunks (30480) accumulate in int16 before one vpmaddwd widens them: 2.25
  * multiply instructions per 64 multiply-adds instead of 3 (the sums are exact, so the order does not matter). */
@@ -654,14 +654,19 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                     const int64_t j = j0 + jj;
                     if (j >= j1) break;
                     const uint8_t *const *pb = NULL;
-                    int64_t cp = cg + j + UQ_R16_PF_CHUNKS;
+                    int64_t cp = cg + j + UQ_R16_PF_CHUNKS, po = 0;
                     if (NT == 1) {
                         pb = wb;
-                        if (cp >= nct) {
-                            cp -= nct;
-                            pb = wn;
+                        if (!co) { /* no plan: ahead in the block's own bytes */
+                            po = w0 + (j + UQ_R16_PF_CHUNKS) * 64;
+                        } else {
+                            if (cp >= nct) {
+                                cp -= nct;
+                                pb = wn;
+                            }
+                            if (cp >= nct) pb = NULL;
+                            else po = co[cp];
                         }
-                        if (cp >= nct) pb = NULL;
                     }
                     #pragma GCC unroll 2
                     for (int i = 0; i < NB; i++)
@@ -670,7 +675,7 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                             const __m256i v =
                                 _mm256_loadu_si256((const __m256i *)(wb[i] + w0 + j * 64 + 32 * (H0 + h)));
                             if (pb && h == 0) /* decode streams 2 blocks per core: help the prefetchers */
-                                _mm_prefetch((const char *)(pb[i] + co[cp]), _MM_HINT_T0);
+                                _mm_prefetch((const char *)(pb[i] + po), _MM_HINT_T0);
                             const __m256i lo = _mm256_and_si256(v, m4);
                             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                             #pragma GCC unroll 4

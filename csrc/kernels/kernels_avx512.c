@@ -70,11 +70,17 @@ static UQ_T512I __m256 reduce16x8_avx512(const __m512 *a) {
     return _mm256_permutevar8x32_ps(R, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* 16 cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes outside m zero. */
+/* 16 cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes outside m zero. A mask of
+ * the low 8 lanes (a head dim that is 8 mod 16) is an unmasked 8-element load, zero-extended: the same values, but
+ * AMD Zen 5 ran the masked loads of a 40-dim head's tail so slowly (they wait on the score stores, perf: half of the
+ * scores' time) that SmolLM2's decode at rate 35% took 1.3x as long. */
 static UQ_T512I __m512 load16k(const void *K, int f16, int64_t off, __mmask16 m) {
     if (m == 0xFFFF)
         return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)K + off)))
                    : _mm512_loadu_ps((const float *)K + off);
+    if (m == 0x00FF)
+        return f16 ? _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)K + off))))
+                   : _mm512_zextps256_ps512(_mm256_loadu_ps((const float *)K + off));
     return f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)K + off))
                : _mm512_maskz_loadu_ps(m, (const float *)K + off);
 }
@@ -111,7 +117,7 @@ static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16,
         for (int k = 0; k < KN; k++) kv[k] = load16k(K, f16, off[k] + i, mt);
         #pragma GCC unroll 4
         for (int j = 0; j < HN; j++) {
-            const __m512 qv = _mm512_maskz_loadu_ps(mt, q + j * r + i);
+            const __m512 qv = load16k(q + j * r, 0, i, mt);
             #pragma GCC unroll 8
             for (int k = 0; k < KN; k++) a[j * KN + k] = _mm512_fmadd_ps(qv, kv[k], a[j * KN + k]);
         }
@@ -955,7 +961,8 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const
  * prefetch plan (uq_k_r16_pf): chunk c + UQ_R16_PF512_CHUNKS of the kept chunks in reading order while the tile reads
  * chunk c (a pruned weight's skipped chunks are not fetched), and past its last chunk the first ones of the next
  * blocks wn[0..NB) (the next tile of this call or the blocks the thread streams next; NULL: none), so one tile's end
- * and the next one's start stream without a cold start. co NULL (nct 0): no software prefetch. */
+ * and the next one's start stream without a cold start. co NULL (no plan): UQ_R16_PF512_CHUNKS chunks ahead in the
+ * block's own bytes. */
 static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq,
                                         const float *xs, const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
                                         float *out, const int64_t *co, int64_t nct, const uint8_t *const *wn,
@@ -978,7 +985,11 @@ static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t
                 cp -= nct;
                 pb = wn;
             }
-            if (pb && cp < nct)
+            if (!co)
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++)
+                    _mm_prefetch((const char *)(wb[i] + w0 + (j + UQ_R16_PF512_CHUNKS) * 64), _MM_HINT_T0);
+            else if (pb && cp < nct)
 #pragma GCC unroll 8
                 for (int i = 0; i < NB; i++) _mm_prefetch((const char *)(pb[i] + co[cp]), _MM_HINT_T0);
             int32_t qa, qb;
