@@ -971,27 +971,43 @@ static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t
     float tot[8 * 16];
 #pragma GCC unroll 8
     for (int i = 0; i < NB; i++) _mm512_storeu_ps(tot + 16 * i, _mm512_setzero_ps());
-    int64_t c = 0; /* chunks read so far (index into co) */
+    /* the prefetch cursor: chunk cp of the plan in the blocks pp (first these, then wn); pf: 1 while it runs */
+    const uint8_t *pp[8];
+    int64_t cp = UQ_R16_PF512_CHUNKS;
+    int pf = co != NULL, next = 0;
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; i++) pp[i] = wb[i];
+    while (pf && cp >= nct) { /* a plan shorter than the distance */
+        cp -= nct;
+        pf = !next && wn;
+        next = 1;
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+    }
     for (int64_t k = 0; k < ng; k++) {
         __m512i a[8];
 #pragma GCC unroll 8
         for (int i = 0; i < NB; i++) a[i] = _mm512_setzero_si512();
         const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
         const int8_t *xk = xq + g[k].xq;
-        for (int64_t j = 0; j < nc; j++, c++) {
-            int64_t cp = c + UQ_R16_PF512_CHUNKS;
-            const uint8_t *const *pb = wb;
-            if (cp >= nct) {
-                cp -= nct;
-                pb = wn;
-            }
-            if (!co)
+        for (int64_t j = 0; j < nc; j++) {
+            if (pf) {
+                const int64_t o = co[cp];
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++) _mm_prefetch((const char *)(pp[i] + o), _MM_HINT_T0);
+                if (++cp == nct) { /* the end of these blocks: on into the next ones */
+                    cp = 0;
+                    pf = !next && wn;
+                    next = 1;
+                    if (pf)
+#pragma GCC unroll 8
+                        for (int i = 0; i < NB; i++) pp[i] = wn[i];
+                }
+            } else if (!co) {
 #pragma GCC unroll 8
                 for (int i = 0; i < NB; i++)
                     _mm_prefetch((const char *)(wb[i] + w0 + (j + UQ_R16_PF512_CHUNKS) * 64), _MM_HINT_T0);
-            else if (pb && cp < nct)
-#pragma GCC unroll 8
-                for (int i = 0; i < NB; i++) _mm_prefetch((const char *)(pb[i] + co[cp]), _MM_HINT_T0);
+            }
             int32_t qa, qb;
             memcpy(&qa, xk + 8 * j, 4);
             memcpy(&qb, xk + 8 * j + 4, 4);
