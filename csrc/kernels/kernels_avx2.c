@@ -634,11 +634,20 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
     float tot[2 * 2 * 4 * 8];
     #pragma GCC unroll 16
     for (int i = 0; i < NB * 2 * NT; i++) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
-    for (int64_t k = 0, c0 = 0; k < ng; k++) {
+    /* decode: the prefetch cursor, chunk cp of the plan in the blocks pp (first these, then wn); pf: 1 while it runs */
+    const uint8_t *pp[2] = {wb[0], wb[NB > 1 ? 1 : 0]};
+    int64_t cp = UQ_R16_PF_CHUNKS;
+    int pf = NT == 1 && co != NULL, next = 0;
+    while (pf && cp >= nct) { /* a plan shorter than the distance */
+        cp -= nct;
+        pf = !next && wn;
+        next = 1;
+        #pragma GCC unroll 2
+        for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+    }
+    for (int64_t k = 0; k < ng; k++) {
         const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
         const int8_t *xk = xq + g[k].xq;
-        const int64_t cg = c0; /* chunks read before this group (index into co) */
-        c0 += nc;
         /* NT > 1: one 8-row half at a time (int16 + int32 accumulators of 4 tokens fit the 16 ymm registers) */
         for (int hh = 0; hh < (NT > 1 ? 2 : 1); hh++) {
             const int H0 = NT > 1 ? hh : 0, NH = NT > 1 ? 1 : 2;
@@ -653,20 +662,22 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                 for (int64_t jj = 0; jj < 4; jj++) {
                     const int64_t j = j0 + jj;
                     if (j >= j1) break;
-                    const uint8_t *const *pb = NULL;
-                    int64_t cp = cg + j + UQ_R16_PF_CHUNKS, po = 0;
-                    if (NT == 1) {
-                        pb = wb;
-                        if (!co) { /* no plan: ahead in the block's own bytes */
-                            po = w0 + (j + UQ_R16_PF_CHUNKS) * 64;
-                        } else {
-                            if (cp >= nct) {
-                                cp -= nct;
-                                pb = wn;
-                            }
-                            if (cp >= nct) pb = NULL;
-                            else po = co[cp];
+                    if (NT == 1 && pf) { /* decode streams 2 blocks per core: help the prefetchers */
+                        const int64_t o = co[cp];
+                        #pragma GCC unroll 2
+                        for (int i = 0; i < NB; i++) _mm_prefetch((const char *)(pp[i] + o), _MM_HINT_T0);
+                        if (++cp == nct) { /* the end of these blocks: on into the next ones */
+                            cp = 0;
+                            pf = !next && wn;
+                            next = 1;
+                            if (pf)
+                                #pragma GCC unroll 2
+                                for (int i = 0; i < NB; i++) pp[i] = wn[i];
                         }
+                    } else if (NT == 1 && !co) { /* no plan: ahead in the block's own bytes */
+                        #pragma GCC unroll 2
+                        for (int i = 0; i < NB; i++)
+                            _mm_prefetch((const char *)(wb[i] + w0 + (j + UQ_R16_PF_CHUNKS) * 64), _MM_HINT_T0);
                     }
                     #pragma GCC unroll 2
                     for (int i = 0; i < NB; i++)
@@ -674,8 +685,6 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                         for (int h = 0; h < NH; h++) {
                             const __m256i v =
                                 _mm256_loadu_si256((const __m256i *)(wb[i] + w0 + j * 64 + 32 * (H0 + h)));
-                            if (pb && h == 0) /* decode streams 2 blocks per core: help the prefetchers */
-                                _mm_prefetch((const char *)(pb[i] + po), _MM_HINT_T0);
                             const __m256i lo = _mm256_and_si256(v, m4);
                             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                             #pragma GCC unroll 4
