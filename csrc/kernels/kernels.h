@@ -152,6 +152,7 @@ typedef struct uq_k_r16_pf {
     const uint8_t *const *wn;
 } uq_k_r16_pf;
 #define UQ_K_ATTN_HEADS 4 /* most query heads per attention helper call */
+_Static_assert(UQ_K_ATTN_HEADS == 4, "the avx2 / avx512 attention helpers' register tiles take 1 to 4 query heads");
 typedef struct {
     const char *name;
     int V;  /* fp32 lanes (8 or 16) */

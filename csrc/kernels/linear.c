@@ -380,7 +380,7 @@ static void r16_quant_task(void *arg, int64_t t, int worker) {
 }
 
 /* The row blocks of task gtask of a linear_r16 job: block pointers wb / sb (either may be NULL), the weight's index into
- * j->w (*wi) and first kept block (*j0); returns their count (<= UQ_K_R16_NB). */
+ * j->w (*wi) and its first kept block (*j0) (either may be NULL); returns their count (<= UQ_K_R16_NB). */
 static int64_t r16_task_blocks(const r16_job *j, int64_t gtask, const uint8_t **wb, const uint16_t **sb, int *wi,
                                int64_t *j0) {
     int k = 0;
@@ -393,8 +393,8 @@ static int64_t r16_task_blocks(const r16_job *j, int64_t gtask, const uint8_t **
         if (wb) wb[i] = W->L->packed + blk * W->bbytes;
         if (sb) sb[i] = W->L->scales + blk * W->sstride;
     }
-    *wi = k;
-    *j0 = b0;
+    if (wi) *wi = k;
+    if (j0) *j0 = b0;
     return nb;
 }
 
@@ -410,9 +410,7 @@ static void r16_task(void *arg, int64_t gtask, int worker) {
      * probably run next (tasks are claimed in order, about one in pf_step per thread) */
     uq_k_r16_pf pf = {.co = j->co, .nct = j->nct, .wn = NULL};
     if (j->co && gtask + j->pf_step < j->ntask) {
-        int wi2;
-        int64_t j02;
-        const int64_t nn = r16_task_blocks(j, gtask + j->pf_step, wn, NULL, &wi2, &j02);
+        const int64_t nn = r16_task_blocks(j, gtask + j->pf_step, wn, NULL, NULL, NULL);
         for (int64_t i = nn; i < UQ_K_R16_NB; i++) wn[i] = wn[nn - 1];
         pf.wn = wn;
     }
