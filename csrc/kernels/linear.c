@@ -422,14 +422,6 @@ static void r16_task(void *arg, int64_t gtask, int worker) {
                          tn, j->gr, j->ng, out, j->ldo, j->co ? &pf : NULL);
         else
             j->P->r16_f32(wb, sb, (int)nb, j->x + t0 * j->nin, j->nin, tn, j->gr, j->ng, out, j->ldo);
-        /* blocks that fill consecutive output columns (whole 16-row blocks of one segment): one copy per token */
-        const int64_t so0 = j0 / W->kb, r00 = 16 * (j0 % W->kb);
-        if (!W->b && so0 == (j0 + nb - 1) / W->kb && r00 + 16 * nb <= W->keep_out) {
-            for (int64_t t = 0; t < tn; t++)
-                memcpy(W->y + (t0 + t) * W->nout + so0 * W->keep_out + r00, out + t * j->ldo,
-                       (size_t)(16 * nb) * sizeof(float));
-            continue;
-        }
         for (int64_t i = 0; i < nb; i++) {
             const int64_t so = (j0 + i) / W->kb, r0 = 16 * ((j0 + i) % W->kb);
             const int64_t nr = W->keep_out - r0 < 16 ? W->keep_out - r0 : 16;
