@@ -192,6 +192,20 @@ def r16_spec(p, s, g, cols, b, nso, nsi):
     return (pr, sr, g, cols, b, (rows, nso, nsi))
 
 
+def test_q4_repack_arrays_start_on_64_byte_boundaries(rng):
+    """q4_repack's packed codes and scales start on 64-byte boundaries (the R16 kernels read 64-byte chunks; numpy
+    puts large arrays 16 bytes into a page) and are ordinary C-contiguous writable arrays of the layout's sizes (the
+    kernels on them: test_r16_kernels_bit_exact_across_paths)."""
+    for rows, cols, nso, _, nsi, _, g in R16_CASES + [(4096, 4096, 1, 0, 1, 0, 128)]:
+        p, s = q4_weight(rng.standard_normal((rows, cols)).astype(np.float32), nsi, g)
+        pr, sr = _C.q4_repack((p, s, g, cols, None), nso, nsi)
+        nblk = nso * -(-(rows // nso) // 16)
+        assert pr.shape == (nblk, nsi * -(-(cols // nsi) // 8) * 64) and pr.dtype == np.uint8
+        assert sr.shape == (nblk, s.shape[1] * 16) and sr.dtype == np.float16
+        for a in (pr, sr):
+            assert a.ctypes.data % 64 == 0 and a.flags["C_CONTIGUOUS"] and a.flags["WRITEABLE"]
+
+
 @pytest.mark.parametrize("act", ["fp32", "int8"])
 def test_r16_kernels_bit_exact_across_paths(act, rng):
     """Every path's R16 kernel equals the ref path's plain C twin bit for bit (fp32: the same FMA sequence; int8:

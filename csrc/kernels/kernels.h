@@ -141,6 +141,18 @@ void uq_k_q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, in
  * chunk list (zero padded); int4 pieces of m*V columns (m = 2, or 8 for the wide kernels) become m vectors,
  * vector j holding the dequantized columns m*i + j (i = lane). */
 #define UQ_K_NR 6
+/* Decode prefetch plan of an R16 int8 kernel call (uq_kpath.r16_q8 at T == 1): co[c] (c < nct) = the byte offset inside
+ * a row block of the c-th chunk the kernel reads (the groups in order, each group's kept chunks in order: the same for
+ * every block of the call), and wn = UQ_K_R16_NB row blocks the calling thread will probably stream next (the first
+ * blocks of its next task, the last one repeated to fill; NULL: none), so a kernel can prefetch a fixed number of
+ * chunks ahead along what it will actually read, across the end of its blocks into the next ones. */
+typedef struct uq_k_r16_pf {
+    const int64_t *co;
+    int64_t nct;
+    const uint8_t *const *wn;
+} uq_k_r16_pf;
+#define UQ_K_ATTN_HEADS 4 /* most query heads per attention helper call */
+_Static_assert(UQ_K_ATTN_HEADS == 4, "the avx2 / avx512 attention helpers' register tiles take 1 to 4 query heads");
 typedef struct {
     const char *name;
     int V;  /* fp32 lanes (8 or 16) */
@@ -186,21 +198,26 @@ typedef struct {
      * out[t * ldo + 16 i + l] = row l of block i, token t, for all 16 rows. */
     void (*r16_f32)(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const float *x, int64_t ldx,
                     int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo);
+    /* pf: the decode prefetch plan (T == 1; NULL: none, e.g. prefill): hints only, the results do not depend on it */
     void (*r16_q8)(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
-                   float *out, int64_t ldo);
-    /* optional attention helpers, same results as the loops over dot / axpy they replace:
-     * sc[s] = dot(q, K + s * rc, r) * scale for s < n; out[0..r) = sum over s < n in order of axpy(sc[s] * inv,
-     * V + s * rc) starting from 0 */
-    void (*attn_scores)(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale, float *sc);
-    void (*attn_accum)(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
+                   float *out, int64_t ldo, const struct uq_k_r16_pf *pf);
+    /* optional attention helpers for nq (1..UQ_K_ATTN_HEADS) query heads that read the same K / V rows (one GQA group:
+     * each row loaded, and converted, once for all of them), same results per head as the loops over dot / axpy they
+     * replace: sc[j * ldsc + s] = dot(q + j * r, K + s * rc, r) * scale for s < n; out[j * r + i] (i < r) = sum over
+     * s < n in order of axpy(p[j * ldp + s], V + s * rc) starting from 0, p = the softmax's probabilities already
+     * multiplied by its normaliser (p[s] = e[s] * inv, the float product the axpy loop takes) */
+    void (*attn_scores)(const float *q, int64_t nq, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
+                        float *sc, int64_t ldsc);
+    void (*attn_accum)(const float *p, int64_t ldp, int64_t nq, const float *V, int64_t rc, int64_t n, int64_t r,
+                       float *out);
     /* optional float16-cache twins (K / V rows of IEEE halves, converted exactly): the same results as attn_scores /
      * attn_accum over the converted rows, bit for bit; and the conversions of the cache writer and of the fallback
      * loops (round to nearest even: the values of uq_convert_f32_to_f16 / uq_convert_f16_to_f32, NaN payloads aside) */
-    void (*attn_scores_f16)(const float *q, const uint16_t *K, int64_t rc, int64_t n, int64_t r, float scale,
-                            float *sc);
-    void (*attn_accum_f16)(const float *sc, float inv, const uint16_t *V, int64_t rc, int64_t n, int64_t r,
-                           float *out);
+    void (*attn_scores_f16)(const float *q, int64_t nq, const uint16_t *K, int64_t rc, int64_t n, int64_t r,
+                            float scale, float *sc, int64_t ldsc);
+    void (*attn_accum_f16)(const float *p, int64_t ldp, int64_t nq, const uint16_t *V, int64_t rc, int64_t n,
+                           int64_t r, float *out);
     void (*f32_to_f16)(const float *x, int64_t n, uint16_t *y);
     void (*f16_to_f32)(const uint16_t *x, int64_t n, float *y);
     /* optional: uq_k_softmax_inplace and the element loop of uq_k_silu_mul, same results */
@@ -210,14 +227,7 @@ typedef struct {
     void (*q8_quant0)(const float *x, const uq_k_chunk *ch, int64_t nch, int8_t *xqrow, float *xs, int32_t *xsum);
 } uq_kpath;
 
-/* AVX2 helpers shared with the avx512 path (x86 builds; AVX-512 CPUs have AVX2): uq_k_reduce8x8_avx2 writes
- * out[j] = uq_k_reduce8(lanes + 8 j) * scale for j < ns (8 accumulators of 8 lanes, row-major); attn_accum as in
- * uq_kpath (per element the fma chain of repeated FMA axpys, whatever their vector width). */
-void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int ns);
-void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r, float *out);
-/* The AVX2 (F16C) float16-cache accumulation and conversions (x86 builds; also used by the avx512 path). */
-void uq_k_attn_accum_f16_avx2(const float *sc, float inv, const uint16_t *V, int64_t rc, int64_t n, int64_t r,
-                              float *out);
+/* The AVX2 (F16C) float16 <-> float32 conversions (x86 builds; also used by the avx512 path). */
 void uq_k_f32_to_f16_avx2(const float *x, int64_t n, uint16_t *y);
 void uq_k_f16_to_f32_avx2(const uint16_t *x, int64_t n, float *y);
 /* The AVX2 softmax and silu_mul (x86 builds; also used by the avx512 path). */
@@ -236,7 +246,7 @@ void uq_k_r16_f32_ref(const uint8_t *const *wb, const uint16_t *const *sb, int n
                       int64_t T, const uq_k_chunk *g, int64_t ng, float *out, int64_t ldo);
 void uq_k_r16_q8_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                      const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
-                     float *out, int64_t ldo);
+                     float *out, int64_t ldo, const uq_k_r16_pf *pf);
 /* Code (0..15) and scale of stored row `row`, column `col` / scale column `sc` of an R16 weight. */
 int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col);
 float uq_k_r16_scale(const uq_linear *L, int64_t row, int64_t sc);

@@ -77,90 +77,130 @@ static UQ_T2I __m256 reduce8x8(const __m256 *a) {
                          _mm256_add_ps(_mm256_add_ps(b1, b5), _mm256_add_ps(b3, b7)));
 }
 
-UQ_T2 void uq_k_reduce8x8_avx2(const float *lanes, float scale, float *out, int ns) {
-    __m256 a[8];
-    for (int j = 0; j < 8; j++) a[j] = _mm256_loadu_ps(lanes + 8 * j);
-    float o[8];
-    _mm256_storeu_ps(o, _mm256_mul_ps(reduce8x8(a), _mm256_set1_ps(scale)));
-    memcpy(out, o, (size_t)ns * sizeof(float));
-}
-
 /* n (<= 8) cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes >= n zero. */
 static UQ_T2I __m256 load8k(const void *K, int f16, int64_t off, int64_t n) {
     return f16 ? load8h((const uint16_t *)K + off, n) : load8f((const float *)K + off, n);
 }
 
-/* sc[s] = dot_f32_avx2(q, K + s * rc, r) * scale, 8 keys at a time (one reduce8x8 per 8 keys); K fp32 or fp16 (the
- * same FMA sequence on the converted rows). */
-static UQ_T2I void attn_scores_avx2(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
-                                    float scale, float *sc) {
-    for (int64_t s0 = 0; s0 < n; s0 += 8) {
-        const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
-        __m256 a[8];
+/* Scores of HN (1..4) query heads q + j * r against keys s0 .. s0 + KN - 1 (KN = 8 / HP, HP = 1, 2 or 4 >= HN
+ * head slots; a key past n - 1 repeats the last one, its score not stored): HP x KN = 8 accumulators of 8 lanes, each
+ * key row loaded and converted once for the HN heads. Per (head, key) the FMA chain of dot_f32_avx2 and, by one
+ * reduce8x8 of the 8 accumulators (slot j * KN + k), its uq_k_reduce8 tree: bit-identical to dot_f32_avx2 * scale. */
+static UQ_T2I void scores_block_avx2(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
+                                     float scale, int64_t s0, float *sc, int64_t ldsc, const int HN, const int HP) {
+    const int KN = 8 / HP;
+    __m256 a[8];
+    int64_t off[8];
+    #pragma GCC unroll 8
+    for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
+    #pragma GCC unroll 8
+    for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < r; i += 8) {
+        __m256 kv[8];
         #pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
-        for (int64_t i = 0; i < r; i += 8) {
-            const __m256 qv = load8f(q + i, r - i);
+        for (int k = 0; k < KN; k++) kv[k] = load8k(K, f16, off[k] + i, r - i);
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++) {
+            const __m256 qv = load8f(q + j * r + i, r - i);
             #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++)
-                if (j < ns) a[j] = _mm256_fmadd_ps(qv, load8k(K, f16, (s0 + j) * rc + i, r - i), a[j]);
+            for (int k = 0; k < KN; k++) a[j * KN + k] = _mm256_fmadd_ps(qv, kv[k], a[j * KN + k]);
         }
-        float o[8];
-        _mm256_storeu_ps(o, _mm256_mul_ps(reduce8x8(a), _mm256_set1_ps(scale)));
-        memcpy(sc + s0, o, (size_t)ns * sizeof(float));
+    }
+    float o[8];
+    _mm256_storeu_ps(o, _mm256_mul_ps(reduce8x8(a), _mm256_set1_ps(scale)));
+    const int64_t ns = n - s0 < KN ? n - s0 : KN;
+    #pragma GCC unroll 4
+    for (int j = 0; j < HN; j++) memcpy(sc + j * ldsc + s0, o + j * KN, (size_t)ns * sizeof(float));
+}
+
+/* sc[j * ldsc + s] = dot_f32_avx2(q + j * r, K + s * rc, r) * scale for nq <= 4 heads (K fp32 or fp16: the same FMA
+ * sequence on the converted rows). */
+static UQ_T2I void attn_scores_avx2(const float *q, int64_t nq, const void *K, int f16, int64_t rc, int64_t n,
+                                    int64_t r, float scale, float *sc, int64_t ldsc) {
+    for (int64_t s0 = 0; s0 < n;) {
+        switch (nq) {
+        case 1: scores_block_avx2(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 1, 1); s0 += 8; break;
+        case 2: scores_block_avx2(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 2, 2); s0 += 4; break;
+        case 3: scores_block_avx2(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 3, 4); s0 += 2; break;
+        default: scores_block_avx2(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 4, 4); s0 += 2; break;
+        }
     }
 }
 
-UQ_T2 static void attn_scores_f32_avx2(const float *q, const float *K, int64_t rc, int64_t n, int64_t r, float scale,
-                                       float *sc) {
-    attn_scores_avx2(q, K, 0, rc, n, r, scale, sc);
+UQ_T2 static void attn_scores_f32_avx2(const float *q, int64_t nq, const float *K, int64_t rc, int64_t n, int64_t r,
+                                       float scale, float *sc, int64_t ldsc) {
+    attn_scores_avx2(q, nq, K, 0, rc, n, r, scale, sc, ldsc);
 }
 
-UQ_T2 static void attn_scores_f16_avx2(const float *q, const uint16_t *K, int64_t rc, int64_t n, int64_t r,
-                                       float scale, float *sc) {
-    attn_scores_avx2(q, K, 1, rc, n, r, scale, sc);
+UQ_T2 static void attn_scores_f16_avx2(const float *q, int64_t nq, const uint16_t *K, int64_t rc, int64_t n, int64_t r,
+                                       float scale, float *sc, int64_t ldsc) {
+    attn_scores_avx2(q, nq, K, 1, rc, n, r, scale, sc, ldsc);
 }
 
-/* out = sum over s in order of axpy_f32_avx2(sc[s] * inv, V + s * rc): the output kept in registers 64 floats at a time
- * (the same fma chain per element as repeated axpy_f32_avx2 calls, tail elements with fmaf as axpy_f32_avx2 does);
- * V fp32 or fp16 (converted exactly). */
-static UQ_T2I void attn_accum_avx2(const float *sc, float inv, const void *V, int f16, int64_t rc, int64_t n,
-                                   int64_t r, float *out) {
+/* out_j = sum over s in order of axpy_f32_avx2(p_j[s], V + s * rc) for HN (1..4) heads (p rows j * ldp, out rows
+ * j * r): 16 columns per pass in registers for all HN heads, each V row chunk loaded and converted once for them
+ * (per element the fma chain of repeated axpy_f32_avx2 calls; the r % 8 tail elements with fmaf, as axpy_f32_avx2
+ * does); V fp32 or fp16 (converted exactly). */
+static UQ_T2I void accum_heads_avx2(const float *p, int64_t ldp, const void *V, int f16, int64_t rc, int64_t n,
+                                    int64_t r, float *out, const int HN) {
     const int64_t r8 = r / 8 * 8;
-    for (int64_t c0 = 0; c0 < r8; c0 += 64) {
-        const int nv = r8 - c0 < 64 ? (int)((r8 - c0) / 8) : 8;
-        __m256 y[8];
-        #pragma GCC unroll 8
-        for (int k = 0; k < 8; k++) y[k] = _mm256_setzero_ps();
-        for (int64_t s = 0; s < n; s++) {
-            const __m256 av = _mm256_set1_ps(sc[s] * inv);
-            const int64_t off = s * rc + c0;
-            #pragma GCC unroll 8
-            for (int k = 0; k < 8; k++)
-                if (k < nv) y[k] = _mm256_fmadd_ps(av, load8k(V, f16, off + 8 * k, 8), y[k]);
+    for (int64_t c0 = 0; c0 < r8; c0 += 16) {
+        const int two = r8 - c0 >= 16;
+        __m256 y[4][2];
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++) y[j][0] = y[j][1] = _mm256_setzero_ps();
+        if (two) {
+            for (int64_t s = 0; s < n; s++) {
+                const __m256 v0 = load8k(V, f16, s * rc + c0, 8), v1 = load8k(V, f16, s * rc + c0 + 8, 8);
+                #pragma GCC unroll 4
+                for (int j = 0; j < HN; j++) {
+                    const __m256 pv = _mm256_broadcast_ss(p + j * ldp + s);
+                    y[j][0] = _mm256_fmadd_ps(pv, v0, y[j][0]);
+                    y[j][1] = _mm256_fmadd_ps(pv, v1, y[j][1]);
+                }
+            }
+        } else {
+            for (int64_t s = 0; s < n; s++) {
+                const __m256 v0 = load8k(V, f16, s * rc + c0, 8);
+                #pragma GCC unroll 4
+                for (int j = 0; j < HN; j++) y[j][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j * ldp + s), v0, y[j][0]);
+            }
         }
-        #pragma GCC unroll 8
-        for (int k = 0; k < 8; k++)
-            if (k < nv) _mm256_storeu_ps(out + c0 + 8 * k, y[k]);
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++) {
+            _mm256_storeu_ps(out + j * r + c0, y[j][0]);
+            if (two) _mm256_storeu_ps(out + j * r + c0 + 8, y[j][1]);
+        }
     }
-    for (int64_t i = r8; i < r; i++) {
-        float y = 0.0f;
-        for (int64_t s = 0; s < n; s++) {
-            const float v = f16 ? _cvtsh_ss(((const uint16_t *)V)[s * rc + i]) : ((const float *)V)[s * rc + i];
-            y = __builtin_fmaf(sc[s] * inv, v, y);
+    for (int64_t i = r8; i < r; i++)
+        for (int j = 0; j < HN; j++) {
+            float y = 0.0f;
+            for (int64_t s = 0; s < n; s++) {
+                const float v = f16 ? _cvtsh_ss(((const uint16_t *)V)[s * rc + i]) : ((const float *)V)[s * rc + i];
+                y = __builtin_fmaf(p[j * ldp + s], v, y);
+            }
+            out[j * r + i] = y;
         }
-        out[i] = y;
+}
+
+static UQ_T2I void attn_accum_avx2(const float *p, int64_t ldp, int64_t nq, const void *V, int f16, int64_t rc,
+                                   int64_t n, int64_t r, float *out) {
+    switch (nq) {
+    case 1: accum_heads_avx2(p, ldp, V, f16, rc, n, r, out, 1); break;
+    case 2: accum_heads_avx2(p, ldp, V, f16, rc, n, r, out, 2); break;
+    case 3: accum_heads_avx2(p, ldp, V, f16, rc, n, r, out, 3); break;
+    default: accum_heads_avx2(p, ldp, V, f16, rc, n, r, out, 4); break;
     }
 }
 
-UQ_T2 void uq_k_attn_accum_avx2(const float *sc, float inv, const float *V, int64_t rc, int64_t n, int64_t r,
-                                float *out) {
-    attn_accum_avx2(sc, inv, V, 0, rc, n, r, out);
+UQ_T2 static void attn_accum_f32_avx2(const float *p, int64_t ldp, int64_t nq, const float *V, int64_t rc, int64_t n,
+                                      int64_t r, float *out) {
+    attn_accum_avx2(p, ldp, nq, V, 0, rc, n, r, out);
 }
 
-UQ_T2 void uq_k_attn_accum_f16_avx2(const float *sc, float inv, const uint16_t *V, int64_t rc, int64_t n, int64_t r,
-                                    float *out) {
-    attn_accum_avx2(sc, inv, V, 1, rc, n, r, out);
+UQ_T2 static void attn_accum_f16_avx2(const float *p, int64_t ldp, int64_t nq, const uint16_t *V, int64_t rc,
+                                      int64_t n, int64_t r, float *out) {
+    attn_accum_avx2(p, ldp, nq, V, 1, rc, n, r, out);
 }
 
 /* float32 <-> float16, round to nearest even (vcvtps2ph / vcvtph2ps; the tails through a zero-padded vector). */
@@ -566,9 +606,10 @@ static UQ_T2I void r16_f32_tile(const uint8_t *const *wb, const uint16_t *const 
                 _mm256_storeu_ps(out + t * ldo + 16 * i + 8 * h, _mm256_loadu_ps(tot + 8 * ((i * 2 + h) * NT + t)));
 }
 
-#define UQ_R16_PF 4096 /* decode prefetch distance in bytes: the next 4 KiB page, where the hardware prefetchers stop
-                           (28672 x 4096 from DRAM, 1 thread, AMD EPYC with AVX-512: 1024 -> 4096 bytes = 2.03 -> 1.58 ms;
-                           2048: 1.82, 6144: 1.54, 8192: 1.66) */
+/* Decode prefetch distance in chunks (64 bytes of each block) ahead along the prefetch plan (uq_k_r16_pf): 4 KiB, the
+ * next 4 KiB page, where the hardware prefetchers stop (28672 x 4096 from DRAM, 1 thread, AMD EPYC with AVX-512: 1024
+ * -> 4096 bytes = 2.03 -> 1.58 ms; 2048: 1.82, 6144: 1.54, 8192: 1.66). */
+#define UQ_R16_PF_CHUNKS 64
 
 static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int NH, const int NT) {
     #pragma GCC unroll 2
@@ -580,16 +621,30 @@ static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int 
 }
 
 /* NB blocks x NT tokens, int8 activations: vpmaddubsw on the low / high nibbles (columns 0..3 / 4..7 of a chunk)
+ * (decode, NT = 1: software prefetch UQ_R16_PF_CHUNKS chunks ahead along the plan co / nct, past the last chunk into
+ * the next blocks wn, as the avx512 decode tile; co NULL: that many chunks ahead in the block's own bytes)
  * against 4 broadcast activation bytes each. A chunk's pair sums, added in int16, are bounded by
  * 4 * 15 * 127 = 7620, so up to 4 chunks (30480) accumulate in int16 before one vpmaddwd widens them: 2.25
  * multiply instructions per 64 multiply-adds instead of 3 (the sums are exact, so the order does not matter). */
 static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq, int64_t ldq,
                           const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
-                          float *out, int64_t ldo, const int NB, const int NT) {
+                          float *out, int64_t ldo, const int64_t *co, int64_t nct, const uint8_t *const *wn,
+                          const int NB, const int NT) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     float tot[2 * 2 * 4 * 8];
     #pragma GCC unroll 16
     for (int i = 0; i < NB * 2 * NT; i++) _mm256_storeu_ps(tot + 8 * i, _mm256_setzero_ps());
+    /* decode: the prefetch cursor, chunk cp of the plan in the blocks pp (first these, then wn); pf: 1 while it runs */
+    const uint8_t *pp[2] = {wb[0], wb[NB > 1 ? 1 : 0]};
+    int64_t cp = UQ_R16_PF_CHUNKS;
+    int pf = NT == 1 && co != NULL, next = 0;
+    while (pf && cp >= nct) { /* a plan shorter than the distance */
+        cp -= nct;
+        pf = !next && wn;
+        next = 1;
+        #pragma GCC unroll 2
+        for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+    }
     for (int64_t k = 0; k < ng; k++) {
         const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
         const int8_t *xk = xq + g[k].xq;
@@ -607,14 +662,29 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                 for (int64_t jj = 0; jj < 4; jj++) {
                     const int64_t j = j0 + jj;
                     if (j >= j1) break;
+                    if (NT == 1 && pf) { /* decode streams 2 blocks per core: help the prefetchers */
+                        const int64_t o = co[cp];
+                        #pragma GCC unroll 2
+                        for (int i = 0; i < NB; i++) _mm_prefetch((const char *)(pp[i] + o), _MM_HINT_T0);
+                        if (++cp == nct) { /* the end of these blocks: on into the next ones */
+                            cp = 0;
+                            pf = !next && wn;
+                            next = 1;
+                            if (pf)
+                                #pragma GCC unroll 2
+                                for (int i = 0; i < NB; i++) pp[i] = wn[i];
+                        }
+                    } else if (NT == 1 && !co) { /* no plan: ahead in the block's own bytes */
+                        #pragma GCC unroll 2
+                        for (int i = 0; i < NB; i++)
+                            _mm_prefetch((const char *)(wb[i] + w0 + (j + UQ_R16_PF_CHUNKS) * 64), _MM_HINT_T0);
+                    }
                     #pragma GCC unroll 2
                     for (int i = 0; i < NB; i++)
                         #pragma GCC unroll 2
                         for (int h = 0; h < NH; h++) {
                             const __m256i v =
                                 _mm256_loadu_si256((const __m256i *)(wb[i] + w0 + j * 64 + 32 * (H0 + h)));
-                            if (NT == 1 && h == 0) /* decode streams 2 blocks per core: help the prefetchers */
-                                _mm_prefetch((const char *)(wb[i] + w0 + j * 64 + UQ_R16_PF), _MM_HINT_T0);
                             const __m256i lo = _mm256_and_si256(v, m4);
                             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                             #pragma GCC unroll 4
@@ -862,7 +932,9 @@ UQ_T2 static void r16_f32_avx2(const uint8_t *const *wb, const uint16_t *const *
 
 UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                          const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
-                         int64_t ng, float *out, int64_t ldo) {
+                         int64_t ng, float *out, int64_t ldo, const uq_k_r16_pf *pf) {
+    /* decode: the plan only for T == 1 (a last lone token of a larger T runs without one) */
+    const int64_t *co = T == 1 && pf ? pf->co : NULL, nct = co ? pf->nct : 0;
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
         const int nt = (int)(T - t0 < 4 ? T - t0 : 4);
         const int8_t *xt = xq + t0 * ldq;
@@ -871,10 +943,14 @@ UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const uint16_t *const *s
         float *o = out + t0 * ldo;
         int i0 = 0;
         if (nt == 1)
-            for (; i0 + 2 <= nb; i0 += 2) r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2, 1);
+            for (; i0 + 2 <= nb; i0 += 2) { /* the next tile: the next 2 blocks of this call, else the plan's */
+                const uint8_t *wn[2] = {wb[i0 + 2 < nb ? i0 + 2 : nb - 1], wb[i0 + 3 < nb ? i0 + 3 : nb - 1]};
+                const uint8_t *const *next = i0 + 2 < nb ? wn : co ? pf->wn : NULL;
+                r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, co, nct, next, 2, 1);
+            }
         for (; i0 < nb; i0++) {
             switch (nt) {
-            case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 1, 1); break;
+            case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, co, nct, co ? pf->wn : NULL, 1, 1); break;
             case 2: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2); break;
             case 3: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 3); break;
             default: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 4); break;
@@ -937,9 +1013,9 @@ const uq_kpath uq_kpath_avx2 = {
     .r16_q8 = r16_q8_avx2,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx2,
-    .attn_accum = uq_k_attn_accum_avx2,
+    .attn_accum = attn_accum_f32_avx2,
     .attn_scores_f16 = attn_scores_f16_avx2,
-    .attn_accum_f16 = uq_k_attn_accum_f16_avx2,
+    .attn_accum_f16 = attn_accum_f16_avx2,
     .f32_to_f16 = uq_k_f32_to_f16_avx2,
     .f16_to_f32 = uq_k_f16_to_f32_avx2,
     .softmax = uq_k_softmax_avx2,

@@ -70,71 +70,145 @@ static UQ_T512I __m256 reduce16x8_avx512(const __m512 *a) {
     return _mm256_permutevar8x32_ps(R, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* 16 cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes outside m zero. */
+/* 16 cache elements at K + off as floats: fp32, or fp16 converted exactly (vcvtph2ps); lanes outside m zero. A mask of
+ * the low 8 lanes (a head dim that is 8 mod 16) is an unmasked 8-element load, zero-extended: the same values, but
+ * AMD Zen 5 ran the masked loads of a 40-dim head's tail so slowly (they wait on the score stores, perf: half of the
+ * scores' time) that SmolLM2's decode at rate 35% took 1.3x as long. */
 static UQ_T512I __m512 load16k(const void *K, int f16, int64_t off, __mmask16 m) {
     if (m == 0xFFFF)
         return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)K + off)))
                    : _mm512_loadu_ps((const float *)K + off);
+    if (m == 0x00FF)
+        return f16 ? _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)K + off))))
+                   : _mm512_zextps256_ps512(_mm256_loadu_ps((const float *)K + off));
     return f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)K + off))
                : _mm512_maskz_loadu_ps(m, (const float *)K + off);
 }
 
-/* K fp32 or fp16 (the same FMA sequence on the converted rows). */
-static UQ_T512I void attn_scores_avx512(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
-                                        float scale, float *sc) {
-    const __m256 scv = _mm256_set1_ps(scale);
+/* Scores of HN (1..4) query heads q + j * r against keys s0 .. s0 + KN - 1 (KN = 8 for one head, else 4; a key past
+ * n - 1 repeats the last one, its score not stored): HN x KN 16-lane accumulators (slot j * KN + k), each key row
+ * loaded and converted once for the HN heads. Per (head, key) the FMA chain of dot_f32_avx512 and, through
+ * reduce16x8_avx512 over each 8 slots, its uq_k_reduce16 tree: bit-identical to dot_f32_avx512 * scale. */
+static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
+                                         float scale, int64_t s0, float *sc, int64_t ldsc, const int HN) {
+    const int KN = HN == 1 ? 8 : 4, NS = HN * KN > 8 ? 16 : 8; /* NS: slots, whole reduce16x8 groups */
     const __mmask16 mt = tail16(r % 16);
-    int64_t s0 = 0;
-    for (; s0 + 8 <= n; s0 += 8) { /* whole blocks of 8 keys: accumulators stay in registers */
-        __m512 a[8];
-        const int64_t k0 = s0 * rc;
+    __m512 a[16];
+    int64_t off[8];
+    #pragma GCC unroll 8
+    for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
+    #pragma GCC unroll 16
+    for (int k = 0; k < NS; k++) a[k] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= r; i += 16) {
+        __m512 kv[8];
         #pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= r; i += 16) {
-            const __m512 qv = _mm512_loadu_ps(q + i);
+        for (int k = 0; k < KN; k++) kv[k] = load16k(K, f16, off[k] + i, 0xFFFF);
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++) {
+            const __m512 qv = _mm512_loadu_ps(q + j * r + i);
             #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, k0 + j * rc + i, 0xFFFF), a[j]);
+            for (int k = 0; k < KN; k++) a[j * KN + k] = _mm512_fmadd_ps(qv, kv[k], a[j * KN + k]);
         }
-        if (i < r) {
-            const __m512 qv = _mm512_maskz_loadu_ps(mt, q + i);
-            #pragma GCC unroll 8
-            for (int j = 0; j < 8; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, k0 + j * rc + i, mt), a[j]);
-        }
-        _mm256_storeu_ps(sc + s0, _mm256_mul_ps(reduce16x8_avx512(a), scv));
     }
-    for (; s0 < n; s0 += 8) {
-        const int ns = n - s0 < 8 ? (int)(n - s0) : 8;
-        __m512 a[8];
-        for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= r; i += 16) {
-            const __m512 qv = _mm512_loadu_ps(q + i);
-            for (int j = 0; j < ns; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, (s0 + j) * rc + i, 0xFFFF), a[j]);
+    if (i < r) {
+        __m512 kv[8];
+        #pragma GCC unroll 8
+        for (int k = 0; k < KN; k++) kv[k] = load16k(K, f16, off[k] + i, mt);
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++) {
+            const __m512 qv = load16k(q + j * r, 0, i, mt);
+            #pragma GCC unroll 8
+            for (int k = 0; k < KN; k++) a[j * KN + k] = _mm512_fmadd_ps(qv, kv[k], a[j * KN + k]);
         }
-        if (i < r) {
-            const __mmask16 m = tail16(r - i);
-            const __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-            for (int j = 0; j < ns; j++) a[j] = _mm512_fmadd_ps(qv, load16k(K, f16, (s0 + j) * rc + i, m), a[j]);
+    }
+    float o[16];
+    const __m256 scv = _mm256_set1_ps(scale);
+    _mm256_storeu_ps(o, _mm256_mul_ps(reduce16x8_avx512(a), scv));
+    if (NS == 16) _mm256_storeu_ps(o + 8, _mm256_mul_ps(reduce16x8_avx512(a + 8), scv));
+    const int64_t ns = n - s0 < KN ? n - s0 : KN;
+    #pragma GCC unroll 4
+    for (int j = 0; j < HN; j++) memcpy(sc + j * ldsc + s0, o + j * KN, (size_t)ns * sizeof(float));
+}
+
+/* sc[j * ldsc + s] = dot_f32_avx512(q + j * r, K + s * rc, r) * scale for nq <= 4 heads; K fp32 or fp16 (the same FMA
+ * sequence on the converted rows). */
+static UQ_T512I void attn_scores_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc, int64_t n,
+                                        int64_t r, float scale, float *sc, int64_t ldsc) {
+    for (int64_t s0 = 0; s0 < n;) {
+        switch (nq) {
+        case 1: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 1); s0 += 8; break;
+        case 2: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 2); s0 += 4; break;
+        case 3: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 3); s0 += 4; break;
+        default: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 4); s0 += 4; break;
         }
-        float f[64];
-        for (int j = 0; j < 8; j++) {
-            const __m256 lo = _mm512_castps512_ps256(a[j]);
-            const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[j]), 1));
-            _mm256_storeu_ps(f + 8 * j, _mm256_add_ps(lo, hi));
-        }
-        uq_k_reduce8x8_avx2(f, scale, sc + s0, ns);
     }
 }
 
-UQ_T512 static void attn_scores_f32_avx512(const float *q, const float *K, int64_t rc, int64_t n, int64_t r,
-                                           float scale, float *sc) {
-    attn_scores_avx512(q, K, 0, rc, n, r, scale, sc);
+UQ_T512 static void attn_scores_f32_avx512(const float *q, int64_t nq, const float *K, int64_t rc, int64_t n,
+                                           int64_t r, float scale, float *sc, int64_t ldsc) {
+    attn_scores_avx512(q, nq, K, 0, rc, n, r, scale, sc, ldsc);
 }
 
-UQ_T512 static void attn_scores_f16_avx512(const float *q, const uint16_t *K, int64_t rc, int64_t n, int64_t r,
-                                           float scale, float *sc) {
-    attn_scores_avx512(q, K, 1, rc, n, r, scale, sc);
+UQ_T512 static void attn_scores_f16_avx512(const float *q, int64_t nq, const uint16_t *K, int64_t rc, int64_t n,
+                                           int64_t r, float scale, float *sc, int64_t ldsc) {
+    attn_scores_avx512(q, nq, K, 1, rc, n, r, scale, sc, ldsc);
+}
+
+/* out_j = sum over s in order of p_j[s] * (V + s * rc) for HN (1..4) heads (p rows j * ldp, out rows j * r): 64
+ * columns per pass in registers for all HN heads, each V row chunk loaded and converted once for them; per element
+ * y = fma(p_j[s], v, y) from 0, the chain of repeated axpys (the tail lanes masked). V fp32 or fp16 (exact). */
+static UQ_T512I void accum_heads_avx512(const float *p, int64_t ldp, const void *V, int f16, int64_t rc, int64_t n,
+                                        int64_t r, float *out, const int HN) {
+    for (int64_t c0 = 0; c0 < r; c0 += 64) {
+        const int64_t w = r - c0 < 64 ? r - c0 : 64;
+        const int nv = (int)((w + 15) / 16);
+        __mmask16 m[4];
+        #pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) m[c] = c < nv ? tail16(w - 16 * c) : 0;
+        __m512 y[4][4];
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++)
+            #pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) y[j][c] = _mm512_setzero_ps();
+        for (int64_t s = 0; s < n; s++) {
+            __m512 v[4];
+            #pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) v[c] = c < nv ? load16k(V, f16, s * rc + c0 + 16 * c, m[c]) : _mm512_setzero_ps();
+            #pragma GCC unroll 4
+            for (int j = 0; j < HN; j++) {
+                const __m512 pv = _mm512_set1_ps(p[j * ldp + s]);
+                #pragma GCC unroll 4
+                for (int c = 0; c < 4; c++)
+                    if (c < nv) y[j][c] = _mm512_fmadd_ps(pv, v[c], y[j][c]);
+            }
+        }
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++)
+            #pragma GCC unroll 4
+            for (int c = 0; c < 4; c++)
+                if (c < nv) _mm512_mask_storeu_ps(out + j * r + c0 + 16 * c, m[c], y[j][c]);
+    }
+}
+
+static UQ_T512I void attn_accum_avx512(const float *p, int64_t ldp, int64_t nq, const void *V, int f16, int64_t rc,
+                                       int64_t n, int64_t r, float *out) {
+    switch (nq) {
+    case 1: accum_heads_avx512(p, ldp, V, f16, rc, n, r, out, 1); break;
+    case 2: accum_heads_avx512(p, ldp, V, f16, rc, n, r, out, 2); break;
+    case 3: accum_heads_avx512(p, ldp, V, f16, rc, n, r, out, 3); break;
+    default: accum_heads_avx512(p, ldp, V, f16, rc, n, r, out, 4); break;
+    }
+}
+
+UQ_T512 static void attn_accum_f32_avx512(const float *p, int64_t ldp, int64_t nq, const float *V, int64_t rc,
+                                          int64_t n, int64_t r, float *out) {
+    attn_accum_avx512(p, ldp, nq, V, 0, rc, n, r, out);
+}
+
+UQ_T512 static void attn_accum_f16_avx512(const float *p, int64_t ldp, int64_t nq, const uint16_t *V, int64_t rc,
+                                          int64_t n, int64_t r, float *out) {
+    attn_accum_avx512(p, ldp, nq, V, 1, rc, n, r, out);
 }
 
 UQ_T512 static void axpy_f32_avx512(float a, const float *x, float *y, int64_t n) {
@@ -826,10 +900,6 @@ static UQ_T512I void r16_f32_tile(const uint8_t *const *wb, const uint16_t *cons
 
 /* NB blocks x NT tokens, int8 activations: one int32 accumulator per (block, token) and group (vpdpbusd on the
  * low / high nibbles = columns 0..3 / 4..7 of a chunk against 4 broadcast activation bytes each). */
-/* Decode prefetch distance of the R16 int8 kernel, bytes ahead in each block's stream: on a 2-core Zen 5 guest, the
- * 8B-shaped stack's W4A8 decode (2 threads, 4 alternating pairs) took 0.71-0.91x the time of no prefetch (1024 and
- * 4096 bytes: in between). */
-#define UQ_R16_PF512 2048
 static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq, int64_t ldq,
                             const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
                             float *out, int64_t ldo, const int NB, const int NT) {
@@ -849,8 +919,6 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const
             __m512i lo[8], hi[8];
 #pragma GCC unroll 8
             for (int i = 0; i < NB; i++) {
-                if (NT == 1) /* decode: one stream per block; help the hardware prefetchers */
-                    _mm_prefetch((const char *)(wb[i] + w0 + j * 64 + UQ_R16_PF512), _MM_HINT_T0);
                 const __m512i v = _mm512_loadu_si512(wb[i] + w0 + j * 64);
                 lo[i] = _mm512_and_si512(v, m4);
                 hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -882,6 +950,85 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const
     for (int i = 0; i < NB; i++)
 #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) _mm512_storeu_ps(out + t * ldo + 16 * i, _mm512_loadu_ps(tot + 16 * (i * NT + t)));
+}
+
+/* Decode prefetch distance of the R16 int8 kernel, in chunks (64 bytes of each block) ahead of the one being read: 2 KiB.
+ * On a 2-core Zen 5 guest, the 8B-shaped stack's W4A8 decode (2 threads, 4 alternating pairs) took 0.71-0.91x the time
+ * of no prefetch (1024 and 4096 bytes: in between). */
+#define UQ_R16_PF512_CHUNKS 32
+
+/* Decode (one token) on NB blocks: the sums and epilogue of r16_q8_tile with NT = 1, plus software prefetch along the
+ * prefetch plan (uq_k_r16_pf): chunk c + UQ_R16_PF512_CHUNKS of the kept chunks in reading order while the tile reads
+ * chunk c (a pruned weight's skipped chunks are not fetched), and past its last chunk the first ones of the next
+ * blocks wn[0..NB) (the next tile of this call or the blocks the thread streams next; NULL: none), so one tile's end
+ * and the next one's start stream without a cold start. co NULL (no plan): UQ_R16_PF512_CHUNKS chunks ahead in the
+ * block's own bytes. */
+static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq,
+                                        const float *xs, const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
+                                        float *out, const int64_t *co, int64_t nct, const uint8_t *const *wn,
+                                        const int NB) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    float tot[8 * 16];
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; i++) _mm512_storeu_ps(tot + 16 * i, _mm512_setzero_ps());
+    /* the prefetch cursor: chunk cp of the plan in the blocks pp (first these, then wn); pf: 1 while it runs */
+    const uint8_t *pp[8];
+    int64_t cp = UQ_R16_PF512_CHUNKS;
+    int pf = co != NULL, next = 0;
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; i++) pp[i] = wb[i];
+    while (pf && cp >= nct) { /* a plan shorter than the distance */
+        cp -= nct;
+        pf = !next && wn;
+        next = 1;
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+    }
+    for (int64_t k = 0; k < ng; k++) {
+        __m512i a[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++) a[i] = _mm512_setzero_si512();
+        const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
+        const int8_t *xk = xq + g[k].xq;
+        for (int64_t j = 0; j < nc; j++) {
+            if (pf) {
+                const int64_t o = co[cp];
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++) _mm_prefetch((const char *)(pp[i] + o), _MM_HINT_T0);
+                if (++cp == nct) { /* the end of these blocks: on into the next ones */
+                    cp = 0;
+                    pf = !next && wn;
+                    next = 1;
+                    if (pf)
+#pragma GCC unroll 8
+                        for (int i = 0; i < NB; i++) pp[i] = wn[i];
+                }
+            } else if (!co) {
+#pragma GCC unroll 8
+                for (int i = 0; i < NB; i++)
+                    _mm_prefetch((const char *)(wb[i] + w0 + (j + UQ_R16_PF512_CHUNKS) * 64), _MM_HINT_T0);
+            }
+            int32_t qa, qb;
+            memcpy(&qa, xk + 8 * j, 4);
+            memcpy(&qb, xk + 8 * j + 4, 4);
+            const __m512i xa = _mm512_set1_epi32(qa), xb = _mm512_set1_epi32(qb);
+#pragma GCC unroll 8
+            for (int i = 0; i < NB; i++) {
+                const __m512i v = _mm512_loadu_si512(wb[i] + w0 + j * 64);
+                a[i] = dpbusd(dpbusd(a[i], _mm512_and_si512(v, m4), xa), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4), xb);
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < NB; i++) {
+            const __m512 sv = r16_scales16(sb[i] + g[k].scol * 16);
+            const __m512i is = _mm512_sub_epi32(a[i], _mm512_set1_epi32(UQ_Q4_OFFSET * xsum[k]));
+            const __m512 p = _mm512_mul_ps(sv, _mm512_set1_ps(xs[k]));
+            float *f = tot + 16 * i;
+            _mm512_storeu_ps(f, _mm512_add_ps(_mm512_loadu_ps(f), _mm512_mul_ps(_mm512_cvtepi32_ps(is), p)));
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NB; i++) _mm512_storeu_ps(out + 16 * i, _mm512_loadu_ps(tot + 16 * i));
 }
 
 /* Blocks in groups of NB (a short group repeats its last block into the unused output lanes of out). */
@@ -1000,7 +1147,31 @@ UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8
 
 UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
-                           int64_t ng, float *out, int64_t ldo) {
+                           int64_t ng, float *out, int64_t ldo, const uq_k_r16_pf *pf) {
+    if (T == 1) { /* decode: tiles of up to 8 blocks, each prefetching into the next */
+        const int64_t *co = pf ? pf->co : NULL, nct = pf && pf->co ? pf->nct : 0;
+        for (int i0 = 0; i0 < nb;) {
+            const int NB = r16_nb(nb - i0, 8);
+            const uint8_t *w[8], *wn[8], *const *next = pf ? pf->wn : NULL;
+            const uint16_t *s[8];
+            for (int i = 0; i < NB; i++) {
+                w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
+                s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
+            }
+            if (i0 + NB < nb) { /* the next tile of this call */
+                for (int i = 0; i < 8; i++) wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+                next = wn;
+            }
+            switch (NB) {
+            case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 8); break;
+            case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 4); break;
+            case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 2); break;
+            default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 1); break;
+            }
+            i0 += NB;
+        }
+        return;
+    }
     int panel = T >= 8 && T <= 64;
     for (int64_t k = 0; k < ng; k++) panel &= g[k].n <= 512;
     if (panel) {
@@ -1026,10 +1197,10 @@ UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *cons
             const int32_t *sm = xsum + t0 * ldg;
             float *o = out + t0 * ldo + 16 * i0;
             switch (nt * 10 + NB) {
-            case 18: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 8, 1); break;
-            case 14: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 4, 1); break;
-            case 12: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 1); break;
-            case 11: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 1); break;
+            case 18: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 8); break;
+            case 14: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 4); break;
+            case 12: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 2); break;
+            case 11: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 1); break;
             case 22: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 2); break;
             case 21: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 2); break;
             case 42: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 4); break;
@@ -1066,9 +1237,9 @@ const uq_kpath uq_kpath_avx512 = {
     .r16_q8 = r16_q8_avx512,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx512,
-    .attn_accum = uq_k_attn_accum_avx2,
+    .attn_accum = attn_accum_f32_avx512,
     .attn_scores_f16 = attn_scores_f16_avx512,
-    .attn_accum_f16 = uq_k_attn_accum_f16_avx2,
+    .attn_accum_f16 = attn_accum_f16_avx512,
     .f32_to_f16 = uq_k_f32_to_f16_avx2,
     .f16_to_f32 = uq_k_f16_to_f32_avx2,
     .softmax = uq_k_softmax_avx2,

@@ -361,8 +361,9 @@ typedef struct {
     const uq_k_chunk *gr;
     float *scratch;
     const r16_weight *w;
+    const int64_t *co; /* decode prefetch plan (uq_k_r16_pf.co, nct chunks), NULL for none */
     int n;
-    int64_t T, TB, nin, ng, ldq, ldo;
+    int64_t T, TB, nin, ng, ldq, ldo, nct, ntask, pf_step;
     int q8;
 } r16_job;
 
@@ -378,27 +379,47 @@ static void r16_quant_task(void *arg, int64_t t, int worker) {
         uq_k_q8_quant(j->x + t * j->nin, j->gr, j->ng, 0, xq, xs, xsum);
 }
 
+/* The row blocks of task gtask of a linear_r16 job: block pointers wb / sb (either may be NULL), the weight's index into
+ * j->w (*wi) and its first kept block (*j0) (either may be NULL); returns their count (<= UQ_K_R16_NB). */
+static int64_t r16_task_blocks(const r16_job *j, int64_t gtask, const uint8_t **wb, const uint16_t **sb, int *wi,
+                               int64_t *j0) {
+    int k = 0;
+    while (k + 1 < j->n && gtask >= j->w[k + 1].task0) k++;
+    const r16_weight *W = &j->w[k];
+    const int64_t task = gtask - W->task0;
+    const int64_t b0 = task * W->nbt / W->ntask, nb = (task + 1) * W->nbt / W->ntask - b0;
+    for (int64_t i = 0; i < nb; i++) {
+        const int64_t blk = ((b0 + i) / W->kb) * W->rb + (b0 + i) % W->kb;
+        if (wb) wb[i] = W->L->packed + blk * W->bbytes;
+        if (sb) sb[i] = W->L->scales + blk * W->sstride;
+    }
+    if (wi) *wi = k;
+    if (j0) *j0 = b0;
+    return nb;
+}
+
 static void r16_task(void *arg, int64_t gtask, int worker) {
     const r16_job *j = arg;
-    int wi = 0;
-    while (wi + 1 < j->n && gtask >= j->w[wi + 1].task0) wi++;
-    const r16_weight *W = &j->w[wi];
-    const uq_linear *L = W->L;
-    const int64_t task = gtask - W->task0;
-    const int64_t j0 = task * W->nbt / W->ntask, nb = (task + 1) * W->nbt / W->ntask - j0; /* <= UQ_K_R16_NB */
-    const uint8_t *wb[UQ_K_R16_NB];
+    int wi;
+    int64_t j0;
+    const uint8_t *wb[UQ_K_R16_NB], *wn[UQ_K_R16_NB];
     const uint16_t *sb[UQ_K_R16_NB];
-    for (int64_t i = 0; i < nb; i++) {
-        const int64_t blk = ((j0 + i) / W->kb) * W->rb + (j0 + i) % W->kb;
-        wb[i] = L->packed + blk * W->bbytes;
-        sb[i] = L->scales + blk * W->sstride;
+    const int64_t nb = r16_task_blocks(j, gtask, wb, sb, &wi, &j0);
+    const r16_weight *W = &j->w[wi];
+    /* decode: the kernel prefetches from the end of these blocks into the first ones of the task this thread will
+     * probably run next (tasks are claimed in order, about one in pf_step per thread) */
+    uq_k_r16_pf pf = {.co = j->co, .nct = j->nct, .wn = NULL};
+    if (j->co && gtask + j->pf_step < j->ntask) {
+        const int64_t nn = r16_task_blocks(j, gtask + j->pf_step, wn, NULL, NULL, NULL);
+        for (int64_t i = nn; i < UQ_K_R16_NB; i++) wn[i] = wn[nn - 1];
+        pf.wn = wn;
     }
     float *out = j->scratch + (size_t)worker * (size_t)(j->TB * j->ldo);
     for (int64_t t0 = 0; t0 < j->T; t0 += j->TB) {
         const int64_t tn = j->T - t0 < j->TB ? j->T - t0 : j->TB;
         if (j->q8)
             j->P->r16_q8(wb, sb, (int)nb, j->xq + t0 * j->ldq, j->ldq, j->xs + t0 * j->ng, j->xsum + t0 * j->ng, j->ng,
-                         tn, j->gr, j->ng, out, j->ldo);
+                         tn, j->gr, j->ng, out, j->ldo, j->co ? &pf : NULL);
         else
             j->P->r16_f32(wb, sb, (int)nb, j->x + t0 * j->nin, j->nin, tn, j->gr, j->ng, out, j->ldo);
         for (int64_t i = 0; i < nb; i++) {
@@ -437,7 +458,7 @@ static uq_status linear_r16(const uq_kpath *P, int n, const uq_linear *const *Ls
     int8_t *xq = NULL;
     float *xs = NULL, *scratch = NULL;
     int32_t *xsum = NULL;
-    int64_t ldq = 0, work = 0;
+    int64_t *co = NULL, ldq = 0, work = 0, nct = 0;
     uq_status st = uq_alloc((size_t)ng * sizeof *gr, (void **)&gr);
     if (st != UQ_OK) return st;
     {
@@ -478,9 +499,16 @@ static uq_status linear_r16(const uq_kpath *P, int n, const uq_linear *const *Ls
                (st = uq_alloc((size_t)(T * ng) * sizeof(float), (void **)&xs)) != UQ_OK ||
                (st = uq_alloc((size_t)(T * ng) * sizeof(int32_t), (void **)&xsum)) != UQ_OK))
         goto done;
+    if (q8 && T == 1) { /* the decode prefetch plan: every kept chunk's byte offset in a block, in reading order */
+        for (int64_t k = 0; k < ng; k++) nct += (gr[k].n + 7) / 8;
+        if ((st = uq_alloc((size_t)nct * sizeof(int64_t), (void **)&co)) != UQ_OK) goto done;
+        for (int64_t k = 0, c = 0; k < ng; k++)
+            for (int64_t i = 0; i < (gr[k].n + 7) / 8; i++) co[c++] = (gr[k].wcol + i) * 64;
+    }
     {
         r16_job j = {.P = P, .x = x, .xs = xs, .xq = xq, .xsum = xsum, .gr = gr, .scratch = scratch, .w = w, .n = n,
-                     .T = T, .TB = TB, .nin = nin, .ng = ng, .ldq = ldq, .ldo = ldo, .q8 = q8};
+                     .T = T, .TB = TB, .nin = nin, .ng = ng, .ldq = ldq, .ldo = ldo, .q8 = q8, .co = co, .nct = nct,
+                     .ntask = ntask_all, .pf_step = nth};
         if (q8) uq_pool_run(T, T >= 8 ? nth : 1, r16_quant_task, &j);
         uq_pool_run(ntask_all, nth, r16_task, &j);
     }
@@ -490,6 +518,7 @@ done:
     uq_free(xs);
     uq_free(xsum);
     uq_free(scratch);
+    uq_free(co);
     return st;
 }
 

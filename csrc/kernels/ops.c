@@ -81,6 +81,12 @@ static const float *cache_row(const attn_job *a, const void *X, int64_t s, int64
     return tmp;
 }
 
+/* sc[0..n) = the softmax probabilities e[s] * inv (the float products the axpy loops take), in place. */
+static void probabilities(const attn_job *a, float *sc, int64_t n) {
+    const float inv = a->softmax(sc, n);
+    for (int64_t s = 0; s < n; s++) sc[s] *= inv;
+}
+
 static void attn_task(void *arg, int64_t i, int worker) {
     const attn_job *a = arg;
     const uq_kpath *P = a->P;
@@ -94,22 +100,24 @@ static void attn_task(void *arg, int64_t i, int worker) {
     const float *qh = a->q + (t * n_heads + h0) * r;
     float *oh = a->out + (t * n_heads + h0) * r;
     const int helpers = a->f16 ? P->attn_scores_f16 && P->attn_accum_f16 : P->attn_scores && P->attn_accum;
-    if (helpers && !a->split) {
-        for (int64_t j = 0; j < g; j++) {
-            float *o = oh + j * r;
-            if (a->f16) {
-                P->attn_scores_f16(qh + j * r, K, rc, n, r, scale, sc);
-                P->attn_accum_f16(sc, a->softmax(sc, n), V, rc, n, r, o);
-            } else {
-                P->attn_scores(qh + j * r, K, rc, n, r, scale, sc);
-                P->attn_accum(sc, a->softmax(sc, n), V, rc, n, r, o);
-            }
+    float inv[64];
+    if (helpers && !a->split) { /* the path's helpers, up to UQ_K_ATTN_HEADS heads per pass over K / V */
+        for (int64_t j0 = 0; j0 < g; j0 += UQ_K_ATTN_HEADS) {
+            const int64_t nq = g - j0 < UQ_K_ATTN_HEADS ? g - j0 : UQ_K_ATTN_HEADS;
+            if (a->f16)
+                P->attn_scores_f16(qh + j0 * r, nq, K, rc, n, r, scale, sc, max_seq);
+            else
+                P->attn_scores(qh + j0 * r, nq, K, rc, n, r, scale, sc, max_seq);
+            for (int64_t j = 0; j < nq; j++) probabilities(a, sc + j * max_seq, n);
+            if (a->f16)
+                P->attn_accum_f16(sc, max_seq, nq, V, rc, n, r, oh + j0 * r);
+            else
+                P->attn_accum(sc, max_seq, nq, V, rc, n, r, oh + j0 * r);
         }
         return;
     }
     /* the dot / axpy loops (all heads per cache row); partial RoPE (split): the rotary and the pass rows are two dot
      * products */
-    float inv[64];
     for (int64_t s = 0; s < n; s++) {
         const float *k = cache_row(a, K, s, a->split ? rc : r, kt);
         for (int64_t j = 0; j < g; j++) {
@@ -119,16 +127,18 @@ static void attn_task(void *arg, int64_t i, int worker) {
                                       : P->dot(qj, k, r) * scale;
         }
     }
-    for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);
     if (helpers) { /* split with the path's accumulation */
-        for (int64_t j = 0; j < g; j++) {
+        for (int64_t j0 = 0; j0 < g; j0 += UQ_K_ATTN_HEADS) {
+            const int64_t nq = g - j0 < UQ_K_ATTN_HEADS ? g - j0 : UQ_K_ATTN_HEADS;
+            for (int64_t j = j0; j < j0 + nq; j++) probabilities(a, sc + j * max_seq, n);
             if (a->f16)
-                P->attn_accum_f16(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
+                P->attn_accum_f16(sc + j0 * max_seq, max_seq, nq, V, rc, n, r, oh + j0 * r);
             else
-                P->attn_accum(sc + j * max_seq, inv[j], V, rc, n, r, oh + j * r);
+                P->attn_accum(sc + j0 * max_seq, max_seq, nq, V, rc, n, r, oh + j0 * r);
         }
         return;
     }
+    for (int64_t j = 0; j < g; j++) inv[j] = a->softmax(sc + j * max_seq, n);
     memset(oh, 0, (size_t)(g * r) * sizeof(float));
     for (int64_t s = 0; s < n; s++) {
         const float *v = cache_row(a, V, s, r, vt);

@@ -123,8 +123,9 @@ void uq_k_r16_f32_ref(const uint8_t *const *wb, const uint16_t *const *sb, int n
 
 void uq_k_r16_q8_ref(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                      const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
-                     float *out, int64_t ldo) {
+                     float *out, int64_t ldo, const uq_k_r16_pf *pf) {
     (void)xsum;
+    (void)pf;
     for (int i = 0; i < nb; i++)
         for (int64_t t = 0; t < T; t++)
             for (int l = 0; l < 16; l++) {

@@ -327,49 +327,55 @@ static void test_q8_quant0(void) {
 }
 
 /* Attention on every path equals the plain loops over that path's own dot / axpy bit for bit (the vector
- * paths' multi-key score and register-blocked accumulation helpers, the GQA grouping of query heads), for head
- * dims with and without a tail of 8, at T = 1 (decode) and T = 3. */
+ * paths' multi-head multi-key score and register-blocked accumulation helpers, the GQA grouping of query heads), for
+ * head dims with and without a tail of 8 or 16, GQA groups of 1, 3, 4 and 7 query heads (the helpers take up to 4
+ * heads per pass), key counts with and without a tail of 4 / 8 keys, at T = 1 (decode) and T = 3. */
 static void test_attention_paths(void) {
-    enum { NH = 8, NKV = 2, MAXS = 64, POS0 = 37 };
+    enum { MAXS = 64, POS0 = 37, NHMAX = 8 };
+    const int64_t heads[][2] = {{8, 2}, {6, 2}, {7, 1}, {2, 2}}; /* (query heads, kv heads) */
     const char *paths[] = {"ref", "avx2", "avx512"};
-    const int64_t rs[] = {80, 13, 128};
+    const int64_t rs[] = {80, 13, 128, 24};
     unsigned long long seed = 5;
-    for (size_t ri = 0; ri < 3; ri++) {
+    for (size_t ri = 0; ri < sizeof rs / sizeof rs[0]; ri++) {
         const int64_t r = rs[ri], rc = r + 3;
-        float *q = malloc((size_t)(3 * NH * r) * sizeof(float)), *kc = malloc((size_t)(NKV * MAXS * rc) * sizeof(float));
-        float *vc = malloc((size_t)(NKV * MAXS * rc) * sizeof(float)), *o = malloc((size_t)(3 * NH * r) * sizeof(float));
-        float *e = malloc((size_t)(3 * NH * r) * sizeof(float)), *scr = malloc((size_t)(4 * NH * MAXS) * sizeof(float));
-        float *sc = malloc(MAXS * sizeof(float));
+        float *q = malloc((size_t)(3 * NHMAX * r) * sizeof(float));
+        float *kc = malloc((size_t)(NHMAX * MAXS * rc) * sizeof(float));
+        float *vc = malloc((size_t)(NHMAX * MAXS * rc) * sizeof(float));
+        float *o = malloc((size_t)(3 * NHMAX * r) * sizeof(float)), *e = malloc((size_t)(3 * NHMAX * r) * sizeof(float));
+        float *scr = malloc((size_t)(4 * NHMAX * MAXS) * sizeof(float)), *sc = malloc(MAXS * sizeof(float));
         if (!q || !kc || !vc || !o || !e || !scr || !sc) {
             CHECK(0, "attention: out of memory");
             return;
         }
-        uq_test_fill(q, 3 * NH * r, &seed, 1.0);
-        uq_test_fill(kc, NKV * MAXS * rc, &seed, 1.0);
-        uq_test_fill(vc, NKV * MAXS * rc, &seed, 1.0);
-        for (size_t pi = 0; pi < 3; pi++) {
-            int av = 0;
-            uq_kernels_available(paths[pi], &av);
-            if (!av) continue;
-            uq_kernels_set(paths[pi]);
-            const uq_kpath *P = uq_k_path();
-            for (int64_t T = 1; T <= 3; T += 2) {
-                const float scale = 0.125f;
-                uq_k_attention(q, T, NH, NKV, r, r, r, kc, vc, MAXS, rc, POS0, scale, o, scr, 4);
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t h = 0; h < NH; h++) {
-                        const float *qh = q + (t * NH + h) * r, *K = kc + (h / (NH / NKV)) * MAXS * rc;
-                        const float *V = vc + (h / (NH / NKV)) * MAXS * rc;
-                        const int64_t n = POS0 + t + 1;
-                        for (int64_t s = 0; s < n; s++) sc[s] = P->dot(qh, K + s * rc, r) * scale;
-                        const float inv = uq_k_softmax_inplace(sc, n); /* the scalar twin of every path's */
-                        float *eh = e + (t * NH + h) * r;
-                        for (int64_t j = 0; j < r; j++) eh[j] = 0.0f;
-                        for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, eh, r);
-                    }
-                CHECK(memcmp(o, e, (size_t)(T * NH * r) * sizeof(float)) == 0,
-                      "attention path %s r %lld T %lld: differs from the path's dot/axpy loops", paths[pi],
-                      (long long)r, (long long)T);
+        uq_test_fill(q, 3 * NHMAX * r, &seed, 1.0);
+        uq_test_fill(kc, NHMAX * MAXS * rc, &seed, 1.0);
+        uq_test_fill(vc, NHMAX * MAXS * rc, &seed, 1.0);
+        for (size_t hi = 0; hi < sizeof heads / sizeof heads[0]; hi++) {
+            const int64_t NH = heads[hi][0], NKV = heads[hi][1];
+            for (size_t pi = 0; pi < 3; pi++) {
+                int av = 0;
+                uq_kernels_available(paths[pi], &av);
+                if (!av) continue;
+                uq_kernels_set(paths[pi]);
+                const uq_kpath *P = uq_k_path();
+                for (int64_t T = 1; T <= 3; T += 2) {
+                    const float scale = 0.125f;
+                    uq_k_attention(q, T, NH, NKV, r, r, r, kc, vc, MAXS, rc, POS0, scale, o, scr, 4);
+                    for (int64_t t = 0; t < T; t++)
+                        for (int64_t h = 0; h < NH; h++) {
+                            const float *qh = q + (t * NH + h) * r, *K = kc + (h / (NH / NKV)) * MAXS * rc;
+                            const float *V = vc + (h / (NH / NKV)) * MAXS * rc;
+                            const int64_t n = POS0 + t + 1;
+                            for (int64_t s = 0; s < n; s++) sc[s] = P->dot(qh, K + s * rc, r) * scale;
+                            const float inv = uq_k_softmax_inplace(sc, n); /* the scalar twin of every path's */
+                            float *eh = e + (t * NH + h) * r;
+                            for (int64_t j = 0; j < r; j++) eh[j] = 0.0f;
+                            for (int64_t s = 0; s < n; s++) P->axpy(sc[s] * inv, V + s * rc, eh, r);
+                        }
+                    CHECK(memcmp(o, e, (size_t)(T * NH * r) * sizeof(float)) == 0,
+                          "attention path %s r %lld heads %lld / %lld T %lld: differs from the path's dot/axpy loops",
+                          paths[pi], (long long)r, (long long)NH, (long long)NKV, (long long)T);
+                }
             }
         }
         uq_kernels_set("auto");
