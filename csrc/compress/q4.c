@@ -173,6 +173,25 @@ static uq_status q4_group_asym(const double *w, int64_t len, int64_t stride, int
     return UQ_OK;
 }
 
+/* The damped Hessian of GPTQ (full symmetric, dead columns H_ii = 1) into Hd and the target weights (dead columns
+ * 0) into Wd: what uq_q4_quantize_gptq_z quantizes against and the re-fit measures its error with. */
+static void q4_damped(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H, double damp,
+                      double *Hd, double *Wd) {
+    uq_linalg_sym_from_lower(H, cols, Hd);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) Wd[r * cols + c] = (double)W[r * ldw + c];
+    double mean = 0.0;
+    for (int64_t i = 0; i < cols; i++) {
+        if (Hd[i * cols + i] == 0.0) {
+            Hd[i * cols + i] = 1.0;
+            for (int64_t r = 0; r < rows; r++) Wd[r * cols + i] = 0.0;
+        }
+        mean += Hd[i * cols + i];
+    }
+    mean /= (double)cols;
+    for (int64_t i = 0; i < cols; i++) Hd[i * cols + i] += damp * mean;
+}
+
 /* Scale (and zero point) of a group: q4_group_scale with z = 8, or q4_group_asym. */
 static uq_status q4_group_params(const double *w, int64_t len, int mse, int asym, float *s, uint8_t *z) {
     if (asym) return q4_group_asym(w, len, 1, mse, s, z);
@@ -243,19 +262,7 @@ uq_status uq_q4_quantize_gptq_z(const float *W, int64_t rows, int64_t cols, int6
     if (act && (st = uq_alloc(cbytes, (void **)&codes)) != UQ_OK) goto exit;
 
     /* Hessian copy, dead columns, damping (natural order) */
-    uq_linalg_sym_from_lower(H, cols, U);
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) Wd[r * cols + c] = (double)W[r * ldw + c];
-    double mean = 0.0;
-    for (int64_t i = 0; i < cols; i++) {
-        if (U[i * cols + i] == 0.0) {
-            U[i * cols + i] = 1.0;
-            for (int64_t r = 0; r < rows; r++) Wd[r * cols + i] = 0.0;
-        }
-        mean += U[i * cols + i];
-    }
-    mean /= (double)cols;
-    for (int64_t i = 0; i < cols; i++) U[i * cols + i] += damp * mean;
+    q4_damped(W, rows, cols, ldw, H, damp, U, Wd);
     for (int64_t i = 0; i < cols; i++) perm[i] = i;
     if (fixed) memset(zp, UQ_Q4_OFFSET, (size_t)(rows * ng));
     if (act) {
@@ -402,25 +409,6 @@ static int q4_chol_solve(double *A, double *b, int64_t n) {
         b[i] = v / A[i * n + i];
     }
     return 0;
-}
-
-/* The damped Hessian of GPTQ (full symmetric, dead columns H_ii = 1) into Hd and the target weights (dead columns
- * 0) into Wd, as uq_q4_quantize_gptq_z forms them. */
-static void q4_damped(const float *W, int64_t rows, int64_t cols, int64_t ldw, const double *H, double damp,
-                      double *Hd, double *Wd) {
-    uq_linalg_sym_from_lower(H, cols, Hd);
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) Wd[r * cols + c] = (double)W[r * ldw + c];
-    double mean = 0.0;
-    for (int64_t i = 0; i < cols; i++) {
-        if (Hd[i * cols + i] == 0.0) {
-            Hd[i * cols + i] = 1.0;
-            for (int64_t r = 0; r < rows; r++) Wd[r * cols + i] = 0.0;
-        }
-        mean += Hd[i * cols + i];
-    }
-    mean /= (double)cols;
-    for (int64_t i = 0; i < cols; i++) Hd[i * cols + i] += damp * mean;
 }
 
 /* Per row r: err[r] = (w - w_hat)^T Hd (w - w_hat) with w_hat = Qd[r] * scales (group-wise); D and DH are
