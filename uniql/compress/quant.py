@@ -131,14 +131,13 @@ def quantize_gptq(W: np.ndarray, H: np.ndarray, group: int = DEFAULT_GROUP, damp
     block = 0 if block is None else check_positive_int(block, "block")
     refit = check_positive_int(refit, "refit", minimum=0)
     packed, scales = _outputs(*W.shape, group)
+    flags = (_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
     if refit:
         if asym:
             raise InvalidArgumentError("refit is for symmetric int4 (asym=False)")
-        flags = (_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
         _C.q4_quantize_gptq_refit(W, H, group, damp, block, packed, scales, flags, refit)
         return QuantizedTensor(packed, scales, W.shape, group)
-    flags = ((_C.Q4_MSE_SCALE if mse_scale else 0) | (_C.Q4_ACT_ORDER if act_order else 0)
-             | (_C.Q4_ASYM if asym else 0))
+    flags |= _C.Q4_ASYM if asym else 0
     zeros = np.empty(scales.shape, np.uint8) if asym else None
     _C.q4_quantize_gptq(W, H, group, damp, block, packed, scales, flags, zeros)
     return QuantizedTensor(packed, scales, W.shape, group, zeros)
