@@ -69,7 +69,8 @@ daemon() {
   touch $R/ZS_GRID; echo "zs grid $(date +%T)"
   # the ablations (ABL=fp32,int4; compressed there while the GPU trains) against the default compressed the same way
   for k in fp32 int4; do
-    S1=$SECONDS; while case ",$ABL," in *,$k,*) true;; *) false;; esac && [ ! -f /tmp/g/abl/${k}_$( [ $k = fp32 ] && echo split || echo norotate)/config.json ] && [ $((SECONDS - S1)) -lt 300 ]; do sleep 2; done
+    case ",$ABL," in *,$k,*) ;; *) continue;; esac
+    S1=$SECONDS; while [ ! -f /tmp/g/abl/$k.done ] && [ $((SECONDS - S1)) -lt 300 ]; do sleep 2; done
     A=""; for d in /tmp/g/abl/${k}_*; do [ -f $d/config.json ] && A="$A abl_$(basename $d)=$d"; done
     [ -n "$A" ] && OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/zs_tasks.pkl --arts $A --rates 0.15,0.35 --json $R/zs_ablations_$k.json > $R/zs_ablations_$k.log 2>&1
   done
@@ -96,11 +97,15 @@ ablations() {   # ABL=fp32,int4 (either or both): artifacts of the default sorti
                 # on 6 CPU threads while the GPU trains. fp32: default, magnitude ranking, split singular values;
                 # int4 (compress's default int4: rotated, GPTQ): default, split singular values, no rotation
   cp /tmp/g/art/tokenizer.json /tmp/g/art/tokenizer_config.json /tmp/g/hf/ 2>/dev/null
-  local specs=""
-  case ",$ABL," in *,fp32,*) specs="fp32_default:--no-quantize fp32_magnitude:--no-quantize_--scorer_magnitude fp32_split:--no-quantize_--split-sigma";; esac
-  case ",$ABL," in *,int4,*) specs="$specs int4_default: int4_split:--split-sigma int4_norotate:--no-rotate";; esac
-  for v in $specs; do
-    v2=${v#*:}; UNIQL_NUM_THREADS=6 OMP_NUM_THREADS=6 OPENBLAS_NUM_THREADS=6 python3 -m uniql compress /tmp/g/hf -o /tmp/g/abl/${v%%:*} ${v2//_/ } > /tmp/g/res/abl_${v%%:*}.log 2>&1
+  mkdir -p /tmp/g/abl
+  for k in fp32 int4; do
+    case ",$ABL," in *,$k,*) ;; *) continue;; esac
+    if [ $k = fp32 ]; then specs="default:--no-quantize magnitude:--no-quantize_--scorer_magnitude split:--no-quantize_--split-sigma"
+    else specs="default: split:--split-sigma norotate:--no-rotate"; fi
+    for v in $specs; do
+      v2=${v#*:}; UNIQL_NUM_THREADS=6 OMP_NUM_THREADS=6 OPENBLAS_NUM_THREADS=6 python3 -m uniql compress /tmp/g/hf -o /tmp/g/abl/${k}_${v%%:*} ${v2//_/ } > /tmp/g/res/abl_${k}_${v%%:*}.log 2>&1
+    done
+    touch /tmp/g/abl/$k.done
   done
   echo "ablations compressed $(date +%T)"
 }
