@@ -456,7 +456,10 @@ def run_zeroshot(args: argparse.Namespace) -> None:
 
     from uniql.eval.zeroshot import score_lists
 
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # strict fp32 by default (the twin then computes what the C runtime computes); --tf32 trades the last mantissa
+    # bits of the matmuls for speed (full MMLU), its answers compared per question against a strict run
+    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(args.tf32)
     dev = torch.device(args.device)
     prepared = pickle.loads(args.tasks.read_bytes())
     res: dict = {}
@@ -581,6 +584,7 @@ def main() -> None:
     y.add_argument("--json", type=Path, required=True)
     y.add_argument("--device", default="cuda")
     y.add_argument("--batch-tokens", type=int, default=16384)
+    y.add_argument("--tf32", action="store_true", help="TF32 matmuls (faster; answers may differ from strict fp32)")
     zr = sub.add_parser("zs-report")
     zr.add_argument("json", nargs="+", type=Path)
     zr.add_argument("--base", default="before_fp32@0.00")

@@ -15,7 +15,8 @@
 #   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry, or [.gpu_p2] once to bring the
 #      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
 # Options of callB (environment): DL (training deadline, s), GEN (teacher windows), LR, GEN_SEED (a continued run's
-# new teacher windows), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B,
+# new teacher windows), INIT=0 (train from scratch although .gpu_p1 holds a LoRA file), RANK [ALPHA] (the main arm's
+# LoRA rank, alpha 2 x rank), MMLU_TF32=1 (full MMLU on all 16 cells with TF32 matmuls instead of 3 strict cells), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B,
 # LR_B] (a second LoRA arm of another rank trained from scratch on the same GPU at the same time).
 # The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
 # text and trains for DL seconds (GPU), evaluates after (CPU: merge, rotate, quantize_artifact, perplexity) and
@@ -43,7 +44,7 @@ callB() {
   test -f /tmp/g/gguf.part0 || { echo "fresh machine: part0 missing"; exit 3; }
   cp .gpu_p1/gguf.part1 /tmp/g/; gunzip -c .gpu_p1/zs_tasks.pkl.gz > /tmp/g/zs_tasks.pkl
   # an earlier run's patches (float16 copy, to fit the call) to continue from: train --init-lora
-  if [ -f .gpu_p1/lora_init.safetensors ]; then cp .gpu_p1/lora_init.safetensors /tmp/g/; export INIT_LORA=/tmp/g/lora_init.safetensors; fi
+  if [ -f .gpu_p1/lora_init.safetensors ] && [ "${INIT:-1}" = 1 ]; then cp .gpu_p1/lora_init.safetensors /tmp/g/; export INIT_LORA=/tmp/g/lora_init.safetensors; fi
   _env
   python3 benchmarks/finetune_gpu.py unpack --data /tmp/g/data --gguf-parts /tmp/g/gguf.part0 /tmp/g/gguf.part1 --out /tmp/g/art 2>&1 | tail -2
   test -f /tmp/g/art/config.json || exit 4
@@ -56,7 +57,7 @@ daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
   { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; [ -n "$ABL" ] && ablations; } < /dev/null &
   [ -n "$RANK_B" ] && { armb > /tmp/g/armb.log 2>&1 < /dev/null & }
-  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
+  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
   UNIQL_NUM_THREADS=12 OMP_NUM_THREADS=12 OPENBLAS_NUM_THREADS=12 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_after.json > $R/eval_after.log 2>&1 < /dev/null &
@@ -77,9 +78,22 @@ daemon() {
   # MMLU 5-shot in full (14 042 questions, carried by a later `hold` call as .gpu_p2/mmlu_full.pkl.gz) on a few cells
   S1=$SECONDS; while [ ! -f /tmp/g/mmlu_full.pkl ] && [ $((SECONDS - S1)) -lt 120 ]; do sleep 2; done
   if [ -f /tmp/g/mmlu_full.pkl ]; then
-    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_fp32=/tmp/g/art --rates 0 --json $R/mmlu_full_a.json > $R/mmlu_full_a.log 2>&1
-    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts after_int4=/tmp/g/art-ft-rot-int4 --rates 0.15 --json $R/mmlu_full_b.json > $R/mmlu_full_b.log 2>&1
-    OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_int4=/tmp/g/art-rot-int4 --rates 0.15,0 --json $R/mmlu_full_c.json > $R/mmlu_full_c.log 2>&1
+    # MMLU_TF32=1: TF32 matmuls, every cell of the grid; the two "before" cells first, whose strict fp32 answers a
+    # previous run committed (mmlu_full_a / _c), so the per-question agreement is measured before the rest
+    if [ -n "$MMLU_TF32" ]; then
+      n=0
+      for cell in before_fp32=/tmp/g/art@0 before_int4=/tmp/g/art-rot-int4@0.15 after_int4=/tmp/g/art-ft-rot-int4@0.15 after_fp32=/tmp/g/art-ft@0.15 \
+                  after_int4=/tmp/g/art-ft-rot-int4@0 after_fp32=/tmp/g/art-ft@0 before_fp32=/tmp/g/art@0.15 before_int4=/tmp/g/art-rot-int4@0 \
+                  after_int4=/tmp/g/art-ft-rot-int4@0.35 before_int4=/tmp/g/art-rot-int4@0.35 after_fp32=/tmp/g/art-ft@0.35 before_fp32=/tmp/g/art@0.35 \
+                  after_int4=/tmp/g/art-ft-rot-int4@0.25 before_int4=/tmp/g/art-rot-int4@0.25 after_fp32=/tmp/g/art-ft@0.25 before_fp32=/tmp/g/art@0.25; do
+        n=$((n + 1))
+        OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tf32 --tasks /tmp/g/mmlu_full.pkl --arts ${cell%@*} --rates ${cell##*@} --json $R/mmlu_tf32_$n.json >> $R/mmlu_tf32.log 2>&1
+      done
+    else
+      OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_fp32=/tmp/g/art --rates 0 --json $R/mmlu_full_a.json > $R/mmlu_full_a.log 2>&1
+      OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts after_int4=/tmp/g/art-ft-rot-int4 --rates 0.15 --json $R/mmlu_full_b.json > $R/mmlu_full_b.log 2>&1
+      OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_int4=/tmp/g/art-rot-int4 --rates 0.15,0 --json $R/mmlu_full_c.json > $R/mmlu_full_c.log 2>&1
+    fi
   fi
   wait; touch $R/DONE; echo "daemon done $(date +%T)"
 }
