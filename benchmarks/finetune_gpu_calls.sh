@@ -25,7 +25,8 @@
 call1() {
   set -e
   mkdir -p /tmp/g
-  cp -r .gpu/data .gpu/whl .gpu/stub .gpu/udata .gpu/smoke_cuda.py .gpu_p0/gguf.part0 /tmp/g/
+  cp -r .gpu/data .gpu/whl .gpu/stub .gpu/smoke_cuda.py .gpu_p0/gguf.part0 /tmp/g/
+  test -d .gpu/udata && cp -r .gpu/udata /tmp/g/
   for z in /tmp/g/data/*.gz; do test -f "$z" && gunzip -f "$z"; done
   mkdir -p /tmp/g/src; tar cf - --exclude=./.gpu --exclude=./.gpu_p0 --exclude=./.gpu_p1 --exclude=./.git --exclude=./notebooks --exclude='*.so' . | tar xf - -C /tmp/g/src
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/g/whl/*.whl
@@ -43,6 +44,11 @@ _env() {
 callB() {
   test -f /tmp/g/gguf.part0 || { echo "fresh machine: part0 missing"; exit 3; }
   cp .gpu_p1/gguf.part1 /tmp/g/; gunzip -c .gpu_p1/zs_tasks.pkl.gz > /tmp/g/zs_tasks.pkl
+  # .gpu_p1/extra: files moved out of .gpu when call1's carry outgrew 64 MiB (udata/, data/*)
+  if [ -d .gpu_p1/extra ]; then
+    test -d .gpu_p1/extra/udata && cp -r .gpu_p1/extra/udata /tmp/g/
+    test -d .gpu_p1/extra/data && cp .gpu_p1/extra/data/* /tmp/g/data/ && for z in /tmp/g/data/*.gz; do test -f "$z" && gunzip -f "$z"; done
+  fi
   # an earlier run's patches (float16 copy, to fit the call) to continue from: train --init-lora
   if [ -f .gpu_p1/lora_init.safetensors ] && [ "${INIT:-1}" = 1 ]; then cp .gpu_p1/lora_init.safetensors /tmp/g/; export INIT_LORA=/tmp/g/lora_init.safetensors; fi
   _env
