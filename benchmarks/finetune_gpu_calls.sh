@@ -141,7 +141,17 @@ wait_warm() {   # keeps the machine held while the daemon works; ends at WAIT s 
   for f in $R/*.log; do echo "--- $f"; tail -n 2 $f | cut -c1-300; done
   nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader
   cp /tmp/g/run/log.jsonl /tmp/g/run/plan.json /tmp/g/daemon.log $R/ 2>/dev/null
-  tar czf $OUT/res.tgz -C /tmp/g res; ls -la $OUT
+  # what comes back: at most 8 files of 16 MiB each. The results without LoRA files (a rank-64 LoRA is 78 MB in
+  # float32: run 4 lost everything when one too-large res.tgz was refused and the machine was then taken back),
+  # and the trained LoRA as float16 in 15 MiB pieces (cat lora_f16.part* > lora_f16.safetensors here)
+  tar czf $OUT/res.tgz --exclude='*.safetensors' -C /tmp/g res
+  L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
+  if [ -f $L ]; then
+    python3 -c "import sys; from safetensors import safe_open; from safetensors.torch import save_file
+f = safe_open(sys.argv[1], 'pt'); save_file({k: f.get_tensor(k).half() for k in f.keys()}, sys.argv[2], metadata=f.metadata())" $L /tmp/g/lora_f16.safetensors \
+      && split -b 15m -d -a 1 /tmp/g/lora_f16.safetensors $OUT/lora_f16.part
+  fi
+  ls -la $OUT
 }
 hold() {   # a hold call may carry .gpu_p2/mmlu_full.pkl.gz (the full MMLU requests, too big for callB)
   if [ -f .gpu_p2/mmlu_full.pkl.gz ] && [ ! -f /tmp/g/mmlu_full.pkl ]; then
