@@ -119,8 +119,15 @@ def test_finetune_grid(monkeypatch, tmp_path):
     import numpy as np
 
     text = _execute(monkeypatch, "finetune_grid.ipynb", tmp_path)
-    _pngs(tmp_path, ("ft_training", "ft_ppl", "ft_zeroshot"))
+    _pngs(tmp_path, ("ft_training", "ft_ppl", "ft_zeroshot", "ft_rank"))
     res = ROOT / "benchmarks" / "results" / "finetune_gpu_smollm2"
+    # the capacity table: each run's last held-out loss, from its own log (run 4: what the device printed)
+    run4 = json.loads((res / "run4_stop25_rank64" / "printed.json").read_text())
+    for label, last in (("run 2, rank 8", [json.loads(x) for x in (res / "run2_stop23" / "log.jsonl").read_text()
+                                           .splitlines() if '"event": "eval"' in x][-1]),
+                        ("run 4, rank 64", {"step": run4["evals"][-1][0], "loss": run4["evals"][-1][1]})):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        assert row.rstrip().endswith(f"| {last['loss']:.4f} (step {last['step']}) |"), row
     cells = {}
     for f in sorted(res.glob("zs_*.json")):
         for name, per_rate in json.loads(f.read_text()).items():
