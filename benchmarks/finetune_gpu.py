@@ -405,9 +405,12 @@ def _twin(path: Path, dev: Any) -> Any:
     return twin_model(cfg, meta, layers, rest, max_seq=2048).to(dev).eval()
 
 
-def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: int = 2048) -> list:
+def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: int = 2048,
+                share_prefix: int = 0) -> list:
     """Sum of log p(continuation | context) of each (context, continuation) pair, in length-sorted padded batches
-    (right padding cannot change a causal model's earlier positions)."""
+    (right padding cannot change a causal model's earlier positions). ``share_prefix`` K > 0 (attention-only
+    models): inputs whose first K tokens agree (MMLU's five examples of one subject) run their longest common prefix
+    once and only the rest per row, the prefix's K/V cache shared by the batch."""
     import torch
 
     seqs = [((list(c) + list(k)[:-1])[-max_len:], len(k), list(k)) for c, k in pairs]   # left-truncated
@@ -423,27 +426,61 @@ def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: i
     members: list = [[] for _ in uniq]
     for t, (s_, _, _) in enumerate(seqs):
         members[row_of[tuple(s_)]].append(t)
-    order = sorted(range(len(uniq)), key=lambda i: len(uniq[i]))
     out = [0.0] * len(seqs)
-    i = 0
-    with torch.no_grad():
+
+    def run(rows: list, start: int, cache: list | None) -> None:
+        """rows (unique-input indices) scored from position ``start`` on, after ``cache`` (the first ``start``
+        tokens, batch 1) when start > 0."""
+        order = sorted(rows, key=lambda u: len(uniq[u]))
+        i = 0
         while i < len(order):
             j = i
-            while j < len(order) and (j - i + 1) * len(uniq[order[j]]) <= batch_tokens:
+            while j < len(order) and (j - i + 1) * (len(uniq[order[j]]) - start) <= batch_tokens:
                 j += 1
             j = max(j, i + 1)
             idx = order[i:j]
-            T = max(len(uniq[u]) for u in idx)
+            T = max(len(uniq[u]) for u in idx) - start
             ids = torch.zeros((len(idx), T), dtype=torch.long)
             for r, u in enumerate(idx):
-                ids[r, :len(uniq[u])] = torch.tensor(uniq[u])
-            logp = torch.log_softmax(model(ids.to(dev)).float(), -1)
+                ids[r, :len(uniq[u]) - start] = torch.tensor(uniq[u][start:])
+            if start:
+                logits = model(ids.to(dev), cache=[dict(c) for c in cache], start=start)
+            else:
+                logits = model(ids.to(dev))
+            logp = torch.log_softmax(logits.float(), -1)
             for r, u in enumerate(idx):
                 for t in members[u]:
                     s, n, k = seqs[t]
-                    pos = torch.arange(len(s) - n, len(s), device=dev)
+                    pos = torch.arange(len(s) - n - start, len(s) - start, device=dev)
                     out[t] = float(logp[r, pos, torch.tensor(k, device=dev)].double().sum())
             i = j
+
+    plain = list(range(len(uniq)))
+    groups: dict = {}
+    if share_prefix > 0 and getattr(model, "attention_only", False):
+        plain = []
+        for u, s_ in enumerate(uniq):
+            (groups.setdefault(tuple(s_[:share_prefix]), []) if len(s_) > share_prefix else plain).append(u)
+        for key, rows in list(groups.items()):
+            if len(rows) < 2:
+                plain += groups.pop(key)
+    with torch.no_grad():
+        run(plain, 0, None)
+        for rows in groups.values():
+            P = min(len(uniq[u]) - max(seqs[t][1] for t in members[u]) for u in rows)   # each row scores after P
+            first = uniq[rows[0]]
+            for u in rows[1:]:
+                s_ = uniq[u]
+                m = 0
+                while m < P and s_[m] == first[m]:
+                    m += 1
+                P = m
+            if P < 1:
+                run(rows, 0, None)
+                continue
+            cache: list = []
+            model(torch.tensor([first[:P]], dtype=torch.long, device=dev), cache=cache)
+            run(rows, P, cache)
     return out
 
 
@@ -473,7 +510,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
             cell = {}
             for task, toks in prepared:
                 pairs = [p for doc in toks for p in doc]
-                lls = _choice_lls(model, pairs, dev, args.batch_tokens)
+                lls = _choice_lls(model, pairs, dev, args.batch_tokens, share_prefix=args.share_prefix)
                 acc, acc_norm, k = [], [], 0
                 for d, doc in zip(task.docs, toks):
                     a, an = score_lists([lls[k:k + len(doc)]], [d])
@@ -584,6 +621,8 @@ def main() -> None:
     y.add_argument("--json", type=Path, required=True)
     y.add_argument("--device", default="cuda")
     y.add_argument("--batch-tokens", type=int, default=16384)
+    y.add_argument("--share-prefix", type=int, default=0, help="K > 0: inputs whose first K tokens agree run their "
+                   "common prefix once (MMLU's five examples; attention-only models)")
     y.add_argument("--tf32", action="store_true", help="TF32 matmuls (faster; answers may differ from strict fp32)")
     zr = sub.add_parser("zs-report")
     zr.add_argument("json", nargs="+", type=Path)

@@ -16,7 +16,8 @@
 #      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
 # Options of callB (environment): DL (training deadline, s), GEN (teacher windows), LR, GEN_SEED (a continued run's
 # new teacher windows), INIT=0 (train from scratch although .gpu_p1 holds a LoRA file), RANK [ALPHA] (the main arm's
-# LoRA rank, alpha 2 x rank), MMLU_TF32=1 (full MMLU on all 16 cells with TF32 matmuls instead of 3 strict cells), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B,
+# LoRA rank, alpha 2 x rank), BATCH (windows per step, 32), MMLU_ALL=1 (full MMLU on all 16 cells, the few-shot prefixes shared,
+# instead of 3 cells; MMLU_TF32=1 adds TF32 matmuls), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B,
 # LR_B] (a second LoRA arm of another rank trained from scratch on the same GPU at the same time).
 # The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
 # text and trains for DL seconds (GPU), evaluates after (CPU: merge, rotate, quantize_artifact, perplexity) and
@@ -63,7 +64,7 @@ daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
   { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; [ -n "$ABL" ] && ablations; } < /dev/null &
   [ -n "$RANK_B" ] && { armb > /tmp/g/armb.log 2>&1 < /dev/null & }
-  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
+  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH:-32} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
   UNIQL_NUM_THREADS=12 OMP_NUM_THREADS=12 OPENBLAS_NUM_THREADS=12 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_after.json > $R/eval_after.log 2>&1 < /dev/null &
@@ -84,16 +85,17 @@ daemon() {
   # MMLU 5-shot in full (14 042 questions, carried by a later `hold` call as .gpu_p2/mmlu_full.pkl.gz) on a few cells
   S1=$SECONDS; while [ ! -f /tmp/g/mmlu_full.pkl ] && [ $((SECONDS - S1)) -lt 120 ]; do sleep 2; done
   if [ -f /tmp/g/mmlu_full.pkl ]; then
-    # MMLU_TF32=1: TF32 matmuls, every cell of the grid; the two "before" cells first, whose strict fp32 answers a
-    # previous run committed (mmlu_full_a / _c), so the per-question agreement is measured before the rest
-    if [ -n "$MMLU_TF32" ]; then
+    # MMLU_ALL=1: every cell of the grid, each subject's five-example prefix run once (--share-prefix; strict fp32
+    # unless MMLU_TF32=1); the two "before" cells first, whose answers without prefix sharing a previous run
+    # committed (mmlu_full_a / _c), so the per-question agreement is measured before the rest
+    if [ -n "$MMLU_ALL" ]; then
       n=0
       for cell in before_fp32=/tmp/g/art@0 before_int4=/tmp/g/art-rot-int4@0.15 after_int4=/tmp/g/art-ft-rot-int4@0.15 after_fp32=/tmp/g/art-ft@0.15 \
                   after_int4=/tmp/g/art-ft-rot-int4@0 after_fp32=/tmp/g/art-ft@0 before_fp32=/tmp/g/art@0.15 before_int4=/tmp/g/art-rot-int4@0 \
                   after_int4=/tmp/g/art-ft-rot-int4@0.35 before_int4=/tmp/g/art-rot-int4@0.35 after_fp32=/tmp/g/art-ft@0.35 before_fp32=/tmp/g/art@0.35 \
                   after_int4=/tmp/g/art-ft-rot-int4@0.25 before_int4=/tmp/g/art-rot-int4@0.25 after_fp32=/tmp/g/art-ft@0.25 before_fp32=/tmp/g/art@0.25; do
         n=$((n + 1))
-        OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tf32 --tasks /tmp/g/mmlu_full.pkl --arts ${cell%@*} --rates ${cell##*@} --json $R/mmlu_tf32_$n.json >> $R/mmlu_tf32.log 2>&1
+        OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot ${MMLU_TF32:+--tf32} --share-prefix 64 --tasks /tmp/g/mmlu_full.pkl --arts ${cell%@*} --rates ${cell##*@} --json $R/mmlu_all_$n.json >> $R/mmlu_all.log 2>&1
       done
     else
       OMP_NUM_THREADS=2 python3 benchmarks/finetune_gpu.py zeroshot --tasks /tmp/g/mmlu_full.pkl --arts before_fp32=/tmp/g/art --rates 0 --json $R/mmlu_full_a.json > $R/mmlu_full_a.log 2>&1

@@ -10,6 +10,7 @@ loss, merging must keep the function, and the cached decoding must equal one ful
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,6 +253,30 @@ def test_incremental_decoding_and_generated_windows(fam):
         tm(ids[:, :2], cache=[], start=3)
 
 
+def test_shared_prefix_cache_serves_a_batch(fam):
+    """A prefix run once (batch 1) and then several new tokens per row of a batch after it (attention-only models;
+    the cache copied per batch) give the logits of full forwards of prefix + row; with a
+    Mamba2 mixer several new tokens after a prefix are refused by name."""
+    kind, art, vocab = fam
+    tm = load_twin(art, rank=4, max_seq=32)
+    _randomize_lora(tm, 2)
+    tm.set_rate(0.15)
+    g = np.random.default_rng(11)
+    prefix = torch.from_numpy(g.integers(0, vocab, size=(1, 9)))
+    rows = torch.from_numpy(g.integers(0, vocab, size=(3, 7)))
+    with torch.no_grad():
+        cache: list = []
+        tm(prefix, cache=cache)
+        if kind not in ("llama", "qwen2"):
+            with pytest.raises(uniql.InvalidArgumentError, match="Mamba2"):
+                tm(rows, cache=[dict(c) for c in cache], start=9)
+            return
+        for _ in range(2):   # the prefix's cache is kept: a second batch reads it unchanged
+            got = tm(rows, cache=[dict(c) for c in cache], start=9)
+        full = tm(torch.cat((prefix.expand(3, -1), rows), 1))[:, 9:]
+    assert _rel(got.numpy(), full.numpy()) <= RUNTIME_REL_TOL, kind
+
+
 def test_resume_equals_an_uninterrupted_run(tmp_path, fam):
     """Stopped after 3 of 7 steps and resumed from the checkpoint (fresh model, dropout on), training ends with
     exactly the patches and losses of the run that was never stopped."""
@@ -280,3 +305,36 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, fam):
         train(model(), windows, FinetuneOptions(steps=8, seq_len=32, batch=2), checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(uniql.InvalidArgumentError, match="needs a checkpoint"):
         train(model(), windows, opts, checkpoint_dir=tmp_path / "none", resume=True)
+
+
+def test_choice_scoring_with_a_shared_prefix_equals_plain(fam):
+    """benchmarks/finetune_gpu.py's zero-shot scorer: with ``share_prefix`` (the common prefix run once, its K/V
+    cache shared by a batch) every pair's log-likelihood equals the plain padded batches' (hybrids: the plain path
+    is taken). Pairs as MMLU's: a shared few-shot prefix, questions of several lengths, one-token letters; plus
+    multi-token continuations and inputs that share nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_gpu", Path(__file__).parents[1] / "benchmarks" / "finetune_gpu.py")
+    fg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fg)
+    kind, art, vocab = fam
+    tm = load_twin(art, rank=0, max_seq=32)
+    tm.set_rate(0.25)
+    g = np.random.default_rng(5)
+    shots = [list(g.integers(0, vocab, size=12)) for _ in range(2)]
+    pairs = []
+    for shot in shots:
+        for q in range(5):
+            ctx = shot + list(g.integers(0, vocab, size=int(g.integers(1, 8))))
+            pairs += [(ctx, [int(x)]) for x in g.integers(0, vocab, size=4)]
+        pairs.append((shot + [1, 2], list(g.integers(0, vocab, size=3))))
+    pairs += [(list(g.integers(0, vocab, size=int(n))), list(g.integers(0, vocab, size=2))) for n in (3, 9, 14)]
+    plain = fg._choice_lls(tm, pairs, torch.device("cpu"), batch_tokens=40)
+    starts: list = []
+    forward = tm.forward
+    tm.forward = lambda ids, cache=None, start=0: starts.append(start) or forward(ids, cache=cache, start=start)
+    shared = fg._choice_lls(tm, pairs, torch.device("cpu"), batch_tokens=40, share_prefix=8)
+    # the two few-shot groups ran after their 12-token prefix (attention-only models)
+    assert (sorted(set(starts) - {0}) == [12]) == (kind in ("llama", "qwen2")), (kind, starts)
+    assert len(plain) == len(pairs) and all(np.isfinite(plain))
+    np.testing.assert_allclose(shared, plain, rtol=1e-5, atol=1e-4)

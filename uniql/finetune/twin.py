@@ -332,13 +332,21 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2).to(v.dtype), k.transpose(1, 2).to(v.dtype), v.transpose(1, 2)
         st_ = ps.state
         if st_ is not None:
-            if ps.start:
-                k = torch.cat((st_["k"], k.to(st_["k"].dtype)), 2)
-                v = torch.cat((st_["v"], v.to(st_["v"].dtype)), 2)
+            if ps.start:   # a cache of batch 1 (a shared prefix) serves a batch of continuations
+                pk, pv = st_["k"], st_["v"]
+                if pk.shape[0] != b:
+                    pk, pv = pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1)
+                k = torch.cat((pk, k.to(pk.dtype)), 2)
+                v = torch.cat((pv, v.to(pv.dtype)), 2)
             st_["k"], st_["v"] = k, v
         if grp > 1:
             k, v = k.repeat_interleave(grp, 1), v.repeat_interleave(grp, 1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=not ps.start, scale=1.0 / math.sqrt(d))
+        mask = None
+        if ps.start and T > 1:   # T new positions after a cached prefix: position start + i sees keys 0..start + i
+            S = k.shape[2]
+            mask = torch.arange(S, device=h.device)[None, :] <= torch.arange(ps.start, ps.start + T, device=h.device)[:, None]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not ps.start,
+                                           scale=1.0 / math.sqrt(d))
         return lin["o"](a.transpose(1, 2).reshape(b, T, nh * r), None, ro)
 
 
@@ -514,6 +522,7 @@ class TwinModel(nn.Module):
         # SSD chunk length: the function does not depend on it (up to float rounding); the (chunk x chunk) decay
         # and C.B tensors kept for the backward pass grow with it, so training uses at most 64
         self.scan_chunk = min(c.chunk_size, 64) if LAYER_MAMBA in c.layer_types else 1
+        self.attention_only = LAYER_MAMBA not in c.layer_types   # several new tokens may follow a cached prefix
         self.full = full_sizes(c)
         self.keeps: list[dict[str, int]] = [dict(f) for f in self.full]
         self.rate: float | None = 0.0
@@ -553,14 +562,20 @@ class TwinModel(nn.Module):
     def forward(self, ids: torch.Tensor, cache: list[Any] | None = None, start: int = 0) -> torch.Tensor:
         """Logits (B, T, vocab) of ids (B, T) at positions start..start+T-1. ``cache``: a list (empty at first,
         then one state dict per layer: K/V, conv and SSM states) for incremental decoding at fixed keeps; with
-        ``start > 0`` it must hold the states after the first ``start`` positions and T must be 1."""
+        ``start > 0`` it must hold the states after the first ``start`` positions, and T must be 1 unless every
+        mixer is attention (then T new positions attend to the cached prefix and causally to each other). A cache
+        of batch 1 serves a batch of any size (a shared prefix; pass a copy, ``[dict(c) for c in cache]``, to
+        keep the prefix's cache for the next batch)."""
         if ids.ndim == 1:
             ids = ids[None]
         T = ids.shape[1]
         if start + T > self.max_seq:
             raise InvalidArgumentError(f"sequence of {start + T} tokens exceeds max_seq {self.max_seq}")
-        if start and (cache is None or T != 1 or len(cache) != len(self.keeps)):
-            raise InvalidArgumentError("start > 0 needs the cache of the earlier positions and one new token")
+        if start and (cache is None or len(cache) != len(self.keeps)):
+            raise InvalidArgumentError("start > 0 needs the cache of the earlier positions")
+        if start and T != 1 and not self.attention_only:
+            raise InvalidArgumentError("start > 0 takes one new token at a time where a layer has a Mamba2 mixer "
+                                       "(several new tokens after a cached prefix: attention-only models)")
         if cache is not None and not start:
             cache[:] = [dict() for _ in self.keeps]
         x = F.embedding(ids, self.embed)
