@@ -17,7 +17,7 @@
 # Options of callB (environment): DL (training deadline, s), GEN (teacher windows), LR, GEN_SEED (a continued run's
 # new teacher windows), INIT=0 (train from scratch although .gpu_p1 holds a LoRA file), RANK [ALPHA] (the main arm's
 # LoRA rank, alpha 2 x rank), BATCH (windows per step, 32), MMLU_ALL=1 (full MMLU on all 16 cells, the few-shot prefixes shared,
-# instead of 3 cells; MMLU_TF32=1 adds TF32 matmuls), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B,
+# instead of 3 cells; MMLU_TF32=1 adds TF32 matmuls), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B, BATCH_B,
 # LR_B] (a second LoRA arm of another rank trained from scratch on the same GPU at the same time).
 # The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
 # text and trains for DL seconds (GPU), evaluates after (CPU: merge, rotate, quantize_artifact, perplexity) and
@@ -108,7 +108,7 @@ daemon() {
 armb() {   # a second arm on the same GPU at once (RANK_B=64 [ALPHA_B LR_B]): LoRA of another rank from scratch, with
            # run 2's data and seeds (generation seed 0), so its held-out curve compares step for step with run 2's
   _env; R=/tmp/g/res
-  OMP_NUM_THREADS=3 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/runB --out /tmp/g/outB --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch 32 --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR_B:-${LR:-1e-4}} --max-steps 7800 --rank $RANK_B --alpha ${ALPHA_B:-$((2 * RANK_B))} > $R/armB_train.log 2>&1
+  OMP_NUM_THREADS=3 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/runB --out /tmp/g/outB --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH_B:-32} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR_B:-${LR:-1e-4}} --max-steps 7800 --rank $RANK_B --alpha ${ALPHA_B:-$((2 * RANK_B))} > $R/armB_train.log 2>&1
   cp /tmp/g/outB/summary.json $R/armB_summary.json; cp /tmp/g/runB/log.jsonl $R/armB_log.jsonl; echo "arm B trained $(date +%T)"
   L=/tmp/g/outB/lora.safetensors; test -f $L || L=/tmp/g/outB/lora_partial.safetensors
   UNIQL_NUM_THREADS=4 OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --tag B --wiki /tmp/g/data/wiki_2048.npy --json $R/armB_eval_after.json > $R/armB_eval_after.log 2>&1
@@ -145,14 +145,15 @@ wait_warm() {   # keeps the machine held while the daemon works; ends at WAIT s 
   cp /tmp/g/run/log.jsonl /tmp/g/run/plan.json /tmp/g/daemon.log $R/ 2>/dev/null
   # what comes back: at most 8 files of 16 MiB each. The results without LoRA files (a rank-64 LoRA is 78 MB in
   # float32: run 4 lost everything when one too-large res.tgz was refused and the machine was then taken back),
-  # and the trained LoRA as float16 in 15 MiB pieces (cat lora_f16.part* > lora_f16.safetensors here)
+  # and the trained LoRA (arm B's too) as float16 in 15 MiB pieces (cat lora_f16.part* > lora_f16.safetensors here)
   tar czf $OUT/res.tgz --exclude='*.safetensors' -C /tmp/g res
-  L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
-  if [ -f $L ]; then
+  for arm in out2:lora outB:lora_b; do
+    L=/tmp/g/${arm%%:*}/lora.safetensors; test -f $L || L=/tmp/g/${arm%%:*}/lora_partial.safetensors
+    [ -f $L ] || continue
     python3 -c "import sys; from safetensors import safe_open; from safetensors.torch import save_file
-f = safe_open(sys.argv[1], 'pt'); save_file({k: f.get_tensor(k).half() for k in f.keys()}, sys.argv[2], metadata=f.metadata())" $L /tmp/g/lora_f16.safetensors \
-      && split -b 15m -d -a 1 /tmp/g/lora_f16.safetensors $OUT/lora_f16.part
-  fi
+f = safe_open(sys.argv[1], 'pt'); save_file({k: f.get_tensor(k).half() for k in f.keys()}, sys.argv[2], metadata=f.metadata())" $L /tmp/g/${arm##*:}_f16.safetensors \
+      && split -b 15m -d -a 1 /tmp/g/${arm##*:}_f16.safetensors $OUT/${arm##*:}_f16.part
+  done
   ls -la $OUT
 }
 hold() {   # a hold call may carry .gpu_p2/mmlu_full.pkl.gz (the full MMLU requests, too big for callB)
