@@ -302,3 +302,39 @@ def test_cli_finetune_and_quantize(tmp_path, llama_art, capsys):
     assert main(["quantize", str(llama_art), "-o", str(tmp_path / "o"), "--file", str(calib)]) == 2
     assert "tokenizer" in capsys.readouterr().err  # the tiny test artifact has no tokenizer for a text
     assert not (tmp_path / "o").exists()
+
+
+def test_step_log_is_complete_across_flushes_and_a_resume(tmp_path, llama_art):
+    """The losses are read from the device LOG_EVERY steps at a time: the JSON lines still hold every step once,
+    in order, each evaluation right after its step, and their losses are the run's (returned) losses; a run
+    stopped at a step that is not a flush point and resumed logs the same losses as an uninterrupted one."""
+    from uniql.finetune import LOG_EVERY, FinetuneOptions, train
+
+    n = LOG_EVERY + 9
+    w = _pattern_tokens().reshape(-1, 32)[:, :32].astype(np.int64)
+    o = FinetuneOptions(steps=n, lr=5e-3, warmup=2, seq_len=32, batch=2, eval_every=7, loss="mix", seed=1)
+
+    def run(name, **kw):
+        torch.manual_seed(0)
+        m = TwinModel.from_artifact(llama_art, rank=4, max_seq=32, lora_dropout=0.05)
+        return train(m, w, o, eval_windows=w[:2], log_jsonl=tmp_path / f"{name}.jsonl",
+                     checkpoint_dir=tmp_path / f"ck_{name}", **kw)
+
+    whole = run("a")
+    lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    order = [(x["event"], x["step"]) for x in lines if x["event"] in ("step", "eval")]
+    want = []
+    for s in range(1, n + 1):
+        want.append(("step", s))
+        if s % 7 == 0 or s == n:
+            want.append(("eval", s))
+    assert order == want
+    steps = [x for x in lines if x["event"] == "step"]
+    assert [x["loss"] for x in steps] == [round(v, 5) for v in whole["losses"]]
+    assert all("ce" in x and "kd" in x and x["seconds"] > 0 for x in steps)
+    run("b", stop_at=LOG_EVERY + 3)
+    resumed = run("b", resume=True)
+    assert resumed["losses"] == whole["losses"] and resumed["finished"]
+    logged = [json.loads(x)["loss"] for x in (tmp_path / "b.jsonl").read_text().splitlines()
+              if json.loads(x)["event"] == "step"]
+    assert logged == [x["loss"] for x in steps]

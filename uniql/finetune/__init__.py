@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 RATE_DECAY = 0.1          # p(rate_j) ~ exp(-RATE_DECAY * j), j = 0 at the highest rate (the reference's 0.1)
 MAX_GRAD_NORM = 1.0
+LOG_EVERY = 16   # training steps whose losses are read from the device (and logged) together
 LOSSES = ("ce", "kd", "mix")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -453,6 +454,32 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
     if progress and writer:
         from tqdm.auto import tqdm
         bar = tqdm(total=opts.steps, initial=start, desc="finetune", unit="step")
+    pending: list[tuple] = []
+
+    def flush() -> None:
+        """Reads the queued steps' losses from the device at once (one wait) and logs their records."""
+        if not pending:
+            return
+        vals = torch.stack([torch.stack([r[6].float(), *(r[7:] if r[7] is not None else [r[6].float()] * 2)])
+                            for r in pending]).double()
+        if world > 1:   # the logged loss is the global batch's (the gradient already is)
+            import torch.distributed as dist
+            col = vals[:, 0].contiguous()
+            dist.all_reduce(col)
+            vals[:, 0] = col / world
+        for (st, rate, lr, tokens, tps, secs, _, ce_t, _), (lv, ce_v, kd_v) in zip(pending, vals.tolist()):
+            losses.append(lv)
+            picked.append(rate)
+            rec = {"event": "step", "step": st, "loss": round(lv, 5), "rate": rate, "lr": lr, "tokens": tokens,
+                   "tokens_per_s": round(tps, 1), "seconds": round(secs, 3)}
+            if ce_t is not None:
+                rec["ce"], rec["kd"] = round(ce_v, 5), round(kd_v, 5)
+            emit(rec)
+        if bar is not None:
+            bar.update(len(pending))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", rate=f"{picked[-1]:.2f}", tok_s=f"{pending[-1][4]:,.0f}")
+        pending.clear()
+
     emit({"event": "start", "step": start, "device": str(dev), "precision": prec, "world": world,
           "windows": int(windows.shape[0]), "eval_windows": 0 if eval_windows is None else int(len(eval_windows)),
           "options": asdict(opts)})
@@ -492,31 +519,21 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         opt.step()
-        lv = float(loss.detach())
-        if world > 1:   # the logged loss is the global batch's (the gradient already is)
-            import torch.distributed as dist
-            t = torch.tensor([lv], dtype=torch.float64, device=dev)
-            dist.all_reduce(t)
-            lv = float(t[0]) / world
-        losses.append(lv)
-        picked.append(rate)
+        # the losses stay on the device until a flush: reading them every step would make the host wait for the
+        # device each step, so it could not queue the next step's work meanwhile
         secs = seconds_before + time.perf_counter() - t0
-        tokens = tokens_before + (step + 1 - start) * tok_step
-        tps = (step + 1 - start) * tok_step / max(1e-9, time.perf_counter() - t0)
-        rec = {"event": "step", "step": step + 1, "loss": round(lv, 5), "rate": rate,
-               "lr": opts.lr * lr_factor(step, opts.steps, opts.warmup), "tokens": tokens,
-               "tokens_per_s": round(tps, 1), "seconds": round(secs, 3)}
-        if kd is not None:
-            rec["ce"], rec["kd"] = round(float(ce.detach()), 5), round(float(kd.detach()), 5)
-        emit(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{lv:.3f}", rate=f"{rate:.2f}", tok_s=f"{tps:,.0f}")
+        pending.append((step + 1, rate, opts.lr * lr_factor(step, opts.steps, opts.warmup),
+                        tokens_before + (step + 1 - start) * tok_step,
+                        (step + 1 - start) * tok_step / max(1e-9, time.perf_counter() - t0), secs,
+                        loss.detach(), None if kd is None else ce.detach(), kd if kd is None else kd.detach()))
+        if len(pending) >= LOG_EVERY or (step + 1) % opts.every == 0 or step + 1 == opts.steps:
+            flush()
         if (step + 1) % opts.every == 0 or step + 1 == opts.steps:
             run_eval(step + 1)
-            checkpoint(step + 1, tokens, secs)
+            checkpoint(step + 1, tokens_before + (step + 1 - start) * tok_step, secs)
     else:
         step = opts.steps
+    flush()
     if bar is not None:
         bar.close()
     done = step if not finished else opts.steps
