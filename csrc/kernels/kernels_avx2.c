@@ -141,41 +141,45 @@ UQ_T2 static void attn_scores_f16_avx2(const float *q, int64_t nq, const uint16_
     attn_scores_avx2(q, nq, K, 1, rc, n, r, scale, sc, ldsc);
 }
 
+/* Columns [c0, c0 + 8 NV) of out_j = sum over s in order of p_j[s] * V[s] for HN (1..4) heads: HN x NV accumulators
+ * in registers, each V row chunk loaded and converted once for the HN heads. */
+static UQ_T2I void accum_pass_avx2(const float *p, int64_t ldp, const void *V, int f16, int64_t rc, int64_t n,
+                                   int64_t r, float *out, int64_t c0, const int HN, const int NV) {
+    __m256 y[4][3];
+    #pragma GCC unroll 4
+    for (int j = 0; j < HN; j++)
+        #pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) y[j][v] = _mm256_setzero_ps();
+    for (int64_t s = 0; s < n; s++) {
+        __m256 vv[3];
+        #pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) vv[v] = load8k(V, f16, s * rc + c0 + 8 * v, 8);
+        #pragma GCC unroll 4
+        for (int j = 0; j < HN; j++) {
+            const __m256 pv = _mm256_broadcast_ss(p + j * ldp + s);
+            #pragma GCC unroll 3
+            for (int v = 0; v < NV; v++) y[j][v] = _mm256_fmadd_ps(pv, vv[v], y[j][v]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int j = 0; j < HN; j++)
+        #pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + j * r + c0 + 8 * v, y[j][v]);
+}
+
 /* out_j = sum over s in order of axpy_f32_avx2(p_j[s], V + s * rc) for HN (1..4) heads (p rows j * ldp, out rows
- * j * r): 16 columns per pass in registers for all HN heads, each V row chunk loaded and converted once for them
- * (per element the fma chain of repeated axpy_f32_avx2 calls; the r % 8 tail elements with fmaf, as axpy_f32_avx2
- * does); V fp32 or fp16 (converted exactly). */
+ * j * r): passes of 24 columns for HN <= 3 (9 accumulators: enough independent FMA chains to hide their latency; 16
+ * columns x 3 heads, 6 chains, ran at ~1.5 FMAs per cycle), else 16, then 8, in registers for all HN heads, each V
+ * row chunk loaded and converted once for them (per element the fma chain of repeated axpy_f32_avx2 calls; the r % 8
+ * tail elements with fmaf, as axpy_f32_avx2 does); V fp32 or fp16 (converted exactly). */
 static UQ_T2I void accum_heads_avx2(const float *p, int64_t ldp, const void *V, int f16, int64_t rc, int64_t n,
                                     int64_t r, float *out, const int HN) {
     const int64_t r8 = r / 8 * 8;
-    for (int64_t c0 = 0; c0 < r8; c0 += 16) {
-        const int two = r8 - c0 >= 16;
-        __m256 y[4][2];
-        #pragma GCC unroll 4
-        for (int j = 0; j < HN; j++) y[j][0] = y[j][1] = _mm256_setzero_ps();
-        if (two) {
-            for (int64_t s = 0; s < n; s++) {
-                const __m256 v0 = load8k(V, f16, s * rc + c0, 8), v1 = load8k(V, f16, s * rc + c0 + 8, 8);
-                #pragma GCC unroll 4
-                for (int j = 0; j < HN; j++) {
-                    const __m256 pv = _mm256_broadcast_ss(p + j * ldp + s);
-                    y[j][0] = _mm256_fmadd_ps(pv, v0, y[j][0]);
-                    y[j][1] = _mm256_fmadd_ps(pv, v1, y[j][1]);
-                }
-            }
-        } else {
-            for (int64_t s = 0; s < n; s++) {
-                const __m256 v0 = load8k(V, f16, s * rc + c0, 8);
-                #pragma GCC unroll 4
-                for (int j = 0; j < HN; j++) y[j][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j * ldp + s), v0, y[j][0]);
-            }
-        }
-        #pragma GCC unroll 4
-        for (int j = 0; j < HN; j++) {
-            _mm256_storeu_ps(out + j * r + c0, y[j][0]);
-            if (two) _mm256_storeu_ps(out + j * r + c0 + 8, y[j][1]);
-        }
-    }
+    int64_t c0 = 0;
+    if (HN <= 3)
+        for (; c0 + 24 <= r8; c0 += 24) accum_pass_avx2(p, ldp, V, f16, rc, n, r, out, c0, HN, 3);
+    for (; c0 + 16 <= r8; c0 += 16) accum_pass_avx2(p, ldp, V, f16, rc, n, r, out, c0, HN, 2);
+    if (c0 < r8) accum_pass_avx2(p, ldp, V, f16, rc, n, r, out, c0, HN, 1);
     for (int64_t i = r8; i < r; i++)
         for (int j = 0; j < HN; j++) {
             float y = 0.0f;

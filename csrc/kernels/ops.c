@@ -76,9 +76,6 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
 }
 
-#define UQ_ATTN_F32_MIN_T 8              /* fewest prefill tokens whose float16 K / V rows are converted once */
-#define UQ_ATTN_F32_MAX ((size_t)64 << 20) /* most bytes of that float32 copy (else the float16 helpers) */
-
 /* One uq_k_attention / uq_k_attention_f16 call, shared by its pool tasks (one task per work item). */
 typedef struct {
     const uq_kpath *P;
@@ -204,30 +201,6 @@ void uq_k_attention_f16(const float *restrict q, int64_t T, int64_t n_heads, int
                         int64_t k_off, const uint16_t *restrict kc, const uint16_t *restrict vc, int64_t max_seq,
                         int64_t rc, int64_t pos0, float scale, float *restrict out, float *restrict scores,
                         int nthreads) {
-    /* A prefill chunk reads every cache row of its range once per query token: its K / V rows (all pos0 + T of them)
-     * are converted to float32 once, into a scratch the float32 kernels then read (no vcvtph2ps per row and token).
-     * The results are those of the float16 helpers bit for bit: they run the same FMA sequences on the same exactly
-     * converted values (tests/test_kv16.c). Decode and short chunks, and a scratch that would pass UQ_ATTN_F32_MAX bytes
-     * or cannot be allocated, read the float16 cache directly. */
-    const int64_t n = pos0 + T, elems = n_kv * n * rc;
-    float *kv32 = NULL;
-    if (T >= UQ_ATTN_F32_MIN_T && (size_t)elems * 2 * sizeof(float) <= UQ_ATTN_F32_MAX &&
-        uq_alloc((size_t)elems * 2 * sizeof(float), (void **)&kv32) == UQ_OK) {
-        const uq_kpath *P = uq_k_path();
-        for (int64_t h = 0; h < n_kv; h++)
-            for (int w = 0; w < 2; w++) {
-                const uint16_t *src = (w ? vc : kc) + h * max_seq * rc;
-                float *dst = kv32 + (w * n_kv + h) * n * rc;
-                if (P->f16_to_f32)
-                    P->f16_to_f32(src, n * rc, dst); /* rows of rc elements, contiguous in the cache up to row n */
-                else
-                    (void)uq_convert_f16_to_f32(src, n * rc, dst);
-            }
-        attention(q, T, n_heads, n_kv, r, r_rot, k_off, kv32, kv32 + n_kv * n * rc, 0, n, rc, pos0, scale, out, scores,
-                  nthreads);
-        uq_free(kv32);
-        return;
-    }
     attention(q, T, n_heads, n_kv, r, r_rot, k_off, kc, vc, 1, max_seq, rc, pos0, scale, out, scores, nthreads);
 }
 

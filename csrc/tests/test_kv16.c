@@ -1,7 +1,7 @@
 /* test_kv16.c -- the float16 KV cache kernels: on every available path, uq_k_attention_f16 over a float16 cache
  * computes bit for bit what uq_k_attention computes over the same cache converted to float32 (full and partial RoPE
- * head layouts, head dims with and without a tail, decode and prefill, GQA; prefill chunks of >= 8 tokens, which
- * convert their rows to float32 once, from position 0 and after a cached prefix), and the path's float32 -> float16
+ * head layouts, head dims with and without a tail, decode and prefill chunks of 3 and 12 tokens from position 0 and
+ * after a cached prefix, GQA), and the path's float32 -> float16
  * conversion rounds as uq_convert_f32_to_f16 does (normal, subnormal, overflowing values). */
 #include "../kernels/kernels.h"
 #include "test.h"
