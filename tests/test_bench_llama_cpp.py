@@ -121,6 +121,7 @@ def test_tiny_model_through_llama_cpp(tiny_dir, tmp_path):
     out = bench.bench_llama_cpp(cfg, 1, notes, cache=cache)
     assert notes == []
     assert out is not None and out["version"] == L.__version__ and out["threads"] == 1
+    assert Path(out["lib_dir"]).is_dir() and out["system_info"]  # which llama.cpp build ran, recorded
     m = out["models"][str(tiny_dir)]
     for k in ("prefill_s", "decode_s_per_token", "decode_tok_s", "prefill_tok_s", "prefill_cpu_s",
               "decode_cpu_s_per_token", "decode_tok_s_cpu", "prefill_tok_s_cpu", "weight_bytes",
@@ -147,6 +148,7 @@ def test_tiny_model_through_llama_cpp(tiny_dir, tmp_path):
                  "weight_bytes_vs_llama_cpp": 1.0, "layer_bytes_vs_llama_cpp": 1.0}]
     text = "\n".join(bench._format_llama_cpp({"llama_cpp": out, "runs": rep_rows}))
     assert "Q4_0" in text and "int4 decode 2.00x (>= llama.cpp: yes)" in text
+    assert f"llama.cpp libraries: {out['lib_dir']} ({out['system_info']})" in text
 
 
 def test_whole_report_with_llama_cpp(tiny_dir, tmp_path, monkeypatch):
