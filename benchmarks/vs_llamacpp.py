@@ -3,7 +3,7 @@ alternating runs on the same machine (for a shared machine: never compare absolu
 
     python benchmarks/vs_llamacpp.py [--model smollm2|llama3.1-8b] [--rates 0,0.35] [--prompt 512] [--gen 32]
                                      [--rounds 3] [--repeats 2] [--threads 2] [--kv-dtype fp16|fp32]
-                                     [--base DIR] [--base-kv-dtype fp16|fp32]
+                                     [--base DIR] [--base-kv-dtype fp16|fp32] [--llama-lib DIR [--native-too]]
 
 Each round runs uniql and llama.cpp once each, in fresh child processes, in alternating order (ABAB: uniql first
 in even rounds, llama.cpp first in odd ones); a child keeps the best of ``--repeats``. The models, timing and the
@@ -16,6 +16,13 @@ start of every child. One JSON line at the end holds everything. ``--base DIR`` 
 another checkout (e.g. an older commit, built in place) in every round, right after this checkout's, so a change
 is measured as before/after ratios against the same llama.cpp runs; ``--base . --base-kv-dtype fp32`` times this
 checkout's float32 KV cache against its default float16 one (``--kv-dtype``; llama.cpp's cache is float16 too).
+
+``--llama-lib DIR`` runs llama.cpp from another folder of its shared libraries (``libllama.so`` and the
+``libggml*`` it links, e.g. an AVX2-only build of the same llama.cpp version for a fair comparison of our AVX2
+kernels: the package's own build is compiled for the machine that built it, AVX-512 VNNI on a Zen 4/5): the
+llama.cpp child gets ``LLAMA_CPP_LIB_PATH=DIR`` and reports the libraries it loaded and their
+``llama_print_system_info`` line, both printed and kept in the JSON. ``--native-too`` also times the package's own
+llama.cpp build in every round (ratios against it printed as "native").
 """
 from __future__ import annotations
 
@@ -50,7 +57,8 @@ def child(engine: str, a: argparse.Namespace) -> dict:
         m = (r or {}).get("models", {}).get(bench.canonical_model(a.model))
         if not m:
             raise SystemExit(f"llama.cpp did not run: {notes}")
-        return {"load": load, "decode_tok_s": m["decode_tok_s"], "prefill_tok_s": m["prefill_tok_s"]}
+        return {"load": load, "decode_tok_s": m["decode_tok_s"], "prefill_tok_s": m["prefill_tok_s"],
+                "lib_dir": r.get("lib_dir"), "system_info": r.get("system_info")}
     from uniql import _C
 
     _C.kernels_set_threads(a.threads)
@@ -63,8 +71,12 @@ def child(engine: str, a: argparse.Namespace) -> dict:
                                          "weight_gbps": r["weight_gbps"]} for r in rows}}
 
 
-def spawn(engine: str, a: argparse.Namespace, root: str = ROOT, kv_dtype: str | None = None) -> dict:
-    env = dict(os.environ)
+def spawn(engine: str, a: argparse.Namespace, root: str = ROOT, kv_dtype: str | None = None,
+          llama_lib: str | None = None) -> dict:
+    """One child run; a llama.cpp child loads its libraries from ``llama_lib`` (None: the package's own)."""
+    from uniql.bench import llamacpp
+
+    env = llamacpp.child_env(dict(os.environ), llama_lib) if engine == "llama" else dict(os.environ)
     t = str(a.threads)
     env.update(UNIQL_NUM_THREADS=t, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -91,6 +103,10 @@ def main() -> int:
     ap.add_argument("--base", help="another uniql checkout (built in place) to time in every round too")
     ap.add_argument("--base-kv-dtype", choices=("fp16", "fp32"), default=None,
                     help="the base child's KV cache (default: --kv-dtype)")
+    ap.add_argument("--llama-lib", metavar="DIR", help="a folder of llama.cpp shared libraries (libllama.so, "
+                    "libggml*) to run llama.cpp from, e.g. an AVX2-only build (default: llama-cpp-python's own)")
+    ap.add_argument("--native-too", action="store_true", help="with --llama-lib: also time the package's own "
+                    "llama.cpp build in every round")
     ap.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=("uniql", "llama"))
     a = ap.parse_args()
@@ -98,15 +114,24 @@ def main() -> int:
         print(json.dumps(child(a.child, a)))
         return 0
     from uniql import _C, bench
+    from uniql.bench import llamacpp
 
+    if a.llama_lib:
+        a.llama_lib = str(llamacpp.lib_dir(a.llama_lib))  # a clear error now, not in the first child
+    elif a.native_too:
+        ap.error("--native-too needs --llama-lib (without it llama.cpp is the native build already)")
     _C.kernels_set_threads(a.threads)
     mach = bench.machine_info(a.threads, 2)
     print(f"read bandwidth {mach['read_gbps']:.1f} GB/s ({a.threads} threads), int8 peak "
           f"{mach.get('int8_peak_gmacs') or 0:.0f} G MAC/s, kernels {mach['kernels']}, load {mach['load_before']:.2f}")
     rounds = []
     for i in range(a.rounds):
-        order = ("uniql", "llama") if i % 2 == 0 else ("llama", "uniql")
-        got = {e: spawn(e, a) for e in order}
+        order = ["uniql", "llama"] + (["native"] if a.native_too else [])
+        got = {e: spawn("llama" if e == "native" else e, a, llama_lib=a.llama_lib if e == "llama" else None)
+               for e in (order if i % 2 == 0 else order[::-1])}
+        if i == 0:
+            for e in ("llama", "native") if a.native_too else ("llama",):
+                print(f"{e} llama.cpp: {got[e]['lib_dir']} ({got[e]['system_info']})", flush=True)
         if a.base:
             got["base"] = spawn("uniql", a, os.path.abspath(a.base), a.base_kv_dtype)
         u, lc = got["uniql"], got["llama"]
@@ -122,6 +147,11 @@ def main() -> int:
                   f"{lc['prefill_tok_s']:.0f} ({ur['prefill_tok_s'] / lc['prefill_tok_s']:.2f}x), weights "
                   f"{ur['weight_gbps'] / mach['read_gbps']:.0%} of read bw; load {u['load']:.2f} / {lc['load']:.2f}",
                   flush=True)
+            if a.native_too:
+                nat = got["native"]
+                print(f"  native llama.cpp: decode {nat['decode_tok_s']:.1f} ({ur['decode_tok_s'] / nat['decode_tok_s']:.2f}x), "
+                      f"prefill {nat['prefill_tok_s']:.0f} ({ur['prefill_tok_s'] / nat['prefill_tok_s']:.2f}x); "
+                      f"load {nat['load']:.2f}", flush=True)
     summary = {}
     for rate in rounds[0]["uniql"]["rates"]:
         d = [g["uniql"]["rates"][rate]["decode_tok_s"] / g["llama"]["decode_tok_s"] for g in rounds]
@@ -138,8 +168,15 @@ def main() -> int:
                 "bw_frac": statistics.median(g["base"]["rates"][rate]["weight_gbps"] / mach["read_gbps"] for g in rounds)}
             b = summary[rate]["base"]
             print(f"  base: decode {b['decode_ratio']:.2f}x, prefill {b['prefill_ratio']:.2f}x; {b['bw_frac']:.0%} of read bw")
+        if a.native_too:
+            summary[rate]["native"] = {
+                k: statistics.median(g["uniql"]["rates"][rate][f"{k}_tok_s"] / g["native"][f"{k}_tok_s"] for g in rounds)
+                for k in ("decode", "prefill")}
+            nv = summary[rate]["native"]
+            print(f"  against the native llama.cpp build: decode {nv['decode']:.2f}x, prefill {nv['prefill']:.2f}x")
         print(f"median over {a.rounds} rounds, rate {rate}: decode {summary[rate]['decode_ratio']:.2f}x, prefill "
-              f"{summary[rate]['prefill_ratio']:.2f}x llama.cpp Q4_0; {summary[rate]['bw_frac']:.0%} of read bw")
+              f"{summary[rate]['prefill_ratio']:.2f}x llama.cpp Q4_0{' (--llama-lib)' if a.llama_lib else ''}; "
+              f"{summary[rate]['bw_frac']:.0%} of read bw")
     print(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "child"}, "machine": mach, "rounds": rounds,
                       "summary": summary, "load_end": os.getloadavg()[0], "time": time.strftime("%H:%M:%S")}))
     return 0

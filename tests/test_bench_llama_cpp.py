@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ import pytest
 from uniql import bench
 from uniql.bench import llamacpp
 from uniql.formats.gguf import unpermute_qk
-from uniql.errors import ShapeError
+from uniql.errors import ModelNotFoundError, ShapeError, StateError
 
 from _helpers import tiny_llama_config, tiny_llama_tensors, write_tiny_llama
 
@@ -118,6 +121,7 @@ def test_tiny_model_through_llama_cpp(tiny_dir, tmp_path):
     out = bench.bench_llama_cpp(cfg, 1, notes, cache=cache)
     assert notes == []
     assert out is not None and out["version"] == L.__version__ and out["threads"] == 1
+    assert Path(out["lib_dir"]).is_dir() and out["system_info"]  # which llama.cpp build ran, recorded
     m = out["models"][str(tiny_dir)]
     for k in ("prefill_s", "decode_s_per_token", "decode_tok_s", "prefill_tok_s", "prefill_cpu_s",
               "decode_cpu_s_per_token", "decode_tok_s_cpu", "prefill_tok_s_cpu", "weight_bytes",
@@ -144,6 +148,7 @@ def test_tiny_model_through_llama_cpp(tiny_dir, tmp_path):
                  "weight_bytes_vs_llama_cpp": 1.0, "layer_bytes_vs_llama_cpp": 1.0}]
     text = "\n".join(bench._format_llama_cpp({"llama_cpp": out, "runs": rep_rows}))
     assert "Q4_0" in text and "int4 decode 2.00x (>= llama.cpp: yes)" in text
+    assert f"llama.cpp libraries: {out['lib_dir']} ({out['system_info']})" in text
 
 
 def test_whole_report_with_llama_cpp(tiny_dir, tmp_path, monkeypatch):
@@ -160,3 +165,68 @@ def test_whole_report_with_llama_cpp(tiny_dir, tmp_path, monkeypatch):
     text = bench.format_report(rep)
     assert "llama.cpp" in text and "ours / llama.cpp Q4_0, rate 0: int4 decode" in text
     json.dumps(rep, default=float)
+
+
+def test_llama_lib_folder_is_checked_and_reaches_the_child_env(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        llamacpp.lib_dir(tmp_path / "nope")
+    with pytest.raises(ModelNotFoundError, match="holds no libllama"):
+        llamacpp.lib_dir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="holds no libllama"):
+        tiny_bench_config(tmp_path, llama_lib=str(tmp_path))
+    assert tiny_bench_config(tmp_path, llama_lib=str(tmp_path), llama_cpp=False).llama_lib == str(tmp_path)
+    (tmp_path / llamacpp._libllama_name()).write_bytes(b"")
+    assert llamacpp.lib_dir(tmp_path) == tmp_path.absolute()
+    env = {"PATH": "/bin", llamacpp.LIB_ENV: "/elsewhere"}
+    assert llamacpp.child_env(env, tmp_path) == {"PATH": "/bin", llamacpp.LIB_ENV: str(tmp_path.absolute())}
+    assert llamacpp.child_env(env, None) == {"PATH": "/bin"}  # the package's own libraries
+    assert env[llamacpp.LIB_ENV] == "/elsewhere"  # a copy
+    with pytest.raises(ModelNotFoundError):
+        llamacpp.child_env(env, tmp_path / "nope")
+
+
+def test_use_lib_only_before_llama_cpp_is_imported(tmp_path, monkeypatch):
+    (tmp_path / llamacpp._libllama_name()).write_bytes(b"")
+    monkeypatch.delenv(llamacpp.LIB_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not imported (an import would fail)
+    assert llamacpp.use_lib(None) is None and llamacpp.LIB_ENV not in os.environ
+    assert llamacpp.use_lib(tmp_path) == tmp_path.absolute()
+    assert os.environ[llamacpp.LIB_ENV] == str(tmp_path.absolute())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / llamacpp._libllama_name()).write_bytes(b"")
+
+    def loaded_from(folder: Path) -> SimpleNamespace:
+        lib = SimpleNamespace(_name=str(folder / llamacpp._libllama_name()))
+        return SimpleNamespace(llama_cpp=SimpleNamespace(_lib=lib), llama_print_system_info=lambda: b"AVX2 = 1 | ")
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", loaded_from(other))
+    assert llamacpp.lib_info(sys.modules["llama_cpp"]) == {"lib_dir": str(other), "system_info": "AVX2 = 1 |"}
+    assert llamacpp.use_lib(other) == other  # the libraries already loaded: fine
+    with pytest.raises(StateError, match="fresh process"):
+        llamacpp.use_lib(tmp_path)
+
+
+def test_a_child_loads_llama_cpp_from_the_folder_it_is_given(tmp_path):
+    L, why = llamacpp.import_llama_cpp()
+    if L is None:
+        pytest.skip(why)
+    own = Path(llamacpp.lib_info(L)["lib_dir"])
+    assert (own / llamacpp._libllama_name()).is_file()
+    alt = tmp_path / "libs"
+    alt.mkdir()
+    for f in own.iterdir():  # the same build, seen from another folder
+        (alt / f.name).symlink_to(f)
+    code = ("import json; from uniql.bench import llamacpp; L, why = llamacpp.import_llama_cpp(); "
+            "print(json.dumps(llamacpp.lib_info(L)))")
+    root = Path(__file__).resolve().parent.parent
+    got = {}
+    for name, lib in (("alt", alt), ("own", None)):
+        env = llamacpp.child_env(dict(os.environ, PYTHONPATH=str(root)), lib)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got[name] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["alt"]["lib_dir"] == str(alt) and Path(got["own"]["lib_dir"]).resolve() == own.resolve()
+    assert "AVX" in got["alt"]["system_info"] or "NEON" in got["alt"]["system_info"]
+    assert got["alt"]["system_info"] == got["own"]["system_info"]

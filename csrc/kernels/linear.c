@@ -431,6 +431,9 @@ static void r16_task(void *arg, int64_t gtask, int worker) {
                 if (W->b) {
                     const float *bb = W->b + so * W->seg_out + r0;
                     for (int64_t l = 0; l < nr; l++) dst[l] = src[l] + bb[l];
+                } else if (nr == 16) { /* a whole block: a fixed-size copy, inlined (a memmove call per token and block
+                                        * was ~2% of a prefill) */
+                    memcpy(dst, src, 16 * sizeof(float));
                 } else {
                     memcpy(dst, src, (size_t)nr * sizeof(float));
                 }

@@ -1,12 +1,14 @@
 /* test_kv16.c -- the float16 KV cache kernels: on every available path, uq_k_attention_f16 over a float16 cache
  * computes bit for bit what uq_k_attention computes over the same cache converted to float32 (full and partial RoPE
- * head layouts, head dims with and without a tail, decode and prefill, GQA), and the path's float32 -> float16
+ * head layouts, head dims with and without a tail, decode and prefill chunks of 3 and 12 tokens from position 0 and
+ * after a cached prefix, GQA), and the path's float32 -> float16
  * conversion rounds as uq_convert_f32_to_f16 does (normal, subnormal, overflowing values). */
 #include "../kernels/kernels.h"
 #include "test.h"
 
 static void test_kv16_attention(void) {
-    enum { NH = 8, NKV = 2, MAXS = 64, POS0 = 37 };
+    enum { NH = 8, NKV = 2, MAXS = 64, TMAX = 12 };
+    const int64_t runs[][2] = {{1, 37}, {3, 37}, {12, 37}, {12, 0}}; /* (T, pos0) */
     const char *paths[] = {"ref", "avx2", "avx512"};
     const int64_t rs[] = {80, 13, 128, 12};
     unsigned long long seed = 7;
@@ -14,16 +16,16 @@ static void test_kv16_attention(void) {
         const int64_t r = rs[ri], rc = r + 3, ncache = NKV * MAXS * rc;
         /* partial RoPE: r_rot rotary rows, the pass rows at k_off (a pruned head: k_off > r_rot) */
         const int64_t r_rot = ri == 3 ? 4 : r, k_off = ri == 3 ? 6 : r;
-        float *q = malloc((size_t)(3 * NH * r) * sizeof(float)), *kc = malloc((size_t)ncache * sizeof(float));
-        float *vc = malloc((size_t)ncache * sizeof(float)), *o = malloc((size_t)(3 * NH * r) * sizeof(float));
-        float *e = malloc((size_t)(3 * NH * r) * sizeof(float));
+        float *q = malloc((size_t)(TMAX * NH * r) * sizeof(float)), *kc = malloc((size_t)ncache * sizeof(float));
+        float *vc = malloc((size_t)ncache * sizeof(float)), *o = malloc((size_t)(TMAX * NH * r) * sizeof(float));
+        float *e = malloc((size_t)(TMAX * NH * r) * sizeof(float));
         float *scr = malloc((size_t)(4 * ((NH / NKV) * MAXS + 2 * rc)) * sizeof(float));
         uint16_t *k16 = malloc((size_t)ncache * sizeof(uint16_t)), *v16 = malloc((size_t)ncache * sizeof(uint16_t));
         if (!q || !kc || !vc || !o || !e || !scr || !k16 || !v16) {
             CHECK(0, "kv16 attention: out of memory");
             return;
         }
-        uq_test_fill(q, 3 * NH * r, &seed, 1.0);
+        uq_test_fill(q, TMAX * NH * r, &seed, 1.0);
         uq_test_fill(kc, ncache, &seed, 3.0);
         uq_test_fill(vc, ncache, &seed, 3.0);
         /* the float32 cache holds exactly the float16 values */
@@ -36,13 +38,15 @@ static void test_kv16_attention(void) {
             uq_kernels_available(paths[pi], &av);
             if (!av) continue;
             uq_kernels_set(paths[pi]);
-            for (int64_t T = 1; T <= 3; T += 2) {
+            for (size_t ti = 0; ti < sizeof runs / sizeof runs[0]; ti++) {
+                const int64_t T = runs[ti][0], pos0 = runs[ti][1];
                 for (int nth = 1; nth <= 4; nth += 3) {
-                    uq_k_attention(q, T, NH, NKV, r, r_rot, k_off, kc, vc, MAXS, rc, POS0, 0.125f, e, scr, nth);
-                    uq_k_attention_f16(q, T, NH, NKV, r, r_rot, k_off, k16, v16, MAXS, rc, POS0, 0.125f, o, scr, nth);
+                    uq_k_attention(q, T, NH, NKV, r, r_rot, k_off, kc, vc, MAXS, rc, pos0, 0.125f, e, scr, nth);
+                    uq_k_attention_f16(q, T, NH, NKV, r, r_rot, k_off, k16, v16, MAXS, rc, pos0, 0.125f, o, scr, nth);
                     CHECK(memcmp(o, e, (size_t)(T * NH * r) * sizeof(float)) == 0,
-                          "float16 attention path %s r %lld r_rot %lld T %lld threads %d: differs from float32 over "
-                          "the converted cache", paths[pi], (long long)r, (long long)r_rot, (long long)T, nth);
+                          "float16 attention path %s r %lld r_rot %lld T %lld pos0 %lld threads %d: differs from "
+                          "float32 over the converted cache", paths[pi], (long long)r, (long long)r_rot, (long long)T,
+                          (long long)pos0, nth);
                 }
             }
         }

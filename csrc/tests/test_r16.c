@@ -205,7 +205,7 @@ static void test_r16_truncated(void) {
  * (the AVX2 kernel adds 4 chunks of vpmaddubsw pair sums in int16: 4 * 4 * 15 * 127 = 30480 must not wrap).
  * Every path equals ref bit for bit, and ref equals the float64 twin (W4A8 is exact here: xq = +-127 = x / xs). */
 static void test_r16_extremes(void) {
-    enum { R = 32, C = 512, G = 128, T = 5 };
+    enum { R = 32, C = 512, G = 128, T = 9 };
     static float W[R * C], x[T * C], yref[T * R], y[T * R], y64[T * R];
     for (int64_t i = 0; i < R * C; i++) W[i] = 1.0f;
     for (int64_t t = 0; t < T; t++)
@@ -226,7 +226,7 @@ static void test_r16_extremes(void) {
             uq_kernels_available(paths[pi], &av);
             if (!av) continue;
             uq_kernels_set(paths[pi]);
-            for (int64_t T1 = 1; T1 <= T; T1 += T - 1) {
+            for (int64_t T1 = 1; T1 <= T; T1++) { /* every tile of the prefill kernels, 1..8 tokens and 5 + 4 */
                 CHECK_STATUS(uq_linear_forward(&q.r16, x, T1, 1, R, 1, C, y), UQ_OK);
                 CHECK(memcmp(y, yref, (size_t)(T1 * R) * sizeof(float)) == 0, "extremes act %d T %d path %s: differs",
                       act, (int)T1, paths[pi]);
@@ -289,6 +289,73 @@ static void test_r16_kernel_direct(void) {
                 CHECK(same, "direct path %s T %lld nb %d: differs from ref", paths[pi]->name, (long long)T, nb);
             }
     }
+    free_pair(&q);
+}
+
+/* The R16 W4A8 kernels called directly (as linear_r16 calls them: <= 64 tokens, int8 activations quantized per
+ * token and group in natural order): every path's r16_q8 equals the ref kernel bit for bit for T = 1..17 (every
+ * token tiling: the decode tiles, the 2..4-token tiles, the avx2 prefill's tiles of 4..8 tokens and their splits
+ * such as 5 + 4 for T = 9) and T = 64, on 1, 3 and 8 row blocks, over two input segments whose last group (76
+ * columns) ends inside a chunk. */
+static void test_r16_q8_kernel_direct(void) {
+    enum { R = 128, NSI = 2, SEG = 600, C = NSI * SEG, G = 128, KI = 460, TMAX = 64 };
+    const int64_t gps = (SEG + G - 1) / G, per = (KI + G - 1) / G, ng = NSI * per, cc = (SEG + 7) / 8;
+    const int64_t bbytes = NSI * cc * 64, ldx = NSI * KI, ldo = 16 * UQ_K_R16_NB;
+    static float W[R * C], x[TMAX * NSI * KI], xs[TMAX * NSI * 4], yref[TMAX * 16 * UQ_K_R16_NB],
+        y[TMAX * 16 * UQ_K_R16_NB];
+    static int32_t xsum[TMAX * NSI * 4];
+    unsigned long long seed = 13;
+    uq_test_fill(W, R * C, &seed, 1.0);
+    uq_test_fill(x, TMAX * ldx, &seed, 1.0);
+    q4pair q;
+    CHECK(make_pair(W, R, C, 1, NSI, G, NULL, &q) == 0, "q8 direct: setup");
+    uq_k_chunk gr[NSI * 4];
+    int64_t off = 0;
+    for (int64_t si = 0, k = 0; si < NSI; si++)
+        for (int64_t g0 = 0; g0 < KI; g0 += G, k++) {
+            gr[k] = (uq_k_chunk){.wcol = si * cc + g0 / 8, .xcol = si * KI + g0, .n = KI - g0 < G ? KI - g0 : G,
+                                 .scol = si * gps + g0 / G, .xq = off};
+            off += (gr[k].n + 7) / 8 * 8;
+        }
+    const int64_t ldq = (off + 63) / 64 * 64;
+    int8_t *xq = calloc((size_t)(TMAX * ldq), 1);
+    if (!xq) {
+        CHECK(0, "q8 direct: out of memory");
+        free_pair(&q);
+        return;
+    }
+    for (int64_t t = 0; t < TMAX; t++) uq_k_q8_quant(x + t * ldx, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
+    const uint8_t *wb[UQ_K_R16_NB];
+    const uint16_t *sb[UQ_K_R16_NB];
+    for (int i = 0; i < UQ_K_R16_NB; i++) {
+        wb[i] = q.pr + i * bbytes;
+        sb[i] = q.sr + i * gps * NSI * 16;
+    }
+    const uq_kpath *paths[] = {
+        &uq_kpath_ref,
+#ifdef UQ_K_X86
+        &uq_kpath_avx2, &uq_kpath_avx512,
+#endif
+    };
+    const int nbs[] = {1, 3, UQ_K_R16_NB};
+    for (size_t pi = 0; pi < sizeof paths / sizeof paths[0]; pi++) {
+        int av = 0;
+        uq_kernels_available(paths[pi]->name, &av);
+        if (!av || !paths[pi]->r16_q8) continue;
+        for (int64_t T = 1; T <= TMAX; T = T < 17 ? T + 1 : T == TMAX ? TMAX + 1 : TMAX)
+            for (size_t bi = 0; bi < sizeof nbs / sizeof nbs[0]; bi++) {
+                const int nb = nbs[bi];
+                memset(yref, 0, sizeof yref);
+                memset(y, 0, sizeof y);
+                uq_k_r16_q8_ref(wb, sb, nb, xq, ldq, xs, xsum, ng, T, gr, ng, yref, ldo, NULL);
+                paths[pi]->r16_q8(wb, sb, nb, xq, ldq, xs, xsum, ng, T, gr, ng, y, ldo, NULL);
+                int same = 1;
+                for (int64_t t = 0; t < T; t++)
+                    same &= memcmp(y + t * ldo, yref + t * ldo, (size_t)(16 * nb) * sizeof(float)) == 0;
+                CHECK(same, "q8 direct path %s T %lld nb %d: differs from ref", paths[pi]->name, (long long)T, nb);
+            }
+    }
+    free(xq);
     free_pair(&q);
 }
 
@@ -576,4 +643,5 @@ void test_r16(void) {
     test_r16_extremes();
     test_r16_truncated();
     test_r16_kernel_direct();
+    test_r16_q8_kernel_direct();
 }

@@ -14,7 +14,8 @@ average is recorded next to it):
 * ratios: int4 / fp32 and int4 / fp16, each rate / rate 0, decode weight bandwidth / measured read
   bandwidth, prefill multiply-adds / int8 (or fp32) peak, against PyTorch (transformers on CPU, same shapes)
   when torch is importable and against llama.cpp when ``llama-cpp-python`` is importable (skipped with a note
-  otherwise);
+  otherwise; ``--llama-lib DIR`` loads llama.cpp from another folder of its shared libraries, e.g. an AVX2-only
+  build, and the report names the libraries and their ``llama_print_system_info`` line);
 * kernel microbenchmarks: GB/s (T = 1) and G MAC/s (T > 1) of each weight kind on every kernel path the CPU
   has, against the ``ref`` twin and OpenBLAS sgemv/sgemm on the dequantized weight.
 
@@ -96,6 +97,7 @@ class BenchConfig:
     micro_paths: tuple[str, ...] = ("ref", "avx2", "avx512")
     bw_bytes: int = GIB  # buffer streamed by the read-bandwidth measurement
     kv_dtype: str = "fp16"  # KV cache of the uniql models ("fp16" default, "fp32")
+    llama_lib: str | None = None  # a folder of llama.cpp shared libraries to compare with (None: the package's own)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(canonical_model(m) for m in self.models))
@@ -112,6 +114,10 @@ class BenchConfig:
         from uniql.models.runtime import kv_dtype_code
 
         kv_dtype_code(self.kv_dtype)
+        if self.llama_lib is not None and self.llama_cpp:
+            from uniql.bench.llamacpp import lib_dir
+
+            object.__setattr__(self, "llama_lib", str(lib_dir(self.llama_lib)))
         for m in self.models:
             if m not in SHAPES and not Path(m).is_dir():
                 raise InvalidArgumentError(f"model {m!r} is neither a named shape ({', '.join(SHAPES)}) "
@@ -496,11 +502,12 @@ def bench_llama_cpp(cfg: BenchConfig, threads: int, notes: list[str],
     if not cfg.llama_cpp:
         notes.append("llama.cpp comparison skipped (--no-llama-cpp)")
         return None
+    llamacpp.use_lib(cfg.llama_lib)  # before the import: llama_cpp binds its libraries then
     L, why = llamacpp.import_llama_cpp()
     if L is None:
         notes.append(f"llama.cpp comparison skipped: {why}")
         return None
-    out: dict[str, Any] = {"version": getattr(L, "__version__", "?"), "threads": threads,
+    out: dict[str, Any] = {"version": getattr(L, "__version__", "?"), "threads": threads, **llamacpp.lib_info(L),
                            "quant": "Q4_0, pure (every 2-D weight incl. embedding/output), llama.cpp's quantizer",
                            "cache": str(cache or llamacpp.cache_dir()), "models": {}}
     for name in cfg.models:
@@ -789,6 +796,8 @@ def _format_llama_cpp(rep: dict[str, Any]) -> list[str]:
                      f"prefill {_f(m['prefill_tok_s'], '{:.1f}')} tok/s, weights {m['weight_bytes'] / 1e6:.1f} MB "
                      f"(layers {m['layer_weight_bytes'] / 1e6:.1f} MB); by process CPU time: decode "
                      f"{_f(m.get('decode_tok_s_cpu'))} tok/s, prefill {_f(m.get('prefill_tok_s_cpu'), '{:.1f}')} tok/s")
+        if lc.get("system_info"):
+            lines.append(f"  llama.cpp libraries: {lc.get('lib_dir')} ({lc['system_info']})")
         parts = []
         for r in rep["runs"]:
             if r["model"] == name and r["rate"] == 0.0 and r.get("decode_vs_llama_cpp") is not None:
@@ -833,13 +842,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--no-micro", action="store_true", help="skip the kernel microbenchmarks")
     ap.add_argument("--json", help="write the full report as JSON to this path")
     ap.add_argument("--kv-dtype", choices=("fp16", "fp32"), default="fp16", help="KV cache of uniql (default fp16)")
+    ap.add_argument("--llama-lib", metavar="DIR", help="load llama.cpp from this folder of shared libraries (libllama, "
+                    "libggml*), e.g. an AVX2-only build of the same version, instead of llama-cpp-python's own "
+                    "(sets LLAMA_CPP_LIB_PATH; the report records the build's system info)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = BenchConfig(models=tuple(a.model or ("llama3.1-8b", "smollm2-135m")),
                       rates=tuple(float(r) for r in a.rates.split(",") if r.strip()),
                       kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()), prompt=a.prompt, gen=a.gen,
                       layers=a.layers, threads=a.threads, repeats=a.repeats, torch=not a.no_torch,
-                      llama_cpp=not a.no_llama_cpp, micro=not a.no_micro, kv_dtype=a.kv_dtype)
+                      llama_cpp=not a.no_llama_cpp, micro=not a.no_micro, kv_dtype=a.kv_dtype,
+                      llama_lib=a.llama_lib)
     rep = run(cfg)
     print(format_report(rep))
     if a.json:

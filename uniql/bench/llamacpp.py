@@ -23,6 +23,13 @@ cleared before each repeat, one warm-up token after loading; process CPU seconds
 they leave out the time spent waiting for a core on a loaded machine), as ``uniql.bench.time_model`` does.
 Other context settings are llama.cpp's defaults (F16 KV cache, flash attention "auto").
 
+Which llama.cpp build runs: the shared libraries that come with ``llama-cpp-python`` (built for the machine that
+built the wheel; on an AVX-512 CPU that is llama.cpp's AVX-512 / VNNI code), unless ``LLAMA_CPP_LIB_PATH`` names
+another folder of them (read by ``llama_cpp`` once, when it is first imported). ``use_lib`` / ``child_env`` point a
+process or a child process at such a folder (e.g. an AVX2-only build of the same llama.cpp version, to compare our
+AVX2 kernels with llama.cpp's), ``lib_info`` says which libraries were loaded and what they were compiled for
+(``llama_print_system_info``), and the report records it.
+
 The 8B-shaped stack is scaled as ours: the per-token time of the ``layers``-layer model with a 1024-token
 vocabulary, times 32 / layers, plus the time of the 128256 x 4096 lm_head, which for llama.cpp is measured as
 the decode time of the same stack with the full vocabulary minus that of the small-vocabulary stack.
@@ -35,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +51,19 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from uniql.errors import FormatError, InternalError, ShapeError, UniqlError, UnsupportedError
+from uniql.errors import (FormatError, InternalError, ModelNotFoundError, ShapeError, StateError, UniqlError,
+                          UnsupportedError)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["import_llama_cpp", "cache_dir", "permute_qk", "write_gguf", "quantize_q4_0", "build_q4_0", "time_gguf",
+__all__ = ["import_llama_cpp", "cache_dir", "LIB_ENV", "lib_dir", "use_lib", "child_env", "lib_info", "permute_qk", "write_gguf", "quantize_q4_0", "build_q4_0", "time_gguf",
            "LlamaCppError", "GGUF_FORMAT"]
 
 #: bump when the GGUF written here changes (it is part of every cache file's name)
 GGUF_FORMAT = 1
 CACHE_ENV = "UNIQL_BENCH_CACHE"
+#: the variable llama-cpp-python reads (at import) for a folder of llama.cpp shared libraries to load instead of its own
+LIB_ENV = "LLAMA_CPP_LIB_PATH"
 GGUF_ARCHES = {"llama": "llama", "qwen2": "qwen2"}  # HF model_type -> GGUF general.architecture
 _GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -73,6 +84,69 @@ def import_llama_cpp() -> tuple[ModuleType | None, str | None]:
     except Exception as e:  # noqa: BLE001 - a broken install (missing shared library) is a skip, stated
         return None, f"llama_cpp does not import: {type(e).__name__}: {e}"
     return llama_cpp, None
+
+
+def _libllama_name() -> str:
+    """The file ``llama_cpp`` loads from ``LIB_ENV``'s folder on this platform (its ``load_shared_library``)."""
+    if sys.platform == "win32":
+        return "llama.dll"
+    return "libllama.dylib" if sys.platform == "darwin" else "libllama.so"
+
+
+def lib_dir(path: str | os.PathLike) -> Path:
+    """``path`` (absolute) when it is a folder llama-cpp-python can load llama.cpp from: one holding ``libllama.so``
+    (``libllama.dylib`` on macOS, ``llama.dll`` on Windows) next to the ``libggml*`` libraries it links. Raises
+    ModelNotFoundError naming the folder and the missing file otherwise."""
+    p = Path(path).expanduser().absolute()
+    if not p.is_dir():
+        raise ModelNotFoundError(f"llama.cpp library folder {str(p)!r} does not exist")
+    lib = p / _libllama_name()
+    if not lib.is_file():
+        raise ModelNotFoundError(f"llama.cpp library folder {str(p)!r} holds no {lib.name} (build llama.cpp with "
+                                 "BUILD_SHARED_LIBS=ON and copy its libllama / libggml* libraries there)")
+    return p
+
+
+def use_lib(path: str | os.PathLike | None) -> Path | None:
+    """Makes this process's ``import llama_cpp`` load llama.cpp from the folder ``path`` (checked by ``lib_dir``);
+    None leaves the package's own libraries. It must run before ``llama_cpp`` is first imported: once imported with
+    other libraries, StateError."""
+    if path is None:
+        return None
+    p = lib_dir(path)
+    mod = sys.modules.get("llama_cpp")
+    if mod is not None:
+        loaded = lib_info(mod)["lib_dir"]
+        if loaded is None or Path(loaded) != p.resolve():
+            raise StateError(f"llama_cpp is already imported with the libraries in {loaded!r}; "
+                             f"{str(p)!r} can only be used in a fresh process (set {LIB_ENV} before importing it)")
+    os.environ[LIB_ENV] = str(p)
+    return p
+
+
+def child_env(env: dict[str, str], path: str | os.PathLike | None) -> dict[str, str]:
+    """A copy of ``env`` for a child process whose llama.cpp comes from the folder ``path`` (checked by
+    ``lib_dir``), or, for None, from the package itself (``LIB_ENV`` removed)."""
+    out = dict(env)
+    out.pop(LIB_ENV, None)
+    if path is not None:
+        out[LIB_ENV] = str(lib_dir(path))
+    return out
+
+
+def lib_info(llama_cpp: ModuleType) -> dict[str, str | None]:
+    """The folder the imported ``llama_cpp`` loaded its ``libllama`` from (resolved; None if unknown) and
+    llama.cpp's ``llama_print_system_info()`` line (the instruction sets its CPU backend was compiled for, e.g.
+    ``AVX2 = 1`` without any ``AVX512``)."""
+    lib = getattr(getattr(llama_cpp, "llama_cpp", None), "_lib", None)
+    name = getattr(lib, "_name", None)
+    folder = os.path.dirname(os.path.abspath(name)) if name else None  # the folder named, not a link's target
+    try:
+        info = llama_cpp.llama_print_system_info()
+        info = (info.decode(errors="replace") if isinstance(info, bytes) else str(info)).strip()
+    except Exception as e:  # noqa: BLE001 - a build without the call still runs; say so
+        info = f"unknown ({type(e).__name__}: {e})"
+    return {"lib_dir": folder, "system_info": info}
 
 
 def cache_dir() -> Path:
