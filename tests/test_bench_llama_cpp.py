@@ -187,7 +187,10 @@ def test_llama_lib_folder_is_checked_and_reaches_the_child_env(tmp_path):
 
 def test_use_lib_only_before_llama_cpp_is_imported(tmp_path, monkeypatch):
     (tmp_path / llamacpp._libllama_name()).write_bytes(b"")
-    monkeypatch.delenv(llamacpp.LIB_ENV, raising=False)
+    # setenv first so that monkeypatch restores the variable's absence: use_lib below writes os.environ itself, and
+    # a stale folder there would make every later llama_cpp import (the notebooks' children too) load nothing
+    monkeypatch.setenv(llamacpp.LIB_ENV, "unset")
+    monkeypatch.delenv(llamacpp.LIB_ENV)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not imported (an import would fail)
     assert llamacpp.use_lib(None) is None and llamacpp.LIB_ENV not in os.environ
     assert llamacpp.use_lib(tmp_path) == tmp_path.absolute()
