@@ -152,3 +152,38 @@ def test_each_mixer_kind_compacts_alone(art):
         assert m.compact_bytes() == 0
         m.set_keep(layer, **{comp: st[comp]})
         assert m.compact_bytes() == 0
+
+
+@pytest.mark.parametrize("act", ["int8", "fp32"])
+def test_prefix_in_linear_equals_stored_weight_at_keep(act):
+    """_C.q4_r16_prefix_in at the linear level: the compact weight at its full width = the stored weight at that keep,
+    bit for bit, on every path, one token and several (keeps that cut a chunk and a group; head segments)."""
+    from uniql.compress.quant import quantize_rtn
+
+    rng = np.random.default_rng(3)
+    _C.kernels_set_q4_act(act)
+    for rows, nsi, seg, g, keep in ((48, 4, 64, 64, 40), (40, 8, 128, 128, 80), (33, 2, 96, 32, 38)):
+        # per-head groups (an o_proj's layout): quantize head by head
+        parts = [quantize_rtn(np.ascontiguousarray(rng.standard_normal((rows, seg)).astype(np.float32)), g)
+                 for _ in range(nsi)]
+        packed = np.concatenate([p.packed for p in parts], axis=1)
+        scales = np.concatenate([p.scales for p in parts], axis=1).astype(np.float16)
+        pr, sr = _C.q4_repack((packed, scales, g, nsi * seg, None), 1, nsi)
+        stored = (pr, sr, g, nsi * seg, None, (rows, 1, nsi))
+        pc, sc = _C.q4_r16_prefix_in(stored, keep)
+        assert pc.nbytes < pr.nbytes and pc.ctypes.data % 64 == 0
+        compact = (pc, sc, g, nsi * keep, None, (rows, 1, nsi))
+        for T in (1, 5):
+            x = rng.standard_normal((T, nsi * keep)).astype(np.float32)
+            for path in PATHS:
+                _C.kernels_set(path)
+                ya, yb = np.empty((T, rows), np.float32), np.empty((T, rows), np.float32)
+                _C.linear_forward(stored, x, ya, 1, rows, nsi, keep)
+                _C.linear_forward(compact, x, yb, 1, rows, nsi, keep)
+                assert np.array_equal(ya.view(np.uint32), yb.view(np.uint32)), (rows, nsi, keep, T, path)
+    with pytest.raises(uniql.UniqlError):
+        _C.q4_r16_prefix_in(stored, 3)  # odd width of a head segment
+    with pytest.raises(uniql.UniqlError):
+        _C.q4_r16_prefix_in(stored, seg + 2)
+    with pytest.raises(uniql.UniqlError):
+        _C.q4_r16_prefix_in((packed, scales, g, nsi * seg, None), keep)  # row-major
