@@ -802,7 +802,8 @@ uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_
  * columns (uq_q4_r16_prefix_in: the same bytes and scales, contiguous; at most (1 - 1/ceil(seg_in/8)) of the
  * weight's bytes, e.g. 10/16 of each 8B-shaped o_proj at keep 80 of 128) and the forward reads it; it is freed when
  * the keep returns to the stored one, or with UQ_HY_OPT_NO_COMPACT. The logits are the same bit for bit with and
- * without it. An allocation failure is UQ_ERR_NOMEM with the layer's keeps unchanged.
+ * without it. An allocation failure is UQ_ERR_NOMEM with the layer's keeps unchanged. As every keep change, call it
+ * between forwards, never during one on the same model (it frees the copy the previous keep used).
  * uq_hy_compact_bytes: *bytes = the bytes those copies hold now. UQ_ERR_ARG (NULL). */
 uq_status uq_hy_compact_bytes(const uq_hy_model *m, int64_t *bytes);
 /* keep[4], stored[4] (either may be NULL) = {mlp, attn, ssm_head, ssm_state}; 0 for absent components. */
