@@ -5,7 +5,7 @@
     python benchmarks/bitidentity.py check DIR --set-rate [--kv-dtype ...]  # models loaded at 0, then set_rate
 
 ``--set-rate`` loads every artifact at rate 0 and switches with ``set_rate`` (keeps below the stored ones, compact
-output-projection copies where a keep drops whole chunks: SmolLM2's heads of 64), so a check against a recording of
+output-projection copies where a keep drops whole chunks of a head), so a check against a recording of
 loads at the rate tests the exact-truncation guarantee on every case too.
 
 The models run a float32 KV cache unless ``--kv-dtype fp16`` (the runtime's default since the float16 cache; the
