@@ -2,6 +2,11 @@
 
     python benchmarks/bitidentity.py record DIR [--kv-dtype fp32|fp16]   # writes DIR/<case>.npy for every case below
     python benchmarks/bitidentity.py check DIR [--kv-dtype fp32|fp16]    # recomputes every case; prints the diffs
+    python benchmarks/bitidentity.py check DIR --set-rate [--kv-dtype ...]  # models loaded at 0, then set_rate
+
+``--set-rate`` loads every artifact at rate 0 and switches with ``set_rate`` (keeps below the stored ones, compact
+output-projection copies where a keep drops whole chunks of a head), so a check against a recording of
+loads at the rate tests the exact-truncation guarantee on every case too.
 
 The models run a float32 KV cache unless ``--kv-dtype fp16`` (the runtime's default since the float16 cache; the
 recordings below were made with float32 caches, so a check against them keeps fp32).
@@ -41,6 +46,16 @@ from uniql.models.batch import BatchDecoder  # noqa: E402
 
 RATES = (0.0, 0.15, 0.25, 0.35)
 KV = {"kv_dtype": "fp32"}  # main() sets it from --kv-dtype
+SET_RATE = [False]  # main() sets it from --set-rate
+
+
+def _load(art, rate: float, **kw):
+    """uniql.load at `rate`, or (--set-rate) at 0 and then set_rate(rate)."""
+    if not SET_RATE[0]:
+        return uniql.load(art, rate=rate, **kw)
+    m = uniql.load(art, rate=0.0, **kw)
+    m.set_rate(rate)
+    return m
 ACTS = ("fp32", "int8")
 NSAMP, SEQ = 4, 24
 SMOL = Path.home() / ".cache/uniql/models/q19"
@@ -91,7 +106,7 @@ def _cases():
                 for rate in RATES:
                     def thunk(art=art, act=act, rate=rate, vocab=vocab):
                         with uniql.int4_activations(act):
-                            m = uniql.load(art, rate=rate, max_seq=64, **KV)
+                            m = _load(art, rate, max_seq=64, **KV)
                             return _run(m, vocab)
                     yield f"{arch}-{q}-a{act}-r{int(rate * 100):02d}", thunk
     for name in ("mix-fp32", "mix-rot-mse-ao-int4"):
@@ -104,7 +119,7 @@ def _cases():
             for rate in (0.0, 0.35):
                 def thunk(d=d, act=act, rate=rate):
                     with uniql.int4_activations(act):
-                        m = uniql.load(d, rate=rate, max_seq=64, **KV)
+                        m = _load(d, rate, max_seq=64, **KV)
                         ids = np.array([1, 504, 3458, 28, 253, 1345, 30, 216, 3251], np.int32)
                         pre = m.logits(ids)
                         dec = m.forward(np.array([42], np.int32))
@@ -113,6 +128,9 @@ def _cases():
 
 
 def main(argv: list[str]) -> int:
+    if "--set-rate" in argv:
+        SET_RATE[0] = True
+        argv = [a for a in argv if a != "--set-rate"]
     if len(argv) == 5 and argv[3] == "--kv-dtype" and argv[4] in ("fp16", "fp32"):
         KV["kv_dtype"] = argv[4]
         argv = argv[:3]

@@ -380,6 +380,20 @@ uq_status uq_q4_r16_size(int64_t rows, int64_t cols, int64_t group, int64_t scal
 uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in, uint8_t *packed,
                            uint16_t *scales);
 
+/* The kept input columns of an R16 int4 weight as an R16 weight of their own: columns [si*seg_in, si*seg_in + keep_in)
+ * of every input segment si (rows, blocks, group and segment counts unchanged), i.e. the weight a model loaded at
+ * that keep holds. Its whole chunks are copied as they are, so a linear call on it at keep_in (= its segment width)
+ * reads the same bytes and scales, in the same order, as a call on L at keep_in, and gives the same results bit
+ * for bit on every path; but the bytes it streams are contiguous (on L a kept prefix of every head is a run of
+ * chunks followed by skipped ones, which hardware prefetchers fetch too). Used by the runtime for the mixers'
+ * output projections (o_proj, Mamba out_proj) below their stored keep (uq_hy_set_keep).
+ * _size: *packed_bytes and *nscales (float16 values) of the copy. UQ_ERR_ARG (NULL, not R16 int4), UQ_ERR_RANGE
+ * (keep_in outside [1, seg_in], or odd with nseg_in > 1), UQ_ERR_SHAPE (scale_cols inconsistent).
+ * uq_q4_r16_prefix_in: fills caller-allocated packed / scales of those sizes and *out (pointing at them; bias
+ * shared with L). */
+uq_status uq_q4_r16_prefix_in_size(const uq_linear *L, int64_t keep_in, int64_t *packed_bytes, int64_t *nscales);
+uq_status uq_q4_r16_prefix_in(const uq_linear *L, int64_t keep_in, uint8_t *packed, uint16_t *scales, uq_linear *out);
+
 /* y = x W_sel^T + b_sel with the segment selection described above. x (T, nseg_in*keep_in),
  * y (T, nseg_out*keep_out), caller-allocated, must not overlap. OpenMP over output rows.
  * UQ_ERR_ARG (NULL, T < 1, bad kind), UQ_ERR_SHAPE (segments do not divide rows/cols, keep outside
@@ -704,6 +718,7 @@ typedef enum { UQ_HY_ACT_SILU_GATED = 0, UQ_HY_ACT_RELU2 = 1 } uq_hy_act;
 
 #define UQ_HY_OPT_SEQUENTIAL_SCAN 1 /* prefill with the recurrence (reference path) */
 #define UQ_HY_OPT_KEPT_STATE 2      /* compute x/B/C/conv/state only for kept channels (see above) */
+#define UQ_HY_OPT_NO_COMPACT 4      /* no compact output-projection copies (uq_hy_set_keep): read the stored weights */
 #define UQ_HY_MAX_CONV 64           /* largest conv width K */
 
 typedef struct {
@@ -781,6 +796,16 @@ void uq_hy_model_free(uq_hy_model *m);
  * non-negative keep for a component the layer does not have. */
 uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_t attn_keep,
                          int64_t ssm_head_keep, int64_t ssm_state_keep);
+/* Below the stored keep, an R16 int4 o_proj / Mamba out_proj reads a kept prefix of every head's chunks, runs of
+ * chunks with skipped ones between them, and the hardware prefetchers fetch the skipped ones too (a decode streamed
+ * it at about half the read bandwidth). So uq_hy_set_keep also makes, for that layer, a compact copy of the kept
+ * columns (uq_q4_r16_prefix_in: the same bytes and scales, contiguous; at most (1 - 1/ceil(seg_in/8)) of the
+ * weight's bytes, e.g. 10/16 of each 8B-shaped o_proj at keep 80 of 128) and the forward reads it; it is freed when
+ * the keep returns to the stored one, or with UQ_HY_OPT_NO_COMPACT. The logits are the same bit for bit with and
+ * without it. An allocation failure is UQ_ERR_NOMEM with the layer's keeps unchanged. As every keep change, call it
+ * between forwards, never during one on the same model (it frees the copy the previous keep used).
+ * uq_hy_compact_bytes: *bytes = the bytes those copies hold now. UQ_ERR_ARG (NULL). */
+uq_status uq_hy_compact_bytes(const uq_hy_model *m, int64_t *bytes);
 /* keep[4], stored[4] (either may be NULL) = {mlp, attn, ssm_head, ssm_state}; 0 for absent components. */
 uq_status uq_hy_get_keep(const uq_hy_model *m, int64_t layer, int64_t *keep, int64_t *stored);
 /* Layer kind and whether it has an ffn sub-block (either pointer may be NULL). */

@@ -10,6 +10,7 @@
  * (converted exactly to float32 on the way in: the same results as a float32 cache holding the rounded values).
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -75,6 +76,8 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     }
     return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
 }
+
+_Atomic int uq_k_attn_cold_rows = 0;
 
 /* One uq_k_attention / uq_k_attention_f16 call, shared by its pool tasks (one task per work item). */
 typedef struct {
@@ -188,6 +191,7 @@ static void attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, 
                   .k_off = k_off, .max_seq = max_seq, .rc = rc, .pos0 = pos0,
                   .wstride = group * max_seq + (f16 ? 2 * rc : 0), .scale = scale, .split = r_rot > 0 && r_rot < r,
                   .f16 = f16};
+    atomic_store_explicit(&uq_k_attn_cold_rows, T == 1, memory_order_relaxed);
     uq_pool_run(T * n_heads / g, (int)nth, attn_task, &a);
 }
 

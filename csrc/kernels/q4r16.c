@@ -84,6 +84,53 @@ uq_status uq_q4_repack_r16(const uq_linear *L, int64_t nseg_out, int64_t nseg_in
     return UQ_OK;
 }
 
+uq_status uq_q4_r16_prefix_in_size(const uq_linear *L, int64_t keep_in, int64_t *packed_bytes, int64_t *nscales) {
+    if (!L || !packed_bytes || !nscales) return uq_set_error(UQ_ERR_ARG, "q4_r16_prefix_in_size: NULL argument");
+    if (L->kind != UQ_W_Q4 || L->layout != UQ_Q4_R16 || !L->packed || !L->scales || L->nseg_in < 1 ||
+        L->nseg_out < 1 || L->group < 1 || L->cols % L->nseg_in)
+        return uq_set_error(UQ_ERR_ARG, "q4_r16_prefix_in_size: needs an int4 weight in the R16 layout");
+    const int64_t seg_in = L->cols / L->nseg_in, g = L->group;
+    if (keep_in < 1 || keep_in > seg_in || (L->nseg_in > 1 && (keep_in & 1)))
+        return uq_set_error(UQ_ERR_RANGE, "q4_r16_prefix_in_size: keep_in %lld outside [1, %lld]%s", (long long)keep_in,
+                            (long long)seg_in, L->nseg_in > 1 ? " or odd (int4 head segments have even width)" : "");
+    if (L->scale_cols != L->nseg_in * ((seg_in + g - 1) / g))
+        return uq_set_error(UQ_ERR_SHAPE, "q4_r16_prefix_in_size: %lld scale columns, expected %lld",
+                            (long long)L->scale_cols, (long long)(L->nseg_in * ((seg_in + g - 1) / g)));
+    int64_t nblk, bb, ns;
+    uq_status st = uq_q4_r16_size(L->rows, L->nseg_in * keep_in, g, L->nseg_in * ((keep_in + g - 1) / g), L->nseg_out,
+                                  L->nseg_in, &nblk, &bb, &ns);
+    if (st != UQ_OK) return st;
+    *packed_bytes = nblk * bb;
+    *nscales = ns;
+    return UQ_OK;
+}
+
+uq_status uq_q4_r16_prefix_in(const uq_linear *L, int64_t keep_in, uint8_t *packed, uint16_t *scales, uq_linear *out) {
+    int64_t pb, ns;
+    uq_status st = uq_q4_r16_prefix_in_size(L, keep_in, &pb, &ns);
+    if (st != UQ_OK) return st;
+    if (!packed || !scales || !out) return uq_set_error(UQ_ERR_ARG, "q4_r16_prefix_in: NULL argument");
+    const int64_t nsi = L->nseg_in, seg_in = L->cols / nsi, seg_out = L->rows / L->nseg_out, g = L->group;
+    const int64_t cc = (seg_in + 7) / 8, kc = (keep_in + 7) / 8, gps = (seg_in + g - 1) / g, kg = (keep_in + g - 1) / g;
+    const int64_t nblk = L->nseg_out * ((seg_out + 15) / 16), sc = L->scale_cols, ksc = nsi * kg;
+    /* whole chunks, bytes as they are: a partial last chunk keeps the codes of the columns past keep_in, which the
+     * kernels read against zero int8 activations or skip (fp32) in either layout, so the results are the same */
+#pragma omp parallel for schedule(static) num_threads(uq_k_threads())
+    for (int64_t b = 0; b < nblk; b++) {
+        for (int64_t si = 0; si < nsi; si++) {
+            memcpy(packed + (b * nsi + si) * kc * 64, L->packed + (b * nsi + si) * cc * 64, (size_t)kc * 64);
+            memcpy(scales + (b * ksc + si * kg) * 16, L->scales + (b * sc + si * gps) * 16,
+                   (size_t)kg * 16 * sizeof(uint16_t));
+        }
+    }
+    *out = *L;
+    out->cols = nsi * keep_in;
+    out->scale_cols = ksc;
+    out->packed = packed;
+    out->scales = scales;
+    return UQ_OK;
+}
+
 int uq_k_r16_code(const uq_linear *L, int64_t row, int64_t col) {
     const int64_t seg_out = L->rows / L->nseg_out, seg_in = L->cols / L->nseg_in;
     const int64_t rb = (seg_out + 15) / 16, cc = (seg_in + 7) / 8;

@@ -232,6 +232,9 @@ void uq_hy_model_free(uq_hy_model *m) {
     uq_free(m->Rrot);
     uq_free(m->has_ffn);
     uq_free(m->inv_freq);
+    if (m->outc)
+        for (int64_t l = 0; l < m->cfg.num_layers; l++) uq_free(m->outc[l].buf);
+    uq_free(m->outc);
     uq_free(m);
 }
 
@@ -257,6 +260,7 @@ uq_status uq_hy_model_init(const uq_hy_config *cfg, const uq_hy_weights *w, uq_h
         (st = uq_calloc((size_t)L * sizeof m->stored[0], (void **)&m->stored)) != UQ_OK ||
         (st = uq_calloc((size_t)L * sizeof m->keep[0], (void **)&m->keep)) != UQ_OK ||
         (st = uq_calloc(lb, (void **)&m->Rrot)) != UQ_OK || (st = uq_calloc(lb, (void **)&m->has_ffn)) != UQ_OK ||
+        (st = uq_calloc((size_t)L * sizeof(uq_hy_outc), (void **)&m->outc)) != UQ_OK ||
         (st = uq_calloc((size_t)(L * (H > 0 ? H : 1)) * sizeof(float), (void **)&m->Aneg)) != UQ_OK ||
         (st = uq_calloc((size_t)(cfg->rope_dim > 0 ? cfg->rope_dim / 2 : 1) * sizeof(float), (void **)&m->inv_freq)) !=
             UQ_OK)
@@ -341,6 +345,59 @@ static uq_status check_layer(const uq_hy_model *m, int64_t layer, const char *fn
     return UQ_OK;
 }
 
+/* The compact copy of layer l's mixer output projection at input keep `keep` into *c (zeroed first; L.packed stays NULL
+ * when none is wanted: option UQ_HY_OPT_NO_COMPACT, a weight that is not R16 int4 with per-head segments, the stored
+ * keep, an odd keep, or a keep that drops no whole chunk of a head). */
+static uq_status out_compact(const uq_hy_model *m, int64_t l, int64_t keep, uq_hy_outc *c) {
+    memset(c, 0, sizeof *c);
+    const uq_hy_layer_weights *lw = &m->layers[l];
+    const uq_linear *W = lw->kind == UQ_HY_ATTN ? &lw->o : lw->kind == UQ_HY_MAMBA ? &lw->out_proj : NULL;
+    if (!W || (m->options & UQ_HY_OPT_NO_COMPACT) || W->kind != UQ_W_Q4 || W->layout != UQ_Q4_R16 || W->nseg_in < 2)
+        return UQ_OK;
+    const int64_t seg_in = W->cols / W->nseg_in;
+    if (keep >= seg_in || (keep & 1) || (keep + 7) / 8 == (seg_in + 7) / 8) return UQ_OK;
+    int64_t pb, ns;
+    uq_status st = uq_q4_r16_prefix_in_size(W, keep, &pb, &ns);
+    if (st != UQ_OK) return st;
+    const size_t bytes = (size_t)pb + (size_t)ns * sizeof(uint16_t); /* pb: whole 64-byte chunks, so scales align */
+    if ((st = uq_alloc(bytes, &c->buf)) != UQ_OK) return st;
+    if ((st = uq_q4_r16_prefix_in(W, keep, (uint8_t *)c->buf, (uint16_t *)((uint8_t *)c->buf + pb), &c->L)) != UQ_OK) {
+        uq_free(c->buf);
+        memset(c, 0, sizeof *c);
+        return st;
+    }
+    c->keep = keep;
+    c->bytes = bytes;
+    return UQ_OK;
+}
+
+/* The mixer-output keep of layer l (attention head dims or SSM head channels; 0 for an MLP layer). */
+static int64_t out_keep(const uq_hy_model *m, int64_t l) {
+    const int32_t kind = m->layers[l].kind;
+    return kind == UQ_HY_ATTN ? m->keep[l][KEEP_ATTN] : kind == UQ_HY_MAMBA ? m->keep[l][KEEP_SSM_HEAD] : 0;
+}
+
+/* Makes layer l's compact copy follow its current keep (nothing changes on failure). */
+static uq_status out_follow(uq_hy_model *m, int64_t l) {
+    const int64_t keep = out_keep(m, l);
+    uq_hy_outc *c = &m->outc[l];
+    if (c->L.packed && c->keep == keep && !(m->options & UQ_HY_OPT_NO_COMPACT)) return UQ_OK;
+    uq_hy_outc n;
+    uq_status st = out_compact(m, l, keep, &n);
+    if (st != UQ_OK) return st;
+    uq_free(c->buf);
+    *c = n;
+    return UQ_OK;
+}
+
+uq_status uq_hy_compact_bytes(const uq_hy_model *m, int64_t *bytes) {
+    if (!m || !bytes) return uq_set_error(UQ_ERR_ARG, "hy_compact_bytes: NULL argument");
+    size_t t = 0;
+    for (int64_t l = 0; l < m->cfg.num_layers; l++) t += m->outc[l].bytes;
+    *bytes = (int64_t)t;
+    return UQ_OK;
+}
+
 uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_t attn_keep, int64_t ssm_head_keep,
                          int64_t ssm_state_keep) {
     uq_status st = check_layer(m, layer, "hy_set_keep");
@@ -369,9 +426,14 @@ uq_status uq_hy_set_keep(uq_hy_model *m, int64_t layer, int64_t mlp_keep, int64_
                                 (long long)layer, (long long)attn_keep, (long long)attn_keep, (long long)Rr,
                                 (long long)R);
     }
-    for (int i = 0; i < 4; i++)
+    int64_t was[4];
+    for (int i = 0; i < 4; i++) {
+        was[i] = m->keep[layer][i];
         if (v[i] >= 0) m->keep[layer][i] = v[i];
-    return UQ_OK;
+    }
+    if ((st = out_follow(m, layer)) != UQ_OK) /* out of memory for the copy: the keeps stay as they were */
+        for (int i = 0; i < 4; i++) m->keep[layer][i] = was[i];
+    return st;
 }
 
 uq_status uq_hy_get_keep(const uq_hy_model *m, int64_t layer, int64_t *keep, int64_t *stored) {
@@ -394,9 +456,18 @@ uq_status uq_hy_layer_info(const uq_hy_model *m, int64_t layer, int32_t *kind, i
 
 uq_status uq_hy_set_options(uq_hy_model *m, int32_t options) {
     if (!m) return uq_set_error(UQ_ERR_ARG, "hy_set_options: NULL model");
-    if (options & ~(UQ_HY_OPT_SEQUENTIAL_SCAN | UQ_HY_OPT_KEPT_STATE))
+    if (options & ~(UQ_HY_OPT_SEQUENTIAL_SCAN | UQ_HY_OPT_KEPT_STATE | UQ_HY_OPT_NO_COMPACT))
         return uq_set_error(UQ_ERR_ARG, "hy_set_options: unknown option bits 0x%x", (unsigned)options);
+    const int32_t was = m->options;
     m->options = options;
+    for (int64_t l = 0; l < m->cfg.num_layers; l++) {
+        uq_status st = out_follow(m, l);
+        if (st != UQ_OK) { /* out of memory: back to the previous options (their copies are still in place) */
+            m->options = was;
+            for (int64_t k = 0; k <= l; k++) (void)out_follow(m, k);
+            return st;
+        }
+    }
     return UQ_OK;
 }
 
@@ -696,7 +767,7 @@ uq_status uq_hy_mamba_out(const uq_hy_model *m, int64_t l, float *y, const float
     const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = m->cfg.hidden_size, H = m->cfg.ssm_heads, Pk = m->keep[l][KEEP_SSM_HEAD];
     uq_ks_gated_rmsnorm(y, z, T, H, m->cfg.ssm_groups, Pk, lw->gnorm, m->stored[l][KEEP_SSM_HEAD], m->cfg.norm_eps);
-    uq_status st = uq_linear_forward(&lw->out_proj, y, T, 1, hid, H, Pk, tmp);
+    uq_status st = uq_linear_forward(uq_hy_out_proj(m, l, Pk), y, T, 1, hid, H, Pk, tmp);
     if (st != UQ_OK) return st;
     uq_k_add(x, tmp, T * hid);
     return UQ_OK;
@@ -763,7 +834,7 @@ static uq_status mamba_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, fl
     if (!(cap && cap->ssm_out)) return uq_hy_mamba_out(m, l, s->y, s->z, Tc, s->tmp, x);
     uq_ks_gated_rmsnorm(s->y, s->z, Tc, H, G, Pk, m->layers[l].gnorm, a.Ps, m->cfg.norm_eps);
     copy_rows(cap->ssm_out + row0 * H * Pk, s->y, Tc * H * Pk);
-    if ((st = uq_linear_forward(&m->layers[l].out_proj, s->y, Tc, 1, m->cfg.hidden_size, H, Pk, s->tmp)) != UQ_OK)
+    if ((st = uq_linear_forward(uq_hy_out_proj(m, l, Pk), s->y, Tc, 1, m->cfg.hidden_size, H, Pk, s->tmp)) != UQ_OK)
         return st;
     uq_k_add(x, s->tmp, Tc * m->cfg.hidden_size);
     return UQ_OK;
@@ -810,7 +881,6 @@ uq_status uq_hy_attn_qkv(const uq_hy_model *m, int64_t l, const float *xn, int64
 static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, float *x, int64_t Tc, int64_t pos0,
                             const uq_hy_capture *cap, int64_t row0) {
     const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, nkv = c->num_kv_heads;
     const int64_t R = m->stored[l][KEEP_ATTN], r = m->keep[l][KEEP_ATTN];
     uq_status st;
@@ -820,7 +890,7 @@ static uq_status attn_chunk(const uq_hy_model *m, uq_hy_state *s, int64_t l, flo
     if (cap && cap->k) copy_rows(cap->k + row0 * nkv * R, s->kb, Tc * nkv * R);
     uq_hy_attend(m, s, l, s->q, Tc, pos0, s->att, s->nthreads);
     if (cap && cap->attn_out) copy_rows(cap->attn_out + row0 * nh * r, s->att, Tc * nh * r);
-    if ((st = uq_linear_forward(&lw->o, s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
+    if ((st = uq_linear_forward(uq_hy_out_proj(m, l, r), s->att, Tc, 1, hid, nh, r, s->tmp)) != UQ_OK) return st;
     uq_k_add(x, s->tmp, Tc * hid);
     return UQ_OK;
 }

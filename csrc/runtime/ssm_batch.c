@@ -160,14 +160,13 @@ static void attn_row_task(void *arg, int64_t i, int worker) {
 
 static uq_status attn_rows(const uq_hy_model *m, uq_hy_batch *b, uq_hy_state *const *S, int64_t n, int64_t l) {
     const uq_hy_config *c = &m->cfg;
-    const uq_hy_layer_weights *lw = &m->layers[l];
     const int64_t hid = c->hidden_size, nh = c->num_heads, r = m->keep[l][KEEP_ATTN];
     uq_status st;
     if ((st = uq_hy_attn_qkv(m, l, b->xn, n, b->q, b->qa, b->qb, b->kb, b->vb)) != UQ_OK) return st;
     const int nth = uq_k_threads(), ac = across(n, nth);
     rows_job j = {.m = m, .b = b, .S = S, .l = l, .ac = ac};
     uq_pool_run(n, ac ? nth : 1, attn_row_task, &j);
-    if ((st = uq_linear_forward(&lw->o, b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
+    if ((st = uq_linear_forward(uq_hy_out_proj(m, l, r), b->att, n, 1, hid, nh, r, b->tmp)) != UQ_OK) return st;
     uq_k_add(b->x, b->tmp, n * hid);
     return UQ_OK;
 }

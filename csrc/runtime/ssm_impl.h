@@ -12,6 +12,16 @@ enum { KEEP_MLP = 0, KEEP_ATTN = 1, KEEP_SSM_HEAD = 2, KEEP_SSM_STATE = 3 };
 _Static_assert(KEEP_MLP == 0 && KEEP_ATTN == 1 && KEEP_SSM_HEAD == 2 && KEEP_SSM_STATE == 3,
                "keep order {mlp, attn, ssm_head, ssm_state} of uq_hy_get_keep / uq_hy_set_keep and the bindings");
 
+/* A mixer's output projection (o_proj, Mamba out_proj: per-head input segments) cut to its current keep, made by
+ * uq_hy_set_keep with uq_q4_r16_prefix_in when the weight is R16 int4 and the keep drops whole chunks of every head:
+ * the same bytes, contiguous (buf: codes then scales; L.packed NULL: none). */
+typedef struct {
+    uq_linear L;
+    void *buf;
+    int64_t keep;
+    size_t bytes;
+} uq_hy_outc;
+
 struct uq_hy_model {
     uq_hy_config cfg;
     uq_linear embed, lm_head;
@@ -28,6 +38,7 @@ struct uq_hy_model {
     int64_t Kmax, Rmax, Pmax, Nmax; /* largest stored K, R, Ps, Ns */
     int any_mamba, any_attn, any_mlp;
     float *inv_freq;             /* (rope_dim/2) */
+    uq_hy_outc *outc;            /* (L) compact copies of the mixers' output projections (uq_hy_out_proj) */
 };
 
 struct uq_hy_state {
@@ -65,6 +76,14 @@ static inline uq_ks_scan uq_hy_scan_args(const uq_hy_model *m, int64_t l, int64_
     a.Pc = kept ? a.Pk : a.Ps;
     a.Nc = kept ? a.Nk : a.Ns;
     return a;
+}
+
+/* The output projection of layer l's mixer (o_proj or out_proj) for a call at input keep `keep` per head: its compact
+ * copy when one was made for that keep, else the stored weight (the same results either way). */
+static inline const uq_linear *uq_hy_out_proj(const uq_hy_model *m, int64_t l, int64_t keep) {
+    const uq_hy_outc *c = &m->outc[l];
+    if (c->L.packed && c->keep == keep) return &c->L;
+    return m->layers[l].kind == UQ_HY_ATTN ? &m->layers[l].o : &m->layers[l].out_proj;
 }
 
 /* Rows [row0, row0 + rows) of L as a descriptor of its own. For a segmented call the caller guarantees that

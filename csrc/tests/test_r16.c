@@ -498,6 +498,83 @@ static void test_r16_unpack(void) {
     }
 }
 
+/* uq_q4_r16_prefix_in: the compact copy of the kept columns of every input segment, called at its full width, gives
+ * the stored weight's results at that keep bit for bit on every path (fp32 and int8 activations, 1 and several tokens,
+ * keeps that cut a chunk and a group), holds the same codes and scales (uq_k_r16_code / uq_k_r16_scale), and bad
+ * arguments give statuses. */
+static void test_r16_prefix_in(void) {
+    /* rows, cols, nseg_out, nseg_in, group, keep_in */
+    const int64_t cases[][6] = {{40, 256, 1, 4, 64, 40}, {48, 512, 1, 4, 128, 80}, {37, 192, 1, 3, 32, 40},
+                                {32, 128, 2, 2, 64, 22}, {20, 96, 1, 1, 16, 48}, {64, 512, 1, 8, 64, 16}};
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    unsigned long long seed = 17;
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int64_t rows = cases[ci][0], cols = cases[ci][1], nso = cases[ci][2], nsi = cases[ci][3];
+        const int64_t g = cases[ci][4], ki = cases[ci][5], seg_in = cols / nsi, T = 7;
+        float *W = malloc((size_t)(rows * cols) * sizeof(float)), *x = malloc((size_t)(T * nsi * ki) * sizeof(float));
+        float *b = malloc((size_t)rows * sizeof(float));
+        float *ya = malloc((size_t)(T * rows) * sizeof(float)), *yb = malloc((size_t)(T * rows) * sizeof(float));
+        uq_test_fill(W, rows * cols, &seed, 1.0);
+        uq_test_fill(x, T * nsi * ki, &seed, 1.0);
+        uq_test_fill(b, rows, &seed, 0.5);
+        q4pair q;
+        CHECK(make_pair(W, rows, cols, nso, nsi, g, ci % 2 ? b : NULL, &q) == 0, "setup case %zu", ci);
+        int64_t pb = 0, ns = 0;
+        CHECK_STATUS(uq_q4_r16_prefix_in_size(&q.r16, ki, &pb, &ns), UQ_OK);
+        uint8_t *pc = malloc((size_t)pb);
+        uint16_t *sc = malloc((size_t)ns * sizeof(uint16_t));
+        uq_linear C;
+        CHECK_STATUS(uq_q4_r16_prefix_in(&q.r16, ki, pc, sc, &C), UQ_OK);
+        CHECK(C.cols == nsi * ki && C.rows == rows && C.nseg_in == nsi && C.nseg_out == nso && C.layout == UQ_Q4_R16,
+              "case %zu: compact shape", ci);
+        CHECK(pb < (int64_t)(nso * ((rows / nso + 15) / 16)) * nsi * ((seg_in + 7) / 8) * 64 || (ki + 7) / 8 == (seg_in + 7) / 8,
+              "case %zu: compact not smaller", ci);
+        int same = 1;
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t si = 0; si < nsi; si++)
+                for (int64_t c = 0; c < ki; c++)
+                    same &= uq_k_r16_code(&C, r, si * ki + c) == uq_k_r16_code(&q.r16, r, si * seg_in + c);
+            for (int64_t si = 0; si < nsi; si++)
+                for (int64_t k = 0; k < (ki + g - 1) / g; k++)
+                    same &= uq_k_r16_scale(&C, r, si * ((ki + g - 1) / g) + k) ==
+                            uq_k_r16_scale(&q.r16, r, si * ((seg_in + g - 1) / g) + k);
+        }
+        CHECK(same, "case %zu: compact codes / scales differ", ci);
+        for (int act = 0; act < 2; act++) {
+            uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32);
+            for (size_t pi = 0; pi < 3; pi++) {
+                int av = 0;
+                uq_kernels_available(paths[pi], &av);
+                if (!av) continue;
+                uq_kernels_set(paths[pi]);
+                for (int64_t t = 1; t <= T; t += T - 1) {
+                    const int64_t ko = rows / nso;
+                    CHECK_STATUS(uq_linear_forward(&q.r16, x, t, nso, ko, nsi, ki, ya), UQ_OK);
+                    CHECK_STATUS(uq_linear_forward(&C, x, t, nso, ko, nsi, ki, yb), UQ_OK);
+                    CHECK(memcmp(ya, yb, (size_t)(t * rows) * sizeof(float)) == 0,
+                          "case %zu act %d path %s T %lld: compact differs", ci, act, paths[pi], (long long)t);
+                }
+            }
+        }
+        uq_kernels_set("auto");
+        uq_kernels_set_q4_act(UQ_Q4_ACT_FP32);
+        CHECK_STATUS(uq_q4_r16_prefix_in_size(&q.r16, 0, &pb, &ns), UQ_ERR_RANGE);
+        CHECK_STATUS(uq_q4_r16_prefix_in_size(&q.r16, seg_in + 1, &pb, &ns), UQ_ERR_RANGE);
+        if (nsi > 1) CHECK_STATUS(uq_q4_r16_prefix_in_size(&q.r16, 3, &pb, &ns), UQ_ERR_RANGE); /* odd head width */
+        CHECK_STATUS(uq_q4_r16_prefix_in_size(&q.rm, ki, &pb, &ns), UQ_ERR_ARG);                 /* row-major */
+        CHECK_STATUS(uq_q4_r16_prefix_in(&q.r16, ki, NULL, sc, &C), UQ_ERR_ARG);
+        CHECK_STATUS(uq_q4_r16_prefix_in_size(NULL, ki, &pb, &ns), UQ_ERR_ARG);
+        free(pc);
+        free(sc);
+        free_pair(&q);
+        free(W);
+        free(x);
+        free(b);
+        free(ya);
+        free(yb);
+    }
+}
+
 /* Every path's softmax = the scalar twin bit for bit (lengths around the 8-lane blocks, scores spread over [-100, 0]
  * below the max, a -inf score, ties); each exp within 2^-21 relative of float64 exp of the same float argument
  * (a few ulps), the normaliser
@@ -635,6 +712,7 @@ static void test_linear_multi(void) {
 
 void test_r16(void) {
     test_r16_unpack();
+    test_r16_prefix_in();
     test_linear_multi();
     test_softmax_paths();
     test_attention_paths();

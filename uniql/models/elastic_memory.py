@@ -1,8 +1,8 @@
 """Memory that follows the pruning rate: an elastic model whose rate rises gives back the weights it no longer uses,
 and one whose rate falls re-reads only the missing parts from its artifact, without reloading.
 
-``ElasticModel.set_rate`` only changes the keep sizes the kernels use: a model loaded at rate 0 keeps every byte at
-rate 0.35. :func:`resize` (``ElasticModel.resize(rate)``) instead rebuilds the weights at the keeps of
+``ElasticModel.set_rate`` changes the keep sizes the kernels use: a model loaded at rate 0 keeps every byte at
+rate 0.35 (plus compact copies of its int4 output projections' kept columns, ``Model.compact_bytes``). :func:`resize` (``ElasticModel.resize(rate)``) instead rebuilds the weights at the keeps of
 the new rate, so the resident weights are exactly those a model loaded at that rate holds:
 
 - Every prunable axis is a prefix per head or per group (see uniql.formats.artifact), so for each linear the weights of

@@ -829,12 +829,15 @@ class Model:
             caps["attn_in"][:] = caps["mixer_in"]
         return Y, caps
 
-    def set_options(self, sequential_scan: bool = False, kept_state: bool = False) -> None:
-        """Execution options of Mamba layers. ``sequential_scan``: prefill with the recurrence instead of the
-        chunked scan (reference path). ``kept_state``: compute x/B/C, their conv and the SSM state only for the kept
+    def set_options(self, sequential_scan: bool = False, kept_state: bool = False, compact: bool = True) -> None:
+        """Execution options. ``sequential_scan``: prefill Mamba layers with the recurrence instead of the chunked
+        scan (reference path). ``kept_state``: compute x/B/C, their conv and the SSM state only for the kept
         channels (faster at reduced keeps; state channels outside the keep go stale, so raise keeps only after
-        :meth:`reset`)."""
-        opts = (_C.HY_OPT_SEQUENTIAL_SCAN if sequential_scan else 0) | (_C.HY_OPT_KEPT_STATE if kept_state else 0)
+        :meth:`reset`). ``compact``: below the stored keep, an int4 o_proj / Mamba out_proj runs on a compact copy
+        of its kept columns, made when the keep changes (:meth:`compact_bytes`; same logits, contiguous reads);
+        False frees the copies and reads the stored weights in place."""
+        opts = ((_C.HY_OPT_SEQUENTIAL_SCAN if sequential_scan else 0) | (_C.HY_OPT_KEPT_STATE if kept_state else 0)
+                | (0 if compact else _C.HY_OPT_NO_COMPACT))
         _C.hy_set_options(self._cm, opts)
         self._options = opts
 
@@ -848,10 +851,15 @@ class Model:
                 total += a.nbytes
         return total
 
+    def compact_bytes(self) -> int:
+        """Bytes of the compact copies of the output projections the current keeps use (see :meth:`set_options`):
+        at most the dropped-chunk share of each int4 o_proj / out_proj, 0 at the stored keeps."""
+        return int(_C.hy_compact_bytes(self._cm))
+
     def memory_bytes(self) -> int:
         """Bytes of the weights referenced by the model plus its state (KV caches, SSM/conv states, scratch; the
-        scratch state of layer_forward included once it exists)."""
-        total = self.weight_bytes() + self._c_state_info(self._state)[1]
+        scratch state of layer_forward included once it exists) and the compact output-projection copies."""
+        total = self.weight_bytes() + self._c_state_info(self._state)[1] + self.compact_bytes()
         if self._scratch is not None:
             total += _C.hy_state_info(self._scratch)[1]
         return total
