@@ -151,10 +151,11 @@ typedef struct uq_k_r16_pf {
     int64_t nct;
     const uint8_t *const *wn;
 } uq_k_r16_pf;
-/* 1 while the attention driver runs a one-token (decode) call, whose K / V rows come from memory: the helpers may then
- * prefetch rows ahead (prefill re-reads rows already in cache, where the prefetches only cost). A hint, set and read
- * relaxed; the results never depend on it. */
-extern _Atomic int uq_k_attn_cold_rows;
+/* 1 while this thread runs a task of a one-token (decode) attention call, whose K / V rows come from memory: the
+ * helpers may then prefetch rows ahead (prefill re-reads rows already in cache, where the prefetches only cost). Set
+ * per task from the call's job, so concurrent calls of different models do not see each other's; a hint: the results
+ * never depend on it. */
+extern _Thread_local int uq_k_attn_cold_rows;
 #define UQ_K_ATTN_HEADS 4 /* most query heads per attention helper call */
 _Static_assert(UQ_K_ATTN_HEADS == 4, "the avx2 / avx512 attention helpers' register tiles take 1 to 4 query heads");
 typedef struct {

@@ -13,7 +13,6 @@
  * FMA accumulators (fp32 act) and 32 rows x 8 tokens of int32 vpdpbusd accumulators on u8 panels laid out
  * [k/4][16 rows][4] (int8 act).
  */
-#include <stdatomic.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -107,7 +106,7 @@ static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16,
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
-    if (atomic_load_explicit(&uq_k_attn_cold_rows, memory_order_relaxed)) {
+    if (uq_k_attn_cold_rows) {
         const int64_t es = f16 ? 2 : 4;
         for (int k = 0; k < KN; k++)
             if (s0 + UQ_K_ATTN_PF512 + k < n)
@@ -188,7 +187,7 @@ static UQ_T512I void accum_heads_avx512(const float *p, int64_t ldp, const void 
         for (int j = 0; j < HN; j++)
             #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) y[j][c] = _mm512_setzero_ps();
-        const int64_t es = f16 ? 2 : 4, pfd = atomic_load_explicit(&uq_k_attn_cold_rows, memory_order_relaxed) ? UQ_K_ATTN_PF512 : n;
+        const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows ? UQ_K_ATTN_PF512 : n;
         for (int64_t s = 0; s < n; s++) {
             if (s + pfd < n)
                 for (int64_t b = 0; b < w * es; b += 64)

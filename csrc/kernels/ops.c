@@ -10,7 +10,6 @@
  * (converted exactly to float32 on the way in: the same results as a float32 cache holding the rounded values).
  */
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -77,7 +76,7 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
     return (float)(1.0 / (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))));
 }
 
-_Atomic int uq_k_attn_cold_rows = 0;
+_Thread_local int uq_k_attn_cold_rows = 0;
 
 /* One uq_k_attention / uq_k_attention_f16 call, shared by its pool tasks (one task per work item). */
 typedef struct {
@@ -87,7 +86,7 @@ typedef struct {
     float *out, *scores;
     int64_t n_heads, group, g, r, r_rot, k_off, max_seq, rc, pos0, wstride;
     float scale;
-    int split, f16;
+    int split, f16, cold; /* cold: a one-token (decode) call, whose K / V rows come from memory */
     float (*softmax)(float *sc, int64_t n);
 } attn_job;
 
@@ -122,6 +121,7 @@ static void attn_task(void *arg, int64_t i, int worker) {
     const float *qh = a->q + (t * n_heads + h0) * r;
     float *oh = a->out + (t * n_heads + h0) * r;
     const int helpers = a->f16 ? P->attn_scores_f16 && P->attn_accum_f16 : P->attn_scores && P->attn_accum;
+    uq_k_attn_cold_rows = a->cold; /* this worker thread's helpers read it (another model's call sets its own) */
     float inv[64];
     if (helpers && !a->split) { /* the path's helpers, up to UQ_K_ATTN_HEADS heads per pass over K / V */
         for (int64_t j0 = 0; j0 < g; j0 += UQ_K_ATTN_HEADS) {
@@ -190,8 +190,7 @@ static void attention(const float *q, int64_t T, int64_t n_heads, int64_t n_kv, 
                   .out = out, .scores = scores, .n_heads = n_heads, .group = group, .g = g, .r = r, .r_rot = r_rot,
                   .k_off = k_off, .max_seq = max_seq, .rc = rc, .pos0 = pos0,
                   .wstride = group * max_seq + (f16 ? 2 * rc : 0), .scale = scale, .split = r_rot > 0 && r_rot < r,
-                  .f16 = f16};
-    atomic_store_explicit(&uq_k_attn_cold_rows, T == 1, memory_order_relaxed);
+                  .f16 = f16, .cold = T == 1};
     uq_pool_run(T * n_heads / g, (int)nth, attn_task, &a);
 }
 
