@@ -82,6 +82,10 @@ static UQ_T2I __m256 load8k(const void *K, int f16, int64_t off, int64_t n) {
     return f16 ? load8h((const uint16_t *)K + off, n) : load8f((const float *)K + off, n);
 }
 
+/* Software prefetch distance of the attention helpers in a decode call (uq_k_attn_cold_rows), in keys: the K / V rows
+ * of a decode step come from memory after the weights' stream (see UQ_K_ATTN_PF512). Hints only. */
+#define UQ_K_ATTN_PF2 16
+
 /* Scores of HN (1..4) query heads q + j * r against keys s0 .. s0 + KN - 1 (KN = 8 / HP, HP = 1, 2 or 4 >= HN
  * head slots; a key past n - 1 repeats the last one, its score not stored): HP x KN = 8 accumulators of 8 lanes, each
  * key row loaded and converted once for the HN heads. Per (head, key) the FMA chain of dot_f32_avx2 and, by one
@@ -93,6 +97,13 @@ static UQ_T2I void scores_block_avx2(const float *q, const void *K, int f16, int
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
+    if (uq_k_attn_cold_rows) { /* decode: the rows UQ_K_ATTN_PF2 keys ahead, as the AVX-512 helpers do */
+        const int64_t es = f16 ? 2 : 4;
+        for (int k = 0; k < KN; k++)
+            if (s0 + UQ_K_ATTN_PF2 + k < n)
+                for (int64_t b = 0; b < r * es; b += 64)
+                    _mm_prefetch((const char *)K + (s0 + UQ_K_ATTN_PF2 + k) * rc * es + b, _MM_HINT_T0);
+    }
     #pragma GCC unroll 8
     for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
     for (int64_t i = 0; i < r; i += 8) {
@@ -150,7 +161,11 @@ static UQ_T2I void accum_pass_avx2(const float *p, int64_t ldp, const void *V, i
     for (int j = 0; j < HN; j++)
         #pragma GCC unroll 3
         for (int v = 0; v < NV; v++) y[j][v] = _mm256_setzero_ps();
+    const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows ? UQ_K_ATTN_PF2 : n;
     for (int64_t s = 0; s < n; s++) {
+        if (s + pfd < n)
+            for (int64_t b = 0; b < 8 * NV * es; b += 64)
+                _mm_prefetch((const char *)V + ((s + pfd) * rc + c0) * es + b, _MM_HINT_T0);
         __m256 vv[3];
         #pragma GCC unroll 3
         for (int v = 0; v < NV; v++) vv[v] = load8k(V, f16, s * rc + c0 + 8 * v, 8);
