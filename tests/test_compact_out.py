@@ -22,14 +22,6 @@ RATES = (0.15, 0.25, 0.35)
 VOCAB = 128
 
 
-@pytest.fixture(autouse=True)
-def _restore_kernels():
-    info = _C.kernels_info()
-    yield
-    _C.kernels_set(info["path"])
-    _C.kernels_set_q4_act(info["q4_act"])
-
-
 def _hf(arch: str):
     """Head dims of 64 (8 chunks of 8 columns), so the rates' keeps drop whole chunks of every head."""
     torch.manual_seed(0)
