@@ -413,6 +413,8 @@ def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: i
     once and only the rest per row, the prefix's K/V cache shared by the batch."""
     import torch
 
+    from uniql.eval.scoring import common_prefix
+
     seqs = [((list(c) + list(k)[:-1])[-max_len:], len(k), list(k)) for c, k in pairs]   # left-truncated
     # pairs whose model input is the same (a one-token continuation after a shared context, as MMLU's letters)
     # run once: the unique inputs are the batch rows, each pair reads its row
@@ -467,19 +469,13 @@ def _choice_lls(model: Any, pairs: list, dev: Any, batch_tokens: int, max_len: i
     with torch.no_grad():
         run(plain, 0, None)
         for rows in groups.values():
-            P = min(len(uniq[u]) - max(seqs[t][1] for t in members[u]) for u in rows)   # each row scores after P
-            first = uniq[rows[0]]
-            for u in rows[1:]:
-                s_ = uniq[u]
-                m = 0
-                while m < P and s_[m] == first[m]:
-                    m += 1
-                P = m
+            P = min(common_prefix([uniq[u] for u in rows]),
+                    min(len(uniq[u]) - max(seqs[t][1] for t in members[u]) for u in rows))   # each row scores after P
             if P < 1:
                 run(rows, 0, None)
                 continue
             cache: list = []
-            model(torch.tensor([first[:P]], dtype=torch.long, device=dev), cache=cache)
+            model(torch.tensor([uniq[rows[0]][:P]], dtype=torch.long, device=dev), cache=cache)
             run(rows, P, cache)
     return out
 

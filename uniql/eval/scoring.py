@@ -18,7 +18,7 @@ import numpy as np
 from uniql import _C
 from uniql.errors import InvalidArgumentError, RangeError
 
-__all__ = ["Scorer", "encode"]
+__all__ = ["Scorer", "encode", "common_prefix"]
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -30,12 +30,17 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return [int(t) for t in getattr(enc, "ids", enc)]
 
 
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix every sequence of ``seqs`` shares (0 for none or an empty one)."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
 
 
 class Scorer:
@@ -67,7 +72,7 @@ class Scorer:
         seq = ctx + cont[:-1]
         m = self.model
         if self.reuse:
-            keep = min(_lcp(self._cached, seq), len(ctx) - 1)
+            keep = min(common_prefix((self._cached, seq)), len(ctx) - 1)
             m.truncate(keep)
         else:
             keep = 0

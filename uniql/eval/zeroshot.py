@@ -37,6 +37,7 @@ import numpy as np
 
 from uniql import _C
 from uniql.errors import FormatError, InvalidArgumentError, RangeError, UniqlIOError, UnsupportedError
+from uniql.eval.scoring import common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -206,15 +207,6 @@ def _nll_sum(logits: np.ndarray, targets: Sequence[int]) -> float:
     return float(out.sum())
 
 
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        t = seqs[0][i]
-        if any(s[i] != t for s in seqs):
-            return i
-    return n
-
-
 def choice_loglikelihoods(model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                           reuse_prefix: bool | None = None) -> np.ndarray:
     """float64 (n,): log p(continuation | context) of each (context ids, continuation ids) pair, as one fresh
@@ -237,7 +229,7 @@ def choice_loglikelihoods(model: Any, pairs: Sequence[tuple[Sequence[int], Seque
             model.reset()
             out[i] = _nll_sum(_forward_last(model, ctx + cont[:-1], len(cont)), cont)
         return -out
-    c = _common_prefix([ctx for ctx, _ in fitted])
+    c = common_prefix([ctx for ctx, _ in fitted])
     model.reset()
     last = _forward_last(model, fitted[0][0][:c], 1) if c else None  # predicts the token after the prefix
     for i, (ctx, cont) in enumerate(fitted):
