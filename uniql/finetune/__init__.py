@@ -454,30 +454,30 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
     if progress and writer:
         from tqdm.auto import tqdm
         bar = tqdm(total=opts.steps, initial=start, desc="finetune", unit="step")
-    pending: list[tuple] = []
+    pending: list[tuple[dict[str, Any], Any]] = []   # (a step's record without its losses, loss / ce / kd on the device)
 
     def flush() -> None:
         """Reads the queued steps' losses from the device at once (one wait) and logs their records."""
         if not pending:
             return
-        vals = torch.stack([torch.stack([r[6].float(), *(r[7:] if r[7] is not None else [r[6].float()] * 2)])
-                            for r in pending]).double()
+        vals = torch.stack([v for _, v in pending]).double()
         if world > 1:   # the logged loss is the global batch's (the gradient already is)
             import torch.distributed as dist
             col = vals[:, 0].contiguous()
             dist.all_reduce(col)
             vals[:, 0] = col / world
-        for (st, rate, lr, tokens, tps, secs, _, ce_t, _), (lv, ce_v, kd_v) in zip(pending, vals.tolist()):
+        for (meta, _), (lv, ce_v, kd_v) in zip(pending, vals.tolist()):
             losses.append(lv)
-            picked.append(rate)
-            rec = {"event": "step", "step": st, "loss": round(lv, 5), "rate": rate, "lr": lr, "tokens": tokens,
-                   "tokens_per_s": round(tps, 1), "seconds": round(secs, 3)}
-            if ce_t is not None:
+            picked.append(meta["rate"])
+            rec = {"event": "step", "step": meta["step"], "loss": round(lv, 5),
+                   **{k: v for k, v in meta.items() if k != "step"}}
+            if opts.loss != "ce":   # a teacher ran: both parts of the loss
                 rec["ce"], rec["kd"] = round(ce_v, 5), round(kd_v, 5)
             emit(rec)
         if bar is not None:
             bar.update(len(pending))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", rate=f"{picked[-1]:.2f}", tok_s=f"{pending[-1][4]:,.0f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", rate=f"{picked[-1]:.2f}",
+                            tok_s=f"{pending[-1][0]['tokens_per_s']:,.0f}")
         pending.clear()
 
     emit({"event": "start", "step": start, "device": str(dev), "precision": prec, "world": world,
@@ -522,10 +522,12 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
         # the losses stay on the device until a flush: reading them every step would make the host wait for the
         # device each step, so it could not queue the next step's work meanwhile
         secs = seconds_before + time.perf_counter() - t0
-        pending.append((step + 1, rate, opts.lr * lr_factor(step, opts.steps, opts.warmup),
-                        tokens_before + (step + 1 - start) * tok_step,
-                        (step + 1 - start) * tok_step / max(1e-9, time.perf_counter() - t0), secs,
-                        loss.detach(), None if kd is None else ce.detach(), kd if kd is None else kd.detach()))
+        parts = (loss, ce, loss if kd is None else kd)   # the last two only logged when a teacher ran
+        pending.append(({"step": step + 1, "rate": rate, "lr": opts.lr * lr_factor(step, opts.steps, opts.warmup),
+                         "tokens": tokens_before + (step + 1 - start) * tok_step,
+                         "tokens_per_s": round((step + 1 - start) * tok_step / max(1e-9, time.perf_counter() - t0), 1),
+                         "seconds": round(secs, 3)},
+                        torch.stack([p.detach().float() for p in parts])))
         if len(pending) >= LOG_EVERY or (step + 1) % opts.every == 0 or step + 1 == opts.steps:
             flush()
         if (step + 1) % opts.every == 0 or step + 1 == opts.steps:
