@@ -238,6 +238,29 @@ static void test_r16_extremes(void) {
     free_pair(&q);
 }
 
+/* The kernels the direct tests call: every path's own table (a path the CPU lacks is skipped where it is used). */
+static const uq_kpath *const DIRECT_PATHS[] = {
+    &uq_kpath_ref,
+#ifdef UQ_K_X86
+    &uq_kpath_avx2, &uq_kpath_avx512,
+#endif
+};
+
+/* Pointers to the first UQ_K_R16_NB row blocks of q's R16 codes and scales (blocks bbytes / sstride apart). */
+static void direct_blocks(const q4pair *q, int64_t bbytes, int64_t sstride, const uint8_t **wb, const uint16_t **sb) {
+    for (int i = 0; i < UQ_K_R16_NB; i++) {
+        wb[i] = q->pr + i * bbytes;
+        sb[i] = q->sr + i * sstride;
+    }
+}
+
+/* Whether the first n floats of each of T rows (ld apart) of y and yref are the same bits. */
+static int same_rows(const float *y, const float *yref, int64_t T, int64_t ld, int64_t n) {
+    int same = 1;
+    for (int64_t t = 0; t < T; t++) same &= memcmp(y + t * ld, yref + t * ld, (size_t)n * sizeof(float)) == 0;
+    return same;
+}
+
 /* The R16 fp32 kernels called directly (linear_r16 passes at most 64 tokens, groups of the runtime's shapes):
  * every path's r16_f32 equals the ref kernel bit for bit for T = 1..14 (every token tiling of the prefill
  * kernels), T > 64 (several passes), 1 / 3 / 8 row blocks, groups longer than a 128-column panel (pieces of
@@ -259,22 +282,14 @@ static void test_r16_kernel_direct(void) {
                                  .scol = si * gps + g0 / G, .xq = 0};
     const uint8_t *wb[UQ_K_R16_NB];
     const uint16_t *sb[UQ_K_R16_NB];
-    for (int i = 0; i < UQ_K_R16_NB; i++) {
-        wb[i] = q.pr + i * bbytes;
-        sb[i] = q.sr + i * gps * NSI * 16;
-    }
-    const uq_kpath *paths[] = {
-        &uq_kpath_ref,
-#ifdef UQ_K_X86
-        &uq_kpath_avx2, &uq_kpath_avx512,
-#endif
-    };
+    direct_blocks(&q, bbytes, gps * NSI * 16, wb, sb);
     const int64_t Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 64, 65, 130};
     const int nbs[] = {1, 3, UQ_K_R16_NB};
-    for (size_t pi = 0; pi < sizeof paths / sizeof paths[0]; pi++) {
+    for (size_t pi = 0; pi < sizeof DIRECT_PATHS / sizeof DIRECT_PATHS[0]; pi++) {
+        const uq_kpath *path = DIRECT_PATHS[pi];
         int av = 0;
-        uq_kernels_available(paths[pi]->name, &av);
-        if (!av || !paths[pi]->r16_f32) continue;
+        uq_kernels_available(path->name, &av);
+        if (!av || !path->r16_f32) continue;
         for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
             for (size_t bi = 0; bi < sizeof nbs / sizeof nbs[0]; bi++) {
                 const int64_t T = Ts[ti];
@@ -282,11 +297,9 @@ static void test_r16_kernel_direct(void) {
                 memset(yref, 0, sizeof yref);
                 memset(y, 0, sizeof y);
                 uq_k_r16_f32_ref(wb, sb, nb, x, ldx, T, gr, ng, yref, ldo);
-                paths[pi]->r16_f32(wb, sb, nb, x, ldx, T, gr, ng, y, ldo);
-                int same = 1;
-                for (int64_t t = 0; t < T; t++)
-                    same &= memcmp(y + t * ldo, yref + t * ldo, (size_t)(16 * nb) * sizeof(float)) == 0;
-                CHECK(same, "direct path %s T %lld nb %d: differs from ref", paths[pi]->name, (long long)T, nb);
+                path->r16_f32(wb, sb, nb, x, ldx, T, gr, ng, y, ldo);
+                CHECK(same_rows(y, yref, T, ldo, 16 * nb), "direct path %s T %lld nb %d: differs from ref",
+                      path->name, (long long)T, nb);
             }
     }
     free_pair(&q);
@@ -327,32 +340,22 @@ static void test_r16_q8_kernel_direct(void) {
     for (int64_t t = 0; t < TMAX; t++) uq_k_q8_quant(x + t * ldx, gr, ng, 0, xq + t * ldq, xs + t * ng, xsum + t * ng);
     const uint8_t *wb[UQ_K_R16_NB];
     const uint16_t *sb[UQ_K_R16_NB];
-    for (int i = 0; i < UQ_K_R16_NB; i++) {
-        wb[i] = q.pr + i * bbytes;
-        sb[i] = q.sr + i * gps * NSI * 16;
-    }
-    const uq_kpath *paths[] = {
-        &uq_kpath_ref,
-#ifdef UQ_K_X86
-        &uq_kpath_avx2, &uq_kpath_avx512,
-#endif
-    };
+    direct_blocks(&q, bbytes, gps * NSI * 16, wb, sb);
     const int nbs[] = {1, 3, UQ_K_R16_NB};
-    for (size_t pi = 0; pi < sizeof paths / sizeof paths[0]; pi++) {
+    for (size_t pi = 0; pi < sizeof DIRECT_PATHS / sizeof DIRECT_PATHS[0]; pi++) {
+        const uq_kpath *path = DIRECT_PATHS[pi];
         int av = 0;
-        uq_kernels_available(paths[pi]->name, &av);
-        if (!av || !paths[pi]->r16_q8) continue;
+        uq_kernels_available(path->name, &av);
+        if (!av || !path->r16_q8) continue;
         for (int64_t T = 1; T <= TMAX; T = T < 17 ? T + 1 : T == TMAX ? TMAX + 1 : TMAX)
             for (size_t bi = 0; bi < sizeof nbs / sizeof nbs[0]; bi++) {
                 const int nb = nbs[bi];
                 memset(yref, 0, sizeof yref);
                 memset(y, 0, sizeof y);
                 uq_k_r16_q8_ref(wb, sb, nb, xq, ldq, xs, xsum, ng, T, gr, ng, yref, ldo, NULL);
-                paths[pi]->r16_q8(wb, sb, nb, xq, ldq, xs, xsum, ng, T, gr, ng, y, ldo, NULL);
-                int same = 1;
-                for (int64_t t = 0; t < T; t++)
-                    same &= memcmp(y + t * ldo, yref + t * ldo, (size_t)(16 * nb) * sizeof(float)) == 0;
-                CHECK(same, "q8 direct path %s T %lld nb %d: differs from ref", paths[pi]->name, (long long)T, nb);
+                path->r16_q8(wb, sb, nb, xq, ldq, xs, xsum, ng, T, gr, ng, y, ldo, NULL);
+                CHECK(same_rows(y, yref, T, ldo, 16 * nb), "q8 direct path %s T %lld nb %d: differs from ref",
+                      path->name, (long long)T, nb);
             }
     }
     free(xq);
