@@ -44,6 +44,14 @@ static void free_pair(q4pair *q) {
     free(q->sr);
 }
 
+/* Makes the kernel path `name` current when the CPU has it; 0 (nothing changed) when it does not. */
+static int select_path(const char *name) {
+    int av = 0;
+    uq_kernels_available(name, &av);
+    if (av) uq_kernels_set(name);
+    return av;
+}
+
 static void test_r16_paths(void) {
     const char *paths[] = {"ref", "avx2", "avx512"};
     /* rows, cols, nseg_out, keep_out, nseg_in, keep_in, group: rows not multiples of 16, keeps that cut row
@@ -176,10 +184,7 @@ static void test_r16_truncated(void) {
     for (int act = 0; act < 2; act++) {
         uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32);
         for (size_t pi = 0; pi < 3; pi++) {
-            int av = 0;
-            uq_kernels_available(paths[pi], &av);
-            if (!av) continue;
-            uq_kernels_set(paths[pi]);
+            if (!select_path(paths[pi])) continue;
             CHECK_STATUS(uq_linear_forward(&full.r16, x, T, 1, KO, 1, KI, yf), UQ_OK);
             CHECK_STATUS(uq_linear_forward(&tr.r16, x, T, 1, KO, 1, KI, yt), UQ_OK);
             CHECK(memcmp(yf, yt, sizeof yf) == 0, "act %d path %s: truncated R16 weight differs", act, paths[pi]);
@@ -222,10 +227,7 @@ static void test_r16_extremes(void) {
         for (int64_t i = 0; i < T * R; i++) ok &= fabs(yref[i] - y64[i]) <= 1e-5 * fabs(y64[i]) && fabs(y64[i]) > C / 2;
         CHECK(ok, "extremes act %d: ref y %g, float64 twin %g", act, (double)yref[0], (double)y64[0]);
         for (size_t pi = 1; pi < 3; pi++) {
-            int av = 0;
-            uq_kernels_available(paths[pi], &av);
-            if (!av) continue;
-            uq_kernels_set(paths[pi]);
+            if (!select_path(paths[pi])) continue;
             for (int64_t T1 = 1; T1 <= T; T1++) { /* every tile of the prefill kernels, 1..8 tokens and 5 + 4 */
                 CHECK_STATUS(uq_linear_forward(&q.r16, x, T1, 1, R, 1, C, y), UQ_OK);
                 CHECK(memcmp(y, yref, (size_t)(T1 * R) * sizeof(float)) == 0, "extremes act %d T %d path %s: differs",
@@ -423,10 +425,7 @@ static void test_attention_paths(void) {
         for (size_t hi = 0; hi < sizeof heads / sizeof heads[0]; hi++) {
             const int64_t NH = heads[hi][0], NKV = heads[hi][1];
             for (size_t pi = 0; pi < 3; pi++) {
-                int av = 0;
-                uq_kernels_available(paths[pi], &av);
-                if (!av) continue;
-                uq_kernels_set(paths[pi]);
+                if (!select_path(paths[pi])) continue;
                 const uq_kpath *P = uq_k_path();
                 for (int64_t T = 1; T <= 3; T += 2) {
                     const float scale = 0.125f;
@@ -546,10 +545,7 @@ static void test_r16_prefix_in(void) {
         for (int act = 0; act < 2; act++) {
             uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32);
             for (size_t pi = 0; pi < 3; pi++) {
-                int av = 0;
-                uq_kernels_available(paths[pi], &av);
-                if (!av) continue;
-                uq_kernels_set(paths[pi]);
+                if (!select_path(paths[pi])) continue;
                 for (int64_t t = 1; t <= T; t += T - 1) {
                     const int64_t ko = rows / nso;
                     CHECK_STATUS(uq_linear_forward(&q.r16, x, t, nso, ko, nsi, ki, ya), UQ_OK);
@@ -674,10 +670,7 @@ static void test_linear_multi(void) {
     for (int act = 0; act < 2 && ok; act++) {
         CHECK_STATUS(uq_kernels_set_q4_act(act ? UQ_Q4_ACT_INT8 : UQ_Q4_ACT_FP32), UQ_OK);
         for (size_t pi = 0; pi < 3; pi++) {
-            int av = 0;
-            uq_kernels_available(paths[pi], &av);
-            if (!av) continue;
-            uq_kernels_set(paths[pi]);
+            if (!select_path(paths[pi])) continue;
             for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 const int64_t T = Ts[ti];
                 for (int i = 0; i < 3; i++)
