@@ -266,11 +266,12 @@ class KeptIndex:
 
 class _Pass:
     """What a forward pass hands every block: the layer's state dict (None: no cache), the first position, the
-    model's RoPE tables and SSD chunk."""
+    model's RoPE tables and SSD chunk, and the attention mask of several new positions after a cached prefix
+    (None otherwise: causal, or one new token that sees every key)."""
 
     def __init__(self, state: dict[str, Any] | None, start: int, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                 chunk: int) -> None:
-        self.state, self.start, self.cos, self.sin, self.chunk = state, start, cos, sin, chunk
+                 chunk: int, mask: torch.Tensor | None = None) -> None:
+        self.state, self.start, self.cos, self.sin, self.chunk, self.mask = state, start, cos, sin, chunk, mask
 
 
 # ------------------------------------------------------------------------------------ components ----
@@ -341,11 +342,7 @@ class Attention(nn.Module):
             st_["k"], st_["v"] = k, v
         if grp > 1:
             k, v = k.repeat_interleave(grp, 1), v.repeat_interleave(grp, 1)
-        mask = None
-        if ps.start and T > 1:   # T new positions after a cached prefix: position start + i sees keys 0..start + i
-            S = k.shape[2]
-            mask = torch.arange(S, device=h.device)[None, :] <= torch.arange(ps.start, ps.start + T, device=h.device)[:, None]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not ps.start,
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=ps.mask, is_causal=not ps.start,
                                            scale=1.0 / math.sqrt(d))
         return lin["o"](a.transpose(1, 2).reshape(b, T, nh * r), None, ro)
 
@@ -579,8 +576,12 @@ class TwinModel(nn.Module):
         if cache is not None and not start:
             cache[:] = [dict() for _ in self.keeps]
         x = F.embedding(ids, self.embed)
+        mask = None
+        if start and T > 1:   # T new positions after a cached prefix: position start + i sees keys 0..start + i
+            mask = (torch.arange(start + T, device=ids.device)[None, :]
+                    <= torch.arange(start, start + T, device=ids.device)[:, None])
         for i, (blocks, ks) in enumerate(zip(self.layers, self.keeps)):
-            ps = _Pass(cache[i] if cache is not None else None, start, self.cos, self.sin, self.scan_chunk)
+            ps = _Pass(cache[i] if cache is not None else None, start, self.cos, self.sin, self.scan_chunk, mask)
             for blk in blocks:
                 x = blk(x, ks, ps)
         x = _rms(x, self.final_norm, self.eps)
