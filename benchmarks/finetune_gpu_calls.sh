@@ -11,6 +11,7 @@
 #       the call stays under 64 MiB) to continue training from (train --init-lora), e.g. run 2's step-2000 patches
 # Calls (each `run` in the repository root; carry in brackets):
 #   1. bash benchmarks/finetune_gpu_calls.sh call1                 [.gpu .gpu_p0]  build + CUDA smoke test, ~50 s
+#   1b. (optional) bash benchmarks/finetune_gpu_calls.sh stage     [.gpu_p3]       e.g. a rank-64 LoRA to continue from
 #   2. WAIT=565 bash benchmarks/finetune_gpu_calls.sh callB         [.gpu_p1]      unpack, start the daemon, wait
 #   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry, or [.gpu_p2] once to bring the
 #      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
@@ -51,7 +52,8 @@ callB() {
     test -d .gpu_p1/extra/data && cp .gpu_p1/extra/data/* /tmp/g/data/ && for z in /tmp/g/data/*.gz; do test -f "$z" && gunzip -f "$z"; done
   fi
   # an earlier run's patches (float16 copy, to fit the call) to continue from: train --init-lora
-  if [ -f .gpu_p1/lora_init.safetensors ] && [ "${INIT:-1}" = 1 ]; then cp .gpu_p1/lora_init.safetensors /tmp/g/; export INIT_LORA=/tmp/g/lora_init.safetensors; fi
+  test -f .gpu_p1/lora_init.safetensors && cp .gpu_p1/lora_init.safetensors /tmp/g/
+  if [ -f /tmp/g/lora_init.safetensors ] && [ "${INIT:-1}" = 1 ]; then export INIT_LORA=/tmp/g/lora_init.safetensors; fi
   _env
   python3 benchmarks/finetune_gpu.py unpack --data /tmp/g/data --gguf-parts /tmp/g/gguf.part0 /tmp/g/gguf.part1 --out /tmp/g/art 2>&1 | tail -2
   test -f /tmp/g/art/config.json || exit 4
@@ -155,6 +157,11 @@ f = safe_open(sys.argv[1], 'pt'); save_file({k: f.get_tensor(k).half() for k in 
       && split -b 15m -d -a 1 /tmp/g/${arm##*:}_f16.safetensors $OUT/${arm##*:}_f16.part
   done
   ls -la $OUT
+}
+stage() {   # a short call between call1 and callB that brings one more folder (e.g. [.gpu_p3] with a LoRA to continue
+            # from, lora_init.safetensors as float16: a rank-64 one is 39 MB, too big for callB's carry) into /tmp/g
+  test -d /tmp/g || { echo "fresh machine: call1 first"; exit 3; }
+  for d in .gpu_p3 .gpu_p4; do test -d $d && cp -r $d/. /tmp/g/ && echo "staged $d: $(ls $d)"; done
 }
 hold() {   # a hold call may carry .gpu_p2/mmlu_full.pkl.gz (the full MMLU requests, too big for callB)
   if [ -f .gpu_p2/mmlu_full.pkl.gz ] && [ ! -f /tmp/g/mmlu_full.pkl ]; then
