@@ -125,7 +125,10 @@ def test_finetune_grid(monkeypatch, tmp_path):
     run4 = json.loads((res / "run4_stop25_rank64" / "printed.json").read_text())
     for label, last in (("run 2, rank 8", [json.loads(x) for x in (res / "run2_stop23" / "log.jsonl").read_text()
                                            .splitlines() if '"event": "eval"' in x][-1]),
-                        ("run 4, rank 64", {"step": run4["evals"][-1][0], "loss": run4["evals"][-1][1]})):
+                        ("run 4, rank 64", {"step": run4["evals"][-1][0], "loss": run4["evals"][-1][1]}),
+                        ("run 5, rank 64, 64 windows per step",
+                         [json.loads(x) for x in (res / "run5_stop26_rank64" / "log.jsonl").read_text().splitlines()
+                          if '"event": "eval"' in x][-1])):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         assert row.rstrip().endswith(f"| {last['loss']:.4f} (step {last['step']}) |"), row
     cells = {}
@@ -133,6 +136,11 @@ def test_finetune_grid(monkeypatch, tmp_path):
         for name, per_rate in json.loads(f.read_text()).items():
             for r, per_task in per_rate.items():
                 cells[f"{name}@{r}"] = per_task
+    for f in sorted((res / "run5_stop26_rank64").glob("zs_*.json")):   # run 5's grid and its int4 ablations
+        for name, per_rate in json.loads(f.read_text()).items():
+            for r, per_task in per_rate.items():
+                cells[f"{name}@{r}" if name.startswith("abl_") else f"run 5: {name}@{r}"] = per_task
+    assert sum(k.startswith("abl_int4_") for k in cells) == 6 and sum(k.startswith("run 5: ") for k in cells) == 16
     tasks = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
     for key, per in cells.items():
         avg = np.mean([np.mean(per[t]["acc_norm"]) for t in tasks])
@@ -142,18 +150,24 @@ def test_finetune_grid(monkeypatch, tmp_path):
         == "+0.0000 ± 0.0000"
     # MMLU in full: every question of the 57 subjects, micro accuracy and the subject mean recomputed here
     subj = json.loads((res / "mmlu_subjects.json").read_text())
-    full = [f for f in res.glob("mmlu_full_*.json")]
-    assert full
-    for f in full:
+    full = [(f, "") for f in res.glob("mmlu_full_*.json")] + \
+        [(f, "run 5: ") for f in (res / "run5_stop26_rank64").glob("mmlu_all_*.json")]
+    assert len(full) == 13
+    for f, label in full:
         for name, per_rate in json.loads(f.read_text()).items():
             for r, per_task in per_rate.items():
+                key = name if name.startswith("before") else label + name   # run 5's before cells: run 3's artifacts
                 m = per_task["mmlu"]
                 assert len(m["doc_ids"]) == len(subj["subject_of_doc"]) == 14042
                 groups = np.asarray(subj["subject_of_doc"])[m["doc_ids"]]
                 macro = np.mean([np.mean(np.asarray(m["acc"])[groups == g]) for g in np.unique(groups)])
-                row = next(line for line in text.splitlines() if line.startswith(f"| {name}@{r} | 14042 |"))
+                row = next(line for line in text.splitlines() if line.startswith(f"| {key}@{r} | 14042 |"))
                 assert row.split("|")[3].strip().startswith(f"{np.mean(m['acc']):.4f} ± "), row
                 assert row.split("|")[5].strip() == f"{macro:.4f} (57 subjects)", row
     ev = json.loads((res / "eval_after.json").read_text())
     base = json.loads((res / "eval_before.json").read_text())["base_ppl"]
     assert f"{ev['fp32_after']['0.15']:.2f} ({ev['fp32_after']['0.15'] / base:.3f}x)" in text
+    # run 5 scored two of run 3's full-MMLU cells again (each subject's prefix shared): the same answer everywhere
+    assert "the same answer on: {'before_fp32@0.00': '100.00%', 'before_int4@0.15': '100.00%'}" in text
+    ev5 = json.loads((res / "run5_stop26_rank64" / "eval_after.json").read_text())
+    assert "  run 5: " + " / ".join(f"{ev5['fp32_after'][r] / base:.3f}" for r in ("0.00", "0.15", "0.25", "0.35")) in text
