@@ -14,6 +14,7 @@ against the checksums and writes the artifact; ``train`` then runs uniql.finetun
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import shutil
@@ -530,7 +531,8 @@ def zs_report(args: argparse.Namespace) -> None:
 
     cells: dict = {}
     for f in args.json:
-        cells.update(from_twin_json(json.loads(Path(f).read_text())))
+        raw = Path(f).read_bytes()   # the recorded large files are gzipped (benchmarks/results/finetune_gpu_smollm2)
+        cells.update(from_twin_json(json.loads(gzip.decompress(raw) if str(f).endswith(".gz") else raw)))
     base = cells[args.base]
     tasks = [t for t in base if t in ZS_TASKS]   # the average is over the five zero-shot tasks; MMLU apart
     extra = [t for t in base if t not in ZS_TASKS]

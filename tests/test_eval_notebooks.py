@@ -111,6 +111,18 @@ def test_adaptive_quick(monkeypatch, tmp_path):
     assert "| off |" in text and "| follow |" in text
 
 
+def _recorded(path):
+    """A recorded result file's text; the large ones are stored gzipped as path + ".gz" (as the notebook reads them)."""
+    import gzip
+
+    gz = path.with_name(path.name + ".gz")
+    return gzip.decompress(gz.read_bytes()).decode() if gz.is_file() else path.read_text()
+
+
+def _found(folder, pattern):
+    return sorted({q.with_name(q.name.removesuffix(".gz")) for q in folder.glob(pattern + "*")})
+
+
 def test_finetune_grid(monkeypatch, tmp_path):
     """notebooks/finetune_grid.ipynb reads the recorded GPU run (benchmarks/results/finetune_gpu_smollm2): the
     figures are written and the printed grid agrees with a recomputation from the JSON here."""
@@ -122,22 +134,22 @@ def test_finetune_grid(monkeypatch, tmp_path):
     _pngs(tmp_path, ("ft_training", "ft_ppl", "ft_zeroshot", "ft_rank"))
     res = ROOT / "benchmarks" / "results" / "finetune_gpu_smollm2"
     # the capacity table: each run's last held-out loss, from its own log (run 4: what the device printed)
-    run4 = json.loads((res / "run4_stop25_rank64" / "printed.json").read_text())
-    for label, last in (("run 2, rank 8", [json.loads(x) for x in (res / "run2_stop23" / "log.jsonl").read_text()
+    run4 = json.loads(_recorded(res / "run4_stop25_rank64" / "printed.json"))
+    for label, last in (("run 2, rank 8", [json.loads(x) for x in _recorded(res / "run2_stop23" / "log.jsonl")
                                            .splitlines() if '"event": "eval"' in x][-1]),
                         ("run 4, rank 64", {"step": run4["evals"][-1][0], "loss": run4["evals"][-1][1]}),
                         ("run 5, rank 64, 64 windows per step",
-                         [json.loads(x) for x in (res / "run5_stop26_rank64" / "log.jsonl").read_text().splitlines()
+                         [json.loads(x) for x in _recorded(res / "run5_stop26_rank64" / "log.jsonl").splitlines()
                           if '"event": "eval"' in x][-1])):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         assert row.rstrip().endswith(f"| {last['loss']:.4f} (step {last['step']}) |"), row
     cells = {}
-    for f in sorted(res.glob("zs_*.json")):
-        for name, per_rate in json.loads(f.read_text()).items():
+    for f in sorted(_found(res, "zs_*.json")):
+        for name, per_rate in json.loads(_recorded(f)).items():
             for r, per_task in per_rate.items():
                 cells[f"{name}@{r}"] = per_task
-    for f in sorted((res / "run5_stop26_rank64").glob("zs_*.json")):   # run 5's grid and its int4 ablations
-        for name, per_rate in json.loads(f.read_text()).items():
+    for f in sorted(_found(res / "run5_stop26_rank64", "zs_*.json")):   # run 5's grid and its int4 ablations
+        for name, per_rate in json.loads(_recorded(f)).items():
             for r, per_task in per_rate.items():
                 cells[f"{name}@{r}" if name.startswith("abl_") else f"run 5: {name}@{r}"] = per_task
     assert sum(k.startswith("abl_int4_") for k in cells) == 6 and sum(k.startswith("run 5: ") for k in cells) == 16
@@ -149,12 +161,12 @@ def test_finetune_grid(monkeypatch, tmp_path):
     assert next(line for line in text.splitlines() if line.startswith("| before_fp32@0.00 |")).split("|")[8].strip() \
         == "+0.0000 ± 0.0000"
     # MMLU in full: every question of the 57 subjects, micro accuracy and the subject mean recomputed here
-    subj = json.loads((res / "mmlu_subjects.json").read_text())
-    full = [(f, "") for f in res.glob("mmlu_full_*.json")] + \
-        [(f, "run 5: ") for f in (res / "run5_stop26_rank64").glob("mmlu_all_*.json")]
+    subj = json.loads(_recorded(res / "mmlu_subjects.json"))
+    full = [(f, "") for f in _found(res, "mmlu_full_*.json")] + \
+        [(f, "run 5: ") for f in _found(res / "run5_stop26_rank64", "mmlu_all_*.json")]
     assert len(full) == 13
     for f, label in full:
-        for name, per_rate in json.loads(f.read_text()).items():
+        for name, per_rate in json.loads(_recorded(f)).items():
             for r, per_task in per_rate.items():
                 key = name if name.startswith("before") else label + name   # run 5's before cells: run 3's artifacts
                 m = per_task["mmlu"]
@@ -164,10 +176,10 @@ def test_finetune_grid(monkeypatch, tmp_path):
                 row = next(line for line in text.splitlines() if line.startswith(f"| {key}@{r} | 14042 |"))
                 assert row.split("|")[3].strip().startswith(f"{np.mean(m['acc']):.4f} ± "), row
                 assert row.split("|")[5].strip() == f"{macro:.4f} (57 subjects)", row
-    ev = json.loads((res / "eval_after.json").read_text())
-    base = json.loads((res / "eval_before.json").read_text())["base_ppl"]
+    ev = json.loads(_recorded(res / "eval_after.json"))
+    base = json.loads(_recorded(res / "eval_before.json"))["base_ppl"]
     assert f"{ev['fp32_after']['0.15']:.2f} ({ev['fp32_after']['0.15'] / base:.3f}x)" in text
     # run 5 scored two of run 3's full-MMLU cells again (each subject's prefix shared): the same answer everywhere
     assert "the same answer on: {'before_fp32@0.00': '100.00%', 'before_int4@0.15': '100.00%'}" in text
-    ev5 = json.loads((res / "run5_stop26_rank64" / "eval_after.json").read_text())
+    ev5 = json.loads(_recorded(res / "run5_stop26_rank64" / "eval_after.json"))
     assert "  run 5: " + " / ".join(f"{ev5['fp32_after'][r] / base:.3f}" for r in ("0.00", "0.15", "0.25", "0.35")) in text
