@@ -346,14 +346,17 @@ def _random_patches(m: TwinModel, seed: int) -> None:
     m.load_lora_state({k: g.normal(0, 0.05, v.shape).astype(np.float32) for k, v in m.lora_state().items()})
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bf16"])
 def test_loss_in_pieces_is_the_whole_loss(llama_art, dtype):
     """step_loss with the head and the loss on pieces of 20 tokens (93 per step: the last piece is short), each
     recomputed in the backward pass, gives the loss, its parts and every LoRA gradient of the one-piece path, for
-    ce, kd and mix; so does evaluate. float64: to rounding; float32: to float32 tolerance."""
+    ce, kd and mix; so does evaluate. float64: to rounding; float32 (also under bf16 autocast, the GPU's
+    precision, whose logits are cast to float32 in both paths): to float32 tolerance."""
     from uniql.finetune import FinetuneOptions, evaluate, step_loss
 
     tol = 1e-10 if dtype == "float64" else 2e-5
+    prec = "bf16" if dtype == "bf16" else "fp32"
+    dtype = "float32" if dtype == "bf16" else dtype
     ids = torch.from_numpy(_pattern_tokens(seed=2)[:3 * 32].reshape(3, 32).astype(np.int64))
     ids[1] = torch.from_numpy(np.random.default_rng(3).integers(0, VOCAB, 32))   # not all predictable
     m = TwinModel.from_artifact(llama_art, rank=4, max_seq=32, lora_dropout=0.05).to(getattr(torch, dtype))
@@ -369,7 +372,7 @@ def test_loss_in_pieces_is_the_whole_loss(llama_art, dtype):
             for p in m.lora_parameters():
                 p.grad = None
             calls.clear()
-            total, ce, kd = step_loss(m, ids, o, 0.25)
+            total, ce, kd = step_loss(m, ids, o, 0.25, precision=prec)
             before = len(calls)
             total.backward()
             assert (kd is None) == (loss == "ce")
@@ -386,28 +389,35 @@ def test_loss_in_pieces_is_the_whole_loss(llama_art, dtype):
         for a, b in zip(g1, g0):
             assert float((a - b).abs().max() / b.abs().max()) <= tol * 5, loss
     w = _pattern_tokens(seed=4)[:5 * 32].reshape(5, 32).astype(np.int64)
-    whole = evaluate(m, w, (0.0, 0.25), batch=3, loss_chunk=0)
-    pieces = evaluate(m, w, (0.0, 0.25), batch=3, loss_chunk=20)
+    whole = evaluate(m, w, (0.0, 0.25), batch=3, precision=prec, loss_chunk=0)
+    pieces = evaluate(m, w, (0.0, 0.25), batch=3, precision=prec, loss_chunk=20)
     assert whole.keys() == pieces.keys() and all(abs(pieces[k] / whole[k] - 1) <= tol for k in whole)
 
 
-def test_training_in_pieces_gives_the_same_patches(llama_art):
+def test_training_in_pieces_gives_the_same_patches(llama_art, tmp_path):
     """A short float64 run (mix loss, dropout, an evaluation) with the loss in pieces of 20 tokens trains the
-    same patches and logs the same losses as with the whole loss at once."""
+    same patches and logs the same losses as with the whole loss at once; so does a run in pieces stopped after
+    step 2 and resumed with the whole loss (loss_chunk may change across a resume)."""
     from uniql.finetune import FinetuneOptions, train
 
     w = _pattern_tokens().reshape(-1, 32)[:40].astype(np.int64)
     res = {}
-    for chunk in (0, 20):
+    for name, chunk, kw in (("whole", 0, {}), ("pieces", 20, {}), ("stopped", 20, {"stop_at": 2}),
+                            ("resumed", 0, {"resume": True})):
         o = FinetuneOptions(steps=4, lr=5e-3, warmup=1, seq_len=32, batch=3, eval_every=2, loss="mix", seed=1,
                             loss_chunk=chunk)
         torch.manual_seed(0)
         m = TwinModel.from_artifact(llama_art, rank=4, max_seq=32, lora_dropout=0.05).double()
-        rec = train(m, w, o, eval_windows=w[:3])
-        res[chunk] = (rec, m.lora_state())
-    (r0, s0), (r1, s1) = res[0], res[20]
-    np.testing.assert_allclose(r1["losses"], r0["losses"], rtol=1e-9)
-    assert [e["loss"] for e in r1["evals"]] == [e["loss"] for e in r0["evals"]]
+        ck = tmp_path / "ck" if name in ("stopped", "resumed") else None
+        rec = train(m, w, o, eval_windows=w[:3], checkpoint_dir=ck, **kw)
+        res[name] = (rec, m.lora_state())
+    s0 = res["whole"][1]
     assert any(np.abs(v).max() > 0 for k, v in s0.items() if k.endswith(".B"))   # the patches did train
-    for k in s0:
-        np.testing.assert_allclose(s1[k], s0[k], rtol=0, atol=1e-9 * max(1.0, np.abs(s0[k]).max()), err_msg=k)
+    assert not res["stopped"][0]["finished"] and res["resumed"][0]["finished"]
+    for name, tol in (("pieces", 1e-9), ("resumed", 1e-6)):   # a checkpoint holds the patches in float32
+        r1, s1 = res[name]
+        np.testing.assert_allclose(r1["losses"], res["whole"][0]["losses"], rtol=tol, err_msg=name)
+        assert [e["loss"] for e in r1["evals"]] == [e["loss"] for e in res["whole"][0]["evals"]], name
+        for k in s0:
+            np.testing.assert_allclose(s1[k], s0[k], rtol=0, atol=tol * max(1.0, np.abs(s0[k]).max()),
+                                       err_msg=f"{name} {k}")
