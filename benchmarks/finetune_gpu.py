@@ -183,6 +183,7 @@ def run_train(args: argparse.Namespace) -> None:
     from uniql.finetune.twin import TwinModel
 
     t_start = time.perf_counter()
+    chunk = {} if args.loss_chunk is None else {"loss_chunk": args.loss_chunk}   # else the library's default
     work, out = args.work, args.out
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,7 @@ def run_train(args: argparse.Namespace) -> None:
         # speed probe: a few steps of the real configuration, then the patches are reset
         init = model.lora_state()
         probe = FinetuneOptions(steps=args.probe + 3, lr=1e-4, warmup=1, batch=args.batch, seq_len=args.seq_len,
-                                loss=args.loss, dropout=0.05, eval_every=10 ** 6)
+                                loss=args.loss, dropout=0.05, eval_every=10 ** 6, **chunk)
         train(model, train_w, replace(probe, steps=3), precision=args.precision)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -244,7 +245,7 @@ def run_train(args: argparse.Namespace) -> None:
         train_w, eval_w = np.load(work / "train_w.npy"), np.load(work / "eval_w.npy")
     opts = FinetuneOptions(steps=plan["steps"], lr=args.lr, warmup=min(args.warmup, plan["steps"]), rank=args.rank, alpha=args.alpha, dropout=0.05,
                            seq_len=args.seq_len, batch=args.batch, seed=args.seed, loss=args.loss,
-                           eval_every=args.eval_every)
+                           eval_every=args.eval_every, **chunk)
     torch.manual_seed(args.seed)
     left = args.deadline - (time.perf_counter() - t_start) - args.margin
     rec = train(model, train_w, opts, eval_windows=eval_w, precision=args.precision, checkpoint_dir=work / "ck",
@@ -578,6 +579,9 @@ def main() -> None:
     t.add_argument("--margin", type=float, default=30)
     t.add_argument("--max-steps", type=int, default=7800)
     t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--loss-chunk", type=int, default=None, metavar="N",
+                   help="tokens per piece of the LM head and the loss, recomputed in backward (0: all at once; "
+                        "default FinetuneOptions.loss_chunk, 4096): batch 128 x 256 fits an H100 with it")
     t.add_argument("--seq-len", type=int, default=256)
     t.add_argument("--loss", default="kd")
     t.add_argument("--eval-windows", type=int, default=64)

@@ -17,7 +17,9 @@
 #      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
 # Options of callB (environment): DL (training deadline, s), GEN (teacher windows), LR, GEN_SEED (a continued run's
 # new teacher windows), INIT=0 (train from scratch although .gpu_p1 holds a LoRA file), RANK [ALPHA] (the main arm's
-# LoRA rank, alpha 2 x rank), BATCH (windows per step, 32), MMLU_ALL=1 (full MMLU on all 16 cells, the few-shot prefixes shared,
+# LoRA rank, alpha 2 x rank), BATCH (windows per step, 32), LOSS_CHUNK (train --loss-chunk: tokens per piece of the
+# LM head and the loss, each recomputed in backward, so no (tokens x vocabulary) tensor is made whole; default 4096,
+# 0 = all at once as runs 1-5, whose 64 windows peaked at 45.3 GiB: meant to let BATCH=128 fit an H100), MMLU_ALL=1 (full MMLU on all 16 cells, the few-shot prefixes shared,
 # instead of 3 cells; MMLU_TF32=1 adds TF32 matmuls), ABL=fp32,int4 (compress and score the sorting / int4 ablations on the side), RANK_B=64 [ALPHA_B, BATCH_B,
 # LR_B] (a second LoRA arm of another rank trained from scratch on the same GPU at the same time).
 # The daemon (setsid, so it outlives a call while the machine is held) evaluates before (CPU), generates teacher
@@ -66,7 +68,7 @@ daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
   { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; [ -n "$ABL" ] && ablations; } < /dev/null &
   [ -n "$RANK_B" ] && { armb > /tmp/g/armb.log 2>&1 < /dev/null & }
-  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH:-32} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
+  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH:-32} ${LOSS_CHUNK:+--loss-chunk $LOSS_CHUNK} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
   UNIQL_NUM_THREADS=12 OMP_NUM_THREADS=12 OPENBLAS_NUM_THREADS=12 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_after.json > $R/eval_after.log 2>&1 < /dev/null &
@@ -110,7 +112,7 @@ daemon() {
 armb() {   # a second arm on the same GPU at once (RANK_B=64 [ALPHA_B LR_B]): LoRA of another rank from scratch, with
            # run 2's data and seeds (generation seed 0), so its held-out curve compares step for step with run 2's
   _env; R=/tmp/g/res
-  OMP_NUM_THREADS=3 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/runB --out /tmp/g/outB --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH_B:-32} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR_B:-${LR:-1e-4}} --max-steps 7800 --rank $RANK_B --alpha ${ALPHA_B:-$((2 * RANK_B))} > $R/armB_train.log 2>&1
+  OMP_NUM_THREADS=3 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/runB --out /tmp/g/outB --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH_B:-32} ${LOSS_CHUNK:+--loss-chunk $LOSS_CHUNK} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR_B:-${LR:-1e-4}} --max-steps 7800 --rank $RANK_B --alpha ${ALPHA_B:-$((2 * RANK_B))} > $R/armB_train.log 2>&1
   cp /tmp/g/outB/summary.json $R/armB_summary.json; cp /tmp/g/runB/log.jsonl $R/armB_log.jsonl; echo "arm B trained $(date +%T)"
   L=/tmp/g/outB/lora.safetensors; test -f $L || L=/tmp/g/outB/lora_partial.safetensors
   UNIQL_NUM_THREADS=4 OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --tag B --wiki /tmp/g/data/wiki_2048.npy --json $R/armB_eval_after.json > $R/armB_eval_after.log 2>&1

@@ -169,8 +169,8 @@ def check_tuned_artifact(art: Path, out: Path, lora_file: Path, merged_dir: Path
 
 def check_one_and_two_processes(art: Path, tokens: np.ndarray, tmp: Path, port_offset: int = 0) -> None:
     """``python -m uniql.finetune`` with batch 4 (-> tmp/one) and ``torchrun --nproc-per-node 2`` (gloo on the CPU,
-    global batch 4 = 2 x 2; -> tmp/two, log tmp/two.jsonl) on `art` write the same merged weights (float tolerance:
-    the gradient is averaged in another order)."""
+    global batch 4 = 2 x 2; -> tmp/two, log tmp/two.jsonl; its loss in pieces of 25 of each rank's 62 tokens) on
+    `art` write the same merged weights (float tolerance: the gradient is averaged in another order)."""
     import os
     import subprocess
 
@@ -186,7 +186,7 @@ def check_one_and_two_processes(art: Path, tokens: np.ndarray, tmp: Path, port_o
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-port", str(29500 + (os.getpid() + port_offset) % 1000), "-m", "uniql.finetune",
-                          *args, "-o", str(tmp / "two"), "--log-jsonl", str(tmp / "two.jsonl")],
+                          *args, "--loss-chunk", "25", "-o", str(tmp / "two"), "--log-jsonl", str(tmp / "two.jsonl")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
     for f in sorted((tmp / "one").glob("model-layer-*.safetensors")):
@@ -338,3 +338,86 @@ def test_step_log_is_complete_across_flushes_and_a_resume(tmp_path, llama_art):
     logged = [json.loads(x)["loss"] for x in (tmp_path / "b.jsonl").read_text().splitlines()
               if json.loads(x)["event"] == "step"]
     assert logged == [x["loss"] for x in steps]
+
+
+def _random_patches(m: TwinModel, seed: int) -> None:
+    """Non-zero B (zero-initialised: the student would equal the teacher and A would get no gradient)."""
+    g = np.random.default_rng(seed)
+    m.load_lora_state({k: g.normal(0, 0.05, v.shape).astype(np.float32) for k, v in m.lora_state().items()})
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bf16"])
+def test_loss_in_pieces_is_the_whole_loss(llama_art, dtype):
+    """step_loss with the head and the loss on pieces of 20 tokens (93 per step: the last piece is short), each
+    recomputed in the backward pass, gives the loss, its parts and every LoRA gradient of the one-piece path, for
+    ce, kd and mix; so does evaluate. float64: to rounding; float32 (also under bf16 autocast, the GPU's
+    precision, whose logits are cast to float32 in both paths): to float32 tolerance."""
+    from uniql.finetune import FinetuneOptions, evaluate, step_loss
+
+    tol = 1e-10 if dtype == "float64" else 2e-5
+    prec = "bf16" if dtype == "bf16" else "fp32"
+    dtype = "float32" if dtype == "bf16" else dtype
+    ids = torch.from_numpy(_pattern_tokens(seed=2)[:3 * 32].reshape(3, 32).astype(np.int64))
+    ids[1] = torch.from_numpy(np.random.default_rng(3).integers(0, VOCAB, 32))   # not all predictable
+    m = TwinModel.from_artifact(llama_art, rank=4, max_seq=32, lora_dropout=0.05).to(getattr(torch, dtype))
+    _random_patches(m, 1)
+    m.train()
+    calls, head = [], m.head
+    m.head = lambda h: (calls.append(h.shape[:-1].numel()), head(h))[1]   # the tokens of each head call
+    for loss in ("ce", "kd", "mix"):
+        got = {}
+        for chunk in (0, 20):
+            o = FinetuneOptions(seq_len=32, batch=3, loss=loss, kd_weight=0.3, loss_chunk=chunk)
+            torch.manual_seed(5)   # the same dropout masks (the pieces draw no random numbers)
+            for p in m.lora_parameters():
+                p.grad = None
+            calls.clear()
+            total, ce, kd = step_loss(m, ids, o, 0.25, precision=prec)
+            before = len(calls)
+            total.backward()
+            assert (kd is None) == (loss == "ce")
+            if chunk:   # pieces of <= 20 tokens (5 per model), their logits made again in the backward pass
+                assert max(calls) <= chunk and before == 5 * (1 + (loss != "ce")) and len(calls) == 2 * before
+            else:
+                assert calls == [93] * (1 + (loss != "ce"))
+            got[chunk] = ([float(v.detach()) for v in (total, ce, kd) if v is not None],
+                          [p.grad.double().clone() for p in m.lora_parameters()])
+        (v0, g0), (v1, g1) = got[0], got[20]
+        assert np.all(np.isfinite(v0)) and v0[-1] > 1e-3, (loss, v0)   # a real loss (the KL too)
+        np.testing.assert_allclose(v1, v0, rtol=tol, err_msg=loss)
+        assert sum(float(g.abs().max() > 0) for g in g0) == len(g0), loss   # every patch gets a gradient
+        for a, b in zip(g1, g0):
+            assert float((a - b).abs().max() / b.abs().max()) <= tol * 5, loss
+    w = _pattern_tokens(seed=4)[:5 * 32].reshape(5, 32).astype(np.int64)
+    whole = evaluate(m, w, (0.0, 0.25), batch=3, precision=prec, loss_chunk=0)
+    pieces = evaluate(m, w, (0.0, 0.25), batch=3, precision=prec, loss_chunk=20)
+    assert whole.keys() == pieces.keys() and all(abs(pieces[k] / whole[k] - 1) <= tol for k in whole)
+
+
+def test_training_in_pieces_gives_the_same_patches(llama_art, tmp_path):
+    """A short float64 run (mix loss, dropout, an evaluation) with the loss in pieces of 20 tokens trains the
+    same patches and logs the same losses as with the whole loss at once; so does a run in pieces stopped after
+    step 2 and resumed with the whole loss (loss_chunk may change across a resume)."""
+    from uniql.finetune import FinetuneOptions, train
+
+    w = _pattern_tokens().reshape(-1, 32)[:40].astype(np.int64)
+    res = {}
+    for name, chunk, kw in (("whole", 0, {}), ("pieces", 20, {}), ("stopped", 20, {"stop_at": 2}),
+                            ("resumed", 0, {"resume": True})):
+        o = FinetuneOptions(steps=4, lr=5e-3, warmup=1, seq_len=32, batch=3, eval_every=2, loss="mix", seed=1,
+                            loss_chunk=chunk)
+        torch.manual_seed(0)
+        m = TwinModel.from_artifact(llama_art, rank=4, max_seq=32, lora_dropout=0.05).double()
+        ck = tmp_path / "ck" if name in ("stopped", "resumed") else None
+        rec = train(m, w, o, eval_windows=w[:3], checkpoint_dir=ck, **kw)
+        res[name] = (rec, m.lora_state())
+    s0 = res["whole"][1]
+    assert any(np.abs(v).max() > 0 for k, v in s0.items() if k.endswith(".B"))   # the patches did train
+    assert not res["stopped"][0]["finished"] and res["resumed"][0]["finished"]
+    for name, tol in (("pieces", 1e-9), ("resumed", 1e-6)):   # a checkpoint holds the patches in float32
+        r1, s1 = res[name]
+        np.testing.assert_allclose(r1["losses"], res["whole"][0]["losses"], rtol=tol, err_msg=name)
+        assert [e["loss"] for e in r1["evals"]] == [e["loss"] for e in res["whole"][0]["evals"]], name
+        for k in s0:
+            np.testing.assert_allclose(s1[k], s0[k], rtol=0, atol=tol * max(1.0, np.abs(s0[k]).max()),
+                                       err_msg=f"{name} {k}")

@@ -32,6 +32,9 @@ The one stage that computes in Python, on PyTorch (optional extra ``uniql[torch]
 - ``checkpoint_dir``: the patches, optimizer and generator states every ``eval_every`` steps (``last.pt``) and the
   best evaluation's patches (``best.pt``); ``resume=True`` continues from ``last.pt`` exactly where it stopped
   (``time_limit`` seconds stops a run early with a checkpoint; nothing else is written then).
+- ``loss_chunk`` (4096): with more tokens per step, the LM head and the loss run on pieces of that many tokens,
+  each recomputed in the backward pass, so no (tokens x vocabulary) tensor exists at once (same loss and
+  gradients up to float rounding; 0: all at once).
 - ``log_jsonl``: one JSON object per line per step (loss, rate, lr, tokens/s) and per evaluation.
 - Afterwards ``W += (alpha/rank) B A`` is merged into the full weights and a new artifact is written: same
   format, merged weights in the source's dtype, a ``finetune`` record in the uniql metadata and the report.
@@ -68,6 +71,12 @@ MAX_GRAD_NORM = 1.0
 LOG_EVERY = 16   # training steps whose losses are read from the device (and logged) together
 LOSSES = ("ce", "kd", "mix")
 PRECISIONS = ("auto", "bf16", "fp32")
+# The LM head and the loss run on pieces of this many tokens when a step has more (FinetuneOptions.loss_chunk):
+# the (tokens x vocab) logits -- student and teacher, float32 copies, log-softmaxes, their gradients: ~10 such
+# tensors, 45 GB of an H100 at 64 windows x 256 tokens of SmolLM2's 49152-word vocabulary -- then exist for one
+# piece at a time, recomputed in the backward pass (torch.utils.checkpoint) instead of kept. 4096 tokens: a few
+# pieces per GPU step (few extra kernel launches), nothing changes for the CPU's default 4 x 255 tokens.
+LOSS_CHUNK = 4096
 
 
 
@@ -111,6 +120,7 @@ class FinetuneOptions:
     loss: str = "ce"             # ce | kd | mix
     kd_weight: float = 0.5       # weight of the distillation term in "mix"
     eval_every: int = 0
+    loss_chunk: int = LOSS_CHUNK  # tokens per piece of the head + loss (0: all at once); any value, same loss
 
     def __post_init__(self) -> None:
         _pos_int("steps", self.steps)
@@ -119,6 +129,7 @@ class FinetuneOptions:
         _pos_int("batch", self.batch)
         _pos_int("seq_len", self.seq_len, 2)
         _pos_int("eval_every", self.eval_every, 0)
+        _pos_int("loss_chunk", self.loss_chunk, 0)
         _pos_float("lr", self.lr)
         _pos_float("alpha", self.alpha)
         _pos_float("rate_step", self.rate_step)
@@ -240,6 +251,11 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def _same_run(o: Any) -> Any:
+    """The options a resume must share (loss_chunk only changes how the loss is computed, not its value)."""
+    return {k: v for k, v in o.items() if k != "loss_chunk"} if isinstance(o, dict) else o
+
+
 @dataclass
 class _Sampler:
     """The global batch stream: the same on every rank and across a resume (state = generator + epoch order)."""
@@ -272,9 +288,10 @@ class _Sampler:
 
 
 def evaluate(model: Any, windows: np.ndarray, rates: Any, *, batch: int = 8, device: Any = None,
-             precision: str = "fp32") -> dict[str, float]:
-    """Mean next-token cross-entropy of `windows` at each rate (the model is left in eval mode, LoRA on). Under
-    torch.distributed every rank scores its share and the sums are all-reduced."""
+             precision: str = "fp32", loss_chunk: int = LOSS_CHUNK) -> dict[str, float]:
+    """Mean next-token cross-entropy of `windows` at each rate (the model is left in eval mode, LoRA on), the head
+    and the loss on `loss_chunk` tokens at a time (0: a batch at once). Under torch.distributed every rank scores
+    its share and the sums are all-reduced."""
     torch = require_torch()
     import torch.nn.functional as F
 
@@ -289,9 +306,15 @@ def evaluate(model: Any, windows: np.ndarray, rates: Any, *, batch: int = 8, dev
             tot = torch.zeros(2, dtype=torch.float64, device=dev)
             for b in range(0, mine.shape[0], batch):
                 ids = torch.from_numpy(mine[b:b + batch]).to(dev)
+                tgt = ids[:, 1:].reshape(-1)
+                pieces = 0 < loss_chunk < tgt.numel()
                 with _autocast(torch, dev, precision):
-                    lg = model(ids[:, :-1])
-                ce = F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+                    y = model(ids[:, :-1], hidden=pieces)   # hidden states (pieces) or logits
+                if pieces:
+                    ce = sum(F.cross_entropy(_head(torch, model, h, dev, precision), t, reduction="sum")
+                             for h, t in zip(y.reshape(tgt.numel(), -1).split(loss_chunk), tgt.split(loss_chunk)))
+                else:
+                    ce = F.cross_entropy(_wide(y).reshape(-1, y.shape[-1]), tgt, reduction="sum")
                 tot += torch.stack((ce.double(), torch.tensor(float(ids[:, 1:].numel()), dtype=torch.float64,
                                                               device=dev)))
             if world > 1:
@@ -353,6 +376,79 @@ def _save_ckpt(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _wide(x: Any) -> Any:
+    """Logits for the loss: float32 (from bf16 under autocast, or float32), float64 kept (a float64 model)."""
+    return x if x.dtype == require_torch().float64 else x.float()
+
+
+def _head(torch: Any, model: Any, h: Any, dev: Any, precision: str) -> Any:
+    """The loss's logits of hidden states h (the head under the step's autocast, as a full forward computes it)."""
+    with _autocast(torch, dev, precision):
+        return _wide(model.head(h))
+
+
+def step_loss(model: Any, ids: Any, opts: FinetuneOptions, rate: float, *, net: Any = None,
+              precision: str = "fp32") -> tuple[Any, Any, Any]:
+    """(loss, cross-entropy, KL or None) of one training step on windows `ids` (B, T) at `rate`: the student (the
+    model with its patches, through `net`, e.g. its DDP wrapper) predicts tokens 1..T-1; ce is their mean
+    cross-entropy, kd the mean over tokens of KL(teacher || student), the teacher being the model at rate 0
+    without patches (``opts.loss`` kd or mix). With more than ``opts.loss_chunk`` tokens the head and the loss
+    run on pieces of that many tokens, each under torch.utils.checkpoint: the sums over the pieces divided by the
+    token count are the same loss with the same gradients, but only one piece's logits exist at a time."""
+    torch = require_torch()
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    net = model if net is None else net
+    dev = ids.device
+    inp, tgt = ids[:, :-1], ids[:, 1:].reshape(-1)
+    n = tgt.numel()
+    chunk = opts.loss_chunk if 0 < opts.loss_chunk < n else 0
+    with _autocast(torch, dev, precision):
+        teacher = None
+        if opts.loss != "ce":
+            with torch.no_grad():
+                model.lora_enabled = False
+                model.set_rate(0.0)
+                teacher = model(inp, hidden=bool(chunk))
+                model.lora_enabled = True
+        model.set_rate(rate)
+        out = net(inp, hidden=bool(chunk))
+    if not chunk:
+        lf = _wide(out).reshape(n, -1)
+        ce = F.cross_entropy(lf, tgt)
+        if teacher is None:
+            return ce, ce, None
+        # 'batchmean' of the (tokens, vocab) input: the KL summed over the vocabulary, averaged over the tokens
+        kd = F.kl_div(F.log_softmax(lf, -1), F.log_softmax(_wide(teacher).reshape(n, -1), -1),
+                      log_target=True, reduction="batchmean")
+    else:
+        ce_grad = opts.loss != "kd"   # under kd alone the cross-entropy is only logged
+
+        def piece(h: Any, t: Any, th: Any = None) -> Any:
+            """(ce sum[, KL sum]) of one piece: its logits are made here, and again in the backward pass."""
+            lf = _head(torch, model, h, dev, precision)
+            ce_s = F.cross_entropy(lf if ce_grad else lf.detach(), t, reduction="sum")
+            if th is None:
+                return ce_s[None]
+            kd_s = F.kl_div(F.log_softmax(lf, -1), F.log_softmax(_head(torch, model, th, dev, precision), -1),
+                            log_target=True, reduction="sum")
+            return torch.stack((ce_s, kd_s))
+
+        # split (not slicing): its backward writes the pieces' gradients into one (tokens, hidden) tensor at once
+        parts = [out.reshape(n, -1).split(chunk), tgt.split(chunk)]
+        if teacher is not None:
+            parts.append(teacher.reshape(n, -1).split(chunk))
+        sums = torch.stack([checkpoint(piece, *a, use_reentrant=False, preserve_rng_state=False)
+                            for a in zip(*parts)]).sum(0) / n
+        ce = sums[0]
+        if teacher is None:
+            return ce, ce, None
+        kd = sums[1]
+    loss = kd if opts.loss == "kd" else (1.0 - opts.kd_weight) * ce + opts.kd_weight * kd
+    return loss, ce, kd
+
+
 def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_windows: np.ndarray | None = None,
           device: Any = None, precision: str = "auto", progress: bool = False, log_jsonl: Any = None,
           checkpoint_dir: Any = None, resume: bool = False, time_limit: float | None = None,
@@ -364,7 +460,6 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
     checkpoint in `checkpoint_dir` to resume from). Under torch.distributed (torchrun) the
     model is wrapped in DistributedDataParallel and ``opts.batch`` is split over the ranks."""
     torch = require_torch()
-    import torch.nn.functional as F
 
     params = model.lora_parameters()
     if not params:
@@ -399,7 +494,7 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
         if ckdir is None or not (ckdir / "last.pt").is_file():
             raise InvalidArgumentError(f"resume needs a checkpoint: {ckdir}/last.pt does not exist")
         ck = torch.load(ckdir / "last.pt", map_location="cpu", weights_only=True)
-        if ck.get("opts") != asdict(opts):
+        if _same_run(ck.get("opts")) != _same_run(asdict(opts)):
             raise InvalidArgumentError(f"{ckdir}/last.pt was written with other options: {ck.get('opts')}")
         model.load_lora_state({k: v.numpy() for k, v in ck["lora"].items()})
         opt.load_state_dict(ck["optimizer"])
@@ -434,7 +529,8 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
     def run_eval(step: int) -> None:
         if eval_windows is None or len(eval_windows) == 0:
             return
-        per = evaluate(model, eval_windows, eval_rates, batch=max(1, local), device=dev, precision=prec)
+        per = evaluate(model, eval_windows, eval_rates, batch=max(1, local), device=dev, precision=prec,
+                       loss_chunk=opts.loss_chunk)
         mean = float(np.mean(list(per.values())))
         improved = mean < best["loss"]
         if improved:
@@ -494,27 +590,9 @@ def train(model: Any, windows: np.ndarray, opts: FinetuneOptions, *, eval_window
         rate = float(rates[sampler.rng.choice(len(rates), p=probs)])
         idx = sampler.batch(opts.batch)[rank * local:(rank + 1) * local]
         ids = torch.from_numpy(windows[idx]).to(dev, non_blocking=True)
-        inp, tgt = ids[:, :-1], ids[:, 1:].reshape(-1)
         for g in opt.param_groups:
             g["lr"] = opts.lr * lr_factor(step, opts.steps, opts.warmup)
-        with _autocast(torch, dev, prec):
-            teacher = None
-            if opts.loss != "ce":
-                with torch.no_grad():
-                    model.lora_enabled = False
-                    model.set_rate(0.0)
-                    teacher = model(inp).float()
-                    model.lora_enabled = True
-            model.set_rate(rate)
-            logits = net(inp)
-        lf = logits.float().reshape(-1, logits.shape[-1])
-        ce = F.cross_entropy(lf, tgt)
-        if teacher is None:
-            loss, kd = ce, None
-        else:
-            kd = F.kl_div(F.log_softmax(lf, -1), F.log_softmax(teacher.reshape(-1, lf.shape[-1]), -1),
-                          log_target=True, reduction="batchmean")
-            loss = kd if opts.loss == "kd" else (1.0 - opts.kd_weight) * ce + opts.kd_weight * kd
+        loss, ce, kd = step_loss(model, ids, opts, rate, net=net, precision=prec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -670,7 +748,8 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
              lr: float = 1e-4, warmup: int | None = None, rank: int = 8, alpha: float = 16.0,
              dropout: float = 0.05, seq_len: int = 256, batch: int = 4, calibration: Any = None, seed: int = 0,
              rate_step: float = 0.05, loss: str = "ce", kd_weight: float = 0.5, eval_windows: int | None = None,
-             eval_every: int = 0, generate: int = 0, device: Any = "auto", precision: str = "auto",
+             eval_every: int = 0, generate: int = 0, loss_chunk: int = LOSS_CHUNK, device: Any = "auto",
+             precision: str = "auto",
              checkpoint_dir: Any = None, resume: bool = False, time_limit: float | None = None,
              log_jsonl: Any = None, save_lora_to: Any = None, overwrite: bool = False,
              progress: bool = True) -> Path | None:
@@ -680,13 +759,15 @@ def finetune(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
 
     ``calibration``: the training text (as for :func:`uniql.compress`: a text, a file, texts or token ids; default
     the C4 sample). ``warmup`` defaults to 100 steps, at most a tenth of the steps. ``eval_windows`` held-out
-    windows (default 5%, at most 64); ``generate`` teacher-sampled windows added to the training text. An int4
+    windows (default 5%, at most 64); ``generate`` teacher-sampled windows added to the training text;
+    ``loss_chunk`` tokens per piece of the head and the loss (memory only: see :func:`step_loss`). An int4
     artifact, missing torch or a bad argument raise a :class:`uniql.UniqlError` subclass before anything is
     written. GPTQ int4 afterwards: :func:`uniql.quantize_artifact`. Under torchrun only rank 0 writes.
     """
     opts = FinetuneOptions(steps=steps, lr=lr, warmup=min(100, max(1, steps // 10)) if warmup is None else warmup,
                            rank=rank, alpha=alpha, dropout=dropout, seq_len=seq_len, batch=batch, seed=seed,
-                           rate_step=rate_step, loss=loss, kd_weight=kd_weight, eval_every=eval_every)
+                           rate_step=rate_step, loss=loss, kd_weight=kd_weight, eval_every=eval_every,
+                           loss_chunk=loss_chunk)
     _pos_int("generate", generate, 0)
     if time_limit is not None:
         _pos_float("time_limit", time_limit)
@@ -784,6 +865,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-windows", type=int, default=None, metavar="N", help="held-out windows (5%%, <= 64)")
     p.add_argument("--eval-every", type=int, default=0, metavar="K", help="evaluate every K steps (10%% of steps)")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="add N teacher-generated windows (0)")
+    p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, metavar="N",
+                   help=f"head and loss on N tokens at a time, recomputed in backward (less memory, same loss; "
+                        f"0: all at once) ({LOSS_CHUNK})")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 on a GPU, fp32 on a CPU")
     p.add_argument("--checkpoint-dir", type=Path, default=None, metavar="D", help="checkpoints (last.pt, best.pt)")
@@ -823,6 +907,7 @@ def run_from_args(args: argparse.Namespace) -> Path | None:
                     alpha=args.alpha, dropout=args.dropout, seq_len=args.seq_len, batch=args.batch,
                     calibration=calib, seed=args.seed, loss=args.loss, kd_weight=args.kd_weight,
                     eval_windows=args.eval_windows, eval_every=args.eval_every, generate=args.generate,
+                    loss_chunk=args.loss_chunk,
                     device=args.device, precision=args.precision, checkpoint_dir=args.checkpoint_dir,
                     resume=args.resume, time_limit=args.time_limit, log_jsonl=args.log_jsonl,
                     save_lora_to=args.save_lora, overwrite=args.overwrite, progress=sys.stderr.isatty())

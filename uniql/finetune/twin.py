@@ -556,8 +556,11 @@ class TwinModel(nn.Module):
         self.rate = None
 
     # --------------------------------------------------------------------------------- forward ----
-    def forward(self, ids: torch.Tensor, cache: list[Any] | None = None, start: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab) of ids (B, T) at positions start..start+T-1. ``cache``: a list (empty at first,
+    def forward(self, ids: torch.Tensor, cache: list[Any] | None = None, start: int = 0,
+                hidden: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) of ids (B, T) at positions start..start+T-1 (``hidden=True``: the head's input
+        (B, T, hidden), after the final norm and mix, so that ``head(h)`` of any slice of it gives those tokens'
+        logits: the loss in chunks of tokens, no (tokens x vocab) tensor at once). ``cache``: a list (empty at first,
         then one state dict per layer: K/V, conv and SSM states) for incremental decoding at fixed keeps; with
         ``start > 0`` it must hold the states after the first ``start`` positions, and T must be 1 unless every
         mixer is attention (then T new positions attend to the cached prefix and causally to each other). A cache
@@ -587,6 +590,11 @@ class TwinModel(nn.Module):
         x = _rms(x, self.final_norm, self.eps)
         if self.final_mix is not None:   # the head reads the final-norm output times the final mix^T
             x = F.linear(x, self.final_mix.to(x.dtype))
+        return x if hidden else self.head(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of hidden states ``forward(..., hidden=True)`` (any leading shape): the LM head (the tied
+        embedding or lm_head)."""
         return F.linear(x, self.embed if self.lm_head is None else self.lm_head)
 
     # ------------------------------------------------------------------------------------ LoRA ----
