@@ -108,10 +108,14 @@ static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16,
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
     if (uq_k_attn_cold_rows) {
         const int64_t es = f16 ? 2 : 4;
+        const char *Vp = uq_k_attn_pf_v;
         for (int k = 0; k < KN; k++)
-            if (s0 + UQ_K_ATTN_PF512 + k < n)
-                for (int64_t b = 0; b < r * es; b += 64)
-                    _mm_prefetch((const char *)K + (s0 + UQ_K_ATTN_PF512 + k) * rc * es + b, _MM_HINT_T0);
+            if (s0 + UQ_K_ATTN_PF512 + k < n) {
+                const int64_t o = (s0 + UQ_K_ATTN_PF512 + k) * rc * es;
+                for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch((const char *)K + o + b, _MM_HINT_T0);
+                if (Vp)
+                    for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch(Vp + o + b, _MM_HINT_T0);
+            }
     }
     #pragma GCC unroll 16
     for (int k = 0; k < NS; k++) a[k] = _mm512_setzero_ps();
@@ -187,7 +191,8 @@ static UQ_T512I void accum_heads_avx512(const float *p, int64_t ldp, const void 
         for (int j = 0; j < HN; j++)
             #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) y[j][c] = _mm512_setzero_ps();
-        const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows ? UQ_K_ATTN_PF512 : n;
+        /* decode: V rows ahead, unless the scores helper prefetched them (uq_k_attn_pf_v) */
+        const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows && !uq_k_attn_pf_v ? UQ_K_ATTN_PF512 : n;
         for (int64_t s = 0; s < n; s++) {
             if (s + pfd < n)
                 for (int64_t b = 0; b < w * es; b += 64)
@@ -981,12 +986,13 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const
  * prefetch plan (uq_k_r16_pf): chunk c + UQ_R16_PF512_CHUNKS of the kept chunks in reading order while the tile reads
  * chunk c (a pruned weight's skipped chunks are not fetched), and past its last chunk the first ones of the next
  * blocks wn[0..NB) (the next tile of this call or the blocks the thread streams next; NULL: none), so one tile's end
- * and the next one's start stream without a cold start. co NULL (no plan): UQ_R16_PF512_CHUNKS chunks ahead in the
- * block's own bytes. */
+ * and the next one's start stream without a cold start; when the prefetch moves into wn, the lines of their scales
+ * sn[0..NB) the groups read (sn NULL: not given). co NULL (no plan): UQ_R16_PF512_CHUNKS chunks ahead in the block's
+ * own bytes. */
 static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq,
                                         const float *xs, const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
                                         float *out, const int64_t *co, int64_t nct, const uint8_t *const *wn,
-                                        const int NB) {
+                                        const uint16_t *const *sn, const int NB) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     float tot[8 * 16];
 #pragma GCC unroll 8
@@ -1003,6 +1009,8 @@ static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t
         next = 1;
 #pragma GCC unroll 8
         for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+        if (pf && sn)
+            for (int i = 0; i < NB; i++) uq_k_r16_prefetch_scales(sn[i], g, ng);
     }
     for (int64_t k = 0; k < ng; k++) {
         __m512i a[8];
@@ -1019,9 +1027,12 @@ static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t
                     cp = 0;
                     pf = !next && wn;
                     next = 1;
-                    if (pf)
+                    if (pf) {
 #pragma GCC unroll 8
                         for (int i = 0; i < NB; i++) pp[i] = wn[i];
+                        if (sn)
+                            for (int i = 0; i < NB; i++) uq_k_r16_prefetch_scales(sn[i], g, ng);
+                    }
                 }
             } else if (!co) {
 #pragma GCC unroll 8
@@ -1173,20 +1184,24 @@ UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *cons
         for (int i0 = 0; i0 < nb;) {
             const int NB = r16_nb(nb - i0, 8);
             const uint8_t *w[8], *wn[8], *const *next = pf ? pf->wn : NULL;
-            const uint16_t *s[8];
+            const uint16_t *s[8], *sx[8], *const *nexts = pf ? pf->sn : NULL;
             for (int i = 0; i < NB; i++) {
                 w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
                 s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
             }
             if (i0 + NB < nb) { /* the next tile of this call */
-                for (int i = 0; i < 8; i++) wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+                for (int i = 0; i < 8; i++) {
+                    wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+                    sx[i] = sb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+                }
                 next = wn;
+                nexts = sx;
             }
             switch (NB) {
-            case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 8); break;
-            case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 4); break;
-            case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 2); break;
-            default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 1); break;
+            case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 8); break;
+            case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 4); break;
+            case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 2); break;
+            default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 1); break;
             }
             i0 += NB;
         }
@@ -1217,10 +1232,10 @@ UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *cons
             const int32_t *sm = xsum + t0 * ldg;
             float *o = out + t0 * ldo + 16 * i0;
             switch (nt * 10 + NB) {
-            case 18: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 8); break;
-            case 14: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 4); break;
-            case 12: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 2); break;
-            case 11: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 1); break;
+            case 18: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 8); break;
+            case 14: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 4); break;
+            case 12: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 2); break;
+            case 11: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 1); break;
             case 22: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 2); break;
             case 21: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 2); break;
             case 42: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 4); break;

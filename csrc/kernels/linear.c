@@ -403,16 +403,20 @@ static void r16_task(void *arg, int64_t gtask, int worker) {
     int wi;
     int64_t j0;
     const uint8_t *wb[UQ_K_R16_NB], *wn[UQ_K_R16_NB];
-    const uint16_t *sb[UQ_K_R16_NB];
+    const uint16_t *sb[UQ_K_R16_NB], *sn[UQ_K_R16_NB];
     const int64_t nb = r16_task_blocks(j, gtask, wb, sb, &wi, &j0);
     const r16_weight *W = &j->w[wi];
-    /* decode: the kernel prefetches from the end of these blocks into the first ones of the task this thread will
-     * probably run next (tasks are claimed in order, about one in pf_step per thread) */
-    uq_k_r16_pf pf = {.co = j->co, .nct = j->nct, .wn = NULL};
+    /* decode: the kernel prefetches from the end of these blocks into the first ones (and their scales) of the task
+     * this thread will probably run next (tasks are claimed in order, about one in pf_step per thread) */
+    uq_k_r16_pf pf = {.co = j->co, .nct = j->nct, .wn = NULL, .sn = NULL};
     if (j->co && gtask + j->pf_step < j->ntask) {
-        const int64_t nn = r16_task_blocks(j, gtask + j->pf_step, wn, NULL, NULL, NULL);
-        for (int64_t i = nn; i < UQ_K_R16_NB; i++) wn[i] = wn[nn - 1];
+        const int64_t nn = r16_task_blocks(j, gtask + j->pf_step, wn, sn, NULL, NULL);
+        for (int64_t i = nn; i < UQ_K_R16_NB; i++) {
+            wn[i] = wn[nn - 1];
+            sn[i] = sn[nn - 1];
+        }
         pf.wn = wn;
+        pf.sn = sn;
     }
     float *out = j->scratch + (size_t)worker * (size_t)(j->TB * j->ldo);
     for (int64_t t0 = 0; t0 < j->T; t0 += j->TB) {

@@ -77,6 +77,7 @@ float uq_k_softmax_inplace(float *sc, int64_t n) {
 }
 
 _Thread_local int uq_k_attn_cold_rows = 0;
+_Thread_local const void *uq_k_attn_pf_v = NULL;
 
 /* One uq_k_attention / uq_k_attention_f16 call, shared by its pool tasks (one task per work item). */
 typedef struct {
@@ -122,10 +123,14 @@ static void attn_task(void *arg, int64_t i, int worker) {
     float *oh = a->out + (t * n_heads + h0) * r;
     const int helpers = a->f16 ? P->attn_scores_f16 && P->attn_accum_f16 : P->attn_scores && P->attn_accum;
     uq_k_attn_cold_rows = a->cold; /* this worker thread's helpers read it (another model's call sets its own) */
+    uq_k_attn_pf_v = NULL;
     float inv[64];
     if (helpers && !a->split) { /* the path's helpers, up to UQ_K_ATTN_HEADS heads per pass over K / V */
         for (int64_t j0 = 0; j0 < g; j0 += UQ_K_ATTN_HEADS) {
             const int64_t nq = g - j0 < UQ_K_ATTN_HEADS ? g - j0 : UQ_K_ATTN_HEADS;
+            /* decode: the first scores pass over K also prefetches V for the accumulations (later passes find it in
+             * cache) */
+            uq_k_attn_pf_v = a->cold && j0 == 0 ? V : NULL;
             if (a->f16)
                 P->attn_scores_f16(qh + j0 * r, nq, K, rc, n, r, scale, sc, max_seq);
             else
