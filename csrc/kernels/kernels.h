@@ -230,6 +230,9 @@ typedef struct {
     void (*r16_q8)(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                    float *out, int64_t ldo, const struct uq_k_r16_pf *pf);
+    /* row blocks a decode call of r16_q8 (with a plan) streams at once, one tile (0: 4); the driver hands each decode
+     * task that many blocks, each a stream that the next task continues (see linear_r16) */
+    int r16_decode_nb;
     /* optional attention helpers for nq (1..UQ_K_ATTN_HEADS) query heads that read the same K / V rows (one GQA group:
      * each row loaded, and converted, once for all of them), same results per head as the loops over dot / axpy they
      * replace: sc[j * ldsc + s] = dot(q + j * r, K + s * rc, r) * scale for s < n; out[j * r + i] (i < r) = sum over

@@ -1144,6 +1144,7 @@ const uq_kpath uq_kpath_avx2 = {
     .q8_gemm_work = NULL,
     .r16_f32 = r16_f32_avx2,
     .r16_q8 = r16_q8_avx2,
+    .r16_decode_nb = 2,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx2,
     .attn_accum = attn_accum_f32_avx2,

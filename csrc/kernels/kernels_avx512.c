@@ -1270,6 +1270,7 @@ const uq_kpath uq_kpath_avx512 = {
     .q8_gemm_work = q8_gemm_work,
     .r16_f32 = r16_f32_avx512,
     .r16_q8 = r16_q8_avx512,
+    .r16_decode_nb = 4,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx512,
     .attn_accum = attn_accum_f32_avx512,
