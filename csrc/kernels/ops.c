@@ -123,14 +123,14 @@ static void attn_task(void *arg, int64_t i, int worker) {
     float *oh = a->out + (t * n_heads + h0) * r;
     const int helpers = a->f16 ? P->attn_scores_f16 && P->attn_accum_f16 : P->attn_scores && P->attn_accum;
     uq_k_attn_cold_rows = a->cold; /* this worker thread's helpers read it (another model's call sets its own) */
-    uq_k_attn_pf_v = NULL;
+    if (a->cold) uq_k_attn_pf_v = NULL; /* read only in decode calls */
     float inv[64];
     if (helpers && !a->split) { /* the path's helpers, up to UQ_K_ATTN_HEADS heads per pass over K / V */
         for (int64_t j0 = 0; j0 < g; j0 += UQ_K_ATTN_HEADS) {
             const int64_t nq = g - j0 < UQ_K_ATTN_HEADS ? g - j0 : UQ_K_ATTN_HEADS;
             /* decode: the first scores pass over K also prefetches V for the accumulations (later passes find it in
              * cache) */
-            uq_k_attn_pf_v = a->cold && j0 == 0 ? V : NULL;
+            if (a->cold) uq_k_attn_pf_v = j0 == 0 ? V : NULL;
             if (a->f16)
                 P->attn_scores_f16(qh + j0 * r, nq, K, rc, n, r, scale, sc, max_seq);
             else
