@@ -174,9 +174,9 @@ static inline void uq_k_r16_prefetch_scales(const uint16_t *s, const uq_k_chunk 
  * never depend on it. */
 extern _Thread_local int uq_k_attn_cold_rows;
 /* In a decode call (uq_k_attn_cold_rows), the V rows (same layout as K) of the keys the next scores helper call reads,
- * NULL for none: that helper prefetches them along with the K rows, and the accumulation helper that follows finds
- * them in cache and prefetches none (without it, the accumulation's own V prefetch ran too close ahead of its fast
- * loop: 8B-shaped stack, 1 thread, in-process A/B, attention 145 -> ~115 us per layer at 528 positions). Set by the
+ * NULL for none: that helper prefetches them along with the K rows, so the accumulation helper that follows finds
+ * them in cache (its own V prefetch alone ran too close ahead of its fast loop: 8B-shaped stack, 1 thread, in-process
+ * A/B, attention 145 -> ~115 us per layer at 528 positions). Set by the
  * decode tasks (read only while uq_k_attn_cold_rows); a hint: the results never depend on it. */
 extern _Thread_local const void *uq_k_attn_pf_v;
 #define UQ_K_ATTN_HEADS 4 /* most query heads per attention helper call */

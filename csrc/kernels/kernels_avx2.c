@@ -166,7 +166,7 @@ static UQ_T2I void accum_pass_avx2(const float *p, int64_t ldp, const void *V, i
     for (int j = 0; j < HN; j++)
         #pragma GCC unroll 3
         for (int v = 0; v < NV; v++) y[j][v] = _mm256_setzero_ps();
-    const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows && !uq_k_attn_pf_v ? UQ_K_ATTN_PF2 : n;
+    const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows ? UQ_K_ATTN_PF2 : n;
     for (int64_t s = 0; s < n; s++) {
         if (s + pfd < n)
             for (int64_t b = 0; b < 8 * NV * es; b += 64)

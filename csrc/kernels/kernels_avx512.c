@@ -99,16 +99,16 @@ static UQ_T512I __m512 load16k(const void *K, int f16, int64_t off, __mmask16 m)
  * loaded and converted once for the HN heads. Per (head, key) the FMA chain of dot_f32_avx512 and, through
  * reduce16x8_avx512 over each 8 slots, its uq_k_reduce16 tree: bit-identical to dot_f32_avx512 * scale. */
 static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
-                                         float scale, int64_t s0, float *sc, int64_t ldsc, const int HN) {
+                                         float scale, int64_t s0, float *sc, int64_t ldsc, const int HN, const int cold,
+                                         const char *Vp) {
     const int KN = HN == 1 ? 8 : 4, NS = HN * KN > 8 ? 16 : 8; /* NS: slots, whole reduce16x8 groups */
     const __mmask16 mt = tail16(r % 16);
     __m512 a[16];
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
-    if (uq_k_attn_cold_rows) {
+    if (cold) { /* decode: K rows ahead, and V's (Vp: uq_k_attn_pf_v) */
         const int64_t es = f16 ? 2 : 4;
-        const char *Vp = uq_k_attn_pf_v;
         for (int k = 0; k < KN; k++)
             if (s0 + UQ_K_ATTN_PF512 + k < n) {
                 const int64_t o = (s0 + UQ_K_ATTN_PF512 + k) * rc * es;
@@ -153,16 +153,26 @@ static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16,
 
 /* sc[j * ldsc + s] = dot_f32_avx512(q + j * r, K + s * rc, r) * scale for nq <= 4 heads; K fp32 or fp16 (the same FMA
  * sequence on the converted rows). */
-static UQ_T512I void attn_scores_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc, int64_t n,
-                                        int64_t r, float scale, float *sc, int64_t ldsc) {
+static UQ_T512I void attn_scores_blocks_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc,
+                                               int64_t n, int64_t r, float scale, float *sc, int64_t ldsc,
+                                               const int cold, const char *Vp) {
     for (int64_t s0 = 0; s0 < n;) {
         switch (nq) {
-        case 1: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 1); s0 += 8; break;
-        case 2: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 2); s0 += 4; break;
-        case 3: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 3); s0 += 4; break;
-        default: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 4); s0 += 4; break;
+        case 1: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 1, cold, Vp); s0 += 8; break;
+        case 2: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 2, cold, Vp); s0 += 4; break;
+        case 3: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 3, cold, Vp); s0 += 4; break;
+        default: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 4, cold, Vp); s0 += 4; break;
         }
     }
+}
+
+/* decode (uq_k_attn_cold_rows) and prefill run separate copies of the loop: prefill's carries no prefetch code */
+static UQ_T512I void attn_scores_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc, int64_t n,
+                                        int64_t r, float scale, float *sc, int64_t ldsc) {
+    if (uq_k_attn_cold_rows)
+        attn_scores_blocks_avx512(q, nq, K, f16, rc, n, r, scale, sc, ldsc, 1, uq_k_attn_pf_v);
+    else
+        attn_scores_blocks_avx512(q, nq, K, f16, rc, n, r, scale, sc, ldsc, 0, NULL);
 }
 
 UQ_T512 static void attn_scores_f32_avx512(const float *q, int64_t nq, const float *K, int64_t rc, int64_t n,
@@ -191,8 +201,7 @@ static UQ_T512I void accum_heads_avx512(const float *p, int64_t ldp, const void 
         for (int j = 0; j < HN; j++)
             #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) y[j][c] = _mm512_setzero_ps();
-        /* decode: V rows ahead, unless the scores helper prefetched them (uq_k_attn_pf_v) */
-        const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows && !uq_k_attn_pf_v ? UQ_K_ATTN_PF512 : n;
+        const int64_t es = f16 ? 2 : 4, pfd = uq_k_attn_cold_rows ? UQ_K_ATTN_PF512 : n;
         for (int64_t s = 0; s < n; s++) {
             if (s + pfd < n)
                 for (int64_t b = 0; b < w * es; b += 64)
@@ -1176,35 +1185,44 @@ UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8
     for (int64_t t = 0; t < T; t++) memcpy(out + t * ldo, tot + t * 32, 32 * sizeof(float));
 }
 
+/* Decode (T == 1): tiles of up to 8 blocks, each prefetching into the next. A function of its own, not inlined into
+ * r16_q8_avx512, so that its prefetch code leaves the prefill paths' code as it was. */
+UQ_T512 __attribute__((noinline)) static void r16_q8_decode_avx512(const uint8_t *const *wb, const uint16_t *const *sb,
+                                                                   int nb, const int8_t *xq, const float *xs,
+                                                                   const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
+                                                                   float *out, const uq_k_r16_pf *pf) {
+    const int64_t *co = pf ? pf->co : NULL, nct = pf && pf->co ? pf->nct : 0;
+    for (int i0 = 0; i0 < nb;) {
+        const int NB = r16_nb(nb - i0, 8);
+        const uint8_t *w[8], *wn[8], *const *next = pf ? pf->wn : NULL;
+        const uint16_t *s[8], *sx[8], *const *nexts = pf ? pf->sn : NULL;
+        for (int i = 0; i < NB; i++) {
+            w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
+            s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
+        }
+        if (i0 + NB < nb) { /* the next tile of this call */
+            for (int i = 0; i < 8; i++) {
+                wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+                sx[i] = sb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+            }
+            next = wn;
+            nexts = sx;
+        }
+        switch (NB) {
+        case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 8); break;
+        case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 4); break;
+        case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 2); break;
+        default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 1); break;
+        }
+        i0 += NB;
+    }
+}
+
 UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                            int64_t ng, float *out, int64_t ldo, const uq_k_r16_pf *pf) {
-    if (T == 1) { /* decode: tiles of up to 8 blocks, each prefetching into the next */
-        const int64_t *co = pf ? pf->co : NULL, nct = pf && pf->co ? pf->nct : 0;
-        for (int i0 = 0; i0 < nb;) {
-            const int NB = r16_nb(nb - i0, 8);
-            const uint8_t *w[8], *wn[8], *const *next = pf ? pf->wn : NULL;
-            const uint16_t *s[8], *sx[8], *const *nexts = pf ? pf->sn : NULL;
-            for (int i = 0; i < NB; i++) {
-                w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
-                s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
-            }
-            if (i0 + NB < nb) { /* the next tile of this call */
-                for (int i = 0; i < 8; i++) {
-                    wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
-                    sx[i] = sb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
-                }
-                next = wn;
-                nexts = sx;
-            }
-            switch (NB) {
-            case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 8); break;
-            case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 4); break;
-            case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 2); break;
-            default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 1); break;
-            }
-            i0 += NB;
-        }
+    if (T == 1) {
+        r16_q8_decode_avx512(wb, sb, nb, xq, xs, xsum, g, ng, out, pf);
         return;
     }
     int panel = T >= 8 && T <= 64;
