@@ -109,7 +109,8 @@ static void probabilities(const attn_job *a, float *sc, int64_t n) {
     for (int64_t s = 0; s < n; s++) sc[s] *= inv;
 }
 
-static void attn_task(void *arg, int64_t i, int worker) {
+/* on a 64-byte line, as the attention helpers (kernels_avx512.c): code placement alone moved a prefill by ~2% */
+__attribute__((aligned(64))) static void attn_task(void *arg, int64_t i, int worker) {
     const attn_job *a = arg;
     const uq_kpath *P = a->P;
     const int64_t g = a->g, n_heads = a->n_heads, r = a->r, r_rot = a->r_rot, rc = a->rc;
