@@ -1190,7 +1190,7 @@ UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8
 
 /* Decode (T == 1): tiles of up to 8 blocks, each prefetching into the next. A function of its own, not inlined into
  * r16_q8_avx512, so that its prefetch code leaves the prefill paths' code as it was. */
-static UQ_T512I void r16_q8_decode_avx512(const uint8_t *const *wb, const uint16_t *const *sb,
+UQ_T512 __attribute__((noinline)) static void r16_q8_decode_avx512(const uint8_t *const *wb, const uint16_t *const *sb,
                                                                    int nb, const int8_t *xq, const float *xs,
                                                                    const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
                                                                    float *out, const uq_k_r16_pf *pf) {
