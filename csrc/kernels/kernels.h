@@ -144,18 +144,41 @@ void uq_k_q8_quant(const float *x, const uq_k_chunk *ch, int64_t nch, int cw, in
 /* Decode prefetch plan of an R16 int8 kernel call (uq_kpath.r16_q8 at T == 1): co[c] (c < nct) = the byte offset inside
  * a row block of the c-th chunk the kernel reads (the groups in order, each group's kept chunks in order: the same for
  * every block of the call), and wn = UQ_K_R16_NB row blocks the calling thread will probably stream next (the first
- * blocks of its next task, the last one repeated to fill; NULL: none), so a kernel can prefetch a fixed number of
- * chunks ahead along what it will actually read, across the end of its blocks into the next ones. */
+ * blocks of its next task, the last one repeated to fill; NULL: none) with their scales sn (NULL: not given), so a
+ * kernel can prefetch a fixed number of chunks ahead along what it will actually read, across the end of its blocks
+ * into the next ones, and the next blocks' scales before it reaches them. */
 typedef struct uq_k_r16_pf {
     const int64_t *co;
     int64_t nct;
     const uint8_t *const *wn;
+    const uint16_t *const *sn;
 } uq_k_r16_pf;
+
+/* Prefetches the cache lines of one R16 block's float16 scales s that the groups g[0..ng) read (16 values at scol * 16
+ * each), each line once. The decode kernels call it for the next blocks when their chunk prefetch moves into them: the
+ * scales are a second stream (1/16 of the codes' bytes, 32 bytes a group at each group's end) that the hardware
+ * prefetchers left cold at every new block (8B-shaped stack, 1 thread, in-process A/B: 1.02-1.03x faster decode). */
+static inline void uq_k_r16_prefetch_scales(const uint16_t *s, const uq_k_chunk *g, int64_t ng) {
+    uintptr_t last = 0;
+    for (int64_t k = 0; k < ng; k++) {
+        const uint16_t *p = s + g[k].scol * 16;
+        if ((uintptr_t)p >> 6 != last) {
+            __builtin_prefetch(p, 0, 3);
+            last = (uintptr_t)p >> 6;
+        }
+    }
+}
 /* 1 while this thread runs a task of a one-token (decode) attention call, whose K / V rows come from memory: the
  * helpers may then prefetch rows ahead (prefill re-reads rows already in cache, where the prefetches only cost). Set
  * per task from the call's job, so concurrent calls of different models do not see each other's; a hint: the results
  * never depend on it. */
 extern _Thread_local int uq_k_attn_cold_rows;
+/* In a decode call (uq_k_attn_cold_rows), the V rows (same layout as K) of the keys the next scores helper call reads,
+ * NULL for none: that helper prefetches them along with the K rows, so the accumulation helper that follows finds
+ * them in cache (its own V prefetch alone ran too close ahead of its fast loop: 8B-shaped stack, 1 thread, in-process
+ * A/B, attention 145 -> ~115 us per layer at 528 positions). Set by the
+ * decode tasks (read only while uq_k_attn_cold_rows); a hint: the results never depend on it. */
+extern _Thread_local const void *uq_k_attn_pf_v;
 #define UQ_K_ATTN_HEADS 4 /* most query heads per attention helper call */
 _Static_assert(UQ_K_ATTN_HEADS == 4, "the avx2 / avx512 attention helpers' register tiles take 1 to 4 query heads");
 typedef struct {
@@ -207,6 +230,9 @@ typedef struct {
     void (*r16_q8)(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                    const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g, int64_t ng,
                    float *out, int64_t ldo, const struct uq_k_r16_pf *pf);
+    /* row blocks a decode call of r16_q8 (with a plan) streams at once, one tile (0: 4); the driver hands each decode
+     * task that many blocks, each a stream that the next task continues (see linear_r16) */
+    int r16_decode_nb;
     /* optional attention helpers for nq (1..UQ_K_ATTN_HEADS) query heads that read the same K / V rows (one GQA group:
      * each row loaded, and converted, once for all of them), same results per head as the loops over dot / axpy they
      * replace: sc[j * ldsc + s] = dot(q + j * r, K + s * rc, r) * scale for s < n; out[j * r + i] (i < r) = sum over

@@ -97,12 +97,17 @@ static UQ_T2I void scores_block_avx2(const float *q, const void *K, int f16, int
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
-    if (uq_k_attn_cold_rows) { /* decode: the rows UQ_K_ATTN_PF2 keys ahead, as the AVX-512 helpers do */
+    if (uq_k_attn_cold_rows) { /* decode: the rows UQ_K_ATTN_PF2 keys ahead (and V's: uq_k_attn_pf_v), as the AVX-512
+                                * helpers do */
         const int64_t es = f16 ? 2 : 4;
+        const char *Vp = uq_k_attn_pf_v;
         for (int k = 0; k < KN; k++)
-            if (s0 + UQ_K_ATTN_PF2 + k < n)
-                for (int64_t b = 0; b < r * es; b += 64)
-                    _mm_prefetch((const char *)K + (s0 + UQ_K_ATTN_PF2 + k) * rc * es + b, _MM_HINT_T0);
+            if (s0 + UQ_K_ATTN_PF2 + k < n) {
+                const int64_t o = (s0 + UQ_K_ATTN_PF2 + k) * rc * es;
+                for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch((const char *)K + o + b, _MM_HINT_T0);
+                if (Vp)
+                    for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch(Vp + o + b, _MM_HINT_T0);
+            }
     }
     #pragma GCC unroll 8
     for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
@@ -645,14 +650,15 @@ static UQ_T2I void r16_q8_tile_zero(__m256i a[2][2][4], const int NB, const int 
 
 /* NB blocks x NT tokens, int8 activations: vpmaddubsw on the low / high nibbles (columns 0..3 / 4..7 of a chunk)
  * (decode, NT = 1: software prefetch UQ_R16_PF_CHUNKS chunks ahead along the plan co / nct, past the last chunk into
- * the next blocks wn, as the avx512 decode tile; co NULL: that many chunks ahead in the block's own bytes)
+ * the next blocks wn, and their scales sn (NULL: not given) when it moves into them, as the avx512 decode tile; co NULL:
+ * that many chunks ahead in the block's own bytes)
  * against 4 broadcast activation bytes each. A chunk's pair sums, added in int16, are bounded by
  * 4 * 15 * 127 = 7620, so up to 4 chunks (30480) accumulate in int16 before one vpmaddwd widens them: 2.25
  * multiply instructions per 64 multiply-adds instead of 3 (the sums are exact, so the order does not matter). */
 static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq, int64_t ldq,
                           const float *xs, const int32_t *xsum, int64_t ldg, const uq_k_chunk *g, int64_t ng,
                           float *out, int64_t ldo, const int64_t *co, int64_t nct, const uint8_t *const *wn,
-                          const int NB, const int NT) {
+                          const uint16_t *const *sn, const int NB, const int NT) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     float tot[2 * 2 * 4 * 8];
     #pragma GCC unroll 16
@@ -667,6 +673,8 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
         next = 1;
         #pragma GCC unroll 2
         for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+        if (pf && sn)
+            for (int i = 0; i < NB; i++) uq_k_r16_prefetch_scales(sn[i], g, ng);
     }
     for (int64_t k = 0; k < ng; k++) {
         const int64_t nc = (g[k].n + 7) / 8, w0 = g[k].wcol * 64;
@@ -693,9 +701,12 @@ static UQ_T2I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const *
                             cp = 0;
                             pf = !next && wn;
                             next = 1;
-                            if (pf)
+                            if (pf) {
                                 #pragma GCC unroll 2
                                 for (int i = 0; i < NB; i++) pp[i] = wn[i];
+                                if (sn)
+                                    for (int i = 0; i < NB; i++) uq_k_r16_prefetch_scales(sn[i], g, ng);
+                            }
                         }
                     } else if (NT == 1 && !co) { /* no plan: ahead in the block's own bytes */
                         #pragma GCC unroll 2
@@ -1065,12 +1076,14 @@ UQ_T2 static void r16_q8_avx2(const uint8_t *const *wb, const uint16_t *const *s
         if (nt == 1)
             for (; i0 + 2 <= nb; i0 += 2) { /* the next tile: the next 2 blocks of this call, else the plan's */
                 const uint8_t *wn[2] = {wb[i0 + 2 < nb ? i0 + 2 : nb - 1], wb[i0 + 3 < nb ? i0 + 3 : nb - 1]};
+                const uint16_t *sx[2] = {sb[i0 + 2 < nb ? i0 + 2 : nb - 1], sb[i0 + 3 < nb ? i0 + 3 : nb - 1]};
                 const uint8_t *const *next = i0 + 2 < nb ? wn : co ? pf->wn : NULL;
-                r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, co, nct, next, 2, 1);
+                const uint16_t *const *nexts = i0 + 2 < nb ? sx : co ? pf->sn : NULL;
+                r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, co, nct, next, nexts, 2, 1);
             }
         for (; i0 < nb; i0++) {
             switch (nt) {
-            case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, co, nct, co ? pf->wn : NULL, 1, 1); break;
+            case 1: r16_q8_tile(wb + i0, sb + i0, xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, co, nct, co ? pf->wn : NULL, co ? pf->sn : NULL, 1, 1); break;
             case 2: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 2); break;
             case 3: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 3); break;
             default: r16_q8_tile2h(wb[i0], sb[i0], xt, ldq, st, sm, ldg, g, ng, o + 16 * i0, ldo, 4); break;
@@ -1131,6 +1144,7 @@ const uq_kpath uq_kpath_avx2 = {
     .q8_gemm_work = NULL,
     .r16_f32 = r16_f32_avx2,
     .r16_q8 = r16_q8_avx2,
+    .r16_decode_nb = 2,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx2,
     .attn_accum = attn_accum_f32_avx2,

@@ -99,19 +99,23 @@ static UQ_T512I __m512 load16k(const void *K, int f16, int64_t off, __mmask16 m)
  * loaded and converted once for the HN heads. Per (head, key) the FMA chain of dot_f32_avx512 and, through
  * reduce16x8_avx512 over each 8 slots, its uq_k_reduce16 tree: bit-identical to dot_f32_avx512 * scale. */
 static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16, int64_t rc, int64_t n, int64_t r,
-                                         float scale, int64_t s0, float *sc, int64_t ldsc, const int HN) {
+                                         float scale, int64_t s0, float *sc, int64_t ldsc, const int HN, const int cold,
+                                         const char *Vp) {
     const int KN = HN == 1 ? 8 : 4, NS = HN * KN > 8 ? 16 : 8; /* NS: slots, whole reduce16x8 groups */
     const __mmask16 mt = tail16(r % 16);
     __m512 a[16];
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
-    if (uq_k_attn_cold_rows) {
+    if (cold) { /* decode: K rows ahead, and V's (Vp: uq_k_attn_pf_v) */
         const int64_t es = f16 ? 2 : 4;
         for (int k = 0; k < KN; k++)
-            if (s0 + UQ_K_ATTN_PF512 + k < n)
-                for (int64_t b = 0; b < r * es; b += 64)
-                    _mm_prefetch((const char *)K + (s0 + UQ_K_ATTN_PF512 + k) * rc * es + b, _MM_HINT_T0);
+            if (s0 + UQ_K_ATTN_PF512 + k < n) {
+                const int64_t o = (s0 + UQ_K_ATTN_PF512 + k) * rc * es;
+                for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch((const char *)K + o + b, _MM_HINT_T0);
+                if (Vp)
+                    for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch(Vp + o + b, _MM_HINT_T0);
+            }
     }
     #pragma GCC unroll 16
     for (int k = 0; k < NS; k++) a[k] = _mm512_setzero_ps();
@@ -149,16 +153,26 @@ static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16,
 
 /* sc[j * ldsc + s] = dot_f32_avx512(q + j * r, K + s * rc, r) * scale for nq <= 4 heads; K fp32 or fp16 (the same FMA
  * sequence on the converted rows). */
-static UQ_T512I void attn_scores_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc, int64_t n,
-                                        int64_t r, float scale, float *sc, int64_t ldsc) {
+static UQ_T512I void attn_scores_blocks_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc,
+                                               int64_t n, int64_t r, float scale, float *sc, int64_t ldsc,
+                                               const int cold, const char *Vp) {
     for (int64_t s0 = 0; s0 < n;) {
         switch (nq) {
-        case 1: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 1); s0 += 8; break;
-        case 2: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 2); s0 += 4; break;
-        case 3: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 3); s0 += 4; break;
-        default: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 4); s0 += 4; break;
+        case 1: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 1, cold, Vp); s0 += 8; break;
+        case 2: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 2, cold, Vp); s0 += 4; break;
+        case 3: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 3, cold, Vp); s0 += 4; break;
+        default: scores_block_avx512(q, K, f16, rc, n, r, scale, s0, sc, ldsc, 4, cold, Vp); s0 += 4; break;
         }
     }
+}
+
+/* decode (uq_k_attn_cold_rows) and prefill run separate copies of the loop: prefill's carries no prefetch code */
+static UQ_T512I void attn_scores_avx512(const float *q, int64_t nq, const void *K, int f16, int64_t rc, int64_t n,
+                                        int64_t r, float scale, float *sc, int64_t ldsc) {
+    if (uq_k_attn_cold_rows)
+        attn_scores_blocks_avx512(q, nq, K, f16, rc, n, r, scale, sc, ldsc, 1, uq_k_attn_pf_v);
+    else
+        attn_scores_blocks_avx512(q, nq, K, f16, rc, n, r, scale, sc, ldsc, 0, NULL);
 }
 
 UQ_T512 static void attn_scores_f32_avx512(const float *q, int64_t nq, const float *K, int64_t rc, int64_t n,
@@ -221,12 +235,15 @@ static UQ_T512I void attn_accum_avx512(const float *p, int64_t ldp, int64_t nq, 
     }
 }
 
-UQ_T512 static void attn_accum_f32_avx512(const float *p, int64_t ldp, int64_t nq, const float *V, int64_t rc,
+/* The accumulation helpers start on a 64-byte line (as attn_task): their hot loop's placement otherwise moves with
+ * unrelated code changes (SmolLM2's 512-token prefill, where they are ~7% of the time, ran 2-3% slower with this one
+ * starting 32 bytes into a line). */
+UQ_T512 __attribute__((aligned(64))) static void attn_accum_f32_avx512(const float *p, int64_t ldp, int64_t nq, const float *V, int64_t rc,
                                           int64_t n, int64_t r, float *out) {
     attn_accum_avx512(p, ldp, nq, V, 0, rc, n, r, out);
 }
 
-UQ_T512 static void attn_accum_f16_avx512(const float *p, int64_t ldp, int64_t nq, const uint16_t *V, int64_t rc,
+UQ_T512 __attribute__((aligned(64))) static void attn_accum_f16_avx512(const float *p, int64_t ldp, int64_t nq, const uint16_t *V, int64_t rc,
                                           int64_t n, int64_t r, float *out) {
     attn_accum_avx512(p, ldp, nq, V, 1, rc, n, r, out);
 }
@@ -981,12 +998,13 @@ static UQ_T512I void r16_q8_tile(const uint8_t *const *wb, const uint16_t *const
  * prefetch plan (uq_k_r16_pf): chunk c + UQ_R16_PF512_CHUNKS of the kept chunks in reading order while the tile reads
  * chunk c (a pruned weight's skipped chunks are not fetched), and past its last chunk the first ones of the next
  * blocks wn[0..NB) (the next tile of this call or the blocks the thread streams next; NULL: none), so one tile's end
- * and the next one's start stream without a cold start. co NULL (no plan): UQ_R16_PF512_CHUNKS chunks ahead in the
- * block's own bytes. */
+ * and the next one's start stream without a cold start; when the prefetch moves into wn, the lines of their scales
+ * sn[0..NB) the groups read (sn NULL: not given). co NULL (no plan): UQ_R16_PF512_CHUNKS chunks ahead in the block's
+ * own bytes. */
 static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t *const *sb, const int8_t *xq,
                                         const float *xs, const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
                                         float *out, const int64_t *co, int64_t nct, const uint8_t *const *wn,
-                                        const int NB) {
+                                        const uint16_t *const *sn, const int NB) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     float tot[8 * 16];
 #pragma GCC unroll 8
@@ -1003,6 +1021,8 @@ static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t
         next = 1;
 #pragma GCC unroll 8
         for (int i = 0; i < NB; i++) pp[i] = pf ? wn[i] : pp[i];
+        if (pf && sn)
+            for (int i = 0; i < NB; i++) uq_k_r16_prefetch_scales(sn[i], g, ng);
     }
     for (int64_t k = 0; k < ng; k++) {
         __m512i a[8];
@@ -1019,9 +1039,12 @@ static UQ_T512I void r16_q8_decode_tile(const uint8_t *const *wb, const uint16_t
                     cp = 0;
                     pf = !next && wn;
                     next = 1;
-                    if (pf)
+                    if (pf) {
 #pragma GCC unroll 8
                         for (int i = 0; i < NB; i++) pp[i] = wn[i];
+                        if (sn)
+                            for (int i = 0; i < NB; i++) uq_k_r16_prefetch_scales(sn[i], g, ng);
+                    }
                 }
             } else if (!co) {
 #pragma GCC unroll 8
@@ -1165,31 +1188,48 @@ UQ_T512 static void r16_q8_prefill_2blocks_avx512(const uint8_t *w0, const uint8
     for (int64_t t = 0; t < T; t++) memcpy(out + t * ldo, tot + t * 32, 32 * sizeof(float));
 }
 
+/* Decode (T == 1): tiles of up to 8 blocks, each prefetching into the next. A function of its own, not inlined into
+ * r16_q8_avx512, so that its prefetch code leaves the prefill paths' code as it was. */
+UQ_T512 __attribute__((noinline)) static void r16_q8_decode_avx512(const uint8_t *const *wb, const uint16_t *const *sb,
+                                                                   int nb, const int8_t *xq, const float *xs,
+                                                                   const int32_t *xsum, const uq_k_chunk *g, int64_t ng,
+                                                                   float *out, const uq_k_r16_pf *pf) {
+    const int64_t *co = pf ? pf->co : NULL, nct = pf && pf->co ? pf->nct : 0;
+    for (int i0 = 0; i0 < nb;) {
+        const int NB = r16_nb(nb - i0, 8);
+        const uint8_t *w[8], *wn[8], *const *next = pf ? pf->wn : NULL;
+        const uint16_t *s[8], *sx[8], *const *nexts = pf ? pf->sn : NULL;
+        for (int i = 0; i < NB; i++) {
+            w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
+            s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
+        }
+        if (i0 + NB < nb) { /* the next tile of this call */
+            for (int i = 0; i < 8; i++) {
+                wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+                sx[i] = sb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
+            }
+            next = wn;
+            nexts = sx;
+        }
+        switch (NB) {
+        case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 8); break;
+        case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 4); break;
+        case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 2); break;
+        default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, nexts, 1); break;
+        }
+        i0 += NB;
+    }
+}
+
 UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *const *sb, int nb, const int8_t *xq, int64_t ldq,
                            const float *xs, const int32_t *xsum, int64_t ldg, int64_t T, const uq_k_chunk *g,
                            int64_t ng, float *out, int64_t ldo, const uq_k_r16_pf *pf) {
-    if (T == 1) { /* decode: tiles of up to 8 blocks, each prefetching into the next */
-        const int64_t *co = pf ? pf->co : NULL, nct = pf && pf->co ? pf->nct : 0;
-        for (int i0 = 0; i0 < nb;) {
-            const int NB = r16_nb(nb - i0, 8);
-            const uint8_t *w[8], *wn[8], *const *next = pf ? pf->wn : NULL;
-            const uint16_t *s[8];
-            for (int i = 0; i < NB; i++) {
-                w[i] = wb[i0 + i < nb ? i0 + i : nb - 1];
-                s[i] = sb[i0 + i < nb ? i0 + i : nb - 1];
-            }
-            if (i0 + NB < nb) { /* the next tile of this call */
-                for (int i = 0; i < 8; i++) wn[i] = wb[i0 + NB + i < nb ? i0 + NB + i : nb - 1];
-                next = wn;
-            }
-            switch (NB) {
-            case 8: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 8); break;
-            case 4: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 4); break;
-            case 2: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 2); break;
-            default: r16_q8_decode_tile(w, s, xq, xs, xsum, g, ng, out + 16 * i0, co, nct, next, 1); break;
-            }
-            i0 += NB;
-        }
+    if (T == 1 && pf && pf->co) { /* decode with a prefetch plan: the AVX2 tile (see .r16_decode_nb below) */
+        uq_kpath_avx2.r16_q8(wb, sb, nb, xq, ldq, xs, xsum, ldg, T, g, ng, out, ldo, pf);
+        return;
+    }
+    if (T == 1) {
+        r16_q8_decode_avx512(wb, sb, nb, xq, xs, xsum, g, ng, out, pf);
         return;
     }
     int panel = T >= 8 && T <= 64;
@@ -1217,10 +1257,10 @@ UQ_T512 static void r16_q8_avx512(const uint8_t *const *wb, const uint16_t *cons
             const int32_t *sm = xsum + t0 * ldg;
             float *o = out + t0 * ldo + 16 * i0;
             switch (nt * 10 + NB) {
-            case 18: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 8); break;
-            case 14: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 4); break;
-            case 12: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 2); break;
-            case 11: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, 1); break;
+            case 18: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 8); break;
+            case 14: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 4); break;
+            case 12: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 2); break;
+            case 11: r16_q8_decode_tile(w, s, xt, st, sm, g, ng, o, NULL, 0, NULL, NULL, 1); break;
             case 22: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 2); break;
             case 21: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 1, 2); break;
             case 42: r16_q8_tile(w, s, xt, ldq, st, sm, ldg, g, ng, o, ldo, 2, 4); break;
@@ -1255,6 +1295,11 @@ const uq_kpath uq_kpath_avx512 = {
     .q8_gemm_work = q8_gemm_work,
     .r16_f32 = r16_f32_avx512,
     .r16_q8 = r16_q8_avx512,
+    /* one-token decode with a prefetch plan runs the AVX2 tile (2 blocks, 4 KiB ahead, 32-byte loads in 4-chunk int16
+     * windows): on the Zen 5 guest it streamed more of the read bandwidth than the 4-block AVX-512 tile (in-process A/B,
+     * 1 thread, 16-token decodes after a 512-token prompt: 8B-shaped stack 1.05x at rate 0 in 12 of 12 rounds, 1.01x at
+     * 35%; SmolLM2 1.03x); the same results (every path's r16_q8 equals the ref kernel bit for bit) */
+    .r16_decode_nb = 2,
     .q8_quant0 = uq_k_q8_quant0_avx2,
     .attn_scores = attn_scores_f32_avx512,
     .attn_accum = attn_accum_f32_avx512,

@@ -706,7 +706,50 @@ static void test_linear_multi(void) {
     for (int i = 0; i < 3; i++) free_pair(&q[i]);
 }
 
+/* One-token W4A8 decode hands each pool task strided row blocks (t, t + ntask, ...: linear_r16): on every path and at 1,
+ * 2 and 3 threads, the R16 results equal the row-major W4A8 ones bit for bit, for a weight whose kept blocks do not
+ * split evenly into tasks (3 head segments of 200 rows, 150 kept: 30 blocks, one of each segment cut by the keep) and
+ * for two such weights in one call (the gate / up job), so every block's rows land where they belong. */
+static void test_r16_decode_tasks(void) {
+    enum { ROWS = 600, COLS = 256, G = 64, NSO = 3, KO = 150 };
+    const char *paths[] = {"ref", "avx2", "avx512"};
+    unsigned long long seed = 33;
+    static float W[ROWS * COLS], x[COLS], ya[2][NSO * KO], yb[2][NSO * KO];
+    q4pair q[2];
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        uq_test_fill(W, ROWS * COLS, &seed, 1.0);
+        ok &= make_pair(W, ROWS, COLS, NSO, 1, G, NULL, &q[i]) == 0;
+    }
+    CHECK(ok, "decode tasks: setup");
+    uq_test_fill(x, COLS, &seed, 1.0);
+    const int nt0 = uq_kernels_threads();
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_INT8), UQ_OK);
+    const uq_linear *Ls[2] = {&q[0].r16, &q[1].r16};
+    const int64_t nso[2] = {NSO, NSO}, ko[2] = {KO, KO};
+    float *yas[2] = {ya[0], ya[1]};
+    for (size_t pi = 0; pi < 3 && ok; pi++) {
+        if (!select_path(paths[pi])) continue;
+        for (int i = 0; i < 2; i++) CHECK_STATUS(uq_linear_forward(&q[i].rm, x, 1, NSO, KO, 1, COLS, yb[i]), UQ_OK);
+        for (int nt = 1; nt <= 3; nt++) {
+            CHECK_STATUS(uq_kernels_set_threads(nt), UQ_OK);
+            CHECK_STATUS(uq_linear_forward(&q[0].r16, x, 1, NSO, KO, 1, COLS, ya[0]), UQ_OK);
+            CHECK(memcmp(ya[0], yb[0], sizeof ya[0]) == 0, "decode tasks path %s, %d threads: R16 differs from row-major",
+                  paths[pi], nt);
+            memset(ya, 0, sizeof ya);
+            CHECK_STATUS(uq_linear_forward_multi(2, Ls, x, 1, nso, ko, 1, COLS, yas), UQ_OK);
+            CHECK(memcmp(ya, yb, sizeof ya) == 0, "decode tasks path %s, %d threads: the two-weight call differs",
+                  paths[pi], nt);
+        }
+    }
+    CHECK_STATUS(uq_kernels_set_threads(nt0), UQ_OK);
+    uq_kernels_set("auto");
+    CHECK_STATUS(uq_kernels_set_q4_act(UQ_Q4_ACT_AUTO), UQ_OK);
+    for (int i = 0; i < 2; i++) free_pair(&q[i]);
+}
+
 void test_r16(void) {
+    test_r16_decode_tasks();
     test_r16_unpack();
     test_r16_prefix_in();
     test_linear_multi();
