@@ -179,6 +179,17 @@ extern _Thread_local int uq_k_attn_cold_rows;
  * A/B, attention 145 -> ~115 us per layer at 528 positions). Set by the
  * decode tasks (read only while uq_k_attn_cold_rows); a hint: the results never depend on it. */
 extern _Thread_local const void *uq_k_attn_pf_v;
+/* Decode-call prefetch of the scores helpers: the first r elements (es bytes each) of the K rows first .. first + count
+ * - 1 (those < n; row stride rc elements), and of the same rows of V when V is not NULL (uq_k_attn_pf_v). A hint. */
+static inline void uq_k_attn_prefetch_rows(const void *K, const void *V, int64_t es, int64_t rc, int64_t r, int64_t first,
+                                           int count, int64_t n) {
+    for (int k = 0; k < count && first + k < n; k++) {
+        const int64_t o = (first + k) * rc * es;
+        for (int64_t b = 0; b < r * es; b += 64) __builtin_prefetch((const char *)K + o + b, 0, 3);
+        if (V)
+            for (int64_t b = 0; b < r * es; b += 64) __builtin_prefetch((const char *)V + o + b, 0, 3);
+    }
+}
 #define UQ_K_ATTN_HEADS 4 /* most query heads per attention helper call */
 _Static_assert(UQ_K_ATTN_HEADS == 4, "the avx2 / avx512 attention helpers' register tiles take 1 to 4 query heads");
 typedef struct {

@@ -97,18 +97,8 @@ static UQ_T2I void scores_block_avx2(const float *q, const void *K, int f16, int
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
-    if (uq_k_attn_cold_rows) { /* decode: the rows UQ_K_ATTN_PF2 keys ahead (and V's: uq_k_attn_pf_v), as the AVX-512
-                                * helpers do */
-        const int64_t es = f16 ? 2 : 4;
-        const char *Vp = uq_k_attn_pf_v;
-        for (int k = 0; k < KN; k++)
-            if (s0 + UQ_K_ATTN_PF2 + k < n) {
-                const int64_t o = (s0 + UQ_K_ATTN_PF2 + k) * rc * es;
-                for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch((const char *)K + o + b, _MM_HINT_T0);
-                if (Vp)
-                    for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch(Vp + o + b, _MM_HINT_T0);
-            }
-    }
+    if (uq_k_attn_cold_rows) /* decode: the rows UQ_K_ATTN_PF2 keys ahead (and V's: uq_k_attn_pf_v) */
+        uq_k_attn_prefetch_rows(K, uq_k_attn_pf_v, f16 ? 2 : 4, rc, r, s0 + UQ_K_ATTN_PF2, KN, n);
     #pragma GCC unroll 8
     for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
     for (int64_t i = 0; i < r; i += 8) {

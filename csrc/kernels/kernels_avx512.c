@@ -107,16 +107,8 @@ static UQ_T512I void scores_block_avx512(const float *q, const void *K, int f16,
     int64_t off[8];
     #pragma GCC unroll 8
     for (int k = 0; k < KN; k++) off[k] = (s0 + k < n ? s0 + k : n - 1) * rc;
-    if (cold) { /* decode: K rows ahead, and V's (Vp: uq_k_attn_pf_v) */
-        const int64_t es = f16 ? 2 : 4;
-        for (int k = 0; k < KN; k++)
-            if (s0 + UQ_K_ATTN_PF512 + k < n) {
-                const int64_t o = (s0 + UQ_K_ATTN_PF512 + k) * rc * es;
-                for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch((const char *)K + o + b, _MM_HINT_T0);
-                if (Vp)
-                    for (int64_t b = 0; b < r * es; b += 64) _mm_prefetch(Vp + o + b, _MM_HINT_T0);
-            }
-    }
+    if (cold) /* decode: K rows ahead, and V's (Vp: uq_k_attn_pf_v) */
+        uq_k_attn_prefetch_rows(K, Vp, f16 ? 2 : 4, rc, r, s0 + UQ_K_ATTN_PF512, KN, n);
     #pragma GCC unroll 16
     for (int k = 0; k < NS; k++) a[k] = _mm512_setzero_ps();
     int64_t i = 0;
