@@ -15,7 +15,7 @@
 #   2. WAIT=565 bash benchmarks/finetune_gpu_calls.sh callB         [.gpu_p1]      unpack, start the daemon, wait
 #   3. STOP_ON=DONE WAIT=585 bash benchmarks/finetune_gpu_calls.sh hold   (no carry, or [.gpu_p2] once to bring the
 #      full MMLU requests: prep-tasks --tasks "" --mmlu-limit 5000, gzipped; repeat while the daemon works)
-# Options of callB (environment): DL (training deadline, s), GEN (teacher windows), LR, GEN_SEED (a continued run's
+# Options of callB (environment): DL (training deadline, s), GEN (teacher windows), GEN_BATCH (their batch, 2048), LR, GEN_SEED (a continued run's
 # new teacher windows), INIT=0 (train from scratch although .gpu_p1 holds a LoRA file), RANK [ALPHA] (the main arm's
 # LoRA rank, alpha 2 x rank), BATCH (windows per step, 32), LOSS_CHUNK (train --loss-chunk: tokens per piece of the
 # LM head and the loss, each recomputed in backward, so no (tokens x vocabulary) tensor is made whole; default 4096,
@@ -68,7 +68,16 @@ daemon() {
   _env; R=/tmp/g/res; mkdir -p $R; echo "daemon start $(date +%T)"
   { UNIQL_NUM_THREADS=8 OMP_NUM_THREADS=8 OPENBLAS_NUM_THREADS=8 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --hf /tmp/g/hf --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_before.json > $R/eval_before.log 2>&1; [ -n "$ABL" ] && ablations; } < /dev/null &
   [ -n "$RANK_B" ] && { armb > /tmp/g/armb.log 2>&1 < /dev/null & }
-  OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline ${DL:-950} --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch 2048 --loss kd --batch ${BATCH:-32} ${LOSS_CHUNK:+--loss-chunk $LOSS_CHUNK} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps 7800 ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} > $R/train.log 2>&1
+  trainA() {
+    OMP_NUM_THREADS=4 python3 benchmarks/finetune_gpu.py train --art /tmp/g/art --tokens /tmp/g/data/train_tokens.npy --work /tmp/g/run --out /tmp/g/out2 --deadline $1 --next-seconds 0 --margin 10 --generate ${GEN:-24576} --gen-batch ${GEN_BATCH:-2048} --loss kd --batch $2 ${LOSS_CHUNK:+--loss-chunk $LOSS_CHUNK} --seq-len 256 --eval-every 250 --eval-windows 64 --warmup 100 --lr ${LR:-1e-4} --max-steps ${MAX_STEPS:-7800} ${RANK:+--rank $RANK --alpha ${ALPHA:-$((2 * RANK))}} ${INIT_LORA:+--init-lora $INIT_LORA} ${GEN_SEED:+--gen-seed $GEN_SEED} >> $R/train.log 2>&1
+  }
+  S0=$SECONDS; trainA ${DL:-950} ${BATCH:-32}
+  # a batch that does not fit the GPU (the probe's first steps run out of memory): once more at half the batch,
+  # with the time that is left
+  if grep -q OutOfMemoryError $R/train.log && [ ! -f /tmp/g/out2/summary.json ]; then
+    echo "out of memory at batch ${BATCH:-32}: again at $(( ${BATCH:-32} / 2 ))"; rm -rf /tmp/g/run
+    trainA $(( ${DL:-950} - (SECONDS - S0) )) $(( ${BATCH:-32} / 2 ))
+  fi
   cp /tmp/g/out2/* $R/ 2>/dev/null; touch $R/TRAINED; echo "trained $(date +%T)"
   L=/tmp/g/out2/lora.safetensors; test -f $L || L=/tmp/g/out2/lora_partial.safetensors
   UNIQL_NUM_THREADS=12 OMP_NUM_THREADS=12 OPENBLAS_NUM_THREADS=12 python3 benchmarks/finetune_gpu.py evaluate --art /tmp/g/art --lora $L --wiki /tmp/g/data/wiki_2048.npy --json $R/eval_after.json > $R/eval_after.log 2>&1 < /dev/null &
