@@ -254,6 +254,40 @@ def test_bad_inputs_raise_and_write_nothing(tmp_path, llama_art, monkeypatch):
     assert sorted(p.name for p in busy.iterdir()) == ["x"]
 
 
+def test_merge_scale(tmp_path, llama_art, capsys):
+    """merge_lora(scale=s) adds s times the patches: s = 0 keeps the source's weights exactly, the change at s = 0.5
+    is half the change at s = 1 in every merged tensor, the record says the scale; a scale out of range or
+    --merge-scale without --merge writes nothing."""
+    from uniql.cli import main
+    from uniql.finetune import merge_lora
+    from uniql.formats.safetensors import load_file
+
+    finetune(llama_art, tmp_path / "ft", calibration=_pattern_tokens(), steps=3, lr=5e-3, seq_len=32, batch=2,
+             save_lora_to=tmp_path / "l.st", progress=False)
+    outs = {s: merge_lora(llama_art, tmp_path / "l.st", tmp_path / f"m{s}", scale=s) for s in (0.0, 0.5, 1.0)}
+    assert main(["finetune", str(llama_art), "-o", str(tmp_path / "cli"), "--merge", str(tmp_path / "l.st"),
+                 "--merge-scale", "0.5"]) == 0
+    changed = 0
+    for f in sorted(llama_art.glob("model-layer-*.safetensors")):
+        src, z, h, one = (load_file(d / f.name) for d in (llama_art, outs[0.0], outs[0.5], outs[1.0]))
+        assert (tmp_path / "cli" / f.name).read_bytes() == (outs[0.5] / f.name).read_bytes()
+        for k in src:
+            np.testing.assert_array_equal(z[k], src[k])
+            d1, dh = one[k].astype(np.float64) - src[k], h[k].astype(np.float64) - src[k]
+            np.testing.assert_allclose(dh, 0.5 * d1, rtol=0, atol=1e-6 * max(1.0, float(np.abs(src[k]).max())))
+            changed += bool(np.abs(d1).max() > 1e-4)
+    assert changed >= 7   # q, k, v, o, gate, up, down of a layer at least
+    rec = json.loads((outs[0.5] / "config.json").read_text())["uniql"]["finetune"]
+    assert rec["merge_scale"] == 0.5 and "merge_scale" not in json.loads(
+        (outs[1.0] / "config.json").read_text())["uniql"]["finetune"]
+    for bad in (-0.5, float("nan"), 5.0):
+        with pytest.raises(uniql.RangeError, match="merge scale"):
+            merge_lora(llama_art, tmp_path / "l.st", tmp_path / "bad", scale=bad)
+    assert main(["finetune", str(llama_art), "-o", str(tmp_path / "bad"), "--merge-scale", "0.5"]) == 2
+    assert "--merge-scale applies to --merge only" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
 def test_quantize_artifact_is_compress_gptq(tmp_path, llama_art):
     """int4 after fine-tuning: quantize_artifact runs compress's GPTQ per layer. On the untuned artifact its
     first layer (same inputs, same Hessians) is byte-identical to compress(quantize=True); later layers differ
