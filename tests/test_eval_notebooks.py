@@ -140,6 +140,9 @@ def test_finetune_grid(monkeypatch, tmp_path):
                         ("run 4, rank 64", {"step": run4["evals"][-1][0], "loss": run4["evals"][-1][1]}),
                         ("run 5, rank 64, 64 windows per step",
                          [json.loads(x) for x in _recorded(res / "run5_stop26_rank64" / "log.jsonl").splitlines()
+                          if '"event": "eval"' in x][-1]),
+                        ("run 6, run 5 continued, 128 windows per step",
+                         [json.loads(x) for x in _recorded(res / "run6_stop27_rank64_cont" / "log.jsonl").splitlines()
                           if '"event": "eval"' in x][-1])):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         assert row.rstrip().endswith(f"| {last['loss']:.4f} (step {last['step']}) |"), row
@@ -152,7 +155,16 @@ def test_finetune_grid(monkeypatch, tmp_path):
         for name, per_rate in json.loads(_recorded(f)).items():
             for r, per_task in per_rate.items():
                 cells[f"{name}@{r}" if name.startswith("abl_") else f"run 5: {name}@{r}"] = per_task
+    for f in sorted(_found(res / "run6_stop27_rank64_cont", "zs_*.json")):   # run 6's grid (run 5 continued)
+        for name, per_rate in json.loads(_recorded(f)).items():
+            for r, per_task in per_rate.items():
+                cells[f"run 6: {name}@{r}"] = per_task
     assert sum(k.startswith("abl_int4_") for k in cells) == 6 and sum(k.startswith("run 5: ") for k in cells) == 16
+    assert sum(k.startswith("run 6: ") for k in cells) == 16
+    # run 6's "before" cells come from the same compress output as run 5's: equal on every document
+    before6 = [k for k in cells if k.startswith("run 6: before")]
+    assert len(before6) == 8 and all(cells[k] == cells["run 5: " + k.removeprefix("run 6: ")] for k in before6)
+    assert "run 6's before cells equal to run 5's on every document: 8 of 8" in text
     tasks = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
     for key, per in cells.items():
         avg = np.mean([np.mean(per[t]["acc_norm"]) for t in tasks])
@@ -183,3 +195,5 @@ def test_finetune_grid(monkeypatch, tmp_path):
     assert "the same answer on: {'before_fp32@0.00': '100.00%', 'before_int4@0.15': '100.00%'}" in text
     ev5 = json.loads(_recorded(res / "run5_stop26_rank64" / "eval_after.json"))
     assert "  run 5: " + " / ".join(f"{ev5['fp32_after'][r] / base:.3f}" for r in ("0.00", "0.15", "0.25", "0.35")) in text
+    ev6 = json.loads(_recorded(res / "run6_stop27_rank64_cont" / "eval_after.json"))
+    assert "  run 6: " + " / ".join(f"{ev6['fp32_after'][r] / base:.3f}" for r in ("0.00", "0.15", "0.25", "0.35")) in text
