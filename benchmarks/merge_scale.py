@@ -50,37 +50,42 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     work = args.work or Path(tempfile.mkdtemp(prefix="merge_scale_"))
-    rates = _floats(args.rates)
-    base = uniql.load(args.art, max_seq=512)
-    ids = eval_tokens(base.tokenizer, data.read_text("wiki"), args.tokens)
-    base_ppl = float(base.perplexity(ids, window=512))   # the artifact at rate 0 = the uncompressed function
-    del base
-    res: dict = {"art": str(args.art), "lora": args.lora.name, "tokens": int(ids.size), "base_ppl": base_ppl,
-                 "scales": {}}
-    lam_rates = _floats(args.lambada_rates)
-    lam_before = None
-    if args.lambada:
-        lam_before = evaluate(uniql.load(args.art, max_seq=512), ["lambada"], rates=lam_rates, limit=args.lambada,
-                              progress=False)
-    print(f"| scale | ppl x base at {' / '.join(f'{r:.0%}' for r in rates)} |"
-          + (f" LAMBADA acc at {' / '.join(f'{r:.0%}' for r in lam_rates)} (paired vs scale 0) |" if args.lambada else ""))
-    for s in _floats(args.scales):
-        t = time.perf_counter()
-        out = merge_lora(args.art, args.lora, work / f"scale_{s:g}", overwrite=True, scale=s)
-        m = uniql.load(out, max_seq=512)
+    rates, lam_rates = _floats(args.rates), _floats(args.lambada_rates)
+
+    def measure(m):
+        """(perplexity per rate, LAMBADA per rate or None) of a loaded model, rates switched in place."""
         row = {}
         for r in rates:
             m.set_rate(r)
             row[f"{r:.2f}"] = float(m.perplexity(ids, window=512))
-        del m
+        lam = evaluate(m, ["lambada"], rates=lam_rates, limit=args.lambada, progress=False) if args.lambada else None
+        return row, lam
+
+    base = uniql.load(args.art, max_seq=512)
+    ids = eval_tokens(base.tokenizer, data.read_text("wiki"), args.tokens)
+    base.set_rate(0.0)
+    base_ppl = float(base.perplexity(ids, window=512))   # the artifact at rate 0 = the uncompressed function
+    before = measure(base)   # the untuned artifact: scale 0 (merge_lora writes its weights exactly, tested)
+    del base
+    res: dict = {"art": str(args.art), "lora": args.lora.name, "tokens": int(ids.size), "base_ppl": base_ppl,
+                 "scales": {}}
+    print(f"| scale | ppl x base at {' / '.join(f'{r:.0%}' for r in rates)} |"
+          + (f" LAMBADA acc at {' / '.join(f'{r:.0%}' for r in lam_rates)} (paired vs scale 0) |" if args.lambada else ""))
+    for s in _floats(args.scales):
+        t = time.perf_counter()
+        out = None
+        if s == 0.0:
+            row, lam = before
+        else:
+            out = merge_lora(args.art, args.lora, work / f"scale_{s:g}", overwrite=True, scale=s)
+            row, lam = measure(uniql.load(out, max_seq=512))
         entry: dict = {"ppl": row}
         cells = " / ".join(f"{row[f'{r:.2f}'] / base_ppl:.3f}" for r in rates)
-        if args.lambada:
-            lam = evaluate(uniql.load(out, max_seq=512), ["lambada"], rates=lam_rates, limit=args.lambada, progress=False)
+        if lam is not None:
             entry["lambada"] = {}
             parts = []
             for r in lam_rates:
-                got, ref = lam[r]["lambada"], lam_before[r]["lambada"]
+                got, ref = lam[r]["lambada"], before[1][r]["lambada"]
                 d = paired(ref, got)["acc"]
                 acc = float(np.mean(got.values["acc"]))
                 entry["lambada"][f"{r:.2f}"] = {"acc": acc, "delta": d.value, "delta_se": d.stderr}
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         entry["seconds"] = round(time.perf_counter() - t, 1)
         res["scales"][f"{s:g}"] = entry
         print(f"| {s:g} | {cells} |", flush=True)
-        shutil.rmtree(out, ignore_errors=True)
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     return 0
