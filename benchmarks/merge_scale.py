@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     base_ppl = float(base.perplexity(ids, window=512))   # the artifact at rate 0 = the uncompressed function
     before = measure(base)   # the untuned artifact: scale 0 (merge_lora writes its weights exactly, tested)
     del base
-    res: dict = {"art": str(args.art), "lora": args.lora.name, "tokens": int(ids.size), "base_ppl": base_ppl,
+    res: dict = {"art": args.art.name, "lora": args.lora.name, "tokens": int(ids.size), "base_ppl": base_ppl,
                  "scales": {}}
     print(f"| scale | ppl x base at {' / '.join(f'{r:.0%}' for r in rates)} |"
           + (f" LAMBADA acc at {' / '.join(f'{r:.0%}' for r in lam_rates)} (paired vs scale 0) |" if args.lambada else ""))
